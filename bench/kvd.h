@@ -1,0 +1,52 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvd.h - reader and writer of .kvd KV-cache dumps (format: shared/data/README.md).
+ *
+ * K and V are [layer][kv_head][token][dim] fp16, post-RoPE K; Q is [layer][q_head][p][dim]
+ * for the last n_q_pos token positions.  kvd_load() validates every size against the file
+ * length before it trusts it.
+ */
+#ifndef KVT_KVD_H
+#define KVT_KVD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct kvd {
+	uint32_t n_layers, n_kv_heads, n_q_heads, head_dim, n_tokens, n_q_pos, dtype;
+	char source[65];
+	uint8_t *tokens; /* n_tokens bytes */
+	uint16_t *k;     /* fp16 bits, n_layers*n_kv_heads*n_tokens*head_dim */
+	uint16_t *v;
+	uint16_t *q; /* n_layers*n_q_heads*n_q_pos*head_dim */
+	void *mem;   /* owns all of the above */
+	size_t mem_len;
+};
+
+/* Returns 0 or -errno (-EINVAL/-EBADMSG for a malformed file); *out is zeroed on error. */
+int kvd_load(const char *path, struct kvd *out);
+void kvd_free(struct kvd *d);
+/* Writes d (with its own k/v/q pointers) in .kvd format. Returns 0 or -errno. */
+int kvd_save(const char *path, const struct kvd *d);
+
+static inline size_t kvd_kv_elems(const struct kvd *d)
+{
+	return (size_t)d->n_layers * d->n_kv_heads * d->n_tokens * d->head_dim;
+}
+
+static inline size_t kvd_q_elems(const struct kvd *d)
+{
+	return (size_t)d->n_layers * d->n_q_heads * d->n_q_pos * d->head_dim;
+}
+
+/* Pointer to K (or V) of (layer, kv head, token). */
+static inline const uint16_t *kvd_at(const struct kvd *d, const uint16_t *base, uint32_t layer,
+				     uint32_t head, uint32_t tok)
+{
+	return base + (((size_t)layer * d->n_kv_heads + head) * d->n_tokens + tok) * d->head_dim;
+}
+
+float kvd_half_to_float(uint16_t h);
+uint16_t kvd_float_to_half(float f);
+
+#endif
