@@ -1,0 +1,261 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvtier.h - the client library of kvtier, the compressed tiered KV-cache store.
+ *
+ * An inference engine links libkvtier, connects to the host's kvtierd and stores blocks of
+ * its KV cache under 128-bit keys.  Data never crosses the socket: it is copied straight
+ * into (put) and out of (get) a shared-memory arena that the daemon maps into the process.
+ *
+ *   struct kvt_client *c;
+ *   kvt_connect(NULL, &c);                          // $KVTIER_SOCKET or the default socket
+ *   int lay = kvt_register_layout(c, &layout);      // the engine's KV geometry
+ *   kvt_key_chain(c, lay, tokens, n, keys, nkeys);  // one key per full block of tokens
+ *   int hit = kvt_lookup(c, lay, keys, nkeys);      // how many leading blocks are cached
+ *   kvt_get(c, lay, &keys[i], buf, len);            // copy a cached block out
+ *   kvt_put(c, lay, &keys[i], buf, len);            // store a block
+ *   kvt_close(c);
+ *
+ * Error model: every function returning int returns >= 0 on success and -errno on failure;
+ * codes specific to kvtier are in [KVT_ERRNO_BASE, KVT_ERRNO_BASE + 100) and kvt_strerror()
+ * names every code.  No function touches the global errno on purpose.
+ *
+ * Thread safety: a struct kvt_client may be used from several threads at once; requests on
+ * one client are serialized by an internal lock held only while a request is in flight
+ * (the bulk copies of kvt_put/kvt_get run outside it).  For parallel request throughput,
+ * open one client per thread.  Functions that take no client are pure and thread-safe.
+ *
+ * Ownership: the library never keeps pointers passed to it after the call returns, except
+ * where a function says so.  Memory returned through a reservation or a lease belongs to
+ * the arena and is valid until kvt_put_commit/kvt_put_abort or kvt_lease_release.
+ */
+#ifndef KVTIER_H
+#define KVTIER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(KVT_BUILDING_LIB)
+#define KVT_API __attribute__((visibility("default")))
+#else
+#define KVT_API
+#endif
+
+#define KVT_VERSION_MAJOR  0
+#define KVT_VERSION_MINOR  1
+#define KVT_VERSION_PATCH  0
+#define KVT_VERSION_NUMBER (KVT_VERSION_MAJOR * 10000 + KVT_VERSION_MINOR * 100 + KVT_VERSION_PATCH)
+
+/* Returns the library's version string, e.g. "0.1.0". */
+KVT_API const char *kvt_version(void);
+/* Returns KVT_VERSION_NUMBER of the library actually loaded. */
+KVT_API unsigned kvt_version_number(void);
+
+/* kvtier's own error codes, returned negated like errno values. */
+#define KVT_ERRNO_BASE 4096
+enum {
+	KVT_EVERSION = KVT_ERRNO_BASE, /* daemon speaks an incompatible protocol version */
+	KVT_ECORRUPT,		       /* a stored record failed its integrity check */
+	KVT_ENOLAYOUT,		       /* layout id not registered on this client */
+	KVT_EDAEMON,		       /* the daemon went away; reconnect */
+	KVT_EPROTOCOL,		       /* malformed message or ring entry */
+	KVT_ELIMIT,		       /* a configured limit was reached (clients, layouts, ...) */
+};
+
+/* Message for an error code (negative or positive). Never NULL; static storage. */
+KVT_API const char *kvt_strerror(int err);
+
+/* A block key: 128 bits, as computed by kvt_key_chain() or supplied by the engine. */
+struct kvt_key {
+	uint64_t lo, hi;
+};
+
+/* ---------------------------------------------------------------------------------------
+ * Connection
+ */
+struct kvt_client;
+
+struct kvt_connect_opts {
+	uint32_t size;		 /* sizeof(struct kvt_connect_opts): lets the struct grow */
+	const char *socket_path; /* NULL: $KVTIER_SOCKET, /run/kvtier/kvtier.sock, then
+				  * $XDG_RUNTIME_DIR/kvtier/kvtier.sock (first that exists) */
+	const char *name;	 /* shown by `kvtierctl clients`; NULL: the program name */
+	int timeout_ms;		 /* per request; 0: 10000; -1: wait forever */
+};
+
+/*
+ * Connects to kvtierd, maps the shared arena and the request rings.  o may be NULL.
+ * On success *out is a new client that the caller frees with kvt_close().
+ * Returns 0, -ENOENT/-ECONNREFUSED (no daemon), -KVT_EVERSION, -EPERM, -ENOMEM, ...
+ */
+KVT_API int kvt_connect(const struct kvt_connect_opts *o, struct kvt_client **out);
+
+/* Releases every lease, pin and unfinished reservation of c and frees it. NULL is a no-op. */
+KVT_API void kvt_close(struct kvt_client *c);
+
+/* ---------------------------------------------------------------------------------------
+ * Layouts and keys
+ */
+enum kvt_dtype {
+	KVT_DTYPE_FP16 = 1,
+	KVT_DTYPE_BF16 = 2,
+	KVT_DTYPE_FP8_E4M3 = 3,
+};
+
+/* Order of a block's bytes: per layer, K then V ([head][token][dim] each), or V then K. */
+enum kvt_kv_order {
+	KVT_ORDER_K_THEN_V = 0,
+	KVT_ORDER_V_THEN_K = 1,
+};
+
+/*
+ * One engine's KV geometry.  A block holds block_tokens tokens of K and V for all layers,
+ * page-first: layer l's slice starts at l * kvt_layout_layer_bytes().  Blocks of layouts
+ * with different fingerprints never share a key, so models and parallel ranks never mix.
+ */
+struct kvt_layout {
+	uint32_t size; /* sizeof(struct kvt_layout) */
+	uint32_t n_layers;
+	uint32_t n_kv_heads;
+	uint32_t head_dim;
+	uint32_t block_tokens;
+	uint32_t dtype;	   /* enum kvt_dtype */
+	uint32_t kv_order; /* enum kvt_kv_order */
+	uint32_t rank;	   /* tensor/pipeline parallel rank of this process */
+	uint32_t world;	   /* number of ranks (1 when not parallel) */
+	char model_id[64]; /* NUL-terminated name of the model, e.g. "meta-llama/Llama-3.1-8B" */
+};
+
+/* Checks l; returns 0 or -EINVAL (zero or absurd dimensions, unknown dtype, bad size). */
+KVT_API int kvt_layout_check(const struct kvt_layout *l);
+/* Bytes of one block of l (0 if l is invalid). */
+KVT_API size_t kvt_layout_block_bytes(const struct kvt_layout *l);
+/* Bytes of one layer's K+V slice of a block (0 if l is invalid). */
+KVT_API size_t kvt_layout_layer_bytes(const struct kvt_layout *l);
+/* 64-bit fingerprint of every field of l (model id and rank included). 0 if invalid. */
+KVT_API uint64_t kvt_layout_fingerprint(const struct kvt_layout *l);
+
+/*
+ * Registers l with the daemon for this client.  Returns a layout id (>= 0) to pass to the
+ * other calls, -EINVAL for a bad layout, -KVT_ELIMIT when the client has too many layouts.
+ * Registering the same layout twice returns the same id.
+ */
+KVT_API int kvt_register_layout(struct kvt_client *c, const struct kvt_layout *l);
+
+/*
+ * Chained block keys of a token sequence: key_i = H(key_{i-1}, tokens of block i,
+ * fingerprint).  Writes one key per FULL block (n_tokens / block_tokens of them, at most
+ * max_keys) and returns how many it wrote.  prev is the key of the block before tokens[0]
+ * (NULL when tokens start the sequence).  Pure function of its inputs; same keys in every
+ * process of every host for the same layout.
+ */
+KVT_API int kvt_key_chain(uint64_t fingerprint, uint32_t block_tokens, const struct kvt_key *prev,
+			  const uint32_t *tokens, size_t n_tokens, struct kvt_key *keys,
+			  size_t max_keys);
+
+/* ---------------------------------------------------------------------------------------
+ * Storing blocks
+ *
+ * A block becomes visible to lookups and gets only once committed (two-phase put), so a
+ * reader never sees a partial block, and a client that dies before commit leaves nothing.
+ */
+struct kvt_reservation {
+	void *data;	 /* arena memory to fill: len bytes, 64-byte aligned */
+	size_t len;	 /* the block's length */
+	uint64_t handle; /* opaque */
+	int layout;
+	struct kvt_key key;
+};
+
+/*
+ * Reserves len bytes of arena for key.  The caller fills r->data (from CPU memory, or by a
+ * DMA from the GPU since the arena may be registered with cudaHostRegister) and then calls
+ * kvt_put_commit() or kvt_put_abort().  Returns 0; -EEXIST when the key is already stored
+ * or being stored (nothing to do); -ENOSPC when the host tier cannot make room (everything
+ * is leased or pinned); -E2BIG when len exceeds the tier; -KVT_ENOLAYOUT.
+ */
+KVT_API int kvt_put_reserve(struct kvt_client *c, int layout, const struct kvt_key *key, size_t len,
+			    struct kvt_reservation *r);
+/* Makes the reserved block visible. Returns 0 or -errno; r is spent either way. */
+KVT_API int kvt_put_commit(struct kvt_client *c, struct kvt_reservation *r);
+/* Drops the reservation; nothing becomes visible. Returns 0 or -errno. */
+KVT_API int kvt_put_abort(struct kvt_client *c, struct kvt_reservation *r);
+
+/*
+ * Stores len bytes from data under key: reserve, copy, commit.  Returns 0 when stored, 1 when
+ * the key was already stored (nothing written), -errno otherwise.
+ */
+KVT_API int kvt_put(struct kvt_client *c, int layout, const struct kvt_key *key, const void *data,
+		    size_t len);
+
+/* ---------------------------------------------------------------------------------------
+ * Finding and reading blocks
+ */
+
+/*
+ * The first question an engine asks: how many of keys[0..n) are stored, counted from the
+ * front and stopping at the first miss (the longest cached prefix).  Returns that count.
+ * Does not change LRU order.  n may be up to 4096 per call.
+ */
+KVT_API int kvt_lookup(struct kvt_client *c, int layout, const struct kvt_key *keys, size_t n);
+
+/*
+ * Copies the block of key into buf (cap bytes).  Returns the block's length; -ENOENT on a
+ * miss; -ENOBUFS (nothing copied) when cap is smaller than the block.
+ */
+KVT_API ssize_t kvt_get(struct kvt_client *c, int layout, const struct kvt_key *key, void *buf,
+			size_t cap);
+
+/* A read lease: the block stays in place and unchanged until released. */
+struct kvt_lease {
+	const void *data; /* the block in the arena, len bytes; read-only to the caller */
+	size_t len;
+	uint64_t handle; /* opaque */
+};
+
+/*
+ * Borrows the block of key in place (no copy): it cannot be evicted, moved or deleted while
+ * the lease is held.  Release with kvt_lease_release().  Returns 0, -ENOENT on a miss.
+ */
+KVT_API int kvt_get_lease(struct kvt_client *c, int layout, const struct kvt_key *key,
+			  struct kvt_lease *l);
+/* Returns the lease. Returns 0, or -EINVAL for a lease that is not held. */
+KVT_API int kvt_lease_release(struct kvt_client *c, struct kvt_lease *l);
+
+/* Deletes key from every tier.  Returns 0, -ENOENT, -EBUSY when leased by someone. */
+KVT_API int kvt_delete(struct kvt_client *c, int layout, const struct kvt_key *key);
+
+/*
+ * Pins key: it is never evicted until unpinned (or this client closes).  Pins nest.
+ * Returns 0 or -ENOENT.
+ */
+KVT_API int kvt_pin(struct kvt_client *c, int layout, const struct kvt_key *key);
+/* Undoes one kvt_pin() of this client. Returns 0, -ENOENT, -EINVAL when not pinned by c. */
+KVT_API int kvt_unpin(struct kvt_client *c, int layout, const struct kvt_key *key);
+
+/* ---------------------------------------------------------------------------------------
+ * Statistics
+ */
+struct kvt_stats {
+	uint32_t size; /* sizeof(struct kvt_stats), set by the caller */
+	uint32_t pad;
+	/* this client */
+	uint64_t puts, gets, hits, misses, lookups;
+	/* the host tier, this tenant's view of the daemon */
+	uint64_t host_capacity_bytes;
+	uint64_t host_used_bytes;
+	uint64_t host_blocks;
+	uint64_t evictions;
+};
+
+/* Fills st (st->size must be set). Returns 0 or -errno. */
+KVT_API int kvt_stats(struct kvt_client *c, struct kvt_stats *st);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVTIER_H */
