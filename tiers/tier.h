@@ -9,7 +9,12 @@
  * calls nothing from read()/write() either: it queues the completion for complete().
  *
  * Required: open, close, alloc, free, read, write, stats.
- * Optional (NULL when absent): event_fd, complete, recover, flush, buf_alloc/buf_free.
+ * Optional (NULL when absent): event_fd, complete, submit, recover, flush, buf_alloc/buf_free.
+ *
+ * Threading: a tier instance is driven from one thread (the event loop); it may run workers
+ * of its own, but every callback it makes (done, recover's cb) runs on that thread.
+ * Errors: >= 0 success, -errno failure.  Bad arguments (unknown loc, len too big, misaligned
+ * buffer) give -EINVAL and change nothing.
  */
 #ifndef KVT_TIER_H
 #define KVT_TIER_H
@@ -32,14 +37,34 @@ struct kvt_tier_loc {
 	uint16_t flags;
 };
 
-/* One asynchronous request. The caller owns it until done() has run. */
+/*
+ * One asynchronous request.  The caller fills loc, buf, len, flags, done, arg; from a
+ * successful read()/write() until done() has run, the request AND its buffer belong to the
+ * tier (the tier may touch the buffer, e.g. to pad it; it restores what it changed).
+ */
 struct kvt_tier_io {
 	struct kvt_tier_loc loc;
 	void *buf;    /* write: source; read: destination (buf_alloc'd when the tier needs it) */
 	uint32_t len; /* bytes to move, <= loc.len */
 	int res;      /* on completion: bytes moved or -errno */
 	void (*done)(struct kvt_tier_io *io);
-	void *arg; /* caller's */
+	void *arg;      /* caller's */
+	unsigned flags; /* KVT_TIER_IO_* */
+	uintptr_t tier_priv[2]; /* the tier's, while it owns the request */
+};
+
+/* More requests follow at once: the tier may hold this one back until a request without
+ * this flag, submit() or complete() (batched submission, like MSG_MORE). */
+#define KVT_TIER_IO_MORE 0x1u
+
+/* Operations passed to kvt_tier_conf.io_hook. */
+enum kvt_tier_op {
+	KVT_TIER_OP_READ = 1,
+	KVT_TIER_OP_WRITE = 2,
+	KVT_TIER_OP_FSYNC = 3,       /* fdatasync after a write (KVT_TIER_F_FSYNC) */
+	KVT_TIER_OP_FALLOCATE = 4,   /* preallocation at open */
+	KVT_TIER_OP_URING_SETUP = 5, /* io_uring setup at open; fail it to force the workers */
+	KVT_TIER_OP_OPEN_DIRECT = 6, /* O_DIRECT open; -EINVAL mimics a filesystem without it */
 };
 
 struct kvt_tier_stats {
@@ -51,7 +76,19 @@ struct kvt_tier_stats {
 	uint64_t write_errors;
 	uint64_t corrupt_records; /* records discarded by a failed check */
 	uint32_t files;
+	uint32_t io_flags;     /* KVT_TIER_ST_*: how the tier is doing its I/O right now */
+	uint64_t records;      /* records stored (written or recovered, not yet freed) */
+	uint64_t recovered;    /* valid records found at open */
+	uint64_t stale;        /* older copies of a key dropped at open (a newer seq won) */
+	uint64_t quarantined_bytes; /* space withheld after a failed invalidation write */
+	uint64_t reads;
+	uint64_t writes;
 };
+
+#define KVT_TIER_ST_URING 0x1u       /* io_uring; else pread/pwrite workers */
+#define KVT_TIER_ST_DIRECT 0x2u      /* O_DIRECT on every file */
+#define KVT_TIER_ST_FIXED_BUFS 0x4u  /* buf_alloc() memory is registered with io_uring */
+#define KVT_TIER_ST_FIXED_FILES 0x8u /* files are registered with io_uring */
 
 /* Configuration handed to open(); each tier reads what it understands. */
 struct kvt_tier_conf {
@@ -60,14 +97,30 @@ struct kvt_tier_conf {
 	const char *const *paths; /* files or devices (NVMe); NULL-terminated */
 	unsigned queue_depth;
 	unsigned flags; /* KVT_TIER_F_* */
-	int (*io_hook)(int op, uint64_t off, uint32_t len); /* fault injection; NULL in production */
+	/*
+	 * Fault injection; NULL in production.  Called before each operation (op is a
+	 * kvt_tier_op, off/len within the file).  Return 0 to proceed, -errno to fail the
+	 * operation with that error instead of doing it, or for KVT_TIER_OP_WRITE a positive
+	 * n < len to tear the write: only the first n bytes (rounded down to 4 KiB) reach the
+	 * medium and the request fails with -EIO.
+	 */
+	int (*io_hook)(int op, uint64_t off, uint32_t len);
+	uint64_t buf_bytes; /* memory buf_alloc() serves from a preallocated, registered arena
+			       (0 = tier default); larger requests fall back to plain memory */
+	void (*log)(void *arg, int level, const char *msg); /* NULL = stderr; level as syslog */
+	void *log_arg;
 };
 
 #define KVT_TIER_F_NO_URING 0x1u /* use the pread/pwrite workers even if io_uring works */
 #define KVT_TIER_F_NO_DIRECT 0x2u
 #define KVT_TIER_F_FSYNC 0x4u /* fdatasync before a write completes */
 
-/* recover() calls cb once per valid record found on the medium. */
+/*
+ * recover() calls cb once per valid record found on the medium.  cb returns 0 to keep the
+ * record (the caller now owns loc, as if it had alloc()ed and written it), > 0 to drop it
+ * (the tier frees the slot), < 0 to stop: recover() then returns that value and the records
+ * not yet delivered are released.
+ */
 typedef int (*kvt_tier_recover_cb)(void *arg, const struct kvt_record_hdr *hdr,
 				   const struct kvt_tier_loc *loc);
 
@@ -83,6 +136,7 @@ struct kvt_tier_ops {
 	/* optional */
 	int (*event_fd)(struct kvt_tier *t); /* readable when complete() has work */
 	int (*complete)(struct kvt_tier *t); /* runs done() callbacks; returns how many */
+	int (*submit)(struct kvt_tier *t);   /* pushes requests held back by KVT_TIER_IO_MORE */
 	int (*recover)(struct kvt_tier *t, kvt_tier_recover_cb cb, void *arg);
 	int (*flush)(struct kvt_tier *t);
 	void *(*buf_alloc)(struct kvt_tier *t, uint32_t len); /* I/O-capable (aligned, registered) */

@@ -1,0 +1,1666 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * tier_nvme.c - the NVMe tier (DESIGN §2, §4, §8): records in preallocated slot files.
+ *
+ * Layout (proto/RECORD.md): each file starts with a 4 KiB superblock (magic "KVTS", a random
+ * 32-bit salt, the data size and a high-water mark), then a data region of 4 KiB pages.  A
+ * record (64-byte kvt_record_hdr + payload, zero-padded to 4 KiB) occupies a run of pages
+ * handed out by a next-fit bitmap allocator (nvme_alloc.c).  On the medium the header's crc
+ * field is stored XORed with the file's salt, so that a record can only be accepted by the
+ * file incarnation that wrote it: a payload that embeds a well-formed record (a hostile
+ * client's raw block) or a record left by an older incarnation of the file fails the check.
+ * The tier restores the real crc before done() runs, so callers see a plain record.
+ *
+ * Visibility: every extent has a state in a hash map (alloc -> writing -> valid -> freeing);
+ * read() accepts only extents whose write completed (and was fdatasync'd with
+ * KVT_TIER_F_FSYNC); a failed write leaves the extent unreadable.  free() zeroes the
+ * record's first page before the pages can be reused, so recovery never resurrects a freed
+ * record and a new record never races with the invalidation; a free() during I/O on the
+ * extent waits for that I/O.  Every read is verified (magic, sizes, CRC): a failure is
+ * -EBADMSG and counts in corrupt_records.
+ *
+ * Recovery: open() scans each file up to its high-water mark, verifies every record,
+ * discards (and counts) torn or corrupt ones and keeps, per key, only the highest seq (the
+ * tier dedupes; older copies are invalidated and counted as stale).  recover() hands the
+ * survivors to the daemon in ascending seq order.
+ *
+ * I/O engines: io_uring (fixed files, registered buffer arena, batched submission, linked
+ * fdatasync) or, when io_uring is refused (EPERM/ENOSYS under seccomp) or turned off, a pool
+ * of pread/pwrite workers.  Both report completions through one eventfd; done() callbacks
+ * run only from complete().
+ */
+#define _GNU_SOURCE
+#include "tier.h"
+#include "kvt_record.h"
+#include "nvme_alloc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <linux/fs.h>
+#include <linux/magic.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NV_PAGE 4096u
+#define NV_DATA_OFF ((uint64_t)NV_PAGE)
+#define NV_SB_MAGIC 0x5354564bu /* "KVTS" */
+#define NV_SB_VERSION 1u
+#define NV_TIER_MAGIC 0x4e564d45u /* "NVME", checked on every entry point */
+#define NV_HWM_STEP (64ull << 20)
+#define NV_SCAN_CHUNK (8u << 20)
+#define NV_MAX_RECORD (256u << 20)
+#define NV_DEFAULT_QD 32u
+#define NV_MAX_QD 1024u
+#define NV_DEFAULT_BUF (64ull << 20)
+#define NV_MAX_BUF (1ull << 30) /* one registered iovec */
+#define NV_MAX_WORKERS 64u
+
+/* On-disk superblock, little-endian, first 64 bytes of page 0. */
+struct nv_sb {
+	uint32_t magic;
+	uint16_t version;
+	uint16_t sb_size;
+	uint32_t page_size;
+	uint32_t salt;
+	uint64_t data_off;
+	uint64_t data_bytes;
+	uint64_t hwm; /* bytes of the data region that may hold records */
+	uint64_t created_ns;
+	uint8_t reserved[12];
+	uint32_t crc; /* CRC-32C of the 60 bytes above */
+};
+_Static_assert(sizeof(struct nv_sb) == 64, "superblock is an ABI");
+
+enum nv_ext_state {
+	EXT_ALLOC = 1, /* reserved, never written: unreadable */
+	EXT_WRITING,
+	EXT_VALID,
+	EXT_FAILED,    /* write failed: contents undefined, unreadable */
+	EXT_RECOVERED, /* found at open, not yet handed over by recover() */
+	EXT_FREEING,   /* waiting for in-flight I/O, then for the invalidation write */
+	EXT_QUARANTINE /* invalidation failed: pages withheld for good */
+};
+
+struct nv_ext {
+	uint64_t key; /* (file << 48 | page) + 1; 0 = empty slot */
+	uint32_t npages;
+	uint16_t inflight;
+	uint8_t state;
+	uint8_t written; /* the medium may hold a record here */
+};
+
+struct nv_map {
+	struct nv_ext *slot;
+	size_t cap; /* power of two */
+	size_t n;
+};
+
+struct nv_file {
+	int fd;
+	bool direct;
+	bool blockdev;
+	uint32_t salt;
+	uint64_t data_bytes;
+	uint64_t hwm;
+	uint64_t created_ns;
+	struct nv_alloc alloc;
+};
+
+struct nv_rec {
+	struct kvt_record_hdr hdr; /* with the real crc */
+	uint64_t page;
+	uint32_t npages;
+	uint16_t file;
+};
+
+struct nv_list {
+	struct kvt_tier_io *head, *tail;
+};
+
+/* tier_priv[0] of a request; tier_priv[1] links it into the tier's lists. */
+#define RQ_OP_MASK 0xfu
+#define RQ_READ 1u
+#define RQ_WRITE 2u
+#define RQ_INVAL 3u
+#define RQ_STARTED 0x10u /* counted in inflight */
+#define RQ_PEND_SHIFT 8
+#define RQ_PEND_MASK (0xffu << RQ_PEND_SHIFT)
+#define RQ_ERR_SHIFT 16 /* forced positive errno (fault injection) */
+
+struct kvt_tier {
+	uint32_t magic;
+	unsigned flags;
+	unsigned qd;
+	int (*io_hook)(int op, uint64_t off, uint32_t len);
+	void (*log)(void *arg, int level, const char *msg);
+	void *log_arg;
+
+	unsigned nfiles;
+	unsigned next_file;
+	struct nv_file *files;
+	struct nv_map map;
+	void *zero_page;
+	void *sb_buf;
+
+	int efd;
+	bool uring;
+	bool fixed_files;
+	struct io_uring ring;
+	unsigned unsubmitted;
+
+	char *arena;
+	size_t arena_bytes;
+	size_t arena_reg; /* registered prefix of the arena */
+	struct nv_alloc arena_alloc;
+	uint32_t *arena_len;
+
+	unsigned inflight;
+	struct nv_list backlog;
+	struct nv_list done_now;
+
+	pthread_t *workers;
+	unsigned nworkers;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct nv_list wq;
+	struct nv_list wdone;
+	bool stop;
+
+	struct nv_rec *recs;
+	size_t nrecs;
+	bool recs_pending;
+
+	struct kvt_tier_stats st;
+};
+
+struct nv_inval {
+	struct kvt_tier_io io;
+	struct kvt_tier *t;
+};
+
+static void nv_log(struct kvt_tier *t, int level, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void nv_log(struct kvt_tier *t, int level, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (t->log)
+		t->log(t->log_arg, level, msg);
+	else
+		fprintf(stderr, "kvtier nvme: %s\n", msg);
+}
+
+static inline uint64_t round_up(uint64_t v, uint64_t a)
+{
+	return (v + a - 1) / a * a;
+}
+
+static inline int hook(struct kvt_tier *t, int op, uint64_t off, uint32_t len)
+{
+	return t->io_hook ? t->io_hook(op, off, len) : 0;
+}
+
+/* ---- extent map: open addressing, linear probing, backward-shift deletion ---- */
+
+static inline uint64_t ext_key(unsigned file, uint64_t page)
+{
+	return (((uint64_t)file << 48) | page) + 1;
+}
+
+static inline size_t map_hash(uint64_t k, size_t cap)
+{
+	k ^= k >> 33;
+	k *= 0xff51afd7ed558ccdull;
+	k ^= k >> 33;
+	return (size_t)k & (cap - 1);
+}
+
+static struct nv_ext *map_get(struct nv_map *m, uint64_t key)
+{
+	size_t i;
+
+	if (!m->cap)
+		return NULL;
+	for (i = map_hash(key, m->cap);; i = (i + 1) & (m->cap - 1)) {
+		if (m->slot[i].key == key)
+			return &m->slot[i];
+		if (!m->slot[i].key)
+			return NULL;
+	}
+}
+
+static int map_grow(struct nv_map *m)
+{
+	size_t ncap = m->cap ? m->cap * 2 : 1024;
+	struct nv_ext *ns = calloc(ncap, sizeof(*ns));
+
+	if (!ns)
+		return -ENOMEM;
+	for (size_t i = 0; i < m->cap; i++) {
+		size_t j;
+
+		if (!m->slot[i].key)
+			continue;
+		for (j = map_hash(m->slot[i].key, ncap); ns[j].key; j = (j + 1) & (ncap - 1))
+			;
+		ns[j] = m->slot[i];
+	}
+	free(m->slot);
+	m->slot = ns;
+	m->cap = ncap;
+	return 0;
+}
+
+/* Inserts a new entry; the returned pointer is valid until the next insertion or deletion. */
+static struct nv_ext *map_add(struct nv_map *m, uint64_t key)
+{
+	size_t i;
+
+	if ((m->n + 1) * 2 > m->cap && map_grow(m) < 0)
+		return NULL;
+	for (i = map_hash(key, m->cap); m->slot[i].key; i = (i + 1) & (m->cap - 1))
+		;
+	memset(&m->slot[i], 0, sizeof(m->slot[i]));
+	m->slot[i].key = key;
+	m->n++;
+	return &m->slot[i];
+}
+
+static void map_del(struct nv_map *m, struct nv_ext *e)
+{
+	size_t i = (size_t)(e - m->slot), j = i;
+
+	/* Backward shift keeps probe chains intact without tombstones. */
+	for (;;) {
+		size_t h;
+
+		j = (j + 1) & (m->cap - 1);
+		if (!m->slot[j].key)
+			break;
+		h = map_hash(m->slot[j].key, m->cap);
+		if ((j > i && (h <= i || h > j)) || (j < i && (h <= i && h > j))) {
+			m->slot[i] = m->slot[j];
+			i = j;
+		}
+	}
+	m->slot[i].key = 0;
+	m->n--;
+}
+
+/* ---- lists ---- */
+
+static void list_add(struct nv_list *l, struct kvt_tier_io *io)
+{
+	io->tier_priv[1] = 0;
+	if (l->tail)
+		l->tail->tier_priv[1] = (uintptr_t)io;
+	else
+		l->head = io;
+	l->tail = io;
+}
+
+static struct kvt_tier_io *list_pop(struct nv_list *l)
+{
+	struct kvt_tier_io *io = l->head;
+
+	if (io) {
+		l->head = (struct kvt_tier_io *)io->tier_priv[1];
+		if (!l->head)
+			l->tail = NULL;
+	}
+	return io;
+}
+
+static void efd_signal(struct kvt_tier *t)
+{
+	uint64_t one = 1;
+
+	/* A full counter (never in practice) still leaves the fd readable. */
+	if (write(t->efd, &one, sizeof(one)) < 0) {
+	}
+}
+
+/* ---- synchronous helpers (open, recovery, close) ---- */
+
+static int pio_full(int fd, void *buf, size_t len, uint64_t off, bool wr)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t r = wr ? pwrite(fd, (char *)buf + done, len - done, (off_t)(off + done))
+			       : pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
+
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (r == 0)
+			return wr ? -EIO : (int)done;
+		done += (size_t)r;
+	}
+	return (int)done;
+}
+
+static void sb_fill(const struct nv_file *f, void *page)
+{
+	struct nv_sb sb;
+
+	memset(&sb, 0, sizeof(sb));
+	sb.magic = NV_SB_MAGIC;
+	sb.version = NV_SB_VERSION;
+	sb.sb_size = sizeof(sb);
+	sb.page_size = NV_PAGE;
+	sb.salt = f->salt;
+	sb.data_off = NV_DATA_OFF;
+	sb.data_bytes = f->data_bytes;
+	sb.hwm = f->hwm;
+	sb.created_ns = f->created_ns;
+	sb.crc = kvt_crc32c(0, &sb, offsetof(struct nv_sb, crc));
+	memset(page, 0, NV_PAGE);
+	memcpy(page, &sb, sizeof(sb));
+}
+
+static int sb_write(struct kvt_tier *t, struct nv_file *f)
+{
+	int r;
+
+	sb_fill(f, t->sb_buf);
+	r = hook(t, KVT_TIER_OP_WRITE, 0, NV_PAGE);
+	if (r >= 0)
+		r = pio_full(f->fd, t->sb_buf, NV_PAGE, 0, true);
+	if (r >= 0) {
+		r = hook(t, KVT_TIER_OP_FSYNC, 0, NV_PAGE);
+		if (r >= 0 && fdatasync(f->fd) < 0)
+			r = -errno;
+	}
+	return r < 0 ? r : 0;
+}
+
+static int sb_parse(const void *page, struct nv_sb *out)
+{
+	memcpy(out, page, sizeof(*out));
+	if (out->magic != NV_SB_MAGIC || out->version != NV_SB_VERSION ||
+	    out->sb_size != sizeof(*out) || out->page_size != NV_PAGE ||
+	    out->data_off != NV_DATA_OFF || out->data_bytes % NV_PAGE ||
+	    out->crc != kvt_crc32c(0, out, offsetof(struct nv_sb, crc)))
+		return -EBADMSG;
+	if (out->hwm > out->data_bytes)
+		out->hwm = out->data_bytes;
+	return 0;
+}
+
+static int zero_fill(struct kvt_tier *t, int fd, uint64_t size)
+{
+	const size_t chunk = 1u << 20;
+	void *z = NULL;
+	int r = 0;
+
+	if (posix_memalign(&z, NV_PAGE, chunk))
+		return -ENOMEM;
+	memset(z, 0, chunk);
+	for (uint64_t off = 0; off < size; off += chunk) {
+		size_t n = size - off < chunk ? (size_t)(size - off) : chunk;
+
+		r = pio_full(fd, z, n, off, true);
+		if (r < 0)
+			break;
+	}
+	free(z);
+	return r < 0 ? r : 0;
+}
+
+static int preallocate(struct kvt_tier *t, struct nv_file *f, const char *path, uint64_t size)
+{
+	int r = hook(t, KVT_TIER_OP_FALLOCATE, 0, 0);
+
+	if (r >= 0 && fallocate(f->fd, 0, 0, (off_t)size) < 0)
+		r = -errno;
+	if (r == -EOPNOTSUPP || r == -ENOSYS) {
+		nv_log(t, LOG_NOTICE, "%s: fallocate unsupported, zero-filling %llu bytes", path,
+		       (unsigned long long)size);
+		r = zero_fill(t, f->fd, size);
+	}
+	if (r < 0) {
+		nv_log(t, LOG_ERR, "%s: cannot preallocate %llu bytes: %s", path,
+		       (unsigned long long)size, strerror(-r));
+		/* Give the space back: a half-allocated file helps nobody. */
+		if (!f->blockdev && ftruncate(f->fd, 0) < 0) {
+		}
+	}
+	return r;
+}
+
+static int rec_cmp_key(const void *a, const void *b)
+{
+	const struct nv_rec *x = a, *y = b;
+
+	if (x->hdr.key_hi != y->hdr.key_hi)
+		return x->hdr.key_hi < y->hdr.key_hi ? -1 : 1;
+	if (x->hdr.key_lo != y->hdr.key_lo)
+		return x->hdr.key_lo < y->hdr.key_lo ? -1 : 1;
+	if (x->hdr.seq != y->hdr.seq)
+		return x->hdr.seq > y->hdr.seq ? -1 : 1; /* newest first */
+	return 0;
+}
+
+static int rec_cmp_seq(const void *a, const void *b)
+{
+	const struct nv_rec *x = a, *y = b;
+
+	if (x->hdr.seq != y->hdr.seq)
+		return x->hdr.seq < y->hdr.seq ? -1 : 1;
+	if (x->file != y->file)
+		return x->file < y->file ? -1 : 1;
+	return x->page < y->page ? -1 : (x->page > y->page);
+}
+
+static int rec_push(struct kvt_tier *t, size_t *cap, const struct nv_rec *r)
+{
+	if (t->nrecs == *cap) {
+		size_t nc = *cap ? *cap * 2 : 256;
+		struct nv_rec *n = realloc(t->recs, nc * sizeof(*n));
+
+		if (!n)
+			return -ENOMEM;
+		t->recs = n;
+		*cap = nc;
+	}
+	t->recs[t->nrecs++] = *r;
+	return 0;
+}
+
+/* Header fields a scan may trust enough to size a read; the CRC decides the rest. */
+static bool hdr_plausible(const struct kvt_record_hdr *h, uint64_t room)
+{
+	return h->magic == KVT_RECORD_MAGIC && h->version == KVT_RECORD_VERSION &&
+	       h->hdr_size == KVT_RECORD_HDR_SIZE && h->flags == 0 &&
+	       h->payload_len <= NV_MAX_RECORD - KVT_RECORD_HDR_SIZE &&
+	       round_up(KVT_RECORD_HDR_SIZE + (uint64_t)h->payload_len, NV_PAGE) <= room;
+}
+
+/* Verifies a record as stored (crc salted) at p; fills out->hdr with the real crc. */
+static bool rec_verify(const void *p, uint32_t salt, struct kvt_record_hdr *out)
+{
+	memcpy(out, p, sizeof(*out));
+	out->crc ^= salt;
+	return kvt_record_check(out, (const char *)p + KVT_RECORD_HDR_SIZE, out->payload_len) == 0;
+}
+
+static int scan_file(struct kvt_tier *t, unsigned fi, size_t *cap)
+{
+	struct nv_file *f = &t->files[fi];
+	char *buf = NULL, *big = NULL;
+	uint64_t pos = 0;
+	int r = 0;
+
+	if (posix_memalign((void **)&buf, NV_PAGE, NV_SCAN_CHUNK))
+		return -ENOMEM;
+	while (pos < f->hwm) {
+		uint32_t chunk = f->hwm - pos < NV_SCAN_CHUNK ? (uint32_t)(f->hwm - pos) : NV_SCAN_CHUNK;
+		uint32_t p = 0;
+
+		r = hook(t, KVT_TIER_OP_READ, NV_DATA_OFF + pos, chunk);
+		if (r >= 0)
+			r = pio_full(f->fd, buf, chunk, NV_DATA_OFF + pos, false);
+		if (r >= 0 && (uint32_t)r < chunk)
+			r = -EIO;
+		if (r < 0) {
+			/* Records in an unreadable chunk are lost; the rest of the file is not. */
+			nv_log(t, LOG_ERR, "file %u: scan read at %llu failed: %s", fi,
+			       (unsigned long long)(NV_DATA_OFF + pos), strerror(-r));
+			t->st.read_errors++;
+			pos += chunk;
+			continue;
+		}
+		while (p < chunk) {
+			const struct kvt_record_hdr *h = (const void *)(buf + p);
+			struct nv_rec rec;
+			uint64_t reclen;
+			const char *rp;
+
+			if (h->magic != KVT_RECORD_MAGIC) {
+				p += NV_PAGE;
+				continue;
+			}
+			if (!hdr_plausible(h, f->data_bytes - (pos + p))) {
+				t->st.corrupt_records++;
+				p += NV_PAGE;
+				continue;
+			}
+			reclen = round_up(KVT_RECORD_HDR_SIZE + (uint64_t)h->payload_len, NV_PAGE);
+			if (p + reclen <= chunk) {
+				rp = buf + p;
+			} else if (p > 0) {
+				break; /* re-read from this record's start */
+			} else {
+				free(big);
+				big = NULL;
+				if (posix_memalign((void **)&big, NV_PAGE, reclen)) {
+					r = -ENOMEM;
+					goto out;
+				}
+				r = hook(t, KVT_TIER_OP_READ, NV_DATA_OFF + pos, (uint32_t)reclen);
+				if (r >= 0)
+					r = pio_full(f->fd, big, reclen, NV_DATA_OFF + pos, false);
+				if (r < 0 || (uint64_t)r < reclen) {
+					t->st.read_errors++;
+					p += NV_PAGE;
+					continue;
+				}
+				rp = big;
+			}
+			if (!rec_verify(rp, f->salt, &rec.hdr)) {
+				t->st.corrupt_records++;
+				p += NV_PAGE;
+				continue;
+			}
+			rec.file = (uint16_t)fi;
+			rec.page = (pos + p) / NV_PAGE;
+			rec.npages = (uint32_t)(reclen / NV_PAGE);
+			r = nv_alloc_mark(&f->alloc, rec.page, rec.npages);
+			if (r == 0)
+				r = rec_push(t, cap, &rec);
+			if (r < 0)
+				goto out;
+			p += (uint32_t)reclen;
+		}
+		pos += p;
+	}
+	r = 0;
+out:
+	free(big);
+	free(buf);
+	return r;
+}
+
+/* Zeroes the first page of an extent synchronously (recovery only, before I/O starts). */
+static int inval_sync(struct kvt_tier *t, unsigned fi, uint64_t page)
+{
+	struct nv_file *f = &t->files[fi];
+	uint64_t off = NV_DATA_OFF + page * NV_PAGE;
+	int r = hook(t, KVT_TIER_OP_WRITE, off, NV_PAGE);
+
+	if (r >= 0)
+		r = pio_full(f->fd, t->zero_page, NV_PAGE, off, true);
+	return r < 0 ? r : 0;
+}
+
+/* Newest seq per key wins; older copies are invalidated so they stay dead. */
+static int recs_dedupe(struct kvt_tier *t)
+{
+	size_t w = 0;
+
+	if (!t->nrecs)
+		return 0;
+	qsort(t->recs, t->nrecs, sizeof(*t->recs), rec_cmp_key);
+	for (size_t i = 0; i < t->nrecs; i++) {
+		struct nv_rec *r = &t->recs[i];
+
+		if (w && r->hdr.key_lo == t->recs[w - 1].hdr.key_lo &&
+		    r->hdr.key_hi == t->recs[w - 1].hdr.key_hi) {
+			struct nv_file *f = &t->files[r->file];
+
+			t->st.stale++;
+			if (inval_sync(t, r->file, r->page) == 0)
+				nv_alloc_put(&f->alloc, r->page, r->npages);
+			else
+				t->st.quarantined_bytes += (uint64_t)r->npages * NV_PAGE;
+			continue;
+		}
+		t->recs[w++] = *r;
+	}
+	t->nrecs = w;
+	qsort(t->recs, t->nrecs, sizeof(*t->recs), rec_cmp_seq);
+	for (size_t i = 0; i < t->nrecs; i++) {
+		struct nv_ext *e = map_add(&t->map, ext_key(t->recs[i].file, t->recs[i].page));
+
+		if (!e)
+			return -ENOMEM;
+		e->npages = t->recs[i].npages;
+		e->state = EXT_RECOVERED;
+		e->written = 1;
+	}
+	t->st.recovered = t->nrecs;
+	t->st.records = t->nrecs;
+	t->recs_pending = t->nrecs > 0;
+	return 0;
+}
+
+static int file_open(struct kvt_tier *t, unsigned fi, const char *path, uint64_t share,
+		     size_t *cap)
+{
+	struct nv_file *f = &t->files[fi];
+	int oflags = O_RDWR | O_CREAT | O_CLOEXEC;
+	bool want_direct = !(t->flags & KVT_TIER_F_NO_DIRECT);
+	uint64_t data_bytes = share >= 2 * NV_PAGE ? (share - NV_PAGE) / NV_PAGE * NV_PAGE : 0;
+	struct nv_sb sb;
+	struct statfs sfs;
+	struct stat st;
+	bool valid;
+	int sb_read;
+	int r;
+
+	f->fd = -1;
+	if (want_direct) {
+		r = hook(t, KVT_TIER_OP_OPEN_DIRECT, 0, 0);
+		f->fd = r < 0 ? (errno = -r, -1) : open(path, oflags | O_DIRECT, 0600);
+		if (f->fd < 0 && errno != EINVAL)
+			return -errno;
+		f->direct = f->fd >= 0;
+	}
+	if (f->fd < 0) {
+		if (want_direct)
+			nv_log(t, LOG_WARNING,
+			       "%s: filesystem refuses O_DIRECT, using buffered I/O (page cache)",
+			       path);
+		f->fd = open(path, oflags, 0600);
+		if (f->fd < 0)
+			return -errno;
+	}
+	if (fstat(f->fd, &st) < 0)
+		return -errno;
+	f->blockdev = S_ISBLK(st.st_mode);
+	if (!f->blockdev && fstatfs(f->fd, &sfs) == 0 && sfs.f_type == TMPFS_MAGIC)
+		nv_log(t, LOG_NOTICE, "%s is on tmpfs: the NVMe tier is RAM-backed and not durable",
+		       path);
+
+	r = pio_full(f->fd, t->sb_buf, NV_PAGE, 0, false);
+	if (r == -EINVAL && f->direct) {
+		/* Some filesystems take the flag at open and refuse the I/O. */
+		nv_log(t, LOG_WARNING, "%s: O_DIRECT read refused, using buffered I/O", path);
+		close(f->fd);
+		f->direct = false;
+		f->fd = open(path, oflags, 0600);
+		if (f->fd < 0)
+			return -errno;
+		r = pio_full(f->fd, t->sb_buf, NV_PAGE, 0, false);
+	}
+	if (r < 0)
+		return r;
+	sb_read = r;
+	valid = r == (int)NV_PAGE && sb_parse(t->sb_buf, &sb) == 0;
+
+	if (f->blockdev) {
+		uint64_t dev = 0;
+
+		if (ioctl(f->fd, BLKGETSIZE64, &dev) < 0)
+			return -errno;
+		dev = dev / NV_PAGE * NV_PAGE;
+		if (dev < 2 * NV_PAGE)
+			return -ENOSPC;
+		if (!data_bytes || data_bytes > dev - NV_PAGE)
+			data_bytes = dev - NV_PAGE;
+	}
+	if (!data_bytes && valid)
+		data_bytes = sb.data_bytes;
+	if (!data_bytes) {
+		nv_log(t, LOG_ERR, "%s: no capacity configured and no slot file to reuse", path);
+		return -EINVAL;
+	}
+	f->data_bytes = data_bytes;
+	r = nv_alloc_init(&f->alloc, data_bytes / NV_PAGE);
+	if (r < 0)
+		return r;
+
+	if (valid && sb.data_bytes == data_bytes) {
+		f->salt = sb.salt;
+		f->hwm = sb.hwm;
+		f->created_ns = sb.created_ns;
+		if (!f->blockdev && (uint64_t)st.st_size < NV_DATA_OFF + data_bytes) {
+			r = preallocate(t, f, path, NV_DATA_OFF + data_bytes);
+			if (r < 0)
+				return r;
+		}
+		return scan_file(t, fi, cap);
+	}
+	if (valid)
+		nv_log(t, LOG_WARNING, "%s: capacity changed (%llu -> %llu bytes), records dropped",
+		       path, (unsigned long long)sb.data_bytes, (unsigned long long)data_bytes);
+	else if (sb_read > 0 && st.st_size > 0)
+		nv_log(t, LOG_WARNING, "%s: no valid superblock, initialising a new slot file", path);
+	/* A fresh incarnation: new salt, so nothing the old one wrote can be accepted. */
+	if (getrandom(&f->salt, sizeof(f->salt), 0) != sizeof(f->salt)) {
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		f->salt = (uint32_t)(ts.tv_nsec ^ ts.tv_sec ^ getpid());
+	}
+	{
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		f->created_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	}
+	f->hwm = 0;
+	if (!f->blockdev) {
+		if (ftruncate(f->fd, 0) < 0)
+			return -errno;
+		r = preallocate(t, f, path, NV_DATA_OFF + data_bytes);
+		if (r < 0)
+			return r;
+	}
+	return sb_write(t, f);
+}
+
+/* ---- engines ---- */
+
+static inline unsigned rq_op(const struct kvt_tier_io *io)
+{
+	return (unsigned)(io->tier_priv[0] & RQ_OP_MASK);
+}
+
+static inline uint32_t rq_xfer(const struct kvt_tier_io *io)
+{
+	return (uint32_t)round_up(io->len, NV_PAGE);
+}
+
+static bool buf_fixed(const struct kvt_tier *t, const void *buf, uint32_t len)
+{
+	const char *p = buf;
+
+	return t->arena_reg && p >= t->arena && p + len <= t->arena + t->arena_reg;
+}
+
+static void *worker_main(void *arg)
+{
+	struct kvt_tier *t = arg;
+
+	for (;;) {
+		struct kvt_tier_io *io;
+		struct nv_file *f;
+		bool wr;
+		int r;
+
+		pthread_mutex_lock(&t->mu);
+		while (!t->stop && !t->wq.head)
+			pthread_cond_wait(&t->cv, &t->mu);
+		io = list_pop(&t->wq);
+		pthread_mutex_unlock(&t->mu);
+		if (!io)
+			break;
+		f = &t->files[io->loc.file];
+		wr = rq_op(io) != RQ_READ;
+		r = pio_full(f->fd, io->buf, rq_xfer(io), io->loc.off, wr);
+		if (r >= 0 && (uint32_t)r != rq_xfer(io))
+			r = -EIO;
+		if (r >= 0 && wr && (t->flags & KVT_TIER_F_FSYNC) && fdatasync(f->fd) < 0)
+			r = -errno;
+		io->res = r < 0 ? r : (int)io->len;
+		pthread_mutex_lock(&t->mu);
+		list_add(&t->wdone, io);
+		pthread_mutex_unlock(&t->mu);
+		efd_signal(t);
+	}
+	return NULL;
+}
+
+static int workers_start(struct kvt_tier *t)
+{
+	unsigned n = t->qd < NV_MAX_WORKERS ? t->qd : NV_MAX_WORKERS;
+
+	t->workers = calloc(n, sizeof(*t->workers));
+	if (!t->workers)
+		return -ENOMEM;
+	for (unsigned i = 0; i < n; i++) {
+		int r = pthread_create(&t->workers[i], NULL, worker_main, t);
+
+		if (r) {
+			if (!i)
+				return -r;
+			break;
+		}
+		t->nworkers++;
+	}
+	return 0;
+}
+
+static void workers_stop(struct kvt_tier *t)
+{
+	pthread_mutex_lock(&t->mu);
+	t->stop = true;
+	pthread_cond_broadcast(&t->cv);
+	pthread_mutex_unlock(&t->mu);
+	for (unsigned i = 0; i < t->nworkers; i++)
+		pthread_join(t->workers[i], NULL);
+	free(t->workers);
+	t->workers = NULL;
+	t->nworkers = 0;
+}
+
+static int uring_setup(struct kvt_tier *t)
+{
+	unsigned entries = 8;
+	int fds[256];
+	int r;
+
+	while (entries < 2 * t->qd)
+		entries *= 2;
+	r = hook(t, KVT_TIER_OP_URING_SETUP, 0, 0);
+	if (r >= 0)
+		r = io_uring_queue_init(entries, &t->ring, 0);
+	if (r < 0)
+		return r;
+	r = io_uring_register_eventfd(&t->ring, t->efd);
+	if (r < 0) {
+		io_uring_queue_exit(&t->ring);
+		return r;
+	}
+	if (t->nfiles <= 256) {
+		for (unsigned i = 0; i < t->nfiles; i++)
+			fds[i] = t->files[i].fd;
+		t->fixed_files = io_uring_register_files(&t->ring, fds, t->nfiles) == 0;
+	}
+	if (t->arena) {
+		size_t len = t->arena_bytes;
+
+		/* Registration pins memory (RLIMIT_MEMLOCK without CAP_IPC_LOCK): shrink until
+		 * it fits; buffers past the registered prefix still work, unregistered. */
+		while (len >= (1u << 20)) {
+			struct iovec iov = {.iov_base = t->arena, .iov_len = len};
+
+			if (io_uring_register_buffers(&t->ring, &iov, 1) == 0) {
+				t->arena_reg = len;
+				break;
+			}
+			len /= 2;
+		}
+		if (t->arena_reg < t->arena_bytes)
+			nv_log(t, LOG_NOTICE, "registered %zu of %zu arena bytes with io_uring",
+			       t->arena_reg, t->arena_bytes);
+	}
+	t->uring = true;
+	return 0;
+}
+
+static void uring_flush(struct kvt_tier *t)
+{
+	if (t->unsubmitted) {
+		int r = io_uring_submit(&t->ring);
+
+		if (r >= 0)
+			t->unsubmitted = 0;
+	}
+}
+
+static struct io_uring_sqe *uring_sqe(struct kvt_tier *t)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&t->ring);
+
+	if (!sqe) {
+		io_uring_submit(&t->ring);
+		t->unsubmitted = 0;
+		sqe = io_uring_get_sqe(&t->ring);
+	}
+	return sqe;
+}
+
+static void uring_start(struct kvt_tier *t, struct kvt_tier_io *io, bool more)
+{
+	struct nv_file *f = &t->files[io->loc.file];
+	bool wr = rq_op(io) != RQ_READ;
+	bool sync = wr && (t->flags & KVT_TIER_F_FSYNC);
+	int fd = t->fixed_files ? (int)io->loc.file : f->fd;
+	uint32_t len = rq_xfer(io);
+	struct io_uring_sqe *sqe;
+
+	/* A write and its fdatasync must sit in the same submission to stay linked. */
+	if (io_uring_sq_space_left(&t->ring) < (sync ? 2u : 1u)) {
+		io_uring_submit(&t->ring);
+		t->unsubmitted = 0;
+	}
+	sqe = uring_sqe(t);
+	if (buf_fixed(t, io->buf, len)) {
+		if (wr)
+			io_uring_prep_write_fixed(sqe, fd, io->buf, len, io->loc.off, 0);
+		else
+			io_uring_prep_read_fixed(sqe, fd, io->buf, len, io->loc.off, 0);
+	} else if (wr) {
+		io_uring_prep_write(sqe, fd, io->buf, len, io->loc.off);
+	} else {
+		io_uring_prep_read(sqe, fd, io->buf, len, io->loc.off);
+	}
+	if (t->fixed_files)
+		sqe->flags |= IOSQE_FIXED_FILE;
+	io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)io | 1);
+	io->tier_priv[0] |= 1u << RQ_PEND_SHIFT;
+	t->unsubmitted++;
+	if (sync) {
+		sqe->flags |= IOSQE_IO_LINK;
+		sqe = uring_sqe(t);
+		io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
+		if (t->fixed_files)
+			sqe->flags |= IOSQE_FIXED_FILE;
+		io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)io | 2);
+		io->tier_priv[0] += 1u << RQ_PEND_SHIFT;
+		t->unsubmitted++;
+	}
+	io->res = 0;
+	if (!more)
+		uring_flush(t);
+}
+
+static void nv_release(struct kvt_tier *t, struct nv_ext *e);
+static void nv_free_ext(struct kvt_tier *t, struct nv_ext *e);
+
+/* Queues the completion of a request that never reached the device. */
+static void finish_early(struct kvt_tier *t, struct kvt_tier_io *io, int res)
+{
+	io->res = res;
+	list_add(&t->done_now, io);
+	efd_signal(t);
+}
+
+/* Hands a request to the engine (or the backlog when the queue is full). */
+static void nv_start(struct kvt_tier *t, struct kvt_tier_io *io, bool more)
+{
+	uint32_t len = rq_xfer(io);
+	bool wr = rq_op(io) != RQ_READ;
+	int r;
+
+	if (t->inflight >= t->qd) {
+		list_add(&t->backlog, io);
+		return;
+	}
+	io->tier_priv[0] |= RQ_STARTED;
+	t->inflight++;
+	r = hook(t, wr ? KVT_TIER_OP_WRITE : KVT_TIER_OP_READ, io->loc.off, len);
+	if (r < 0) {
+		finish_early(t, io, r);
+		return;
+	}
+	if (r > 0 && wr && (uint32_t)r < len) {
+		/* Torn write for tests: part of the record reaches the medium, then EIO. */
+		uint32_t part = (uint32_t)r / NV_PAGE * NV_PAGE;
+
+		if (part)
+			pio_full(t->files[io->loc.file].fd, io->buf, part, io->loc.off, true);
+		finish_early(t, io, -EIO);
+		return;
+	}
+	if (wr && (t->flags & KVT_TIER_F_FSYNC)) {
+		r = hook(t, KVT_TIER_OP_FSYNC, io->loc.off, len);
+		if (r < 0)
+			io->tier_priv[0] |= (uintptr_t)(-r & 0xffff) << RQ_ERR_SHIFT;
+	}
+	if (t->uring) {
+		uring_start(t, io, more);
+		return;
+	}
+	pthread_mutex_lock(&t->mu);
+	list_add(&t->wq, io);
+	pthread_cond_signal(&t->cv);
+	pthread_mutex_unlock(&t->mu);
+}
+
+static void inval_done(struct kvt_tier_io *io)
+{
+	struct nv_inval *iv = (struct nv_inval *)io;
+	struct kvt_tier *t = iv->t;
+	struct nv_ext *e = map_get(&t->map, ext_key(io->loc.file, (io->loc.off - NV_DATA_OFF) / NV_PAGE));
+
+	if (e) {
+		if (io->res >= 0) {
+			nv_release(t, e);
+		} else {
+			/* Pages that may still hold a valid record are never reused. */
+			e->state = EXT_QUARANTINE;
+			t->st.quarantined_bytes += (uint64_t)e->npages * NV_PAGE;
+			nv_log(t, LOG_ERR, "file %u: invalidating record at %llu failed: %s; %u pages withheld",
+			       io->loc.file, (unsigned long long)io->loc.off, strerror(-io->res),
+			       e->npages);
+		}
+	}
+	free(iv);
+}
+
+/* Completion of any request, on the event-loop thread. */
+static void nv_finish(struct kvt_tier *t, struct kvt_tier_io *io, int res)
+{
+	unsigned op = rq_op(io);
+	int ferr = (int)((io->tier_priv[0] >> RQ_ERR_SHIFT) & 0xffff);
+	struct nv_file *f = &t->files[io->loc.file];
+	struct nv_ext *e;
+
+	if (io->tier_priv[0] & RQ_STARTED)
+		t->inflight--;
+	if (res >= 0 && ferr)
+		res = -ferr;
+	if (op == RQ_INVAL) {
+		io->res = res;
+		io->done(io);
+		return;
+	}
+	e = map_get(&t->map, ext_key(io->loc.file, (io->loc.off - NV_DATA_OFF) / NV_PAGE));
+	if (op == RQ_WRITE) {
+		struct kvt_record_hdr *h = io->buf;
+
+		h->crc ^= f->salt; /* give the caller its buffer back as it was */
+		if (res >= 0) {
+			res = (int)io->len;
+			t->st.bytes_written += io->len;
+		} else {
+			t->st.write_errors++;
+		}
+		if (e && e->state == EXT_WRITING) {
+			e->state = res >= 0 ? EXT_VALID : EXT_FAILED;
+			if (res >= 0)
+				t->st.records++;
+		}
+	} else {
+		if (res >= 0) {
+			struct kvt_record_hdr *h = io->buf;
+
+			h->crc ^= f->salt;
+			if (kvt_record_check(h, (char *)io->buf + KVT_RECORD_HDR_SIZE,
+					     io->len - KVT_RECORD_HDR_SIZE) < 0) {
+				t->st.corrupt_records++;
+				res = -EBADMSG;
+			} else {
+				res = (int)io->len;
+				t->st.bytes_read += io->len;
+			}
+		} else {
+			t->st.read_errors++;
+		}
+	}
+	io->res = res;
+	if (e) {
+		e->inflight--;
+		if (e->state == EXT_FREEING && !e->inflight)
+			nv_free_ext(t, e);
+	}
+	io->done(io);
+}
+
+/* Pages back to the allocator; the entry leaves the map. */
+static void nv_release(struct kvt_tier *t, struct nv_ext *e)
+{
+	unsigned fi = (unsigned)((e->key - 1) >> 48);
+	uint64_t page = (e->key - 1) & ((1ull << 48) - 1);
+
+	nv_alloc_put(&t->files[fi].alloc, page, e->npages);
+	map_del(&t->map, e);
+}
+
+/* The extent is FREEING with no I/O in flight: invalidate (if it may hold a record), then
+ * release. */
+static void nv_free_ext(struct kvt_tier *t, struct nv_ext *e)
+{
+	struct nv_inval *iv;
+	unsigned fi = (unsigned)((e->key - 1) >> 48);
+	uint64_t page = (e->key - 1) & ((1ull << 48) - 1);
+
+	if (!e->written) {
+		nv_release(t, e);
+		return;
+	}
+	iv = calloc(1, sizeof(*iv));
+	if (!iv) {
+		e->state = EXT_QUARANTINE;
+		t->st.quarantined_bytes += (uint64_t)e->npages * NV_PAGE;
+		return;
+	}
+	iv->t = t;
+	iv->io.loc.file = (uint16_t)fi;
+	iv->io.loc.off = NV_DATA_OFF + page * NV_PAGE;
+	iv->io.loc.len = NV_PAGE;
+	iv->io.buf = t->zero_page;
+	iv->io.len = NV_PAGE;
+	iv->io.done = inval_done;
+	iv->io.tier_priv[0] = RQ_INVAL;
+	nv_start(t, &iv->io, true);
+}
+
+/* ---- ops ---- */
+
+static int nvme_complete(struct kvt_tier *t);
+
+static void nvme_close(struct kvt_tier *t);
+
+static int nvme_open(const struct kvt_tier_conf *conf, struct kvt_tier **out)
+{
+	struct kvt_tier *t;
+	size_t cap = 0;
+	uint64_t share = 0;
+	unsigned n = 0;
+	int r;
+
+	if (!conf || !out || !conf->paths || !conf->paths[0])
+		return -EINVAL;
+	while (conf->paths[n])
+		n++;
+	if (n > 0xffff)
+		return -EINVAL;
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	t->magic = NV_TIER_MAGIC;
+	t->flags = conf->flags;
+	t->qd = conf->queue_depth ? conf->queue_depth : NV_DEFAULT_QD;
+	if (t->qd > NV_MAX_QD)
+		t->qd = NV_MAX_QD;
+	t->io_hook = conf->io_hook;
+	t->log = conf->log;
+	t->log_arg = conf->log_arg;
+	t->efd = -1;
+	pthread_mutex_init(&t->mu, NULL);
+	pthread_cond_init(&t->cv, NULL);
+	t->files = calloc(n, sizeof(*t->files));
+	if (!t->files) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	for (unsigned i = 0; i < n; i++)
+		t->files[i].fd = -1;
+	if (posix_memalign(&t->zero_page, NV_PAGE, NV_PAGE) ||
+	    posix_memalign(&t->sb_buf, NV_PAGE, NV_PAGE)) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	memset(t->zero_page, 0, NV_PAGE);
+	t->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (t->efd < 0) {
+		r = -errno;
+		goto fail;
+	}
+	if (conf->capacity_bytes)
+		share = conf->capacity_bytes / n;
+	for (unsigned i = 0; i < n; i++) {
+		t->nfiles = i + 1; /* so that close() sees the files opened so far */
+		r = file_open(t, i, conf->paths[i], share, &cap);
+		if (r < 0) {
+			nv_log(t, LOG_ERR, "%s: %s", conf->paths[i], strerror(-r));
+			goto fail;
+		}
+	}
+	r = recs_dedupe(t);
+	if (r < 0)
+		goto fail;
+
+	t->arena_bytes = conf->buf_bytes ? conf->buf_bytes : NV_DEFAULT_BUF;
+	t->arena_bytes = round_up(t->arena_bytes, NV_PAGE);
+	if (t->arena_bytes > NV_MAX_BUF)
+		t->arena_bytes = NV_MAX_BUF;
+	t->arena = mmap(NULL, t->arena_bytes, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (t->arena == MAP_FAILED) {
+		t->arena = NULL;
+		t->arena_bytes = 0;
+	} else if (nv_alloc_init(&t->arena_alloc, t->arena_bytes / NV_PAGE) < 0 ||
+		   !(t->arena_len = calloc(t->arena_bytes / NV_PAGE, sizeof(uint32_t)))) {
+		r = -ENOMEM;
+		goto fail;
+	}
+
+	r = -ENOSYS;
+	if (!(t->flags & KVT_TIER_F_NO_URING)) {
+		r = uring_setup(t);
+		if (r < 0)
+			nv_log(t, LOG_WARNING, "io_uring unavailable (%s), using %u pread/pwrite workers",
+			       strerror(-r), t->qd < NV_MAX_WORKERS ? t->qd : NV_MAX_WORKERS);
+	}
+	if (r < 0) {
+		r = workers_start(t);
+		if (r < 0)
+			goto fail;
+	}
+	for (unsigned i = 0; i < t->nfiles; i++)
+		t->st.capacity_bytes += t->files[i].data_bytes;
+	t->st.files = t->nfiles;
+	*out = t;
+	return 0;
+fail:
+	nvme_close(t);
+	return r;
+}
+
+static void nvme_close(struct kvt_tier *t)
+{
+	if (!t)
+		return;
+	if (t->magic != NV_TIER_MAGIC)
+		abort(); /* a stray pointer here would corrupt data on the way out */
+	/* Drain: outstanding done() callbacks (and pending invalidations) run here. */
+	while (t->inflight || t->backlog.head || t->done_now.head) {
+		struct pollfd pfd = {.fd = t->efd, .events = POLLIN};
+
+		if (t->uring)
+			uring_flush(t);
+		if (!t->done_now.head)
+			poll(&pfd, 1, 100);
+		nvme_complete(t);
+	}
+	if (t->uring)
+		io_uring_queue_exit(&t->ring);
+	if (t->workers)
+		workers_stop(t);
+	for (unsigned i = 0; i < t->nfiles; i++) {
+		struct nv_file *f = &t->files[i];
+
+		if (f->fd >= 0) {
+			if (fdatasync(f->fd) < 0 && errno != EINVAL)
+				nv_log(t, LOG_ERR, "file %u: fdatasync at close: %s", i, strerror(errno));
+			close(f->fd);
+		}
+		nv_alloc_destroy(&f->alloc);
+	}
+	if (t->arena)
+		munmap(t->arena, t->arena_bytes);
+	nv_alloc_destroy(&t->arena_alloc);
+	free(t->arena_len);
+	if (t->efd >= 0)
+		close(t->efd);
+	free(t->files);
+	free(t->map.slot);
+	free(t->recs);
+	free(t->zero_page);
+	free(t->sb_buf);
+	pthread_mutex_destroy(&t->mu);
+	pthread_cond_destroy(&t->cv);
+	t->magic = 0;
+	free(t);
+}
+
+static void nvme_free(struct kvt_tier *t, const struct kvt_tier_loc *loc);
+
+/* Records recovered but never claimed through recover() are freed (and invalidated), so
+ * space accounting and a later scan agree with what the daemon knows. */
+static void drop_recovered(struct kvt_tier *t, size_t from)
+{
+	for (size_t i = from; i < t->nrecs; i++) {
+		struct nv_ext *e = map_get(&t->map, ext_key(t->recs[i].file, t->recs[i].page));
+
+		if (e && e->state == EXT_RECOVERED) {
+			e->state = EXT_FREEING;
+			t->st.records--;
+			nv_free_ext(t, e);
+		}
+	}
+	free(t->recs);
+	t->recs = NULL;
+	t->nrecs = 0;
+	t->recs_pending = false;
+}
+
+static int nvme_alloc(struct kvt_tier *t, uint32_t len, struct kvt_tier_loc *out)
+{
+	uint64_t n;
+	int64_t page = -ENOSPC;
+	unsigned fi = 0;
+	struct nv_file *f;
+	struct nv_ext *e;
+
+	if (!t || t->magic != NV_TIER_MAGIC || !out || len < KVT_RECORD_HDR_SIZE ||
+	    len > NV_MAX_RECORD)
+		return -EINVAL;
+	if (t->recs_pending) {
+		nv_log(t, LOG_WARNING, "alloc before recover(): dropping %zu recovered records",
+		       t->nrecs);
+		drop_recovered(t, 0);
+	}
+	n = round_up(len, NV_PAGE) / NV_PAGE;
+	for (unsigned k = 0; k < t->nfiles; k++) {
+		fi = (t->next_file + k) % t->nfiles;
+		page = nv_alloc_get(&t->files[fi].alloc, n);
+		if (page >= 0)
+			break;
+	}
+	if (page < 0)
+		return (int)page;
+	/* Spread consecutive blocks over the files (devices). */
+	t->next_file = (fi + 1) % t->nfiles;
+	f = &t->files[fi];
+	if (((uint64_t)page + n) * NV_PAGE > f->hwm) {
+		/* Recovery scans up to the mark, so it must be durable before data lands past
+		 * it.  Moves in large steps: a handful of synchronous writes per file life. */
+		uint64_t old = f->hwm;
+		int r;
+
+		f->hwm = round_up(((uint64_t)page + n) * NV_PAGE, NV_HWM_STEP);
+		if (f->hwm > f->data_bytes)
+			f->hwm = f->data_bytes;
+		r = sb_write(t, f);
+		if (r < 0) {
+			f->hwm = old;
+			nv_alloc_put(&f->alloc, (uint64_t)page, n);
+			t->st.write_errors++;
+			return r;
+		}
+	}
+	e = map_add(&t->map, ext_key(fi, (uint64_t)page));
+	if (!e) {
+		nv_alloc_put(&f->alloc, (uint64_t)page, n);
+		return -ENOMEM;
+	}
+	e->npages = (uint32_t)n;
+	e->state = EXT_ALLOC;
+	out->off = NV_DATA_OFF + (uint64_t)page * NV_PAGE;
+	out->len = (uint32_t)(n * NV_PAGE);
+	out->file = (uint16_t)fi;
+	out->flags = 0;
+	return 0;
+}
+
+static struct nv_ext *loc_ext(struct kvt_tier *t, const struct kvt_tier_loc *loc)
+{
+	struct nv_ext *e;
+
+	if (!loc || loc->file >= t->nfiles || loc->off < NV_DATA_OFF ||
+	    (loc->off - NV_DATA_OFF) % NV_PAGE)
+		return NULL;
+	e = map_get(&t->map, ext_key(loc->file, (loc->off - NV_DATA_OFF) / NV_PAGE));
+	if (!e || (uint64_t)e->npages * NV_PAGE != loc->len)
+		return NULL;
+	return e;
+}
+
+static void nvme_free(struct kvt_tier *t, const struct kvt_tier_loc *loc)
+{
+	struct nv_ext *e;
+
+	if (!t || t->magic != NV_TIER_MAGIC)
+		return;
+	e = loc_ext(t, loc);
+	if (!e || e->state == EXT_FREEING || e->state == EXT_QUARANTINE) {
+		nv_log(t, LOG_ERR, "free of unknown or freed slot (file %u off %llu)",
+		       loc ? loc->file : 0, loc ? (unsigned long long)loc->off : 0ull);
+		return;
+	}
+	if (e->state == EXT_VALID || e->state == EXT_RECOVERED)
+		t->st.records--;
+	e->state = EXT_FREEING;
+	if (!e->inflight)
+		nv_free_ext(t, e);
+}
+
+static int io_check(struct kvt_tier *t, const struct kvt_tier_io *io)
+{
+	if (!io || !io->buf || !io->done || io->len < KVT_RECORD_HDR_SIZE ||
+	    io->len > io->loc.len)
+		return -EINVAL;
+	if (t->files[io->loc.file < t->nfiles ? io->loc.file : 0].direct &&
+	    ((uintptr_t)io->buf & (NV_PAGE - 1)))
+		return -EINVAL;
+	return 0;
+}
+
+static int nvme_write(struct kvt_tier *t, struct kvt_tier_io *io)
+{
+	struct kvt_record_hdr *h;
+	struct nv_ext *e;
+	uint32_t xfer;
+	int r;
+
+	if (!t || t->magic != NV_TIER_MAGIC)
+		return -EINVAL;
+	r = io_check(t, io);
+	if (r < 0)
+		return r;
+	e = loc_ext(t, &io->loc);
+	if (!e)
+		return -EINVAL;
+	if (e->state != EXT_ALLOC)
+		return -EBUSY; /* records are written once; alloc a new slot */
+	h = io->buf;
+	if (h->magic != KVT_RECORD_MAGIC ||
+	    KVT_RECORD_HDR_SIZE + (uint64_t)h->payload_len > io->len)
+		return -EINVAL;
+	xfer = rq_xfer(io);
+	/* The pad goes to the medium too: zero it rather than leak heap bytes to disk. */
+	memset((char *)io->buf + io->len, 0, xfer - io->len);
+	h->crc ^= t->files[io->loc.file].salt;
+	e->state = EXT_WRITING;
+	e->written = 1;
+	e->inflight++;
+	t->st.writes++;
+	io->tier_priv[0] = RQ_WRITE;
+	nv_start(t, io, io->flags & KVT_TIER_IO_MORE);
+	return 0;
+}
+
+static int nvme_read(struct kvt_tier *t, struct kvt_tier_io *io)
+{
+	struct nv_ext *e;
+	int r;
+
+	if (!t || t->magic != NV_TIER_MAGIC)
+		return -EINVAL;
+	r = io_check(t, io);
+	if (r < 0)
+		return r;
+	e = loc_ext(t, &io->loc);
+	if (!e)
+		return -EINVAL;
+	if (e->state != EXT_VALID)
+		return -ENODATA; /* not written (yet), failed, or being freed: never served */
+	e->inflight++;
+	t->st.reads++;
+	io->tier_priv[0] = RQ_READ;
+	nv_start(t, io, io->flags & KVT_TIER_IO_MORE);
+	return 0;
+}
+
+static void uring_reap(struct kvt_tier *t, int *n)
+{
+	struct io_uring_cqe *cqe;
+
+	while (io_uring_peek_cqe(&t->ring, &cqe) == 0) {
+		uint64_t ud = io_uring_cqe_get_data64(cqe);
+		struct kvt_tier_io *io = (struct kvt_tier_io *)(uintptr_t)(ud & ~7ull);
+		int res = cqe->res;
+
+		io_uring_cqe_seen(&t->ring, cqe);
+		if ((ud & 7) == 1) {
+			uint32_t want = rq_xfer(io);
+
+			io->res = res < 0 ? res : ((uint32_t)res == want ? (int)io->len : -EIO);
+		} else if (res < 0 && io->res >= 0) {
+			io->res = res;
+		}
+		io->tier_priv[0] -= 1u << RQ_PEND_SHIFT;
+		if (io->tier_priv[0] & RQ_PEND_MASK)
+			continue;
+		nv_finish(t, io, io->res);
+		(*n)++;
+	}
+}
+
+static int nvme_complete(struct kvt_tier *t)
+{
+	struct kvt_tier_io *io;
+	struct nv_list l;
+	uint64_t v;
+	int n = 0;
+
+	if (!t || t->magic != NV_TIER_MAGIC)
+		return -EINVAL;
+	/* Reset the counter before reaping so that a completion racing with us re-arms it. */
+	if (read(t->efd, &v, sizeof(v)) < 0) {
+	}
+	if (t->uring) {
+		uring_flush(t);
+		uring_reap(t, &n);
+	} else {
+		pthread_mutex_lock(&t->mu);
+		l = t->wdone;
+		t->wdone.head = t->wdone.tail = NULL;
+		pthread_mutex_unlock(&t->mu);
+		while ((io = list_pop(&l))) {
+			nv_finish(t, io, io->res);
+			n++;
+		}
+	}
+	l = t->done_now;
+	t->done_now.head = t->done_now.tail = NULL;
+	while ((io = list_pop(&l))) {
+		nv_finish(t, io, io->res);
+		n++;
+	}
+	while (t->backlog.head && t->inflight < t->qd)
+		nv_start(t, list_pop(&t->backlog), true);
+	if (t->uring)
+		uring_flush(t);
+	return n;
+}
+
+static int nvme_submit(struct kvt_tier *t)
+{
+	if (!t || t->magic != NV_TIER_MAGIC)
+		return -EINVAL;
+	if (t->uring)
+		uring_flush(t);
+	return 0;
+}
+
+static int nvme_event_fd(struct kvt_tier *t)
+{
+	return t && t->magic == NV_TIER_MAGIC ? t->efd : -EINVAL;
+}
+
+static int nvme_recover(struct kvt_tier *t, kvt_tier_recover_cb cb, void *arg)
+{
+	int kept = 0;
+
+	if (!t || t->magic != NV_TIER_MAGIC || !cb)
+		return -EINVAL;
+	if (!t->recs_pending)
+		return 0;
+	t->recs_pending = false;
+	for (size_t i = 0; i < t->nrecs; i++) {
+		struct nv_rec *rec = &t->recs[i];
+		struct nv_ext *e = map_get(&t->map, ext_key(rec->file, rec->page));
+		struct kvt_tier_loc loc = {
+			.off = NV_DATA_OFF + rec->page * NV_PAGE,
+			.len = rec->npages * NV_PAGE,
+			.file = rec->file,
+		};
+		int r;
+
+		if (!e || e->state != EXT_RECOVERED)
+			continue;
+		e->state = EXT_VALID;
+		r = cb(arg, &rec->hdr, &loc);
+		if (r < 0) {
+			drop_recovered(t, i + 1);
+			return r;
+		}
+		if (r > 0)
+			nvme_free(t, &loc);
+		else
+			kept++;
+	}
+	free(t->recs);
+	t->recs = NULL;
+	t->nrecs = 0;
+	return kept;
+}
+
+static int nvme_flush(struct kvt_tier *t)
+{
+	int ret = 0;
+
+	if (!t || t->magic != NV_TIER_MAGIC)
+		return -EINVAL;
+	for (unsigned i = 0; i < t->nfiles; i++) {
+		int r = hook(t, KVT_TIER_OP_FSYNC, 0, 0);
+
+		if (r >= 0 && fdatasync(t->files[i].fd) < 0)
+			r = -errno;
+		if (r < 0 && !ret)
+			ret = r;
+	}
+	return ret;
+}
+
+static void nvme_stats(struct kvt_tier *t, struct kvt_tier_stats *st)
+{
+	if (!t || t->magic != NV_TIER_MAGIC || !st)
+		return;
+	*st = t->st;
+	st->used_bytes = 0;
+	for (unsigned i = 0; i < t->nfiles; i++)
+		st->used_bytes +=
+			(t->files[i].alloc.npages - t->files[i].alloc.nfree) * (uint64_t)NV_PAGE;
+	st->io_flags = (t->uring ? KVT_TIER_ST_URING : 0) | (t->arena_reg ? KVT_TIER_ST_FIXED_BUFS : 0) |
+		       (t->fixed_files ? KVT_TIER_ST_FIXED_FILES : 0);
+	st->io_flags |= KVT_TIER_ST_DIRECT;
+	for (unsigned i = 0; i < t->nfiles; i++)
+		if (!t->files[i].direct)
+			st->io_flags &= ~KVT_TIER_ST_DIRECT;
+}
+
+static void *nvme_buf_alloc(struct kvt_tier *t, uint32_t len)
+{
+	uint64_t n;
+	void *p = NULL;
+
+	if (!t || t->magic != NV_TIER_MAGIC || !len)
+		return NULL;
+	n = round_up(len, NV_PAGE) / NV_PAGE;
+	if (t->arena) {
+		int64_t pg = nv_alloc_get(&t->arena_alloc, n);
+
+		if (pg >= 0) {
+			t->arena_len[pg] = (uint32_t)n;
+			return t->arena + (uint64_t)pg * NV_PAGE;
+		}
+	}
+	if (posix_memalign(&p, NV_PAGE, n * NV_PAGE))
+		return NULL;
+	return p;
+}
+
+static void nvme_buf_free(struct kvt_tier *t, void *buf)
+{
+	char *p = buf;
+
+	if (!t || !buf)
+		return;
+	if (t->arena && p >= t->arena && p < t->arena + t->arena_bytes) {
+		uint64_t pg = (uint64_t)(p - t->arena) / NV_PAGE;
+
+		if (nv_alloc_put(&t->arena_alloc, pg, t->arena_len[pg]) < 0)
+			abort(); /* double free of an I/O buffer: memory the kernel may DMA into */
+		t->arena_len[pg] = 0;
+		return;
+	}
+	free(buf);
+}
+
+const struct kvt_tier_ops kvt_tier_nvme_ops = {
+	.name = "nvme",
+	.open = nvme_open,
+	.close = nvme_close,
+	.alloc = nvme_alloc,
+	.free = nvme_free,
+	.write = nvme_write,
+	.read = nvme_read,
+	.stats = nvme_stats,
+	.event_fd = nvme_event_fd,
+	.complete = nvme_complete,
+	.submit = nvme_submit,
+	.recover = nvme_recover,
+	.flush = nvme_flush,
+	.buf_alloc = nvme_buf_alloc,
+	.buf_free = nvme_buf_free,
+};
