@@ -1,0 +1,374 @@
+# SPDX-License-Identifier: MIT
+"""Tests of the Python binding against a real kvtierd started in a temporary directory.
+
+The daemon binary comes from $KVTIER_BIN_DIR/kvtierd, else ../../build/daemon/kvtierd next to
+this file; the library from $KVTIER_LIB (see kvtier.py).  Run: python3 -m pytest -q client/python
+"""
+
+import errno
+import os
+import socket as _socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kvtier  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CAPACITY = 64 << 20
+
+
+def _daemon_path():
+    d = os.environ.get("KVTIER_BIN_DIR")
+    if d:
+        return os.path.join(d, "kvtierd")
+    return os.path.normpath(os.path.join(HERE, "..", "..", "build", "daemon", "kvtierd"))
+
+
+def _wait_connectable(path, proc, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if os.path.exists(path):
+            s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+            try:
+                s.connect(path)
+                return True
+            except OSError:
+                pass
+            finally:
+                s.close()
+        time.sleep(0.02)
+    return False
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    """A fresh kvtierd with a 64 MiB host tier; yields its socket path."""
+    exe = _daemon_path()
+    if not os.access(exe, os.X_OK):
+        pytest.fail(f"kvtierd not found at {exe} (set KVTIER_BIN_DIR)")
+    sock = str(tmp_path / "kvtier.sock")
+    log = open(tmp_path / "kvtierd.log", "wb")
+    proc = subprocess.Popen([exe, "-f", "-s", sock, "-o", f"host.capacity={CAPACITY >> 20}MiB"],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        if not _wait_connectable(sock, proc):
+            proc.kill()
+            proc.wait()
+            log.close()
+            pytest.fail("kvtierd did not come up:\n" +
+                        (tmp_path / "kvtierd.log").read_text(errors="replace"))
+        yield sock
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def client(daemon):
+    with kvtier.Client(socket=daemon, name="pytest") as c:
+        yield c
+
+
+# Small layout: 2 layers x 2 heads x 16 tokens x 64 dims x fp16 x (K,V) = 16 KiB per block.
+def small_layout(c, **kw):
+    args = dict(n_layers=2, n_kv_heads=2, head_dim=64, block_tokens=16, dtype="fp16",
+                model_id="test/small")
+    args.update(kw)
+    return c.register_layout(**args)
+
+
+def rand_block(lay, seed):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(lay.block_shape).astype(np.float16)
+
+
+def test_layout_geometry(client):
+    lay = small_layout(client)
+    assert lay.id is not None and lay.id >= 0
+    assert lay.block_bytes == 2 * 2 * 2 * 16 * 64 * 2
+    assert lay.layer_bytes == lay.block_bytes // 2
+    assert lay.fingerprint != 0
+    # Registering the same layout twice returns the same id.
+    assert small_layout(client).id == lay.id
+    # Model id and rank are part of the fingerprint.
+    other = small_layout(client, model_id="test/other")
+    assert other.fingerprint != lay.fingerprint
+    assert small_layout(client, rank=1, world=2).fingerprint != lay.fingerprint
+
+
+def test_key_chain_is_a_chain():
+    lay = kvtier.Layout(2, 2, 64, 16, model_id="test/small")
+    tokens = np.arange(100, dtype=np.uint32) * 7919 % 50000
+    keys = kvtier.key_chain(lay, tokens)
+    assert len(keys) == 100 // 16
+    assert all(isinstance(k, bytes) and len(k) == 16 for k in keys)
+    assert len(set(keys)) == len(keys)
+    # Same prefix, same keys; a partial block gets no key.
+    assert kvtier.key_chain(lay, tokens[:64]) == keys[:4]
+    assert kvtier.key_chain(lay, tokens[:63]) == keys[:3]
+    # Continuing from prev gives the same keys as one call over the whole sequence.
+    assert kvtier.key_chain(lay, tokens[32:], prev=keys[1]) == keys[2:]
+    # A fingerprint works like the layout; a change of one token changes all later keys.
+    assert kvtier.key_chain(lay.fingerprint, tokens, block_tokens=16) == keys
+    t2 = tokens.copy()
+    t2[40] += 1
+    k2 = kvtier.key_chain(lay, t2)
+    assert k2[:2] == keys[:2] and all(a != b for a, b in zip(k2[2:], keys[2:]))
+    arr = kvtier.key_chain(lay, tokens, as_array=True)
+    assert arr.dtype == kvtier.KEY_DTYPE and [r.tobytes() for r in arr] == keys
+
+
+def test_put_get_bit_exact(client):
+    lay = small_layout(client)
+    keys = client.key_chain(lay, np.arange(64))
+    blocks = [rand_block(lay, i) for i in range(len(keys))]
+    # NaN/Inf/-0 bit patterns must survive as they are.
+    blocks[0].reshape(-1)[:4] = np.array([np.nan, np.inf, -0.0, -np.inf], dtype=np.float16)
+    for k, b in zip(keys, blocks):
+        assert client.put(lay, k, b) == 0
+    for k, b in zip(keys, blocks):
+        out = client.get(lay, k, dtype=np.float16, shape=lay.block_shape)
+        assert out.shape == lay.block_shape and out.dtype == np.float16
+        assert np.array_equal(out.view(np.uint16), b.view(np.uint16))
+        raw = client.get(lay, k)
+        assert raw.dtype == np.uint8 and raw.tobytes() == b.tobytes()
+        dst = np.zeros(lay.block_shape, dtype=np.float16)
+        got = client.get(lay, k, out=dst)
+        assert got.size == lay.block_bytes
+        assert np.array_equal(dst.view(np.uint16), b.view(np.uint16))
+
+
+def test_put_copy_and_reserve(client):
+    lay = small_layout(client)
+    k1, k2, k3 = client.key_chain(lay, np.arange(48) + 1000)
+    b1, b2 = rand_block(lay, 11), rand_block(lay, 12)
+    assert client.put_copy(lay, k1, b1) == 0
+    with client.reserve(lay, k2, dtype=np.float16, shape=lay.block_shape) as view:
+        assert view.flags.writeable and view.shape == lay.block_shape
+        view[...] = b2  # written straight into the arena
+    # Nothing is visible before commit, and an aborted reservation leaves nothing.
+    res = client.reserve(lay, k3)
+    res.array[:] = 7
+    assert client.lookup(lay, [k3]) == 0
+    res.abort()
+    assert client.get(lay, k3) is None
+    assert client.get(lay, k1).tobytes() == b1.tobytes()
+    assert client.get(lay, k2).tobytes() == b2.tobytes()
+    # An exception inside the with-block aborts.
+    with pytest.raises(RuntimeError):
+        with client.reserve(lay, k3) as view:
+            view[:] = 1
+            raise RuntimeError("engine failed mid-copy")
+    assert client.lookup(lay, [k3]) == 0
+
+
+def test_lookup_chained_prefix(client):
+    lay = small_layout(client)
+    keys = client.key_chain(lay, np.arange(16 * 6) + 5, as_array=True)
+    assert client.lookup(lay, keys) == 0
+    for i in (0, 1, 2, 4, 5):  # block 3 missing: the prefix stops there
+        client.put(lay, keys[i], rand_block(lay, 100 + i))
+    assert client.lookup(lay, keys) == 3
+    assert client.lookup(lay, keys[:2]) == 2
+    assert client.lookup(lay, keys[4:]) == 2
+    assert client.lookup(lay, list(keys)) == 3  # records, not an array
+    client.put(lay, keys[3], rand_block(lay, 103))
+    assert client.lookup(lay, keys) == 6
+    # More than one call's worth of keys (4096) still counts the whole prefix.
+    many = np.concatenate([keys] + [keys[:1]] * 4100)
+    assert client.lookup(lay, many) == len(many)
+    # The same tokens under another model are a miss.
+    other = small_layout(client, model_id="test/other")
+    assert client.lookup(other, client.key_chain(other, np.arange(16 * 6) + 5)) == 0
+
+
+def test_miss(client):
+    lay = small_layout(client)
+    (k,) = client.key_chain(lay, np.arange(16) + 77)
+    assert client.get(lay, k) is None
+    assert client.get(lay, k, out=np.empty(lay.block_bytes, np.uint8)) is None
+    assert not client.contains(lay, k)
+    with pytest.raises(kvtier.KvtError) as ei:
+        client.lease(lay, k)
+    assert ei.value.errno == errno.ENOENT and isinstance(ei.value, OSError)
+    with pytest.raises(kvtier.KvtError) as ei:
+        client.pin(lay, k)
+    assert ei.value.errno == errno.ENOENT
+
+
+def test_lease_view_is_read_only(client):
+    lay = small_layout(client)
+    (k,) = client.key_chain(lay, np.arange(16) + 200)
+    b = rand_block(lay, 5)
+    client.put(lay, k, b)
+    with client.lease(lay, k, dtype=np.float16, shape=lay.block_shape) as view:
+        assert not view.flags.writeable
+        assert np.array_equal(view.view(np.uint16), b.view(np.uint16))
+        with pytest.raises(ValueError):
+            view[0, 0, 0, 0, 0] = 1
+        with pytest.raises(ValueError):
+            view.setflags(write=True)
+        # A leased block cannot be deleted.
+        with pytest.raises(kvtier.KvtError) as ei:
+            client.delete(lay, k)
+        assert ei.value.errno == errno.EBUSY
+    assert client.delete(lay, k)
+
+
+def test_delete(client):
+    lay = small_layout(client)
+    k1, k2 = client.key_chain(lay, np.arange(32) + 300)
+    client.put(lay, k1, rand_block(lay, 1))
+    client.put(lay, k2, rand_block(lay, 2))
+    assert client.lookup(lay, [k1, k2]) == 2
+    assert client.delete(lay, k1) is True
+    assert client.lookup(lay, [k1, k2]) == 0
+    assert client.lookup(lay, [k2]) == 1
+    assert client.get(lay, k1) is None
+    assert client.delete(lay, k1) is False
+    # A deleted key can be stored again, with new contents.
+    b = rand_block(lay, 3)
+    assert client.put(lay, k1, b) == 0
+    assert client.get(lay, k1).tobytes() == b.tobytes()
+
+
+def test_put_twice_returns_1(client):
+    lay = small_layout(client)
+    (k,) = client.key_chain(lay, np.arange(16) + 400)
+    b = rand_block(lay, 1)
+    assert client.put(lay, k, b) == 0
+    assert client.put(lay, k, rand_block(lay, 2)) == 1
+    assert client.put_copy(lay, k, rand_block(lay, 3)) == 1
+    assert client.get(lay, k).tobytes() == b.tobytes()  # the first one stays
+    with pytest.raises(kvtier.KvtError) as ei:
+        client.reserve(lay, k)
+    assert ei.value.errno == errno.EEXIST
+
+
+def test_pin_prevents_eviction(client):
+    # 1 MiB blocks: 16 layers x 8 heads x 16 tokens x 128 dims x fp16 x (K,V).
+    lay = client.register_layout(16, 8, 128, 16, model_id="test/big")
+    assert lay.block_bytes == 1 << 20
+    n = 3 * CAPACITY // lay.block_bytes  # three times the host tier
+    keys = client.key_chain(lay, np.arange(16 * n) % 251)
+    pinned = rand_block(lay, 42)
+    client.put(lay, keys[0], pinned)
+    client.pin(lay, keys[0])
+    client.pin(lay, keys[0])  # pins nest
+    block = rand_block(lay, 43)
+    for k in keys[1:]:
+        assert client.put(lay, k, block) == 0
+    st = client.stats()
+    assert st["evictions"] > 0
+    assert st["host_used_bytes"] <= st["host_capacity_bytes"] == CAPACITY
+    assert client.lookup(lay, keys[:1]) == 1
+    assert client.lookup(lay, keys[1:2]) == 0  # the oldest unpinned block went first
+    assert client.get(lay, keys[0]).tobytes() == pinned.tobytes()
+    # Still pinned once: more pressure does not evict it.
+    client.unpin(lay, keys[0])
+    more = client.key_chain(lay, np.arange(16 * n) % 241 + 7)
+    for k in more:
+        client.put(lay, k, block)
+    assert client.lookup(lay, keys[:1]) == 1
+    client.unpin(lay, keys[0])
+    with pytest.raises(kvtier.KvtError) as ei:
+        client.unpin(lay, keys[0])
+    assert ei.value.errno == errno.EINVAL
+    for k in client.key_chain(lay, np.arange(16 * n) % 239 + 3):
+        client.put(lay, k, block)
+    assert client.lookup(lay, keys[:1]) == 0  # unpinned: evictable like any block
+
+
+def test_stats(client):
+    lay = small_layout(client)
+    before = client.stats()
+    assert set(before) >= {"puts", "gets", "hits", "misses", "lookups", "host_capacity_bytes",
+                           "host_used_bytes", "host_blocks", "evictions"}
+    assert before["host_capacity_bytes"] == CAPACITY
+    keys = client.key_chain(lay, np.arange(48) + 900)
+    for k in keys[:2]:
+        client.put(lay, k, rand_block(lay, 0))
+    client.get(lay, keys[0])
+    client.get(lay, keys[2])  # a miss
+    client.lookup(lay, keys)
+    st = client.stats()
+    assert st["puts"] - before["puts"] == 2
+    assert st["gets"] - before["gets"] == 2
+    assert st["hits"] - before["hits"] >= 1
+    assert st["misses"] - before["misses"] >= 1
+    assert st["lookups"] - before["lookups"] >= 1
+    assert st["host_blocks"] - before["host_blocks"] == 2
+    assert st["host_used_bytes"] - before["host_used_bytes"] >= 2 * lay.block_bytes
+
+
+def test_errors(client):
+    with pytest.raises(kvtier.KvtError) as ei:
+        client.register_layout(0, 2, 64, 16)  # zero layers
+    assert ei.value.errno == errno.EINVAL
+    with pytest.raises(kvtier.KvtError):
+        client.register_layout(2, 2, 64, 16, dtype="fp32")
+    lay = small_layout(client)
+    (k,) = client.key_chain(lay, np.arange(16) + 500)
+    # A layout id this client never registered.
+    with pytest.raises(kvtier.KvtError) as ei:
+        client.put(lay.id + 1000, k, rand_block(lay, 0))
+    assert ei.value.code == kvtier.KVT_ENOLAYOUT and ei.value.errno is None
+    assert "KVT_ENOLAYOUT" in str(ei.value)
+    with pytest.raises(kvtier.KvtError) as ei:
+        client.lookup(12345, [k])
+    assert ei.value.code == kvtier.KVT_ENOLAYOUT
+    # get into a buffer smaller than the block: ENOBUFS and nothing copied.
+    b = rand_block(lay, 9)
+    client.put(lay, k, b)
+    small = np.full(lay.block_bytes - 1, 0xAB, dtype=np.uint8)
+    with pytest.raises(kvtier.KvtError) as ei:
+        client.get(lay, k, out=small)
+    assert ei.value.errno == errno.ENOBUFS
+    assert (small == 0xAB).all()
+    # Bad Python-side input never reaches the library.
+    with pytest.raises(ValueError):
+        client.get(lay, b"short", out=small)
+    with pytest.raises(ValueError):
+        client.put(lay, k, np.asfortranarray(np.zeros((64, 64))))
+    assert kvtier.strerror(-errno.ENOENT)
+    assert kvtier.strerror(kvtier.KVT_ECORRUPT)
+
+
+def test_closed_client(daemon):
+    c = kvtier.Client(socket=daemon)
+    lay = small_layout(c)
+    c.close()
+    c.close()  # idempotent
+    with pytest.raises(kvtier.KvtError) as ei:
+        c.lookup(lay, [b"\0" * 16])
+    assert ei.value.errno == errno.EBADF
+
+
+def test_no_daemon(tmp_path):
+    with pytest.raises(kvtier.KvtError) as ei:
+        kvtier.Client(socket=str(tmp_path / "nothing.sock"))
+    assert ei.value.errno in (errno.ENOENT, errno.ECONNREFUSED)
+
+
+def test_two_clients_share_blocks(daemon):
+    with kvtier.Client(socket=daemon) as a, kvtier.Client(socket=daemon) as b:
+        la, lb = small_layout(a), small_layout(b)
+        keys = a.key_chain(la, np.arange(32) + 600)
+        assert keys == b.key_chain(lb, np.arange(32) + 600)
+        blk = rand_block(la, 77)
+        a.put(la, keys[0], blk)
+        assert b.lookup(lb, keys) == 1
+        assert b.get(lb, keys[0]).tobytes() == blk.tobytes()
