@@ -82,8 +82,11 @@ if [[ ! -S $KVTIER_SOCKET ]]; then
 fi
 
 fail=0
-kvt_log "workload: $replay $dump"
-if ! "$replay" "$dump"; then
+# Three requests of the same prompt: the first puts every block, the later ones read the
+# cached prefix back and re-put what was evicted; the replay fails on any byte that differs
+# and, with --expect-evictions, if the small host tier never had to evict.
+kvt_log "workload: $replay --requests 3 --expect-evictions $dump"
+if ! "$replay" --requests 3 --expect-evictions "$dump"; then
 	kvt_log "kvtier-replay failed"
 	fail=1
 fi
