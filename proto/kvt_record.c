@@ -32,7 +32,8 @@ static void crc_table_init(void)
 	}
 	for (unsigned i = 0; i < 256; i++)
 		for (int t = 1; t < 8; t++)
-			crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xff];
+			crc_table[t][i] =
+			    (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xff];
 	crc_table_ready = true;
 }
 
@@ -68,8 +69,7 @@ uint32_t kvt_crc32c_sw(uint32_t crc, const void *buf, size_t len)
 
 #if defined(__x86_64__)
 uint32_t kvt_crc32c_hw(uint32_t crc, const void *buf, size_t len);
-__attribute__((target("sse4.2"))) uint32_t kvt_crc32c_hw(uint32_t crc, const void *buf,
-							  size_t len)
+__attribute__((target("sse4.2"))) uint32_t kvt_crc32c_hw(uint32_t crc, const void *buf, size_t len)
 {
 	const unsigned char *p = buf;
 	uint64_t c = ~crc;

@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <stdlib.h>
 
-
 /* Sets or clears [i, i+n) a word at a time. */
 static void bits_fill(struct nv_alloc *a, uint64_t i, uint64_t n, int set)
 {

@@ -48,8 +48,8 @@ struct kvt_tier_io {
 	uint32_t len; /* bytes to move, <= loc.len */
 	int res;      /* on completion: bytes moved or -errno */
 	void (*done)(struct kvt_tier_io *io);
-	void *arg;      /* caller's */
-	unsigned flags; /* KVT_TIER_IO_* */
+	void *arg;		/* caller's */
+	unsigned flags;		/* KVT_TIER_IO_* */
 	uintptr_t tier_priv[2]; /* the tier's, while it owns the request */
 };
 
@@ -61,7 +61,7 @@ struct kvt_tier_io {
 enum kvt_tier_op {
 	KVT_TIER_OP_READ = 1,
 	KVT_TIER_OP_WRITE = 2,
-	KVT_TIER_OP_FSYNC = 3,       /* fdatasync after a write (KVT_TIER_F_FSYNC) */
+	KVT_TIER_OP_FSYNC = 3,	     /* fdatasync after a write (KVT_TIER_F_FSYNC) */
 	KVT_TIER_OP_FALLOCATE = 4,   /* preallocation at open */
 	KVT_TIER_OP_URING_SETUP = 5, /* io_uring setup at open; fail it to force the workers */
 	KVT_TIER_OP_OPEN_DIRECT = 6, /* O_DIRECT open; -EINVAL mimics a filesystem without it */
@@ -76,18 +76,18 @@ struct kvt_tier_stats {
 	uint64_t write_errors;
 	uint64_t corrupt_records; /* records discarded by a failed check */
 	uint32_t files;
-	uint32_t io_flags;     /* KVT_TIER_ST_*: how the tier is doing its I/O right now */
-	uint64_t records;      /* records stored (written or recovered, not yet freed) */
-	uint64_t recovered;    /* valid records found at open */
-	uint64_t stale;        /* older copies of a key dropped at open (a newer seq won) */
+	uint32_t io_flags;	    /* KVT_TIER_ST_*: how the tier is doing its I/O right now */
+	uint64_t records;	    /* records stored (written or recovered, not yet freed) */
+	uint64_t recovered;	    /* valid records found at open */
+	uint64_t stale;		    /* older copies of a key dropped at open (a newer seq won) */
 	uint64_t quarantined_bytes; /* space withheld after a failed invalidation write */
 	uint64_t reads;
 	uint64_t writes;
 };
 
-#define KVT_TIER_ST_URING 0x1u       /* io_uring; else pread/pwrite workers */
-#define KVT_TIER_ST_DIRECT 0x2u      /* O_DIRECT on every file */
-#define KVT_TIER_ST_FIXED_BUFS 0x4u  /* buf_alloc() memory is registered with io_uring */
+#define KVT_TIER_ST_URING	0x1u /* io_uring; else pread/pwrite workers */
+#define KVT_TIER_ST_DIRECT	0x2u /* O_DIRECT on every file */
+#define KVT_TIER_ST_FIXED_BUFS	0x4u /* buf_alloc() memory is registered with io_uring */
 #define KVT_TIER_ST_FIXED_FILES 0x8u /* files are registered with io_uring */
 
 /* Configuration handed to open(); each tier reads what it understands. */
@@ -111,9 +111,9 @@ struct kvt_tier_conf {
 	void *log_arg;
 };
 
-#define KVT_TIER_F_NO_URING 0x1u /* use the pread/pwrite workers even if io_uring works */
+#define KVT_TIER_F_NO_URING  0x1u /* use the pread/pwrite workers even if io_uring works */
 #define KVT_TIER_F_NO_DIRECT 0x2u
-#define KVT_TIER_F_FSYNC 0x4u /* fdatasync before a write completes */
+#define KVT_TIER_F_FSYNC     0x4u /* fdatasync before a write completes */
 
 /*
  * recover() calls cb once per valid record found on the medium.  cb returns 0 to keep the
@@ -139,7 +139,8 @@ struct kvt_tier_ops {
 	int (*submit)(struct kvt_tier *t);   /* pushes requests held back by KVT_TIER_IO_MORE */
 	int (*recover)(struct kvt_tier *t, kvt_tier_recover_cb cb, void *arg);
 	int (*flush)(struct kvt_tier *t);
-	void *(*buf_alloc)(struct kvt_tier *t, uint32_t len); /* I/O-capable (aligned, registered) */
+	void *(*buf_alloc)(struct kvt_tier *t,
+			   uint32_t len); /* I/O-capable (aligned, registered) */
 	void (*buf_free)(struct kvt_tier *t, void *buf);
 };
 

@@ -56,18 +56,18 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NV_PAGE 4096u
-#define NV_DATA_OFF ((uint64_t)NV_PAGE)
-#define NV_SB_MAGIC 0x5354564bu /* "KVTS" */
-#define NV_SB_VERSION 1u
-#define NV_TIER_MAGIC 0x4e564d45u /* "NVME", checked on every entry point */
-#define NV_HWM_STEP (64ull << 20)
-#define NV_SCAN_CHUNK (8u << 20)
-#define NV_MAX_RECORD (256u << 20)
-#define NV_DEFAULT_QD 32u
-#define NV_MAX_QD 1024u
+#define NV_PAGE	       4096u
+#define NV_DATA_OFF    ((uint64_t)NV_PAGE)
+#define NV_SB_MAGIC    0x5354564bu /* "KVTS" */
+#define NV_SB_VERSION  1u
+#define NV_TIER_MAGIC  0x4e564d45u /* "NVME", checked on every entry point */
+#define NV_HWM_STEP    (64ull << 20)
+#define NV_SCAN_CHUNK  (8u << 20)
+#define NV_MAX_RECORD  (256u << 20)
+#define NV_DEFAULT_QD  32u
+#define NV_MAX_QD      1024u
 #define NV_DEFAULT_BUF (64ull << 20)
-#define NV_MAX_BUF (1ull << 30) /* one registered iovec */
+#define NV_MAX_BUF     (1ull << 30) /* one registered iovec */
 #define NV_MAX_WORKERS 64u
 
 /* On-disk superblock, little-endian, first 64 bytes of page 0. */
@@ -133,14 +133,14 @@ struct nv_list {
 };
 
 /* tier_priv[0] of a request; tier_priv[1] links it into the tier's lists. */
-#define RQ_OP_MASK 0xfu
-#define RQ_READ 1u
-#define RQ_WRITE 2u
-#define RQ_INVAL 3u
-#define RQ_STARTED 0x10u /* counted in inflight */
+#define RQ_OP_MASK    0xfu
+#define RQ_READ	      1u
+#define RQ_WRITE      2u
+#define RQ_INVAL      3u
+#define RQ_STARTED    0x10u /* counted in inflight */
 #define RQ_PEND_SHIFT 8
-#define RQ_PEND_MASK (0xffu << RQ_PEND_SHIFT)
-#define RQ_ERR_SHIFT 16 /* forced positive errno (fault injection) */
+#define RQ_PEND_MASK  (0xffu << RQ_PEND_SHIFT)
+#define RQ_ERR_SHIFT  16 /* forced positive errno (fault injection) */
 
 struct kvt_tier {
 	uint32_t magic;
@@ -194,7 +194,7 @@ struct nv_inval {
 };
 
 static void nv_log(struct kvt_tier *t, int level, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 static void nv_log(struct kvt_tier *t, int level, const char *fmt, ...)
 {
 	char msg[512];
@@ -516,7 +516,8 @@ static int scan_file(struct kvt_tier *t, unsigned fi, size_t *cap)
 	if (posix_memalign((void **)&buf, NV_PAGE, NV_SCAN_CHUNK))
 		return -ENOMEM;
 	while (pos < f->hwm) {
-		uint32_t chunk = f->hwm - pos < NV_SCAN_CHUNK ? (uint32_t)(f->hwm - pos) : NV_SCAN_CHUNK;
+		uint32_t chunk =
+		    f->hwm - pos < NV_SCAN_CHUNK ? (uint32_t)(f->hwm - pos) : NV_SCAN_CHUNK;
 		uint32_t p = 0;
 
 		r = hook(t, KVT_TIER_OP_READ, NV_DATA_OFF + pos, chunk);
@@ -646,8 +647,7 @@ static int recs_dedupe(struct kvt_tier *t)
 	return 0;
 }
 
-static int file_open(struct kvt_tier *t, unsigned fi, const char *path, uint64_t share,
-		     size_t *cap)
+static int file_open(struct kvt_tier *t, unsigned fi, const char *path, uint64_t share, size_t *cap)
 {
 	struct nv_file *f = &t->files[fi];
 	int oflags = O_RDWR | O_CREAT | O_CLOEXEC;
@@ -737,7 +737,8 @@ static int file_open(struct kvt_tier *t, unsigned fi, const char *path, uint64_t
 		nv_log(t, LOG_WARNING, "%s: capacity changed (%llu -> %llu bytes), records dropped",
 		       path, (unsigned long long)sb.data_bytes, (unsigned long long)data_bytes);
 	else if (sb_read > 0 && st.st_size > 0)
-		nv_log(t, LOG_WARNING, "%s: no valid superblock, initialising a new slot file", path);
+		nv_log(t, LOG_WARNING, "%s: no valid superblock, initialising a new slot file",
+		       path);
 	/* A fresh incarnation: new salt, so nothing the old one wrote can be accepted. */
 	if (getrandom(&f->salt, sizeof(f->salt), 0) != sizeof(f->salt)) {
 		struct timespec ts;
@@ -1016,7 +1017,8 @@ static void inval_done(struct kvt_tier_io *io)
 {
 	struct nv_inval *iv = (struct nv_inval *)io;
 	struct kvt_tier *t = iv->t;
-	struct nv_ext *e = map_get(&t->map, ext_key(io->loc.file, (io->loc.off - NV_DATA_OFF) / NV_PAGE));
+	struct nv_ext *e =
+	    map_get(&t->map, ext_key(io->loc.file, (io->loc.off - NV_DATA_OFF) / NV_PAGE));
 
 	if (e) {
 		if (io->res >= 0) {
@@ -1025,7 +1027,8 @@ static void inval_done(struct kvt_tier_io *io)
 			/* Pages that may still hold a valid record are never reused. */
 			e->state = EXT_QUARANTINE;
 			t->st.quarantined_bytes += (uint64_t)e->npages * NV_PAGE;
-			nv_log(t, LOG_ERR, "file %u: invalidating record at %llu failed: %s; %u pages withheld",
+			nv_log(t, LOG_ERR,
+			       "file %u: invalidating record at %llu failed: %s; %u pages withheld",
 			       io->loc.file, (unsigned long long)io->loc.off, strerror(-io->res),
 			       e->npages);
 		}
@@ -1046,6 +1049,8 @@ static void nv_finish(struct kvt_tier *t, struct kvt_tier_io *io, int res)
 	if (res >= 0 && ferr)
 		res = -ferr;
 	if (op == RQ_INVAL) {
+		if (res < 0)
+			t->st.write_errors++;
 		io->res = res;
 		io->done(io);
 		return;
@@ -1201,8 +1206,8 @@ static int nvme_open(const struct kvt_tier_conf *conf, struct kvt_tier **out)
 	t->arena_bytes = round_up(t->arena_bytes, NV_PAGE);
 	if (t->arena_bytes > NV_MAX_BUF)
 		t->arena_bytes = NV_MAX_BUF;
-	t->arena = mmap(NULL, t->arena_bytes, PROT_READ | PROT_WRITE,
-			MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	t->arena =
+	    mmap(NULL, t->arena_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (t->arena == MAP_FAILED) {
 		t->arena = NULL;
 		t->arena_bytes = 0;
@@ -1216,7 +1221,8 @@ static int nvme_open(const struct kvt_tier_conf *conf, struct kvt_tier **out)
 	if (!(t->flags & KVT_TIER_F_NO_URING)) {
 		r = uring_setup(t);
 		if (r < 0)
-			nv_log(t, LOG_WARNING, "io_uring unavailable (%s), using %u pread/pwrite workers",
+			nv_log(t, LOG_WARNING,
+			       "io_uring unavailable (%s), using %u pread/pwrite workers",
 			       strerror(-r), t->qd < NV_MAX_WORKERS ? t->qd : NV_MAX_WORKERS);
 	}
 	if (r < 0) {
@@ -1259,7 +1265,8 @@ static void nvme_close(struct kvt_tier *t)
 
 		if (f->fd >= 0) {
 			if (fdatasync(f->fd) < 0 && errno != EINVAL)
-				nv_log(t, LOG_ERR, "file %u: fdatasync at close: %s", i, strerror(errno));
+				nv_log(t, LOG_ERR, "file %u: fdatasync at close: %s", i,
+				       strerror(errno));
 			close(f->fd);
 		}
 		nv_alloc_destroy(&f->alloc);
@@ -1395,8 +1402,7 @@ static void nvme_free(struct kvt_tier *t, const struct kvt_tier_loc *loc)
 
 static int io_check(struct kvt_tier *t, const struct kvt_tier_io *io)
 {
-	if (!io || !io->buf || !io->done || io->len < KVT_RECORD_HDR_SIZE ||
-	    io->len > io->loc.len)
+	if (!io || !io->buf || !io->done || io->len < KVT_RECORD_HDR_SIZE || io->len > io->loc.len)
 		return -EINVAL;
 	if (t->files[io->loc.file < t->nfiles ? io->loc.file : 0].direct &&
 	    ((uintptr_t)io->buf & (NV_PAGE - 1)))
@@ -1550,9 +1556,9 @@ static int nvme_recover(struct kvt_tier *t, kvt_tier_recover_cb cb, void *arg)
 		struct nv_rec *rec = &t->recs[i];
 		struct nv_ext *e = map_get(&t->map, ext_key(rec->file, rec->page));
 		struct kvt_tier_loc loc = {
-			.off = NV_DATA_OFF + rec->page * NV_PAGE,
-			.len = rec->npages * NV_PAGE,
-			.file = rec->file,
+		    .off = NV_DATA_OFF + rec->page * NV_PAGE,
+		    .len = rec->npages * NV_PAGE,
+		    .file = rec->file,
 		};
 		int r;
 
@@ -1600,8 +1606,9 @@ static void nvme_stats(struct kvt_tier *t, struct kvt_tier_stats *st)
 	st->used_bytes = 0;
 	for (unsigned i = 0; i < t->nfiles; i++)
 		st->used_bytes +=
-			(t->files[i].alloc.npages - t->files[i].alloc.nfree) * (uint64_t)NV_PAGE;
-	st->io_flags = (t->uring ? KVT_TIER_ST_URING : 0) | (t->arena_reg ? KVT_TIER_ST_FIXED_BUFS : 0) |
+		    (t->files[i].alloc.npages - t->files[i].alloc.nfree) * (uint64_t)NV_PAGE;
+	st->io_flags = (t->uring ? KVT_TIER_ST_URING : 0) |
+		       (t->arena_reg ? KVT_TIER_ST_FIXED_BUFS : 0) |
 		       (t->fixed_files ? KVT_TIER_ST_FIXED_FILES : 0);
 	st->io_flags |= KVT_TIER_ST_DIRECT;
 	for (unsigned i = 0; i < t->nfiles; i++)
@@ -1648,19 +1655,19 @@ static void nvme_buf_free(struct kvt_tier *t, void *buf)
 }
 
 const struct kvt_tier_ops kvt_tier_nvme_ops = {
-	.name = "nvme",
-	.open = nvme_open,
-	.close = nvme_close,
-	.alloc = nvme_alloc,
-	.free = nvme_free,
-	.write = nvme_write,
-	.read = nvme_read,
-	.stats = nvme_stats,
-	.event_fd = nvme_event_fd,
-	.complete = nvme_complete,
-	.submit = nvme_submit,
-	.recover = nvme_recover,
-	.flush = nvme_flush,
-	.buf_alloc = nvme_buf_alloc,
-	.buf_free = nvme_buf_free,
+    .name = "nvme",
+    .open = nvme_open,
+    .close = nvme_close,
+    .alloc = nvme_alloc,
+    .free = nvme_free,
+    .write = nvme_write,
+    .read = nvme_read,
+    .stats = nvme_stats,
+    .event_fd = nvme_event_fd,
+    .complete = nvme_complete,
+    .submit = nvme_submit,
+    .recover = nvme_recover,
+    .flush = nvme_flush,
+    .buf_alloc = nvme_buf_alloc,
+    .buf_free = nvme_buf_free,
 };

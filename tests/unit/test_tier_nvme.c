@@ -1,0 +1,892 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Module tests for the NVMe tier (tiers/tier_nvme.c) and its slot allocator.
+ * Slot files live in a fresh directory under $KVT_NVME_TEST_DIR, $TMPDIR or /var/tmp.
+ * Randomized parts print their seed; KVT_SEED=<n> replays one.
+ */
+#define _GNU_SOURCE
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <unistd.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <cmocka.h>
+
+#include "tier.h"
+#include "kvt_record.h"
+#include "nvme_alloc.h"
+
+static const struct kvt_tier_ops *ops = &kvt_tier_nvme_ops;
+static char dir[256];
+static unsigned seed;
+
+/* ---------- slot allocator ---------- */
+
+static void test_alloc_basic(void **state)
+{
+	struct nv_alloc a;
+
+	assert_int_equal(nv_alloc_init(&a, 100), 0);
+	assert_int_equal(nv_alloc_get(&a, 0), -EINVAL);
+	assert_int_equal(nv_alloc_get(&a, 101), -ENOSPC);
+	assert_int_equal(nv_alloc_get(&a, 10), 0);
+	assert_int_equal(nv_alloc_get(&a, 10), 10); /* next-fit: sequential on a fresh file */
+	assert_int_equal(nv_alloc_get(&a, 80), 20);
+	assert_int_equal(a.nfree, 0);
+	assert_int_equal(nv_alloc_get(&a, 1), -ENOSPC);
+	assert_int_equal(nv_alloc_put(&a, 10, 10), 0);
+	assert_int_equal(nv_alloc_put(&a, 10, 10), -EINVAL); /* double free refused */
+	assert_int_equal(nv_alloc_put(&a, 5, 10), -EINVAL);  /* partly free range refused */
+	assert_int_equal(a.nfree, 10);
+	assert_int_equal(nv_alloc_get(&a, 11), -ENOSPC); /* 10 free pages, but not 11 */
+	assert_int_equal(nv_alloc_get(&a, 4), 10);	 /* wraps to the hole */
+	assert_int_equal(nv_alloc_mark(&a, 12, 3), -EEXIST);
+	assert_int_equal(nv_alloc_mark(&a, 14, 6), 0);
+	assert_int_equal(nv_alloc_mark(&a, 99, 2), -EINVAL);
+	assert_int_equal(nv_alloc_state(&a, 14, 6), 1);
+	assert_int_equal(nv_alloc_put(&a, 0, 100), 0);
+	assert_int_equal(a.nfree, 100);
+	nv_alloc_destroy(&a);
+}
+
+/* Random alloc/free against a byte-per-page model: no overlap, no lost page, counts exact. */
+static void test_alloc_random(void **state)
+{
+	enum { N = 1000, OPS = 20000 };
+	struct nv_alloc a;
+	unsigned char model[N] = {0};
+	int64_t start[256];
+	uint32_t len[256];
+	unsigned s = seed;
+	uint64_t used = 0;
+
+	memset(start, -1, sizeof(start));
+	assert_int_equal(nv_alloc_init(&a, N), 0);
+	for (int op = 0; op < OPS; op++) {
+		unsigned k = (unsigned)rand_r(&s) % 256;
+
+		if (start[k] < 0) {
+			uint32_t n = 1 + (uint32_t)rand_r(&s) % 40;
+			int64_t p = nv_alloc_get(&a, n);
+
+			if (p == -ENOSPC)
+				continue;
+			assert_true(p >= 0 && p + n <= N);
+			for (uint32_t i = 0; i < n; i++) {
+				assert_int_equal(model[p + i], 0);
+				model[p + i] = 1;
+			}
+			start[k] = p;
+			len[k] = n;
+			used += n;
+		} else {
+			assert_int_equal(nv_alloc_put(&a, (uint64_t)start[k], len[k]), 0);
+			for (uint32_t i = 0; i < len[k]; i++)
+				model[start[k] + i] = 0;
+			used -= len[k];
+			start[k] = -1;
+		}
+		assert_int_equal(a.nfree, N - used);
+	}
+	for (int i = 0; i < N; i++)
+		assert_int_equal(nv_alloc_state(&a, (uint64_t)i, 1), model[i]);
+	nv_alloc_destroy(&a);
+}
+
+/* ---------- helpers ---------- */
+
+struct waiter {
+	struct kvt_tier_io io;
+	int finished;
+};
+
+static void on_done(struct kvt_tier_io *io)
+{
+	((struct waiter *)io)->finished = 1;
+}
+
+static void wait_all(struct kvt_tier *t, struct waiter *w, int n)
+{
+	for (int spins = 0; spins < 500; spins++) {
+		int left = 0;
+		struct pollfd p = {.fd = ops->event_fd(t), .events = POLLIN};
+
+		for (int i = 0; i < n; i++)
+			left += !w[i].finished;
+		if (!left)
+			return;
+		poll(&p, 1, 20);
+		ops->complete(t);
+	}
+	fail_msg("I/O did not complete");
+}
+
+static uint64_t key_of(unsigned i)
+{
+	return 0x9e3779b97f4a7c15ull * (i + 1);
+}
+
+/* A sealed record of payload plen with deterministic content, in a tier buffer. */
+static void *make_rec(struct kvt_tier *t, unsigned id, uint64_t seq, uint32_t plen)
+{
+	struct kvt_record_hdr *h = ops->buf_alloc(t, KVT_RECORD_HDR_SIZE + plen);
+	unsigned char *p = (unsigned char *)(h + 1);
+
+	assert_non_null(h);
+	memset(h, 0, sizeof(*h));
+	h->magic = KVT_RECORD_MAGIC;
+	h->version = KVT_RECORD_VERSION;
+	h->hdr_size = KVT_RECORD_HDR_SIZE;
+	h->key_lo = key_of(id);
+	h->key_hi = id;
+	h->fingerprint = 77;
+	h->seq = seq;
+	h->raw_len = plen;
+	h->payload_len = plen;
+	h->tenant = 1000;
+	for (uint32_t i = 0; i < plen; i++)
+		p[i] = (unsigned char)((id * 131 + seq * 17 + i * 7) ^ (i >> 8));
+	kvt_record_seal(h, p);
+	return h;
+}
+
+/* Allocs and writes one record synchronously; returns done()'s result. */
+static int put_rec(struct kvt_tier *t, unsigned id, uint64_t seq, uint32_t plen,
+		   struct kvt_tier_loc *loc)
+{
+	struct waiter w = {0};
+	void *b = make_rec(t, id, seq, plen);
+	int r;
+
+	r = ops->alloc(t, KVT_RECORD_HDR_SIZE + plen, loc);
+	if (r < 0) {
+		ops->buf_free(t, b);
+		return r;
+	}
+	w.io.loc = *loc;
+	w.io.buf = b;
+	w.io.len = KVT_RECORD_HDR_SIZE + plen;
+	w.io.done = on_done;
+	assert_int_equal(ops->write(t, &w.io), 0);
+	wait_all(t, &w, 1);
+	ops->buf_free(t, b);
+	return w.io.res;
+}
+
+/* Reads a record and compares it with what make_rec() builds; returns done()'s result. */
+static int get_rec(struct kvt_tier *t, const struct kvt_tier_loc *loc, unsigned id, uint64_t seq,
+		   uint32_t plen)
+{
+	struct waiter w = {0};
+	void *b = ops->buf_alloc(t, loc->len);
+	void *want = make_rec(t, id, seq, plen);
+	int r;
+
+	w.io.loc = *loc;
+	w.io.buf = b;
+	w.io.len = loc->len;
+	w.io.done = on_done;
+	r = ops->read(t, &w.io);
+	if (r == 0) {
+		wait_all(t, &w, 1);
+		r = w.io.res;
+		if (r >= 0)
+			assert_memory_equal(b, want, KVT_RECORD_HDR_SIZE + plen);
+	}
+	ops->buf_free(t, want);
+	ops->buf_free(t, b);
+	return r;
+}
+
+static char path_a[300], path_b[300], path_c[300];
+
+static struct kvt_tier *open_tier(unsigned flags, uint64_t cap, int (*hk)(int, uint64_t, uint32_t))
+{
+	const char *paths[] = {path_a, NULL};
+	struct kvt_tier_conf c = {
+	    .name = "nvme",
+	    .capacity_bytes = cap,
+	    .paths = paths,
+	    .queue_depth = 8,
+	    .flags = flags,
+	    .io_hook = hk,
+	    .buf_bytes = 16 << 20,
+	};
+	struct kvt_tier *t = NULL;
+
+	assert_int_equal(ops->open(&c, &t), 0);
+	return t;
+}
+
+struct seen {
+	int n;
+	uint64_t key_lo[512], key_hi[512], seq[512];
+	uint32_t plen[512];
+	struct kvt_tier_loc loc[512];
+};
+
+static int collect(void *arg, const struct kvt_record_hdr *h, const struct kvt_tier_loc *loc)
+{
+	struct seen *s = arg;
+
+	assert_true(s->n < 512);
+	s->key_lo[s->n] = h->key_lo;
+	s->key_hi[s->n] = h->key_hi;
+	s->seq[s->n] = h->seq;
+	s->plen[s->n] = h->payload_len;
+	s->loc[s->n] = *loc;
+	s->n++;
+	return 0;
+}
+
+static int find_seen(const struct seen *s, unsigned id)
+{
+	for (int i = 0; i < s->n; i++)
+		if (s->key_hi[i] == id && s->key_lo[i] == key_of(id))
+			return i;
+	return -1;
+}
+
+static int setup(void **state)
+{
+	const char *base = getenv("KVT_NVME_TEST_DIR");
+
+	if (!base)
+		base = getenv("TMPDIR");
+	if (!base)
+		base = "/var/tmp";
+	snprintf(dir, sizeof(dir), "%s/kvt-nvme-test-XXXXXX", base);
+	if (!mkdtemp(dir))
+		return -1;
+	snprintf(path_a, sizeof(path_a), "%s/a.slots", dir);
+	snprintf(path_b, sizeof(path_b), "%s/b.slots", dir);
+	snprintf(path_c, sizeof(path_c), "%s/c.slots", dir);
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	unlink(path_a);
+	unlink(path_b);
+	unlink(path_c);
+	return 0;
+}
+
+static int teardown_all(void **state)
+{
+	teardown(state);
+	rmdir(dir);
+	return 0;
+}
+
+/* ---------- write, close, reopen, recover: bit-exact ---------- */
+
+static void roundtrip(unsigned flags)
+{
+	enum { N = 40 };
+	struct kvt_tier_loc loc[N];
+	uint32_t plen[N];
+	struct seen *s = calloc(1, sizeof(*s));
+	struct kvt_tier_stats st;
+	struct kvt_tier *t = open_tier(flags, 64 << 20, NULL);
+	unsigned rs = seed;
+
+	assert_non_null(s);
+	for (unsigned i = 0; i < N; i++) {
+		plen[i] = (uint32_t)(rand_r(&rs) % (300 << 10));
+		assert_int_equal(put_rec(t, i, 1, plen[i], &loc[i]), KVT_RECORD_HDR_SIZE + plen[i]);
+		assert_int_equal(get_rec(t, &loc[i], i, 1, plen[i]), (int)loc[i].len);
+	}
+	ops->stats(t, &st);
+	assert_int_equal(st.records, N);
+	assert_int_equal(st.writes, N);
+	assert_int_equal(!!(st.io_flags & KVT_TIER_ST_URING), !(flags & KVT_TIER_F_NO_URING));
+	ops->close(t);
+
+	t = open_tier(flags, 64 << 20, NULL);
+	ops->stats(t, &st);
+	assert_int_equal(st.recovered, N);
+	assert_int_equal(st.corrupt_records, 0);
+	assert_int_equal(ops->recover(t, collect, s), N);
+	assert_int_equal(s->n, N);
+	for (unsigned i = 0; i < N; i++) {
+		int k = find_seen(s, i);
+
+		assert_true(k >= 0);
+		assert_int_equal(s->plen[k], plen[i]);
+		assert_int_equal(s->loc[k].off, loc[i].off);
+		assert_int_equal(get_rec(t, &s->loc[k], i, 1, plen[i]), (int)loc[i].len);
+	}
+	/* The allocator knows the recovered slots: new records never overlap them. */
+	for (unsigned i = 0; i < 10; i++) {
+		struct kvt_tier_loc l;
+
+		assert_int_equal(put_rec(t, 100 + i, 1, 5000, &l), KVT_RECORD_HDR_SIZE + 5000);
+		for (unsigned j = 0; j < N; j++)
+			assert_true(l.off + l.len <= loc[j].off ||
+				    loc[j].off + loc[j].len <= l.off);
+	}
+	for (unsigned i = 0; i < N; i++)
+		assert_int_equal(get_rec(t, &s->loc[find_seen(s, i)], i, 1, plen[i]),
+				 (int)loc[i].len);
+	ops->close(t);
+	free(s);
+}
+
+static void test_roundtrip_uring(void **state)
+{
+	roundtrip(0);
+}
+
+static void test_roundtrip_workers(void **state)
+{
+	roundtrip(KVT_TIER_F_NO_URING);
+}
+
+static void test_roundtrip_fsync(void **state)
+{
+	roundtrip(KVT_TIER_F_FSYNC);
+	teardown(state);
+	roundtrip(KVT_TIER_F_FSYNC | KVT_TIER_F_NO_URING);
+}
+
+/* Batched submission with KVT_TIER_IO_MORE and more requests than the queue depth. */
+static void test_batch_deep(void **state)
+{
+	enum { N = 64 };
+	struct waiter *w = calloc(N, sizeof(*w));
+	struct kvt_tier *t = open_tier(0, 64 << 20, NULL);
+	struct kvt_tier_stats st;
+
+	assert_non_null(w);
+	for (unsigned i = 0; i < N; i++) {
+		w[i].io.buf = make_rec(t, i, 3, 60000);
+		w[i].io.len = KVT_RECORD_HDR_SIZE + 60000;
+		assert_int_equal(ops->alloc(t, w[i].io.len, &w[i].io.loc), 0);
+		w[i].io.done = on_done;
+		w[i].io.flags = i + 1 < N ? KVT_TIER_IO_MORE : 0;
+		assert_int_equal(ops->write(t, &w[i].io), 0);
+	}
+	wait_all(t, w, N);
+	for (unsigned i = 0; i < N; i++) {
+		assert_int_equal(w[i].io.res, (int)w[i].io.len);
+		/* The caller's buffer comes back unchanged (the tier salts the crc in flight). */
+		assert_int_equal(kvt_record_check(w[i].io.buf, (char *)w[i].io.buf + 64, 60000), 0);
+		assert_int_equal(get_rec(t, &w[i].io.loc, i, 3, 60000), (int)w[i].io.loc.len);
+		ops->buf_free(t, w[i].io.buf);
+	}
+	ops->stats(t, &st);
+	assert_int_equal(st.bytes_written, (uint64_t)N * (KVT_RECORD_HDR_SIZE + 60000));
+	ops->close(t);
+	free(w);
+}
+
+/* ---------- visibility, dedupe, free ---------- */
+
+static void test_visibility(void **state)
+{
+	struct kvt_tier *t = open_tier(0, 16 << 20, NULL);
+	struct waiter w = {0}, r = {0};
+	struct kvt_tier_loc loc;
+	void *b = make_rec(t, 1, 1, 9000), *rb = ops->buf_alloc(t, 16384);
+
+	assert_int_equal(ops->alloc(t, KVT_RECORD_HDR_SIZE + 9000, &loc), 0);
+	r.io.loc = loc;
+	r.io.buf = rb;
+	r.io.len = loc.len;
+	r.io.done = on_done;
+	assert_int_equal(ops->read(t, &r.io), -ENODATA); /* reserved, never written */
+	w.io.loc = loc;
+	w.io.buf = b;
+	w.io.len = KVT_RECORD_HDR_SIZE + 9000;
+	w.io.done = on_done;
+	assert_int_equal(ops->write(t, &w.io), 0);
+	assert_int_equal(ops->read(t, &r.io), -ENODATA); /* write in flight */
+	assert_int_equal(w.finished, 0);		 /* done() only from complete() */
+	wait_all(t, &w, 1);
+	assert_int_equal(ops->write(t, &w.io), -EBUSY); /* written once */
+	assert_int_equal(ops->read(t, &r.io), 0);
+	wait_all(t, &r, 1);
+	assert_int_equal(r.io.res, (int)loc.len);
+	ops->buf_free(t, b);
+	ops->buf_free(t, rb);
+	ops->close(t);
+}
+
+static void test_newest_seq_wins(void **state)
+{
+	struct kvt_tier *t = open_tier(0, 16 << 20, NULL);
+	struct seen *s = calloc(1, sizeof(*s));
+	struct kvt_tier_loc l1, l2, l3;
+	struct kvt_tier_stats st;
+
+	assert_int_equal(put_rec(t, 5, 10, 4000, &l1), KVT_RECORD_HDR_SIZE + 4000);
+	assert_int_equal(put_rec(t, 5, 12, 5000, &l2), KVT_RECORD_HDR_SIZE + 5000);
+	assert_int_equal(put_rec(t, 5, 11, 6000, &l3), KVT_RECORD_HDR_SIZE + 6000);
+	ops->close(t);
+	t = open_tier(0, 16 << 20, NULL);
+	assert_int_equal(ops->recover(t, collect, s), 1);
+	assert_int_equal(s->seq[0], 12);
+	assert_int_equal(s->loc[0].off, l2.off);
+	ops->stats(t, &st);
+	assert_int_equal(st.stale, 2);
+	ops->close(t);
+	/* The losers were invalidated: a second restart sees one record and no stale ones. */
+	memset(s, 0, sizeof(*s));
+	t = open_tier(0, 16 << 20, NULL);
+	assert_int_equal(ops->recover(t, collect, s), 1);
+	ops->stats(t, &st);
+	assert_int_equal(st.stale, 0);
+	assert_int_equal(st.corrupt_records, 0);
+	ops->close(t);
+	free(s);
+}
+
+static int drop_odd(void *arg, const struct kvt_record_hdr *h, const struct kvt_tier_loc *loc)
+{
+	return (int)(h->key_hi & 1);
+}
+
+static void test_free_is_final(void **state)
+{
+	struct kvt_tier *t = open_tier(0, 16 << 20, NULL);
+	struct seen *s = calloc(1, sizeof(*s));
+	struct kvt_tier_loc loc[6], l;
+	struct kvt_tier_stats st;
+	int r;
+
+	for (unsigned i = 0; i < 6; i++)
+		assert_int_equal(put_rec(t, i, 1, 20000, &loc[i]), KVT_RECORD_HDR_SIZE + 20000);
+	ops->free(t, &loc[1]);
+	ops->free(t, &loc[1]); /* double free: logged, ignored */
+	r = get_rec(t, &loc[1], 1, 1, 20000);
+	assert_true(r == -EINVAL || r == -ENODATA);
+	ops->free(t, &loc[4]);
+	/* Reuse the freed space with a smaller record. */
+	assert_int_equal(put_rec(t, 9, 1, 100, &l), KVT_RECORD_HDR_SIZE + 100);
+	ops->close(t);
+
+	t = open_tier(0, 16 << 20, NULL);
+	/* Alive: 0 2 3 5 9.  drop_odd drops 3, 5 and 9: they must not come back either. */
+	assert_int_equal(ops->recover(t, drop_odd, NULL), 2);
+	ops->close(t);
+	t = open_tier(0, 16 << 20, NULL);
+	assert_int_equal(ops->recover(t, collect, s), 2);
+	for (unsigned i = 0; i < 6; i++)
+		assert_int_equal(find_seen(s, i) >= 0, i == 0 || i == 2);
+	assert_true(find_seen(s, 9) < 0);
+	ops->stats(t, &st);
+	assert_int_equal(st.corrupt_records, 0);
+	ops->close(t);
+	free(s);
+}
+
+/* ---------- torn and corrupt records ---------- */
+
+static bool tear_next;
+static int tear_hook(int op, uint64_t off, uint32_t len)
+{
+	if (op == KVT_TIER_OP_WRITE && tear_next) {
+		tear_next = false;
+		return (int)(len / 2);
+	}
+	return 0;
+}
+
+static void corrupt_byte(uint64_t off)
+{
+	int fd = open(path_a, O_RDWR);
+	unsigned char c;
+
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, &c, 1, (off_t)off), 1);
+	c ^= 0x5a;
+	assert_int_equal(pwrite(fd, &c, 1, (off_t)off), 1);
+	close(fd);
+}
+
+static void test_torn_and_corrupt(void **state)
+{
+	struct kvt_tier *t = open_tier(0, 32 << 20, tear_hook);
+	struct seen *s = calloc(1, sizeof(*s));
+	struct kvt_tier_loc loc[5], torn;
+	struct kvt_tier_stats st;
+
+	for (unsigned i = 0; i < 5; i++)
+		assert_int_equal(put_rec(t, i, 1, 100000, &loc[i]), KVT_RECORD_HDR_SIZE + 100000);
+	/* Torn: the next write puts half the record on disk, then fails. */
+	tear_next = true;
+	assert_int_equal(put_rec(t, 7, 1, 100000, &torn), -EIO);
+	assert_int_equal(get_rec(t, &torn, 7, 1, 100000), -ENODATA);
+	/* Corruption while open: one payload byte of record 1 and one header byte of record 3. */
+	corrupt_byte(loc[1].off + 64 + 5000);
+	corrupt_byte(loc[3].off + 40);
+	assert_int_equal(get_rec(t, &loc[1], 1, 1, 100000), -EBADMSG);
+	assert_int_equal(get_rec(t, &loc[3], 3, 1, 100000), -EBADMSG);
+	ops->stats(t, &st);
+	assert_int_equal(st.corrupt_records, 2);
+	assert_int_equal(st.write_errors, 1);
+	ops->close(t);
+
+	t = open_tier(0, 32 << 20, NULL);
+	ops->stats(t, &st);
+	assert_int_equal(st.recovered, 3);
+	assert_int_equal(st.corrupt_records, 3); /* two corrupted, one torn */
+	assert_int_equal(ops->recover(t, collect, s), 3);
+	assert_true(find_seen(s, 1) < 0);
+	assert_true(find_seen(s, 3) < 0);
+	assert_true(find_seen(s, 7) < 0);
+	for (unsigned i = 0; i < 5; i += 2)
+		assert_int_equal(get_rec(t, &s->loc[find_seen(s, i)], i, 1, 100000),
+				 (int)loc[i].len);
+	/* Space of the discarded records is reusable. */
+	for (unsigned i = 0; i < 20; i++) {
+		struct kvt_tier_loc l;
+
+		assert_int_equal(put_rec(t, 50 + i, 1, 100000, &l), KVT_RECORD_HDR_SIZE + 100000);
+	}
+	ops->close(t);
+	free(s);
+}
+
+/* A raw block whose payload embeds a well-formed record must never surface as a record,
+ * even once its own header is gone (freed, partly overwritten). */
+static void test_embedded_record_rejected(void **state)
+{
+	struct kvt_tier *t = open_tier(0, 16 << 20, NULL);
+	struct seen *s = calloc(1, sizeof(*s));
+	uint32_t plen = 64 * 1024;
+	struct kvt_record_hdr *h = make_rec(t, 1, 1, plen);
+	struct kvt_record_hdr forged;
+	unsigned char fp[100];
+	struct kvt_tier_loc loc, small;
+	struct waiter w = {0};
+
+	/* A forged record at every page boundary of the payload. */
+	memset(&forged, 0, sizeof(forged));
+	forged.magic = KVT_RECORD_MAGIC;
+	forged.version = KVT_RECORD_VERSION;
+	forged.hdr_size = KVT_RECORD_HDR_SIZE;
+	forged.key_lo = key_of(666);
+	forged.key_hi = 666;
+	forged.seq = 1ull << 60;
+	forged.payload_len = sizeof(fp);
+	memset(fp, 0xab, sizeof(fp));
+	kvt_record_seal(&forged, fp);
+	for (uint32_t off = 4096; off + 4096 <= 64 + plen; off += 4096) {
+		memcpy((char *)h + off, &forged, sizeof(forged));
+		memcpy((char *)h + off + 64, fp, sizeof(fp));
+	}
+	kvt_record_seal(h, h + 1);
+	assert_int_equal(ops->alloc(t, 64 + plen, &loc), 0);
+	w.io.loc = loc;
+	w.io.buf = h;
+	w.io.len = 64 + plen;
+	w.io.done = on_done;
+	assert_int_equal(ops->write(t, &w.io), 0);
+	wait_all(t, &w, 1);
+	assert_int_equal(w.io.res, 64 + plen);
+	ops->buf_free(t, h);
+	ops->free(t, &loc);
+	assert_int_equal(put_rec(t, 2, 1, 100, &small), 164);
+	ops->close(t);
+	t = open_tier(0, 16 << 20, NULL);
+	assert_int_equal(ops->recover(t, collect, s), 1);
+	assert_true(find_seen(s, 2) >= 0);
+	assert_true(find_seen(s, 666) < 0);
+	ops->close(t);
+	free(s);
+}
+
+/* ---------- injected errors and a full filesystem ---------- */
+
+static int fail_errno;
+static uint64_t fail_from = ~0ull;
+static int fail_op = KVT_TIER_OP_WRITE;
+static int fail_hook(int op, uint64_t off, uint32_t len)
+{
+	return op == fail_op && off >= fail_from ? -fail_errno : 0;
+}
+
+static void injected(unsigned flags, int err)
+{
+	struct kvt_tier *t = open_tier(flags, 16 << 20, fail_hook);
+	struct seen *s = calloc(1, sizeof(*s));
+	struct kvt_tier_loc ok, bad[4];
+	struct kvt_tier_stats st;
+
+	fail_errno = err;
+	fail_op = KVT_TIER_OP_WRITE;
+	fail_from = ~0ull;
+	assert_int_equal(put_rec(t, 1, 1, 30000, &ok), KVT_RECORD_HDR_SIZE + 30000);
+	fail_from = 0;
+	for (unsigned i = 0; i < 4; i++) {
+		assert_int_equal(put_rec(t, 10 + i, 1, 30000, &bad[i]), -err);
+		assert_int_equal(get_rec(t, &bad[i], 10 + i, 1, 30000), -ENODATA);
+	}
+	/* Free of a failed slot while writes still fail: the invalidation fails, the pages are
+	 * withheld rather than reused (the medium may hold the record). */
+	ops->free(t, &bad[0]);
+	fail_from = ~0ull;
+	ops->free(t, &bad[1]);
+	ops->complete(t);
+	/* Reads fail too, and are counted. */
+	fail_op = KVT_TIER_OP_READ;
+	fail_from = 0;
+	assert_int_equal(get_rec(t, &ok, 1, 1, 30000), -err);
+	fail_from = ~0ull;
+	assert_int_equal(get_rec(t, &ok, 1, 1, 30000), (int)ok.len);
+	ops->stats(t, &st);
+	assert_int_equal(st.write_errors, 4 + 1);
+	assert_int_equal(st.read_errors, 1);
+	assert_int_equal(st.records, 1);
+	assert_int_equal(st.quarantined_bytes, bad[0].len);
+	ops->close(t);
+	t = open_tier(flags, 16 << 20, NULL);
+	assert_int_equal(ops->recover(t, collect, s), 1);
+	assert_true(find_seen(s, 1) >= 0);
+	ops->close(t);
+	free(s);
+}
+
+static void test_eio(void **state)
+{
+	injected(0, EIO);
+	teardown(state);
+	injected(KVT_TIER_F_NO_URING, EIO);
+}
+
+static void test_enospc(void **state)
+{
+	injected(0, ENOSPC);
+	teardown(state);
+	injected(KVT_TIER_F_NO_URING | KVT_TIER_F_FSYNC, ENOSPC);
+}
+
+static int fsync_hook(int op, uint64_t off, uint32_t len)
+{
+	return op == KVT_TIER_OP_FSYNC && off >= fail_from ? -EIO : 0;
+}
+
+static void test_fsync_error(void **state)
+{
+	for (int k = 0; k < 2; k++) {
+		unsigned flags = KVT_TIER_F_FSYNC | (k ? KVT_TIER_F_NO_URING : 0);
+		struct kvt_tier *t;
+		struct kvt_tier_loc l;
+
+		fail_from = ~0ull;
+		t = open_tier(flags, 16 << 20, fsync_hook);
+		/* Records only: the superblock (offset 0) must still be writable for alloc(). */
+		fail_from = 4096;
+		assert_int_equal(put_rec(t, 1, 1, 1000, &l), -EIO);
+		assert_int_equal(get_rec(t, &l, 1, 1, 1000), -ENODATA);
+		fail_from = ~0ull;
+		ops->close(t);
+		teardown(state);
+	}
+}
+
+/* A filesystem too small for the configured capacity: open fails cleanly, gives the space
+ * back, and a capacity that fits works.  Uses a 1 MiB tmpfs when this process may mount
+ * one, else RLIMIT_FSIZE (EFBIG) as the stand-in. */
+static void test_full_filesystem(void **state)
+{
+	char mnt[300], p[340];
+	const char *paths[] = {p, NULL};
+	struct kvt_tier_conf c = {.paths = paths, .queue_depth = 4, .buf_bytes = 1 << 20};
+	struct kvt_tier *t = NULL;
+	struct rlimit old, lim;
+	struct kvt_tier_loc l;
+	bool mounted;
+	struct stat st;
+	int r;
+
+	snprintf(mnt, sizeof(mnt), "%s/mnt", dir);
+	assert_int_equal(mkdir(mnt, 0700), 0);
+	mounted = mount("kvt", mnt, "tmpfs", 0, "size=1m") == 0;
+	snprintf(p, sizeof(p), "%s/%s", mounted ? mnt : dir, "full.slots");
+	getrlimit(RLIMIT_FSIZE, &old);
+	if (!mounted) {
+		signal(SIGXFSZ, SIG_IGN);
+		lim = old;
+		lim.rlim_cur = 1 << 20;
+		assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	}
+	printf("# full filesystem via %s\n", mounted ? "1 MiB tmpfs" : "RLIMIT_FSIZE=1MiB");
+	c.capacity_bytes = 4 << 20;
+	r = ops->open(&c, &t);
+	assert_true(r == -ENOSPC || r == -EFBIG);
+	assert_null(t);
+	assert_int_equal(stat(p, &st), 0);
+	assert_true(st.st_size <= 4096); /* space given back */
+	c.capacity_bytes = 512 << 10;
+	assert_int_equal(ops->open(&c, &t), 0);
+	for (unsigned i = 0; i < 200; i++) {
+		r = put_rec(t, i, 1, 30000, &l);
+		if (r < 0)
+			break;
+	}
+	assert_int_equal(r, -ENOSPC); /* the tier's own capacity runs out, cleanly */
+	ops->close(t);
+	if (!mounted)
+		setrlimit(RLIMIT_FSIZE, &old);
+	unlink(p);
+	if (mounted)
+		umount(mnt);
+	rmdir(mnt);
+}
+
+/* ---------- fallbacks and configuration ---------- */
+
+static int refuse_hook(int op, uint64_t off, uint32_t len)
+{
+	if (op == KVT_TIER_OP_URING_SETUP)
+		return -EPERM; /* what a container's seccomp profile does */
+	if (op == KVT_TIER_OP_OPEN_DIRECT)
+		return -EINVAL; /* what a filesystem without O_DIRECT does */
+	if (op == KVT_TIER_OP_FALLOCATE)
+		return -EOPNOTSUPP;
+	return 0;
+}
+
+static void test_fallbacks(void **state)
+{
+	struct kvt_tier *t = open_tier(0, 8 << 20, refuse_hook);
+	struct kvt_tier_stats st;
+	struct kvt_tier_loc l;
+	struct stat sb;
+
+	ops->stats(t, &st);
+	assert_false(st.io_flags & KVT_TIER_ST_URING);
+	assert_false(st.io_flags & KVT_TIER_ST_DIRECT);
+	assert_int_equal(stat(path_a, &sb), 0);
+	assert_int_equal(sb.st_size, 8 << 20); /* zero-filled to full size */
+	assert_true(sb.st_blocks * 512 >= (8 << 20) - 4096);
+	assert_int_equal(put_rec(t, 1, 1, 12345, &l), KVT_RECORD_HDR_SIZE + 12345);
+	assert_int_equal(get_rec(t, &l, 1, 1, 12345), (int)l.len);
+	ops->close(t);
+	t = open_tier(0, 8 << 20, NULL);
+	ops->stats(t, &st);
+	assert_true(st.io_flags & KVT_TIER_ST_URING);
+	assert_true(st.io_flags & KVT_TIER_ST_DIRECT);
+	assert_true(st.io_flags & KVT_TIER_ST_FIXED_BUFS);
+	assert_int_equal(st.recovered, 1);
+	ops->close(t);
+}
+
+static void test_multi_file(void **state)
+{
+	const char *paths[] = {path_a, path_b, path_c, NULL};
+	struct kvt_tier_conf c = {.paths = paths, .capacity_bytes = 24 << 20, .queue_depth = 4};
+	struct seen *s = calloc(1, sizeof(*s));
+	struct kvt_tier_stats st;
+	struct kvt_tier *t;
+	unsigned per_file[3] = {0};
+
+	assert_int_equal(ops->open(&c, &t), 0);
+	ops->stats(t, &st);
+	assert_int_equal(st.files, 3);
+	assert_true(st.capacity_bytes >= (24u << 20) - 3 * 4096);
+	for (unsigned i = 0; i < 30; i++) {
+		struct kvt_tier_loc l;
+
+		assert_int_equal(put_rec(t, i, 1, 50000, &l), KVT_RECORD_HDR_SIZE + 50000);
+		per_file[l.file]++;
+	}
+	for (unsigned f = 0; f < 3; f++)
+		assert_int_equal(per_file[f], 10);
+	ops->close(t);
+	assert_int_equal(ops->open(&c, &t), 0);
+	assert_int_equal(ops->recover(t, collect, s), 30);
+	for (int i = 0; i < s->n; i++)
+		assert_int_equal(get_rec(t, &s->loc[i], (unsigned)s->key_hi[i], 1, 50000),
+				 (int)s->loc[i].len);
+	ops->close(t);
+	free(s);
+}
+
+static void test_bad_input(void **state)
+{
+	struct kvt_tier *t = open_tier(0, 8 << 20, NULL);
+	const char *none[] = {NULL};
+	struct kvt_tier_conf c = {.paths = none};
+	struct kvt_tier *t2 = NULL;
+	struct kvt_tier_loc l, bogus = {.off = 4096 * 7, .len = 4096};
+	struct waiter w = {0};
+	char *b = ops->buf_alloc(t, 16384);
+	struct kvt_tier_stats st;
+
+	assert_int_equal(ops->open(&c, &t2), -EINVAL);
+	c.paths = NULL;
+	assert_int_equal(ops->open(&c, &t2), -EINVAL);
+	assert_int_equal(ops->alloc(t, 10, &l), -EINVAL);
+	assert_int_equal(ops->alloc(t, 0xffffffffu, &l), -EINVAL);
+	ops->free(t, &bogus);
+	assert_int_equal(ops->alloc(t, 9000, &l), 0);
+	w.io.loc = l;
+	w.io.done = on_done;
+	w.io.buf = b + 1; /* misaligned for O_DIRECT */
+	w.io.len = 9000;
+	assert_int_equal(ops->write(t, &w.io), -EINVAL);
+	w.io.buf = b;
+	w.io.len = l.len + 1;
+	assert_int_equal(ops->write(t, &w.io), -EINVAL);
+	memset(b, 0, 16384);
+	w.io.len = 9000; /* not a record */
+	assert_int_equal(ops->write(t, &w.io), -EINVAL);
+	w.io.loc = bogus;
+	assert_int_equal(ops->read(t, &w.io), -EINVAL);
+	ops->stats(t, &st);
+	assert_int_equal(st.writes, 0);
+	assert_int_equal(st.used_bytes, l.len);
+	ops->free(t, &l);
+	ops->stats(t, &st);
+	assert_int_equal(st.used_bytes, 0);
+	ops->buf_free(t, b);
+	ops->close(t);
+	ops->close(NULL);
+}
+
+int main(int argc, char **argv)
+{
+	const char *e = getenv("KVT_SEED");
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_alloc_basic),
+	    cmocka_unit_test(test_alloc_random),
+	    cmocka_unit_test_teardown(test_roundtrip_uring, teardown),
+	    cmocka_unit_test_teardown(test_roundtrip_workers, teardown),
+	    cmocka_unit_test_teardown(test_roundtrip_fsync, teardown),
+	    cmocka_unit_test_teardown(test_batch_deep, teardown),
+	    cmocka_unit_test_teardown(test_visibility, teardown),
+	    cmocka_unit_test_teardown(test_newest_seq_wins, teardown),
+	    cmocka_unit_test_teardown(test_free_is_final, teardown),
+	    cmocka_unit_test_teardown(test_torn_and_corrupt, teardown),
+	    cmocka_unit_test_teardown(test_embedded_record_rejected, teardown),
+	    cmocka_unit_test_teardown(test_eio, teardown),
+	    cmocka_unit_test_teardown(test_enospc, teardown),
+	    cmocka_unit_test_teardown(test_fsync_error, teardown),
+	    cmocka_unit_test_teardown(test_full_filesystem, teardown),
+	    cmocka_unit_test_teardown(test_fallbacks, teardown),
+	    cmocka_unit_test_teardown(test_multi_file, teardown),
+	    cmocka_unit_test_teardown(test_bad_input, teardown),
+	};
+
+	for (int i = 1; i + 1 < argc; i++)
+		if (!strcmp(argv[i], "--seed"))
+			e = argv[i + 1];
+	seed = e ? (unsigned)strtoul(e, NULL, 0) : (unsigned)getpid();
+	printf("# seed %u (KVT_SEED or --seed to replay)\n", seed);
+	return cmocka_run_group_tests(tests, setup, teardown_all);
+}
