@@ -83,7 +83,7 @@ kvt_log "tests of build/ took $((SECONDS - t1)) s"
 
 if ((asan)); then
 	t1=$SECONDS
-	asan_dir="$KVT_ROOT/build-asan"
+	asan_dir=${KVT_BUILD_ASAN:-$KVT_ROOT/build-asan}
 	# CUDA stays out of the sanitizer build: the CUDA runtime and ASan's shadow memory clash
 	# (cudaMalloc fails unless protect_shadow_gap=0), and gpu tests need a GPU anyway; the
 	# normal build above covers the GPU path.
