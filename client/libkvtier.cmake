@@ -1,0 +1,37 @@
+# libkvtier.so: the client library (public header kvtier.h), with a SONAME and a version
+# script; only kvt_* symbols are exported.
+add_library(kvtier SHARED ${CMAKE_CURRENT_SOURCE_DIR}/kvtier.c)
+target_include_directories(kvtier PUBLIC
+	$<BUILD_INTERFACE:${CMAKE_CURRENT_SOURCE_DIR}>
+	$<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
+target_compile_definitions(kvtier PRIVATE KVT_BUILDING_LIB _GNU_SOURCE)
+target_compile_options(kvtier PRIVATE -fvisibility=hidden)
+target_link_libraries(kvtier PRIVATE $<BUILD_INTERFACE:kvt_proto> Threads::Threads)
+if(TARGET kvt_predict)
+	target_link_libraries(kvtier PRIVATE $<BUILD_INTERFACE:kvt_predict>)
+endif()
+target_link_options(kvtier PRIVATE -Wl,--version-script=${CMAKE_CURRENT_SOURCE_DIR}/kvtier.map
+	-Wl,--no-undefined)
+set_target_properties(kvtier PROPERTIES VERSION ${PROJECT_VERSION} SOVERSION ${PROJECT_VERSION_MAJOR}
+	LINK_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/kvtier.map PUBLIC_HEADER ${CMAKE_CURRENT_SOURCE_DIR}/kvtier.h)
+
+# kvtierctl: the admin CLI.
+add_executable(kvtierctl ${CMAKE_CURRENT_SOURCE_DIR}/kvtierctl.c)
+target_link_libraries(kvtierctl PRIVATE kvt_proto)
+target_compile_definitions(kvtierctl PRIVATE _GNU_SOURCE)
+
+include(CMakePackageConfigHelpers)
+configure_file(${CMAKE_CURRENT_SOURCE_DIR}/kvtier.pc.in ${CMAKE_CURRENT_BINARY_DIR}/kvtier.pc @ONLY)
+configure_package_config_file(${CMAKE_CURRENT_SOURCE_DIR}/kvtierConfig.cmake.in
+	${CMAKE_CURRENT_BINARY_DIR}/kvtierConfig.cmake INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/kvtier)
+write_basic_package_version_file(${CMAKE_CURRENT_BINARY_DIR}/kvtierConfigVersion.cmake
+	VERSION ${PROJECT_VERSION} COMPATIBILITY SameMajorVersion)
+install(TARGETS kvtier EXPORT kvtierTargets
+	LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
+	PUBLIC_HEADER DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(TARGETS kvtierctl RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+install(EXPORT kvtierTargets NAMESPACE kvtier:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/kvtier)
+install(FILES ${CMAKE_CURRENT_BINARY_DIR}/kvtierConfig.cmake ${CMAKE_CURRENT_BINARY_DIR}/kvtierConfigVersion.cmake
+	DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/kvtier)
+install(FILES ${CMAKE_CURRENT_BINARY_DIR}/kvtier.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
+install(FILES ${CMAKE_CURRENT_SOURCE_DIR}/python/kvtier.py DESTINATION ${CMAKE_INSTALL_DATADIR}/kvtier/python OPTIONAL)

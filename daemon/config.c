@@ -1,0 +1,309 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <ini.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "config.h"
+
+enum ktype { K_STR, K_U32, K_U64, K_SIZE, K_BOOL, K_RATIO, K_LOGLEVEL };
+
+/* The one table of keys: parsing, printing, defaults and docs all come from it. */
+struct key {
+	const char *section, *name;
+	enum ktype type;
+	size_t off, len;
+	const char *def;
+	uint64_t min, max;
+};
+
+#define F(field) offsetof(struct kvtd_config, field), sizeof(((struct kvtd_config *)0)->field)
+static const struct key keys[] = {
+    {"daemon", "socket", K_STR, F(socket), "", 0, 0},
+    {"daemon", "tick_ms", K_U32, F(tick_ms), "100", 1, 60000},
+    {"daemon", "spin_us", K_U32, F(spin_us), "50", 0, 1000000},
+    {"daemon", "max_clients", K_U32, F(max_clients), "256", 1, 65536},
+    {"daemon", "ring_entries", K_U32, F(ring_entries), "256", 8, 65536},
+    {"daemon", "log_level", K_LOGLEVEL, F(log_level), "info", 0, 0},
+    {"daemon", "admin_group", K_STR, F(admin_group), "kvtier", 0, 0},
+    {"daemon", "tenant_salt", K_STR, F(tenant_salt), "", 0, 0},
+    {"host", "capacity", K_SIZE, F(host_capacity), "1GiB", 1u << 20, 1ull << 46},
+    {"host", "high_watermark", K_RATIO, F(host_high), "0.95", 0, 0},
+    {"host", "low_watermark", K_RATIO, F(host_low), "0.85", 0, 0},
+    {"host", "codec", K_STR, F(host_codec), "raw", 0, 0},
+    {"index", "max_blocks", K_U64, F(max_blocks), "1048576", 1024, 1ull << 32},
+    {"nvme", "enabled", K_BOOL, F(nvme_enabled), "false", 0, 0},
+    {"nvme", "paths", K_STR, F(nvme_paths), "/var/lib/kvtier/nvme0.slots", 0, 0},
+    {"nvme", "capacity", K_SIZE, F(nvme_capacity), "16GiB", 1u << 20, 1ull << 50},
+    {"nvme", "queue_depth", K_U32, F(nvme_queue_depth), "32", 1, 4096},
+    {"nvme", "direct", K_BOOL, F(nvme_direct), "true", 0, 0},
+    {"nvme", "io_uring", K_BOOL, F(nvme_io_uring), "true", 0, 0},
+    {"nvme", "fsync", K_BOOL, F(nvme_fsync), "false", 0, 0},
+    {"nvme", "admit_on_second_use", K_BOOL, F(nvme_admit_second), "false", 0, 0},
+    {"nvme", "codec", K_STR, F(nvme_codec), "raw", 0, 0},
+    {"nvme", "high_watermark", K_RATIO, F(nvme_high), "0.95", 0, 0},
+    {"nvme", "low_watermark", K_RATIO, F(nvme_low), "0.85", 0, 0},
+};
+#undef F
+
+static const char *const levels[] = {"error", "warn", "info", "debug"};
+
+int kvtd_parse_size(const char *s, uint64_t *out)
+{
+	static const struct {
+		const char *sfx;
+		unsigned shift;
+	} sfx[] = {{"", 0},	{"B", 0},   {"K", 10},	 {"KB", 10}, {"KiB", 10},
+		   {"M", 20},	{"MB", 20}, {"MiB", 20}, {"G", 30},  {"GB", 30},
+		   {"GiB", 30}, {"T", 40},  {"TB", 40},	 {"TiB", 40}};
+	char *end;
+	unsigned long long v;
+
+	if (!s || *s < '0' || *s > '9')
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno)
+		return -ERANGE;
+	while (*end == ' ')
+		end++;
+	for (size_t i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++) {
+		if (strcasecmp(end, sfx[i].sfx) != 0)
+			continue;
+		if (sfx[i].shift && v > (UINT64_MAX >> sfx[i].shift))
+			return -ERANGE;
+		*out = (uint64_t)v << sfx[i].shift;
+		return 0;
+	}
+	return -EINVAL;
+}
+
+static int parse_bool(const char *s, bool *out)
+{
+	if (!strcasecmp(s, "true") || !strcasecmp(s, "yes") || !strcasecmp(s, "on") ||
+	    !strcmp(s, "1")) {
+		*out = true;
+		return 0;
+	}
+	if (!strcasecmp(s, "false") || !strcasecmp(s, "no") || !strcasecmp(s, "off") ||
+	    !strcmp(s, "0")) {
+		*out = false;
+		return 0;
+	}
+	return -EINVAL;
+}
+
+static int set_key(struct kvtd_config *c, const struct key *k, const char *v, FILE *err)
+{
+	char *p = (char *)c + k->off, *end;
+	unsigned long long u;
+	uint64_t sz;
+	double d;
+	bool b;
+
+	switch (k->type) {
+	case K_STR:
+		if (strlen(v) >= k->len)
+			goto bad;
+		strcpy(p, v);
+		return 0;
+	case K_U32:
+	case K_U64:
+		if (*v < '0' || *v > '9')
+			goto bad;
+		errno = 0;
+		u = strtoull(v, &end, 10);
+		if (errno || *end || u < k->min || u > k->max)
+			goto bad;
+		if (k->type == K_U32)
+			*(uint32_t *)(void *)p = (uint32_t)u;
+		else
+			*(uint64_t *)(void *)p = u;
+		return 0;
+	case K_SIZE:
+		if (kvtd_parse_size(v, &sz) < 0 || sz < k->min || sz > k->max)
+			goto bad;
+		*(uint64_t *)(void *)p = sz;
+		return 0;
+	case K_BOOL:
+		if (parse_bool(v, &b) < 0)
+			goto bad;
+		*(bool *)p = b;
+		return 0;
+	case K_RATIO:
+		errno = 0;
+		d = strtod(v, &end);
+		if (errno || end == v || *end || !(d > 0.0 && d <= 1.0))
+			goto bad;
+		*(double *)(void *)p = d;
+		return 0;
+	case K_LOGLEVEL:
+		for (int i = 0; i < 4; i++) {
+			if (!strcasecmp(v, levels[i])) {
+				*(int *)(void *)p = i;
+				return 0;
+			}
+		}
+		goto bad;
+	}
+bad:
+	if (err) {
+		const char *what = k->type == K_SIZE	   ? "a size such as 64MiB"
+				   : k->type == K_BOOL	   ? "true or false"
+				   : k->type == K_RATIO	   ? "a ratio in (0, 1]"
+				   : k->type == K_LOGLEVEL ? "error, warn, info or debug"
+				   : k->type == K_STR	   ? "a shorter string"
+							   : "an integer in range";
+		fprintf(err, "kvtierd: invalid value '%s' for %s.%s: expected %s", v, k->section,
+			k->name, what);
+		if (k->type == K_U32 || k->type == K_U64 || k->type == K_SIZE)
+			fprintf(err, " [%llu, %llu]", (unsigned long long)k->min,
+				(unsigned long long)k->max);
+		fputc('\n', err);
+	}
+	return -EINVAL;
+}
+
+void kvtd_config_defaults(struct kvtd_config *c)
+{
+	memset(c, 0, sizeof(*c));
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		int ret = set_key(c, &keys[i], keys[i].def, stderr);
+		(void)ret;
+	}
+}
+
+int kvtd_config_set_kv(struct kvtd_config *c, const char *section, const char *key,
+		       const char *value, FILE *err)
+{
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		if (!strcmp(keys[i].section, section) && !strcmp(keys[i].name, key))
+			return set_key(c, &keys[i], value, err);
+	}
+	if (err)
+		fprintf(err, "kvtierd: unknown configuration key %s.%s\n", section, key);
+	return -EINVAL;
+}
+
+int kvtd_config_set(struct kvtd_config *c, const char *a, FILE *err)
+{
+	char sec[64], key[64];
+	const char *dot = strchr(a, '.'), *eq = strchr(a, '=');
+
+	if (!dot || !eq || dot > eq || (size_t)(dot - a) >= sizeof(sec) ||
+	    (size_t)(eq - dot - 1) >= sizeof(key)) {
+		if (err)
+			fprintf(err, "kvtierd: bad override '%s': expected section.key=value\n", a);
+		return -EINVAL;
+	}
+	memcpy(sec, a, (size_t)(dot - a));
+	sec[dot - a] = 0;
+	memcpy(key, dot + 1, (size_t)(eq - dot - 1));
+	key[eq - dot - 1] = 0;
+	return kvtd_config_set_kv(c, sec, key, eq + 1, err);
+}
+
+struct load_ctx {
+	struct kvtd_config *c;
+	FILE *err;
+	const char *path;
+	int bad;
+};
+
+static int ini_cb(void *user, const char *section, const char *name, const char *value)
+{
+	struct load_ctx *x = user;
+
+	if (kvtd_config_set_kv(x->c, section, name, value, x->err) < 0) {
+		x->bad = 1;
+		return 0; /* inih reports the line */
+	}
+	return 1;
+}
+
+int kvtd_config_load(struct kvtd_config *c, const char *path, FILE *err)
+{
+	struct load_ctx x = {c, err, path, 0};
+	FILE *f = fopen(path, "r");
+	int line;
+
+	if (!f)
+		return -errno;
+	line = ini_parse_file(f, ini_cb, &x);
+	fclose(f);
+	if (line != 0) {
+		if (err)
+			fprintf(err, "kvtierd: %s:%d: configuration error\n", path, line);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int kvtd_config_validate(const struct kvtd_config *c, FILE *err)
+{
+	if (c->host_low >= c->host_high) {
+		if (err)
+			fprintf(err,
+				"kvtierd: host.low_watermark must be below host.high_watermark\n");
+		return -EINVAL;
+	}
+	if (c->nvme_low >= c->nvme_high) {
+		if (err)
+			fprintf(err,
+				"kvtierd: nvme.low_watermark must be below nvme.high_watermark\n");
+		return -EINVAL;
+	}
+	if (c->ring_entries & (c->ring_entries - 1)) {
+		if (err)
+			fprintf(err, "kvtierd: daemon.ring_entries must be a power of two\n");
+		return -EINVAL;
+	}
+	for (const char *p = c->tenant_salt; *p; p++) {
+		if (!strchr("0123456789abcdefABCDEF", *p)) {
+			if (err)
+				fprintf(err, "kvtierd: daemon.tenant_salt must be hexadecimal\n");
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+void kvtd_config_print(const struct kvtd_config *c, FILE *out)
+{
+	const char *sec = "";
+
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		const struct key *k = &keys[i];
+		const char *p = (const char *)c + k->off;
+
+		if (strcmp(sec, k->section)) {
+			fprintf(out, "%s[%s]\n", i ? "\n" : "", k->section);
+			sec = k->section;
+		}
+		fprintf(out, "%s = ", k->name);
+		switch (k->type) {
+		case K_STR:
+			fprintf(out, "%s\n", p);
+			break;
+		case K_U32:
+			fprintf(out, "%u\n", *(const uint32_t *)(const void *)p);
+			break;
+		case K_U64:
+		case K_SIZE:
+			fprintf(out, "%llu\n",
+				(unsigned long long)*(const uint64_t *)(const void *)p);
+			break;
+		case K_BOOL:
+			fprintf(out, "%s\n", *(const bool *)p ? "true" : "false");
+			break;
+		case K_RATIO:
+			fprintf(out, "%.6g\n", *(const double *)(const void *)p);
+			break;
+		case K_LOGLEVEL:
+			fprintf(out, "%s\n", levels[*(const int *)(const void *)p & 3]);
+			break;
+		}
+	}
+}

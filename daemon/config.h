@@ -1,0 +1,73 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * config.h - kvtierd configuration: one table of keys with defaults (config.c), read from
+ * an INI file with libinih, overridden with -o section.key=value, printed by --print-config.
+ */
+#ifndef KVTD_CONFIG_H
+#define KVTD_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define KVTD_DEFAULT_CONFIG "/etc/kvtier/kvtierd.conf"
+#define KVTD_MAX_NVME_PATHS 8
+
+struct kvtd_config {
+	/* [daemon] */
+	char socket[108];
+	uint32_t tick_ms;
+	uint32_t spin_us;
+	uint32_t max_clients;
+	uint32_t ring_entries;
+	int log_level; /* 0 error, 1 warn, 2 info, 3 debug */
+	char admin_group[64];
+	char tenant_salt[129]; /* hex */
+	/* [host] */
+	uint64_t host_capacity;
+	double host_high;
+	double host_low;
+	char host_codec[64];
+	/* [index] */
+	uint64_t max_blocks;
+	/* [nvme] */
+	bool nvme_enabled;
+	char nvme_paths[1024];
+	uint64_t nvme_capacity;
+	uint32_t nvme_queue_depth;
+	bool nvme_direct;
+	bool nvme_io_uring;
+	bool nvme_fsync;
+	bool nvme_admit_second;
+	char nvme_codec[64];
+	double nvme_high;
+	double nvme_low;
+};
+
+/* Fills c with the built-in defaults. */
+void kvtd_config_defaults(struct kvtd_config *c);
+
+/*
+ * Reads an INI file into c (keys not in the file keep their value).  Returns 0, -ENOENT
+ * when the file does not exist, -EINVAL for a bad key or value (a message naming the file,
+ * line and key goes to err).
+ */
+int kvtd_config_load(struct kvtd_config *c, const char *path, FILE *err);
+
+/* Applies one "section.key=value" override.  Returns 0 or -EINVAL (message to err). */
+int kvtd_config_set(struct kvtd_config *c, const char *assignment, FILE *err);
+
+/* Sets one key.  Returns 0 or -EINVAL (message to err). */
+int kvtd_config_set_kv(struct kvtd_config *c, const char *section, const char *key,
+		       const char *value, FILE *err);
+
+/* Cross-key checks (low < high watermark, ...). Returns 0 or -EINVAL (message to err). */
+int kvtd_config_validate(const struct kvtd_config *c, FILE *err);
+
+/* Prints c as an INI file that kvtd_config_load() reads back to the same values. */
+void kvtd_config_print(const struct kvtd_config *c, FILE *out);
+
+/* Parses "64MiB", "1G", "4096"... into bytes. Returns 0 or -EINVAL / -ERANGE. */
+int kvtd_parse_size(const char *s, uint64_t *out);
+
+#endif

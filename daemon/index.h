@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * index.h - the block index: a chained hash table over 128-bit internal keys, entries in
+ * one array addressed by u32 index (stable across growth), and an LRU list of the blocks
+ * that may be evicted.  Sized for index.max_blocks (1 M by default) without rehashing.
+ */
+#ifndef KVTD_INDEX_H
+#define KVTD_INDEX_H
+
+#include <stdint.h>
+
+#define KVTD_NIL UINT32_MAX
+
+enum kvtd_blk_state {
+	KVTD_BLK_FREE = 0,
+	KVTD_BLK_RESERVED, /* being written by its owner; invisible */
+	KVTD_BLK_READY,	   /* committed; visible */
+	KVTD_BLK_ZOMBIE,   /* deleted or evicted while leased; freed on the last release */
+};
+
+enum kvtd_tier_id { KVTD_TIER_HOST = 0, KVTD_TIER_NVME = 1, KVTD_NTIERS };
+
+struct kvtd_blk {
+	uint64_t key_lo, key_hi; /* internal key: tenant salt and layout already mixed in */
+	uint32_t next;		 /* hash chain */
+	uint32_t lru_prev, lru_next;
+	uint32_t gen; /* bumped on every reuse of the entry: stale handles fail */
+	uint32_t len;
+	uint32_t tenant;
+	uint32_t leases;
+	uint32_t pins;
+	uint32_t owner; /* client id holding the reservation */
+	uint8_t state;
+	uint8_t tier;
+	uint8_t in_lru;
+	uint8_t hashed;
+	uint64_t off; /* byte offset in the tenant's arena */
+	uint64_t fingerprint;
+	uint64_t atime; /* daemon clock (ms) of the last put/get */
+	uint64_t hits;
+};
+
+struct kvtd_index {
+	struct kvtd_blk *blk;
+	uint32_t cap, used, max;
+	uint32_t free_head;
+	uint32_t *bucket;
+	uint32_t mask;
+	uint32_t count;		     /* entries in the hash */
+	uint32_t lru_head, lru_tail; /* head = most recently used */
+};
+
+/* Returns 0 or -ENOMEM. */
+int kvtd_index_init(struct kvtd_index *ix, uint32_t max_blocks);
+void kvtd_index_fini(struct kvtd_index *ix);
+/* Entry index of key, or KVTD_NIL. */
+uint32_t kvtd_index_find(const struct kvtd_index *ix, uint64_t lo, uint64_t hi);
+/* New entry for key (caller checked it is absent), hashed, state FREE; KVTD_NIL when full. */
+uint32_t kvtd_index_insert(struct kvtd_index *ix, uint64_t lo, uint64_t hi);
+/* Takes the entry out of the hash (lookups miss); the entry itself stays allocated. */
+void kvtd_index_unhash(struct kvtd_index *ix, uint32_t i);
+/* Unhashes (if needed), unlinks from the LRU and frees the entry; its gen is bumped. */
+void kvtd_index_remove(struct kvtd_index *ix, uint32_t i);
+void kvtd_lru_push(struct kvtd_index *ix, uint32_t i); /* as most recently used */
+void kvtd_lru_unlink(struct kvtd_index *ix, uint32_t i);
+
+static inline struct kvtd_blk *kvtd_blk(const struct kvtd_index *ix, uint32_t i)
+{
+	return &ix->blk[i];
+}
+
+#endif

@@ -1,0 +1,1898 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvtierd's core.  One thread runs everything (Redis-style): an epoll loop over the
+ * listening socket, every client's socket and submission eventfd, a timerfd tick and a
+ * signalfd.  After any activity the loop keeps polling the rings for daemon.spin_us before
+ * it sleeps again, which is what keeps a request's round trip in the microseconds.
+ *
+ * Trust: nothing a client writes is believed.  Ring entries are copied out of shared memory
+ * before they are looked at, every handle is checked against the daemon's own tables, and
+ * a client only ever maps its own rings and its own tenant's arena.
+ */
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef KVT_HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
+#include "index.h"
+#include "kvt_metrics.h"
+#include "kvt_proto.h"
+#include "kvt_ring.h"
+#include "pagemap.h"
+#include "server.h"
+
+#define CLIENT_MAGIC 0x434c4e54u /* "CLNT" */
+#define TENANT_MAGIC 0x54454e54u /* "TENT" */
+#define MAX_LAYOUTS  64
+#define MAX_HOLDS    (1u << 20)
+#define DRAIN_BATCH  64
+#define ADMIN_CHUNK  32768
+
+int kvtd_log_level = KVTD_LOG_INFO;
+
+void kvtd_log(int level, const char *fmt, ...)
+{
+	static const char *const names[] = {"error", "warning", "info", "debug"};
+	static const int prio[] = {3, 4, 6, 7};
+	va_list ap;
+
+	if (level > kvtd_log_level)
+		return;
+	/* Under journald (JOURNAL_STREAM set) a <N> prefix carries the priority. */
+	if (getenv("JOURNAL_STREAM"))
+		fprintf(stderr, "<%d>", prio[level]);
+	else
+		fprintf(stderr, "kvtierd: %s: ", names[level]);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+enum ev_kind { EV_LISTEN = 1, EV_SOCK, EV_SQ, EV_TIMER, EV_SIGNAL };
+
+struct ev {
+	enum ev_kind kind;
+	void *p;
+};
+
+enum hold_kind { HOLD_NONE = 0, HOLD_RESERVE, HOLD_LEASE, HOLD_PIN };
+
+struct hold {
+	uint32_t blk, blk_gen;
+	uint32_t gen;
+	uint8_t kind;
+	uint32_t next_free;
+};
+
+struct tenant {
+	uint32_t magic;
+	uint32_t uid;
+	int memfd;
+	uint8_t *base;
+	uint64_t size;
+	struct kvtd_pagemap pm;
+	uint64_t used_bytes;
+	uint64_t blocks;
+	unsigned nclients;
+};
+
+struct layout_slot {
+	uint64_t fp;
+	uint32_t block_bytes;
+};
+
+struct client {
+	uint32_t magic;
+	uint32_t id;
+	int sock, sq_efd, cq_efd;
+	struct ev sock_ev, sq_ev;
+	bool hello, admin, data, dead;
+	uid_t uid;
+	gid_t gid;
+	pid_t pid;
+	char name[64];
+	struct tenant *t;
+	/* rings */
+	uint8_t *ring;
+	uint32_t ring_size;
+	struct kvt_ring_ctl *sq, *cq;
+	struct kvt_sqe *sqes;
+	struct kvt_cqe *cqes;
+	uint8_t *scratch;
+	uint32_t sq_entries, cq_entries;
+	uint32_t sq_head, cq_tail; /* daemon's own copies: never re-read from shm */
+	/* layouts and holds */
+	struct layout_slot layouts[MAX_LAYOUTS];
+	uint32_t nlayouts;
+	struct hold *holds;
+	uint32_t nholds, cap_holds, free_hold;
+	uint32_t n_leases, n_reserves, n_pins;
+	uint64_t puts, gets, hits, misses, lookups;
+	uint64_t connected_ms;
+	struct client *next;
+};
+
+struct tier_stats {
+	uint64_t hits, misses, bytes_read, bytes_written;
+};
+
+struct kvtd {
+	struct kvtd_config cfg;
+	int ep, lsock, tfd, sfd;
+	bool lsock_from_systemd, stop;
+	char sock_path[108];
+	struct ev lsock_ev, tfd_ev, sfd_ev;
+	struct kvtd_index ix;
+	struct tenant **tenants;
+	uint32_t ntenants;
+	struct client *clients;
+	uint32_t nclients, next_client_id;
+	uint64_t salt;
+	uint64_t epoch;
+	uint64_t start_ms;
+	uint64_t host_used;
+	struct tier_stats tier[KVTD_NTIERS];
+	struct kvt_metrics m;
+	gid_t admin_gid;
+	bool have_admin_gid;
+	bool watchdog;
+	uint8_t *msgbuf;
+};
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static uint64_t now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Tenants: one arena (memfd) per uid, so a client can only ever touch its own tenant's data.
+ */
+static struct tenant *tenant_get(struct kvtd *d, uint32_t uid)
+{
+	struct tenant *t, **nt;
+	int ret;
+
+	for (uint32_t i = 0; i < d->ntenants; i++) {
+		if (d->tenants[i]->uid == uid)
+			return d->tenants[i];
+	}
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return NULL;
+	t->magic = TENANT_MAGIC;
+	t->uid = uid;
+	t->size = d->cfg.host_capacity & ~(uint64_t)(KVTD_PAGE_SIZE - 1);
+	t->memfd = memfd_create("kvtier-arena", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (t->memfd < 0)
+		goto fail;
+	if (ftruncate(t->memfd, (off_t)t->size) < 0)
+		goto fail;
+	/* The arena never changes size under a client's mapping. */
+	fcntl(t->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+	t->base = mmap(NULL, t->size, PROT_READ | PROT_WRITE, MAP_SHARED, t->memfd, 0);
+	if (t->base == MAP_FAILED) {
+		t->base = NULL;
+		goto fail;
+	}
+	ret = kvtd_pagemap_init(&t->pm, t->size >> KVTD_PAGE_SHIFT);
+	if (ret < 0)
+		goto fail;
+	nt = realloc(d->tenants, (d->ntenants + 1) * sizeof(*nt));
+	if (!nt)
+		goto fail;
+	d->tenants = nt;
+	d->tenants[d->ntenants++] = t;
+	d->m.tenants = d->ntenants;
+	return t;
+fail:
+	kvtd_log(KVTD_LOG_ERR, "cannot create the arena of uid %u: %s", uid, strerror(errno));
+	if (t->base)
+		munmap(t->base, t->size);
+	if (t->memfd >= 0)
+		close(t->memfd);
+	kvtd_pagemap_fini(&t->pm);
+	free(t);
+	return NULL;
+}
+
+static struct tenant *tenant_of(struct kvtd *d, const struct kvtd_blk *b)
+{
+	struct tenant *t = d->tenants[b->tenant];
+
+	/* Always on: a block pointing at the wrong arena would serve another tenant's data. */
+	if (t->magic != TENANT_MAGIC)
+		abort();
+	return t;
+}
+
+static uint32_t tenant_index(struct kvtd *d, const struct tenant *t)
+{
+	for (uint32_t i = 0; i < d->ntenants; i++) {
+		if (d->tenants[i] == t)
+			return i;
+	}
+	abort();
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Host tier: blocks in the arenas, LRU eviction under watermarks.
+ */
+static void blk_free_space(struct kvtd *d, struct kvtd_blk *b, bool punch)
+{
+	struct tenant *t = tenant_of(d, b);
+	uint64_t np = kvtd_pages(b->len);
+
+	if (kvtd_pagemap_free(&t->pm, b->off >> KVTD_PAGE_SHIFT, np) < 0) {
+		kvtd_log(KVTD_LOG_ERR, "arena accounting broken at offset %" PRIu64, b->off);
+		abort();
+	}
+	/* With several tenants, memory freed in one arena must really return to the host. */
+	if (punch)
+		fallocate(t->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)b->off,
+			  (off_t)(np << KVTD_PAGE_SHIFT));
+	t->used_bytes -= np << KVTD_PAGE_SHIFT;
+	d->host_used -= np << KVTD_PAGE_SHIFT;
+}
+
+/* Drops a block entirely (it must hold no lease). */
+static void blk_drop(struct kvtd *d, uint32_t i, bool punch)
+{
+	struct kvtd_blk *b = kvtd_blk(&d->ix, i);
+	struct tenant *t = tenant_of(d, b);
+
+	if (b->state == KVTD_BLK_READY)
+		t->blocks--;
+	blk_free_space(d, b, punch);
+	kvtd_index_remove(&d->ix, i);
+}
+
+static bool blk_evictable(const struct kvtd_blk *b)
+{
+	return b->state == KVTD_BLK_READY && !b->leases && !b->pins;
+}
+
+static void blk_lru_update(struct kvtd *d, uint32_t i)
+{
+	if (blk_evictable(kvtd_blk(&d->ix, i)))
+		kvtd_lru_push(&d->ix, i);
+	else
+		kvtd_lru_unlink(&d->ix, i);
+}
+
+/* Evicts the least recently used evictable block (of tenant only, if not NULL). */
+static int evict_one(struct kvtd *d, const struct tenant *only)
+{
+	uint32_t i = d->ix.lru_tail;
+	unsigned walked = 0;
+
+	while (i != KVTD_NIL) {
+		struct kvtd_blk *b = kvtd_blk(&d->ix, i);
+
+		if (!only || d->tenants[b->tenant] == only)
+			break;
+		i = b->lru_prev;
+		if (++walked > 100000)
+			return -ENOSPC;
+	}
+	if (i == KVTD_NIL)
+		return -ENOSPC;
+	struct kvtd_blk *b = kvtd_blk(&d->ix, i);
+	d->m.evictions_total++;
+	d->m.evicted_bytes_total += b->len;
+	/* Punch only when another tenant needs the memory; one tenant reuses its pages. */
+	blk_drop(d, i, d->ntenants > 1 && d->tenants[b->tenant] != only);
+	return 0;
+}
+
+/* Finds room for len bytes in t's arena, evicting as needed. Returns the offset or -errno. */
+static int64_t host_alloc(struct kvtd *d, struct tenant *t, uint32_t len)
+{
+	uint64_t np = kvtd_pages(len), bytes = np << KVTD_PAGE_SHIFT;
+
+	if (bytes > t->size)
+		return -E2BIG;
+	for (;;) {
+		if (d->host_used + bytes <= d->cfg.host_capacity) {
+			int64_t p = kvtd_pagemap_alloc(&t->pm, np);
+			if (p >= 0) {
+				t->used_bytes += bytes;
+				d->host_used += bytes;
+				return p << KVTD_PAGE_SHIFT;
+			}
+			/* Room overall but t's arena is fragmented: only t's blocks help. */
+			if (evict_one(d, t) < 0)
+				return -ENOSPC;
+			continue;
+		}
+		if (evict_one(d, NULL) < 0)
+			return -ENOSPC;
+	}
+}
+
+static void host_watermarks(struct kvtd *d)
+{
+	uint64_t high = (uint64_t)(d->cfg.host_high * (double)d->cfg.host_capacity);
+	uint64_t low = (uint64_t)(d->cfg.host_low * (double)d->cfg.host_capacity);
+
+	if (d->host_used <= high)
+		return;
+	while (d->host_used > low) {
+		if (evict_one(d, NULL) < 0)
+			break;
+	}
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Holds: a client's reservations, leases and pins, released when it goes away.
+ */
+static int hold_add(struct client *c, uint32_t blk, uint32_t blk_gen, uint8_t kind,
+		    uint64_t *handle)
+{
+	uint32_t h;
+
+	if (c->free_hold != KVTD_NIL) {
+		h = c->free_hold;
+		c->free_hold = c->holds[h].next_free;
+	} else {
+		if (c->nholds == c->cap_holds) {
+			uint32_t ncap = c->cap_holds ? c->cap_holds * 2 : 64;
+			struct hold *n;
+
+			if (ncap > MAX_HOLDS)
+				return -KVT_ELIMIT;
+			n = realloc(c->holds, ncap * sizeof(*n));
+			if (!n)
+				return -ENOMEM;
+			memset(n + c->cap_holds, 0, (ncap - c->cap_holds) * sizeof(*n));
+			c->holds = n;
+			c->cap_holds = ncap;
+		}
+		h = c->nholds++;
+	}
+	c->holds[h].blk = blk;
+	c->holds[h].blk_gen = blk_gen;
+	c->holds[h].kind = kind;
+	c->holds[h].gen++;
+	*handle = (uint64_t)c->holds[h].gen << 32 | h;
+	return 0;
+}
+
+static struct hold *hold_get(struct client *c, uint64_t handle, uint8_t kind)
+{
+	uint32_t h = (uint32_t)handle;
+
+	if (h >= c->nholds || c->holds[h].kind != kind ||
+	    c->holds[h].gen != (uint32_t)(handle >> 32))
+		return NULL;
+	return &c->holds[h];
+}
+
+static void hold_put(struct client *c, struct hold *ho)
+{
+	ho->kind = HOLD_NONE;
+	ho->next_free = c->free_hold;
+	c->free_hold = (uint32_t)(ho - c->holds);
+}
+
+static void lease_drop(struct kvtd *d, uint32_t i)
+{
+	struct kvtd_blk *b = kvtd_blk(&d->ix, i);
+
+	b->leases--;
+	d->m.leases--;
+	if (b->state == KVTD_BLK_ZOMBIE && !b->leases)
+		blk_drop(d, i, d->ntenants > 1);
+	else
+		blk_lru_update(d, i);
+}
+
+static bool hold_valid(struct kvtd *d, const struct hold *ho)
+{
+	return ho->blk < d->ix.used && kvtd_blk(&d->ix, ho->blk)->gen == ho->blk_gen;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Requests from the rings.
+ */
+static void internal_key(const struct kvtd *d, const struct client *c, uint64_t fp, uint64_t lo,
+			 uint64_t hi, uint64_t *olo, uint64_t *ohi)
+{
+	/* The tenant (uid) and the daemon's salt enter every key: the same engine key of two
+	 * tenants names two different blocks, and one tenant cannot aim at another's. */
+	uint64_t buf[4] = {lo, hi, fp, c->uid};
+	XXH128_hash_t h = XXH3_128bits_withSeed(buf, sizeof(buf), d->salt);
+
+	*olo = h.low64;
+	*ohi = h.high64;
+}
+
+static int layout_of(struct client *c, uint16_t id, struct layout_slot **out)
+{
+	if (id >= c->nlayouts)
+		return -KVT_ENOLAYOUT;
+	*out = &c->layouts[id];
+	return 0;
+}
+
+static void op_reserve(struct kvtd *d, struct client *c, const struct kvt_sqe *s, struct kvt_cqe *q)
+{
+	struct layout_slot *l;
+	uint64_t lo, hi, handle;
+	uint32_t i;
+	int64_t off;
+	int ret;
+
+	ret = layout_of(c, s->layout, &l);
+	if (ret < 0)
+		goto out;
+	if (!s->len || s->len > l->block_bytes) {
+		ret = -EINVAL;
+		goto out;
+	}
+	internal_key(d, c, l->fp, s->key_lo, s->key_hi, &lo, &hi);
+	if (kvtd_index_find(&d->ix, lo, hi) != KVTD_NIL) {
+		d->m.put_exists_total++;
+		ret = -EEXIST;
+		goto out;
+	}
+	off = host_alloc(d, c->t, s->len);
+	if (off < 0) {
+		if (off == -ENOSPC)
+			d->m.enospc_total++;
+		ret = (int)off;
+		goto out;
+	}
+	i = kvtd_index_insert(&d->ix, lo, hi);
+	if (i == KVTD_NIL) {
+		uint64_t np = kvtd_pages(s->len);
+		kvtd_pagemap_free(&c->t->pm, (uint64_t)off >> KVTD_PAGE_SHIFT, np);
+		c->t->used_bytes -= np << KVTD_PAGE_SHIFT;
+		d->host_used -= np << KVTD_PAGE_SHIFT;
+		ret = -KVT_ELIMIT;
+		goto out;
+	}
+	struct kvtd_blk *b = kvtd_blk(&d->ix, i);
+	b->state = KVTD_BLK_RESERVED;
+	b->tier = KVTD_TIER_HOST;
+	b->len = s->len;
+	b->off = (uint64_t)off;
+	b->tenant = tenant_index(d, c->t);
+	b->owner = c->id;
+	b->fingerprint = l->fp;
+	ret = hold_add(c, i, b->gen, HOLD_RESERVE, &handle);
+	if (ret < 0) {
+		blk_drop(d, i, false);
+		goto out;
+	}
+	c->n_reserves++;
+	d->m.reservations++;
+	q->off = (uint64_t)off;
+	q->handle = handle;
+	ret = (int)s->len;
+out:
+	q->res = ret;
+}
+
+static void op_commit(struct kvtd *d, struct client *c, const struct kvt_sqe *s, struct kvt_cqe *q,
+		      bool abort_it)
+{
+	struct hold *ho = hold_get(c, s->handle, HOLD_RESERVE);
+	struct kvtd_blk *b;
+
+	if (!ho || !hold_valid(d, ho)) {
+		q->res = -EINVAL;
+		return;
+	}
+	b = kvtd_blk(&d->ix, ho->blk);
+	c->n_reserves--;
+	d->m.reservations--;
+	if (abort_it) {
+		blk_drop(d, ho->blk, false);
+		d->m.aborts_total++;
+	} else {
+		b->state = KVTD_BLK_READY;
+		b->atime = now_ms();
+		tenant_of(d, b)->blocks++;
+		blk_lru_update(d, ho->blk);
+		c->puts++;
+		d->m.puts_total++;
+		d->m.put_bytes_total += b->len;
+		d->tier[KVTD_TIER_HOST].bytes_written += b->len;
+	}
+	hold_put(c, ho);
+	q->res = 0;
+}
+
+static uint32_t find_ready(struct kvtd *d, struct client *c, const struct kvt_sqe *s, int *err)
+{
+	struct layout_slot *l;
+	uint64_t lo, hi;
+	uint32_t i;
+
+	*err = layout_of(c, s->layout, &l);
+	if (*err < 0)
+		return KVTD_NIL;
+	internal_key(d, c, l->fp, s->key_lo, s->key_hi, &lo, &hi);
+	i = kvtd_index_find(&d->ix, lo, hi);
+	if (i == KVTD_NIL || kvtd_blk(&d->ix, i)->state != KVTD_BLK_READY) {
+		*err = -ENOENT;
+		return KVTD_NIL;
+	}
+	return i;
+}
+
+static void op_lease(struct kvtd *d, struct client *c, const struct kvt_sqe *s, struct kvt_cqe *q)
+{
+	uint64_t handle;
+	int ret;
+	uint32_t i = find_ready(d, c, s, &ret);
+
+	c->gets++;
+	d->m.gets_total++;
+	if (i == KVTD_NIL) {
+		if (ret == -ENOENT) {
+			c->misses++;
+			d->m.misses_total++;
+			d->tier[KVTD_TIER_HOST].misses++;
+		}
+		q->res = ret;
+		return;
+	}
+	struct kvtd_blk *b = kvtd_blk(&d->ix, i);
+	ret = hold_add(c, i, b->gen, HOLD_LEASE, &handle);
+	if (ret < 0) {
+		q->res = ret;
+		return;
+	}
+	b->leases++;
+	b->hits++;
+	b->atime = now_ms();
+	blk_lru_update(d, i);
+	c->n_leases++;
+	c->hits++;
+	d->m.leases++;
+	d->m.hits_total++;
+	d->m.get_bytes_total += b->len;
+	d->tier[KVTD_TIER_HOST].hits++;
+	d->tier[KVTD_TIER_HOST].bytes_read += b->len;
+	q->off = b->off;
+	q->handle = handle;
+	q->res = (int32_t)b->len;
+}
+
+static void op_release(struct kvtd *d, struct client *c, const struct kvt_sqe *s, struct kvt_cqe *q)
+{
+	struct hold *ho = hold_get(c, s->handle, HOLD_LEASE);
+
+	if (!ho || !hold_valid(d, ho)) {
+		q->res = -EINVAL;
+		return;
+	}
+	c->n_leases--;
+	lease_drop(d, ho->blk);
+	hold_put(c, ho);
+	q->res = 0;
+}
+
+static void op_lookup(struct kvtd *d, struct client *c, const struct kvt_sqe *s, struct kvt_cqe *q)
+{
+	struct layout_slot *l;
+	uint64_t keys[2 * 64];
+	uint32_t n = s->len, done = 0;
+	int ret;
+
+	ret = layout_of(c, s->layout, &l);
+	if (ret < 0)
+		goto out;
+	if (n > KVT_LOOKUP_MAX || s->arg > KVT_SCRATCH_SIZE ||
+	    (uint64_t)n * 16 > KVT_SCRATCH_SIZE - s->arg) {
+		ret = -EINVAL;
+		goto out;
+	}
+	c->lookups++;
+	d->m.lookups_total++;
+	d->m.lookup_keys_total += n;
+	/* Copied out in chunks first: the client may change the scratch area meanwhile. */
+	while (done < n) {
+		uint32_t m = n - done < 64 ? n - done : 64;
+		memcpy(keys, c->scratch + s->arg + (uint64_t)done * 16, (size_t)m * 16);
+		for (uint32_t j = 0; j < m; j++) {
+			uint64_t lo, hi;
+			uint32_t i;
+
+			internal_key(d, c, l->fp, keys[2 * j], keys[2 * j + 1], &lo, &hi);
+			i = kvtd_index_find(&d->ix, lo, hi);
+			if (i == KVTD_NIL || kvtd_blk(&d->ix, i)->state != KVTD_BLK_READY) {
+				ret = (int)(done + j);
+				goto out;
+			}
+		}
+		done += m;
+	}
+	ret = (int)n;
+out:
+	q->res = ret;
+}
+
+static void op_delete(struct kvtd *d, struct client *c, const struct kvt_sqe *s, struct kvt_cqe *q)
+{
+	int ret;
+	uint32_t i = find_ready(d, c, s, &ret);
+	struct kvtd_blk *b;
+
+	if (i == KVTD_NIL) {
+		q->res = ret;
+		return;
+	}
+	b = kvtd_blk(&d->ix, i);
+	d->m.deletes_total++;
+	if (b->leases) {
+		/* Invisible at once; the memory goes when the last reader is done. */
+		tenant_of(d, b)->blocks--;
+		kvtd_index_unhash(&d->ix, i);
+		kvtd_lru_unlink(&d->ix, i);
+		b->state = KVTD_BLK_ZOMBIE;
+	} else {
+		blk_drop(d, i, d->ntenants > 1);
+	}
+	q->res = 0;
+}
+
+static void op_pin(struct kvtd *d, struct client *c, const struct kvt_sqe *s, struct kvt_cqe *q,
+		   bool pin)
+{
+	uint64_t handle;
+	int ret;
+	uint32_t i = find_ready(d, c, s, &ret);
+	struct kvtd_blk *b;
+
+	if (i == KVTD_NIL) {
+		q->res = ret;
+		return;
+	}
+	b = kvtd_blk(&d->ix, i);
+	if (pin) {
+		ret = hold_add(c, i, b->gen, HOLD_PIN, &handle);
+		if (ret < 0) {
+			q->res = ret;
+			return;
+		}
+		b->pins++;
+		c->n_pins++;
+		d->m.pins++;
+	} else {
+		struct hold *ho = NULL;
+
+		for (uint32_t h = 0; h < c->nholds; h++) {
+			if (c->holds[h].kind == HOLD_PIN && c->holds[h].blk == i &&
+			    c->holds[h].blk_gen == b->gen) {
+				ho = &c->holds[h];
+				break;
+			}
+		}
+		if (!ho) {
+			q->res = -EINVAL;
+			return;
+		}
+		hold_put(c, ho);
+		b->pins--;
+		c->n_pins--;
+		d->m.pins--;
+	}
+	blk_lru_update(d, i);
+	q->res = 0;
+}
+
+static void handle_sqe(struct kvtd *d, struct client *c, const struct kvt_sqe *s, struct kvt_cqe *q)
+{
+	d->m.ring_requests_total++;
+	switch (s->op) {
+	case KVT_OP_NOP:
+		q->res = 0;
+		break;
+	case KVT_OP_RESERVE:
+		op_reserve(d, c, s, q);
+		break;
+	case KVT_OP_COMMIT:
+		op_commit(d, c, s, q, false);
+		break;
+	case KVT_OP_ABORT:
+		op_commit(d, c, s, q, true);
+		break;
+	case KVT_OP_LEASE:
+		op_lease(d, c, s, q);
+		break;
+	case KVT_OP_RELEASE:
+		op_release(d, c, s, q);
+		break;
+	case KVT_OP_LOOKUP:
+		op_lookup(d, c, s, q);
+		break;
+	case KVT_OP_DELETE:
+		op_delete(d, c, s, q);
+		break;
+	case KVT_OP_PIN:
+		op_pin(d, c, s, q, true);
+		break;
+	case KVT_OP_UNPIN:
+		op_pin(d, c, s, q, false);
+		break;
+	default:
+		d->m.protocol_errors_total++;
+		q->res = -KVT_EPROTOCOL;
+		break;
+	}
+}
+
+static void client_kill(struct kvtd *d, struct client *c, const char *why);
+
+/* Processes up to DRAIN_BATCH entries of c's submission ring. Returns how many. */
+static int client_drain(struct kvtd *d, struct client *c)
+{
+	uint32_t tail, head = c->sq_head, smask = c->sq_entries - 1, cmask = c->cq_entries - 1;
+	int done = 0;
+	bool posted = false;
+
+	if (!c->data || c->dead)
+		return 0;
+	tail = kvt_ring_tail(c->sq);
+	if (tail - head > c->sq_entries) {
+		d->m.protocol_errors_total++;
+		client_kill(d, c, "submission ring indices out of range");
+		return 0;
+	}
+	while (head != tail && done < DRAIN_BATCH) {
+		struct kvt_sqe s;
+		struct kvt_cqe q;
+		uint32_t cq_used = kvt_ring_pending(c->cq, c->cq_tail);
+
+		if (cq_used > c->cq_entries) {
+			d->m.protocol_errors_total++;
+			client_kill(d, c, "completion ring indices out of range");
+			return done;
+		}
+		if (cq_used == c->cq_entries)
+			break; /* the client is not reaping; wait for it */
+		memcpy(&s, &c->sqes[head & smask], sizeof(s));
+		head++;
+		memset(&q, 0, sizeof(q));
+		q.user_data = s.user_data;
+		handle_sqe(d, c, &s, &q);
+		if (!(s.flags & KVT_SQE_F_NO_CQE)) {
+			memcpy(&c->cqes[c->cq_tail & cmask], &q, sizeof(q));
+			c->cq_tail++;
+			posted = true;
+		}
+		done++;
+	}
+	c->sq_head = head;
+	kvt_ring_consume(c->sq, head);
+	if (posted) {
+		kvt_ring_publish(c->cq, c->cq_tail);
+		if (kvt_ring_needs_wakeup(c->cq)) {
+			uint64_t one = 1;
+			ssize_t r = write(c->cq_efd, &one, sizeof(one));
+			(void)r;
+		}
+	}
+	return done;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Clients: handshake, control messages, death.
+ */
+static int sock_send(int fd, const void *buf, size_t len, const int *fds, int nfds)
+{
+	struct iovec iov = {(void *)buf, len};
+	union {
+		char buf[CMSG_SPACE(sizeof(int) * KVT_HELLO_NFDS)];
+		struct cmsghdr align;
+	} u;
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+
+	if (nfds) {
+		struct cmsghdr *cm;
+
+		memset(&u, 0, sizeof(u));
+		mh.msg_control = u.buf;
+		mh.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+		cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+		memcpy(CMSG_DATA(cm), fds, sizeof(int) * (size_t)nfds);
+	}
+	/* Never block the loop on a client that does not read: drop it instead. */
+	if (sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)len)
+		return -errno ? -errno : -EIO;
+	return 0;
+}
+
+static int send_result(int fd, int res)
+{
+	struct kvt_msg_result r;
+
+	memset(&r, 0, sizeof(r));
+	kvt_msg_init(&r.h, KVT_MSG_RESULT, sizeof(r));
+	r.res = res;
+	return sock_send(fd, &r, sizeof(r), NULL, 0);
+}
+
+static void client_free(struct kvtd *d, struct client *c)
+{
+	struct client **pp;
+
+	for (pp = &d->clients; *pp; pp = &(*pp)->next) {
+		if (*pp == c) {
+			*pp = c->next;
+			break;
+		}
+	}
+	if (c->sock >= 0)
+		close(c->sock);
+	if (c->sq_efd >= 0)
+		close(c->sq_efd);
+	if (c->cq_efd >= 0)
+		close(c->cq_efd);
+	if (c->ring)
+		munmap(c->ring, c->ring_size);
+	if (c->t)
+		c->t->nclients--;
+	free(c->holds);
+	c->magic = 0;
+	free(c);
+	d->nclients--;
+	d->m.clients = d->nclients;
+}
+
+/* Returns everything c held: unfinished puts vanish, leases and pins are dropped. */
+static void client_release_all(struct kvtd *d, struct client *c)
+{
+	bool held = c->n_leases || c->n_reserves || c->n_pins;
+
+	for (uint32_t h = 0; h < c->nholds; h++) {
+		struct hold *ho = &c->holds[h];
+
+		if (ho->kind == HOLD_NONE)
+			continue;
+		if (hold_valid(d, ho)) {
+			struct kvtd_blk *b = kvtd_blk(&d->ix, ho->blk);
+			switch (ho->kind) {
+			case HOLD_RESERVE:
+				blk_drop(d, ho->blk, false);
+				d->m.reservations--;
+				d->m.aborts_total++;
+				break;
+			case HOLD_LEASE:
+				lease_drop(d, ho->blk);
+				break;
+			case HOLD_PIN:
+				b->pins--;
+				d->m.pins--;
+				blk_lru_update(d, ho->blk);
+				break;
+			}
+		}
+		hold_put(c, ho);
+	}
+	c->n_leases = c->n_reserves = c->n_pins = 0;
+	if (held)
+		d->m.client_deaths_total++;
+}
+
+static void client_kill(struct kvtd *d, struct client *c, const char *why)
+{
+	if (c->dead)
+		return;
+	kvtd_log(why ? KVTD_LOG_WARN : KVTD_LOG_DEBUG, "client %u (pid %d, uid %u, %s) %s", c->id,
+		 (int)c->pid, (unsigned)c->uid, c->name[0] ? c->name : "?",
+		 why ? why : "disconnected");
+	c->dead = true;
+	epoll_ctl(d->ep, EPOLL_CTL_DEL, c->sock, NULL);
+	if (c->sq_efd >= 0)
+		epoll_ctl(d->ep, EPOLL_CTL_DEL, c->sq_efd, NULL);
+	client_release_all(d, c);
+	/* Freed at the end of the loop iteration: events for c may still be in flight. */
+}
+
+static bool is_admin(struct kvtd *d, int sock, uid_t uid, gid_t gid)
+{
+	gid_t groups[256];
+	socklen_t len = sizeof(groups);
+
+	if (uid == 0 || uid == geteuid())
+		return true;
+	if (!d->have_admin_gid)
+		return false;
+	if (gid == d->admin_gid)
+		return true;
+	if (getsockopt(sock, SOL_SOCKET, SO_PEERGROUPS, groups, &len) == 0) {
+		for (size_t i = 0; i < len / sizeof(gid_t); i++) {
+			if (groups[i] == d->admin_gid)
+				return true;
+		}
+	}
+	return false;
+}
+
+static int setup_rings(struct kvtd *d, struct client *c, int fds[KVT_HELLO_NFDS])
+{
+	uint32_t e = d->cfg.ring_entries;
+	struct kvt_shm_hdr *h;
+	int ringfd = -1, ret;
+
+	c->ring_size = kvt_shm_ring_bytes(e, 2 * e);
+	ringfd = memfd_create("kvtier-ring", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (ringfd < 0)
+		return -errno;
+	if (ftruncate(ringfd, c->ring_size) < 0) {
+		ret = -errno;
+		goto fail;
+	}
+	fcntl(ringfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+	c->ring = mmap(NULL, c->ring_size, PROT_READ | PROT_WRITE, MAP_SHARED, ringfd, 0);
+	if (c->ring == MAP_FAILED) {
+		c->ring = NULL;
+		ret = -errno;
+		goto fail;
+	}
+	h = (struct kvt_shm_hdr *)c->ring;
+	h->magic = KVT_SHM_MAGIC;
+	h->version = KVT_SHM_VERSION;
+	h->compat = KVT_SHM_COMPAT;
+	h->hdr_size = KVT_SHM_HDR_SIZE;
+	h->features = KVT_SHM_F_NEED_WAKEUP;
+	h->total_size = c->ring_size;
+	h->sq_off = KVT_SHM_HDR_SIZE;
+	h->sq_entries = e;
+	h->sqe_size = sizeof(struct kvt_sqe);
+	h->cq_off = h->sq_off + (uint32_t)sizeof(struct kvt_ring_ctl) + e * h->sqe_size;
+	h->cq_entries = 2 * e;
+	h->cqe_size = sizeof(struct kvt_cqe);
+	h->scratch_off = h->cq_off + (uint32_t)sizeof(struct kvt_ring_ctl) + 2 * e * h->cqe_size;
+	h->scratch_size = KVT_SCRATCH_SIZE;
+	h->arena_size = c->t->size;
+	h->epoch = d->epoch;
+	/* The daemon's view comes from its own numbers, never from the header it shares. */
+	c->sq = (struct kvt_ring_ctl *)(c->ring + KVT_SHM_HDR_SIZE);
+	c->sqes = (struct kvt_sqe *)(c->ring + KVT_SHM_HDR_SIZE + sizeof(struct kvt_ring_ctl));
+	c->cq = (struct kvt_ring_ctl *)((uint8_t *)c->sqes + e * sizeof(struct kvt_sqe));
+	c->cqes = (struct kvt_cqe *)((uint8_t *)c->cq + sizeof(struct kvt_ring_ctl));
+	c->scratch = (uint8_t *)c->cqes + 2 * e * sizeof(struct kvt_cqe);
+	c->sq_entries = e;
+	c->cq_entries = 2 * e;
+	c->sq_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	c->cq_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (c->sq_efd < 0 || c->cq_efd < 0) {
+		ret = -errno;
+		goto fail;
+	}
+	fds[0] = ringfd;
+	fds[1] = c->t->memfd;
+	fds[2] = c->sq_efd;
+	fds[3] = c->cq_efd;
+	return 0;
+fail:
+	close(ringfd);
+	return ret;
+}
+
+static void handle_hello(struct kvtd *d, struct client *c, const struct kvt_msg_hello *m)
+{
+	struct kvt_msg_hello_reply r;
+	int fds[KVT_HELLO_NFDS] = {-1, -1, -1, -1}, ret = 0;
+
+	memset(&r, 0, sizeof(r));
+	kvt_msg_init(&r.h, KVT_MSG_HELLO_REPLY, sizeof(r));
+	r.client_id = c->id;
+	r.epoch = d->epoch;
+	r.daemon_version = KVT_VERSION_NUMBER;
+	memcpy(c->name, m->name, sizeof(c->name));
+	c->name[sizeof(c->name) - 1] = 0;
+	if (c->hello) {
+		ret = -KVT_EPROTOCOL;
+		goto reply;
+	}
+	/* Minor versions talk to each other; a different major does not. */
+	if (m->lib_version / 10000 != KVT_VERSION_MAJOR) {
+		ret = -KVT_EVERSION;
+		goto reply;
+	}
+	c->hello = true;
+	if (m->want_admin)
+		goto reply;
+	c->t = tenant_get(d, c->uid);
+	if (!c->t) {
+		ret = -ENOMEM;
+		goto reply;
+	}
+	c->t->nclients++;
+	ret = setup_rings(d, c, fds);
+	if (ret < 0)
+		goto reply;
+	c->data = true;
+	c->sq_ev.kind = EV_SQ;
+	c->sq_ev.p = c;
+	struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &c->sq_ev};
+	epoll_ctl(d->ep, EPOLL_CTL_ADD, c->sq_efd, &ee);
+	r.arena_size = c->t->size;
+	r.ring_size = c->ring_size;
+reply:
+	r.res = ret;
+	if (sock_send(c->sock, &r, sizeof(r), fds, ret < 0 || !c->data ? 0 : KVT_HELLO_NFDS) < 0)
+		client_kill(d, c, "handshake reply failed");
+	if (fds[0] >= 0)
+		close(fds[0]); /* the mapping keeps the ring alive */
+	if (ret == -KVT_EVERSION)
+		client_kill(d, c, "speaks another protocol version");
+}
+
+static void handle_layout(struct kvtd *d, struct client *c, const struct kvt_msg_layout *m)
+{
+	uint64_t fp;
+	int ret;
+
+	if (!c->data) {
+		ret = -EINVAL;
+		goto out;
+	}
+	ret = kvt_layout_check(&m->layout);
+	if (ret < 0)
+		goto out;
+	fp = kvt_layout_fingerprint(&m->layout);
+	for (uint32_t i = 0; i < c->nlayouts; i++) {
+		if (c->layouts[i].fp == fp) {
+			ret = (int)i;
+			goto out;
+		}
+	}
+	if (c->nlayouts == MAX_LAYOUTS) {
+		ret = -KVT_ELIMIT;
+		goto out;
+	}
+	c->layouts[c->nlayouts].fp = fp;
+	c->layouts[c->nlayouts].block_bytes = (uint32_t)kvt_layout_block_bytes(&m->layout);
+	ret = (int)c->nlayouts++;
+out:
+	if (send_result(c->sock, ret) < 0)
+		client_kill(d, c, "reply failed");
+}
+
+static void handle_stats(struct kvtd *d, struct client *c)
+{
+	struct kvt_msg_stats r;
+
+	memset(&r, 0, sizeof(r));
+	kvt_msg_init(&r.h, KVT_MSG_STATS, sizeof(r));
+	r.puts = c->puts;
+	r.gets = c->gets;
+	r.hits = c->hits;
+	r.misses = c->misses;
+	r.lookups = c->lookups;
+	r.host_capacity_bytes = d->cfg.host_capacity;
+	r.host_used_bytes = c->t ? c->t->used_bytes : 0;
+	r.host_blocks = c->t ? c->t->blocks : 0;
+	r.evictions = d->m.evictions_total;
+	if (sock_send(c->sock, &r, sizeof(r), NULL, 0) < 0)
+		client_kill(d, c, "reply failed");
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Admin commands (kvtierctl).  Output is rendered here, text or JSON, from the one metric
+ * table, so kvtierctl stays a thin printer.
+ */
+struct sbuf {
+	char *p;
+	size_t len, cap;
+	bool oom;
+};
+
+static void sb_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(struct sbuf *b, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (b->oom)
+		return;
+	for (;;) {
+		va_start(ap, fmt);
+		n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
+		va_end(ap);
+		if (n < 0) {
+			b->oom = true;
+			return;
+		}
+		if (b->p && b->len + (size_t)n < b->cap) {
+			b->len += (size_t)n;
+			return;
+		}
+		size_t ncap = (b->cap ? b->cap * 2 : 4096) + (size_t)n;
+		char *np = realloc(b->p, ncap);
+		if (!np) {
+			b->oom = true;
+			return;
+		}
+		b->p = np;
+		b->cap = ncap;
+	}
+}
+
+static const char *tier_name[KVTD_NTIERS] = {"host", "nvme"};
+
+static void fmt_bytes(char *out, size_t n, uint64_t v)
+{
+	static const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+	double x = (double)v;
+	int i = 0;
+
+	while (x >= 1024 && i < 4) {
+		x /= 1024;
+		i++;
+	}
+	snprintf(out, n, i ? "%.1f %s" : "%.0f %s", x, u[i]);
+}
+
+static uint64_t tier_blocks(struct kvtd *d, int tier)
+{
+	uint64_t n = 0;
+
+	if (tier != KVTD_TIER_HOST)
+		return 0;
+	for (uint32_t i = 0; i < d->ntenants; i++)
+		n += d->tenants[i]->blocks;
+	return n;
+}
+
+static void render_tiers(struct kvtd *d, struct sbuf *b, bool json, bool detail)
+{
+	int ntiers = d->cfg.nvme_enabled ? 2 : 1;
+
+	if (!json)
+		sb_printf(b, "%-6s %12s %12s %10s %10s %10s  %s\n", "tier", "capacity", "used",
+			  "blocks", "hits", "misses", "codec");
+	for (int t = 0; t < ntiers; t++) {
+		uint64_t cap = t == KVTD_TIER_HOST ? d->cfg.host_capacity : d->cfg.nvme_capacity;
+		uint64_t used = t == KVTD_TIER_HOST ? d->host_used : 0;
+		const char *codec = t == KVTD_TIER_HOST ? d->cfg.host_codec : d->cfg.nvme_codec;
+		double hi = t == KVTD_TIER_HOST ? d->cfg.host_high : d->cfg.nvme_high;
+		double lo = t == KVTD_TIER_HOST ? d->cfg.host_low : d->cfg.nvme_low;
+		const struct tier_stats *ts = &d->tier[t];
+
+		if (json) {
+			sb_printf(b,
+				  "%s{\"name\":\"%s\",\"capacity_bytes\":%" PRIu64
+				  ",\"used_bytes\":%" PRIu64 ",\"blocks\":%" PRIu64
+				  ",\"hits\":%" PRIu64 ",\"misses\":%" PRIu64 ",\"codec\":\"%s\"",
+				  t ? "," : "", tier_name[t], cap, used, tier_blocks(d, t),
+				  ts->hits, ts->misses, codec);
+			if (detail)
+				sb_printf(b,
+					  ",\"high_watermark\":%.3f,\"low_watermark\":%.3f,"
+					  "\"bytes_read\":%" PRIu64 ",\"bytes_written\":%" PRIu64
+					  ",\"evictions\":%" PRIu64 ",\"tenants\":%u",
+					  hi, lo, ts->bytes_read, ts->bytes_written,
+					  t == KVTD_TIER_HOST ? d->m.evictions_total : 0,
+					  t == KVTD_TIER_HOST ? d->ntenants : 0);
+			sb_printf(b, "}");
+		} else {
+			char c1[32], c2[32];
+
+			fmt_bytes(c1, sizeof(c1), cap);
+			fmt_bytes(c2, sizeof(c2), used);
+			sb_printf(
+			    b, "%-6s %12s %12s %10" PRIu64 " %10" PRIu64 " %10" PRIu64 "  %s\n",
+			    tier_name[t], c1, c2, tier_blocks(d, t), ts->hits, ts->misses, codec);
+			if (detail) {
+				fmt_bytes(c1, sizeof(c1), ts->bytes_read);
+				fmt_bytes(c2, sizeof(c2), ts->bytes_written);
+				sb_printf(b,
+					  "       watermarks %.2f/%.2f  read %s  written %s  "
+					  "evictions %" PRIu64 "\n",
+					  lo, hi, c1, c2,
+					  t == KVTD_TIER_HOST ? d->m.evictions_total : 0);
+			}
+		}
+	}
+	if (!d->cfg.nvme_enabled && !json && detail)
+		sb_printf(b, "(no NVMe tier configured: [nvme] enabled = false)\n");
+}
+
+static void render_status(struct kvtd *d, struct sbuf *b, bool json)
+{
+	uint64_t up = (now_ms() - d->start_ms) / 1000;
+
+	if (json) {
+		sb_printf(b,
+			  "{\"version\":\"%s\",\"uptime_s\":%" PRIu64
+			  ",\"clients\":%u,\"tenants\":%u,"
+			  "\"epoch\":%" PRIu64 ",\"tiers\":[",
+			  kvt_version(), up, d->nclients, d->ntenants, d->epoch);
+		render_tiers(d, b, true, false);
+		sb_printf(b, "],\"metrics\":{");
+		int first = 1;
+#define X(name, type, help)                                                                        \
+	sb_printf(b, "%s\"%s\":%" PRIu64, first ? "" : ",", #name, d->m.name);                     \
+	first = 0;
+		KVT_METRICS(X)
+#undef X
+		sb_printf(b, "}}\n");
+		return;
+	}
+	sb_printf(b, "kvtierd %s  uptime %" PRIu64 "s  clients %u  tenants %u\n", kvt_version(), up,
+		  d->nclients, d->ntenants);
+	render_tiers(d, b, false, false);
+}
+
+static void render_metrics(struct kvtd *d, struct sbuf *b)
+{
+	int ntiers = d->cfg.nvme_enabled ? 2 : 1;
+
+#define X(name, type, help)                                                                        \
+	sb_printf(b, "# HELP kvtier_%s %s.\n# TYPE kvtier_%s %s\nkvtier_%s %" PRIu64 "\n", #name,  \
+		  help, #name, #type, #name, d->m.name);
+	KVT_METRICS(X)
+#undef X
+	static const struct {
+		const char *name, *type, *help;
+	} tm[] = {
+	    {"tier_capacity_bytes", "gauge", "Capacity of the tier in bytes"},
+	    {"tier_used_bytes", "gauge", "Bytes in use in the tier"},
+	    {"tier_blocks", "gauge", "Blocks stored in the tier"},
+	    {"tier_hits_total", "counter", "Gets served by the tier"},
+	    {"tier_misses_total", "counter", "Gets the tier could not serve"},
+	    {"tier_read_bytes_total", "counter", "Bytes read from the tier"},
+	    {"tier_written_bytes_total", "counter", "Bytes written to the tier"},
+	};
+	for (size_t k = 0; k < sizeof(tm) / sizeof(tm[0]); k++) {
+		sb_printf(b, "# HELP kvtier_%s %s.\n# TYPE kvtier_%s %s\n", tm[k].name, tm[k].help,
+			  tm[k].name, tm[k].type);
+		for (int t = 0; t < ntiers; t++) {
+			const struct tier_stats *ts = &d->tier[t];
+			uint64_t v[] = {t ? d->cfg.nvme_capacity : d->cfg.host_capacity,
+					t ? 0 : d->host_used,
+					tier_blocks(d, t),
+					ts->hits,
+					ts->misses,
+					ts->bytes_read,
+					ts->bytes_written};
+			sb_printf(b, "kvtier_%s{tier=\"%s\"} %" PRIu64 "\n", tm[k].name,
+				  tier_name[t], v[k]);
+		}
+	}
+}
+
+static void render_blocks(struct kvtd *d, struct client *c, struct sbuf *b, bool json,
+			  uint64_t limit)
+{
+	uint64_t now = now_ms(), n = 0;
+
+	if (!limit || limit > 100000)
+		limit = limit ? 100000 : 100;
+	if (json)
+		sb_printf(b, "[");
+	else
+		sb_printf(b, "%-32s %-5s %10s %8s %6s %5s %8s %6s\n", "key", "tier", "bytes",
+			  "age_s", "leases", "pins", "hits", "uid");
+	/* Most recently used first; pinned and leased blocks are outside the LRU, so walk the
+	 * whole table instead. */
+	for (uint32_t i = 0; i < d->ix.used && n < limit; i++) {
+		struct kvtd_blk *k = kvtd_blk(&d->ix, i);
+		struct tenant *t;
+
+		if (k->state != KVTD_BLK_READY)
+			continue;
+		t = tenant_of(d, k);
+		if (!c->admin && t->uid != c->uid)
+			continue;
+		if (json)
+			sb_printf(b,
+				  "%s{\"key\":\"%016" PRIx64 "%016" PRIx64 "\",\"tier\":\"%s\","
+				  "\"bytes\":%u,\"age_s\":%" PRIu64 ",\"leases\":%u,\"pins\":%u,"
+				  "\"hits\":%" PRIu64 ",\"uid\":%u}",
+				  n ? "," : "", k->key_hi, k->key_lo, tier_name[k->tier], k->len,
+				  (now - k->atime) / 1000, k->leases, k->pins, k->hits, t->uid);
+		else
+			sb_printf(b,
+				  "%016" PRIx64 "%016" PRIx64 " %-5s %10u %8" PRIu64
+				  " %6u %5u %8" PRIu64 " %6u\n",
+				  k->key_hi, k->key_lo, tier_name[k->tier], k->len,
+				  (now - k->atime) / 1000, k->leases, k->pins, k->hits, t->uid);
+		n++;
+	}
+	if (json)
+		sb_printf(b, "]\n");
+}
+
+static void render_clients(struct kvtd *d, struct client *self, struct sbuf *b, bool json)
+{
+	uint64_t now = now_ms();
+	int n = 0;
+
+	if (json)
+		sb_printf(b, "[");
+	else
+		sb_printf(b, "%6s %8s %6s %-20s %7s %7s %5s %10s %10s %8s\n", "id", "pid", "uid",
+			  "name", "leases", "reserv", "pins", "puts", "gets", "age_s");
+	for (struct client *c = d->clients; c; c = c->next) {
+		if (c->dead || (!self->admin && c->uid != self->uid))
+			continue;
+		if (json)
+			sb_printf(b,
+				  "%s{\"id\":%u,\"pid\":%d,\"uid\":%u,\"name\":\"%s\",\"admin\":%s,"
+				  "\"leases\":%u,\"reservations\":%u,\"pins\":%u,\"puts\":%" PRIu64
+				  ",\"gets\":%" PRIu64 ",\"hits\":%" PRIu64 ",\"age_s\":%" PRIu64
+				  "}",
+				  n ? "," : "", c->id, (int)c->pid, (unsigned)c->uid, c->name,
+				  c->data ? "false" : "true", c->n_leases, c->n_reserves, c->n_pins,
+				  c->puts, c->gets, c->hits, (now - c->connected_ms) / 1000);
+		else
+			sb_printf(b,
+				  "%6u %8d %6u %-20.20s %7u %7u %5u %10" PRIu64 " %10" PRIu64
+				  " %8" PRIu64 "\n",
+				  c->id, (int)c->pid, (unsigned)c->uid, c->name[0] ? c->name : "-",
+				  c->n_leases, c->n_reserves, c->n_pins, c->puts, c->gets,
+				  (now - c->connected_ms) / 1000);
+		n++;
+	}
+	if (json)
+		sb_printf(b, "]\n");
+}
+
+static int admin_evict(struct kvtd *d, struct sbuf *b, bool json, uint64_t bytes)
+{
+	uint64_t before = d->m.evicted_bytes_total, nb = d->m.evictions_total;
+
+	while (!bytes || d->m.evicted_bytes_total - before < bytes) {
+		if (evict_one(d, NULL) < 0)
+			break;
+	}
+	nb = d->m.evictions_total - nb;
+	if (json)
+		sb_printf(b, "{\"evicted_blocks\":%" PRIu64 ",\"evicted_bytes\":%" PRIu64 "}\n", nb,
+			  d->m.evicted_bytes_total - before);
+	else
+		sb_printf(b, "evicted %" PRIu64 " blocks, %" PRIu64 " bytes\n", nb,
+			  d->m.evicted_bytes_total - before);
+	return 0;
+}
+
+static void handle_admin(struct kvtd *d, struct client *c, const struct kvt_msg_admin *m)
+{
+	struct sbuf b = {0};
+	bool json = m->aflags & KVT_ADMIN_F_JSON;
+	int ret = 0;
+	size_t off = 0;
+
+	switch (m->cmd) {
+	case KVT_ADMIN_STATUS:
+		render_status(d, &b, json);
+		break;
+	case KVT_ADMIN_TIERS:
+		if (json)
+			sb_printf(&b, "[");
+		render_tiers(d, &b, json, true);
+		if (json)
+			sb_printf(&b, "]\n");
+		break;
+	case KVT_ADMIN_BLOCKS:
+		render_blocks(d, c, &b, json, m->arg);
+		break;
+	case KVT_ADMIN_CLIENTS:
+		render_clients(d, c, &b, json);
+		break;
+	case KVT_ADMIN_METRICS:
+		render_metrics(d, &b);
+		break;
+	case KVT_ADMIN_EVICT:
+	case KVT_ADMIN_FLUSH:
+		if (!c->admin) {
+			ret = -EPERM;
+			sb_printf(&b, "permission denied: %s needs root or group '%s'\n",
+				  m->cmd == KVT_ADMIN_EVICT ? "evict" : "flush",
+				  d->cfg.admin_group);
+			break;
+		}
+		if (m->cmd == KVT_ADMIN_EVICT) {
+			ret = admin_evict(d, &b, json, m->arg);
+		} else if (json) {
+			sb_printf(&b,
+				  "{\"flushed_blocks\":0,\"note\":\"no lower tier configured\"}\n");
+		} else {
+			sb_printf(&b, "nothing to flush: no lower tier is configured\n");
+		}
+		break;
+	default:
+		ret = -EINVAL;
+		d->m.protocol_errors_total++;
+		sb_printf(&b, "unknown admin command %u\n", m->cmd);
+		break;
+	}
+	if (b.oom) {
+		ret = -ENOMEM;
+		b.len = 0;
+	}
+	/* Split into packets; the last one has no MORE flag. */
+	do {
+		size_t n = b.len - off < ADMIN_CHUNK ? b.len - off : ADMIN_CHUNK;
+		size_t plen = sizeof(struct kvt_msg_result) + n;
+		struct kvt_msg_result *r = (struct kvt_msg_result *)d->msgbuf;
+
+		memset(r, 0, sizeof(*r));
+		kvt_msg_init(&r->h, KVT_MSG_RESULT, (uint32_t)plen);
+		r->res = ret;
+		if (off + n < b.len)
+			r->h.flags = KVT_MSG_F_MORE;
+		if (n)
+			memcpy(r + 1, b.p + off, n);
+		if (sock_send(c->sock, r, plen, NULL, 0) < 0) {
+			client_kill(d, c, "admin reply failed");
+			break;
+		}
+		off += n;
+	} while (off < b.len);
+	free(b.p);
+}
+
+static void client_sock_event(struct kvtd *d, struct client *c, uint32_t events)
+{
+	for (int round = 0; round < 16 && !c->dead; round++) {
+		struct iovec iov = {d->msgbuf, KVT_MSG_MAX};
+		struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+		ssize_t n = recvmsg(c->sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+		struct kvt_msg_hdr h;
+		int ret;
+
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			break;
+		if (n <= 0) {
+			client_kill(d, c, NULL);
+			return;
+		}
+		if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
+			d->m.protocol_errors_total++;
+			send_result(c->sock, -EMSGSIZE);
+			continue;
+		}
+		ret = kvt_msg_check(d->msgbuf, (size_t)n);
+		if (ret < 0) {
+			d->m.protocol_errors_total++;
+			send_result(c->sock, ret);
+			if (ret == -KVT_EVERSION)
+				client_kill(d, c, "sent a message of another protocol version");
+			continue;
+		}
+		memcpy(&h, d->msgbuf, sizeof(h));
+		if (!c->hello && h.type != KVT_MSG_HELLO) {
+			d->m.protocol_errors_total++;
+			send_result(c->sock, -KVT_EPROTOCOL);
+			continue;
+		}
+		switch (h.type) {
+		case KVT_MSG_HELLO:
+			handle_hello(d, c, (const struct kvt_msg_hello *)d->msgbuf);
+			break;
+		case KVT_MSG_LAYOUT:
+			handle_layout(d, c, (const struct kvt_msg_layout *)d->msgbuf);
+			break;
+		case KVT_MSG_STATS:
+			handle_stats(d, c);
+			break;
+		case KVT_MSG_ADMIN:
+			handle_admin(d, c, (const struct kvt_msg_admin *)d->msgbuf);
+			break;
+		default:
+			d->m.protocol_errors_total++;
+			send_result(c->sock, -KVT_EPROTOCOL);
+			break;
+		}
+	}
+	if (events & (EPOLLHUP | EPOLLERR))
+		client_kill(d, c, NULL);
+}
+
+static void accept_clients(struct kvtd *d)
+{
+	for (;;) {
+		int fd = accept4(d->lsock, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		struct ucred cr;
+		socklen_t len = sizeof(cr);
+		struct client *c;
+		int sndbuf = 4 << 20;
+
+		if (fd < 0)
+			return;
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0 ||
+		    d->nclients >= d->cfg.max_clients) {
+			if (d->nclients >= d->cfg.max_clients)
+				kvtd_log(KVTD_LOG_WARN,
+					 "refusing a client: daemon.max_clients = %u reached",
+					 d->cfg.max_clients);
+			send_result(fd, -KVT_ELIMIT);
+			close(fd);
+			continue;
+		}
+		c = calloc(1, sizeof(*c));
+		if (!c) {
+			close(fd);
+			continue;
+		}
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+		c->magic = CLIENT_MAGIC;
+		c->id = ++d->next_client_id;
+		c->sock = fd;
+		c->sq_efd = c->cq_efd = -1;
+		c->uid = cr.uid;
+		c->gid = cr.gid;
+		c->pid = cr.pid;
+		c->free_hold = KVTD_NIL;
+		c->connected_ms = now_ms();
+		c->admin = is_admin(d, fd, cr.uid, cr.gid);
+		c->sock_ev.kind = EV_SOCK;
+		c->sock_ev.p = c;
+		struct epoll_event ee = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &c->sock_ev};
+		if (epoll_ctl(d->ep, EPOLL_CTL_ADD, fd, &ee) < 0) {
+			close(fd);
+			free(c);
+			continue;
+		}
+		c->next = d->clients;
+		d->clients = c;
+		d->nclients++;
+		d->m.clients = d->nclients;
+		d->m.connections_total++;
+	}
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Setup and the loop.
+ */
+static int pick_socket_path(struct kvtd *d)
+{
+	const char *env = getenv("KVTIER_SOCKET"), *xdg = getenv("XDG_RUNTIME_DIR");
+	char dir[108];
+	int n;
+
+	if (d->cfg.socket[0])
+		n = snprintf(d->sock_path, sizeof(d->sock_path), "%s", d->cfg.socket);
+	else if (env && *env)
+		n = snprintf(d->sock_path, sizeof(d->sock_path), "%s", env);
+	else if (geteuid() == 0 || getenv("NOTIFY_SOCKET") || !xdg)
+		n = snprintf(d->sock_path, sizeof(d->sock_path), "/run/kvtier/kvtier.sock");
+	else
+		n = snprintf(d->sock_path, sizeof(d->sock_path), "%s/kvtier/kvtier.sock", xdg);
+	if (n < 0 || (size_t)n >= sizeof(d->sock_path)) {
+		kvtd_log(KVTD_LOG_ERR, "socket path too long");
+		return -ENAMETOOLONG;
+	}
+	/* Create the parent directory of a default path; an explicit path's must exist. */
+	snprintf(dir, sizeof(dir), "%s", d->sock_path);
+	char *slash = strrchr(dir, '/');
+	if (slash && slash != dir) {
+		*slash = 0;
+		if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+			kvtd_log(KVTD_LOG_ERR, "cannot create %s: %s", dir, strerror(errno));
+			return -errno;
+		}
+	}
+	return 0;
+}
+
+static int open_listener(struct kvtd *d)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int fd, ret;
+
+#ifdef KVT_HAVE_SYSTEMD
+	if (sd_listen_fds(1) == 1 &&
+	    sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_SEQPACKET, 1, NULL, 0) > 0) {
+		d->lsock = SD_LISTEN_FDS_START;
+		d->lsock_from_systemd = true;
+		fcntl(d->lsock, F_SETFL, fcntl(d->lsock, F_GETFL) | O_NONBLOCK);
+		fcntl(d->lsock, F_SETFD, FD_CLOEXEC);
+		kvtd_log(KVTD_LOG_INFO, "listening on the socket passed by systemd");
+		return 0;
+	}
+#endif
+	ret = pick_socket_path(d);
+	if (ret < 0)
+		return ret;
+	memcpy(sa.sun_path, d->sock_path, strlen(d->sock_path) + 1);
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int probe;
+
+		if (errno != EADDRINUSE)
+			goto fail;
+		/* A live daemon answers; a stale socket file left by a crash does not. */
+		probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+		if (probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+			close(probe);
+			close(fd);
+			kvtd_log(KVTD_LOG_ERR, "another kvtierd is serving %s", d->sock_path);
+			return -EADDRINUSE;
+		}
+		if (probe >= 0)
+			close(probe);
+		unlink(d->sock_path);
+		if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+			goto fail;
+	}
+	/* Any local user may be a tenant; the directory's mode is the access control. */
+	chmod(d->sock_path, 0666);
+	if (listen(fd, 128) < 0)
+		goto fail;
+	d->lsock = fd;
+	kvtd_log(KVTD_LOG_INFO, "listening on %s", d->sock_path);
+	return 0;
+fail:
+	ret = -errno;
+	kvtd_log(KVTD_LOG_ERR, "cannot listen on %s: %s", d->sock_path, strerror(errno));
+	close(fd);
+	return ret;
+}
+
+int kvtd_create(const struct kvtd_config *cfg, struct kvtd **out)
+{
+	struct kvtd *d;
+	struct itimerspec its = {0};
+	sigset_t ss;
+	int ret;
+
+	*out = NULL;
+	d = calloc(1, sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	d->cfg = *cfg;
+	d->ep = d->lsock = d->tfd = d->sfd = -1;
+	kvtd_log_level = cfg->log_level;
+	d->msgbuf = malloc(KVT_MSG_MAX + sizeof(struct kvt_msg_result) + ADMIN_CHUNK);
+	if (!d->msgbuf) {
+		ret = -ENOMEM;
+		goto fail;
+	}
+	d->salt =
+	    cfg->tenant_salt[0] ? kvt_hash64(cfg->tenant_salt, strlen(cfg->tenant_salt), 0) : 0;
+	d->start_ms = now_ms();
+	d->epoch = (uint64_t)time(NULL) << 20 ^ (uint64_t)getpid();
+	if (cfg->admin_group[0]) {
+		struct group *g = getgrnam(cfg->admin_group);
+		if (g) {
+			d->admin_gid = g->gr_gid;
+			d->have_admin_gid = true;
+		}
+	}
+	ret = kvtd_index_init(&d->ix, (uint32_t)cfg->max_blocks);
+	if (ret < 0)
+		goto fail;
+	d->ep = epoll_create1(EPOLL_CLOEXEC);
+	if (d->ep < 0) {
+		ret = -errno;
+		goto fail;
+	}
+	ret = open_listener(d);
+	if (ret < 0)
+		goto fail;
+	d->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	its.it_interval.tv_sec = cfg->tick_ms / 1000;
+	its.it_interval.tv_nsec = (long)(cfg->tick_ms % 1000) * 1000000;
+	its.it_value = its.it_interval;
+	if (d->tfd < 0 || timerfd_settime(d->tfd, 0, &its, NULL) < 0) {
+		ret = -errno;
+		goto fail;
+	}
+	sigemptyset(&ss);
+	sigaddset(&ss, SIGTERM);
+	sigaddset(&ss, SIGINT);
+	sigaddset(&ss, SIGHUP);
+	sigprocmask(SIG_BLOCK, &ss, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	d->sfd = signalfd(-1, &ss, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (d->sfd < 0) {
+		ret = -errno;
+		goto fail;
+	}
+	d->lsock_ev = (struct ev){EV_LISTEN, NULL};
+	d->tfd_ev = (struct ev){EV_TIMER, NULL};
+	d->sfd_ev = (struct ev){EV_SIGNAL, NULL};
+	struct epoll_event e1 = {.events = EPOLLIN, .data.ptr = &d->lsock_ev};
+	struct epoll_event e2 = {.events = EPOLLIN, .data.ptr = &d->tfd_ev};
+	struct epoll_event e3 = {.events = EPOLLIN, .data.ptr = &d->sfd_ev};
+	if (epoll_ctl(d->ep, EPOLL_CTL_ADD, d->lsock, &e1) < 0 ||
+	    epoll_ctl(d->ep, EPOLL_CTL_ADD, d->tfd, &e2) < 0 ||
+	    epoll_ctl(d->ep, EPOLL_CTL_ADD, d->sfd, &e3) < 0) {
+		ret = -errno;
+		goto fail;
+	}
+#ifdef KVT_HAVE_SYSTEMD
+	uint64_t wd_usec;
+	d->watchdog = sd_watchdog_enabled(0, &wd_usec) > 0;
+#endif
+	*out = d;
+	return 0;
+fail:
+	kvtd_destroy(d);
+	return ret;
+}
+
+static void tick(struct kvtd *d)
+{
+	uint64_t exp;
+	ssize_t r = read(d->tfd, &exp, sizeof(exp));
+
+	(void)r;
+	host_watermarks(d);
+#ifdef KVT_HAVE_SYSTEMD
+	if (d->watchdog)
+		sd_notify(0, "WATCHDOG=1");
+#endif
+}
+
+/* Sets NEED_WAKEUP on every ring; true if some ring got work meanwhile (don't sleep). */
+static bool prepare_sleep(struct kvtd *d)
+{
+	bool work = false;
+
+	for (struct client *c = d->clients; c; c = c->next) {
+		if (c->data && !c->dead && kvt_ring_prepare_sleep(c->sq) != c->sq_head)
+			work = true;
+	}
+	if (work) {
+		for (struct client *c = d->clients; c; c = c->next) {
+			if (c->data && !c->dead)
+				kvt_ring_awake(c->sq);
+		}
+	}
+	return work;
+}
+
+int kvtd_run(struct kvtd *d)
+{
+	struct epoll_event evs[64];
+	uint64_t last_work = now_us();
+	bool sleeping = false;
+
+#ifdef KVT_HAVE_SYSTEMD
+	sd_notifyf(0, "READY=1\nSTATUS=serving on %s\nMAINPID=%d",
+		   d->sock_path[0] ? d->sock_path : "systemd socket", (int)getpid());
+#endif
+	while (!d->stop) {
+		int timeout = 0, n, work = 0;
+
+		if (!sleeping && now_us() - last_work > d->cfg.spin_us) {
+			if (prepare_sleep(d))
+				last_work = now_us();
+			else
+				sleeping = true;
+		}
+		if (sleeping)
+			timeout = (int)d->cfg.tick_ms;
+		n = epoll_wait(d->ep, evs, 64, timeout);
+		if (n < 0 && errno != EINTR)
+			return -errno;
+		for (int i = 0; i < n; i++) {
+			struct ev *e = evs[i].data.ptr;
+			struct client *c = e->p;
+			uint64_t v;
+			ssize_t r;
+
+			switch (e->kind) {
+			case EV_LISTEN:
+				accept_clients(d);
+				break;
+			case EV_SOCK:
+				client_sock_event(d, c, evs[i].events);
+				break;
+			case EV_SQ:
+				r = read(c->sq_efd, &v, sizeof(v));
+				(void)r;
+				break;
+			case EV_TIMER:
+				tick(d);
+				break;
+			case EV_SIGNAL: {
+				struct signalfd_siginfo si;
+				if (read(d->sfd, &si, sizeof(si)) == sizeof(si) &&
+				    si.ssi_signo != SIGHUP) {
+					kvtd_log(KVTD_LOG_INFO, "signal %u: stopping",
+						 si.ssi_signo);
+					d->stop = true;
+				}
+				break;
+			}
+			}
+		}
+		if (sleeping && n > 0) {
+			sleeping = false;
+			for (struct client *c = d->clients; c; c = c->next) {
+				if (c->data && !c->dead)
+					kvt_ring_awake(c->sq);
+			}
+		}
+		for (struct client *c = d->clients; c; c = c->next)
+			work += client_drain(d, c);
+		if (work) {
+			last_work = now_us();
+			sleeping = false;
+		}
+		for (struct client *c = d->clients, *next; c; c = next) {
+			next = c->next;
+			if (c->dead)
+				client_free(d, c);
+		}
+	}
+#ifdef KVT_HAVE_SYSTEMD
+	sd_notify(0, "STOPPING=1");
+#endif
+	return 0;
+}
+
+void kvtd_destroy(struct kvtd *d)
+{
+	if (!d)
+		return;
+	while (d->clients) {
+		client_release_all(d, d->clients);
+		client_free(d, d->clients);
+	}
+	if (d->lsock >= 0) {
+		close(d->lsock);
+		if (!d->lsock_from_systemd && d->sock_path[0])
+			unlink(d->sock_path);
+	}
+	if (d->tfd >= 0)
+		close(d->tfd);
+	if (d->sfd >= 0)
+		close(d->sfd);
+	if (d->ep >= 0)
+		close(d->ep);
+	for (uint32_t i = 0; i < d->ntenants; i++) {
+		struct tenant *t = d->tenants[i];
+		munmap(t->base, t->size);
+		close(t->memfd);
+		kvtd_pagemap_fini(&t->pm);
+		t->magic = 0;
+		free(t);
+	}
+	free(d->tenants);
+	kvtd_index_fini(&d->ix);
+	free(d->msgbuf);
+	free(d);
+}

@@ -1,0 +1,129 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvt_proto.h - control messages on the daemon's SOCK_SEQPACKET Unix socket (spec:
+ * proto/PROTOCOL.md).  One message per packet; every message starts with kvt_msg_hdr.
+ * Data-path requests travel on the shared-memory rings (kvt_shm.h); the socket carries the
+ * handshake, layout registration, statistics and the admin commands of kvtierctl, and its
+ * hang-up tells the daemon that a client died.
+ */
+#ifndef KVT_PROTO_H
+#define KVT_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvtier.h"
+
+#define KVT_MSG_MAGIC	  0x4d54564bu /* "KVTM" */
+#define KVT_PROTO_VERSION 1u
+#define KVT_MSG_MAX	  65536u /* largest request; replies may be split (KVT_MSG_F_MORE) */
+
+enum kvt_msg_type {
+	KVT_MSG_HELLO = 1,	 /* c→d kvt_msg_hello;  d→c kvt_msg_hello_reply (+ 4 fds) */
+	KVT_MSG_LAYOUT = 2,	 /* c→d kvt_msg_layout; d→c kvt_msg_result (res = layout id) */
+	KVT_MSG_STATS = 3,	 /* c→d header only;    d→c kvt_msg_stats */
+	KVT_MSG_ADMIN = 4,	 /* c→d kvt_msg_admin;  d→c text, split with KVT_MSG_F_MORE */
+	KVT_MSG_RESULT = 5,	 /* d→c kvt_msg_result */
+	KVT_MSG_HELLO_REPLY = 6, /* d→c kvt_msg_hello_reply */
+	KVT_MSG_TYPE_MAX
+};
+
+#define KVT_MSG_F_MORE 0x1u /* reply continues in the next packet */
+
+struct kvt_msg_hdr {
+	uint32_t magic;
+	uint16_t version;
+	uint16_t type;
+	uint32_t len; /* whole packet, header included */
+	uint32_t flags;
+};
+
+struct kvt_msg_hello {
+	struct kvt_msg_hdr h;
+	uint32_t lib_version; /* KVT_VERSION_NUMBER */
+	uint32_t pid;
+	uint32_t want_admin; /* 1: kvtierctl, no rings or arena */
+	uint32_t pad;
+	char name[64];
+};
+
+struct kvt_msg_hello_reply {
+	struct kvt_msg_hdr h;
+	int32_t res; /* >= 0, or -errno (no fds then) */
+	uint32_t client_id;
+	uint64_t epoch;
+	uint64_t arena_size;
+	uint32_t ring_size; /* bytes of the ring memfd */
+	uint32_t daemon_version;
+	/* fds: [0] ring memfd, [1] arena memfd, [2] sq eventfd (client → daemon),
+	 * [3] cq eventfd (daemon → client) */
+};
+#define KVT_HELLO_NFDS 4
+
+struct kvt_msg_layout {
+	struct kvt_msg_hdr h;
+	struct kvt_layout layout;
+};
+
+struct kvt_msg_result {
+	struct kvt_msg_hdr h;
+	int32_t res;
+	uint32_t pad;
+};
+
+struct kvt_msg_stats {
+	struct kvt_msg_hdr h;
+	int32_t res;
+	uint32_t pad;
+	uint64_t puts, gets, hits, misses, lookups;
+	uint64_t host_capacity_bytes, host_used_bytes, host_blocks, evictions;
+};
+
+enum kvt_admin_cmd {
+	KVT_ADMIN_STATUS = 1,
+	KVT_ADMIN_TIERS = 2,
+	KVT_ADMIN_BLOCKS = 3,
+	KVT_ADMIN_CLIENTS = 4,
+	KVT_ADMIN_METRICS = 5,
+	KVT_ADMIN_EVICT = 6,
+	KVT_ADMIN_FLUSH = 7,
+	KVT_ADMIN_MAX
+};
+
+#define KVT_ADMIN_F_JSON 0x1u
+
+struct kvt_msg_admin {
+	struct kvt_msg_hdr h;
+	uint32_t cmd;
+	uint32_t aflags;
+	uint64_t arg; /* BLOCKS: limit; EVICT: bytes (0 = all) */
+};
+
+static inline void kvt_msg_init(struct kvt_msg_hdr *h, uint16_t type, uint32_t len)
+{
+	h->magic = KVT_MSG_MAGIC;
+	h->version = KVT_PROTO_VERSION;
+	h->type = type;
+	h->len = len;
+	h->flags = 0;
+}
+
+/*
+ * Checks a received packet of n bytes: magic, version, known type, h->len == n and n at
+ * least the size the type needs.  Returns 0, -KVT_EVERSION or -KVT_EPROTOCOL.
+ */
+int kvt_msg_check(const void *buf, size_t n);
+
+/* Size in bytes a message of this type must have (0 for an unknown type). */
+size_t kvt_msg_size(uint16_t type);
+
+/* Internal helpers shared by daemon, library and kvtierctl (not exported). */
+
+/* The socket path: explicit_path, else $KVTIER_SOCKET, else /run/kvtier/kvtier.sock when it
+ * exists (or XDG_RUNTIME_DIR is unset), else $XDG_RUNTIME_DIR/kvtier/kvtier.sock. */
+int kvt_socket_path(const char *explicit_path, char *out, size_t n);
+/* Connects a SOCK_SEQPACKET socket to path. Returns 0 or -errno. */
+int kvt_sock_open(const char *path, int *out);
+uint64_t kvt_hash64(const void *p, size_t n, uint64_t seed);
+
+#endif
