@@ -1,0 +1,121 @@
+/* SPDX-License-Identifier: MIT */
+/* kvtierd configuration: defaults, sizes, bad values rejected with a message, round trip. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "config.h"
+
+static void test_defaults(void **state)
+{
+	struct kvtd_config c;
+
+	kvtd_config_defaults(&c);
+	assert_int_equal(c.host_capacity, 1ull << 30);
+	assert_int_equal(c.tick_ms, 100);
+	assert_int_equal(c.max_blocks, 1048576);
+	assert_false(c.nvme_enabled);
+	assert_string_equal(c.host_codec, "raw");
+	assert_int_equal(kvtd_config_validate(&c, NULL), 0);
+}
+
+static void test_sizes(void **state)
+{
+	uint64_t v;
+
+	assert_int_equal(kvtd_parse_size("64MiB", &v), 0);
+	assert_int_equal(v, 64ull << 20);
+	assert_int_equal(kvtd_parse_size("2G", &v), 0);
+	assert_int_equal(v, 2ull << 30);
+	assert_int_equal(kvtd_parse_size("4096", &v), 0);
+	assert_int_equal(v, 4096);
+	assert_int_equal(kvtd_parse_size("1 KiB", &v), 0);
+	assert_int_equal(v, 1024);
+	assert_int_equal(kvtd_parse_size("abc", &v), -EINVAL);
+	assert_int_equal(kvtd_parse_size("-1G", &v), -EINVAL);
+	assert_int_equal(kvtd_parse_size("12Q", &v), -EINVAL);
+	assert_int_equal(kvtd_parse_size("99999999999T", &v), -ERANGE);
+}
+
+static void test_bad_values(void **state)
+{
+	struct kvtd_config c, before;
+	char *msg = NULL;
+	size_t len = 0;
+	FILE *err = open_memstream(&msg, &len);
+
+	kvtd_config_defaults(&c);
+	before = c;
+	assert_int_equal(kvtd_config_set(&c, "host.capacity=lots", err), -EINVAL);
+	assert_int_equal(kvtd_config_set(&c, "host.capacity=1KiB", err), -EINVAL); /* < 1 MiB */
+	assert_int_equal(kvtd_config_set(&c, "daemon.tick_ms=0", err), -EINVAL);
+	assert_int_equal(kvtd_config_set(&c, "host.high_watermark=1.5", err), -EINVAL);
+	assert_int_equal(kvtd_config_set(&c, "nvme.enabled=maybe", err), -EINVAL);
+	assert_int_equal(kvtd_config_set(&c, "daemon.log_level=loud", err), -EINVAL);
+	assert_int_equal(kvtd_config_set(&c, "host.nonsense=1", err), -EINVAL);
+	assert_int_equal(kvtd_config_set(&c, "novalue", err), -EINVAL);
+	fclose(err);
+	/* A rejected value changes nothing, and the message names the key. */
+	assert_memory_equal(&c, &before, sizeof(c));
+	assert_non_null(strstr(msg, "host.capacity"));
+	assert_non_null(strstr(msg, "unknown configuration key host.nonsense"));
+	free(msg);
+
+	assert_int_equal(kvtd_config_set(&c, "host.low_watermark=0.99", NULL), 0);
+	assert_int_equal(kvtd_config_validate(&c, NULL), -EINVAL);
+	kvtd_config_defaults(&c);
+	assert_int_equal(kvtd_config_set(&c, "daemon.ring_entries=100", NULL), 0);
+	assert_int_equal(kvtd_config_validate(&c, NULL), -EINVAL);
+}
+
+static void test_file_round_trip(void **state)
+{
+	char path[] = "/tmp/kvtier-conf-XXXXXX";
+	int fd = mkstemp(path);
+	struct kvtd_config a, b;
+	FILE *f;
+
+	assert_true(fd >= 0);
+	f = fdopen(fd, "w");
+	fprintf(f,
+		"; comment\n[host]\ncapacity = 3GiB\nlow_watermark = 0.5\n[nvme]\nenabled = yes\n"
+		"paths = /a,/b\n");
+	fclose(f);
+	kvtd_config_defaults(&a);
+	assert_int_equal(kvtd_config_load(&a, path, NULL), 0);
+	assert_int_equal(a.host_capacity, 3ull << 30);
+	assert_true(a.nvme_enabled);
+	assert_string_equal(a.nvme_paths, "/a,/b");
+	/* What --print-config prints reads back to the same configuration. */
+	f = fopen(path, "w");
+	kvtd_config_print(&a, f);
+	fclose(f);
+	kvtd_config_defaults(&b);
+	assert_int_equal(kvtd_config_load(&b, path, NULL), 0);
+	assert_memory_equal(&a, &b, sizeof(a));
+	/* A bad line is an error. */
+	f = fopen(path, "w");
+	fprintf(f, "[host]\ncapacity = 3GiB\ncapacity = nope\n");
+	fclose(f);
+	assert_int_equal(kvtd_config_load(&b, path, NULL), -EINVAL);
+	unlink(path);
+	assert_int_equal(kvtd_config_load(&b, "/nonexistent/kvtierd.conf", NULL), -ENOENT);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_defaults),
+	    cmocka_unit_test(test_sizes),
+	    cmocka_unit_test(test_bad_values),
+	    cmocka_unit_test(test_file_round_trip),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
