@@ -1,0 +1,576 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * bench_nvme.c - `kvtier-bench --nvme`: NVMe tier throughput against fio on the same file.
+ *
+ * For each block size and queue depth it writes, then reads back, a slot file through the
+ * tier (records of exactly block_bytes, sequential slots, at most iodepth requests in flight,
+ * every read CRC-verified as in production), then runs fio with the io_uring engine,
+ * direct=1, on the same file, offsets, block size and depth.  The pread/pwrite fallback is
+ * measured at depth 1 against fio's psync engine.  Both sides are timed in the same run, so
+ * the ratios hold on whatever disk backs --dir.  GB/s are 10^9 bytes per second.
+ */
+#define _GNU_SOURCE
+#include "tier.h"
+#include "kvt_record.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <poll.h>
+#include <spawn.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+int bench_nvme_main(int argc, char **argv);
+
+struct bopts {
+	const char *dir;
+	uint64_t size;
+	unsigned bs[16], nbs;
+	unsigned qd[16], nqd;
+	bool json, quick, no_fio;
+	unsigned reps;
+};
+
+struct bctx;
+struct bslot {
+	struct kvt_tier_io io;
+	struct bctx *c;
+};
+
+struct bctx {
+	const struct kvt_tier_ops *o;
+	struct kvt_tier *t;
+	struct kvt_tier_loc *locs;
+	uint64_t n, next, done;
+	bool wr;
+	int err;
+};
+
+struct bres {
+	double w, r, fw, fr; /* GB/s; fio < 0 = not measured */
+};
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void issue(struct bctx *c, struct bslot *s)
+{
+	int r;
+
+	s->io.loc = c->locs[c->next++];
+	s->io.flags = KVT_TIER_IO_MORE;
+	r = c->wr ? c->o->write(c->t, &s->io) : c->o->read(c->t, &s->io);
+	if (r < 0) {
+		c->err = r;
+		c->done++;
+	}
+}
+
+static void on_done(struct kvt_tier_io *io)
+{
+	struct bslot *s = (struct bslot *)io;
+	struct bctx *c = s->c;
+
+	c->done++;
+	if (io->res < 0 && !c->err)
+		c->err = io->res;
+	if (c->next < c->n && !c->err)
+		issue(c, s);
+}
+
+/* Moves all slots once, at most qd in flight; returns GB/s or -errno. */
+static double run_pass(struct bctx *c, struct bslot *slots, unsigned qd, uint32_t bs, bool wr)
+{
+	int efd = c->o->event_fd(c->t);
+	double t0, t1;
+
+	c->wr = wr;
+	c->next = c->done = 0;
+	c->err = 0;
+	t0 = now_s();
+	for (unsigned i = 0; i < qd && c->next < c->n; i++)
+		issue(c, &slots[i]);
+	c->o->submit(c->t);
+	while (c->done < c->n && !(c->err && c->done >= c->next)) {
+		struct pollfd p = {.fd = efd, .events = POLLIN};
+
+		poll(&p, 1, 1000);
+		c->o->complete(c->t);
+		c->o->submit(c->t);
+	}
+	/* Let stragglers of a failed pass finish before their buffers go away. */
+	while (c->done < c->next) {
+		struct pollfd p = {.fd = efd, .events = POLLIN};
+
+		poll(&p, 1, 100);
+		c->o->complete(c->t);
+	}
+	t1 = now_s();
+	if (c->err)
+		return c->err;
+	return (double)c->n * bs / (t1 - t0) / 1e9;
+}
+
+static void quiet_log(void *arg, int level, const char *msg)
+{
+	if (level <= 4) /* LOG_WARNING and worse */
+		fprintf(stderr, "kvtier nvme: %s\n", msg);
+}
+
+/* Tier write+read of the whole file at depth qd; returns 0 or -errno. */
+static int tier_run(const char *path, uint64_t size, uint32_t bs, unsigned qd, unsigned flags,
+		    struct bres *out, unsigned *io_flags)
+{
+	const char *paths[] = {path, NULL};
+	struct kvt_tier_conf conf = {
+	    .name = "nvme",
+	    .capacity_bytes = size + 4096,
+	    .paths = paths,
+	    .queue_depth = qd,
+	    .flags = flags,
+	    .buf_bytes = (uint64_t)qd * bs,
+	    .log = quiet_log,
+	};
+	const struct kvt_tier_ops *o = &kvt_tier_nvme_ops;
+	struct kvt_tier_stats st;
+	struct bslot *slots = NULL;
+	struct bctx c = {.o = o};
+	double w, r;
+	int ret;
+
+	unlink(path);
+	ret = o->open(&conf, &c.t);
+	if (ret < 0)
+		return ret;
+	c.n = size / bs;
+	c.locs = calloc(c.n, sizeof(*c.locs));
+	slots = calloc(qd, sizeof(*slots));
+	if (!c.locs || !slots) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	for (uint64_t i = 0; i < c.n; i++) {
+		ret = o->alloc(c.t, bs, &c.locs[i]);
+		if (ret < 0)
+			goto out;
+	}
+	for (unsigned i = 0; i < qd; i++) {
+		struct kvt_record_hdr *h = o->buf_alloc(c.t, bs);
+		unsigned char *p = (unsigned char *)(h + 1);
+
+		if (!h) {
+			ret = -ENOMEM;
+			goto out;
+		}
+		memset(h, 0, sizeof(*h));
+		h->magic = KVT_RECORD_MAGIC;
+		h->version = KVT_RECORD_VERSION;
+		h->hdr_size = KVT_RECORD_HDR_SIZE;
+		h->key_lo = i + 1;
+		h->seq = 1;
+		h->payload_len = h->raw_len = bs - KVT_RECORD_HDR_SIZE;
+		for (uint32_t k = 0; k < h->payload_len; k++)
+			p[k] = (unsigned char)(k * 2654435761u >> 13);
+		kvt_record_seal(h, p);
+		slots[i].c = &c;
+		slots[i].io.buf = h;
+		slots[i].io.len = bs;
+		slots[i].io.done = on_done;
+	}
+	/*
+	 * Warm-up pass, untimed: a fresh fallocate'd file has unwritten extents whose first
+	 * write costs the filesystem an extent conversion.  The tier's files live long, so the
+	 * steady state (and the state fio meets after us) is a file written before.
+	 */
+	w = run_pass(&c, slots, qd, bs, true);
+	if (w < 0) {
+		ret = (int)w;
+		goto out;
+	}
+	for (uint64_t i = 0; i < c.n; i++)
+		o->free(c.t, &c.locs[i]);
+	for (int spins = 0; spins < 10000; spins++) {
+		struct pollfd p = {.fd = o->event_fd(c.t), .events = POLLIN};
+
+		o->stats(c.t, &st);
+		if (!st.used_bytes)
+			break;
+		poll(&p, 1, 10);
+		o->complete(c.t);
+	}
+	for (uint64_t i = 0; i < c.n; i++) {
+		ret = o->alloc(c.t, bs, &c.locs[i]);
+		if (ret < 0)
+			goto out;
+	}
+	w = run_pass(&c, slots, qd, bs, true);
+	r = w < 0 ? w : run_pass(&c, slots, qd, bs, false);
+	if (w < 0 || r < 0) {
+		ret = (int)(w < 0 ? w : r);
+		goto out;
+	}
+	out->w = w;
+	out->r = r;
+	o->stats(c.t, &st);
+	if (io_flags)
+		*io_flags = st.io_flags;
+	ret = 0;
+out:
+	if (slots)
+		for (unsigned i = 0; i < qd; i++)
+			o->buf_free(c.t, slots[i].io.buf);
+	free(slots);
+	free(c.locs);
+	o->close(c.t);
+	return ret;
+}
+
+/* Runs fio and returns bw in GB/s for the given direction, or -1. */
+static double fio_run(const char *path, uint64_t size, uint32_t bs, unsigned qd, const char *engine,
+		      bool wr)
+{
+	char a_file[4200], a_bs[64], a_qd[64], a_size[64], a_eng[64];
+	char *args[] = {"fio",
+			"--name=kvtier",
+			a_file,
+			a_eng,
+			"--direct=1",
+			wr ? "--rw=write" : "--rw=read",
+			a_bs,
+			a_qd,
+			a_size,
+			"--offset=4096",
+			"--output-format=json",
+			NULL};
+	posix_spawn_file_actions_t fa;
+	char *out = NULL, *p;
+	size_t cap = 0, len = 0;
+	int pfd[2], status;
+	pid_t pid;
+	double bw = -1;
+
+	snprintf(a_file, sizeof(a_file), "--filename=%s", path);
+	snprintf(a_eng, sizeof(a_eng), "--ioengine=%s", engine);
+	snprintf(a_bs, sizeof(a_bs), "--bs=%u", bs);
+	snprintf(a_qd, sizeof(a_qd), "--iodepth=%u", qd);
+	snprintf(a_size, sizeof(a_size), "--size=%llu", (unsigned long long)size);
+	if (pipe2(pfd, O_CLOEXEC) < 0)
+		return -1;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, pfd[1], 1);
+	posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+	if (posix_spawnp(&pid, "fio", &fa, NULL, args, environ) != 0) {
+		posix_spawn_file_actions_destroy(&fa);
+		close(pfd[0]);
+		close(pfd[1]);
+		return -1;
+	}
+	posix_spawn_file_actions_destroy(&fa);
+	close(pfd[1]);
+	for (;;) {
+		ssize_t r;
+
+		if (len + 4096 > cap) {
+			char *n = realloc(out, cap + 65536);
+
+			if (!n)
+				break;
+			out = n;
+			cap += 65536;
+		}
+		r = read(pfd[0], out + len, cap - len - 1);
+		if (r <= 0)
+			break;
+		len += (size_t)r;
+	}
+	close(pfd[0]);
+	waitpid(pid, &status, 0);
+	if (!out)
+		return -1;
+	out[len] = 0;
+	/* jobs[0].read / jobs[0].write: the first "bw_bytes" after the direction's key. */
+	p = strstr(out, wr ? "\"write\" :" : "\"read\" :");
+	if (p)
+		p = strstr(p, "\"bw_bytes\" :");
+	if (p && WIFEXITED(status) && WEXITSTATUS(status) == 0)
+		bw = strtod(p + strlen("\"bw_bytes\" :"), NULL) / 1e9;
+	free(out);
+	return bw;
+}
+
+static bool have_fio(void)
+{
+	return system("fio --version >/dev/null 2>&1") == 0;
+}
+
+static int parse_list(const char *s, unsigned *v, unsigned max, bool kib)
+{
+	unsigned n = 0;
+
+	while (*s && n < max) {
+		char *e;
+		unsigned long x = strtoul(s, &e, 10);
+
+		if (e == s)
+			return -EINVAL;
+		if (*e == 'k' || *e == 'K')
+			x <<= 10, e++;
+		else if (*e == 'm' || *e == 'M')
+			x <<= 20, e++;
+		else if (kib)
+			x <<= 10;
+		v[n++] = (unsigned)x;
+		s = *e == ',' ? e + 1 : e;
+		if (*e && *e != ',')
+			return -EINVAL;
+	}
+	return (int)n;
+}
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: kvtier-bench --nvme [--json] [--quick] [--dir DIR] [--size MiB]\n"
+			"       [--bs 64k,256k,1m,4m] [--qd 1,4,16,64] [--reps N] [--no-fio]\n");
+}
+
+static double ratio(double a, double b)
+{
+	return b > 0 && a > 0 ? a / b : -1;
+}
+
+static void jnum(const char *k, double v, bool comma)
+{
+	if (v < 0)
+		printf("\"%s\": null%s", k, comma ? ", " : "");
+	else
+		printf("\"%s\": %.3f%s", k, v, comma ? ", " : "");
+}
+
+/* Keeps the best of reps for each figure: background load only ever slows a run down. */
+static void best(struct bres *b, const struct bres *x)
+{
+	if (x->w > b->w)
+		b->w = x->w;
+	if (x->r > b->r)
+		b->r = x->r;
+	if (x->fw > b->fw)
+		b->fw = x->fw;
+	if (x->fr > b->fr)
+		b->fr = x->fr;
+}
+
+int bench_nvme_main(int argc, char **argv)
+{
+	struct bopts o = {.reps = 1};
+	char path[4096];
+	struct statfs sfs;
+	bool tmpfs = false, fio;
+	unsigned io_flags = 0;
+	struct bres res[16][16], fb[16];
+	double min_read_ratio = -1, min_write_ratio = -1;
+	int ret = 0;
+
+	o.dir = getenv("TMPDIR") ? getenv("TMPDIR") : "/var/tmp";
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+
+		if (!strcmp(a, "--nvme"))
+			continue;
+		if (!strcmp(a, "--json")) {
+			o.json = true;
+		} else if (!strcmp(a, "--quick")) {
+			o.quick = true;
+		} else if (!strcmp(a, "--no-fio")) {
+			o.no_fio = true;
+		} else if (!strcmp(a, "--dir") && v) {
+			o.dir = v;
+			i++;
+		} else if (!strcmp(a, "--size") && v) {
+			o.size = strtoull(v, NULL, 10) << 20;
+			i++;
+		} else if (!strcmp(a, "--reps") && v) {
+			o.reps = (unsigned)atoi(v);
+			i++;
+		} else if (!strcmp(a, "--bs") && v) {
+			int n = parse_list(v, o.bs, 16, true);
+
+			if (n <= 0)
+				goto bad;
+			o.nbs = (unsigned)n;
+			i++;
+		} else if (!strcmp(a, "--qd") && v) {
+			int n = parse_list(v, o.qd, 16, false);
+
+			if (n <= 0)
+				goto bad;
+			o.nqd = (unsigned)n;
+			i++;
+		} else {
+			goto bad;
+		}
+	}
+	if (!o.nbs) {
+		static const unsigned def[] = {64 << 10, 256 << 10, 1 << 20, 4 << 20};
+		static const unsigned quick[] = {64 << 10, 1 << 20};
+
+		o.nbs = o.quick ? 2 : 4;
+		memcpy(o.bs, o.quick ? quick : def, o.nbs * sizeof(unsigned));
+	}
+	if (!o.nqd) {
+		static const unsigned def[] = {1, 4, 16, 64};
+		static const unsigned quick[] = {1, 16};
+
+		o.nqd = o.quick ? 2 : 4;
+		memcpy(o.qd, o.quick ? quick : def, o.nqd * sizeof(unsigned));
+	}
+	if (!o.size)
+		o.size = o.quick ? (64ull << 20) : (256ull << 20);
+	if (!o.reps)
+		o.reps = 1;
+	for (unsigned b = 0; b < o.nbs; b++)
+		if (o.bs[b] < 4096 || o.bs[b] % 4096 || o.bs[b] > (64u << 20) || o.size < o.bs[b])
+			goto bad;
+	for (unsigned q = 0; q < o.nqd; q++)
+		if (!o.qd[q] || o.qd[q] > 256)
+			goto bad;
+
+	snprintf(path, sizeof(path), "%s/kvtier-bench-nvme.slots", o.dir);
+	if (statfs(o.dir, &sfs) == 0 && sfs.f_type == TMPFS_MAGIC) {
+		tmpfs = true;
+		fprintf(stderr, "bench nvme: %s is tmpfs, not a disk: figures measure RAM\n",
+			o.dir);
+	}
+	fio = !o.no_fio && have_fio();
+	if (!o.no_fio && !fio)
+		fprintf(stderr, "bench nvme: fio not found, tier figures only\n");
+
+	for (unsigned b = 0; b < o.nbs; b++) {
+		uint64_t size = o.size / o.bs[b] * o.bs[b];
+
+		for (unsigned q = 0; q < o.nqd; q++) {
+			struct bres *r = &res[b][q];
+
+			r->w = r->r = r->fw = r->fr = -1;
+			for (unsigned k = 0; k < o.reps; k++) {
+				struct bres x = {-1, -1, -1, -1};
+				int e = tier_run(path, size, o.bs[b], o.qd[q], 0, &x, &io_flags);
+
+				if (e < 0) {
+					fprintf(stderr, "bench nvme: tier bs=%u qd=%u: %s\n",
+						o.bs[b], o.qd[q], strerror(-e));
+					ret = 1;
+				}
+				if (fio) {
+					x.fw =
+					    fio_run(path, size, o.bs[b], o.qd[q], "io_uring", true);
+					x.fr = fio_run(path, size, o.bs[b], o.qd[q], "io_uring",
+						       false);
+				}
+				best(r, &x);
+			}
+			if (ratio(r->r, r->fr) >= 0 &&
+			    (min_read_ratio < 0 || ratio(r->r, r->fr) < min_read_ratio))
+				min_read_ratio = ratio(r->r, r->fr);
+			if (ratio(r->w, r->fw) >= 0 &&
+			    (min_write_ratio < 0 || ratio(r->w, r->fw) < min_write_ratio))
+				min_write_ratio = ratio(r->w, r->fw);
+			if (!o.json)
+				printf("io_uring bs=%7u qd=%2u  write %6.3f GB/s (fio %6.3f, "
+				       "x%.2f)  read "
+				       "%6.3f GB/s (fio %6.3f, x%.2f)\n",
+				       o.bs[b], o.qd[q], r->w, r->fw, ratio(r->w, r->fw), r->r,
+				       r->fr, ratio(r->r, r->fr));
+		}
+		/* Fallback: one pread/pwrite worker against fio psync (both one request at a time).
+		 */
+		fb[b].w = fb[b].r = fb[b].fw = fb[b].fr = -1;
+		for (unsigned k = 0; k < o.reps; k++) {
+			struct bres x = {-1, -1, -1, -1};
+			int e = tier_run(path, size, o.bs[b], 1, KVT_TIER_F_NO_URING, &x, NULL);
+
+			if (e < 0) {
+				fprintf(stderr, "bench nvme: pread bs=%u: %s\n", o.bs[b],
+					strerror(-e));
+				ret = 1;
+			}
+			if (fio) {
+				x.fw = fio_run(path, size, o.bs[b], 1, "psync", true);
+				x.fr = fio_run(path, size, o.bs[b], 1, "psync", false);
+			}
+			best(&fb[b], &x);
+		}
+		if (!o.json)
+			printf("pread    bs=%7u qd= 1  write %6.3f GB/s (psync %6.3f, x%.2f)  read "
+			       "%6.3f "
+			       "GB/s (psync %6.3f, x%.2f)\n",
+			       o.bs[b], fb[b].w, fb[b].fw, ratio(fb[b].w, fb[b].fw), fb[b].r,
+			       fb[b].fr, ratio(fb[b].r, fb[b].fr));
+	}
+	unlink(path);
+
+	if (o.json) {
+		printf(
+		    "{\"bench\": \"nvme\", \"dir\": \"%s\", \"file_bytes\": %llu, \"tmpfs\": %s, "
+		    "\"fio\": %s, \"reps\": %u, \"o_direct\": %s, \"fixed_bufs\": %s,\n",
+		    o.dir, (unsigned long long)o.size, tmpfs ? "true" : "false",
+		    fio ? "true" : "false", o.reps,
+		    io_flags & KVT_TIER_ST_DIRECT ? "true" : "false",
+		    io_flags & KVT_TIER_ST_FIXED_BUFS ? "true" : "false");
+		printf(" \"results\": [\n");
+		for (unsigned b = 0; b < o.nbs; b++)
+			for (unsigned q = 0; q < o.nqd; q++) {
+				struct bres *r = &res[b][q];
+
+				printf("  {\"block_bytes\": %u, \"iodepth\": %u, \"engine\": "
+				       "\"io_uring\", ",
+				       o.bs[b], o.qd[q]);
+				jnum("read_gbps", r->r, true);
+				jnum("write_gbps", r->w, true);
+				jnum("fio_read_gbps", r->fr, true);
+				jnum("fio_write_gbps", r->fw, true);
+				jnum("read_ratio", ratio(r->r, r->fr), true);
+				jnum("write_ratio", ratio(r->w, r->fw), false);
+				printf("}%s\n", b + 1 == o.nbs && q + 1 == o.nqd ? "" : ",");
+			}
+		printf(" ],\n \"fallback\": [\n");
+		for (unsigned b = 0; b < o.nbs; b++) {
+			printf("  {\"block_bytes\": %u, \"iodepth\": 1, \"engine\": \"pread\", "
+			       "\"fio_engine\": \"psync\", ",
+			       o.bs[b]);
+			jnum("read_gbps", fb[b].r, true);
+			jnum("write_gbps", fb[b].w, true);
+			jnum("fio_read_gbps", fb[b].fr, true);
+			jnum("fio_write_gbps", fb[b].fw, true);
+			jnum("read_ratio", ratio(fb[b].r, fb[b].fr), true);
+			jnum("write_ratio", ratio(fb[b].w, fb[b].fw), false);
+			printf("}%s\n", b + 1 == o.nbs ? "" : ",");
+		}
+		printf(" ],\n \"target_read_ratio\": 0.9, ");
+		jnum("min_read_ratio", min_read_ratio, true);
+		jnum("min_write_ratio", min_write_ratio, false);
+		printf("}\n");
+	} else if (min_read_ratio >= 0) {
+		printf("min read ratio x%.2f (target 0.9), min write ratio x%.2f\n", min_read_ratio,
+		       min_write_ratio);
+	}
+	return ret;
+bad:
+	usage();
+	return 2;
+}
