@@ -678,7 +678,8 @@ class Client:
     # -- management ------------------------------------------------------------------------
     def delete(self, layout: LayoutLike, key: KeyLike) -> bool:
         """Deletes a block from every tier.  Returns True when deleted, False when it was not
-        stored; raises KvtError(EBUSY) while someone holds a lease on it."""
+        stored.  kvtier.h allows KvtError(EBUSY) while someone holds a lease on it; the
+        daemon may instead hide it at once and free it when the last lease goes."""
         ck = _to_key(key)
         r = _lib.kvt_delete(self._handle(), self._lid(layout), ctypes.byref(ck))
         if r == -_errno.ENOENT:
