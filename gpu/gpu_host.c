@@ -1,0 +1,198 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * gpu_host.c - the host-only parts of kvt_gpu.h: UUIDs, completion flags, page layouts and
+ * quantization sizes.  Built in both the CUDA and the stub library.
+ */
+#include "kvt_gpu.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static int hexval(int c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+int kvt_gpu_uuid_parse(const char *s, uint8_t uuid[KVT_GPU_UUID_LEN])
+{
+	uint8_t tmp[KVT_GPU_UUID_LEN];
+	int n = 0;
+
+	if (!s || !uuid)
+		return -EINVAL;
+	if (!strncmp(s, "GPU-", 4))
+		s += 4;
+	for (; *s; s++) {
+		int v;
+
+		if (*s == '-')
+			continue;
+		v = hexval((unsigned char)*s);
+		if (v < 0 || n >= 2 * KVT_GPU_UUID_LEN)
+			return -EINVAL;
+		if (n & 1)
+			tmp[n / 2] = (uint8_t)(tmp[n / 2] << 4 | v);
+		else
+			tmp[n / 2] = (uint8_t)v;
+		n++;
+	}
+	if (n != 2 * KVT_GPU_UUID_LEN)
+		return -EINVAL;
+	memcpy(uuid, tmp, sizeof(tmp));
+	return 0;
+}
+
+void kvt_gpu_uuid_format(const uint8_t u[KVT_GPU_UUID_LEN], char out[41])
+{
+	snprintf(out, 41,
+		 "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0],
+		 u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
+		 u[14], u[15]);
+}
+
+int kvt_gpu_flag_done(const uint64_t *flag, uint64_t value)
+{
+	/* Pairs with the device's system-scope release in the signal kernel. */
+	return __atomic_load_n(flag, __ATOMIC_ACQUIRE) >= value;
+}
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int kvt_gpu_flag_wait(const uint64_t *flag, uint64_t value, int64_t timeout_ns)
+{
+	int64_t deadline = timeout_ns < 0 ? 0 : now_ns() + timeout_ns;
+	unsigned spins = 0;
+
+	while (!kvt_gpu_flag_done(flag, value)) {
+		if (timeout_ns >= 0 && now_ns() >= deadline)
+			return -ETIMEDOUT;
+		/* A DMA of a few MiB takes tens of microseconds: spin briefly, then yield the core
+		 * (this machine class has few of them). */
+		if (++spins > 1000)
+			sched_yield();
+	}
+	return 0;
+}
+
+uint64_t kvt_gpu_paged_block_bytes(const struct kvt_gpu_paged_layout *l)
+{
+	if (!l || l->size < sizeof(*l) || !l->n_layers || !l->layer_base || !l->page_bytes ||
+	    (l->n_kv != 1 && l->n_kv != 2) || !l->pages_per_block)
+		return 0;
+	return (uint64_t)l->n_layers * l->n_kv * l->pages_per_block * l->page_bytes;
+}
+
+size_t kvt_gpu_seg_coalesce(struct kvt_gpu_seg *segs, size_t n)
+{
+	size_t out = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		if (!segs[i].len)
+			continue;
+		if (out && segs[out - 1].src + segs[out - 1].len == segs[i].src &&
+		    segs[out - 1].dst + segs[out - 1].len == segs[i].dst) {
+			segs[out - 1].len += segs[i].len;
+			continue;
+		}
+		segs[out++] = segs[i];
+	}
+	return out;
+}
+
+long kvt_gpu_paged_segments(const struct kvt_gpu_paged_layout *l, const uint32_t *ids,
+			    const uint64_t *addr, size_t nblocks, enum kvt_gpu_dir dir,
+			    struct kvt_gpu_seg *segs, size_t cap)
+{
+	uint64_t block_bytes = kvt_gpu_paged_block_bytes(l);
+	size_t per_block, n = 0;
+
+	if (!block_bytes || (dir != KVT_GPU_D2H && dir != KVT_GPU_H2D && dir != KVT_GPU_D2D) ||
+	    (nblocks && (!ids || !addr || !segs)))
+		return -EINVAL;
+	per_block = (size_t)l->n_layers * l->n_kv * l->pages_per_block;
+	if (nblocks > cap / per_block)
+		return -ENOSPC;
+	for (size_t i = 0; i < nblocks; i++) {
+		uint64_t off = 0;
+
+		for (uint32_t layer = 0; layer < l->n_layers; layer++) {
+			for (uint32_t k = 0; k < l->n_kv; k++) {
+				for (uint32_t j = 0; j < l->pages_per_block; j++) {
+					uint64_t page = l->layer_base[layer] + k * l->kv_stride +
+							(uint64_t)ids[i * l->pages_per_block + j] *
+							    l->block_stride;
+					struct kvt_gpu_seg s = {.len = l->page_bytes};
+
+					if (dir == KVT_GPU_H2D) {
+						s.src = addr[i] + off;
+						s.dst = page;
+					} else {
+						s.src = page;
+						s.dst = addr[i] + off;
+					}
+					segs[n++] = s;
+					off += l->page_bytes;
+				}
+			}
+		}
+	}
+	return (long)kvt_gpu_seg_coalesce(segs, n);
+}
+
+static int is_pow2_in(unsigned v, unsigned lo, unsigned hi)
+{
+	return v >= lo && v <= hi && !(v & (v - 1));
+}
+
+int kvt_gpu_q_check(const struct kvt_gpu_qparams *p)
+{
+	if (!p || p->size < sizeof(*p))
+		return -EINVAL;
+	if (p->bits != 4 && p->bits != 8)
+		return -EINVAL;
+	if (p->dtype != KVT_GPU_FP16 && p->dtype != KVT_GPU_BF16)
+		return -EINVAL;
+	if (!p->tokens || !p->heads || !p->head_dim || p->head_dim % 8)
+		return -EINVAL;
+	if (!is_pow2_in(p->k_group, 8, 128) || p->tokens % p->k_group)
+		return -EINVAL;
+	if (!is_pow2_in(p->v_group, 8, 256) || p->head_dim % p->v_group)
+		return -EINVAL;
+	return 0;
+}
+
+size_t kvt_gpu_q_raw_bytes(const struct kvt_gpu_qparams *p)
+{
+	if (kvt_gpu_q_check(p))
+		return 0;
+	return (size_t)p->tokens * p->heads * p->head_dim * 2;
+}
+
+size_t kvt_gpu_q_bytes(const struct kvt_gpu_qparams *p, enum kvt_gpu_kv kind)
+{
+	size_t elems, groups;
+
+	if (kvt_gpu_q_check(p) || (kind != KVT_GPU_KEYS && kind != KVT_GPU_VALUES))
+		return 0;
+	elems = (size_t)p->tokens * p->heads * p->head_dim;
+	if (kind == KVT_GPU_KEYS)
+		groups = (size_t)(p->tokens / p->k_group) * p->heads * p->head_dim;
+	else
+		groups = (size_t)p->tokens * p->heads * (p->head_dim / p->v_group);
+	return elems * p->bits / 8 + groups * 4;
+}

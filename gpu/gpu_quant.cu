@@ -1,0 +1,465 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * gpu_quant.cu - KIVI-style quantize-on-copy and dequantize-on-copy kernels (layout: GPU.md).
+ *
+ * Keys: one thread owns CPT adjacent channels of one token group and keeps the group's G rows
+ * in registers (G * CPT * 2 bytes = 512 bytes), so the input is read from memory exactly once;
+ * CPT shrinks as G grows to keep that budget.  Values: one thread owns 8 channels (one 16-byte
+ * load) of one token, and the v_group / 8 threads of a group meet with warp shuffles.
+ * The arithmetic is the CPU reference's (gpu_ref.c), operation for operation, in IEEE fp32
+ * (no fast-math: division and reciprocal are correctly rounded), so the bytes match it.
+ */
+#include "gpu_internal.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#define KVT_QJOB_MAX 1300 /* jobs per launch, passed by value (31 KB of parameters) */
+#define KVT_QTHREADS 256
+
+struct kvt_qbatch {
+	uint32_t n;
+	uint32_t pad;
+	struct kvt_gpu_qjob j[KVT_QJOB_MAX];
+};
+
+template <int DT> __device__ __forceinline__ float to_f(uint16_t b)
+{
+	if (DT == KVT_GPU_BF16)
+		return __uint_as_float((uint32_t)b << 16);
+	return __half2float(__ushort_as_half(b));
+}
+
+template <int DT> __device__ __forceinline__ uint16_t from_f(float v)
+{
+	if (DT == KVT_GPU_BF16)
+		return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+	return __half_as_ushort(__float2half_rn(v));
+}
+
+struct kvt_qm {
+	float s, z, inv;
+	uint32_t packed; /* fp16 scale in the low half, fp16 zero in the high half */
+};
+
+template <int BITS> __device__ __forceinline__ kvt_qm qmeta(float mn, float mx)
+{
+	kvt_qm m;
+	float scale;
+	__half sh, zh;
+
+	/* + 0.0f turns -0 into +0 so that min/max order never shows in the bytes */
+	mn = mn + 0.0f;
+	mx = mx + 0.0f;
+	scale = (mx - mn) / (float)((1 << BITS) - 1);
+	scale = fminf(scale, 65504.0f);
+	mn = fminf(fmaxf(mn, -65504.0f), 65504.0f);
+	sh = __float2half_rn(scale);
+	zh = __float2half_rn(mn);
+	m.s = __half2float(sh);
+	m.z = __half2float(zh);
+	m.inv = m.s > 0.0f ? 1.0f / m.s : 0.0f;
+	m.packed = (uint32_t)__half_as_ushort(sh) | (uint32_t)__half_as_ushort(zh) << 16;
+	return m;
+}
+
+template <int BITS> __device__ __forceinline__ uint32_t quant(float x, const kvt_qm &m)
+{
+	float q = rintf((x - m.z) * m.inv);
+
+	q = fminf(fmaxf(q, 0.0f), (float)((1 << BITS) - 1));
+	return (uint32_t)q;
+}
+
+/* N bytes moved as one access. */
+template <int N> struct kvt_raw;
+template <> struct kvt_raw<1> {
+	typedef uint8_t t;
+};
+template <> struct kvt_raw<2> {
+	typedef uint16_t t;
+};
+template <> struct kvt_raw<4> {
+	typedef uint32_t t;
+};
+template <> struct kvt_raw<8> {
+	typedef uint2 t;
+};
+template <> struct kvt_raw<16> {
+	typedef uint4 t;
+};
+
+template <int N> union kvt_bytes {
+	typename kvt_raw<N>::t v;
+	uint8_t b[N];
+	uint16_t h[N / 2 ? N / 2 : 1];
+	uint32_t w[N / 4 ? N / 4 : 1];
+};
+
+template <int BITS, int CPT>
+__device__ __forceinline__ void store_codes(uint8_t *p, const uint32_t *q)
+{
+	constexpr int NB = CPT * BITS / 8;
+	kvt_bytes<NB> o;
+
+#pragma unroll
+	for (int k = 0; k < NB; k++)
+		o.b[k] = BITS == 8 ? (uint8_t)q[k] : (uint8_t)(q[2 * k] | q[2 * k + 1] << 4);
+	*(typename kvt_raw<NB>::t *)p = o.v;
+}
+
+template <int BITS, int CPT>
+__device__ __forceinline__ void load_codes(const uint8_t *p, uint32_t *q)
+{
+	constexpr int NB = CPT * BITS / 8;
+	kvt_bytes<NB> in;
+
+	in.v = *(const typename kvt_raw<NB>::t *)p;
+#pragma unroll
+	for (int k = 0; k < NB; k++) {
+		if (BITS == 8) {
+			q[k] = in.b[k];
+		} else {
+			q[2 * k] = in.b[k] & 15u;
+			q[2 * k + 1] = in.b[k] >> 4;
+		}
+	}
+}
+
+/* Unit u of a tile: token group g, channels [c0, c0 + CPT). */
+template <int DT, int BITS, int G, int CPT>
+__global__ void __launch_bounds__(KVT_QTHREADS)
+    kvt_qkeys(const __grid_constant__ kvt_qbatch b, uint32_t T, uint32_t C, uint64_t codes_bytes)
+{
+	const uint32_t cchunks = C / CPT, per_tile = (T / G) * cchunks;
+	const uint64_t total = (uint64_t)b.n * per_tile;
+
+	for (uint64_t u = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; u < total;
+	     u += (uint64_t)gridDim.x * blockDim.x) {
+		const uint32_t tile = (uint32_t)(u / per_tile), r = (uint32_t)(u % per_tile);
+		const uint32_t g = r / cchunks, c0 = (r % cchunks) * CPT;
+		const uint16_t *src = (const uint16_t *)b.j[tile].src;
+		uint8_t *dst = (uint8_t *)b.j[tile].dst;
+		kvt_bytes<2 * CPT> x[G];
+		float mn[CPT], mx[CPT];
+		kvt_qm m[CPT];
+		uint32_t packed[CPT];
+
+#pragma unroll
+		for (int t = 0; t < G; t++)
+			x[t].v =
+			    *(const typename kvt_raw<2 * CPT>::t *)(src + (size_t)(g * G + t) * C +
+								    c0);
+#pragma unroll
+		for (int k = 0; k < CPT; k++) {
+			mn[k] = INFINITY;
+			mx[k] = -INFINITY;
+		}
+#pragma unroll
+		for (int t = 0; t < G; t++) {
+#pragma unroll
+			for (int k = 0; k < CPT; k++) {
+				float v = to_f<DT>(x[t].h[k]);
+
+				mn[k] = fminf(mn[k], v);
+				mx[k] = fmaxf(mx[k], v);
+			}
+		}
+#pragma unroll
+		for (int k = 0; k < CPT; k++) {
+			m[k] = qmeta<BITS>(mn[k], mx[k]);
+			packed[k] = m[k].packed;
+		}
+#pragma unroll
+		for (int t = 0; t < G; t++) {
+			uint32_t q[CPT];
+
+#pragma unroll
+			for (int k = 0; k < CPT; k++)
+				q[k] = quant<BITS>(to_f<DT>(x[t].h[k]), m[k]);
+			store_codes<BITS, CPT>(dst + ((size_t)(g * G + t) * C + c0) * BITS / 8, q);
+		}
+		{
+			uint8_t *mp = dst + codes_bytes + ((size_t)g * C + c0) * 4;
+
+#pragma unroll
+			for (int k = 0; k < CPT; k += 2)
+				*(uint2 *)(mp + 4 * k) = make_uint2(packed[k], packed[k + 1]);
+		}
+	}
+}
+
+template <int DT, int BITS, int G, int CPT>
+__global__ void __launch_bounds__(KVT_QTHREADS)
+    kvt_dqkeys(const __grid_constant__ kvt_qbatch b, uint32_t T, uint32_t C, uint64_t codes_bytes)
+{
+	const uint32_t cchunks = C / CPT, per_tile = (T / G) * cchunks;
+	const uint64_t total = (uint64_t)b.n * per_tile;
+
+	for (uint64_t u = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; u < total;
+	     u += (uint64_t)gridDim.x * blockDim.x) {
+		const uint32_t tile = (uint32_t)(u / per_tile), r = (uint32_t)(u % per_tile);
+		const uint32_t g = r / cchunks, c0 = (r % cchunks) * CPT;
+		const uint8_t *src = (const uint8_t *)b.j[tile].src;
+		uint16_t *dst = (uint16_t *)b.j[tile].dst;
+		const uint8_t *mp = src + codes_bytes + ((size_t)g * C + c0) * 4;
+		float s[CPT], z[CPT];
+
+#pragma unroll
+		for (int k = 0; k < CPT; k += 2) {
+			uint2 w = *(const uint2 *)(mp + 4 * k);
+
+			s[k] = __half2float(__ushort_as_half((uint16_t)w.x));
+			z[k] = __half2float(__ushort_as_half((uint16_t)(w.x >> 16)));
+			s[k + 1] = __half2float(__ushort_as_half((uint16_t)w.y));
+			z[k + 1] = __half2float(__ushort_as_half((uint16_t)(w.y >> 16)));
+		}
+#pragma unroll 8
+		for (int t = 0; t < G; t++) {
+			const size_t e = (size_t)(g * G + t) * C + c0;
+			uint32_t q[CPT];
+			kvt_bytes<2 * CPT> o;
+
+			load_codes<BITS, CPT>(src + e * BITS / 8, q);
+#pragma unroll
+			for (int k = 0; k < CPT; k++)
+				o.h[k] = from_f<DT>(__fmaf_rn((float)q[k], s[k], z[k]));
+			*(typename kvt_raw<2 * CPT>::t *)(dst + e) = o.v;
+		}
+	}
+}
+
+/* Unit u: 8 channels of one token; v_group / 8 consecutive units form a group. */
+template <int DT, int BITS>
+__global__ void __launch_bounds__(KVT_QTHREADS)
+    kvt_qvals(const __grid_constant__ kvt_qbatch b, uint32_t elems, uint32_t G,
+	      uint64_t codes_bytes)
+{
+	const uint32_t chunks = elems / 8, lanes = G / 8;
+	const uint64_t total = (uint64_t)b.n * chunks;
+
+	/* every lane of a warp runs the same iterations: the shuffles need them all */
+	for (uint64_t base = (uint64_t)blockIdx.x * blockDim.x; base < total;
+	     base += (uint64_t)gridDim.x * blockDim.x) {
+		const uint64_t u = base + threadIdx.x;
+		const bool valid = u < total;
+		const uint32_t tile = valid ? (uint32_t)(u / chunks) : 0;
+		const uint32_t e0 = valid ? (uint32_t)(u % chunks) * 8 : 0;
+		kvt_bytes<16> x;
+		float mn = INFINITY, mx = -INFINITY;
+
+		x.v = make_uint4(0, 0, 0, 0);
+		if (valid) {
+			x.v = *(const uint4 *)((const uint16_t *)b.j[tile].src + e0);
+#pragma unroll
+			for (int k = 0; k < 8; k++) {
+				float v = to_f<DT>(x.h[k]);
+
+				mn = fminf(mn, v);
+				mx = fmaxf(mx, v);
+			}
+		}
+		for (uint32_t off = lanes / 2; off; off >>= 1) {
+			mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, off));
+			mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+		}
+		if (valid) {
+			uint8_t *dst = (uint8_t *)b.j[tile].dst;
+			const kvt_qm m = qmeta<BITS>(mn, mx);
+			uint32_t q[8];
+
+#pragma unroll
+			for (int k = 0; k < 8; k++)
+				q[k] = quant<BITS>(to_f<DT>(x.h[k]), m);
+			store_codes<BITS, 8>(dst + (size_t)e0 * BITS / 8, q);
+			if (e0 % G == 0)
+				*(uint32_t *)(dst + codes_bytes + (size_t)(e0 / G) * 4) = m.packed;
+		}
+	}
+}
+
+template <int DT, int BITS>
+__global__ void __launch_bounds__(KVT_QTHREADS)
+    kvt_dqvals(const __grid_constant__ kvt_qbatch b, uint32_t elems, uint32_t G,
+	       uint64_t codes_bytes)
+{
+	const uint32_t chunks = elems / 8;
+	const uint64_t total = (uint64_t)b.n * chunks;
+
+	for (uint64_t u = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; u < total;
+	     u += (uint64_t)gridDim.x * blockDim.x) {
+		const uint32_t tile = (uint32_t)(u / chunks), e0 = (uint32_t)(u % chunks) * 8;
+		const uint8_t *src = (const uint8_t *)b.j[tile].src;
+		const uint32_t w = *(const uint32_t *)(src + codes_bytes + (size_t)(e0 / G) * 4);
+		const float s = __half2float(__ushort_as_half((uint16_t)w));
+		const float z = __half2float(__ushort_as_half((uint16_t)(w >> 16)));
+		uint32_t q[8];
+		kvt_bytes<16> o;
+
+		load_codes<BITS, 8>(src + (size_t)e0 * BITS / 8, q);
+#pragma unroll
+		for (int k = 0; k < 8; k++)
+			o.h[k] = from_f<DT>(__fmaf_rn((float)q[k], s, z));
+		*(uint4 *)((uint16_t *)b.j[tile].dst + e0) = o.v;
+	}
+}
+
+/* ---- launch ---------------------------------------------------------------------------- */
+
+struct kvt_qlaunch {
+	const struct kvt_gpu_qparams *p;
+	struct kvt_gpu_engine *e;
+	cudaStream_t stream;
+	bool dequant;
+	uint32_t kind;
+	kvt_qbatch b;
+	int ops;
+};
+
+static uint32_t qgrid(const struct kvt_gpu_engine *e, uint64_t units)
+{
+	uint64_t blocks = (units + KVT_QTHREADS - 1) / KVT_QTHREADS;
+	uint64_t cap = (uint64_t)e->sms * 8;
+
+	return (uint32_t)(blocks < cap ? blocks : cap);
+}
+
+template <int DT, int BITS, int G>
+static void launch_keys(const kvt_qlaunch *l, uint32_t T, uint32_t C, uint64_t codes)
+{
+	constexpr int CPT = G <= 16 ? 8 : G == 32 ? 4 : 2;
+	const uint32_t grid = qgrid(l->e, (uint64_t)l->b.n * (T / G) * (C / CPT));
+
+	if (l->dequant)
+		kvt_dqkeys<DT, BITS, G, CPT>
+		    <<<grid, KVT_QTHREADS, 0, l->stream>>>(l->b, T, C, codes);
+	else
+		kvt_qkeys<DT, BITS, G, CPT>
+		    <<<grid, KVT_QTHREADS, 0, l->stream>>>(l->b, T, C, codes);
+}
+
+template <int DT, int BITS>
+static void launch_keys_g(const kvt_qlaunch *l, uint32_t T, uint32_t C, uint64_t codes)
+{
+	switch (l->p->k_group) {
+	case 8:
+		launch_keys<DT, BITS, 8>(l, T, C, codes);
+		break;
+	case 16:
+		launch_keys<DT, BITS, 16>(l, T, C, codes);
+		break;
+	case 32:
+		launch_keys<DT, BITS, 32>(l, T, C, codes);
+		break;
+	case 64:
+		launch_keys<DT, BITS, 64>(l, T, C, codes);
+		break;
+	default:
+		launch_keys<DT, BITS, 128>(l, T, C, codes);
+		break;
+	}
+}
+
+template <int DT, int BITS> static void launch_one(const kvt_qlaunch *l)
+{
+	const struct kvt_gpu_qparams *p = l->p;
+	const uint32_t T = p->tokens, C = (uint32_t)p->heads * p->head_dim;
+	const uint64_t codes = (uint64_t)T * C * BITS / 8;
+
+	if (l->kind == KVT_GPU_KEYS) {
+		launch_keys_g<DT, BITS>(l, T, C, codes);
+	} else {
+		const uint32_t grid = qgrid(l->e, (uint64_t)l->b.n * T * C / 8);
+
+		if (l->dequant)
+			kvt_dqvals<DT, BITS>
+			    <<<grid, KVT_QTHREADS, 0, l->stream>>>(l->b, T * C, p->v_group, codes);
+		else
+			kvt_qvals<DT, BITS>
+			    <<<grid, KVT_QTHREADS, 0, l->stream>>>(l->b, T * C, p->v_group, codes);
+	}
+}
+
+static int qflush(kvt_qlaunch *l)
+{
+	int ret = 0;
+
+	if (!l->b.n)
+		return 0;
+	if (l->p->dtype == KVT_GPU_BF16) {
+		if (l->p->bits == 8)
+			launch_one<KVT_GPU_BF16, 8>(l);
+		else
+			launch_one<KVT_GPU_BF16, 4>(l);
+	} else {
+		if (l->p->bits == 8)
+			launch_one<KVT_GPU_FP16, 8>(l);
+		else
+			launch_one<KVT_GPU_FP16, 4>(l);
+	}
+	KVT_CU(cudaGetLastError());
+	l->ops++;
+	l->b.n = 0;
+out:
+	return ret;
+}
+
+static int qrun(struct kvt_gpu_engine *e, const struct kvt_gpu_qparams *p,
+		const struct kvt_gpu_qjob *jobs, size_t n, void *stream, bool dequant)
+{
+	kvt_qlaunch *l = NULL;
+	int ret = 0;
+
+	if (!kvt_engine_ok(e) || kvt_gpu_q_check(p) || (n && !jobs))
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		if ((jobs[i].kind != KVT_GPU_KEYS && jobs[i].kind != KVT_GPU_VALUES) ||
+		    ((jobs[i].src | jobs[i].dst) & 15) || jobs[i].reserved)
+			return -EINVAL;
+	}
+	if (!n)
+		return 0;
+	/* the batch is 31 KB: keep it off the caller's stack */
+	l = (kvt_qlaunch *)malloc(sizeof(*l));
+	if (!l)
+		return -ENOMEM;
+	l->p = p;
+	l->e = e;
+	l->stream = (cudaStream_t)stream;
+	l->dequant = dequant;
+	l->ops = 0;
+	{
+		kvt_dev_guard g(e->device);
+
+		/* one launch per kind and per KVT_QJOB_MAX jobs, in the caller's order */
+		for (uint32_t kind = KVT_GPU_KEYS; kind <= KVT_GPU_VALUES && !ret; kind++) {
+			l->kind = kind;
+			l->b.n = 0;
+			for (size_t i = 0; i < n && !ret; i++) {
+				if (jobs[i].kind != kind)
+					continue;
+				l->b.j[l->b.n++] = jobs[i];
+				if (l->b.n == KVT_QJOB_MAX)
+					ret = qflush(l);
+			}
+			if (!ret)
+				ret = qflush(l);
+		}
+	}
+	if (!ret)
+		ret = l->ops;
+	free(l);
+	return ret;
+}
+
+int kvt_gpu_quantize(struct kvt_gpu_engine *e, const struct kvt_gpu_qparams *p,
+		     const struct kvt_gpu_qjob *jobs, size_t n, void *stream)
+{
+	return qrun(e, p, jobs, n, stream, false);
+}
+
+int kvt_gpu_dequantize(struct kvt_gpu_engine *e, const struct kvt_gpu_qparams *p,
+		       const struct kvt_gpu_qjob *jobs, size_t n, void *stream)
+{
+	return qrun(e, p, jobs, n, stream, true);
+}
