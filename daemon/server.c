@@ -1632,33 +1632,33 @@ static int open_listener(struct kvtd *d)
 	ret = pick_socket_path(d);
 	if (ret < 0)
 		return ret;
-	memcpy(sa.sun_path, d->sock_path, strlen(d->sock_path) + 1);
+	/* Bound and listening under a temporary name, then renamed: the path appears only
+	 * when it accepts connections, and a live daemon's socket is never replaced. */
+	if (strlen(d->sock_path) + 5 > sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", d->sock_path);
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+		close(fd);
+		kvtd_log(KVTD_LOG_ERR, "another kvtierd is serving %s", d->sock_path);
+		return -EADDRINUSE;
+	}
+	close(fd);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s.new", d->sock_path);
+	unlink(sa.sun_path);
 	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return -errno;
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		int probe;
-
-		if (errno != EADDRINUSE)
-			goto fail;
-		/* A live daemon answers; a stale socket file left by a crash does not. */
-		probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-		if (probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-			close(probe);
-			close(fd);
-			kvtd_log(KVTD_LOG_ERR, "another kvtierd is serving %s", d->sock_path);
-			return -EADDRINUSE;
-		}
-		if (probe >= 0)
-			close(probe);
-		unlink(d->sock_path);
-		if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
-			goto fail;
-	}
-	/* Any local user may be a tenant; the directory's mode is the access control. */
-	chmod(d->sock_path, 0666);
-	if (listen(fd, 128) < 0)
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
 		goto fail;
+	/* Any local user may be a tenant; the directory's mode is the access control. */
+	chmod(sa.sun_path, 0666);
+	if (listen(fd, 128) < 0 || rename(sa.sun_path, d->sock_path) < 0) {
+		unlink(sa.sun_path);
+		goto fail;
+	}
 	d->lsock = fd;
 	kvtd_log(KVTD_LOG_INFO, "listening on %s", d->sock_path);
 	return 0;

@@ -1,0 +1,817 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Integration tests: a real kvtierd in a temporary directory, driven through libkvtier,
+ * raw sockets, hand-mapped rings and kvtierctl.
+ *
+ * usage: test_daemon KVTIERD KVTIERCTL [--seed N] [TEST...]
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kvt_proto.h"
+#include "kvt_ring.h"
+#include "kvtier.h"
+
+static const char *kvtierd, *kvtierctl;
+static char dir[256], sock[300];
+static unsigned seed;
+static int failures;
+static pid_t cur_daemon;
+
+#define CHECK(cond)                                                                                \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__,       \
+				__func__, #cond);                                                  \
+			failures++;                                                                \
+			return;                                                                    \
+		}                                                                                  \
+	} while (0)
+
+#define CHECK_EQ(a, b)                                                                             \
+	do {                                                                                       \
+		long long _a = (long long)(a), _b = (long long)(b);                                \
+		if (_a != _b) {                                                                    \
+			fprintf(stderr, "%s:%d: %s: %s == %lld, expected %s == %lld\n", __FILE__,  \
+				__LINE__, __func__, #a, _a, #b, _b);                               \
+			failures++;                                                                \
+			return;                                                                    \
+		}                                                                                  \
+	} while (0)
+
+static pid_t daemon_start(const char *capacity, ...)
+{
+	const char *argv[32] = {kvtierd, "-f", "-s", sock, "-o", NULL};
+	char cap[64];
+	int argc = 5;
+	va_list ap;
+	pid_t pid;
+
+	snprintf(cap, sizeof(cap), "host.capacity=%s", capacity);
+	argv[argc++] = cap;
+	argv[argc++] = "-o";
+	argv[argc++] = "daemon.log_level=warn";
+	va_start(ap, capacity);
+	for (const char *a; (a = va_arg(ap, const char *)) && argc < 30;)
+		argv[argc++] = a;
+	va_end(ap);
+	argv[argc] = NULL;
+	unlink(sock);
+	pid = fork();
+	if (pid == 0) {
+		execv(kvtierd, (char **)argv);
+		_exit(127);
+	}
+	cur_daemon = pid;
+	for (int i = 0; i < 500; i++) {
+		struct stat st;
+		if (stat(sock, &st) == 0)
+			return pid;
+		usleep(10000);
+	}
+	fprintf(stderr, "kvtierd did not create %s\n", sock);
+	kill(pid, SIGKILL);
+	return -1;
+}
+
+static int daemon_stop(pid_t pid)
+{
+	int st;
+
+	kill(pid, SIGTERM);
+	cur_daemon = 0;
+	if (waitpid(pid, &st, 0) < 0)
+		return -1;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static struct kvt_client *connect_ok(void)
+{
+	struct kvt_connect_opts o = {sizeof(o), sock, "test", 5000};
+	struct kvt_client *c = NULL;
+	int ret = kvt_connect(&o, &c);
+
+	if (ret < 0)
+		fprintf(stderr, "kvt_connect: %s\n", kvt_strerror(ret));
+	return c;
+}
+
+static struct kvt_layout small_layout(void)
+{
+	/* 4 layers x 2 heads x 16 tokens x 128 dims x K,V x fp16 = 64 KiB blocks */
+	struct kvt_layout l = {sizeof(l), 4, 2, 128, 16, KVT_DTYPE_FP16, 0, 0, 1, "test-model"};
+	return l;
+}
+
+static void fill(uint8_t *p, size_t n, uint64_t tag)
+{
+	uint64_t x = tag * 0x9e3779b97f4a7c15ull + 1;
+
+	for (size_t i = 0; i < n; i += 8) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		memcpy(p + i, &x, n - i < 8 ? n - i : 8);
+	}
+}
+
+static void make_keys(const struct kvt_layout *l, uint32_t salt, struct kvt_key *keys, int n)
+{
+	uint32_t *tok = malloc(sizeof(uint32_t) * l->block_tokens * (size_t)n);
+
+	for (size_t i = 0; i < (size_t)l->block_tokens * (size_t)n; i++)
+		tok[i] = (uint32_t)i * 2654435761u + salt;
+	kvt_key_chain(kvt_layout_fingerprint(l), l->block_tokens, NULL, tok,
+		      (size_t)l->block_tokens * (size_t)n, keys, (size_t)n);
+	free(tok);
+}
+
+/* Runs kvtierctl and returns its stdout (malloc'd) or NULL; *rc gets its exit status. */
+static char *ctl(int *rc, const char *fmt, ...)
+{
+	char cmd[1024], *out = NULL;
+	size_t len = 0;
+	va_list ap;
+	FILE *p, *m;
+	int c, st;
+
+	va_start(ap, fmt);
+	int n = snprintf(cmd, sizeof(cmd), "%s --socket %s ", kvtierctl, sock);
+	vsnprintf(cmd + n, sizeof(cmd) - (size_t)n, fmt, ap);
+	va_end(ap);
+	p = popen(cmd, "r");
+	if (!p)
+		return NULL;
+	m = open_memstream(&out, &len);
+	while ((c = fgetc(p)) != EOF)
+		fputc(c, m);
+	fclose(m);
+	st = pclose(p);
+	*rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+	return out;
+}
+
+/* The value of "name":N in JSON text, or -1. */
+static long long json_num(const char *js, const char *name)
+{
+	char pat[128];
+	const char *p;
+
+	snprintf(pat, sizeof(pat), "\"%s\":", name);
+	p = js ? strstr(js, pat) : NULL;
+	return p ? atoll(p + strlen(pat)) : -1;
+}
+
+static long long status_metric(const char *name)
+{
+	int rc;
+	char *js = ctl(&rc, "--json status");
+	long long v = rc == 0 ? json_num(js, name) : -2;
+
+	free(js);
+	return v;
+}
+
+/* ------------------------------------------------------------------------------------- */
+
+static void test_basic(void)
+{
+	struct kvt_layout l = small_layout();
+	size_t bb = kvt_layout_block_bytes(&l);
+	struct kvt_key keys[8];
+	uint8_t *a = malloc(bb), *b = malloc(bb);
+	struct kvt_client *c;
+	struct kvt_lease ls;
+	struct kvt_reservation r;
+	int lay;
+	pid_t pid = daemon_start("64MiB", NULL);
+
+	CHECK(pid > 0);
+	c = connect_ok();
+	CHECK(c);
+	lay = kvt_register_layout(c, &l);
+	CHECK_EQ(lay, 0);
+	CHECK_EQ(kvt_register_layout(c, &l), 0); /* same layout, same id */
+	make_keys(&l, 1, keys, 8);
+	CHECK_EQ(kvt_lookup(c, lay, keys, 8), 0);
+	for (int i = 0; i < 8; i++) {
+		fill(a, bb, (uint64_t)i);
+		CHECK_EQ(kvt_put(c, lay, &keys[i], a, bb), 0);
+	}
+	CHECK_EQ(kvt_put(c, lay, &keys[0], a, bb), 1); /* already stored */
+	CHECK_EQ(kvt_lookup(c, lay, keys, 8), 8);
+	for (int i = 0; i < 8; i++) {
+		fill(a, bb, (uint64_t)i);
+		CHECK_EQ(kvt_get(c, lay, &keys[i], b, bb), bb);
+		CHECK(memcmp(a, b, bb) == 0);
+	}
+	CHECK_EQ(kvt_get(c, lay, &keys[0], b, bb - 1), -ENOBUFS);
+	CHECK_EQ(kvt_get(c, 7, &keys[0], b, bb), -KVT_ENOLAYOUT);
+	/* Zero-copy put: invisible until committed, gone when aborted. */
+	struct kvt_key extra[9];
+	make_keys(&l, 2, extra, 9);
+	CHECK_EQ(kvt_put_reserve(c, lay, &extra[0], bb, &r), 0);
+	CHECK_EQ(kvt_lookup(c, lay, &extra[0], 1), 0);
+	CHECK_EQ(kvt_put_reserve(c, lay, &extra[0], bb, &(struct kvt_reservation){0}), -EEXIST);
+	fill(r.data, bb, 99);
+	CHECK_EQ(kvt_put_commit(c, &r), 0);
+	CHECK_EQ(kvt_lookup(c, lay, &extra[0], 1), 1);
+	CHECK_EQ(kvt_put_reserve(c, lay, &extra[1], bb, &r), 0);
+	CHECK_EQ(kvt_put_abort(c, &r), 0);
+	CHECK_EQ(kvt_lookup(c, lay, &extra[1], 1), 0);
+	CHECK_EQ(kvt_put_reserve(c, lay, &extra[2], bb + 1, &r), -EINVAL); /* longer than a block */
+	/* A lease stays valid across a delete; the block disappears for lookups at once. */
+	CHECK_EQ(kvt_get_lease(c, lay, &keys[2], &ls), 0);
+	CHECK_EQ(kvt_delete(c, lay, &keys[2]), 0);
+	CHECK_EQ(kvt_lookup(c, lay, keys, 8), 2);
+	fill(a, bb, 2);
+	CHECK(memcmp(ls.data, a, bb) == 0);
+	CHECK_EQ(kvt_lease_release(c, &ls), 0);
+	CHECK_EQ(kvt_delete(c, lay, &keys[2]), -ENOENT);
+	CHECK_EQ(kvt_get(c, lay, &keys[2], b, bb), -ENOENT);
+	CHECK_EQ(kvt_unpin(c, lay, &keys[3]), -EINVAL); /* not pinned */
+	CHECK_EQ(kvt_pin(c, lay, &keys[3]), 0);
+	CHECK_EQ(kvt_unpin(c, lay, &keys[3]), 0);
+	struct kvt_stats st = {.size = sizeof(st)};
+	CHECK_EQ(kvt_stats(c, &st), 0);
+	CHECK_EQ(st.puts, 9);
+	CHECK_EQ(st.host_blocks, 8);
+	CHECK(st.hits >= 8 && st.misses >= 1);
+	kvt_close(c);
+	kvt_close(NULL);
+	CHECK_EQ(daemon_stop(pid), 0);
+	free(a);
+	free(b);
+}
+
+static void test_eviction(void)
+{
+	struct kvt_layout l = small_layout();
+	size_t bb = kvt_layout_block_bytes(&l);
+	enum { N = 200 };
+	struct kvt_key keys[N];
+	uint8_t *a = malloc(bb), *b = malloc(bb);
+	struct kvt_client *c;
+	int lay, present = 0;
+	pid_t pid = daemon_start("4MiB", NULL); /* 64 blocks of 64 KiB */
+
+	CHECK(pid > 0);
+	c = connect_ok();
+	CHECK(c);
+	lay = kvt_register_layout(c, &l);
+	make_keys(&l, 3, keys, N);
+	fill(a, bb, 0);
+	CHECK_EQ(kvt_put(c, lay, &keys[0], a, bb), 0);
+	CHECK_EQ(kvt_pin(c, lay, &keys[0]), 0);
+	for (int i = 1; i < N; i++) {
+		fill(a, bb, (uint64_t)i);
+		CHECK_EQ(kvt_put(c, lay, &keys[i], a, bb), 0);
+	}
+	/* The pinned block survived; the most recent ones are there; all served bit-exact. */
+	CHECK_EQ(kvt_lookup(c, lay, keys, 1), 1);
+	CHECK_EQ(kvt_lookup(c, lay, &keys[N - 10], 10), 10);
+	for (int i = 0; i < N; i++) {
+		ssize_t g = kvt_get(c, lay, &keys[i], b, bb);
+		if (g == -ENOENT)
+			continue;
+		CHECK_EQ(g, bb);
+		fill(a, bb, (uint64_t)i);
+		CHECK(memcmp(a, b, bb) == 0);
+		present++;
+	}
+	CHECK(present > 20 && present <= 64);
+	CHECK(status_metric("evictions_total") >= N - 64);
+	CHECK(status_metric("used_bytes") <= 4 << 20);
+	/* Everything leased or pinned: a put gets a clear ENOSPC, nothing breaks. */
+	struct kvt_lease ls[64];
+	int nl = 0;
+	for (int i = 1; i < N && nl < 64; i++) {
+		if (kvt_get_lease(c, lay, &keys[i], &ls[nl]) == 0)
+			nl++;
+	}
+	struct kvt_key more[2];
+	make_keys(&l, 4, more, 2);
+	CHECK_EQ(kvt_put(c, lay, &more[0], a, bb), -ENOSPC);
+	for (int i = 0; i < nl; i++)
+		CHECK_EQ(kvt_lease_release(c, &ls[i]), 0);
+	CHECK_EQ(kvt_put(c, lay, &more[0], a, bb), 0);
+	/* kvtierctl evict empties the tier except the pinned block. */
+	int rc;
+	char *out = ctl(&rc, "evict --all");
+	CHECK_EQ(rc, 0);
+	CHECK(out && strstr(out, "evicted"));
+	free(out);
+	CHECK_EQ(kvt_lookup(c, lay, keys, 1), 1);
+	CHECK_EQ(kvt_lookup(c, lay, &more[0], 1), 0);
+	kvt_close(c);
+	CHECK_EQ(daemon_stop(pid), 0);
+	free(a);
+	free(b);
+}
+
+static void test_many_processes(void)
+{
+	enum { PROCS = 4, PER = 40 };
+	pid_t pid = daemon_start("64MiB", NULL), kids[PROCS];
+	int ok = 1;
+
+	CHECK(pid > 0);
+	for (int p = 0; p < PROCS; p++) {
+		kids[p] = fork();
+		if (kids[p] == 0) {
+			struct kvt_layout l = small_layout();
+			size_t bb = kvt_layout_block_bytes(&l);
+			struct kvt_key keys[PER], shared[PER];
+			uint8_t *a = malloc(bb), *b = malloc(bb);
+			struct kvt_client *c = connect_ok();
+			int lay, bad = 0;
+
+			if (!c)
+				_exit(2);
+			lay = kvt_register_layout(c, &l);
+			make_keys(&l, 100 + (uint32_t)p, keys, PER);
+			make_keys(&l, 7, shared, PER); /* every process puts the same prompt */
+			for (int round = 0; round < 5; round++) {
+				for (int i = 0; i < PER; i++) {
+					fill(a, bb, (uint64_t)(p * 1000 + i));
+					int r = kvt_put(c, lay, &keys[i], a, bb);
+					bad += r < 0;
+					fill(a, bb, (uint64_t)(7000 + i));
+					r = kvt_put(c, lay, &shared[i], a, bb);
+					bad += r < 0;
+				}
+				for (int i = 0; i < PER; i++) {
+					fill(a, bb, (uint64_t)(p * 1000 + i));
+					if (kvt_get(c, lay, &keys[i], b, bb) != (ssize_t)bb ||
+					    memcmp(a, b, bb))
+						bad++;
+					fill(a, bb, (uint64_t)(7000 + i));
+					ssize_t g = kvt_get(c, lay, &shared[i], b, bb);
+					if (g != (ssize_t)bb || memcmp(a, b, bb))
+						bad++;
+				}
+			}
+			kvt_close(c);
+			_exit(bad ? 1 : 0);
+		}
+	}
+	for (int p = 0; p < PROCS; p++) {
+		int st;
+		waitpid(kids[p], &st, 0);
+		ok &= WIFEXITED(st) && WEXITSTATUS(st) == 0;
+	}
+	CHECK(ok);
+	CHECK_EQ(status_metric("puts_total"), PROCS * PER + PER);
+	CHECK_EQ(daemon_stop(pid), 0);
+}
+
+/* A client killed holding a reservation, a lease and a pin leaves nothing behind. */
+static void test_client_sigkill(void)
+{
+	struct kvt_layout l = small_layout();
+	size_t bb = kvt_layout_block_bytes(&l);
+	struct kvt_key keys[4];
+	uint8_t *a = malloc(bb);
+	int pfd[2];
+	pid_t pid = daemon_start("64MiB", NULL), kid;
+	long long used0;
+
+	CHECK(pid > 0);
+	make_keys(&l, 9, keys, 4);
+	struct kvt_client *c = connect_ok();
+	CHECK(c);
+	int lay = kvt_register_layout(c, &l);
+	fill(a, bb, 1);
+	CHECK_EQ(kvt_put(c, lay, &keys[1], a, bb), 0);
+	used0 = status_metric("used_bytes");
+	for (int round = 0; round < 20; round++) {
+		CHECK(pipe(pfd) == 0);
+		kid = fork();
+		if (kid == 0) {
+			struct kvt_client *k = connect_ok();
+			struct kvt_reservation r;
+			struct kvt_lease ls;
+			int kl = kvt_register_layout(k, &l);
+			if (kvt_put_reserve(k, kl, &keys[0], bb, &r) < 0 ||
+			    kvt_get_lease(k, kl, &keys[1], &ls) < 0 || kvt_pin(k, kl, &keys[1]) < 0)
+				_exit(1);
+			memset(r.data, 0xab, bb / 2); /* half-written block */
+			ssize_t w = write(pfd[1], "x", 1);
+			(void)w;
+			pause();
+			_exit(0);
+		}
+		char x;
+		close(pfd[1]);
+		CHECK_EQ(read(pfd[0], &x, 1), 1);
+		close(pfd[0]);
+		/* Meanwhile the half-written block is invisible to everyone. */
+		CHECK_EQ(kvt_lookup(c, lay, keys, 1), 0);
+		CHECK_EQ(status_metric("reservations"), 1);
+		kill(kid, SIGKILL);
+		waitpid(kid, NULL, 0);
+		/* clients counts the kvtierctl that asks, too */
+		for (int i = 0; i < 200 && status_metric("clients") > 2; i++)
+			usleep(5000);
+		CHECK_EQ(status_metric("clients"), 2);
+		CHECK_EQ(status_metric("reservations"), 0);
+		CHECK_EQ(status_metric("leases"), 0);
+		CHECK_EQ(status_metric("pins"), 0);
+		CHECK_EQ(status_metric("used_bytes"), used0);
+		CHECK_EQ(kvt_lookup(c, lay, keys, 1), 0);
+	}
+	/* The key the dead client reserved can be stored by someone else. */
+	fill(a, bb, 0);
+	CHECK_EQ(kvt_put(c, lay, &keys[0], a, bb), 0);
+	kvt_close(c);
+	CHECK_EQ(daemon_stop(pid), 0);
+	free(a);
+}
+
+static int raw_connect(void)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+
+	strcpy(sa.sun_path, sock);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		close(fd);
+		return -1;
+	}
+	struct timeval tv = {5, 0};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	return fd;
+}
+
+static int raw_result(int fd)
+{
+	uint8_t buf[4096];
+	ssize_t n = recv(fd, buf, sizeof(buf), 0);
+	struct kvt_msg_result r;
+
+	if (n < (ssize_t)sizeof(r))
+		return n == 0 ? -ECONNRESET : -EBADMSG;
+	memcpy(&r, buf, sizeof(r));
+	return r.res;
+}
+
+static void test_bad_messages(void)
+{
+	pid_t pid = daemon_start("16MiB", NULL);
+	struct kvt_msg_hello h;
+	uint8_t *big = calloc(1, 70000);
+	int fd;
+
+	CHECK(pid > 0);
+	struct kvt_client *good = connect_ok();
+	CHECK(good);
+	struct kvt_layout l = small_layout();
+	int lay = kvt_register_layout(good, &l);
+	struct kvt_key k[1];
+	make_keys(&l, 11, k, 1);
+	uint8_t *blk = calloc(1, kvt_layout_block_bytes(&l));
+	CHECK_EQ(kvt_put(good, lay, k, blk, kvt_layout_block_bytes(&l)), 0);
+
+	fd = raw_connect();
+	CHECK(fd >= 0);
+	CHECK_EQ(send(fd, "abc", 3, 0), 3); /* truncated */
+	CHECK_EQ(raw_result(fd), -KVT_EPROTOCOL);
+	kvt_msg_init((struct kvt_msg_hdr *)big, KVT_MSG_HELLO, 70000); /* oversized */
+	CHECK_EQ(send(fd, big, 70000, 0), 70000);
+	CHECK_EQ(raw_result(fd), -EMSGSIZE);
+	memset(&h, 0, sizeof(h));
+	kvt_msg_init(&h.h, 77, sizeof(h)); /* unknown type */
+	CHECK_EQ(send(fd, &h, sizeof(h), 0), (ssize_t)sizeof(h));
+	CHECK_EQ(raw_result(fd), -KVT_EPROTOCOL);
+	kvt_msg_init(&h.h, KVT_MSG_LAYOUT, sizeof(struct kvt_msg_layout)); /* before HELLO */
+	struct kvt_msg_layout lm;
+	memset(&lm, 0, sizeof(lm));
+	lm.h = h.h;
+	CHECK_EQ(send(fd, &lm, sizeof(lm), 0), (ssize_t)sizeof(lm));
+	CHECK_EQ(raw_result(fd), -KVT_EPROTOCOL);
+	/* A library of another major version is refused and disconnected. */
+	kvt_msg_init(&h.h, KVT_MSG_HELLO, sizeof(h));
+	h.lib_version = 90000;
+	CHECK_EQ(send(fd, &h, sizeof(h), 0), (ssize_t)sizeof(h));
+	CHECK_EQ(raw_result(fd), -KVT_EVERSION);
+	close(fd);
+	/* A message header of another protocol version: refused too. */
+	fd = raw_connect();
+	kvt_msg_init(&h.h, KVT_MSG_HELLO, sizeof(h));
+	h.h.version = 9;
+	CHECK_EQ(send(fd, &h, sizeof(h), 0), (ssize_t)sizeof(h));
+	CHECK_EQ(raw_result(fd), -KVT_EVERSION);
+	close(fd);
+	/* An invalid layout gets EINVAL. */
+	struct kvt_layout bad = l;
+	bad.head_dim = 0;
+	CHECK_EQ(kvt_register_layout(good, &bad), -EINVAL);
+	/* The good client was never disturbed. */
+	CHECK_EQ(kvt_lookup(good, lay, k, 1), 1);
+	CHECK(status_metric("protocol_errors_total") >= 4);
+	kvt_close(good);
+	CHECK_EQ(daemon_stop(pid), 0);
+	free(big);
+	free(blk);
+}
+
+/* A hostile client writes garbage into its own rings: it may hurt itself, nobody else. */
+static void test_garbage_rings(void)
+{
+	pid_t pid = daemon_start("16MiB", NULL);
+	struct kvt_msg_hello h;
+	struct kvt_msg_hello_reply r;
+	int fds[KVT_HELLO_NFDS];
+	union {
+		char buf[CMSG_SPACE(sizeof(fds))];
+		struct cmsghdr a;
+	} u;
+	struct iovec iov = {&r, sizeof(r)};
+	struct msghdr mh = {.msg_iov = &iov,
+			    .msg_iovlen = 1,
+			    .msg_control = u.buf,
+			    .msg_controllen = sizeof(u.buf)};
+
+	CHECK(pid > 0);
+	struct kvt_client *good = connect_ok();
+	CHECK(good);
+	struct kvt_layout l = small_layout();
+	size_t bb = kvt_layout_block_bytes(&l);
+	int lay = kvt_register_layout(good, &l);
+	struct kvt_key k[4];
+	make_keys(&l, 12, k, 4);
+	uint8_t *a = malloc(bb), *b = malloc(bb);
+	for (int i = 0; i < 4; i++) {
+		fill(a, bb, (uint64_t)i);
+		CHECK_EQ(kvt_put(good, lay, &k[i], a, bb), 0);
+	}
+
+	srand(seed);
+	for (int round = 0; round < 30; round++) {
+		int fd = raw_connect();
+		CHECK(fd >= 0);
+		memset(&h, 0, sizeof(h));
+		kvt_msg_init(&h.h, KVT_MSG_HELLO, sizeof(h));
+		h.lib_version = KVT_VERSION_NUMBER;
+		CHECK_EQ(send(fd, &h, sizeof(h), 0), (ssize_t)sizeof(h));
+		mh.msg_controllen = sizeof(u.buf);
+		CHECK_EQ(recvmsg(fd, &mh, 0), (ssize_t)sizeof(r));
+		memcpy(fds, CMSG_DATA(CMSG_FIRSTHDR(&mh)), sizeof(fds));
+		uint8_t *ring =
+		    mmap(NULL, r.ring_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
+		CHECK(ring != MAP_FAILED);
+		struct kvt_shm_hdr *sh = (struct kvt_shm_hdr *)ring;
+		struct kvt_ring_ctl *sq = (struct kvt_ring_ctl *)(ring + sh->sq_off);
+		struct kvt_sqe *e = (struct kvt_sqe *)(ring + sh->sq_off + sizeof(*sq));
+		uint32_t n = sh->sq_entries;
+		/* Random entries: random ops, forged handles, offsets and lengths. */
+		for (uint32_t i = 0; i < n; i++) {
+			uint8_t *p = (uint8_t *)&e[i];
+			for (size_t j = 0; j < sizeof(*e); j++)
+				p[j] = (uint8_t)rand();
+			if (rand() % 2)
+				e[i].op = (uint8_t)(rand() % KVT_OP_MAX);
+			if (rand() % 4 == 0)
+				e[i].flags = 0;
+		}
+		uint32_t tail;
+		if (round % 3 == 0)
+			tail = (uint32_t)rand(); /* indices out of range: the daemon drops us */
+		else
+			tail = (uint32_t)(rand() % (int)n);
+		/* A ring header scribbled over too. */
+		if (round % 5 == 0)
+			memset(sh, 0xff, 64);
+		kvt_ring_publish(sq, tail);
+		uint64_t one = 1;
+		ssize_t w = write(fds[2], &one, sizeof(one));
+		(void)w;
+		usleep(2000);
+		munmap(ring, r.ring_size);
+		for (int i = 0; i < KVT_HELLO_NFDS; i++)
+			close(fds[i]);
+		close(fd);
+		/* After each round, the good client's blocks are all there and intact. */
+		for (int i = 0; i < 4; i++) {
+			fill(a, bb, (uint64_t)i);
+			CHECK_EQ(kvt_get(good, lay, &k[i], b, bb), bb);
+			CHECK(memcmp(a, b, bb) == 0);
+		}
+	}
+	/* clients counts the kvtierctl that asks, too */
+	for (int i = 0; i < 200 && status_metric("clients") > 2; i++)
+		usleep(5000);
+	CHECK_EQ(status_metric("clients"), 2);
+	CHECK_EQ(status_metric("reservations"), 0);
+	CHECK_EQ(status_metric("leases"), 0);
+	kvt_close(good);
+	CHECK_EQ(daemon_stop(pid), 0);
+	free(a);
+	free(b);
+}
+
+static int run_kvtierd(const char *args, char **err_out)
+{
+	char cmd[1024], *out = NULL;
+	size_t len = 0;
+	FILE *p, *m;
+	int c, st;
+
+	snprintf(cmd, sizeof(cmd), "%s %s 2>&1", kvtierd, args);
+	p = popen(cmd, "r");
+	m = open_memstream(&out, &len);
+	while ((c = fgetc(p)) != EOF)
+		fputc(c, m);
+	fclose(m);
+	st = pclose(p);
+	*err_out = out;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_config_errors(void)
+{
+	char *out, path[512];
+	FILE *f;
+
+	CHECK_EQ(run_kvtierd("-f -o host.capacity=lots", &out), 1);
+	CHECK(strstr(out, "host.capacity"));
+	free(out);
+	CHECK_EQ(run_kvtierd("-f -o host.low_watermark=0.99 -o host.high_watermark=0.5", &out), 1);
+	CHECK(strstr(out, "watermark"));
+	free(out);
+	CHECK_EQ(run_kvtierd("-f -c /nonexistent/kvtierd.conf", &out), 1);
+	free(out);
+	CHECK_EQ(run_kvtierd("--bogus", &out), 2);
+	free(out);
+	snprintf(path, sizeof(path), "%s/bad.conf", dir);
+	f = fopen(path, "w");
+	fprintf(f, "[host]\ncapacity = 1GiB\n[daemon]\ntick_ms = -5\n");
+	fclose(f);
+	char args[600];
+	snprintf(args, sizeof(args), "-f -c %s", path);
+	CHECK_EQ(run_kvtierd(args, &out), 1);
+	CHECK(strstr(out, "daemon.tick_ms") && strstr(out, ":4"));
+	free(out);
+	/* --print-config prints what a config file can hold, and reads it back. */
+	snprintf(args, sizeof(args), "--print-config -o host.capacity=3GiB");
+	CHECK_EQ(run_kvtierd(args, &out), 0);
+	CHECK(strstr(out, "[host]") && strstr(out, "capacity = 3221225472"));
+	f = fopen(path, "w");
+	fputs(out, f);
+	fclose(f);
+	free(out);
+	snprintf(args, sizeof(args), "--print-config -c %s", path);
+	CHECK_EQ(run_kvtierd(args, &out), 0);
+	CHECK(strstr(out, "capacity = 3221225472"));
+	free(out);
+}
+
+static void test_kvtierctl(void)
+{
+	pid_t pid = daemon_start("32MiB", NULL);
+	char *out;
+	int rc;
+
+	CHECK(pid > 0);
+	struct kvt_client *c = connect_ok();
+	struct kvt_layout l = small_layout();
+	size_t bb = kvt_layout_block_bytes(&l);
+	int lay = kvt_register_layout(c, &l);
+	struct kvt_key k[3];
+	uint8_t *a = calloc(1, bb);
+	make_keys(&l, 13, k, 3);
+	for (int i = 0; i < 3; i++)
+		CHECK_EQ(kvt_put(c, lay, &k[i], a, bb), 0);
+	CHECK_EQ(kvt_get(c, lay, &k[0], a, bb), bb);
+
+	out = ctl(&rc, "--json status");
+	CHECK_EQ(rc, 0);
+	CHECK(strstr(out, "\"name\":\"host\"") && strstr(out, "\"capacity_bytes\":33554432"));
+	CHECK_EQ(json_num(out, "blocks"), 3);
+	CHECK_EQ(json_num(out, "used_bytes"), 3 * bb);
+	CHECK(json_num(out, "hits") >= 1 && json_num(out, "misses") == 0);
+	CHECK(strstr(out, "\"codec\":\"raw\""));
+	free(out);
+	out = ctl(&rc, "status");
+	CHECK(rc == 0 && strstr(out, "host") && strstr(out, "32.0 MiB"));
+	free(out);
+	out = ctl(&rc, "tiers");
+	CHECK(rc == 0 && strstr(out, "watermarks"));
+	free(out);
+	out = ctl(&rc, "--json blocks --limit 2");
+	CHECK(rc == 0 && out[0] == '[' && strstr(out, "\"bytes\":65536"));
+	free(out);
+	out = ctl(&rc, "clients");
+	CHECK(rc == 0 && strstr(out, "test"));
+	free(out);
+	out = ctl(&rc, "--json clients");
+	CHECK(rc == 0 && strstr(out, "\"name\":\"test\""));
+	free(out);
+	out = ctl(&rc, "metrics");
+	CHECK(rc == 0 && strstr(out, "# TYPE kvtier_puts_total counter") &&
+	      strstr(out, "kvtier_puts_total 3") &&
+	      strstr(out, "kvtier_tier_blocks{tier=\"host\"} 3"));
+	/* promtool (Debian's prometheus package) judges the format when it is installed. */
+	if (access("/usr/bin/promtool", X_OK) == 0) {
+		char path[512];
+		snprintf(path, sizeof(path), "%s/metrics.txt", dir);
+		FILE *f = fopen(path, "w");
+		fputs(out, f);
+		fclose(f);
+		char cmd[700];
+		snprintf(cmd, sizeof(cmd), "promtool check metrics < %s", path);
+		CHECK_EQ(system(cmd), 0);
+	} else {
+		printf("promtool not installed: metrics format checked by substring only\n");
+	}
+	free(out);
+	out = ctl(&rc, "flush");
+	CHECK_EQ(rc, 0);
+	free(out);
+	out = ctl(&rc, "bogus");
+	CHECK_EQ(rc, 2);
+	free(out);
+	out = ctl(&rc, "evict");
+	CHECK_EQ(rc, 2); /* needs --bytes or --all */
+	free(out);
+	kvt_close(c);
+	CHECK_EQ(daemon_stop(pid), 0);
+	/* No daemon: a clear error, exit 1. */
+	out = ctl(&rc, "status 2>/dev/null");
+	CHECK_EQ(rc, 1);
+	free(out);
+	free(a);
+}
+
+static const struct {
+	const char *name;
+	void (*fn)(void);
+} tests[] = {
+    {"basic", test_basic},
+    {"eviction", test_eviction},
+    {"many_processes", test_many_processes},
+    {"client_sigkill", test_client_sigkill},
+    {"bad_messages", test_bad_messages},
+    {"garbage_rings", test_garbage_rings},
+    {"config_errors", test_config_errors},
+    {"kvtierctl", test_kvtierctl},
+};
+
+int main(int argc, char **argv)
+{
+	int ran = 0, first_name = 3;
+	char cmd[600];
+
+	if (argc < 3) {
+		fprintf(stderr, "usage: test_daemon KVTIERD KVTIERCTL [--seed N] [TEST...]\n");
+		return 2;
+	}
+	kvtierd = argv[1];
+	kvtierctl = argv[2];
+	seed = (unsigned)time(NULL);
+	if (argc > 4 && !strcmp(argv[3], "--seed")) {
+		seed = (unsigned)strtoul(argv[4], NULL, 0);
+		first_name = 5;
+	}
+	printf("seed %u (rerun with --seed %u)\n", seed, seed);
+	snprintf(dir, sizeof(dir), "/tmp/kvtier-it-XXXXXX");
+	if (!mkdtemp(dir))
+		return 1;
+	snprintf(sock, sizeof(sock), "%s/kvtier.sock", dir);
+	signal(SIGPIPE, SIG_IGN);
+	for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
+		bool want = argc <= first_name;
+		for (int j = first_name; j < argc; j++)
+			want |= !strcmp(argv[j], tests[i].name);
+		if (!want)
+			continue;
+		int before = failures;
+		tests[i].fn();
+		if (cur_daemon > 0) {
+			/* A failed check returned early: don't leave the daemon behind. */
+			kill(cur_daemon, SIGKILL);
+			waitpid(cur_daemon, NULL, 0);
+			cur_daemon = 0;
+		}
+		printf("[%s] %s\n", failures == before ? "  OK  " : "FAILED", tests[i].name);
+		ran++;
+	}
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	if (system(cmd) != 0)
+		return 1;
+	printf("%d passed, %d failed\n", ran - failures, failures);
+	return failures ? 1 : 0;
+}
