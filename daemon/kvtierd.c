@@ -84,11 +84,10 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			if (opt == 's') {
-				char *a = malloc(strlen(optarg) + 16);
-				if (!a)
-					return 1;
-				sprintf(a, "daemon.socket=%s", optarg);
-				overrides[noverrides++] = a;
+				static char sock_override[160];
+				snprintf(sock_override, sizeof(sock_override), "daemon.socket=%s",
+					 optarg);
+				overrides[noverrides++] = sock_override;
 			} else {
 				overrides[noverrides++] = optarg;
 			}

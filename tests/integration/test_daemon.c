@@ -296,18 +296,31 @@ static void test_eviction(void)
 	CHECK(status_metric("evictions_total") >= N - 64);
 	CHECK(status_metric("used_bytes") <= 4 << 20);
 	/* Everything leased or pinned: a put gets a clear ENOSPC, nothing breaks. */
-	struct kvt_lease ls[64];
-	int nl = 0;
+	struct kvt_lease ls[200];
+	struct kvt_key more[80];
+	int nl = 0, r = 0;
 	for (int i = 1; i < N && nl < 64; i++) {
 		if (kvt_get_lease(c, lay, &keys[i], &ls[nl]) == 0)
 			nl++;
 	}
-	struct kvt_key more[2];
-	make_keys(&l, 4, more, 2);
-	CHECK_EQ(kvt_put(c, lay, &more[0], a, bb), -ENOSPC);
+	int first_more = nl;
+	make_keys(&l, 4, more, 80);
+	for (int i = 0; i < 80; i++) {
+		fill(a, bb, (uint64_t)(1000 + i));
+		r = kvt_put(c, lay, &more[i], a, bb);
+		if (r < 0)
+			break;
+		CHECK_EQ(kvt_get_lease(c, lay, &more[i], &ls[nl++]), 0);
+	}
+	CHECK_EQ(r, -ENOSPC);
+	CHECK(status_metric("enospc_total") >= 1);
+	/* Leased blocks were neither evicted nor overwritten by the pressure. */
+	CHECK(nl > first_more);
+	fill(a, bb, 1000);
+	CHECK(memcmp(ls[first_more].data, a, bb) == 0);
 	for (int i = 0; i < nl; i++)
 		CHECK_EQ(kvt_lease_release(c, &ls[i]), 0);
-	CHECK_EQ(kvt_put(c, lay, &more[0], a, bb), 0);
+	CHECK_EQ(kvt_put(c, lay, &more[79], a, bb), 0);
 	/* kvtierctl evict empties the tier except the pinned block. */
 	int rc;
 	char *out = ctl(&rc, "evict --all");
@@ -315,7 +328,7 @@ static void test_eviction(void)
 	CHECK(out && strstr(out, "evicted"));
 	free(out);
 	CHECK_EQ(kvt_lookup(c, lay, keys, 1), 1);
-	CHECK_EQ(kvt_lookup(c, lay, &more[0], 1), 0);
+	CHECK_EQ(kvt_lookup(c, lay, &more[79], 1), 0);
 	kvt_close(c);
 	CHECK_EQ(daemon_stop(pid), 0);
 	free(a);
