@@ -227,16 +227,21 @@ int main(int argc, char **argv)
 	measure({"arena_d2h", "ceiling", "d2h", "cudaMemcpyAsync, memfd arena", (double)total},
 		[&] { CK(cudaMemcpyAsync(arena, dpool, total, cudaMemcpyDeviceToHost, s1)); });
 
-	/* engines: one per stream (an engine is single-stream) */
-	struct kvt_gpu_engine *e1, *e2, *e_small;
+	/* engines: one per stream (an engine is single-stream); variants for the options */
+	struct kvt_gpu_engine *e1, *e2, *e1o, *e2o, *e1all, *e2all;
 	struct kvt_gpu_engine_opts eo;
 	memset(&eo, 0, sizeof(eo));
 	eo.size = sizeof(eo);
 	eo.device = 0;
 	OK(kvt_gpu_engine_create(&eo, &e1));
 	OK(kvt_gpu_engine_create(&eo, &e2));
-	eo.max_ctas = (uint32_t)prop.multiProcessorCount / 4;
-	OK(kvt_gpu_engine_create(&eo, &e_small));
+	eo.flags = KVT_GPU_ENGINE_BATCH_OVERLAP;
+	OK(kvt_gpu_engine_create(&eo, &e1o));
+	OK(kvt_gpu_engine_create(&eo, &e2o));
+	eo.flags = 0;
+	eo.max_ctas = (uint32_t)prop.multiProcessorCount * 4;
+	OK(kvt_gpu_engine_create(&eo, &e1all));
+	OK(kvt_gpu_engine_create(&eo, &e2all));
 
 	/* segment lists: pages at random distinct slots of the device pool; host side, kvtier
 	 * blocks of max(page, 2 MiB) (page-first: a block's pages are contiguous) at random
@@ -266,118 +271,96 @@ int main(int argc, char **argv)
 		}
 		return s;
 	};
-	static const char *mode_names[] = {"auto", "kernel", "staged", "dma", "dma_batch"};
+	struct variant {
+		const char *name;
+		kvt_gpu_mode mode;
+		struct kvt_gpu_engine *a, *b;
+	} variants[] = {
+	    {"auto", KVT_GPU_AUTO, e1, e2},
+	    {"dma", KVT_GPU_DMA, e1, e2},
+	    {"dma_batch", KVT_GPU_DMA_BATCH, e1, e2},
+	    {"dma_batch_overlap", KVT_GPU_DMA_BATCH, e1o, e2o},
+	    {"staged", KVT_GPU_STAGED, e1, e2},
+	    {"kernel", KVT_GPU_KERNEL, e1, e2},
+	    {"kernel_all_sms", KVT_GPU_KERNEL, e1all, e2all},
+	};
+	/* every copy mode on one workload, each direction and both at once; the target applies
+	 * to AUTO, the path a client takes */
+	auto run_modes = [&](const std::string &tag, size_t psize, double target) {
+		auto d2h = make_pages(psize, dpool, arena, true);
+		auto h2d = make_pages(psize, dpool2, arena2, false);
 
-	fprintf(stderr, "blocks >= 1 MiB (scattered device blocks <-> arena)\n");
-	for (size_t bsz : {(size_t)1 << 20, (size_t)2 << 20}) {
-		auto d2h = make_pages(bsz, dpool, arena, true);
-		auto h2d = make_pages(bsz, dpool2, arena2, false);
-		std::string tag = std::to_string(bsz >> 20) + "MiB";
-
-		measure({"blocks_" + tag + "_d2h", "blocks", "d2h", "auto", (double)total}, [&] {
-			OK(kvt_gpu_copy(e1, d2h.data(), d2h.size(), KVT_GPU_D2H, KVT_GPU_AUTO, s1));
-		});
-		compare("blocks_" + tag + "_d2h", "ceiling_d2h", 0.9);
-		measure({"blocks_" + tag + "_h2d", "blocks", "h2d", "auto", (double)total}, [&] {
-			OK(kvt_gpu_copy(e1, h2d.data(), h2d.size(), KVT_GPU_H2D, KVT_GPU_AUTO, s1));
-		});
-		compare("blocks_" + tag + "_h2d", "ceiling_h2d", 0.9);
-		measure(
-		    {"blocks_" + tag + "_both", "blocks", "both", "auto", 2.0 * total},
-		    [&] {
-			    OK(kvt_gpu_copy(e1, d2h.data(), d2h.size(), KVT_GPU_D2H, KVT_GPU_AUTO,
-					    s1));
-			    OK(kvt_gpu_copy(e2, h2d.data(), h2d.size(), KVT_GPU_H2D, KVT_GPU_AUTO,
-					    s2));
-		    },
-		    true);
-		compare("blocks_" + tag + "_both", "ceiling_both", 0.9);
-	}
-
-	fprintf(stderr,
-		"64 KiB pages batched (scattered device pages <-> scattered 2 MiB arena blocks)\n");
-	{
-		auto d2h = make_pages(page, dpool, arena, true);
-		auto h2d = make_pages(page, dpool2, arena2, false);
-
-		measure({"pages64k_naive_d2h", "pages64k", "d2h", "cudaMemcpyAsync per page",
-			 (double)total},
-			[&] {
-				for (auto &s : d2h)
-					CK(cudaMemcpyAsync((void *)s.dst, (void *)s.src, s.len,
-							   cudaMemcpyDeviceToHost, s1));
-			});
-		compare("pages64k_naive_d2h", "ceiling_d2h", 0);
-		measure({"pages64k_naive_h2d", "pages64k", "h2d", "cudaMemcpyAsync per page",
-			 (double)total},
-			[&] {
-				for (auto &s : h2d)
-					CK(cudaMemcpyAsync((void *)s.dst, (void *)s.src, s.len,
-							   cudaMemcpyHostToDevice, s1));
-			});
-		compare("pages64k_naive_h2d", "ceiling_h2d", 0);
-		for (int m = KVT_GPU_AUTO; m <= KVT_GPU_DMA_BATCH; m++) {
-			std::string mn = mode_names[m];
-			int probe =
-			    kvt_gpu_copy(e1, d2h.data(), 1, KVT_GPU_D2H, (kvt_gpu_mode)m, s1);
+		if (psize < (1u << 20)) {
+			measure({tag + "_naive_d2h", tag, "d2h", "cudaMemcpyAsync per page",
+				 (double)total},
+				[&] {
+					for (auto &x : d2h)
+						CK(cudaMemcpyAsync((void *)x.dst, (void *)x.src,
+								   x.len, cudaMemcpyDeviceToHost,
+								   s1));
+				});
+			compare(tag + "_naive_d2h", "ceiling_d2h", 0);
+			measure({tag + "_naive_h2d", tag, "h2d", "cudaMemcpyAsync per page",
+				 (double)total},
+				[&] {
+					for (auto &x : h2d)
+						CK(cudaMemcpyAsync((void *)x.dst, (void *)x.src,
+								   x.len, cudaMemcpyHostToDevice,
+								   s1));
+				});
+			compare(tag + "_naive_h2d", "ceiling_h2d", 0);
+		}
+		for (auto &v : variants) {
+			std::string n = tag + "_" + v.name;
+			double tgt = v.mode == KVT_GPU_AUTO ? target : 0;
+			int probe = kvt_gpu_copy(v.a, d2h.data(), 1, KVT_GPU_D2H, v.mode, s1);
 
 			CK(cudaStreamSynchronize(s1));
 			if (probe == -EOPNOTSUPP) {
-				fprintf(stderr, "  mode %s: not supported\n", mn.c_str());
+				fprintf(stderr, "  mode %s: not supported\n", v.name);
 				continue;
 			}
-			double tgt = m == KVT_GPU_DMA ? 0 : 0.8;
-			measure({"pages64k_" + mn + "_d2h", "pages64k", "d2h", mn, (double)total},
-				[&] {
-					OK(kvt_gpu_copy(e1, d2h.data(), d2h.size(), KVT_GPU_D2H,
-							(kvt_gpu_mode)m, s1));
-				});
-			compare("pages64k_" + mn + "_d2h", "ceiling_d2h", tgt);
-			measure({"pages64k_" + mn + "_h2d", "pages64k", "h2d", mn, (double)total},
-				[&] {
-					OK(kvt_gpu_copy(e1, h2d.data(), h2d.size(), KVT_GPU_H2D,
-							(kvt_gpu_mode)m, s1));
-				});
-			compare("pages64k_" + mn + "_h2d", "ceiling_h2d", tgt);
-			if (m == KVT_GPU_KERNEL)
-				continue; /* two zero-copy kernels at once split the SMs; not a path
-					     we pick */
+			OK(probe);
+			measure({n + "_d2h", tag, "d2h", v.name, (double)total}, [&] {
+				OK(kvt_gpu_copy(v.a, d2h.data(), d2h.size(), KVT_GPU_D2H, v.mode,
+						s1));
+			});
+			compare(n + "_d2h", "ceiling_d2h", tgt);
+			measure({n + "_h2d", tag, "h2d", v.name, (double)total}, [&] {
+				OK(kvt_gpu_copy(v.a, h2d.data(), h2d.size(), KVT_GPU_H2D, v.mode,
+						s1));
+			});
+			compare(n + "_h2d", "ceiling_h2d", tgt);
 			measure(
-			    {"pages64k_" + mn + "_both", "pages64k", "both", mn, 2.0 * total},
+			    {n + "_both", tag, "both", v.name, 2.0 * total},
 			    [&] {
-				    OK(kvt_gpu_copy(e1, d2h.data(), d2h.size(), KVT_GPU_D2H,
-						    (kvt_gpu_mode)m, s1));
-				    OK(kvt_gpu_copy(e2, h2d.data(), h2d.size(), KVT_GPU_H2D,
-						    (kvt_gpu_mode)m, s2));
+				    OK(kvt_gpu_copy(v.a, d2h.data(), d2h.size(), KVT_GPU_D2H,
+						    v.mode, s1));
+				    OK(kvt_gpu_copy(v.b, h2d.data(), h2d.size(), KVT_GPU_H2D,
+						    v.mode, s2));
 			    },
 			    true);
-			compare("pages64k_" + mn + "_both", "ceiling_both", tgt);
+			compare(n + "_both", "ceiling_both", tgt);
 		}
-		/* the zero-copy kernel held to a quarter of the SMs: what a co-running engine keeps
-		 */
-		measure({"pages64k_kernel_quarter_sms_d2h", "pages64k", "d2h", "kernel, SMs/4 CTAs",
-			 (double)total},
-			[&] {
-				OK(kvt_gpu_copy(e_small, d2h.data(), d2h.size(), KVT_GPU_D2H,
-						KVT_GPU_KERNEL, s1));
-			});
-		compare("pages64k_kernel_quarter_sms_d2h", "ceiling_d2h", 0);
-		measure({"pages64k_kernel_quarter_sms_h2d", "pages64k", "h2d", "kernel, SMs/4 CTAs",
-			 (double)total},
-			[&] {
-				OK(kvt_gpu_copy(e_small, h2d.data(), h2d.size(), KVT_GPU_H2D,
-						KVT_GPU_KERNEL, s1));
-			});
-		compare("pages64k_kernel_quarter_sms_h2d", "ceiling_h2d", 0);
+	};
+
+	fprintf(stderr, "1 MiB blocks (scattered device blocks <-> scattered arena blocks)\n");
+	run_modes("blocks1MiB", 1 << 20, 0.9);
+	fprintf(stderr, "2 MiB blocks\n");
+	run_modes("blocks2MiB", 2 << 20, 0.9);
+	fprintf(stderr,
+		"64 KiB pages batched (scattered device pages <-> scattered 2 MiB arena blocks)\n");
+	run_modes("pages64KiB", 64 << 10, 0.8);
+	{
 		/* device gather of the same pages into a pool (the GPU tier's D2D path) */
 		auto d2d = make_pages(page, dpool, dpool2, true);
-		measure(
-		    {"pages64k_kernel_d2d", "pages64k", "d2d", "kernel (read+write)", 2.0 * total},
-		    [&] {
-			    OK(kvt_gpu_copy(e1, d2d.data(), d2d.size(), KVT_GPU_D2D, KVT_GPU_KERNEL,
-					    s1));
-		    });
-		compare("pages64k_kernel_d2d", "ceiling_d2d", 0);
+		measure({"pages64KiB_kernel_d2d", "pages64KiB", "d2d", "kernel (read+write)",
+			 2.0 * total},
+			[&] {
+				OK(kvt_gpu_copy(e1, d2d.data(), d2d.size(), KVT_GPU_D2D,
+						KVT_GPU_KERNEL, s1));
+			});
+		compare("pages64KiB_kernel_d2d", "ceiling_d2d", 0);
 	}
 
 	fprintf(stderr,
@@ -390,6 +373,9 @@ int main(int argc, char **argv)
 		p.tokens = 64;
 		p.heads = 8;
 		p.head_dim = 128;
+		p.bits = 8;
+		p.k_group = 32;
+		p.v_group = 32;
 		const size_t raw = kvt_gpu_q_raw_bytes(&p);
 		const size_t ntiles = total / raw;
 		struct cfg {
@@ -508,9 +494,8 @@ int main(int argc, char **argv)
 			fail);
 		fclose(f);
 	}
-	kvt_gpu_engine_destroy(e1);
-	kvt_gpu_engine_destroy(e2);
-	kvt_gpu_engine_destroy(e_small);
+	for (auto *e : {e1, e2, e1o, e2o, e1all, e2all})
+		kvt_gpu_engine_destroy(e);
 	kvt_gpu_host_unregister(arena);
 	return 0;
 }

@@ -19,13 +19,17 @@ struct kvt_gpu_engine {
 	int device;
 	int sms;
 	int host_ptr_ok;   /* registered host pointers are valid device pointers */
-	uint32_t max_ctas; /* cap for the copy kernels */
+	uint32_t flags;	   /* KVT_GPU_ENGINE_* */
+	uint32_t ctas_bus; /* cap for copy kernels that cross the bus */
+	uint32_t ctas_dev; /* cap for device-to-device copy kernels */
 	char *staging;	   /* two halves, used alternately */
 	uint64_t staging_bytes;
 	cudaStream_t side; /* DMA stream of the staged path */
 	cudaEvent_t ev_start, ev_k[2], ev_c[2];
 	struct kvt_gpu_seg *tmp; /* coalesced copy of the caller's segments */
 	size_t tmp_cap;
+	struct kvt_gpu_seg *runs; /* DMA list of the staged path */
+	size_t runs_cap;
 	void **b_dst, **b_src; /* cudaMemcpyBatchAsync arrays */
 	size_t *b_len;
 	size_t b_cap;

@@ -21,11 +21,13 @@
 /* Copy kernel descriptors travel as one by-value kernel parameter (up to 32 KiB on sm_70+
  * with CUDA >= 12.1), so a launch needs no descriptor upload and no descriptor memory whose
  * reuse would have to be tracked. */
-#define KVT_DESC_MAX   1000
-#define KVT_CHUNK      (64u << 10)  /* bytes per descriptor: one thread block's share */
-#define KVT_DIRECT_MIN (1u << 20)   /* runs at least this long go straight to DMA */
-#define KVT_RUN_MIN    (256u << 10) /* staged pays off when host runs average this much */
-#define KVT_THREADS    512
+#define KVT_DESC_MAX 1000
+#define KVT_CHUNK    (64u << 10) /* bytes per descriptor: one thread block's share */
+#define KVT_DIRECT_MIN                                                                             \
+	(8u << 20)		 /* runs this long go straight to DMA: the ~2.5 us each            \
+				  * cudaMemcpyAsync costs is < 3 % of them */
+#define KVT_RUN_MIN (256u << 10) /* staged pays off when host runs average this much */
+#define KVT_THREADS 512
 
 struct kvt_desc {
 	uint64_t src;
@@ -416,6 +418,7 @@ void kvt_gpu_engine_destroy(struct kvt_gpu_engine *e)
 			cudaFree(e->staging);
 	}
 	free(e->tmp);
+	free(e->runs);
 	free(e->b_dst);
 	free(e->b_src);
 	free(e->b_len);
@@ -446,6 +449,7 @@ int kvt_gpu_engine_create(const struct kvt_gpu_engine_opts *o, struct kvt_gpu_en
 		return -ENOMEM;
 	e->magic = KVT_GPU_ENGINE_MAGIC;
 	e->device = dev;
+	e->flags = o ? o->flags : 0;
 	e->staging_bytes = o && o->staging_bytes ? o->staging_bytes : (64ull << 20);
 	/* each half must hold any run that is not sent directly */
 	if (e->staging_bytes < 4 * (uint64_t)KVT_DIRECT_MIN)
@@ -457,7 +461,9 @@ int kvt_gpu_engine_create(const struct kvt_gpu_engine_opts *o, struct kvt_gpu_en
 		KVT_CU(cudaGetDeviceProperties(&prop, dev));
 		e->sms = prop.multiProcessorCount;
 		e->host_ptr_ok = prop.canUseHostPointerForRegisteredMem;
-		e->max_ctas =
+		e->ctas_bus =
+		    o && o->max_ctas ? o->max_ctas : (uint32_t)(e->sms / 4 ? e->sms / 4 : 1);
+		e->ctas_dev =
 		    o && o->max_ctas
 			? o->max_ctas
 			: (uint32_t)(e->sms * (prop.maxThreadsPerMultiProcessor / KVT_THREADS));
@@ -527,6 +533,7 @@ __global__ void kvt_signal_kernel(unsigned long long *flag, unsigned long long v
 struct kvt_launcher {
 	struct kvt_gpu_engine *e;
 	cudaStream_t stream;
+	uint32_t ctas; /* grid cap */
 	kvt_copy_batch b;
 	int ops;
 };
@@ -538,7 +545,7 @@ static int launcher_flush(struct kvt_launcher *l)
 
 	if (!l->b.n)
 		return 0;
-	grid = l->b.n < l->e->max_ctas ? l->b.n : l->e->max_ctas;
+	grid = l->b.n < l->ctas ? l->b.n : l->ctas;
 	kvt_copy_kernel<<<grid, KVT_THREADS, 0, l->stream>>>(l->b);
 	KVT_CU(cudaGetLastError());
 	l->ops++;
@@ -594,17 +601,29 @@ out:
 	return ret;
 }
 
-static int copy_dma_batch(struct kvt_gpu_engine *e, const struct kvt_gpu_seg *s, size_t n,
-			  cudaStream_t stream)
+static bool batch_api(cudaStream_t stream)
 {
+#if CUDART_VERSION >= 13000
+	return stream != NULL; /* the batch API refuses the legacy stream */
+#else
+	return false;
+#endif
+}
+
+/* All segments as DMA: one cudaMemcpyBatchAsync per 4096 where the runtime has it (no
+ * submission gap between the copies of a batch), else one cudaMemcpyAsync each.  Returns
+ * the calls made. */
+static int dma_many(struct kvt_gpu_engine *e, const struct kvt_gpu_seg *s, size_t n,
+		    cudaStream_t stream)
+{
+	if (!batch_api(stream))
+		return copy_dma(s, n, stream);
 #if CUDART_VERSION >= 13000
 	struct cudaMemcpyAttributes attr;
 	size_t attr_idx = 0;
-	int ret = 0, ops = 0;
 	const size_t per_call = 4096;
+	int ret = 0, ops = 0;
 
-	if (!stream)
-		return -EOPNOTSUPP; /* the batch API refuses the legacy stream */
 	if (e->b_cap < n) {
 		void **d = (void **)realloc(e->b_dst, n * sizeof(*d));
 		void **sr = d ? (void **)realloc(e->b_src, n * sizeof(*sr)) : NULL;
@@ -626,7 +645,8 @@ static int copy_dma_batch(struct kvt_gpu_engine *e, const struct kvt_gpu_seg *s,
 	}
 	memset(&attr, 0, sizeof(attr));
 	attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
-	attr.flags = cudaMemcpyFlagPreferOverlapWithCompute;
+	if (e->flags & KVT_GPU_ENGINE_BATCH_OVERLAP)
+		attr.flags = cudaMemcpyFlagPreferOverlapWithCompute;
 	for (size_t i = 0; i < n; i += per_call) {
 		size_t c = n - i < per_call ? n - i : per_call;
 
@@ -638,30 +658,43 @@ static int copy_dma_batch(struct kvt_gpu_engine *e, const struct kvt_gpu_seg *s,
 out:
 	return ret;
 #else
-	return -EOPNOTSUPP;
+	return copy_dma(s, n, stream);
 #endif
 }
 
-/* A contiguous host range and where it sits in the staging half. */
-struct kvt_run {
-	uint64_t host;
-	uint64_t stage;
-	uint64_t len;
-};
+static int runs_push(struct kvt_gpu_engine *e, size_t *nruns, uint64_t src, uint64_t dst,
+		     uint64_t len)
+{
+	if (*nruns == e->runs_cap) {
+		size_t nc = e->runs_cap ? 2 * e->runs_cap : 256;
+		struct kvt_gpu_seg *nr = (struct kvt_gpu_seg *)realloc(e->runs, nc * sizeof(*nr));
+
+		if (!nr)
+			return -ENOMEM;
+		e->runs = nr;
+		e->runs_cap = nc;
+	}
+	e->runs[*nruns].src = src;
+	e->runs[*nruns].dst = dst;
+	e->runs[*nruns].len = len;
+	(*nruns)++;
+	return 0;
+}
 
 /*
  * Staged path.  D2H per round: [stream] gather kernel into half h -> ev_k[h];
- * [side] wait ev_k[h], DMA each run to the host -> ev_c[h]; a later round on the same half
+ * [side] wait ev_k[h], DMA the runs to the host -> ev_c[h]; a later round on the same half
  * first makes the stream wait ev_c[h].  H2D is the mirror: [side] DMA runs into half h ->
  * ev_c[h]; [stream] wait ev_c[h], scatter kernel -> ev_k[h]; the side stream waits ev_k[h]
- * before it reuses the half.  Runs of >= KVT_DIRECT_MIN skip the staging buffer.
+ * before it reuses the half.  A round fits one half and one kernel launch (an early launch
+ * would gather into a half still being sent, or scatter data that has not arrived).  Runs
+ * of >= KVT_DIRECT_MIN skip the staging buffer.
  */
 static int copy_staged(struct kvt_gpu_engine *e, const struct kvt_gpu_seg *s, size_t n, bool d2h,
 		       cudaStream_t stream, struct kvt_launcher *l)
 {
 	const uint64_t half = e->staging_bytes / 2;
-	struct kvt_run *runs = NULL;
-	size_t nruns = 0, cap_runs = 0, i = 0;
+	size_t nruns = 0, i = 0;
 	uint64_t used = 0;
 	unsigned round = 0;
 	int ret = 0, ops = 0;
@@ -684,15 +717,11 @@ static int copy_staged(struct kvt_gpu_engine *e, const struct kvt_gpu_seg *s, si
 				i++;
 				continue;
 			}
-			/* a round must fit one half and one kernel launch: an early launch
-			 * would gather into a half still being sent, or scatter data that
-			 * has not arrived */
 			flush = used + len > half ||
 				l->b.n + (len + KVT_CHUNK - 1) / KVT_CHUNK > KVT_DESC_MAX;
 		}
 		if (flush && used) {
 			const unsigned h = round & 1;
-			char *base = e->staging + h * half;
 
 			if (d2h) {
 				if (round >= 2)
@@ -702,18 +731,18 @@ static int copy_staged(struct kvt_gpu_engine *e, const struct kvt_gpu_seg *s, si
 					goto out;
 				KVT_CU(cudaEventRecord(e->ev_k[h], stream));
 				KVT_CU(cudaStreamWaitEvent(e->side, e->ev_k[h], 0));
-				for (size_t r = 0; r < nruns; r++)
-					KVT_CU(cudaMemcpyAsync((void *)runs[r].host,
-							       base + runs[r].stage, runs[r].len,
-							       cudaMemcpyDeviceToHost, e->side));
+				ret = dma_many(e, e->runs, nruns, e->side);
+				if (ret < 0)
+					goto out;
+				ops += ret;
 				KVT_CU(cudaEventRecord(e->ev_c[h], e->side));
 			} else {
 				if (round >= 2)
 					KVT_CU(cudaStreamWaitEvent(e->side, e->ev_k[h], 0));
-				for (size_t r = 0; r < nruns; r++)
-					KVT_CU(cudaMemcpyAsync(
-					    base + runs[r].stage, (const void *)runs[r].host,
-					    runs[r].len, cudaMemcpyHostToDevice, e->side));
+				ret = dma_many(e, e->runs, nruns, e->side);
+				if (ret < 0)
+					goto out;
+				ops += ret;
 				KVT_CU(cudaEventRecord(e->ev_c[h], e->side));
 				KVT_CU(cudaStreamWaitEvent(stream, e->ev_c[h], 0));
 				ret = launcher_flush(l); /* the scatter of this round */
@@ -721,7 +750,6 @@ static int copy_staged(struct kvt_gpu_engine *e, const struct kvt_gpu_seg *s, si
 					goto out;
 				KVT_CU(cudaEventRecord(e->ev_k[h], stream));
 			}
-			ops += (int)nruns;
 			round++;
 			used = 0;
 			nruns = 0;
@@ -729,36 +757,25 @@ static int copy_staged(struct kvt_gpu_engine *e, const struct kvt_gpu_seg *s, si
 		if (i == n)
 			break;
 		{
-			const uint64_t stage = (round & 1) * half + used;
+			const uint64_t stage = (uint64_t)e->staging + (round & 1) * half + used;
+			struct kvt_gpu_seg *last = nruns ? &e->runs[nruns - 1] : NULL;
 
 			/* descriptors of the gather (D2H) or scatter (H2D) of this round */
-			if (d2h)
-				ret = launcher_add(l, dev, (uint64_t)e->staging + stage, len);
-			else
-				ret = launcher_add(l, (uint64_t)e->staging + stage, dev, len);
+			ret = d2h ? launcher_add(l, dev, stage, len)
+				  : launcher_add(l, stage, dev, len);
 			if (ret)
 				goto out;
-			if (nruns && runs[nruns - 1].host + runs[nruns - 1].len == host) {
-				runs[nruns - 1].len += len;
-			} else {
-				if (nruns == cap_runs) {
-					size_t nc = cap_runs ? 2 * cap_runs : 256;
-					struct kvt_run *nr =
-					    (struct kvt_run *)realloc(runs, nc * sizeof(*nr));
-
-					if (!nr) {
-						ret = -ENOMEM;
-						goto out;
-					}
-					runs = nr;
-					cap_runs = nc;
-				}
-				runs[nruns].host = host;
-				runs[nruns].stage = used;
-				runs[nruns].len = len;
-				nruns++;
-			}
-			/* keep every run 16-byte aligned in staging for the vector copy */
+			/* consecutive host ranges are also consecutive in staging: one run */
+			if (d2h && last && last->dst + last->len == host &&
+			    last->src + last->len == stage)
+				last->len += len;
+			else if (!d2h && last && last->src + last->len == host &&
+				 last->dst + last->len == stage)
+				last->len += len;
+			else if ((ret = d2h ? runs_push(e, &nruns, stage, host, len)
+					    : runs_push(e, &nruns, host, stage, len)))
+				goto out;
+			/* keep every piece 16-byte aligned in staging for the vector copy */
 			used += (len + 15) & ~(uint64_t)15;
 		}
 		i++;
@@ -771,16 +788,14 @@ static int copy_staged(struct kvt_gpu_engine *e, const struct kvt_gpu_seg *s, si
 	}
 	ret = ops + l->ops;
 out:
-	free(runs);
 	return ret;
 }
 
-/* Host side of a segment for the AUTO heuristic. */
-static enum kvt_gpu_mode pick_mode(const struct kvt_gpu_seg *s, size_t n, enum kvt_gpu_dir dir)
+static enum kvt_gpu_mode pick_mode(const struct kvt_gpu_seg *s, size_t n, enum kvt_gpu_dir dir,
+				   cudaStream_t stream)
 {
 	uint64_t small_bytes = 0, prev_end = 0;
-	size_t small_runs = 0;
-	bool all_big = true;
+	size_t small_segs = 0, host_runs = 0;
 
 	if (dir == KVT_GPU_D2D)
 		return KVT_GPU_KERNEL;
@@ -789,15 +804,20 @@ static enum kvt_gpu_mode pick_mode(const struct kvt_gpu_seg *s, size_t n, enum k
 
 		if (s[i].len >= KVT_DIRECT_MIN)
 			continue;
-		all_big = false;
 		small_bytes += s[i].len;
-		if (!small_runs || host != prev_end)
-			small_runs++;
+		small_segs++;
+		if (!host_runs || host != prev_end)
+			host_runs++;
 		prev_end = host + s[i].len;
 	}
-	if (all_big)
+	if (!small_segs)
 		return KVT_GPU_DMA;
-	return small_bytes / small_runs >= KVT_RUN_MIN ? KVT_GPU_STAGED : KVT_GPU_KERNEL;
+	/* small device pieces that land in long host runs: gather them, send the runs */
+	if (small_bytes / small_segs < KVT_RUN_MIN && small_bytes / host_runs >= KVT_RUN_MIN)
+		return KVT_GPU_STAGED;
+	if (batch_api(stream))
+		return KVT_GPU_DMA_BATCH;
+	return small_bytes / host_runs >= KVT_RUN_MIN ? KVT_GPU_STAGED : KVT_GPU_KERNEL;
 }
 
 int kvt_gpu_copy(struct kvt_gpu_engine *e, const struct kvt_gpu_seg *segs, size_t n,
@@ -823,10 +843,12 @@ int kvt_gpu_copy(struct kvt_gpu_engine *e, const struct kvt_gpu_seg *segs, size_
 	memcpy(e->tmp, segs, n * sizeof(*segs));
 	n = kvt_gpu_seg_coalesce(e->tmp, n);
 	if (mode == KVT_GPU_AUTO)
-		mode = pick_mode(e->tmp, n, dir);
+		mode = pick_mode(e->tmp, n, dir, st);
 	if (dir == KVT_GPU_D2D && mode == KVT_GPU_STAGED)
 		mode = KVT_GPU_KERNEL;
 	if (mode == KVT_GPU_KERNEL && dir != KVT_GPU_D2D && !e->host_ptr_ok)
+		return -EOPNOTSUPP;
+	if (mode == KVT_GPU_DMA_BATCH && !batch_api(st))
 		return -EOPNOTSUPP;
 	/* the launcher carries a 24 KB descriptor batch: keep it off the caller's stack */
 	l = (struct kvt_launcher *)malloc(sizeof(*l));
@@ -834,6 +856,7 @@ int kvt_gpu_copy(struct kvt_gpu_engine *e, const struct kvt_gpu_seg *segs, size_
 		return -ENOMEM;
 	l->e = e;
 	l->stream = st;
+	l->ctas = dir == KVT_GPU_D2D ? e->ctas_dev : e->ctas_bus;
 	l->b.n = 0;
 	l->ops = 0;
 	{
@@ -850,7 +873,7 @@ int kvt_gpu_copy(struct kvt_gpu_engine *e, const struct kvt_gpu_seg *segs, size_
 			ret = copy_dma(e->tmp, n, st);
 			break;
 		case KVT_GPU_DMA_BATCH:
-			ret = copy_dma_batch(e, e->tmp, n, st);
+			ret = dma_many(e, e->tmp, n, st);
 			break;
 		default:
 			ret = -EINVAL;

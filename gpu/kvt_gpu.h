@@ -137,9 +137,15 @@ struct kvt_gpu_engine_opts {
 	uint32_t size;		/* sizeof(struct kvt_gpu_engine_opts) */
 	int32_t device;		/* ordinal; -1: the current device */
 	uint64_t staging_bytes; /* device staging buffer of the staged path; 0: 64 MiB */
-	uint32_t max_ctas;	/* cap on thread blocks of the copy kernels; 0: fill the device */
-	uint32_t flags;		/* 0 */
+	uint32_t max_ctas;	/* cap on thread blocks of the copy kernels; 0: SMs / 4 for
+				 * transfers over the bus (more only contend for it), 4 per SM
+				 * device to device */
+	uint32_t flags;		/* KVT_GPU_ENGINE_* */
 };
+
+/* DMA_BATCH asks the driver to prefer overlap with compute
+ * (cudaMemcpyFlagPreferOverlapWithCompute). */
+#define KVT_GPU_ENGINE_BATCH_OVERLAP 1u
 
 int kvt_gpu_engine_create(const struct kvt_gpu_engine_opts *o, struct kvt_gpu_engine **out);
 /* Waits for the engine's internal stream and frees it.  NULL is a no-op. */
@@ -159,15 +165,17 @@ enum kvt_gpu_dir {
 };
 
 enum kvt_gpu_mode {
-	/* Picks per batch: runs >= 1 MiB as direct DMA, small pages whose host side forms runs
-	 * >= 256 KiB through the staging buffer, scattered small pages with the zero-copy kernel,
-	 * D2D with the device copy kernel. */
+	/* Picks per batch (thresholds measured on an H200, see gpu/GPU.md): runs >= 8 MiB as
+	 * plain DMA; small device pages whose host side forms runs >= 256 KiB through the staging
+	 * buffer; other batches with one cudaMemcpyBatchAsync where the CUDA runtime has it and
+	 * the stream is not NULL, else the zero-copy kernel; D2D with the device copy kernel. */
 	KVT_GPU_AUTO = 0,
 	/* Thread blocks read device pages and write host memory directly (or the reverse): no
 	 * copy engine, but SMs stay busy for the whole transfer. */
 	KVT_GPU_KERNEL = 1,
-	/* Gather kernel into a device staging buffer + one cudaMemcpyAsync per contiguous host
-	 * run (double-buffered on an internal stream); H2D is the mirror image. */
+	/* Gather kernel into a device staging buffer + DMA of each contiguous host run (one
+	 * batched call per round where available; double-buffered on an internal stream); H2D is
+	 * the mirror image.  Runs >= 8 MiB go straight to DMA. */
 	KVT_GPU_STAGED = 2,
 	/* One cudaMemcpyAsync per run after coalescing (the baseline). */
 	KVT_GPU_DMA = 3,

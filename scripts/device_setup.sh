@@ -39,7 +39,7 @@ for f in "${debs[@]}"; do
 done
 multi=usr/lib/x86_64-linux-gnu
 for pc in "$dest"/$multi/pkgconfig/*.pc "$dest"/usr/share/pkgconfig/*.pc; do
-	sed -i -E "s#^([a-z_]+)=/usr#\1=$dest/usr#" "$pc"
+	sed -i -E -e "s#^([a-z_]+)=/usr#\1=$dest/usr#" -e "s#(-[IL])/usr/#\1$dest/usr/#g" "$pc"
 done
 # Ubuntu and Debian keep pkg-config under different names; prefer the machine's own.
 pkgbin=$(command -v pkg-config || true)

@@ -230,10 +230,11 @@ static void test_copy_modes(void **state)
 	struct fixture *f = *state;
 
 	for (int mode = KVT_GPU_AUTO; mode <= KVT_GPU_DMA_BATCH; mode++) {
-		copy_case(f, mode, 64 << 10, 200, 0); /* > one staging half: several rounds */
+		copy_case(f, mode, 64 << 10, 600, 0); /* > one staging half: several rounds */
 		copy_case(f, mode, 4096, 3000, 0);    /* > one kernel launch of descriptors */
 		copy_case(f, mode, 4100, 37, 0);      /* not a multiple of 16: bytewise path */
-		copy_case(f, mode, 2 << 20, 5, 0);    /* big runs: direct DMA */
+		copy_case(f, mode, 2 << 20, 5, 0);    /* 2 MiB blocks */
+		copy_case(f, mode, 9 << 20, 3, 0);    /* big runs: direct DMA */
 		copy_case(f, mode, 16 << 10, 64, 1);  /* host side scattered too */
 	}
 }
