@@ -1020,8 +1020,8 @@ static void usage(FILE *f)
 	       "  --sizes LIST      block sizes, e.g. 16K,64K,256K,1M,4M (the default)\n"
 	       "  --threads N       run with 1, 2, 4, ... N workers, each its own client\n"
 	       "  --procs           workers are processes instead of threads\n"
-	       "  --working-set SZ  bytes of blocks per size (default 256M; --quick: 64M)\n"
-	       "  --seconds S       time of the timed passes per size (default 2; --quick 0.4)\n"
+	       "  --working-set SZ  bytes of blocks per size (default 256M; --quick: 32M)\n"
+	       "  --seconds S       time of the timed passes per size (default 2; --quick 0.25)\n"
 	       "  --lookups N       lookups of one key for the round-trip latency (default 20000)\n"
 	       "  --redis-server P  redis-server binary (default: from PATH); --no-redis skips it\n"
 	       "  --quick           CI-size run (about 10 s)\n"
@@ -1178,9 +1178,9 @@ int main(int argc, char **argv)
 		o.nsizes = 5;
 	}
 	if (!ws_set)
-		o.ws = o.quick ? 64u << 20 : 256u << 20;
+		o.ws = o.quick ? 32u << 20 : 256u << 20;
 	if (!sec_set)
-		o.seconds = o.quick ? 0.4 : 2.0;
+		o.seconds = o.quick ? 0.25 : 2.0;
 	if (!lookups_set && o.quick)
 		o.lookup_iters = 5000;
 	for (int i = 0; i < o.nsizes; i++) {
