@@ -144,6 +144,34 @@ struct kvt_tier_ops {
 	void (*buf_free)(struct kvt_tier *t, void *buf);
 };
 
+/*
+ * The NVMe tier (tier_nvme.c; on-medium format in proto/RECORD.md).
+ *
+ * conf: paths = slot files or block devices (several: capacity_bytes is split evenly and
+ * alloc() round-robins over them); capacity_bytes = 0 reuses existing files at their size;
+ * queue_depth (default 32) bounds requests in flight, more wait inside the tier; flags
+ * KVT_TIER_F_NO_URING / NO_DIRECT / FSYNC; buf_bytes = registered buffer arena (default
+ * 64 MiB).  open() falls back (and logs it) to pread/pwrite workers when io_uring is refused
+ * and to buffered I/O when the filesystem refuses O_DIRECT; stats().io_flags says which.
+ *
+ * Records only: write() takes a sealed record (kvt_record_seal) of io->len = 64 +
+ * payload_len bytes into a slot from alloc(io->len).  Buffers must be 4 KiB aligned and hold
+ * round_up(len, 4 KiB) bytes (buf_alloc() gives that); the tier zeroes the pad and, while it
+ * owns the buffer, keeps a salted crc in the header.  A slot is written once: a new version
+ * of a block goes to a new slot with a higher seq, and the old slot is freed.
+ * read(): io->loc as alloc()/recover() gave it, io->len = loc.len (or the record's exact
+ * length).  The tier verifies the record: done() sees io->res = len, or -EBADMSG (corrupt,
+ * counted in corrupt_records), or -EIO etc.  The caller still compares key and fingerprint.
+ * read() returns -ENODATA, and nothing is queued, for a slot whose write has not completed
+ * successfully.
+ * free(): releases the slot once in-flight I/O on it is done; a written slot's first page is
+ * zeroed before reuse so the record never comes back at recovery.
+ * recover(): right after open(), before any alloc(): one call per surviving record, newest
+ * seq per key only (the tier dedupes), in ascending seq.  alloc() before recover() drops
+ * the recovered records.
+ * flush(): fdatasync of every file (blocking).  close(): drains outstanding requests (their
+ * done() callbacks run inside close()), then fdatasyncs.
+ */
 extern const struct kvt_tier_ops kvt_tier_nvme_ops;
 
 #ifdef __cplusplus
