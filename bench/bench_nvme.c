@@ -132,50 +132,100 @@ static void quiet_log(void *arg, int level, const char *msg)
 		fprintf(stderr, "kvtier nvme: %s\n", msg);
 }
 
-/* Tier write+read of the whole file at depth qd; returns 0 or -errno. */
-static int tier_run(const char *path, uint64_t size, uint32_t bs, unsigned qd, unsigned flags,
-		    struct bres *out, unsigned *io_flags)
+/* One slot file measured at several depths: opened, filled once (untimed), then rewritten
+ * and read back per measurement. */
+struct session {
+	const struct kvt_tier_ops *o;
+	struct bctx c;
+	struct bslot *slots;
+	unsigned maxqd;
+	uint32_t bs;
+	unsigned io_flags;
+};
+
+static void session_close(struct session *s)
+{
+	if (s->slots)
+		for (unsigned i = 0; i < s->maxqd; i++)
+			s->o->buf_free(s->c.t, s->slots[i].io.buf);
+	free(s->slots);
+	free(s->c.locs);
+	s->o->close(s->c.t);
+	memset(s, 0, sizeof(*s));
+}
+
+/* Frees every slot, waits for the invalidations, allocates them again (same layout: the
+ * allocator is empty, so it starts over at the front). */
+static int session_recycle(struct session *s)
+{
+	const struct kvt_tier_ops *o = s->o;
+	struct kvt_tier_stats st;
+	int r;
+
+	for (uint64_t i = 0; i < s->c.n; i++)
+		o->free(s->c.t, &s->c.locs[i]);
+	for (int spins = 0; spins < 10000; spins++) {
+		struct pollfd p = {.fd = o->event_fd(s->c.t), .events = POLLIN};
+
+		o->stats(s->c.t, &st);
+		if (!st.used_bytes)
+			break;
+		poll(&p, 1, 10);
+		o->complete(s->c.t);
+	}
+	for (uint64_t i = 0; i < s->c.n; i++) {
+		r = o->alloc(s->c.t, s->bs, &s->c.locs[i]);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+static int session_open(struct session *s, const char *path, uint64_t size, uint32_t bs,
+			unsigned maxqd, unsigned flags)
 {
 	const char *paths[] = {path, NULL};
 	struct kvt_tier_conf conf = {
 	    .name = "nvme",
 	    .capacity_bytes = size + 4096,
 	    .paths = paths,
-	    .queue_depth = qd,
+	    .queue_depth = maxqd,
 	    .flags = flags,
-	    .buf_bytes = (uint64_t)qd * bs,
+	    .buf_bytes = (uint64_t)maxqd * bs,
 	    .log = quiet_log,
 	};
-	const struct kvt_tier_ops *o = &kvt_tier_nvme_ops;
 	struct kvt_tier_stats st;
-	struct bslot *slots = NULL;
-	struct bctx c = {.o = o};
-	double w, r;
-	int ret;
+	double w;
+	int r;
 
+	memset(s, 0, sizeof(*s));
+	s->o = &kvt_tier_nvme_ops;
+	s->c.o = s->o;
+	s->maxqd = maxqd;
+	s->bs = bs;
 	unlink(path);
-	ret = o->open(&conf, &c.t);
-	if (ret < 0)
-		return ret;
-	c.n = size / bs;
-	c.locs = calloc(c.n, sizeof(*c.locs));
-	slots = calloc(qd, sizeof(*slots));
-	if (!c.locs || !slots) {
-		ret = -ENOMEM;
-		goto out;
+	r = s->o->open(&conf, &s->c.t);
+	if (r < 0)
+		return r;
+	s->c.n = size / bs;
+	s->c.locs = calloc(s->c.n, sizeof(*s->c.locs));
+	s->slots = calloc(maxqd, sizeof(*s->slots));
+	if (!s->c.locs || !s->slots) {
+		r = -ENOMEM;
+		goto fail;
 	}
-	for (uint64_t i = 0; i < c.n; i++) {
-		ret = o->alloc(c.t, bs, &c.locs[i]);
-		if (ret < 0)
-			goto out;
+	for (uint64_t i = 0; i < s->c.n; i++) {
+		r = s->o->alloc(s->c.t, bs, &s->c.locs[i]);
+		if (r < 0)
+			goto fail;
 	}
-	for (unsigned i = 0; i < qd; i++) {
-		struct kvt_record_hdr *h = o->buf_alloc(c.t, bs);
+	for (unsigned i = 0; i < maxqd; i++) {
+		struct kvt_record_hdr *h = s->o->buf_alloc(s->c.t, bs);
 		unsigned char *p = (unsigned char *)(h + 1);
 
 		if (!h) {
-			ret = -ENOMEM;
-			goto out;
+			r = -ENOMEM;
+			goto fail;
 		}
 		memset(h, 0, sizeof(*h));
 		h->magic = KVT_RECORD_MAGIC;
@@ -187,57 +237,44 @@ static int tier_run(const char *path, uint64_t size, uint32_t bs, unsigned qd, u
 		for (uint32_t k = 0; k < h->payload_len; k++)
 			p[k] = (unsigned char)(k * 2654435761u >> 13);
 		kvt_record_seal(h, p);
-		slots[i].c = &c;
-		slots[i].io.buf = h;
-		slots[i].io.len = bs;
-		slots[i].io.done = on_done;
+		s->slots[i].c = &s->c;
+		s->slots[i].io.buf = h;
+		s->slots[i].io.len = bs;
+		s->slots[i].io.done = on_done;
 	}
 	/*
-	 * Warm-up pass, untimed: a fresh fallocate'd file has unwritten extents whose first
-	 * write costs the filesystem an extent conversion.  The tier's files live long, so the
-	 * steady state (and the state fio meets after us) is a file written before.
+	 * Fill once, untimed: a fresh fallocate'd file has unwritten extents whose first write
+	 * costs the filesystem an extent conversion.  The tier's files live long, so the steady
+	 * state (and the state fio meets after us) is a file written before.
 	 */
-	w = run_pass(&c, slots, qd, bs, true);
+	w = run_pass(&s->c, s->slots, maxqd, bs, true);
 	if (w < 0) {
-		ret = (int)w;
-		goto out;
+		r = (int)w;
+		goto fail;
 	}
-	for (uint64_t i = 0; i < c.n; i++)
-		o->free(c.t, &c.locs[i]);
-	for (int spins = 0; spins < 10000; spins++) {
-		struct pollfd p = {.fd = o->event_fd(c.t), .events = POLLIN};
+	s->o->stats(s->c.t, &st);
+	s->io_flags = st.io_flags;
+	return 0;
+fail:
+	session_close(s);
+	return r;
+}
 
-		o->stats(c.t, &st);
-		if (!st.used_bytes)
-			break;
-		poll(&p, 1, 10);
-		o->complete(c.t);
-	}
-	for (uint64_t i = 0; i < c.n; i++) {
-		ret = o->alloc(c.t, bs, &c.locs[i]);
-		if (ret < 0)
-			goto out;
-	}
-	w = run_pass(&c, slots, qd, bs, true);
-	r = w < 0 ? w : run_pass(&c, slots, qd, bs, false);
-	if (w < 0 || r < 0) {
-		ret = (int)(w < 0 ? w : r);
-		goto out;
-	}
+/* Timed rewrite and read-back of the whole file at depth qd. */
+static int session_measure(struct session *s, unsigned qd, struct bres *out)
+{
+	double w, r;
+	int e = session_recycle(s);
+
+	if (e < 0)
+		return e;
+	w = run_pass(&s->c, s->slots, qd, s->bs, true);
+	r = w < 0 ? w : run_pass(&s->c, s->slots, qd, s->bs, false);
+	if (w < 0 || r < 0)
+		return (int)(w < 0 ? w : r);
 	out->w = w;
 	out->r = r;
-	o->stats(c.t, &st);
-	if (io_flags)
-		*io_flags = st.io_flags;
-	ret = 0;
-out:
-	if (slots)
-		for (unsigned i = 0; i < qd; i++)
-			o->buf_free(c.t, slots[i].io.buf);
-	free(slots);
-	free(c.locs);
-	o->close(c.t);
-	return ret;
+	return 0;
 }
 
 /* Runs fio and returns bw in GB/s for the given direction, or -1. */
@@ -361,22 +398,47 @@ static void jnum(const char *k, double v, bool comma)
 		printf("\"%s\": %.3f%s", k, v, comma ? ", " : "");
 }
 
-/* Keeps the best of reps for each figure: background load only ever slows a run down. */
-static void best(struct bres *b, const struct bres *x)
+static int dcmp(const void *a, const void *b)
 {
-	if (x->w > b->w)
-		b->w = x->w;
-	if (x->r > b->r)
-		b->r = x->r;
-	if (x->fw > b->fw)
-		b->fw = x->fw;
-	if (x->fr > b->fr)
-		b->fr = x->fr;
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Median of n runs: the disk behind a VM is bimodal at times (host cache), and the median
+ * of interleaved runs is what both sides get on a typical run. */
+static double median(double *v, unsigned n)
+{
+	unsigned k = 0;
+
+	for (unsigned i = 0; i < n; i++)
+		if (v[i] >= 0)
+			v[k++] = v[i];
+	if (!k)
+		return -1;
+	qsort(v, k, sizeof(*v), dcmp);
+	return k & 1 ? v[k / 2] : (v[k / 2 - 1] + v[k / 2]) / 2;
+}
+
+static void reduce(struct bres *out, const struct bres *x, unsigned n)
+{
+	double w[64], r[64], fw[64], fr[64];
+
+	for (unsigned i = 0; i < n; i++) {
+		w[i] = x[i].w;
+		r[i] = x[i].r;
+		fw[i] = x[i].fw;
+		fr[i] = x[i].fr;
+	}
+	out->w = median(w, n);
+	out->r = median(r, n);
+	out->fw = median(fw, n);
+	out->fr = median(fr, n);
 }
 
 int bench_nvme_main(int argc, char **argv)
 {
-	struct bopts o = {.reps = 1};
+	struct bopts o = {.reps = 0};
 	char path[4096];
 	struct statfs sfs;
 	bool tmpfs = false, fio;
@@ -442,7 +504,9 @@ int bench_nvme_main(int argc, char **argv)
 	if (!o.size)
 		o.size = o.quick ? (64ull << 20) : (256ull << 20);
 	if (!o.reps)
-		o.reps = 1;
+		o.reps = o.quick ? 1 : 3;
+	if (o.reps > 64)
+		goto bad;
 	for (unsigned b = 0; b < o.nbs; b++)
 		if (o.bs[b] < 4096 || o.bs[b] % 4096 || o.bs[b] > (64u << 20) || o.size < o.bs[b])
 			goto bad;
@@ -462,28 +526,40 @@ int bench_nvme_main(int argc, char **argv)
 
 	for (unsigned b = 0; b < o.nbs; b++) {
 		uint64_t size = o.size / o.bs[b] * o.bs[b];
+		unsigned maxqd = 1;
+		struct session ss;
+		struct bres x[64];
+		int e;
 
+		for (unsigned q = 0; q < o.nqd; q++)
+			if (o.qd[q] > maxqd)
+				maxqd = o.qd[q];
+		e = session_open(&ss, path, size, o.bs[b], maxqd, 0);
+		if (e < 0) {
+			fprintf(stderr, "bench nvme: open %s: %s\n", path, strerror(-e));
+			return 1;
+		}
+		io_flags = ss.io_flags;
 		for (unsigned q = 0; q < o.nqd; q++) {
 			struct bres *r = &res[b][q];
 
-			r->w = r->r = r->fw = r->fr = -1;
+			/* Tier and fio alternate so that a slow spell of the disk hits both. */
 			for (unsigned k = 0; k < o.reps; k++) {
-				struct bres x = {-1, -1, -1, -1};
-				int e = tier_run(path, size, o.bs[b], o.qd[q], 0, &x, &io_flags);
-
+				x[k].w = x[k].r = x[k].fw = x[k].fr = -1;
+				e = session_measure(&ss, o.qd[q], &x[k]);
 				if (e < 0) {
 					fprintf(stderr, "bench nvme: tier bs=%u qd=%u: %s\n",
 						o.bs[b], o.qd[q], strerror(-e));
 					ret = 1;
 				}
 				if (fio) {
-					x.fw =
+					x[k].fw =
 					    fio_run(path, size, o.bs[b], o.qd[q], "io_uring", true);
-					x.fr = fio_run(path, size, o.bs[b], o.qd[q], "io_uring",
-						       false);
+					x[k].fr = fio_run(path, size, o.bs[b], o.qd[q], "io_uring",
+							  false);
 				}
-				best(r, &x);
 			}
+			reduce(r, x, o.reps);
 			if (ratio(r->r, r->fr) >= 0 &&
 			    (min_read_ratio < 0 || ratio(r->r, r->fr) < min_read_ratio))
 				min_read_ratio = ratio(r->r, r->fr);
@@ -497,24 +573,28 @@ int bench_nvme_main(int argc, char **argv)
 				       o.bs[b], o.qd[q], r->w, r->fw, ratio(r->w, r->fw), r->r,
 				       r->fr, ratio(r->r, r->fr));
 		}
+		session_close(&ss);
+
 		/* Fallback: one pread/pwrite worker against fio psync (both one request at a time).
 		 */
-		fb[b].w = fb[b].r = fb[b].fw = fb[b].fr = -1;
+		e = session_open(&ss, path, size, o.bs[b], 1, KVT_TIER_F_NO_URING);
 		for (unsigned k = 0; k < o.reps; k++) {
-			struct bres x = {-1, -1, -1, -1};
-			int e = tier_run(path, size, o.bs[b], 1, KVT_TIER_F_NO_URING, &x, NULL);
-
+			x[k].w = x[k].r = x[k].fw = x[k].fr = -1;
+			if (e >= 0)
+				e = session_measure(&ss, 1, &x[k]);
 			if (e < 0) {
 				fprintf(stderr, "bench nvme: pread bs=%u: %s\n", o.bs[b],
 					strerror(-e));
 				ret = 1;
 			}
 			if (fio) {
-				x.fw = fio_run(path, size, o.bs[b], 1, "psync", true);
-				x.fr = fio_run(path, size, o.bs[b], 1, "psync", false);
+				x[k].fw = fio_run(path, size, o.bs[b], 1, "psync", true);
+				x[k].fr = fio_run(path, size, o.bs[b], 1, "psync", false);
 			}
-			best(&fb[b], &x);
 		}
+		if (ss.c.t)
+			session_close(&ss);
+		reduce(&fb[b], x, o.reps);
 		if (!o.json)
 			printf("pread    bs=%7u qd= 1  write %6.3f GB/s (psync %6.3f, x%.2f)  read "
 			       "%6.3f "
