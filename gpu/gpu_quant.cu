@@ -65,10 +65,12 @@ template <int BITS> __device__ __forceinline__ kvt_qm qmeta(float mn, float mx)
 
 template <int BITS> __device__ __forceinline__ uint32_t quant(float x, const kvt_qm &m)
 {
-	float q = rintf((x - m.z) * m.inv);
+	uint32_t q;
 
-	q = fminf(fmaxf(q, 0.0f), (float)((1 << BITS) - 1));
-	return (uint32_t)q;
+	/* rint, then clamp to [0, 255] in one instruction (NaN -> 0, as fmaxf in the
+	 * reference); 4-bit codes clamp further to 15 */
+	asm("cvt.rni.sat.u8.f32 %0, %1;" : "=r"(q) : "f"((x - m.z) * m.inv));
+	return BITS == 8 ? q : min(q, 15u);
 }
 
 /* N bytes moved as one access. */
@@ -94,6 +96,36 @@ template <int N> union kvt_bytes {
 	uint8_t b[N];
 	uint16_t h[N / 2 ? N / 2 : 1];
 	uint32_t w[N / 4 ? N / 4 : 1];
+};
+
+/* Exact min/max of two packed elements without converting them (fp16/bf16 min and max are
+ * exact, as fminf/fmaxf are on their fp32 images). */
+template <int DT> struct kvt_pair;
+template <> struct kvt_pair<KVT_GPU_FP16> {
+	static __device__ __forceinline__ uint32_t min(uint32_t a, uint32_t b)
+	{
+		__half2 r = __hmin2(*(const __half2 *)&a, *(const __half2 *)&b);
+		return *(const uint32_t *)&r;
+	}
+	static __device__ __forceinline__ uint32_t max(uint32_t a, uint32_t b)
+	{
+		__half2 r = __hmax2(*(const __half2 *)&a, *(const __half2 *)&b);
+		return *(const uint32_t *)&r;
+	}
+};
+template <> struct kvt_pair<KVT_GPU_BF16> {
+	static __device__ __forceinline__ uint32_t min(uint32_t a, uint32_t b)
+	{
+		__nv_bfloat162 r =
+		    __hmin2(*(const __nv_bfloat162 *)&a, *(const __nv_bfloat162 *)&b);
+		return *(const uint32_t *)&r;
+	}
+	static __device__ __forceinline__ uint32_t max(uint32_t a, uint32_t b)
+	{
+		__nv_bfloat162 r =
+		    __hmax2(*(const __nv_bfloat162 *)&a, *(const __nv_bfloat162 *)&b);
+		return *(const uint32_t *)&r;
+	}
 };
 
 template <int BITS, int CPT>
@@ -126,48 +158,47 @@ __device__ __forceinline__ void load_codes(const uint8_t *p, uint32_t *q)
 	}
 }
 
-/* Unit u of a tile: token group g, channels [c0, c0 + CPT). */
+/* Grids are 2-D: blockIdx.y is the tile, x covers the tile's units, so no unit needs a 64-bit
+ * division to find its tile. */
+
+/* Unit r of a tile: token group g, channels [c0, c0 + CPT).  Two blocks per SM at most 128
+ * registers each keep loads of one block in flight while the other computes. */
 template <int DT, int BITS, int G, int CPT>
-__global__ void __launch_bounds__(KVT_QTHREADS)
-    kvt_qkeys(const __grid_constant__ kvt_qbatch b, uint32_t T, uint32_t C, uint64_t codes_bytes)
+__global__ void __launch_bounds__(KVT_QTHREADS, G <= 64 ? 2 : 1)
+    kvt_qkeys(const __grid_constant__ kvt_qbatch b, uint32_t T, uint32_t C, uint32_t codes_bytes)
 {
 	const uint32_t cchunks = C / CPT, per_tile = (T / G) * cchunks;
-	const uint64_t total = (uint64_t)b.n * per_tile;
+	const uint8_t *srcb = (const uint8_t *)b.j[blockIdx.y].src;
+	uint8_t *dst = (uint8_t *)b.j[blockIdx.y].dst;
 
-	for (uint64_t u = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; u < total;
-	     u += (uint64_t)gridDim.x * blockDim.x) {
-		const uint32_t tile = (uint32_t)(u / per_tile), r = (uint32_t)(u % per_tile);
-		const uint32_t g = r / cchunks, c0 = (r % cchunks) * CPT;
-		const uint16_t *src = (const uint16_t *)b.j[tile].src;
-		uint8_t *dst = (uint8_t *)b.j[tile].dst;
+	for (uint32_t r = blockIdx.x * blockDim.x + threadIdx.x; r < per_tile;
+	     r += gridDim.x * blockDim.x) {
+		const uint32_t g = r / cchunks, c0 = (r - g * cchunks) * CPT;
+		const uint16_t *src = (const uint16_t *)srcb + (size_t)g * G * C + c0;
 		kvt_bytes<2 * CPT> x[G];
-		float mn[CPT], mx[CPT];
+		uint32_t mn2[CPT / 2], mx2[CPT / 2], packed[CPT];
 		kvt_qm m[CPT];
-		uint32_t packed[CPT];
 
 #pragma unroll
 		for (int t = 0; t < G; t++)
-			x[t].v =
-			    *(const typename kvt_raw<2 * CPT>::t *)(src + (size_t)(g * G + t) * C +
-								    c0);
+			x[t].v = *(const typename kvt_raw<2 * CPT>::t *)(src + (size_t)t * C);
 #pragma unroll
-		for (int k = 0; k < CPT; k++) {
-			mn[k] = INFINITY;
-			mx[k] = -INFINITY;
-		}
+		for (int k = 0; k < CPT / 2; k++)
+			mn2[k] = mx2[k] = x[0].w[k];
 #pragma unroll
-		for (int t = 0; t < G; t++) {
+		for (int t = 1; t < G; t++) {
 #pragma unroll
-			for (int k = 0; k < CPT; k++) {
-				float v = to_f<DT>(x[t].h[k]);
-
-				mn[k] = fminf(mn[k], v);
-				mx[k] = fmaxf(mx[k], v);
+			for (int k = 0; k < CPT / 2; k++) {
+				mn2[k] = kvt_pair<DT>::min(mn2[k], x[t].w[k]);
+				mx2[k] = kvt_pair<DT>::max(mx2[k], x[t].w[k]);
 			}
 		}
 #pragma unroll
 		for (int k = 0; k < CPT; k++) {
-			m[k] = qmeta<BITS>(mn[k], mx[k]);
+			const int sh = (k & 1) * 16;
+
+			m[k] = qmeta<BITS>(to_f<DT>((uint16_t)(mn2[k / 2] >> sh)),
+					   to_f<DT>((uint16_t)(mx2[k / 2] >> sh)));
 			packed[k] = m[k].packed;
 		}
 #pragma unroll
@@ -189,118 +220,138 @@ __global__ void __launch_bounds__(KVT_QTHREADS)
 	}
 }
 
-template <int DT, int BITS, int G, int CPT>
+/* Unit r: 8 channels of one token group (dequantization holds nothing across tokens, so it
+ * always takes 16-byte stores). */
+template <int DT, int BITS, int G>
 __global__ void __launch_bounds__(KVT_QTHREADS)
-    kvt_dqkeys(const __grid_constant__ kvt_qbatch b, uint32_t T, uint32_t C, uint64_t codes_bytes)
+    kvt_dqkeys(const __grid_constant__ kvt_qbatch b, uint32_t T, uint32_t C, uint32_t codes_bytes)
 {
-	const uint32_t cchunks = C / CPT, per_tile = (T / G) * cchunks;
-	const uint64_t total = (uint64_t)b.n * per_tile;
+	const uint32_t cchunks = C / 8, per_tile = (T / G) * cchunks;
+	const uint8_t *src = (const uint8_t *)b.j[blockIdx.y].src;
+	uint16_t *dst = (uint16_t *)b.j[blockIdx.y].dst;
 
-	for (uint64_t u = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; u < total;
-	     u += (uint64_t)gridDim.x * blockDim.x) {
-		const uint32_t tile = (uint32_t)(u / per_tile), r = (uint32_t)(u % per_tile);
-		const uint32_t g = r / cchunks, c0 = (r % cchunks) * CPT;
-		const uint8_t *src = (const uint8_t *)b.j[tile].src;
-		uint16_t *dst = (uint16_t *)b.j[tile].dst;
-		const uint8_t *mp = src + codes_bytes + ((size_t)g * C + c0) * 4;
-		float s[CPT], z[CPT];
+	for (uint32_t r = blockIdx.x * blockDim.x + threadIdx.x; r < per_tile;
+	     r += gridDim.x * blockDim.x) {
+		const uint32_t g = r / cchunks, c0 = (r - g * cchunks) * 8;
+		const uint4 *mp = (const uint4 *)(src + codes_bytes + ((size_t)g * C + c0) * 4);
+		const uint4 m0 = mp[0], m1 = mp[1];
+		const uint32_t mw[8] = {m0.x, m0.y, m0.z, m0.w, m1.x, m1.y, m1.z, m1.w};
+		float s[8], z[8];
 
 #pragma unroll
-		for (int k = 0; k < CPT; k += 2) {
-			uint2 w = *(const uint2 *)(mp + 4 * k);
-
-			s[k] = __half2float(__ushort_as_half((uint16_t)w.x));
-			z[k] = __half2float(__ushort_as_half((uint16_t)(w.x >> 16)));
-			s[k + 1] = __half2float(__ushort_as_half((uint16_t)w.y));
-			z[k + 1] = __half2float(__ushort_as_half((uint16_t)(w.y >> 16)));
+		for (int k = 0; k < 8; k++) {
+			s[k] = __half2float(__ushort_as_half((uint16_t)mw[k]));
+			z[k] = __half2float(__ushort_as_half((uint16_t)(mw[k] >> 16)));
 		}
 #pragma unroll 8
 		for (int t = 0; t < G; t++) {
 			const size_t e = (size_t)(g * G + t) * C + c0;
-			uint32_t q[CPT];
-			kvt_bytes<2 * CPT> o;
-
-			load_codes<BITS, CPT>(src + e * BITS / 8, q);
-#pragma unroll
-			for (int k = 0; k < CPT; k++)
-				o.h[k] = from_f<DT>(__fmaf_rn((float)q[k], s[k], z[k]));
-			*(typename kvt_raw<2 * CPT>::t *)(dst + e) = o.v;
-		}
-	}
-}
-
-/* Unit u: 8 channels of one token; v_group / 8 consecutive units form a group. */
-template <int DT, int BITS>
-__global__ void __launch_bounds__(KVT_QTHREADS)
-    kvt_qvals(const __grid_constant__ kvt_qbatch b, uint32_t elems, uint32_t G,
-	      uint64_t codes_bytes)
-{
-	const uint32_t chunks = elems / 8, lanes = G / 8;
-	const uint64_t total = (uint64_t)b.n * chunks;
-
-	/* every lane of a warp runs the same iterations: the shuffles need them all */
-	for (uint64_t base = (uint64_t)blockIdx.x * blockDim.x; base < total;
-	     base += (uint64_t)gridDim.x * blockDim.x) {
-		const uint64_t u = base + threadIdx.x;
-		const bool valid = u < total;
-		const uint32_t tile = valid ? (uint32_t)(u / chunks) : 0;
-		const uint32_t e0 = valid ? (uint32_t)(u % chunks) * 8 : 0;
-		kvt_bytes<16> x;
-		float mn = INFINITY, mx = -INFINITY;
-
-		x.v = make_uint4(0, 0, 0, 0);
-		if (valid) {
-			x.v = *(const uint4 *)((const uint16_t *)b.j[tile].src + e0);
-#pragma unroll
-			for (int k = 0; k < 8; k++) {
-				float v = to_f<DT>(x.h[k]);
-
-				mn = fminf(mn, v);
-				mx = fmaxf(mx, v);
-			}
-		}
-		for (uint32_t off = lanes / 2; off; off >>= 1) {
-			mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, off));
-			mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-		}
-		if (valid) {
-			uint8_t *dst = (uint8_t *)b.j[tile].dst;
-			const kvt_qm m = qmeta<BITS>(mn, mx);
 			uint32_t q[8];
+			kvt_bytes<16> o;
 
+			load_codes<BITS, 8>(src + e * BITS / 8, q);
 #pragma unroll
 			for (int k = 0; k < 8; k++)
-				q[k] = quant<BITS>(to_f<DT>(x.h[k]), m);
+				o.h[k] = from_f<DT>(__fmaf_rn((float)q[k], s[k], z[k]));
+			*(uint4 *)(dst + e) = o.v;
+		}
+	}
+}
+
+#define KVT_VUNROLL 2 /* units per thread per iteration: loads in flight before the shuffles */
+
+/* Unit r: 8 channels of one token; v_group / 8 consecutive units form a group. */
+template <int DT, int BITS>
+__global__ void __launch_bounds__(KVT_QTHREADS)
+    kvt_qvals(const __grid_constant__ kvt_qbatch b, uint32_t elems, uint32_t gshift,
+	      uint32_t codes_bytes)
+{
+	const uint32_t chunks = elems / 8, lanes = (1u << gshift) / 8;
+	const uint32_t stride = gridDim.x * blockDim.x;
+	const uint16_t *src = (const uint16_t *)b.j[blockIdx.y].src;
+	uint8_t *dst = (uint8_t *)b.j[blockIdx.y].dst;
+
+	/* every lane of a warp runs the same iterations: the shuffles need them all */
+	for (uint32_t base = blockIdx.x * blockDim.x; base < chunks; base += KVT_VUNROLL * stride) {
+		kvt_bytes<16> x[KVT_VUNROLL];
+		uint32_t mn[KVT_VUNROLL], mx[KVT_VUNROLL];
+
+#pragma unroll
+		for (int u = 0; u < KVT_VUNROLL; u++) {
+			const uint32_t r = base + threadIdx.x + u * stride;
+
+			x[u].v = r < chunks ? *(const uint4 *)(src + (size_t)r * 8)
+					    : *(const uint4 *)src; /* any valid value */
+		}
+#pragma unroll
+		for (int u = 0; u < KVT_VUNROLL; u++) {
+			uint32_t a = kvt_pair<DT>::min(x[u].w[0], x[u].w[1]);
+			uint32_t c = kvt_pair<DT>::max(x[u].w[0], x[u].w[1]);
+
+			a = kvt_pair<DT>::min(a, kvt_pair<DT>::min(x[u].w[2], x[u].w[3]));
+			c = kvt_pair<DT>::max(c, kvt_pair<DT>::max(x[u].w[2], x[u].w[3]));
+			for (uint32_t off = lanes / 2; off; off >>= 1) {
+				a = kvt_pair<DT>::min(a, __shfl_xor_sync(0xffffffffu, a, off));
+				c = kvt_pair<DT>::max(c, __shfl_xor_sync(0xffffffffu, c, off));
+			}
+			mn[u] = kvt_pair<DT>::min(a, a >> 16 | a << 16);
+			mx[u] = kvt_pair<DT>::max(c, c >> 16 | c << 16);
+		}
+#pragma unroll
+		for (int u = 0; u < KVT_VUNROLL; u++) {
+			const uint32_t r = base + threadIdx.x + u * stride, e0 = r * 8;
+			kvt_qm m;
+			uint32_t q[8];
+
+			if (r >= chunks)
+				continue;
+			m = qmeta<BITS>(to_f<DT>((uint16_t)mn[u]), to_f<DT>((uint16_t)mx[u]));
+#pragma unroll
+			for (int k = 0; k < 8; k++)
+				q[k] = quant<BITS>(to_f<DT>(x[u].h[k]), m);
 			store_codes<BITS, 8>(dst + (size_t)e0 * BITS / 8, q);
-			if (e0 % G == 0)
-				*(uint32_t *)(dst + codes_bytes + (size_t)(e0 / G) * 4) = m.packed;
+			if (!(e0 & ((1u << gshift) - 1)))
+				*(uint32_t *)(dst + codes_bytes + (size_t)(e0 >> gshift) * 4) =
+				    m.packed;
 		}
 	}
 }
 
 template <int DT, int BITS>
 __global__ void __launch_bounds__(KVT_QTHREADS)
-    kvt_dqvals(const __grid_constant__ kvt_qbatch b, uint32_t elems, uint32_t G,
-	       uint64_t codes_bytes)
+    kvt_dqvals(const __grid_constant__ kvt_qbatch b, uint32_t elems, uint32_t gshift,
+	       uint32_t codes_bytes)
 {
-	const uint32_t chunks = elems / 8;
-	const uint64_t total = (uint64_t)b.n * chunks;
+	const uint32_t chunks = elems / 8, stride = gridDim.x * blockDim.x;
+	const uint8_t *src = (const uint8_t *)b.j[blockIdx.y].src;
+	uint16_t *dst = (uint16_t *)b.j[blockIdx.y].dst;
 
-	for (uint64_t u = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; u < total;
-	     u += (uint64_t)gridDim.x * blockDim.x) {
-		const uint32_t tile = (uint32_t)(u / chunks), e0 = (uint32_t)(u % chunks) * 8;
-		const uint8_t *src = (const uint8_t *)b.j[tile].src;
-		const uint32_t w = *(const uint32_t *)(src + codes_bytes + (size_t)(e0 / G) * 4);
-		const float s = __half2float(__ushort_as_half((uint16_t)w));
-		const float z = __half2float(__ushort_as_half((uint16_t)(w >> 16)));
-		uint32_t q[8];
-		kvt_bytes<16> o;
+	for (uint32_t base = blockIdx.x * blockDim.x + threadIdx.x; base < chunks;
+	     base += KVT_VUNROLL * stride) {
+		uint32_t q[KVT_VUNROLL][8], w[KVT_VUNROLL];
 
-		load_codes<BITS, 8>(src + (size_t)e0 * BITS / 8, q);
 #pragma unroll
-		for (int k = 0; k < 8; k++)
-			o.h[k] = from_f<DT>(__fmaf_rn((float)q[k], s, z));
-		*(uint4 *)((uint16_t *)b.j[tile].dst + e0) = o.v;
+		for (int u = 0; u < KVT_VUNROLL; u++) {
+			const uint32_t r = base + u * stride < chunks ? base + u * stride : base;
+			const uint32_t e0 = r * 8;
+
+			load_codes<BITS, 8>(src + (size_t)e0 * BITS / 8, q[u]);
+			w[u] = *(const uint32_t *)(src + codes_bytes + (size_t)(e0 >> gshift) * 4);
+		}
+#pragma unroll
+		for (int u = 0; u < KVT_VUNROLL; u++) {
+			const uint32_t r = base + u * stride;
+			const float s = __half2float(__ushort_as_half((uint16_t)w[u]));
+			const float z = __half2float(__ushort_as_half((uint16_t)(w[u] >> 16)));
+			kvt_bytes<16> o;
+
+			if (r >= chunks)
+				continue;
+#pragma unroll
+			for (int k = 0; k < 8; k++)
+				o.h[k] = from_f<DT>(__fmaf_rn((float)q[u][k], s, z));
+			*(uint4 *)(dst + (size_t)r * 8) = o.v;
+		}
 	}
 }
 
@@ -316,30 +367,36 @@ struct kvt_qlaunch {
 	int ops;
 };
 
-static uint32_t qgrid(const struct kvt_gpu_engine *e, uint64_t units)
+/* x-extent of a 2-D grid: enough blocks for each thread to take `per_thread` units of a
+ * tile, capped near 32 blocks per SM over all tiles (several waves, so the last one's idle
+ * tail stays small). */
+static dim3 qgrid(const kvt_qlaunch *l, uint32_t units, uint32_t per_thread)
 {
-	uint64_t blocks = (units + KVT_QTHREADS - 1) / KVT_QTHREADS;
-	uint64_t cap = (uint64_t)e->sms * 8;
+	uint32_t x = (units + KVT_QTHREADS * per_thread - 1) / (KVT_QTHREADS * per_thread);
+	uint32_t cap = (uint32_t)l->e->sms * 32 / l->b.n;
 
-	return (uint32_t)(blocks < cap ? blocks : cap);
+	if (x > cap)
+		x = cap;
+	return dim3(x ? x : 1, l->b.n);
 }
 
 template <int DT, int BITS, int G>
-static void launch_keys(const kvt_qlaunch *l, uint32_t T, uint32_t C, uint64_t codes)
+static void launch_keys(const kvt_qlaunch *l, uint32_t T, uint32_t C, uint32_t codes)
 {
 	constexpr int CPT = G <= 16 ? 8 : G == 32 ? 4 : 2;
-	const uint32_t grid = qgrid(l->e, (uint64_t)l->b.n * (T / G) * (C / CPT));
 
 	if (l->dequant)
-		kvt_dqkeys<DT, BITS, G, CPT>
-		    <<<grid, KVT_QTHREADS, 0, l->stream>>>(l->b, T, C, codes);
+		kvt_dqkeys<DT, BITS, G>
+		    <<<qgrid(l, (T / G) * (C / 8), 1), KVT_QTHREADS, 0, l->stream>>>(l->b, T, C,
+										     codes);
 	else
 		kvt_qkeys<DT, BITS, G, CPT>
-		    <<<grid, KVT_QTHREADS, 0, l->stream>>>(l->b, T, C, codes);
+		    <<<qgrid(l, (T / G) * (C / CPT), 1), KVT_QTHREADS, 0, l->stream>>>(l->b, T, C,
+										       codes);
 }
 
 template <int DT, int BITS>
-static void launch_keys_g(const kvt_qlaunch *l, uint32_t T, uint32_t C, uint64_t codes)
+static void launch_keys_g(const kvt_qlaunch *l, uint32_t T, uint32_t C, uint32_t codes)
 {
 	switch (l->p->k_group) {
 	case 8:
@@ -364,19 +421,20 @@ template <int DT, int BITS> static void launch_one(const kvt_qlaunch *l)
 {
 	const struct kvt_gpu_qparams *p = l->p;
 	const uint32_t T = p->tokens, C = (uint32_t)p->heads * p->head_dim;
-	const uint64_t codes = (uint64_t)T * C * BITS / 8;
+	const uint32_t codes = T * C * BITS / 8;
 
 	if (l->kind == KVT_GPU_KEYS) {
 		launch_keys_g<DT, BITS>(l, T, C, codes);
 	} else {
-		const uint32_t grid = qgrid(l->e, (uint64_t)l->b.n * T * C / 8);
+		const uint32_t gshift = (uint32_t)__builtin_ctz(p->v_group);
+		const dim3 grid = qgrid(l, T * C / 8, KVT_VUNROLL);
 
 		if (l->dequant)
 			kvt_dqvals<DT, BITS>
-			    <<<grid, KVT_QTHREADS, 0, l->stream>>>(l->b, T * C, p->v_group, codes);
+			    <<<grid, KVT_QTHREADS, 0, l->stream>>>(l->b, T * C, gshift, codes);
 		else
 			kvt_qvals<DT, BITS>
-			    <<<grid, KVT_QTHREADS, 0, l->stream>>>(l->b, T * C, p->v_group, codes);
+			    <<<grid, KVT_QTHREADS, 0, l->stream>>>(l->b, T * C, gshift, codes);
 	}
 }
 
