@@ -817,6 +817,58 @@ static void test_multi_file(void **state)
 	free(s);
 }
 
+/* Slot bookkeeping under churn: random alloc/free of unwritten slots (no I/O needed) must
+ * keep used_bytes exact, never hand out overlapping slots, and accept every valid free. */
+static void test_slot_churn(void **state)
+{
+	enum { K = 300, OPS = 20000 };
+	struct kvt_tier *t = open_tier(0, 32 << 20, NULL);
+	struct kvt_tier_loc *loc = calloc(K, sizeof(*loc));
+	bool *live = calloc(K, sizeof(*live));
+	struct kvt_tier_stats st;
+	uint64_t used = 0;
+	unsigned s = seed;
+
+	assert_non_null(loc);
+	assert_non_null(live);
+	for (int op = 0; op < OPS; op++) {
+		unsigned k = (unsigned)rand_r(&s) % K;
+
+		if (!live[k]) {
+			uint32_t len = 64 + (uint32_t)rand_r(&s) % (200 << 10);
+			int r = ops->alloc(t, len, &loc[k]);
+
+			if (r == -ENOSPC)
+				continue;
+			assert_int_equal(r, 0);
+			assert_true(loc[k].len >= len && loc[k].len % 4096 == 0);
+			for (unsigned j = 0; j < K; j++)
+				if (live[j])
+					assert_true(loc[k].off + loc[k].len <= loc[j].off ||
+						    loc[j].off + loc[j].len <= loc[k].off);
+			live[k] = true;
+			used += loc[k].len;
+		} else {
+			ops->free(t, &loc[k]);
+			live[k] = false;
+			used -= loc[k].len;
+		}
+		if (op % 97 == 0) {
+			ops->stats(t, &st);
+			assert_int_equal(st.used_bytes, used);
+		}
+	}
+	for (unsigned k = 0; k < K; k++)
+		if (live[k])
+			ops->free(t, &loc[k]);
+	ops->stats(t, &st);
+	assert_int_equal(st.used_bytes, 0);
+	assert_int_equal(st.records, 0);
+	ops->close(t);
+	free(loc);
+	free(live);
+}
+
 static void test_bad_input(void **state)
 {
 	struct kvt_tier *t = open_tier(0, 8 << 20, NULL);
@@ -880,6 +932,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test_teardown(test_full_filesystem, teardown),
 	    cmocka_unit_test_teardown(test_fallbacks, teardown),
 	    cmocka_unit_test_teardown(test_multi_file, teardown),
+	    cmocka_unit_test_teardown(test_slot_churn, teardown),
 	    cmocka_unit_test_teardown(test_bad_input, teardown),
 	};
 
