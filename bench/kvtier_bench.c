@@ -1019,7 +1019,7 @@ static void usage(FILE *f)
 	       "  --socket PATH     use a running kvtierd instead of starting one\n"
 	       "  --sizes LIST      block sizes, e.g. 16K,64K,256K,1M,4M (the default)\n"
 	       "  --threads N       run with 1, 2, 4, ... N workers, each its own client\n"
-	       "  --procs           workers are processes instead of threads\n"
+	       "  --procs[=N]       workers are processes instead of threads (=N: up to N)\n"
 	       "  --working-set SZ  bytes of blocks per size (default 256M; --quick: 32M)\n"
 	       "  --seconds S       time of the timed passes per size (default 2; --quick 0.25)\n"
 	       "  --lookups N       lookups of one key for the round-trip latency (default 20000)\n"
@@ -1056,7 +1056,7 @@ int main(int argc, char **argv)
 	    {"socket", required_argument, NULL, O_SOCKET},
 	    {"sizes", required_argument, NULL, O_SIZES},
 	    {"threads", required_argument, NULL, O_THREADS},
-	    {"procs", no_argument, NULL, O_PROCS},
+	    {"procs", optional_argument, NULL, O_PROCS},
 	    {"working-set", required_argument, NULL, O_WS},
 	    {"seconds", required_argument, NULL, O_SECONDS},
 	    {"lookups", required_argument, NULL, O_LOOKUPS},
@@ -1124,6 +1124,8 @@ int main(int argc, char **argv)
 			break;
 		case O_PROCS:
 			o.procs = true;
+			if (optarg)
+				o.threads = atoi(optarg);
 			break;
 		case O_WS:
 			if (parse_size(optarg, &o.ws)) {
