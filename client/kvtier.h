@@ -100,11 +100,14 @@ KVT_API void kvt_close(struct kvt_client *c);
 /* ---------------------------------------------------------------------------------------
  * Layouts and keys
  */
+#ifndef KVT_DTYPE_ENUM_DEFINED
+#define KVT_DTYPE_ENUM_DEFINED
 enum kvt_dtype {
 	KVT_DTYPE_FP16 = 1,
 	KVT_DTYPE_BF16 = 2,
 	KVT_DTYPE_FP8_E4M3 = 3,
 };
+#endif
 
 /* Order of a block's bytes: per layer, K then V ([head][token][dim] each), or V then K. */
 enum kvt_kv_order {

@@ -27,7 +27,8 @@ int kvtd_index_init(struct kvtd_index *ix, uint32_t max_blocks)
 	ix->mask = nb - 1;
 	ix->max = max_blocks;
 	ix->free_head = KVTD_NIL;
-	ix->lru_head = ix->lru_tail = KVTD_NIL;
+	for (int l = 0; l < 2; l++)
+		ix->lru_head[l] = ix->lru_tail[l] = KVTD_NIL;
 	return 0;
 }
 
@@ -87,7 +88,9 @@ uint32_t kvtd_index_insert(struct kvtd_index *ix, uint64_t lo, uint64_t hi)
 	b->gen = gen;
 	b->key_lo = lo;
 	b->key_hi = hi;
-	b->lru_prev = b->lru_next = KVTD_NIL;
+	for (int l = 0; l < 2; l++)
+		b->lru_prev[l] = b->lru_next[l] = KVTD_NIL;
+	b->waiters = KVTD_NIL;
 	s = slot_of(ix, lo, hi);
 	b->next = ix->bucket[s];
 	ix->bucket[s] = i;
@@ -114,37 +117,37 @@ void kvtd_index_unhash(struct kvtd_index *ix, uint32_t i)
 	}
 }
 
-void kvtd_lru_unlink(struct kvtd_index *ix, uint32_t i)
+void kvtd_lru_unlink(struct kvtd_index *ix, int l, uint32_t i)
 {
 	struct kvtd_blk *b = &ix->blk[i];
 
-	if (!b->in_lru)
+	if (!b->in_lru[l])
 		return;
-	if (b->lru_prev != KVTD_NIL)
-		ix->blk[b->lru_prev].lru_next = b->lru_next;
+	if (b->lru_prev[l] != KVTD_NIL)
+		ix->blk[b->lru_prev[l]].lru_next[l] = b->lru_next[l];
 	else
-		ix->lru_head = b->lru_next;
-	if (b->lru_next != KVTD_NIL)
-		ix->blk[b->lru_next].lru_prev = b->lru_prev;
+		ix->lru_head[l] = b->lru_next[l];
+	if (b->lru_next[l] != KVTD_NIL)
+		ix->blk[b->lru_next[l]].lru_prev[l] = b->lru_prev[l];
 	else
-		ix->lru_tail = b->lru_prev;
-	b->lru_prev = b->lru_next = KVTD_NIL;
-	b->in_lru = 0;
+		ix->lru_tail[l] = b->lru_prev[l];
+	b->lru_prev[l] = b->lru_next[l] = KVTD_NIL;
+	b->in_lru[l] = 0;
 }
 
-void kvtd_lru_push(struct kvtd_index *ix, uint32_t i)
+void kvtd_lru_push(struct kvtd_index *ix, int l, uint32_t i)
 {
 	struct kvtd_blk *b = &ix->blk[i];
 
-	kvtd_lru_unlink(ix, i);
-	b->lru_prev = KVTD_NIL;
-	b->lru_next = ix->lru_head;
-	if (ix->lru_head != KVTD_NIL)
-		ix->blk[ix->lru_head].lru_prev = i;
+	kvtd_lru_unlink(ix, l, i);
+	b->lru_prev[l] = KVTD_NIL;
+	b->lru_next[l] = ix->lru_head[l];
+	if (ix->lru_head[l] != KVTD_NIL)
+		ix->blk[ix->lru_head[l]].lru_prev[l] = i;
 	else
-		ix->lru_tail = i;
-	ix->lru_head = i;
-	b->in_lru = 1;
+		ix->lru_tail[l] = i;
+	ix->lru_head[l] = i;
+	b->in_lru[l] = 1;
 }
 
 void kvtd_index_remove(struct kvtd_index *ix, uint32_t i)
@@ -152,7 +155,8 @@ void kvtd_index_remove(struct kvtd_index *ix, uint32_t i)
 	struct kvtd_blk *b = &ix->blk[i];
 
 	kvtd_index_unhash(ix, i);
-	kvtd_lru_unlink(ix, i);
+	kvtd_lru_unlink(ix, 0, i);
+	kvtd_lru_unlink(ix, 1, i);
 	b->state = KVTD_BLK_FREE;
 	b->gen++;
 	b->next = ix->free_head;

@@ -20,10 +20,12 @@ enum kvtd_blk_state {
 
 enum kvtd_tier_id { KVTD_TIER_HOST = 0, KVTD_TIER_NVME = 1, KVTD_NTIERS };
 
+enum { KVTD_IO_NONE = 0, KVTD_IO_DEMOTE = 1, KVTD_IO_PROMOTE = 2 };
+
 struct kvtd_blk {
 	uint64_t key_lo, key_hi; /* internal key: tenant salt and layout already mixed in */
 	uint32_t next;		 /* hash chain */
-	uint32_t lru_prev, lru_next;
+	uint32_t lru_prev[2], lru_next[2]; /* per tier (enum kvtd_tier_id) */
 	uint32_t gen; /* bumped on every reuse of the entry: stale handles fail */
 	uint32_t len;
 	uint32_t tenant;
@@ -31,10 +33,20 @@ struct kvtd_blk {
 	uint32_t pins;
 	uint32_t owner; /* client id holding the reservation */
 	uint8_t state;
-	uint8_t tier;
-	uint8_t in_lru;
+	uint8_t tier;	   /* fastest tier holding the data */
+	uint8_t in_lru[2]; /* per tier */
 	uint8_t hashed;
-	uint64_t off; /* byte offset in the tenant's arena */
+	uint8_t on_host; /* host arena copy at off */
+	uint8_t on_nvme; /* NVMe record at nvme_* (written and complete) */
+	uint8_t io;	 /* KVTD_IO_*: demotion or promotion in flight */
+	uint8_t pad;
+	uint32_t nvme_len; /* bytes reserved by the NVMe slot */
+	uint64_t nvme_off;
+	uint16_t nvme_file;
+	uint16_t nvme_flags;
+	uint32_t waiters; /* index into the daemon's waiter table, or KVTD_NIL */
+	void *pend;	  /* the in-flight demotion or promotion (placement.c) */
+	uint64_t off;	  /* byte offset in the tenant's arena */
 	uint64_t fingerprint;
 	uint64_t atime; /* daemon clock (ms) of the last put/get */
 	uint64_t hits;
@@ -46,8 +58,8 @@ struct kvtd_index {
 	uint32_t free_head;
 	uint32_t *bucket;
 	uint32_t mask;
-	uint32_t count;		     /* entries in the hash */
-	uint32_t lru_head, lru_tail; /* head = most recently used */
+	uint32_t count;			   /* entries in the hash */
+	uint32_t lru_head[2], lru_tail[2]; /* per tier; head = most recently used */
 };
 
 /* Returns 0 or -ENOMEM. */
@@ -61,8 +73,9 @@ uint32_t kvtd_index_insert(struct kvtd_index *ix, uint64_t lo, uint64_t hi);
 void kvtd_index_unhash(struct kvtd_index *ix, uint32_t i);
 /* Unhashes (if needed), unlinks from the LRU and frees the entry; its gen is bumped. */
 void kvtd_index_remove(struct kvtd_index *ix, uint32_t i);
-void kvtd_lru_push(struct kvtd_index *ix, uint32_t i); /* as most recently used */
-void kvtd_lru_unlink(struct kvtd_index *ix, uint32_t i);
+/* LRU list per tier (KVTD_TIER_HOST, KVTD_TIER_NVME). */
+void kvtd_lru_push(struct kvtd_index *ix, int list, uint32_t i); /* as most recently used */
+void kvtd_lru_unlink(struct kvtd_index *ix, int list, uint32_t i);
 
 static inline struct kvtd_blk *kvtd_blk(const struct kvtd_index *ix, uint32_t i)
 {

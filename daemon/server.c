@@ -37,19 +37,9 @@
 #include <systemd/sd-daemon.h>
 #endif
 
-#include "index.h"
-#include "kvt_metrics.h"
-#include "kvt_proto.h"
+#include "daemon.h"
 #include "kvt_ring.h"
-#include "pagemap.h"
 #include "server.h"
-
-#define CLIENT_MAGIC 0x434c4e54u /* "CLNT" */
-#define TENANT_MAGIC 0x54454e54u /* "TENT" */
-#define MAX_LAYOUTS  64
-#define MAX_HOLDS    (1u << 20)
-#define DRAIN_BATCH  64
-#define ADMIN_CHUNK  32768
 
 int kvtd_log_level = KVTD_LOG_INFO;
 
@@ -72,98 +62,7 @@ void kvtd_log(int level, const char *fmt, ...)
 	fputc('\n', stderr);
 }
 
-enum ev_kind { EV_LISTEN = 1, EV_SOCK, EV_SQ, EV_TIMER, EV_SIGNAL };
-
-struct ev {
-	enum ev_kind kind;
-	void *p;
-};
-
-enum hold_kind { HOLD_NONE = 0, HOLD_RESERVE, HOLD_LEASE, HOLD_PIN };
-
-struct hold {
-	uint32_t blk, blk_gen;
-	uint32_t gen;
-	uint8_t kind;
-	uint32_t next_free;
-};
-
-struct tenant {
-	uint32_t magic;
-	uint32_t uid;
-	int memfd;
-	uint8_t *base;
-	uint64_t size;
-	struct kvtd_pagemap pm;
-	uint64_t used_bytes;
-	uint64_t blocks;
-	unsigned nclients;
-};
-
-struct layout_slot {
-	uint64_t fp;
-	uint32_t block_bytes;
-};
-
-struct client {
-	uint32_t magic;
-	uint32_t id;
-	int sock, sq_efd, cq_efd;
-	struct ev sock_ev, sq_ev;
-	bool hello, admin, data, dead;
-	uid_t uid;
-	gid_t gid;
-	pid_t pid;
-	char name[64];
-	struct tenant *t;
-	/* rings */
-	uint8_t *ring;
-	uint32_t ring_size;
-	struct kvt_ring_ctl *sq, *cq;
-	struct kvt_sqe *sqes;
-	struct kvt_cqe *cqes;
-	uint8_t *scratch;
-	uint32_t sq_entries, cq_entries;
-	uint32_t sq_head, cq_tail; /* daemon's own copies: never re-read from shm */
-	/* layouts and holds */
-	struct layout_slot layouts[MAX_LAYOUTS];
-	uint32_t nlayouts;
-	struct hold *holds;
-	uint32_t nholds, cap_holds, free_hold;
-	uint32_t n_leases, n_reserves, n_pins;
-	uint64_t puts, gets, hits, misses, lookups;
-	uint64_t connected_ms;
-	struct client *next;
-};
-
-struct tier_stats {
-	uint64_t hits, misses, bytes_read, bytes_written;
-};
-
-struct kvtd {
-	struct kvtd_config cfg;
-	int ep, lsock, tfd, sfd;
-	bool lsock_from_systemd, stop;
-	char sock_path[108];
-	struct ev lsock_ev, tfd_ev, sfd_ev;
-	struct kvtd_index ix;
-	struct tenant **tenants;
-	uint32_t ntenants;
-	struct client *clients;
-	uint32_t nclients, next_client_id;
-	uint64_t salt;
-	uint64_t epoch;
-	uint64_t start_ms;
-	uint64_t host_used;
-	struct tier_stats tier[KVTD_NTIERS];
-	struct kvt_metrics m;
-	gid_t admin_gid;
-	bool have_admin_gid;
-	bool watchdog;
-	uint8_t *msgbuf;
-};
-
-static uint64_t now_ms(void)
+uint64_t kvtd_now_ms(void)
 {
 	struct timespec ts;
 
@@ -182,7 +81,7 @@ static uint64_t now_us(void)
 /* ---------------------------------------------------------------------------------------
  * Tenants: one arena (memfd) per uid, so a client can only ever touch its own tenant's data.
  */
-static struct tenant *tenant_get(struct kvtd *d, uint32_t uid)
+struct tenant *kvtd_tenant_get(struct kvtd *d, uint32_t uid)
 {
 	struct tenant *t, **nt;
 	int ret;
@@ -230,7 +129,7 @@ fail:
 	return NULL;
 }
 
-static struct tenant *tenant_of(struct kvtd *d, const struct kvtd_blk *b)
+struct tenant *kvtd_tenant_of(struct kvtd *d, const struct kvtd_blk *b)
 {
 	struct tenant *t = d->tenants[b->tenant];
 
@@ -247,114 +146,6 @@ static uint32_t tenant_index(struct kvtd *d, const struct tenant *t)
 			return i;
 	}
 	abort();
-}
-
-/* ---------------------------------------------------------------------------------------
- * Host tier: blocks in the arenas, LRU eviction under watermarks.
- */
-static void blk_free_space(struct kvtd *d, struct kvtd_blk *b, bool punch)
-{
-	struct tenant *t = tenant_of(d, b);
-	uint64_t np = kvtd_pages(b->len);
-
-	if (kvtd_pagemap_free(&t->pm, b->off >> KVTD_PAGE_SHIFT, np) < 0) {
-		kvtd_log(KVTD_LOG_ERR, "arena accounting broken at offset %" PRIu64, b->off);
-		abort();
-	}
-	/* With several tenants, memory freed in one arena must really return to the host. */
-	if (punch)
-		fallocate(t->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)b->off,
-			  (off_t)(np << KVTD_PAGE_SHIFT));
-	t->used_bytes -= np << KVTD_PAGE_SHIFT;
-	d->host_used -= np << KVTD_PAGE_SHIFT;
-}
-
-/* Drops a block entirely (it must hold no lease). */
-static void blk_drop(struct kvtd *d, uint32_t i, bool punch)
-{
-	struct kvtd_blk *b = kvtd_blk(&d->ix, i);
-	struct tenant *t = tenant_of(d, b);
-
-	if (b->state == KVTD_BLK_READY)
-		t->blocks--;
-	blk_free_space(d, b, punch);
-	kvtd_index_remove(&d->ix, i);
-}
-
-static bool blk_evictable(const struct kvtd_blk *b)
-{
-	return b->state == KVTD_BLK_READY && !b->leases && !b->pins;
-}
-
-static void blk_lru_update(struct kvtd *d, uint32_t i)
-{
-	if (blk_evictable(kvtd_blk(&d->ix, i)))
-		kvtd_lru_push(&d->ix, i);
-	else
-		kvtd_lru_unlink(&d->ix, i);
-}
-
-/* Evicts the least recently used evictable block (of tenant only, if not NULL). */
-static int evict_one(struct kvtd *d, const struct tenant *only)
-{
-	uint32_t i = d->ix.lru_tail;
-	unsigned walked = 0;
-
-	while (i != KVTD_NIL) {
-		struct kvtd_blk *b = kvtd_blk(&d->ix, i);
-
-		if (!only || d->tenants[b->tenant] == only)
-			break;
-		i = b->lru_prev;
-		if (++walked > 100000)
-			return -ENOSPC;
-	}
-	if (i == KVTD_NIL)
-		return -ENOSPC;
-	struct kvtd_blk *b = kvtd_blk(&d->ix, i);
-	d->m.evictions_total++;
-	d->m.evicted_bytes_total += b->len;
-	/* Punch only when another tenant needs the memory; one tenant reuses its pages. */
-	blk_drop(d, i, d->ntenants > 1 && d->tenants[b->tenant] != only);
-	return 0;
-}
-
-/* Finds room for len bytes in t's arena, evicting as needed. Returns the offset or -errno. */
-static int64_t host_alloc(struct kvtd *d, struct tenant *t, uint32_t len)
-{
-	uint64_t np = kvtd_pages(len), bytes = np << KVTD_PAGE_SHIFT;
-
-	if (bytes > t->size)
-		return -E2BIG;
-	for (;;) {
-		if (d->host_used + bytes <= d->cfg.host_capacity) {
-			int64_t p = kvtd_pagemap_alloc(&t->pm, np);
-			if (p >= 0) {
-				t->used_bytes += bytes;
-				d->host_used += bytes;
-				return p << KVTD_PAGE_SHIFT;
-			}
-			/* Room overall but t's arena is fragmented: only t's blocks help. */
-			if (evict_one(d, t) < 0)
-				return -ENOSPC;
-			continue;
-		}
-		if (evict_one(d, NULL) < 0)
-			return -ENOSPC;
-	}
-}
-
-static void host_watermarks(struct kvtd *d)
-{
-	uint64_t high = (uint64_t)(d->cfg.host_high * (double)d->cfg.host_capacity);
-	uint64_t low = (uint64_t)(d->cfg.host_low * (double)d->cfg.host_capacity);
-
-	if (d->host_used <= high)
-		return;
-	while (d->host_used > low) {
-		if (evict_one(d, NULL) < 0)
-			break;
-	}
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -415,10 +206,10 @@ static void lease_drop(struct kvtd *d, uint32_t i)
 
 	b->leases--;
 	d->m.leases--;
-	if (b->state == KVTD_BLK_ZOMBIE && !b->leases)
-		blk_drop(d, i, d->ntenants > 1);
+	if (b->state == KVTD_BLK_ZOMBIE && !b->leases && b->io == KVTD_IO_NONE)
+		kvtd_blk_drop(d, i);
 	else
-		blk_lru_update(d, i);
+		kvtd_blk_lru_update(d, i);
 }
 
 static bool hold_valid(struct kvtd *d, const struct hold *ho)
@@ -470,7 +261,7 @@ static void op_reserve(struct kvtd *d, struct client *c, const struct kvt_sqe *s
 		ret = -EEXIST;
 		goto out;
 	}
-	off = host_alloc(d, c->t, s->len);
+	off = kvtd_host_alloc(d, c->t, s->len);
 	if (off < 0) {
 		if (off == -ENOSPC)
 			d->m.enospc_total++;
@@ -479,10 +270,7 @@ static void op_reserve(struct kvtd *d, struct client *c, const struct kvt_sqe *s
 	}
 	i = kvtd_index_insert(&d->ix, lo, hi);
 	if (i == KVTD_NIL) {
-		uint64_t np = kvtd_pages(s->len);
-		kvtd_pagemap_free(&c->t->pm, (uint64_t)off >> KVTD_PAGE_SHIFT, np);
-		c->t->used_bytes -= np << KVTD_PAGE_SHIFT;
-		d->host_used -= np << KVTD_PAGE_SHIFT;
+		kvtd_host_unalloc(d, c->t, (uint64_t)off, s->len);
 		ret = -KVT_ELIMIT;
 		goto out;
 	}
@@ -494,9 +282,10 @@ static void op_reserve(struct kvtd *d, struct client *c, const struct kvt_sqe *s
 	b->tenant = tenant_index(d, c->t);
 	b->owner = c->id;
 	b->fingerprint = l->fp;
+	b->on_host = 1;
 	ret = hold_add(c, i, b->gen, HOLD_RESERVE, &handle);
 	if (ret < 0) {
-		blk_drop(d, i, false);
+		kvtd_blk_drop(d, i);
 		goto out;
 	}
 	c->n_reserves++;
@@ -522,13 +311,11 @@ static void op_commit(struct kvtd *d, struct client *c, const struct kvt_sqe *s,
 	c->n_reserves--;
 	d->m.reservations--;
 	if (abort_it) {
-		blk_drop(d, ho->blk, false);
+		kvtd_blk_drop(d, ho->blk);
 		d->m.aborts_total++;
 	} else {
-		b->state = KVTD_BLK_READY;
-		b->atime = now_ms();
-		tenant_of(d, b)->blocks++;
-		blk_lru_update(d, ho->blk);
+		b->atime = kvtd_now_ms();
+		kvtd_blk_committed(d, ho->blk);
 		c->puts++;
 		d->m.puts_total++;
 		d->m.put_bytes_total += b->len;
@@ -556,43 +343,118 @@ static uint32_t find_ready(struct kvtd *d, struct client *c, const struct kvt_sq
 	return i;
 }
 
-static void op_lease(struct kvtd *d, struct client *c, const struct kvt_sqe *s, struct kvt_cqe *q)
+/* Leases block i (on the host) to c and fills the completion. */
+static void do_lease(struct kvtd *d, struct client *c, uint32_t i, struct kvt_cqe *q)
 {
-	uint64_t handle;
-	int ret;
-	uint32_t i = find_ready(d, c, s, &ret);
-
-	c->gets++;
-	d->m.gets_total++;
-	if (i == KVTD_NIL) {
-		if (ret == -ENOENT) {
-			c->misses++;
-			d->m.misses_total++;
-			d->tier[KVTD_TIER_HOST].misses++;
-		}
-		q->res = ret;
-		return;
-	}
 	struct kvtd_blk *b = kvtd_blk(&d->ix, i);
-	ret = hold_add(c, i, b->gen, HOLD_LEASE, &handle);
+	uint64_t handle;
+	int ret = hold_add(c, i, b->gen, HOLD_LEASE, &handle);
+
 	if (ret < 0) {
 		q->res = ret;
 		return;
 	}
 	b->leases++;
 	b->hits++;
-	b->atime = now_ms();
-	blk_lru_update(d, i);
+	b->atime = kvtd_now_ms();
+	kvtd_blk_lru_update(d, i);
 	c->n_leases++;
 	c->hits++;
 	d->m.leases++;
 	d->m.hits_total++;
 	d->m.get_bytes_total += b->len;
-	d->tier[KVTD_TIER_HOST].hits++;
 	d->tier[KVTD_TIER_HOST].bytes_read += b->len;
 	q->off = b->off;
 	q->handle = handle;
 	q->res = (int32_t)b->len;
+}
+
+static void count_miss(struct kvtd *d, struct client *c)
+{
+	c->misses++;
+	d->m.misses_total++;
+	d->tier[KVTD_TIER_HOST].misses++;
+	if (d->nvme)
+		d->tier[KVTD_TIER_NVME].misses++;
+}
+
+/* Returns true when the completion is deferred (the block is coming up from NVMe). */
+static bool op_lease(struct kvtd *d, struct client *c, const struct kvt_sqe *s, struct kvt_cqe *q)
+{
+	int ret;
+	uint32_t i = find_ready(d, c, s, &ret);
+
+	c->gets++;
+	d->m.gets_total++;
+	if (i == KVTD_NIL) {
+		if (ret == -ENOENT)
+			count_miss(d, c);
+		q->res = ret;
+		return false;
+	}
+	if (kvtd_blk(&d->ix, i)->on_host) {
+		d->tier[KVTD_TIER_HOST].hits++;
+	} else {
+		d->tier[KVTD_TIER_HOST].misses++;
+		ret = kvtd_promote(d, c->id, s->user_data, i);
+		if (ret == 1)
+			return true;
+		if (ret < 0) {
+			if (ret == -ENOENT)
+				count_miss(d, c);
+			q->res = ret;
+			return false;
+		}
+	}
+	do_lease(d, c, i, q);
+	return false;
+}
+
+static struct client *client_by_id(struct kvtd *d, uint32_t id)
+{
+	for (struct client *c = d->clients; c; c = c->next) {
+		if (c->id == id)
+			return c->dead ? NULL : c;
+	}
+	return NULL;
+}
+
+/* Posts one completion outside the drain loop; a client that does not reap loses it. */
+static void post_cqe(struct kvtd *d, struct client *c, const struct kvt_cqe *q)
+{
+	uint32_t used = kvt_ring_pending(c->cq, c->cq_tail);
+
+	if (used >= c->cq_entries) {
+		d->m.protocol_errors_total++;
+		return;
+	}
+	memcpy(&c->cqes[c->cq_tail & (c->cq_entries - 1)], q, sizeof(*q));
+	c->cq_tail++;
+	kvt_ring_publish(c->cq, c->cq_tail);
+	if (kvt_ring_needs_wakeup(c->cq)) {
+		uint64_t one = 1;
+		ssize_t r = write(c->cq_efd, &one, sizeof(one));
+		(void)r;
+	}
+}
+
+void kvtd_wake_lease(struct kvtd *d, uint32_t client_id, uint64_t user_data, uint32_t blk, int err)
+{
+	struct client *c = client_by_id(d, client_id);
+	struct kvt_cqe q;
+
+	if (!c)
+		return; /* it went away while waiting */
+	memset(&q, 0, sizeof(q));
+	q.user_data = user_data;
+	if (err < 0) {
+		if (err == -ENOENT)
+			count_miss(d, c);
+		q.res = err;
+	} else {
+		do_lease(d, c, blk, &q);
+	}
+	post_cqe(d, c, &q);
 }
 
 static void op_release(struct kvtd *d, struct client *c, const struct kvt_sqe *s, struct kvt_cqe *q)
@@ -663,12 +525,9 @@ static void op_delete(struct kvtd *d, struct client *c, const struct kvt_sqe *s,
 	d->m.deletes_total++;
 	if (b->leases) {
 		/* Invisible at once; the memory goes when the last reader is done. */
-		tenant_of(d, b)->blocks--;
-		kvtd_index_unhash(&d->ix, i);
-		kvtd_lru_unlink(&d->ix, i);
-		b->state = KVTD_BLK_ZOMBIE;
+		kvtd_blk_hide(d, i);
 	} else {
-		blk_drop(d, i, d->ntenants > 1);
+		kvtd_blk_drop(d, i);
 	}
 	q->res = 0;
 }
@@ -714,11 +573,12 @@ static void op_pin(struct kvtd *d, struct client *c, const struct kvt_sqe *s, st
 		c->n_pins--;
 		d->m.pins--;
 	}
-	blk_lru_update(d, i);
+	kvtd_blk_lru_update(d, i);
 	q->res = 0;
 }
 
-static void handle_sqe(struct kvtd *d, struct client *c, const struct kvt_sqe *s, struct kvt_cqe *q)
+/* Returns true when the completion will be posted later. */
+static bool handle_sqe(struct kvtd *d, struct client *c, const struct kvt_sqe *s, struct kvt_cqe *q)
 {
 	d->m.ring_requests_total++;
 	switch (s->op) {
@@ -735,8 +595,7 @@ static void handle_sqe(struct kvtd *d, struct client *c, const struct kvt_sqe *s
 		op_commit(d, c, s, q, true);
 		break;
 	case KVT_OP_LEASE:
-		op_lease(d, c, s, q);
-		break;
+		return op_lease(d, c, s, q);
 	case KVT_OP_RELEASE:
 		op_release(d, c, s, q);
 		break;
@@ -757,6 +616,7 @@ static void handle_sqe(struct kvtd *d, struct client *c, const struct kvt_sqe *s
 		q->res = -KVT_EPROTOCOL;
 		break;
 	}
+	return false;
 }
 
 static void client_kill(struct kvtd *d, struct client *c, const char *why);
@@ -792,7 +652,10 @@ static int client_drain(struct kvtd *d, struct client *c)
 		head++;
 		memset(&q, 0, sizeof(q));
 		q.user_data = s.user_data;
-		handle_sqe(d, c, &s, &q);
+		if (handle_sqe(d, c, &s, &q)) {
+			done++;
+			continue; /* kvtd_wake_lease() posts it */
+		}
 		if (!(s.flags & KVT_SQE_F_NO_CQE)) {
 			memcpy(&c->cqes[c->cq_tail & cmask], &q, sizeof(q));
 			c->cq_tail++;
@@ -894,7 +757,7 @@ static void client_release_all(struct kvtd *d, struct client *c)
 			struct kvtd_blk *b = kvtd_blk(&d->ix, ho->blk);
 			switch (ho->kind) {
 			case HOLD_RESERVE:
-				blk_drop(d, ho->blk, false);
+				kvtd_blk_drop(d, ho->blk);
 				d->m.reservations--;
 				d->m.aborts_total++;
 				break;
@@ -904,7 +767,7 @@ static void client_release_all(struct kvtd *d, struct client *c)
 			case HOLD_PIN:
 				b->pins--;
 				d->m.pins--;
-				blk_lru_update(d, ho->blk);
+				kvtd_blk_lru_update(d, ho->blk);
 				break;
 			}
 		}
@@ -1036,7 +899,7 @@ static void handle_hello(struct kvtd *d, struct client *c, const struct kvt_msg_
 	c->hello = true;
 	if (m->want_admin)
 		goto reply;
-	c->t = tenant_get(d, c->uid);
+	c->t = kvtd_tenant_get(d, c->uid);
 	if (!c->t) {
 		ret = -ENOMEM;
 		goto reply;
@@ -1085,6 +948,7 @@ static void handle_layout(struct kvtd *d, struct client *c, const struct kvt_msg
 		ret = -KVT_ELIMIT;
 		goto out;
 	}
+	kvtd_geom_note(d, fp, &m->layout);
 	c->layouts[c->nlayouts].fp = fp;
 	c->layouts[c->nlayouts].block_bytes = (uint32_t)kvt_layout_block_bytes(&m->layout);
 	ret = (int)c->nlayouts++;
@@ -1168,31 +1032,41 @@ static void fmt_bytes(char *out, size_t n, uint64_t v)
 	snprintf(out, n, i ? "%.1f %s" : "%.0f %s", x, u[i]);
 }
 
+/* Blocks with a copy in the tier (a promoted block counts in both). */
 static uint64_t tier_blocks(struct kvtd *d, int tier)
 {
 	uint64_t n = 0;
 
-	if (tier != KVTD_TIER_HOST)
-		return 0;
-	for (uint32_t i = 0; i < d->ntenants; i++)
-		n += d->tenants[i]->blocks;
+	for (uint32_t i = 0; i < d->ix.used; i++) {
+		const struct kvtd_blk *b = kvtd_blk(&d->ix, i);
+
+		if (b->state == KVTD_BLK_READY &&
+		    (tier == KVTD_TIER_HOST ? b->on_host : b->on_nvme))
+			n++;
+	}
 	return n;
 }
 
 static void render_tiers(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 {
-	int ntiers = d->cfg.nvme_enabled ? 2 : 1;
+	int ntiers = d->nvme ? 2 : 1;
+	struct kvt_tier_stats ns;
 
+	kvtd_nvme_stats(d, &ns);
 	if (!json)
 		sb_printf(b, "%-6s %12s %12s %10s %10s %10s  %s\n", "tier", "capacity", "used",
 			  "blocks", "hits", "misses", "codec");
 	for (int t = 0; t < ntiers; t++) {
-		uint64_t cap = t == KVTD_TIER_HOST ? d->cfg.host_capacity : d->cfg.nvme_capacity;
-		uint64_t used = t == KVTD_TIER_HOST ? d->host_used : 0;
-		const char *codec = t == KVTD_TIER_HOST ? d->cfg.host_codec : d->cfg.nvme_codec;
-		double hi = t == KVTD_TIER_HOST ? d->cfg.host_high : d->cfg.nvme_high;
-		double lo = t == KVTD_TIER_HOST ? d->cfg.host_low : d->cfg.nvme_low;
+		bool host = t == KVTD_TIER_HOST;
+		uint64_t cap = host ? d->cfg.host_capacity : ns.capacity_bytes;
+		uint64_t used = host ? d->host_used : ns.used_bytes;
+		const char *codec = host ? d->cfg.host_codec : kvt_chain_name(d->nvme_chain);
+		double hi = host ? d->cfg.host_high : d->cfg.nvme_high;
+		double lo = host ? d->cfg.host_low : d->cfg.nvme_low;
 		const struct tier_stats *ts = &d->tier[t];
+		uint64_t rd = host ? ts->bytes_read : ns.bytes_read;
+		uint64_t wr = host ? ts->bytes_written : ns.bytes_written;
+		uint64_t ev = host ? d->m.evictions_total : d->m.nvme_evictions_total;
 
 		if (json) {
 			sb_printf(b,
@@ -1205,10 +1079,21 @@ static void render_tiers(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 				sb_printf(b,
 					  ",\"high_watermark\":%.3f,\"low_watermark\":%.3f,"
 					  "\"bytes_read\":%" PRIu64 ",\"bytes_written\":%" PRIu64
-					  ",\"evictions\":%" PRIu64 ",\"tenants\":%u",
-					  hi, lo, ts->bytes_read, ts->bytes_written,
-					  t == KVTD_TIER_HOST ? d->m.evictions_total : 0,
-					  t == KVTD_TIER_HOST ? d->ntenants : 0);
+					  ",\"evictions\":%" PRIu64,
+					  hi, lo, rd, wr, ev);
+			if (detail && host)
+				sb_printf(b, ",\"tenants\":%u", d->ntenants);
+			if (detail && !host)
+				sb_printf(b,
+					  ",\"files\":%u,\"paths\":\"%s\",\"io_uring\":%s,"
+					  "\"direct\":%s,\"corrupt_records\":%" PRIu64
+					  ",\"read_errors\":%" PRIu64 ",\"write_errors\":%" PRIu64
+					  ",\"recovered\":%" PRIu64,
+					  ns.files, d->cfg.nvme_paths,
+					  ns.io_flags & KVT_TIER_ST_URING ? "true" : "false",
+					  ns.io_flags & KVT_TIER_ST_DIRECT ? "true" : "false",
+					  ns.corrupt_records + d->m.nvme_corrupt_total,
+					  ns.read_errors, ns.write_errors, ns.recovered);
 			sb_printf(b, "}");
 		} else {
 			char c1[32], c2[32];
@@ -1219,23 +1104,33 @@ static void render_tiers(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 			    b, "%-6s %12s %12s %10" PRIu64 " %10" PRIu64 " %10" PRIu64 "  %s\n",
 			    tier_name[t], c1, c2, tier_blocks(d, t), ts->hits, ts->misses, codec);
 			if (detail) {
-				fmt_bytes(c1, sizeof(c1), ts->bytes_read);
-				fmt_bytes(c2, sizeof(c2), ts->bytes_written);
+				fmt_bytes(c1, sizeof(c1), rd);
+				fmt_bytes(c2, sizeof(c2), wr);
 				sb_printf(b,
 					  "       watermarks %.2f/%.2f  read %s  written %s  "
 					  "evictions %" PRIu64 "\n",
-					  lo, hi, c1, c2,
-					  t == KVTD_TIER_HOST ? d->m.evictions_total : 0);
+					  lo, hi, c1, c2, ev);
 			}
+			if (detail && !host)
+				sb_printf(
+				    b,
+				    "       files %u (%s)  %s%s  corrupt records %" PRIu64
+				    "  read errors %" PRIu64 "  write errors %" PRIu64
+				    "  recovered %" PRIu64 "\n",
+				    ns.files, d->cfg.nvme_paths,
+				    ns.io_flags & KVT_TIER_ST_URING ? "io_uring" : "pread/pwrite",
+				    ns.io_flags & KVT_TIER_ST_DIRECT ? " O_DIRECT" : " buffered",
+				    ns.corrupt_records + d->m.nvme_corrupt_total, ns.read_errors,
+				    ns.write_errors, ns.recovered);
 		}
 	}
-	if (!d->cfg.nvme_enabled && !json && detail)
+	if (!d->nvme && !json && detail)
 		sb_printf(b, "(no NVMe tier configured: [nvme] enabled = false)\n");
 }
 
 static void render_status(struct kvtd *d, struct sbuf *b, bool json)
 {
-	uint64_t up = (now_ms() - d->start_ms) / 1000;
+	uint64_t up = (kvtd_now_ms() - d->start_ms) / 1000;
 
 	if (json) {
 		sb_printf(b,
@@ -1261,8 +1156,10 @@ static void render_status(struct kvtd *d, struct sbuf *b, bool json)
 
 static void render_metrics(struct kvtd *d, struct sbuf *b)
 {
-	int ntiers = d->cfg.nvme_enabled ? 2 : 1;
+	int ntiers = d->nvme ? 2 : 1;
+	struct kvt_tier_stats ns;
 
+	kvtd_nvme_stats(d, &ns);
 #define X(name, type, help)                                                                        \
 	sb_printf(b, "# HELP kvtier_%s %s.\n# TYPE kvtier_%s %s\nkvtier_%s %" PRIu64 "\n", #name,  \
 		  help, #name, #type, #name, d->m.name);
@@ -1284,13 +1181,13 @@ static void render_metrics(struct kvtd *d, struct sbuf *b)
 			  tm[k].name, tm[k].type);
 		for (int t = 0; t < ntiers; t++) {
 			const struct tier_stats *ts = &d->tier[t];
-			uint64_t v[] = {t ? d->cfg.nvme_capacity : d->cfg.host_capacity,
-					t ? 0 : d->host_used,
+			uint64_t v[] = {t ? ns.capacity_bytes : d->cfg.host_capacity,
+					t ? ns.used_bytes : d->host_used,
 					tier_blocks(d, t),
 					ts->hits,
 					ts->misses,
-					ts->bytes_read,
-					ts->bytes_written};
+					t ? ns.bytes_read : ts->bytes_read,
+					t ? ns.bytes_written : ts->bytes_written};
 			sb_printf(b, "kvtier_%s{tier=\"%s\"} %" PRIu64 "\n", tm[k].name,
 				  tier_name[t], v[k]);
 		}
@@ -1300,7 +1197,7 @@ static void render_metrics(struct kvtd *d, struct sbuf *b)
 static void render_blocks(struct kvtd *d, struct client *c, struct sbuf *b, bool json,
 			  uint64_t limit)
 {
-	uint64_t now = now_ms(), n = 0;
+	uint64_t now = kvtd_now_ms(), n = 0;
 
 	if (!limit || limit > 100000)
 		limit = limit ? 100000 : 100;
@@ -1317,7 +1214,7 @@ static void render_blocks(struct kvtd *d, struct client *c, struct sbuf *b, bool
 
 		if (k->state != KVTD_BLK_READY)
 			continue;
-		t = tenant_of(d, k);
+		t = kvtd_tenant_of(d, k);
 		if (!c->admin && t->uid != c->uid)
 			continue;
 		if (json)
@@ -1341,7 +1238,7 @@ static void render_blocks(struct kvtd *d, struct client *c, struct sbuf *b, bool
 
 static void render_clients(struct kvtd *d, struct client *self, struct sbuf *b, bool json)
 {
-	uint64_t now = now_ms();
+	uint64_t now = kvtd_now_ms();
 	int n = 0;
 
 	if (json)
@@ -1379,7 +1276,7 @@ static int admin_evict(struct kvtd *d, struct sbuf *b, bool json, uint64_t bytes
 	uint64_t before = d->m.evicted_bytes_total, nb = d->m.evictions_total;
 
 	while (!bytes || d->m.evicted_bytes_total - before < bytes) {
-		if (evict_one(d, NULL) < 0)
+		if (kvtd_evict_host_one(d, NULL) < 0)
 			break;
 	}
 	nb = d->m.evictions_total - nb;
@@ -1430,11 +1327,17 @@ static void handle_admin(struct kvtd *d, struct client *c, const struct kvt_msg_
 		}
 		if (m->cmd == KVT_ADMIN_EVICT) {
 			ret = admin_evict(d, &b, json, m->arg);
-		} else if (json) {
-			sb_printf(&b,
-				  "{\"flushed_blocks\":0,\"note\":\"no lower tier configured\"}\n");
 		} else {
-			sb_printf(&b, "nothing to flush: no lower tier is configured\n");
+			int n = kvtd_flush(d);
+			if (n < 0 && json)
+				sb_printf(&b, "{\"flushed_blocks\":0,\"note\":\"no NVMe tier "
+					      "configured\"}\n");
+			else if (n < 0)
+				sb_printf(&b, "nothing to flush: no NVMe tier is configured\n");
+			else if (json)
+				sb_printf(&b, "{\"flushed_blocks\":%d}\n", n);
+			else
+				sb_printf(&b, "queued %d blocks for writing to NVMe\n", n);
 		}
 		break;
 	default:
@@ -1561,7 +1464,7 @@ static void accept_clients(struct kvtd *d)
 		c->gid = cr.gid;
 		c->pid = cr.pid;
 		c->free_hold = KVTD_NIL;
-		c->connected_ms = now_ms();
+		c->connected_ms = kvtd_now_ms();
 		c->admin = is_admin(d, fd, cr.uid, cr.gid);
 		c->sock_ev.kind = EV_SOCK;
 		c->sock_ev.p = c;
@@ -1690,7 +1593,7 @@ int kvtd_create(const struct kvtd_config *cfg, struct kvtd **out)
 	}
 	d->salt =
 	    cfg->tenant_salt[0] ? kvt_hash64(cfg->tenant_salt, strlen(cfg->tenant_salt), 0) : 0;
-	d->start_ms = now_ms();
+	d->start_ms = kvtd_now_ms();
 	d->epoch = (uint64_t)time(NULL) << 20 ^ (uint64_t)getpid();
 	if (cfg->admin_group[0]) {
 		struct group *g = getgrnam(cfg->admin_group);
@@ -1741,6 +1644,9 @@ int kvtd_create(const struct kvtd_config *cfg, struct kvtd **out)
 		ret = -errno;
 		goto fail;
 	}
+	ret = kvtd_place_init(d);
+	if (ret < 0)
+		goto fail;
 #ifdef KVT_HAVE_SYSTEMD
 	uint64_t wd_usec;
 	d->watchdog = sd_watchdog_enabled(0, &wd_usec) > 0;
@@ -1758,7 +1664,7 @@ static void tick(struct kvtd *d)
 	ssize_t r = read(d->tfd, &exp, sizeof(exp));
 
 	(void)r;
-	host_watermarks(d);
+	kvtd_watermarks(d);
 #ifdef KVT_HAVE_SYSTEMD
 	if (d->watchdog)
 		sd_notify(0, "WATCHDOG=1");
@@ -1827,6 +1733,9 @@ int kvtd_run(struct kvtd *d)
 			case EV_TIMER:
 				tick(d);
 				break;
+			case EV_TIER:
+				kvtd_nvme_event(d);
+				break;
 			case EV_SIGNAL: {
 				struct signalfd_siginfo si;
 				if (read(d->sfd, &si, sizeof(si)) == sizeof(si) &&
@@ -1868,6 +1777,7 @@ void kvtd_destroy(struct kvtd *d)
 {
 	if (!d)
 		return;
+	kvtd_place_fini(d);
 	while (d->clients) {
 		client_release_all(d, d->clients);
 		client_free(d, d->clients);

@@ -30,6 +30,17 @@
 	X(client_deaths_total, counter, "Clients that went away holding leases or reservations")   \
 	X(protocol_errors_total, counter, "Malformed messages or ring entries from clients")       \
 	X(ring_requests_total, counter, "Ring entries processed")                                  \
+	X(demotions_total, counter, "Blocks written from the host tier to NVMe")                   \
+	X(demote_bytes_total, counter, "Record bytes written to NVMe by demotions")                \
+	X(demote_failures_total, counter, "Evictions that could not demote and dropped the block") \
+	X(promotions_total, counter, "Blocks read back from NVMe into the host tier")              \
+	X(promote_bytes_total, counter, "Block bytes promoted from NVMe")                          \
+	X(nvme_evictions_total, counter, "Copies evicted from the NVMe tier")                      \
+	X(nvme_admission_rejects_total, counter, "Evicted blocks not admitted to NVMe (unused)")   \
+	X(nvme_write_errors_total, counter, "NVMe record writes that failed")                      \
+	X(nvme_read_errors_total, counter, "NVMe record reads that failed")                        \
+	X(nvme_corrupt_total, counter, "NVMe records that failed a check and became misses")       \
+	X(nvme_recovered_total, counter, "NVMe records recovered at start")                        \
 	X(clients, gauge, "Clients connected")                                                     \
 	X(tenants, gauge, "Tenants (uids) with an arena")                                          \
 	X(leases, gauge, "Read leases held")                                                       \

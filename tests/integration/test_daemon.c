@@ -769,6 +769,246 @@ static void test_kvtierctl(void)
 	free(a);
 }
 
+/* ------------------------------------------------------------------------------------- */
+/* NVMe tier through the daemon: spill, promotion, restart, crash, corruption, faults.   */
+
+static char nvme_path_opt[400];
+
+static const char *nvme_paths(void)
+{
+	snprintf(nvme_path_opt, sizeof(nvme_path_opt), "nvme.paths=%s/nvme0.slots", dir);
+	return nvme_path_opt;
+}
+
+#define NVME_ARGS "-o", "nvme.enabled=true", "-o", nvme_paths(), "-o", "nvme.capacity=64MiB"
+
+/* Gets every key; each must be a miss or bit-exact. Returns how many were served. */
+static int check_all(struct kvt_client *c, int lay, const struct kvt_key *keys, int n, size_t bb,
+		     uint64_t tag0, int *wrong)
+{
+	uint8_t *a = malloc(bb), *b = malloc(bb);
+	int served = 0;
+
+	*wrong = 0;
+	for (int i = 0; i < n; i++) {
+		ssize_t g = kvt_get(c, lay, &keys[i], b, bb);
+		if (g == -ENOENT)
+			continue;
+		fill(a, bb, tag0 + (uint64_t)i);
+		if (g != (ssize_t)bb || memcmp(a, b, bb) != 0) {
+			fprintf(stderr, "block %d: get %zd, content %s\n", i, g,
+				g == (ssize_t)bb ? "WRONG" : "-");
+			(*wrong)++;
+		} else {
+			served++;
+		}
+	}
+	free(a);
+	free(b);
+	return served;
+}
+
+static void put_all(struct kvt_client *c, int lay, const struct kvt_key *keys, int n, size_t bb,
+		    uint64_t tag0)
+{
+	uint8_t *a = malloc(bb);
+
+	for (int i = 0; i < n; i++) {
+		fill(a, bb, tag0 + (uint64_t)i);
+		kvt_put(c, lay, &keys[i], a, bb);
+	}
+	free(a);
+}
+
+static void test_nvme_spill_restart(void)
+{
+	enum { N = 300 }; /* 19 MiB of blocks, 4 MiB of host */
+	struct kvt_layout l = small_layout();
+	size_t bb = kvt_layout_block_bytes(&l);
+	struct kvt_key keys[N];
+	int wrong, rc;
+	char *out;
+	pid_t pid = daemon_start("4MiB", NVME_ARGS, NULL);
+
+	CHECK(pid > 0);
+	struct kvt_client *c = connect_ok();
+	CHECK(c);
+	int lay = kvt_register_layout(c, &l);
+	make_keys(&l, 21, keys, N);
+	put_all(c, lay, keys, N, bb, 5000);
+	/* The whole prompt is still cached: the host holds the tail, NVMe the rest. */
+	CHECK_EQ(kvt_lookup(c, lay, keys, N), N);
+	CHECK_EQ(check_all(c, lay, keys, N, bb, 5000, &wrong), N);
+	CHECK_EQ(wrong, 0);
+	CHECK(status_metric("demotions_total") > 0);
+	CHECK(status_metric("promotions_total") > 0);
+	out = ctl(&rc, "tiers");
+	CHECK(rc == 0 && strstr(out, "nvme") && strstr(out, "files 1"));
+	free(out);
+	out = ctl(&rc, "--json status");
+	CHECK(rc == 0 && strstr(out, "\"name\":\"nvme\""));
+	free(out);
+	out = ctl(&rc, "flush");
+	CHECK(rc == 0 && strstr(out, "queued"));
+	free(out);
+	kvt_close(c);
+	CHECK_EQ(daemon_stop(pid), 0);
+
+	/* A new daemon on the same files serves every block again. */
+	pid = daemon_start("4MiB", NVME_ARGS, NULL);
+	CHECK(pid > 0);
+	c = connect_ok();
+	lay = kvt_register_layout(c, &l);
+	CHECK(status_metric("nvme_recovered_total") >= N - 70);
+	CHECK_EQ(kvt_lookup(c, lay, keys, N), N);
+	CHECK_EQ(check_all(c, lay, keys, N, bb, 5000, &wrong), N);
+	CHECK_EQ(wrong, 0);
+	/* Deleted blocks stay deleted across a restart. */
+	CHECK_EQ(kvt_delete(c, lay, &keys[0]), 0);
+	kvt_close(c);
+	CHECK_EQ(daemon_stop(pid), 0);
+	pid = daemon_start("4MiB", NVME_ARGS, NULL);
+	c = connect_ok();
+	lay = kvt_register_layout(c, &l);
+	CHECK_EQ(kvt_lookup(c, lay, keys, 1), 0);
+	CHECK_EQ(kvt_lookup(c, lay, keys + 1, N - 1), N - 1);
+	kvt_close(c);
+	CHECK_EQ(daemon_stop(pid), 0);
+	unlink(nvme_path_opt + strlen("nvme.paths="));
+}
+
+/* kvtierd SIGKILLed in the middle of heavy writes: no wrong or partial block, ever. */
+static void test_nvme_crash_loop(void)
+{
+	enum { N = 400, ROUNDS = 6 };
+	struct kvt_layout l = small_layout();
+	size_t bb = kvt_layout_block_bytes(&l);
+	struct kvt_key keys[N];
+	int total_served = 0;
+
+	make_keys(&l, 31, keys, N);
+	srand(seed);
+	for (int round = 0; round < ROUNDS; round++) {
+		pid_t pid = daemon_start("4MiB", NVME_ARGS, "-o", "nvme.fsync=false", NULL);
+		CHECK(pid > 0);
+		pid_t kid = fork();
+		if (kid == 0) {
+			struct kvt_client *k = connect_ok();
+			int kl = kvt_register_layout(k, &l);
+			for (int rep = 0; rep < 50; rep++)
+				put_all(k, kl, keys, N, bb, 9000);
+			_exit(0);
+		}
+		usleep(100000 + (useconds_t)(rand() % 400000));
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		cur_daemon = 0;
+		kill(kid, SIGKILL);
+		waitpid(kid, NULL, 0);
+		pid = daemon_start("4MiB", NVME_ARGS, NULL);
+		CHECK(pid > 0);
+		struct kvt_client *c = connect_ok();
+		CHECK(c);
+		int lay = kvt_register_layout(c, &l), wrong;
+		total_served += check_all(c, lay, keys, N, bb, 9000, &wrong);
+		CHECK_EQ(wrong, 0);
+		kvt_close(c);
+		CHECK_EQ(daemon_stop(pid), 0);
+	}
+	printf("crash loop: %d rounds, %d blocks served after restarts, none wrong\n", ROUNDS,
+	       total_served);
+	CHECK(total_served > 0);
+	unlink(nvme_path_opt + strlen("nvme.paths="));
+}
+
+static void test_nvme_corruption(void)
+{
+	enum { N = 200 };
+	struct kvt_layout l = small_layout();
+	size_t bb = kvt_layout_block_bytes(&l);
+	struct kvt_key keys[N];
+	int wrong, rc;
+	pid_t pid = daemon_start("4MiB", NVME_ARGS, NULL);
+
+	CHECK(pid > 0);
+	struct kvt_client *c = connect_ok();
+	int lay = kvt_register_layout(c, &l);
+	make_keys(&l, 41, keys, N);
+	put_all(c, lay, keys, N, bb, 7000);
+	free(ctl(&rc, "flush"));
+	kvt_close(c);
+	CHECK_EQ(daemon_stop(pid), 0);
+
+	/* Flip bytes all over the slot file's data. */
+	const char *path = nvme_path_opt + strlen("nvme.paths=");
+	int fd = open(path, O_RDWR);
+	struct stat st;
+	CHECK(fd >= 0 && fstat(fd, &st) == 0);
+	srand(seed);
+	/* Slots are handed out from the front of the file: aim at the part in use. */
+	off_t span = (off_t)N * (off_t)(bb + 4096);
+	if (span > st.st_size - 65536)
+		span = st.st_size - 65536;
+	for (int k = 0; k < 40; k++) {
+		off_t off = 65536 + (off_t)((unsigned)rand() % (unsigned)span);
+		uint8_t x;
+		CHECK_EQ(pread(fd, &x, 1, off), 1);
+		x ^= 0x5a;
+		CHECK_EQ(pwrite(fd, &x, 1, off), 1);
+	}
+	fsync(fd);
+	close(fd);
+
+	pid = daemon_start("4MiB", NVME_ARGS, NULL);
+	CHECK(pid > 0);
+	c = connect_ok();
+	lay = kvt_register_layout(c, &l);
+	int served = check_all(c, lay, keys, N, bb, 7000, &wrong);
+	CHECK_EQ(wrong, 0);
+	char *out = ctl(&rc, "--json tiers");
+	long long corrupt = json_num(out, "corrupt_records");
+	free(out);
+	printf("corruption: %d of %d blocks served intact, %lld records caught as corrupt\n",
+	       served, N, corrupt);
+	CHECK(corrupt > 0);
+	CHECK(served < N);
+	kvt_close(c);
+	CHECK_EQ(daemon_stop(pid), 0);
+	unlink(path);
+}
+
+static void test_nvme_faults(void)
+{
+	static const char *const faults[] = {"write:EIO:3", "write:ENOSPC:2", "read:EIO:2"};
+	enum { N = 200 };
+	struct kvt_layout l = small_layout();
+	size_t bb = kvt_layout_block_bytes(&l);
+	struct kvt_key keys[N];
+
+	make_keys(&l, 51, keys, N);
+	for (size_t f = 0; f < sizeof(faults) / sizeof(faults[0]); f++) {
+		setenv("KVTIER_TEST_NVME_FAULT", faults[f], 1);
+		pid_t pid = daemon_start("4MiB", NVME_ARGS, NULL);
+		unsetenv("KVTIER_TEST_NVME_FAULT");
+		CHECK(pid > 0);
+		struct kvt_client *c = connect_ok();
+		CHECK(c);
+		int lay = kvt_register_layout(c, &l), wrong;
+		put_all(c, lay, keys, N, bb, 3000);
+		int served = check_all(c, lay, keys, N, bb, 3000, &wrong);
+		CHECK_EQ(wrong, 0);
+		long long we = status_metric("nvme_write_errors_total");
+		long long re = status_metric("nvme_read_errors_total");
+		printf("fault %s: %d of %d served, write errors %lld, read errors %lld\n",
+		       faults[f], served, N, we, re);
+		CHECK(faults[f][0] == 'w' ? we > 0 : re > 0);
+		CHECK(served > 0 && served < N);
+		kvt_close(c);
+		CHECK_EQ(daemon_stop(pid), 0); /* and it never crashed */
+		unlink(nvme_path_opt + strlen("nvme.paths="));
+	}
+}
+
 static const struct {
 	const char *name;
 	void (*fn)(void);
@@ -781,6 +1021,10 @@ static const struct {
     {"garbage_rings", test_garbage_rings},
     {"config_errors", test_config_errors},
     {"kvtierctl", test_kvtierctl},
+    {"nvme_spill_restart", test_nvme_spill_restart},
+    {"nvme_crash_loop", test_nvme_crash_loop},
+    {"nvme_corruption", test_nvme_corruption},
+    {"nvme_faults", test_nvme_faults},
 };
 
 int main(int argc, char **argv)

@@ -56,18 +56,18 @@ static void test_lru_and_gen(void **state)
 	a = kvtd_index_insert(&ix, 1, 1);
 	b = kvtd_index_insert(&ix, 2, 2);
 	c = kvtd_index_insert(&ix, 3, 3);
-	kvtd_lru_push(&ix, a);
-	kvtd_lru_push(&ix, b);
-	kvtd_lru_push(&ix, c);
-	assert_int_equal(ix.lru_tail, a);
-	kvtd_lru_push(&ix, a); /* touched: now most recent */
-	assert_int_equal(ix.lru_tail, b);
-	assert_int_equal(ix.lru_head, a);
-	kvtd_lru_unlink(&ix, b);
-	assert_int_equal(ix.lru_tail, c);
+	kvtd_lru_push(&ix, 0, a);
+	kvtd_lru_push(&ix, 0, b);
+	kvtd_lru_push(&ix, 0, c);
+	assert_int_equal(ix.lru_tail[0], a);
+	kvtd_lru_push(&ix, 0, a); /* touched: now most recent */
+	assert_int_equal(ix.lru_tail[0], b);
+	assert_int_equal(ix.lru_head[0], a);
+	kvtd_lru_unlink(&ix, 0, b);
+	assert_int_equal(ix.lru_tail[0], c);
 	gen = kvtd_blk(&ix, c)->gen;
 	kvtd_index_remove(&ix, c);
-	assert_int_equal(ix.lru_tail, a);
+	assert_int_equal(ix.lru_tail[0], a);
 	assert_int_equal(kvtd_index_find(&ix, 3, 3), KVTD_NIL);
 	/* The freed entry is reused with a new generation, so stale handles fail. */
 	assert_int_equal(kvtd_index_insert(&ix, 4, 4), c);

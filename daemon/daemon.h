@@ -1,0 +1,178 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * daemon.h - kvtierd's internal state, shared by server.c (loop, clients, requests, admin)
+ * and placement.c (where blocks live: host arenas and NVMe, eviction, demotion, promotion).
+ */
+#ifndef KVTD_DAEMON_H
+#define KVTD_DAEMON_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "codec.h"
+#include "config.h"
+#include "index.h"
+#include "kvt_metrics.h"
+#include "kvt_proto.h"
+#include "kvt_shm.h"
+#include "pagemap.h"
+#include "tier.h"
+
+#define CLIENT_MAGIC 0x434c4e54u /* "CLNT" */
+#define TENANT_MAGIC 0x54454e54u /* "TENT" */
+#define MAX_LAYOUTS  64
+#define MAX_HOLDS    (1u << 20)
+#define DRAIN_BATCH  64
+#define ADMIN_CHUNK  32768
+
+enum ev_kind { EV_LISTEN = 1, EV_SOCK, EV_SQ, EV_TIMER, EV_SIGNAL, EV_TIER };
+
+struct ev {
+	enum ev_kind kind;
+	void *p;
+};
+
+enum hold_kind { HOLD_NONE = 0, HOLD_RESERVE, HOLD_LEASE, HOLD_PIN };
+
+struct hold {
+	uint32_t blk, blk_gen;
+	uint32_t gen;
+	uint8_t kind;
+	uint32_t next_free;
+};
+
+struct tenant {
+	uint32_t magic;
+	uint32_t uid;
+	int memfd;
+	uint8_t *base;
+	uint64_t size;
+	struct kvtd_pagemap pm;
+	uint64_t used_bytes;
+	uint64_t blocks;
+	unsigned nclients;
+};
+
+struct layout_slot {
+	uint64_t fp;
+	uint32_t block_bytes;
+};
+
+struct client {
+	uint32_t magic;
+	uint32_t id;
+	int sock, sq_efd, cq_efd;
+	struct ev sock_ev, sq_ev;
+	bool hello, admin, data, dead;
+	uid_t uid;
+	gid_t gid;
+	pid_t pid;
+	char name[64];
+	struct tenant *t;
+	/* rings */
+	uint8_t *ring;
+	uint32_t ring_size;
+	struct kvt_ring_ctl *sq, *cq;
+	struct kvt_sqe *sqes;
+	struct kvt_cqe *cqes;
+	uint8_t *scratch;
+	uint32_t sq_entries, cq_entries;
+	uint32_t sq_head, cq_tail; /* daemon's own copies: never re-read from shm */
+	/* layouts and holds */
+	struct layout_slot layouts[MAX_LAYOUTS];
+	uint32_t nlayouts;
+	struct hold *holds;
+	uint32_t nholds, cap_holds, free_hold;
+	uint32_t n_leases, n_reserves, n_pins;
+	uint64_t puts, gets, hits, misses, lookups;
+	uint64_t connected_ms;
+	struct client *next;
+};
+
+struct tier_stats {
+	uint64_t hits, misses, bytes_read, bytes_written;
+};
+
+/* A get waiting for its block to come up from NVMe. */
+struct waiter {
+	uint32_t client_id;
+	uint32_t next;
+	uint64_t user_data;
+};
+
+/* Geometry of a layout some client registered: what the NVMe codec chain needs. */
+struct geom_slot {
+	uint64_t fp;
+	struct kvt_codec_geom g;
+};
+
+struct kvtd {
+	struct kvtd_config cfg;
+	int ep, lsock, tfd, sfd;
+	bool lsock_from_systemd, stop;
+	char sock_path[108];
+	struct ev lsock_ev, tfd_ev, sfd_ev;
+	struct kvtd_index ix;
+	struct tenant **tenants;
+	uint32_t ntenants;
+	struct client *clients;
+	uint32_t nclients, next_client_id;
+	uint64_t salt;
+	uint64_t epoch;
+	uint64_t start_ms;
+	uint64_t host_used;
+	struct tier_stats tier[KVTD_NTIERS];
+	struct kvt_metrics m;
+	gid_t admin_gid;
+	bool have_admin_gid;
+	bool watchdog;
+	uint8_t *msgbuf;
+	/* NVMe tier (placement.c) */
+	struct kvt_tier *nvme;
+	const struct kvt_tier_ops *nvme_ops;
+	struct kvt_chain *nvme_chain, *raw_chain;
+	struct ev nvme_ev;
+	uint64_t seq;
+	struct geom_slot *geoms;
+	uint32_t ngeoms;
+	struct waiter *waiters;
+	uint32_t nwaiters, cap_waiters, free_waiter;
+};
+
+uint64_t kvtd_now_ms(void);
+struct tenant *kvtd_tenant_get(struct kvtd *d, uint32_t uid);
+struct tenant *kvtd_tenant_of(struct kvtd *d, const struct kvtd_blk *b);
+
+/* server.c: finishes a get that waited for a promotion (err = 0: lease the block now). */
+void kvtd_wake_lease(struct kvtd *d, uint32_t client_id, uint64_t user_data, uint32_t blk, int err);
+
+/* placement.c */
+int kvtd_place_init(struct kvtd *d);
+void kvtd_place_fini(struct kvtd *d);
+void kvtd_geom_note(struct kvtd *d, uint64_t fp, const struct kvt_layout *l);
+/* Room for len bytes in t's arena, evicting (and demoting) as needed: offset or -errno. */
+int64_t kvtd_host_alloc(struct kvtd *d, struct tenant *t, uint32_t len);
+void kvtd_host_unalloc(struct kvtd *d, struct tenant *t, uint64_t off, uint32_t len);
+/* Forgets a block in every tier; waiting gets see a miss. */
+void kvtd_blk_drop(struct kvtd *d, uint32_t i);
+/* Deletes a leased block: invisible at once, freed on the last release. */
+void kvtd_blk_hide(struct kvtd *d, uint32_t i);
+/* A committed block became visible (on the host). */
+void kvtd_blk_committed(struct kvtd *d, uint32_t i);
+/* Recomputes the block's LRU memberships after a change of leases, pins or copies. */
+void kvtd_blk_lru_update(struct kvtd *d, uint32_t i);
+/* Evicts the least recently used evictable host block (of only, if set). 0 or -ENOSPC. */
+int kvtd_evict_host_one(struct kvtd *d, const struct tenant *only);
+void kvtd_watermarks(struct kvtd *d);
+/*
+ * Brings block i up to the host for a get of client c: 0 when it is there now, 1 when the
+ * get waits (kvtd_wake_lease() finishes it), -errno when it cannot be served.
+ */
+int kvtd_promote(struct kvtd *d, uint32_t client_id, uint64_t user_data, uint32_t i);
+/* Writes an NVMe copy of every host block that has none. Returns how many were queued. */
+int kvtd_flush(struct kvtd *d);
+void kvtd_nvme_event(struct kvtd *d);
+void kvtd_nvme_stats(struct kvtd *d, struct kvt_tier_stats *st);
+
+#endif

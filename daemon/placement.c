@@ -1,0 +1,856 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * placement.c - where blocks live.
+ *
+ * A block has a host copy (in its tenant's arena), an NVMe copy (a record in a slot file),
+ * or both: promotion keeps the NVMe copy, so a block evicted again after a get costs no
+ * second write (inclusive tiers).  Host eviction takes the LRU tail of the host list; with
+ * an NVMe tier it demotes the block: the arena bytes go through the NVMe codec chain into a
+ * record buffer, the host pages are freed at once, and the record stays in memory until its
+ * write completes, so a get in between is served from it.  A get of a block only on NVMe
+ * reads the record, checks it (CRC, key, fingerprint, length), decodes it into a fresh arena
+ * extent and then completes the waiting gets.  A record that fails a check is a miss: the
+ * block is forgotten and the failure counted, never served.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+
+#include "daemon.h"
+#include "kvt_record.h"
+#include "server.h"
+
+struct pend_io {
+	struct kvt_tier_io io;
+	struct kvtd *d;
+	uint32_t blk, gen;
+	uint8_t kind; /* KVTD_IO_DEMOTE or KVTD_IO_PROMOTE */
+	uint8_t keep_host;
+	void *buf;
+};
+
+static struct kvtd_blk *B(struct kvtd *d, uint32_t i)
+{
+	return kvtd_blk(&d->ix, i);
+}
+
+static bool nvme_on(const struct kvtd *d)
+{
+	return d->nvme != NULL;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Copies
+ */
+static void set_host(struct kvtd *d, struct kvtd_blk *b, bool on)
+{
+	(void)d;
+	b->on_host = on;
+}
+
+static void set_nvme(struct kvtd *d, struct kvtd_blk *b, bool on)
+{
+	(void)d;
+	b->on_nvme = on;
+}
+
+static void fix_tier(struct kvtd_blk *b)
+{
+	b->tier = b->on_host ? KVTD_TIER_HOST : KVTD_TIER_NVME;
+}
+
+static void host_free_copy(struct kvtd *d, uint32_t i, bool punch)
+{
+	struct kvtd_blk *b = B(d, i);
+	struct tenant *t = kvtd_tenant_of(d, b);
+	uint64_t np = kvtd_pages(b->len);
+
+	if (!b->on_host)
+		return;
+	if (kvtd_pagemap_free(&t->pm, b->off >> KVTD_PAGE_SHIFT, np) < 0) {
+		kvtd_log(KVTD_LOG_ERR, "arena accounting broken at offset %llu",
+			 (unsigned long long)b->off);
+		abort();
+	}
+	/* With several tenants, memory freed in one arena must really return to the host. */
+	if (punch)
+		fallocate(t->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)b->off,
+			  (off_t)(np << KVTD_PAGE_SHIFT));
+	t->used_bytes -= np << KVTD_PAGE_SHIFT;
+	d->host_used -= np << KVTD_PAGE_SHIFT;
+	set_host(d, b, false);
+	kvtd_lru_unlink(&d->ix, KVTD_TIER_HOST, i);
+	fix_tier(b);
+}
+
+static void nvme_free_copy(struct kvtd *d, uint32_t i)
+{
+	struct kvtd_blk *b = B(d, i);
+	struct kvt_tier_loc loc = {b->nvme_off, b->nvme_len, b->nvme_file, b->nvme_flags};
+
+	if (!b->on_nvme)
+		return;
+	d->nvme_ops->free(d->nvme, &loc);
+	set_nvme(d, b, false);
+	kvtd_lru_unlink(&d->ix, KVTD_TIER_NVME, i);
+	fix_tier(b);
+}
+
+static void wake_all(struct kvtd *d, uint32_t i, int err)
+{
+	uint32_t w = B(d, i)->waiters;
+
+	B(d, i)->waiters = KVTD_NIL;
+	while (w != KVTD_NIL) {
+		struct waiter wt = d->waiters[w];
+
+		d->waiters[w].next = d->free_waiter;
+		d->free_waiter = w;
+		kvtd_wake_lease(d, wt.client_id, wt.user_data, i, err);
+		w = wt.next;
+	}
+}
+
+void kvtd_blk_drop(struct kvtd *d, uint32_t i)
+{
+	struct kvtd_blk *b = B(d, i);
+
+	if (b->state == KVTD_BLK_READY)
+		kvtd_tenant_of(d, b)->blocks--;
+	/* In-flight I/O notices the changed generation and cleans up after itself. */
+	b->pend = NULL;
+	b->io = KVTD_IO_NONE;
+	host_free_copy(d, i, d->ntenants > 1);
+	if (d->nvme)
+		nvme_free_copy(d, i);
+	b->state = KVTD_BLK_ZOMBIE;
+	wake_all(d, i, -ENOENT);
+	kvtd_index_remove(&d->ix, i);
+}
+
+void kvtd_blk_hide(struct kvtd *d, uint32_t i)
+{
+	struct kvtd_blk *b = B(d, i);
+
+	kvtd_tenant_of(d, b)->blocks--;
+	kvtd_index_unhash(&d->ix, i);
+	b->state = KVTD_BLK_ZOMBIE;
+	/* The NVMe copy goes now, so that a restart cannot bring a deleted block back. */
+	if (d->nvme && b->io == KVTD_IO_NONE)
+		nvme_free_copy(d, i);
+	kvtd_blk_lru_update(d, i);
+}
+
+void kvtd_blk_lru_update(struct kvtd *d, uint32_t i)
+{
+	struct kvtd_blk *b = B(d, i);
+	bool ready = b->state == KVTD_BLK_READY && !b->pins;
+
+	if (ready && b->on_host && !b->leases)
+		kvtd_lru_push(&d->ix, KVTD_TIER_HOST, i);
+	else
+		kvtd_lru_unlink(&d->ix, KVTD_TIER_HOST, i);
+	/* NVMe copies of blocks with I/O in flight stay put until it completes. */
+	if (ready && b->on_nvme && b->io == KVTD_IO_NONE) {
+		if (!b->in_lru[KVTD_TIER_NVME] || b->on_host)
+			kvtd_lru_push(&d->ix, KVTD_TIER_NVME, i);
+	} else {
+		kvtd_lru_unlink(&d->ix, KVTD_TIER_NVME, i);
+	}
+}
+
+void kvtd_blk_committed(struct kvtd *d, uint32_t i)
+{
+	struct kvtd_blk *b = B(d, i);
+
+	b->state = KVTD_BLK_READY;
+	set_host(d, b, true);
+	fix_tier(b);
+	kvtd_tenant_of(d, b)->blocks++;
+	kvtd_blk_lru_update(d, i);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * NVMe space
+ */
+static int nvme_evict_one(struct kvtd *d)
+{
+	uint32_t i = d->ix.lru_tail[KVTD_TIER_NVME];
+	struct kvtd_blk *b;
+
+	if (i == KVTD_NIL)
+		return -ENOSPC;
+	b = B(d, i);
+	d->m.nvme_evictions_total++;
+	if (b->on_host) {
+		nvme_free_copy(d, i);
+		kvtd_blk_lru_update(d, i);
+	} else {
+		kvtd_blk_drop(d, i);
+	}
+	return 0;
+}
+
+static int nvme_alloc(struct kvtd *d, uint32_t len, struct kvt_tier_loc *loc)
+{
+	for (;;) {
+		int ret = d->nvme_ops->alloc(d->nvme, len, loc);
+
+		if (ret != -ENOSPC)
+			return ret;
+		if (nvme_evict_one(d) < 0)
+			return -ENOSPC;
+	}
+}
+
+static const struct kvt_codec_geom *geom_of(struct kvtd *d, uint64_t fp)
+{
+	for (uint32_t k = 0; k < d->ngeoms; k++) {
+		if (d->geoms[k].fp == fp)
+			return &d->geoms[k].g;
+	}
+	return NULL;
+}
+
+void kvtd_geom_note(struct kvtd *d, uint64_t fp, const struct kvt_layout *l)
+{
+	struct geom_slot *n;
+
+	if (geom_of(d, fp))
+		return;
+	n = realloc(d->geoms, (d->ngeoms + 1) * sizeof(*n));
+	if (!n)
+		return; /* the block is then stored raw */
+	d->geoms = n;
+	memset(&n[d->ngeoms], 0, sizeof(n[0]));
+	n[d->ngeoms].fp = fp;
+	n[d->ngeoms].g.n_layers = l->n_layers;
+	n[d->ngeoms].g.n_kv_heads = l->n_kv_heads;
+	n[d->ngeoms].g.head_dim = l->head_dim;
+	n[d->ngeoms].g.block_tokens = l->block_tokens;
+	n[d->ngeoms].g.dtype = l->dtype;
+	/* The daemon cannot tell where in the sequence a block sits (keys are hashes), so
+	 * codecs that keep sink tokens exact keep each block's first tokens: safe, not free. */
+	n[d->ngeoms].g.first_token = 0;
+	d->ngeoms++;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Demotion: host → NVMe
+ */
+static void demote_done(struct kvt_tier_io *io)
+{
+	struct pend_io *p = io->arg;
+	struct kvtd *d = p->d;
+	uint32_t i = p->blk;
+	struct kvtd_blk *b = i < d->ix.used ? B(d, i) : NULL;
+	bool alive = b && b->gen == p->gen && b->pend == p;
+
+	if (io->res < 0) {
+		d->m.nvme_write_errors_total++;
+		d->nvme_ops->free(d->nvme, &io->loc);
+		if (alive) {
+			b->pend = NULL;
+			b->io = KVTD_IO_NONE;
+			/* Nowhere else to keep it: a cache drops what it cannot store. */
+			if (!b->on_host && !b->leases)
+				kvtd_blk_drop(d, i);
+			else
+				kvtd_blk_lru_update(d, i);
+		}
+	} else if (!alive || b->state == KVTD_BLK_ZOMBIE) {
+		/* Deleted or evicted meanwhile: the record must not outlive the block. */
+		d->nvme_ops->free(d->nvme, &io->loc);
+		if (alive) {
+			b->pend = NULL;
+			b->io = KVTD_IO_NONE;
+			if (!b->leases)
+				kvtd_blk_drop(d, i);
+		}
+	} else {
+		b->pend = NULL;
+		b->io = KVTD_IO_NONE;
+		b->nvme_off = io->loc.off;
+		b->nvme_len = io->loc.len;
+		b->nvme_file = io->loc.file;
+		b->nvme_flags = io->loc.flags;
+		set_nvme(d, b, true);
+		fix_tier(b);
+		d->m.demotions_total++;
+		d->m.demote_bytes_total += io->len;
+		d->tier[KVTD_TIER_NVME].bytes_written += io->len;
+		kvtd_blk_lru_update(d, i);
+	}
+	d->nvme_ops->buf_free(d->nvme, p->buf);
+	free(p);
+}
+
+/*
+ * Writes block i to NVMe.  keep_host: a flush (the host copy stays); otherwise the host
+ * pages are freed as soon as the record is built.  Returns 0 or -errno (nothing changed).
+ */
+static int demote(struct kvtd *d, uint32_t i, bool keep_host)
+{
+	struct kvtd_blk *b = B(d, i);
+	struct tenant *t = kvtd_tenant_of(d, b);
+	const struct kvt_codec_geom *g = geom_of(d, b->fingerprint);
+	const struct kvt_chain *chain = d->nvme_chain;
+	struct kvt_codec_geom raw_g = {0};
+	struct kvt_record_hdr *h;
+	struct pend_io *p;
+	size_t cap;
+	ssize_t n;
+	int ret;
+
+	/* KV codecs need the geometry and a whole block; anything else is stored raw. */
+	if (!g || kvt_geom_block_bytes(g) != b->len)
+		chain = d->raw_chain;
+	if (chain == d->raw_chain) {
+		raw_g.n_layers = 1;
+		raw_g.n_kv_heads = 1;
+		raw_g.head_dim = 2;
+		raw_g.block_tokens = 1;
+		raw_g.dtype = 1;
+		g = &raw_g;
+	}
+	cap = KVT_RECORD_HDR_SIZE + kvt_chain_max_encoded_size(chain, g) + b->len;
+	p = calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->buf = d->nvme_ops->buf_alloc(d->nvme, (uint32_t)cap);
+	if (!p->buf) {
+		free(p);
+		return -ENOMEM;
+	}
+	h = p->buf;
+	n = kvt_chain_encode(chain, g, t->base + b->off, b->len, (uint8_t *)p->buf + sizeof(*h),
+			     cap - sizeof(*h));
+	if (n < 0 && chain != d->raw_chain) {
+		chain = d->raw_chain;
+		n = kvt_chain_encode(chain, &raw_g, t->base + b->off, b->len,
+				     (uint8_t *)p->buf + sizeof(*h), cap - sizeof(*h));
+	}
+	if (n < 0) {
+		ret = (int)n;
+		goto fail;
+	}
+	memset(h, 0, sizeof(*h));
+	h->magic = KVT_RECORD_MAGIC;
+	h->version = KVT_RECORD_VERSION;
+	h->hdr_size = KVT_RECORD_HDR_SIZE;
+	h->key_lo = b->key_lo;
+	h->key_hi = b->key_hi;
+	h->fingerprint = b->fingerprint;
+	h->seq = ++d->seq;
+	h->raw_len = b->len;
+	h->payload_len = (uint32_t)n;
+	h->chain_id = kvt_chain_id(chain);
+	h->tenant = t->uid;
+	kvt_record_seal(h, h + 1);
+	p->d = d;
+	p->blk = i;
+	p->gen = b->gen;
+	p->kind = KVTD_IO_DEMOTE;
+	p->keep_host = keep_host;
+	p->io.len = (uint32_t)(sizeof(*h) + (size_t)n);
+	p->io.buf = p->buf;
+	p->io.done = demote_done;
+	p->io.arg = p;
+	ret = nvme_alloc(d, p->io.len, &p->io.loc);
+	if (ret < 0)
+		goto fail;
+	/* nvme_alloc may have evicted: is block i still what we encoded? */
+	if (B(d, i)->gen != p->gen || !B(d, i)->on_host) {
+		d->nvme_ops->free(d->nvme, &p->io.loc);
+		ret = -ESTALE;
+		goto fail;
+	}
+	ret = d->nvme_ops->write(d->nvme, &p->io);
+	if (ret < 0) {
+		d->nvme_ops->free(d->nvme, &p->io.loc);
+		d->m.nvme_write_errors_total++;
+		goto fail;
+	}
+	b->pend = p;
+	b->io = KVTD_IO_DEMOTE;
+	if (!keep_host)
+		host_free_copy(d, i, d->ntenants > 1);
+	kvtd_blk_lru_update(d, i);
+	return 0;
+fail:
+	d->nvme_ops->buf_free(d->nvme, p->buf);
+	free(p);
+	return ret;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Host space and eviction
+ */
+int kvtd_evict_host_one(struct kvtd *d, const struct tenant *only)
+{
+	uint32_t i = d->ix.lru_tail[KVTD_TIER_HOST];
+	unsigned walked = 0;
+	struct kvtd_blk *b;
+
+	while (i != KVTD_NIL) {
+		b = B(d, i);
+		if (!only || d->tenants[b->tenant] == only)
+			break;
+		i = b->lru_prev[KVTD_TIER_HOST];
+		if (++walked > 100000)
+			return -ENOSPC;
+	}
+	if (i == KVTD_NIL)
+		return -ENOSPC;
+	b = B(d, i);
+	d->m.evictions_total++;
+	d->m.evicted_bytes_total += b->len;
+	/* Punch only when another tenant needs the memory; one tenant reuses its pages. */
+	bool punch = d->ntenants > 1 && d->tenants[b->tenant] != only;
+	if (b->on_nvme || b->io == KVTD_IO_DEMOTE) {
+		/* Already (being) written down: dropping the host copy is enough. */
+		host_free_copy(d, i, punch);
+		kvtd_blk_lru_update(d, i);
+		return 0;
+	}
+	if (nvme_on(d)) {
+		if (d->cfg.nvme_admit_second && !b->hits) {
+			d->m.nvme_admission_rejects_total++;
+		} else {
+			int ret = demote(d, i, false);
+			if (ret == 0)
+				return 0;
+			if (ret != -ESTALE)
+				d->m.demote_failures_total++;
+			if (B(d, i)->gen != b->gen)
+				return 0; /* gone meanwhile: space was freed */
+		}
+	}
+	kvtd_blk_drop(d, i);
+	return 0;
+}
+
+int64_t kvtd_host_alloc(struct kvtd *d, struct tenant *t, uint32_t len)
+{
+	uint64_t np = kvtd_pages(len), bytes = np << KVTD_PAGE_SHIFT;
+
+	if (bytes > t->size)
+		return -E2BIG;
+	for (;;) {
+		if (d->host_used + bytes <= d->cfg.host_capacity) {
+			int64_t p = kvtd_pagemap_alloc(&t->pm, np);
+			if (p >= 0) {
+				t->used_bytes += bytes;
+				d->host_used += bytes;
+				return p << KVTD_PAGE_SHIFT;
+			}
+			/* Room overall but t's arena is fragmented: only t's blocks help. */
+			if (kvtd_evict_host_one(d, t) < 0)
+				return -ENOSPC;
+			continue;
+		}
+		if (kvtd_evict_host_one(d, NULL) < 0)
+			return -ENOSPC;
+	}
+}
+
+void kvtd_host_unalloc(struct kvtd *d, struct tenant *t, uint64_t off, uint32_t len)
+{
+	uint64_t np = kvtd_pages(len);
+
+	kvtd_pagemap_free(&t->pm, off >> KVTD_PAGE_SHIFT, np);
+	t->used_bytes -= np << KVTD_PAGE_SHIFT;
+	d->host_used -= np << KVTD_PAGE_SHIFT;
+}
+
+void kvtd_watermarks(struct kvtd *d)
+{
+	uint64_t high = (uint64_t)(d->cfg.host_high * (double)d->cfg.host_capacity);
+	uint64_t low = (uint64_t)(d->cfg.host_low * (double)d->cfg.host_capacity);
+	struct kvt_tier_stats st;
+
+	if (d->host_used > high) {
+		while (d->host_used > low) {
+			if (kvtd_evict_host_one(d, NULL) < 0)
+				break;
+		}
+	}
+	if (!d->nvme)
+		return;
+	d->nvme_ops->stats(d->nvme, &st);
+	if (st.used_bytes > (uint64_t)(d->cfg.nvme_high * (double)st.capacity_bytes)) {
+		uint64_t target = (uint64_t)(d->cfg.nvme_low * (double)st.capacity_bytes);
+		while (st.used_bytes > target) {
+			if (nvme_evict_one(d) < 0)
+				break;
+			d->nvme_ops->stats(d->nvme, &st);
+		}
+	}
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Promotion: NVMe → host
+ */
+
+/*
+ * Decodes the record at rec (n bytes) into a new host extent of block i.  trusted: the
+ * record is our own, still in memory (its crc may be salted by the tier meanwhile).
+ * Returns 0, -EBADMSG for a record that is not block i's, or -errno.
+ */
+static int install(struct kvtd *d, uint32_t i, const uint8_t *rec, size_t n, bool trusted)
+{
+	struct kvtd_blk *b = B(d, i);
+	struct tenant *t = kvtd_tenant_of(d, b);
+	struct kvt_record_hdr h;
+	const struct kvt_chain *chain;
+	int64_t off;
+	ssize_t got;
+
+	if (n < sizeof(h))
+		return -EBADMSG;
+	memcpy(&h, rec, sizeof(h));
+	if (!trusted && kvt_record_check(&h, rec + sizeof(h), n - sizeof(h)) < 0)
+		return -EBADMSG;
+	if (h.key_lo != b->key_lo || h.key_hi != b->key_hi || h.fingerprint != b->fingerprint ||
+	    h.raw_len != b->len || h.tenant != t->uid || h.payload_len > n - sizeof(h))
+		return -EBADMSG;
+	if (h.chain_id == kvt_chain_id(d->nvme_chain))
+		chain = d->nvme_chain;
+	else if (h.chain_id == 0)
+		chain = d->raw_chain;
+	else
+		return -EBADMSG; /* made by a chain this configuration does not know */
+	off = kvtd_host_alloc(d, t, b->len);
+	if (off < 0)
+		return (int)off;
+	/* host_alloc may have evicted and demoted; block i itself is pinned by its I/O state. */
+	got = kvt_chain_decode(chain, rec + sizeof(h), h.payload_len, t->base + off, b->len, NULL);
+	if (got != (ssize_t)b->len) {
+		kvtd_host_unalloc(d, t, (uint64_t)off, b->len);
+		return -EBADMSG;
+	}
+	b->off = (uint64_t)off;
+	set_host(d, b, true);
+	fix_tier(b);
+	d->m.promotions_total++;
+	d->m.promote_bytes_total += b->len;
+	d->tier[KVTD_TIER_NVME].hits++;
+	d->tier[KVTD_TIER_NVME].bytes_read += n;
+	return 0;
+}
+
+static void promote_done(struct kvt_tier_io *io)
+{
+	struct pend_io *p = io->arg;
+	struct kvtd *d = p->d;
+	uint32_t i = p->blk;
+	struct kvtd_blk *b = i < d->ix.used ? B(d, i) : NULL;
+	bool alive = b && b->gen == p->gen && b->pend == p;
+	int err = io->res < 0 ? io->res : 0;
+
+	if (alive) {
+		if (!err)
+			err = install(d, i, p->buf, (size_t)io->res, false);
+		b->pend = NULL;
+		b->io = KVTD_IO_NONE;
+		if (err == -EBADMSG || err == -ENODATA) {
+			d->m.nvme_corrupt_total++;
+			kvtd_log(KVTD_LOG_WARN,
+				 "NVMe record of block %016llx%016llx failed its check: "
+				 "dropped, served as a miss",
+				 (unsigned long long)b->key_hi, (unsigned long long)b->key_lo);
+			kvtd_blk_drop(d, i); /* wakes the waiters with a miss */
+		} else if (err < 0) {
+			d->m.nvme_read_errors_total++;
+			if (err == -EIO)
+				kvtd_blk_drop(d, i); /* an unreadable copy is no copy */
+			else
+				wake_all(d, i, err);
+		} else {
+			kvtd_blk_lru_update(d, i);
+			wake_all(d, i, 0);
+		}
+		if (B(d, i)->gen == p->gen && b->state == KVTD_BLK_ZOMBIE && !b->leases)
+			kvtd_blk_drop(d, i);
+	}
+	d->nvme_ops->buf_free(d->nvme, p->buf);
+	free(p);
+}
+
+static int add_waiter(struct kvtd *d, uint32_t i, uint32_t client_id, uint64_t user_data)
+{
+	uint32_t w;
+
+	if (d->free_waiter != KVTD_NIL) {
+		w = d->free_waiter;
+		d->free_waiter = d->waiters[w].next;
+	} else {
+		if (d->nwaiters == d->cap_waiters) {
+			uint32_t ncap = d->cap_waiters ? d->cap_waiters * 2 : 64;
+			struct waiter *n = realloc(d->waiters, ncap * sizeof(*n));
+			if (!n)
+				return -ENOMEM;
+			d->waiters = n;
+			d->cap_waiters = ncap;
+		}
+		w = d->nwaiters++;
+	}
+	d->waiters[w].client_id = client_id;
+	d->waiters[w].user_data = user_data;
+	d->waiters[w].next = B(d, i)->waiters;
+	B(d, i)->waiters = w;
+	return 0;
+}
+
+int kvtd_promote(struct kvtd *d, uint32_t client_id, uint64_t user_data, uint32_t i)
+{
+	struct kvtd_blk *b = B(d, i);
+	struct pend_io *p;
+	int ret;
+
+	if (b->on_host)
+		return 0;
+	if (b->io == KVTD_IO_DEMOTE) {
+		/* Still in memory: the record being written is the block. */
+		p = b->pend;
+		ret = install(d, i, p->buf, p->io.len, true);
+		if (ret == -EBADMSG) {
+			kvtd_blk_drop(d, i);
+			return -ENOENT;
+		}
+		return ret;
+	}
+	if (b->io == KVTD_IO_PROMOTE)
+		return add_waiter(d, i, client_id, user_data) < 0 ? -ENOMEM : 1;
+	if (!b->on_nvme || !d->nvme)
+		return -ENOENT;
+	p = calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->buf = d->nvme_ops->buf_alloc(d->nvme, b->nvme_len);
+	if (!p->buf) {
+		free(p);
+		return -ENOMEM;
+	}
+	p->d = d;
+	p->blk = i;
+	p->gen = b->gen;
+	p->kind = KVTD_IO_PROMOTE;
+	p->io.loc.off = b->nvme_off;
+	p->io.loc.len = b->nvme_len;
+	p->io.loc.file = b->nvme_file;
+	p->io.loc.flags = b->nvme_flags;
+	p->io.buf = p->buf;
+	p->io.len = b->nvme_len;
+	p->io.done = promote_done;
+	p->io.arg = p;
+	ret = add_waiter(d, i, client_id, user_data);
+	if (ret == 0)
+		ret = d->nvme_ops->read(d->nvme, &p->io);
+	if (ret < 0) {
+		/* Undo the waiter we just added (it is the list head). */
+		if (b->waiters != KVTD_NIL && d->waiters[b->waiters].user_data == user_data) {
+			uint32_t w = b->waiters;
+			b->waiters = d->waiters[w].next;
+			d->waiters[w].next = d->free_waiter;
+			d->free_waiter = w;
+		}
+		d->nvme_ops->buf_free(d->nvme, p->buf);
+		free(p);
+		d->m.nvme_read_errors_total++;
+		return ret == -ENODATA ? -ENOENT : ret;
+	}
+	b->pend = p;
+	b->io = KVTD_IO_PROMOTE;
+	kvtd_blk_lru_update(d, i);
+	return 1;
+}
+
+int kvtd_flush(struct kvtd *d)
+{
+	int n = 0;
+
+	if (!d->nvme)
+		return -ENODEV;
+	for (uint32_t i = 0; i < d->ix.used; i++) {
+		struct kvtd_blk *b = B(d, i);
+
+		if (b->state == KVTD_BLK_READY && b->on_host && !b->on_nvme &&
+		    b->io == KVTD_IO_NONE && demote(d, i, true) == 0)
+			n++;
+	}
+	return n;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Setup, recovery, events
+ */
+static int recover_cb(void *arg, const struct kvt_record_hdr *h, const struct kvt_tier_loc *loc)
+{
+	struct kvtd *d = arg;
+	struct tenant *t;
+	struct kvtd_blk *b;
+	uint32_t i;
+
+	if (kvtd_index_find(&d->ix, h->key_lo, h->key_hi) != KVTD_NIL)
+		return 1;
+	t = kvtd_tenant_get(d, h->tenant);
+	if (!t || h->raw_len > t->size)
+		return 1;
+	i = kvtd_index_insert(&d->ix, h->key_lo, h->key_hi);
+	if (i == KVTD_NIL)
+		return 1;
+	b = B(d, i);
+	for (uint32_t k = 0; k < d->ntenants; k++) {
+		if (d->tenants[k] == t)
+			b->tenant = k;
+	}
+	b->state = KVTD_BLK_READY;
+	b->len = h->raw_len;
+	b->fingerprint = h->fingerprint;
+	b->atime = kvtd_now_ms();
+	b->nvme_off = loc->off;
+	b->nvme_len = loc->len;
+	b->nvme_file = loc->file;
+	b->nvme_flags = loc->flags;
+	set_nvme(d, b, true);
+	fix_tier(b);
+	t->blocks++;
+	if (h->seq > d->seq)
+		d->seq = h->seq;
+	d->m.nvme_recovered_total++;
+	kvtd_blk_lru_update(d, i);
+	return 0;
+}
+
+static void tier_log(void *arg, int level, const char *msg)
+{
+	kvtd_log(level <= 3   ? KVTD_LOG_ERR
+		 : level == 4 ? KVTD_LOG_WARN
+			      : KVTD_LOG_INFO,
+		 "nvme: %s", msg);
+}
+
+/* Test hook: KVTIER_TEST_NVME_FAULT="read:EIO:N" fails every Nth read (or write) with EIO or
+ * ENOSPC.  Never set in production; documented for the tests only. */
+static int fault_op, fault_err;
+static unsigned fault_every, fault_count;
+
+static int fault_hook(int op, uint64_t off, uint32_t len)
+{
+	if (op != fault_op || !fault_every)
+		return 0;
+	return ++fault_count % fault_every == 0 ? -fault_err : 0;
+}
+
+static void fault_setup(struct kvt_tier_conf *tc)
+{
+	const char *f = getenv("KVTIER_TEST_NVME_FAULT");
+	char op[16], err[16];
+
+	if (!f || sscanf(f, "%15[a-z]:%15[A-Z]:%u", op, err, &fault_every) != 3)
+		return;
+	fault_op = !strcmp(op, "read") ? KVT_TIER_OP_READ : KVT_TIER_OP_WRITE;
+	fault_err = !strcmp(err, "ENOSPC") ? ENOSPC : EIO;
+	tc->io_hook = fault_hook;
+	kvtd_log(KVTD_LOG_WARN, "NVMe fault injection on: %s", f);
+}
+
+int kvtd_place_init(struct kvtd *d)
+{
+	struct kvt_tier_conf tc;
+	char *paths_buf = NULL, *save, *tok;
+	const char *paths[KVTD_MAX_NVME_PATHS + 1] = {0};
+	int np = 0, ret;
+
+	d->free_waiter = KVTD_NIL;
+	ret = kvt_chain_parse("raw", &d->raw_chain);
+	if (ret < 0)
+		return ret;
+	if (!d->cfg.nvme_enabled)
+		return 0;
+	ret = kvt_chain_parse(d->cfg.nvme_codec, &d->nvme_chain);
+	if (ret < 0) {
+		kvtd_log(KVTD_LOG_ERR, "nvme.codec = %s: not a codec chain (see codecs/CODECS.md)",
+			 d->cfg.nvme_codec);
+		return -EINVAL;
+	}
+	paths_buf = strdup(d->cfg.nvme_paths);
+	if (!paths_buf)
+		return -ENOMEM;
+	for (tok = strtok_r(paths_buf, ",", &save); tok && np < KVTD_MAX_NVME_PATHS;
+	     tok = strtok_r(NULL, ",", &save)) {
+		while (*tok == ' ')
+			tok++;
+		if (*tok)
+			paths[np++] = tok;
+	}
+	memset(&tc, 0, sizeof(tc));
+	tc.name = "nvme";
+	tc.capacity_bytes = d->cfg.nvme_capacity;
+	tc.paths = paths;
+	tc.queue_depth = d->cfg.nvme_queue_depth;
+	tc.flags = (d->cfg.nvme_io_uring ? 0 : KVT_TIER_F_NO_URING) |
+		   (d->cfg.nvme_direct ? 0 : KVT_TIER_F_NO_DIRECT) |
+		   (d->cfg.nvme_fsync ? KVT_TIER_F_FSYNC : 0);
+	tc.log = tier_log;
+	fault_setup(&tc);
+	d->nvme_ops = &kvt_tier_nvme_ops;
+	ret = d->nvme_ops->open(&tc, &d->nvme);
+	free(paths_buf);
+	if (ret < 0) {
+		kvtd_log(KVTD_LOG_ERR, "cannot open the NVMe tier (%s): %s", d->cfg.nvme_paths,
+			 kvt_strerror(ret));
+		d->nvme = NULL;
+		return ret;
+	}
+	ret = d->nvme_ops->recover(d->nvme, recover_cb, d);
+	if (ret < 0) {
+		kvtd_log(KVTD_LOG_ERR, "NVMe recovery failed: %s", kvt_strerror(ret));
+		return ret;
+	}
+	kvtd_log(KVTD_LOG_INFO, "NVMe tier: %llu blocks recovered, codec %s",
+		 (unsigned long long)d->m.nvme_recovered_total, kvt_chain_name(d->nvme_chain));
+	if (d->nvme_ops->event_fd) {
+		d->nvme_ev.kind = EV_TIER;
+		d->nvme_ev.p = NULL;
+		struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &d->nvme_ev};
+		if (epoll_ctl(d->ep, EPOLL_CTL_ADD, d->nvme_ops->event_fd(d->nvme), &ee) < 0)
+			return -errno;
+	}
+	return 0;
+}
+
+void kvtd_nvme_event(struct kvtd *d)
+{
+	if (d->nvme && d->nvme_ops->complete)
+		d->nvme_ops->complete(d->nvme);
+}
+
+void kvtd_nvme_stats(struct kvtd *d, struct kvt_tier_stats *st)
+{
+	memset(st, 0, sizeof(*st));
+	if (d->nvme)
+		d->nvme_ops->stats(d->nvme, st);
+	else
+		st->capacity_bytes = d->cfg.nvme_capacity;
+}
+
+void kvtd_place_fini(struct kvtd *d)
+{
+	/* close() runs the callbacks of requests still in flight: d must be whole here. */
+	if (d->nvme)
+		d->nvme_ops->close(d->nvme);
+	d->nvme = NULL;
+	kvt_chain_free(d->nvme_chain);
+	kvt_chain_free(d->raw_chain);
+	d->nvme_chain = d->raw_chain = NULL;
+	free(d->geoms);
+	free(d->waiters);
+	d->geoms = NULL;
+	d->waiters = NULL;
+}
