@@ -220,19 +220,21 @@ __global__ void __launch_bounds__(KVT_QTHREADS, G <= 64 ? 2 : 1)
 	}
 }
 
-/* Unit r: 8 channels of one token group (dequantization holds nothing across tokens, so it
- * always takes 16-byte stores). */
+/* Unit r: 8 channels of TS tokens of one group (dequantization holds nothing across tokens,
+ * so it always takes 16-byte stores, and splits long groups for more threads in flight). */
 template <int DT, int BITS, int G>
 __global__ void __launch_bounds__(KVT_QTHREADS)
     kvt_dqkeys(const __grid_constant__ kvt_qbatch b, uint32_t T, uint32_t C, uint32_t codes_bytes)
 {
-	const uint32_t cchunks = C / 8, per_tile = (T / G) * cchunks;
+	constexpr int TS = G < 16 ? G : 16;
+	const uint32_t cchunks = C / 8, per_tile = (T / TS) * cchunks;
 	const uint8_t *src = (const uint8_t *)b.j[blockIdx.y].src;
 	uint16_t *dst = (uint16_t *)b.j[blockIdx.y].dst;
 
 	for (uint32_t r = blockIdx.x * blockDim.x + threadIdx.x; r < per_tile;
 	     r += gridDim.x * blockDim.x) {
-		const uint32_t g = r / cchunks, c0 = (r - g * cchunks) * 8;
+		const uint32_t tb = r / cchunks, c0 = (r - tb * cchunks) * 8, t0 = tb * TS;
+		const uint32_t g = t0 / G;
 		const uint4 *mp = (const uint4 *)(src + codes_bytes + ((size_t)g * C + c0) * 4);
 		const uint4 m0 = mp[0], m1 = mp[1];
 		const uint32_t mw[8] = {m0.x, m0.y, m0.z, m0.w, m1.x, m1.y, m1.z, m1.w};
@@ -243,9 +245,9 @@ __global__ void __launch_bounds__(KVT_QTHREADS)
 			s[k] = __half2float(__ushort_as_half((uint16_t)mw[k]));
 			z[k] = __half2float(__ushort_as_half((uint16_t)(mw[k] >> 16)));
 		}
-#pragma unroll 8
-		for (int t = 0; t < G; t++) {
-			const size_t e = (size_t)(g * G + t) * C + c0;
+#pragma unroll
+		for (int t = 0; t < TS; t++) {
+			const size_t e = (size_t)(t0 + t) * C + c0;
 			uint32_t q[8];
 			kvt_bytes<16> o;
 
@@ -290,12 +292,15 @@ __global__ void __launch_bounds__(KVT_QTHREADS)
 
 			a = kvt_pair<DT>::min(a, kvt_pair<DT>::min(x[u].w[2], x[u].w[3]));
 			c = kvt_pair<DT>::max(c, kvt_pair<DT>::max(x[u].w[2], x[u].w[3]));
-			for (uint32_t off = lanes / 2; off; off >>= 1) {
+			a = kvt_pair<DT>::min(a, a >> 16 | a << 16);
+			c = kvt_pair<DT>::max(c, c >> 16 | c << 16);
+			/* one shuffle per step: min in the low half, -max in the high half
+			 * (negation is exact, and min(-x, -y) = -max(x, y)) */
+			a = (a & 0xffffu) | ((c ^ 0x8000u) << 16);
+			for (uint32_t off = lanes / 2; off; off >>= 1)
 				a = kvt_pair<DT>::min(a, __shfl_xor_sync(0xffffffffu, a, off));
-				c = kvt_pair<DT>::max(c, __shfl_xor_sync(0xffffffffu, c, off));
-			}
-			mn[u] = kvt_pair<DT>::min(a, a >> 16 | a << 16);
-			mx[u] = kvt_pair<DT>::max(c, c >> 16 | c << 16);
+			mn[u] = a & 0xffffu;
+			mx[u] = (a >> 16) ^ 0x8000u;
 		}
 #pragma unroll
 		for (int u = 0; u < KVT_VUNROLL; u++) {
@@ -386,9 +391,8 @@ static void launch_keys(const kvt_qlaunch *l, uint32_t T, uint32_t C, uint32_t c
 	constexpr int CPT = G <= 16 ? 8 : G == 32 ? 4 : 2;
 
 	if (l->dequant)
-		kvt_dqkeys<DT, BITS, G>
-		    <<<qgrid(l, (T / G) * (C / 8), 1), KVT_QTHREADS, 0, l->stream>>>(l->b, T, C,
-										     codes);
+		kvt_dqkeys<DT, BITS, G><<<qgrid(l, (T / (G < 16 ? G : 16)) * (C / 8), 1),
+					  KVT_QTHREADS, 0, l->stream>>>(l->b, T, C, codes);
 	else
 		kvt_qkeys<DT, BITS, G, CPT>
 		    <<<qgrid(l, (T / G) * (C / CPT), 1), KVT_QTHREADS, 0, l->stream>>>(l->b, T, C,
