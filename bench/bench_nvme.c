@@ -551,7 +551,7 @@ int bench_nvme_main(int argc, char **argv)
 		memcpy(o.qd, o.quick ? quick : def, o.nqd * sizeof(unsigned));
 	}
 	if (!o.size)
-		o.size = o.quick ? (64ull << 20) : (256ull << 20);
+		o.size = o.quick ? (64ull << 20) : (192ull << 20);
 	if (!o.reps)
 		o.reps = o.quick ? 1 : 3;
 	if (o.reps > 64)

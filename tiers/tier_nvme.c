@@ -138,6 +138,7 @@ struct nv_list {
 #define RQ_WRITE      2u
 #define RQ_INVAL      3u
 #define RQ_STARTED    0x10u /* counted in inflight */
+#define RQ_VERIFIED   0x20u /* a worker already checked the record (res is final) */
 #define RQ_PEND_SHIFT 8
 #define RQ_PEND_MASK  (0xffu << RQ_PEND_SHIFT)
 #define RQ_ERR_SHIFT  16 /* forced positive errno (fault injection) */
@@ -782,6 +783,18 @@ static bool buf_fixed(const struct kvt_tier *t, const void *buf, uint32_t len)
 	return t->arena_reg && p >= t->arena && p + len <= t->arena + t->arena_reg;
 }
 
+/* Removes the salt and checks the record just read: io->len or -EBADMSG. */
+static int read_verify(const struct kvt_tier *t, struct kvt_tier_io *io)
+{
+	struct kvt_record_hdr *h = io->buf;
+
+	h->crc ^= t->files[io->loc.file].salt;
+	if (kvt_record_check(h, (char *)io->buf + KVT_RECORD_HDR_SIZE,
+			     io->len - KVT_RECORD_HDR_SIZE) < 0)
+		return -EBADMSG;
+	return (int)io->len;
+}
+
 static void *worker_main(void *arg)
 {
 	struct kvt_tier *t = arg;
@@ -807,6 +820,11 @@ static void *worker_main(void *arg)
 		if (r >= 0 && wr && (t->flags & KVT_TIER_F_FSYNC) && fdatasync(f->fd) < 0)
 			r = -errno;
 		io->res = r < 0 ? r : (int)io->len;
+		if (!wr && r >= 0) {
+			/* Verifying here spreads the CRC over the workers, off the event loop. */
+			io->res = read_verify(t, io);
+			io->tier_priv[0] |= RQ_VERIFIED;
+		}
 		pthread_mutex_lock(&t->mu);
 		list_add(&t->wdone, io);
 		pthread_mutex_unlock(&t->mu);
@@ -1072,21 +1090,14 @@ static void nv_finish(struct kvt_tier *t, struct kvt_tier_io *io, int res)
 				t->st.records++;
 		}
 	} else {
-		if (res >= 0) {
-			struct kvt_record_hdr *h = io->buf;
-
-			h->crc ^= f->salt;
-			if (kvt_record_check(h, (char *)io->buf + KVT_RECORD_HDR_SIZE,
-					     io->len - KVT_RECORD_HDR_SIZE) < 0) {
-				t->st.corrupt_records++;
-				res = -EBADMSG;
-			} else {
-				res = (int)io->len;
-				t->st.bytes_read += io->len;
-			}
-		} else {
+		if (res >= 0 && !(io->tier_priv[0] & RQ_VERIFIED))
+			res = read_verify(t, io);
+		if (res >= 0)
+			t->st.bytes_read += io->len;
+		else if (res == -EBADMSG)
+			t->st.corrupt_records++;
+		else
 			t->st.read_errors++;
-		}
 	}
 	io->res = res;
 	if (e) {

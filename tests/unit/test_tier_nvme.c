@@ -560,6 +560,29 @@ static void test_torn_and_corrupt(void **state)
 	free(s);
 }
 
+/* Read-time corruption with each engine (the workers verify on their own threads). */
+static void test_corrupt_read_engines(void **state)
+{
+	for (int k = 0; k < 2; k++) {
+		struct kvt_tier *t = open_tier(k ? KVT_TIER_F_NO_URING : 0, 16 << 20, NULL);
+		struct kvt_tier_loc l;
+		struct kvt_tier_stats st;
+
+		assert_int_equal(put_rec(t, 1, 1, 70000, &l), KVT_RECORD_HDR_SIZE + 70000);
+		assert_int_equal(get_rec(t, &l, 1, 1, 70000), (int)l.len);
+		corrupt_byte(l.off + 64 + 69999); /* the last payload byte */
+		assert_int_equal(get_rec(t, &l, 1, 1, 70000), -EBADMSG);
+		corrupt_byte(l.off + 64 + 69999);
+		assert_int_equal(get_rec(t, &l, 1, 1, 70000), (int)l.len);
+		ops->stats(t, &st);
+		assert_int_equal(st.corrupt_records, 1);
+		assert_int_equal(st.read_errors, 0);
+		assert_int_equal(st.bytes_read, 2 * (uint64_t)l.len);
+		ops->close(t);
+		teardown(state);
+	}
+}
+
 /* A raw block whose payload embeds a well-formed record must never surface as a record,
  * even once its own header is gone (freed, partly overwritten). */
 static void test_embedded_record_rejected(void **state)
@@ -925,6 +948,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test_teardown(test_newest_seq_wins, teardown),
 	    cmocka_unit_test_teardown(test_free_is_final, teardown),
 	    cmocka_unit_test_teardown(test_torn_and_corrupt, teardown),
+	    cmocka_unit_test_teardown(test_corrupt_read_engines, teardown),
 	    cmocka_unit_test_teardown(test_embedded_record_rejected, teardown),
 	    cmocka_unit_test_teardown(test_eio, teardown),
 	    cmocka_unit_test_teardown(test_enospc, teardown),
