@@ -507,69 +507,187 @@ static bool rec_verify(const void *p, uint32_t salt, struct kvt_record_hdr *out)
 	return kvt_record_check(out, (const char *)p + KVT_RECORD_HDR_SIZE, out->payload_len) == 0;
 }
 
+/*
+ * The scan reads fixed 8 MiB windows on a reader thread (three buffers in a ring) while this
+ * thread verifies the previous window, so startup runs at disk speed rather than disk plus
+ * CRC.  A record that crosses into the next window is assembled from both.
+ */
+#define SCAN_BUFS 3
+
+struct scan_rd {
+	struct kvt_tier *t;
+	struct nv_file *f;
+	char *buf[SCAN_BUFS];
+	int res[SCAN_BUFS];
+	uint64_t nwin;
+	uint64_t produced; /* windows read so far */
+	uint64_t consumed; /* windows released by the scanner */
+	bool stop;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+};
+
+static inline uint32_t win_len(const struct nv_file *f, uint64_t k)
+{
+	uint64_t pos = k * NV_SCAN_CHUNK;
+
+	return f->hwm - pos < NV_SCAN_CHUNK ? (uint32_t)(f->hwm - pos) : NV_SCAN_CHUNK;
+}
+
+static void *scan_reader(void *arg)
+{
+	struct scan_rd *rd = arg;
+
+	for (uint64_t k = 0; k < rd->nwin; k++) {
+		uint64_t off = NV_DATA_OFF + k * NV_SCAN_CHUNK;
+		uint32_t len = win_len(rd->f, k);
+		int r;
+
+		pthread_mutex_lock(&rd->mu);
+		while (!rd->stop && k - rd->consumed >= SCAN_BUFS)
+			pthread_cond_wait(&rd->cv, &rd->mu);
+		pthread_mutex_unlock(&rd->mu);
+		if (rd->stop)
+			break;
+		r = hook(rd->t, KVT_TIER_OP_READ, off, len);
+		if (r >= 0)
+			r = pio_full(rd->f->fd, rd->buf[k % SCAN_BUFS], len, off, false);
+		if (r >= 0 && (uint32_t)r < len)
+			r = -EIO;
+		pthread_mutex_lock(&rd->mu);
+		rd->res[k % SCAN_BUFS] = r < 0 ? r : 0;
+		rd->produced = k + 1;
+		pthread_cond_broadcast(&rd->cv);
+		pthread_mutex_unlock(&rd->mu);
+	}
+	return NULL;
+}
+
+/* Window k (waits for the reader); returns its read status. */
+static int scan_get(struct scan_rd *rd, uint64_t k, char **buf)
+{
+	int r;
+
+	pthread_mutex_lock(&rd->mu);
+	while (rd->produced <= k)
+		pthread_cond_wait(&rd->cv, &rd->mu);
+	r = rd->res[k % SCAN_BUFS];
+	pthread_mutex_unlock(&rd->mu);
+	*buf = rd->buf[k % SCAN_BUFS];
+	return r;
+}
+
+static void scan_release(struct scan_rd *rd, uint64_t k)
+{
+	pthread_mutex_lock(&rd->mu);
+	rd->consumed = k + 1;
+	pthread_cond_broadcast(&rd->cv);
+	pthread_mutex_unlock(&rd->mu);
+}
+
+/* Gets the bytes of the record at window k, offset p, into *rp; 0, or -1 if unreadable. */
+static int scan_record(struct scan_rd *rd, uint64_t k, char *b, uint32_t p, uint64_t reclen,
+		       char **big, uint64_t *bigcap, const char **rp)
+{
+	struct nv_file *f = rd->f;
+	uint32_t wlen = win_len(f, k);
+	uint64_t abs = k * NV_SCAN_CHUNK + p;
+	int r;
+
+	if (p + reclen <= wlen) {
+		*rp = b + p;
+		return 0;
+	}
+	if (reclen > *bigcap) {
+		free(*big);
+		*big = NULL;
+		*bigcap = 0;
+		if (posix_memalign((void **)big, NV_PAGE, reclen))
+			return -ENOMEM;
+		*bigcap = reclen;
+	}
+	if (reclen <= NV_SCAN_CHUNK && k + 1 < rd->nwin) {
+		char *nb;
+		uint64_t need = p + reclen - wlen;
+
+		if (scan_get(rd, k + 1, &nb) < 0 || need > win_len(f, k + 1))
+			return -1;
+		memcpy(*big, b + p, wlen - p);
+		memcpy(*big + (wlen - p), nb, need);
+		*rp = *big;
+		return 0;
+	}
+	r = hook(rd->t, KVT_TIER_OP_READ, NV_DATA_OFF + abs, (uint32_t)reclen);
+	if (r >= 0)
+		r = pio_full(f->fd, *big, reclen, NV_DATA_OFF + abs, false);
+	if (r < 0 || (uint64_t)r < reclen)
+		return -1;
+	*rp = *big;
+	return 0;
+}
+
 static int scan_file(struct kvt_tier *t, unsigned fi, size_t *cap)
 {
 	struct nv_file *f = &t->files[fi];
-	char *buf = NULL, *big = NULL;
-	uint64_t pos = 0;
+	struct scan_rd rd = {.t = t, .f = f};
+	char *big = NULL;
+	uint64_t bigcap = 0, skip = 0;
+	pthread_t th;
 	int r = 0;
 
-	if (posix_memalign((void **)&buf, NV_PAGE, NV_SCAN_CHUNK))
-		return -ENOMEM;
-	while (pos < f->hwm) {
-		uint32_t chunk =
-		    f->hwm - pos < NV_SCAN_CHUNK ? (uint32_t)(f->hwm - pos) : NV_SCAN_CHUNK;
-		uint32_t p = 0;
+	if (!f->hwm)
+		return 0;
+	rd.nwin = (f->hwm + NV_SCAN_CHUNK - 1) / NV_SCAN_CHUNK;
+	pthread_mutex_init(&rd.mu, NULL);
+	pthread_cond_init(&rd.cv, NULL);
+	for (int i = 0; i < SCAN_BUFS; i++)
+		if (posix_memalign((void **)&rd.buf[i], NV_PAGE, NV_SCAN_CHUNK)) {
+			r = -ENOMEM;
+			goto out;
+		}
+	r = -pthread_create(&th, NULL, scan_reader, &rd);
+	if (r < 0)
+		goto out;
+	for (uint64_t k = 0; k < rd.nwin && r >= 0; k++) {
+		uint64_t wpos = k * NV_SCAN_CHUNK;
+		uint32_t wlen = win_len(f, k);
+		uint32_t p = skip > wpos ? (uint32_t)(skip - wpos < wlen ? skip - wpos : wlen) : 0;
+		char *b;
 
-		r = hook(t, KVT_TIER_OP_READ, NV_DATA_OFF + pos, chunk);
-		if (r >= 0)
-			r = pio_full(f->fd, buf, chunk, NV_DATA_OFF + pos, false);
-		if (r >= 0 && (uint32_t)r < chunk)
-			r = -EIO;
-		if (r < 0) {
-			/* Records in an unreadable chunk are lost; the rest of the file is not. */
-			nv_log(t, LOG_ERR, "file %u: scan read at %llu failed: %s", fi,
-			       (unsigned long long)(NV_DATA_OFF + pos), strerror(-r));
+		if (scan_get(&rd, k, &b) < 0) {
+			/* Records starting in an unreadable window are lost; the rest are not. */
+			nv_log(t, LOG_ERR, "file %u: scan read at %llu failed", fi,
+			       (unsigned long long)(NV_DATA_OFF + wpos));
 			t->st.read_errors++;
-			pos += chunk;
+			scan_release(&rd, k);
 			continue;
 		}
-		while (p < chunk) {
-			const struct kvt_record_hdr *h = (const void *)(buf + p);
+		while (p < wlen) {
+			const struct kvt_record_hdr *h = (const void *)(b + p);
 			struct nv_rec rec;
 			uint64_t reclen;
 			const char *rp;
+			int e;
 
 			if (h->magic != KVT_RECORD_MAGIC) {
 				p += NV_PAGE;
 				continue;
 			}
-			if (!hdr_plausible(h, f->data_bytes - (pos + p))) {
+			if (!hdr_plausible(h, f->data_bytes - (wpos + p))) {
 				t->st.corrupt_records++;
 				p += NV_PAGE;
 				continue;
 			}
 			reclen = round_up(KVT_RECORD_HDR_SIZE + (uint64_t)h->payload_len, NV_PAGE);
-			if (p + reclen <= chunk) {
-				rp = buf + p;
-			} else if (p > 0) {
-				break; /* re-read from this record's start */
-			} else {
-				free(big);
-				big = NULL;
-				if (posix_memalign((void **)&big, NV_PAGE, reclen)) {
-					r = -ENOMEM;
-					goto out;
-				}
-				r = hook(t, KVT_TIER_OP_READ, NV_DATA_OFF + pos, (uint32_t)reclen);
-				if (r >= 0)
-					r = pio_full(f->fd, big, reclen, NV_DATA_OFF + pos, false);
-				if (r < 0 || (uint64_t)r < reclen) {
-					t->st.read_errors++;
-					p += NV_PAGE;
-					continue;
-				}
-				rp = big;
+			e = scan_record(&rd, k, b, p, reclen, &big, &bigcap, &rp);
+			if (e == -ENOMEM) {
+				r = e;
+				break;
+			}
+			if (e < 0) {
+				t->st.read_errors++;
+				p += NV_PAGE;
+				continue;
 			}
 			if (!rec_verify(rp, f->salt, &rec.hdr)) {
 				t->st.corrupt_records++;
@@ -577,22 +695,32 @@ static int scan_file(struct kvt_tier *t, unsigned fi, size_t *cap)
 				continue;
 			}
 			rec.file = (uint16_t)fi;
-			rec.page = (pos + p) / NV_PAGE;
+			rec.page = (wpos + p) / NV_PAGE;
 			rec.npages = (uint32_t)(reclen / NV_PAGE);
 			r = nv_alloc_mark(&f->alloc, rec.page, rec.npages);
 			if (r == 0)
 				r = rec_push(t, cap, &rec);
 			if (r < 0)
-				goto out;
+				break;
+			skip = wpos + p + reclen;
+			if (reclen >= wlen - p)
+				break; /* the rest of this window belongs to the record */
 			p += (uint32_t)reclen;
 		}
-		pos += p;
+		scan_release(&rd, k);
 	}
-	r = 0;
+	pthread_mutex_lock(&rd.mu);
+	rd.stop = true;
+	pthread_cond_broadcast(&rd.cv);
+	pthread_mutex_unlock(&rd.mu);
+	pthread_join(th, NULL);
 out:
+	for (int i = 0; i < SCAN_BUFS; i++)
+		free(rd.buf[i]);
 	free(big);
-	free(buf);
-	return r;
+	pthread_mutex_destroy(&rd.mu);
+	pthread_cond_destroy(&rd.cv);
+	return r < 0 ? r : 0;
 }
 
 /* Zeroes the first page of an extent synchronously (recovery only, before I/O starts). */

@@ -344,6 +344,36 @@ static void roundtrip(unsigned flags)
 	free(s);
 }
 
+/* Recovery across scan windows (8 MiB): odd-sized records that straddle window boundaries,
+ * and records larger than a window. */
+static void test_recover_large(void **state)
+{
+	enum { N = 24 };
+	static const uint32_t big[] = {9u << 20, (12u << 20) + 4000};
+	struct kvt_tier *t = open_tier(0, 96 << 20, NULL);
+	struct seen *s = calloc(1, sizeof(*s));
+	struct kvt_tier_loc loc[N + 2];
+	uint32_t plen[N + 2];
+
+	assert_non_null(s);
+	for (unsigned i = 0; i < N + 2; i++) {
+		plen[i] = i < N ? (1300u << 10) + i * 4099u : big[i - N];
+		assert_int_equal(put_rec(t, i, 1, plen[i], &loc[i]), KVT_RECORD_HDR_SIZE + plen[i]);
+	}
+	ops->close(t);
+	t = open_tier(0, 96 << 20, NULL);
+	assert_int_equal(ops->recover(t, collect, s), N + 2);
+	for (unsigned i = 0; i < N + 2; i++) {
+		int k = find_seen(s, i);
+
+		assert_true(k >= 0);
+		assert_int_equal(s->loc[k].off, loc[i].off);
+		assert_int_equal(get_rec(t, &s->loc[k], i, 1, plen[i]), (int)loc[i].len);
+	}
+	ops->close(t);
+	free(s);
+}
+
 static void test_roundtrip_uring(void **state)
 {
 	roundtrip(0);
@@ -941,6 +971,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_alloc_basic),
 	    cmocka_unit_test(test_alloc_random),
 	    cmocka_unit_test_teardown(test_roundtrip_uring, teardown),
+	    cmocka_unit_test_teardown(test_recover_large, teardown),
 	    cmocka_unit_test_teardown(test_roundtrip_workers, teardown),
 	    cmocka_unit_test_teardown(test_roundtrip_fsync, teardown),
 	    cmocka_unit_test_teardown(test_batch_deep, teardown),
