@@ -394,3 +394,32 @@ def test_two_clients_share_blocks(daemon):
         a.put(la, keys[0], blk)
         assert b.lookup(lb, keys) == 1
         assert b.get(lb, keys[0]).tobytes() == blk.tobytes()
+
+
+def test_threads_share_one_client(client):
+    """kvtier.h: a client may be used from several threads at once (ctypes drops the GIL
+    around each call, so the calls really overlap)."""
+    import threading
+
+    lay = small_layout(client)
+    errors = []
+
+    def work(t):
+        try:
+            keys = client.key_chain(lay, np.arange(16 * 40) + 10000 * (t + 1))
+            blocks = [rand_block(lay, 1000 * t + i) for i in range(len(keys))]
+            for k, b in zip(keys, blocks):
+                assert client.put(lay, k, b) == 0
+            assert client.lookup(lay, keys) == len(keys)
+            for k, b in zip(keys, blocks):
+                assert client.get(lay, k).tobytes() == b.tobytes()
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    assert client.stats()["host_blocks"] == 4 * 40
