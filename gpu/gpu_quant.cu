@@ -3,11 +3,11 @@
  * gpu_quant.cu - KIVI-style quantize-on-copy and dequantize-on-copy kernels (layout: GPU.md).
  *
  * Keys: one thread owns CPT adjacent channels of one token group and keeps the group's G rows
- * in registers (G * CPT * 2 bytes = 512 bytes), so the input is read from memory exactly once;
- * CPT shrinks as G grows to keep that budget.  Values: one thread owns 8 channels (one 16-byte
- * load) of one token, and the v_group / 8 threads of a group meet with warp shuffles.
- * The arithmetic is the CPU reference's (gpu_ref.c), operation for operation, in IEEE fp32
- * (no fast-math: division and reciprocal are correctly rounded), so the bytes match it.
+ * in registers (G * CPT * 2 = 256 bytes for G <= 64), so the input is read from memory exactly
+ * once; CPT shrinks as G grows to keep that budget, and two blocks fit an SM.  Values: one thread
+ * owns 8 channels (one 16-byte load) of one token, and the v_group / 8 threads of a group meet with
+ * warp shuffles. The arithmetic is the CPU reference's (gpu_ref.c), operation for operation, in
+ * IEEE fp32 (no fast-math: division and reciprocal are correctly rounded), so the bytes match it.
  */
 #include "gpu_internal.h"
 

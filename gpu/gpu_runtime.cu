@@ -3,11 +3,13 @@
  * gpu_runtime.cu - devices, IPC pools, host registration and the copy engine of kvt_gpu.h.
  *
  * Copy paths (measured side by side by bench/gpu_bench.sh):
- *  - DMA: one cudaMemcpyAsync per coalesced run; full speed for runs of >= 1 MiB, but each
- *    call costs a few microseconds of submission, so 64 KiB pages stall near 17 GB/s.
+ *  - DMA: one cudaMemcpyAsync per coalesced run; each call costs ~2.5 us of submission, so
+ *    1 MiB runs reach 0.88 of the bus and 64 KiB pages stall near 17 GB/s.
+ *  - DMA_BATCH: cudaMemcpyBatchAsync, no gap between the copies of a batch.
  *  - STAGED: a gather kernel packs the pages into a device staging half at HBM speed, then
- *    one cudaMemcpyAsync per contiguous host run moves it over the bus; the next half is
- *    gathered while the previous one is in flight (an internal stream and two event pairs).
+ *    one batched DMA call sends the round's contiguous host runs over the bus; the next half
+ *    is gathered while the previous one is in flight (an internal stream and two event
+ *    pairs).
  *  - KERNEL: thread blocks load pages and store straight into mapped host memory (or the
  *    reverse): no copy engine at all, at the price of SMs busy for the whole transfer.
  */

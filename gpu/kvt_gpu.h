@@ -136,7 +136,8 @@ struct kvt_gpu_engine;
 struct kvt_gpu_engine_opts {
 	uint32_t size;		/* sizeof(struct kvt_gpu_engine_opts) */
 	int32_t device;		/* ordinal; -1: the current device */
-	uint64_t staging_bytes; /* device staging buffer of the staged path; 0: 64 MiB */
+	uint64_t staging_bytes; /* device staging buffer of the staged path; 0: 64 MiB;
+				 * at least 32 MiB */
 	uint32_t max_ctas;	/* cap on thread blocks of the copy kernels; 0: SMs / 4 for
 				 * transfers over the bus (more only contend for it), 4 per SM
 				 * device to device */
@@ -147,6 +148,8 @@ struct kvt_gpu_engine_opts {
  * (cudaMemcpyFlagPreferOverlapWithCompute). */
 #define KVT_GPU_ENGINE_BATCH_OVERLAP 1u
 
+/* o may be NULL (defaults, current device).  Allocates the staging buffer and an internal
+ * stream; 0 or -ENODEV/-EINVAL/-ENOMEM/-EIO. */
 int kvt_gpu_engine_create(const struct kvt_gpu_engine_opts *o, struct kvt_gpu_engine **out);
 /* Waits for the engine's internal stream and frees it.  NULL is a no-op. */
 void kvt_gpu_engine_destroy(struct kvt_gpu_engine *e);
