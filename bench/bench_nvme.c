@@ -32,6 +32,9 @@ extern char **environ;
 
 int bench_nvme_main(int argc, char **argv);
 
+#define FB_DEPTHS 2
+static const unsigned fb_depth[FB_DEPTHS] = {1, 4};
+
 struct bopts {
 	const char *dir;
 	uint64_t size;
@@ -325,10 +328,12 @@ static double recovery_run(const char *path, uint64_t size, uint64_t *nrec)
 }
 
 /* Runs fio and returns bw in GB/s for the given direction, or -1. */
+/* jobs > 1 (synchronous engines): that many fio jobs, each on its own 1/jobs of the range,
+ * reported as one group. */
 static double fio_run(const char *path, uint64_t size, uint32_t bs, unsigned qd, const char *engine,
-		      bool wr)
+		      bool wr, unsigned jobs)
 {
-	char a_file[4200], a_bs[64], a_qd[64], a_size[64], a_eng[64];
+	char a_file[4200], a_bs[64], a_qd[64], a_size[64], a_eng[64], a_jobs[64], a_inc[64];
 	char *args[] = {"fio",
 			"--name=kvtier",
 			a_file,
@@ -340,6 +345,9 @@ static double fio_run(const char *path, uint64_t size, uint32_t bs, unsigned qd,
 			a_size,
 			"--offset=4096",
 			"--output-format=json",
+			jobs > 1 ? a_jobs : NULL,
+			a_inc,
+			"--group_reporting",
 			NULL};
 	posix_spawn_file_actions_t fa;
 	char *out = NULL, *p;
@@ -352,6 +360,13 @@ static double fio_run(const char *path, uint64_t size, uint32_t bs, unsigned qd,
 	snprintf(a_eng, sizeof(a_eng), "--ioengine=%s", engine);
 	snprintf(a_bs, sizeof(a_bs), "--bs=%u", bs);
 	snprintf(a_qd, sizeof(a_qd), "--iodepth=%u", qd);
+	if (jobs > 1) {
+		uint64_t part = size / jobs / bs * bs;
+
+		snprintf(a_jobs, sizeof(a_jobs), "--numjobs=%u", jobs);
+		snprintf(a_inc, sizeof(a_inc), "--offset_increment=%llu", (unsigned long long)part);
+		size = part;
+	}
 	snprintf(a_size, sizeof(a_size), "--size=%llu", (unsigned long long)size);
 	if (pipe2(pfd, O_CLOEXEC) < 0)
 		return -1;
@@ -490,7 +505,7 @@ int bench_nvme_main(int argc, char **argv)
 	struct statfs sfs;
 	bool tmpfs = false, fio;
 	unsigned io_flags = 0;
-	struct bres res[16][16], fb[16];
+	struct bres res[16][16], fb[16][FB_DEPTHS];
 	double recov[16];
 	uint64_t recov_n[16];
 	double min_read_ratio = -1, min_write_ratio = -1;
@@ -599,10 +614,10 @@ int bench_nvme_main(int argc, char **argv)
 			for (unsigned k = 0; k < o.reps; k++) {
 				x[k].w = x[k].r = x[k].fw = x[k].fr = -1;
 				if (fio) {
-					x[k].fw =
-					    fio_run(path, size, o.bs[b], o.qd[q], "io_uring", true);
+					x[k].fw = fio_run(path, size, o.bs[b], o.qd[q], "io_uring",
+							  true, 1);
 					x[k].fr = fio_run(path, size, o.bs[b], o.qd[q], "io_uring",
-							  false);
+							  false, 1);
 				}
 				e = session_measure(&ss, o.qd[q], &x[k]);
 				if (e < 0) {
@@ -637,31 +652,40 @@ int bench_nvme_main(int argc, char **argv)
 			printf("recovery bs=%7u        scan+verify %6.3f GB/s (%llu records)\n",
 			       o.bs[b], recov[b], (unsigned long long)recov_n[b]);
 
-		/* Fallback: one pread/pwrite worker against fio psync, one request at a time. */
-		e = session_open(&ss, path, size, o.bs[b], 1, KVT_TIER_F_NO_URING);
-		for (unsigned k = 0; k < o.reps; k++) {
-			x[k].w = x[k].r = x[k].fw = x[k].fr = -1;
-			if (fio) {
-				x[k].fw = fio_run(path, size, o.bs[b], 1, "psync", true);
-				x[k].fr = fio_run(path, size, o.bs[b], 1, "psync", false);
+		/*
+		 * Fallback: n pread/pwrite workers at depth n against n fio psync jobs (a
+		 * synchronous engine has no queue depth; its parallelism is its job count).
+		 */
+		for (unsigned d = 0; d < FB_DEPTHS; d++) {
+			unsigned n = fb_depth[d];
+
+			e = session_open(&ss, path, size, o.bs[b], n, KVT_TIER_F_NO_URING);
+			for (unsigned k = 0; k < o.reps; k++) {
+				x[k].w = x[k].r = x[k].fw = x[k].fr = -1;
+				if (fio) {
+					x[k].fw = fio_run(path, size, o.bs[b], 1, "psync", true, n);
+					x[k].fr =
+					    fio_run(path, size, o.bs[b], 1, "psync", false, n);
+				}
+				if (e >= 0)
+					e = session_measure(&ss, n, &x[k]);
+				if (e < 0) {
+					fprintf(stderr, "bench nvme: pread bs=%u: %s\n", o.bs[b],
+						strerror(-e));
+					ret = 1;
+				}
 			}
-			if (e >= 0)
-				e = session_measure(&ss, 1, &x[k]);
-			if (e < 0) {
-				fprintf(stderr, "bench nvme: pread bs=%u: %s\n", o.bs[b],
-					strerror(-e));
-				ret = 1;
-			}
+			if (ss.c.t)
+				session_close(&ss);
+			reduce(&fb[b][d], x, o.reps);
+			if (!o.json)
+				printf("pread    bs=%7u qd=%2u  write %6.3f GB/s (psync %6.3f, "
+				       "x%.2f)  "
+				       "read %6.3f GB/s (psync %6.3f, x%.2f)\n",
+				       o.bs[b], n, fb[b][d].w, fb[b][d].fw,
+				       ratio(fb[b][d].w, fb[b][d].fw), fb[b][d].r, fb[b][d].fr,
+				       ratio(fb[b][d].r, fb[b][d].fr));
 		}
-		if (ss.c.t)
-			session_close(&ss);
-		reduce(&fb[b], x, o.reps);
-		if (!o.json)
-			printf("pread    bs=%7u qd= 1  write %6.3f GB/s (psync %6.3f, x%.2f)  read "
-			       "%6.3f "
-			       "GB/s (psync %6.3f, x%.2f)\n",
-			       o.bs[b], fb[b].w, fb[b].fw, ratio(fb[b].w, fb[b].fw), fb[b].r,
-			       fb[b].fr, ratio(fb[b].r, fb[b].fr));
 	}
 	unlink(path);
 
@@ -697,18 +721,22 @@ int bench_nvme_main(int argc, char **argv)
 			printf("}%s\n", b + 1 == o.nbs ? "" : ",");
 		}
 		printf(" ],\n \"fallback\": [\n");
-		for (unsigned b = 0; b < o.nbs; b++) {
-			printf("  {\"block_bytes\": %u, \"iodepth\": 1, \"engine\": \"pread\", "
-			       "\"fio_engine\": \"psync\", ",
-			       o.bs[b]);
-			jnum("read_gbps", fb[b].r, true);
-			jnum("write_gbps", fb[b].w, true);
-			jnum("fio_read_gbps", fb[b].fr, true);
-			jnum("fio_write_gbps", fb[b].fw, true);
-			jnum("read_ratio", ratio(fb[b].r, fb[b].fr), true);
-			jnum("write_ratio", ratio(fb[b].w, fb[b].fw), false);
-			printf("}%s\n", b + 1 == o.nbs ? "" : ",");
-		}
+		for (unsigned b = 0; b < o.nbs; b++)
+			for (unsigned d = 0; d < FB_DEPTHS; d++) {
+				struct bres *r = &fb[b][d];
+
+				printf("  {\"block_bytes\": %u, \"iodepth\": %u, \"engine\": "
+				       "\"pread\", "
+				       "\"fio_engine\": \"psync\", \"fio_numjobs\": %u, ",
+				       o.bs[b], fb_depth[d], fb_depth[d]);
+				jnum("read_gbps", r->r, true);
+				jnum("write_gbps", r->w, true);
+				jnum("fio_read_gbps", r->fr, true);
+				jnum("fio_write_gbps", r->fw, true);
+				jnum("read_ratio", ratio(r->r, r->fr), true);
+				jnum("write_ratio", ratio(r->w, r->fw), false);
+				printf("}%s\n", b + 1 == o.nbs && d + 1 == FB_DEPTHS ? "" : ",");
+			}
 		printf(" ],\n \"target_read_ratio\": 0.9, ");
 		jnum("min_read_ratio", min_read_ratio, true);
 		jnum("min_write_ratio", min_write_ratio, false);

@@ -1155,8 +1155,9 @@ static void nv_start(struct kvt_tier *t, struct kvt_tier_io *io, bool more)
 	}
 	pthread_mutex_lock(&t->mu);
 	list_add(&t->wq, io);
-	pthread_cond_signal(&t->cv);
 	pthread_mutex_unlock(&t->mu);
+	/* After the unlock, so the woken worker does not block on the mutex at once. */
+	pthread_cond_signal(&t->cv);
 }
 
 static void inval_done(struct kvt_tier_io *io)
