@@ -578,7 +578,7 @@ int bench_nvme_main(int argc, char **argv)
 		if (!o.qd[q] || o.qd[q] > 256)
 			goto bad;
 
-	snprintf(path, sizeof(path), "%s/kvtier-bench-nvme.slots", o.dir);
+	snprintf(path, sizeof(path), "%s/kvtier-bench-nvme.%d.slots", o.dir, (int)getpid());
 	if (statfs(o.dir, &sfs) == 0 && sfs.f_type == TMPFS_MAGIC) {
 		tmpfs = true;
 		fprintf(stderr, "bench nvme: %s is tmpfs, not a disk: figures measure RAM\n",
