@@ -47,33 +47,47 @@ def _wait_connectable(path, proc, timeout=10.0):
     return False
 
 
-@pytest.fixture
-def daemon(tmp_path):
-    """A fresh kvtierd with a 64 MiB host tier; yields its socket path."""
-    exe = _daemon_path()
-    if not os.access(exe, os.X_OK):
-        pytest.fail(f"kvtierd not found at {exe} (set KVTIER_BIN_DIR)")
-    sock = str(tmp_path / "kvtier.sock")
-    log = open(tmp_path / "kvtierd.log", "wb")
-    proc = subprocess.Popen([exe, "-f", "-s", sock, "-o", f"host.capacity={CAPACITY >> 20}MiB"],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    try:
-        if not _wait_connectable(sock, proc):
-            proc.kill()
-            proc.wait()
-            log.close()
+class _Daemon:
+    def __init__(self, tmp_path):
+        exe = _daemon_path()
+        if not os.access(exe, os.X_OK):
+            pytest.fail(f"kvtierd not found at {exe} (set KVTIER_BIN_DIR)")
+        self.sock = str(tmp_path / "kvtier.sock")
+        self.logpath = tmp_path / "kvtierd.log"
+        self.log = open(self.logpath, "wb")
+        self.proc = subprocess.Popen(
+            [exe, "-f", "-s", self.sock, "-o", f"host.capacity={CAPACITY >> 20}MiB"],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        if not _wait_connectable(self.sock, self.proc):
+            self.stop()
             pytest.fail("kvtierd did not come up:\n" +
-                        (tmp_path / "kvtierd.log").read_text(errors="replace"))
-        yield sock
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
+                        self.logpath.read_text(errors="replace"))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
             try:
-                proc.wait(timeout=10)
+                self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def daemon_proc(tmp_path):
+    """A fresh kvtierd with a 64 MiB host tier."""
+    d = _Daemon(tmp_path)
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+@pytest.fixture
+def daemon(daemon_proc):
+    """The socket path of a fresh kvtierd."""
+    return daemon_proc.sock
 
 
 @pytest.fixture
@@ -423,3 +437,21 @@ def test_threads_share_one_client(client):
         th.join()
     assert not errors, errors
     assert client.stats()["host_blocks"] == 4 * 40
+
+
+def test_daemon_gone(daemon_proc):
+    """A client whose daemon died gets errors (KVT_EDAEMON), never a hang or a crash."""
+    c = kvtier.Client(socket=daemon_proc.sock, timeout_ms=5000)
+    lay = small_layout(c)
+    (k,) = c.key_chain(lay, np.arange(16) + 42)
+    b = rand_block(lay, 1)
+    c.put(lay, k, b)
+    with c.lease(lay, k) as view:
+        daemon_proc.proc.kill()
+        daemon_proc.proc.wait()
+        # The lease's bytes stay mapped in this process.
+        assert view.tobytes() == b.tobytes()
+    with pytest.raises(kvtier.KvtError) as ei:
+        c.lookup(lay, [k])
+    assert ei.value.code in (kvtier.KVT_EDAEMON, errno.ECONNRESET, errno.EPIPE)
+    c.close()
