@@ -6,14 +6,16 @@
 #   scripts/run.sh                 the two excerpts of tests/data, as two engines' prompts
 #   scripts/run.sh DUMP.kvd...     these dumps instead
 #
-# The daemon runs in the foreground of a temporary directory (its socket, its log) with a
-# 3 MiB host tier.  Each dump is replayed as a prompt sent twice: the second request must find
-# the whole prompt cached.  The two excerpts (2.5 MiB and 2 MiB of KV) do not fit together,
-# so the second pushes the first one's blocks out, and the daemon must report evictions.
-# Environment: KVT_RUN_HOST_CAPACITY (default 3MiB), KVT_RUN_OPTS (more "-o section.key=value"
-# words).  Exit status: 0 only when the daemon started, every replay verified every block it
-# read back, kvtierctl answered, evictions happened (default dumps), and the daemon stopped
-# cleanly on SIGTERM.
+# The daemon runs in the foreground of a temporary directory (its socket, its log, a 64 MiB
+# NVMe slot file) with a 3 MiB host tier.  Each dump is replayed as a prompt sent twice: the
+# second request must find the whole prompt cached.  The two excerpts (2.5 MiB and 2 MiB of
+# KV) do not fit in RAM together, so the second pushes the first one's blocks down to the NVMe
+# tier; the first prompt is then sent once more and must be found whole again, read back from
+# NVMe.  Environment: KVT_RUN_HOST_CAPACITY (default 3MiB), KVT_RUN_NVME=0 (host tier only),
+# KVT_RUN_OPTS (more "-o section.key=value" words).  Exit status: 0 only when the daemon
+# started, every replay verified every block it read back, kvtierctl answered, the host tier
+# evicted (and, with the default dumps and NVMe, the NVMe tier served hits), and the daemon
+# stopped cleanly on SIGTERM.
 set -euo pipefail
 
 KVT_PROG=run.sh
@@ -22,7 +24,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 case ${1:-} in
 -h | --help)
-	sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+	sed -n '2,19s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 	exit 0
 	;;
 esac
@@ -70,8 +72,17 @@ show_log()
 # An empty file instead of /etc/kvtier/kvtierd.conf: built-in defaults even on a host where
 # the example config was installed, and only the overrides below change them.
 : >"$tmp/kvtierd.conf"
+nvme=${KVT_RUN_NVME:-1}
+opts=(-o "host.capacity=${KVT_RUN_HOST_CAPACITY:-3MiB}")
+if ((nvme)); then
+	opts+=(-o nvme.enabled=true -o "nvme.paths=$tmp/nvme0.slots" -o nvme.capacity=64MiB)
+	# O_DIRECT needs a filesystem that supports it; tmpfs does not.
+	if [[ $(stat -f -c %T "$tmp") == tmpfs ]]; then
+		opts+=(-o nvme.direct=false)
+	fi
+fi
 # shellcheck disable=SC2206 # word splitting of the user's extra options is wanted
-opts=(-o "host.capacity=${KVT_RUN_HOST_CAPACITY:-3MiB}" ${KVT_RUN_OPTS:-})
+opts+=(${KVT_RUN_OPTS:-})
 kvt_log "starting $daemon -f -c $tmp/kvtierd.conf ${opts[*]} (socket $KVTIER_SOCKET)"
 "$daemon" -f -c "$tmp/kvtierd.conf" "${opts[@]}" 2>"$tmp/kvtierd.log" &
 pid=$!
@@ -94,18 +105,28 @@ if [[ ! -S $KVTIER_SOCKET ]]; then
 fi
 
 fail=0
-# Each dump is one engine's prompt, sent twice: request 1 finds nothing and puts every block,
-# request 2 looks the prefix up and reads every block back.  The replay fails on any byte
-# that differs, and with --expect-full-hit if request 2 did not find the whole prompt.
-for d in "${dumps[@]}"; do
-	args=(--requests 2)
-	((default_dumps)) && args+=(--expect-full-hit)
-	kvt_log "workload: $replay ${args[*]} $d"
-	if ! "$replay" "${args[@]}" "$d"; then
-		kvt_log "kvtier-replay failed on $d"
+# replay ARGS...: one engine's requests; the replay fails on any byte that differs from the
+# dump, and with --expect-full-hit if its last request did not find the whole prompt.
+replay()
+{
+	kvt_log "workload: $replay $*"
+	if ! "$replay" "$@"; then
+		kvt_log "kvtier-replay failed: $*"
 		fail=1
 	fi
-done
+}
+if ((default_dumps)); then
+	# Two engines' prompts, each sent twice: request 1 puts every block, request 2 looks
+	# the prefix up and reads every block back.
+	replay --requests 2 --expect-full-hit "${dumps[0]}"
+	replay --requests 2 --expect-full-hit "${dumps[1]}"
+	# The first prompt again: its blocks left RAM for the second one's.
+	((nvme)) && replay --requests 1 --expect-full-hit "${dumps[0]}"
+else
+	for d in "${dumps[@]}"; do
+		replay --requests 2 "$d"
+	done
+fi
 
 kvt_log "kvtierctl status"
 if ! "$ctl" status; then
@@ -114,19 +135,25 @@ if ! "$ctl" status; then
 fi
 kvt_log "kvtierctl tiers"
 "$ctl" tiers || fail=1
-evictions=$("$ctl" --json tiers | python3 -c 'import json, sys; print(sum(t.get("evictions", 0) for t in json.load(sys.stdin)))' || echo error)
-if [[ ! $evictions =~ ^[0-9]+$ ]]; then
-	kvt_log "cannot read the eviction count from kvtierctl --json tiers"
+# "EVICTIONS NVME_HITS" of the daemon, from the JSON that scripts are meant to read.
+counts=$("$ctl" --json tiers | python3 -c '
+import json, sys
+t = {x["name"]: x for x in json.load(sys.stdin)}
+print(t["host"]["evictions"], t.get("nvme", {}).get("hits", 0))' || echo error)
+if [[ ! $counts =~ ^[0-9]+\ [0-9]+$ ]]; then
+	kvt_log "cannot read the tier counters from kvtierctl --json tiers"
 	fail=1
-elif ((evictions == 0)); then
-	if ((default_dumps)); then
+else
+	read -r evictions nvme_hits <<<"$counts"
+	kvt_log "host tier evictions: $evictions; NVMe tier hits: $nvme_hits"
+	if ((default_dumps && evictions == 0)); then
 		kvt_log "the host tier never evicted: the workload did not exercise eviction"
 		fail=1
-	else
-		kvt_log "note: no eviction happened (the dumps fit in host.capacity)"
 	fi
-else
-	kvt_log "the daemon evicted $evictions blocks"
+	if ((default_dumps && nvme && nvme_hits == 0)); then
+		kvt_log "the NVMe tier served nothing: evicted blocks were not demoted and promoted"
+		fail=1
+	fi
 fi
 
 kvt_log "stopping kvtierd (SIGTERM)"
