@@ -16,7 +16,7 @@ KVT_PACKAGES=(
 	libcmocka-dev
 	clang-14 libclang-rt-14-dev
 	python3 python3-numpy python3-pytest python3-matplotlib
-	redis-server fio prometheus systemd
+	redis-server fio prometheus systemd strace
 )
 
 kvt_log()
