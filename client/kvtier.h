@@ -207,8 +207,12 @@ KVT_API int kvt_put(struct kvt_client *c, int layout, const struct kvt_key *key,
 KVT_API int kvt_lookup(struct kvt_client *c, int layout, const struct kvt_key *keys, size_t n);
 
 /*
- * Copies the block of key into buf (cap bytes).  Returns the block's length; -ENOENT on a
- * miss; -ENOBUFS (nothing copied) when cap is smaller than the block.
+ * Copies the block of key into buf (cap bytes).  A block that lives only on NVMe is first
+ * brought back to the host tier (the call then takes the time of that read).  Returns the
+ * block's length; -ENOENT on a miss (also when a stored record failed its integrity check:
+ * it is counted and never served); -ENOBUFS (nothing copied) when cap is smaller than the
+ * block; -ENOSPC when the block is on NVMe and the host tier has no room it can free for it
+ * (everything there leased or pinned): retry after releasing leases.
  */
 KVT_API ssize_t kvt_get(struct kvt_client *c, int layout, const struct kvt_key *key, void *buf,
 			size_t cap);
@@ -221,15 +225,17 @@ struct kvt_lease {
 };
 
 /*
- * Borrows the block of key in place (no copy): it cannot be evicted, moved or deleted while
- * the lease is held.  Release with kvt_lease_release().  Returns 0, -ENOENT on a miss.
+ * Borrows the block of key in place (no copy): it cannot be evicted, moved or overwritten
+ * while the lease is held (a delete hides it from lookups at once and frees it on the last
+ * release).  Release with kvt_lease_release().  Returns 0, or the errors of kvt_get().
  */
 KVT_API int kvt_get_lease(struct kvt_client *c, int layout, const struct kvt_key *key,
 			  struct kvt_lease *l);
 /* Returns the lease. Returns 0, or -EINVAL for a lease that is not held. */
 KVT_API int kvt_lease_release(struct kvt_client *c, struct kvt_lease *l);
 
-/* Deletes key from every tier.  Returns 0, -ENOENT, -EBUSY when leased by someone. */
+/* Deletes key from every tier.  Returns 0 or -ENOENT.  A leased block disappears from
+ * lookups at once; its memory is freed when the last lease is returned. */
 KVT_API int kvt_delete(struct kvt_client *c, int layout, const struct kvt_key *key);
 
 /*
