@@ -6,7 +6,8 @@
 #   scripts/test.sh --no-asan    skip the sanitizer build, for a quick local run
 #
 # Environment: CI (set: -Werror), KVT_CTEST_JOBS (parallel tests, default 1: several tests
-# measure latency and share 2 cores), KVT_CTEST_ARGS (extra ctest arguments, e.g. "-L fast").
+# measure latency and share 2 cores), KVT_CTEST_ARGS (extra ctest arguments, e.g. "-L fast"),
+# KVT_BUILD and KVT_BUILD_ASAN (the two build directories).
 # Exit status: 0 when every test passed or skipped itself, 1 otherwise.
 set -euo pipefail
 
@@ -16,7 +17,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage()
 {
-	sed -n '2,10s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+	sed -n '2,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 asan=1
