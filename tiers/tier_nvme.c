@@ -47,6 +47,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/random.h>
@@ -806,6 +807,12 @@ static int file_open(struct kvt_tier *t, unsigned fi, const char *path, uint64_t
 		if (f->fd < 0)
 			return -errno;
 	}
+	/* Two daemons on one slot file would destroy each other's records (and a second one
+	 * re-initialising the file would wipe it): one owner at a time. */
+	if (flock(f->fd, LOCK_EX | LOCK_NB) < 0) {
+		nv_log(t, LOG_ERR, "%s is in use by another process", path);
+		return errno == EWOULDBLOCK ? -EBUSY : -errno;
+	}
 	if (fstat(f->fd, &st) < 0)
 		return -errno;
 	f->blockdev = S_ISBLK(st.st_mode);
@@ -822,6 +829,8 @@ static int file_open(struct kvt_tier *t, unsigned fi, const char *path, uint64_t
 		f->fd = open(path, oflags, 0600);
 		if (f->fd < 0)
 			return -errno;
+		if (flock(f->fd, LOCK_EX | LOCK_NB) < 0)
+			return errno == EWOULDBLOCK ? -EBUSY : -errno;
 		r = pio_full(f->fd, t->sb_buf, NV_PAGE, 0, false);
 	}
 	if (r < 0)
@@ -1407,6 +1416,9 @@ static void nvme_close(struct kvt_tier *t)
 			if (fdatasync(f->fd) < 0 && errno != EINVAL)
 				nv_log(t, LOG_ERR, "file %u: fdatasync at close: %s", i,
 				       strerror(errno));
+			/* Explicitly: io_uring may hold the file a little past its exit, and the
+			 * next owner must not find it locked. */
+			flock(f->fd, LOCK_UN);
 			close(f->fd);
 		}
 		nv_alloc_destroy(&f->alloc);

@@ -934,6 +934,11 @@ static void test_bad_input(void **state)
 	struct kvt_tier_stats st;
 
 	assert_int_equal(ops->open(&c, &t2), -EINVAL);
+	/* A slot file has one owner: a second open fails and leaves the first intact. */
+	c.paths = (const char *const[]){path_a, NULL};
+	c.capacity_bytes = 1 << 20; /* would re-initialise the file if it got that far */
+	assert_int_equal(ops->open(&c, &t2), -EBUSY);
+	assert_null(t2);
 	c.paths = NULL;
 	assert_int_equal(ops->open(&c, &t2), -EINVAL);
 	assert_int_equal(ops->alloc(t, 10, &l), -EINVAL);
