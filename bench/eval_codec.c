@@ -1,10 +1,514 @@
 /* SPDX-License-Identifier: MIT */
+/*
+ * eval_codec.c - "kvtier-eval codec": ratio, attention-output error and speed of codec
+ * chains on a real KV dump (DESIGN §5).
+ *
+ * The dump is cut into consecutive blocks of --block tokens (default 64), each block laid out
+ * page-first as the daemon stores it, encoded, decoded, and the decoded K/V compared with the
+ * original through the attention outputs of the dump's queries:
+ *   err = mean over (layer, query head, query position) of ||o - o^|| / ||o||,
+ *   o = softmax(q K^T / sqrt(d)) V over the causal prefix, query head j on kv head j/(QH/H).
+ * ratio = raw fp16 bytes / all encoded bytes (record headers included).  Speeds are per core
+ * (thread CPU time).  zstd -1 and LZ4 run on the same blocks in the same run as references.
+ */
+#include <errno.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "codec.h"
+#include "kvd.h"
 
 int eval_codec_main(int argc, char **argv);
 
+/* The chains evaluated when no --codec is given: every family, a few operating points. */
+static const char *const default_chains[] = {
+    "raw",
+    "lz4",
+    "zstd:1",
+    "zstd:9",
+    "shuffle+lz4",
+    "shuffle+zstd:1",
+    "shuffle+zstd:9",
+    "shuffle+rans",
+    "fpx",
+    "fpx:level=9",
+    "fp8",
+    "kivi:k=8,v=8,g=32",
+    "kivi:k=8,v=8,g=32+rans",
+    "kivi:k=4,v=4,g=32",
+    "kivi:k=4,v=4,g=32+rans",
+    "kivi:k=4,v=4,g=32,rot=1",
+    "kivi:k=4,v=4,g=32,sink=4,outl=0.01",
+    "kivi:k=2,v=2,g=32",
+    "lowrank:r=16,b=4",
+    "lowrank:r=32,b=0",
+    "lsh:thr=0.05",
+    "lsh:thr=0.2",
+    "uq:k=0.07,v=0.03",
+    "uq:k=0.1,v=0.045",
+    "uq",
+    "uq:k=0.2,v=0.085",
+    "uq:k=0.28,v=0.12",
+    "uq:k=0.36,v=0.15",
+    "uq:k=0.5,v=0.2",
+    "uq:k=0.7,v=0.3",
+    "uq:k=1,v=0.45",
+};
+
+struct result {
+	char codec[160];
+	int lossless, ok;
+	double ratio, err, kcos, vcos, enc_gbps, dec_gbps;
+};
+
+struct evalctx {
+	const struct kvd *d;
+	uint32_t bt;	       /* block tokens */
+	float *kf, *vf;	       /* original K, V as float, dump layout */
+	float *o;	       /* reference attention outputs [L][QH][P][D] */
+	uint16_t *kdec, *vdec; /* decoded K, V (dump layout, fp16 bits) */
+};
+
+static double cpu_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void to_float(float *dst, const uint16_t *src, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		dst[i] = kvd_half_to_float(src[i]);
+}
+
+/* Attention outputs of every (layer, query head, query position) with keys k and values v. */
+static void attention(const struct kvd *d, const float *k, const float *v, float *o)
+{
+	uint32_t D = d->head_dim, T = d->n_tokens, P = d->n_q_pos,
+		 grp = d->n_q_heads / d->n_kv_heads;
+	float *s = malloc(T * sizeof(float));
+	double *acc = malloc(D * sizeof(double));
+	float q[1024];
+	const float scale = 1.0f / sqrtf((float)D);
+
+	for (uint32_t l = 0; l < d->n_layers; l++)
+		for (uint32_t j = 0; j < d->n_q_heads; j++) {
+			uint32_t h = j / grp;
+			const float *kb = k + ((size_t)l * d->n_kv_heads + h) * T * D;
+			const float *vb = v + ((size_t)l * d->n_kv_heads + h) * T * D;
+			for (uint32_t p = 0; p < P; p++) {
+				const uint16_t *qq =
+				    d->q + (((size_t)l * d->n_q_heads + j) * P + p) * D;
+				uint32_t t = T - P + p;
+				float mx = -INFINITY;
+				for (uint32_t i = 0; i < D; i++)
+					q[i] = kvd_half_to_float(qq[i]) * scale;
+				for (uint32_t i = 0; i <= t; i++) {
+					const float *kr = kb + (size_t)i * D;
+					float a = 0;
+					for (uint32_t e = 0; e < D; e++)
+						a += q[e] * kr[e];
+					s[i] = a;
+					mx = a > mx ? a : mx;
+				}
+				double sum = 0;
+				for (uint32_t i = 0; i <= t; i++) {
+					s[i] = expf(s[i] - mx);
+					sum += s[i];
+				}
+				for (uint32_t e = 0; e < D; e++)
+					acc[e] = 0;
+				for (uint32_t i = 0; i <= t; i++) {
+					const float *vr = vb + (size_t)i * D;
+					float w = s[i];
+					for (uint32_t e = 0; e < D; e++)
+						acc[e] += w * vr[e];
+				}
+				float *out = o + (((size_t)l * d->n_q_heads + j) * P + p) * D;
+				for (uint32_t e = 0; e < D; e++)
+					out[e] = (float)(acc[e] / sum);
+			}
+		}
+	free(s);
+	free(acc);
+}
+
+static double attn_err(const struct evalctx *e, const float *k, const float *v)
+{
+	const struct kvd *d = e->d;
+	size_t no = (size_t)d->n_layers * d->n_q_heads * d->n_q_pos;
+	float *o = malloc(no * d->head_dim * sizeof(float));
+	double tot = 0;
+
+	if (!o)
+		return NAN;
+	attention(d, k, v, o);
+	for (size_t i = 0; i < no; i++) {
+		double a = 0, b = 0;
+		for (uint32_t c = 0; c < d->head_dim; c++) {
+			double x = e->o[i * d->head_dim + c], y = o[i * d->head_dim + c];
+			a += (x - y) * (x - y);
+			b += x * x;
+		}
+		tot += b > 0 ? sqrt(a / b) : 0;
+	}
+	free(o);
+	return tot / (double)no;
+}
+
+static double mean_cos(const float *a, const float *b, size_t nvec, uint32_t D)
+{
+	double tot = 0;
+	for (size_t i = 0; i < nvec; i++) {
+		double ab = 0, aa = 0, bb = 0;
+		for (uint32_t c = 0; c < D; c++) {
+			double x = a[i * D + c], y = b[i * D + c];
+			ab += x * y;
+			aa += x * x;
+			bb += y * y;
+		}
+		tot += (aa > 0 && bb > 0) ? ab / sqrt(aa * bb) : (aa == bb ? 1 : 0);
+	}
+	return tot / (double)nvec;
+}
+
+/* Copies block b of the dump into blk (page-first), or back (dir < 0) from blk. */
+static void block_io(const struct kvd *d, uint16_t *k, uint16_t *v, uint32_t t0, uint32_t bt,
+		     uint16_t *blk, int dir)
+{
+	size_t D = d->head_dim, o = 0;
+	for (uint32_t l = 0; l < d->n_layers; l++)
+		for (int kv = 0; kv < 2; kv++)
+			for (uint32_t h = 0; h < d->n_kv_heads; h++) {
+				uint16_t *base =
+				    (kv ? v : k) +
+				    (((size_t)l * d->n_kv_heads + h) * d->n_tokens + t0) * D;
+				if (dir > 0)
+					memcpy(blk + o, base, bt * D * 2);
+				else
+					memcpy(base, blk + o, bt * D * 2);
+				o += bt * D;
+			}
+}
+
+/* Encodes and decodes the whole dump with spec; fills r.  Decoded K/V land in e->kdec/vdec. */
+static int run_chain(struct evalctx *e, const char *spec, struct result *r, int want_err)
+{
+	const struct kvd *d = e->d;
+	struct kvt_chain *c;
+	struct kvt_codec_geom g = {d->n_layers, d->n_kv_heads,	d->head_dim,
+				   e->bt,	KVT_DTYPE_FP16, 0};
+	uint32_t nb = d->n_tokens / e->bt;
+	size_t raw = kvt_geom_block_bytes(&g), bound, tot = 0;
+	uint16_t *blk = NULL, *dec = NULL;
+	uint8_t *enc = NULL;
+	size_t *elen = NULL;
+	int rc = kvt_chain_parse(spec, &c);
+
+	memset(r, 0, sizeof(*r));
+	snprintf(r->codec, sizeof(r->codec), "%s", spec);
+	if (rc) {
+		fprintf(stderr, "kvtier-eval codec: bad chain '%s': %s\n", spec, strerror(-rc));
+		return rc;
+	}
+	snprintf(r->codec, sizeof(r->codec), "%s", kvt_chain_name(c));
+	r->lossless = !!(kvt_chain_flags(c) & KVT_CODEC_LOSSLESS);
+	bound = kvt_chain_max_encoded_size(c, &g);
+	blk = malloc(raw);
+	dec = malloc(raw);
+	elen = calloc(nb, sizeof(*elen));
+	enc = malloc(bound * nb);
+	rc = -ENOMEM;
+	if (!blk || !dec || !enc || !elen || !bound)
+		goto out;
+	/* Encode: repeat until at least 0.3 s of CPU time so fast codecs are timed fairly. */
+	double t_enc = 0, t_dec = 0;
+	int reps = 0;
+	do {
+		tot = 0;
+		for (uint32_t b = 0; b < nb; b++) {
+			block_io(d, d->k, d->v, b * e->bt, e->bt, blk, 1);
+			g.first_token = b * e->bt;
+			double t0 = cpu_now();
+			ssize_t l = kvt_chain_encode(c, &g, blk, raw, enc + b * bound, bound);
+			t_enc += cpu_now() - t0;
+			if (l < 0) {
+				fprintf(stderr, "kvtier-eval codec: %s: encode: %s\n", spec,
+					strerror((int)-l));
+				rc = (int)l;
+				goto out;
+			}
+			elen[b] = (size_t)l;
+			tot += (size_t)l;
+		}
+		reps++;
+	} while (t_enc < 0.3 && reps < 50);
+	r->enc_gbps = (double)raw * nb * reps / t_enc / 1e9;
+	r->ratio = (double)raw * nb / (double)tot;
+	reps = 0;
+	do {
+		for (uint32_t b = 0; b < nb; b++) {
+			double t0 = cpu_now();
+			ssize_t l = kvt_chain_decode(c, enc + b * bound, elen[b], dec, raw, NULL);
+			t_dec += cpu_now() - t0;
+			if (l != (ssize_t)raw) {
+				fprintf(stderr, "kvtier-eval codec: %s: decode of block %u: %s\n",
+					spec, b, strerror(l < 0 ? (int)-l : EBADMSG));
+				rc = -EBADMSG;
+				goto out;
+			}
+			if (!reps)
+				block_io(d, e->kdec, e->vdec, b * e->bt, e->bt, dec, -1);
+		}
+		reps++;
+	} while (t_dec < 0.3 && reps < 50);
+	r->dec_gbps = (double)raw * nb * reps / t_dec / 1e9;
+	if (r->lossless) {
+		size_t n = (size_t)d->n_layers * d->n_kv_heads * nb * e->bt * d->head_dim;
+		/* claimed lossless: verify it (tokens past the last whole block are not coded) */
+		for (uint32_t l = 0; l < d->n_layers; l++)
+			for (uint32_t h = 0; h < d->n_kv_heads; h++) {
+				size_t off =
+				    ((size_t)l * d->n_kv_heads + h) * d->n_tokens * d->head_dim;
+				size_t len = (size_t)nb * e->bt * d->head_dim * 2;
+				if (memcmp(d->k + off, e->kdec + off, len) ||
+				    memcmp(d->v + off, e->vdec + off, len)) {
+					fprintf(stderr, "kvtier-eval codec: %s is not lossless!\n",
+						spec);
+					rc = -EBADMSG;
+					goto out;
+				}
+			}
+		(void)n;
+		r->err = 0;
+		r->kcos = r->vcos = 1;
+	} else if (want_err) {
+		size_t n = kvd_kv_elems(d);
+		float *kf = malloc(n * sizeof(float)), *vf = malloc(n * sizeof(float));
+		if (!kf || !vf) {
+			free(kf);
+			free(vf);
+			goto out;
+		}
+		to_float(kf, e->kdec, n);
+		to_float(vf, e->vdec, n);
+		r->err = attn_err(e, kf, vf);
+		r->kcos = mean_cos(e->kf, kf, n / d->head_dim, d->head_dim);
+		r->vcos = mean_cos(e->vf, vf, n / d->head_dim, d->head_dim);
+		free(kf);
+		free(vf);
+	}
+	r->ok = 1;
+	rc = 0;
+out:
+	free(blk);
+	free(dec);
+	free(enc);
+	free(elen);
+	kvt_chain_free(c);
+	return rc;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(
+	    f,
+	    "usage: kvtier-eval codec [options] DUMP.kvd\n"
+	    "  --codec SPEC         evaluate this chain (repeatable); default: the built-in list\n"
+	    "  --block N            tokens per block (default 64)\n"
+	    "  --pareto             print only the Pareto frontier (ratio up, err down)\n"
+	    "  --json               JSON array of objects instead of a table\n"
+	    "  --write-decoded OUT  with one --codec: write the decoded K/V as a .kvd\n"
+	    "  --list               print the built-in chain list and exit\n"
+	    "Chain grammar: codecs/CODECS.md.  err: DESIGN §5.\n");
+}
+
+static void print_header(void)
+{
+	printf("%-44s %8s %9s %8s %8s %9s %9s %s\n", "codec", "ratio", "err", "K cos", "V cos",
+	       "enc GB/s", "dec GB/s", "lossless");
+}
+
+static void print_table(const struct result *r, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		printf("%-44s %8.3f %9.5f %8.5f %8.5f %9.3f %9.3f %s\n", r[i].codec, r[i].ratio,
+		       r[i].err, r[i].kcos, r[i].vcos, r[i].enc_gbps, r[i].dec_gbps,
+		       r[i].lossless ? "yes" : "no");
+}
+
+static void print_json(const struct result *r, size_t n)
+{
+	printf("[\n");
+	for (size_t i = 0; i < n; i++)
+		printf("  {\"codec\": \"%s\", \"ratio\": %.4f, \"err\": %.6f, \"k_cos\": %.6f, "
+		       "\"v_cos\": %.6f, \"encode_gbps\": %.4f, \"decode_gbps\": %.4f, "
+		       "\"lossless\": %s}%s\n",
+		       r[i].codec, r[i].ratio, r[i].err, r[i].kcos, r[i].vcos, r[i].enc_gbps,
+		       r[i].dec_gbps, r[i].lossless ? "true" : "false", i + 1 < n ? "," : "");
+	printf("]\n");
+}
+
+static int cmp_ratio(const void *a, const void *b)
+{
+	const struct result *x = a, *y = b;
+	return x->ratio < y->ratio ? -1 : x->ratio > y->ratio;
+}
+
+/* Keeps the results no other result beats on both ratio (higher) and err (lower). */
+static size_t pareto(struct result *r, size_t n)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++) {
+		int dom = 0;
+		for (size_t j = 0; j < n && !dom; j++)
+			dom = j != i && r[j].ratio >= r[i].ratio && r[j].err <= r[i].err &&
+			      (r[j].ratio > r[i].ratio || r[j].err < r[i].err);
+		if (!dom)
+			r[k++] = r[i];
+	}
+	qsort(r, k, sizeof(*r), cmp_ratio);
+	return k;
+}
+
 int eval_codec_main(int argc, char **argv)
 {
-	fprintf(stderr, "kvtier-eval codec: not built yet\n");
-	return 2;
+	const char *specs[64], *path = NULL, *wdec = NULL;
+	size_t nspec = 0;
+	int want_pareto = 0, json = 0, rc = 1;
+	uint32_t bt = 64;
+	struct kvd d;
+	struct evalctx e = {0};
+
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (!strcmp(a, "--codec") && i + 1 < argc) {
+			if (nspec == 64) {
+				fprintf(stderr, "kvtier-eval codec: too many --codec\n");
+				return 2;
+			}
+			specs[nspec++] = argv[++i];
+		} else if (!strcmp(a, "--block") && i + 1 < argc) {
+			bt = (uint32_t)strtoul(argv[++i], NULL, 10);
+		} else if (!strcmp(a, "--pareto")) {
+			want_pareto = 1;
+		} else if (!strcmp(a, "--json")) {
+			json = 1;
+		} else if (!strcmp(a, "--write-decoded") && i + 1 < argc) {
+			wdec = argv[++i];
+		} else if (!strcmp(a, "--list")) {
+			for (size_t k = 0; default_chains[k]; k++)
+				printf("%s\n", default_chains[k]);
+			return 0;
+		} else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+			usage(stdout);
+			return 0;
+		} else if (a[0] == '-' || path) {
+			usage(stderr);
+			return 2;
+		} else {
+			path = a;
+		}
+	}
+	if (!path || !bt) {
+		usage(stderr);
+		return 2;
+	}
+	if (wdec && nspec != 1) {
+		fprintf(stderr, "kvtier-eval codec: --write-decoded needs exactly one --codec\n");
+		return 2;
+	}
+	if (!nspec)
+		for (; default_chains[nspec]; nspec++)
+			specs[nspec] = default_chains[nspec];
+	int err = kvd_load(path, &d);
+	if (err) {
+		fprintf(stderr, "kvtier-eval codec: %s: %s\n", path, strerror(-err));
+		return 1;
+	}
+	if (d.n_tokens < bt || d.dtype != 1 || !d.n_q_pos || d.head_dim > 1024) {
+		fprintf(stderr, "kvtier-eval codec: %s: need fp16, >= %u tokens and queries\n",
+			path, bt);
+		kvd_free(&d);
+		return 1;
+	}
+	if (d.n_tokens % bt)
+		fprintf(stderr,
+			"kvtier-eval codec: note: the last %u tokens (not a whole block) "
+			"stay uncoded\n",
+			d.n_tokens % bt);
+	size_t n = kvd_kv_elems(&d), no = (size_t)d.n_layers * d.n_q_heads * d.n_q_pos * d.head_dim;
+	struct result *res = calloc(nspec + 2, sizeof(*res));
+	e.d = &d;
+	e.bt = bt;
+	e.kf = malloc(n * sizeof(float));
+	e.vf = malloc(n * sizeof(float));
+	e.o = malloc(no * sizeof(float));
+	e.kdec = malloc(n * 2);
+	e.vdec = malloc(n * 2);
+	if (!res || !e.kf || !e.vf || !e.o || !e.kdec || !e.vdec) {
+		fprintf(stderr, "kvtier-eval codec: out of memory\n");
+		goto out;
+	}
+	/* tokens past the last whole block are not coded: decoded = original there */
+	memcpy(e.kdec, d.k, n * 2);
+	memcpy(e.vdec, d.v, n * 2);
+	to_float(e.kf, d.k, n);
+	to_float(e.vf, d.v, n);
+	attention(&d, e.kf, e.vf, e.o);
+
+	struct result ref[2];
+	if (run_chain(&e, "zstd:1", &ref[0], 0) || run_chain(&e, "lz4", &ref[1], 0))
+		goto out;
+	if (!json)
+		printf("# %s: %u layers, %u kv heads, %u tokens, head_dim %u, %u query positions; "
+		       "block %u tokens\n# same data, same run: zstd -1 ratio %.3f enc %.3f dec "
+		       "%.3f GB/s; lz4 ratio %.3f enc %.3f dec %.3f GB/s (per core)\n",
+		       d.source, d.n_layers, d.n_kv_heads, d.n_tokens, d.head_dim, d.n_q_pos, bt,
+		       ref[0].ratio, ref[0].enc_gbps, ref[0].dec_gbps, ref[1].ratio,
+		       ref[1].enc_gbps, ref[1].dec_gbps);
+	size_t nr = 0;
+	if (!json)
+		print_header();
+	for (size_t i = 0; i < nspec; i++) {
+		if (run_chain(&e, specs[i], &res[nr], 1)) {
+			rc = 1;
+			goto out;
+		}
+		if (!json && !want_pareto) {
+			print_table(&res[nr], 1);
+			fflush(stdout);
+		}
+		nr++;
+	}
+	if (want_pareto)
+		nr = pareto(res, nr);
+	if (json)
+		print_json(res, nr);
+	else if (want_pareto)
+		print_table(res, nr);
+	if (wdec) {
+		struct kvd o = d;
+		o.k = e.kdec;
+		o.v = e.vdec;
+		err = kvd_save(wdec, &o);
+		if (err) {
+			fprintf(stderr, "kvtier-eval codec: %s: %s\n", wdec, strerror(-err));
+			goto out;
+		}
+	}
+	rc = 0;
+out:
+	free(res);
+	free(e.kf);
+	free(e.vf);
+	free(e.o);
+	free(e.kdec);
+	free(e.vdec);
+	kvd_free(&d);
+	return rc;
 }

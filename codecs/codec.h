@@ -48,8 +48,9 @@ enum kvt_dtype {
 /* Geometry of a block.  Byte codecs ignore it; KV codecs require it. */
 struct kvt_codec_geom {
 	uint32_t n_layers, n_kv_heads, head_dim, block_tokens;
-	uint32_t dtype;       /* enum kvt_codec_dtype */
-	uint32_t first_token; /* position in the sequence of the block's first token (sinks, RoPE) */
+	uint32_t dtype; /* enum kvt_codec_dtype */
+	uint32_t
+	    first_token; /* position in the sequence of the block's first token (sinks, RoPE) */
 };
 
 /* Bytes of one raw block of geometry g (0 if g is invalid or too large). */
@@ -58,9 +59,9 @@ size_t kvt_geom_block_bytes(const struct kvt_codec_geom *g);
 int kvt_geom_check(const struct kvt_codec_geom *g);
 
 #define KVT_CODEC_LOSSLESS 0x1u /* decode(encode(x)) == x bit for bit */
-#define KVT_CODEC_LOSSY    0x2u /* bounded error, documented per codec in CODECS.md */
-#define KVT_CODEC_KV       0x4u /* reads a KV block and needs its geometry (first stage only) */
-#define KVT_CODEC_FUSE     0x8u /* a following "rans" stage entropy-codes this stage's symbols */
+#define KVT_CODEC_LOSSY	   0x2u /* bounded error, documented per codec in CODECS.md */
+#define KVT_CODEC_KV	   0x4u /* reads a KV block and needs its geometry (first stage only) */
+#define KVT_CODEC_FUSE	   0x8u /* a following "rans" stage entropy-codes this stage's symbols */
 
 #define KVT_CODEC_MAX_ARGS 16
 
@@ -68,7 +69,7 @@ int kvt_geom_check(const struct kvt_codec_geom *g);
 struct kvt_stage {
 	const struct kvt_codec_ops *ops;
 	double arg[KVT_CODEC_MAX_ARGS]; /* codec-defined; filled by ops->parse */
-	int entropy;                    /* a following "rans" stage was fused into this one */
+	int entropy;			/* a following "rans" stage was fused into this one */
 };
 
 /*
@@ -104,7 +105,7 @@ struct kvt_chain;
 
 #define KVT_CHAIN_MAX_STAGES 6
 #define KVT_CHAIN_HDR_SIZE   32u
-#define KVT_CHAIN_MAGIC      0x3143564bu /* "KVC1" */
+#define KVT_CHAIN_MAGIC	     0x3143564bu /* "KVC1" */
 
 /*
  * Parses spec (grammar in CODECS.md) into *out.  Returns 0, -EINVAL for a bad spec (unknown
@@ -133,8 +134,8 @@ size_t kvt_chain_max_encoded_size(const struct kvt_chain *c, const struct kvt_co
  * length (header included) or -errno: -EINVAL (bad geometry or n), -ENOSPC (cap too small),
  * -ENOMEM.
  */
-ssize_t kvt_chain_encode(const struct kvt_chain *c, const struct kvt_codec_geom *g,
-			 const void *src, size_t n, void *dst, size_t cap);
+ssize_t kvt_chain_encode(const struct kvt_chain *c, const struct kvt_codec_geom *g, const void *src,
+			 size_t n, void *dst, size_t cap);
 
 /*
  * Decodes a record made by this chain into dst (cap bytes).  Returns the block length, or

@@ -1,0 +1,275 @@
+/* SPDX-License-Identifier: MIT */
+/* kvmath.c - half-precision conversions (scalar and AVX2/F16C), Hadamard, RoPE, arguments. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "codec_internal.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define KVT_X86 1
+#endif
+
+static inline uint32_t fbits(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, 4);
+	return u;
+}
+
+static inline float bitsf(uint32_t u)
+{
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+float kvt_h2f(uint16_t h)
+{
+	uint32_t s = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+
+	if (e == 0) /* zero or subnormal: m * 2^-24 is exact in float */
+		return bitsf(s | fbits((float)m * 0x1p-24f));
+	if (e == 31) /* inf, or NaN made quiet as the F16C instruction does */
+		return bitsf(s | 0x7f800000u | (m << 13) | (m ? 0x400000u : 0));
+	return bitsf(s | (e + 112) << 23 | m << 13);
+}
+
+uint16_t kvt_f2h(float f)
+{
+	uint32_t u = fbits(f), sign = (u >> 16) & 0x8000, a = u & 0x7fffffffu;
+	uint16_t o;
+
+	if (a >= 0x47800000u) { /* >= 65536, inf or NaN */
+		if (a > 0x7f800000u)
+			o = (uint16_t)(0x7e00 | ((a >> 13) & 0x3ff));
+		else
+			o = 0x7c00;
+	} else if (a < 0x38800000u) {
+		/*
+		 * Result is subnormal or zero: adding 0.5 (2^-1) lines the fp16 subnormal step
+		 * (2^-24) up with the float's last mantissa bit, so the float addition itself
+		 * rounds to nearest even.
+		 */
+		o = (uint16_t)(fbits(bitsf(a) + 0.5f) - 0x3f000000u);
+	} else {
+		uint32_t odd = (a >> 13) & 1;
+		a += 0xc8000fffu + odd; /* rebias exponent (-112 << 23) and round half to even */
+		o = (uint16_t)(a >> 13);
+	}
+	return (uint16_t)(o | sign);
+}
+
+float kvt_bf2f(uint16_t h)
+{
+	return bitsf((uint32_t)h << 16);
+}
+
+uint16_t kvt_f2bf(float f)
+{
+	uint32_t u = fbits(f);
+
+	if ((u & 0x7fffffffu) > 0x7f800000u)
+		return (uint16_t)((u >> 16) | 0x40);
+	return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
+
+static int force_scalar;
+
+void kvt_simd_force_scalar(int on)
+{
+	force_scalar = on;
+}
+
+#ifdef KVT_X86
+static int have_f16c(void)
+{
+	static int v = -1;
+	if (v < 0) {
+		__builtin_cpu_init();
+		v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+	}
+	return v;
+}
+
+__attribute__((target("avx2,f16c"))) static void load_f16_avx2(float *dst, const uint8_t *src,
+							       size_t n)
+{
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8) {
+		__m128i h = _mm_loadu_si128((const __m128i *)(src + 2 * i));
+		_mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
+	}
+	for (; i < n; i++)
+		dst[i] = kvt_h2f(ld16(src + 2 * i));
+}
+
+__attribute__((target("avx2,f16c"))) static void store_f16_avx2(uint8_t *dst, const float *src,
+								size_t n)
+{
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8) {
+		__m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + i),
+					    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+		_mm_storeu_si128((__m128i *)(dst + 2 * i), h);
+	}
+	for (; i < n; i++)
+		st16(dst + 2 * i, kvt_f2h(src[i]));
+}
+#endif
+
+int kvt_simd_active(void)
+{
+#ifdef KVT_X86
+	return !force_scalar && have_f16c();
+#else
+	return 0;
+#endif
+}
+
+void kvt_load_f32(float *dst, const uint8_t *src, size_t n, uint32_t dtype)
+{
+	if (dtype == KVT_DTYPE_BF16) {
+		for (size_t i = 0; i < n; i++)
+			dst[i] = kvt_bf2f(ld16(src + 2 * i));
+		return;
+	}
+#ifdef KVT_X86
+	if (kvt_simd_active()) {
+		load_f16_avx2(dst, src, n);
+		return;
+	}
+#endif
+	for (size_t i = 0; i < n; i++)
+		dst[i] = kvt_h2f(ld16(src + 2 * i));
+}
+
+void kvt_store_f32(uint8_t *dst, const float *src, size_t n, uint32_t dtype)
+{
+	if (dtype == KVT_DTYPE_BF16) {
+		for (size_t i = 0; i < n; i++)
+			st16(dst + 2 * i, kvt_f2bf(src[i]));
+		return;
+	}
+#ifdef KVT_X86
+	if (kvt_simd_active()) {
+		store_f16_avx2(dst, src, n);
+		return;
+	}
+#endif
+	for (size_t i = 0; i < n; i++)
+		st16(dst + 2 * i, kvt_f2h(src[i]));
+}
+
+void kvt_hadamard(float *x, uint32_t n)
+{
+	for (uint32_t h = 1; h < n; h <<= 1)
+		for (uint32_t i = 0; i < n; i += h << 1)
+			for (uint32_t j = i; j < i + h; j++) {
+				float a = x[j], b = x[j + h];
+				x[j] = a + b;
+				x[j + h] = a - b;
+			}
+	float s = 1.0f / sqrtf((float)n);
+	for (uint32_t i = 0; i < n; i++)
+		x[i] *= s;
+}
+
+void kvt_rope(float *x, uint32_t d, double pos, double theta, int sign)
+{
+	uint32_t h = d / 2;
+	for (uint32_t i = 0; i < h; i++) {
+		double ang = pos * pow(theta, -2.0 * i / d), c = cos(ang), s = sign * sin(ang);
+		double a = x[i], b = x[i + h];
+		x[i] = (float)(a * c - b * s);
+		x[i + h] = (float)(b * c + a * s);
+	}
+}
+
+size_t kvt_geom_block_bytes(const struct kvt_codec_geom *g)
+{
+	if (kvt_geom_check(g))
+		return 0;
+	return geom_nslabs(g) * geom_slab(g) * 2;
+}
+
+int kvt_geom_check(const struct kvt_codec_geom *g)
+{
+	if (!g || !g->n_layers || !g->n_kv_heads || !g->head_dim || !g->block_tokens)
+		return -EINVAL;
+	if (g->n_layers > 1024 || g->n_kv_heads > 1024 || g->head_dim > 1024 || g->head_dim & 1 ||
+	    g->block_tokens > 4096)
+		return -EINVAL;
+	if (g->dtype != KVT_DTYPE_FP16 && g->dtype != KVT_DTYPE_BF16)
+		return -EINVAL;
+	/* A block must stay well inside 32-bit lengths: records carry u32 sizes. */
+	if ((uint64_t)g->n_layers * 2 * g->n_kv_heads * g->block_tokens * g->head_dim * 2 >
+	    (1ull << 30))
+		return -EINVAL;
+	return 0;
+}
+
+int kvt_args_parse(struct kvt_stage *st, const struct kvt_argdef *defs, size_t n, const char *args)
+{
+	for (size_t i = 0; i < n; i++)
+		st->arg[i] = defs[i].def;
+	if (!args || !*args)
+		return 0;
+	const char *p = args;
+	int first = 1;
+	while (*p) {
+		const char *end = strchr(p, ',');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+		const char *eq = memchr(p, '=', len);
+		size_t i = 0;
+		const char *val;
+		if (eq) {
+			for (i = 0; i < n; i++)
+				if (strlen(defs[i].key) == (size_t)(eq - p) &&
+				    !memcmp(defs[i].key, p, (size_t)(eq - p)))
+					break;
+			if (i == n)
+				return -EINVAL;
+			val = eq + 1;
+		} else {
+			if (!first || !n) /* a bare value names the first key only */
+				return -EINVAL;
+			val = p;
+		}
+		char tmp[32], *e;
+		size_t vl = len - (size_t)(val - p);
+		if (!vl || vl >= sizeof(tmp))
+			return -EINVAL;
+		memcpy(tmp, val, vl);
+		tmp[vl] = 0;
+		double v = strtod(tmp, &e);
+		if (*e || !(v >= defs[i].min && v <= defs[i].max))
+			return -EINVAL;
+		if (defs[i].integer && v != floor(v))
+			return -EINVAL;
+		st->arg[i] = v;
+		first = 0;
+		p += len;
+		if (*p == ',')
+			p++;
+	}
+	return 0;
+}
+
+int kvt_args_canon(const struct kvt_stage *st, const struct kvt_argdef *defs, size_t n, char *buf,
+		   size_t len)
+{
+	size_t o = 0;
+	buf[0] = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (st->arg[i] == defs[i].def)
+			continue;
+		int w =
+		    snprintf(buf + o, len - o, "%s%s=%.6g", o ? "," : "", defs[i].key, st->arg[i]);
+		if (w < 0 || (size_t)w >= len - o)
+			return -EINVAL;
+		o += (size_t)w;
+	}
+	return 0;
+}
