@@ -809,7 +809,7 @@ static void start_daemon(const char *bin, const char *sock, size_t capacity)
 {
 	char cap[64], log[PATH_MAX + 32];
 
-	snprintf(cap, sizeof(cap), "host.capacity=%zuMiB", capacity >> 20);
+	snprintf(cap, sizeof(cap), "host.capacity=%zuMiB", (capacity + (1u << 20) - 1) >> 20);
 	snprintf(log, sizeof(log), "%s/kvtierd.log", tmpdir);
 	daemon_pid = fork();
 	if (daemon_pid < 0)
