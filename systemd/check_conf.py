@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""check_conf.py KVTIERD EXAMPLE_CONF MAN_PAGE - the ctest check that the docs tell the truth.
+"""check_conf.py KVTIERD EXAMPLE_CONF MAN_PAGE [README] - the ctest check that the docs tell
+the truth.
 
 Asserts what an operator relies on when editing /etc/kvtier/kvtierd.conf:
   1. `kvtierd --print-config` on an empty file (the built-in defaults) and on the installed
      example give the same configuration: the example, all commented out, changes nothing;
   2. every key the daemon prints is in the example with the default it really has, and the
      example documents no key the daemon does not know;
-  3. kvtierd.conf(5) describes every key, with the same default.
+  3. kvtierd.conf(5) describes every key, with the same default;
+  4. so does the configuration table of README.md ('| `section.key` | `default` | ...').
 In the example, a key line is '#key = value' ('#' directly before the key); comments are
 '# text'.
 """
@@ -122,6 +124,24 @@ def main():
     for k in sorted(in_man):
         if k not in builtin:
             fails.append(f"{k[0]}.{k[1]} is in {man} but the daemon does not print it")
+
+    if len(sys.argv) > 4:
+        readme = sys.argv[4]
+        in_readme = {}
+        with open(readme) as f:
+            for line in f:
+                m = re.match(r"^\| `(\w+)\.(\w+)` \| (?:`([^`]*)`|\*\(empty\)\*) \|", line)
+                if m:
+                    in_readme[(m.group(1), m.group(2))] = m.group(3) or ""
+        for k in sorted(builtin):
+            if k not in in_readme:
+                fails.append(f"{k[0]}.{k[1]} is not in the configuration table of {readme}")
+            elif norm(in_readme[k]) != norm(builtin[k]) and k != ("daemon", "socket"):
+                fails.append(f"{k[0]}.{k[1]}: {readme} says default {in_readme[k]!r}, "
+                             f"daemon default is {builtin[k]!r}")
+        for k in sorted(in_readme):
+            if k not in builtin:
+                fails.append(f"{k[0]}.{k[1]} is in {readme} but the daemon does not print it")
 
     for msg in fails:
         print("FAIL:", msg)
