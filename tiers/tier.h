@@ -167,7 +167,10 @@ struct kvt_tier_ops {
  * read() returns -ENODATA, and nothing is queued, for a slot whose write has not completed
  * successfully.
  * free(): releases the slot once in-flight I/O on it is done; a written slot's first page is
- * zeroed before reuse so the record never comes back at recovery.
+ * zeroed before reuse so the record never comes back at recovery.  So that "evict one, then
+ * alloc() again" works, an alloc() that finds no room while freed slots are still being
+ * invalidated waits for those writes (briefly blocking); completions it reaps meanwhile have
+ * their done() run by the next complete(), never inside alloc().
  * recover(): right after open(), before any alloc(): one call per surviving record, newest
  * seq per key only (the tier dedupes), in ascending seq.  alloc() before recover() drops
  * the recovered records.

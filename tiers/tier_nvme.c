@@ -174,6 +174,9 @@ struct kvt_tier {
 	unsigned inflight;
 	struct nv_list backlog;
 	struct nv_list done_now;
+	struct nv_list deferred; /* completed while alloc() waited: done() runs in complete() */
+	bool defer_user;
+	uint64_t freeing; /* extents in EXT_FREEING: their pages come back soon */
 
 	pthread_t *workers;
 	unsigned nworkers;
@@ -1182,6 +1185,7 @@ static void inval_done(struct kvt_tier_io *io)
 		} else {
 			/* Pages that may still hold a valid record are never reused. */
 			e->state = EXT_QUARANTINE;
+			t->freeing--;
 			t->st.quarantined_bytes += (uint64_t)e->npages * NV_PAGE;
 			nv_log(t, LOG_ERR,
 			       "file %u: invalidating record at %llu failed: %s; %u pages withheld",
@@ -1243,7 +1247,10 @@ static void nv_finish(struct kvt_tier *t, struct kvt_tier_io *io, int res)
 		if (e->state == EXT_FREEING && !e->inflight)
 			nv_free_ext(t, e);
 	}
-	io->done(io);
+	if (t->defer_user)
+		list_add(&t->deferred, io);
+	else
+		io->done(io);
 }
 
 /* Pages back to the allocator; the entry leaves the map. */
@@ -1252,6 +1259,8 @@ static void nv_release(struct kvt_tier *t, struct nv_ext *e)
 	unsigned fi = (unsigned)((e->key - 1) >> 48);
 	uint64_t page = (e->key - 1) & ((1ull << 48) - 1);
 
+	if (e->state == EXT_FREEING)
+		t->freeing--;
 	nv_alloc_put(&t->files[fi].alloc, page, e->npages);
 	map_del(&t->map, e);
 }
@@ -1271,6 +1280,7 @@ static void nv_free_ext(struct kvt_tier *t, struct nv_ext *e)
 	iv = calloc(1, sizeof(*iv));
 	if (!iv) {
 		e->state = EXT_QUARANTINE;
+		t->freeing--;
 		t->st.quarantined_bytes += (uint64_t)e->npages * NV_PAGE;
 		return;
 	}
@@ -1288,6 +1298,7 @@ static void nv_free_ext(struct kvt_tier *t, struct nv_ext *e)
 /* ---- ops ---- */
 
 static int nvme_complete(struct kvt_tier *t);
+static void drain_freeing(struct kvt_tier *t);
 
 static void nvme_close(struct kvt_tier *t);
 
@@ -1396,12 +1407,12 @@ static void nvme_close(struct kvt_tier *t)
 	if (t->magic != NV_TIER_MAGIC)
 		abort(); /* a stray pointer here would corrupt data on the way out */
 	/* Drain: outstanding done() callbacks (and pending invalidations) run here. */
-	while (t->inflight || t->backlog.head || t->done_now.head) {
+	while (t->inflight || t->backlog.head || t->done_now.head || t->deferred.head) {
 		struct pollfd pfd = {.fd = t->efd, .events = POLLIN};
 
 		if (t->uring)
 			uring_flush(t);
-		if (!t->done_now.head)
+		if (!t->done_now.head && !t->deferred.head)
 			poll(&pfd, 1, 100);
 		nvme_complete(t);
 	}
@@ -1451,6 +1462,7 @@ static void drop_recovered(struct kvt_tier *t, size_t from)
 
 		if (e && e->state == EXT_RECOVERED) {
 			e->state = EXT_FREEING;
+			t->freeing++;
 			t->st.records--;
 			nv_free_ext(t, e);
 		}
@@ -1478,10 +1490,16 @@ static int nvme_alloc(struct kvt_tier *t, uint32_t len, struct kvt_tier_loc *out
 		drop_recovered(t, 0);
 	}
 	n = round_up(len, NV_PAGE) / NV_PAGE;
-	for (unsigned k = 0; k < t->nfiles; k++) {
-		fi = (t->next_file + k) % t->nfiles;
-		page = nv_alloc_get(&t->files[fi].alloc, n);
-		if (page >= 0)
+	for (int tries = 0; tries < 2 && page < 0; tries++) {
+		if (tries)
+			drain_freeing(t);
+		for (unsigned k = 0; k < t->nfiles; k++) {
+			fi = (t->next_file + k) % t->nfiles;
+			page = nv_alloc_get(&t->files[fi].alloc, n);
+			if (page >= 0)
+				break;
+		}
+		if (!t->freeing)
 			break;
 	}
 	if (page < 0)
@@ -1548,6 +1566,7 @@ static void nvme_free(struct kvt_tier *t, const struct kvt_tier_loc *loc)
 	if (e->state == EXT_VALID || e->state == EXT_RECOVERED)
 		t->st.records--;
 	e->state = EXT_FREEING;
+	t->freeing++;
 	if (!e->inflight)
 		nv_free_ext(t, e);
 }
@@ -1643,6 +1662,37 @@ static void uring_reap(struct kvt_tier *t, int *n)
 	}
 }
 
+/* Reaps every completion available now (engine, early failures), then refills the queue. */
+static void reap_all(struct kvt_tier *t, int *n)
+{
+	struct kvt_tier_io *io;
+	struct nv_list l;
+
+	if (t->uring) {
+		uring_flush(t);
+		uring_reap(t, n);
+	} else {
+		pthread_mutex_lock(&t->mu);
+		l = t->wdone;
+		t->wdone.head = t->wdone.tail = NULL;
+		pthread_mutex_unlock(&t->mu);
+		while ((io = list_pop(&l))) {
+			nv_finish(t, io, io->res);
+			(*n)++;
+		}
+	}
+	l = t->done_now;
+	t->done_now.head = t->done_now.tail = NULL;
+	while ((io = list_pop(&l))) {
+		nv_finish(t, io, io->res);
+		(*n)++;
+	}
+	while (t->backlog.head && t->inflight < t->qd)
+		nv_start(t, list_pop(&t->backlog), true);
+	if (t->uring)
+		uring_flush(t);
+}
+
 static int nvme_complete(struct kvt_tier *t)
 {
 	struct kvt_tier_io *io;
@@ -1655,30 +1705,50 @@ static int nvme_complete(struct kvt_tier *t)
 	/* Reset the counter before reaping so that a completion racing with us re-arms it. */
 	if (read(t->efd, &v, sizeof(v)) < 0) {
 	}
-	if (t->uring) {
-		uring_flush(t);
-		uring_reap(t, &n);
-	} else {
-		pthread_mutex_lock(&t->mu);
-		l = t->wdone;
-		t->wdone.head = t->wdone.tail = NULL;
-		pthread_mutex_unlock(&t->mu);
-		while ((io = list_pop(&l))) {
-			nv_finish(t, io, io->res);
-			n++;
-		}
-	}
-	l = t->done_now;
-	t->done_now.head = t->done_now.tail = NULL;
+	l = t->deferred;
+	t->deferred.head = t->deferred.tail = NULL;
 	while ((io = list_pop(&l))) {
-		nv_finish(t, io, io->res);
+		io->done(io);
 		n++;
 	}
-	while (t->backlog.head && t->inflight < t->qd)
-		nv_start(t, list_pop(&t->backlog), true);
-	if (t->uring)
-		uring_flush(t);
+	reap_all(t, &n);
 	return n;
+}
+
+/*
+ * Freed slots return to the allocator only once their invalidation write is done.  When an
+ * alloc() finds no room while some are on their way, it waits for them here: completions
+ * reaped meanwhile are finished, but their done() callbacks are held for the next
+ * complete() (alloc() may run inside a callback; the caller's state must not change under
+ * it).  Blocks for at most the I/O already queued.
+ */
+static void drain_freeing(struct kvt_tier *t)
+{
+	bool old = t->defer_user;
+
+	t->defer_user = true;
+	while (t->freeing && (t->inflight || t->backlog.head || t->done_now.head)) {
+		int n = 0;
+
+		if (t->uring) {
+			struct io_uring_cqe *cqe;
+
+			uring_flush(t);
+			if (t->inflight && !t->done_now.head)
+				io_uring_wait_cqe(&t->ring, &cqe);
+		} else if (!t->done_now.head) {
+			struct pollfd pfd = {.fd = t->efd, .events = POLLIN};
+			uint64_t v;
+
+			poll(&pfd, 1, 10);
+			if (read(t->efd, &v, sizeof(v)) < 0) {
+			}
+		}
+		reap_all(t, &n);
+	}
+	t->defer_user = old;
+	if (t->deferred.head)
+		efd_signal(t); /* the held callbacks: the event loop must come back */
 }
 
 static int nvme_submit(struct kvt_tier *t)

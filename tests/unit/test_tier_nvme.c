@@ -922,6 +922,47 @@ static void test_slot_churn(void **state)
 	free(live);
 }
 
+/* The daemon's eviction loop: the tier is full, one record is freed, and the next alloc()
+ * of the same size must succeed at once (it waits for the invalidation of the freed slot)
+ * without running anyone's done() from inside alloc(). */
+static void evict_one(unsigned flags)
+{
+	struct kvt_tier *t = open_tier(flags, 4 << 20, NULL);
+	struct kvt_tier_loc loc[64], l;
+	struct waiter rd = {0};
+	void *rb;
+	unsigned n = 0;
+	int r;
+
+	while (n < 64 && (r = put_rec(t, n, 1, 100000, &loc[n])) > 0)
+		n++;
+	assert_int_equal(r, -ENOSPC);
+	assert_true(n >= 30);
+	/* A read in flight: if alloc() reaps its completion, done() must wait for complete(). */
+	rb = ops->buf_alloc(t, loc[1].len);
+	rd.io.loc = loc[1];
+	rd.io.buf = rb;
+	rd.io.len = loc[1].len;
+	rd.io.done = on_done;
+	assert_int_equal(ops->read(t, &rd.io), 0);
+	ops->free(t, &loc[0]);
+	assert_int_equal(ops->alloc(t, 64 + 100000, &l), 0);
+	assert_int_equal(l.off, loc[0].off);
+	assert_int_equal(rd.finished, 0);
+	wait_all(t, &rd, 1);
+	assert_int_equal(rd.io.res, (int)loc[1].len);
+	ops->free(t, &l);
+	ops->buf_free(t, rb);
+	ops->close(t);
+}
+
+static void test_full_evict_one(void **state)
+{
+	evict_one(0);
+	teardown(state);
+	evict_one(KVT_TIER_F_NO_URING);
+}
+
 static void test_bad_input(void **state)
 {
 	struct kvt_tier *t = open_tier(0, 8 << 20, NULL);
@@ -993,6 +1034,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test_teardown(test_fallbacks, teardown),
 	    cmocka_unit_test_teardown(test_multi_file, teardown),
 	    cmocka_unit_test_teardown(test_slot_churn, teardown),
+	    cmocka_unit_test_teardown(test_full_evict_one, teardown),
 	    cmocka_unit_test_teardown(test_bad_input, teardown),
 	};
 
