@@ -176,7 +176,8 @@ struct kvt_tier {
 	struct nv_list done_now;
 	struct nv_list deferred; /* completed while alloc() waited: done() runs in complete() */
 	bool defer_user;
-	uint64_t freeing; /* extents in EXT_FREEING: their pages come back soon */
+	uint64_t freeing;	/* extents in EXT_FREEING: their pages come back soon */
+	uint64_t freeing_pages; /* ... and their pages, not counted as used */
 
 	pthread_t *workers;
 	unsigned nworkers;
@@ -1186,6 +1187,7 @@ static void inval_done(struct kvt_tier_io *io)
 			/* Pages that may still hold a valid record are never reused. */
 			e->state = EXT_QUARANTINE;
 			t->freeing--;
+			t->freeing_pages -= e->npages;
 			t->st.quarantined_bytes += (uint64_t)e->npages * NV_PAGE;
 			nv_log(t, LOG_ERR,
 			       "file %u: invalidating record at %llu failed: %s; %u pages withheld",
@@ -1259,8 +1261,10 @@ static void nv_release(struct kvt_tier *t, struct nv_ext *e)
 	unsigned fi = (unsigned)((e->key - 1) >> 48);
 	uint64_t page = (e->key - 1) & ((1ull << 48) - 1);
 
-	if (e->state == EXT_FREEING)
+	if (e->state == EXT_FREEING) {
 		t->freeing--;
+		t->freeing_pages -= e->npages;
+	}
 	nv_alloc_put(&t->files[fi].alloc, page, e->npages);
 	map_del(&t->map, e);
 }
@@ -1281,6 +1285,7 @@ static void nv_free_ext(struct kvt_tier *t, struct nv_ext *e)
 	if (!iv) {
 		e->state = EXT_QUARANTINE;
 		t->freeing--;
+		t->freeing_pages -= e->npages;
 		t->st.quarantined_bytes += (uint64_t)e->npages * NV_PAGE;
 		return;
 	}
@@ -1463,6 +1468,7 @@ static void drop_recovered(struct kvt_tier *t, size_t from)
 		if (e && e->state == EXT_RECOVERED) {
 			e->state = EXT_FREEING;
 			t->freeing++;
+			t->freeing_pages += e->npages;
 			t->st.records--;
 			nv_free_ext(t, e);
 		}
@@ -1567,6 +1573,7 @@ static void nvme_free(struct kvt_tier *t, const struct kvt_tier_loc *loc)
 		t->st.records--;
 	e->state = EXT_FREEING;
 	t->freeing++;
+	t->freeing_pages += e->npages;
 	if (!e->inflight)
 		nv_free_ext(t, e);
 }
@@ -1825,7 +1832,9 @@ static void nvme_stats(struct kvt_tier *t, struct kvt_tier_stats *st)
 	if (!t || t->magic != NV_TIER_MAGIC || !st)
 		return;
 	*st = t->st;
-	st->used_bytes = 0;
+	/* Slots being invalidated count as free already: an eviction loop that watches
+	 * used_bytes must see each free() at once, or it would empty the tier. */
+	st->used_bytes = 0 - t->freeing_pages * (uint64_t)NV_PAGE;
 	for (unsigned i = 0; i < t->nfiles; i++)
 		st->used_bytes +=
 		    (t->files[i].alloc.npages - t->files[i].alloc.nfree) * (uint64_t)NV_PAGE;

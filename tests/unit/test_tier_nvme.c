@@ -930,6 +930,8 @@ static void evict_one(unsigned flags)
 	struct kvt_tier *t = open_tier(flags, 4 << 20, NULL);
 	struct kvt_tier_loc loc[64], l;
 	struct waiter rd = {0};
+	struct kvt_tier_stats st;
+	uint64_t used;
 	void *rb;
 	unsigned n = 0;
 	int r;
@@ -945,7 +947,12 @@ static void evict_one(unsigned flags)
 	rd.io.len = loc[1].len;
 	rd.io.done = on_done;
 	assert_int_equal(ops->read(t, &rd.io), 0);
+	ops->stats(t, &st);
+	used = st.used_bytes;
 	ops->free(t, &loc[0]);
+	/* A watermark loop sees the space come back at once. */
+	ops->stats(t, &st);
+	assert_int_equal(st.used_bytes, used - loc[0].len);
 	assert_int_equal(ops->alloc(t, 64 + 100000, &l), 0);
 	assert_int_equal(l.off, loc[0].off);
 	assert_int_equal(rd.finished, 0);
