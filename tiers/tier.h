@@ -174,6 +174,7 @@ struct kvt_tier_ops {
  * recover(): right after open(), before any alloc(): one call per surviving record, newest
  * seq per key only (the tier dedupes), in ascending seq.  alloc() before recover() drops
  * the recovered records.
+ * stats(): used_bytes counts allocated and quarantined slots, not those being invalidated.
  * flush(): fdatasync of every file (blocking).  close(): drains outstanding requests (their
  * done() callbacks run inside close()), then fdatasyncs.
  */
