@@ -153,7 +153,9 @@ struct kvt_tier_ops {
  * KVT_TIER_F_NO_URING / NO_DIRECT / FSYNC; buf_bytes = registered buffer arena (default
  * 64 MiB).  open() falls back (and logs it) to pread/pwrite workers when io_uring is refused
  * and to buffered I/O when the filesystem refuses O_DIRECT; stats().io_flags says which.
- * open() fails with -EBUSY when another process holds a slot file (flock), -ENOSPC/-EFBIG
+ * open() fails with -EBUSY when another process holds a slot file (flock; a just-killed
+ * owner's lock lingers while the kernel tears its io_uring down: open waits up to 3 s for
+ * it), -ENOSPC/-EFBIG
  * when the filesystem cannot hold the preallocation.  Ignore SIGXFSZ in the daemon.
  *
  * Records only: write() takes a sealed record (kvt_record_seal) of io->len = 64 +

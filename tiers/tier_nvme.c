@@ -781,6 +781,31 @@ static int recs_dedupe(struct kvt_tier *t)
 	return 0;
 }
 
+/*
+ * Two daemons on one slot file would destroy each other's records (and a second one
+ * re-initialising the file would wipe it): one owner at a time.  A killed owner's lock
+ * outlives it by a moment (its io_uring still holds the file until the kernel tears the
+ * ring down), so a restart waits up to NV_LOCK_WAIT_MS before calling the file busy.
+ */
+#define NV_LOCK_WAIT_MS 3000
+
+static int lock_file(struct kvt_tier *t, int fd, const char *path)
+{
+	for (int waited = 0;; waited += 20) {
+		struct timespec ts = {0, 20 * 1000 * 1000};
+
+		if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+			return 0;
+		if (errno != EWOULDBLOCK)
+			return -errno;
+		if (waited >= NV_LOCK_WAIT_MS) {
+			nv_log(t, LOG_ERR, "%s is in use by another process", path);
+			return -EBUSY;
+		}
+		nanosleep(&ts, NULL);
+	}
+}
+
 static int file_open(struct kvt_tier *t, unsigned fi, const char *path, uint64_t share, size_t *cap)
 {
 	struct nv_file *f = &t->files[fi];
@@ -811,12 +836,9 @@ static int file_open(struct kvt_tier *t, unsigned fi, const char *path, uint64_t
 		if (f->fd < 0)
 			return -errno;
 	}
-	/* Two daemons on one slot file would destroy each other's records (and a second one
-	 * re-initialising the file would wipe it): one owner at a time. */
-	if (flock(f->fd, LOCK_EX | LOCK_NB) < 0) {
-		nv_log(t, LOG_ERR, "%s is in use by another process", path);
-		return errno == EWOULDBLOCK ? -EBUSY : -errno;
-	}
+	r = lock_file(t, f->fd, path);
+	if (r < 0)
+		return r;
 	if (fstat(f->fd, &st) < 0)
 		return -errno;
 	f->blockdev = S_ISBLK(st.st_mode);
@@ -833,8 +855,9 @@ static int file_open(struct kvt_tier *t, unsigned fi, const char *path, uint64_t
 		f->fd = open(path, oflags, 0600);
 		if (f->fd < 0)
 			return -errno;
-		if (flock(f->fd, LOCK_EX | LOCK_NB) < 0)
-			return errno == EWOULDBLOCK ? -EBUSY : -errno;
+		r = lock_file(t, f->fd, path);
+		if (r < 0)
+			return r;
 		r = pio_full(f->fd, t->sb_buf, NV_PAGE, 0, false);
 	}
 	if (r < 0)
