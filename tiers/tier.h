@@ -155,8 +155,8 @@ struct kvt_tier_ops {
  * and to buffered I/O when the filesystem refuses O_DIRECT; stats().io_flags says which.
  * open() fails with -EBUSY when another process holds a slot file (flock; a just-killed
  * owner's lock lingers while the kernel tears its io_uring down: open waits up to 3 s for
- * it), -ENOSPC/-EFBIG
- * when the filesystem cannot hold the preallocation.  Ignore SIGXFSZ in the daemon.
+ * it), with -ENOSPC/-EFBIG when the filesystem cannot hold the preallocation.  Ignore
+ * SIGXFSZ in the daemon.
  *
  * Records only: write() takes a sealed record (kvt_record_seal) of io->len = 64 +
  * payload_len bytes into a slot from alloc(io->len).  Buffers must be 4 KiB aligned and hold
