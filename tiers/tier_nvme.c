@@ -1075,6 +1075,8 @@ static int uring_setup(struct kvt_tier *t)
 	return 0;
 }
 
+static void efd_signal(struct kvt_tier *t);
+
 static void uring_flush(struct kvt_tier *t)
 {
 	if (t->unsubmitted) {
@@ -1082,6 +1084,8 @@ static void uring_flush(struct kvt_tier *t)
 
 		if (r >= 0)
 			t->unsubmitted = 0;
+		else
+			efd_signal(t); /* EAGAIN/EBUSY: come back through complete() and retry */
 	}
 }
 
