@@ -32,6 +32,12 @@
 #define MADV_POPULATE_WRITE 23
 #endif
 
+struct old_map {
+	void *p;
+	size_t n;
+	struct old_map *next;
+};
+
 struct kvt_client {
 	uint32_t magic;
 	int sock, sq_efd, cq_efd;
@@ -53,6 +59,11 @@ struct kvt_client {
 	_Atomic uint64_t *populated; /* one bit per POPULATE_CHUNK of arena mapped here */
 	struct kvt_layout layouts[64];
 	uint32_t nlayouts;
+	char path[108];
+	char name[64];
+	uint64_t epoch;
+	unsigned reconnects;
+	struct old_map *old_maps;
 };
 
 static uint64_t mono_us(void)
@@ -155,48 +166,53 @@ static int map_rings(struct kvt_client *c, int ringfd, uint32_t ring_size)
 	return 0;
 }
 
-KVT_API int kvt_connect(const struct kvt_connect_opts *o, struct kvt_client **out)
+/* Closes the connection and the rings.  The old arena stays mapped (and is unmapped by
+ * kvt_close) because the caller may still read a lease or write a reservation in it. */
+static void detach(struct kvt_client *c)
 {
-	struct kvt_connect_opts opts = {sizeof(opts), NULL, NULL, 0};
+	if (c->sock >= 0)
+		close(c->sock);
+	if (c->sq_efd >= 0)
+		close(c->sq_efd);
+	if (c->cq_efd >= 0)
+		close(c->cq_efd);
+	c->sock = c->sq_efd = c->cq_efd = -1;
+	if (c->ring)
+		munmap(c->ring, c->ring_size);
+	c->ring = NULL;
+	if (c->arena) {
+		struct old_map *om = malloc(sizeof(*om));
+		if (om) {
+			om->p = c->arena;
+			om->n = c->arena_size;
+			om->next = c->old_maps;
+			c->old_maps = om;
+		} else {
+			munmap(c->arena, c->arena_size);
+		}
+	}
+	c->arena = NULL;
+	free((void *)c->populated);
+	c->populated = NULL;
+}
+
+/* Connects, says hello and maps the rings and the arena. Returns 0 or -errno. */
+static int attach(struct kvt_client *c)
+{
 	struct kvt_msg_hello m;
 	struct kvt_msg_hello_reply r;
-	struct kvt_client *c;
-	char path[108];
 	int fds[KVT_HELLO_NFDS], nfds = 0, ret;
 	ssize_t n;
 	struct stat st;
-	const char *spin;
 
-	if (!out)
-		return -EINVAL;
-	*out = NULL;
-	if (o) {
-		if (o->size < sizeof(uint32_t))
-			return -EINVAL;
-		memcpy(&opts, o, o->size < sizeof(opts) ? o->size : sizeof(opts));
-	}
-	ret = kvt_socket_path(opts.socket_path, path, sizeof(path));
+	ret = kvt_sock_open(c->path, &c->sock);
 	if (ret < 0)
 		return ret;
-	c = calloc(1, sizeof(*c));
-	if (!c)
-		return -ENOMEM;
-	c->magic = CLIENT_MAGIC;
-	c->sock = c->sq_efd = c->cq_efd = -1;
-	c->timeout_ms = opts.timeout_ms ? opts.timeout_ms : 10000;
-	spin = getenv("KVTIER_SPIN_US");
-	c->spin_us = spin ? (unsigned)atoi(spin) : 50;
-	pthread_mutex_init(&c->lock, NULL);
-	ret = kvt_sock_open(path, &c->sock);
-	if (ret < 0)
-		goto fail;
-
 	memset(&m, 0, sizeof(m));
 	kvt_msg_init(&m.h, KVT_MSG_HELLO, sizeof(m));
 	m.lib_version = KVT_VERSION_NUMBER;
 	m.pid = (uint32_t)getpid();
-	snprintf(m.name, sizeof(m.name), "%s",
-		 opts.name ? opts.name : program_invocation_short_name);
+	memcpy(m.name, c->name, sizeof(m.name));
 	if (send(c->sock, &m, sizeof(m), MSG_NOSIGNAL) != sizeof(m)) {
 		ret = -errno;
 		goto fail;
@@ -245,17 +261,87 @@ KVT_API int kvt_connect(const struct kvt_connect_opts *o, struct kvt_client **ou
 		ret = -ENOMEM;
 		goto fail;
 	}
+	c->epoch = r.epoch;
+	c->broken = false;
 	close(fds[0]);
 	close(fds[1]);
-	*out = c;
 	return 0;
 fail:
 	for (int i = 0; i < nfds; i++) {
 		if (fds[i] != c->sq_efd && fds[i] != c->cq_efd)
 			close(fds[i]);
 	}
-	kvt_close(c);
+	detach(c);
 	return ret;
+}
+
+static int layout_req_locked(struct kvt_client *c, const struct kvt_layout *l);
+
+/*
+ * The daemon went away: connect to its successor and register our layouts again, in the
+ * same order, so layout ids stay what the caller holds.  Called with c->lock held.
+ */
+static int reattach_locked(struct kvt_client *c)
+{
+	int ret;
+
+	detach(c);
+	ret = attach(c);
+	if (ret < 0)
+		goto fail;
+	for (uint32_t k = 0; k < c->nlayouts; k++) {
+		ret = layout_req_locked(c, &c->layouts[k]);
+		if (ret != (int)k) {
+			ret = ret < 0 ? ret : -KVT_EPROTOCOL;
+			goto fail;
+		}
+	}
+	c->reconnects++;
+	return 0;
+fail:
+	detach(c);
+	c->broken = true;
+	return ret == -ENOENT || ret == -ECONNREFUSED ? -KVT_EDAEMON : ret;
+}
+
+KVT_API int kvt_connect(const struct kvt_connect_opts *o, struct kvt_client **out)
+{
+	struct kvt_connect_opts opts = {sizeof(opts), NULL, NULL, 0};
+	struct kvt_client *c;
+	const char *spin;
+	int ret;
+
+	if (!out)
+		return -EINVAL;
+	*out = NULL;
+	if (o) {
+		if (o->size < sizeof(uint32_t))
+			return -EINVAL;
+		memcpy(&opts, o, o->size < sizeof(opts) ? o->size : sizeof(opts));
+	}
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	ret = kvt_socket_path(opts.socket_path, c->path, sizeof(c->path));
+	if (ret < 0) {
+		free(c);
+		return ret;
+	}
+	c->magic = CLIENT_MAGIC;
+	c->sock = c->sq_efd = c->cq_efd = -1;
+	c->timeout_ms = opts.timeout_ms ? opts.timeout_ms : 10000;
+	snprintf(c->name, sizeof(c->name), "%s",
+		 opts.name ? opts.name : program_invocation_short_name);
+	spin = getenv("KVTIER_SPIN_US");
+	c->spin_us = spin ? (unsigned)atoi(spin) : 50;
+	pthread_mutex_init(&c->lock, NULL);
+	ret = attach(c);
+	if (ret < 0) {
+		kvt_close(c);
+		return ret;
+	}
+	*out = c;
+	return 0;
 }
 
 KVT_API void kvt_close(struct kvt_client *c)
@@ -264,17 +350,13 @@ KVT_API void kvt_close(struct kvt_client *c)
 		return;
 	/* Closing the socket is the goodbye: the daemon returns every lease, pin and
 	 * unfinished reservation of ours. */
-	if (c->sock >= 0)
-		close(c->sock);
-	if (c->sq_efd >= 0)
-		close(c->sq_efd);
-	if (c->cq_efd >= 0)
-		close(c->cq_efd);
-	if (c->ring)
-		munmap(c->ring, c->ring_size);
-	if (c->arena)
-		munmap(c->arena, c->arena_size);
-	free((void *)c->populated);
+	detach(c);
+	while (c->old_maps) {
+		struct old_map *om = c->old_maps;
+		c->old_maps = om->next;
+		munmap(om->p, om->n);
+		free(om);
+	}
 	pthread_mutex_destroy(&c->lock);
 	c->magic = 0;
 	free(c);
@@ -350,7 +432,11 @@ static int submit_locked(struct kvt_client *c, struct kvt_sqe *s, struct kvt_cqe
 {
 	uint64_t start = mono_us();
 
-	if (c->broken)
+	/* Handles from before a reconnect name nothing in the new daemon. */
+	if (c->broken &&
+	    (s->op == KVT_OP_COMMIT || s->op == KVT_OP_ABORT || s->op == KVT_OP_RELEASE))
+		return -KVT_EDAEMON;
+	if (c->broken && reattach_locked(c) < 0)
 		return -KVT_EDAEMON;
 	s->user_data = ++c->next_ud;
 	/* The ring is full only when the daemon lags behind fire-and-forget releases. */
@@ -379,12 +465,21 @@ static int submit_locked(struct kvt_client *c, struct kvt_sqe *s, struct kvt_cqe
 	return wait_cqe(c, s->user_data, q);
 }
 
+/* Requests that can simply be asked again of a restarted daemon. */
+static bool retryable(uint8_t op)
+{
+	return op == KVT_OP_LOOKUP || op == KVT_OP_LEASE || op == KVT_OP_RESERVE ||
+	       op == KVT_OP_NOP;
+}
+
 static int submit(struct kvt_client *c, struct kvt_sqe *s, struct kvt_cqe *q)
 {
 	int ret;
 
 	pthread_mutex_lock(&c->lock);
 	ret = submit_locked(c, s, q);
+	if (ret == -KVT_EDAEMON && retryable(s->op))
+		ret = submit_locked(c, s, q);
 	pthread_mutex_unlock(&c->lock);
 	if (ret < 0)
 		return ret;
@@ -444,11 +539,49 @@ static int check_extent(const struct kvt_client *c, uint64_t off, uint64_t len)
 	return 0;
 }
 
-KVT_API int kvt_register_layout(struct kvt_client *c, const struct kvt_layout *l)
+/* One request/reply on the socket; a dead connection marks the client broken. */
+static int sock_call_locked(struct kvt_client *c, const void *req, size_t len, void *rep,
+			    size_t cap, uint16_t want_type)
+{
+	struct kvt_msg_hdr h;
+	ssize_t n;
+
+	if (c->sock < 0)
+		return -KVT_EDAEMON;
+	if (send(c->sock, req, len, MSG_NOSIGNAL) != (ssize_t)len) {
+		c->broken = true;
+		return -KVT_EDAEMON;
+	}
+	n = sock_recv(c->sock, rep, cap, NULL, 0, NULL, c->timeout_ms);
+	if (n == -KVT_EDAEMON || n == -ECONNRESET)
+		c->broken = true;
+	if (n < 0)
+		return (int)n;
+	if (kvt_msg_check(rep, (size_t)n) < 0)
+		return -KVT_EPROTOCOL;
+	memcpy(&h, rep, sizeof(h));
+	if (h.type == KVT_MSG_RESULT && want_type != KVT_MSG_RESULT)
+		return ((struct kvt_msg_result *)rep)->res < 0 ? ((struct kvt_msg_result *)rep)->res
+							       : -KVT_EPROTOCOL;
+	return h.type == want_type ? 0 : -KVT_EPROTOCOL;
+}
+
+static int layout_req_locked(struct kvt_client *c, const struct kvt_layout *l)
 {
 	struct kvt_msg_layout m;
 	struct kvt_msg_result r;
-	ssize_t n;
+	int ret;
+
+	memset(&m, 0, sizeof(m));
+	kvt_msg_init(&m.h, KVT_MSG_LAYOUT, sizeof(m));
+	memcpy(&m.layout, l, sizeof(m.layout));
+	m.layout.size = sizeof(m.layout);
+	ret = sock_call_locked(c, &m, sizeof(m), &r, sizeof(r), KVT_MSG_RESULT);
+	return ret < 0 ? ret : r.res;
+}
+
+KVT_API int kvt_register_layout(struct kvt_client *c, const struct kvt_layout *l)
+{
 	int ret = check_client(c);
 
 	if (ret < 0)
@@ -456,27 +589,15 @@ KVT_API int kvt_register_layout(struct kvt_client *c, const struct kvt_layout *l
 	ret = kvt_layout_check(l);
 	if (ret < 0)
 		return ret;
-	memset(&m, 0, sizeof(m));
-	kvt_msg_init(&m.h, KVT_MSG_LAYOUT, sizeof(m));
-	memcpy(&m.layout, l, sizeof(m.layout));
-	m.layout.size = sizeof(m.layout);
 	pthread_mutex_lock(&c->lock);
-	if (send(c->sock, &m, sizeof(m), MSG_NOSIGNAL) != sizeof(m)) {
-		ret = -errno;
+	if (c->broken && reattach_locked(c) < 0) {
+		ret = -KVT_EDAEMON;
 		goto out;
 	}
-	n = sock_recv(c->sock, &r, sizeof(r), NULL, 0, NULL, c->timeout_ms);
-	if (n < 0) {
-		ret = (int)n;
-		goto out;
-	}
-	if (kvt_msg_check(&r, (size_t)n) < 0 || r.h.type != KVT_MSG_RESULT) {
-		ret = -KVT_EPROTOCOL;
-		goto out;
-	}
-	ret = r.res;
+	ret = layout_req_locked(c, l);
 	if (ret >= 0 && ret < 64) {
-		c->layouts[ret] = m.layout;
+		memcpy(&c->layouts[ret], l, sizeof(*l));
+		c->layouts[ret].size = sizeof(*l);
 		if ((uint32_t)ret >= c->nlayouts)
 			c->nlayouts = (uint32_t)ret + 1;
 	}
@@ -549,13 +670,18 @@ KVT_API int kvt_put(struct kvt_client *c, int layout, const struct kvt_key *key,
 
 	if (!data && len)
 		return -EINVAL;
-	ret = kvt_put_reserve(c, layout, key, len, &r);
-	if (ret == -EEXIST)
-		return 1;
-	if (ret < 0)
-		return ret;
-	memcpy(r.data, data, len);
-	return kvt_put_commit(c, &r);
+	for (int attempt = 0;; attempt++) {
+		ret = kvt_put_reserve(c, layout, key, len, &r);
+		if (ret == -EEXIST)
+			return 1;
+		if (ret < 0)
+			return ret;
+		memcpy(r.data, data, len);
+		ret = kvt_put_commit(c, &r);
+		/* The daemon restarted between reserve and commit: once more from the top. */
+		if (ret != -KVT_EDAEMON || attempt)
+			return ret;
+	}
 }
 
 KVT_API int kvt_get_lease(struct kvt_client *c, int layout, const struct kvt_key *key,
@@ -692,7 +818,6 @@ KVT_API int kvt_stats(struct kvt_client *c, struct kvt_stats *st)
 	struct kvt_msg_hdr m;
 	struct kvt_msg_stats r;
 	struct kvt_stats out;
-	ssize_t n;
 	int ret = check_client(c);
 
 	if (ret < 0)
@@ -701,17 +826,13 @@ KVT_API int kvt_stats(struct kvt_client *c, struct kvt_stats *st)
 		return -EINVAL;
 	kvt_msg_init(&m, KVT_MSG_STATS, sizeof(m));
 	pthread_mutex_lock(&c->lock);
-	if (send(c->sock, &m, sizeof(m), MSG_NOSIGNAL) != sizeof(m)) {
-		ret = -errno;
-		pthread_mutex_unlock(&c->lock);
-		return ret;
-	}
-	n = sock_recv(c->sock, &r, sizeof(r), NULL, 0, NULL, c->timeout_ms);
+	if (c->broken && reattach_locked(c) < 0)
+		ret = -KVT_EDAEMON;
+	else
+		ret = sock_call_locked(c, &m, sizeof(m), &r, sizeof(r), KVT_MSG_STATS);
 	pthread_mutex_unlock(&c->lock);
-	if (n < 0)
-		return (int)n;
-	if (kvt_msg_check(&r, (size_t)n) < 0 || r.h.type != KVT_MSG_STATS)
-		return -KVT_EPROTOCOL;
+	if (ret < 0)
+		return ret;
 	memset(&out, 0, sizeof(out));
 	out.size = st->size < sizeof(out) ? st->size : (uint32_t)sizeof(out);
 	out.puts = r.puts;
