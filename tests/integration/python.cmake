@@ -13,12 +13,20 @@ if(TARGET kvtier AND TARGET kvtierd)
 			endif()
 		endif()
 	endforeach()
+	set(_kvt_py_env "KVTIER_LIB=$<TARGET_FILE:kvtier>;KVTIER_BIN_DIR=$<TARGET_FILE_DIR:kvtierd>;PYTHONDONTWRITEBYTECODE=1")
+	if(KVT_SANITIZE)
+		# A sanitized libkvtier.so loaded into python needs the ASan runtime first in the
+		# process; python's own allocations at exit are not ours to report.
+		execute_process(COMMAND ${CMAKE_C_COMPILER} -print-file-name=libasan.so
+			OUTPUT_VARIABLE _kvt_asan OUTPUT_STRIP_TRAILING_WHITESPACE)
+		list(APPEND _kvt_py_env "LD_PRELOAD=${_kvt_asan}" "ASAN_OPTIONS=detect_leaks=0")
+	endif()
 	if(_kvt_py)
 		# -p no:cacheprovider and PYTHONDONTWRITEBYTECODE keep the source tree clean.
 		kvt_add_test(python_binding
 			COMMAND ${_kvt_py} -m pytest -q -p no:cacheprovider ${PROJECT_SOURCE_DIR}/client/python
 			LABELS fast
-			ENVIRONMENT "KVTIER_LIB=$<TARGET_FILE:kvtier>;KVTIER_BIN_DIR=$<TARGET_FILE_DIR:kvtierd>;PYTHONDONTWRITEBYTECODE=1")
+			ENVIRONMENT "${_kvt_py_env}")
 	else()
 		message(STATUS "kvtier: no python3 with numpy and pytest; python_binding test skipped")
 		kvt_add_test(python_binding COMMAND sh -c "echo 'no python3 with numpy and pytest'; exit 77"
