@@ -194,7 +194,10 @@ static ssize_t lr_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 					a += (double)A[(size_t)t * R + k] * x[(size_t)t * D + d];
 					nn += (double)A[(size_t)t * R + k] * A[(size_t)t * R + k];
 				}
-				uint16_t h = kvt_f2h(nn > 0 ? (float)(a / nn) : 0.0f);
+				double bv = nn > 0 ? a / nn : 0;
+				/* finite fp16 factors, whatever the keys (a decoder refuses inf) */
+				bv = bv > 65504 ? 65504 : bv < -65504 ? -65504 : bv;
+				uint16_t h = kvt_f2h((float)bv);
 				B[(size_t)k * D + d] = kvt_h2f(h);
 				wb_u16(&w, h);
 			}

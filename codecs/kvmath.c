@@ -7,6 +7,7 @@
 #include "codec_internal.h"
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define KVT_X86 1
 #endif
@@ -83,12 +84,19 @@ void kvt_simd_force_scalar(int on)
 }
 
 #ifdef KVT_X86
+/* AVX2 and F16C present and the OS saves the YMM registers. */
 static int have_f16c(void)
 {
 	static int v = -1;
 	if (v < 0) {
-		__builtin_cpu_init();
-		v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+		unsigned a, b, c, d, lo = 0, hi = 0;
+		v = 0;
+		if (__get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1) && (c >> 28 & 1) &&
+		    (c >> 27 & 1)) {
+			__asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+			if ((lo & 6) == 6 && __get_cpuid_count(7, 0, &a, &b, &c, &d))
+				v = b >> 5 & 1;
+		}
 	}
 	return v;
 }

@@ -1,0 +1,186 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Fuzz target for one codec chain's decoder (the chain is KVT_FUZZ_CHAIN, one binary per
+ * decoder; tests/fuzz/codecs.cmake).  Input = an encoded record exactly as a tier reads it.
+ * Invariants: decoding never reads past the input nor writes past the output (ASan), answers
+ * a block or -EBADMSG/-ENOSPC; a block it accepts encodes again, and that record decodes to
+ * the same block for lossless chains (and decodes at all for lossy ones).
+ *
+ * Built with -DKVT_FUZZ_REPLAY_MAIN it is the ctest driver that replays a corpus directory;
+ * "--make-seeds DIR" writes valid records of small blocks there (how the committed corpus
+ * tests/fuzz/corpus/codec_NAME/ was made).
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec.h"
+
+#ifndef KVT_FUZZ_CHAIN
+#error "KVT_FUZZ_CHAIN must name the chain"
+#endif
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define OUT_CAP (256u << 10) /* blocks larger than this are refused with -ENOSPC */
+
+static struct kvt_chain *chain(void)
+{
+	static struct kvt_chain *c;
+	if (!c && kvt_chain_parse(KVT_FUZZ_CHAIN, &c))
+		abort();
+	return c;
+}
+
+static unsigned accepted;
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct kvt_chain *c = chain();
+	struct kvt_codec_geom g;
+	uint8_t *in = malloc(size ? size : 1), *out = malloc(OUT_CAP);
+	if (!in || !out)
+		abort();
+	memcpy(in, data, size); /* exactly as long as the input: ASan sees any overread */
+	ssize_t r = kvt_chain_decode(c, in, size, out, OUT_CAP, &g);
+	if (r >= 0) {
+		size_t cap = kvt_chain_max_encoded_size(c, &g);
+		uint8_t *enc = malloc(cap), *back = malloc((size_t)r);
+		if (!enc || !back)
+			abort();
+		ssize_t l = kvt_chain_encode(c, &g, out, (size_t)r, enc, cap);
+		if (l < 0)
+			abort(); /* a decoded block must encode again */
+		if (kvt_chain_decode(c, enc, (size_t)l, back, (size_t)r, NULL) != r)
+			abort();
+		if ((kvt_chain_flags(c) & KVT_CODEC_LOSSLESS) && memcmp(out, back, (size_t)r))
+			abort();
+		accepted++;
+		free(enc);
+		free(back);
+	} else if (r != -EBADMSG && r != -ENOSPC && r != -ENOMEM) {
+		abort();
+	}
+	free(in);
+	free(out);
+	return 0;
+}
+
+#ifdef KVT_FUZZ_REPLAY_MAIN
+#include <dirent.h>
+#include <sys/stat.h>
+
+static int replay_file(const char *path)
+{
+	FILE *f = fopen(path, "rb");
+	uint8_t *buf;
+	long n;
+
+	if (!f)
+		return -1;
+	fseek(f, 0, SEEK_END);
+	n = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	buf = malloc(n > 0 ? (size_t)n : 1);
+	if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) {
+		free(buf);
+		fclose(f);
+		return -1;
+	}
+	fclose(f);
+	LLVMFuzzerTestOneInput(buf, (size_t)n);
+	free(buf);
+	return 0;
+}
+
+/* Valid records of a few small random blocks, and a truncated and a bit-flipped copy. */
+static int make_seeds(const char *dir)
+{
+	static const struct kvt_codec_geom geoms[] = {
+	    {1, 1, 8, 4, KVT_DTYPE_FP16, 0},
+	    {2, 1, 16, 8, KVT_DTYPE_FP16, 0},
+	    {1, 2, 32, 16, KVT_DTYPE_FP16, 64},
+	    {1, 1, 16, 8, KVT_DTYPE_BF16, 3},
+	};
+	uint32_t s = 1;
+	for (size_t k = 0; k < sizeof(geoms) / sizeof(geoms[0]); k++) {
+		const struct kvt_codec_geom *g = &geoms[k];
+		size_t n = kvt_geom_block_bytes(g), cap = kvt_chain_max_encoded_size(chain(), g);
+		uint16_t *blk = malloc(n);
+		uint8_t *enc = malloc(cap);
+		for (size_t i = 0; i < n / 2; i++) {
+			s = s * 1103515245u + 12345u;
+			blk[i] = (uint16_t)((s >> 16 & 0x8000) | (12 + (s >> 9) % 5) << 10 |
+					    (s & 0x3ff));
+			if (i % 5 == 3 && i >= (size_t)g->head_dim) /* some repeated rows */
+				blk[i] = blk[i - g->head_dim];
+		}
+		ssize_t l = kvt_chain_encode(chain(), g, blk, n, enc, cap);
+		if (l < 0)
+			return 1;
+		for (int v = 0; v < 3; v++) {
+			char p[4096];
+			size_t len = v == 1 ? (size_t)l / 2 : (size_t)l;
+			if (v == 2)
+				enc[l * 2 / 3] ^= 0x10;
+			snprintf(p, sizeof(p), "%s/%s_%zu", dir,
+				 v == 0	  ? "valid"
+				 : v == 1 ? "truncated"
+					  : "flipped",
+				 k);
+			FILE *f = fopen(p, "wb");
+			if (!f || fwrite(enc, 1, len, f) != len)
+				return 1;
+			fclose(f);
+		}
+		free(blk);
+		free(enc);
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	int files = 0;
+
+	if (argc == 3 && !strcmp(argv[1], "--make-seeds"))
+		return make_seeds(argv[2]);
+	for (int i = 1; i < argc; i++) {
+		struct stat st;
+		DIR *d;
+		struct dirent *e;
+
+		if (stat(argv[i], &st) < 0) {
+			perror(argv[i]);
+			return 1;
+		}
+		if (!S_ISDIR(st.st_mode)) {
+			if (replay_file(argv[i]) < 0)
+				return 1;
+			files++;
+			continue;
+		}
+		d = opendir(argv[i]);
+		if (!d)
+			return 1;
+		while ((e = readdir(d))) {
+			char p[4096];
+
+			if (e->d_name[0] == '.')
+				continue;
+			snprintf(p, sizeof(p), "%s/%s", argv[i], e->d_name);
+			if (replay_file(p) < 0) {
+				closedir(d);
+				return 1;
+			}
+			files++;
+		}
+		closedir(d);
+	}
+	printf("%s: %d inputs replayed, %u decoded\n", KVT_FUZZ_CHAIN, files, accepted);
+	/* the corpus holds valid records: a replay that decodes none lost its seeds */
+	return files && accepted ? 0 : 1;
+}
+#endif
