@@ -813,6 +813,32 @@ KVT_API int kvt_unpin(struct kvt_client *c, int layout, const struct kvt_key *ke
 	return key_op(c, KVT_OP_UNPIN, layout, key);
 }
 
+KVT_API int kvt_prefetch(struct kvt_client *c, int layout, const struct kvt_key *keys, size_t n,
+			 unsigned priority, uint32_t deadline_us)
+{
+	size_t i;
+	int ret;
+
+	if (!keys && n)
+		return -EINVAL;
+	if (n > INT32_MAX)
+		return -E2BIG;
+	for (i = 0; i < n; i++) {
+		struct kvt_sqe s;
+
+		ret = key_sqe(c, KVT_OP_PREFETCH, layout, &keys[i], &s);
+		if (ret < 0)
+			return i ? (int)i : ret;
+		s.flags = KVT_SQE_F_NO_CQE;
+		s.len = priority > 3 ? 3 : priority;
+		s.arg = deadline_us;
+		ret = submit(c, &s, NULL);
+		if (ret < 0)
+			return i ? (int)i : ret;
+	}
+	return (int)n;
+}
+
 KVT_API int kvt_stats(struct kvt_client *c, struct kvt_stats *st)
 {
 	struct kvt_msg_hdr m;

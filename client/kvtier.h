@@ -246,6 +246,17 @@ KVT_API int kvt_pin(struct kvt_client *c, int layout, const struct kvt_key *key)
 /* Undoes one kvt_pin() of this client. Returns 0, -ENOENT, -EINVAL when not pinned by c. */
 KVT_API int kvt_unpin(struct kvt_client *c, int layout, const struct kvt_key *key);
 
+/*
+ * Asks the daemon to bring keys[0..n) up to the host tier ahead of a get (the blocks a
+ * predictor expects the next decode step to read).  Fire and forget: returns how many
+ * requests were queued, never waits for I/O.  priority 0..3 (3 first); deadline_us > 0
+ * drops a request not started within that many microseconds.  Prefetches only use NVMe
+ * queue depth that demand gets leave free, and a miss is never an error: a get of a block
+ * not prefetched in time simply reads it then.  Keys not stored are ignored.
+ */
+KVT_API int kvt_prefetch(struct kvt_client *c, int layout, const struct kvt_key *keys, size_t n,
+			 unsigned priority, uint32_t deadline_us);
+
 /* ---------------------------------------------------------------------------------------
  * Statistics
  */

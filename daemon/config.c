@@ -260,6 +260,15 @@ int kvtd_config_validate(const struct kvtd_config *c, FILE *err)
 			fprintf(err, "kvtierd: daemon.ring_entries must be a power of two\n");
 		return -EINVAL;
 	}
+	/* Clients read host blocks in place (leases), so the host tier stores them raw. */
+	if (strcmp(c->host_codec, "raw") != 0) {
+		if (err)
+			fprintf(err,
+				"kvtierd: host.codec = %s: only raw is supported for the host tier "
+				"(compression applies on demotion: set nvme.codec)\n",
+				c->host_codec);
+		return -EINVAL;
+	}
 	for (const char *p = c->tenant_salt; *p; p++) {
 		if (!strchr("0123456789abcdefABCDEF", *p)) {
 			if (err)

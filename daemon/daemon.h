@@ -101,6 +101,20 @@ struct waiter {
 	uint64_t user_data;
 };
 
+/* A prefetch waiting for NVMe queue depth: highest priority first, FIFO within one. */
+#define KVTD_PF_LEVELS 4
+#define KVTD_PF_CAP    4096u
+
+struct pf_item {
+	uint32_t blk, gen;
+	uint64_t deadline_us; /* 0: none */
+};
+
+struct pf_ring {
+	struct pf_item *items;
+	uint32_t head, tail;
+};
+
 /* Geometry of a layout some client registered: what the NVMe codec chain needs. */
 struct geom_slot {
 	uint64_t fp;
@@ -138,6 +152,8 @@ struct kvtd {
 	uint32_t ngeoms;
 	struct waiter *waiters;
 	uint32_t nwaiters, cap_waiters, free_waiter;
+	struct pf_ring pf[KVTD_PF_LEVELS];
+	uint32_t pf_inflight;
 };
 
 uint64_t kvtd_now_ms(void);
@@ -170,6 +186,12 @@ void kvtd_watermarks(struct kvtd *d);
  * get waits (kvtd_wake_lease() finishes it), -errno when it cannot be served.
  */
 int kvtd_promote(struct kvtd *d, uint32_t client_id, uint64_t user_data, uint32_t i);
+/* Queues a prefetch of block i up to the host (priority 0..3, 3 first). */
+void kvtd_prefetch_request(struct kvtd *d, uint32_t i, unsigned prio, uint64_t deadline_us);
+/* Starts queued prefetches while NVMe has queue depth to spare for them. */
+void kvtd_prefetch_pump(struct kvtd *d);
+/* A get is reading block i: counts a useful prefetch. */
+void kvtd_prefetch_used(struct kvtd *d, uint32_t i);
 /* Writes an NVMe copy of every host block that has none. Returns how many were queued. */
 int kvtd_flush(struct kvtd *d);
 void kvtd_nvme_event(struct kvtd *d);

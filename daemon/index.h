@@ -36,11 +36,11 @@ struct kvtd_blk {
 	uint8_t tier;	   /* fastest tier holding the data */
 	uint8_t in_lru[2]; /* per tier */
 	uint8_t hashed;
-	uint8_t on_host; /* host arena copy at off */
-	uint8_t on_nvme; /* NVMe record at nvme_* (written and complete) */
-	uint8_t io;	 /* KVTD_IO_*: demotion or promotion in flight */
-	uint8_t pad;
-	uint32_t nvme_len; /* bytes reserved by the NVMe slot */
+	uint8_t on_host;    /* host arena copy at off */
+	uint8_t on_nvme;    /* NVMe record at nvme_* (written and complete) */
+	uint8_t io;	    /* KVTD_IO_*: demotion or promotion in flight */
+	uint8_t prefetched; /* brought up by a prefetch and not read since */
+	uint32_t nvme_len;  /* bytes reserved by the NVMe slot */
 	uint64_t nvme_off;
 	uint16_t nvme_file;
 	uint16_t nvme_flags;

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <time.h>
 
 #include "daemon.h"
 #include "kvt_record.h"
@@ -30,6 +31,7 @@ struct pend_io {
 	uint32_t blk, gen;
 	uint8_t kind; /* KVTD_IO_DEMOTE or KVTD_IO_PROMOTE */
 	uint8_t keep_host;
+	uint8_t prefetch; /* a promotion nobody waited for when it started */
 	void *buf;
 };
 
@@ -409,6 +411,10 @@ int kvtd_evict_host_one(struct kvtd *d, const struct tenant *only)
 	b = B(d, i);
 	d->m.evictions_total++;
 	d->m.evicted_bytes_total += b->len;
+	if (b->prefetched) {
+		d->m.prefetch_wasted_total++;
+		b->prefetched = 0;
+	}
 	/* Punch only when another tenant needs the memory; one tenant reuses its pages. */
 	bool punch = d->ntenants > 1 && d->tenants[b->tenant] != only;
 	if (b->on_nvme || b->io == KVTD_IO_DEMOTE) {
@@ -552,9 +558,14 @@ static void promote_done(struct kvt_tier_io *io)
 	bool alive = b && b->gen == p->gen && b->pend == p;
 	int err = io->res < 0 ? io->res : 0;
 
+	if (p->prefetch)
+		d->pf_inflight--;
 	if (alive) {
 		if (!err)
 			err = install(d, i, p->buf, (size_t)io->res, false);
+		/* Nobody asked yet: the prefetch is useful if a get comes before eviction. */
+		if (!err && p->prefetch && b->waiters == KVTD_NIL)
+			b->prefetched = 1;
 		b->pend = NULL;
 		b->io = KVTD_IO_NONE;
 		if (err == -EBADMSG || err == -ENODATA) {
@@ -606,28 +617,13 @@ static int add_waiter(struct kvtd *d, uint32_t i, uint32_t client_id, uint64_t u
 	return 0;
 }
 
-int kvtd_promote(struct kvtd *d, uint32_t client_id, uint64_t user_data, uint32_t i)
+/* Starts reading block i's record for a promotion. Returns 0 or -errno (nothing started). */
+static int start_read(struct kvtd *d, uint32_t i, bool prefetch)
 {
 	struct kvtd_blk *b = B(d, i);
 	struct pend_io *p;
 	int ret;
 
-	if (b->on_host)
-		return 0;
-	if (b->io == KVTD_IO_DEMOTE) {
-		/* Still in memory: the record being written is the block. */
-		p = b->pend;
-		ret = install(d, i, p->buf, p->io.len, true);
-		if (ret == -EBADMSG) {
-			kvtd_blk_drop(d, i);
-			return -ENOENT;
-		}
-		return ret;
-	}
-	if (b->io == KVTD_IO_PROMOTE)
-		return add_waiter(d, i, client_id, user_data) < 0 ? -ENOMEM : 1;
-	if (!b->on_nvme || !d->nvme)
-		return -ENOENT;
 	p = calloc(1, sizeof(*p));
 	if (!p)
 		return -ENOMEM;
@@ -640,6 +636,7 @@ int kvtd_promote(struct kvtd *d, uint32_t client_id, uint64_t user_data, uint32_
 	p->blk = i;
 	p->gen = b->gen;
 	p->kind = KVTD_IO_PROMOTE;
+	p->prefetch = prefetch;
 	p->io.loc.off = b->nvme_off;
 	p->io.loc.len = b->nvme_len;
 	p->io.loc.file = b->nvme_file;
@@ -648,17 +645,8 @@ int kvtd_promote(struct kvtd *d, uint32_t client_id, uint64_t user_data, uint32_
 	p->io.len = b->nvme_len;
 	p->io.done = promote_done;
 	p->io.arg = p;
-	ret = add_waiter(d, i, client_id, user_data);
-	if (ret == 0)
-		ret = d->nvme_ops->read(d->nvme, &p->io);
+	ret = d->nvme_ops->read(d->nvme, &p->io);
 	if (ret < 0) {
-		/* Undo the waiter we just added (it is the list head). */
-		if (b->waiters != KVTD_NIL && d->waiters[b->waiters].user_data == user_data) {
-			uint32_t w = b->waiters;
-			b->waiters = d->waiters[w].next;
-			d->waiters[w].next = d->free_waiter;
-			d->free_waiter = w;
-		}
 		d->nvme_ops->buf_free(d->nvme, p->buf);
 		free(p);
 		d->m.nvme_read_errors_total++;
@@ -666,8 +654,127 @@ int kvtd_promote(struct kvtd *d, uint32_t client_id, uint64_t user_data, uint32_
 	}
 	b->pend = p;
 	b->io = KVTD_IO_PROMOTE;
+	if (prefetch)
+		d->pf_inflight++;
 	kvtd_blk_lru_update(d, i);
+	return 0;
+}
+
+int kvtd_promote(struct kvtd *d, uint32_t client_id, uint64_t user_data, uint32_t i)
+{
+	struct kvtd_blk *b = B(d, i);
+	int ret;
+
+	if (b->on_host)
+		return 0;
+	if (b->io == KVTD_IO_DEMOTE) {
+		/* Still in memory: the record being written is the block. */
+		struct pend_io *p = b->pend;
+		ret = install(d, i, p->buf, p->io.len, true);
+		if (ret == -EBADMSG) {
+			kvtd_blk_drop(d, i);
+			return -ENOENT;
+		}
+		return ret;
+	}
+	if (b->io == KVTD_IO_PROMOTE) {
+		if (((struct pend_io *)b->pend)->prefetch)
+			d->m.prefetch_late_total++;
+		return add_waiter(d, i, client_id, user_data) < 0 ? -ENOMEM : 1;
+	}
+	if (!b->on_nvme || !d->nvme)
+		return -ENOENT;
+	ret = start_read(d, i, false);
+	if (ret < 0)
+		return ret;
+	if (add_waiter(d, i, client_id, user_data) < 0)
+		return -ENOMEM; /* the read goes on; the block lands on the host unasked */
 	return 1;
+}
+
+static uint64_t mono_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+void kvtd_prefetch_request(struct kvtd *d, uint32_t i, unsigned prio, uint64_t deadline_us)
+{
+	struct kvtd_blk *b = B(d, i);
+	struct pf_ring *r;
+
+	d->m.prefetch_requests_total++;
+	if (b->on_host || b->io != KVTD_IO_NONE) {
+		d->m.prefetch_resident_total++; /* there, or on its way */
+		return;
+	}
+	if (!d->nvme || !b->on_nvme) {
+		d->m.prefetch_dropped_total++;
+		return;
+	}
+	r = &d->pf[prio < KVTD_PF_LEVELS ? prio : KVTD_PF_LEVELS - 1];
+	if (!r->items) {
+		r->items = calloc(KVTD_PF_CAP, sizeof(*r->items));
+		if (!r->items) {
+			d->m.prefetch_dropped_total++;
+			return;
+		}
+	}
+	if (r->tail - r->head == KVTD_PF_CAP) {
+		d->m.prefetch_dropped_total++;
+		return;
+	}
+	r->items[r->tail % KVTD_PF_CAP] =
+	    (struct pf_item){i, b->gen, deadline_us ? mono_us() + deadline_us : 0};
+	r->tail++;
+}
+
+void kvtd_prefetch_pump(struct kvtd *d)
+{
+	/* Demand reads never queue behind prefetches: these get a quarter of the depth. */
+	uint32_t limit = d->cfg.nvme_queue_depth / 4 ? d->cfg.nvme_queue_depth / 4 : 1;
+	uint64_t now = 0;
+
+	if (!d->nvme)
+		return;
+	for (int lvl = KVTD_PF_LEVELS - 1; lvl >= 0 && d->pf_inflight < limit; lvl--) {
+		struct pf_ring *r = &d->pf[lvl];
+
+		while (r->head != r->tail && d->pf_inflight < limit) {
+			struct pf_item it = r->items[r->head % KVTD_PF_CAP];
+			struct kvtd_blk *b;
+
+			r->head++;
+			if (it.blk >= d->ix.used)
+				continue;
+			b = B(d, it.blk);
+			if (b->gen != it.gen || b->state != KVTD_BLK_READY || b->on_host ||
+			    b->io != KVTD_IO_NONE || !b->on_nvme)
+				continue;
+			if (it.deadline_us) {
+				if (!now)
+					now = mono_us();
+				if (now > it.deadline_us) {
+					d->m.prefetch_dropped_total++;
+					continue;
+				}
+			}
+			if (start_read(d, it.blk, true) == 0)
+				d->m.prefetch_issued_total++;
+		}
+	}
+}
+
+void kvtd_prefetch_used(struct kvtd *d, uint32_t i)
+{
+	struct kvtd_blk *b = B(d, i);
+
+	if (b->prefetched) {
+		d->m.prefetch_useful_total++;
+		b->prefetched = 0;
+	}
 }
 
 int kvtd_flush(struct kvtd *d)
@@ -851,6 +958,10 @@ void kvtd_place_fini(struct kvtd *d)
 	d->nvme_chain = d->raw_chain = NULL;
 	free(d->geoms);
 	free(d->waiters);
+	for (int k = 0; k < KVTD_PF_LEVELS; k++) {
+		free(d->pf[k].items);
+		d->pf[k].items = NULL;
+	}
 	d->geoms = NULL;
 	d->waiters = NULL;
 }

@@ -354,6 +354,7 @@ static void do_lease(struct kvtd *d, struct client *c, uint32_t i, struct kvt_cq
 		q->res = ret;
 		return;
 	}
+	kvtd_prefetch_used(d, i);
 	b->leases++;
 	b->hits++;
 	b->atime = kvtd_now_ms();
@@ -611,6 +612,16 @@ static bool handle_sqe(struct kvtd *d, struct client *c, const struct kvt_sqe *s
 	case KVT_OP_UNPIN:
 		op_pin(d, c, s, q, false);
 		break;
+	case KVT_OP_PREFETCH: {
+		int err;
+		uint32_t i = find_ready(d, c, s, &err);
+		if (i != KVTD_NIL)
+			kvtd_prefetch_request(d, i, s->len, s->arg);
+		else if (err == -ENOENT)
+			d->m.prefetch_dropped_total++;
+		q->res = i == KVTD_NIL ? err : 0;
+		break;
+	}
 	default:
 		d->m.protocol_errors_total++;
 		q->res = -KVT_EPROTOCOL;
@@ -1757,6 +1768,8 @@ int kvtd_run(struct kvtd *d)
 		}
 		for (struct client *c = d->clients; c; c = c->next)
 			work += client_drain(d, c);
+		/* Prefetches only after the demand requests of this pass are on their way. */
+		kvtd_prefetch_pump(d);
 		if (work) {
 			last_work = now_us();
 			sleeping = false;

@@ -41,6 +41,14 @@
 	X(nvme_read_errors_total, counter, "NVMe record reads that failed")                        \
 	X(nvme_corrupt_total, counter, "NVMe records that failed a check and became misses")       \
 	X(nvme_recovered_total, counter, "NVMe records recovered at start")                        \
+	X(prefetch_requests_total, counter, "Prefetch requests received")                          \
+	X(prefetch_issued_total, counter, "Prefetch reads started on NVMe")                        \
+	X(prefetch_useful_total, counter, "Prefetched blocks later read by a get")                 \
+	X(prefetch_wasted_total, counter, "Prefetched blocks evicted before any get read them")    \
+	X(prefetch_late_total, counter, "Gets that found their block's prefetch still in flight")  \
+	X(prefetch_dropped_total, counter,                                                         \
+	  "Prefetch requests dropped: queue full or deadline passed")                              \
+	X(prefetch_resident_total, counter, "Prefetch requests for blocks already on the host")    \
 	X(clients, gauge, "Clients connected")                                                     \
 	X(tenants, gauge, "Tenants (uids) with an arena")                                          \
 	X(leases, gauge, "Read leases held")                                                       \

@@ -76,6 +76,8 @@ enum kvt_op {
 	KVT_OP_DELETE = 7,  /* key */
 	KVT_OP_PIN = 8,	    /* key */
 	KVT_OP_UNPIN = 9,   /* key */
+	KVT_OP_PREFETCH =
+	    10, /* key, len = priority 0..3, arg = deadline in µs from now (0: none) */
 	KVT_OP_MAX
 };
 

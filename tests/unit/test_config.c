@@ -73,6 +73,9 @@ static void test_bad_values(void **state)
 	kvtd_config_defaults(&c);
 	assert_int_equal(kvtd_config_set(&c, "daemon.ring_entries=100", NULL), 0);
 	assert_int_equal(kvtd_config_validate(&c, NULL), -EINVAL);
+	kvtd_config_defaults(&c);
+	assert_int_equal(kvtd_config_set(&c, "host.codec=zstd", NULL), 0);
+	assert_int_equal(kvtd_config_validate(&c, NULL), -EINVAL);
 }
 
 static void test_file_round_trip(void **state)
