@@ -1039,8 +1039,15 @@ static int uring_setup(struct kvt_tier *t)
 	while (entries < 2 * t->qd)
 		entries *= 2;
 	r = hook(t, KVT_TIER_OP_URING_SETUP, 0, 0);
-	if (r >= 0)
-		r = io_uring_queue_init(entries, &t->ring, 0);
+	if (r >= 0) {
+		/* Completions need no IPI to the loop thread: it picks them up on its next
+		 * entry into the kernel (poll wakes it).  Older kernels refuse the flag. */
+		struct io_uring_params p = {.flags = IORING_SETUP_COOP_TASKRUN};
+
+		r = io_uring_queue_init_params(entries, &t->ring, &p);
+		if (r == -EINVAL)
+			r = io_uring_queue_init(entries, &t->ring, 0);
+	}
 	if (r < 0)
 		return r;
 	r = io_uring_register_eventfd(&t->ring, t->efd);
