@@ -112,6 +112,9 @@ def _find_library() -> str:
     raise ImportError("libkvtier not found: set $KVTIER_LIB to the path of libkvtier.so")
 
 
+_MISSING: set = set()
+
+
 def _load() -> ctypes.CDLL:
     lib = ctypes.CDLL(_find_library())
     P = ctypes.POINTER
@@ -146,9 +149,14 @@ def _load() -> ctypes.CDLL:
         "kvt_pin": (ctypes.c_int, [c_client, ctypes.c_int, P(_Key)]),
         "kvt_unpin": (ctypes.c_int, [c_client, ctypes.c_int, P(_Key)]),
         "kvt_stats": (ctypes.c_int, [c_client, P(_Stats)]),
+        "kvt_prefetch": (ctypes.c_int, [c_client, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t,
+                                        ctypes.c_uint, ctypes.c_uint32]),
     }
     for name, (res, args) in sigs.items():
-        fn = getattr(lib, name)
+        fn = getattr(lib, name, None)
+        if fn is None:  # an older library: the binding's method reports ENOSYS
+            _MISSING.add(name)
+            continue
         fn.restype = res
         fn.argtypes = args
     return lib
@@ -564,6 +572,20 @@ class Client:
                 break
         return total
 
+    def prefetch(self, layout: LayoutLike, keys: Union[np.ndarray, Iterable[KeyLike]],
+                 priority: int = 0, deadline_us: int = 0) -> int:
+        """Asks the daemon to bring blocks up to the host tier ahead of a get (fire and
+        forget: never waits for I/O).  ``priority`` 0..3 (3 first); ``deadline_us`` > 0
+        drops a request not started in time.  Keys not stored are ignored.  Returns how
+        many requests were queued."""
+        if "kvt_prefetch" in _MISSING:
+            raise KvtError(_errno.ENOSYS, "kvt_prefetch: not in this libkvtier")
+        if not 0 <= priority <= 3 or not 0 <= deadline_us < 2**32:
+            raise ValueError("priority is 0..3, deadline_us a uint32")
+        arr = _keys_array(keys)
+        return _check(_lib.kvt_prefetch(self._handle(), self._lid(layout), arr.ctypes.data,
+                                        arr.size, priority, deadline_us), "kvt_prefetch")
+
     def contains(self, layout: LayoutLike, key: KeyLike) -> bool:
         """Whether one key is stored (a lookup of one key)."""
         return self.lookup(layout, [key]) == 1
@@ -678,8 +700,8 @@ class Client:
     # -- management ------------------------------------------------------------------------
     def delete(self, layout: LayoutLike, key: KeyLike) -> bool:
         """Deletes a block from every tier.  Returns True when deleted, False when it was not
-        stored.  kvtier.h allows KvtError(EBUSY) while someone holds a lease on it; the
-        daemon may instead hide it at once and free it when the last lease goes."""
+        stored.  A leased block disappears from lookups at once; its memory is freed when
+        the last lease is returned."""
         ck = _to_key(key)
         r = _lib.kvt_delete(self._handle(), self._lid(layout), ctypes.byref(ck))
         if r == -_errno.ENOENT:
