@@ -25,9 +25,11 @@
  * survivors to the daemon in ascending seq order.
  *
  * I/O engines: io_uring (fixed files, registered buffer arena, batched submission, linked
- * fdatasync) or, when io_uring is refused (EPERM/ENOSYS under seccomp) or turned off, a pool
- * of pread/pwrite workers.  Both report completions through one eventfd; done() callbacks
- * run only from complete().
+ * fdatasync, COOP_TASKRUN) or, when io_uring is refused (EPERM/ENOSYS under seccomp) or
+ * turned off, a pool of pread/pwrite workers (which also verify the records they read).
+ * Both report completions through one eventfd; done() callbacks run only from complete().
+ *
+ * Ownership: each slot file is flock()ed by one tier instance; a second open gets -EBUSY.
  */
 #define _GNU_SOURCE
 #include "tier.h"
