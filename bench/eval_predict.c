@@ -228,6 +228,21 @@ static inline bool bget(const uint64_t *s, uint32_t b)
 	return s[b / 64] >> (b % 64) & 1;
 }
 
+/* A JSON string: the path and the dump's source name are not ours to trust. */
+static void json_str(const char *key, const char *v)
+{
+	printf("\"%s\":\"", key);
+	for (const unsigned char *c = (const unsigned char *)v; *c; c++) {
+		if (*c == '"' || *c == '\\')
+			printf("\\%c", *c);
+		else if (*c < 0x20 || *c > 0x7e)
+			printf("\\u%04x", *c);
+		else
+			putchar(*c);
+	}
+	printf("\",");
+}
+
 static double now_ns(void)
 {
 	struct timespec ts;
@@ -668,15 +683,18 @@ int eval_predict_main(int argc, char **argv)
 #define HR(mo)	  (m[mo].a.sel ? m[mo].a.hit / m[mo].a.sel : NAN)
 #define HRS(mo)	  (m[mo].a.sel_scored ? m[mo].a.hit_scored / m[mo].a.sel_scored : NAN)
 		if (c.json) {
-			printf("{\"dump\":\"%s\",\"source\":\"%s\",\"layers\":[%u,%u],"
+			printf("{");
+			json_str("dump", c.path);
+			json_str("source", d.source);
+			printf("\"layers\":[%u,%u],"
 			       "\"positions\":[%u,%u],\"block\":%u,\"budget\":%.4f,"
 			       "\"rule\":\"k=ceil(budget*ceil((t+1)/block)); sink %u, recent %u "
 			       "forced\","
 			       "\"selection\":\"%s\",\"digest\":\"%s\",\"digest_bytes\":%zu,"
 			       "\"digest_fraction\":%.5f,\"margin\":%u,\"shortlist\":%u,",
-			       c.path, d.source, c.l0, c.l1, c.p0, c.p1, B, c.budget, c.sink,
-			       c.recent, mode_name[prim], kinds[kvt_pred_digest_kind(m[0].pred)],
-			       dbytes, dfrac, c.margin, c.shortlist);
+			       c.l0, c.l1, c.p0, c.p1, B, c.budget, c.sink, c.recent,
+			       mode_name[prim], kinds[kvt_pred_digest_kind(m[0].pred)], dbytes,
+			       dfrac, c.margin, c.shortlist);
 			for (int pass = 0; pass < NMODE; pass++) {
 				int mo = pass == 0 ? prim : 1 - prim;
 				if (pass == 1)
