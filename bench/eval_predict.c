@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * kvtier-eval predict: the prefetch predictor (client/predict.h) on a real .kvd dump.
+ * kvtier-eval predict: the prefetch predictor (client/kvtier_predict.h) on a real .kvd dump.
  *
  * For every (layer, query head, query position t) of the dump, with the true causal softmax
  * over s <= t of q.k/sqrt(D): mass recall of the predictor's selection with the current query,
@@ -9,7 +9,7 @@
  * attention over the selected blocks.  Definitions: docs/PREDICTOR.md.
  */
 #include "kvd.h"
-#include "predict.h"
+#include "kvtier_predict.h"
 
 #include <errno.h>
 #include <math.h>

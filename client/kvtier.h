@@ -278,4 +278,8 @@ KVT_API int kvt_stats(struct kvt_client *c, struct kvt_stats *st);
 #ifdef __cplusplus
 }
 #endif
+
+/* The sparse-attention prefetch predictor (kvt_pred_*) is part of this API. */
+#include "kvtier_predict.h"
+
 #endif /* KVTIER_H */

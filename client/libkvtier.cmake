@@ -7,13 +7,17 @@ target_include_directories(kvtier PUBLIC
 target_compile_definitions(kvtier PRIVATE KVT_BUILDING_LIB _GNU_SOURCE)
 target_compile_options(kvtier PRIVATE -fvisibility=hidden)
 target_link_libraries(kvtier PRIVATE $<BUILD_INTERFACE:kvt_proto> Threads::Threads)
-if(TARGET kvt_predict)
-	target_link_libraries(kvtier PRIVATE $<BUILD_INTERFACE:kvt_predict>)
+# The predictor's API (kvtier_predict.h) is part of the library: compiled in, not linked
+# from the static archive, so that its symbols are there even though kvtier.c calls none.
+if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/predict.c)
+	target_sources(kvtier PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/predict.c)
+	target_link_libraries(kvtier PRIVATE m)
 endif()
 target_link_options(kvtier PRIVATE -Wl,--version-script=${CMAKE_CURRENT_SOURCE_DIR}/kvtier.map
 	-Wl,--no-undefined)
 set_target_properties(kvtier PROPERTIES VERSION ${PROJECT_VERSION} SOVERSION ${PROJECT_VERSION_MAJOR}
-	LINK_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/kvtier.map PUBLIC_HEADER ${CMAKE_CURRENT_SOURCE_DIR}/kvtier.h)
+	LINK_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/kvtier.map
+	PUBLIC_HEADER "${CMAKE_CURRENT_SOURCE_DIR}/kvtier.h;${CMAKE_CURRENT_SOURCE_DIR}/kvtier_predict.h")
 
 # kvtierctl: the admin CLI.
 add_executable(kvtierctl ${CMAKE_CURRENT_SOURCE_DIR}/kvtierctl.c)

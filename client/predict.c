@@ -19,7 +19,7 @@
  * keys; the mean and variance of the reconstruction, which the two-stage scoring's first stage
  * needs, follow exactly from the per-row popcounts.
  */
-#include "predict.h"
+#include "kvtier_predict.h"
 
 #include <errno.h>
 #include <float.h>

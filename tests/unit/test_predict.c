@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Prefetch predictor (client/predict.h): digests of known inputs, selection against a
+ * Prefetch predictor (client/kvtier_predict.h): digests of known inputs, selection against a
  * brute-force reference, prediction, prefetch list and counters, and API misuse.
  * Randomized tests take --seed N (default 1) and print the seed they ran with.
  */
@@ -16,7 +16,7 @@
 
 #include <cmocka.h>
 
-#include "predict.h"
+#include "kvtier_predict.h"
 
 static uint64_t seed = 1;
 
