@@ -870,6 +870,11 @@ KVT_API int kvt_stats(struct kvt_client *c, struct kvt_stats *st)
 	out.host_used_bytes = r.host_used_bytes;
 	out.host_blocks = r.host_blocks;
 	out.evictions = r.evictions;
+	out.host_hits = r.host_hits;
+	out.host_misses = r.host_misses;
+	out.promotions = r.promotions;
+	out.prefetch_useful = r.prefetch_useful;
+	out.prefetch_late = r.prefetch_late;
 	memcpy(st, &out, out.size);
 	return 0;
 }

@@ -270,6 +270,12 @@ struct kvt_stats {
 	uint64_t host_used_bytes;
 	uint64_t host_blocks;
 	uint64_t evictions;
+	/* the daemon as a whole, all tenants */
+	uint64_t host_hits;	  /* gets served from the host tier */
+	uint64_t host_misses;	  /* gets that had to read NVMe, or missed */
+	uint64_t promotions;	  /* blocks read back from NVMe */
+	uint64_t prefetch_useful; /* prefetched blocks a get then read */
+	uint64_t prefetch_late;	  /* gets that waited on their block's prefetch */
 };
 
 /* Fills st (st->size must be set). Returns 0 or -errno. */

@@ -562,7 +562,9 @@ static void promote_done(struct kvt_tier_io *io)
 		d->pf_inflight--;
 	if (alive) {
 		if (!err)
-			err = install(d, i, p->buf, (size_t)io->res, false);
+			/* The tier checked the CRC; install() still checks key, layout and length.
+			 */
+			err = install(d, i, p->buf, (size_t)io->res, true);
 		/* Nobody asked yet: the prefetch is useful if a get comes before eviction. */
 		if (!err && p->prefetch && b->waiters == KVTD_NIL)
 			b->prefetched = 1;
@@ -707,7 +709,10 @@ void kvtd_prefetch_request(struct kvtd *d, uint32_t i, unsigned prio, uint64_t d
 
 	d->m.prefetch_requests_total++;
 	if (b->on_host || b->io != KVTD_IO_NONE) {
-		d->m.prefetch_resident_total++; /* there, or on its way */
+		/* Predicted and already there: keep it there, ahead of what nobody predicted. */
+		d->m.prefetch_resident_total++;
+		b->atime = kvtd_now_ms();
+		kvtd_blk_lru_update(d, i);
 		return;
 	}
 	if (!d->nvme || !b->on_nvme) {
@@ -729,6 +734,18 @@ void kvtd_prefetch_request(struct kvtd *d, uint32_t i, unsigned prio, uint64_t d
 	r->items[r->tail % KVTD_PF_CAP] =
 	    (struct pf_item){i, b->gen, deadline_us ? mono_us() + deadline_us : 0};
 	r->tail++;
+}
+
+#define PREFETCH_PROTECT_MS 2
+
+static bool prefetch_room(struct kvtd *d, const struct kvtd_blk *b)
+{
+	uint64_t need = kvtd_pages(b->len) << KVTD_PAGE_SHIFT;
+	uint32_t tail = d->ix.lru_tail[KVTD_TIER_HOST];
+
+	if (d->host_used + need <= (uint64_t)(d->cfg.host_high * (double)d->cfg.host_capacity))
+		return true;
+	return tail != KVTD_NIL && B(d, tail)->atime + PREFETCH_PROTECT_MS < kvtd_now_ms();
 }
 
 void kvtd_prefetch_pump(struct kvtd *d)
@@ -753,6 +770,12 @@ void kvtd_prefetch_pump(struct kvtd *d)
 			if (b->gen != it.gen || b->state != KVTD_BLK_READY || b->on_host ||
 			    b->io != KVTD_IO_NONE || !b->on_nvme)
 				continue;
+			/* A prefetch may take free room or cold blocks, never a block read in the
+			 * last 2 ms: the current decode step's, or predicted for the next one. */
+			if (!prefetch_room(d, b)) {
+				d->m.prefetch_dropped_total++;
+				continue;
+			}
 			if (it.deadline_us) {
 				if (!now)
 					now = mono_us();

@@ -983,6 +983,11 @@ static void handle_stats(struct kvtd *d, struct client *c)
 	r.host_used_bytes = c->t ? c->t->used_bytes : 0;
 	r.host_blocks = c->t ? c->t->blocks : 0;
 	r.evictions = d->m.evictions_total;
+	r.host_hits = d->tier[KVTD_TIER_HOST].hits;
+	r.host_misses = d->tier[KVTD_TIER_HOST].misses;
+	r.promotions = d->m.promotions_total;
+	r.prefetch_useful = d->m.prefetch_useful_total;
+	r.prefetch_late = d->m.prefetch_late_total;
 	if (sock_send(c->sock, &r, sizeof(r), NULL, 0) < 0)
 		client_kill(d, c, "reply failed");
 }
@@ -1638,6 +1643,8 @@ int kvtd_create(const struct kvtd_config *cfg, struct kvtd **out)
 	sigaddset(&ss, SIGHUP);
 	sigprocmask(SIG_BLOCK, &ss, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	/* A slot file at the file-size limit must fail a write with EFBIG, not kill us. */
+	signal(SIGXFSZ, SIG_IGN);
 	d->sfd = signalfd(-1, &ss, SFD_CLOEXEC | SFD_NONBLOCK);
 	if (d->sfd < 0) {
 		ret = -errno;

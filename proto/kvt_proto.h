@@ -77,6 +77,7 @@ struct kvt_msg_stats {
 	uint32_t pad;
 	uint64_t puts, gets, hits, misses, lookups;
 	uint64_t host_capacity_bytes, host_used_bytes, host_blocks, evictions;
+	uint64_t host_hits, host_misses, promotions, prefetch_useful, prefetch_late;
 };
 
 enum kvt_admin_cmd {

@@ -1,0 +1,385 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvtier-decode-replay: decode steps of a real KV dump against a daemon whose host tier holds
+ * a fraction of the context, with the rest on NVMe, run twice: without and with the prefetch
+ * predictor.  Each step selects its sparse-attention blocks from the dump's real queries
+ * (kvt_pred_select, every layer), reads them with kvt_get (a demand get: the "stall"), and in
+ * the prefetch run asks the daemon for the blocks predicted for the next step
+ * (kvt_pred_predict_next + kvt_pred_prefetch_list + kvt_prefetch) before the simulated compute
+ * of the step.  Reports the share of demand gets served from the host tier and the stall time,
+ * and checks every block it reads bit for bit.
+ *
+ * usage: kvtier-decode-replay [options] DUMP.kvd   (see --help)
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kvd.h"
+#include "kvtier.h"
+
+struct opts {
+	const char *daemon, *ctl, *dump;
+	uint32_t block;
+	double budget, host_frac;
+	uint32_t margin, step_us, steps;
+	int json;
+};
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static char tmpdir[128], sockpath[200];
+
+static int ctl(const struct opts *o, const char *cmd)
+{
+	char line[600];
+
+	snprintf(line, sizeof(line), "%s --socket %s %s > /dev/null", o->ctl, sockpath, cmd);
+	return system(line);
+}
+
+static pid_t start_daemon(const struct opts *o, uint64_t host_bytes)
+{
+	char cap[64], paths[300];
+	pid_t pid;
+
+	snprintf(cap, sizeof(cap), "host.capacity=%lluMiB",
+		 (unsigned long long)((host_bytes + (1 << 20) - 1) >> 20));
+	snprintf(paths, sizeof(paths), "nvme.paths=%s/nvme0.slots", tmpdir);
+	pid = fork();
+	if (pid == 0) {
+		execl(o->daemon, o->daemon, "-f", "-s", sockpath, "-o", cap, "-o",
+		      "nvme.enabled=true", "-o", paths, "-o", "nvme.capacity=512MiB", "-o",
+		      "daemon.log_level=warn", (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 500; i++) {
+		if (access(sockpath, F_OK) == 0)
+			return pid;
+		usleep(10000);
+	}
+	kill(pid, SIGKILL);
+	return -1;
+}
+
+struct run_result {
+	const char *mode;
+	uint64_t steps, gets, host_hits, promotions, prefetch_useful, prefetch_late, prefetched;
+	double stall_s, stall_p50_us, stall_p99_us;
+	int wrong;
+};
+
+int main(int argc, char **argv)
+{
+	static const struct option lo[] = {{"daemon", required_argument, NULL, 'd'},
+					   {"ctl", required_argument, NULL, 'c'},
+					   {"block", required_argument, NULL, 'b'},
+					   {"budget", required_argument, NULL, 'B'},
+					   {"host", required_argument, NULL, 'H'},
+					   {"margin", required_argument, NULL, 'm'},
+					   {"step-us", required_argument, NULL, 's'},
+					   {"steps", required_argument, NULL, 'n'},
+					   {"json", no_argument, NULL, 'j'},
+					   {"help", no_argument, NULL, 'h'},
+					   {NULL, 0, NULL, 0}};
+	struct opts o = {NULL, NULL, NULL, 64, 0.10, 0.25, 2, 2000, 0, 0};
+	static char dpath[4096], cpath[4096];
+	struct kvd d;
+	int opt, ret = 1;
+
+	while ((opt = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+		switch (opt) {
+		case 'd':
+			o.daemon = optarg;
+			break;
+		case 'c':
+			o.ctl = optarg;
+			break;
+		case 'b':
+			o.block = (uint32_t)atoi(optarg);
+			break;
+		case 'B':
+			o.budget = atof(optarg);
+			break;
+		case 'H':
+			o.host_frac = atof(optarg);
+			break;
+		case 'm':
+			o.margin = (uint32_t)atoi(optarg);
+			break;
+		case 's':
+			o.step_us = (uint32_t)atoi(optarg);
+			break;
+		case 'n':
+			o.steps = (uint32_t)atoi(optarg);
+			break;
+		case 'j':
+			o.json = 1;
+			break;
+		case 'h':
+			printf(
+			    "usage: kvtier-decode-replay [options] DUMP.kvd\n"
+			    "  --daemon PATH   kvtierd (default: ../daemon/kvtierd next to this "
+			    "program)\n"
+			    "  --ctl PATH      kvtierctl (default: ../client/kvtierctl)\n"
+			    "  --block N       tokens per block (64)\n"
+			    "  --budget F      sparse-attention budget, fraction of blocks (0.10)\n"
+			    "  --host F        host tier size, fraction of the dump's KV bytes "
+			    "(0.25)\n"
+			    "  --margin N      extra blocks predicted per row (2)\n"
+			    "  --step-us N     compute time of a decode step, simulated (2000)\n"
+			    "  --steps N       decode steps (default: every query position)\n"
+			    "  --json          JSON output\n");
+			return 0;
+		default:
+			return 2;
+		}
+	}
+	if (optind != argc - 1 || !o.block || o.budget <= 0 || o.host_frac <= 0) {
+		fprintf(stderr, "usage: kvtier-decode-replay [options] DUMP.kvd (--help)\n");
+		return 2;
+	}
+	o.dump = argv[optind];
+	{
+		char self[4000];
+		ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+		self[n > 0 ? n : 0] = 0;
+		char *slash = strrchr(self, '/');
+		if (slash)
+			*slash = 0;
+		snprintf(dpath, sizeof(dpath), "%s/../daemon/kvtierd", self);
+		snprintf(cpath, sizeof(cpath), "%s/../client/kvtierctl", self);
+		if (!o.daemon)
+			o.daemon = dpath;
+		if (!o.ctl)
+			o.ctl = cpath;
+	}
+	if (kvd_load(o.dump, &d) < 0) {
+		fprintf(stderr, "kvtier-decode-replay: cannot read %s\n", o.dump);
+		return 1;
+	}
+	const uint32_t L = d.n_layers, H = d.n_kv_heads, QH = d.n_q_heads, D = d.head_dim;
+	const uint32_t T = o.block, nblk = d.n_tokens / T, P = d.n_q_pos;
+	const size_t head_b = (size_t)T * D * 2, layer_b = 2 * H * head_b, blk_b = L * layer_b;
+	if (!nblk || !P) {
+		fprintf(stderr, "kvtier-decode-replay: the dump needs a full block and queries\n");
+		return 1;
+	}
+	uint32_t steps = o.steps && o.steps < P ? o.steps : P;
+
+	/* Blocks in the store's page-first order, and their keys as the predictor digests them. */
+	uint8_t *blocks = malloc(blk_b * nblk);
+	uint16_t *kblk = malloc((size_t)L * H * T * D * 2 * nblk);
+	for (uint32_t b = 0; b < nblk; b++) {
+		for (uint32_t l = 0; l < L; l++) {
+			for (uint32_t h = 0; h < H; h++) {
+				uint8_t *dst = blocks + b * blk_b + l * layer_b + h * head_b;
+				memcpy(dst, kvd_at(&d, d.k, l, h, b * T), head_b);
+				memcpy(dst + H * head_b, kvd_at(&d, d.v, l, h, b * T), head_b);
+				memcpy(kblk + (((size_t)b * L + l) * H + h) * T * D,
+				       kvd_at(&d, d.k, l, h, b * T), head_b);
+			}
+		}
+	}
+	uint32_t *tok = malloc(sizeof(uint32_t) * d.n_tokens);
+	for (uint32_t t = 0; t < d.n_tokens; t++)
+		tok[t] = d.tokens[t];
+
+	snprintf(tmpdir, sizeof(tmpdir), "/var/tmp/kvtier-decode-XXXXXX");
+	if (!mkdtemp(tmpdir))
+		return 1;
+	snprintf(sockpath, sizeof(sockpath), "%s/sock", tmpdir);
+	uint64_t host_bytes = (uint64_t)(o.host_frac * (double)(blk_b * nblk));
+	if (host_bytes < (4u << 20))
+		host_bytes = 4u << 20;
+	pid_t dpid = start_daemon(&o, host_bytes);
+	if (dpid < 0) {
+		fprintf(stderr, "kvtier-decode-replay: cannot start %s\n", o.daemon);
+		return 1;
+	}
+	struct kvt_connect_opts co = {sizeof(co), sockpath, "decode-replay", 10000};
+	struct kvt_client *c;
+	if (kvt_connect(&co, &c) < 0)
+		goto out;
+	struct kvt_layout lay = {sizeof(lay), L, H, D, T, KVT_DTYPE_FP16, 0, 0, 1, ""};
+	snprintf(lay.model_id, sizeof(lay.model_id), "replay:%.50s", d.source);
+	int lid = kvt_register_layout(c, &lay);
+	struct kvt_key *keys = calloc(nblk, sizeof(*keys));
+	kvt_key_chain(kvt_layout_fingerprint(&lay), T, NULL, tok, (size_t)nblk * T, keys, nblk);
+	for (uint32_t b = 0; b < nblk; b++) {
+		if (kvt_put(c, lid, &keys[b], blocks + b * blk_b, blk_b) < 0)
+			goto out;
+	}
+
+	struct kvt_pred_opts po;
+	memset(&po, 0, sizeof(po));
+	po.size = sizeof(po);
+	po.n_layers = L;
+	po.n_kv_heads = H;
+	po.n_q_heads = QH;
+	po.head_dim = D;
+	po.block_tokens = T;
+	po.rope_theta = 10000.0f;
+	struct kvt_pred *pred;
+	if (kvt_pred_create(&po, &pred) < 0)
+		goto out;
+	for (uint32_t b = 0; b < nblk; b++)
+		kvt_pred_add_block(pred, b, kblk + (size_t)b * L * H * T * D, T);
+
+	uint32_t rows = kvt_pred_rows(pred);
+	size_t sel_cap = (size_t)rows * (nblk + 8);
+	uint32_t *sel = malloc(sizeof(uint32_t) * sel_cap),
+		 *plist = malloc(sizeof(uint32_t) * nblk);
+	uint8_t *want = malloc(nblk), *buf = malloc(blk_b);
+	uint16_t *q = malloc(sizeof(uint16_t) * QH * D);
+	double *stalls = malloc(sizeof(double) * steps);
+	struct kvt_key *pkeys = malloc(sizeof(*pkeys) * nblk);
+	struct run_result res[2];
+
+	for (int mode = 0; mode < 2; mode++) {
+		struct run_result *r = &res[mode];
+		struct kvt_stats s0 = {.size = sizeof(s0)}, s1 = {.size = sizeof(s1)};
+
+		memset(r, 0, sizeof(*r));
+		r->mode = mode ? "prefetch" : "no-prefetch";
+		/* Start each run with the whole context on NVMe only. */
+		ctl(&o, "flush");
+		usleep(300000);
+		ctl(&o, "evict --all");
+		kvt_pred_truncate(pred, nblk); /* drops pending predictions */
+		kvt_pred_reset_counters(pred);
+		kvt_stats(c, &s0);
+		for (uint32_t st = 0; st < steps; st++) {
+			uint32_t pos = P - steps + st, t = d.n_tokens - P + pos, ntok = t + 1;
+			uint32_t ctx_blocks = (ntok + T - 1) / T;
+			uint32_t budget = kvt_pred_budget(ctx_blocks, o.budget);
+			double stall = 0;
+
+			memset(want, 0, nblk);
+			for (uint32_t b = 0; b < nblk; b++)
+				kvt_pred_set_resident(pred, b,
+						      0); /* the daemon knows what is resident */
+			for (uint32_t l = 0; l < L; l++) {
+				for (uint32_t j = 0; j < QH; j++)
+					memcpy(q + (size_t)j * D,
+					       d.q + (((size_t)l * QH + j) * P + pos) * D, D * 2);
+				int n = kvt_pred_select(pred, l, q, ntok, budget, sel, sel_cap);
+				for (int k = 0; n > 0 && k < (int)rows * n; k++) {
+					if (sel[k] < nblk)
+						want[sel[k]] = 1;
+				}
+				if (mode)
+					kvt_pred_predict_next(pred, l, NULL, ntok, budget, o.margin,
+							      NULL, 0);
+			}
+			/* The demand gets of this step: what the engine reads before attention. */
+			for (uint32_t b = 0; b < nblk; b++) {
+				if (!want[b])
+					continue;
+				double t0 = now_s();
+				ssize_t g = kvt_get(c, lid, &keys[b], buf, blk_b);
+				stall += now_s() - t0;
+				r->gets++;
+				if (g != (ssize_t)blk_b ||
+				    memcmp(buf, blocks + b * blk_b, blk_b) != 0)
+					r->wrong++;
+			}
+			if (mode) {
+				int n = kvt_pred_prefetch_list(pred, plist, nblk);
+				for (int k = 0; k < n; k++)
+					pkeys[k] = keys[plist[k]];
+				if (n > 0)
+					kvt_prefetch(c, lid, pkeys, (size_t)n, 3, 0);
+				r->prefetched += n > 0 ? (uint64_t)n : 0;
+			}
+			stalls[st] = stall * 1e6;
+			r->stall_s += stall;
+			r->steps++;
+			usleep(o.step_us); /* the step's compute, during which prefetches land */
+		}
+		kvt_stats(c, &s1);
+		r->host_hits = s1.host_hits - s0.host_hits;
+		r->promotions = s1.promotions - s0.promotions;
+		r->prefetch_useful = s1.prefetch_useful - s0.prefetch_useful;
+		r->prefetch_late = s1.prefetch_late - s0.prefetch_late;
+		qsort(stalls, steps, sizeof(double), cmp_double);
+		r->stall_p50_us = stalls[steps / 2];
+		r->stall_p99_us = stalls[(size_t)((steps - 1) * 0.99)];
+	}
+
+	if (o.json) {
+		printf("[");
+		for (int m = 0; m < 2; m++) {
+			struct run_result *r = &res[m];
+			printf(
+			    "%s{\"mode\":\"%s\",\"block\":%u,\"budget\":%.3f,\"host_fraction\":%."
+			    "3f,"
+			    "\"steps\":%llu,\"demand_gets\":%llu,\"served_from_host\":%.4f,"
+			    "\"stall_ms_total\":%.3f,\"stall_us_p50\":%.1f,\"stall_us_p99\":%.1f,"
+			    "\"nvme_reads\":%llu,\"prefetch_requests\":%llu,\"prefetch_useful\":%"
+			    "llu,"
+			    "\"prefetch_late\":%llu,\"wrong_blocks\":%d}",
+			    m ? "," : "", r->mode, T, o.budget, o.host_frac,
+			    (unsigned long long)r->steps, (unsigned long long)r->gets,
+			    r->gets ? (double)r->host_hits / (double)r->gets : 0, r->stall_s * 1e3,
+			    r->stall_p50_us, r->stall_p99_us, (unsigned long long)r->promotions,
+			    (unsigned long long)r->prefetched,
+			    (unsigned long long)r->prefetch_useful,
+			    (unsigned long long)r->prefetch_late, r->wrong);
+		}
+		printf("]\n");
+	} else {
+		printf("%s: %u blocks of %u tokens (%.1f MiB), host tier %.1f MiB, budget %.0f%%, "
+		       "%u steps, %u us compute per step\n",
+		       d.source, nblk, T, (double)(blk_b * nblk) / (1 << 20),
+		       (double)host_bytes / (1 << 20), o.budget * 100, steps, o.step_us);
+		printf("%-12s %8s %10s %12s %10s %10s %10s %8s %8s %6s\n", "mode", "gets",
+		       "from host", "stall ms", "p50 us", "p99 us", "nvme rd", "useful", "late",
+		       "wrong");
+		for (int m = 0; m < 2; m++) {
+			struct run_result *r = &res[m];
+			printf("%-12s %8llu %9.1f%% %12.2f %10.1f %10.1f %10llu %8llu %8llu %6d\n",
+			       r->mode, (unsigned long long)r->gets,
+			       r->gets ? 100.0 * (double)r->host_hits / (double)r->gets : 0,
+			       r->stall_s * 1e3, r->stall_p50_us, r->stall_p99_us,
+			       (unsigned long long)r->promotions,
+			       (unsigned long long)r->prefetch_useful,
+			       (unsigned long long)r->prefetch_late, r->wrong);
+		}
+	}
+	ret = res[0].wrong || res[1].wrong ? 1 : 0;
+	kvt_pred_destroy(pred);
+	kvt_close(c);
+out:
+	kill(dpid, SIGTERM);
+	waitpid(dpid, NULL, 0);
+	{
+		char cmd[300];
+		snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
+		if (system(cmd) != 0)
+			ret = 1;
+	}
+	kvd_free(&d);
+	return ret;
+}
