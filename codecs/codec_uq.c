@@ -2,22 +2,27 @@
 /*
  * codec_uq.c - "uq": uniform quantization with prediction and rANS entropy coding.
  *
- *   uq:k=STEP,v=STEP,rope=THETA,sink=N,lsh=HAMMING,cn=0|1
+ *   uq:k=STEP,v=STEP,rope=THETA,sink=N,lsh=HAMMING,cn=0|1,qw=GAMMA
  *
  * Per slab (one layer, K or V, one kv head: block_tokens x head_dim):
  *  1. keys are rotated back to their pre-RoPE frame (rope=THETA, 0 = off): in that frame the
  *     keys of one token are the same wherever it stands, which the prediction below exploits;
  *  2. the first N tokens of the sequence (sink=N) are kept exact;
- *  3. each channel's mean over the block is subtracted (fp16, sent);
+ *  3. each channel's mean over the block is subtracted (sent in the stream, step/8 grid);
  *  4. every token vector is predicted either by that mean or by an earlier token vector of
  *     the block (as decoded): candidates are found by SimHash (16 random hyperplanes, Hamming
  *     distance <= lsh, 0 = no prediction) and the closest one wins if it beats the mean;
  *  5. the residual is quantized with one uniform step for the whole slab,
  *     step = STEP x RMS of the slab (centred for keys; for values cn=1 centres too);
- *  6. the integer residuals are coded with rANS, one static parametric table (Laplace or
- *     Gaussian shape of a fitted scale) per channel; large values escape to a varint list.
- * Error bound: |x - x^| <= step/2 per element in the coded frame (no clipping), before the
- * fp16 rounding of the output; the inverse RoPE rotation keeps the pairwise L2 norm.
+ *  6. the integers are coded with rANS in one stream per slab: the means, then per token row
+ *     its table (a delta from the previous row's) and its residuals; each row picks one of
+ *     80 static parametric tables (Laplace or Gaussian shape, 40 scales) by exact coded size;
+ *     values past the alphabet escape to a varint list.
+ * qw=GAMMA (keys, 0 = off) gives each channel pair its own step, finer where the block's keys
+ * carry more energy (see key_weights()).
+ * Error bound: |x - x^| <= step/2 per element in the coded frame (no clipping; with qw, the
+ * channel's own step, at most 2^3.5 slab steps), before the fp16 rounding of the output; the
+ * inverse RoPE rotation keeps the pairwise L2 norm.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -25,12 +30,12 @@
 #include "kvslab.h"
 #include "rans.h"
 
-enum { A_K, A_V, A_ROPE, A_SINK, A_LSH, A_CN, A_CTX, A_N };
+enum { A_K, A_V, A_ROPE, A_SINK, A_LSH, A_CN, A_QW, A_N };
 
 static const struct kvt_argdef uq_args[A_N] = {
     {"k", 0.14, 1e-4, 16, 0}, {"v", 0.06, 1e-4, 16, 0}, {"rope", 10000, 0, 1e9, 0},
     {"sink", 0, 0, 1e9, 1},   {"lsh", 16, 0, 16, 1},	{"cn", 0, 0, 1, 1},
-    {"ctx", 1, 0, 1, 1},
+    {"qw", 0, 0, 2, 0},
 };
 
 #define ESC (RANS_PNSYM - 1)
@@ -55,23 +60,28 @@ static unsigned ref_bits(uint32_t T)
 	return b;
 }
 
+static size_t max_syms(const struct kvt_codec_geom *g);
+
 static size_t uq_bound(const struct kvt_stage *st, const struct kvt_codec_geom *g, size_t n)
 {
 	if (kvt_geom_check(g))
 		return 0;
-	size_t slab = geom_slab(g);
-	/* sinks raw + means + step + refs + classes + escapes (<= 6 bytes each) + stream */
-	size_t per = slab * 2 + g->head_dim * 3 + 4 + packed_len(g->block_tokens, 13) + 8 +
-		     slab * 6 + rans_bound(slab);
+	size_t slab = geom_slab(g), ms = max_syms(g), T = g->block_tokens;
+	/* sinks raw, step, flags and classes, bitmaps, references, escapes (<= 6 bytes a
+	 * symbol), lengths, stream */
+	size_t per =
+	    slab * 2 + 4 + 8 + 2 * ((T + 7) / 8) + packed_len(T, 13) + ms * 6 + 8 + rans_bound(ms);
 	return geom_nslabs(g) * per;
 }
 
 struct uq_work {
 	uint32_t T, D;
 	float *x, *xh, *mu, *sc; /* sc: cos/sin table for RoPE */
-	int32_t *q;
+	int32_t *q, *mq;
+	float *stp; /* step of each channel */
+	int8_t *qwi;
 	uint16_t *sym, *ref, *hash;
-	uint8_t *ti, *cls, *ra;
+	uint8_t *ti, *ra;
 	uint32_t *rows;
 	uint32_t *hist;
 	uint8_t *esc;
@@ -86,11 +96,13 @@ static void uq_free(struct uq_work *w)
 	free(w->mu);
 	free(w->sc);
 	free(w->q);
+	free(w->mq);
+	free(w->stp);
+	free(w->qwi);
 	free(w->sym);
 	free(w->ref);
 	free(w->hash);
 	free(w->ti);
-	free(w->cls);
 	free(w->ra);
 	free(w->rows);
 	free(w->hist);
@@ -98,10 +110,16 @@ static void uq_free(struct uq_work *w)
 	free(w);
 }
 
+/* Stream symbols of a slab at most: the means, a table delta per row, the residuals. */
+static size_t max_syms(const struct kvt_codec_geom *g)
+{
+	return geom_slab(g) + g->block_tokens + g->head_dim;
+}
+
 static struct uq_work *uq_alloc(const struct kvt_codec_geom *g)
 {
 	struct uq_work *w = calloc(1, sizeof(*w));
-	size_t slab = geom_slab(g);
+	size_t slab = geom_slab(g), ms = max_syms(g);
 	if (!w)
 		return NULL;
 	w->T = g->block_tokens;
@@ -109,20 +127,21 @@ static struct uq_work *uq_alloc(const struct kvt_codec_geom *g)
 	w->x = malloc(slab * sizeof(float));
 	w->xh = malloc(slab * sizeof(float));
 	w->mu = malloc(w->D * sizeof(float));
-	w->sc = malloc((slab + w->D) * sizeof(float)); /* + one row of scratch */
+	w->sc = malloc((slab + 2 * w->D) * sizeof(float)); /* + two rows of scratch */
 	w->q = malloc(slab * sizeof(int32_t));
-	w->sym = malloc((slab + w->T) * sizeof(uint16_t));
+	w->mq = malloc(w->D * sizeof(int32_t));
+	w->stp = malloc(w->D * sizeof(float));
+	w->qwi = calloc(w->D, 1);
+	w->sym = malloc(ms * sizeof(uint16_t));
 	w->ref = malloc(w->T * sizeof(uint16_t));
 	w->hash = malloc(w->T * sizeof(uint16_t));
-	w->ti = malloc(slab);
-	size_t nctx = w->T > w->D ? w->T : w->D;
-	w->cls = malloc(nctx);
+	w->ti = malloc(ms);
 	w->ra = malloc(w->T);
 	w->rows = malloc(w->T * sizeof(uint32_t));
-	w->hist = malloc(nctx * RANS_PNSYM * sizeof(uint32_t));
-	w->esc = malloc(slab * 6 + 8);
-	if (!w->x || !w->xh || !w->mu || !w->sc || !w->q || !w->sym || !w->ref || !w->hash ||
-	    !w->ti || !w->cls || !w->hist || !w->esc || !w->ra || !w->rows) {
+	w->hist = malloc(RANS_PNSYM * sizeof(uint32_t));
+	w->esc = malloc(ms * 6 + 8);
+	if (!w->x || !w->xh || !w->mu || !w->sc || !w->q || !w->mq || !w->stp || !w->qwi ||
+	    !w->sym || !w->ref || !w->hash || !w->ti || !w->hist || !w->esc || !w->ra || !w->rows) {
 		uq_free(w);
 		return NULL;
 	}
@@ -143,10 +162,11 @@ static void rope_table(struct uq_work *w, const struct kvt_codec_geom *g, double
 	}
 }
 
-static void rope_rows(struct uq_work *w, float *x, uint32_t t0, float sign)
+/* Rotates rows t0..t1-1 of x by their positions (sign 1) or back (sign -1). */
+static void rope_rows(struct uq_work *w, float *x, uint32_t t0, uint32_t t1, float sign)
 {
 	uint32_t h = w->D / 2;
-	for (uint32_t t = t0; t < w->T; t++) {
+	for (uint32_t t = t0; t < t1; t++) {
 		float *r = x + (size_t)t * w->D;
 		const float *c = w->sc + (size_t)t * w->D, *s = c + h;
 		for (uint32_t i = 0; i < h; i++) {
@@ -157,14 +177,41 @@ static void rope_rows(struct uq_work *w, float *x, uint32_t t0, float sign)
 	}
 }
 
-/* Context modes: one table per channel, or one per token row (the default). */
-enum { CTX_CH, CTX_ROW };
-
 /* Reconstruction of one row: shared by encoder and decoder so both compute the same bits. */
-static inline void recon_row(float *xh, const float *pred, const int32_t *q, float step, uint32_t D)
+static inline void recon_row(float *xh, const float *pred, const int32_t *q, const float *step,
+			     uint32_t D)
 {
 	for (uint32_t d = 0; d < D; d++)
-		xh[d] = pred[d] + (float)q[d] * step;
+		xh[d] = pred[d] + (float)q[d] * step[d];
+}
+
+#define QW_MIN (-8) /* channel-pair step exponents, in half octaves: 2^(-4) .. 2^(3.5) */
+#define QW_MAX 7
+
+/*
+ * Keys: a step per channel pair.  A key error matters through q.k, and queries are large in
+ * the same channel pairs as keys (the RoPE pairs that carry most of the energy), so the pair
+ * energy of the block's keys e_p stands in for the query weight: step_p ~ e_p^(-gamma/2),
+ * geometric mean kept at the slab step.  Indices in half octaves, 4 bits each.
+ */
+static void key_weights(const float *x, uint32_t T0, uint32_t T, uint32_t D, double gamma,
+			int8_t *idx)
+{
+	uint32_t h = D / 2;
+	double lg[512], mean = 0;
+	for (uint32_t i = 0; i < h; i++) {
+		double e = 1e-30;
+		for (uint32_t t = T0; t < T; t++) {
+			double a = x[(size_t)t * D + i], b = x[(size_t)t * D + h + i];
+			e += a * a + b * b;
+		}
+		lg[i] = -0.5 * gamma * log2(e);
+		mean += lg[i] / h;
+	}
+	for (uint32_t i = 0; i < h; i++) {
+		double v = rint(2 * (lg[i] - mean));
+		idx[i] = (int8_t)(v < QW_MIN ? QW_MIN : v > QW_MAX ? QW_MAX : v);
+	}
 }
 
 static void wb_varint(struct wbuf *w, uint32_t v)
@@ -197,6 +244,15 @@ static uint16_t row_hash(const struct uq_work *w, const float *x, float *tmp)
 	return kvt_simhash16(tmp, w->D);
 }
 
+/* Appends symbol z (escaped past ESC) coded with table class c. */
+static inline void put_sym(struct uq_work *w, size_t *n, uint32_t z, uint8_t c, struct wbuf *e)
+{
+	w->sym[*n] = (uint16_t)(z < ESC ? z : ESC);
+	w->ti[(*n)++] = c;
+	if (z >= ESC)
+		wb_varint(e, z - ESC);
+}
+
 static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g,
 		      const uint8_t *src, size_t n, uint8_t *dst, size_t cap)
 {
@@ -207,6 +263,7 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 	double theta = st->arg[A_ROPE];
 	int lsh = st->arg[A_LSH] > 0;
 	unsigned hmax = (unsigned)st->arg[A_LSH];
+	const struct rans_table *tabs[RANS_PCLASSES];
 
 	if (kvt_geom_check(g) || n != kvt_geom_block_bytes(g))
 		return -EINVAL;
@@ -215,6 +272,8 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 		return -ENOMEM;
 	if (theta > 0)
 		rope_table(w, g, theta);
+	for (unsigned c = 0; c < RANS_PCLASSES; c++)
+		tabs[c] = rans_param_table(c);
 	uint32_t T = w->T, D = w->D, nsink = sink_rows(g, st->arg[A_SINK]);
 	unsigned rb = ref_bits(T);
 	wb_init(&o, dst, cap);
@@ -222,20 +281,21 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 		const uint8_t *in = src + s * slab * 2;
 		int isv = slab_is_v(g, s);
 		size_t rs = (size_t)nsink * D;
+		uint32_t nrow = T - nsink;
 
 		kvt_load_f32(w->x, in, slab, g->dtype);
 		kv_sanitize(w->x, slab);
 		wb_bytes(&o, in, rs * 2);
 		if (!isv && theta > 0)
-			rope_rows(w, w->x, 0, -1.0f);
+			rope_rows(w, w->x, 0, T, -1.0f);
 		memcpy(w->xh, w->x, rs * sizeof(float)); /* sinks: exact references (coded frame) */
-		/* channel means, then the step, then the means on the step's grid */
+		/* channel means, then the step */
 		double ss = 0;
 		for (uint32_t d = 0; d < D; d++) {
 			double a = 0;
 			for (uint32_t t = nsink; t < T; t++)
 				a += w->x[(size_t)t * D + d];
-			w->mu[d] = T > nsink ? (float)(a / (T - nsink)) : 0.0f;
+			w->mu[d] = nrow ? (float)(a / nrow) : 0.0f;
 		}
 		int centre = !isv || st->arg[A_CN];
 		for (size_t i = rs; i < slab; i++) {
@@ -246,24 +306,31 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 		float step = (float)(st->arg[isv ? A_V : A_K] * rms);
 		if (!(step > 1e-6f))
 			step = 1e-6f;
+		int has_mu = nrow > 0, qw = !isv && st->arg[A_QW] > 0 && nrow;
 		wb_f32(&o, step);
+		wb_u8(&o, (uint8_t)(has_mu | qw << 1));
+		if (qw) {
+			key_weights(w->x, nsink, T, D, st->arg[A_QW], w->qwi);
+			for (uint32_t i = 0; i < D / 2; i += 2)
+				wb_u8(&o, (uint8_t)((w->qwi[i] - QW_MIN) | (w->qwi[i + 1] - QW_MIN)
+									       << 4));
+		}
+		for (uint32_t d = 0; d < D; d++)
+			w->stp[d] = qw ? step * exp2f(0.5f * w->qwi[d % (D / 2)]) : step;
 		/*
 		 * Means on a grid of step/MU_DIV: a mean off by up to step/2 would shift every
 		 * token of a quiet channel the same way, an error that attention does not average.
 		 */
 		for (uint32_t d = 0; d < D; d++) {
-			float m = rintf(w->mu[d] * MU_DIV / step);
-			if (m > 1e8f)
-				m = 1e8f;
-			if (m < -1e8f)
-				m = -1e8f;
-			wb_varint(&o, zz_enc((int32_t)m));
-			w->mu[d] = (float)(int32_t)m * (step / MU_DIV);
+			float m = has_mu ? rintf(w->mu[d] * MU_DIV / w->stp[d]) : 0.0f;
+			m = m > 1e8f ? 1e8f : m < -1e8f ? -1e8f : m;
+			w->mq[d] = (int32_t)m;
+			w->mu[d] = (float)w->mq[d] * (w->stp[d] / MU_DIV);
 		}
 		/* prediction and quantization, row by row on decoded values */
-		struct wbuf e;
-		wb_init(&e, w->esc, slab * 6 + 8);
-		float inv = 1.0f / step;
+		float *inv = w->sc + (size_t)T * D + D; /* scratch row */
+		for (uint32_t d = 0; d < D; d++)
+			inv[d] = 1.0f / w->stp[d];
 		for (uint32_t t = 0; t < T; t++) {
 			float *x = w->x + (size_t)t * D, *xh = w->xh + (size_t)t * D;
 			w->ref[t] = 0;
@@ -295,19 +362,14 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 			}
 			int32_t *q = w->q + (size_t)t * D;
 			for (uint32_t d = 0; d < D; d++) {
-				float v = (x[d] - pred[d]) * inv;
-				if (v > 1e9f)
-					v = 1e9f;
-				if (v < -1e9f)
-					v = -1e9f;
+				float v = (x[d] - pred[d]) * inv[d];
+				v = v > 1e9f ? 1e9f : v < -1e9f ? -1e9f : v;
 				q[d] = (int32_t)lrintf(v);
 			}
-			recon_row(xh, pred, q, step, D);
+			recon_row(xh, pred, q, w->stp, D);
 		}
 		/* rows whose residual is all zero (merged duplicates) are flagged, not coded */
-		int mode = (int)st->arg[A_CTX];
 		uint32_t nr = 0;
-		size_t nsym = 0;
 		uint8_t *zf = wb_reserve(&o, (T + 7) / 8);
 		if (!zf)
 			break;
@@ -317,18 +379,10 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 			uint32_t nz = 0;
 			for (uint32_t d = 0; d < D; d++)
 				nz |= (uint32_t)q[d];
-			if (!nz) {
+			if (nz)
+				w->rows[nr++] = t;
+			else
 				zf[t / 8] = (uint8_t)(zf[t / 8] | 1u << (t % 8));
-				continue;
-			}
-			for (uint32_t d = 0; d < D; d++) {
-				uint32_t z = zz_enc(q[d]);
-				uint16_t sy = (uint16_t)(z < ESC ? z : ESC);
-				w->sym[nsym++] = sy;
-				if (sy == ESC)
-					wb_varint(&e, z - ESC);
-			}
-			w->rows[nr++] = t;
 		}
 		if (lsh) {
 			/* which rows have a reference, then the references of those rows */
@@ -340,7 +394,7 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 			for (uint32_t t = 0; t < T; t++)
 				if (w->ref[t]) {
 					hf[t / 8] = (uint8_t)(hf[t / 8] | 1u << (t % 8));
-					w->sym[nsym + nref++] = (uint16_t)(w->ref[t] - 1);
+					w->sym[nref++] = (uint16_t)(w->ref[t] - 1);
 				}
 			uint8_t *p = wb_reserve(&o, packed_len(nref, rb));
 			if (p) {
@@ -348,44 +402,62 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 				unsigned nb = 0;
 				size_t k = 0;
 				for (uint32_t i = 0; i < nref; i++) {
-					acc |= (uint64_t)w->sym[nsym + i] << nb;
-					nb += rb;
-					while (nb >= 8) {
+					acc |= (uint64_t)w->sym[i] << nb;
+					for (nb += rb; nb >= 8; nb -= 8, acc >>= 8)
 						p[k++] = (uint8_t)acc;
-						acc >>= 8;
-						nb -= 8;
-					}
 				}
 				if (nb)
-					p[k++] = (uint8_t)acc;
+					p[k] = (uint8_t)acc;
 			}
 		}
-		uint32_t nh = mode == CTX_CH ? D : nr;
-		memset(w->hist, 0, (size_t)nh * RANS_PNSYM * sizeof(uint32_t));
-		for (uint32_t i = 0; i < nr; i++)
-			for (uint32_t d = 0; d < D; d++)
-				w->hist[(size_t)(mode == CTX_CH ? d : i) * RANS_PNSYM +
-					w->sym[(size_t)i * D + d]]++;
-		if (mode == CTX_CH) {
+		/* a table per coded row, chosen by exact coded size; sent as deltas in the stream
+		 */
+		uint32_t hm[RANS_PNSYM] = {0}, hd[RANS_PNSYM] = {0};
+		for (uint32_t i = 0; i < nr; i++) {
+			uint32_t *h = w->hist;
+			const int32_t *q = w->q + (size_t)w->rows[i] * D;
+			memset(h, 0, RANS_PNSYM * sizeof(uint32_t));
 			for (uint32_t d = 0; d < D; d++) {
-				w->cls[d] = (uint8_t)rans_param_choose(
-				    w->hist + (size_t)d * RANS_PNSYM, NULL);
-				wb_u8(&o, w->cls[d]);
+				uint32_t z = zz_enc(q[d]);
+				h[z < ESC ? z : ESC]++;
 			}
-		} else {
-			for (uint32_t i = 0; i < nr; i++) {
-				w->ra[w->rows[i]] = (uint8_t)rans_param_choose(
-				    w->hist + (size_t)i * RANS_PNSYM, NULL);
-				wb_u8(&o, w->ra[w->rows[i]]);
-			}
+			w->ra[w->rows[i]] = (uint8_t)rans_param_choose(h, NULL);
 		}
-		const struct rans_table *tabs[RANS_PCLASSES];
-		for (unsigned c = 0; c < RANS_PCLASSES; c++)
-			tabs[c] = rans_param_table(c);
-		nsym = 0;
-		for (uint32_t i = 0; i < nr; i++)
+		uint8_t base = nr ? w->ra[w->rows[0]] : 0, prev = base;
+		for (uint32_t i = 0; i < nr; i++) {
+			uint32_t z = zz_enc((int32_t)w->ra[w->rows[i]] - prev);
+			hd[z < ESC ? z : ESC]++;
+			prev = w->ra[w->rows[i]];
+		}
+		if (has_mu)
+			for (uint32_t d = 0; d < D; d++) {
+				uint32_t z = zz_enc(w->mq[d]);
+				hm[z < ESC ? z : ESC]++;
+			}
+		uint8_t cm = (uint8_t)rans_param_choose(hm, NULL),
+			cd = (uint8_t)rans_param_choose(hd, NULL);
+		if (has_mu)
+			wb_u8(&o, cm);
+		if (nr) {
+			wb_u8(&o, base);
+			wb_u8(&o, cd);
+		}
+		/* the stream: means, then per coded row its table delta and its residuals */
+		struct wbuf e;
+		size_t nsym = 0;
+		wb_init(&e, w->esc, max_syms(g) * 6 + 8);
+		if (has_mu)
 			for (uint32_t d = 0; d < D; d++)
-				w->ti[nsym++] = mode == CTX_CH ? w->cls[d] : w->ra[w->rows[i]];
+				put_sym(w, &nsym, zz_enc(w->mq[d]), cm, &e);
+		prev = base;
+		for (uint32_t i = 0; i < nr; i++) {
+			uint8_t c = w->ra[w->rows[i]];
+			const int32_t *q = w->q + (size_t)w->rows[i] * D;
+			put_sym(w, &nsym, zz_enc((int32_t)c - prev), cd, &e);
+			prev = c;
+			for (uint32_t d = 0; d < D; d++)
+				put_sym(w, &nsym, zz_enc(q[d]), c, &e);
+		}
 		wb_u32(&o, (uint32_t)e.len);
 		wb_bytes(&o, w->esc, e.len);
 		uint8_t *lp = wb_reserve(&o, 4);
@@ -402,6 +474,21 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 	rc = o.err ? o.err : (ssize_t)o.len;
 	uq_free(w);
 	return rc;
+}
+
+/* Next symbol of the stream with class c, escapes resolved; -1 when malformed. */
+static inline int64_t get_sym(struct rans_dec *rd, uint8_t c, struct rbuf *e)
+{
+	if (c >= RANS_PCLASSES)
+		return -1;
+	uint32_t z = rans_dec_sym(rd, rans_param_table(c));
+	if (z == ESC) {
+		uint32_t x = rb_varint(e);
+		if (e->err || x > 0x7fffffffu)
+			return -1;
+		z = x + ESC;
+	}
+	return rd->err ? -1 : (int64_t)z;
 }
 
 static ssize_t uq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g,
@@ -421,40 +508,30 @@ static ssize_t uq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 		return -ENOMEM;
 	if (theta > 0)
 		rope_table(w, g, theta);
-	const struct rans_table *tabs[RANS_PCLASSES];
-	for (unsigned c = 0; c < RANS_PCLASSES; c++)
-		tabs[c] = rans_param_table(c);
 	uint32_t T = w->T, D = w->D, nsink = sink_rows(g, st->arg[A_SINK]);
 	unsigned rb = ref_bits(T);
 	rb_init(&r, src, n);
 	for (size_t s = 0; s < ns; s++) {
 		uint8_t *out = dst + s * slab * 2;
-		int isv = slab_is_v(g, s), mode = (int)st->arg[A_CTX];
-		size_t rs = (size_t)nsink * D, nsym = 0;
+		int isv = slab_is_v(g, s);
+		size_t rs = (size_t)nsink * D;
 		const uint8_t *sk = rb_take(&r, rs * 2);
 		if (!sk)
 			goto out;
 		kvt_load_f32(w->xh, sk, rs, g->dtype);
 		if (!isv && theta > 0)
-			for (uint32_t t = 0; t < nsink; t++) {
-				/* sinks serve as references in the coded (pre-RoPE) frame */
-				float *row = w->xh + (size_t)t * D;
-				const float *c = w->sc + (size_t)t * D, *sn = c + D / 2;
-				for (uint32_t i = 0; i < D / 2; i++) {
-					float a = row[i], b = row[i + D / 2];
-					row[i] = a * c[i] + b * sn[i];
-					row[i + D / 2] = b * c[i] - a * sn[i];
-				}
-			}
+			rope_rows(w, w->xh, 0, nsink, -1.0f); /* sinks as references, coded frame */
 		float step = rb_f32(&r);
-		if (r.err || !isfinite(step) || !(step > 0))
+		uint8_t fl = rb_u8(&r), has_mu = fl & 1, qw = fl >> 1 & 1;
+		if (r.err || !isfinite(step) || !(step > 0) || fl > 3)
 			goto out;
-		for (uint32_t d = 0; d < D; d++) {
-			uint32_t z = rb_varint(&r);
-			if (r.err || z > 200000000u)
-				goto out;
-			w->mu[d] = (float)zz_dec(z) * (step / MU_DIV);
+		for (uint32_t i = 0; i < D / 2; i += 2) {
+			uint8_t b = qw ? rb_u8(&r) : (uint8_t)(-QW_MIN * 17);
+			w->qwi[i] = (int8_t)((b & 15) + QW_MIN);
+			w->qwi[i + 1] = (int8_t)((b >> 4) + QW_MIN);
 		}
+		for (uint32_t d = 0; d < D; d++)
+			w->stp[d] = step * exp2f(0.5f * w->qwi[d % (D / 2)]);
 		const uint8_t *zf = rb_take(&r, (T + 7) / 8);
 		if (!zf)
 			goto out;
@@ -463,8 +540,7 @@ static ssize_t uq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 			int zero = zf[t / 8] >> (t % 8) & 1;
 			if (t < nsink && zero)
 				goto out;
-			if (t >= nsink && !zero)
-				w->rows[nr++] = t;
+			nr += t >= nsink && !zero;
 		}
 		memset(w->ref, 0, T * sizeof(uint16_t));
 		if (lsh) {
@@ -496,59 +572,49 @@ static ssize_t uq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 				w->ref[t] = (uint16_t)(v + 1);
 			}
 		}
-		if (mode == CTX_CH) {
-			for (uint32_t d = 0; d < D; d++)
-				w->cls[d] = rb_u8(&r);
-		} else {
-			for (uint32_t i = 0; i < nr; i++)
-				w->ra[w->rows[i]] = rb_u8(&r);
-		}
+		uint8_t cm = has_mu ? rb_u8(&r) : 0;
+		uint8_t prev = nr ? rb_u8(&r) : 0, cd = nr ? rb_u8(&r) : 0;
 		uint32_t el = rb_u32(&r);
 		const uint8_t *ep = rb_take(&r, el);
 		uint32_t sl = rb_u32(&r);
 		const uint8_t *sp = rb_take(&r, sl);
-		if (!ep || !sp)
-			goto out;
-		nsym = 0;
-		for (uint32_t i = 0; i < nr; i++) {
-			uint8_t ra = w->ra[w->rows[i]];
-			if ((mode == CTX_CH ? 0 : ra) >= RANS_PCLASSES)
-				goto out;
-			for (uint32_t d = 0; d < D; d++) {
-				uint8_t c = mode == CTX_CH ? w->cls[d] : ra;
-				if (c >= RANS_PCLASSES)
-					goto out;
-				w->ti[nsym++] = c;
-			}
-		}
-		if (rans_decode(sp, sl, nsym, w->ti, RANS_PCLASSES, tabs, w->sym))
-			goto out;
+		struct rans_dec rd;
 		struct rbuf e;
+		if (!ep || !sp || rans_dec_init(&rd, sp, sl))
+			goto out;
 		rb_init(&e, ep, el);
-		nsym = 0;
+		for (uint32_t d = 0; d < D; d++) {
+			int64_t z = has_mu ? get_sym(&rd, cm, &e) : 0;
+			if (z < 0 || z > 400000000)
+				goto out;
+			w->mu[d] = (float)zz_dec((uint32_t)z) * (w->stp[d] / MU_DIV);
+		}
 		for (uint32_t t = nsink; t < T; t++) {
 			int32_t *q = w->q + (size_t)t * D;
 			if (zf[t / 8] >> (t % 8) & 1) {
 				memset(q, 0, D * sizeof(*q));
 			} else {
+				int64_t z = get_sym(&rd, cd, &e);
+				if (z < 0)
+					goto out;
+				int64_t c = (int64_t)prev + zz_dec((uint32_t)z);
+				if (c < 0 || c >= RANS_PCLASSES)
+					goto out;
+				prev = (uint8_t)c;
 				for (uint32_t d = 0; d < D; d++) {
-					uint32_t z = w->sym[nsym++];
-					if (z == ESC) {
-						uint32_t x = rb_varint(&e);
-						if (e.err || x > 0x7fffffffu)
-							goto out;
-						z = x + ESC;
-					}
-					q[d] = zz_dec(z);
+					z = get_sym(&rd, prev, &e);
+					if (z < 0)
+						goto out;
+					q[d] = zz_dec((uint32_t)z);
 				}
 			}
 			const float *pred = w->ref[t] ? w->xh + (size_t)(w->ref[t] - 1) * D : w->mu;
-			recon_row(w->xh + (size_t)t * D, pred, q, step, D);
+			recon_row(w->xh + (size_t)t * D, pred, q, w->stp, D);
 		}
-		if (e.pos != e.len)
+		if (rans_dec_finish(&rd) || e.pos != e.len)
 			goto out;
 		if (!isv && theta > 0)
-			rope_rows(w, w->xh, nsink, 1.0f);
+			rope_rows(w, w->xh, nsink, T, 1.0f);
 		memcpy(out, sk, rs * 2);
 		kvt_store_f32(out + rs * 2, w->xh + rs, slab - rs, g->dtype);
 	}

@@ -191,6 +191,30 @@ int rans_decode(const uint8_t *src, size_t len, size_t n, const uint8_t *ti, uns
 	return 0;
 }
 
+int rans_dec_init(struct rans_dec *d, const uint8_t *src, size_t len)
+{
+	d->p = src;
+	d->len = len;
+	d->pos = 16;
+	d->i = 0;
+	d->err = 0;
+	if (len < 16)
+		return -EBADMSG;
+	for (int k = 0; k < 4; k++)
+		d->x[k] = ld32(src + 4 * k);
+	return 0;
+}
+
+int rans_dec_finish(const struct rans_dec *d)
+{
+	if (d->err || d->pos != d->len)
+		return -EBADMSG;
+	for (int k = 0; k < 4; k++)
+		if (d->x[k] != RANS_L)
+			return -EBADMSG;
+	return 0;
+}
+
 /* ---- static parametric tables --------------------------------------------------------- */
 
 static struct rans_table *ptabs;

@@ -15,6 +15,7 @@
 #ifndef KVT_RANS_H
 #define KVT_RANS_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -56,6 +57,37 @@ size_t rans_bound(size_t n);
  */
 int rans_decode(const uint8_t *src, size_t len, size_t n, const uint8_t *ti, unsigned nt,
 		const struct rans_table *const *tabs, uint16_t *sym);
+
+/*
+ * Incremental decoding, for streams whose next table depends on symbols already decoded:
+ * init, one rans_dec_sym() per symbol in encoding order, then rans_dec_finish() (0, or
+ * -EBADMSG if the stream is not exactly consumed back to the initial states).
+ */
+struct rans_dec {
+	const uint8_t *p;
+	size_t len, pos, i;
+	uint32_t x[4];
+	int err;
+};
+int rans_dec_init(struct rans_dec *d, const uint8_t *src, size_t len);
+int rans_dec_finish(const struct rans_dec *d);
+
+/* Next symbol with table t; on a truncated stream sets d->err and returns 0. */
+static inline unsigned rans_dec_sym(struct rans_dec *d, const struct rans_table *t)
+{
+	uint32_t k = (uint32_t)(d->i++ & 3), v = d->x[k], slot = v & (RANS_M - 1),
+		 s = t->slot[slot];
+	v = t->freq[s] * (v >> RANS_PROB_BITS) + slot - t->cum[s];
+	while (v < (1u << 23)) {
+		if (d->pos >= d->len) {
+			d->err = -EBADMSG;
+			return 0;
+		}
+		v = v << 8 | d->p[d->pos++];
+	}
+	d->x[k] = v;
+	return s;
+}
 
 /*
  * Static parametric tables over zig-zag coded integers (0, -1, 1, -2, 2, ...): symbols
