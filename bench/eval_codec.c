@@ -53,6 +53,7 @@ static const char *const default_chains[] = {
     "uq:k=0.2,v=0.085",
     "uq:k=0.28,v=0.12",
     "uq:k=0.36,v=0.15",
+    "uq:k=0.44,v=0.145,qw=0.5",
     "uq:k=0.5,v=0.2",
     "uq:k=0.7,v=0.3",
     "uq:k=1,v=0.45",
