@@ -39,14 +39,6 @@ static int fpx_canon(const struct kvt_stage *st, char *b, size_t l)
 	return kvt_args_canon(st, fpx_args, A_N, b, l);
 }
 
-static unsigned ref_bits(uint32_t T)
-{
-	unsigned b = 1;
-	while ((1u << b) < T)
-		b++;
-	return b;
-}
-
 static size_t fpx_bound(const struct kvt_stage *st, const struct kvt_codec_geom *g, size_t n)
 {
 	if (kvt_geom_check(g))
@@ -72,7 +64,6 @@ static ssize_t fpx_enc(const struct kvt_stage *st, const struct kvt_codec_geom *
 {
 	size_t slab = geom_slab(g), ns = geom_nslabs(g), rowb = (size_t)g->head_dim * 2;
 	uint32_t T = g->block_tokens, D = g->head_dim;
-	unsigned rb = ref_bits(T);
 	uint64_t *h = malloc(T * sizeof(uint64_t));
 	uint16_t *ref = malloc(T * sizeof(uint16_t));
 	uint8_t *hi = malloc(n / 2 + 1), *lo = malloc(n / 2 + 1);
@@ -89,49 +80,26 @@ static ssize_t fpx_enc(const struct kvt_stage *st, const struct kvt_codec_geom *
 		goto out;
 	wb_init(&w, dst, cap);
 	su[0] = 0;
-	for (size_t s = 0; s < ns; s++) {
+	for (size_t s = 0; s < ns && !w.err; s++) {
 		const uint8_t *in = src + s * slab * 2;
-		uint8_t *bm = wb_reserve(&w, (T + 7) / 8);
-		uint32_t nref = 0;
-		if (!bm)
-			break;
-		memset(bm, 0, (T + 7) / 8);
 		for (uint32_t t = 0; t < T; t++) {
 			const uint8_t *row = in + t * rowb;
 			h[t] = row_hash(row, rowb);
 			ref[t] = 0;
 			for (uint32_t r = 0; r < t; r++)
-				if (h[r] == h[t] && !(bm[r / 8] >> (r % 8) & 1) &&
-				    !memcmp(in + r * rowb, row, rowb)) {
+				if (h[r] == h[t] && !ref[r] && !memcmp(in + r * rowb, row, rowb)) {
 					ref[t] = (uint16_t)(r + 1);
 					break;
 				}
-			if (ref[t]) {
-				bm[t / 8] = (uint8_t)(bm[t / 8] | 1u << (t % 8));
-				nref++;
+			if (ref[t])
 				continue;
-			}
 			for (uint32_t d = 0; d < D; d++) {
 				lo[nu] = row[2 * d];
 				hi[nu++] = row[2 * d + 1];
 			}
 		}
 		su[s + 1] = nu;
-		uint8_t *p = wb_reserve(&w, packed_len(nref, rb));
-		if (!p)
-			break;
-		uint64_t acc = 0;
-		unsigned nb = 0;
-		size_t k = 0;
-		for (uint32_t t = 0; t < T; t++) {
-			if (!ref[t])
-				continue;
-			acc |= (uint64_t)(ref[t] - 1) << nb;
-			for (nb += rb; nb >= 8; nb -= 8, acc >>= 8)
-				p[k++] = (uint8_t)acc;
-		}
-		if (nb)
-			p[k] = (uint8_t)acc;
+		kv_write_refs(&w, ref, T);
 	}
 	/* split=1: one frame (one Huffman table) per layer and K/V; else one for all */
 	size_t grp = st->arg[A_SPLIT] ? g->n_kv_heads : ns;
@@ -185,7 +153,6 @@ static ssize_t fpx_dec(const struct kvt_stage *st, const struct kvt_codec_geom *
 	size_t rowb = (size_t)g->head_dim * 2, nu = 0;
 	size_t grp = st->arg[A_SPLIT] ? g->n_kv_heads : ns, ng = (ns + grp - 1) / grp;
 	uint32_t T = g->block_tokens, D = g->head_dim;
-	unsigned rb = ref_bits(T);
 	uint16_t *ref = malloc(ns * T * sizeof(uint16_t));
 	size_t *su = malloc((ns + 1) * sizeof(size_t));
 	const uint8_t **fp = malloc(ng * sizeof(*fp));
@@ -204,35 +171,13 @@ static ssize_t fpx_dec(const struct kvt_stage *st, const struct kvt_codec_geom *
 	rb_init(&r, src, n);
 	for (size_t s = 0; s < ns; s++) {
 		uint16_t *rf = ref + s * T;
-		const uint8_t *bm = rb_take(&r, (T + 7) / 8);
-		uint32_t nref = 0;
-		if (!bm)
+		if (kv_read_refs(&r, rf, T))
 			goto out;
-		for (uint32_t t = 0; t < T; t++)
-			nref += bm[t / 8] >> (t % 8) & 1;
-		const uint8_t *p = rb_take(&r, packed_len(nref, rb));
-		if (!p)
-			goto out;
-		uint64_t acc = 0;
-		unsigned nb = 0;
-		size_t k = 0;
 		for (uint32_t t = 0; t < T; t++) {
-			rf[t] = 0;
-			if (!(bm[t / 8] >> (t % 8) & 1)) {
+			if (!rf[t])
 				nu += D;
-				continue;
-			}
-			while (nb < rb) {
-				acc |= (uint64_t)p[k++] << nb;
-				nb += 8;
-			}
-			uint32_t v = (uint32_t)(acc & ((1u << rb) - 1));
-			acc >>= rb;
-			nb -= rb;
-			/* must name an earlier row that is itself stored */
-			if (v >= t || (bm[v / 8] >> (v % 8) & 1))
+			else if (rf[rf[t] - 1]) /* must name a row that is itself stored */
 				goto out;
-			rf[t] = (uint16_t)(v + 1);
 		}
 		su[s + 1] = nu;
 	}

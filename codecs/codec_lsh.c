@@ -31,14 +31,6 @@ static int lsh_canon(const struct kvt_stage *st, char *b, size_t l)
 	return kvt_args_canon(st, lsh_args, A_N, b, l);
 }
 
-static unsigned ref_bits(uint32_t T)
-{
-	unsigned b = 1;
-	while ((1u << b) < T)
-		b++;
-	return b;
-}
-
 static size_t lsh_bound(const struct kvt_stage *st, const struct kvt_codec_geom *g, size_t n)
 {
 	if (kvt_geom_check(g))
@@ -69,7 +61,7 @@ static ssize_t lsh_enc(const struct kvt_stage *st, const struct kvt_codec_geom *
 {
 	size_t slab = geom_slab(g), ns = geom_nslabs(g);
 	uint32_t T = g->block_tokens, D = g->head_dim;
-	unsigned rb = ref_bits(T), ham = (unsigned)st->arg[A_HAM];
+	unsigned ham = (unsigned)st->arg[A_HAM];
 	double thr2 = st->arg[A_THR] * st->arg[A_THR];
 	float *x = malloc(slab * sizeof(float));
 	uint16_t *h = malloc(T * sizeof(uint16_t)), *ref = malloc(T * sizeof(uint16_t));
@@ -85,11 +77,6 @@ static ssize_t lsh_enc(const struct kvt_stage *st, const struct kvt_codec_geom *
 	wb_init(&w, dst, cap);
 	for (size_t s = 0; s < ns && !w.err; s++) {
 		const uint8_t *in = src + s * slab * 2;
-		uint8_t *bm = wb_reserve(&w, (T + 7) / 8);
-		uint32_t nref = 0;
-		if (!bm)
-			break;
-		memset(bm, 0, (T + 7) / 8);
 		kvt_load_f32(x, in, slab, g->dtype);
 		kv_sanitize(x, slab);
 		for (uint32_t t = 0; t < T; t++) {
@@ -112,26 +99,8 @@ static ssize_t lsh_enc(const struct kvt_stage *st, const struct kvt_codec_geom *
 					ref[t] = (uint16_t)(r + 1);
 				}
 			}
-			if (ref[t]) {
-				bm[t / 8] = (uint8_t)(bm[t / 8] | 1u << (t % 8));
-				nref++;
-			}
 		}
-		uint8_t *p = wb_reserve(&w, packed_len(nref, rb));
-		if (!p)
-			break;
-		uint64_t acc = 0;
-		unsigned nb = 0;
-		size_t k = 0;
-		for (uint32_t t = 0; t < T; t++) {
-			if (!ref[t])
-				continue;
-			acc |= (uint64_t)(ref[t] - 1) << nb;
-			for (nb += rb; nb >= 8; nb -= 8, acc >>= 8)
-				p[k++] = (uint8_t)acc;
-		}
-		if (nb)
-			p[k] = (uint8_t)acc;
+		kv_write_refs(&w, ref, T);
 		for (uint32_t t = 0; t < T; t++)
 			if (!ref[t])
 				wb_bytes(&w, in + (size_t)t * D * 2, (size_t)D * 2);
@@ -150,7 +119,7 @@ static ssize_t lsh_dec(const struct kvt_stage *st, const struct kvt_codec_geom *
 	size_t slab = geom_slab(g), ns = geom_nslabs(g), raw = kvt_geom_block_bytes(g);
 	uint32_t T = g->block_tokens, D = g->head_dim;
 	size_t rowb = (size_t)D * 2;
-	unsigned rb = ref_bits(T);
+	uint16_t ref[4096];
 	struct rbuf r;
 
 	if (!raw || cap < raw)
@@ -158,36 +127,19 @@ static ssize_t lsh_dec(const struct kvt_stage *st, const struct kvt_codec_geom *
 	rb_init(&r, src, n);
 	for (size_t s = 0; s < ns; s++) {
 		uint8_t *o = dst + s * slab * 2;
-		const uint8_t *bm = rb_take(&r, (T + 7) / 8);
-		uint32_t nref = 0;
-		if (!bm)
+		if (kv_read_refs(&r, ref, T))
 			return -EBADMSG;
-		for (uint32_t t = 0; t < T; t++)
-			nref += bm[t / 8] >> (t % 8) & 1;
-		const uint8_t *p = rb_take(&r, packed_len(nref, rb));
-		if (!p)
-			return -EBADMSG;
-		uint64_t acc = 0;
-		unsigned nb = 0;
-		size_t k = 0;
 		for (uint32_t t = 0; t < T; t++) {
-			if (!(bm[t / 8] >> (t % 8) & 1)) {
-				const uint8_t *row = rb_take(&r, rowb);
-				if (!row)
+			if (ref[t]) {
+				if (ref[ref[t] - 1]) /* must name a row that is itself stored */
 					return -EBADMSG;
-				memcpy(o + t * rowb, row, rowb);
+				memcpy(o + t * rowb, o + (ref[t] - 1) * rowb, rowb);
 				continue;
 			}
-			while (nb < rb) {
-				acc |= (uint64_t)p[k++] << nb;
-				nb += 8;
-			}
-			uint32_t v = (uint32_t)(acc & ((1u << rb) - 1));
-			acc >>= rb;
-			nb -= rb;
-			if (v >= t || (bm[v / 8] >> (v % 8) & 1))
+			const uint8_t *row = rb_take(&r, rowb);
+			if (!row)
 				return -EBADMSG;
-			memcpy(o + t * rowb, o + v * rowb, rowb);
+			memcpy(o + t * rowb, row, rowb);
 		}
 	}
 	return r.pos == n ? (ssize_t)raw : -EBADMSG;

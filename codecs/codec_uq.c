@@ -52,14 +52,6 @@ static int uq_canon(const struct kvt_stage *st, char *b, size_t l)
 	return kvt_args_canon(st, uq_args, A_N, b, l);
 }
 
-static unsigned ref_bits(uint32_t T)
-{
-	unsigned b = 1;
-	while ((1u << b) < T + 1)
-		b++;
-	return b;
-}
-
 static size_t max_syms(const struct kvt_codec_geom *g);
 
 static size_t uq_bound(const struct kvt_stage *st, const struct kvt_codec_geom *g, size_t n)
@@ -214,28 +206,6 @@ static void key_weights(const float *x, uint32_t T0, uint32_t T, uint32_t D, dou
 	}
 }
 
-static void wb_varint(struct wbuf *w, uint32_t v)
-{
-	while (v >= 0x80) {
-		wb_u8(w, (uint8_t)(v | 0x80));
-		v >>= 7;
-	}
-	wb_u8(w, (uint8_t)v);
-}
-
-static uint32_t rb_varint(struct rbuf *r)
-{
-	uint32_t v = 0;
-	for (unsigned sh = 0; sh < 35; sh += 7) {
-		uint8_t b = rb_u8(r);
-		v |= (uint32_t)(b & 0x7f) << sh;
-		if (!(b & 0x80))
-			return v;
-	}
-	r->err = -EBADMSG;
-	return 0;
-}
-
 /* SimHash of a row relative to the channel means (the search key of the prediction). */
 static uint16_t row_hash(const struct uq_work *w, const float *x, float *tmp)
 {
@@ -250,7 +220,7 @@ static inline void put_sym(struct uq_work *w, size_t *n, uint32_t z, uint8_t c, 
 	w->sym[*n] = (uint16_t)(z < ESC ? z : ESC);
 	w->ti[(*n)++] = c;
 	if (z >= ESC)
-		wb_varint(e, z - ESC);
+		kv_put_varint(e, z - ESC);
 }
 
 static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g,
@@ -275,7 +245,6 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 	for (unsigned c = 0; c < RANS_PCLASSES; c++)
 		tabs[c] = rans_param_table(c);
 	uint32_t T = w->T, D = w->D, nsink = sink_rows(g, st->arg[A_SINK]);
-	unsigned rb = ref_bits(T);
 	wb_init(&o, dst, cap);
 	for (size_t s = 0; s < ns && !o.err; s++) {
 		const uint8_t *in = src + s * slab * 2;
@@ -384,32 +353,8 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 			else
 				zf[t / 8] = (uint8_t)(zf[t / 8] | 1u << (t % 8));
 		}
-		if (lsh) {
-			/* which rows have a reference, then the references of those rows */
-			uint8_t *hf = wb_reserve(&o, (T + 7) / 8);
-			uint32_t nref = 0;
-			if (!hf)
-				break;
-			memset(hf, 0, (T + 7) / 8);
-			for (uint32_t t = 0; t < T; t++)
-				if (w->ref[t]) {
-					hf[t / 8] = (uint8_t)(hf[t / 8] | 1u << (t % 8));
-					w->sym[nref++] = (uint16_t)(w->ref[t] - 1);
-				}
-			uint8_t *p = wb_reserve(&o, packed_len(nref, rb));
-			if (p) {
-				uint64_t acc = 0;
-				unsigned nb = 0;
-				size_t k = 0;
-				for (uint32_t i = 0; i < nref; i++) {
-					acc |= (uint64_t)w->sym[i] << nb;
-					for (nb += rb; nb >= 8; nb -= 8, acc >>= 8)
-						p[k++] = (uint8_t)acc;
-				}
-				if (nb)
-					p[k] = (uint8_t)acc;
-			}
-		}
+		if (lsh)
+			kv_write_refs(&o, w->ref, T);
 		/* a table per coded row, chosen by exact coded size; sent as deltas in the stream
 		 */
 		uint32_t hm[RANS_PNSYM] = {0}, hd[RANS_PNSYM] = {0};
@@ -483,7 +428,7 @@ static inline int64_t get_sym(struct rans_dec *rd, uint8_t c, struct rbuf *e)
 		return -1;
 	uint32_t z = rans_dec_sym(rd, rans_param_table(c));
 	if (z == ESC) {
-		uint32_t x = rb_varint(e);
+		uint32_t x = kv_get_varint(e);
 		if (e->err || x > 0x7fffffffu)
 			return -1;
 		z = x + ESC;
@@ -509,7 +454,6 @@ static ssize_t uq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 	if (theta > 0)
 		rope_table(w, g, theta);
 	uint32_t T = w->T, D = w->D, nsink = sink_rows(g, st->arg[A_SINK]);
-	unsigned rb = ref_bits(T);
 	rb_init(&r, src, n);
 	for (size_t s = 0; s < ns; s++) {
 		uint8_t *out = dst + s * slab * 2;
@@ -543,35 +487,11 @@ static ssize_t uq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 			nr += t >= nsink && !zero;
 		}
 		memset(w->ref, 0, T * sizeof(uint16_t));
-		if (lsh) {
-			const uint8_t *hf = rb_take(&r, (T + 7) / 8);
-			uint32_t nref = 0;
-			if (!hf)
+		if (lsh && kv_read_refs(&r, w->ref, T))
+			goto out;
+		for (uint32_t t = 0; t < nsink; t++)
+			if (w->ref[t]) /* sink rows are exact: no reference */
 				goto out;
-			for (uint32_t t = 0; t < T; t++)
-				nref += hf[t / 8] >> (t % 8) & 1;
-			const uint8_t *p = rb_take(&r, packed_len(nref, rb));
-			if (!p)
-				goto out;
-			uint64_t acc = 0;
-			unsigned nb = 0;
-			size_t k = 0;
-			for (uint32_t t = 0; t < T; t++) {
-				if (!(hf[t / 8] >> (t % 8) & 1))
-					continue;
-				while (nb < rb) {
-					acc |= (uint64_t)p[k++] << nb;
-					nb += 8;
-				}
-				uint32_t v = (uint32_t)(acc & ((1u << rb) - 1));
-				acc >>= rb;
-				nb -= rb;
-				/* a reference names an earlier row; sink rows have none */
-				if (v >= t || t < nsink)
-					goto out;
-				w->ref[t] = (uint16_t)(v + 1);
-			}
-		}
 		uint8_t cm = has_mu ? rb_u8(&r) : 0;
 		uint8_t prev = nr ? rb_u8(&r) : 0, cd = nr ? rb_u8(&r) : 0;
 		uint32_t el = rb_u32(&r);

@@ -82,6 +82,19 @@ static inline void unpack_bits(uint8_t *v, const uint8_t *src, size_t n, unsigne
 	}
 }
 
+/* LEB128 varints: 7 bits a byte, low first; a reader sets r->err past 5 bytes. */
+void kv_put_varint(struct wbuf *w, uint32_t v);
+uint32_t kv_get_varint(struct rbuf *r);
+
+/*
+ * References between token rows of a slab (duplicates stored once, predictions): ref[t] = 0
+ * for none, else 1 + the earlier row.  Written as a bitmap of the rows that have one, then
+ * ref - 1 of each packed in ceil(log2 T) bits.  kv_read_refs() checks every reference names
+ * an earlier row; 0 or -EBADMSG.
+ */
+void kv_write_refs(struct wbuf *w, const uint16_t *ref, uint32_t T);
+int kv_read_refs(struct rbuf *r, uint16_t *ref, uint32_t T);
+
 /*
  * Outliers: the cnt entries of x[n] largest in |x - center[i % d]| (center may be NULL) are
  * listed in idx (ascending).  Returns the count (<= max).

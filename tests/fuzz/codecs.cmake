@@ -1,7 +1,7 @@
 # Codec decoders under fuzzing: one target per decoder (the chain is compiled in), a libFuzzer
 # binary when KVT_FUZZ is on (clang), and always a replay driver that runs the committed
 # corpus tests/fuzz/corpus/codec_TAG/ under ctest (ASan in the sanitizer build).
-# Seeds were made with: fuzz_codec_TAG_replay --make-seeds tests/fuzz/corpus/codec_TAG
+# Seeds: see KVT_FUZZ_MAKE_SEEDS in fuzz_codec_decode.c.
 if(TARGET kvt_codecs)
 	set(_kvt_codec_fuzz
 		"lz4|lz4" "zstd|zstd:1" "shuffle_rans|shuffle+rans" "fpx|fpx" "kivi|kivi"
@@ -11,9 +11,9 @@ if(TARGET kvt_codecs)
 		string(REPLACE "|" ";" parts "${pair}")
 		list(GET parts 0 tag)
 		list(GET parts 1 spec)
-		add_executable(fuzz_codec_${tag}_replay ${PROJECT_SOURCE_DIR}/tests/fuzz/fuzz_codec_decode.c)
-		target_compile_definitions(fuzz_codec_${tag}_replay PRIVATE KVT_FUZZ_REPLAY_MAIN
-			KVT_FUZZ_CHAIN="${spec}")
+		add_executable(fuzz_codec_${tag}_replay ${PROJECT_SOURCE_DIR}/tests/fuzz/fuzz_codec_decode.c
+			${PROJECT_SOURCE_DIR}/tests/fuzz/replay_main.c)
+		target_compile_definitions(fuzz_codec_${tag}_replay PRIVATE KVT_FUZZ_CHAIN="${spec}")
 		target_link_libraries(fuzz_codec_${tag}_replay PRIVATE kvt_codecs)
 		kvt_add_test(fuzz_codec_${tag}_replay
 			COMMAND $<TARGET_FILE:fuzz_codec_${tag}_replay>

@@ -6,9 +6,8 @@
  * a block or -EBADMSG/-ENOSPC; a block it accepts encodes again, and that record decodes to
  * the same block for lossless chains (and decodes at all for lossy ones).
  *
- * Built with -DKVT_FUZZ_REPLAY_MAIN it is the ctest driver that replays a corpus directory;
- * "--make-seeds DIR" writes valid records of small blocks there (how the committed corpus
- * tests/fuzz/corpus/codec_NAME/ was made).
+ * Linked with replay_main.c it is the ctest driver that replays the committed corpus
+ * tests/fuzz/corpus/codec_TAG/; -DKVT_FUZZ_MAKE_SEEDS builds the seed writer below.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -34,8 +33,6 @@ static struct kvt_chain *chain(void)
 	return c;
 }
 
-static unsigned accepted;
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct kvt_chain *c = chain();
@@ -57,7 +54,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		if ((kvt_chain_flags(c) & KVT_CODEC_LOSSLESS) && memcmp(out, back, (size_t)r))
 			abort();
-		accepted++;
 		free(enc);
 		free(back);
 	} else if (r != -EBADMSG && r != -ENOSPC && r != -ENOMEM) {
@@ -68,35 +64,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	return 0;
 }
 
-#ifdef KVT_FUZZ_REPLAY_MAIN
-#include <dirent.h>
-#include <sys/stat.h>
-
-static int replay_file(const char *path)
-{
-	FILE *f = fopen(path, "rb");
-	uint8_t *buf;
-	long n;
-
-	if (!f)
-		return -1;
-	fseek(f, 0, SEEK_END);
-	n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	buf = malloc(n > 0 ? (size_t)n : 1);
-	if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) {
-		free(buf);
-		fclose(f);
-		return -1;
-	}
-	fclose(f);
-	LLVMFuzzerTestOneInput(buf, (size_t)n);
-	free(buf);
-	return 0;
-}
-
-/* Valid records of a few small random blocks, and a truncated and a bit-flipped copy. */
-static int make_seeds(const char *dir)
+#ifdef KVT_FUZZ_MAKE_SEEDS
+/*
+ * Writes valid records of a few small random blocks, and a truncated and a bit-flipped copy
+ * of each, into DIR: how tests/fuzz/corpus/codec_TAG/ was made.  Build by hand, e.g.
+ *   cc -DKVT_FUZZ_MAKE_SEEDS -DKVT_FUZZ_CHAIN='"uq"' -Icodecs tests/fuzz/fuzz_codec_decode.c \
+ *      build/codecs/libkvt_codecs.a -llz4 -lzstd -lm -lpthread -o seeds && ./seeds DIR
+ */
+int main(int argc, char **argv)
 {
 	static const struct kvt_codec_geom geoms[] = {
 	    {1, 1, 8, 4, KVT_DTYPE_FP16, 0},
@@ -105,6 +80,8 @@ static int make_seeds(const char *dir)
 	    {1, 1, 16, 8, KVT_DTYPE_BF16, 3},
 	};
 	uint32_t s = 1;
+	if (argc != 2)
+		return 2;
 	for (size_t k = 0; k < sizeof(geoms) / sizeof(geoms[0]); k++) {
 		const struct kvt_codec_geom *g = &geoms[k];
 		size_t n = kvt_geom_block_bytes(g), cap = kvt_chain_max_encoded_size(chain(), g);
@@ -125,7 +102,7 @@ static int make_seeds(const char *dir)
 			size_t len = v == 1 ? (size_t)l / 2 : (size_t)l;
 			if (v == 2)
 				enc[l * 2 / 3] ^= 0x10;
-			snprintf(p, sizeof(p), "%s/%s_%zu", dir,
+			snprintf(p, sizeof(p), "%s/%s_%zu", argv[1],
 				 v == 0	  ? "valid"
 				 : v == 1 ? "truncated"
 					  : "flipped",
@@ -139,48 +116,5 @@ static int make_seeds(const char *dir)
 		free(enc);
 	}
 	return 0;
-}
-
-int main(int argc, char **argv)
-{
-	int files = 0;
-
-	if (argc == 3 && !strcmp(argv[1], "--make-seeds"))
-		return make_seeds(argv[2]);
-	for (int i = 1; i < argc; i++) {
-		struct stat st;
-		DIR *d;
-		struct dirent *e;
-
-		if (stat(argv[i], &st) < 0) {
-			perror(argv[i]);
-			return 1;
-		}
-		if (!S_ISDIR(st.st_mode)) {
-			if (replay_file(argv[i]) < 0)
-				return 1;
-			files++;
-			continue;
-		}
-		d = opendir(argv[i]);
-		if (!d)
-			return 1;
-		while ((e = readdir(d))) {
-			char p[4096];
-
-			if (e->d_name[0] == '.')
-				continue;
-			snprintf(p, sizeof(p), "%s/%s", argv[i], e->d_name);
-			if (replay_file(p) < 0) {
-				closedir(d);
-				return 1;
-			}
-			files++;
-		}
-		closedir(d);
-	}
-	printf("%s: %d inputs replayed, %u decoded\n", KVT_FUZZ_CHAIN, files, accepted);
-	/* the corpus holds valid records: a replay that decodes none lost its seeds */
-	return files && accepted ? 0 : 1;
 }
 #endif
