@@ -19,7 +19,7 @@
  *     80 static parametric tables (Laplace or Gaussian shape, 40 scales) by exact coded size;
  *     values past the alphabet escape to a varint list.
  * qw=GAMMA (keys, 0 = off) gives each channel pair its own step, finer where the block's keys
- * carry more energy (see key_weights()).
+ * carry more energy (see key_weights()), each step level with its own table offset.
  * Error bound: |x - x^| <= step/2 per element in the coded frame (no clipping; with qw, the
  * channel's own step, at most 2^3.5 slab steps), before the fp16 rounding of the output; the
  * inverse RoPE rotation keeps the pairwise L2 norm.
@@ -33,9 +33,9 @@
 enum { A_K, A_V, A_ROPE, A_SINK, A_LSH, A_CN, A_QW, A_N };
 
 static const struct kvt_argdef uq_args[A_N] = {
-    {"k", 0.14, 1e-4, 16, 0}, {"v", 0.06, 1e-4, 16, 0}, {"rope", 10000, 0, 1e9, 0},
-    {"sink", 0, 0, 1e9, 1},   {"lsh", 16, 0, 16, 1},	{"cn", 0, 0, 1, 1},
-    {"qw", 0, 0, 2, 0},
+    {"k", 0.18, 1e-4, 16, 0}, {"v", 0.058, 1e-4, 16, 0}, {"rope", 10000, 0, 1e9, 0},
+    {"sink", 0, 0, 1e9, 1},   {"lsh", 16, 0, 16, 1},	 {"cn", 0, 0, 1, 1},
+    {"qw", 0.6, 0, 2, 0},
 };
 
 #define ESC (RANS_PNSYM - 1)
@@ -214,6 +214,67 @@ static uint16_t row_hash(const struct uq_work *w, const float *x, float *tmp)
 	return kvt_simhash16(tmp, w->D);
 }
 
+/* Row table a shifted by b scales within its family (the channel's step level's offset). */
+static inline uint8_t cls_off(uint8_t a, int b)
+{
+	int fam = a / RANS_PSCALES, k = a % RANS_PSCALES + b;
+	k = k < 0 ? 0 : k >= RANS_PSCALES ? RANS_PSCALES - 1 : k;
+	return (uint8_t)(fam * RANS_PSCALES + k);
+}
+
+/*
+ * With per-pair key steps, a row's residuals are not alike: channels of a fine step have
+ * larger symbols.  Each step level s gets a table offset off[s] (fitted here on the exact
+ * coded size, then the rows' tables refitted), so the row table still fits every channel.
+ */
+static void fit_offsets(struct uq_work *w, uint32_t nr, int8_t *off)
+{
+	uint32_t D = w->D, h = D / 2;
+	for (int lv = 0; lv < 16; lv++) {
+		uint64_t best = UINT64_MAX;
+		off[lv] = 0;
+		for (int o = -8; o <= 7; o++) {
+			uint64_t c = 0;
+			int any = 0;
+			for (uint32_t d = 0; d < D; d++) {
+				if (w->qwi[d % h] - QW_MIN != lv)
+					continue;
+				any = 1;
+				for (uint32_t i = 0; i < nr; i++) {
+					uint32_t z = zz_enc(w->q[(size_t)w->rows[i] * D + d]);
+					c += rans_param_cost(
+					    cls_off(w->ra[w->rows[i]], o))[z < ESC ? z : ESC];
+				}
+			}
+			if (!any)
+				break;
+			if (c < best) {
+				best = c;
+				off[lv] = (int8_t)o;
+			}
+		}
+	}
+	for (uint32_t i = 0; i < nr; i++) {
+		const int32_t *q = w->q + (size_t)w->rows[i] * D;
+		uint8_t cur = w->ra[w->rows[i]], pick = cur;
+		uint64_t best = UINT64_MAX;
+		for (int k = -6; k <= 6; k++) {
+			uint8_t a = cls_off(cur, k);
+			uint64_t c = 0;
+			for (uint32_t d = 0; d < D; d++) {
+				uint32_t z = zz_enc(q[d]);
+				c += rans_param_cost(
+				    cls_off(a, off[w->qwi[d % h] - QW_MIN]))[z < ESC ? z : ESC];
+			}
+			if (c < best) {
+				best = c;
+				pick = a;
+			}
+		}
+		w->ra[w->rows[i]] = pick;
+	}
+}
+
 /* Appends symbol z (escaped past ESC) coded with table class c. */
 static inline void put_sym(struct uq_work *w, size_t *n, uint32_t z, uint8_t c, struct wbuf *e)
 {
@@ -368,6 +429,12 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 			}
 			w->ra[w->rows[i]] = (uint8_t)rans_param_choose(h, NULL);
 		}
+		int8_t off[16] = {0};
+		if (qw) {
+			fit_offsets(w, nr, off);
+			for (int lv = 0; lv < 16; lv += 2)
+				wb_u8(&o, (uint8_t)((off[lv] + 8) | (off[lv + 1] + 8) << 4));
+		}
 		uint8_t base = nr ? w->ra[w->rows[0]] : 0, prev = base;
 		for (uint32_t i = 0; i < nr; i++) {
 			uint32_t z = zz_enc((int32_t)w->ra[w->rows[i]] - prev);
@@ -401,19 +468,23 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 			put_sym(w, &nsym, zz_enc((int32_t)c - prev), cd, &e);
 			prev = c;
 			for (uint32_t d = 0; d < D; d++)
-				put_sym(w, &nsym, zz_enc(q[d]), c, &e);
+				put_sym(w, &nsym, zz_enc(q[d]),
+					cls_off(c, off[w->qwi[d % (D / 2)] - QW_MIN]), &e);
 		}
-		wb_u32(&o, (uint32_t)e.len);
+		kv_put_varint(&o, (uint32_t)e.len);
 		wb_bytes(&o, w->esc, e.len);
-		uint8_t *lp = wb_reserve(&o, 4);
 		if (o.err || e.err)
 			break;
-		long l = rans_encode(w->sym, w->ti, nsym, tabs, o.p + o.len, o.cap - o.len);
+		/* the stream goes to the scratch tail of the output, then after its length */
+		size_t room = o.cap - o.len > 5 ? o.cap - o.len - 5 : 0;
+		long l = rans_encode(w->sym, w->ti, nsym, tabs, o.p + o.len + 5, room);
 		if (l < 0) {
 			o.err = (int)l;
 			break;
 		}
-		st32(lp, (uint32_t)l);
+		uint8_t *sp = o.p + o.len + 5;
+		kv_put_varint(&o, (uint32_t)l);
+		memmove(o.p + o.len, sp, (size_t)l);
 		o.len += (size_t)l;
 	}
 	rc = o.err ? o.err : (ssize_t)o.len;
@@ -492,11 +563,18 @@ static ssize_t uq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 		for (uint32_t t = 0; t < nsink; t++)
 			if (w->ref[t]) /* sink rows are exact: no reference */
 				goto out;
+		int8_t off[16] = {0};
+		if (qw)
+			for (int lv = 0; lv < 16; lv += 2) {
+				uint8_t b = rb_u8(&r);
+				off[lv] = (int8_t)((b & 15) - 8);
+				off[lv + 1] = (int8_t)((b >> 4) - 8);
+			}
 		uint8_t cm = has_mu ? rb_u8(&r) : 0;
 		uint8_t prev = nr ? rb_u8(&r) : 0, cd = nr ? rb_u8(&r) : 0;
-		uint32_t el = rb_u32(&r);
+		uint32_t el = kv_get_varint(&r);
 		const uint8_t *ep = rb_take(&r, el);
-		uint32_t sl = rb_u32(&r);
+		uint32_t sl = kv_get_varint(&r);
 		const uint8_t *sp = rb_take(&r, sl);
 		struct rans_dec rd;
 		struct rbuf e;
@@ -522,7 +600,9 @@ static ssize_t uq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 					goto out;
 				prev = (uint8_t)c;
 				for (uint32_t d = 0; d < D; d++) {
-					z = get_sym(&rd, prev, &e);
+					z = get_sym(
+					    &rd, cls_off(prev, off[w->qwi[d % (D / 2)] - QW_MIN]),
+					    &e);
 					if (z < 0)
 						goto out;
 					q[d] = zz_dec((uint32_t)z);
