@@ -90,7 +90,8 @@ class _Lease(ctypes.Structure):
 
 
 _STATS_FIELDS = ("puts", "gets", "hits", "misses", "lookups", "host_capacity_bytes",
-                 "host_used_bytes", "host_blocks", "evictions")
+                 "host_used_bytes", "host_blocks", "evictions", "host_hits", "host_misses",
+                 "promotions", "prefetch_useful", "prefetch_late")
 
 
 class _Stats(ctypes.Structure):
@@ -722,9 +723,11 @@ class Client:
                "kvt_unpin")
 
     def stats(self) -> dict:
-        """Counters of this client and of the host tier as this tenant sees it: ``puts``,
-        ``gets``, ``hits``, ``misses``, ``lookups``, ``host_capacity_bytes``,
-        ``host_used_bytes``, ``host_blocks``, ``evictions``."""
+        """Counters of this client (``puts``, ``gets``, ``hits``, ``misses``, ``lookups``),
+        of the host tier as this tenant sees it (``host_capacity_bytes``,
+        ``host_used_bytes``, ``host_blocks``, ``evictions``) and of the daemon as a whole
+        (``host_hits``, ``host_misses``, ``promotions``, ``prefetch_useful``,
+        ``prefetch_late``)."""
         st = _Stats()
         st.size = ctypes.sizeof(_Stats)
         _check(_lib.kvt_stats(self._handle(), ctypes.byref(st)), "kvt_stats")
