@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * pagemap.h - the arena allocator: one bit per 4 KiB page, first fit from a moving cursor.
+ * pagemap.h - the arena allocator: one bit per 4 KiB page, lowest-address first fit.
  *
  * Blocks of one engine mostly share one size, so runs of freed pages are reused whole and
  * fragmentation stays low; the state lives in daemon memory, never in the shared arena, so a
@@ -18,7 +18,7 @@ struct kvtd_pagemap {
 	uint64_t *bits; /* 1 = used; bits past npages are set */
 	uint64_t npages;
 	uint64_t nfree;
-	uint64_t cursor;
+	uint64_t cursor; /* no free page below it */
 };
 
 /* Returns 0 or -ENOMEM. */

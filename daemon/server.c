@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <inttypes.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -1728,6 +1729,8 @@ int kvtd_run(struct kvtd *d)
 		}
 		if (sleeping)
 			timeout = (int)d->cfg.tick_ms;
+		else if (now_us() - last_work > 2)
+			sched_yield(); /* polling: let a client that shares this core run */
 		n = epoll_wait(d->ep, evs, 64, timeout);
 		if (n < 0 && errno != EINTR)
 			return -errno;

@@ -36,7 +36,7 @@ static void test_basic(void **state)
 	kvtd_pagemap_fini(&m);
 }
 
-static void test_wraps_to_front(void **state)
+static void test_lowest_first(void **state)
 {
 	struct kvtd_pagemap m;
 
@@ -44,8 +44,14 @@ static void test_wraps_to_front(void **state)
 	assert_int_equal(kvtd_pagemap_alloc(&m, 128), 0);
 	assert_int_equal(kvtd_pagemap_alloc(&m, 100), 128);
 	assert_int_equal(kvtd_pagemap_free(&m, 0, 128), 0);
-	/* Cursor sits at 228; only a run at the front fits. */
-	assert_int_equal(kvtd_pagemap_alloc(&m, 120), 0);
+	/* Freed pages at the front are reused before the untouched tail. */
+	assert_int_equal(kvtd_pagemap_alloc(&m, 20), 0);
+	/* [20, 128) and [228, 256) are free: 120 pages fit in neither. */
+	assert_int_equal(kvtd_pagemap_alloc(&m, 120), -ENOSPC);
+	assert_int_equal(kvtd_pagemap_alloc(&m, 100), 20);
+	assert_int_equal(kvtd_pagemap_alloc(&m, 28), 228);
+	assert_int_equal(kvtd_pagemap_free(&m, 20, 100), 0);
+	assert_int_equal(kvtd_pagemap_alloc(&m, 8), 20);
 	kvtd_pagemap_fini(&m);
 }
 
@@ -108,7 +114,7 @@ int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_basic),
-	    cmocka_unit_test(test_wraps_to_front),
+	    cmocka_unit_test(test_lowest_first),
 	    cmocka_unit_test(test_random_against_model),
 	};
 
