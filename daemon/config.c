@@ -27,7 +27,7 @@ static const struct key keys[] = {
     {"daemon", "max_clients", K_U32, F(max_clients), "256", 1, 65536},
     {"daemon", "ring_entries", K_U32, F(ring_entries), "256", 8, 65536},
     {"daemon", "log_level", K_LOGLEVEL, F(log_level), "info", 0, 0},
-    {"daemon", "admin_group", K_STR, F(admin_group), "kvtier", 0, 0},
+    {"daemon", "admin_group", K_STR, F(admin_group), "kvtier-admin", 0, 0},
     {"daemon", "tenant_salt", K_STR, F(tenant_salt), "", 0, 0},
     {"host", "capacity", K_SIZE, F(host_capacity), "1GiB", 1u << 20, 1ull << 46},
     {"host", "high_watermark", K_RATIO, F(host_high), "0.95", 0, 0},
