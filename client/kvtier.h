@@ -27,6 +27,16 @@
  * Ownership: the library never keeps pointers passed to it after the call returns, except
  * where a function says so.  Memory returned through a reservation or a lease belongs to
  * the arena and is valid until kvt_put_commit/kvt_put_abort or kvt_lease_release.
+ *
+ * Daemon restarts: a request that finds the daemon gone returns -KVT_EDAEMON (lookups, gets
+ * and reservations are first retried once against a restarted daemon); the next call
+ * reconnects by itself and registers the client's layouts again under the same ids.
+ * Reservations and leases of the old daemon are void (their commit/release return
+ * -KVT_EDAEMON), but their memory stays mapped until kvt_close(), so a reader is never
+ * left with a dangling pointer.  Blocks on NVMe survive the restart; host-only ones do not.
+ *
+ * Environment: KVTIER_SOCKET (the socket, see kvt_connect), KVTIER_SPIN_US (how long a
+ * request spins for its completion before it sleeps; default 50).
  */
 #ifndef KVTIER_H
 #define KVTIER_H
@@ -202,7 +212,7 @@ KVT_API int kvt_put(struct kvt_client *c, int layout, const struct kvt_key *key,
 /*
  * The first question an engine asks: how many of keys[0..n) are stored, counted from the
  * front and stopping at the first miss (the longest cached prefix).  Returns that count.
- * Does not change LRU order.  n may be up to 4096 per call.
+ * Does not change LRU order.  Any n: the library asks in rounds of 4096 keys.
  */
 KVT_API int kvt_lookup(struct kvt_client *c, int layout, const struct kvt_key *keys, size_t n);
 
