@@ -107,7 +107,9 @@ static int set_key(struct kvtd_config *c, const struct key *k, const char *v, FI
 	case K_STR:
 		if (strlen(v) >= k->len)
 			goto bad;
-		strcpy(p, v);
+		/* Whole field rewritten: no bytes of an older, longer value survive. */
+		memset(p, 0, k->len);
+		memcpy(p, v, strlen(v));
 		return 0;
 	case K_U32:
 	case K_U64:
