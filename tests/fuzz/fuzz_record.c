@@ -5,8 +5,8 @@
  * past the input, an accepted record reseals to the same crc, and any single flipped bit of
  * an accepted record is rejected.
  *
- * Built with -DKVT_FUZZ_REPLAY_MAIN it becomes the ctest driver that replays a corpus
- * directory (or files) without libFuzzer.
+ * Linked with replay_main.c it becomes the ctest driver that replays a corpus directory (or
+ * files) without libFuzzer.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -62,72 +62,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	return 0;
 }
 
-#ifdef KVT_FUZZ_REPLAY_MAIN
-#include <dirent.h>
-#include <stdio.h>
-#include <sys/stat.h>
+/* Checked by replay_main.c after a corpus replay: a corpus without valid records would never
+ * reach the round-trip invariants. */
+int kvt_fuzz_replay_check(void);
 
-static int replay_file(const char *path)
+int kvt_fuzz_replay_check(void)
 {
-	FILE *f = fopen(path, "rb");
-	uint8_t *buf;
-	long n;
-
-	if (!f)
-		return -1;
-	fseek(f, 0, SEEK_END);
-	n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	buf = malloc(n > 0 ? (size_t)n : 1);
-	if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) {
-		free(buf);
-		fclose(f);
-		return -1;
-	}
-	fclose(f);
-	LLVMFuzzerTestOneInput(buf, (size_t)n);
-	free(buf);
-	return 0;
+	return accepted ? 0 : -1;
 }
-
-int main(int argc, char **argv)
-{
-	int files = 0;
-
-	for (int i = 1; i < argc; i++) {
-		struct stat st;
-		DIR *d;
-		struct dirent *e;
-
-		if (stat(argv[i], &st) < 0) {
-			perror(argv[i]);
-			return 1;
-		}
-		if (!S_ISDIR(st.st_mode)) {
-			if (replay_file(argv[i]) < 0)
-				return 1;
-			files++;
-			continue;
-		}
-		d = opendir(argv[i]);
-		if (!d)
-			return 1;
-		while ((e = readdir(d))) {
-			char p[4096];
-
-			if (e->d_name[0] == '.')
-				continue;
-			snprintf(p, sizeof(p), "%s/%s", argv[i], e->d_name);
-			if (replay_file(p) < 0) {
-				closedir(d);
-				return 1;
-			}
-			files++;
-		}
-		closedir(d);
-	}
-	printf("replayed %d inputs, %u valid records\n", files, accepted);
-	/* A corpus without valid records would never reach the round-trip invariants. */
-	return files && accepted ? 0 : 1;
-}
-#endif

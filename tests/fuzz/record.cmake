@@ -1,7 +1,7 @@
 # Record parser fuzzing: a libFuzzer target when KVT_FUZZ is on (clang), and always a replay
 # driver that runs the committed corpus under ctest.
-add_executable(fuzz_record_replay ${PROJECT_SOURCE_DIR}/tests/fuzz/fuzz_record.c)
-target_compile_definitions(fuzz_record_replay PRIVATE KVT_FUZZ_REPLAY_MAIN)
+add_executable(fuzz_record_replay ${PROJECT_SOURCE_DIR}/tests/fuzz/fuzz_record.c
+	${PROJECT_SOURCE_DIR}/tests/fuzz/replay_main.c)
 target_link_libraries(fuzz_record_replay PRIVATE kvt_proto)
 kvt_add_test(fuzz_record_replay
 	COMMAND $<TARGET_FILE:fuzz_record_replay> ${PROJECT_SOURCE_DIR}/tests/fuzz/corpus/record
