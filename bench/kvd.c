@@ -140,9 +140,8 @@ int kvd_save(const char *path, const struct kvd *d)
 	if (!f)
 		return -errno;
 	ok = fwrite(hdr, 1, KVD_HDR, f) == KVD_HDR &&
-	     fwrite(d->tokens, 1, d->n_tokens, f) == d->n_tokens &&
-	     fwrite(d->k, 1, kv, f) == kv && fwrite(d->v, 1, kv, f) == kv &&
-	     fwrite(d->q, 1, q, f) == q;
+	     fwrite(d->tokens, 1, d->n_tokens, f) == d->n_tokens && fwrite(d->k, 1, kv, f) == kv &&
+	     fwrite(d->v, 1, kv, f) == kv && fwrite(d->q, 1, q, f) == q;
 	if (fclose(f) != 0)
 		ok = 0;
 	return ok ? 0 : -EIO;

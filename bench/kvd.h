@@ -16,7 +16,7 @@ struct kvd {
 	uint32_t n_layers, n_kv_heads, n_q_heads, head_dim, n_tokens, n_q_pos, dtype;
 	char source[65];
 	uint8_t *tokens; /* n_tokens bytes */
-	uint16_t *k;     /* fp16 bits, n_layers*n_kv_heads*n_tokens*head_dim */
+	uint16_t *k;	 /* fp16 bits, n_layers*n_kv_heads*n_tokens*head_dim */
 	uint16_t *v;
 	uint16_t *q; /* n_layers*n_q_heads*n_q_pos*head_dim */
 	void *mem;   /* owns all of the above */

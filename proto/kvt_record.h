@@ -18,24 +18,24 @@
 extern "C" {
 #endif
 
-#define KVT_RECORD_MAGIC 0x5254564bu /* "KVTR" */
-#define KVT_RECORD_VERSION 1u
+#define KVT_RECORD_MAGIC    0x5254564bu /* "KVTR" */
+#define KVT_RECORD_VERSION  1u
 #define KVT_RECORD_HDR_SIZE 64u
 
 struct kvt_record_hdr {
-	uint32_t magic;       /*  0: KVT_RECORD_MAGIC */
+	uint32_t magic;	      /*  0: KVT_RECORD_MAGIC */
 	uint16_t version;     /*  4: KVT_RECORD_VERSION */
 	uint16_t hdr_size;    /*  6: KVT_RECORD_HDR_SIZE */
 	uint64_t key_lo;      /*  8: 128-bit block key, tenant salt already mixed in */
 	uint64_t key_hi;      /* 16 */
 	uint64_t fingerprint; /* 24: layout fingerprint */
-	uint64_t seq;         /* 32: write sequence; the highest valid seq of a key wins */
+	uint64_t seq;	      /* 32: write sequence; the highest valid seq of a key wins */
 	uint32_t raw_len;     /* 40: decoded block length */
 	uint32_t payload_len; /* 44: encoded bytes after the header */
 	uint32_t chain_id;    /* 48: codec chain that made the payload (0 = raw) */
 	uint32_t tenant;      /* 52: owner uid */
-	uint32_t flags;       /* 56: reserved, 0 */
-	uint32_t crc;         /* 60: CRC-32C of header (crc = 0) + payload */
+	uint32_t flags;	      /* 56: reserved, 0 */
+	uint32_t crc;	      /* 60: CRC-32C of header (crc = 0) + payload */
 };
 
 _Static_assert(sizeof(struct kvt_record_hdr) == KVT_RECORD_HDR_SIZE, "record header is an ABI");
