@@ -187,6 +187,35 @@ static long long status_metric(const char *name)
 	return v;
 }
 
+/*
+ * Waits until only the test's own client (and the kvtierctl that asks) is connected, then
+ * checks that no reservation, lease or pin is left and, if used0 >= 0, that the host tier
+ * uses used0 bytes again.  Returns 0, or -1 after printing what differs.
+ */
+static int back_to_baseline(long long used0)
+{
+	static const char *const zero[] = {"reservations", "leases", "pins"};
+	long long v;
+
+	for (int i = 0; i < 400 && status_metric("clients") > 2; i++)
+		usleep(5000);
+	if ((v = status_metric("clients")) != 2) {
+		fprintf(stderr, "baseline: clients %lld, expected 2\n", v);
+		return -1;
+	}
+	for (size_t k = 0; k < sizeof(zero) / sizeof(zero[0]); k++) {
+		if ((v = status_metric(zero[k])) != 0) {
+			fprintf(stderr, "baseline: %s %lld, expected 0\n", zero[k], v);
+			return -1;
+		}
+	}
+	if (used0 >= 0 && (v = status_metric("used_bytes")) != used0) {
+		fprintf(stderr, "baseline: used_bytes %lld, expected %lld\n", v, used0);
+		return -1;
+	}
+	return 0;
+}
+
 /* ------------------------------------------------------------------------------------- */
 
 static void test_basic(void)
@@ -440,14 +469,7 @@ static void test_client_sigkill(void)
 		CHECK_EQ(status_metric("reservations"), 1);
 		kill(kid, SIGKILL);
 		waitpid(kid, NULL, 0);
-		/* clients counts the kvtierctl that asks, too */
-		for (int i = 0; i < 200 && status_metric("clients") > 2; i++)
-			usleep(5000);
-		CHECK_EQ(status_metric("clients"), 2);
-		CHECK_EQ(status_metric("reservations"), 0);
-		CHECK_EQ(status_metric("leases"), 0);
-		CHECK_EQ(status_metric("pins"), 0);
-		CHECK_EQ(status_metric("used_bytes"), used0);
+		CHECK_EQ(back_to_baseline(used0), 0);
 		CHECK_EQ(kvt_lookup(c, lay, keys, 1), 0);
 	}
 	/* The key the dead client reserved can be stored by someone else. */
@@ -628,12 +650,8 @@ static void test_garbage_rings(void)
 			CHECK(memcmp(a, b, bb) == 0);
 		}
 	}
-	/* clients counts the kvtierctl that asks, too */
-	for (int i = 0; i < 200 && status_metric("clients") > 2; i++)
-		usleep(5000);
-	CHECK_EQ(status_metric("clients"), 2);
-	CHECK_EQ(status_metric("reservations"), 0);
-	CHECK_EQ(status_metric("leases"), 0);
+	/* The hostile clients' reservations and leases are gone with them. */
+	CHECK_EQ(back_to_baseline(-1), 0);
 	kvt_close(good);
 	CHECK_EQ(daemon_stop(pid), 0);
 	free(a);
@@ -1348,13 +1366,7 @@ static void test_client_kill_storm(void)
 		waitpid(kid, NULL, 0);
 	}
 	/* Everything the dead held comes back; the blocks put before are intact. */
-	for (int i = 0; i < 400 && status_metric("clients") > 2; i++)
-		usleep(5000);
-	CHECK_EQ(status_metric("clients"), 2);
-	CHECK_EQ(status_metric("reservations"), 0);
-	CHECK_EQ(status_metric("leases"), 0);
-	CHECK_EQ(status_metric("pins"), 0);
-	CHECK_EQ(status_metric("used_bytes"), used0);
+	CHECK_EQ(back_to_baseline(used0), 0);
 	int wrong;
 	CHECK_EQ(check_all(c, lay, keys, K / 2, bb, 600, &wrong), K / 2);
 	CHECK_EQ(wrong, 0);
