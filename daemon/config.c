@@ -45,6 +45,12 @@ static const struct key keys[] = {
     {"nvme", "codec", K_STR, F(nvme_codec), "raw", 0, 0},
     {"nvme", "high_watermark", K_RATIO, F(nvme_high), "0.95", 0, 0},
     {"nvme", "low_watermark", K_RATIO, F(nvme_low), "0.85", 0, 0},
+    {"gpu", "device", K_STR, F(gpu_device), "", 0, 0},
+    {"gpu", "capacity", K_SIZE, F(gpu_capacity), "0", 0, 1ull << 46},
+    {"gpu", "codec", K_STR, F(gpu_codec), "raw", 0, 0},
+    {"gpu", "high_watermark", K_RATIO, F(gpu_high), "0.95", 0, 0},
+    {"gpu", "low_watermark", K_RATIO, F(gpu_low), "0.85", 0, 0},
+    {"gpu", "promote_on_get", K_BOOL, F(gpu_promote), "true", 0, 0},
 };
 #undef F
 
@@ -255,6 +261,26 @@ int kvtd_config_validate(const struct kvtd_config *c, FILE *err)
 		if (err)
 			fprintf(err,
 				"kvtierd: nvme.low_watermark must be below nvme.high_watermark\n");
+		return -EINVAL;
+	}
+	if (c->gpu_low >= c->gpu_high) {
+		if (err)
+			fprintf(err,
+				"kvtierd: gpu.low_watermark must be below gpu.high_watermark\n");
+		return -EINVAL;
+	}
+	/* Clients copy GPU blocks straight between their pages and the pool, so the pool keeps
+	 * them as they are; quantization applies on the host side of the tiers. */
+	if (strcmp(c->gpu_codec, "raw") != 0) {
+		if (err)
+			fprintf(err,
+				"kvtierd: gpu.codec = %s: only raw is supported for the GPU tier\n",
+				c->gpu_codec);
+		return -EINVAL;
+	}
+	if (c->gpu_capacity && c->gpu_capacity < (1u << 20)) {
+		if (err)
+			fprintf(err, "kvtierd: gpu.capacity must be 0 (off) or at least 1 MiB\n");
 		return -EINVAL;
 	}
 	if (c->ring_entries & (c->ring_entries - 1)) {

@@ -42,6 +42,13 @@ struct kvtd_config {
 	char nvme_codec[64];
 	double nvme_high;
 	double nvme_low;
+	/* [gpu] */
+	char gpu_device[64];   /* "GPU-<uuid>", an ordinal, or "" (the first device) */
+	uint64_t gpu_capacity; /* 0: no GPU tier */
+	char gpu_codec[16];
+	double gpu_high;
+	double gpu_low;
+	bool gpu_promote; /* device gets that hit the host copy the block up to the GPU */
 };
 
 /* Fills c with the built-in defaults. */

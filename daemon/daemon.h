@@ -33,7 +33,14 @@ struct ev {
 	void *p;
 };
 
-enum hold_kind { HOLD_NONE = 0, HOLD_RESERVE, HOLD_LEASE, HOLD_PIN };
+enum hold_kind {
+	HOLD_NONE = 0,
+	HOLD_RESERVE,
+	HOLD_LEASE,
+	HOLD_PIN,
+	HOLD_GPU_RESERVE,
+	HOLD_GPU_LEASE
+};
 
 struct hold {
 	uint32_t blk, blk_gen;
@@ -65,6 +72,7 @@ struct client {
 	int sock, sq_efd, cq_efd;
 	struct ev sock_ev, sq_ev;
 	bool hello, admin, data, dead;
+	bool device; /* libkvtier's GPU-tier connection (KVT_HELLO_DEVICE) */
 	uid_t uid;
 	gid_t gid;
 	pid_t pid;
@@ -154,6 +162,9 @@ struct kvtd {
 	uint32_t nwaiters, cap_waiters, free_waiter;
 	struct pf_ring pf[KVTD_PF_LEVELS];
 	uint32_t pf_inflight;
+	/* GPU tier (gpu_place.c); NULL when off or unavailable (gpu_err says why) */
+	struct kvtd_gpu *gpu;
+	int gpu_err;
 };
 
 uint64_t kvtd_now_ms(void);
@@ -196,5 +207,37 @@ void kvtd_prefetch_used(struct kvtd *d, uint32_t i);
 int kvtd_flush(struct kvtd *d);
 void kvtd_nvme_event(struct kvtd *d);
 void kvtd_nvme_stats(struct kvtd *d, struct kvt_tier_stats *st);
+
+/* gpu_place.c: the GPU tier.  Every function is a no-op (or -ENODEV) when it is off. */
+struct kvtd_gpu_stats {
+	uint64_t capacity, used, blocks, hits, misses;
+	uint64_t put_bytes, get_bytes; /* moved by clients into and out of the pool */
+	uint64_t demoted_bytes, promoted_bytes, demotions, promotions;
+	uint64_t evictions, demote_failures, attaches;
+};
+/* Opens the tier when gpu.capacity > 0; without a GPU logs why and leaves d->gpu NULL. */
+int kvtd_gpu_init(struct kvtd *d);
+void kvtd_gpu_fini(struct kvtd *d);
+bool kvtd_gpu_on(const struct kvtd *d);
+int kvtd_gpu_attach_reply(struct kvtd *d, struct kvt_msg_gpu_attach_reply *r);
+/* Pool room for new block i (RESERVED): its pool offset, or -ENOSPC/-E2BIG/-ENODEV. */
+int64_t kvtd_gpu_reserve(struct kvtd *d, uint32_t i, uint32_t len);
+/* Block i, just made READY, lives in the pool. */
+void kvtd_gpu_commit(struct kvtd *d, uint32_t i);
+/* True when block i has a complete pool copy. */
+bool kvtd_gpu_has(struct kvtd *d, uint32_t i);
+/* Pool offset of block i, held until kvtd_gpu_unlease; -EXDEV when it has no pool copy
+ * (a promotion is queued). */
+int64_t kvtd_gpu_lease(struct kvtd *d, uint32_t i);
+void kvtd_gpu_unlease(struct kvtd *d, uint32_t i);
+/* Gives block i, only in the pool, a host copy (a host get of it).  0 or -errno. */
+int kvtd_gpu_to_host(struct kvtd *d, uint32_t i);
+/* Frees pool copies of blocks that are gone. */
+void kvtd_gpu_sweep(struct kvtd *d);
+/* Demotes above gpu.high_watermark down to gpu.low_watermark. */
+void kvtd_gpu_watermarks(struct kvtd *d);
+/* Runs queued promotions (host -> pool). */
+void kvtd_gpu_pump(struct kvtd *d);
+void kvtd_gpu_stats(struct kvtd *d, struct kvtd_gpu_stats *st, const char **uuid);
 
 #endif

@@ -396,6 +396,15 @@ static bool op_lease(struct kvtd *d, struct client *c, const struct kvt_sqe *s, 
 	}
 	if (kvtd_blk(&d->ix, i)->on_host) {
 		d->tier[KVTD_TIER_HOST].hits++;
+	} else if (kvtd_gpu_has(d, i)) {
+		/* Only in the GPU pool: a CPU reader needs a host copy first. */
+		ret = kvtd_gpu_to_host(d, i);
+		if (ret < 0) {
+			if (ret == -ENOENT)
+				count_miss(d, c);
+			q->res = ret;
+			return false;
+		}
 	} else {
 		d->tier[KVTD_TIER_HOST].misses++;
 		ret = kvtd_promote(d, c->id, s->user_data, i);
@@ -769,9 +778,14 @@ static void client_release_all(struct kvtd *d, struct client *c)
 			struct kvtd_blk *b = kvtd_blk(&d->ix, ho->blk);
 			switch (ho->kind) {
 			case HOLD_RESERVE:
+			case HOLD_GPU_RESERVE:
 				kvtd_blk_drop(d, ho->blk);
 				d->m.reservations--;
 				d->m.aborts_total++;
+				break;
+			case HOLD_GPU_LEASE:
+				kvtd_gpu_unlease(d, ho->blk);
+				lease_drop(d, ho->blk);
 				break;
 			case HOLD_LEASE:
 				lease_drop(d, ho->blk);
@@ -788,6 +802,8 @@ static void client_release_all(struct kvtd *d, struct client *c)
 	c->n_leases = c->n_reserves = c->n_pins = 0;
 	if (held)
 		d->m.client_deaths_total++;
+	/* Pool room of the reservations dropped above is free again at once. */
+	kvtd_gpu_sweep(d);
 }
 
 static void client_kill(struct kvtd *d, struct client *c, const char *why)
@@ -909,6 +925,17 @@ static void handle_hello(struct kvtd *d, struct client *c, const struct kvt_msg_
 		goto reply;
 	}
 	c->hello = true;
+	if (m->want_admin == KVT_HELLO_DEVICE) {
+		/* GPU messages only: a tenant for the keys, no rings, no arena. */
+		c->t = kvtd_tenant_get(d, c->uid);
+		if (!c->t) {
+			ret = -ENOMEM;
+			goto reply;
+		}
+		c->t->nclients++;
+		c->device = true;
+		goto reply;
+	}
 	if (m->want_admin)
 		goto reply;
 	c->t = kvtd_tenant_get(d, c->uid);
@@ -1064,6 +1091,67 @@ static uint64_t tier_blocks(struct kvtd *d, int tier)
 	return n;
 }
 
+/* The GPU tier's row, when gpu.capacity asks for one (also when no GPU could serve it). */
+static void render_gpu(struct kvtd *d, struct sbuf *b, bool json, bool detail)
+{
+	struct kvtd_gpu_stats g;
+	const char *uuid;
+	char c1[32], c2[32];
+
+	if (!d->cfg.gpu_capacity)
+		return;
+	kvtd_gpu_stats(d, &g, &uuid);
+	if (json) {
+		sb_printf(b,
+			  ",{\"name\":\"gpu\",\"capacity_bytes\":%" PRIu64
+			  ",\"used_bytes\":%" PRIu64 ",\"blocks\":%" PRIu64 ",\"hits\":%" PRIu64
+			  ",\"misses\":%" PRIu64 ",\"codec\":\"%s\",\"available\":%s",
+			  g.capacity, g.used, g.blocks, g.hits, g.misses, d->cfg.gpu_codec,
+			  kvtd_gpu_on(d) ? "true" : "false");
+		if (detail)
+			sb_printf(
+			    b,
+			    ",\"device\":\"%s\",\"epoch\":%" PRIu64
+			    ",\"high_watermark\":%.3f,\"low_watermark\":%.3f"
+			    ",\"put_bytes\":%" PRIu64 ",\"get_bytes\":%" PRIu64
+			    ",\"demoted_bytes\":%" PRIu64 ",\"promoted_bytes\":%" PRIu64
+			    ",\"demotions\":%" PRIu64 ",\"promotions\":%" PRIu64
+			    ",\"evictions\":%" PRIu64 ",\"attaches\":%" PRIu64 ",\"error\":\"%s\"",
+			    uuid, kvtd_gpu_on(d) ? d->epoch : 0, d->cfg.gpu_high, d->cfg.gpu_low,
+			    g.put_bytes, g.get_bytes, g.demoted_bytes, g.promoted_bytes,
+			    g.demotions, g.promotions, g.evictions, g.attaches,
+			    kvtd_gpu_on(d) ? "" : strerror(-(d->gpu_err ? d->gpu_err : ENODEV)));
+		sb_printf(b, "}");
+		return;
+	}
+	if (!kvtd_gpu_on(d)) {
+		fmt_bytes(c1, sizeof(c1), d->cfg.gpu_capacity);
+		sb_printf(b, "%-6s %12s %12s %10s %10s %10s  %s\n", "gpu", "0 B", "0 B", "-", "-",
+			  "-", d->cfg.gpu_codec);
+		if (detail)
+			sb_printf(b, "       unavailable: gpu.capacity = %s but no GPU (%s)\n", c1,
+				  strerror(-(d->gpu_err ? d->gpu_err : ENODEV)));
+		return;
+	}
+	fmt_bytes(c1, sizeof(c1), g.capacity);
+	fmt_bytes(c2, sizeof(c2), g.used);
+	sb_printf(b, "%-6s %12s %12s %10" PRIu64 " %10" PRIu64 " %10" PRIu64 "  %s\n", "gpu", c1,
+		  c2, g.blocks, g.hits, g.misses, d->cfg.gpu_codec);
+	if (!detail)
+		return;
+	sb_printf(b, "       device %s  epoch %" PRIu64 "  watermarks %.2f/%.2f\n", uuid, d->epoch,
+		  d->cfg.gpu_low, d->cfg.gpu_high);
+	fmt_bytes(c1, sizeof(c1), g.put_bytes);
+	fmt_bytes(c2, sizeof(c2), g.get_bytes);
+	sb_printf(b, "       clients put %s  got %s", c1, c2);
+	fmt_bytes(c1, sizeof(c1), g.demoted_bytes);
+	fmt_bytes(c2, sizeof(c2), g.promoted_bytes);
+	sb_printf(b,
+		  "  demoted %s (%" PRIu64 ")  promoted %s (%" PRIu64 ")  evictions %" PRIu64
+		  "  attaches %" PRIu64 "\n",
+		  c1, g.demotions, c2, g.promotions, g.evictions, g.attaches);
+}
+
 static void render_tiers(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 {
 	int ntiers = d->nvme ? 2 : 1;
@@ -1143,6 +1231,7 @@ static void render_tiers(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 	}
 	if (!d->nvme && !json && detail)
 		sb_printf(b, "(no NVMe tier configured: [nvme] enabled = false)\n");
+	render_gpu(d, b, json, detail);
 }
 
 static void render_status(struct kvtd *d, struct sbuf *b, bool json)
@@ -1389,6 +1478,235 @@ static void handle_admin(struct kvtd *d, struct client *c, const struct kvt_msg_
 	free(b.p);
 }
 
+/* ---------------------------------------------------------------------------------------
+ * The GPU tier's messages (PROTOCOL.md "GPU tier"), on a KVT_HELLO_DEVICE connection.
+ */
+static void handle_gpu_attach(struct kvtd *d, struct client *c)
+{
+	struct kvt_msg_gpu_attach_reply r;
+
+	memset(&r, 0, sizeof(r));
+	kvt_msg_init(&r.h, KVT_MSG_GPU_ATTACH_REPLY, sizeof(r));
+	r.res = c->device ? kvtd_gpu_attach_reply(d, &r) : -EINVAL;
+	if (sock_send(c->sock, &r, sizeof(r), NULL, 0) < 0)
+		client_kill(d, c, "reply failed");
+}
+
+static void gpu_reserve(struct kvtd *d, struct client *c, uint64_t fp, uint32_t len,
+			const struct kvt_gpu_op_req *q, struct kvt_gpu_op_res *r)
+{
+	uint64_t lo, hi, handle;
+	struct kvtd_blk *b;
+	int64_t off;
+	uint32_t i;
+	int ret;
+
+	internal_key(d, c, fp, q->key_lo, q->key_hi, &lo, &hi);
+	if (kvtd_index_find(&d->ix, lo, hi) != KVTD_NIL) {
+		d->m.put_exists_total++;
+		r->res = -EEXIST;
+		return;
+	}
+	i = kvtd_index_insert(&d->ix, lo, hi);
+	if (i == KVTD_NIL) {
+		r->res = -KVT_ELIMIT;
+		return;
+	}
+	b = kvtd_blk(&d->ix, i);
+	b->state = KVTD_BLK_RESERVED;
+	b->tier = KVTD_TIER_HOST;
+	b->len = len;
+	b->tenant = tenant_index(d, c->t);
+	b->owner = c->id;
+	b->fingerprint = fp;
+	b->on_host = 0;
+	off = kvtd_gpu_reserve(d, i, len);
+	if (off < 0) {
+		if (off == -ENOSPC)
+			d->m.enospc_total++;
+		kvtd_blk_drop(d, i);
+		r->res = (int32_t)off;
+		return;
+	}
+	b = kvtd_blk(&d->ix, i);
+	ret = hold_add(c, i, b->gen, HOLD_GPU_RESERVE, &handle);
+	if (ret < 0) {
+		kvtd_blk_drop(d, i);
+		kvtd_gpu_has(d, i); /* frees the stale pool entry */
+		r->res = ret;
+		return;
+	}
+	c->n_reserves++;
+	d->m.reservations++;
+	r->off = (uint64_t)off;
+	r->handle = handle;
+	r->res = (int32_t)len;
+}
+
+static void gpu_commit(struct kvtd *d, struct client *c, const struct kvt_gpu_op_req *q,
+		       struct kvt_gpu_op_res *r, bool abort_it)
+{
+	struct hold *ho = hold_get(c, q->handle, HOLD_GPU_RESERVE);
+	struct kvtd_blk *b;
+	uint32_t i;
+
+	if (!ho || !hold_valid(d, ho)) {
+		r->res = -EINVAL;
+		return;
+	}
+	i = ho->blk;
+	b = kvtd_blk(&d->ix, i);
+	c->n_reserves--;
+	d->m.reservations--;
+	hold_put(c, ho);
+	if (abort_it) {
+		kvtd_blk_drop(d, i);
+		kvtd_gpu_has(d, i);
+		d->m.aborts_total++;
+	} else {
+		b->state = KVTD_BLK_READY;
+		b->atime = kvtd_now_ms();
+		kvtd_tenant_of(d, b)->blocks++;
+		kvtd_gpu_commit(d, i);
+		kvtd_blk_lru_update(d, i);
+		c->puts++;
+		d->m.puts_total++;
+		d->m.put_bytes_total += b->len;
+	}
+	r->res = 0;
+}
+
+static void gpu_lease(struct kvtd *d, struct client *c, uint64_t fp, const struct kvt_gpu_op_req *q,
+		      struct kvt_gpu_op_res *r)
+{
+	uint64_t lo, hi, handle;
+	struct kvtd_blk *b;
+	int64_t off;
+	uint32_t i;
+	int ret;
+
+	c->gets++;
+	d->m.gets_total++;
+	internal_key(d, c, fp, q->key_lo, q->key_hi, &lo, &hi);
+	i = kvtd_index_find(&d->ix, lo, hi);
+	if (i == KVTD_NIL || kvtd_blk(&d->ix, i)->state != KVTD_BLK_READY) {
+		count_miss(d, c);
+		r->res = -ENOENT;
+		return;
+	}
+	b = kvtd_blk(&d->ix, i);
+	off = kvtd_gpu_lease(d, i);
+	if (off < 0) {
+		/* Stored, but not in the pool: the client reads it through the host tier. */
+		r->res = (int32_t)off;
+		return;
+	}
+	ret = hold_add(c, i, b->gen, HOLD_GPU_LEASE, &handle);
+	if (ret < 0) {
+		kvtd_gpu_unlease(d, i);
+		r->res = ret;
+		return;
+	}
+	b->leases++;
+	b->hits++;
+	b->atime = kvtd_now_ms();
+	kvtd_blk_lru_update(d, i);
+	c->n_leases++;
+	c->hits++;
+	d->m.leases++;
+	d->m.hits_total++;
+	d->m.get_bytes_total += b->len;
+	r->off = (uint64_t)off;
+	r->handle = handle;
+	r->res = (int32_t)b->len;
+}
+
+static void gpu_release(struct kvtd *d, struct client *c, const struct kvt_gpu_op_req *q,
+			struct kvt_gpu_op_res *r)
+{
+	struct hold *ho = hold_get(c, q->handle, HOLD_GPU_LEASE);
+
+	if (!ho || !hold_valid(d, ho)) {
+		r->res = -EINVAL;
+		return;
+	}
+	c->n_leases--;
+	kvtd_gpu_unlease(d, ho->blk);
+	lease_drop(d, ho->blk);
+	hold_put(c, ho);
+	r->res = 0;
+}
+
+static void handle_gpu_op(struct kvtd *d, struct client *c, const struct kvt_msg_gpu_op *m,
+			  size_t n)
+{
+	/* The reply is built behind the request: both fit in msgbuf. */
+	struct kvt_msg_gpu_op_reply *r = (struct kvt_msg_gpu_op_reply *)(d->msgbuf + KVT_MSG_MAX);
+	struct kvt_gpu_op_res *res = (struct kvt_gpu_op_res *)(r + 1);
+	const struct kvt_gpu_op_req *req = (const struct kvt_gpu_op_req *)(m + 1);
+	size_t rlen = sizeof(*r);
+	uint64_t fp = 0, block_bytes = 0;
+	int ret = 0;
+
+	_Static_assert(sizeof(struct kvt_msg_gpu_op_reply) +
+			       KVT_GPU_OP_BATCH * sizeof(struct kvt_gpu_op_res) <=
+			   sizeof(struct kvt_msg_result) + ADMIN_CHUNK,
+		       "a GPU_OP reply fits behind the request");
+	memset(r, 0, sizeof(*r));
+	if (!c->device || m->op == 0 || m->op >= KVT_GPU_OP_MAX || !m->n ||
+	    m->n > KVT_GPU_OP_BATCH ||
+	    n != sizeof(*m) + (size_t)m->n * sizeof(struct kvt_gpu_op_req)) {
+		d->m.protocol_errors_total++;
+		ret = -KVT_EPROTOCOL;
+		goto reply;
+	}
+	if (!kvtd_gpu_on(d)) {
+		ret = d->gpu_err ? d->gpu_err : -ENODEV;
+		goto reply;
+	}
+	if (m->op == KVT_GPU_OP_RESERVE || m->op == KVT_GPU_OP_LEASE) {
+		ret = kvt_layout_check(&m->layout);
+		if (ret < 0)
+			goto reply;
+		fp = kvt_layout_fingerprint(&m->layout);
+		block_bytes = kvt_layout_block_bytes(&m->layout);
+		if (m->op == KVT_GPU_OP_RESERVE && (!m->len || m->len > block_bytes)) {
+			ret = -EINVAL;
+			goto reply;
+		}
+		kvtd_geom_note(d, fp, &m->layout);
+	}
+	for (uint32_t k = 0; k < m->n; k++) {
+		struct kvt_gpu_op_req q;
+
+		memcpy(&q, &req[k], sizeof(q));
+		memset(&res[k], 0, sizeof(res[k]));
+		d->m.ring_requests_total++;
+		switch (m->op) {
+		case KVT_GPU_OP_RESERVE:
+			gpu_reserve(d, c, fp, m->len, &q, &res[k]);
+			break;
+		case KVT_GPU_OP_COMMIT:
+		case KVT_GPU_OP_ABORT:
+			gpu_commit(d, c, &q, &res[k], m->op == KVT_GPU_OP_ABORT);
+			break;
+		case KVT_GPU_OP_LEASE:
+			gpu_lease(d, c, fp, &q, &res[k]);
+			break;
+		case KVT_GPU_OP_RELEASE:
+			gpu_release(d, c, &q, &res[k]);
+			break;
+		}
+	}
+	r->n = m->n;
+	rlen += (size_t)m->n * sizeof(struct kvt_gpu_op_res);
+reply:
+	kvt_msg_init(&r->h, KVT_MSG_GPU_OP_REPLY, (uint32_t)rlen);
+	r->res = ret;
+	if (sock_send(c->sock, r, rlen, NULL, 0) < 0)
+		client_kill(d, c, "reply failed");
+}
+
 static void client_sock_event(struct kvtd *d, struct client *c, uint32_t events)
 {
 	for (int round = 0; round < 16 && !c->dead; round++) {
@@ -1435,6 +1753,12 @@ static void client_sock_event(struct kvtd *d, struct client *c, uint32_t events)
 			break;
 		case KVT_MSG_ADMIN:
 			handle_admin(d, c, (const struct kvt_msg_admin *)d->msgbuf);
+			break;
+		case KVT_MSG_GPU_ATTACH:
+			handle_gpu_attach(d, c);
+			break;
+		case KVT_MSG_GPU_OP:
+			handle_gpu_op(d, c, (const struct kvt_msg_gpu_op *)d->msgbuf, (size_t)n);
 			break;
 		default:
 			d->m.protocol_errors_total++;
@@ -1666,6 +1990,9 @@ int kvtd_create(const struct kvtd_config *cfg, struct kvtd **out)
 	ret = kvtd_place_init(d);
 	if (ret < 0)
 		goto fail;
+	ret = kvtd_gpu_init(d);
+	if (ret < 0)
+		goto fail;
 #ifdef KVT_HAVE_SYSTEMD
 	uint64_t wd_usec;
 	d->watchdog = sd_watchdog_enabled(0, &wd_usec) > 0;
@@ -1684,6 +2011,7 @@ static void tick(struct kvtd *d)
 
 	(void)r;
 	kvtd_watermarks(d);
+	kvtd_gpu_watermarks(d);
 #ifdef KVT_HAVE_SYSTEMD
 	if (d->watchdog)
 		sd_notify(0, "WATCHDOG=1");
@@ -1780,6 +2108,7 @@ int kvtd_run(struct kvtd *d)
 			work += client_drain(d, c);
 		/* Prefetches only after the demand requests of this pass are on their way. */
 		kvtd_prefetch_pump(d);
+		kvtd_gpu_pump(d);
 		if (work) {
 			last_work = now_us();
 			sleeping = false;
@@ -1800,6 +2129,8 @@ void kvtd_destroy(struct kvtd *d)
 {
 	if (!d)
 		return;
+	/* The pool and the arena registrations go before the arenas are unmapped. */
+	kvtd_gpu_fini(d);
 	kvtd_place_fini(d);
 	while (d->clients) {
 		client_release_all(d, d->clients);

@@ -23,6 +23,14 @@ size_t kvt_msg_size(uint16_t type)
 		return sizeof(struct kvt_msg_result);
 	case KVT_MSG_HELLO_REPLY:
 		return sizeof(struct kvt_msg_hello_reply);
+	case KVT_MSG_GPU_ATTACH:
+		return sizeof(struct kvt_msg_hdr);
+	case KVT_MSG_GPU_ATTACH_REPLY:
+		return sizeof(struct kvt_msg_gpu_attach_reply);
+	case KVT_MSG_GPU_OP:
+		return sizeof(struct kvt_msg_gpu_op);
+	case KVT_MSG_GPU_OP_REPLY:
+		return sizeof(struct kvt_msg_gpu_op_reply);
 	default:
 		return 0;
 	}

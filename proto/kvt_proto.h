@@ -25,6 +25,10 @@ enum kvt_msg_type {
 	KVT_MSG_ADMIN = 4,	 /* c→d kvt_msg_admin;  d→c text, split with KVT_MSG_F_MORE */
 	KVT_MSG_RESULT = 5,	 /* d→c kvt_msg_result */
 	KVT_MSG_HELLO_REPLY = 6, /* d→c kvt_msg_hello_reply */
+	KVT_MSG_GPU_ATTACH = 7,	 /* c→d header only;    d→c kvt_msg_gpu_attach_reply */
+	KVT_MSG_GPU_ATTACH_REPLY = 8,
+	KVT_MSG_GPU_OP = 9, /* c→d kvt_msg_gpu_op + n kvt_gpu_op_req; d→c kvt_msg_gpu_op_reply */
+	KVT_MSG_GPU_OP_REPLY = 10, /* d→c kvt_msg_gpu_op_reply + n kvt_gpu_op_res */
 	KVT_MSG_TYPE_MAX
 };
 
@@ -38,11 +42,16 @@ struct kvt_msg_hdr {
 	uint32_t flags;
 };
 
+/* kvt_msg_hello.want_admin: what the connection is for. */
+#define KVT_HELLO_DATA	 0u /* a client: rings and arena */
+#define KVT_HELLO_ADMIN	 1u /* kvtierctl: no rings, no arena */
+#define KVT_HELLO_DEVICE 2u /* libkvtier's GPU-tier connection: GPU_* messages only */
+
 struct kvt_msg_hello {
 	struct kvt_msg_hdr h;
 	uint32_t lib_version; /* KVT_VERSION_NUMBER */
 	uint32_t pid;
-	uint32_t want_admin; /* 1: kvtierctl, no rings or arena */
+	uint32_t want_admin; /* KVT_HELLO_* */
 	uint32_t pad;
 	char name[64];
 };
@@ -78,6 +87,62 @@ struct kvt_msg_stats {
 	uint64_t puts, gets, hits, misses, lookups;
 	uint64_t host_capacity_bytes, host_used_bytes, host_blocks, evictions;
 	uint64_t host_hits, host_misses, promotions, prefetch_useful, prefetch_late;
+};
+
+/* ---- GPU tier (PROTOCOL.md "GPU tier") ---------------------------------------------------- */
+
+/* Reply to GPU_ATTACH: res = 0 and the pool's descriptor (the bytes of struct
+ * kvt_gpu_ipc_desc, gpu/kvt_gpu.h), or res = -ENODEV when the daemon runs no GPU tier. */
+struct kvt_msg_gpu_attach_reply {
+	struct kvt_msg_hdr h;
+	int32_t res;
+	uint32_t codec; /* KVT_GPU_CODEC_*: how blocks are kept in the pool */
+	uint64_t capacity;
+	uint8_t desc[128]; /* struct kvt_gpu_ipc_desc */
+};
+
+#define KVT_GPU_CODEC_RAW 0u
+
+enum kvt_gpu_op {
+	KVT_GPU_OP_RESERVE = 1, /* key, len → res = len, off (in the pool), handle */
+	KVT_GPU_OP_COMMIT = 2,	/* handle → 0 */
+	KVT_GPU_OP_ABORT = 3,	/* handle → 0 */
+	KVT_GPU_OP_LEASE = 4,	/* key → res = len, off, handle; -EXDEV: stored, not on the GPU */
+	KVT_GPU_OP_RELEASE = 5, /* handle → 0 */
+	KVT_GPU_OP_MAX
+};
+
+#define KVT_GPU_OP_BATCH 1024u /* entries per GPU_OP message */
+
+struct kvt_gpu_op_req {
+	uint64_t key_lo, key_hi;
+	uint64_t handle;
+};
+
+/* One operation on n blocks of one layout.  The layout travels whole (the daemon computes
+ * the fingerprint itself), so the device connection needs no registration of its own. */
+struct kvt_msg_gpu_op {
+	struct kvt_msg_hdr h;
+	uint32_t op;  /* enum kvt_gpu_op */
+	uint32_t n;   /* entries that follow, 1..KVT_GPU_OP_BATCH; h.len must match */
+	uint32_t len; /* RESERVE: bytes of each block */
+	uint32_t pad;
+	struct kvt_layout layout;
+	/* struct kvt_gpu_op_req req[n] */
+};
+
+struct kvt_gpu_op_res {
+	int32_t res;
+	uint32_t pad;
+	uint64_t off;
+	uint64_t handle;
+};
+
+struct kvt_msg_gpu_op_reply {
+	struct kvt_msg_hdr h;
+	int32_t res; /* < 0: the whole message was refused (no entries follow) */
+	uint32_t n;
+	/* struct kvt_gpu_op_res res[n] */
 };
 
 enum kvt_admin_cmd {

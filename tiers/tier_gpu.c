@@ -1,0 +1,289 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The GPU tier: one cudaMalloc'd pool on the device the operator named by UUID, shared with
+ * the clients once over CUDA IPC.  Clients copy device to device into and out of it on their
+ * own streams; this file only hands out pool offsets and moves bytes between the pool and
+ * host memory for the daemon (demotion to the host tier, promotion from it).
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nvme_alloc.h"
+#include "tier_gpu.h"
+
+#define GPU_TIER_MAGIC 0x55504754u /* "TGPU" */
+#define GPU_PAGE_SHIFT 12
+
+struct kvt_tier {
+	uint32_t magic;
+	int dev;
+	uint8_t uuid[KVT_GPU_UUID_LEN];
+	struct kvt_gpu_pool *pool;
+	struct kvt_gpu_engine *eng;
+	void *stream;
+	struct nv_alloc al;
+	uint64_t capacity;
+	struct kvt_tier_stats st;
+	struct kvt_tier_io *done_head, *done_tail; /* completed, done() not yet run */
+	void (*log)(void *arg, int level, const char *msg);
+	void *log_arg;
+};
+
+static void tlog(struct kvt_tier *t, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void tlog(struct kvt_tier *t, int level, const char *fmt, ...)
+{
+	char buf[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (t->log)
+		t->log(t->log_arg, level, buf);
+	else
+		fprintf(stderr, "tier_gpu: %s\n", buf);
+}
+
+/* Ordinal of the device the operator named, or -ENODEV. */
+static int pick_device(const char *device)
+{
+	uint8_t uuid[KVT_GPU_UUID_LEN];
+	int n = kvt_gpu_available();
+	char *end;
+	long v;
+
+	if (n <= 0)
+		return -ENODEV;
+	if (!device || !*device)
+		return 0;
+	if (kvt_gpu_uuid_parse(device, uuid) == 0)
+		return kvt_gpu_device_by_uuid(uuid);
+	v = strtol(device, &end, 10);
+	if (*end || v < 0 || v >= n)
+		return -ENODEV;
+	return (int)v;
+}
+
+static void gpu_close(struct kvt_tier *t)
+{
+	if (!t)
+		return;
+	if (t->stream)
+		kvt_gpu_stream_sync(t->stream);
+	kvt_gpu_engine_destroy(t->eng);
+	kvt_gpu_stream_destroy(t->stream);
+	kvt_gpu_pool_close(t->pool);
+	nv_alloc_destroy(&t->al);
+	t->magic = 0;
+	free(t);
+}
+
+int kvt_tier_gpu_open(const struct kvt_tier_conf *conf, const char *device, uint64_t epoch,
+		      struct kvt_tier **out)
+{
+	struct kvt_gpu_engine_opts eo = {sizeof(eo), -1, 32ull << 20, 0, 0};
+	struct kvt_gpu_pool_opts po = {sizeof(po), 0, NULL, 0, epoch};
+	struct kvt_tier *t;
+	int ret;
+
+	*out = NULL;
+	if (!conf || !conf->capacity_bytes)
+		return -EINVAL;
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	t->magic = GPU_TIER_MAGIC;
+	t->log = conf->log;
+	t->log_arg = conf->log_arg;
+	/* Whole pages, so that every block starts 4 KiB (hence 16-byte) aligned. */
+	t->capacity = conf->capacity_bytes >> GPU_PAGE_SHIFT << GPU_PAGE_SHIFT;
+	ret = pick_device(device);
+	if (ret < 0)
+		goto fail;
+	t->dev = ret;
+	ret = kvt_gpu_device_uuid(t->dev, t->uuid);
+	if (ret < 0)
+		goto fail;
+	ret = kvt_gpu_set_device(t->dev);
+	if (ret < 0)
+		goto fail;
+	po.uuid = t->uuid;
+	po.bytes = t->capacity;
+	ret = kvt_gpu_pool_create(&po, &t->pool);
+	if (ret < 0)
+		goto fail;
+	ret = kvt_gpu_stream_create(&t->stream);
+	if (ret < 0)
+		goto fail;
+	eo.device = t->dev;
+	ret = kvt_gpu_engine_create(&eo, &t->eng);
+	if (ret < 0)
+		goto fail;
+	ret = nv_alloc_init(&t->al, t->capacity >> GPU_PAGE_SHIFT);
+	if (ret < 0)
+		goto fail;
+	t->st.capacity_bytes = t->capacity;
+	*out = t;
+	return 0;
+fail:
+	if (ret != -ENODEV)
+		tlog(t, 3, "cannot open the GPU tier: %s", strerror(-ret));
+	gpu_close(t);
+	return ret;
+}
+
+static int gpu_open(const struct kvt_tier_conf *conf, struct kvt_tier **out)
+{
+	return kvt_tier_gpu_open(conf, conf && conf->paths ? conf->paths[0] : NULL, 0, out);
+}
+
+int kvt_tier_gpu_export(struct kvt_tier *t, struct kvt_gpu_ipc_desc *d)
+{
+	return kvt_gpu_pool_export(t->pool, d);
+}
+
+int kvt_tier_gpu_register(struct kvt_tier *t, void *base, uint64_t len)
+{
+	(void)t;
+	return kvt_gpu_host_register(base, len);
+}
+
+void kvt_tier_gpu_unregister(struct kvt_tier *t, void *base)
+{
+	(void)t;
+	kvt_gpu_host_unregister(base);
+}
+
+void kvt_tier_gpu_uuid(const struct kvt_tier *t, uint8_t uuid[KVT_GPU_UUID_LEN])
+{
+	memcpy(uuid, t->uuid, KVT_GPU_UUID_LEN);
+}
+
+static int gpu_alloc(struct kvt_tier *t, uint32_t len, struct kvt_tier_loc *out)
+{
+	uint64_t np = ((uint64_t)len + (1u << GPU_PAGE_SHIFT) - 1) >> GPU_PAGE_SHIFT;
+	int64_t p;
+
+	if (!len)
+		return -EINVAL;
+	p = nv_alloc_get(&t->al, np);
+	if (p < 0)
+		return (int)p;
+	out->off = (uint64_t)p << GPU_PAGE_SHIFT;
+	out->len = (uint32_t)(np << GPU_PAGE_SHIFT);
+	out->file = 0;
+	out->flags = 0;
+	t->st.used_bytes += np << GPU_PAGE_SHIFT;
+	t->st.records++;
+	return 0;
+}
+
+static void gpu_free(struct kvt_tier *t, const struct kvt_tier_loc *loc)
+{
+	uint64_t np = (uint64_t)loc->len >> GPU_PAGE_SHIFT;
+
+	if (nv_alloc_put(&t->al, loc->off >> GPU_PAGE_SHIFT, np) < 0) {
+		/* A double free would hand the same pool bytes to two blocks. */
+		tlog(t, 2, "free of a pool range not in use (offset %llu)",
+		     (unsigned long long)loc->off);
+		return;
+	}
+	t->st.used_bytes -= np << GPU_PAGE_SHIFT;
+	t->st.records--;
+}
+
+static void queue_done(struct kvt_tier *t, struct kvt_tier_io *io)
+{
+	io->tier_priv[0] = 0;
+	if (t->done_tail)
+		t->done_tail->tier_priv[0] = (uintptr_t)io;
+	else
+		t->done_head = io;
+	t->done_tail = io;
+}
+
+static int move(struct kvt_tier *t, struct kvt_tier_io *io, enum kvt_gpu_dir dir)
+{
+	uint64_t dev = (uint64_t)(uintptr_t)kvt_gpu_pool_base(t->pool) + io->loc.off;
+	struct kvt_gpu_seg s = {0, 0, io->len};
+	int ret;
+
+	if (!io->len || io->len > io->loc.len || io->loc.off + io->loc.len > t->capacity ||
+	    nv_alloc_state(&t->al, io->loc.off >> GPU_PAGE_SHIFT, io->loc.len >> GPU_PAGE_SHIFT) !=
+		1)
+		return -EINVAL;
+	if (dir == KVT_GPU_D2H) {
+		s.src = dev;
+		s.dst = (uint64_t)(uintptr_t)io->buf;
+	} else {
+		s.src = (uint64_t)(uintptr_t)io->buf;
+		s.dst = dev;
+	}
+	ret = kvt_gpu_copy(t->eng, &s, 1, dir, KVT_GPU_DMA, t->stream);
+	if (ret >= 0)
+		ret = kvt_gpu_stream_sync(t->stream);
+	io->res = ret < 0 ? ret : (int)io->len;
+	if (ret < 0) {
+		if (dir == KVT_GPU_D2H)
+			t->st.read_errors++;
+		else
+			t->st.write_errors++;
+	} else if (dir == KVT_GPU_D2H) {
+		t->st.bytes_read += io->len;
+		t->st.reads++;
+	} else {
+		t->st.bytes_written += io->len;
+		t->st.writes++;
+	}
+	queue_done(t, io);
+	return 0;
+}
+
+static int gpu_read(struct kvt_tier *t, struct kvt_tier_io *io)
+{
+	return move(t, io, KVT_GPU_D2H);
+}
+
+static int gpu_write(struct kvt_tier *t, struct kvt_tier_io *io)
+{
+	return move(t, io, KVT_GPU_H2D);
+}
+
+static int gpu_complete(struct kvt_tier *t)
+{
+	int n = 0;
+
+	while (t->done_head) {
+		struct kvt_tier_io *io = t->done_head;
+
+		t->done_head = (struct kvt_tier_io *)io->tier_priv[0];
+		if (!t->done_head)
+			t->done_tail = NULL;
+		if (io->done)
+			io->done(io);
+		n++;
+	}
+	return n;
+}
+
+static void gpu_stats(struct kvt_tier *t, struct kvt_tier_stats *st)
+{
+	*st = t->st;
+	st->files = 1;
+}
+
+const struct kvt_tier_ops kvt_tier_gpu_ops = {
+    .name = "gpu",
+    .open = gpu_open,
+    .close = gpu_close,
+    .alloc = gpu_alloc,
+    .free = gpu_free,
+    .write = gpu_write,
+    .read = gpu_read,
+    .stats = gpu_stats,
+    .complete = gpu_complete,
+};
