@@ -208,14 +208,53 @@ uint32_t kvt_crc32c(uint32_t crc, const void *buf, size_t len)
 	return f(crc, buf, len);
 }
 
-static uint32_t record_crc(const struct kvt_record_hdr *h, const void *payload, size_t len)
+/*
+ * Merging CRCs.  A CRC register advanced over n zero bytes is multiplied by x^(8n) modulo the
+ * polynomial; with the conditioning used here (~0 in, ~0 out) the two cancel, so
+ * crc(A.B) = crc(A) * x^(8|B|) + crc(B) over GF(2).  Bit-reflected arithmetic: bit 31 is x^0.
+ */
+#define CRC32C_POLY_REFLECTED 0x82f63b78u
+
+static uint32_t gf2_mulmod(uint32_t a, uint32_t b)
+{
+	uint32_t prod = 0;
+
+	/* For each power x^k of a (bit 31-k), add b * x^k; b steps through b * x^k mod P. */
+	for (uint32_t m = 1u << 31; m; m >>= 1) {
+		if (a & m)
+			prod ^= b;
+		b = (b & 1) ? (b >> 1) ^ CRC32C_POLY_REFLECTED : b >> 1;
+	}
+	return prod;
+}
+
+uint32_t kvt_crc32c_combine(uint32_t crc_a, uint32_t crc_b, size_t len_b)
+{
+	uint32_t sq = 1u << 23; /* x^8: one zero byte */
+	uint32_t pw = 1u << 31; /* x^0 */
+
+	/* x^(8 len_b) by squaring: sq runs through x^(8 * 2^k). */
+	for (size_t n = len_b; n; n >>= 1) {
+		if (n & 1)
+			pw = gf2_mulmod(pw, sq);
+		sq = gf2_mulmod(sq, sq);
+	}
+	return gf2_mulmod(pw, crc_a) ^ crc_b;
+}
+
+uint32_t kvt_record_hdr_crc(const struct kvt_record_hdr *h)
 {
 	struct kvt_record_hdr tmp;
-	uint32_t crc;
 
 	memcpy(&tmp, h, sizeof(tmp));
 	tmp.crc = 0;
-	crc = kvt_crc32c(0, &tmp, sizeof(tmp));
+	return kvt_crc32c(0, &tmp, sizeof(tmp));
+}
+
+static uint32_t record_crc(const struct kvt_record_hdr *h, const void *payload, size_t len)
+{
+	uint32_t crc = kvt_record_hdr_crc(h);
+
 	if (len)
 		crc = kvt_crc32c(crc, payload, len);
 	return crc;
@@ -226,14 +265,21 @@ void kvt_record_seal(struct kvt_record_hdr *h, const void *payload)
 	h->crc = record_crc(h, payload, h->payload_len);
 }
 
-int kvt_record_check(const struct kvt_record_hdr *h, const void *payload, size_t avail)
+int kvt_record_check_hdr(const struct kvt_record_hdr *h, size_t avail)
 {
 	if (!h)
 		return -EBADMSG;
 	if (h->magic != KVT_RECORD_MAGIC || h->version != KVT_RECORD_VERSION ||
 	    h->hdr_size != KVT_RECORD_HDR_SIZE || h->flags != 0)
 		return -EBADMSG;
-	if (h->payload_len > avail || (h->payload_len && !payload))
+	if (h->payload_len > avail)
+		return -EBADMSG;
+	return 0;
+}
+
+int kvt_record_check(const struct kvt_record_hdr *h, const void *payload, size_t avail)
+{
+	if (kvt_record_check_hdr(h, avail) < 0 || (h->payload_len && !payload))
 		return -EBADMSG;
 	if (record_crc(h, payload, h->payload_len) != h->crc)
 		return -EBADMSG;

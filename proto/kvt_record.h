@@ -43,6 +43,20 @@ _Static_assert(sizeof(struct kvt_record_hdr) == KVT_RECORD_HDR_SIZE, "record hea
 /* CRC-32C (Castagnoli); hardware instruction where the CPU has it. */
 uint32_t kvt_crc32c(uint32_t crc, const void *buf, size_t len);
 
+/*
+ * CRC-32C of A followed by B, from crc_a = kvt_crc32c(0, A), crc_b = kvt_crc32c(0, B) and the
+ * length of B: lets several threads check pieces of one record and merge their results.
+ */
+uint32_t kvt_crc32c_combine(uint32_t crc_a, uint32_t crc_b, size_t len_b);
+
+/* CRC-32C of a record's header (its crc field taken as 0), to be continued over the payload
+ * with kvt_crc32c() or merged with kvt_crc32c_combine(). */
+uint32_t kvt_record_hdr_crc(const struct kvt_record_hdr *h);
+
+/* Checks magic, version, hdr_size, flags and payload_len against avail: 0 or -EBADMSG.  The
+ * cheap part of kvt_record_check(), for callers that verify the CRC themselves. */
+int kvt_record_check_hdr(const struct kvt_record_hdr *h, size_t avail);
+
 /* Fills h->crc for h and payload (h->payload_len bytes). */
 void kvt_record_seal(struct kvt_record_hdr *h, const void *payload);
 

@@ -109,11 +109,15 @@ struct kvt_tier_conf {
 			       (0 = tier default); larger requests fall back to plain memory */
 	void (*log)(void *arg, int level, const char *msg); /* NULL = stderr; level as syslog */
 	void *log_arg;
+	unsigned verify_threads; /* NVMe: threads that check read records off the caller's
+				    thread (0 = one per 4 CPUs, 1 to 4) */
 };
 
 #define KVT_TIER_F_NO_URING  0x1u /* use the pread/pwrite workers even if io_uring works */
 #define KVT_TIER_F_NO_DIRECT 0x2u
 #define KVT_TIER_F_FSYNC     0x4u /* fdatasync before a write completes */
+#define KVT_TIER_F_VERIFY_INLINE                                                               \
+	0x8u /* check read records on the thread that calls complete() (benchmarks) */
 
 /*
  * recover() calls cb once per valid record found on the medium.  cb returns 0 to keep the

@@ -72,6 +72,9 @@
 #define NV_DEFAULT_BUF (64ull << 20)
 #define NV_MAX_BUF     (1ull << 30) /* one registered iovec */
 #define NV_MAX_WORKERS 64u
+#define NV_MAX_VERIFY  4u	     /* verifier threads */
+#define NV_VERIFY_MIN  (128u << 10) /* smaller records are checked inline: a hand-off costs more */
+#define NV_VPIECE      (256u << 10) /* a record is checked in pieces of at least this size */
 
 /* On-disk superblock, little-endian, first 64 bytes of page 0. */
 struct nv_sb {
@@ -135,6 +138,28 @@ struct nv_list {
 	struct kvt_tier_io *head, *tail;
 };
 
+/*
+ * A read record being checked by the verifier threads: its payload is cut into pieces, each
+ * piece's CRC is computed by whichever verifier takes it, and the last one to finish merges
+ * them (kvt_crc32c_combine) and delivers the verdict.  Cutting one record across threads is
+ * what shortens a depth-1 read; the event loop itself never touches the payload.
+ */
+struct nv_vjob;
+struct nv_vpiece {
+	struct nv_vjob *job;
+	struct nv_vpiece *next;
+	uint32_t off, len; /* within the payload */
+	uint32_t crc;
+};
+
+struct nv_vjob {
+	struct kvt_tier_io *io;
+	uint32_t want; /* the record's crc, salt removed */
+	unsigned npieces;
+	unsigned left; /* pieces not done yet (atomic) */
+	struct nv_vpiece piece[NV_MAX_VERIFY];
+};
+
 /* tier_priv[0] of a request; tier_priv[1] links it into the tier's lists. */
 #define RQ_OP_MASK    0xfu
 #define RQ_READ	      1u
@@ -188,6 +213,15 @@ struct kvt_tier {
 	struct nv_list wq;
 	struct nv_list wdone;
 	bool stop;
+
+	/* Verifiers (io_uring mode): pieces queued under vmu; verdicts go to wdone under mu. */
+	pthread_t *vthreads;
+	unsigned nvthreads;
+	pthread_mutex_t vmu;
+	pthread_cond_t vcv;
+	struct nv_vpiece *vq_head, *vq_tail;
+	bool vstop;
+	unsigned verifying; /* reads handed to the verifiers, not finished yet (loop thread) */
 
 	struct nv_rec *recs;
 	size_t nrecs;
@@ -1032,6 +1066,154 @@ static void workers_stop(struct kvt_tier *t)
 	t->nworkers = 0;
 }
 
+static void vjob_finish(struct kvt_tier *t, struct nv_vjob *j)
+{
+	struct kvt_tier_io *io = j->io;
+	const struct kvt_record_hdr *h = io->buf;
+	uint32_t crc = kvt_record_hdr_crc(h);
+
+	for (unsigned k = 0; k < j->npieces; k++)
+		crc = kvt_crc32c_combine(crc, j->piece[k].crc, j->piece[k].len);
+	io->res = crc == j->want ? (int)io->len : -EBADMSG;
+	free(j);
+	pthread_mutex_lock(&t->mu);
+	list_add(&t->wdone, io);
+	pthread_mutex_unlock(&t->mu);
+	efd_signal(t);
+}
+
+static void *verifier_main(void *arg)
+{
+	struct kvt_tier *t = arg;
+
+	for (;;) {
+		struct nv_vpiece *pc;
+		const char *payload;
+
+		pthread_mutex_lock(&t->vmu);
+		while (!t->vstop && !t->vq_head)
+			pthread_cond_wait(&t->vcv, &t->vmu);
+		pc = t->vq_head;
+		if (pc) {
+			t->vq_head = pc->next;
+			if (!t->vq_head)
+				t->vq_tail = NULL;
+		}
+		pthread_mutex_unlock(&t->vmu);
+		if (!pc)
+			break;
+		payload = (const char *)pc->job->io->buf + KVT_RECORD_HDR_SIZE;
+		pc->crc = kvt_crc32c(0, payload + pc->off, pc->len);
+		/* The last piece done merges: acq_rel orders the other pieces' crc stores. */
+		if (__atomic_sub_fetch(&pc->job->left, 1, __ATOMIC_ACQ_REL) == 0)
+			vjob_finish(t, pc->job);
+	}
+	return NULL;
+}
+
+static void verifiers_start(struct kvt_tier *t, unsigned want)
+{
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+
+	if (!want)
+		want = ncpu >= 8 ? (unsigned)(ncpu / 4) : 1;
+	if (want > NV_MAX_VERIFY)
+		want = NV_MAX_VERIFY;
+	t->vthreads = calloc(want, sizeof(*t->vthreads));
+	if (!t->vthreads)
+		return; /* checked inline then */
+	for (unsigned i = 0; i < want; i++) {
+		if (pthread_create(&t->vthreads[i], NULL, verifier_main, t))
+			break;
+		t->nvthreads++;
+	}
+	if (!t->nvthreads) {
+		free(t->vthreads);
+		t->vthreads = NULL;
+	}
+}
+
+static void verifiers_stop(struct kvt_tier *t)
+{
+	pthread_mutex_lock(&t->vmu);
+	t->vstop = true;
+	pthread_cond_broadcast(&t->vcv);
+	pthread_mutex_unlock(&t->vmu);
+	for (unsigned i = 0; i < t->nvthreads; i++)
+		pthread_join(t->vthreads[i], NULL);
+	free(t->vthreads);
+	t->vthreads = NULL;
+	t->nvthreads = 0;
+}
+
+/*
+ * A read came back from the device (loop thread).  Checks the header here (cheap, and the
+ * piece sizes depend on it); a large payload goes to the verifiers and its device slot is
+ * given back at once so that the queue refills while the CRC runs.  Returns true when the
+ * request was handed over (its verdict arrives through wdone).
+ */
+static bool verify_async(struct kvt_tier *t, struct kvt_tier_io *io)
+{
+	struct kvt_record_hdr *h = io->buf;
+	struct nv_vjob *j;
+	uint32_t plen, step, off = 0;
+	unsigned n;
+
+	if (!t->nvthreads || io->len < NV_VERIFY_MIN)
+		return false;
+	h->crc ^= t->files[io->loc.file].salt;
+	io->tier_priv[0] |= RQ_VERIFIED;
+	if (kvt_record_check_hdr(h, io->len - KVT_RECORD_HDR_SIZE) < 0 ||
+	    !(j = calloc(1, sizeof(*j)))) {
+		/* No job memory: the record is checked here after all. */
+		io->tier_priv[0] &= ~(uintptr_t)RQ_VERIFIED;
+		h->crc ^= t->files[io->loc.file].salt;
+		return false;
+	}
+	plen = h->payload_len;
+	n = plen / NV_VPIECE;
+	n = n < 1 ? 1 : (n > t->nvthreads ? t->nvthreads : n);
+	step = (plen / n + 63) & ~63u;
+	j->io = io;
+	j->want = h->crc;
+	for (unsigned k = 0; k < n && off < plen; k++) {
+		struct nv_vpiece *pc = &j->piece[k];
+
+		pc->job = j;
+		pc->off = off;
+		pc->len = plen - off < step || k == n - 1 ? plen - off : step;
+		off += pc->len;
+		j->npieces++;
+	}
+	if (!j->npieces) { /* empty payload: nothing to cut */
+		j->piece[0].job = j;
+		j->npieces = 1;
+	}
+	j->left = j->npieces;
+	if (io->tier_priv[0] & RQ_STARTED) {
+		io->tier_priv[0] &= ~(uintptr_t)RQ_STARTED;
+		t->inflight--;
+	}
+	t->verifying++;
+	pthread_mutex_lock(&t->vmu);
+	for (unsigned k = 0; k < j->npieces; k++) {
+		struct nv_vpiece *pc = &j->piece[k];
+
+		pc->next = NULL;
+		if (t->vq_tail)
+			t->vq_tail->next = pc;
+		else
+			t->vq_head = pc;
+		t->vq_tail = pc;
+	}
+	pthread_mutex_unlock(&t->vmu);
+	if (j->npieces > 1)
+		pthread_cond_broadcast(&t->vcv);
+	else
+		pthread_cond_signal(&t->vcv);
+	return true;
+}
+
 static int uring_setup(struct kvt_tier *t)
 {
 	unsigned entries = 8;
@@ -1371,6 +1553,8 @@ static int nvme_open(const struct kvt_tier_conf *conf, struct kvt_tier **out)
 	t->efd = -1;
 	pthread_mutex_init(&t->mu, NULL);
 	pthread_cond_init(&t->cv, NULL);
+	pthread_mutex_init(&t->vmu, NULL);
+	pthread_cond_init(&t->vcv, NULL);
 	t->files = calloc(n, sizeof(*t->files));
 	if (!t->files) {
 		r = -ENOMEM;
@@ -1430,6 +1614,8 @@ static int nvme_open(const struct kvt_tier_conf *conf, struct kvt_tier **out)
 		r = workers_start(t);
 		if (r < 0)
 			goto fail;
+	} else if (!(t->flags & KVT_TIER_F_VERIFY_INLINE)) {
+		verifiers_start(t, conf->verify_threads);
 	}
 	for (unsigned i = 0; i < t->nfiles; i++)
 		t->st.capacity_bytes += t->files[i].data_bytes;
@@ -1448,7 +1634,8 @@ static void nvme_close(struct kvt_tier *t)
 	if (t->magic != NV_TIER_MAGIC)
 		abort(); /* a stray pointer here would corrupt data on the way out */
 	/* Drain: outstanding done() callbacks (and pending invalidations) run here. */
-	while (t->inflight || t->backlog.head || t->done_now.head || t->deferred.head) {
+	while (t->inflight || t->verifying || t->backlog.head || t->done_now.head ||
+	       t->deferred.head) {
 		struct pollfd pfd = {.fd = t->efd, .events = POLLIN};
 
 		if (t->uring)
@@ -1457,6 +1644,8 @@ static void nvme_close(struct kvt_tier *t)
 			poll(&pfd, 1, 100);
 		nvme_complete(t);
 	}
+	if (t->vthreads)
+		verifiers_stop(t);
 	if (t->uring)
 		io_uring_queue_exit(&t->ring);
 	if (t->workers)
@@ -1488,6 +1677,8 @@ static void nvme_close(struct kvt_tier *t)
 	free(t->sb_buf);
 	pthread_mutex_destroy(&t->mu);
 	pthread_cond_destroy(&t->cv);
+	pthread_mutex_destroy(&t->vmu);
+	pthread_cond_destroy(&t->vcv);
 	t->magic = 0;
 	free(t);
 }
@@ -1700,6 +1891,8 @@ static void uring_reap(struct kvt_tier *t, int *n)
 		io->tier_priv[0] -= 1u << RQ_PEND_SHIFT;
 		if (io->tier_priv[0] & RQ_PEND_MASK)
 			continue;
+		if (rq_op(io) == RQ_READ && io->res >= 0 && verify_async(t, io))
+			continue;
 		nv_finish(t, io, io->res);
 		(*n)++;
 	}
@@ -1714,15 +1907,17 @@ static void reap_all(struct kvt_tier *t, int *n)
 	if (t->uring) {
 		uring_flush(t);
 		uring_reap(t, n);
-	} else {
-		pthread_mutex_lock(&t->mu);
-		l = t->wdone;
-		t->wdone.head = t->wdone.tail = NULL;
-		pthread_mutex_unlock(&t->mu);
-		while ((io = list_pop(&l))) {
-			nv_finish(t, io, io->res);
-			(*n)++;
-		}
+	}
+	/* Worker results, or in io_uring mode the verifiers' verdicts. */
+	pthread_mutex_lock(&t->mu);
+	l = t->wdone;
+	t->wdone.head = t->wdone.tail = NULL;
+	pthread_mutex_unlock(&t->mu);
+	while ((io = list_pop(&l))) {
+		if (t->uring)
+			t->verifying--;
+		nv_finish(t, io, io->res);
+		(*n)++;
 	}
 	l = t->done_now;
 	t->done_now.head = t->done_now.tail = NULL;
@@ -1770,14 +1965,14 @@ static void drain_freeing(struct kvt_tier *t)
 	bool old = t->defer_user;
 
 	t->defer_user = true;
-	while (t->freeing && (t->inflight || t->backlog.head || t->done_now.head)) {
+	while (t->freeing && (t->inflight || t->verifying || t->backlog.head || t->done_now.head)) {
 		int n = 0;
 
-		if (t->uring) {
+		if (t->uring && t->inflight) {
 			struct io_uring_cqe *cqe;
 
 			uring_flush(t);
-			if (t->inflight && !t->done_now.head)
+			if (!t->done_now.head)
 				io_uring_wait_cqe(&t->ring, &cqe);
 		} else if (!t->done_now.head) {
 			struct pollfd pfd = {.fd = t->efd, .events = POLLIN};

@@ -1050,13 +1050,25 @@ static void test_daemon_crash_loop(void)
 		if (kids[p] == 0) {
 			struct kvt_key keys[N];
 			uint8_t *a = malloc(bb), *b = malloc(bb);
-			struct kvt_client *c = connect_ok();
+			struct kvt_client *c = NULL;
 			long ok_ops = 0, wrong = 0, errors = 0;
 			int lay;
 
+			/* The first kill may land during our handshake: a user retries connect. */
+			for (int tries = 0; !c && tries < 200; tries++) {
+				c = connect_ok();
+				if (!c)
+					usleep(50000);
+			}
 			if (!c)
 				_exit(2);
 			lay = kvt_register_layout(c, &l);
+			for (int tries = 0; lay < 0 && tries < 200; tries++) {
+				usleep(50000);
+				lay = kvt_register_layout(c, &l);
+			}
+			if (lay < 0)
+				_exit(4);
 			make_keys(&l, 60 + (uint32_t)p, keys, N);
 			char stop[300];
 			snprintf(stop, sizeof(stop), "%s/stop", dir);
