@@ -34,6 +34,7 @@ int bench_nvme_main(int argc, char **argv);
 
 #define FB_DEPTHS 2
 static bool fio_tuned; /* --fio-tuned: give fio the tier's submission tricks */
+static bool verify_inline; /* --verify-inline: CRC of reads on the completing thread */
 static const unsigned fb_depth[FB_DEPTHS] = {1, 4};
 
 struct bopts {
@@ -197,7 +198,7 @@ static int session_open(struct session *s, const char *path, uint64_t size, uint
 	    .capacity_bytes = size + 4096,
 	    .paths = paths,
 	    .queue_depth = maxqd,
-	    .flags = flags,
+	    .flags = flags | (verify_inline ? KVT_TIER_F_VERIFY_INLINE : 0),
 	    .buf_bytes = size,
 	    .log = quiet_log,
 	};
@@ -460,7 +461,9 @@ static void usage(void)
 		"usage: kvtier-bench --nvme [--json] [--quick] [--dir DIR] [--size MiB]\n"
 		"       [--bs 64k,256k,1m,4m] [--qd 1,4,16,64] [--reps N] [--no-fio]\n"
 		"       [--fio-tuned]  (fio io_uring with batched submission, fixedbufs,\n"
-		"                       registerfiles; default: the plain command of DESIGN §9)\n");
+		"                       registerfiles; default: the plain command of DESIGN §9)\n"
+		"       [--verify-inline]  (check read CRCs on the completing thread, not on the\n"
+		"                       tier's verifier threads: the cost of checking, side by side)\n");
 }
 
 static double ratio(double a, double b)
@@ -542,6 +545,8 @@ int bench_nvme_main(int argc, char **argv)
 			o.no_fio = true;
 		} else if (!strcmp(a, "--fio-tuned")) {
 			fio_tuned = true;
+		} else if (!strcmp(a, "--verify-inline")) {
+			verify_inline = true;
 		} else if (!strcmp(a, "--dir") && v) {
 			o.dir = v;
 			i++;
@@ -711,11 +716,12 @@ int bench_nvme_main(int argc, char **argv)
 		printf(
 		    "{\"bench\": \"nvme\", \"dir\": \"%s\", \"file_bytes\": %llu, \"tmpfs\": %s, "
 		    "\"fio\": %s, \"fio_tuned\": %s, \"reps\": %u, \"o_direct\": %s, "
-		    "\"fixed_bufs\": %s,\n",
+		    "\"fixed_bufs\": %s, \"verify\": \"%s\",\n",
 		    o.dir, (unsigned long long)o.size, tmpfs ? "true" : "false",
 		    fio ? "true" : "false", fio_tuned ? "true" : "false", o.reps,
 		    io_flags & KVT_TIER_ST_DIRECT ? "true" : "false",
-		    io_flags & KVT_TIER_ST_FIXED_BUFS ? "true" : "false");
+		    io_flags & KVT_TIER_ST_FIXED_BUFS ? "true" : "false",
+		    verify_inline ? "inline" : "threads");
 		printf(" \"results\": [\n");
 		for (unsigned b = 0; b < o.nbs; b++)
 			for (unsigned q = 0; q < o.nqd; q++) {
