@@ -291,6 +291,119 @@ struct kvt_stats {
 /* Fills st (st->size must be set). Returns 0 or -errno. */
 KVT_API int kvt_stats(struct kvt_client *c, struct kvt_stats *st);
 
+/* =======================================================================================
+ * Device API: KV pages on the GPU <-> kvtier, without staging through CPU buffers.
+ *
+ * A struct kvt_dev sits on top of a client.  It copies engine pages (vLLM, FlashInfer or
+ * one contiguous buffer per block, described by struct kvt_dev_pages) into and out of
+ *   - the daemon's GPU tier: a device pool the daemon exports once over CUDA IPC; the
+ *     library maps it once (kvt_dev_open) and copies device to device, and
+ *   - the host tier: the shared arena, which the library registers with cudaHostRegister
+ *     the first time it sees it (again after a daemon restart gave it a new arena), so the
+ *     copy is a DMA.
+ * Many small pages are gathered into few large transfers by gpu/'s copy engine, on the
+ * stream the caller passes.  Completion never uses CUDA event IPC: the library waits on
+ * its own stream (a flag written by the GPU after the copies) before it commits a put or
+ * releases a get's lease, so a call returns once the data is in place.
+ *
+ * Where blocks go: a put goes to the GPU tier when the daemon runs one (gpu.capacity > 0
+ * and a GPU), else, or when the pool is full of leased blocks, to the host tier.  The
+ * daemon moves cold pool blocks down to the host (gpu.high_watermark) and copies a block a
+ * device get found only on the host up to the pool (gpu.promote_on_get).  CPU calls
+ * (kvt_get, kvt_lookup...) see every block, wherever it is.
+ *
+ * Daemon restarts: the next call reconnects, maps the new pool (its descriptor carries a
+ * higher epoch) and unmaps the old one; blocks of the old daemon's pool are gone.
+ *
+ * Block bytes: a block stored by kvt_dev_put() holds, per layer, the K pages then the V
+ * pages of its engine blocks as the engine keeps them ([block_size][heads][dim] each), i.e.
+ * offset(layer l, kv k, page j) = ((l * n_kv + k) * pages_per_block + j) * page_bytes.
+ *
+ * Threads: one struct kvt_dev serializes its calls (an internal lock); open one per thread
+ * for parallel copies.  Without CUDA support in the library, or without a GPU, every
+ * function returns -ENODEV (kvt_dev_available() returns 0).
+ */
+struct kvt_dev;
+
+/* Where the engine keeps its pages, per layer one tensor addressed by engine block id:
+ *   vLLM        [2, num_blocks, block_size, heads, dim]: kv_stride = num_blocks * page_bytes,
+ *                                                        block_stride = page_bytes, n_kv = 2
+ *   FlashInfer  [num_blocks, 2, block_size, heads, dim]: kv_stride = page_bytes,
+ *                                                        block_stride = 2 * page_bytes
+ *   one buffer  n_layers = 1, n_kv = 1, page_bytes = block_stride = bytes of one block */
+struct kvt_dev_pages {
+	uint32_t size; /* sizeof(struct kvt_dev_pages) */
+	uint32_t n_layers;
+	const uint64_t *layer_base; /* n_layers device addresses (e.g. tensor.data_ptr()) */
+	uint64_t page_bytes;	    /* block_size * heads * dim * element size */
+	uint64_t block_stride;	    /* bytes from engine block b to b + 1 within a layer's K */
+	uint64_t kv_stride;	    /* bytes from a page's K to its V */
+	uint32_t n_kv;		    /* 2 (K and V) or 1 */
+	uint32_t pages_per_block;   /* engine blocks per kvtier block, >= 1 */
+};
+
+struct kvt_dev_opts {
+	uint32_t size;		 /* sizeof(struct kvt_dev_opts) */
+	int32_t device;		 /* CUDA ordinal of the engine's GPU; -1: the current device */
+	const char *socket_path; /* the daemon's socket, as given to kvt_connect (NULL: same
+				  * default as kvt_connect) */
+	uint32_t flags;		 /* KVT_DEV_* */
+};
+
+/* kvt_dev_open flags and kvt_dev_put/get flags: leave the GPU tier out, use the host tier. */
+#define KVT_DEV_HOST_ONLY 0x1u
+
+/* Number of GPUs the library can use: 0 without a GPU or without CUDA support. */
+KVT_API int kvt_dev_available(void);
+
+/*
+ * Opens the device API on client c (which must outlive it: close the kvt_dev first).  o may
+ * be NULL.  Maps the daemon's GPU pool when it runs a GPU tier on a GPU this process sees;
+ * works with the host tier alone otherwise.  Returns 0, -ENODEV (no GPU or no CUDA),
+ * -EINVAL, -ENOMEM, -EIO.
+ */
+KVT_API int kvt_dev_open(struct kvt_client *c, const struct kvt_dev_opts *o, struct kvt_dev **out);
+/* Unmaps the pool and the arena registrations.  NULL is a no-op. */
+KVT_API void kvt_dev_close(struct kvt_dev *d);
+
+/* Registers a layout for device calls (also on the client).  Returns a device layout id
+ * (>= 0) for kvt_dev_put/kvt_dev_get, or the errors of kvt_register_layout(). */
+KVT_API int kvt_dev_layout(struct kvt_dev *d, const struct kvt_layout *l);
+
+/*
+ * Stores n blocks: block i is made of the engine blocks ids[i * pages_per_block + j] of
+ * every layer, stored under keys[i].  stream: a cudaStream_t of the caller (NULL: the
+ * library's own stream); the copies are queued on it after the caller's work, so pages the
+ * engine just wrote are copied as written.  Returns when the blocks are stored: the number
+ * of blocks stored or already present (n when all are), or -errno when none could be
+ * (-ENOSPC, -E2BIG, -EINVAL for pages whose block size exceeds the layout's, -KVT_EDAEMON).
+ */
+KVT_API int kvt_dev_put(struct kvt_dev *d, int layout, const struct kvt_dev_pages *p,
+			const struct kvt_key *keys, const uint32_t *ids, size_t n, unsigned flags,
+			void *stream);
+
+/*
+ * Loads blocks into the engine pages ids (as in kvt_dev_put), wherever they are stored.
+ * Returns the number of leading blocks loaded (stops at the first miss; pages of later
+ * blocks may have been written too), or -errno.  Returns once the pages hold the data.
+ */
+KVT_API int kvt_dev_get(struct kvt_dev *d, int layout, const struct kvt_dev_pages *p,
+			const struct kvt_key *keys, const uint32_t *ids, size_t n, unsigned flags,
+			void *stream);
+
+struct kvt_dev_info {
+	uint32_t size;	  /* sizeof(struct kvt_dev_info), set by the caller */
+	int32_t gpu_tier; /* 1 when the daemon's pool is mapped */
+	uint64_t epoch;	  /* epoch of the mapped pool (0: none) */
+	uint64_t pool_bytes;
+	char uuid[41];	     /* "GPU-..." of the pool's device ("" when none) */
+	uint32_t reattaches; /* pools mapped after a daemon restart */
+	uint64_t gpu_puts, host_puts, gpu_gets, host_gets; /* blocks, by where they went */
+};
+
+/* Fills st (st->size must be set).  Returns 0 or -EINVAL. */
+KVT_API int kvt_dev_info(struct kvt_dev *d, struct kvt_dev_info *st);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1990,9 +1990,6 @@ int kvtd_create(const struct kvtd_config *cfg, struct kvtd **out)
 	ret = kvtd_place_init(d);
 	if (ret < 0)
 		goto fail;
-	ret = kvtd_gpu_init(d);
-	if (ret < 0)
-		goto fail;
 #ifdef KVT_HAVE_SYSTEMD
 	uint64_t wd_usec;
 	d->watchdog = sd_watchdog_enabled(0, &wd_usec) > 0;
@@ -2041,6 +2038,13 @@ int kvtd_run(struct kvtd *d)
 	struct epoll_event evs[64];
 	uint64_t last_work = now_us();
 	bool sleeping = false;
+	int ret;
+
+	/* Here, not in kvtd_create(): kvtierd forks into the background in between, and a
+	 * CUDA context does not survive fork(). */
+	ret = kvtd_gpu_init(d);
+	if (ret < 0)
+		return ret;
 
 #ifdef KVT_HAVE_SYSTEMD
 	sd_notifyf(0, "READY=1\nSTATUS=serving on %s\nMAINPID=%d",

@@ -1,0 +1,859 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libkvtier's device API: engine pages on the GPU <-> the daemon's GPU pool (device to
+ * device) or the host arena (DMA), through gpu/'s copy engine.
+ *
+ * The GPU tier is reached over a connection of its own (KVT_HELLO_DEVICE): GPU_ATTACH gives
+ * the pool's descriptor, batched GPU_OP messages reserve, commit, lease and release pool
+ * blocks.  The host tier is reached through the client's public calls (reserve/commit,
+ * lease/release), whose arena memory the library registers with CUDA once per mapping.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "kvt_gpu.h"
+#include "kvt_proto.h"
+#include "kvtier.h"
+
+#define DEV_MAGIC    0x4b564456u /* "KVDV" */
+#define DEV_LAYOUTS  64
+#define DEV_REGS     8
+#define HOST_CHUNK   32u /* host-path blocks per copy round (pipelined with the next) */
+#define DEV_TIMEOUT  10000
+#define FLAG_TIMEOUT (30ll * 1000000000ll)
+
+struct dev_reg {
+	void *base;
+	size_t len;
+};
+
+/* One block of a call: where it is and what holds it. */
+enum { B_NONE = 0, B_GPU, B_HOST, B_DONE };
+
+struct dev_blk {
+	uint8_t where;
+	uint64_t addr;	 /* pool or arena address of the kvtier block */
+	uint64_t handle; /* pool reservation/lease */
+	union {
+		struct kvt_reservation r;
+		struct kvt_lease l;
+	} u;
+};
+
+struct kvt_dev {
+	uint32_t magic;
+	struct kvt_client *c;
+	pthread_mutex_t lock;
+	int device;
+	unsigned flags;
+	char path[108];
+	int sock;
+	bool gpu_tier, tried;
+	struct kvt_gpu_pool *pool;
+	uint64_t epoch;
+	struct kvt_gpu_ipc_desc desc;
+	unsigned reattaches;
+	struct kvt_gpu_engine *eng;
+	void *own_stream;
+	uint64_t *flag; /* pinned; the GPU writes increasing values after each copy round */
+	uint64_t seq;
+	struct dev_reg reg[DEV_REGS];
+	unsigned nreg;
+	struct kvt_layout layouts[DEV_LAYOUTS];
+	int host_id[DEV_LAYOUTS];
+	unsigned nlayouts;
+	uint8_t *msg; /* request and reply of one GPU_OP */
+	struct kvt_gpu_seg *segs;
+	size_t segcap;
+	struct dev_blk *blk;
+	size_t blkcap;
+	uint32_t *ids;
+	uint64_t *addrs;
+	size_t idcap;
+	uint64_t gpu_puts, host_puts, gpu_gets, host_gets;
+};
+
+KVT_API int kvt_dev_available(void)
+{
+	return kvt_gpu_available();
+}
+
+/* ---- the device connection ------------------------------------------------------------- */
+
+static void sock_close(struct kvt_dev *d)
+{
+	if (d->sock >= 0)
+		close(d->sock);
+	d->sock = -1;
+}
+
+/* One request, one reply of type want.  -KVT_EDAEMON when the daemon is gone. */
+static int call(struct kvt_dev *d, const void *req, size_t len, void *rep, size_t cap,
+		uint16_t want)
+{
+	struct pollfd p = {d->sock, POLLIN, 0};
+	struct kvt_msg_hdr h;
+	ssize_t n;
+
+	if (d->sock < 0)
+		return -KVT_EDAEMON;
+	if (send(d->sock, req, len, MSG_NOSIGNAL) != (ssize_t)len)
+		goto gone;
+	if (poll(&p, 1, DEV_TIMEOUT) <= 0)
+		goto gone;
+	n = recv(d->sock, rep, cap, MSG_TRUNC);
+	if (n <= 0)
+		goto gone;
+	if ((size_t)n > cap || kvt_msg_check(rep, (size_t)n) < 0)
+		return -KVT_EPROTOCOL;
+	memcpy(&h, rep, sizeof(h));
+	if (h.type == KVT_MSG_RESULT)
+		return ((struct kvt_msg_result *)rep)->res < 0 ? ((struct kvt_msg_result *)rep)->res
+							       : -KVT_EPROTOCOL;
+	return h.type == want ? (int)n : -KVT_EPROTOCOL;
+gone:
+	sock_close(d);
+	return -KVT_EDAEMON;
+}
+
+/*
+ * (Re)connects and maps the daemon's pool.  A pool of another epoch (a restarted daemon)
+ * replaces the old mapping, once the copies queued on it are done.  Returns 0 with
+ * d->gpu_tier telling whether the GPU tier can be used, or -errno when the daemon is gone.
+ */
+static int attach(struct kvt_dev *d)
+{
+	struct kvt_msg_hello m;
+	union {
+		struct kvt_msg_hello_reply h;
+		struct kvt_msg_gpu_attach_reply g;
+	} r;
+	struct kvt_msg_hdr a;
+	struct kvt_gpu_ipc_desc desc;
+	struct kvt_gpu_pool *pool = NULL;
+	int ret;
+
+	sock_close(d);
+	d->gpu_tier = false;
+	d->tried = true;
+	ret = kvt_sock_open(d->path, &d->sock);
+	if (ret < 0)
+		return ret == -ENOENT || ret == -ECONNREFUSED ? -KVT_EDAEMON : ret;
+	memset(&m, 0, sizeof(m));
+	kvt_msg_init(&m.h, KVT_MSG_HELLO, sizeof(m));
+	m.lib_version = KVT_VERSION_NUMBER;
+	m.pid = (uint32_t)getpid();
+	m.want_admin = KVT_HELLO_DEVICE;
+	snprintf(m.name, sizeof(m.name), "%s (gpu)", program_invocation_short_name);
+	ret = call(d, &m, sizeof(m), &r, sizeof(r), KVT_MSG_HELLO_REPLY);
+	if (ret < 0)
+		goto fail;
+	if (r.h.res < 0) {
+		ret = r.h.res;
+		goto fail;
+	}
+	kvt_msg_init(&a, KVT_MSG_GPU_ATTACH, sizeof(a));
+	ret = call(d, &a, sizeof(a), &r, sizeof(r), KVT_MSG_GPU_ATTACH_REPLY);
+	if (ret < 0)
+		goto fail;
+	if (r.g.res < 0)
+		return 0; /* no GPU tier there: the host tier serves every call */
+	memcpy(&desc, r.g.desc, sizeof(desc));
+	if (d->pool && desc.epoch == d->desc.epoch && !memcmp(&desc, &d->desc, sizeof(desc))) {
+		d->gpu_tier = true;
+		return 0;
+	}
+	if (kvt_gpu_pool_open(&desc, &pool) < 0)
+		return 0; /* a pool on a GPU we cannot reach: host tier only */
+	if (d->pool) {
+		kvt_gpu_stream_sync(d->own_stream);
+		kvt_gpu_pool_close(d->pool);
+		d->reattaches++;
+	}
+	d->pool = pool;
+	d->desc = desc;
+	d->epoch = desc.epoch;
+	d->gpu_tier = true;
+	return 0;
+fail:
+	sock_close(d);
+	return ret;
+}
+
+/* Makes sure the device connection is up (reconnecting after a daemon restart). */
+static void ensure_attached(struct kvt_dev *d)
+{
+	if (d->sock < 0)
+		attach(d);
+}
+
+/*
+ * One GPU_OP over n entries of req; results into res.  Returns 0 or the message-level error
+ * (-KVT_EDAEMON: the daemon went away, nothing of this message happened in the new one).
+ */
+static int gpu_op(struct kvt_dev *d, uint32_t op, const struct kvt_layout *l, uint32_t len,
+		  const struct kvt_gpu_op_req *req, uint32_t n, struct kvt_gpu_op_res *res)
+{
+	struct kvt_msg_gpu_op *m = (struct kvt_msg_gpu_op *)d->msg;
+	size_t mlen = sizeof(*m) + (size_t)n * sizeof(*req);
+	uint8_t *rep = d->msg + KVT_MSG_MAX;
+	struct kvt_msg_gpu_op_reply r;
+	int ret;
+
+	memset(m, 0, sizeof(*m));
+	kvt_msg_init(&m->h, KVT_MSG_GPU_OP, (uint32_t)mlen);
+	m->op = op;
+	m->n = n;
+	m->len = len;
+	if (l)
+		m->layout = *l;
+	memcpy(m + 1, req, (size_t)n * sizeof(*req));
+	ret = call(d, m, mlen, rep, KVT_MSG_MAX, KVT_MSG_GPU_OP_REPLY);
+	if (ret < 0)
+		return ret;
+	memcpy(&r, rep, sizeof(r));
+	if (r.res < 0)
+		return r.res;
+	if (r.n != n || (size_t)ret != sizeof(r) + (size_t)n * sizeof(*res))
+		return -KVT_EPROTOCOL;
+	memcpy(res, rep + sizeof(r), (size_t)n * sizeof(*res));
+	return 0;
+}
+
+/* ---- host arena registration ------------------------------------------------------------ */
+
+/* The mapping of this process that contains p, from /proc/self/maps. */
+static int find_mapping(const void *p, void **base, size_t *len)
+{
+	uintptr_t a = (uintptr_t)p;
+	char line[512];
+	FILE *f = fopen("/proc/self/maps", "re");
+	int ret = -ENOENT;
+
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		uintptr_t lo, hi;
+
+		if (sscanf(line, "%" SCNxPTR "-%" SCNxPTR, &lo, &hi) != 2)
+			continue;
+		if (a >= lo && a < hi) {
+			*base = (void *)lo;
+			*len = hi - lo;
+			ret = 0;
+			break;
+		}
+	}
+	fclose(f);
+	return ret;
+}
+
+/*
+ * Makes [p, p + n) DMA-capable: the arena mapping holding it is registered with CUDA once.
+ * A new mapping (the arena of a restarted daemon) is registered when first seen.
+ */
+static int host_ready(struct kvt_dev *d, const void *p, size_t n)
+{
+	void *base;
+	size_t len;
+	int ret;
+
+	for (unsigned k = 0; k < d->nreg; k++) {
+		if ((const uint8_t *)p >= (uint8_t *)d->reg[k].base &&
+		    (const uint8_t *)p + n <= (uint8_t *)d->reg[k].base + d->reg[k].len)
+			return 0;
+	}
+	ret = find_mapping(p, &base, &len);
+	if (ret < 0)
+		return ret;
+	if (d->nreg == DEV_REGS) {
+		/* Oldest first: arenas of daemons long gone hold no live block of ours. */
+		kvt_gpu_host_unregister(d->reg[0].base);
+		memmove(d->reg, d->reg + 1, (DEV_REGS - 1) * sizeof(d->reg[0]));
+		d->nreg--;
+	}
+	ret = kvt_gpu_host_register(base, len);
+	if (ret < 0)
+		return ret;
+	d->reg[d->nreg].base = base;
+	d->reg[d->nreg].len = len;
+	d->nreg++;
+	return 0;
+}
+
+/* ---- open / close ------------------------------------------------------------------------ */
+
+KVT_API void kvt_dev_close(struct kvt_dev *d)
+{
+	if (!d || d->magic != DEV_MAGIC)
+		return;
+	if (d->own_stream)
+		kvt_gpu_stream_sync(d->own_stream);
+	sock_close(d);
+	kvt_gpu_pool_close(d->pool);
+	for (unsigned k = 0; k < d->nreg; k++)
+		kvt_gpu_host_unregister(d->reg[k].base);
+	kvt_gpu_engine_destroy(d->eng);
+	kvt_gpu_stream_destroy(d->own_stream);
+	kvt_gpu_host_free(d->flag);
+	pthread_mutex_destroy(&d->lock);
+	free(d->msg);
+	free(d->segs);
+	free(d->blk);
+	free(d->ids);
+	free(d->addrs);
+	d->magic = 0;
+	free(d);
+}
+
+KVT_API int kvt_dev_open(struct kvt_client *c, const struct kvt_dev_opts *o, struct kvt_dev **out)
+{
+	struct kvt_dev_opts opts = {sizeof(opts), -1, NULL, 0};
+	struct kvt_gpu_engine_opts eo = {sizeof(eo), -1, 0, 0, 0};
+	struct kvt_dev *d;
+	int ret;
+
+	if (!out || !c)
+		return -EINVAL;
+	*out = NULL;
+	if (o) {
+		if (o->size < sizeof(uint32_t))
+			return -EINVAL;
+		memcpy(&opts, o, o->size < sizeof(opts) ? o->size : sizeof(opts));
+	}
+	if (kvt_gpu_available() <= 0)
+		return -ENODEV;
+	d = calloc(1, sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	d->magic = DEV_MAGIC;
+	d->c = c;
+	d->sock = -1;
+	d->flags = opts.flags;
+	pthread_mutex_init(&d->lock, NULL);
+	ret = kvt_socket_path(opts.socket_path, d->path, sizeof(d->path));
+	if (ret < 0)
+		goto fail;
+	if (opts.device >= 0) {
+		ret = kvt_gpu_set_device(opts.device);
+		if (ret < 0)
+			goto fail;
+	}
+	d->device = opts.device;
+	d->msg = malloc(2 * (size_t)KVT_MSG_MAX);
+	if (!d->msg) {
+		ret = -ENOMEM;
+		goto fail;
+	}
+	ret = kvt_gpu_stream_create(&d->own_stream);
+	if (ret < 0)
+		goto fail;
+	eo.device = opts.device;
+	ret = kvt_gpu_engine_create(&eo, &d->eng);
+	if (ret < 0)
+		goto fail;
+	ret = kvt_gpu_host_alloc(64, (void **)&d->flag);
+	if (ret < 0)
+		goto fail;
+	*d->flag = 0;
+	if (!(d->flags & KVT_DEV_HOST_ONLY))
+		attach(d); /* no daemon GPU tier is not an error: the host tier serves */
+	*out = d;
+	return 0;
+fail:
+	kvt_dev_close(d);
+	return ret;
+}
+
+KVT_API int kvt_dev_layout(struct kvt_dev *d, const struct kvt_layout *l)
+{
+	int ret;
+
+	if (!d || d->magic != DEV_MAGIC || !l)
+		return -EINVAL;
+	pthread_mutex_lock(&d->lock);
+	for (unsigned k = 0; k < d->nlayouts; k++) {
+		if (!memcmp(&d->layouts[k], l, sizeof(*l))) {
+			ret = (int)k;
+			goto out;
+		}
+	}
+	if (d->nlayouts == DEV_LAYOUTS) {
+		ret = -KVT_ELIMIT;
+		goto out;
+	}
+	ret = kvt_register_layout(d->c, l);
+	if (ret < 0)
+		goto out;
+	d->layouts[d->nlayouts] = *l;
+	d->host_id[d->nlayouts] = ret;
+	ret = (int)d->nlayouts++;
+out:
+	pthread_mutex_unlock(&d->lock);
+	return ret;
+}
+
+KVT_API int kvt_dev_info(struct kvt_dev *d, struct kvt_dev_info *st)
+{
+	struct kvt_dev_info i;
+
+	if (!d || d->magic != DEV_MAGIC || !st || st->size < sizeof(uint32_t))
+		return -EINVAL;
+	memset(&i, 0, sizeof(i));
+	i.size = sizeof(i);
+	pthread_mutex_lock(&d->lock);
+	i.gpu_tier = d->gpu_tier;
+	i.epoch = d->pool ? d->epoch : 0;
+	i.pool_bytes = d->pool ? d->desc.bytes : 0;
+	if (d->pool)
+		kvt_gpu_uuid_format(d->desc.uuid, i.uuid);
+	i.reattaches = d->reattaches;
+	i.gpu_puts = d->gpu_puts;
+	i.host_puts = d->host_puts;
+	i.gpu_gets = d->gpu_gets;
+	i.host_gets = d->host_gets;
+	pthread_mutex_unlock(&d->lock);
+	memcpy(st, &i, st->size < sizeof(i) ? st->size : sizeof(i));
+	st->size = i.size < st->size ? i.size : st->size;
+	return 0;
+}
+
+/* ---- put and get ------------------------------------------------------------------------- */
+
+static int grow(struct kvt_dev *d, size_t n, const struct kvt_gpu_paged_layout *pl)
+{
+	size_t segs = n * pl->n_layers * pl->n_kv * pl->pages_per_block;
+
+	if (n > d->blkcap) {
+		void *p = realloc(d->blk, n * sizeof(*d->blk));
+		if (!p)
+			return -ENOMEM;
+		d->blk = p;
+		d->blkcap = n;
+	}
+	if (n * pl->pages_per_block > d->idcap || n > d->idcap) {
+		size_t cap = n * pl->pages_per_block;
+		void *a = realloc(d->ids, cap * sizeof(*d->ids));
+		if (!a)
+			return -ENOMEM;
+		d->ids = a;
+		a = realloc(d->addrs, cap * sizeof(*d->addrs));
+		if (!a)
+			return -ENOMEM;
+		d->addrs = a;
+		d->idcap = cap;
+	}
+	if (segs > d->segcap) {
+		void *p = realloc(d->segs, segs * sizeof(*d->segs));
+		if (!p)
+			return -ENOMEM;
+		d->segs = p;
+		d->segcap = segs;
+	}
+	return 0;
+}
+
+/*
+ * Queues the copies of the blocks [from, to) whose place is `where`: pages <-> their kvtier
+ * block at blk[].addr.  put: pages are the source.  Returns the blocks queued or -errno.
+ */
+static long queue_copy(struct kvt_dev *d, const struct kvt_gpu_paged_layout *pl,
+		       const uint32_t *ids, size_t from, size_t to, uint8_t where, bool put,
+		       void *stream)
+{
+	uint32_t ppb = pl->pages_per_block;
+	size_t m = 0;
+	long ns;
+	int ret;
+
+	for (size_t k = from; k < to; k++) {
+		if (d->blk[k].where != where)
+			continue;
+		memcpy(&d->ids[m * ppb], &ids[k * ppb], ppb * sizeof(*ids));
+		d->addrs[m] = d->blk[k].addr;
+		m++;
+	}
+	if (!m)
+		return 0;
+	ns = kvt_gpu_paged_segments(pl, d->ids, d->addrs, m, put ? KVT_GPU_D2H : KVT_GPU_H2D,
+				    d->segs, d->segcap);
+	if (ns < 0)
+		return ns;
+	ret = kvt_gpu_copy(d->eng, d->segs, (size_t)ns,
+			   where == B_GPU ? KVT_GPU_D2D : (put ? KVT_GPU_D2H : KVT_GPU_H2D),
+			   KVT_GPU_AUTO, stream);
+	return ret < 0 ? ret : (long)m;
+}
+
+/* Queues a flag write after the work on stream; returns the value to wait for. */
+static int fence(struct kvt_dev *d, void *stream, uint64_t *v)
+{
+	int ret = kvt_gpu_signal(d->eng, stream, d->flag, d->seq + 1);
+
+	if (ret < 0)
+		return ret;
+	*v = ++d->seq;
+	return 0;
+}
+
+static int check_args(struct kvt_dev *d, int layout, const struct kvt_dev_pages *p,
+		      const struct kvt_key *keys, const uint32_t *ids, size_t n,
+		      struct kvt_gpu_paged_layout *pl, uint32_t *bb)
+{
+	uint64_t b;
+
+	if (!d || d->magic != DEV_MAGIC || !p || p->size < sizeof(*p) || (n && (!keys || !ids)))
+		return -EINVAL;
+	if (layout < 0 || (unsigned)layout >= d->nlayouts)
+		return -KVT_ENOLAYOUT;
+	memset(pl, 0, sizeof(*pl));
+	pl->size = sizeof(*pl);
+	pl->n_layers = p->n_layers;
+	pl->layer_base = p->layer_base;
+	pl->page_bytes = p->page_bytes;
+	pl->block_stride = p->block_stride;
+	pl->kv_stride = p->kv_stride;
+	pl->n_kv = p->n_kv;
+	pl->pages_per_block = p->pages_per_block;
+	b = kvt_gpu_paged_block_bytes(pl);
+	if (!b || b > kvt_layout_block_bytes(&d->layouts[layout]))
+		return -EINVAL;
+	*bb = (uint32_t)b;
+	return 0;
+}
+
+/* GPU tier part of a put: reserve pool blocks, copy, wait, commit.  Blocks it could not
+ * place stay B_NONE for the host tier. */
+static void put_gpu(struct kvt_dev *d, const struct kvt_layout *l,
+		    const struct kvt_gpu_paged_layout *pl, const struct kvt_key *keys,
+		    const uint32_t *ids, size_t n, uint32_t bb, void *stream)
+{
+	struct kvt_gpu_op_req req[64];
+	struct kvt_gpu_op_res res[64];
+	uint64_t base;
+
+	for (size_t k0 = 0; k0 < n; k0 += 64) {
+		uint32_t m = (uint32_t)(n - k0 < 64 ? n - k0 : 64), nc = 0;
+		int ret;
+
+		ensure_attached(d);
+		if (!d->gpu_tier)
+			return;
+		base = (uint64_t)(uintptr_t)kvt_gpu_pool_base(d->pool);
+		for (uint32_t j = 0; j < m; j++)
+			req[j] = (struct kvt_gpu_op_req){keys[k0 + j].lo, keys[k0 + j].hi, 0};
+		ret = gpu_op(d, KVT_GPU_OP_RESERVE, l, bb, req, m, res);
+		if (ret == -KVT_EDAEMON) {
+			ensure_attached(d);
+			if (!d->gpu_tier)
+				return;
+			base = (uint64_t)(uintptr_t)kvt_gpu_pool_base(d->pool);
+			ret = gpu_op(d, KVT_GPU_OP_RESERVE, l, bb, req, m, res);
+		}
+		if (ret < 0)
+			return;
+		for (uint32_t j = 0; j < m; j++) {
+			struct dev_blk *b = &d->blk[k0 + j];
+
+			if (res[j].res == -EEXIST) {
+				b->where = B_DONE;
+			} else if (res[j].res >= 0 && res[j].off + bb <= d->desc.bytes) {
+				b->where = B_GPU;
+				b->addr = base + res[j].off;
+				b->handle = res[j].handle;
+			} else if (res[j].res >= 0) {
+				b->where = B_NONE; /* never happens with an honest daemon */
+			}
+		}
+		ret = (int)queue_copy(d, pl, ids, k0, k0 + m, B_GPU, true, stream);
+		if (ret >= 0)
+			ret = kvt_gpu_stream_sync(stream);
+		for (uint32_t j = 0; j < m; j++) {
+			if (d->blk[k0 + j].where == B_GPU)
+				req[nc++].handle = d->blk[k0 + j].handle;
+		}
+		if (!nc)
+			continue;
+		if (ret < 0) {
+			gpu_op(d, KVT_GPU_OP_ABORT, NULL, 0, req, nc, res);
+			for (uint32_t j = 0; j < m; j++) {
+				if (d->blk[k0 + j].where == B_GPU)
+					d->blk[k0 + j].where = B_NONE;
+			}
+			continue;
+		}
+		ret = gpu_op(d, KVT_GPU_OP_COMMIT, NULL, 0, req, nc, res);
+		nc = 0;
+		for (uint32_t j = 0; j < m; j++) {
+			struct dev_blk *b = &d->blk[k0 + j];
+
+			if (b->where != B_GPU)
+				continue;
+			/* A commit lost to a daemon restart: store it again on the host. */
+			b->where = ret == 0 && res[nc].res == 0 ? B_DONE : B_NONE;
+			if (b->where == B_DONE)
+				d->gpu_puts++;
+			nc++;
+		}
+	}
+}
+
+static void host_finish(struct kvt_dev *d, size_t from, size_t to, bool put, int copy_err,
+			int *first_err)
+{
+	for (size_t k = from; k < to; k++) {
+		struct dev_blk *b = &d->blk[k];
+		int ret;
+
+		if (b->where != B_HOST)
+			continue;
+		if (put) {
+			ret = copy_err < 0 ? kvt_put_abort(d->c, &b->u.r)
+					   : kvt_put_commit(d->c, &b->u.r);
+			if (copy_err < 0)
+				ret = copy_err;
+			if (ret == 0)
+				d->host_puts++;
+		} else {
+			kvt_lease_release(d->c, &b->u.l);
+			ret = copy_err;
+			if (ret == 0)
+				d->host_gets++;
+		}
+		b->where = ret < 0 ? B_NONE : B_DONE;
+		if (ret < 0 && !*first_err)
+			*first_err = ret;
+	}
+}
+
+/*
+ * Host tier part of a put or get for the blocks still B_NONE (put) or B_HOST-to-be (get),
+ * HOST_CHUNK at a time: round k's copies run on the GPU while round k+1 reserves or leases,
+ * and round k commits or releases once the flag says its copies are done.  For a get, *n
+ * shrinks to the first miss.
+ */
+static int host_path(struct kvt_dev *d, int hid, const struct kvt_gpu_paged_layout *pl,
+		     const struct kvt_key *keys, const uint32_t *ids, size_t *np, uint32_t bb,
+		     bool put, void *stream)
+{
+	size_t n = *np, prev_from = 0, prev_to = 0;
+	uint64_t prev_v = 0;
+	bool have_prev = false;
+	int first_err = 0, ret;
+
+	for (size_t k0 = 0; k0 < n; k0 += HOST_CHUNK) {
+		size_t k1 = n - k0 < HOST_CHUNK ? n : k0 + HOST_CHUNK;
+		int copy_err = 0;
+		uint64_t v = 0;
+
+		for (size_t k = k0; k < k1; k++) {
+			struct dev_blk *b = &d->blk[k];
+
+			if (b->where != B_NONE)
+				continue;
+			if (put) {
+				ret = kvt_put_reserve(d->c, hid, &keys[k], bb, &b->u.r);
+				if (ret == -EEXIST) {
+					b->where = B_DONE;
+					continue;
+				}
+				if (ret == 0) {
+					b->addr = (uint64_t)(uintptr_t)b->u.r.data;
+					ret = host_ready(d, b->u.r.data, bb);
+					if (ret < 0)
+						kvt_put_abort(d->c, &b->u.r);
+				}
+			} else {
+				ret = kvt_get_lease(d->c, hid, &keys[k], &b->u.l);
+				if (ret == 0 && b->u.l.len != bb) {
+					kvt_lease_release(d->c, &b->u.l);
+					ret = -ENOENT; /* stored with another geometry */
+				}
+				if (ret == 0) {
+					b->addr = (uint64_t)(uintptr_t)b->u.l.data;
+					ret = host_ready(d, b->u.l.data, bb);
+					if (ret < 0)
+						kvt_lease_release(d->c, &b->u.l);
+				}
+			}
+			if (ret < 0) {
+				if (!first_err)
+					first_err = ret;
+				k1 = k; /* stop here: later blocks are not needed (get) or
+					 * would fail alike (put) */
+				n = k;
+				break;
+			}
+			b->where = B_HOST;
+		}
+		ret = (int)queue_copy(d, pl, ids, k0, k1, B_HOST, put, stream);
+		if (ret >= 0)
+			ret = fence(d, stream, &v);
+		if (ret < 0)
+			copy_err = ret;
+		if (have_prev) {
+			int w = kvt_gpu_flag_wait(d->flag, prev_v, FLAG_TIMEOUT);
+			host_finish(d, prev_from, prev_to, put, w, &first_err);
+		}
+		if (copy_err < 0) {
+			/* Nothing of this round may be trusted: the stream is in an unknown
+			 * state, so wait for it before handing the memory back. */
+			kvt_gpu_stream_sync(stream);
+			host_finish(d, k0, k1, put, copy_err, &first_err);
+			have_prev = false;
+			n = k0;
+			break;
+		}
+		prev_from = k0;
+		prev_to = k1;
+		prev_v = v;
+		have_prev = true;
+	}
+	if (have_prev) {
+		int w = kvt_gpu_flag_wait(d->flag, prev_v, FLAG_TIMEOUT);
+		host_finish(d, prev_from, prev_to, put, w, &first_err);
+	}
+	*np = n;
+	return first_err;
+}
+
+KVT_API int kvt_dev_put(struct kvt_dev *d, int layout, const struct kvt_dev_pages *p,
+			const struct kvt_key *keys, const uint32_t *ids, size_t n, unsigned flags,
+			void *stream)
+{
+	struct kvt_gpu_paged_layout pl;
+	size_t done = 0, nh;
+	uint32_t bb;
+	int ret;
+
+	ret = check_args(d, layout, p, keys, ids, n, &pl, &bb);
+	if (ret < 0)
+		return ret;
+	if (!n)
+		return 0;
+	if (n > INT32_MAX)
+		return -EINVAL;
+	stream = stream ? stream : d->own_stream;
+	pthread_mutex_lock(&d->lock);
+	ret = grow(d, n, &pl);
+	if (ret < 0)
+		goto out;
+	for (size_t k = 0; k < n; k++)
+		d->blk[k].where = B_NONE;
+	if (!((flags | d->flags) & KVT_DEV_HOST_ONLY))
+		put_gpu(d, &d->layouts[layout], &pl, keys, ids, n, bb, stream);
+	nh = n;
+	ret = host_path(d, d->host_id[layout], &pl, keys, ids, &nh, bb, true, stream);
+	for (size_t k = 0; k < n && d->blk[k].where == B_DONE; k++)
+		done++;
+	if (done || !ret)
+		ret = (int)done;
+out:
+	pthread_mutex_unlock(&d->lock);
+	return ret;
+}
+
+KVT_API int kvt_dev_get(struct kvt_dev *d, int layout, const struct kvt_dev_pages *p,
+			const struct kvt_key *keys, const uint32_t *ids, size_t n, unsigned flags,
+			void *stream)
+{
+	struct kvt_gpu_op_req req[64];
+	struct kvt_gpu_op_res res[64];
+	struct kvt_gpu_paged_layout pl;
+	size_t nh, hits = 0;
+	bool gpu;
+	uint32_t bb;
+	int ret, gerr = 0;
+
+	ret = check_args(d, layout, p, keys, ids, n, &pl, &bb);
+	if (ret < 0)
+		return ret;
+	if (!n)
+		return 0;
+	if (n > INT32_MAX)
+		return -EINVAL;
+	stream = stream ? stream : d->own_stream;
+	pthread_mutex_lock(&d->lock);
+	ret = grow(d, n, &pl);
+	if (ret < 0)
+		goto out;
+	for (size_t k = 0; k < n; k++)
+		d->blk[k].where = B_NONE;
+	gpu = !((flags | d->flags) & KVT_DEV_HOST_ONLY);
+	if (gpu)
+		ensure_attached(d);
+	/* Pool leases first: their copies run while the host part leases and copies. */
+	for (size_t k0 = 0; gpu && d->gpu_tier && k0 < n; k0 += 64) {
+		uint32_t m = (uint32_t)(n - k0 < 64 ? n - k0 : 64);
+		uint64_t base = (uint64_t)(uintptr_t)kvt_gpu_pool_base(d->pool);
+
+		for (uint32_t j = 0; j < m; j++)
+			req[j] = (struct kvt_gpu_op_req){keys[k0 + j].lo, keys[k0 + j].hi, 0};
+		ret = gpu_op(d, KVT_GPU_OP_LEASE, &d->layouts[layout], 0, req, m, res);
+		if (ret == -KVT_EDAEMON && k0 == 0) {
+			ensure_attached(d);
+			if (!d->gpu_tier)
+				break;
+			base = (uint64_t)(uintptr_t)kvt_gpu_pool_base(d->pool);
+			ret = gpu_op(d, KVT_GPU_OP_LEASE, &d->layouts[layout], 0, req, m, res);
+		}
+		if (ret < 0)
+			break; /* the host part finds them (or finds them gone) */
+		for (uint32_t j = 0; j < m; j++) {
+			struct dev_blk *b = &d->blk[k0 + j];
+
+			if (res[j].res >= 0 && (uint32_t)res[j].res == bb &&
+			    res[j].off + bb <= d->desc.bytes) {
+				b->where = B_GPU;
+				b->addr = base + res[j].off;
+				b->handle = res[j].handle;
+			} else if (res[j].res >= 0) {
+				/* stored with another geometry: not ours to read */
+				struct kvt_gpu_op_req rq = {0, 0, res[j].handle};
+				struct kvt_gpu_op_res rs;
+				gpu_op(d, KVT_GPU_OP_RELEASE, NULL, 0, &rq, 1, &rs);
+			}
+		}
+		ret = (int)queue_copy(d, &pl, ids, k0, k0 + m, B_GPU, false, stream);
+		if (ret < 0 && !gerr)
+			gerr = ret;
+	}
+	nh = n;
+	ret = host_path(d, d->host_id[layout], &pl, keys, ids, &nh, bb, false, stream);
+	/* The pool part: wait for its copies, then give the leases back. */
+	if (kvt_gpu_stream_sync(stream) < 0 && !gerr)
+		gerr = -EIO;
+	for (size_t k0 = 0; k0 < n; k0 += 64) {
+		uint32_t m = (uint32_t)(n - k0 < 64 ? n - k0 : 64), nc = 0;
+
+		for (uint32_t j = 0; j < m; j++) {
+			struct dev_blk *b = &d->blk[k0 + j];
+
+			if (b->where != B_GPU)
+				continue;
+			req[nc++].handle = b->handle;
+			b->where = gerr ? B_NONE : B_DONE;
+			if (!gerr)
+				d->gpu_gets++;
+		}
+		if (nc)
+			gpu_op(d, KVT_GPU_OP_RELEASE, NULL, 0, req, nc, res);
+	}
+	for (size_t k = 0; k < n && d->blk[k].where == B_DONE; k++)
+		hits++;
+	if (gerr && !hits)
+		ret = gerr;
+	else if (hits || !ret || ret == -ENOENT)
+		ret = (int)hits;
+out:
+	pthread_mutex_unlock(&d->lock);
+	return ret;
+}
