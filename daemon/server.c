@@ -1300,6 +1300,12 @@ static void render_metrics(struct kvtd *d, struct sbuf *b)
 	}
 }
 
+/* The fastest tier holding the block; a block in neither host nor NVMe is in the pool. */
+static const char *blk_tier_name(const struct kvtd_blk *k)
+{
+	return !k->on_host && !k->on_nvme ? "gpu" : tier_name[k->tier];
+}
+
 static void render_blocks(struct kvtd *d, struct client *c, struct sbuf *b, bool json,
 			  uint64_t limit)
 {
@@ -1328,13 +1334,13 @@ static void render_blocks(struct kvtd *d, struct client *c, struct sbuf *b, bool
 				  "%s{\"key\":\"%016" PRIx64 "%016" PRIx64 "\",\"tier\":\"%s\","
 				  "\"bytes\":%u,\"age_s\":%" PRIu64 ",\"leases\":%u,\"pins\":%u,"
 				  "\"hits\":%" PRIu64 ",\"uid\":%u}",
-				  n ? "," : "", k->key_hi, k->key_lo, tier_name[k->tier], k->len,
+				  n ? "," : "", k->key_hi, k->key_lo, blk_tier_name(k), k->len,
 				  (now - k->atime) / 1000, k->leases, k->pins, k->hits, t->uid);
 		else
 			sb_printf(b,
 				  "%016" PRIx64 "%016" PRIx64 " %-5s %10u %8" PRIu64
 				  " %6u %5u %8" PRIu64 " %6u\n",
-				  k->key_hi, k->key_lo, tier_name[k->tier], k->len,
+				  k->key_hi, k->key_lo, blk_tier_name(k), k->len,
 				  (now - k->atime) / 1000, k->leases, k->pins, k->hits, t->uid);
 		n++;
 	}
