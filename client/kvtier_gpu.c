@@ -810,6 +810,17 @@ KVT_API int kvt_dev_get(struct kvt_dev *d, int layout, const struct kvt_dev_page
 		for (uint32_t j = 0; j < m; j++) {
 			struct dev_blk *b = &d->blk[k0 + j];
 
+			if (res[j].res == -ENOENT && k0 + j < n) {
+				/* A miss ends the prefix: later blocks are not needed. */
+				n = k0 + j;
+				continue;
+			}
+			if (k0 + j >= n && res[j].res >= 0) {
+				struct kvt_gpu_op_req rq = {0, 0, res[j].handle};
+				struct kvt_gpu_op_res rs;
+				gpu_op(d, KVT_GPU_OP_RELEASE, NULL, 0, &rq, 1, &rs);
+				continue;
+			}
 			if (res[j].res >= 0 && (uint32_t)res[j].res == bb &&
 			    res[j].off + bb <= d->desc.bytes) {
 				b->where = B_GPU;
