@@ -72,7 +72,7 @@
 #define NV_DEFAULT_BUF (64ull << 20)
 #define NV_MAX_BUF     (1ull << 30) /* one registered iovec */
 #define NV_MAX_WORKERS 64u
-#define NV_MAX_VERIFY  4u	     /* verifier threads */
+#define NV_MAX_VERIFY  4u	    /* verifier threads */
 #define NV_VERIFY_MIN  (128u << 10) /* smaller records are checked inline: a hand-off costs more */
 #define NV_VPIECE      (256u << 10) /* a record is checked in pieces of at least this size */
 
@@ -156,8 +156,8 @@ struct nv_vjob {
 	struct kvt_tier_io *io;
 	uint32_t want; /* the record's crc, salt removed */
 	unsigned npieces;
-	unsigned left; /* pieces not done yet (atomic) */
-	struct nv_vpiece piece[NV_MAX_VERIFY];
+	unsigned left;				   /* pieces not done yet (atomic) */
+	struct nv_vpiece piece[NV_MAX_VERIFY + 1]; /* the verifiers and the caller */
 };
 
 /* tier_priv[0] of a request; tier_priv[1] links it into the tier's lists. */
@@ -995,6 +995,10 @@ static int read_verify(const struct kvt_tier *t, struct kvt_tier_io *io)
 	return (int)io->len;
 }
 
+static struct nv_vjob *vjob_make(struct kvt_tier *t, struct kvt_tier_io *io, unsigned hands);
+static void vjob_queue(struct kvt_tier *t, struct nv_vjob *j, unsigned from);
+static void vpiece_run(struct kvt_tier *t, struct nv_vpiece *pc);
+
 static void *worker_main(void *arg)
 {
 	struct kvt_tier *t = arg;
@@ -1021,7 +1025,17 @@ static void *worker_main(void *arg)
 			r = -errno;
 		io->res = r < 0 ? r : (int)io->len;
 		if (!wr && r >= 0) {
-			/* Verifying here spreads the CRC over the workers, off the event loop. */
+			struct nv_vjob *j = vjob_make(t, io, t->nvthreads + 1);
+
+			if (j) {
+				/* This worker checks the first piece, the verifiers the others;
+				 * whoever finishes last delivers (j is gone after that). */
+				io->res = (int)io->len;
+				vjob_queue(t, j, 1);
+				vpiece_run(t, &j->piece[0]);
+				continue;
+			}
+			/* Checked here, off the event loop either way. */
 			io->res = read_verify(t, io);
 			io->tier_priv[0] |= RQ_VERIFIED;
 		}
@@ -1088,7 +1102,6 @@ static void *verifier_main(void *arg)
 
 	for (;;) {
 		struct nv_vpiece *pc;
-		const char *payload;
 
 		pthread_mutex_lock(&t->vmu);
 		while (!t->vstop && !t->vq_head)
@@ -1102,11 +1115,7 @@ static void *verifier_main(void *arg)
 		pthread_mutex_unlock(&t->vmu);
 		if (!pc)
 			break;
-		payload = (const char *)pc->job->io->buf + KVT_RECORD_HDR_SIZE;
-		pc->crc = kvt_crc32c(0, payload + pc->off, pc->len);
-		/* The last piece done merges: acq_rel orders the other pieces' crc stores. */
-		if (__atomic_sub_fetch(&pc->job->left, 1, __ATOMIC_ACQ_REL) == 0)
-			vjob_finish(t, pc->job);
+		vpiece_run(t, pc);
 	}
 	return NULL;
 }
@@ -1147,12 +1156,13 @@ static void verifiers_stop(struct kvt_tier *t)
 }
 
 /*
- * A read came back from the device (loop thread).  Checks the header here (cheap, and the
- * piece sizes depend on it); a large payload goes to the verifiers and its device slot is
- * given back at once so that the queue refills while the CRC runs.  Returns true when the
- * request was handed over (its verdict arrives through wdone).
+ * Cuts a read record into at most `hands` pieces (the threads that will check them), after
+ * checking its header here (cheap, and the piece sizes depend on it).  Returns NULL when the
+ * record is better checked inline: small, no verifiers, a bad header (inline checking
+ * reports it), or no memory.  On success the salt is off the header's crc and RQ_VERIFIED
+ * is set.
  */
-static bool verify_async(struct kvt_tier *t, struct kvt_tier_io *io)
+static struct nv_vjob *vjob_make(struct kvt_tier *t, struct kvt_tier_io *io, unsigned hands)
 {
 	struct kvt_record_hdr *h = io->buf;
 	struct nv_vjob *j;
@@ -1160,23 +1170,21 @@ static bool verify_async(struct kvt_tier *t, struct kvt_tier_io *io)
 	unsigned n;
 
 	if (!t->nvthreads || io->len < NV_VERIFY_MIN)
-		return false;
+		return NULL;
 	h->crc ^= t->files[io->loc.file].salt;
-	io->tier_priv[0] |= RQ_VERIFIED;
 	if (kvt_record_check_hdr(h, io->len - KVT_RECORD_HDR_SIZE) < 0 ||
 	    !(j = calloc(1, sizeof(*j)))) {
-		/* No job memory: the record is checked here after all. */
-		io->tier_priv[0] &= ~(uintptr_t)RQ_VERIFIED;
 		h->crc ^= t->files[io->loc.file].salt;
-		return false;
+		return NULL;
 	}
+	io->tier_priv[0] |= RQ_VERIFIED;
 	plen = h->payload_len;
 	n = plen / NV_VPIECE;
-	n = n < 1 ? 1 : (n > t->nvthreads ? t->nvthreads : n);
+	n = n < 1 ? 1 : (n > hands ? hands : n);
 	step = (plen / n + 63) & ~63u;
 	j->io = io;
 	j->want = h->crc;
-	for (unsigned k = 0; k < n && off < plen; k++) {
+	for (unsigned k = 0; k < n && (off < plen || !k); k++) {
 		struct nv_vpiece *pc = &j->piece[k];
 
 		pc->job = j;
@@ -1185,18 +1193,17 @@ static bool verify_async(struct kvt_tier *t, struct kvt_tier_io *io)
 		off += pc->len;
 		j->npieces++;
 	}
-	if (!j->npieces) { /* empty payload: nothing to cut */
-		j->piece[0].job = j;
-		j->npieces = 1;
-	}
 	j->left = j->npieces;
-	if (io->tier_priv[0] & RQ_STARTED) {
-		io->tier_priv[0] &= ~(uintptr_t)RQ_STARTED;
-		t->inflight--;
-	}
-	t->verifying++;
+	return j;
+}
+
+/* Queues pieces [from, npieces) of j for the verifiers. */
+static void vjob_queue(struct kvt_tier *t, struct nv_vjob *j, unsigned from)
+{
+	if (from >= j->npieces)
+		return;
 	pthread_mutex_lock(&t->vmu);
-	for (unsigned k = 0; k < j->npieces; k++) {
+	for (unsigned k = from; k < j->npieces; k++) {
 		struct nv_vpiece *pc = &j->piece[k];
 
 		pc->next = NULL;
@@ -1207,10 +1214,41 @@ static bool verify_async(struct kvt_tier *t, struct kvt_tier_io *io)
 		t->vq_tail = pc;
 	}
 	pthread_mutex_unlock(&t->vmu);
-	if (j->npieces > 1)
+	if (j->npieces - from > 1)
 		pthread_cond_broadcast(&t->vcv);
 	else
 		pthread_cond_signal(&t->vcv);
+}
+
+/* Checks one piece; the thread that finishes the last one delivers the verdict. */
+static void vpiece_run(struct kvt_tier *t, struct nv_vpiece *pc)
+{
+	const char *payload = (const char *)pc->job->io->buf + KVT_RECORD_HDR_SIZE;
+
+	pc->crc = kvt_crc32c(0, payload + pc->off, pc->len);
+	/* acq_rel: the last one sees every other piece's crc. */
+	if (__atomic_sub_fetch(&pc->job->left, 1, __ATOMIC_ACQ_REL) == 0)
+		vjob_finish(t, pc->job);
+}
+
+/*
+ * A read came back from the device (loop thread, io_uring).  A large record goes to the
+ * verifiers and its device slot is given back at once, so that the queue refills while the
+ * CRC runs; the event loop never touches the payload.  Returns true when the request was
+ * handed over (its verdict arrives through wdone).
+ */
+static bool verify_async(struct kvt_tier *t, struct kvt_tier_io *io)
+{
+	struct nv_vjob *j = vjob_make(t, io, t->nvthreads);
+
+	if (!j)
+		return false;
+	if (io->tier_priv[0] & RQ_STARTED) {
+		io->tier_priv[0] &= ~(uintptr_t)RQ_STARTED;
+		t->inflight--;
+	}
+	t->verifying++;
+	vjob_queue(t, j, 0);
 	return true;
 }
 
@@ -1614,9 +1652,9 @@ static int nvme_open(const struct kvt_tier_conf *conf, struct kvt_tier **out)
 		r = workers_start(t);
 		if (r < 0)
 			goto fail;
-	} else if (!(t->flags & KVT_TIER_F_VERIFY_INLINE)) {
-		verifiers_start(t, conf->verify_threads);
 	}
+	if (!(t->flags & KVT_TIER_F_VERIFY_INLINE))
+		verifiers_start(t, conf->verify_threads);
 	for (unsigned i = 0; i < t->nfiles; i++)
 		t->st.capacity_bytes += t->files[i].data_bytes;
 	t->st.files = t->nfiles;

@@ -212,6 +212,8 @@ static int get_rec(struct kvt_tier *t, const struct kvt_tier_loc *loc, unsigned 
 
 static char path_a[300], path_b[300], path_c[300];
 
+static unsigned verify_threads; /* conf.verify_threads of the next open_tier() */
+
 static struct kvt_tier *open_tier(unsigned flags, uint64_t cap, int (*hk)(int, uint64_t, uint32_t))
 {
 	const char *paths[] = {path_a, NULL};
@@ -223,6 +225,7 @@ static struct kvt_tier *open_tier(unsigned flags, uint64_t cap, int (*hk)(int, u
 	    .flags = flags,
 	    .io_hook = hk,
 	    .buf_bytes = 16 << 20,
+	    .verify_threads = verify_threads,
 	};
 	struct kvt_tier *t = NULL;
 
@@ -663,6 +666,50 @@ static void test_corrupt_read_engines(void **state)
 	}
 }
 
+/*
+ * Large records are checked in pieces by the verifier threads (and, with the pread engine, by
+ * the worker that read them).  A flipped byte in any piece, at the piece edges, or in the
+ * header must fail the read; the restored byte must pass; both engines, inline checking and
+ * 1 to 4 verifiers, an odd payload length so that the last piece is short.
+ */
+static void test_corrupt_read_pieces(void **state)
+{
+	const uint32_t plen = (1u << 20) + 13;
+	const uint64_t spots[] = {0, 1, 262143, 262144, 262145, 524288, 700001, plen - 1};
+	const struct {
+		unsigned flags, threads;
+	} cfg[] = {{0, 1}, {0, 4}, {KVT_TIER_F_VERIFY_INLINE, 0}, {KVT_TIER_F_NO_URING, 1},
+		   {KVT_TIER_F_NO_URING, 4}};
+
+	for (size_t c = 0; c < sizeof(cfg) / sizeof(cfg[0]); c++) {
+		struct kvt_tier *t;
+		struct kvt_tier_loc l;
+		struct kvt_tier_stats st;
+		uint64_t bad = 0;
+
+		verify_threads = cfg[c].threads;
+		t = open_tier(cfg[c].flags, 32 << 20, NULL);
+		verify_threads = 0;
+		assert_int_equal(put_rec(t, 9, 1, plen, &l), (int)(KVT_RECORD_HDR_SIZE + plen));
+		assert_int_equal(get_rec(t, &l, 9, 1, plen), (int)l.len);
+		for (size_t k = 0; k < sizeof(spots) / sizeof(spots[0]); k++) {
+			corrupt_byte(l.off + 64 + spots[k]);
+			assert_int_equal(get_rec(t, &l, 9, 1, plen), -EBADMSG);
+			bad++;
+			corrupt_byte(l.off + 64 + spots[k]);
+			assert_int_equal(get_rec(t, &l, 9, 1, plen), (int)l.len);
+		}
+		corrupt_byte(l.off + 24); /* the fingerprint field of the header */
+		assert_int_equal(get_rec(t, &l, 9, 1, plen), -EBADMSG);
+		bad++;
+		ops->stats(t, &st);
+		assert_int_equal(st.corrupt_records, bad);
+		assert_int_equal(st.read_errors, 0);
+		ops->close(t);
+		teardown(state);
+	}
+}
+
 /* A raw block whose payload embeds a well-formed record must never surface as a record,
  * even once its own header is gone (freed, partly overwritten). */
 static void test_embedded_record_rejected(void **state)
@@ -1084,6 +1131,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test_teardown(test_free_is_final, teardown),
 	    cmocka_unit_test_teardown(test_torn_and_corrupt, teardown),
 	    cmocka_unit_test_teardown(test_corrupt_read_engines, teardown),
+	    cmocka_unit_test_teardown(test_corrupt_read_pieces, teardown),
 	    cmocka_unit_test_teardown(test_embedded_record_rejected, teardown),
 	    cmocka_unit_test_teardown(test_eio, teardown),
 	    cmocka_unit_test_teardown(test_enospc, teardown),
