@@ -36,7 +36,12 @@ struct dev_reg {
 };
 
 /* One block of a call: where it is and what holds it. */
-enum { B_NONE = 0, B_GPU, B_HOST, B_DONE };
+enum { B_NONE = 0, B_GPU, B_GPUQ /* quantized in the pool */, B_HOST, B_DONE };
+
+static bool in_pool(uint8_t where)
+{
+	return where == B_GPU || where == B_GPUQ;
+}
 
 struct dev_blk {
 	uint8_t where;
@@ -57,6 +62,7 @@ struct kvt_dev {
 	char path[108];
 	int sock;
 	bool gpu_tier, tried;
+	unsigned bits; /* the pool's codec: 0 raw, 8 or 4 bits */
 	struct kvt_gpu_pool *pool;
 	uint64_t epoch;
 	struct kvt_gpu_ipc_desc desc;
@@ -77,6 +83,8 @@ struct kvt_dev {
 	size_t blkcap;
 	uint32_t *ids;
 	uint64_t *addrs;
+	struct kvt_gpu_qjob *jobs;
+	size_t njobs;
 	size_t idcap;
 	uint64_t gpu_puts, host_puts, gpu_gets, host_gets;
 };
@@ -167,6 +175,7 @@ static int attach(struct kvt_dev *d)
 	if (r.g.res < 0)
 		return 0; /* no GPU tier there: the host tier serves every call */
 	memcpy(&desc, r.g.desc, sizeof(desc));
+	d->bits = r.g.codec == KVT_GPU_CODEC_INT8 ? 8 : r.g.codec == KVT_GPU_CODEC_INT4 ? 4 : 0;
 	if (d->pool && desc.epoch == d->desc.epoch && !memcmp(&desc, &d->desc, sizeof(desc))) {
 		d->gpu_tier = true;
 		return 0;
@@ -200,7 +209,8 @@ static void ensure_attached(struct kvt_dev *d)
  * (-KVT_EDAEMON: the daemon went away, nothing of this message happened in the new one).
  */
 static int gpu_op(struct kvt_dev *d, uint32_t op, const struct kvt_layout *l, uint32_t len,
-		  const struct kvt_gpu_op_req *req, uint32_t n, struct kvt_gpu_op_res *res)
+		  uint32_t tile_tokens, const struct kvt_gpu_op_req *req, uint32_t n,
+		  struct kvt_gpu_op_res *res)
 {
 	struct kvt_msg_gpu_op *m = (struct kvt_msg_gpu_op *)d->msg;
 	size_t mlen = sizeof(*m) + (size_t)n * sizeof(*req);
@@ -213,6 +223,7 @@ static int gpu_op(struct kvt_dev *d, uint32_t op, const struct kvt_layout *l, ui
 	m->op = op;
 	m->n = n;
 	m->len = len;
+	m->tile_tokens = tile_tokens;
 	if (l)
 		m->layout = *l;
 	memcpy(m + 1, req, (size_t)n * sizeof(*req));
@@ -310,6 +321,7 @@ KVT_API void kvt_dev_close(struct kvt_dev *d)
 	free(d->blk);
 	free(d->ids);
 	free(d->addrs);
+	free(d->jobs);
 	d->magic = 0;
 	free(d);
 }
@@ -493,6 +505,79 @@ static long queue_copy(struct kvt_dev *d, const struct kvt_gpu_paged_layout *pl,
 	return ret < 0 ? ret : (long)m;
 }
 
+/*
+ * The quantized format of blocks in these pages, when the pool quantizes and the pages fit
+ * the kernels: returns the tokens of one page (the tile), else 0 (blocks stay raw).
+ */
+static unsigned page_plan(const struct kvt_dev *d, const struct kvt_layout *l,
+			  const struct kvt_gpu_paged_layout *pl, uint32_t bb, struct kvt_gpu_kvq *q)
+{
+	uint64_t row = (uint64_t)l->n_kv_heads * l->head_dim * 2;
+	unsigned gdt = l->dtype == KVT_DTYPE_FP16 ? KVT_GPU_FP16 : KVT_GPU_BF16;
+	uint64_t tt;
+
+	if (!d->bits || pl->n_kv != 2 || pl->n_layers != l->n_layers ||
+	    (l->dtype != KVT_DTYPE_FP16 && l->dtype != KVT_DTYPE_BF16) || pl->page_bytes % row ||
+	    pl->block_stride % 16 || pl->kv_stride % 16)
+		return 0;
+	for (uint32_t i = 0; i < pl->n_layers; i++) {
+		if (pl->layer_base[i] % 16)
+			return 0;
+	}
+	tt = pl->page_bytes / row;
+	if (kvt_gpu_kvq_plan(d->bits, gdt, l->n_kv_heads, l->head_dim, (unsigned)tt, l->n_layers,
+			     bb, q) < 0 ||
+	    q->pages_per_block != pl->pages_per_block)
+		return 0;
+	return (unsigned)tt;
+}
+
+/* Queues the (de)quantizing copies of the B_GPUQ blocks of [from, to): pages -> pool tiles
+ * (put) or back.  Returns the blocks queued or -errno. */
+static long queue_quant(struct kvt_dev *d, const struct kvt_gpu_paged_layout *pl,
+			const struct kvt_gpu_kvq *q, const uint32_t *ids, size_t from, size_t to,
+			bool put, void *stream)
+{
+	uint32_t ppb = pl->pages_per_block;
+	size_t per = (size_t)pl->n_layers * 2 * ppb, nj = 0, m = 0;
+	int ret;
+
+	for (size_t k = from; k < to; k++)
+		m += d->blk[k].where == B_GPUQ;
+	if (!m)
+		return 0;
+	if (d->njobs < m * per) {
+		struct kvt_gpu_qjob *j = realloc(d->jobs, m * per * sizeof(*j));
+		if (!j)
+			return -ENOMEM;
+		d->jobs = j;
+		d->njobs = m * per;
+	}
+	for (size_t k = from; k < to; k++) {
+		if (d->blk[k].where != B_GPUQ)
+			continue;
+		for (uint32_t l = 0; l < pl->n_layers; l++) {
+			for (uint32_t kv = 0; kv < 2; kv++) {
+				for (uint32_t j = 0; j < ppb; j++, nj++) {
+					uint64_t page =
+					    pl->layer_base[l] + kv * pl->kv_stride +
+					    (uint64_t)ids[k * ppb + j] * pl->block_stride;
+					uint64_t tile =
+					    d->blk[k].addr + kvt_gpu_kvq_offset(q, l, kv, j);
+
+					d->jobs[nj].src = put ? page : tile;
+					d->jobs[nj].dst = put ? tile : page;
+					d->jobs[nj].kind = kv ? KVT_GPU_VALUES : KVT_GPU_KEYS;
+					d->jobs[nj].reserved = 0;
+				}
+			}
+		}
+	}
+	ret = put ? kvt_gpu_quantize(d->eng, &q->qp, d->jobs, nj, stream)
+		  : kvt_gpu_dequantize(d->eng, &q->qp, d->jobs, nj, stream);
+	return ret < 0 ? ret : (long)m;
+}
+
 /* Queues a flag write after the work on stream; returns the value to wait for. */
 static int fence(struct kvt_dev *d, void *stream, uint64_t *v)
 {
@@ -538,6 +623,8 @@ static void put_gpu(struct kvt_dev *d, const struct kvt_layout *l,
 {
 	struct kvt_gpu_op_req req[64];
 	struct kvt_gpu_op_res res[64];
+	struct kvt_gpu_kvq q;
+	unsigned tt = 0;
 	uint64_t base;
 
 	for (size_t k0 = 0; k0 < n; k0 += 64) {
@@ -548,54 +635,71 @@ static void put_gpu(struct kvt_dev *d, const struct kvt_layout *l,
 		if (!d->gpu_tier)
 			return;
 		base = (uint64_t)(uintptr_t)kvt_gpu_pool_base(d->pool);
+		tt = page_plan(d, l, pl, bb, &q);
 		for (uint32_t j = 0; j < m; j++)
 			req[j] = (struct kvt_gpu_op_req){keys[k0 + j].lo, keys[k0 + j].hi, 0};
-		ret = gpu_op(d, KVT_GPU_OP_RESERVE, l, bb, req, m, res);
+		ret = gpu_op(d, KVT_GPU_OP_RESERVE, l, bb, tt, req, m, res);
 		if (ret == -KVT_EDAEMON) {
 			ensure_attached(d);
 			if (!d->gpu_tier)
 				return;
 			base = (uint64_t)(uintptr_t)kvt_gpu_pool_base(d->pool);
-			ret = gpu_op(d, KVT_GPU_OP_RESERVE, l, bb, req, m, res);
+			tt = page_plan(d, l, pl, bb, &q);
+			ret = gpu_op(d, KVT_GPU_OP_RESERVE, l, bb, tt, req, m, res);
 		}
 		if (ret < 0)
 			return;
 		for (uint32_t j = 0; j < m; j++) {
 			struct dev_blk *b = &d->blk[k0 + j];
 
+			bool quant = res[j].flags & KVT_GPU_F_INT8;
+
 			if (res[j].res == -EEXIST) {
 				b->where = B_DONE;
-			} else if (res[j].res >= 0 && res[j].off + bb <= d->desc.bytes) {
-				b->where = B_GPU;
+			} else if (res[j].res >= 0) {
+				/* An honest daemon quantizes only what we asked for, inside the
+				 * pool; anything else is aborted below and goes to the host. */
+				bool ok = quant ? tt && res[j].flags >> 16 == tt &&
+						      res[j].off + q.enc_bytes <= d->desc.bytes
+						: res[j].off + bb <= d->desc.bytes;
+				b->where = quant ? B_GPUQ : B_GPU;
 				b->addr = base + res[j].off;
 				b->handle = res[j].handle;
-			} else if (res[j].res >= 0) {
-				b->where = B_NONE; /* never happens with an honest daemon */
+				if (!ok)
+					b->addr = 0;
 			}
 		}
-		ret = (int)queue_copy(d, pl, ids, k0, k0 + m, B_GPU, true, stream);
+		ret = 0;
+		for (uint32_t j = 0; j < m; j++) {
+			if (in_pool(d->blk[k0 + j].where) && !d->blk[k0 + j].addr)
+				ret = -KVT_EPROTOCOL;
+		}
+		if (ret >= 0)
+			ret = (int)queue_copy(d, pl, ids, k0, k0 + m, B_GPU, true, stream);
+		if (ret >= 0)
+			ret = (int)queue_quant(d, pl, &q, ids, k0, k0 + m, true, stream);
 		if (ret >= 0)
 			ret = kvt_gpu_stream_sync(stream);
 		for (uint32_t j = 0; j < m; j++) {
-			if (d->blk[k0 + j].where == B_GPU)
+			if (in_pool(d->blk[k0 + j].where))
 				req[nc++].handle = d->blk[k0 + j].handle;
 		}
 		if (!nc)
 			continue;
 		if (ret < 0) {
-			gpu_op(d, KVT_GPU_OP_ABORT, NULL, 0, req, nc, res);
+			gpu_op(d, KVT_GPU_OP_ABORT, NULL, 0, 0, req, nc, res);
 			for (uint32_t j = 0; j < m; j++) {
-				if (d->blk[k0 + j].where == B_GPU)
+				if (in_pool(d->blk[k0 + j].where))
 					d->blk[k0 + j].where = B_NONE;
 			}
 			continue;
 		}
-		ret = gpu_op(d, KVT_GPU_OP_COMMIT, NULL, 0, req, nc, res);
+		ret = gpu_op(d, KVT_GPU_OP_COMMIT, NULL, 0, 0, req, nc, res);
 		nc = 0;
 		for (uint32_t j = 0; j < m; j++) {
 			struct dev_blk *b = &d->blk[k0 + j];
 
-			if (b->where != B_GPU)
+			if (!in_pool(b->where))
 				continue;
 			/* A commit lost to a daemon restart: store it again on the host. */
 			b->where = ret == 0 && res[nc].res == 0 ? B_DONE : B_NONE;
@@ -768,6 +872,8 @@ KVT_API int kvt_dev_get(struct kvt_dev *d, int layout, const struct kvt_dev_page
 	struct kvt_gpu_op_req req[64];
 	struct kvt_gpu_op_res res[64];
 	struct kvt_gpu_paged_layout pl;
+	struct kvt_gpu_kvq q;
+	unsigned tt = 0;
 	size_t nh, hits = 0;
 	bool gpu;
 	uint32_t bb;
@@ -790,6 +896,7 @@ KVT_API int kvt_dev_get(struct kvt_dev *d, int layout, const struct kvt_dev_page
 	gpu = !((flags | d->flags) & KVT_DEV_HOST_ONLY);
 	if (gpu)
 		ensure_attached(d);
+	tt = page_plan(d, &d->layouts[layout], &pl, bb, &q);
 	/* Pool leases first: their copies run while the host part leases and copies. */
 	for (size_t k0 = 0; gpu && d->gpu_tier && k0 < n; k0 += 64) {
 		uint32_t m = (uint32_t)(n - k0 < 64 ? n - k0 : 64);
@@ -797,13 +904,13 @@ KVT_API int kvt_dev_get(struct kvt_dev *d, int layout, const struct kvt_dev_page
 
 		for (uint32_t j = 0; j < m; j++)
 			req[j] = (struct kvt_gpu_op_req){keys[k0 + j].lo, keys[k0 + j].hi, 0};
-		ret = gpu_op(d, KVT_GPU_OP_LEASE, &d->layouts[layout], 0, req, m, res);
+		ret = gpu_op(d, KVT_GPU_OP_LEASE, &d->layouts[layout], 0, 0, req, m, res);
 		if (ret == -KVT_EDAEMON && k0 == 0) {
 			ensure_attached(d);
 			if (!d->gpu_tier)
 				break;
 			base = (uint64_t)(uintptr_t)kvt_gpu_pool_base(d->pool);
-			ret = gpu_op(d, KVT_GPU_OP_LEASE, &d->layouts[layout], 0, req, m, res);
+			ret = gpu_op(d, KVT_GPU_OP_LEASE, &d->layouts[layout], 0, 0, req, m, res);
 		}
 		if (ret < 0)
 			break; /* the host part finds them (or finds them gone) */
@@ -818,22 +925,31 @@ KVT_API int kvt_dev_get(struct kvt_dev *d, int layout, const struct kvt_dev_page
 			if (k0 + j >= n && res[j].res >= 0) {
 				struct kvt_gpu_op_req rq = {0, 0, res[j].handle};
 				struct kvt_gpu_op_res rs;
-				gpu_op(d, KVT_GPU_OP_RELEASE, NULL, 0, &rq, 1, &rs);
+				gpu_op(d, KVT_GPU_OP_RELEASE, NULL, 0, 0, &rq, 1, &rs);
 				continue;
 			}
-			if (res[j].res >= 0 && (uint32_t)res[j].res == bb &&
-			    res[j].off + bb <= d->desc.bytes) {
+			if (res[j].res >= 0 && !(res[j].flags & KVT_GPU_F_INT8) &&
+			    (uint32_t)res[j].res == bb && res[j].off + bb <= d->desc.bytes) {
 				b->where = B_GPU;
 				b->addr = base + res[j].off;
 				b->handle = res[j].handle;
+			} else if (res[j].res >= 0 && (res[j].flags & KVT_GPU_F_INT8) && tt &&
+				   res[j].flags >> 16 == tt && (uint32_t)res[j].res == bb &&
+				   res[j].off + q.enc_bytes <= d->desc.bytes) {
+				b->where = B_GPUQ;
+				b->addr = base + res[j].off;
+				b->handle = res[j].handle;
 			} else if (res[j].res >= 0) {
-				/* stored with another geometry: not ours to read */
+				/* Another geometry, or tiles these pages cannot take: the host path
+				 * reads it (the daemon dequantizes it on the way down). */
 				struct kvt_gpu_op_req rq = {0, 0, res[j].handle};
 				struct kvt_gpu_op_res rs;
-				gpu_op(d, KVT_GPU_OP_RELEASE, NULL, 0, &rq, 1, &rs);
+				gpu_op(d, KVT_GPU_OP_RELEASE, NULL, 0, 0, &rq, 1, &rs);
 			}
 		}
 		ret = (int)queue_copy(d, &pl, ids, k0, k0 + m, B_GPU, false, stream);
+		if (ret >= 0)
+			ret = (int)queue_quant(d, &pl, &q, ids, k0, k0 + m, false, stream);
 		if (ret < 0 && !gerr)
 			gerr = ret;
 	}
@@ -848,7 +964,7 @@ KVT_API int kvt_dev_get(struct kvt_dev *d, int layout, const struct kvt_dev_page
 		for (uint32_t j = 0; j < m; j++) {
 			struct dev_blk *b = &d->blk[k0 + j];
 
-			if (b->where != B_GPU)
+			if (!in_pool(b->where))
 				continue;
 			req[nc++].handle = b->handle;
 			b->where = gerr ? B_NONE : B_DONE;
@@ -856,7 +972,7 @@ KVT_API int kvt_dev_get(struct kvt_dev *d, int layout, const struct kvt_dev_page
 				d->gpu_gets++;
 		}
 		if (nc)
-			gpu_op(d, KVT_GPU_OP_RELEASE, NULL, 0, req, nc, res);
+			gpu_op(d, KVT_GPU_OP_RELEASE, NULL, 0, 0, req, nc, res);
 	}
 	for (size_t k = 0; k < n && d->blk[k].where == B_DONE; k++)
 		hits++;

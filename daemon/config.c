@@ -269,12 +269,13 @@ int kvtd_config_validate(const struct kvtd_config *c, FILE *err)
 				"kvtierd: gpu.low_watermark must be below gpu.high_watermark\n");
 		return -EINVAL;
 	}
-	/* Clients copy GPU blocks straight between their pages and the pool, so the pool keeps
-	 * them as they are; quantization applies on the host side of the tiers. */
-	if (strcmp(c->gpu_codec, "raw") != 0) {
+	/* The GPU kernels quantize KIVI-style to 8 or 4 bits (gpu/GPU.md). */
+	if (strcmp(c->gpu_codec, "raw") && strcmp(c->gpu_codec, "int8") &&
+	    strcmp(c->gpu_codec, "int4")) {
 		if (err)
 			fprintf(err,
-				"kvtierd: gpu.codec = %s: only raw is supported for the GPU tier\n",
+				"kvtierd: gpu.codec = %s: the GPU tier keeps blocks raw, int8 or "
+				"int4\n",
 				c->gpu_codec);
 		return -EINVAL;
 	}

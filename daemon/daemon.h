@@ -220,15 +220,18 @@ int kvtd_gpu_init(struct kvtd *d);
 void kvtd_gpu_fini(struct kvtd *d);
 bool kvtd_gpu_on(const struct kvtd *d);
 int kvtd_gpu_attach_reply(struct kvtd *d, struct kvt_msg_gpu_attach_reply *r);
-/* Pool room for new block i (RESERVED): its pool offset, or -ENOSPC/-E2BIG/-ENODEV. */
-int64_t kvtd_gpu_reserve(struct kvtd *d, uint32_t i, uint32_t len);
+/* Pool room for new block i (RESERVED) of len bytes, quantized with gpu.codec when
+ * tile_tokens (tokens of the client's pages) fits the kernels (*flags: KVT_GPU_F_*): its
+ * pool offset, or -ENOSPC/-E2BIG/-ENODEV. */
+int64_t kvtd_gpu_reserve(struct kvtd *d, uint32_t i, uint32_t len, const struct kvt_layout *l,
+			 uint32_t tile_tokens, uint32_t *flags);
 /* Block i, just made READY, lives in the pool. */
 void kvtd_gpu_commit(struct kvtd *d, uint32_t i);
 /* True when block i has a complete pool copy. */
 bool kvtd_gpu_has(struct kvtd *d, uint32_t i);
 /* Pool offset of block i, held until kvtd_gpu_unlease; -EXDEV when it has no pool copy
  * (a promotion is queued). */
-int64_t kvtd_gpu_lease(struct kvtd *d, uint32_t i);
+int64_t kvtd_gpu_lease(struct kvtd *d, uint32_t i, uint32_t *flags);
 void kvtd_gpu_unlease(struct kvtd *d, uint32_t i);
 /* Gives block i, only in the pool, a host copy (a host get of it).  0 or -errno. */
 int kvtd_gpu_to_host(struct kvtd *d, uint32_t i);

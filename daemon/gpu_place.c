@@ -27,7 +27,8 @@ enum { ENT_FREE = 0, ENT_RESERVED, ENT_READY };
 struct gpu_ent {
 	uint32_t blk, gen;
 	struct kvt_tier_loc loc;
-	uint32_t len;
+	uint32_t len;	      /* bytes in the pool (encoded when quantized) */
+	struct kvt_gpu_kvq q; /* q.qp.bits = 0: raw */
 	uint32_t leases;
 	uint32_t prev, next; /* LRU, head = most recently used */
 	uint8_t state, in_lru;
@@ -49,6 +50,11 @@ struct kvtd_gpu {
 		uint32_t blk, gen;
 	} promo[PROMO_CAP];
 	uint32_t promo_head, promo_tail;
+	unsigned bits; /* gpu.codec: 0 raw, 8 int8, 4 int4 */
+	void *staging; /* device memory for dequantizing on the way down */
+	uint64_t staging_len;
+	struct kvt_gpu_qjob *jobs;
+	size_t njobs;
 	struct kvtd_gpu_stats st;
 };
 
@@ -223,6 +229,7 @@ int kvtd_gpu_init(struct kvtd *d)
 		return 0;
 	}
 	kvt_gpu_uuid_format(g->desc.uuid, g->uuid);
+	g->bits = !strcmp(d->cfg.gpu_codec, "int8") ? 8 : !strcmp(d->cfg.gpu_codec, "int4") ? 4 : 0;
 	d->gpu = g;
 	kvtd_log(KVTD_LOG_INFO, "gpu tier: %llu bytes on %s, epoch %llu",
 		 (unsigned long long)g->desc.bytes, g->uuid, (unsigned long long)d->epoch);
@@ -239,7 +246,9 @@ void kvtd_gpu_fini(struct kvtd *d)
 		if (g->reg[k])
 			kvt_tier_gpu_unregister(g->t, g->reg[k]);
 	}
+	kvt_gpu_dev_free(g->staging);
 	kvt_tier_gpu_ops.close(g->t);
+	free(g->jobs);
 	free(g->reg);
 	free(g->ents);
 	free(g->of_blk);
@@ -258,7 +267,9 @@ int kvtd_gpu_attach_reply(struct kvtd *d, struct kvt_msg_gpu_attach_reply *r)
 		return d->gpu_err ? d->gpu_err : -ENODEV;
 	_Static_assert(sizeof(d->gpu->desc) == sizeof(r->desc), "descriptor size");
 	memcpy(r->desc, &d->gpu->desc, sizeof(r->desc));
-	r->codec = KVT_GPU_CODEC_RAW;
+	r->codec = d->gpu->bits == 8   ? KVT_GPU_CODEC_INT8
+		   : d->gpu->bits == 4 ? KVT_GPU_CODEC_INT4
+				       : KVT_GPU_CODEC_RAW;
 	r->capacity = d->gpu->desc.bytes;
 	d->gpu->st.attaches++;
 	return 0;
@@ -307,6 +318,57 @@ static int pool_move(struct kvtd *d, uint32_t e, void *p, bool down)
 	return io.res < 0 ? io.res : 0;
 }
 
+/* Dequantizes pool entry e into the staging buffer and copies the raw block to host p. */
+static int dequant_down(struct kvtd *d, uint32_t e, void *p)
+{
+	struct kvtd_gpu *g = d->gpu;
+	struct gpu_ent *x = E(g, e);
+	uint64_t base = (uint64_t)(uintptr_t)kvt_tier_gpu_base(g->t) + x->loc.off;
+	size_t n = (size_t)x->q.n_layers * 2 * x->q.pages_per_block, k = 0;
+	void *stream = kvt_tier_gpu_stream(g->t);
+	struct kvt_gpu_seg seg;
+	int ret;
+
+	if (g->staging_len < x->q.raw_bytes) {
+		kvt_gpu_dev_free(g->staging);
+		g->staging = NULL;
+		g->staging_len = 0;
+		ret = kvt_gpu_dev_alloc(kvt_tier_gpu_device(g->t), x->q.raw_bytes, &g->staging);
+		if (ret < 0)
+			return ret;
+		g->staging_len = x->q.raw_bytes;
+	}
+	if (g->njobs < n) {
+		struct kvt_gpu_qjob *j = realloc(g->jobs, n * sizeof(*j));
+		if (!j)
+			return -ENOMEM;
+		g->jobs = j;
+		g->njobs = n;
+	}
+	for (unsigned l = 0; l < x->q.n_layers; l++) {
+		for (unsigned kv = 0; kv < 2; kv++) {
+			for (unsigned j = 0; j < x->q.pages_per_block; j++, k++) {
+				g->jobs[k].src = base + kvt_gpu_kvq_offset(&x->q, l, kv, j);
+				g->jobs[k].dst =
+				    (uint64_t)(uintptr_t)g->staging +
+				    ((uint64_t)(l * 2 + kv) * x->q.pages_per_block + j) *
+					x->q.raw_tile;
+				g->jobs[k].kind = kv ? KVT_GPU_VALUES : KVT_GPU_KEYS;
+				g->jobs[k].reserved = 0;
+			}
+		}
+	}
+	ret = kvt_gpu_dequantize(kvt_tier_gpu_engine(g->t), &x->q.qp, g->jobs, n, stream);
+	if (ret < 0)
+		return ret;
+	seg = (struct kvt_gpu_seg){(uint64_t)(uintptr_t)g->staging, (uint64_t)(uintptr_t)p,
+				   x->q.raw_bytes};
+	ret = kvt_gpu_copy(kvt_tier_gpu_engine(g->t), &seg, 1, KVT_GPU_D2H, KVT_GPU_DMA, stream);
+	if (ret < 0)
+		return ret;
+	return kvt_gpu_stream_sync(stream);
+}
+
 /* Gives block i (only in the pool, entry e) a host copy.  0 or -errno. */
 static int copy_down(struct kvtd *d, uint32_t i, uint32_t e)
 {
@@ -329,7 +391,10 @@ static int copy_down(struct kvtd *d, uint32_t i, uint32_t e)
 		kvtd_host_unalloc(d, t, (uint64_t)off, b->len);
 		return -ESTALE;
 	}
-	ret = pool_move(d, e, t->base + off, true);
+	if (E(d->gpu, e)->q.qp.bits)
+		ret = dequant_down(d, e, t->base + off);
+	else
+		ret = pool_move(d, e, t->base + off, true);
 	if (ret < 0) {
 		kvtd_host_unalloc(d, t, (uint64_t)off, b->len);
 		return ret;
@@ -410,14 +475,28 @@ void kvtd_gpu_sweep(struct kvtd *d)
 	}
 }
 
-int64_t kvtd_gpu_reserve(struct kvtd *d, uint32_t i, uint32_t len)
+int64_t kvtd_gpu_reserve(struct kvtd *d, uint32_t i, uint32_t len, const struct kvt_layout *l,
+			 uint32_t tile_tokens, uint32_t *flags)
 {
 	struct kvtd_gpu *g = d->gpu;
+	struct kvt_gpu_kvq q;
 	uint32_t e;
 	int ret;
 
+	*flags = 0;
 	if (!g)
 		return -ENODEV;
+	memset(&q, 0, sizeof(q));
+	/* Quantized when the codec asks for it and the engine's pages fit the kernels; kept
+	 * raw otherwise (fp8 pages, odd geometries). */
+	if (g->bits && tile_tokens && (l->dtype == KVT_DTYPE_FP16 || l->dtype == KVT_DTYPE_BF16) &&
+	    kvt_gpu_kvq_plan(g->bits, l->dtype == KVT_DTYPE_FP16 ? KVT_GPU_FP16 : KVT_GPU_BF16,
+			     l->n_kv_heads, l->head_dim, tile_tokens, l->n_layers, len, &q) == 0) {
+		len = (uint32_t)q.enc_bytes;
+		*flags = KVT_GPU_F_INT8 | tile_tokens << 16;
+	} else {
+		memset(&q, 0, sizeof(q));
+	}
 	if (len > g->desc.bytes)
 		return -E2BIG;
 	ent_of(d, i);
@@ -436,6 +515,7 @@ int64_t kvtd_gpu_reserve(struct kvtd *d, uint32_t i, uint32_t len)
 	if (ret < 0)
 		return ret;
 	E(g, e)->state = ENT_RESERVED;
+	E(g, e)->q = q;
 	return (int64_t)E(g, e)->loc.off;
 }
 
@@ -469,10 +549,11 @@ static void promo_queue(struct kvtd *d, uint32_t i)
 	g->promo_tail++;
 }
 
-int64_t kvtd_gpu_lease(struct kvtd *d, uint32_t i)
+int64_t kvtd_gpu_lease(struct kvtd *d, uint32_t i, uint32_t *flags)
 {
 	uint32_t e = ent_of(d, i);
 
+	*flags = 0;
 	if (!d->gpu)
 		return -ENODEV;
 	if (e == KVTD_NIL || E(d->gpu, e)->state != ENT_READY) {
@@ -484,6 +565,8 @@ int64_t kvtd_gpu_lease(struct kvtd *d, uint32_t i)
 	d->gpu->st.get_bytes += E(d->gpu, e)->len;
 	E(d->gpu, e)->leases++;
 	lru_unlink(d->gpu, e);
+	if (E(d->gpu, e)->q.qp.bits)
+		*flags = KVT_GPU_F_INT8 | (uint32_t)E(d->gpu, e)->q.qp.tokens << 16;
 	return (int64_t)E(d->gpu, e)->loc.off;
 }
 

@@ -1498,8 +1498,9 @@ static void handle_gpu_attach(struct kvtd *d, struct client *c)
 		client_kill(d, c, "reply failed");
 }
 
-static void gpu_reserve(struct kvtd *d, struct client *c, uint64_t fp, uint32_t len,
-			const struct kvt_gpu_op_req *q, struct kvt_gpu_op_res *r)
+static void gpu_reserve(struct kvtd *d, struct client *c, uint64_t fp,
+			const struct kvt_msg_gpu_op *m, const struct kvt_gpu_op_req *q,
+			struct kvt_gpu_op_res *r)
 {
 	uint64_t lo, hi, handle;
 	struct kvtd_blk *b;
@@ -1521,12 +1522,12 @@ static void gpu_reserve(struct kvtd *d, struct client *c, uint64_t fp, uint32_t 
 	b = kvtd_blk(&d->ix, i);
 	b->state = KVTD_BLK_RESERVED;
 	b->tier = KVTD_TIER_HOST;
-	b->len = len;
+	b->len = m->len;
 	b->tenant = tenant_index(d, c->t);
 	b->owner = c->id;
 	b->fingerprint = fp;
 	b->on_host = 0;
-	off = kvtd_gpu_reserve(d, i, len);
+	off = kvtd_gpu_reserve(d, i, m->len, &m->layout, m->tile_tokens, &r->flags);
 	if (off < 0) {
 		if (off == -ENOSPC)
 			d->m.enospc_total++;
@@ -1546,7 +1547,7 @@ static void gpu_reserve(struct kvtd *d, struct client *c, uint64_t fp, uint32_t 
 	d->m.reservations++;
 	r->off = (uint64_t)off;
 	r->handle = handle;
-	r->res = (int32_t)len;
+	r->res = (int32_t)m->len;
 }
 
 static void gpu_commit(struct kvtd *d, struct client *c, const struct kvt_gpu_op_req *q,
@@ -1601,7 +1602,7 @@ static void gpu_lease(struct kvtd *d, struct client *c, uint64_t fp, const struc
 		return;
 	}
 	b = kvtd_blk(&d->ix, i);
-	off = kvtd_gpu_lease(d, i);
+	off = kvtd_gpu_lease(d, i, &r->flags);
 	if (off < 0) {
 		/* Stored, but not in the pool: the client reads it through the host tier. */
 		r->res = (int32_t)off;
@@ -1690,7 +1691,7 @@ static void handle_gpu_op(struct kvtd *d, struct client *c, const struct kvt_msg
 		d->m.ring_requests_total++;
 		switch (m->op) {
 		case KVT_GPU_OP_RESERVE:
-			gpu_reserve(d, c, fp, m->len, &q, &res[k]);
+			gpu_reserve(d, c, fp, m, &q, &res[k]);
 			break;
 		case KVT_GPU_OP_COMMIT:
 		case KVT_GPU_OP_ABORT:

@@ -196,3 +196,55 @@ size_t kvt_gpu_q_bytes(const struct kvt_gpu_qparams *p, enum kvt_gpu_kv kind)
 		groups = (size_t)p->tokens * p->heads * (p->head_dim / p->v_group);
 	return elems * p->bits / 8 + groups * 4;
 }
+
+static unsigned largest_group(unsigned n)
+{
+	for (unsigned g = 32; g >= 8; g /= 2) {
+		if (n % g == 0)
+			return g;
+	}
+	return 0;
+}
+
+int kvt_gpu_kvq_plan(unsigned bits, unsigned dtype, unsigned heads, unsigned head_dim,
+		     unsigned tile_tokens, unsigned n_layers, uint64_t raw_bytes,
+		     struct kvt_gpu_kvq *out)
+{
+	struct kvt_gpu_kvq q;
+	uint64_t per_page;
+
+	memset(&q, 0, sizeof(q));
+	if (!out || !n_layers || tile_tokens > UINT16_MAX || heads > UINT16_MAX ||
+	    head_dim > UINT16_MAX)
+		return -EINVAL;
+	q.qp.size = sizeof(q.qp);
+	q.qp.bits = (uint8_t)bits;
+	q.qp.dtype = (uint8_t)dtype;
+	q.qp.tokens = (uint16_t)tile_tokens;
+	q.qp.heads = (uint16_t)heads;
+	q.qp.head_dim = (uint16_t)head_dim;
+	q.qp.k_group = (uint16_t)largest_group(tile_tokens);
+	q.qp.v_group = (uint16_t)largest_group(head_dim);
+	if (kvt_gpu_q_check(&q.qp) < 0)
+		return -EINVAL;
+	q.raw_tile = kvt_gpu_q_raw_bytes(&q.qp);
+	per_page = 2ull * n_layers * q.raw_tile;
+	if (!raw_bytes || raw_bytes % per_page)
+		return -EINVAL;
+	q.n_layers = n_layers;
+	q.pages_per_block = (uint32_t)(raw_bytes / per_page);
+	q.k_bytes = (kvt_gpu_q_bytes(&q.qp, KVT_GPU_KEYS) + 15) & ~(uint64_t)15;
+	q.v_bytes = (kvt_gpu_q_bytes(&q.qp, KVT_GPU_VALUES) + 15) & ~(uint64_t)15;
+	q.enc_bytes = (uint64_t)n_layers * q.pages_per_block * (q.k_bytes + q.v_bytes);
+	q.raw_bytes = raw_bytes;
+	*out = q;
+	return 0;
+}
+
+uint64_t kvt_gpu_kvq_offset(const struct kvt_gpu_kvq *q, unsigned layer, unsigned kv, unsigned page)
+{
+	uint64_t ppb = q->pages_per_block;
+
+	return (uint64_t)layer * ppb * (q->k_bytes + q->v_bytes) + (kv ? ppb * q->k_bytes : 0) +
+	       (uint64_t)page * (kv ? q->v_bytes : q->k_bytes);
+}

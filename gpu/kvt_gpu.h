@@ -303,6 +303,35 @@ int kvt_gpu_quantize(struct kvt_gpu_engine *e, const struct kvt_gpu_qparams *p,
 int kvt_gpu_dequantize(struct kvt_gpu_engine *e, const struct kvt_gpu_qparams *p,
 		       const struct kvt_gpu_qjob *jobs, size_t n, void *stream);
 
+/* ---- quantized kvtier blocks [host] ---------------------------------------------------------
+ * How the GPU tier keeps a block with codec int8 (or int4): its tiles are the engine pages
+ * (tile_tokens = tokens of one page), quantized one by one and packed in the block's own
+ * order -- per layer the K tiles of its pages_per_block pages, then the V tiles -- each tile
+ * rounded up to 16 bytes so that every tile starts aligned:
+ *   enc_offset(l, kv, j) = l * ppb * (k_bytes + v_bytes) + kv * ppb * k_bytes
+ *                          + j * (kv ? v_bytes : k_bytes)
+ *   raw_offset(l, kv, j) = ((l * 2 + kv) * ppb + j) * raw_tile
+ * Groups: k_group = the largest of 32, 16, 8 dividing tile_tokens; v_group = the largest of
+ * 32, 16, 8 dividing head_dim.  Client and daemon both derive the format from these rules. */
+struct kvt_gpu_kvq {
+	struct kvt_gpu_qparams qp;
+	uint32_t n_layers, pages_per_block;
+	uint64_t k_bytes, v_bytes; /* one encoded tile, rounded up to 16 */
+	uint64_t raw_tile;	   /* bytes of one unquantized tile */
+	uint64_t enc_bytes;	   /* the encoded block */
+	uint64_t raw_bytes;	   /* the block as readers see it */
+};
+
+/* [host] The format of a raw_bytes block of n_layers layers (K and V), dtype fp16 or bf16
+ * (enum kvt_gpu_dtype), pages of tile_tokens tokens.  0, or -EINVAL when the geometry does
+ * not fit the kernels (then the block is kept raw). */
+int kvt_gpu_kvq_plan(unsigned bits, unsigned dtype, unsigned heads, unsigned head_dim,
+		     unsigned tile_tokens, unsigned n_layers, uint64_t raw_bytes,
+		     struct kvt_gpu_kvq *out);
+/* [host] Byte offset of tile (layer, kv, page) in the encoded block. */
+uint64_t kvt_gpu_kvq_offset(const struct kvt_gpu_kvq *q, unsigned layer, unsigned kv,
+			    unsigned page);
+
 /* ---- CPU reference [host] -----------------------------------------------------------------
  * Plain C, bit-exact with the kernels (same operations in the same order, IEEE fp32): the
  * reference for the tests and a decoder for the CPU codecs. */

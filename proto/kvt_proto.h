@@ -101,7 +101,9 @@ struct kvt_msg_gpu_attach_reply {
 	uint8_t desc[128]; /* struct kvt_gpu_ipc_desc */
 };
 
-#define KVT_GPU_CODEC_RAW 0u
+#define KVT_GPU_CODEC_RAW  0u /* blocks as the engine wrote them */
+#define KVT_GPU_CODEC_INT8 1u /* KIVI int8 tiles (gpu/kvt_gpu.h "quantized kvtier blocks") */
+#define KVT_GPU_CODEC_INT4 2u /* the same with 4-bit codes */
 
 enum kvt_gpu_op {
 	KVT_GPU_OP_RESERVE = 1, /* key, len → res = len, off (in the pool), handle */
@@ -123,17 +125,21 @@ struct kvt_gpu_op_req {
  * the fingerprint itself), so the device connection needs no registration of its own. */
 struct kvt_msg_gpu_op {
 	struct kvt_msg_hdr h;
-	uint32_t op;  /* enum kvt_gpu_op */
-	uint32_t n;   /* entries that follow, 1..KVT_GPU_OP_BATCH; h.len must match */
-	uint32_t len; /* RESERVE: bytes of each block */
-	uint32_t pad;
+	uint32_t op;	      /* enum kvt_gpu_op */
+	uint32_t n;	      /* entries that follow, 1..KVT_GPU_OP_BATCH; h.len must match */
+	uint32_t len;	      /* RESERVE: bytes of each block (as readers see it) */
+	uint32_t tile_tokens; /* RESERVE: tokens of one engine page (0: keep the block raw) */
 	struct kvt_layout layout;
 	/* struct kvt_gpu_op_req req[n] */
 };
 
+/* kvt_gpu_op_res.flags: the pool block is quantized (the attach reply's codec says to how
+ * many bits); bits 16..31 carry the tile_tokens it was quantized with. */
+#define KVT_GPU_F_INT8 0x1u
+
 struct kvt_gpu_op_res {
 	int32_t res;
-	uint32_t pad;
+	uint32_t flags; /* RESERVE, LEASE: KVT_GPU_F_* */
 	uint64_t off;
 	uint64_t handle;
 };

@@ -163,6 +163,26 @@ void kvt_tier_gpu_uuid(const struct kvt_tier *t, uint8_t uuid[KVT_GPU_UUID_LEN])
 	memcpy(uuid, t->uuid, KVT_GPU_UUID_LEN);
 }
 
+void *kvt_tier_gpu_base(const struct kvt_tier *t)
+{
+	return kvt_gpu_pool_base(t->pool);
+}
+
+struct kvt_gpu_engine *kvt_tier_gpu_engine(const struct kvt_tier *t)
+{
+	return t->eng;
+}
+
+void *kvt_tier_gpu_stream(const struct kvt_tier *t)
+{
+	return t->stream;
+}
+
+int kvt_tier_gpu_device(const struct kvt_tier *t)
+{
+	return t->dev;
+}
+
 static int gpu_alloc(struct kvt_tier *t, uint32_t len, struct kvt_tier_loc *out)
 {
 	uint64_t np = ((uint64_t)len + (1u << GPU_PAGE_SHIFT) - 1) >> GPU_PAGE_SHIFT;

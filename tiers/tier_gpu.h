@@ -42,6 +42,12 @@ void kvt_tier_gpu_unregister(struct kvt_tier *t, void *base);
 /* Device UUID of the pool. */
 void kvt_tier_gpu_uuid(const struct kvt_tier *t, uint8_t uuid[KVT_GPU_UUID_LEN]);
 
+/* What the daemon needs to run gpu/'s kernels on the pool itself (int8 demotion). */
+void *kvt_tier_gpu_base(const struct kvt_tier *t);
+struct kvt_gpu_engine *kvt_tier_gpu_engine(const struct kvt_tier *t);
+void *kvt_tier_gpu_stream(const struct kvt_tier *t);
+int kvt_tier_gpu_device(const struct kvt_tier *t);
+
 /* ops.open: conf->paths[0] is the device (or NULL), epoch 0. */
 extern const struct kvt_tier_ops kvt_tier_gpu_ops;
 

@@ -2,7 +2,7 @@
 # without a GPU, -ENODEV); gpu_tier needs a GPU and exits 77 (skipped) without one.
 if(TARGET kvtier AND TARGET kvt_gpu AND TARGET kvtierd)
 	add_executable(gpu_tier_test ${PROJECT_SOURCE_DIR}/tests/integration/gpu_tier_test.c)
-	target_link_libraries(gpu_tier_test PRIVATE kvtier kvt_proto kvt_gpu)
+	target_link_libraries(gpu_tier_test PRIVATE kvtier kvt_proto kvt_gpu m)
 	target_compile_definitions(gpu_tier_test PRIVATE _GNU_SOURCE)
 	kvt_add_test(gpu_tier_nogpu
 		COMMAND $<TARGET_FILE:gpu_tier_test> $<TARGET_FILE:kvtierd> $<TARGET_FILE:kvtierctl> nogpu

@@ -8,6 +8,7 @@
  *   gpu:   device put/get through the pool and the host arena; exits 77 without a GPU.
  */
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -217,7 +218,10 @@ static void test_config_keys(void)
 	CHECK_EQ(rc, 0);
 	CHECK(strstr(out, "[gpu]") && strstr(strstr(out, "[gpu]"), "capacity = 0"));
 	free(out);
-	out = run(&rc, "%s --print-config -o gpu.codec=int4 2>&1", kvtierd);
+	out = run(&rc, "%s --print-config -o gpu.codec=int8 2>&1", kvtierd);
+	CHECK(rc == 0 && strstr(out, "codec = int8"));
+	free(out);
+	out = run(&rc, "%s --print-config -o gpu.codec=fp8 2>&1", kvtierd);
 	CHECK(rc != 0 && strstr(out, "gpu.codec"));
 	free(out);
 	out = run(&rc, "%s --print-config -o gpu.low_watermark=0.9 -o gpu.high_watermark=0.5 2>&1",
@@ -768,6 +772,169 @@ out:
 	kvt_gpu_dev_free(pg.dev);
 }
 
+/* Pages of real-looking fp16 values (roughly normal, some outliers), host copy returned. */
+static uint8_t *pages_fill_f16(struct pages *pg, uint64_t tag)
+{
+	size_t n = 4 * pg->layer_bytes;
+	uint16_t *h = malloc(n);
+	uint64_t s = tag * 0x2545f4914f6cdd1dull + 7;
+
+	for (size_t i = 0; i < n / 2; i++) {
+		double u = 0;
+		for (int k = 0; k < 4; k++)
+			u += (double)(rng(&s) >> 11) / 9007199254740992.0;
+		u = (u - 2.0) * 1.7;
+		if ((rng(&s) & 1023) == 0)
+			u *= 40; /* an outlier now and then */
+		h[i] = kvt_f32_to_f16((float)u);
+	}
+	kvt_gpu_memcpy(pg->dev, h, n);
+	return (uint8_t *)h;
+}
+
+/* What a quantized pool block must give back: every page through the CPU reference. */
+static void expect_quantized(const struct pages *pg, uint8_t *pages, const uint32_t *ids,
+			     uint32_t n, const struct kvt_gpu_kvq *q)
+{
+	uint8_t *enc = malloc(q->k_bytes > q->v_bytes ? q->k_bytes : q->v_bytes);
+
+	for (uint32_t i = 0; i < n; i++) {
+		for (int l = 0; l < 4; l++) {
+			for (int kv = 0; kv < 2; kv++) {
+				uint8_t *p = pages + l * pg->layer_bytes +
+					     kv * NUM_BLOCKS * pg->page + ids[i] * pg->page;
+				kvt_gpu_ref_quantize(&q->qp, kv ? KVT_GPU_VALUES : KVT_GPU_KEYS, p,
+						     enc);
+				kvt_gpu_ref_dequantize(&q->qp, kv ? KVT_GPU_VALUES : KVT_GPU_KEYS,
+						       enc, p);
+			}
+		}
+	}
+	free(enc);
+}
+
+/* Largest |x - x'| over the group's (max - min) / 255: the int8 bound is 0.5 of a step plus
+ * fp16 rounding of the zero and of the output. */
+static double worst_steps(const struct pages *pg, const uint8_t *a, const uint8_t *b,
+			  const uint32_t *ids_a, const uint32_t *ids_b, uint32_t n)
+{
+	double worst = 0;
+
+	for (uint32_t i = 0; i < n; i++) {
+		for (int l = 0; l < 4; l++) {
+			/* V pages: groups of 32 channels of one token */
+			uint64_t oa =
+			    l * pg->layer_bytes + NUM_BLOCKS * pg->page + ids_a[i] * pg->page;
+			uint64_t ob =
+			    l * pg->layer_bytes + NUM_BLOCKS * pg->page + ids_b[i] * pg->page;
+			const uint16_t *x = (const uint16_t *)(a + oa),
+				       *y = (const uint16_t *)(b + ob);
+			for (size_t g = 0; g < pg->page / 2; g += 32) {
+				float mn = 1e30f, mx = -1e30f, e = 0;
+				for (int k = 0; k < 32; k++) {
+					float v = kvt_f16_to_f32(x[g + k]);
+					mn = v < mn ? v : mn;
+					mx = v > mx ? v : mx;
+					float dv = fabsf(v - kvt_f16_to_f32(y[g + k]));
+					e = dv > e ? dv : e;
+				}
+				float tol = fabsf(mn) * (1.0f / 1024) + fabsf(mx) * (1.0f / 1024);
+				double steps = mx > mn ? (e - tol) / ((mx - mn) / 255.0) : 0;
+				worst = steps > worst ? steps : worst;
+			}
+		}
+	}
+	return worst;
+}
+
+static void test_int8_tier(void)
+{
+	struct kvt_client *c = NULL;
+	struct kvt_dev *dv = NULL;
+	struct pages pg = {0};
+	struct kvt_gpu_kvq q;
+	struct kvt_key keys[32];
+	uint32_t ids_put[NUM_BLOCKS], ids_get[NUM_BLOCKS];
+	uint8_t *src = NULL, *want = NULL, *got = NULL, *host = malloc(256 << 10);
+	pid_t pid = -1;
+	int lay;
+
+	CHECK_EQ(kvt_gpu_kvq_plan(8, KVT_GPU_FP16, 8, 128, 16, 4, 256 << 10, &q), 0);
+	CHECK_EQ(q.qp.k_group, 16);
+	CHECK_EQ(q.qp.v_group, 32);
+	for (int round = 0; round < 2; round++) {
+		/* round 0: a roomy pool; round 1: 1 MiB, so blocks go down to the host (the
+		 * daemon dequantizes them on the way) and come back from there. */
+		pid =
+		    daemon_start("256MiB", round ? "1MiB" : "64MiB", "-o", "gpu.codec=int8", NULL);
+		CHECK(pid > 0);
+		if (!pg.dev)
+			CHECK_EQ(pages_init(&pg), 0);
+		c = connect_ok();
+		CHECK(c);
+		dv = dev_open_ok(c);
+		CHECK(dv);
+		lay = kvt_dev_layout(dv, &pg.l);
+		CHECK(lay >= 0);
+		make_keys(50 + round, keys, 32);
+		src = pages_fill_f16(&pg, 60 + round);
+		want = malloc(4 * pg.layer_bytes);
+		memcpy(want, src, 4 * pg.layer_bytes);
+		shuffle_ids(ids_put, 32, 70 + round);
+		shuffle_ids(ids_get, 32, 80 + round);
+		expect_quantized(&pg, want, ids_put, 32, &q);
+		for (uint32_t k = 0; k < 32; k += round ? 4 : 32)
+			CHECK_EQ(kvt_dev_put(dv, lay, &pg.p, keys + k, ids_put + k, round ? 4 : 32,
+					     0, NULL),
+				 round ? 4 : 32);
+		if (!round) {
+			CHECK_EQ(gpu_num("blocks"), 32);
+			CHECK_EQ(gpu_num("used_bytes"), 32 * ((q.enc_bytes + 4095) & ~4095ull));
+		} else {
+			CHECK(gpu_num("demotions") >= 20);
+		}
+		kvt_gpu_memset(pg.dev, 0xa5, 4 * pg.layer_bytes);
+		CHECK_EQ(kvt_dev_get(dv, lay, &pg.p, keys, ids_get, 32, 0, NULL), 32);
+		got = pages_read(&pg);
+		/* Bit-exact with the CPU reference of the kernels, wherever the block was. */
+		for (uint32_t i = 0; i < 32; i++)
+			CHECK(same_pages(&pg, want, got, ids_put[i], ids_get[i]));
+		/* Within the documented bound: half a quantization step (plus fp16 rounding). */
+		double w = worst_steps(&pg, src, got, ids_put, ids_get, 32);
+		printf("int8 round %d: worst error %.3f quantization steps\n", round, w);
+		CHECK(w <= 0.5 + 1e-3);
+		/* A CPU reader gets the same (dequantized) bytes, page-first. */
+		CHECK_EQ(kvt_get(c, 0, &keys[3], host, 256 << 10), 256 << 10);
+		for (int l = 0; l < 4; l++) {
+			for (int kv = 0; kv < 2; kv++) {
+				uint64_t so = l * pg.layer_bytes + kv * NUM_BLOCKS * pg.page +
+					      ids_put[3] * pg.page;
+				CHECK(!memcmp(host + (l * 2 + kv) * pg.page, want + so, pg.page));
+			}
+		}
+		kvt_dev_close(dv);
+		dv = NULL;
+		kvt_close(c);
+		c = NULL;
+		CHECK_EQ(daemon_stop(pid), 0);
+		pid = -1;
+		free(src);
+		free(want);
+		free(got);
+		src = want = got = NULL;
+	}
+out:
+	kvt_dev_close(dv);
+	kvt_close(c);
+	if (pid > 0)
+		daemon_stop(pid);
+	kvt_gpu_dev_free(pg.dev);
+	free(src);
+	free(want);
+	free(got);
+	free(host);
+}
+
 static const struct {
 	const char *name;
 	void (*fn)(void);
@@ -779,6 +946,7 @@ static const struct {
     {"overfill_demotes", test_overfill_demotes, true},
     {"restart_reattach", test_restart_reattach, true},
     {"killed_client", test_killed_client, true},
+    {"int8_tier", test_int8_tier, true},
 };
 
 int main(int argc, char **argv)
