@@ -279,7 +279,9 @@ int kvt_chain_peek(const void *src, size_t n, uint32_t *chain_id, struct kvt_cod
 	gg.block_tokens = ld16(s + 22);
 	gg.dtype = s[24];
 	gg.first_token = ld32(s + 28);
-	if (kvt_geom_block_bytes(&gg) != ld32(s + 8))
+	/* An invalid geometry has 0 block bytes, which a raw_len of 0 would match: a record
+	 * that encode() could never have made must not decode to an empty block. */
+	if (kvt_geom_check(&gg) || kvt_geom_block_bytes(&gg) != ld32(s + 8))
 		return -EBADMSG;
 	if (ld32(s + 12) > n - KVT_CHAIN_HDR_SIZE)
 		return -EBADMSG;
