@@ -175,7 +175,14 @@ uint16_t kvt_simhash16(const float *x, uint32_t D);
 
 /* ---- arguments ------------------------------------------------------------------------ */
 
-/* One accepted key of a codec's argument list: its slot in st->arg, range and default. */
+/*
+ * One accepted key of a codec's argument list: its slot in st->arg, range and default.
+ * integer: 0 any number, 1 whole numbers, KVT_ARG_LIST a list "a:b:c:d" of up to
+ * KVT_ARG_LIST_LEN numbers that fills this slot and the next KVT_ARG_LIST_LEN - 1 (whose defs
+ * have key NULL and repeat the range); a shorter list repeats its last value.
+ */
+#define KVT_ARG_LIST	 2
+#define KVT_ARG_LIST_LEN 4
 struct kvt_argdef {
 	const char *key;
 	double def, min, max;

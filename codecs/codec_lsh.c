@@ -13,6 +13,7 @@
  * merge alone.)  Per slab: merge bitmap, packed references, the stored rows.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 
 #include "kvslab.h"
@@ -39,20 +40,45 @@ static size_t lsh_bound(const struct kvt_stage *st, const struct kvt_codec_geom 
 	return geom_nslabs(g) * ((T + 7) / 8 + packed_len(T, 16) + geom_slab(g) * 2);
 }
 
-uint16_t kvt_simhash16(const float *x, uint32_t D)
+/*
+ * The projections: sign of hyperplane k at channel d from a xorshift64 sequence per k (the
+ * same for every D, so the table below serves every head_dim up to 1024).  Stored as +-1.0f
+ * with the channel outermost, so that the 16 sums run side by side in SIMD registers, each
+ * still adding its terms in channel order (the same bits as one sum at a time).
+ */
+#define SH_MAXD 1024
+static float (*sh_sign)[16];
+static pthread_once_t sh_once = PTHREAD_ONCE_INIT;
+
+static void sh_init(void)
 {
-	uint16_t h = 0;
+	sh_sign = malloc(SH_MAXD * sizeof(*sh_sign));
+	if (!sh_sign)
+		abort();
 	for (unsigned k = 0; k < 16; k++) {
 		uint64_t s = 0x9e3779b97f4a7c15ull * (k + 1);
-		float a = 0;
-		for (uint32_t d = 0; d < D; d++) {
+		for (uint32_t d = 0; d < SH_MAXD; d++) {
 			s ^= s << 13;
 			s ^= s >> 7;
 			s ^= s << 17;
-			a += (s >> 63) ? x[d] : -x[d];
+			sh_sign[d][k] = (s >> 63) ? 1.0f : -1.0f;
 		}
-		h = (uint16_t)(h | (a > 0) << k);
 	}
+}
+
+uint16_t kvt_simhash16(const float *x, uint32_t D)
+{
+	float a[16] = {0};
+	uint16_t h = 0;
+
+	pthread_once(&sh_once, sh_init);
+	if (D > SH_MAXD)
+		D = SH_MAXD; /* kvt_geom_check() caps head_dim at 1024 */
+	for (uint32_t d = 0; d < D; d++)
+		for (unsigned k = 0; k < 16; k++)
+			a[k] += sh_sign[d][k] * x[d];
+	for (unsigned k = 0; k < 16; k++)
+		h = (uint16_t)(h | (a[k] > 0) << k);
 	return h;
 }
 

@@ -2,7 +2,7 @@
 /*
  * codec_uq.c - "uq": uniform quantization with prediction and rANS entropy coding.
  *
- *   uq:k=STEP,v=STEP,rope=THETA,sink=N,lsh=HAMMING,cn=0|1,qw=GAMMA
+ *   uq:k=STEP,v=STEP,rope=THETA,sink=N,lsh=HAMMING,cn=0|1,qw=GAMMA,dq=LAMBDA,kl=P:P:P:P,vl=P:...
  *
  * Per slab (one layer, K or V, one kv head: block_tokens x head_dim):
  *  1. keys are rotated back to their pre-RoPE frame (rope=THETA, 0 = off): in that frame the
@@ -20,9 +20,13 @@
  *     values past the alphabet escape to a varint list.
  * qw=GAMMA (keys, 0 = off) gives each channel pair its own step, finer where the block's keys
  * carry more energy (see key_weights()), each step level with its own table offset.
+ * dq=LAMBDA (0 = off) replaces rounding by dependent (trellis) quantization: two interleaved
+ * quantizers chosen by a four-state machine on the indices' parity, the indices of a row
+ * picked by a Viterbi search on distortion + LAMBDA x rate (see dq_search()).
+ * kl, vl: depth profiles of the key and value steps, in octaves (see layer_tilt()).
  * Error bound: |x - x^| <= step/2 per element in the coded frame (no clipping; with qw, the
- * channel's own step, at most 2^3.5 slab steps), before the fp16 rounding of the output; the
- * inverse RoPE rotation keeps the pairwise L2 norm.
+ * channel's own step, at most 2^3.5 slab steps; with dq, one step), before the fp16 rounding
+ * of the output; the inverse RoPE rotation keeps the pairwise L2 norm.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -30,13 +34,44 @@
 #include "kvslab.h"
 #include "rans.h"
 
-enum { A_K, A_V, A_ROPE, A_SINK, A_LSH, A_CN, A_QW, A_N };
+enum {
+	A_K,
+	A_V,
+	A_ROPE,
+	A_SINK,
+	A_LSH,
+	A_CN,
+	A_QW,
+	A_DQ,
+	A_KL,
+	A_VL = A_KL + KVT_ARG_LIST_LEN,
+	A_N = A_VL + KVT_ARG_LIST_LEN
+};
 
 static const struct kvt_argdef uq_args[A_N] = {
-    {"k", 0.18, 1e-4, 16, 0}, {"v", 0.058, 1e-4, 16, 0}, {"rope", 10000, 0, 1e9, 0},
-    {"sink", 0, 0, 1e9, 1},   {"lsh", 16, 0, 16, 1},	 {"cn", 0, 0, 1, 1},
-    {"qw", 0.6, 0, 2, 0},
+    {"k", 0.18, 1e-4, 16, 0},	    {"v", 0.058, 1e-4, 16, 0},
+    {"rope", 10000, 0, 1e9, 0},	    {"sink", 0, 0, 1e9, 1},
+    {"lsh", 16, 0, 16, 1},	    {"cn", 0, 0, 1, 1},
+    {"qw", 0.6, 0, 2, 0},	    {"dq", 0, 0, 8, 0},
+    {"kl", 0, -4, 4, KVT_ARG_LIST}, {NULL, 0, -4, 4, KVT_ARG_LIST},
+    {NULL, 0, -4, 4, KVT_ARG_LIST}, {NULL, 0, -4, 4, KVT_ARG_LIST},
+    {"vl", 0, -4, 4, KVT_ARG_LIST}, {NULL, 0, -4, 4, KVT_ARG_LIST},
+    {NULL, 0, -4, 4, KVT_ARG_LIST}, {NULL, 0, -4, 4, KVT_ARG_LIST},
 };
+
+/*
+ * Step multiplier (log2) of a layer from a depth profile (kl, vl): the list's points sit at
+ * equal steps of relative depth, first layer to last, and layers between two points
+ * interpolate, so one profile serves models of any depth.
+ */
+static double layer_tilt(const double *prof, uint32_t layer, uint32_t n_layers)
+{
+	double u = n_layers > 1 ? (double)layer * (KVT_ARG_LIST_LEN - 1) / (n_layers - 1) : 0;
+	uint32_t j = (uint32_t)u;
+	if (j >= KVT_ARG_LIST_LEN - 1)
+		return prof[KVT_ARG_LIST_LEN - 1];
+	return prof[j] + (u - j) * (prof[j + 1] - prof[j]);
+}
 
 #define ESC (RANS_PNSYM - 1)
 
@@ -77,6 +112,12 @@ struct uq_work {
 	uint32_t *rows;
 	uint32_t *hist;
 	uint8_t *esc;
+	uint8_t *zs;	   /* fit_offsets(): symbols of the coded rows */
+	uint8_t *cat;	   /* table category of each symbol of the coded rows: level + 16 x group */
+	uint16_t *pairs;   /* fit_offsets(): counts of (category, symbol), then a list of them */
+	uint8_t lvd[1024]; /* step level of each channel */
+	int32_t *bpk;	   /* trellis back pointers: index and state, [channel][state] */
+	uint8_t *bps;
 };
 
 static void uq_free(struct uq_work *w)
@@ -99,6 +140,11 @@ static void uq_free(struct uq_work *w)
 	free(w->rows);
 	free(w->hist);
 	free(w->esc);
+	free(w->zs);
+	free(w->cat);
+	free(w->pairs);
+	free(w->bpk);
+	free(w->bps);
 	free(w);
 }
 
@@ -125,15 +171,21 @@ static struct uq_work *uq_alloc(const struct kvt_codec_geom *g)
 	w->stp = malloc(w->D * sizeof(float));
 	w->qwi = calloc(w->D, 1);
 	w->sym = malloc(ms * sizeof(uint16_t));
-	w->ref = malloc(w->T * sizeof(uint16_t));
+	w->ref = malloc((w->T + w->D) * sizeof(uint16_t)); /* + fit_offsets() scratch */
 	w->hash = malloc(w->T * sizeof(uint16_t));
 	w->ti = malloc(ms);
 	w->ra = malloc(w->T);
 	w->rows = malloc(w->T * sizeof(uint32_t));
 	w->hist = malloc(RANS_PNSYM * sizeof(uint32_t));
 	w->esc = malloc(ms * 6 + 8);
+	w->zs = malloc(slab);
+	w->cat = malloc(slab);
+	w->pairs = malloc((32 * RANS_PNSYM + w->D) * sizeof(uint16_t));
+	w->bpk = malloc(4 * w->D * sizeof(int32_t));
+	w->bps = malloc(4 * w->D);
 	if (!w->x || !w->xh || !w->mu || !w->sc || !w->q || !w->mq || !w->stp || !w->qwi ||
-	    !w->sym || !w->ref || !w->hash || !w->ti || !w->hist || !w->esc || !w->ra || !w->rows) {
+	    !w->sym || !w->ref || !w->hash || !w->ti || !w->hist || !w->esc || !w->ra || !w->rows ||
+	    !w->zs || !w->cat || !w->bpk || !w->bps || !w->pairs) {
 		uq_free(w);
 		return NULL;
 	}
@@ -224,54 +276,188 @@ static inline uint8_t cls_off(uint8_t a, int b)
 
 /*
  * With per-pair key steps, a row's residuals are not alike: channels of a fine step have
- * larger symbols.  Each step level s gets a table offset off[s] (fitted here on the exact
- * coded size, then the rows' tables refitted), so the row table still fits every channel.
+ * larger symbols; with dq, the two quantizers' indices differ too.  Each category of symbol
+ * (step level + 16 x quantizer group, w->cat) gets a table offset off[c] (fitted here on the
+ * exact coded size, then the rows' tables refitted), so the row table still fits every symbol.
  */
-static void fit_offsets(struct uq_work *w, uint32_t nr, int8_t *off)
+static void fit_offsets(struct uq_work *w, uint32_t nr, int8_t *off, int qw)
 {
-	uint32_t D = w->D, h = D / 2;
-	for (int lv = 0; lv < 16; lv++) {
-		uint64_t best = UINT64_MAX;
-		off[lv] = 0;
-		for (int o = -8; o <= 7; o++) {
-			uint64_t c = 0;
-			int any = 0;
-			for (uint32_t d = 0; d < D; d++) {
-				if (w->qwi[d % h] - QW_MIN != lv)
-					continue;
-				any = 1;
-				for (uint32_t i = 0; i < nr; i++) {
-					uint32_t z = zz_enc(w->q[(size_t)w->rows[i] * D + d]);
-					c += rans_param_cost(
-					    cls_off(w->ra[w->rows[i]], o))[z < ESC ? z : ESC];
-				}
-			}
-			if (!any)
-				break;
-			if (c < best) {
-				best = c;
-				off[lv] = (int8_t)o;
-			}
-		}
-	}
+	uint32_t D = w->D;
+	const uint16_t *pc[RANS_PCLASSES];
+	uint64_t cost[32][16];
+	uint8_t used[32] = {0};
+
+	for (unsigned c = 0; c < RANS_PCLASSES; c++)
+		pc[c] = rans_param_cost(c);
+	/* symbols once (escapes clipped) */
 	for (uint32_t i = 0; i < nr; i++) {
 		const int32_t *q = w->q + (size_t)w->rows[i] * D;
-		uint8_t cur = w->ra[w->rows[i]], pick = cur;
-		uint64_t best = UINT64_MAX;
-		for (int k = -6; k <= 6; k++) {
-			uint8_t a = cls_off(cur, k);
-			uint64_t c = 0;
+		uint8_t *z = w->zs + (size_t)i * D, *ct = w->cat + (size_t)i * D;
+		for (uint32_t d = 0; d < D; d++) {
+			uint32_t v = zz_enc(q[d]);
+			z[d] = (uint8_t)(v < ESC ? v : ESC);
+			used[ct[d]] = 1;
+		}
+	}
+	/*
+	 * Per row, the (category, symbol) pairs it holds and their counts: a few dozen
+	 * where the row has D symbols, so each candidate table costs a few dozen adds.
+	 */
+	uint16_t *cnt = w->pairs, *list = w->pairs + 32 * RANS_PNSYM;
+	memset(cnt, 0, 32 * RANS_PNSYM * sizeof(*cnt));
+	memset(cost, 0, sizeof(cost));
+	for (uint32_t pass = 0; pass < 2; pass++)
+		for (uint32_t i = 0; i < nr; i++) {
+			const uint8_t *z = w->zs + (size_t)i * D, *ct = w->cat + (size_t)i * D;
+			uint32_t np = 0;
 			for (uint32_t d = 0; d < D; d++) {
-				uint32_t z = zz_enc(q[d]);
-				c += rans_param_cost(
-				    cls_off(a, off[w->qwi[d % h] - QW_MIN]))[z < ESC ? z : ESC];
+				uint16_t idx = (uint16_t)(ct[d] * RANS_PNSYM + z[d]);
+				if (!cnt[idx]++)
+					list[np++] = idx;
 			}
-			if (c < best) {
-				best = c;
-				pick = a;
+			uint8_t cur = w->ra[w->rows[i]], pick = cur;
+			if (!pass) {
+				/* the offsets: every category under every shift of the row's table
+				 */
+				for (int o = -8; o <= 7; o++) {
+					const uint16_t *p = pc[cls_off(cur, o)];
+					for (uint32_t j = 0; j < np; j++)
+						cost[list[j] / RANS_PNSYM][o + 8] +=
+						    (uint64_t)cnt[list[j]] *
+						    p[list[j] % RANS_PNSYM];
+				}
+			} else {
+				/* then the row's table again, under the chosen offsets */
+				uint64_t best = UINT64_MAX;
+				for (int k = -6; k <= 6; k++) {
+					uint8_t a = cls_off(cur, k);
+					uint64_t c = 0;
+					for (uint32_t j = 0; j < np; j++) {
+						uint32_t cc = list[j] / RANS_PNSYM;
+						c += (uint64_t)cnt[list[j]] *
+						     pc[cls_off(a, off[cc])][list[j] % RANS_PNSYM];
+					}
+					if (c < best) {
+						best = c;
+						pick = a;
+					}
+				}
+				w->ra[w->rows[i]] = pick;
+			}
+			for (uint32_t j = 0; j < np; j++)
+				cnt[list[j]] = 0;
+			if (pass)
+				continue;
+			if (i + 1 == nr)
+				for (int c = 0; c < 32; c++) {
+					uint64_t best = UINT64_MAX;
+					off[c] = 0;
+					/* without qw the levels' offsets are not sent: they stay 0
+					 */
+					for (int o = -8; o <= 7 && used[c] && (qw || c >= 16); o++)
+						if (cost[c][o + 8] < best) {
+							best = cost[c][o + 8];
+							off[c] = (int8_t)o;
+						}
+				}
+		}
+}
+
+/*
+ * dq: dependent quantization (trellis-coded, as VVC's).  Two scalar quantizers of step
+ * 2 x dstep, Q0 on the even multiples of dstep, Q1 on the odd ones and zero; a four-state
+ * machine driven by the parity of each index picks the quantizer of the next channel, so
+ * the decoder needs no side information, and the encoder picks the whole row's indices with
+ * a Viterbi search on distortion + lambda x rate.  The union of the two quantizers is twice as
+ * dense as either, which buys about 1 dB of distortion at the same rate.  Rows start in state
+ * 0.
+ */
+static const uint8_t dq_next[4][2] = {{0, 2}, {2, 0}, {1, 3}, {3, 1}};
+
+static inline int32_t dq_level(int32_t k, unsigned s)
+{
+	return s >> 1 ? 2 * k - (k > 0) + (k < 0) : 2 * k;
+}
+
+/* Decoded row for indices k: shared by encoder and decoder so both compute the same bits. */
+static void recon_row_dq(float *xh, const float *pred, const int32_t *k, const float *dstep,
+			 uint32_t D)
+{
+	unsigned s = 0;
+	for (uint32_t d = 0; d < D; d++) {
+		xh[d] = pred[d] + (float)dq_level(k[d], s) * dstep[d];
+		s = dq_next[s][k[d] & 1];
+	}
+}
+
+/* Symbol categories of a coded row: the channel's step level, + 16 where Q1 coded it. */
+static void row_cats(const struct uq_work *w, const int32_t *k, uint8_t *ct, int dq)
+{
+	unsigned s = 0;
+	for (uint32_t d = 0; d < w->D; d++) {
+		ct[d] = (uint8_t)(w->lvd[d] + (dq ? 16 * (s >> 1) : 0));
+		if (dq)
+			s = dq_next[s][k[d] & 1];
+	}
+}
+
+/*
+ * Viterbi search of one row: u[d] = residual / dstep; p[c] the cost table (1/256 bits) of
+ * category c under the row's table.  Candidates: the two nearest levels of the state's
+ * quantizer, and zero when it is within one step, so |u - level| <= 2 always.
+ */
+static void dq_search(struct uq_work *w, const float *u, const uint16_t *const *p, float lam,
+		      int32_t *k)
+{
+	uint32_t D = w->D;
+	float J[4] = {0, INFINITY, INFINITY, INFINITY};
+	for (uint32_t d = 0; d < D; d++) {
+		float nJ[4] = {INFINITY, INFINITY, INFINITY, INFINITY}, a = fabsf(u[d]);
+		int32_t sg = u[d] < 0 ? -1 : 1;
+		for (unsigned s = 0; s < 4; s++) {
+			if (!(J[s] < INFINITY))
+				continue;
+			unsigned q1 = s >> 1;
+			const uint16_t *pp = p[w->lvd[d] + 16 * q1];
+			int32_t cand[3], nc = 0;
+			if (!q1) {
+				int32_t m = (int32_t)(a * 0.5f);
+				cand[nc++] = m;
+				cand[nc++] = m + 1;
+			} else if (a < 1.0f) {
+				cand[nc++] = 0;
+				cand[nc++] = 1;
+			} else {
+				int32_t m =
+				    (int32_t)((a - 1.0f) * 0.5f) + 1; /* level 2m - 1 <= a */
+				cand[nc++] = m;
+				cand[nc++] = m + 1;
+			}
+			if (cand[0] && a <= 2.0f)
+				cand[nc++] = 0;
+			for (int j = 0; j < nc; j++) {
+				int32_t kk = sg * cand[j];
+				float e = a - (float)dq_level(cand[j], s);
+				uint32_t z = zz_enc(kk);
+				float c = J[s] + e * e +
+					  lam * (float)pp[z < ESC ? z : ESC] * (1.0f / 256);
+				unsigned ns = dq_next[s][kk & 1];
+				if (c < nJ[ns]) {
+					nJ[ns] = c;
+					w->bpk[d * 4 + ns] = kk;
+					w->bps[d * 4 + ns] = (uint8_t)s;
+				}
 			}
 		}
-		w->ra[w->rows[i]] = pick;
+		memcpy(J, nJ, sizeof(J));
+	}
+	unsigned s = 0;
+	for (unsigned t = 1; t < 4; t++)
+		if (J[t] < J[s])
+			s = t;
+	for (uint32_t d = D; d-- > 0;) {
+		k[d] = w->bpk[d * 4 + s];
+		s = w->bps[d * 4 + s];
 	}
 }
 
@@ -282,6 +468,44 @@ static inline void put_sym(struct uq_work *w, size_t *n, uint32_t z, uint8_t c, 
 	w->ti[(*n)++] = c;
 	if (z >= ESC)
 		kv_put_varint(e, z - ESC);
+}
+
+/* Lists the coded rows (not all zero) of the slab in w->rows; returns their count. */
+static uint32_t zero_rows(struct uq_work *w, uint32_t nsink)
+{
+	uint32_t nr = 0;
+	for (uint32_t t = nsink; t < w->T; t++) {
+		const int32_t *q = w->q + (size_t)t * w->D;
+		uint32_t nz = 0;
+		for (uint32_t d = 0; d < w->D; d++)
+			nz |= (uint32_t)q[d];
+		if (nz)
+			w->rows[nr++] = t;
+	}
+	return nr;
+}
+
+/*
+ * A table per coded row, chosen by exact coded size (sent as deltas in the stream), and the
+ * categories' offsets when there is more than one category.
+ */
+static void fit_tables(struct uq_work *w, uint32_t nr, int8_t *off, int qw, int dq)
+{
+	uint32_t D = w->D;
+	for (uint32_t i = 0; i < nr; i++) {
+		uint32_t *h = w->hist;
+		const int32_t *q = w->q + (size_t)w->rows[i] * D;
+		memset(h, 0, RANS_PNSYM * sizeof(uint32_t));
+		for (uint32_t d = 0; d < D; d++) {
+			uint32_t z = zz_enc(q[d]);
+			h[z < ESC ? z : ESC]++;
+		}
+		w->ra[w->rows[i]] = (uint8_t)rans_param_choose(h, NULL);
+		row_cats(w, q, w->cat + (size_t)i * D, dq);
+	}
+	memset(off, 0, 32);
+	if (qw || dq)
+		fit_offsets(w, nr, off, qw);
 }
 
 static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g,
@@ -333,20 +557,26 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 			ss += v * v;
 		}
 		double rms = slab > rs ? sqrt(ss / (double)(slab - rs)) : 0;
-		float step = (float)(st->arg[isv ? A_V : A_K] * rms);
+		uint32_t layer = (uint32_t)(s / (2 * g->n_kv_heads));
+		float step =
+		    (float)(st->arg[isv ? A_V : A_K] * rms *
+			    exp2(layer_tilt(st->arg + (isv ? A_VL : A_KL), layer, g->n_layers)));
 		if (!(step > 1e-6f))
 			step = 1e-6f;
-		int has_mu = nrow > 0, qw = !isv && st->arg[A_QW] > 0 && nrow;
+		int has_mu = nrow > 0, qw = !isv && st->arg[A_QW] > 0 && nrow,
+		    dq = st->arg[A_DQ] > 0 && nrow;
 		wb_f32(&o, step);
-		wb_u8(&o, (uint8_t)(has_mu | qw << 1));
+		wb_u8(&o, (uint8_t)(has_mu | qw << 1 | dq << 2));
 		if (qw) {
 			key_weights(w->x, nsink, T, D, st->arg[A_QW], w->qwi);
 			for (uint32_t i = 0; i < D / 2; i += 2)
 				wb_u8(&o, (uint8_t)((w->qwi[i] - QW_MIN) | (w->qwi[i + 1] - QW_MIN)
 									       << 4));
 		}
-		for (uint32_t d = 0; d < D; d++)
+		for (uint32_t d = 0; d < D; d++) {
 			w->stp[d] = qw ? step * exp2f(0.5f * w->qwi[d % (D / 2)]) : step;
+			w->lvd[d] = (uint8_t)(qw ? w->qwi[d % (D / 2)] - QW_MIN : -QW_MIN);
+		}
 		/*
 		 * Means on a grid of step/MU_DIV: a mean off by up to step/2 would shift every
 		 * token of a quiet channel the same way, an error that attention does not average.
@@ -380,8 +610,10 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 						continue;
 					const float *c = w->xh + (size_t)r * D;
 					double dd = 0;
-					for (uint32_t d = 0; d < D; d++)
-						dd += (double)(x[d] - c[d]) * (x[d] - c[d]);
+					/* partial sums only grow: stop once past the best */
+					for (uint32_t d0 = 0; d0 < D && dd < best; d0 += 16)
+						for (uint32_t d = d0; d < d0 + 16 && d < D; d++)
+							dd += (double)(x[d] - c[d]) * (x[d] - c[d]);
 					if (dd < best) {
 						best = dd;
 						w->ref[t] = (uint16_t)(r + 1);
@@ -399,42 +631,58 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 			recon_row(xh, pred, q, w->stp, D);
 		}
 		/* rows whose residual is all zero (merged duplicates) are flagged, not coded */
-		uint32_t nr = 0;
+		uint32_t nr = zero_rows(w, nsink);
+		int8_t off[32] = {0};
+		fit_tables(w, nr, off, qw, 0);
+		if (dq) {
+			/*
+			 * Second pass: the same predictions, the residuals quantized by the
+			 * trellis, its rate model the first pass's tables; then everything
+			 * refitted to the new indices.
+			 */
+			float *dstep = w->sc + (size_t)T * D, *u = dstep + D;
+			float lam = (float)st->arg[A_DQ];
+			const uint16_t *pcat[32];
+			for (uint32_t d = 0; d < D; d++)
+				dstep[d] = w->stp[d] * 0.5f;
+			for (uint32_t t = nsink; t < T; t++) {
+				const float *x = w->x + (size_t)t * D;
+				const float *pred =
+				    w->ref[t] ? w->xh + (size_t)(w->ref[t] - 1) * D : w->mu;
+				int32_t *q = w->q + (size_t)t * D;
+				uint8_t c = w->ra[t];
+				int zero = 1;
+				for (uint32_t d = 0; d < D && zero; d++)
+					zero = !q[d];
+				if (zero)
+					c = 0; /* an all-zero row: the narrowest table */
+				for (int cc = 0; cc < 32; cc++)
+					pcat[cc] = rans_param_cost(cls_off(c, off[cc & 15]));
+				for (uint32_t d = 0; d < D; d++) {
+					float v = (x[d] - pred[d]) / dstep[d];
+					u[d] = v > 1e8f ? 1e8f : v < -1e8f ? -1e8f : v;
+				}
+				dq_search(w, u, pcat, lam, q);
+				recon_row_dq(w->xh + (size_t)t * D, pred, q, dstep, D);
+			}
+			nr = zero_rows(w, nsink);
+			fit_tables(w, nr, off, qw, 1);
+		}
 		uint8_t *zf = wb_reserve(&o, (T + 7) / 8);
 		if (!zf)
 			break;
 		memset(zf, 0, (T + 7) / 8);
-		for (uint32_t t = nsink; t < T; t++) {
-			const int32_t *q = w->q + (size_t)t * D;
-			uint32_t nz = 0;
-			for (uint32_t d = 0; d < D; d++)
-				nz |= (uint32_t)q[d];
-			if (nz)
-				w->rows[nr++] = t;
+		for (uint32_t t = nsink, i = 0; t < T; t++)
+			if (i < nr && w->rows[i] == t)
+				i++;
 			else
 				zf[t / 8] = (uint8_t)(zf[t / 8] | 1u << (t % 8));
-		}
 		if (lsh)
 			kv_write_refs(&o, w->ref, T);
-		/* a table per coded row, chosen by exact coded size; sent as deltas in the stream
-		 */
 		uint32_t hm[RANS_PNSYM] = {0}, hd[RANS_PNSYM] = {0};
-		for (uint32_t i = 0; i < nr; i++) {
-			uint32_t *h = w->hist;
-			const int32_t *q = w->q + (size_t)w->rows[i] * D;
-			memset(h, 0, RANS_PNSYM * sizeof(uint32_t));
-			for (uint32_t d = 0; d < D; d++) {
-				uint32_t z = zz_enc(q[d]);
-				h[z < ESC ? z : ESC]++;
-			}
-			w->ra[w->rows[i]] = (uint8_t)rans_param_choose(h, NULL);
-		}
-		int8_t off[16] = {0};
-		if (qw) {
-			fit_offsets(w, nr, off);
-			for (int lv = 0; lv < 16; lv += 2)
+		for (int lv = 0; lv < 32; lv += 2)
+			if ((qw && lv < 16) || (dq && lv >= 16))
 				wb_u8(&o, (uint8_t)((off[lv] + 8) | (off[lv + 1] + 8) << 4));
-		}
 		uint8_t base = nr ? w->ra[w->rows[0]] : 0, prev = base;
 		for (uint32_t i = 0; i < nr; i++) {
 			uint32_t z = zz_enc((int32_t)w->ra[w->rows[i]] - prev);
@@ -467,9 +715,9 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 			const int32_t *q = w->q + (size_t)w->rows[i] * D;
 			put_sym(w, &nsym, zz_enc((int32_t)c - prev), cd, &e);
 			prev = c;
+			const uint8_t *ct = w->cat + (size_t)i * D;
 			for (uint32_t d = 0; d < D; d++)
-				put_sym(w, &nsym, zz_enc(q[d]),
-					cls_off(c, off[w->qwi[d % (D / 2)] - QW_MIN]), &e);
+				put_sym(w, &nsym, zz_enc(q[d]), cls_off(c, off[ct[d]]), &e);
 		}
 		kv_put_varint(&o, (uint32_t)e.len);
 		wb_bytes(&o, w->esc, e.len);
@@ -525,6 +773,11 @@ static ssize_t uq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 	if (theta > 0)
 		rope_table(w, g, theta);
 	uint32_t T = w->T, D = w->D, nsink = sink_rows(g, st->arg[A_SINK]);
+	const struct rans_table *tabs[RANS_PCLASSES];
+	uint8_t *lvd = w->lvd;
+	float *dstep = w->sc + (size_t)T * D; /* dq: half steps */
+	for (unsigned c = 0; c < RANS_PCLASSES; c++)
+		tabs[c] = rans_param_table(c);
 	rb_init(&r, src, n);
 	for (size_t s = 0; s < ns; s++) {
 		uint8_t *out = dst + s * slab * 2;
@@ -537,16 +790,19 @@ static ssize_t uq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 		if (!isv && theta > 0)
 			rope_rows(w, w->xh, 0, nsink, -1.0f); /* sinks as references, coded frame */
 		float step = rb_f32(&r);
-		uint8_t fl = rb_u8(&r), has_mu = fl & 1, qw = fl >> 1 & 1;
-		if (r.err || !isfinite(step) || !(step > 0) || fl > 3)
+		uint8_t fl = rb_u8(&r), has_mu = fl & 1, qw = fl >> 1 & 1, dq = fl >> 2 & 1;
+		if (r.err || !isfinite(step) || !(step > 0) || fl > 7)
 			goto out;
 		for (uint32_t i = 0; i < D / 2; i += 2) {
 			uint8_t b = qw ? rb_u8(&r) : (uint8_t)(-QW_MIN * 17);
 			w->qwi[i] = (int8_t)((b & 15) + QW_MIN);
 			w->qwi[i + 1] = (int8_t)((b >> 4) + QW_MIN);
 		}
-		for (uint32_t d = 0; d < D; d++)
+		for (uint32_t d = 0; d < D; d++) {
 			w->stp[d] = step * exp2f(0.5f * w->qwi[d % (D / 2)]);
+			lvd[d] = (uint8_t)(w->qwi[d % (D / 2)] - QW_MIN);
+			dstep[d] = w->stp[d] * 0.5f;
+		}
 		const uint8_t *zf = rb_take(&r, (T + 7) / 8);
 		if (!zf)
 			goto out;
@@ -563,9 +819,9 @@ static ssize_t uq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 		for (uint32_t t = 0; t < nsink; t++)
 			if (w->ref[t]) /* sink rows are exact: no reference */
 				goto out;
-		int8_t off[16] = {0};
-		if (qw)
-			for (int lv = 0; lv < 16; lv += 2) {
+		int8_t off[32] = {0};
+		for (int lv = 0; lv < 32; lv += 2)
+			if ((qw && lv < 16) || (dq && lv >= 16)) {
 				uint8_t b = rb_u8(&r);
 				off[lv] = (int8_t)((b & 15) - 8);
 				off[lv + 1] = (int8_t)((b >> 4) - 8);
@@ -599,17 +855,30 @@ static ssize_t uq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 				if (c < 0 || c >= RANS_PCLASSES)
 					goto out;
 				prev = (uint8_t)c;
-				for (uint32_t d = 0; d < D; d++) {
-					z = get_sym(
-					    &rd, cls_off(prev, off[w->qwi[d % (D / 2)] - QW_MIN]),
-					    &e);
-					if (z < 0)
-						goto out;
-					q[d] = zz_dec((uint32_t)z);
+				/* the row's table for each category, then the row's symbols */
+				const struct rans_table *rt[32];
+				for (int cc = 0; cc < (dq ? 32 : 16); cc++)
+					rt[cc] = tabs[cls_off(prev, off[cc])];
+				for (uint32_t d = 0, ds = 0; d < D; d++) {
+					uint32_t y = rans_dec_sym(&rd, rt[lvd[d] + 16 * (ds >> 1)]);
+					if (y == ESC) {
+						uint32_t x = kv_get_varint(&e);
+						if (e.err || x > 0x7fffffffu)
+							goto out;
+						y = x + ESC;
+					}
+					q[d] = zz_dec(y);
+					if (dq)
+						ds = dq_next[ds][q[d] & 1];
 				}
+				if (rd.err)
+					goto out;
 			}
 			const float *pred = w->ref[t] ? w->xh + (size_t)(w->ref[t] - 1) * D : w->mu;
-			recon_row(w->xh + (size_t)t * D, pred, q, w->stp, D);
+			if (dq)
+				recon_row_dq(w->xh + (size_t)t * D, pred, q, dstep, D);
+			else
+				recon_row(w->xh + (size_t)t * D, pred, q, w->stp, D);
 		}
 		if (rans_dec_finish(&rd) || e.pos != e.len)
 			goto out;

@@ -234,7 +234,7 @@ int kvt_args_parse(struct kvt_stage *st, const struct kvt_argdef *defs, size_t n
 		const char *val;
 		if (eq) {
 			for (i = 0; i < n; i++)
-				if (strlen(defs[i].key) == (size_t)(eq - p) &&
+				if (defs[i].key && strlen(defs[i].key) == (size_t)(eq - p) &&
 				    !memcmp(defs[i].key, p, (size_t)(eq - p)))
 					break;
 			if (i == n)
@@ -245,12 +245,36 @@ int kvt_args_parse(struct kvt_stage *st, const struct kvt_argdef *defs, size_t n
 				return -EINVAL;
 			val = p;
 		}
-		char tmp[32], *e;
+		char tmp[96], *e;
 		size_t vl = len - (size_t)(val - p);
 		if (!vl || vl >= sizeof(tmp))
 			return -EINVAL;
 		memcpy(tmp, val, vl);
 		tmp[vl] = 0;
+		if (defs[i].integer == KVT_ARG_LIST) {
+			/* "a:b:c": the slots of the list, the last value repeated */
+			if (i + KVT_ARG_LIST_LEN > n)
+				return -EINVAL;
+			char *q = tmp;
+			double v = 0;
+			for (size_t k = 0; k < KVT_ARG_LIST_LEN; k++) {
+				if (q) {
+					v = strtod(q, &e);
+					if (e == q || (*e && *e != ':') ||
+					    !(v >= defs[i].min && v <= defs[i].max))
+						return -EINVAL;
+					q = *e ? e + 1 : NULL;
+				}
+				st->arg[i + k] = v;
+			}
+			if (q)
+				return -EINVAL;
+			first = 0;
+			p += len;
+			if (*p == ',')
+				p++;
+			continue;
+		}
 		double v = strtod(tmp, &e);
 		if (*e || !(v >= defs[i].min && v <= defs[i].max))
 			return -EINVAL;
@@ -271,10 +295,31 @@ int kvt_args_canon(const struct kvt_stage *st, const struct kvt_argdef *defs, si
 	size_t o = 0;
 	buf[0] = 0;
 	for (size_t i = 0; i < n; i++) {
-		if (st->arg[i] == defs[i].def)
+		int w;
+		if (!defs[i].key)
 			continue;
-		int w =
-		    snprintf(buf + o, len - o, "%s%s=%.6g", o ? "," : "", defs[i].key, st->arg[i]);
+		if (defs[i].integer == KVT_ARG_LIST) {
+			size_t m = KVT_ARG_LIST_LEN, k, same = 1;
+			if (i + m > n)
+				return -EINVAL;
+			for (k = 0; k < m; k++)
+				same &= st->arg[i + k] == defs[i + k].def;
+			if (same)
+				continue;
+			while (m > 1 && st->arg[i + m - 1] == st->arg[i + m - 2])
+				m--; /* the shortest list that parses back to the same slots */
+			w = snprintf(buf + o, len - o, "%s%s=", o ? "," : "", defs[i].key);
+			for (k = 0; k < m && w >= 0 && (size_t)w < len - o; k++) {
+				int x = snprintf(buf + o + w, len - o - (size_t)w, "%s%.6g",
+						 k ? ":" : "", st->arg[i + k]);
+				w = x < 0 ? x : w + x;
+			}
+		} else {
+			if (st->arg[i] == defs[i].def)
+				continue;
+			w = snprintf(buf + o, len - o, "%s%s=%.6g", o ? "," : "", defs[i].key,
+				     st->arg[i]);
+		}
 		if (w < 0 || (size_t)w >= len - o)
 			return -EINVAL;
 		o += (size_t)w;

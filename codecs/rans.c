@@ -133,26 +133,74 @@ size_t rans_bound(size_t n)
 	return n * 3 / 2 + 32;
 }
 
+/*
+ * x / f for every state the encoder divides (x < 2^31) and every frequency (1..4096), as one
+ * multiply: q = (x * m_f) >> 44 with m_f = floor(2^44 / f) + 1.  The product overshoots x / f
+ * by less than x / 2^44 < 2^-13 <= 1 / (2 f), which never crosses to the next integer, so q is
+ * exactly floor(x / f) and the stream is the same as with a division.
+ */
+static uint64_t rcp_lut[RANS_M + 1];
+static pthread_once_t rcp_once = PTHREAD_ONCE_INIT;
+
+static void rcp_init(void)
+{
+	for (uint64_t f = 1; f <= RANS_M; f++)
+		rcp_lut[f] = (1ull << 44) / f + 1;
+}
+
+static inline uint32_t enc_put(uint32_t v, uint32_t f, uint32_t c, uint8_t **pp)
+{
+	uint32_t xmax = ((RANS_L >> RANS_PROB_BITS) << 8) * f;
+	uint8_t *p = *pp;
+	while (v >= xmax) {
+		*--p = (uint8_t)v;
+		v >>= 8;
+	}
+	*pp = p;
+	uint32_t q = (uint32_t)(((unsigned __int128)v * rcp_lut[f]) >> 44);
+	return (q << RANS_PROB_BITS) + (v - q * f) + c;
+}
+
 long rans_encode(const uint16_t *sym, const uint8_t *ti, size_t n,
 		 const struct rans_table *const *tabs, uint8_t *dst, size_t cap)
 {
 	uint32_t x[4] = {RANS_L, RANS_L, RANS_L, RANS_L};
 	uint8_t *end = dst + cap, *p = end;
 
+	pthread_once(&rcp_once, rcp_init);
 	if (cap < 16)
 		return -ENOSPC;
-	for (size_t i = n; i-- > 0;) {
-		const struct rans_table *t = tabs[ti ? ti[i] : 0];
-		uint32_t s = sym[i], f = t->freq[s], c = t->cum[s], k = i & 3;
-		uint32_t xmax = ((RANS_L >> RANS_PROB_BITS) << 8) * f, v = x[k];
-		while (v >= xmax) {
-			if (p - dst <= 16)
-				return -ENOSPC;
-			*--p = (uint8_t)v;
-			v >>= 8;
-		}
-		x[k] = ((v / f) << RANS_PROB_BITS) + (v % f) + c;
+	/*
+	 * Backwards, four symbols a turn once i + 1 is a multiple of 4, so that each state
+	 * stays in a register and the four dependency chains overlap.  A symbol writes at most
+	 * 2 bytes (x < 2^31 after renormalisation).
+	 */
+	size_t i = n;
+	for (; i % 4; i--) {
+		if (p - dst < 16 + 2)
+			return -ENOSPC;
+		const struct rans_table *t = tabs[ti ? ti[i - 1] : 0];
+		uint32_t s = sym[i - 1];
+		x[(i - 1) & 3] = enc_put(x[(i - 1) & 3], t->freq[s], t->cum[s], &p);
 	}
+	uint32_t x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
+	for (; i; i -= 4) {
+		if (p - dst < 16 + 8)
+			return -ENOSPC;
+		const struct rans_table *t3 = tabs[ti ? ti[i - 1] : 0],
+					*t2 = tabs[ti ? ti[i - 2] : 0],
+					*t1 = tabs[ti ? ti[i - 3] : 0],
+					*t0 = tabs[ti ? ti[i - 4] : 0];
+		uint32_t s3 = sym[i - 1], s2 = sym[i - 2], s1 = sym[i - 3], s0 = sym[i - 4];
+		x3 = enc_put(x3, t3->freq[s3], t3->cum[s3], &p);
+		x2 = enc_put(x2, t2->freq[s2], t2->cum[s2], &p);
+		x1 = enc_put(x1, t1->freq[s1], t1->cum[s1], &p);
+		x0 = enc_put(x0, t0->freq[s0], t0->cum[s0], &p);
+	}
+	x[0] = x0;
+	x[1] = x1;
+	x[2] = x2;
+	x[3] = x3;
 	p -= 16;
 	for (int k = 0; k < 4; k++)
 		st32(p + 4 * k, x[k]);
@@ -161,17 +209,46 @@ long rans_encode(const uint16_t *sym, const uint8_t *ti, size_t n,
 	return (long)len;
 }
 
+/* One symbol of a one-table stream; the caller checks the stream bound. */
+#define DEC_ONE(xk, out)                                                                           \
+	do {                                                                                       \
+		uint32_t sl_ = (xk) & (RANS_M - 1), s_ = t->slot[sl_];                             \
+		(xk) = t->freq[s_] * ((xk) >> RANS_PROB_BITS) + sl_ - t->cum[s_];                  \
+		while ((xk) < RANS_L && pos < len)                                                 \
+			(xk) = (xk) << 8 | src[pos++];                                             \
+		(out) = (uint16_t)s_;                                                              \
+	} while (0)
+
 int rans_decode(const uint8_t *src, size_t len, size_t n, const uint8_t *ti, unsigned nt,
 		const struct rans_table *const *tabs, uint16_t *sym)
 {
 	uint32_t x[4];
-	size_t pos = 16;
+	size_t pos = 16, i = 0;
 
 	if (len < 16)
 		return -EBADMSG;
 	for (int k = 0; k < 4; k++)
 		x[k] = ld32(src + 4 * k);
-	for (size_t i = 0; i < n; i++) {
+	if (!ti) {
+		/* one table: four states in registers, four symbols a turn */
+		const struct rans_table *t = tabs[0];
+		uint32_t x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
+		for (; i + 4 <= n; i += 4) {
+			DEC_ONE(x0, sym[i]);
+			DEC_ONE(x1, sym[i + 1]);
+			DEC_ONE(x2, sym[i + 2]);
+			DEC_ONE(x3, sym[i + 3]);
+			/* a state still below RANS_L ran out of input: truncated */
+			if ((x0 | x1 | x2 | x3) < RANS_L &&
+			    (x0 < RANS_L || x1 < RANS_L || x2 < RANS_L || x3 < RANS_L))
+				return -EBADMSG;
+		}
+		x[0] = x0;
+		x[1] = x1;
+		x[2] = x2;
+		x[3] = x3;
+	}
+	for (; i < n; i++) {
 		unsigned tix = ti ? ti[i] : 0;
 		if (tix >= nt)
 			return -EBADMSG;

@@ -20,9 +20,10 @@ static void test_parse(void **state)
 {
 	struct kvt_chain *c, *c2;
 	static const char *const bad[] = {
-	    "",		 "nope",     "lz4+",	  "+lz4",	"zstd:99", "zstd:x",
-	    "lz4+uq",	 "kivi:k=9", "kivi:zz=1", "uq:k=-1",	"raw:3",   "kivi+rans:3",
-	    "shuffle:1", "fp8+kivi", "zstd:1,2",  "kivi:k=4.5", NULL};
+	    "",		 "nope",     "lz4+",	  "+lz4",	"zstd:99",	   "zstd:x",
+	    "lz4+uq",	 "kivi:k=9", "kivi:zz=1", "uq:k=-1",	"raw:3",	   "kivi+rans:3",
+	    "shuffle:1", "fp8+kivi", "zstd:1,2",  "kivi:k=4.5", "uq:kl=0:1:2:3:4", "uq:kl=",
+	    "uq:kl=1:",	 "uq:kl=:1", "uq:vl=5",	  "uq:kl=a",	"uq:dq=-1",	   NULL};
 	for (size_t i = 0; bad[i]; i++) {
 		c = (struct kvt_chain *)1;
 		assert_int_equal(kvt_chain_parse(bad[i], &c), -EINVAL);
@@ -51,6 +52,16 @@ static void test_parse(void **state)
 	assert_int_equal(kvt_chain_parse("uq:k=0.2,v=0.1,lsh=4", &c), 0);
 	assert_string_equal(kvt_chain_name(c), "uq:k=0.2,v=0.1,lsh=4");
 	kvt_chain_free(c);
+	/* list arguments: the shortest list that gives the same slots, in the codec's order */
+	assert_int_equal(kvt_chain_parse("uq:vl=-1:0,kl=0:0.5:1:1,dq=0.4", &c), 0);
+	assert_string_equal(kvt_chain_name(c), "uq:dq=0.4,kl=0:0.5:1,vl=-1:0");
+	assert_int_equal(kvt_chain_parse(kvt_chain_name(c), &c2), 0);
+	assert_int_equal(kvt_chain_id(c), kvt_chain_id(c2));
+	kvt_chain_free(c);
+	kvt_chain_free(c2);
+	assert_int_equal(kvt_chain_parse("uq:kl=0:0:0:0", &c), 0);
+	assert_string_equal(kvt_chain_name(c), "uq");
+	kvt_chain_free(c);
 	assert_int_equal(kvt_chain_parse("fpx+lz4", &c), 0);
 	assert_int_equal(kvt_chain_flags(c), KVT_CODEC_LOSSLESS | KVT_CODEC_KV);
 	kvt_chain_free(c);
@@ -73,6 +84,8 @@ static const char *const chains[] = {"raw",
 				     "uq",
 				     "uq:lsh=0,sink=3",
 				     "uq:qw=1",
+				     "uq:dq=0.4,sink=2",
+				     "uq:dq=1,qw=0,kl=0:1,vl=-1",
 				     "lowrank:r=4,b=4",
 				     "lsh",
 				     "lowrank:r=2,b=0",

@@ -98,7 +98,8 @@ static void test_codec_same_bytes(void **state)
 	uint8_t *blk = malloc(n);
 	for (size_t i = 0; i < n / 2; i++)
 		st16(blk + 2 * i, kvt_f2h((float)((int)(rnd() % 2001) - 1000) / 250.0f));
-	static const char *const specs[] = {"uq", "kivi", "fp8", "lowrank:r=4,b=4", NULL};
+	static const char *const specs[] = {
+	    "uq", "uq:dq=0.4,kl=0:1", "kivi", "fp8", "lowrank:r=4,b=4", "lsh", NULL};
 	for (size_t k = 0; specs[k]; k++) {
 		struct kvt_chain *c;
 		assert_int_equal(kvt_chain_parse(specs[k], &c), 0);
@@ -180,6 +181,117 @@ static void test_rans(void **state)
 	free(buf);
 }
 
+/* The coder before its speed-ups: a division per symbol, one state at a time. */
+static long ref_encode(const uint16_t *sym, const uint8_t *ti, size_t n,
+		       const struct rans_table *const *tabs, uint8_t *dst, size_t cap)
+{
+	const uint32_t L = 1u << 23;
+	uint32_t x[4] = {L, L, L, L};
+	uint8_t *end = dst + cap, *p = end;
+	for (size_t i = n; i-- > 0;) {
+		const struct rans_table *t = tabs[ti ? ti[i] : 0];
+		uint32_t s = sym[i], f = t->freq[s], c = t->cum[s], k = i & 3;
+		uint32_t xmax = ((L >> RANS_PROB_BITS) << 8) * f, v = x[k];
+		while (v >= xmax) {
+			*--p = (uint8_t)v;
+			v >>= 8;
+		}
+		x[k] = ((v / f) << RANS_PROB_BITS) + (v % f) + c;
+	}
+	p -= 16;
+	for (int k = 0; k < 4; k++)
+		st32(p + 4 * k, x[k]);
+	memmove(dst, p, (size_t)(end - p));
+	return (long)(end - p);
+}
+
+/*
+ * The encoder's multiply-by-reciprocal gives the same streams as division, for every length
+ * modulo 4, skewed and flat tables, one table or many; the one-table decoder (four states in
+ * registers) equals the general one and refuses truncated streams.
+ */
+static void test_rans_reference(void **state)
+{
+	size_t nmax = 40003;
+	uint16_t *sym = malloc(nmax * sizeof(uint16_t)), *d1 = malloc(nmax * sizeof(uint16_t)),
+		 *d2 = malloc(nmax * sizeof(uint16_t));
+	uint8_t *ti = malloc(nmax), *zero = calloc(nmax, 1), *b1 = malloc(rans_bound(nmax)),
+		*b2 = malloc(rans_bound(nmax));
+	struct rans_table t[2];
+	const struct rans_table *tabs[2] = {&t[0], &t[1]};
+	uint32_t counts[2][256];
+	for (int s = 0; s < 256; s++) {
+		counts[0][s] = s == 0 ? 4000 : s < 3 ? 40 : 1; /* freq 1 symbols: 12 bits each */
+		counts[1][s] = (uint32_t)(1 + rnd() % 1000);
+	}
+	for (int k = 0; k < 2; k++)
+		assert_int_equal(rans_table_from_counts(&t[k], counts[k], 256), 0);
+	for (size_t n = 0; n < 12; n++) {
+		size_t len = n < 8 ? n : nmax - (n - 8);
+		for (size_t i = 0; i < len; i++) {
+			ti[i] = (uint8_t)(rnd() % 2);
+			sym[i] = (uint16_t)(rnd() % (rnd() % 8 ? 4 : 256));
+		}
+		long l1 = rans_encode(sym, ti, len, tabs, b1, rans_bound(nmax));
+		long l2 = ref_encode(sym, ti, len, tabs, b2, rans_bound(nmax));
+		assert_int_equal(l1, l2);
+		assert_memory_equal(b1, b2, (size_t)l1);
+		l1 = rans_encode(sym, NULL, len, tabs, b1, rans_bound(nmax));
+		l2 = ref_encode(sym, NULL, len, tabs, b2, rans_bound(nmax));
+		assert_int_equal(l1, l2);
+		assert_memory_equal(b1, b2, (size_t)l1);
+		assert_int_equal(rans_decode(b1, (size_t)l1, len, NULL, 1, tabs, d1), 0);
+		assert_int_equal(rans_decode(b1, (size_t)l1, len, zero, 1, tabs, d2), 0);
+		assert_memory_equal(d1, sym, len * sizeof(uint16_t));
+		assert_memory_equal(d2, sym, len * sizeof(uint16_t));
+		if (len < 64)
+			continue;
+		assert_int_equal(rans_decode(b1, (size_t)l1 - 1, len, NULL, 1, tabs, d1), -EBADMSG);
+		assert_int_equal(rans_decode(b1, (size_t)l1 / 2, len, NULL, 1, tabs, d1), -EBADMSG);
+		/* a corrupt stream is refused or decodes to other symbols (the stream of a
+		 * sequence is unique); records carry a CRC for the rest */
+		b1[l1 / 2] ^= 0x5a;
+		int rc = rans_decode(b1, (size_t)l1, len, NULL, 1, tabs, d1);
+		assert_true(rc == -EBADMSG || memcmp(d1, sym, len * sizeof(uint16_t)));
+	}
+	/* too small a buffer is -ENOSPC, never an overrun */
+	for (size_t cap = 0; cap < 64; cap += 7)
+		assert_int_equal(rans_encode(sym, ti, 1000, tabs, b1, cap), -ENOSPC);
+	free(sym);
+	free(d1);
+	free(d2);
+	free(ti);
+	free(zero);
+	free(b1);
+	free(b2);
+}
+
+/* SimHash with its projection table equals the per-call xorshift it replaced. */
+static void test_simhash(void **state)
+{
+	static const uint32_t dims[] = {2, 64, 128, 130, 1024};
+	float x[1024];
+	for (size_t k = 0; k < sizeof(dims) / sizeof(dims[0]); k++)
+		for (int rep = 0; rep < 50; rep++) {
+			uint32_t D = dims[k];
+			for (uint32_t d = 0; d < D; d++)
+				x[d] = (float)((int)(rnd() % 2001) - 1000) / 7.0f;
+			uint16_t h = 0;
+			for (unsigned j = 0; j < 16; j++) {
+				uint64_t s = 0x9e3779b97f4a7c15ull * (j + 1);
+				float a = 0;
+				for (uint32_t d = 0; d < D; d++) {
+					s ^= s << 13;
+					s ^= s >> 7;
+					s ^= s << 17;
+					a += (s >> 63) ? x[d] : -x[d];
+				}
+				h = (uint16_t)(h | (a > 0) << j);
+			}
+			assert_int_equal(kvt_simhash16(x, D), h);
+		}
+}
+
 /* Scalar conversions agree with exact arithmetic on every fp16 value. */
 static void test_f16_scalar(void **state)
 {
@@ -202,7 +314,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_f16_scalar), cmocka_unit_test(test_f16_load),
 	    cmocka_unit_test(test_f16_store),  cmocka_unit_test(test_codec_same_bytes),
-	    cmocka_unit_test(test_rans),
+	    cmocka_unit_test(test_rans),       cmocka_unit_test(test_rans_reference),
+	    cmocka_unit_test(test_simhash),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
