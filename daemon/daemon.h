@@ -165,6 +165,10 @@ struct kvtd {
 	/* GPU tier (gpu_place.c); NULL when off or unavailable (gpu_err says why) */
 	struct kvtd_gpu *gpu;
 	int gpu_err;
+	/* Some tenant arena is registered with CUDA (by the GPU tier here or by a device client):
+	 * its pages are pinned, so punching holes into an arena would leave the GPU writing
+	 * pages the CPU no longer sees.  placement.c must not punch while this is set. */
+	bool arena_pinned;
 };
 
 uint64_t kvtd_now_ms(void);

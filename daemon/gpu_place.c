@@ -298,6 +298,7 @@ static int arena_ready(struct kvtd *d, const struct tenant *t, uint32_t ti)
 		return ret;
 	}
 	g->reg[ti] = t->base;
+	d->arena_pinned = true;
 	return 0;
 }
 

@@ -934,6 +934,8 @@ static void handle_hello(struct kvtd *d, struct client *c, const struct kvt_msg_
 		}
 		c->t->nclients++;
 		c->device = true;
+		/* Device clients register the arena with CUDA (pinned pages): see daemon.h. */
+		d->arena_pinned = true;
 		goto reply;
 	}
 	if (m->want_admin)
@@ -1264,6 +1266,10 @@ static void render_metrics(struct kvtd *d, struct sbuf *b)
 {
 	int ntiers = d->nvme ? 2 : 1;
 	struct kvt_tier_stats ns;
+	struct kvtd_gpu_stats g;
+	const char *uuid;
+
+	kvtd_gpu_stats(d, &g, &uuid);
 
 	kvtd_nvme_stats(d, &ns);
 #define X(name, type, help)                                                                        \
@@ -1297,7 +1303,36 @@ static void render_metrics(struct kvtd *d, struct sbuf *b)
 			sb_printf(b, "kvtier_%s{tier=\"%s\"} %" PRIu64 "\n", tm[k].name,
 				  tier_name[t], v[k]);
 		}
+		if (d->cfg.gpu_capacity) {
+			uint64_t v[] = {g.capacity, g.used,	 g.blocks,   g.hits,
+					g.misses,   g.get_bytes, g.put_bytes};
+			sb_printf(b, "kvtier_%s{tier=\"gpu\"} %" PRIu64 "\n", tm[k].name, v[k]);
+		}
 	}
+	if (!d->cfg.gpu_capacity)
+		return;
+	static const struct {
+		const char *name, *type, *help;
+	} gm[] = {
+	    {"gpu_available", "gauge", "1 when the GPU tier runs (gpu.capacity > 0 and a GPU)"},
+	    {"gpu_epoch", "gauge",
+	     "Epoch of the exported pool (clients re-attach when it changes)"},
+	    {"gpu_demoted_bytes_total", "counter",
+	     "Bytes moved from the GPU pool to the host tier"},
+	    {"gpu_promoted_bytes_total", "counter",
+	     "Bytes moved from the host tier to the GPU pool"},
+	    {"gpu_demotions_total", "counter", "Blocks moved from the GPU pool to the host tier"},
+	    {"gpu_promotions_total", "counter", "Blocks moved from the host tier to the GPU pool"},
+	    {"gpu_evictions_total", "counter", "Blocks that left the GPU pool to make room"},
+	    {"gpu_attaches_total", "counter", "Device connections that mapped the pool"},
+	};
+	uint64_t gv[] = {kvtd_gpu_on(d),  kvtd_gpu_on(d) ? d->epoch : 0,
+			 g.demoted_bytes, g.promoted_bytes,
+			 g.demotions,	  g.promotions,
+			 g.evictions,	  g.attaches};
+	for (size_t k = 0; k < sizeof(gm) / sizeof(gm[0]); k++)
+		sb_printf(b, "# HELP kvtier_%s %s.\n# TYPE kvtier_%s %s\nkvtier_%s %" PRIu64 "\n",
+			  gm[k].name, gm[k].help, gm[k].name, gm[k].type, gm[k].name, gv[k]);
 }
 
 /* The fastest tier holding the block; a block in neither host nor NVMe is in the pool. */

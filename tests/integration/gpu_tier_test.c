@@ -322,6 +322,10 @@ static void test_daemon_without_gpu(void)
 	free(out);
 	out = run(&rc, "%s --socket %s --json tiers", kvtierctl, sock);
 	CHECK(strstr(out, "\"available\":false"));
+	free(out);
+	out = run(&rc, "%s --socket %s metrics", kvtierctl, sock);
+	CHECK(strstr(out, "kvtier_gpu_available 0"));
+	CHECK(strstr(out, "kvtier_tier_capacity_bytes{tier=\"gpu\"} 0"));
 	c = connect_ok();
 	CHECK(c);
 	lay = kvt_register_layout(c, &l);
@@ -547,6 +551,14 @@ static void test_device_roundtrip(void)
 	CHECK_EQ(gpu_num("blocks"), 64);
 	CHECK_EQ(gpu_num("used_bytes"), 64 * (256 << 10));
 	CHECK(gpu_num("epoch") > 0);
+	{
+		int rc;
+		char *m = run(&rc, "%s --socket %s metrics", kvtierctl, sock);
+		bool ok = m && strstr(m, "kvtier_gpu_available 1") &&
+			  strstr(m, "kvtier_tier_blocks{tier=\"gpu\"} 64");
+		free(m);
+		CHECK(ok);
+	}
 	/* A second put of the same keys stores nothing new and still says "all stored". */
 	shuffle_ids(ids, 64, 5);
 	CHECK_EQ(kvt_dev_put(dv, lay, &pg.p, keys, ids, 64, 0, NULL), 64);
