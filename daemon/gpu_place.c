@@ -375,21 +375,21 @@ static int copy_down(struct kvtd *d, uint32_t i, uint32_t e)
 {
 	struct kvtd_blk *b = kvtd_blk(&d->ix, i);
 	struct tenant *t = kvtd_tenant_of(d, b);
-	uint32_t gen = b->gen;
+	uint32_t gen = b->gen, len = b->len;
 	int64_t off;
 	int ret;
 
 	ret = arena_ready(d, t, b->tenant);
 	if (ret < 0)
 		return ret;
-	E(d->gpu, e)->leases++; /* host eviction below must not take our entry */
-	off = kvtd_host_alloc(d, t, b->len);
-	E(d->gpu, e)->leases--;
+	/* Host eviction may run here; it never sees this block (no host copy, so in no host
+	 * LRU), but check anyway before writing into the room it made. */
+	off = kvtd_host_alloc(d, t, len);
 	b = kvtd_blk(&d->ix, i);
 	if (off < 0)
 		return (int)off;
 	if (b->gen != gen) {
-		kvtd_host_unalloc(d, t, (uint64_t)off, b->len);
+		kvtd_host_unalloc(d, t, (uint64_t)off, len);
 		return -ESTALE;
 	}
 	if (E(d->gpu, e)->q.qp.bits)
@@ -397,7 +397,7 @@ static int copy_down(struct kvtd *d, uint32_t i, uint32_t e)
 	else
 		ret = pool_move(d, e, t->base + off, true);
 	if (ret < 0) {
-		kvtd_host_unalloc(d, t, (uint64_t)off, b->len);
+		kvtd_host_unalloc(d, t, (uint64_t)off, len);
 		return ret;
 	}
 	b->off = (uint64_t)off;
