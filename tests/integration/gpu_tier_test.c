@@ -234,6 +234,42 @@ out:
 	free(out);
 }
 
+/* The quantized block format both sides derive (gpu/kvt_gpu.h): sizes, groups, offsets. */
+static void test_kvq_plan(void)
+{
+	struct kvt_gpu_kvq q, q4, q2;
+
+	/* 4 layers, 8 heads x 128, 16-token pages, one page per block: 256 KiB raw */
+	CHECK_EQ(kvt_gpu_kvq_plan(8, KVT_GPU_FP16, 8, 128, 16, 4, 256 << 10, &q), 0);
+	CHECK_EQ(q.qp.k_group, 16);
+	CHECK_EQ(q.qp.v_group, 32);
+	CHECK_EQ(q.pages_per_block, 1);
+	CHECK_EQ(q.raw_tile, 32 << 10);
+	CHECK_EQ(q.k_bytes, 16 * 1024 + 4 * 1024);    /* codes + one group per channel */
+	CHECK_EQ(q.v_bytes, 16 * 1024 + 4 * 16 * 32); /* codes + 32 groups per token */
+	CHECK_EQ(q.enc_bytes, 4 * (q.k_bytes + q.v_bytes));
+	CHECK_EQ(kvt_gpu_kvq_offset(&q, 0, 1, 0), q.k_bytes);
+	CHECK_EQ(kvt_gpu_kvq_offset(&q, 2, 0, 0), 2 * (q.k_bytes + q.v_bytes));
+	/* int4: half the codes; two pages per block: tiles of one layer's K side by side */
+	CHECK_EQ(kvt_gpu_kvq_plan(4, KVT_GPU_BF16, 8, 128, 16, 4, 512 << 10, &q4), 0);
+	CHECK_EQ(q4.pages_per_block, 2);
+	CHECK_EQ(q4.k_bytes, 8 * 1024 + 4 * 1024);
+	CHECK_EQ(kvt_gpu_kvq_offset(&q4, 1, 1, 1),
+		 2 * (q4.k_bytes + q4.v_bytes) + 2 * q4.k_bytes + q4.v_bytes);
+	CHECK_EQ(kvt_gpu_kvq_offset(&q4, 1, 1, 1) % 16, 0);
+	/* 32-token pages: k_group 32; a 96-dim head: v_group 32 */
+	CHECK_EQ(kvt_gpu_kvq_plan(8, KVT_GPU_FP16, 2, 96, 32, 1, 2 * 32 * 2 * 96 * 2, &q2), 0);
+	CHECK_EQ(q2.qp.k_group, 32);
+	CHECK_EQ(q2.qp.v_group, 32);
+	/* What the kernels cannot take stays raw: the plan refuses it. */
+	CHECK(kvt_gpu_kvq_plan(8, KVT_GPU_FP16, 8, 128, 12, 4, 4 * 2 * 12 * 8 * 128 * 2, &q2) < 0);
+	CHECK(kvt_gpu_kvq_plan(8, KVT_GPU_FP16, 8, 100, 16, 4, 4 * 2 * 16 * 8 * 100 * 2, &q2) < 0);
+	CHECK(kvt_gpu_kvq_plan(8, KVT_GPU_FP16, 8, 128, 16, 4, (256 << 10) + 4096, &q2) < 0);
+	CHECK(kvt_gpu_kvq_plan(3, KVT_GPU_FP16, 8, 128, 16, 4, 256 << 10, &q2) < 0);
+out:
+	return;
+}
+
 /* Raw device connection: HELLO (device), then GPU_ATTACH.  Returns the fd or -1. */
 static int raw_device(int *attach_res, struct kvt_gpu_ipc_desc *desc)
 {
@@ -953,6 +989,7 @@ static const struct {
 	bool gpu;
 } tests[] = {
     {"config_keys", test_config_keys, false},
+    {"kvq_plan", test_kvq_plan, false},
     {"daemon_without_gpu", test_daemon_without_gpu, false},
     {"device_roundtrip", test_device_roundtrip, true},
     {"overfill_demotes", test_overfill_demotes, true},
