@@ -13,8 +13,12 @@ if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/predict.c)
 	target_sources(kvtier PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/predict.c)
 	target_link_libraries(kvtier PRIVATE m)
 endif()
-target_link_options(kvtier PRIVATE -Wl,--version-script=${CMAKE_CURRENT_SOURCE_DIR}/kvtier.map
-	-Wl,--no-undefined)
+target_link_options(kvtier PRIVATE -Wl,--version-script=${CMAKE_CURRENT_SOURCE_DIR}/kvtier.map)
+# Every symbol resolved at link time, except in a clang fuzzing build: there the sanitizer
+# runtime comes with the executable, not with the library.
+if(NOT (KVT_FUZZ AND CMAKE_C_COMPILER_ID MATCHES "Clang"))
+	target_link_options(kvtier PRIVATE -Wl,--no-undefined)
+endif()
 set_target_properties(kvtier PROPERTIES VERSION ${PROJECT_VERSION} SOVERSION ${PROJECT_VERSION_MAJOR}
 	LINK_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/kvtier.map
 	PUBLIC_HEADER "${CMAKE_CURRENT_SOURCE_DIR}/kvtier.h;${CMAKE_CURRENT_SOURCE_DIR}/kvtier_predict.h")
