@@ -72,6 +72,7 @@ struct evalctx {
 	float *kf, *vf;	       /* original K, V as float, dump layout */
 	float *o;	       /* reference attention outputs [L][QH][P][D] */
 	uint16_t *kdec, *vdec; /* decoded K, V (dump layout, fp16 bits) */
+	int layer_err;	       /* print err per layer, with decoded K only and V only */
 };
 
 static double cpu_now(void)
@@ -139,7 +140,8 @@ static void attention(const struct kvd *d, const float *k, const float *v, float
 	free(acc);
 }
 
-static double attn_err(const struct evalctx *e, const float *k, const float *v)
+/* err of the whole dump; per_layer (if not NULL) receives each layer's share of the mean. */
+static double attn_err(const struct evalctx *e, const float *k, const float *v, double *per_layer)
 {
 	const struct kvd *d = e->d;
 	size_t no = (size_t)d->n_layers * d->n_q_heads * d->n_q_pos;
@@ -149,6 +151,7 @@ static double attn_err(const struct evalctx *e, const float *k, const float *v)
 	if (!o)
 		return NAN;
 	attention(d, k, v, o);
+	size_t per = no / d->n_layers;
 	for (size_t i = 0; i < no; i++) {
 		double a = 0, b = 0;
 		for (uint32_t c = 0; c < d->head_dim; c++) {
@@ -156,7 +159,10 @@ static double attn_err(const struct evalctx *e, const float *k, const float *v)
 			a += (x - y) * (x - y);
 			b += x * x;
 		}
-		tot += b > 0 ? sqrt(a / b) : 0;
+		double r = b > 0 ? sqrt(a / b) : 0;
+		tot += r;
+		if (per_layer)
+			per_layer[i / per] += r / (double)per;
 	}
 	free(o);
 	return tot / (double)no;
@@ -298,7 +304,18 @@ static int run_chain(struct evalctx *e, const char *spec, struct result *r, int 
 		}
 		to_float(kf, e->kdec, n);
 		to_float(vf, e->vdec, n);
-		r->err = attn_err(e, kf, vf);
+		r->err = attn_err(e, kf, vf, NULL);
+		if (e->layer_err) {
+			/* where the error comes from: each layer, keys alone, values alone */
+			double pl[3][256] = {{0}};
+			attn_err(e, kf, vf, pl[0]);
+			attn_err(e, kf, e->vf, pl[1]);
+			attn_err(e, e->kf, vf, pl[2]);
+			for (uint32_t l = 0; l < d->n_layers && l < 256; l++)
+				printf(
+				    "#   layer %u: err %.5f (decoded K only %.5f, V only %.5f)\n",
+				    l, pl[0][l], pl[1][l], pl[2][l]);
+		}
 		r->kcos = mean_cos(e->kf, kf, n / d->head_dim, d->head_dim);
 		r->vcos = mean_cos(e->vf, vf, n / d->head_dim, d->head_dim);
 		free(kf);
@@ -323,6 +340,8 @@ static void usage(FILE *f)
 	    "  --codec SPEC         evaluate this chain (repeatable); default: the built-in list\n"
 	    "  --block N            tokens per block (default 64)\n"
 	    "  --pareto             print only the Pareto frontier (ratio up, err down)\n"
+	    "  --layer-err          also print each layer's err\n"
+	    "  --layer-err-kv       ... and each layer's err with decoded K alone, V alone\n"
 	    "  --json               JSON array of objects instead of a table\n"
 	    "  --write-decoded OUT  with one --codec: write the decoded K/V as a .kvd\n"
 	    "  --list               print the built-in chain list and exit\n"
@@ -398,6 +417,10 @@ int eval_codec_main(int argc, char **argv)
 			bt = (uint32_t)strtoul(argv[++i], NULL, 10);
 		} else if (!strcmp(a, "--pareto")) {
 			want_pareto = 1;
+		} else if (!strcmp(a, "--layer-err")) {
+			e.layer_err = 1;
+		} else if (!strcmp(a, "--layer-err-kv")) {
+			e.layer_err = 2;
 		} else if (!strcmp(a, "--json")) {
 			json = 1;
 		} else if (!strcmp(a, "--write-decoded") && i + 1 < argc) {
