@@ -1299,7 +1299,9 @@ static int uring_setup(struct kvt_tier *t)
 			len /= 2;
 		}
 		if (t->arena_reg < t->arena_bytes)
-			nv_log(t, LOG_NOTICE, "registered %zu of %zu arena bytes with io_uring",
+			nv_log(t, LOG_WARNING,
+			       "io_uring pinned %zu of %zu buffer bytes (RLIMIT_MEMLOCK too low? "
+			       "raise LimitMEMLOCK=); I/O through the rest is a little slower",
 			       t->arena_reg, t->arena_bytes);
 	}
 	t->uring = true;
@@ -1647,8 +1649,10 @@ static int nvme_open(const struct kvt_tier_conf *conf, struct kvt_tier **out)
 		r = uring_setup(t);
 		if (r < 0)
 			nv_log(t, LOG_WARNING,
-			       "io_uring unavailable (%s), using %u pread/pwrite workers",
-			       strerror(-r), t->qd < NV_MAX_WORKERS ? t->qd : NV_MAX_WORKERS);
+			       "io_uring unavailable (%s%s), using %u pread/pwrite workers",
+			       strerror(-r),
+			       r == -ENOMEM ? "; RLIMIT_MEMLOCK too low? raise LimitMEMLOCK=" : "",
+			       t->qd < NV_MAX_WORKERS ? t->qd : NV_MAX_WORKERS);
 	}
 	if (r < 0) {
 		r = workers_start(t);

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -54,6 +55,16 @@ static pid_t cur_daemon;
 		}                                                                                  \
 	} while (0)
 
+/* When set, the next daemon_start() runs kvtierd as this user, with this RLIMIT_MEMLOCK,
+ * and its stderr in this file. */
+static struct {
+	bool on;
+	uid_t uid;
+	gid_t gid;
+	rlim_t memlock;
+	char log[400];
+} drop;
+
 static pid_t daemon_start(const char *capacity, ...)
 {
 	const char *argv[32] = {kvtierd, "-f", "-s", sock, "-o", NULL};
@@ -74,6 +85,14 @@ static pid_t daemon_start(const char *capacity, ...)
 	unlink(sock);
 	pid = fork();
 	if (pid == 0) {
+		if (drop.on) {
+			struct rlimit rl = {drop.memlock, drop.memlock};
+			int fd = open(drop.log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+			if (fd < 0 || dup2(fd, 2) < 0 || setrlimit(RLIMIT_MEMLOCK, &rl) < 0 ||
+			    setgroups(0, NULL) < 0 || setgid(drop.gid) < 0 || setuid(drop.uid) < 0)
+				_exit(126);
+		}
 		execv(kvtierd, (char **)argv);
 		_exit(127);
 	}
@@ -1279,6 +1298,63 @@ static void test_tenant_isolation(void)
 	chmod(dir, 0700);
 }
 
+/*
+ * An unprivileged kvtierd with RLIMIT_MEMLOCK at 0: io_uring cannot pin its buffer arena (or
+ * cannot start).  The daemon says so in its log, falls back, and every block demoted to NVMe
+ * comes back bit-exact (issue: reliability, limits).
+ */
+static void memlock_round(rlim_t memlock)
+{
+	enum { N = 200 };
+	struct kvt_layout l = small_layout();
+	size_t bb = kvt_layout_block_bytes(&l);
+	struct kvt_key keys[N];
+	char *log = NULL;
+	size_t cap = 0;
+	int wrong;
+
+	chmod(dir, 01777);
+	snprintf(drop.log, sizeof(drop.log), "%s/memlock.log", dir);
+	drop.memlock = memlock;
+	drop.on = true;
+	pid_t pid = daemon_start("4MiB", NVME_ARGS, NULL);
+	drop.on = false;
+	CHECK(pid > 0);
+	struct kvt_client *c = connect_ok();
+	CHECK(c);
+	int lay = kvt_register_layout(c, &l);
+	make_keys(&l, 90, keys, N);
+	put_all(c, lay, keys, N, bb, 9000);
+	CHECK(status_metric("demotions_total") > 0);
+	CHECK_EQ(check_all(c, lay, keys, N, bb, 9000, &wrong), N);
+	CHECK_EQ(wrong, 0);
+	kvt_close(c);
+	CHECK_EQ(daemon_stop(pid), 0);
+	FILE *f = fopen(drop.log, "r");
+	CHECK(f);
+	CHECK(getdelim(&log, &cap, 0, f) > 0);
+	fclose(f);
+	/* Either io_uring started without its pinned arena, or it did not start at all. */
+	CHECK(strstr(log, "RLIMIT_MEMLOCK") || strstr(log, "io_uring unavailable"));
+	printf("memlock_nonroot: limit %llu: %d blocks back through NVMe; log: %s",
+	       (unsigned long long)memlock, N, strstr(log, "nvme:") ? strstr(log, "nvme:") : log);
+	free(log);
+	unlink(drop.log);
+	unlink(nvme_path_opt + strlen("nvme.paths="));
+	chmod(dir, 0700);
+}
+
+static void test_memlock_nonroot(void)
+{
+	if (geteuid() != 0 || user_id("kvtier-test-a", &drop.uid, &drop.gid) < 0) {
+		printf("memlock_nonroot: skipped (needs root and useradd)\n");
+		return;
+	}
+	/* 0: io_uring cannot even start; 2 MiB: it starts, its 64 MiB arena cannot be pinned. */
+	memlock_round(0);
+	memlock_round(2 << 20);
+}
+
 /* Prefetch brings NVMe blocks up ahead of gets; useful and wasted ones are counted. */
 static void test_nvme_prefetch(void)
 {
@@ -1407,6 +1483,7 @@ static const struct {
     {"nvme_prefetch", test_nvme_prefetch},
     {"daemon_crash_loop", test_daemon_crash_loop},
     {"tenant_isolation", test_tenant_isolation},
+    {"memlock_nonroot", test_memlock_nonroot},
     {"client_kill_storm", test_client_kill_storm},
 };
 
