@@ -126,7 +126,7 @@ void kvtd_blk_drop(struct kvtd *d, uint32_t i)
 	/* In-flight I/O notices the changed generation and cleans up after itself. */
 	b->pend = NULL;
 	b->io = KVTD_IO_NONE;
-	host_free_copy(d, i, d->ntenants > 1);
+	host_free_copy(d, i, d->ntenants > 1 && !d->arena_pinned);
 	if (d->nvme)
 		nvme_free_copy(d, i);
 	b->state = KVTD_BLK_ZOMBIE;
@@ -380,7 +380,7 @@ static int demote(struct kvtd *d, uint32_t i, bool keep_host)
 	b->pend = p;
 	b->io = KVTD_IO_DEMOTE;
 	if (!keep_host)
-		host_free_copy(d, i, d->ntenants > 1);
+		host_free_copy(d, i, d->ntenants > 1 && !d->arena_pinned);
 	kvtd_blk_lru_update(d, i);
 	return 0;
 fail:
@@ -416,9 +416,12 @@ int kvtd_evict_host_one(struct kvtd *d, const struct tenant *only)
 		b->prefetched = 0;
 	}
 	/* Punch only when another tenant needs the memory; one tenant reuses its pages. */
-	bool punch = d->ntenants > 1 && d->tenants[b->tenant] != only;
-	if (b->on_nvme || b->io == KVTD_IO_DEMOTE) {
-		/* Already (being) written down: dropping the host copy is enough. */
+	/* Never into an arena registered with CUDA: the GPU would keep writing pages the CPU
+	 * no longer sees. */
+	bool punch = d->ntenants > 1 && d->tenants[b->tenant] != only && !d->arena_pinned;
+	if (b->on_nvme || b->io == KVTD_IO_DEMOTE || kvtd_gpu_has(d, i)) {
+		/* Already (being) written down, or kept in the GPU pool: dropping the host copy is
+		 * enough. */
 		host_free_copy(d, i, punch);
 		kvtd_blk_lru_update(d, i);
 		return 0;
