@@ -40,6 +40,7 @@ struct kvtd_config {
 	bool nvme_fsync;
 	bool nvme_admit_second;
 	char nvme_codec[64];
+	uint32_t nvme_codec_threads;
 	double nvme_high;
 	double nvme_low;
 	/* [gpu] */

@@ -26,7 +26,7 @@
 #define DRAIN_BATCH  64
 #define ADMIN_CHUNK  32768
 
-enum ev_kind { EV_LISTEN = 1, EV_SOCK, EV_SQ, EV_TIMER, EV_SIGNAL, EV_TIER };
+enum ev_kind { EV_LISTEN = 1, EV_SOCK, EV_SQ, EV_TIMER, EV_SIGNAL, EV_TIER, EV_CODEC };
 
 struct ev {
 	enum ev_kind kind;
@@ -155,6 +155,9 @@ struct kvtd {
 	const struct kvt_tier_ops *nvme_ops;
 	struct kvt_chain *nvme_chain, *raw_chain;
 	struct ev nvme_ev;
+	struct kvtd_cpool *cpool; /* codec workers (codec_pool.c), NULL = codecs run inline */
+	struct ev cpool_ev;
+	uint64_t host_encoding; /* host bytes of blocks being encoded for demotion */
 	uint64_t seq;
 	struct geom_slot *geoms;
 	uint32_t ngeoms;
@@ -210,6 +213,19 @@ void kvtd_prefetch_used(struct kvtd *d, uint32_t i);
 /* Writes an NVMe copy of every host block that has none. Returns how many were queued. */
 int kvtd_flush(struct kvtd *d);
 void kvtd_nvme_event(struct kvtd *d);
+
+/* codec_pool.c: run() on a worker thread, then done() on the loop thread. */
+struct kvtd_cjob {
+	struct kvtd_cjob *next;
+	void (*run)(struct kvtd_cjob *j);
+	void (*done)(struct kvtd *d, struct kvtd_cjob *j);
+};
+int kvtd_cpool_init(struct kvtd *d, unsigned nthreads);
+bool kvtd_cpool_on(const struct kvtd *d);
+void kvtd_cpool_submit(struct kvtd *d, struct kvtd_cjob *j);
+unsigned kvtd_cpool_pending(const struct kvtd *d);
+int kvtd_cpool_event(struct kvtd *d);
+void kvtd_cpool_fini(struct kvtd *d); /* waits for every job and runs its done() */
 void kvtd_nvme_stats(struct kvtd *d, struct kvt_tier_stats *st);
 
 /* gpu_place.c: the GPU tier.  Every function is a no-op (or -ENODEV) when it is off. */

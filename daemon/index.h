@@ -20,7 +20,7 @@ enum kvtd_blk_state {
 
 enum kvtd_tier_id { KVTD_TIER_HOST = 0, KVTD_TIER_NVME = 1, KVTD_NTIERS };
 
-enum { KVTD_IO_NONE = 0, KVTD_IO_DEMOTE = 1, KVTD_IO_PROMOTE = 2 };
+enum { KVTD_IO_NONE = 0, KVTD_IO_DEMOTE = 1, KVTD_IO_PROMOTE = 2, KVTD_IO_ENCODE = 3 };
 
 struct kvtd_blk {
 	uint64_t key_lo, key_hi; /* internal key: tenant salt and layout already mixed in */

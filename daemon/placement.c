@@ -27,13 +27,28 @@
 
 struct pend_io {
 	struct kvt_tier_io io;
+	struct kvtd_cjob job; /* codec work on a codec_pool worker */
 	struct kvtd *d;
 	uint32_t blk, gen;
 	uint8_t kind; /* KVTD_IO_DEMOTE or KVTD_IO_PROMOTE */
 	uint8_t keep_host;
 	uint8_t prefetch; /* a promotion nobody waited for when it started */
 	void *buf;
+	size_t cap; /* bytes at buf */
+	/* The codec job: demotion encodes src into buf, promotion decodes buf into dst. */
+	const struct kvt_chain *chain;
+	struct kvt_codec_geom g;
+	const uint8_t *src;
+	uint8_t *dst;
+	uint32_t len;	   /* the block's raw bytes */
+	uint32_t enc_len;  /* promotion: payload bytes to decode */
+	ssize_t n;	   /* the codec's result */
+	uint64_t dst_off;  /* promotion: arena extent decoded into */
+	struct tenant *t;  /* ...of this tenant */
+	uint64_t encoding; /* host bytes counted in d->host_encoding */
 };
+
+#define PEND_OF_JOB(j) ((struct pend_io *)((char *)(j)-offsetof(struct pend_io, job)))
 
 static struct kvtd_blk *B(struct kvtd *d, uint32_t i)
 {
@@ -152,7 +167,8 @@ void kvtd_blk_lru_update(struct kvtd *d, uint32_t i)
 	struct kvtd_blk *b = B(d, i);
 	bool ready = b->state == KVTD_BLK_READY && !b->pins;
 
-	if (ready && b->on_host && !b->leases)
+	/* A block being encoded keeps its host copy until the record is written. */
+	if (ready && b->on_host && !b->leases && b->io != KVTD_IO_ENCODE)
 		kvtd_lru_push(&d->ix, KVTD_TIER_HOST, i);
 	else
 		kvtd_lru_unlink(&d->ix, KVTD_TIER_HOST, i);
@@ -291,53 +307,81 @@ static void demote_done(struct kvt_tier_io *io)
 	free(p);
 }
 
+/* Geometry of a raw record: any length, one "layer" of bytes. */
+static const struct kvt_codec_geom raw_geom = {
+    .n_layers = 1, .n_kv_heads = 1, .head_dim = 2, .block_tokens = 1, .dtype = 1};
+
 /*
- * Writes block i to NVMe.  keep_host: a flush (the host copy stays); otherwise the host
- * pages are freed as soon as the record is built.  Returns 0 or -errno (nothing changed).
+ * A demotion's record buffer and codec for block i.  KV codecs need the geometry and a whole
+ * block; anything else is stored raw.  Returns NULL when out of memory.
  */
-static int demote(struct kvtd *d, uint32_t i, bool keep_host)
+static struct pend_io *demote_prepare(struct kvtd *d, uint32_t i, bool keep_host)
+{
+	struct kvtd_blk *b = B(d, i);
+	const struct kvt_codec_geom *g = geom_of(d, b->fingerprint);
+	const struct kvt_chain *chain = d->nvme_chain;
+	struct pend_io *p;
+
+	if (!g || kvt_geom_block_bytes(g) != b->len)
+		chain = d->raw_chain;
+	if (chain == d->raw_chain)
+		g = &raw_geom;
+	p = calloc(1, sizeof(*p));
+	if (!p)
+		return NULL;
+	p->cap = KVT_RECORD_HDR_SIZE + kvt_chain_max_encoded_size(chain, g) + b->len;
+	p->buf = d->nvme_ops->buf_alloc(d->nvme, (uint32_t)p->cap);
+	if (!p->buf) {
+		free(p);
+		return NULL;
+	}
+	p->d = d;
+	p->blk = i;
+	p->gen = b->gen;
+	p->kind = KVTD_IO_DEMOTE;
+	p->keep_host = keep_host;
+	p->chain = chain;
+	p->g = *g;
+	p->src = (const uint8_t *)kvtd_tenant_of(d, b)->base + b->off;
+	p->len = b->len;
+	return p;
+}
+
+static void pend_free(struct kvtd *d, struct pend_io *p)
+{
+	d->nvme_ops->buf_free(d->nvme, p->buf);
+	free(p);
+}
+
+/* The encoding itself: loop thread or codec worker.  Sets p->n and maybe p->chain. */
+static void demote_encode(struct pend_io *p)
+{
+	uint8_t *out = (uint8_t *)p->buf + KVT_RECORD_HDR_SIZE;
+	size_t room = p->cap - KVT_RECORD_HDR_SIZE;
+	const struct kvt_chain *raw = p->d->raw_chain;
+
+	p->n = kvt_chain_encode(p->chain, &p->g, p->src, p->len, out, room);
+	if (p->n < 0 && p->chain != raw) {
+		/* A chain that refuses this block: the block is stored raw instead. */
+		p->chain = raw;
+		p->g = raw_geom;
+		p->n = kvt_chain_encode(raw, &raw_geom, p->src, p->len, out, room);
+	}
+}
+
+/*
+ * Seals the encoded record, finds it a slot and writes it; frees the host copy unless
+ * p->keep_host.  Returns 0, or -errno with p freed and block i unchanged.
+ */
+static int demote_write(struct kvtd *d, uint32_t i, struct pend_io *p)
 {
 	struct kvtd_blk *b = B(d, i);
 	struct tenant *t = kvtd_tenant_of(d, b);
-	const struct kvt_codec_geom *g = geom_of(d, b->fingerprint);
-	const struct kvt_chain *chain = d->nvme_chain;
-	struct kvt_codec_geom raw_g = {0};
-	struct kvt_record_hdr *h;
-	struct pend_io *p;
-	size_t cap;
-	ssize_t n;
+	struct kvt_record_hdr *h = p->buf;
 	int ret;
 
-	/* KV codecs need the geometry and a whole block; anything else is stored raw. */
-	if (!g || kvt_geom_block_bytes(g) != b->len)
-		chain = d->raw_chain;
-	if (chain == d->raw_chain) {
-		raw_g.n_layers = 1;
-		raw_g.n_kv_heads = 1;
-		raw_g.head_dim = 2;
-		raw_g.block_tokens = 1;
-		raw_g.dtype = 1;
-		g = &raw_g;
-	}
-	cap = KVT_RECORD_HDR_SIZE + kvt_chain_max_encoded_size(chain, g) + b->len;
-	p = calloc(1, sizeof(*p));
-	if (!p)
-		return -ENOMEM;
-	p->buf = d->nvme_ops->buf_alloc(d->nvme, (uint32_t)cap);
-	if (!p->buf) {
-		free(p);
-		return -ENOMEM;
-	}
-	h = p->buf;
-	n = kvt_chain_encode(chain, g, t->base + b->off, b->len, (uint8_t *)p->buf + sizeof(*h),
-			     cap - sizeof(*h));
-	if (n < 0 && chain != d->raw_chain) {
-		chain = d->raw_chain;
-		n = kvt_chain_encode(chain, &raw_g, t->base + b->off, b->len,
-				     (uint8_t *)p->buf + sizeof(*h), cap - sizeof(*h));
-	}
-	if (n < 0) {
-		ret = (int)n;
+	if (p->n < 0) {
+		ret = (int)p->n;
 		goto fail;
 	}
 	memset(h, 0, sizeof(*h));
@@ -349,16 +393,11 @@ static int demote(struct kvtd *d, uint32_t i, bool keep_host)
 	h->fingerprint = b->fingerprint;
 	h->seq = ++d->seq;
 	h->raw_len = b->len;
-	h->payload_len = (uint32_t)n;
-	h->chain_id = kvt_chain_id(chain);
+	h->payload_len = (uint32_t)p->n;
+	h->chain_id = kvt_chain_id(p->chain);
 	h->tenant = t->uid;
 	kvt_record_seal(h, h + 1);
-	p->d = d;
-	p->blk = i;
-	p->gen = b->gen;
-	p->kind = KVTD_IO_DEMOTE;
-	p->keep_host = keep_host;
-	p->io.len = (uint32_t)(sizeof(*h) + (size_t)n);
+	p->io.len = (uint32_t)(sizeof(*h) + (size_t)p->n);
 	p->io.buf = p->buf;
 	p->io.done = demote_done;
 	p->io.arg = p;
@@ -379,20 +418,101 @@ static int demote(struct kvtd *d, uint32_t i, bool keep_host)
 	}
 	b->pend = p;
 	b->io = KVTD_IO_DEMOTE;
-	if (!keep_host)
+	if (!p->keep_host)
 		host_free_copy(d, i, d->ntenants > 1 && !d->arena_pinned);
 	kvtd_blk_lru_update(d, i);
 	return 0;
 fail:
-	d->nvme_ops->buf_free(d->nvme, p->buf);
-	free(p);
+	pend_free(d, p);
 	return ret;
+}
+
+/*
+ * Writes block i to NVMe, encoding on this thread.  keep_host: a flush (the host copy
+ * stays); otherwise the host pages are freed as soon as the record is built.  Returns 0 or
+ * -errno (nothing changed).
+ */
+static int demote(struct kvtd *d, uint32_t i, bool keep_host)
+{
+	struct pend_io *p = demote_prepare(d, i, keep_host);
+
+	if (!p)
+		return -ENOMEM;
+	demote_encode(p);
+	return demote_write(d, i, p);
+}
+
+static void encode_run(struct kvtd_cjob *j)
+{
+	demote_encode(PEND_OF_JOB(j));
+}
+
+/* Back on the loop thread: write the record if block i is still the one encoded. */
+static void encode_done(struct kvtd *d, struct kvtd_cjob *j)
+{
+	struct pend_io *p = PEND_OF_JOB(j);
+	uint32_t i = p->blk;
+	struct kvtd_blk *b = i < d->ix.used ? B(d, i) : NULL;
+	int ret;
+
+	d->host_encoding -= p->encoding;
+	if (!b || b->gen != p->gen || b->pend != p) {
+		pend_free(d, p); /* dropped meanwhile: the pages we read may be anyone's now */
+		return;
+	}
+	b->pend = NULL;
+	b->io = KVTD_IO_NONE;
+	if (b->state != KVTD_BLK_READY || !b->on_host) {
+		pend_free(d, p);
+		if (b->state == KVTD_BLK_ZOMBIE && !b->leases)
+			kvtd_blk_drop(d, i);
+		else
+			kvtd_blk_lru_update(d, i);
+		return;
+	}
+	/* Read or pinned meanwhile: the NVMe copy is still worth writing, the host copy stays. */
+	p->keep_host = b->leases || b->pins;
+	d->m.codec_offloop_encodes_total++;
+	ret = demote_write(d, i, p);
+	if (ret < 0) {
+		if (ret != -ESTALE)
+			d->m.demote_failures_total++;
+		if (B(d, i)->gen == p->gen)
+			kvtd_blk_lru_update(d, i);
+	}
+}
+
+/*
+ * Background demotion between the watermarks: the encoding runs on a codec worker while the
+ * host copy stays readable; the record is written, and the host pages freed, when it is done.
+ * Returns 0 when started, or -errno (nothing changed).
+ */
+static int demote_async(struct kvtd *d, uint32_t i)
+{
+	struct kvtd_blk *b = B(d, i);
+	struct pend_io *p = demote_prepare(d, i, false);
+
+	if (!p)
+		return -ENOMEM;
+	p->job.run = encode_run;
+	p->job.done = encode_done;
+	p->encoding = kvtd_pages(b->len) << KVTD_PAGE_SHIFT;
+	d->host_encoding += p->encoding;
+	b->pend = p;
+	b->io = KVTD_IO_ENCODE;
+	kvtd_blk_lru_update(d, i); /* off the host LRU: eviction skips it meanwhile */
+	kvtd_cpool_submit(d, &p->job);
+	return 0;
 }
 
 /* ---------------------------------------------------------------------------------------
  * Host space and eviction
  */
-int kvtd_evict_host_one(struct kvtd *d, const struct tenant *only)
+/* Jobs in the codec pool at most, from background demotion (each holds a record buffer). */
+#define BG_MAX_INFLIGHT 64u
+
+/* Evicts the host LRU tail; bg: from the watermark path, which may encode asynchronously. */
+static int evict_host(struct kvtd *d, const struct tenant *only, bool bg)
 {
 	uint32_t i = d->ix.lru_tail[KVTD_TIER_HOST];
 	unsigned walked = 0;
@@ -430,7 +550,7 @@ int kvtd_evict_host_one(struct kvtd *d, const struct tenant *only)
 		if (d->cfg.nvme_admit_second && !b->hits) {
 			d->m.nvme_admission_rejects_total++;
 		} else {
-			int ret = demote(d, i, false);
+			int ret = bg && d->cpool ? demote_async(d, i) : demote(d, i, false);
 			if (ret == 0)
 				return 0;
 			if (ret != -ESTALE)
@@ -441,6 +561,11 @@ int kvtd_evict_host_one(struct kvtd *d, const struct tenant *only)
 	}
 	kvtd_blk_drop(d, i);
 	return 0;
+}
+
+int kvtd_evict_host_one(struct kvtd *d, const struct tenant *only)
+{
+	return evict_host(d, only, false);
 }
 
 int64_t kvtd_host_alloc(struct kvtd *d, struct tenant *t, uint32_t len)
@@ -483,8 +608,11 @@ void kvtd_watermarks(struct kvtd *d)
 	struct kvt_tier_stats st;
 
 	if (d->host_used > high) {
-		while (d->host_used > low) {
-			if (kvtd_evict_host_one(d, NULL) < 0)
+		/* Blocks being encoded free their pages soon: they count as gone already. */
+		while (d->host_used - d->host_encoding > low) {
+			if (d->cpool && kvtd_cpool_pending(d) >= BG_MAX_INFLIGHT)
+				break;
+			if (evict_host(d, NULL, true) < 0)
 				break;
 		}
 	}
@@ -505,12 +633,31 @@ void kvtd_watermarks(struct kvtd *d)
  * Promotion: NVMe → host
  */
 
+static void decode_run(struct kvtd_cjob *j);
+static void decode_done(struct kvtd *d, struct kvtd_cjob *j);
+
+/* The decoded copy becomes block i's host copy. */
+static void install_finish(struct kvtd *d, uint32_t i, uint64_t off, size_t rec_bytes)
+{
+	struct kvtd_blk *b = B(d, i);
+
+	b->off = off;
+	set_host(d, b, true);
+	fix_tier(b);
+	d->m.promotions_total++;
+	d->m.promote_bytes_total += b->len;
+	d->tier[KVTD_TIER_NVME].hits++;
+	d->tier[KVTD_TIER_NVME].bytes_read += rec_bytes;
+}
+
 /*
  * Decodes the record at rec (n bytes) into a new host extent of block i.  trusted: the
- * record is our own, still in memory (its crc may be salted by the tier meanwhile).
- * Returns 0, -EBADMSG for a record that is not block i's, or -errno.
+ * record is our own, still in memory (its crc may be salted by the tier meanwhile).  With p
+ * and codec workers, a non-raw record is decoded on a worker: returns 1, and p's job
+ * finishes the promotion.  Returns 0, -EBADMSG for a record that is not block i's, or -errno.
  */
-static int install(struct kvtd *d, uint32_t i, const uint8_t *rec, size_t n, bool trusted)
+static int install(struct kvtd *d, uint32_t i, const uint8_t *rec, size_t n, bool trusted,
+		   struct pend_io *p)
 {
 	struct kvtd_blk *b = B(d, i);
 	struct tenant *t = kvtd_tenant_of(d, b);
@@ -536,20 +683,90 @@ static int install(struct kvtd *d, uint32_t i, const uint8_t *rec, size_t n, boo
 	off = kvtd_host_alloc(d, t, b->len);
 	if (off < 0)
 		return (int)off;
+	if (p && d->cpool && chain != d->raw_chain) {
+		p->chain = chain;
+		p->src = rec + sizeof(h);
+		p->enc_len = h.payload_len;
+		p->t = t;
+		p->dst_off = (uint64_t)off;
+		p->dst = t->base + off;
+		p->len = b->len;
+		p->n = (ssize_t)n; /* the record's bytes, until the decoder answers */
+		p->job.run = decode_run;
+		p->job.done = decode_done;
+		kvtd_cpool_submit(d, &p->job);
+		return 1;
+	}
 	/* host_alloc may have evicted and demoted; block i itself is pinned by its I/O state. */
 	got = kvt_chain_decode(chain, rec + sizeof(h), h.payload_len, t->base + off, b->len, NULL);
 	if (got != (ssize_t)b->len) {
 		kvtd_host_unalloc(d, t, (uint64_t)off, b->len);
 		return -EBADMSG;
 	}
-	b->off = (uint64_t)off;
-	set_host(d, b, true);
-	fix_tier(b);
-	d->m.promotions_total++;
-	d->m.promote_bytes_total += b->len;
-	d->tier[KVTD_TIER_NVME].hits++;
-	d->tier[KVTD_TIER_NVME].bytes_read += n;
+	install_finish(d, i, (uint64_t)off, n);
 	return 0;
+}
+
+/* Ends a promotion of p's block: err 0 (the host copy is in) or why not. */
+static void promote_finish(struct kvtd *d, struct pend_io *p, int err)
+{
+	uint32_t i = p->blk;
+	struct kvtd_blk *b = B(d, i);
+
+	/* Nobody asked yet: the prefetch is useful if a get comes before eviction. */
+	if (!err && p->prefetch && b->waiters == KVTD_NIL)
+		b->prefetched = 1;
+	b->pend = NULL;
+	b->io = KVTD_IO_NONE;
+	if (err == -EBADMSG || err == -ENODATA) {
+		d->m.nvme_corrupt_total++;
+		kvtd_log(KVTD_LOG_WARN,
+			 "NVMe record of block %016llx%016llx failed its check: "
+			 "dropped, served as a miss",
+			 (unsigned long long)b->key_hi, (unsigned long long)b->key_lo);
+		kvtd_blk_drop(d, i); /* wakes the waiters with a miss */
+	} else if (err < 0) {
+		d->m.nvme_read_errors_total++;
+		if (err == -EIO)
+			kvtd_blk_drop(d, i); /* an unreadable copy is no copy */
+		else
+			wake_all(d, i, err);
+	} else {
+		kvtd_blk_lru_update(d, i);
+		wake_all(d, i, 0);
+	}
+	if (B(d, i)->gen == p->gen && b->state == KVTD_BLK_ZOMBIE && !b->leases)
+		kvtd_blk_drop(d, i);
+}
+
+static void decode_run(struct kvtd_cjob *j)
+{
+	struct pend_io *p = PEND_OF_JOB(j);
+	ssize_t got = kvt_chain_decode(p->chain, p->src, p->enc_len, p->dst, p->len, NULL);
+
+	/* p->n keeps the record's size for the statistics; a failure is any other answer. */
+	if (got != (ssize_t)p->len)
+		p->n = -EBADMSG;
+}
+
+static void decode_done(struct kvtd *d, struct kvtd_cjob *j)
+{
+	struct pend_io *p = PEND_OF_JOB(j);
+	uint32_t i = p->blk;
+	struct kvtd_blk *b = i < d->ix.used ? B(d, i) : NULL;
+
+	if (!b || b->gen != p->gen || b->pend != p) {
+		/* Dropped meanwhile: the extent was never the block's. */
+		kvtd_host_unalloc(d, p->t, p->dst_off, p->len);
+	} else if (p->n < 0) {
+		kvtd_host_unalloc(d, p->t, p->dst_off, p->len);
+		promote_finish(d, p, -EBADMSG);
+	} else {
+		d->m.codec_offloop_decodes_total++;
+		install_finish(d, i, p->dst_off, (size_t)p->n);
+		promote_finish(d, p, 0);
+	}
+	pend_free(d, p);
 }
 
 static void promote_done(struct kvt_tier_io *io)
@@ -564,37 +781,14 @@ static void promote_done(struct kvt_tier_io *io)
 	if (p->prefetch)
 		d->pf_inflight--;
 	if (alive) {
+		/* The tier checked the CRC; install() still checks key, layout and length. */
 		if (!err)
-			/* The tier checked the CRC; install() still checks key, layout and length.
-			 */
-			err = install(d, i, p->buf, (size_t)io->res, true);
-		/* Nobody asked yet: the prefetch is useful if a get comes before eviction. */
-		if (!err && p->prefetch && b->waiters == KVTD_NIL)
-			b->prefetched = 1;
-		b->pend = NULL;
-		b->io = KVTD_IO_NONE;
-		if (err == -EBADMSG || err == -ENODATA) {
-			d->m.nvme_corrupt_total++;
-			kvtd_log(KVTD_LOG_WARN,
-				 "NVMe record of block %016llx%016llx failed its check: "
-				 "dropped, served as a miss",
-				 (unsigned long long)b->key_hi, (unsigned long long)b->key_lo);
-			kvtd_blk_drop(d, i); /* wakes the waiters with a miss */
-		} else if (err < 0) {
-			d->m.nvme_read_errors_total++;
-			if (err == -EIO)
-				kvtd_blk_drop(d, i); /* an unreadable copy is no copy */
-			else
-				wake_all(d, i, err);
-		} else {
-			kvtd_blk_lru_update(d, i);
-			wake_all(d, i, 0);
-		}
-		if (B(d, i)->gen == p->gen && b->state == KVTD_BLK_ZOMBIE && !b->leases)
-			kvtd_blk_drop(d, i);
+			err = install(d, i, p->buf, (size_t)io->res, true, p);
+		if (err == 1)
+			return; /* decoding on a codec worker: decode_done() finishes */
+		promote_finish(d, p, err);
 	}
-	d->nvme_ops->buf_free(d->nvme, p->buf);
-	free(p);
+	pend_free(d, p);
 }
 
 static int add_waiter(struct kvtd *d, uint32_t i, uint32_t client_id, uint64_t user_data)
@@ -675,7 +869,7 @@ int kvtd_promote(struct kvtd *d, uint32_t client_id, uint64_t user_data, uint32_
 	if (b->io == KVTD_IO_DEMOTE) {
 		/* Still in memory: the record being written is the block. */
 		struct pend_io *p = b->pend;
-		ret = install(d, i, p->buf, p->io.len, true);
+		ret = install(d, i, p->buf, p->io.len, true, NULL);
 		if (ret == -EBADMSG) {
 			kvtd_blk_drop(d, i);
 			return -ENOENT;
@@ -955,6 +1149,14 @@ int kvtd_place_init(struct kvtd *d)
 		if (epoll_ctl(d->ep, EPOLL_CTL_ADD, d->nvme_ops->event_fd(d->nvme), &ee) < 0)
 			return -errno;
 	}
+	/* A raw chain is a copy: no threads for that. */
+	if (kvt_chain_id(d->nvme_chain) != kvt_chain_id(d->raw_chain) &&
+	    d->cfg.nvme_codec_threads) {
+		ret = kvtd_cpool_init(d, d->cfg.nvme_codec_threads);
+		if (ret < 0)
+			kvtd_log(KVTD_LOG_WARN, "no codec threads (%s): %s runs on the event loop",
+				 kvt_strerror(ret), kvt_chain_name(d->nvme_chain));
+	}
 	return 0;
 }
 
@@ -975,6 +1177,8 @@ void kvtd_nvme_stats(struct kvtd *d, struct kvt_tier_stats *st)
 
 void kvtd_place_fini(struct kvtd *d)
 {
+	/* Codec jobs finish first: their done() may still write a record. */
+	kvtd_cpool_fini(d);
 	/* close() runs the callbacks of requests still in flight: d must be whole here. */
 	if (d->nvme)
 		d->nvme_ops->close(d->nvme);

@@ -2128,6 +2128,9 @@ int kvtd_run(struct kvtd *d)
 			case EV_TIMER:
 				tick(d);
 				break;
+			case EV_CODEC:
+				kvtd_cpool_event(d);
+				break;
 			case EV_TIER:
 				kvtd_nvme_event(d);
 				break;

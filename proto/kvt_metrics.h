@@ -34,6 +34,9 @@
 	X(demote_bytes_total, counter, "Record bytes written to NVMe by demotions")                \
 	X(demote_failures_total, counter, "Evictions that could not demote and dropped the block") \
 	X(promotions_total, counter, "Blocks read back from NVMe into the host tier")              \
+	X(codec_offloop_encodes_total, counter,                                                    \
+	  "Demotions encoded on a codec thread (background, between the watermarks)")              \
+	X(codec_offloop_decodes_total, counter, "Promotions decoded on a codec thread")            \
 	X(promote_bytes_total, counter, "Block bytes promoted from NVMe")                          \
 	X(nvme_evictions_total, counter, "Copies evicted from the NVMe tier")                      \
 	X(nvme_admission_rejects_total, counter, "Evicted blocks not admitted to NVMe (unused)")   \

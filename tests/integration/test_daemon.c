@@ -1050,6 +1050,69 @@ static void test_nvme_faults(void)
 	}
 }
 
+/*
+ * A compressing NVMe chain runs on codec threads: background demotion between the
+ * watermarks encodes off the event loop, promotions decode off it.  Deletes race with the
+ * encodings; every block comes back bit-exact and every deleted one stays gone.
+ */
+static void test_nvme_codec_threads(void)
+{
+	enum { N = 240 };
+	struct kvt_layout l = small_layout();
+	size_t bb = kvt_layout_block_bytes(&l);
+	struct kvt_key keys[N];
+	uint8_t *a = malloc(bb), *b = malloc(bb);
+	int wrong = 0, served = 0, deleted = 0;
+	pid_t pid = daemon_start("4MiB", NVME_ARGS, "-o", "nvme.codec=shuffle+zstd:1", "-o",
+				 "nvme.codec_threads=2", "-o", "daemon.tick_ms=2", "-o",
+				 "host.high_watermark=0.5", "-o", "host.low_watermark=0.25", NULL);
+
+	CHECK(pid > 0);
+	struct kvt_client *c = connect_ok();
+	CHECK(c);
+	int lay = kvt_register_layout(c, &l);
+	make_keys(&l, 95, keys, N);
+	for (int i = 0; i < N; i++) {
+		fill(a, bb, 9500 + (uint64_t)i);
+		CHECK_EQ(kvt_put(c, lay, &keys[i], a, bb), 0);
+		/* Give the ticks room to demote in the background now and then. */
+		if (i % 16 == 15)
+			usleep(20000);
+		/* Delete some blocks while they are likely being encoded. */
+		if (i % 9 == 4 && kvt_delete(c, lay, &keys[i - 2]) == 0)
+			deleted++;
+	}
+	for (int i = 0; i < N; i++) {
+		ssize_t g = kvt_get(c, lay, &keys[i], b, bb);
+		bool gone = i % 9 == 2 && i + 2 < N;
+
+		if (gone) {
+			CHECK_EQ(g, -ENOENT);
+			continue;
+		}
+		fill(a, bb, 9500 + (uint64_t)i);
+		if (g == (ssize_t)bb && !memcmp(a, b, bb))
+			served++;
+		else
+			wrong++;
+	}
+	long long enc = status_metric("codec_offloop_encodes_total");
+	long long dec = status_metric("codec_offloop_decodes_total");
+	printf("nvme_codec_threads: %d served, %d wrong, %d deleted, %lld encodes and %lld decodes "
+	       "off the loop, %lld demotions in all\n",
+	       served, wrong, deleted, enc, dec, status_metric("demotions_total"));
+	CHECK_EQ(wrong, 0);
+	CHECK_EQ(served + deleted, N);
+	CHECK(enc > 0);
+	CHECK(dec > 0);
+	CHECK_EQ(back_to_baseline(-1), 0);
+	kvt_close(c);
+	CHECK_EQ(daemon_stop(pid), 0);
+	unlink(nvme_path_opt + strlen("nvme.paths="));
+	free(a);
+	free(b);
+}
+
 /* kvtierd SIGKILLed and restarted under clients that keep working: they reconnect by
  * themselves and never see a wrong block (issue: reliability, crash loop). */
 static void test_daemon_crash_loop(void)
@@ -1481,6 +1544,7 @@ static const struct {
     {"nvme_corruption", test_nvme_corruption},
     {"nvme_faults", test_nvme_faults},
     {"nvme_prefetch", test_nvme_prefetch},
+    {"nvme_codec_threads", test_nvme_codec_threads},
     {"daemon_crash_loop", test_daemon_crash_loop},
     {"tenant_isolation", test_tenant_isolation},
     {"memlock_nonroot", test_memlock_nonroot},
