@@ -23,6 +23,13 @@
 
 int eval_codec_main(int argc, char **argv);
 
+/*
+ * uq's step profile over depth (octaves, keys then values), fitted on the per-layer error and
+ * size of nx_gml_2k (a held-out dump of networkx source, not the shared one) for this
+ * 4-layer model: equal marginal error per bit across layers and K/V.
+ */
+#define UQ_PROFILE "kl=-0.45:-0.05:0.4:-0.3,vl=-0.5:-1.1:0.1:0.35"
+
 /* The chains evaluated when no --codec is given: every family, a few operating points. */
 static const char *const default_chains[] = {
     "raw",
@@ -57,6 +64,15 @@ static const char *const default_chains[] = {
     "uq:k=0.6,v=0.2",
     "uq:k=0.85,v=0.3",
     "uq:k=1.2,v=0.45",
+    /* dependent quantization, and with the depth profile of docs/CODECS.md */
+    "uq:dq=0.4",
+    "uq:k=0.22,v=0.074,dq=0.4," UQ_PROFILE,
+    "uq:k=0.3,v=0.1,dq=0.4," UQ_PROFILE,
+    "uq:k=0.4,v=0.135,dq=0.4," UQ_PROFILE,
+    "uq:k=0.5,v=0.168,dq=0.4," UQ_PROFILE,
+    "uq:k=0.55,v=0.185,dq=0.4," UQ_PROFILE,
+    "uq:k=0.7,v=0.235,dq=0.4," UQ_PROFILE,
+    "uq:k=1,v=0.34,dq=0.4," UQ_PROFILE,
     NULL,
 };
 
