@@ -414,37 +414,48 @@ static void dq_search(struct uq_work *w, const float *u, const uint16_t *const *
 	for (uint32_t d = 0; d < D; d++) {
 		float nJ[4] = {INFINITY, INFINITY, INFINITY, INFINITY}, a = fabsf(u[d]);
 		int32_t sg = u[d] < 0 ? -1 : 1;
-		for (unsigned s = 0; s < 4; s++) {
-			if (!(J[s] < INFINITY))
-				continue;
-			unsigned q1 = s >> 1;
+		/* each quantizer's candidates once: index, squared error, rate */
+		int32_t ck[2][3];
+		float ce[2][3], cr[2][3];
+		int nc[2] = {0, 0};
+		for (unsigned q1 = 0; q1 < 2; q1++) {
 			const uint16_t *pp = p[w->lvd[d] + 16 * q1];
-			int32_t cand[3], nc = 0;
+			int32_t cand[3], n = 0;
 			if (!q1) {
 				int32_t m = (int32_t)(a * 0.5f);
-				cand[nc++] = m;
-				cand[nc++] = m + 1;
+				cand[n++] = m;
+				cand[n++] = m + 1;
 			} else if (a < 1.0f) {
-				cand[nc++] = 0;
-				cand[nc++] = 1;
+				cand[n++] = 0;
+				cand[n++] = 1;
 			} else {
 				int32_t m =
 				    (int32_t)((a - 1.0f) * 0.5f) + 1; /* level 2m - 1 <= a */
-				cand[nc++] = m;
-				cand[nc++] = m + 1;
+				cand[n++] = m;
+				cand[n++] = m + 1;
 			}
 			if (cand[0] && a <= 2.0f)
-				cand[nc++] = 0;
-			for (int j = 0; j < nc; j++) {
+				cand[n++] = 0;
+			for (int j = 0; j < n; j++) {
 				int32_t kk = sg * cand[j];
-				float e = a - (float)dq_level(cand[j], s);
+				float e = a - (float)dq_level(cand[j], 2 * q1);
 				uint32_t z = zz_enc(kk);
-				float c = J[s] + e * e +
-					  lam * (float)pp[z < ESC ? z : ESC] * (1.0f / 256);
-				unsigned ns = dq_next[s][kk & 1];
+				ck[q1][j] = kk;
+				ce[q1][j] = e * e;
+				cr[q1][j] = lam * (float)pp[z < ESC ? z : ESC] * (1.0f / 256);
+			}
+			nc[q1] = n;
+		}
+		for (unsigned s = 0; s < 4; s++) {
+			unsigned q1 = s >> 1;
+			if (!(J[s] < INFINITY))
+				continue;
+			for (int j = 0; j < nc[q1]; j++) {
+				float c = J[s] + ce[q1][j] + cr[q1][j];
+				unsigned ns = dq_next[s][ck[q1][j] & 1];
 				if (c < nJ[ns]) {
 					nJ[ns] = c;
-					w->bpk[d * 4 + ns] = kk;
+					w->bpk[d * 4 + ns] = ck[q1][j];
 					w->bps[d * 4 + ns] = (uint8_t)s;
 				}
 			}
