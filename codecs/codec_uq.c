@@ -871,7 +871,9 @@ static ssize_t uq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 				for (int cc = 0; cc < (dq ? 32 : 16); cc++)
 					rt[cc] = tabs[cls_off(prev, off[cc])];
 				for (uint32_t d = 0, ds = 0; d < D; d++) {
-					uint32_t y = rans_dec_sym(&rd, rt[lvd[d] + 16 * (ds >> 1)]);
+					uint32_t y = dq ? rans_dec_sym2(&rd, rt[lvd[d]],
+									rt[lvd[d] + 16], ds >> 1)
+							: rans_dec_sym(&rd, rt[lvd[d]]);
 					if (y == ESC) {
 						uint32_t x = kv_get_varint(&e);
 						if (e.err || x > 0x7fffffffu)

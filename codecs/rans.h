@@ -90,6 +90,29 @@ static inline unsigned rans_dec_sym(struct rans_dec *d, const struct rans_table 
 }
 
 /*
+ * Next symbol with table sel ? t1 : t0.  Both tables' slots are looked up before the choice,
+ * so a caller whose choice depends on the previous symbol (a trellis state) does not wait
+ * for the lookup; the same result as rans_dec_sym() with the chosen table.
+ */
+static inline unsigned rans_dec_sym2(struct rans_dec *d, const struct rans_table *t0,
+				     const struct rans_table *t1, unsigned sel)
+{
+	uint32_t k = (uint32_t)(d->i++ & 3), v = d->x[k], slot = v & (RANS_M - 1);
+	unsigned s0 = t0->slot[slot], s1 = t1->slot[slot], s = sel ? s1 : s0;
+	const struct rans_table *t = sel ? t1 : t0;
+	v = t->freq[s] * (v >> RANS_PROB_BITS) + slot - t->cum[s];
+	while (v < (1u << 23)) {
+		if (d->pos >= d->len) {
+			d->err = -EBADMSG;
+			return 0;
+		}
+		v = v << 8 | d->p[d->pos++];
+	}
+	d->x[k] = v;
+	return s;
+}
+
+/*
  * Static parametric tables over zig-zag coded integers (0, -1, 1, -2, 2, ...): symbols
  * 0..RANS_PNSYM-2 are values, RANS_PNSYM-1 is the escape (value sent elsewhere).  Class c
  * in 0..RANS_PCLASSES-1: c < RANS_PSCALES is a Laplace shape, else a Gaussian shape, each
