@@ -307,25 +307,59 @@ static void demote_done(struct kvt_tier_io *io)
 	free(p);
 }
 
-/* Geometry of a raw record: any length, one "layer" of bytes. */
-static const struct kvt_codec_geom raw_geom = {
-    .n_layers = 1, .n_kv_heads = 1, .head_dim = 2, .block_tokens = 1, .dtype = 1};
+/*
+ * A geometry whose block is exactly len bytes, for storing a block raw when its layout's
+ * geometry does not describe it (a partial block, or a layout never noted): head_dim 2, so
+ * layers x heads x tokens = len / 8, split within the codec's limits.  False when len is no
+ * multiple of 8 or cannot be split (such a block cannot be demoted and is dropped).
+ */
+static bool raw_geom_for(uint32_t len, struct kvt_codec_geom *g)
+{
+	uint32_t m, t, h;
+
+	if (!len || len % 8)
+		return false;
+	m = len / 8;
+	for (t = 4096; m % t; t--)
+		;
+	m /= t;
+	for (h = 1024; m % h; h--)
+		;
+	m /= h;
+	*g = (struct kvt_codec_geom){.n_layers = m,
+				     .n_kv_heads = h,
+				     .head_dim = 2,
+				     .block_tokens = t,
+				     .dtype = KVT_DTYPE_FP16};
+	return kvt_geom_check(g) == 0 && kvt_geom_block_bytes(g) == len;
+}
 
 /*
  * A demotion's record buffer and codec for block i.  KV codecs need the geometry and a whole
- * block; anything else is stored raw.  Returns NULL when out of memory.
+ * block; anything else is stored raw, as is everything when raw is set.  Returns NULL with
+ * *err set: -ENOMEM, or -EINVAL for a block no geometry describes (see raw_geom_for).
  */
-static struct pend_io *demote_prepare(struct kvtd *d, uint32_t i, bool keep_host)
+static struct pend_io *demote_prepare(struct kvtd *d, uint32_t i, bool keep_host, bool raw,
+				      int *err)
 {
 	struct kvtd_blk *b = B(d, i);
 	const struct kvt_codec_geom *g = geom_of(d, b->fingerprint);
 	const struct kvt_chain *chain = d->nvme_chain;
 	struct pend_io *p;
 
-	if (!g || kvt_geom_block_bytes(g) != b->len)
+	struct kvt_codec_geom rg;
+
+	if (!g || kvt_geom_block_bytes(g) != b->len) {
+		if (!raw_geom_for(b->len, &rg)) {
+			*err = -EINVAL;
+			return NULL;
+		}
+		g = &rg;
 		chain = d->raw_chain;
-	if (chain == d->raw_chain)
-		g = &raw_geom;
+	}
+	if (raw)
+		chain = d->raw_chain;
+	*err = -ENOMEM;
 	p = calloc(1, sizeof(*p));
 	if (!p)
 		return NULL;
@@ -364,8 +398,7 @@ static void demote_encode(struct pend_io *p)
 	if (p->n < 0 && p->chain != raw) {
 		/* A chain that refuses this block: the block is stored raw instead. */
 		p->chain = raw;
-		p->g = raw_geom;
-		p->n = kvt_chain_encode(raw, &raw_geom, p->src, p->len, out, room);
+		p->n = kvt_chain_encode(raw, &p->g, p->src, p->len, out, room);
 	}
 }
 
@@ -429,15 +462,16 @@ fail:
 
 /*
  * Writes block i to NVMe, encoding on this thread.  keep_host: a flush (the host copy
- * stays); otherwise the host pages are freed as soon as the record is built.  Returns 0 or
- * -errno (nothing changed).
+ * stays); otherwise the host pages are freed as soon as the record is built.  raw: stored
+ * with the raw chain whatever nvme.codec says.  Returns 0 or -errno (nothing changed).
  */
-static int demote(struct kvtd *d, uint32_t i, bool keep_host)
+static int demote(struct kvtd *d, uint32_t i, bool keep_host, bool raw)
 {
-	struct pend_io *p = demote_prepare(d, i, keep_host);
+	int err;
+	struct pend_io *p = demote_prepare(d, i, keep_host, raw, &err);
 
 	if (!p)
-		return -ENOMEM;
+		return err;
 	demote_encode(p);
 	return demote_write(d, i, p);
 }
@@ -490,10 +524,11 @@ static void encode_done(struct kvtd *d, struct kvtd_cjob *j)
 static int demote_async(struct kvtd *d, uint32_t i)
 {
 	struct kvtd_blk *b = B(d, i);
-	struct pend_io *p = demote_prepare(d, i, false);
+	int err;
+	struct pend_io *p = demote_prepare(d, i, false, false, &err);
 
 	if (!p)
-		return -ENOMEM;
+		return err;
 	p->job.run = encode_run;
 	p->job.done = encode_done;
 	p->encoding = kvtd_pages(b->len) << KVTD_PAGE_SHIFT;
@@ -550,7 +585,20 @@ static int evict_host(struct kvtd *d, const struct tenant *only, bool bg)
 		if (d->cfg.nvme_admit_second && !b->hits) {
 			d->m.nvme_admission_rejects_total++;
 		} else {
-			int ret = bg && d->cpool ? demote_async(d, i) : demote(d, i, false);
+			int ret;
+
+			if (bg && d->cpool) {
+				ret = demote_async(d, i);
+			} else if (d->cpool) {
+				/* Space is needed now and the chain has threads because it is slow:
+				 * this one is stored raw (lossless, a copy) rather than stall every
+				 * client while it encodes. */
+				ret = demote(d, i, false, true);
+				if (!ret)
+					d->m.demotions_raw_fallback_total++;
+			} else {
+				ret = demote(d, i, false, false);
+			}
 			if (ret == 0)
 				return 0;
 			if (ret != -ESTALE)
@@ -1007,7 +1055,7 @@ int kvtd_flush(struct kvtd *d)
 		struct kvtd_blk *b = B(d, i);
 
 		if (b->state == KVTD_BLK_READY && b->on_host && !b->on_nvme &&
-		    b->io == KVTD_IO_NONE && demote(d, i, true) == 0)
+		    b->io == KVTD_IO_NONE && demote(d, i, true, false) == 0)
 			n++;
 	}
 	return n;

@@ -37,6 +37,8 @@
 	X(codec_offloop_encodes_total, counter,                                                    \
 	  "Demotions encoded on a codec thread (background, between the watermarks)")              \
 	X(codec_offloop_decodes_total, counter, "Promotions decoded on a codec thread")            \
+	X(demotions_raw_fallback_total, counter,                                                   \
+	  "Demotions stored raw because space was needed at once (codec threads were busy)")       \
 	X(promote_bytes_total, counter, "Block bytes promoted from NVMe")                          \
 	X(nvme_evictions_total, counter, "Copies evicted from the NVMe tier")                      \
 	X(nvme_admission_rejects_total, counter, "Evicted blocks not admitted to NVMe (unused)")   \
