@@ -203,6 +203,16 @@ static void one_run(const char *daemon, const char *dir, const char *codec, unsi
 	    (double)r.puts * (double)kvt_layout_block_bytes(&r.l) / (now_s() - t0) / 1e9;
 	kill(pid, SIGTERM);
 	waitpid(pid, &st, 0);
+	if (!WIFEXITED(st) || WEXITSTATUS(st)) {
+		char cmd[PATH_MAX + 16];
+
+		fprintf(stderr, "kvtier-stall-bench: kvtierd did not stop cleanly; its log:\n");
+		snprintf(cmd, sizeof(cmd), "cat '%s' >&2", log);
+		if (system(cmd) < 0) {
+		}
+		exit(1);
+	}
+	unlink(log);
 	qsort(r.lat_us, r.nlat, sizeof(float), cmpf);
 	out->threads = threads;
 	out->samples = r.nlat;
