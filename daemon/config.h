@@ -39,7 +39,7 @@ struct kvtd_config {
 	bool nvme_io_uring;
 	bool nvme_fsync;
 	bool nvme_admit_second;
-	char nvme_codec[64];
+	char nvme_codec[200]; /* a chain spec; libinih reads lines of up to 200 bytes */
 	uint32_t nvme_codec_threads;
 	double nvme_high;
 	double nvme_low;
