@@ -116,7 +116,7 @@ struct kvt_tier_conf {
 #define KVT_TIER_F_NO_URING  0x1u /* use the pread/pwrite workers even if io_uring works */
 #define KVT_TIER_F_NO_DIRECT 0x2u
 #define KVT_TIER_F_FSYNC     0x4u /* fdatasync before a write completes */
-#define KVT_TIER_F_VERIFY_INLINE                                                               \
+#define KVT_TIER_F_VERIFY_INLINE                                                                   \
 	0x8u /* check read records on the thread that calls complete() (benchmarks) */
 
 /*

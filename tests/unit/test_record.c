@@ -83,9 +83,9 @@ static void test_crc_combine(void **state)
 	c = kvt_crc32c_combine(c, kvt_crc32c(0, buf + 151000, 149000), 149000);
 	assert_int_equal(c, kvt_crc32c(0, buf, sizeof(buf)));
 	/* A wrong length must not merge to the right value. */
-	assert_int_not_equal(kvt_crc32c_combine(kvt_crc32c(0, buf, 1000),
-						kvt_crc32c(0, buf + 1000, 5000), 4999),
-			     kvt_crc32c(0, buf, 6000));
+	assert_int_not_equal(
+	    kvt_crc32c_combine(kvt_crc32c(0, buf, 1000), kvt_crc32c(0, buf + 1000, 5000), 4999),
+	    kvt_crc32c(0, buf, 6000));
 }
 
 static void make(struct kvt_record_hdr *h, unsigned char *payload, uint32_t len)

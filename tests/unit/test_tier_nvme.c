@@ -678,7 +678,10 @@ static void test_corrupt_read_pieces(void **state)
 	const uint64_t spots[] = {0, 1, 262143, 262144, 262145, 524288, 700001, plen - 1};
 	const struct {
 		unsigned flags, threads;
-	} cfg[] = {{0, 1}, {0, 4}, {KVT_TIER_F_VERIFY_INLINE, 0}, {KVT_TIER_F_NO_URING, 1},
+	} cfg[] = {{0, 1},
+		   {0, 4},
+		   {KVT_TIER_F_VERIFY_INLINE, 0},
+		   {KVT_TIER_F_NO_URING, 1},
 		   {KVT_TIER_F_NO_URING, 4}};
 
 	for (size_t c = 0; c < sizeof(cfg) / sizeof(cfg[0]); c++) {
