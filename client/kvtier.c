@@ -79,6 +79,17 @@ static uint64_t mono_us(void)
  * Connection
  */
 /* Receives one packet (and up to nfds descriptors) with a timeout. Returns its length. */
+/* One message out; a signal during send() is no failure. 0 or -errno. */
+static int send_all(int fd, const void *buf, size_t len)
+{
+	ssize_t n;
+
+	do
+		n = send(fd, buf, len, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	return n == (ssize_t)len ? 0 : n < 0 ? -errno : -EIO;
+}
+
 static ssize_t sock_recv(int fd, void *buf, size_t cap, int *fds, int nfds, int *got_fds,
 			 int timeout_ms)
 {
@@ -94,11 +105,29 @@ static ssize_t sock_recv(int fd, void *buf, size_t cap, int *fds, int nfds, int 
 	struct pollfd p = {fd, POLLIN, 0};
 	ssize_t n;
 
+	uint64_t start = mono_us();
+	int pr;
+
 	if (got_fds)
 		*got_fds = 0;
-	if (poll(&p, 1, timeout_ms) == 0)
+	/* A signal (an engine's own, a profiler's) must neither fail the call nor make it wait
+	 * past its timeout: poll again for what is left. */
+	do {
+		int left = timeout_ms;
+
+		if (timeout_ms >= 0) {
+			uint64_t el = (mono_us() - start) / 1000;
+			left = el >= (uint64_t)timeout_ms ? 0 : timeout_ms - (int)el;
+		}
+		pr = poll(&p, 1, left);
+	} while (pr < 0 && errno == EINTR);
+	if (pr == 0)
 		return -ETIMEDOUT;
-	n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+	if (pr < 0)
+		return -errno;
+	do
+		n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return -errno;
 	if (n == 0)
@@ -214,7 +243,7 @@ static int attach(struct kvt_client *c)
 	m.lib_version = KVT_VERSION_NUMBER;
 	m.pid = (uint32_t)getpid();
 	memcpy(m.name, c->name, sizeof(m.name));
-	if (send(c->sock, &m, sizeof(m), MSG_NOSIGNAL) != sizeof(m)) {
+	if (send_all(c->sock, &m, sizeof(m)) < 0) {
 		ret = -errno;
 		goto fail;
 	}
@@ -606,7 +635,7 @@ static int sock_call_locked(struct kvt_client *c, const void *req, size_t len, v
 
 	if (c->sock < 0)
 		return -KVT_EDAEMON;
-	if (send(c->sock, req, len, MSG_NOSIGNAL) != (ssize_t)len) {
+	if (send_all(c->sock, req, len) < 0) {
 		c->broken = true;
 		return -KVT_EDAEMON;
 	}

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kvt_gpu.h"
@@ -109,15 +110,31 @@ static int call(struct kvt_dev *d, const void *req, size_t len, void *rep, size_
 {
 	struct pollfd p = {d->sock, POLLIN, 0};
 	struct kvt_msg_hdr h;
+	struct timespec t0, t1;
 	ssize_t n;
+	int pr, left = DEV_TIMEOUT;
 
 	if (d->sock < 0)
 		return -KVT_EDAEMON;
-	if (send(d->sock, req, len, MSG_NOSIGNAL) != (ssize_t)len)
+	/* Signals (the engine's, a profiler's) are retried, within the same timeout. */
+	do
+		n = send(d->sock, req, len, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	if (n != (ssize_t)len)
 		goto gone;
-	if (poll(&p, 1, DEV_TIMEOUT) <= 0)
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while ((pr = poll(&p, 1, left)) < 0 && errno == EINTR) {
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		left = DEV_TIMEOUT -
+		       (int)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
+		if (left < 0)
+			left = 0;
+	}
+	if (pr <= 0)
 		goto gone;
-	n = recv(d->sock, rep, cap, MSG_TRUNC);
+	do
+		n = recv(d->sock, rep, cap, MSG_TRUNC | MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
 	if (n <= 0)
 		goto gone;
 	if ((size_t)n > cap || kvt_msg_check(rep, (size_t)n) < 0)

@@ -2,6 +2,7 @@
 /*
  * inproc.c - see inproc.h.
  */
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -149,9 +150,20 @@ int kvt_inproc_hello(int fds[KVT_HELLO_NFDS], struct kvt_msg_hello_reply *r)
 	memset(&h, 0, sizeof(h));
 	kvt_msg_init(&h.h, KVT_MSG_HELLO, sizeof(h));
 	h.lib_version = KVT_VERSION_NUMBER;
+	ssize_t n = -1;
+
 	if (send(fd, &h, sizeof(h), MSG_NOSIGNAL) != (ssize_t)sizeof(h) ||
-	    recvmsg(fd, &mh, 0) != (ssize_t)sizeof(*r) || r->res < 0 || !CMSG_FIRSTHDR(&mh))
+	    (n = recvmsg(fd, &mh, 0)) != (ssize_t)sizeof(*r) || r->res < 0 || !CMSG_FIRSTHDR(&mh)) {
+		fprintf(stderr, "fuzz: handshake: reply %zd bytes, res %d (%s), errno %d\n", n,
+			n >= (ssize_t)sizeof(struct kvt_msg_result)
+			    ? ((struct kvt_msg_result *)(void *)r)->res
+			    : 0,
+			kvt_strerror(n >= (ssize_t)sizeof(struct kvt_msg_result)
+					 ? ((struct kvt_msg_result *)(void *)r)->res
+					 : 0),
+			errno);
 		kvt_inproc_die("handshake failed");
+	}
 	memcpy(fds, CMSG_DATA(CMSG_FIRSTHDR(&mh)), sizeof(int) * KVT_HELLO_NFDS);
 	memset(&m, 0, sizeof(m));
 	kvt_msg_init(&m.h, KVT_MSG_LAYOUT, sizeof(m));

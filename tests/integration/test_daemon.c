@@ -19,6 +19,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1051,6 +1052,70 @@ static void test_nvme_faults(void)
 }
 
 /*
+ * An engine's signals (a profiler's SIGALRM every 100 us, no SA_RESTART) interrupt the
+ * library's socket calls: none may fail or hang because of it.
+ */
+static volatile sig_atomic_t alarms;
+static void on_alarm(int sig)
+{
+	(void)sig;
+	alarms++;
+}
+
+static void test_signals(void)
+{
+	enum { N = 64 };
+	struct kvt_layout l = small_layout();
+	size_t bb = kvt_layout_block_bytes(&l);
+	struct kvt_key keys[N];
+	uint8_t *a = malloc(bb), *b = malloc(bb);
+	struct sigaction sa = {.sa_handler = on_alarm}, old;
+	struct itimerval it = {{0, 100}, {0, 100}}, off = {{0, 0}, {0, 0}};
+	int errors = 0;
+	pid_t pid = daemon_start("16MiB", NULL);
+
+	CHECK(pid > 0);
+	make_keys(&l, 98, keys, N);
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGALRM, &sa, &old);
+	setitimer(ITIMER_REAL, &it, NULL);
+	for (int round = 0; round < 40; round++) {
+		struct kvt_client *c = connect_ok();
+		int lay;
+
+		if (!c) {
+			errors++;
+			continue;
+		}
+		lay = kvt_register_layout(c, &l);
+		errors += lay < 0;
+		for (int i = 0; i < N; i++) {
+			fill(a, bb, 9800 + (uint64_t)i);
+			int r = kvt_put(c, lay, &keys[i], a, bb);
+			errors += r < 0;
+			errors +=
+			    kvt_get(c, lay, &keys[i], b, bb) != (ssize_t)bb || memcmp(a, b, bb);
+			errors += kvt_lookup(c, lay, keys, N) < 0;
+		}
+		struct kvt_stats st;
+
+		memset(&st, 0, sizeof(st));
+		st.size = sizeof(st);
+		errors += kvt_stats(c, &st) < 0;
+		kvt_close(c);
+	}
+	setitimer(ITIMER_REAL, &off, NULL);
+	sigaction(SIGALRM, &old, NULL);
+	printf("signals: %d alarms during 40 connections x %d put/get/lookup, %d errors\n",
+	       (int)alarms, N, errors);
+	CHECK(alarms > 100);
+	CHECK_EQ(errors, 0);
+	CHECK_EQ(daemon_stop(pid), 0);
+	free(a);
+	free(b);
+}
+
+/*
  * Blocks shorter than their layout's block (the last, partial block of a prompt) spill to
  * NVMe and come back bit-exact like whole ones; a length no record geometry can describe
  * (not a multiple of 8 bytes) is dropped on eviction, counted, and never served wrong.
@@ -1615,6 +1680,7 @@ static const struct {
     {"nvme_corruption", test_nvme_corruption},
     {"nvme_faults", test_nvme_faults},
     {"nvme_prefetch", test_nvme_prefetch},
+    {"signals", test_signals},
     {"nvme_partial_blocks", test_nvme_partial_blocks},
     {"nvme_codec_threads", test_nvme_codec_threads},
     {"daemon_crash_loop", test_daemon_crash_loop},
