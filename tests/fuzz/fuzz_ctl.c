@@ -14,6 +14,7 @@
  *
  * Linked with replay_main.c it is the ctest driver that replays tests/fuzz/corpus/ctl/.
  */
+#include <errno.h>
 #include <poll.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -57,8 +58,13 @@ static int drain_replies(void)
 				    .msg_controllen = sizeof(u.b)};
 		ssize_t n;
 
-		/* The first answer may take a moment; more parts follow at once. */
-		if (poll(&p, 1, got ? 5 : 2000) <= 0)
+		/* The first answer may take a moment; more parts follow at once.  libFuzzer's
+		 * -timeout alarm may interrupt the wait: waited again. */
+		int pr;
+
+		while ((pr = poll(&p, 1, got ? 5 : 2000)) < 0 && errno == EINTR)
+			;
+		if (pr <= 0)
 			return got ? 1 : -1;
 		n = recvmsg(conn, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
 		if (n <= 0)
@@ -82,6 +88,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	static uint8_t msg[KVT_MSG_MAX];
 	struct kvt_msg_hello_reply r;
 	size_t len;
+	ssize_t sent;
 	int ans;
 
 	kvt_inproc_start();
@@ -105,7 +112,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		       len - sizeof(struct kvt_msg_hdr));
 		kvt_msg_init((struct kvt_msg_hdr *)msg, (uint16_t)(data[0] % 12), (uint32_t)len);
 	}
-	if (!len || send(conn, msg, len, MSG_NOSIGNAL) != (ssize_t)len) {
+	while ((sent = send(conn, msg, len, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+		;
+	if (!len || sent != (ssize_t)len) {
 		conn_close();
 		kvt_inproc_check();
 		return 0;

@@ -150,10 +150,15 @@ int kvt_inproc_hello(int fds[KVT_HELLO_NFDS], struct kvt_msg_hello_reply *r)
 	memset(&h, 0, sizeof(h));
 	kvt_msg_init(&h.h, KVT_MSG_HELLO, sizeof(h));
 	h.lib_version = KVT_VERSION_NUMBER;
-	ssize_t n = -1;
+	ssize_t n;
 
-	if (send(fd, &h, sizeof(h), MSG_NOSIGNAL) != (ssize_t)sizeof(h) ||
-	    (n = recvmsg(fd, &mh, 0)) != (ssize_t)sizeof(*r) || r->res < 0 || !CMSG_FIRSTHDR(&mh)) {
+	/* libFuzzer's -timeout alarm interrupts blocking calls: retried. */
+	while ((n = send(fd, &h, sizeof(h), MSG_NOSIGNAL)) < 0 && errno == EINTR)
+		;
+	if (n == (ssize_t)sizeof(h))
+		while ((n = recvmsg(fd, &mh, 0)) < 0 && errno == EINTR)
+			;
+	if (n != (ssize_t)sizeof(*r) || r->res < 0 || !CMSG_FIRSTHDR(&mh)) {
 		fprintf(stderr, "fuzz: handshake: reply %zd bytes, res %d (%s), errno %d\n", n,
 			n >= (ssize_t)sizeof(struct kvt_msg_result)
 			    ? ((struct kvt_msg_result *)(void *)r)->res
@@ -168,8 +173,12 @@ int kvt_inproc_hello(int fds[KVT_HELLO_NFDS], struct kvt_msg_hello_reply *r)
 	memset(&m, 0, sizeof(m));
 	kvt_msg_init(&m.h, KVT_MSG_LAYOUT, sizeof(m));
 	memcpy(&m.layout, &l, sizeof(l));
-	if (send(fd, &m, sizeof(m), MSG_NOSIGNAL) != (ssize_t)sizeof(m) ||
-	    recv(fd, res, sizeof(res), 0) <= 0)
+	while ((n = send(fd, &m, sizeof(m), MSG_NOSIGNAL)) < 0 && errno == EINTR)
+		;
+	if (n == (ssize_t)sizeof(m))
+		while ((n = recv(fd, res, sizeof(res), 0)) < 0 && errno == EINTR)
+			;
+	if (n <= 0)
 		kvt_inproc_die("layout registration failed");
 	return fd;
 }
