@@ -344,6 +344,22 @@ static uint32_t find_ready(struct kvtd *d, struct client *c, const struct kvt_sq
 	return i;
 }
 
+/* The accounting of a lease of block i granted to c, whichever tier serves it. */
+static void lease_granted(struct kvtd *d, struct client *c, uint32_t i)
+{
+	struct kvtd_blk *b = kvtd_blk(&d->ix, i);
+
+	b->leases++;
+	b->hits++;
+	b->atime = kvtd_now_ms();
+	kvtd_blk_lru_update(d, i);
+	c->n_leases++;
+	c->hits++;
+	d->m.leases++;
+	d->m.hits_total++;
+	d->m.get_bytes_total += b->len;
+}
+
 /* Leases block i (on the host) to c and fills the completion. */
 static void do_lease(struct kvtd *d, struct client *c, uint32_t i, struct kvt_cqe *q)
 {
@@ -356,15 +372,7 @@ static void do_lease(struct kvtd *d, struct client *c, uint32_t i, struct kvt_cq
 		return;
 	}
 	kvtd_prefetch_used(d, i);
-	b->leases++;
-	b->hits++;
-	b->atime = kvtd_now_ms();
-	kvtd_blk_lru_update(d, i);
-	c->n_leases++;
-	c->hits++;
-	d->m.leases++;
-	d->m.hits_total++;
-	d->m.get_bytes_total += b->len;
+	lease_granted(d, c, i);
 	d->tier[KVTD_TIER_HOST].bytes_read += b->len;
 	q->off = b->off;
 	q->handle = handle;
@@ -1649,15 +1657,7 @@ static void gpu_lease(struct kvtd *d, struct client *c, uint64_t fp, const struc
 		r->res = ret;
 		return;
 	}
-	b->leases++;
-	b->hits++;
-	b->atime = kvtd_now_ms();
-	kvtd_blk_lru_update(d, i);
-	c->n_leases++;
-	c->hits++;
-	d->m.leases++;
-	d->m.hits_total++;
-	d->m.get_bytes_total += b->len;
+	lease_granted(d, c, i);
 	r->off = (uint64_t)off;
 	r->handle = handle;
 	r->res = (int32_t)b->len;
