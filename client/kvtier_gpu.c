@@ -846,6 +846,32 @@ static int host_path(struct kvt_dev *d, int hid, const struct kvt_gpu_paged_layo
 	return first_err;
 }
 
+/*
+ * What put and get start with: checks the arguments, then takes d's lock and readies its
+ * per-block state for n blocks.  Returns 1 with the lock held, 0 when there is nothing to do,
+ * or -errno (lock not held).
+ */
+static int op_begin(struct kvt_dev *d, int layout, const struct kvt_dev_pages *p,
+		    const struct kvt_key *keys, const uint32_t *ids, size_t n,
+		    struct kvt_gpu_paged_layout *pl, uint32_t *bb)
+{
+	int ret = check_args(d, layout, p, keys, ids, n, pl, bb);
+
+	if (ret < 0 || !n)
+		return ret;
+	if (n > INT32_MAX)
+		return -EINVAL;
+	pthread_mutex_lock(&d->lock);
+	ret = grow(d, n, pl);
+	if (ret < 0) {
+		pthread_mutex_unlock(&d->lock);
+		return ret;
+	}
+	for (size_t k = 0; k < n; k++)
+		d->blk[k].where = B_NONE;
+	return 1;
+}
+
 KVT_API int kvt_dev_put(struct kvt_dev *d, int layout, const struct kvt_dev_pages *p,
 			const struct kvt_key *keys, const uint32_t *ids, size_t n, unsigned flags,
 			void *stream)
@@ -855,20 +881,10 @@ KVT_API int kvt_dev_put(struct kvt_dev *d, int layout, const struct kvt_dev_page
 	uint32_t bb;
 	int ret;
 
-	ret = check_args(d, layout, p, keys, ids, n, &pl, &bb);
-	if (ret < 0)
+	ret = op_begin(d, layout, p, keys, ids, n, &pl, &bb);
+	if (ret <= 0)
 		return ret;
-	if (!n)
-		return 0;
-	if (n > INT32_MAX)
-		return -EINVAL;
 	stream = stream ? stream : d->own_stream;
-	pthread_mutex_lock(&d->lock);
-	ret = grow(d, n, &pl);
-	if (ret < 0)
-		goto out;
-	for (size_t k = 0; k < n; k++)
-		d->blk[k].where = B_NONE;
 	if (!((flags | d->flags) & KVT_DEV_HOST_ONLY))
 		put_gpu(d, &d->layouts[layout], &pl, keys, ids, n, bb, stream);
 	nh = n;
@@ -877,7 +893,6 @@ KVT_API int kvt_dev_put(struct kvt_dev *d, int layout, const struct kvt_dev_page
 		done++;
 	if (done || !ret)
 		ret = (int)done;
-out:
 	pthread_mutex_unlock(&d->lock);
 	return ret;
 }
@@ -896,20 +911,10 @@ KVT_API int kvt_dev_get(struct kvt_dev *d, int layout, const struct kvt_dev_page
 	uint32_t bb;
 	int ret, gerr = 0;
 
-	ret = check_args(d, layout, p, keys, ids, n, &pl, &bb);
-	if (ret < 0)
+	ret = op_begin(d, layout, p, keys, ids, n, &pl, &bb);
+	if (ret <= 0)
 		return ret;
-	if (!n)
-		return 0;
-	if (n > INT32_MAX)
-		return -EINVAL;
 	stream = stream ? stream : d->own_stream;
-	pthread_mutex_lock(&d->lock);
-	ret = grow(d, n, &pl);
-	if (ret < 0)
-		goto out;
-	for (size_t k = 0; k < n; k++)
-		d->blk[k].where = B_NONE;
 	gpu = !((flags | d->flags) & KVT_DEV_HOST_ONLY);
 	if (gpu)
 		ensure_attached(d);
@@ -997,7 +1002,6 @@ KVT_API int kvt_dev_get(struct kvt_dev *d, int layout, const struct kvt_dev_page
 		ret = gerr;
 	else if (hits || !ret || ret == -ENOENT)
 		ret = (int)hits;
-out:
 	pthread_mutex_unlock(&d->lock);
 	return ret;
 }
