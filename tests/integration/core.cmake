@@ -1,6 +1,7 @@
 # Integration tests of the foundation: a real kvtierd driven through libkvtier, raw
 # sockets, hand-mapped rings and kvtierctl.
-add_executable(test_daemon ${PROJECT_SOURCE_DIR}/tests/integration/test_daemon.c)
+add_executable(test_daemon ${PROJECT_SOURCE_DIR}/tests/integration/test_daemon.c
+	${PROJECT_SOURCE_DIR}/tests/integration/harness.c)
 target_link_libraries(test_daemon PRIVATE kvtier kvt_proto)
 target_compile_definitions(test_daemon PRIVATE _GNU_SOURCE)
 kvt_add_test(integration_daemon

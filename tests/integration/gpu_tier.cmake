@@ -1,7 +1,8 @@
 # The GPU tier through a real kvtierd: gpu_tier_nogpu runs anywhere (config keys, the daemon
 # without a GPU, -ENODEV); gpu_tier needs a GPU and exits 77 (skipped) without one.
 if(TARGET kvtier AND TARGET kvt_gpu AND TARGET kvtierd)
-	add_executable(gpu_tier_test ${PROJECT_SOURCE_DIR}/tests/integration/gpu_tier_test.c)
+	add_executable(gpu_tier_test ${PROJECT_SOURCE_DIR}/tests/integration/gpu_tier_test.c
+		${PROJECT_SOURCE_DIR}/tests/integration/harness.c)
 	target_link_libraries(gpu_tier_test PRIVATE kvtier kvt_proto kvt_gpu m)
 	target_compile_definitions(gpu_tier_test PRIVATE _GNU_SOURCE)
 	kvt_add_test(gpu_tier_nogpu

@@ -23,6 +23,7 @@
 
 #include "kvt_gpu.h"
 #include "kvt_proto.h"
+#include "harness.h"
 #include "kvtier.h"
 
 static const char *kvtierd, *kvtierctl;
@@ -120,35 +121,13 @@ static struct kvt_client *connect_ok(void)
 /* Runs a command line and returns its output (malloc'd); *rc gets its exit status. */
 static char *run(int *rc, const char *fmt, ...)
 {
-	char cmd[1024], *out = NULL;
-	size_t len = 0;
+	char cmd[1024];
 	va_list ap;
-	FILE *p, *m;
-	int c, st;
 
 	va_start(ap, fmt);
 	vsnprintf(cmd, sizeof(cmd), fmt, ap);
 	va_end(ap);
-	p = popen(cmd, "r");
-	if (!p)
-		return NULL;
-	m = open_memstream(&out, &len);
-	while ((c = fgetc(p)) != EOF)
-		fputc(c, m);
-	fclose(m);
-	st = pclose(p);
-	*rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-	return out;
-}
-
-static long long json_num(const char *js, const char *name)
-{
-	char pat[128];
-	const char *p;
-
-	snprintf(pat, sizeof(pat), "\"%s\":", name);
-	p = js ? strstr(js, pat) : NULL;
-	return p ? atoll(p + strlen(pat)) : -1;
+	return kvt_test_run(rc, cmd);
 }
 
 /* A number of the GPU tier's row of `kvtierctl --json tiers` (-1: none). */
@@ -157,7 +136,7 @@ static long long gpu_num(const char *name)
 	int rc;
 	char *js = run(&rc, "%s --socket %s --json tiers", kvtierctl, sock);
 	const char *g = js ? strstr(js, "\"name\":\"gpu\"") : NULL;
-	long long v = g ? json_num(g, name) : -1;
+	long long v = g ? kvt_test_json_num(g, name) : -1;
 
 	free(js);
 	return v;
@@ -168,7 +147,7 @@ static long long status_num(const char *name)
 	int rc;
 	char *js = run(&rc, "%s --socket %s --json status", kvtierctl, sock);
 	const char *m = js ? strstr(js, "\"metrics\"") : NULL;
-	long long v = m ? json_num(m, name) : -1;
+	long long v = m ? kvt_test_json_num(m, name) : -1;
 
 	free(js);
 	return v;

@@ -27,6 +27,7 @@
 
 #include "kvt_proto.h"
 #include "kvt_ring.h"
+#include "harness.h"
 #include "kvtier.h"
 
 static const char *kvtierd, *kvtierctl;
@@ -164,44 +165,21 @@ static void make_keys(const struct kvt_layout *l, uint32_t salt, struct kvt_key 
 /* Runs kvtierctl and returns its stdout (malloc'd) or NULL; *rc gets its exit status. */
 static char *ctl(int *rc, const char *fmt, ...)
 {
-	char cmd[1024], *out = NULL;
-	size_t len = 0;
+	char cmd[1024];
 	va_list ap;
-	FILE *p, *m;
-	int c, st;
+	int n = snprintf(cmd, sizeof(cmd), "%s --socket %s ", kvtierctl, sock);
 
 	va_start(ap, fmt);
-	int n = snprintf(cmd, sizeof(cmd), "%s --socket %s ", kvtierctl, sock);
 	vsnprintf(cmd + n, sizeof(cmd) - (size_t)n, fmt, ap);
 	va_end(ap);
-	p = popen(cmd, "r");
-	if (!p)
-		return NULL;
-	m = open_memstream(&out, &len);
-	while ((c = fgetc(p)) != EOF)
-		fputc(c, m);
-	fclose(m);
-	st = pclose(p);
-	*rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-	return out;
-}
-
-/* The value of "name":N in JSON text, or -1. */
-static long long json_num(const char *js, const char *name)
-{
-	char pat[128];
-	const char *p;
-
-	snprintf(pat, sizeof(pat), "\"%s\":", name);
-	p = js ? strstr(js, pat) : NULL;
-	return p ? atoll(p + strlen(pat)) : -1;
+	return kvt_test_run(rc, cmd);
 }
 
 static long long status_metric(const char *name)
 {
 	int rc;
 	char *js = ctl(&rc, "--json status");
-	long long v = rc == 0 ? json_num(js, name) : -2;
+	long long v = rc == 0 ? kvt_test_json_num(js, name) : -2;
 
 	free(js);
 	return v;
@@ -755,9 +733,9 @@ static void test_kvtierctl(void)
 	out = ctl(&rc, "--json status");
 	CHECK_EQ(rc, 0);
 	CHECK(strstr(out, "\"name\":\"host\"") && strstr(out, "\"capacity_bytes\":33554432"));
-	CHECK_EQ(json_num(out, "blocks"), 3);
-	CHECK_EQ(json_num(out, "used_bytes"), 3 * bb);
-	CHECK(json_num(out, "hits") >= 1 && json_num(out, "misses") == 0);
+	CHECK_EQ(kvt_test_json_num(out, "blocks"), 3);
+	CHECK_EQ(kvt_test_json_num(out, "used_bytes"), 3 * bb);
+	CHECK(kvt_test_json_num(out, "hits") >= 1 && kvt_test_json_num(out, "misses") == 0);
 	CHECK(strstr(out, "\"codec\":\"raw\""));
 	free(out);
 	out = ctl(&rc, "status");
@@ -1008,7 +986,7 @@ static void test_nvme_corruption(void)
 	int served = check_all(c, lay, keys, N, bb, 7000, &wrong);
 	CHECK_EQ(wrong, 0);
 	char *out = ctl(&rc, "--json tiers");
-	long long corrupt = json_num(out, "corrupt_records");
+	long long corrupt = kvt_test_json_num(out, "corrupt_records");
 	free(out);
 	printf("corruption: %d of %d blocks served intact, %lld records caught as corrupt\n",
 	       served, N, corrupt);

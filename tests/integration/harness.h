@@ -1,0 +1,15 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * harness.h - small helpers shared by the integration tests that drive a real kvtierd.
+ */
+#ifndef KVT_TEST_HARNESS_H
+#define KVT_TEST_HARNESS_H
+
+/* Runs a shell command line; returns its stdout (malloc'd) or NULL; *rc gets its exit status
+ * (-1 when it did not exit normally). */
+char *kvt_test_run(int *rc, const char *cmd);
+
+/* The value of "name":N in JSON text (the first one), or -1. */
+long long kvt_test_json_num(const char *js, const char *name);
+
+#endif
