@@ -147,6 +147,8 @@ int kvt_chain_parse(const char *spec, struct kvt_chain **out)
 			c->flags = (c->flags & ~KVT_CODEC_LOSSLESS) | KVT_CODEC_LOSSY;
 		if (c->st[i].ops->flags & KVT_CODEC_KV)
 			c->flags |= KVT_CODEC_KV;
+		if (c->st[i].needs_dict)
+			c->flags |= KVT_CODEC_DICT;
 	}
 	c->id = strcmp(c->name, "raw") ? fnv1a(c->name) : 0;
 	if (!c->id && strcmp(c->name, "raw"))
@@ -180,6 +182,37 @@ uint32_t kvt_chain_id(const struct kvt_chain *c)
 unsigned kvt_chain_flags(const struct kvt_chain *c)
 {
 	return c->flags;
+}
+
+int kvt_chain_set_dict(struct kvt_chain *c, const struct kvt_dict *d)
+{
+	if (!c || c->magic != CHAIN_MAGIC || !(c->flags & KVT_CODEC_DICT))
+		return -EINVAL;
+	for (unsigned i = 0; i < c->nst; i++)
+		c->st[i].dict = d;
+	/* records of one dictionary are another chain's to every other dictionary */
+	c->id = fnv1a(c->name);
+	if (d) {
+		uint64_t k = kvt_dict_id(d);
+		for (int b = 0; b < 8; b++)
+			c->id = (c->id ^ (uint8_t)(k >> (8 * b))) * 16777619u;
+	}
+	if (!c->id)
+		c->id = 1;
+	return 0;
+}
+
+int kvt_chain_usable(const struct kvt_chain *c, const struct kvt_codec_geom *g)
+{
+	int rc;
+	if (!c || c->magic != CHAIN_MAGIC)
+		return -EINVAL;
+	if ((c->flags & KVT_CODEC_KV) && kvt_geom_check(g))
+		return -EINVAL;
+	for (unsigned i = 0; i < c->nst; i++)
+		if (c->st[i].ops->usable && (rc = c->st[i].ops->usable(&c->st[i], g)))
+			return rc;
+	return 0;
 }
 
 /* bound[i] = largest input of stage i (bound[0] = raw), bound[nst] = largest payload. */
@@ -329,7 +362,7 @@ ssize_t kvt_chain_decode(const struct kvt_chain *c, const void *src, size_t n, v
 		size_t ocap = i ? bound[i] : raw;
 		len = c->st[i].ops->decode(&c->st[i], &g, in, (size_t)len, o, ocap);
 		if (len < 0) {
-			rc = len == -ENOMEM ? len : -EBADMSG;
+			rc = len == -ENOMEM || len == -ENOKEY ? len : -EBADMSG;
 			goto out;
 		}
 		in = o;

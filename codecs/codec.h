@@ -58,18 +58,23 @@ size_t kvt_geom_block_bytes(const struct kvt_codec_geom *g);
 /* 0 if g is usable by KV codecs (sizes in range, head_dim even, dtype fp16/bf16), else -EINVAL. */
 int kvt_geom_check(const struct kvt_codec_geom *g);
 
-#define KVT_CODEC_LOSSLESS 0x1u /* decode(encode(x)) == x bit for bit */
-#define KVT_CODEC_LOSSY	   0x2u /* bounded error, documented per codec in CODECS.md */
-#define KVT_CODEC_KV	   0x4u /* reads a KV block and needs its geometry (first stage only) */
-#define KVT_CODEC_FUSE	   0x8u /* a following "rans" stage entropy-codes this stage's symbols */
+#define KVT_CODEC_LOSSLESS 0x1u	 /* decode(encode(x)) == x bit for bit */
+#define KVT_CODEC_LOSSY	   0x2u	 /* bounded error, documented per codec in CODECS.md */
+#define KVT_CODEC_KV	   0x4u	 /* reads a KV block and needs its geometry (first stage only) */
+#define KVT_CODEC_FUSE	   0x8u	 /* a following "rans" stage entropy-codes this stage's symbols */
+#define KVT_CODEC_DICT	   0x10u /* kvt_chain_flags(): the chain needs a dictionary */
 
-#define KVT_CODEC_MAX_ARGS 16
+#define KVT_CODEC_MAX_ARGS 24
+
+struct kvt_dict;
 
 /* One stage of a chain: its codec and the parsed arguments. */
 struct kvt_stage {
 	const struct kvt_codec_ops *ops;
 	double arg[KVT_CODEC_MAX_ARGS]; /* codec-defined; filled by ops->parse */
 	int entropy;			/* a following "rans" stage was fused into this one */
+	int needs_dict;			/* set by ops->parse when the arguments ask for one */
+	const struct kvt_dict *dict;	/* kvt_chain_set_dict() */
 };
 
 /*
@@ -95,6 +100,9 @@ struct kvt_codec_ops {
 			  const uint8_t *src, size_t n, uint8_t *dst, size_t cap);
 	ssize_t (*decode)(const struct kvt_stage *st, const struct kvt_codec_geom *g,
 			  const uint8_t *src, size_t n, uint8_t *dst, size_t cap);
+	/* optional: 0 if blocks of geometry g can be encoded (e.g. the attached dictionary
+	 * fits them), else -errno */
+	int (*usable)(const struct kvt_stage *st, const struct kvt_codec_geom *g);
 };
 
 /* The registered codecs, NULL-terminated; and lookup by name (NULL if unknown). */
@@ -118,8 +126,9 @@ void kvt_chain_free(struct kvt_chain *c); /* NULL is a no-op */
 /* Canonical spec (the one the id is computed from); valid until kvt_chain_free(). */
 const char *kvt_chain_name(const struct kvt_chain *c);
 /*
- * Stable 32-bit id of the chain: FNV-1a of the canonical name, never 0 except for "raw",
- * whose id is 0 (the record format's "raw").  Stored in every record the chain makes.
+ * Stable 32-bit id of the chain: FNV-1a of the canonical name (mixed with the attached
+ * dictionary's id, if any), never 0 except for "raw", whose id is 0 (the record format's
+ * "raw").  Stored in every record the chain makes.
  */
 uint32_t kvt_chain_id(const struct kvt_chain *c);
 /* KVT_CODEC_LOSSLESS if every stage is lossless, else KVT_CODEC_LOSSY; | KVT_CODEC_KV if the
@@ -139,11 +148,51 @@ ssize_t kvt_chain_encode(const struct kvt_chain *c, const struct kvt_codec_geom 
 
 /*
  * Decodes a record made by this chain into dst (cap bytes).  Returns the block length, or
- * -EBADMSG (corrupt, truncated, or made by another chain: the chain id must match), -ENOSPC
- * (cap smaller than the block), -ENOMEM.  If g is not NULL it receives the record's geometry.
+ * -EBADMSG (corrupt, truncated, or made by another chain: the chain id must match), -ENOKEY
+ * (made with a dictionary that is not attached), -ENOSPC (cap smaller than the block),
+ * -ENOMEM.  If g is not NULL it receives the record's geometry.
  */
 ssize_t kvt_chain_decode(const struct kvt_chain *c, const void *src, size_t n, void *dst,
 			 size_t cap, struct kvt_codec_geom *g);
+
+/*
+ * Dictionaries (codecs/dict.c): per (layer, K or V, kv head) of one model an orthonormal basis
+ * of the head space, calibrated once on real KV, which "uq:kb=1" codes coordinates in.  A
+ * chain whose flags have KVT_CODEC_DICT encodes only with one attached; each record names the
+ * dictionary's id, and decoding it without that dictionary fails with -ENOKEY.
+ */
+int kvt_dict_parse(const void *buf, size_t n, struct kvt_dict **out); /* 0, -EBADMSG, -ENOMEM */
+int kvt_dict_load(const char *path, struct kvt_dict **out);	      /* ... or -errno of I/O */
+void kvt_dict_free(struct kvt_dict *d);				      /* NULL is a no-op */
+uint64_t kvt_dict_id(const struct kvt_dict *d);			      /* XXH64 of its file */
+size_t kvt_dict_bytes(const struct kvt_dict *d);		      /* size of its file */
+/* 0 if d serves blocks of geometry g with keys in the RoPE frame theta; -EINVAL if not, -ENOKEY
+ * if d is NULL. */
+int kvt_dict_fits(const struct kvt_dict *d, const struct kvt_codec_geom *g, double rope_theta);
+/*
+ * Attaches d (NULL detaches) to every stage of c; d must outlive c's use.  Call it before c is
+ * shared between threads.  Returns 0, or -EINVAL if c needs no dictionary.
+ */
+int kvt_chain_set_dict(struct kvt_chain *c, const struct kvt_dict *d);
+/* 0 if c can encode blocks of geometry g (kvt_geom_check, and every stage's own conditions,
+ * such as a dictionary that fits g), else -EINVAL or -ENOKEY (no dictionary attached). */
+int kvt_chain_usable(const struct kvt_chain *c, const struct kvt_codec_geom *g);
+/* The geometry a dictionary was calibrated on (block_tokens: the calibration's; first_token 0)
+ * and the RoPE base of its key frame. */
+void kvt_dict_geom(const struct kvt_dict *d, struct kvt_codec_geom *g, double *rope_theta);
+
+/*
+ * Calibration: blocks of one geometry in, a dictionary file out (kvt_dict_parse() reads it).
+ * rope_theta: the RoPE base of the keys (0 if they carry none); it must equal the chain's.
+ * finish() may be called once; the trainer is freed with kvt_dict_trainer_free().
+ */
+struct kvt_dict_trainer;
+int kvt_dict_trainer_new(const struct kvt_codec_geom *g, double rope_theta,
+			 struct kvt_dict_trainer **out);
+int kvt_dict_trainer_add(struct kvt_dict_trainer *t, const struct kvt_codec_geom *g,
+			 const void *block, size_t n);
+int kvt_dict_trainer_finish(struct kvt_dict_trainer *t, void **out, size_t *out_len);
+void kvt_dict_trainer_free(struct kvt_dict_trainer *t);
 
 /* Reads a record's header without decoding: chain id, geometry and raw length. 0 or -EBADMSG. */
 int kvt_chain_peek(const void *src, size_t n, uint32_t *chain_id, struct kvt_codec_geom *g,

@@ -170,6 +170,12 @@ void kvt_hadamard(float *x, uint32_t n);
  */
 void kvt_rope(float *x, uint32_t d, double pos, double theta, int sign);
 
+/* Basis of one slab of a dictionary, [d][j] (column j: direction j), or its transpose. */
+const float *kvt_dict_basis(const struct kvt_dict *d, size_t slab, int transpose);
+/* Eigenvectors (columns of v) and eigenvalues w, decreasing, of the symmetric a[n][n] (upper
+ * triangle read; a is destroyed): Jacobi rotations, in dict.c. */
+void kvt_dict_eigen(double *a, uint32_t n, double *v, double *w);
+
 /* 16-bit SimHash of x[D]: signs of 16 fixed pseudo-random ±1 projections (codec_lsh.c). */
 uint16_t kvt_simhash16(const float *x, uint32_t D);
 

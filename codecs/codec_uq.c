@@ -24,9 +24,18 @@
  * quantizers chosen by a four-state machine on the indices' parity, the indices of a row
  * picked by a Viterbi search on distortion + LAMBDA x rate (see dq_search()).
  * kl, vl: depth profiles of the key and value steps, in octaves (see layer_tilt()).
+ * cx=1: each symbol's table also follows its channel's magnitude in the rows before it (see
+ * ctx_row()); no side information.
+ * kb=1: after step 1, every row goes to the coordinates of the chain's dictionary (dict.c:
+ * per layer, K or V and kv head, an orthonormal basis calibrated on the model's KV), where a
+ * few coordinates carry most of the energy; steps 2-6 run there, qw is off (its pairs are
+ * RoPE pairs) and cx is what adapts the tables to the coordinates.  The stream starts with the
+ * dictionary's id; the decoder answers -ENOKEY without that dictionary.
  * Error bound: |x - x^| <= step/2 per element in the coded frame (no clipping; with qw, the
  * channel's own step, at most 2^3.5 slab steps; with dq, one step), before the fp16 rounding
- * of the output; the inverse RoPE rotation keeps the pairwise L2 norm.
+ * of the output; the inverse RoPE rotation keeps the pairwise L2 norm, and kb's orthonormal
+ * basis each token's L2 norm (so with kb the bound holds for the token's L2 error, times
+ * sqrt(head_dim)).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -43,21 +52,35 @@ enum {
 	A_CN,
 	A_QW,
 	A_DQ,
+	A_CX,
+	A_KB,
 	A_KL,
 	A_VL = A_KL + KVT_ARG_LIST_LEN,
 	A_N = A_VL + KVT_ARG_LIST_LEN
 };
 
 static const struct kvt_argdef uq_args[A_N] = {
-    {"k", 0.18, 1e-4, 16, 0},	    {"v", 0.058, 1e-4, 16, 0},
-    {"rope", 10000, 0, 1e9, 0},	    {"sink", 0, 0, 1e9, 1},
-    {"lsh", 16, 0, 16, 1},	    {"cn", 0, 0, 1, 1},
-    {"qw", 0.6, 0, 2, 0},	    {"dq", 0, 0, 8, 0},
-    {"kl", 0, -4, 4, KVT_ARG_LIST}, {NULL, 0, -4, 4, KVT_ARG_LIST},
-    {NULL, 0, -4, 4, KVT_ARG_LIST}, {NULL, 0, -4, 4, KVT_ARG_LIST},
-    {"vl", 0, -4, 4, KVT_ARG_LIST}, {NULL, 0, -4, 4, KVT_ARG_LIST},
-    {NULL, 0, -4, 4, KVT_ARG_LIST}, {NULL, 0, -4, 4, KVT_ARG_LIST},
+    {"k", 0.18, 1e-4, 16, 0},
+    {"v", 0.058, 1e-4, 16, 0},
+    {"rope", 10000, 0, 1e9, 0},
+    {"sink", 0, 0, 1e9, 1},
+    {"lsh", 16, 0, 16, 1},
+    {"cn", 0, 0, 1, 1},
+    {"qw", 0.6, 0, 2, 0},
+    {"dq", 0, 0, 8, 0},
+    {"cx", 0, 0, 1, 1},
+    {"kb", 0, 0, 1, 1},
+    {"kl", 0, -4, 4, KVT_ARG_LIST},
+    {NULL, 0, -4, 4, KVT_ARG_LIST},
+    {NULL, 0, -4, 4, KVT_ARG_LIST},
+    {NULL, 0, -4, 4, KVT_ARG_LIST},
+    {"vl", 0, -4, 4, KVT_ARG_LIST},
+    {NULL, 0, -4, 4, KVT_ARG_LIST},
+    {NULL, 0, -4, 4, KVT_ARG_LIST},
+    {NULL, 0, -4, 4, KVT_ARG_LIST},
 };
+
+_Static_assert(A_N <= KVT_CODEC_MAX_ARGS, "uq's arguments do not fit a stage");
 
 /*
  * Step multiplier (log2) of a layer from a depth profile (kl, vl): the list's points sit at
@@ -79,7 +102,9 @@ static double layer_tilt(const double *prof, uint32_t layer, uint32_t n_layers)
 
 static int uq_parse(struct kvt_stage *st, const char *a)
 {
-	return kvt_args_parse(st, uq_args, A_N, a);
+	int rc = kvt_args_parse(st, uq_args, A_N, a);
+	st->needs_dict = !rc && st->arg[A_KB] > 0;
+	return rc;
 }
 
 static int uq_canon(const struct kvt_stage *st, char *b, size_t l)
@@ -98,7 +123,7 @@ static size_t uq_bound(const struct kvt_stage *st, const struct kvt_codec_geom *
 	 * symbol), lengths, stream */
 	size_t per =
 	    slab * 2 + 4 + 8 + 2 * ((T + 7) / 8) + packed_len(T, 13) + ms * 6 + 8 + rans_bound(ms);
-	return geom_nslabs(g) * per;
+	return geom_nslabs(g) * per + 8; /* + the dictionary's id */
 }
 
 struct uq_work {
@@ -118,6 +143,9 @@ struct uq_work {
 	uint8_t lvd[1024]; /* step level of each channel */
 	int32_t *bpk;	   /* trellis back pointers: index and state, [channel][state] */
 	uint8_t *bps;
+	uint8_t *cx;   /* cx: category of each symbol of the slab (chan_ctx()) */
+	uint32_t *acc; /* cx: each channel's sum of |index| over the rows so far */
+	float *tr;     /* kb: one row of scratch */
 };
 
 static void uq_free(struct uq_work *w)
@@ -145,6 +173,9 @@ static void uq_free(struct uq_work *w)
 	free(w->pairs);
 	free(w->bpk);
 	free(w->bps);
+	free(w->cx);
+	free(w->acc);
+	free(w->tr);
 	free(w);
 }
 
@@ -183,9 +214,12 @@ static struct uq_work *uq_alloc(const struct kvt_codec_geom *g)
 	w->pairs = malloc((32 * RANS_PNSYM + w->D) * sizeof(uint16_t));
 	w->bpk = malloc(4 * w->D * sizeof(int32_t));
 	w->bps = malloc(4 * w->D);
+	w->cx = malloc(slab);
+	w->acc = malloc(w->D * sizeof(uint32_t));
+	w->tr = malloc(w->D * sizeof(float));
 	if (!w->x || !w->xh || !w->mu || !w->sc || !w->q || !w->mq || !w->stp || !w->qwi ||
 	    !w->sym || !w->ref || !w->hash || !w->ti || !w->hist || !w->esc || !w->ra || !w->rows ||
-	    !w->zs || !w->cat || !w->bpk || !w->bps || !w->pairs) {
+	    !w->zs || !w->cat || !w->bpk || !w->bps || !w->pairs || !w->cx || !w->acc || !w->tr) {
 		uq_free(w);
 		return NULL;
 	}
@@ -218,6 +252,25 @@ static void rope_rows(struct uq_work *w, float *x, uint32_t t0, uint32_t t1, flo
 			r[i] = a * c[i] - b * sn;
 			r[i + h] = b * c[i] + a * sn;
 		}
+	}
+}
+
+/*
+ * kb: rows t0..t1-1 of x times m[D][D] (x <- x m).  With m a dictionary basis the rows go to
+ * its coordinates, with the transpose back; the inner loop runs along a row of m, which the
+ * compiler vectorises.
+ */
+static void xform_rows(float *x, uint32_t t0, uint32_t t1, uint32_t D, const float *m, float *tmp)
+{
+	for (uint32_t t = t0; t < t1; t++) {
+		float *r = x + (size_t)t * D;
+		memset(tmp, 0, D * sizeof(float));
+		for (uint32_t k = 0; k < D; k++) {
+			const float a = r[k], *mk = m + (size_t)k * D;
+			for (uint32_t j = 0; j < D; j++)
+				tmp[j] += a * mk[j];
+		}
+		memcpy(r, tmp, D * sizeof(float));
 	}
 }
 
@@ -264,6 +317,59 @@ static uint16_t row_hash(const struct uq_work *w, const float *x, float *tmp)
 	for (uint32_t d = 0; d < w->D; d++)
 		tmp[d] = x[d] - w->mu[d];
 	return kvt_simhash16(tmp, w->D);
+}
+
+/*
+ * cx: channels of one slab differ in scale (values above all, which get no per-channel step),
+ * and a row's table fits only their average.  Each symbol's category is its channel's mean
+ * |index| over the slab's rows before it against the mean of all channels, in half octaves
+ * (8: as the others; also for the first row), the rows as decoded, so no side information.
+ * Integers only, so that encoder and decoder agree on every machine.
+ */
+#define CX_CAP 63u /* |index| counted at most */
+
+static void ctx_row(const uint32_t *acc, uint32_t n, uint32_t D, uint8_t *out)
+{
+	/* boundaries between categories c and c + 1: 2^((c - 7.5) / 2) in 16.16 fixed point */
+	static const uint32_t thr[15] = {4871,	 6889,	 9742,	 13777,	 19484,
+					 27554,	 38968,	 55109,	 77936,	 110218,
+					 155872, 220436, 311744, 440872, 623487};
+	uint64_t tot = 0;
+
+	if (!n) {
+		memset(out, 8, D);
+		return;
+	}
+	for (uint32_t d = 0; d < D; d++)
+		tot += acc[d];
+	/* (mean |index| + 1/4) against the all-channel one: the quarter keeps silent channels
+	 * from looking infinitely quiet */
+	uint64_t b = 4 * tot + (uint64_t)n * D;
+	for (uint32_t d = 0; d < D; d++) {
+		uint64_t a = (4 * (uint64_t)acc[d] + n) * D, x = (a << 16) / b;
+		uint8_t c = 0;
+		while (c < 15 && x >= thr[c])
+			c++;
+		out[d] = c;
+	}
+}
+
+static inline void ctx_add(uint32_t *acc, const int32_t *q, uint32_t D)
+{
+	for (uint32_t d = 0; d < D; d++) {
+		uint32_t a = q[d] < 0 ? -(uint32_t)q[d] : (uint32_t)q[d];
+		acc[d] += a < CX_CAP ? a : CX_CAP;
+	}
+}
+
+/* cx categories of every row from nsink on, as the decoder will find them. */
+static void ctx_all(struct uq_work *w, uint32_t nsink)
+{
+	memset(w->acc, 0, w->D * sizeof(uint32_t));
+	for (uint32_t t = nsink; t < w->T; t++) {
+		ctx_row(w->acc, t - nsink, w->D, w->cx + (size_t)t * w->D);
+		ctx_add(w->acc, w->q + (size_t)t * w->D, w->D);
+	}
 }
 
 /* Row table a shifted by b scales within its family (the channel's step level's offset). */
@@ -352,8 +458,8 @@ static void fit_offsets(struct uq_work *w, uint32_t nr, int8_t *off, int qw)
 				for (int c = 0; c < 32; c++) {
 					uint64_t best = UINT64_MAX;
 					off[c] = 0;
-					/* without qw the levels' offsets are not sent: they stay 0
-					 */
+					/* without qw or cx the levels' offsets are not sent:
+					 * they stay 0 */
 					for (int o = -8; o <= 7 && used[c] && (qw || c >= 16); o++)
 						if (cost[c][o + 8] < best) {
 							best = cost[c][o + 8];
@@ -391,11 +497,12 @@ static void recon_row_dq(float *xh, const float *pred, const int32_t *k, const f
 }
 
 /* Symbol categories of a coded row: the channel's step level, + 16 where Q1 coded it. */
-static void row_cats(const struct uq_work *w, const int32_t *k, uint8_t *ct, int dq)
+static void row_cats(const struct uq_work *w, const uint8_t *lv, const int32_t *k, uint8_t *ct,
+		     int dq)
 {
 	unsigned s = 0;
 	for (uint32_t d = 0; d < w->D; d++) {
-		ct[d] = (uint8_t)(w->lvd[d] + (dq ? 16 * (s >> 1) : 0));
+		ct[d] = (uint8_t)(lv[d] + (dq ? 16 * (s >> 1) : 0));
 		if (dq)
 			s = dq_next[s][k[d] & 1];
 	}
@@ -406,8 +513,8 @@ static void row_cats(const struct uq_work *w, const int32_t *k, uint8_t *ct, int
  * category c under the row's table.  Candidates: the two nearest levels of the state's
  * quantizer, and zero when it is within one step, so |u - level| <= 2 always.
  */
-static void dq_search(struct uq_work *w, const float *u, const uint16_t *const *p, float lam,
-		      int32_t *k)
+static void dq_search(struct uq_work *w, const uint8_t *lv, const float *u,
+		      const uint16_t *const *p, float lam, int32_t *k)
 {
 	uint32_t D = w->D;
 	float J[4] = {0, INFINITY, INFINITY, INFINITY};
@@ -419,7 +526,7 @@ static void dq_search(struct uq_work *w, const float *u, const uint16_t *const *
 		float ce[2][3], cr[2][3];
 		int nc[2] = {0, 0};
 		for (unsigned q1 = 0; q1 < 2; q1++) {
-			const uint16_t *pp = p[w->lvd[d] + 16 * q1];
+			const uint16_t *pp = p[lv[d] + 16 * q1];
 			int32_t cand[3], n = 0;
 			if (!q1) {
 				int32_t m = (int32_t)(a * 0.5f);
@@ -500,9 +607,12 @@ static uint32_t zero_rows(struct uq_work *w, uint32_t nsink)
  * A table per coded row, chosen by exact coded size (sent as deltas in the stream), and the
  * categories' offsets when there is more than one category.
  */
-static void fit_tables(struct uq_work *w, uint32_t nr, int8_t *off, int qw, int dq)
+static void fit_tables(struct uq_work *w, uint32_t nr, uint32_t nsink, int8_t *off, int qw, int cx,
+		       int dq)
 {
 	uint32_t D = w->D;
+	if (cx)
+		ctx_all(w, nsink);
 	for (uint32_t i = 0; i < nr; i++) {
 		uint32_t *h = w->hist;
 		const int32_t *q = w->q + (size_t)w->rows[i] * D;
@@ -512,11 +622,12 @@ static void fit_tables(struct uq_work *w, uint32_t nr, int8_t *off, int qw, int 
 			h[z < ESC ? z : ESC]++;
 		}
 		w->ra[w->rows[i]] = (uint8_t)rans_param_choose(h, NULL);
-		row_cats(w, q, w->cat + (size_t)i * D, dq);
+		row_cats(w, cx ? w->cx + (size_t)w->rows[i] * D : w->lvd, q, w->cat + (size_t)i * D,
+			 dq);
 	}
 	memset(off, 0, 32);
-	if (qw || dq)
-		fit_offsets(w, nr, off, qw);
+	if (qw || cx || dq)
+		fit_offsets(w, nr, off, qw || cx);
 }
 
 static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g,
@@ -531,7 +642,12 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 	unsigned hmax = (unsigned)st->arg[A_LSH];
 	const struct rans_table *tabs[RANS_PCLASSES];
 
+	const struct kvt_dict *dict = st->arg[A_KB] > 0 ? st->dict : NULL;
+
 	if (kvt_geom_check(g) || n != kvt_geom_block_bytes(g))
+		return -EINVAL;
+	/* kb without a dictionary, or with one of another model or RoPE frame */
+	if (st->arg[A_KB] > 0 && kvt_dict_fits(dict, g, theta))
 		return -EINVAL;
 	w = uq_alloc(g);
 	if (!w)
@@ -542,6 +658,11 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 		tabs[c] = rans_param_table(c);
 	uint32_t T = w->T, D = w->D, nsink = sink_rows(g, st->arg[A_SINK]);
 	wb_init(&o, dst, cap);
+	if (dict) {
+		uint64_t id = kvt_dict_id(dict);
+		wb_u32(&o, (uint32_t)id);
+		wb_u32(&o, (uint32_t)(id >> 32));
+	}
 	for (size_t s = 0; s < ns && !o.err; s++) {
 		const uint8_t *in = src + s * slab * 2;
 		int isv = slab_is_v(g, s);
@@ -553,6 +674,8 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 		wb_bytes(&o, in, rs * 2);
 		if (!isv && theta > 0)
 			rope_rows(w, w->x, 0, T, -1.0f);
+		if (dict)
+			xform_rows(w->x, 0, T, D, kvt_dict_basis(dict, s, 0), w->tr);
 		memcpy(w->xh, w->x, rs * sizeof(float)); /* sinks: exact references (coded frame) */
 		/* channel means, then the step */
 		double ss = 0;
@@ -574,10 +697,11 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 			    exp2(layer_tilt(st->arg + (isv ? A_VL : A_KL), layer, g->n_layers)));
 		if (!(step > 1e-6f))
 			step = 1e-6f;
-		int has_mu = nrow > 0, qw = !isv && st->arg[A_QW] > 0 && nrow,
-		    dq = st->arg[A_DQ] > 0 && nrow;
+		/* qw's channel pairs are RoPE pairs: none in a dictionary's coordinates */
+		int has_mu = nrow > 0, qw = !isv && !dict && st->arg[A_QW] > 0 && nrow,
+		    dq = st->arg[A_DQ] > 0 && nrow, cx = !qw && st->arg[A_CX] > 0 && nrow;
 		wb_f32(&o, step);
-		wb_u8(&o, (uint8_t)(has_mu | qw << 1 | dq << 2));
+		wb_u8(&o, (uint8_t)(has_mu | qw << 1 | dq << 2 | cx << 3));
 		if (qw) {
 			key_weights(w->x, nsink, T, D, st->arg[A_QW], w->qwi);
 			for (uint32_t i = 0; i < D / 2; i += 2)
@@ -644,7 +768,7 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 		/* rows whose residual is all zero (merged duplicates) are flagged, not coded */
 		uint32_t nr = zero_rows(w, nsink);
 		int8_t off[32] = {0};
-		fit_tables(w, nr, off, qw, 0);
+		fit_tables(w, nr, nsink, off, qw, cx, 0);
 		if (dq) {
 			/*
 			 * Second pass: the same predictions, the residuals quantized by the
@@ -656,6 +780,7 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 			const uint16_t *pcat[32];
 			for (uint32_t d = 0; d < D; d++)
 				dstep[d] = w->stp[d] * 0.5f;
+			memset(w->acc, 0, D * sizeof(uint32_t));
 			for (uint32_t t = nsink; t < T; t++) {
 				const float *x = w->x + (size_t)t * D;
 				const float *pred =
@@ -673,11 +798,18 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 					float v = (x[d] - pred[d]) / dstep[d];
 					u[d] = v > 1e8f ? 1e8f : v < -1e8f ? -1e8f : v;
 				}
-				dq_search(w, u, pcat, lam, q);
+				uint8_t *lv = w->lvd;
+				if (cx) {
+					lv = w->cx + (size_t)t * D;
+					ctx_row(w->acc, t - nsink, D, lv);
+				}
+				dq_search(w, lv, u, pcat, lam, q);
+				if (cx)
+					ctx_add(w->acc, q, D);
 				recon_row_dq(w->xh + (size_t)t * D, pred, q, dstep, D);
 			}
 			nr = zero_rows(w, nsink);
-			fit_tables(w, nr, off, qw, 1);
+			fit_tables(w, nr, nsink, off, qw, cx, 1);
 		}
 		uint8_t *zf = wb_reserve(&o, (T + 7) / 8);
 		if (!zf)
@@ -692,7 +824,7 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 			kv_write_refs(&o, w->ref, T);
 		uint32_t hm[RANS_PNSYM] = {0}, hd[RANS_PNSYM] = {0};
 		for (int lv = 0; lv < 32; lv += 2)
-			if ((qw && lv < 16) || (dq && lv >= 16))
+			if (((qw || cx) && lv < 16) || (dq && lv >= 16))
 				wb_u8(&o, (uint8_t)((off[lv] + 8) | (off[lv + 1] + 8) << 4));
 		uint8_t base = nr ? w->ra[w->rows[0]] : 0, prev = base;
 		for (uint32_t i = 0; i < nr; i++) {
@@ -790,6 +922,21 @@ static ssize_t uq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 	for (unsigned c = 0; c < RANS_PCLASSES; c++)
 		tabs[c] = rans_param_table(c);
 	rb_init(&r, src, n);
+	const struct kvt_dict *dict = NULL;
+	if (st->arg[A_KB] > 0) {
+		uint64_t id = rb_u32(&r);
+		id |= (uint64_t)rb_u32(&r) << 32;
+		if (r.err)
+			goto out;
+		/* made with a dictionary this chain does not have */
+		if (!st->dict || kvt_dict_id(st->dict) != id) {
+			rc = -ENOKEY;
+			goto out;
+		}
+		if (kvt_dict_fits(st->dict, g, theta))
+			goto out;
+		dict = st->dict;
+	}
 	for (size_t s = 0; s < ns; s++) {
 		uint8_t *out = dst + s * slab * 2;
 		int isv = slab_is_v(g, s);
@@ -800,9 +947,12 @@ static ssize_t uq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 		kvt_load_f32(w->xh, sk, rs, g->dtype);
 		if (!isv && theta > 0)
 			rope_rows(w, w->xh, 0, nsink, -1.0f); /* sinks as references, coded frame */
+		if (dict)
+			xform_rows(w->xh, 0, nsink, D, kvt_dict_basis(dict, s, 0), w->tr);
 		float step = rb_f32(&r);
-		uint8_t fl = rb_u8(&r), has_mu = fl & 1, qw = fl >> 1 & 1, dq = fl >> 2 & 1;
-		if (r.err || !isfinite(step) || !(step > 0) || fl > 7)
+		uint8_t fl = rb_u8(&r), has_mu = fl & 1, qw = fl >> 1 & 1, dq = fl >> 2 & 1,
+			cx = fl >> 3 & 1;
+		if (r.err || !isfinite(step) || !(step > 0) || fl > 15 || (cx && qw))
 			goto out;
 		for (uint32_t i = 0; i < D / 2; i += 2) {
 			uint8_t b = qw ? rb_u8(&r) : (uint8_t)(-QW_MIN * 17);
@@ -832,7 +982,7 @@ static ssize_t uq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 				goto out;
 		int8_t off[32] = {0};
 		for (int lv = 0; lv < 32; lv += 2)
-			if ((qw && lv < 16) || (dq && lv >= 16)) {
+			if (((qw || cx) && lv < 16) || (dq && lv >= 16)) {
 				uint8_t b = rb_u8(&r);
 				off[lv] = (int8_t)((b & 15) - 8);
 				off[lv + 1] = (int8_t)((b >> 4) - 8);
@@ -854,8 +1004,14 @@ static ssize_t uq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 				goto out;
 			w->mu[d] = (float)zz_dec((uint32_t)z) * (w->stp[d] / MU_DIV);
 		}
+		memset(w->acc, 0, D * sizeof(uint32_t));
 		for (uint32_t t = nsink; t < T; t++) {
 			int32_t *q = w->q + (size_t)t * D;
+			const uint8_t *lv = lvd;
+			if (cx) {
+				ctx_row(w->acc, t - nsink, D, w->cx);
+				lv = w->cx;
+			}
 			if (zf[t / 8] >> (t % 8) & 1) {
 				memset(q, 0, D * sizeof(*q));
 			} else {
@@ -871,9 +1027,9 @@ static ssize_t uq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 				for (int cc = 0; cc < (dq ? 32 : 16); cc++)
 					rt[cc] = tabs[cls_off(prev, off[cc])];
 				for (uint32_t d = 0, ds = 0; d < D; d++) {
-					uint32_t y = dq ? rans_dec_sym2(&rd, rt[lvd[d]],
-									rt[lvd[d] + 16], ds >> 1)
-							: rans_dec_sym(&rd, rt[lvd[d]]);
+					uint32_t y = dq ? rans_dec_sym2(&rd, rt[lv[d]],
+									rt[lv[d] + 16], ds >> 1)
+							: rans_dec_sym(&rd, rt[lv[d]]);
 					if (y == ESC) {
 						uint32_t x = kv_get_varint(&e);
 						if (e.err || x > 0x7fffffffu)
@@ -887,6 +1043,8 @@ static ssize_t uq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 				if (rd.err)
 					goto out;
 			}
+			if (cx)
+				ctx_add(w->acc, q, D);
 			const float *pred = w->ref[t] ? w->xh + (size_t)(w->ref[t] - 1) * D : w->mu;
 			if (dq)
 				recon_row_dq(w->xh + (size_t)t * D, pred, q, dstep, D);
@@ -895,6 +1053,8 @@ static ssize_t uq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 		}
 		if (rans_dec_finish(&rd) || e.pos != e.len)
 			goto out;
+		if (dict)
+			xform_rows(w->xh, nsink, T, D, kvt_dict_basis(dict, s, 1), w->tr);
 		if (!isv && theta > 0)
 			rope_rows(w, w->xh, nsink, T, 1.0f);
 		memcpy(out, sk, rs * 2);
@@ -906,6 +1066,13 @@ out:
 	return rc;
 }
 
+static int uq_usable(const struct kvt_stage *st, const struct kvt_codec_geom *g)
+{
+	if (kvt_geom_check(g))
+		return -EINVAL;
+	return st->arg[A_KB] > 0 ? kvt_dict_fits(st->dict, g, st->arg[A_ROPE]) : 0;
+}
+
 const struct kvt_codec_ops kvt_codec_uq = {
     .name = "uq",
     .flags = KVT_CODEC_LOSSY | KVT_CODEC_KV,
@@ -914,4 +1081,5 @@ const struct kvt_codec_ops kvt_codec_uq = {
     .max_encoded_size = uq_bound,
     .encode = uq_enc,
     .decode = uq_dec,
+    .usable = uq_usable,
 };

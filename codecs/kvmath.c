@@ -220,6 +220,8 @@ int kvt_geom_check(const struct kvt_codec_geom *g)
 
 int kvt_args_parse(struct kvt_stage *st, const struct kvt_argdef *defs, size_t n, const char *args)
 {
+	if (n > KVT_CODEC_MAX_ARGS)
+		return -EINVAL; /* a codec with more slots than a stage has */
 	for (size_t i = 0; i < n; i++)
 		st->arg[i] = defs[i].def;
 	if (!args || !*args)

@@ -3,8 +3,10 @@
  * Fuzz target for one codec chain's decoder (the chain is KVT_FUZZ_CHAIN, one binary per
  * decoder; tests/fuzz/codecs.cmake).  Input = an encoded record exactly as a tier reads it.
  * Invariants: decoding never reads past the input nor writes past the output (ASan), answers
- * a block or -EBADMSG/-ENOSPC; a block it accepts encodes again, and that record decodes to
- * the same block for lossless chains (and decodes at all for lossy ones).
+ * a block or -EBADMSG/-ENOSPC (-ENOKEY: a record of another dictionary); a block it accepts
+ * encodes again, and that record decodes to the same block for lossless chains (and decodes
+ * at all for lossy ones).  A chain that needs a dictionary gets one calibrated on a fixed
+ * pseudo-random block of geometry DICT_GEOM: records of other geometries are refused.
  *
  * Linked with replay_main.c it is the ctest driver that replays the committed corpus
  * tests/fuzz/corpus/codec_TAG/; -DKVT_FUZZ_MAKE_SEEDS builds the seed writer below.
@@ -25,11 +27,43 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define OUT_CAP (256u << 10) /* blocks larger than this are refused with -ENOSPC */
 
+/* n pseudo-random fp16 values of moderate range, some rows repeated (row length row) */
+static void fill_block(uint16_t *blk, size_t n, uint32_t row, uint32_t *s)
+{
+	for (size_t i = 0; i < n; i++) {
+		*s = *s * 1103515245u + 12345u;
+		blk[i] =
+		    (uint16_t)((*s >> 16 & 0x8000) | (12 + (*s >> 9) % 5) << 10 | (*s & 0x3ff));
+		if (i % 5 == 3 && i >= row) /* some repeated rows */
+			blk[i] = blk[i - row];
+	}
+}
+
+static const struct kvt_codec_geom DICT_GEOM = {2, 1, 16, 8, KVT_DTYPE_FP16, 0};
+
 static struct kvt_chain *chain(void)
 {
 	static struct kvt_chain *c;
-	if (!c && kvt_chain_parse(KVT_FUZZ_CHAIN, &c))
+	static struct kvt_dict *d;
+	if (c)
+		return c;
+	if (kvt_chain_parse(KVT_FUZZ_CHAIN, &c))
 		abort();
+	if (kvt_chain_flags(c) & KVT_CODEC_DICT) {
+		struct kvt_dict_trainer *t;
+		uint16_t blk[2 * 2 * 16 * 8];
+		uint32_t s = 99;
+		void *buf;
+		size_t len;
+		fill_block(blk, sizeof(blk) / 2, 16, &s);
+		if (kvt_dict_trainer_new(&DICT_GEOM, 10000, &t) ||
+		    kvt_dict_trainer_add(t, &DICT_GEOM, blk, sizeof(blk)) ||
+		    kvt_dict_trainer_finish(t, &buf, &len) || kvt_dict_parse(buf, len, &d) ||
+		    kvt_chain_set_dict(c, d))
+			abort();
+		kvt_dict_trainer_free(t);
+		free(buf);
+	}
 	return c;
 }
 
@@ -56,7 +90,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		free(enc);
 		free(back);
-	} else if (r != -EBADMSG && r != -ENOSPC && r != -ENOMEM) {
+	} else if (r != -EBADMSG && r != -ENOSPC && r != -ENOMEM && r != -ENOKEY) {
 		abort();
 	}
 	free(in);
@@ -74,10 +108,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 int main(int argc, char **argv)
 {
 	static const struct kvt_codec_geom geoms[] = {
-	    {1, 1, 8, 4, KVT_DTYPE_FP16, 0},
-	    {2, 1, 16, 8, KVT_DTYPE_FP16, 0},
-	    {1, 2, 32, 16, KVT_DTYPE_FP16, 64},
-	    {1, 1, 16, 8, KVT_DTYPE_BF16, 3},
+	    {2, 1, 16, 8, KVT_DTYPE_FP16, 5}, /* DICT_GEOM */
+	    {1, 1, 8, 4, KVT_DTYPE_FP16, 0},	{2, 1, 16, 8, KVT_DTYPE_FP16, 0},
+	    {1, 2, 32, 16, KVT_DTYPE_FP16, 64}, {1, 1, 16, 8, KVT_DTYPE_BF16, 3},
 	};
 	uint32_t s = 1;
 	if (argc != 2)
@@ -87,14 +120,13 @@ int main(int argc, char **argv)
 		size_t n = kvt_geom_block_bytes(g), cap = kvt_chain_max_encoded_size(chain(), g);
 		uint16_t *blk = malloc(n);
 		uint8_t *enc = malloc(cap);
-		for (size_t i = 0; i < n / 2; i++) {
-			s = s * 1103515245u + 12345u;
-			blk[i] = (uint16_t)((s >> 16 & 0x8000) | (12 + (s >> 9) % 5) << 10 |
-					    (s & 0x3ff));
-			if (i % 5 == 3 && i >= (size_t)g->head_dim) /* some repeated rows */
-				blk[i] = blk[i - g->head_dim];
-		}
+		fill_block(blk, n / 2, g->head_dim, &s);
 		ssize_t l = kvt_chain_encode(chain(), g, blk, n, enc, cap);
+		if (l == -EINVAL && (kvt_chain_flags(chain()) & KVT_CODEC_DICT)) {
+			free(blk); /* not the dictionary's geometry */
+			free(enc);
+			continue;
+		}
 		if (l < 0)
 			return 1;
 		for (int v = 0; v < 3; v++) {
