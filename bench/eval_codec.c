@@ -22,6 +22,7 @@
 #include "kvd.h"
 
 int eval_codec_main(int argc, char **argv);
+int eval_dict_main(int argc, char **argv);
 
 /*
  * uq's step profile over depth (octaves, keys then values), fitted on the per-layer error and
@@ -80,15 +81,18 @@ struct result {
 	char codec[160];
 	int lossless, ok;
 	double ratio, err, kcos, vcos, enc_gbps, dec_gbps;
+	size_t dict_bytes; /* the chain's dictionary (0: none) */
+	double ratio_dict; /* raw / (records + the dictionary once) */
 };
 
 struct evalctx {
 	const struct kvd *d;
-	uint32_t bt;	       /* block tokens */
-	float *kf, *vf;	       /* original K, V as float, dump layout */
-	float *o;	       /* reference attention outputs [L][QH][P][D] */
-	uint16_t *kdec, *vdec; /* decoded K, V (dump layout, fp16 bits) */
-	int layer_err;	       /* print err per layer, with decoded K only and V only */
+	uint32_t bt;		     /* block tokens */
+	float *kf, *vf;		     /* original K, V as float, dump layout */
+	float *o;		     /* reference attention outputs [L][QH][P][D] */
+	uint16_t *kdec, *vdec;	     /* decoded K, V (dump layout, fp16 bits) */
+	int layer_err;		     /* print err per layer, with decoded K only and V only */
+	const struct kvt_dict *dict; /* for chains that need one */
 };
 
 static double cpu_now(void)
@@ -241,6 +245,15 @@ static int run_chain(struct evalctx *e, const char *spec, struct result *r, int 
 	}
 	snprintf(r->codec, sizeof(r->codec), "%s", kvt_chain_name(c));
 	r->lossless = !!(kvt_chain_flags(c) & KVT_CODEC_LOSSLESS);
+	if (kvt_chain_flags(c) & KVT_CODEC_DICT) {
+		if (!e->dict) {
+			fprintf(stderr, "kvtier-eval codec: %s needs a dictionary\n", spec);
+			rc = -ENOKEY;
+			goto out;
+		}
+		kvt_chain_set_dict(c, e->dict);
+		r->dict_bytes = kvt_dict_bytes(e->dict);
+	}
 	bound = kvt_chain_max_encoded_size(c, &g);
 	blk = malloc(raw);
 	dec = malloc(raw);
@@ -273,6 +286,7 @@ static int run_chain(struct evalctx *e, const char *spec, struct result *r, int 
 	} while (t_enc < 0.3 && reps < 50);
 	r->enc_gbps = (double)raw * nb * reps / t_enc / 1e9;
 	r->ratio = (double)raw * nb / (double)tot;
+	r->ratio_dict = (double)raw * nb / (double)(tot + r->dict_bytes);
 	reps = 0;
 	do {
 		for (uint32_t b = 0; b < nb; b++) {
@@ -348,6 +362,161 @@ out:
 	return rc;
 }
 
+/*
+ * Calibrates a dictionary on the whole blocks of tokens [t0, t1) of d (blocks of bt tokens,
+ * keys in the RoPE frame theta) into t; returns the number of blocks added or -errno.
+ */
+static int dict_add_dump(struct kvt_dict_trainer *t, const struct kvd *d, uint32_t bt, uint32_t t0,
+			 uint32_t t1)
+{
+	struct kvt_codec_geom g = {d->n_layers, d->n_kv_heads, d->head_dim, bt, KVT_DTYPE_FP16, 0};
+	size_t raw = kvt_geom_block_bytes(&g);
+	uint16_t *blk = malloc(raw);
+	int nb = 0, rc = 0;
+
+	if (!blk)
+		return -ENOMEM;
+	t1 = t1 > d->n_tokens ? d->n_tokens : t1;
+	for (uint32_t b = t0 / bt; (b + 1) * bt <= t1 && !rc; b++, nb++) {
+		block_io(d, d->k, d->v, b * bt, bt, blk, 1);
+		g.first_token = b * bt;
+		rc = kvt_dict_trainer_add(t, &g, blk, raw);
+	}
+	free(blk);
+	return rc ? rc : nb;
+}
+
+/* Parses "A:B" into [a, b). */
+static int parse_range(const char *s, uint32_t *a, uint32_t *b)
+{
+	char *e;
+	unsigned long x = strtoul(s, &e, 10), y;
+	if (*e != ':')
+		return -EINVAL;
+	y = strtoul(e + 1, &e, 10);
+	if (*e || y <= x || y > UINT32_MAX)
+		return -EINVAL;
+	*a = (uint32_t)x;
+	*b = (uint32_t)y;
+	return 0;
+}
+
+/* Writes n bytes of p to path, whole or not at all (a temporary renamed in place). */
+static int write_file(const char *path, const void *p, size_t n)
+{
+	char tmp[4096];
+	FILE *f;
+	int rc = 0;
+
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+		return -ENAMETOOLONG;
+	f = fopen(tmp, "wb");
+	if (!f)
+		return -errno;
+	if (fwrite(p, 1, n, f) != n)
+		rc = -EIO;
+	if (fclose(f) && !rc)
+		rc = -errno;
+	if (!rc && rename(tmp, path))
+		rc = -errno;
+	if (rc)
+		remove(tmp);
+	return rc;
+}
+
+static void dict_usage(FILE *f)
+{
+	fprintf(
+	    f,
+	    "usage: kvtier-eval dict -o OUT.kvdict [options] DUMP.kvd...\n"
+	    "  calibrates a dictionary (for \"uq:kb=1\" chains) on the K/V of the dumps,\n"
+	    "  which must come from one model\n"
+	    "  -o, --out FILE       where to write it (replaced whole)\n"
+	    "  --block N            tokens per block (default 64)\n"
+	    "  --tokens A:B         only tokens A..B-1 of each dump (default: all)\n"
+	    "  --rope THETA         RoPE base of the keys, as the chain's rope= (default 10000;\n"
+	    "                       0: keys without RoPE)\n");
+}
+
+int eval_dict_main(int argc, char **argv)
+{
+	const char *out = NULL, *paths[64];
+	size_t np = 0;
+	uint32_t bt = 64, t0 = 0, t1 = UINT32_MAX;
+	double theta = 10000;
+	struct kvt_dict_trainer *t = NULL;
+	int rc = 1, nb = 0;
+
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if ((!strcmp(a, "-o") || !strcmp(a, "--out")) && i + 1 < argc) {
+			out = argv[++i];
+		} else if (!strcmp(a, "--block") && i + 1 < argc) {
+			bt = (uint32_t)strtoul(argv[++i], NULL, 10);
+		} else if (!strcmp(a, "--tokens") && i + 1 < argc) {
+			if (parse_range(argv[++i], &t0, &t1)) {
+				fprintf(stderr, "kvtier-eval dict: bad --tokens '%s'\n", argv[i]);
+				return 2;
+			}
+		} else if (!strcmp(a, "--rope") && i + 1 < argc) {
+			theta = strtod(argv[++i], NULL);
+		} else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+			dict_usage(stdout);
+			return 0;
+		} else if (a[0] == '-' || np == 64) {
+			dict_usage(stderr);
+			return 2;
+		} else {
+			paths[np++] = a;
+		}
+	}
+	if (!out || !np || !bt) {
+		dict_usage(stderr);
+		return 2;
+	}
+	for (size_t i = 0; i < np; i++) {
+		struct kvd d;
+		int err = kvd_load(paths[i], &d);
+		if (err) {
+			fprintf(stderr, "kvtier-eval dict: %s: %s\n", paths[i], strerror(-err));
+			goto out;
+		}
+		struct kvt_codec_geom g = {d.n_layers, d.n_kv_heads,   d.head_dim,
+					   bt,	       KVT_DTYPE_FP16, 0};
+		if (d.dtype != 1 || (!t && (err = kvt_dict_trainer_new(&g, theta, &t)))) {
+			fprintf(stderr, "kvtier-eval dict: %s: %s\n", paths[i],
+				d.dtype != 1 ? "not fp16" : strerror(-err));
+			kvd_free(&d);
+			goto out;
+		}
+		err = dict_add_dump(t, &d, bt, t0, t1);
+		kvd_free(&d);
+		if (err < 0) {
+			fprintf(stderr, "kvtier-eval dict: %s: %s (another model?)\n", paths[i],
+				strerror(-err));
+			goto out;
+		}
+		nb += err;
+	}
+	void *buf;
+	size_t len;
+	int err = kvt_dict_trainer_finish(t, &buf, &len);
+	if (!err) {
+		err = write_file(out, buf, len);
+		free(buf);
+	}
+	if (err) {
+		fprintf(stderr, "kvtier-eval dict: %s: %s\n", out,
+			err == -ENODATA ? "no whole block in the dumps" : strerror(-err));
+		goto out;
+	}
+	printf("%s: %d blocks of %u tokens, %zu bytes\n", out, nb, bt, len);
+	rc = 0;
+out:
+	kvt_dict_trainer_free(t);
+	return rc;
+}
+
 static void usage(FILE *f)
 {
 	fprintf(
@@ -361,6 +530,9 @@ static void usage(FILE *f)
 	    "  --json               JSON array of objects instead of a table\n"
 	    "  --write-decoded OUT  with one --codec: write the decoded K/V as a .kvd\n"
 	    "  --list               print the built-in chain list and exit\n"
+	    "  --dict FILE          dictionary for chains that need one (kvtier-eval dict)\n"
+	    "  --calibrate A:B      ... or calibrate one on tokens A..B-1 of this dump\n"
+	    "                       (default for such chains: its first quarter)\n"
 	    "Chain grammar: codecs/CODECS.md.  err: DESIGN §5.\n");
 }
 
@@ -372,10 +544,15 @@ static void print_header(void)
 
 static void print_table(const struct result *r, size_t n)
 {
-	for (size_t i = 0; i < n; i++)
-		printf("%-44s %8.3f %9.5f %8.5f %8.5f %9.3f %9.3f %s\n", r[i].codec, r[i].ratio,
+	for (size_t i = 0; i < n; i++) {
+		printf("%-44s %8.3f %9.5f %8.5f %8.5f %9.3f %9.3f %s", r[i].codec, r[i].ratio,
 		       r[i].err, r[i].kcos, r[i].vcos, r[i].enc_gbps, r[i].dec_gbps,
 		       r[i].lossless ? "yes" : "no");
+		if (r[i].dict_bytes)
+			printf("  (dictionary %zu B: ratio %.3f with it counted once here)",
+			       r[i].dict_bytes, r[i].ratio_dict);
+		printf("\n");
+	}
 }
 
 static void print_json(const struct result *r, size_t n)
@@ -384,9 +561,10 @@ static void print_json(const struct result *r, size_t n)
 	for (size_t i = 0; i < n; i++)
 		printf("  {\"codec\": \"%s\", \"ratio\": %.4f, \"err\": %.6f, \"k_cos\": %.6f, "
 		       "\"v_cos\": %.6f, \"encode_gbps\": %.4f, \"decode_gbps\": %.4f, "
-		       "\"lossless\": %s}%s\n",
+		       "\"lossless\": %s, \"dict_bytes\": %zu, \"ratio_incl_dict\": %.4f}%s\n",
 		       r[i].codec, r[i].ratio, r[i].err, r[i].kcos, r[i].vcos, r[i].enc_gbps,
-		       r[i].dec_gbps, r[i].lossless ? "true" : "false", i + 1 < n ? "," : "");
+		       r[i].dec_gbps, r[i].lossless ? "true" : "false", r[i].dict_bytes,
+		       r[i].ratio_dict, i + 1 < n ? "," : "");
 	printf("]\n");
 }
 
@@ -414,7 +592,9 @@ static size_t pareto(struct result *r, size_t n)
 
 int eval_codec_main(int argc, char **argv)
 {
-	const char *specs[64], *path = NULL, *wdec = NULL;
+	const char *specs[64], *path = NULL, *wdec = NULL, *dpath = NULL;
+	uint32_t ct0 = 0, ct1 = 0;
+	struct kvt_dict *dict = NULL;
 	size_t nspec = 0;
 	int want_pareto = 0, json = 0, rc = 1;
 	uint32_t bt = 64;
@@ -441,6 +621,14 @@ int eval_codec_main(int argc, char **argv)
 			json = 1;
 		} else if (!strcmp(a, "--write-decoded") && i + 1 < argc) {
 			wdec = argv[++i];
+		} else if (!strcmp(a, "--dict") && i + 1 < argc) {
+			dpath = argv[++i];
+		} else if (!strcmp(a, "--calibrate") && i + 1 < argc) {
+			if (parse_range(argv[++i], &ct0, &ct1)) {
+				fprintf(stderr, "kvtier-eval codec: bad --calibrate '%s'\n",
+					argv[i]);
+				return 2;
+			}
 		} else if (!strcmp(a, "--list")) {
 			for (size_t k = 0; default_chains[k]; k++)
 				printf("%s\n", default_chains[k]);
@@ -502,9 +690,61 @@ int eval_codec_main(int argc, char **argv)
 	to_float(e.vf, d.v, n);
 	attention(&d, e.kf, e.vf, e.o);
 
+	/* a dictionary, if a chain needs one: from --dict, or calibrated on this dump */
+	int need = 0;
+	for (size_t i = 0; i < nspec; i++) {
+		struct kvt_chain *c;
+		if (!kvt_chain_parse(specs[i], &c)) {
+			need |= !!(kvt_chain_flags(c) & KVT_CODEC_DICT);
+			kvt_chain_free(c);
+		}
+	}
+	char dnote[256] = "";
+	if (need && dpath) {
+		err = kvt_dict_load(dpath, &dict);
+		if (err) {
+			fprintf(stderr, "kvtier-eval codec: %s: %s\n", dpath,
+				err == -EBADMSG ? "not a kvtier dictionary, or corrupt"
+						: strerror(-err));
+			goto out;
+		}
+		snprintf(dnote, sizeof(dnote), "from %s", dpath);
+	} else if (need) {
+		struct kvt_codec_geom g = {d.n_layers, d.n_kv_heads,   d.head_dim,
+					   bt,	       KVT_DTYPE_FP16, 0};
+		struct kvt_dict_trainer *t;
+		void *buf = NULL;
+		size_t len = 0;
+		if (!ct1) {
+			ct1 = d.n_tokens / 4 / bt * bt;
+			ct1 = ct1 < bt ? bt : ct1;
+		}
+		err = kvt_dict_trainer_new(&g, 10000, &t);
+		if (!err) {
+			int nb = dict_add_dump(t, &d, bt, ct0, ct1);
+			err = nb < 0 ? nb : kvt_dict_trainer_finish(t, &buf, &len);
+			kvt_dict_trainer_free(t);
+		}
+		if (!err) {
+			err = kvt_dict_parse(buf, len, &dict);
+			free(buf);
+		}
+		if (err) {
+			fprintf(stderr, "kvtier-eval codec: calibration on tokens %u:%u: %s\n", ct0,
+				ct1, err == -ENODATA ? "no whole block" : strerror(-err));
+			goto out;
+		}
+		snprintf(dnote, sizeof(dnote), "calibrated on tokens %u..%u of this dump", ct0,
+			 ct1 - 1);
+	}
+	e.dict = dict;
+
 	struct result ref[2];
 	if (run_chain(&e, "zstd:1", &ref[0], 0) || run_chain(&e, "lz4", &ref[1], 0))
 		goto out;
+	if (!json && dict)
+		printf("# dictionary %016llx: %s, %zu bytes\n",
+		       (unsigned long long)kvt_dict_id(dict), dnote, kvt_dict_bytes(dict));
 	if (!json)
 		printf("# %s: %u layers, %u kv heads, %u tokens, head_dim %u, %u query positions; "
 		       "block %u tokens\n# same data, same run: zstd -1 ratio %.3f enc %.3f dec "
@@ -550,6 +790,7 @@ out:
 	free(e.o);
 	free(e.kdec);
 	free(e.vdec);
+	kvt_dict_free(dict);
 	kvd_free(&d);
 	return rc;
 }
