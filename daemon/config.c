@@ -44,6 +44,7 @@ static const struct key keys[] = {
     {"nvme", "admit_on_second_use", K_BOOL, F(nvme_admit_second), "false", 0, 0},
     {"nvme", "codec", K_STR, F(nvme_codec), "raw", 0, 0},
     {"nvme", "codec_threads", K_U32, F(nvme_codec_threads), "2", 0, 8},
+    {"nvme", "codec_dict", K_STR, F(nvme_codec_dict), "", 0, 0},
     {"nvme", "high_watermark", K_RATIO, F(nvme_high), "0.95", 0, 0},
     {"nvme", "low_watermark", K_RATIO, F(nvme_low), "0.85", 0, 0},
     {"gpu", "device", K_STR, F(gpu_device), "", 0, 0},

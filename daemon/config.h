@@ -41,6 +41,7 @@ struct kvtd_config {
 	bool nvme_admit_second;
 	char nvme_codec[200]; /* a chain spec; libinih reads lines of up to 200 bytes */
 	uint32_t nvme_codec_threads;
+	char nvme_codec_dict[200]; /* dictionary file for a chain that needs one ("" none) */
 	double nvme_high;
 	double nvme_low;
 	/* [gpu] */

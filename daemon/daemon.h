@@ -154,6 +154,8 @@ struct kvtd {
 	struct kvt_tier *nvme;
 	const struct kvt_tier_ops *nvme_ops;
 	struct kvt_chain *nvme_chain, *raw_chain;
+	struct kvt_dict *nvme_dict;    /* nvme.codec_dict, for a chain that needs one */
+	uint64_t nvme_foreign_dropped; /* records of another chain dropped at recovery */
 	struct ev nvme_ev;
 	struct kvtd_cpool *cpool; /* codec workers (codec_pool.c), NULL = codecs run inline */
 	struct ev cpool_ev;

@@ -357,7 +357,8 @@ static struct pend_io *demote_prepare(struct kvtd *d, uint32_t i, bool keep_host
 		g = &rg;
 		chain = d->raw_chain;
 	}
-	if (raw)
+	/* a chain that cannot take this geometry (a dictionary of another model): raw */
+	if (raw || (chain != d->raw_chain && kvt_chain_usable(chain, g)))
 		chain = d->raw_chain;
 	*err = -ENOMEM;
 	p = calloc(1, sizeof(*p));
@@ -1073,6 +1074,12 @@ static int recover_cb(void *arg, const struct kvt_record_hdr *h, const struct kv
 
 	if (kvtd_index_find(&d->ix, h->key_lo, h->key_hi) != KVTD_NIL)
 		return 1;
+	/* written by a codec chain (or dictionary) this configuration does not have: no
+	 * decoder for it, drop it now rather than at its first read */
+	if (h->chain_id && h->chain_id != kvt_chain_id(d->nvme_chain)) {
+		d->nvme_foreign_dropped++;
+		return 1;
+	}
 	t = kvtd_tenant_get(d, h->tenant);
 	if (!t || h->raw_len > t->size)
 		return 1;
@@ -1099,6 +1106,56 @@ static int recover_cb(void *arg, const struct kvt_record_hdr *h, const struct kv
 		d->seq = h->seq;
 	d->m.nvme_recovered_total++;
 	kvtd_blk_lru_update(d, i);
+	return 0;
+}
+
+/*
+ * nvme.codec_dict: loaded and attached when the chain needs a dictionary; a chain that needs
+ * one without it, an unreadable file, or one the chain cannot use is a configuration error.
+ */
+static int nvme_dict_setup(struct kvtd *d)
+{
+	const char *path = d->cfg.nvme_codec_dict;
+	struct kvt_codec_geom g;
+	double theta;
+	int ret;
+
+	if (!(kvt_chain_flags(d->nvme_chain) & KVT_CODEC_DICT)) {
+		if (*path)
+			kvtd_log(KVTD_LOG_WARN,
+				 "nvme.codec_dict ignored: nvme.codec = %s needs none",
+				 kvt_chain_name(d->nvme_chain));
+		return 0;
+	}
+	if (!*path) {
+		kvtd_log(KVTD_LOG_ERR,
+			 "nvme.codec = %s needs a dictionary: set nvme.codec_dict (make one with "
+			 "kvtier-eval dict)",
+			 kvt_chain_name(d->nvme_chain));
+		return -EINVAL;
+	}
+	ret = kvt_dict_load(path, &d->nvme_dict);
+	if (ret < 0) {
+		kvtd_log(KVTD_LOG_ERR, "nvme.codec_dict = %s: %s", path,
+			 ret == -EBADMSG ? "not a kvtier dictionary, or damaged"
+					 : kvt_strerror(ret));
+		return -EINVAL;
+	}
+	kvt_chain_set_dict(d->nvme_chain, d->nvme_dict);
+	/* the dictionary's own geometry must pass: else its RoPE frame is not the chain's */
+	kvt_dict_geom(d->nvme_dict, &g, &theta);
+	if (kvt_chain_usable(d->nvme_chain, &g)) {
+		kvtd_log(KVTD_LOG_ERR,
+			 "nvme.codec_dict = %s: calibrated with RoPE base %g, not the one of "
+			 "nvme.codec = %s",
+			 path, theta, kvt_chain_name(d->nvme_chain));
+		return -EINVAL;
+	}
+	kvtd_log(KVTD_LOG_INFO,
+		 "nvme.codec_dict = %s: %u layers x %u kv heads x %u dims, id %016llx; blocks of "
+		 "other models are stored raw",
+		 path, g.n_layers, g.n_kv_heads, g.head_dim,
+		 (unsigned long long)kvt_dict_id(d->nvme_dict));
 	return 0;
 }
 
@@ -1154,6 +1211,9 @@ int kvtd_place_init(struct kvtd *d)
 			 d->cfg.nvme_codec);
 		return -EINVAL;
 	}
+	ret = nvme_dict_setup(d);
+	if (ret < 0)
+		return ret;
 	paths_buf = strdup(d->cfg.nvme_paths);
 	if (!paths_buf)
 		return -ENOMEM;
@@ -1190,6 +1250,10 @@ int kvtd_place_init(struct kvtd *d)
 	}
 	kvtd_log(KVTD_LOG_INFO, "NVMe tier: %llu blocks recovered, codec %s",
 		 (unsigned long long)d->m.nvme_recovered_total, kvt_chain_name(d->nvme_chain));
+	if (d->nvme_foreign_dropped)
+		kvtd_log(KVTD_LOG_WARN,
+			 "NVMe tier: %llu records of another nvme.codec or nvme.codec_dict dropped",
+			 (unsigned long long)d->nvme_foreign_dropped);
 	if (d->nvme_ops->event_fd) {
 		d->nvme_ev.kind = EV_TIER;
 		d->nvme_ev.p = NULL;
@@ -1234,6 +1298,8 @@ void kvtd_place_fini(struct kvtd *d)
 	kvt_chain_free(d->nvme_chain);
 	kvt_chain_free(d->raw_chain);
 	d->nvme_chain = d->raw_chain = NULL;
+	kvt_dict_free(d->nvme_dict);
+	d->nvme_dict = NULL;
 	free(d->geoms);
 	free(d->waiters);
 	for (int k = 0; k < KVTD_PF_LEVELS; k++) {

@@ -2,7 +2,7 @@
 # sockets, hand-mapped rings and kvtierctl.
 add_executable(test_daemon ${PROJECT_SOURCE_DIR}/tests/integration/test_daemon.c
 	${PROJECT_SOURCE_DIR}/tests/integration/harness.c)
-target_link_libraries(test_daemon PRIVATE kvtier kvt_proto)
+target_link_libraries(test_daemon PRIVATE kvtier kvt_proto kvt_codecs kvt_kvd)
 target_compile_definitions(test_daemon PRIVATE _GNU_SOURCE)
 kvt_add_test(integration_daemon
 	COMMAND $<TARGET_FILE:test_daemon> $<TARGET_FILE:kvtierd> $<TARGET_FILE:kvtierctl>
