@@ -253,6 +253,15 @@ static int run_chain(struct evalctx *e, const char *spec, struct result *r, int 
 		}
 		kvt_chain_set_dict(c, e->dict);
 		r->dict_bytes = kvt_dict_bytes(e->dict);
+		g.first_token = 0;
+		if (kvt_chain_usable(c, &g)) {
+			fprintf(stderr,
+				"kvtier-eval codec: %s: the dictionary does not fit this dump "
+				"(another model, or another RoPE base than the chain's)\n",
+				spec);
+			rc = -EINVAL;
+			goto out;
+		}
 	}
 	bound = kvt_chain_max_encoded_size(c, &g);
 	blk = malloc(raw);

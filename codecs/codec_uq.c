@@ -145,7 +145,7 @@ struct uq_work {
 	uint8_t *bps;
 	uint8_t *cx;   /* cx: category of each symbol of the slab (chan_ctx()) */
 	uint32_t *acc; /* cx: each channel's sum of |index| over the rows so far */
-	float *tr;     /* kb: one row of scratch */
+	float *tr;     /* kb: four rows of scratch */
 };
 
 static void uq_free(struct uq_work *w)
@@ -216,7 +216,7 @@ static struct uq_work *uq_alloc(const struct kvt_codec_geom *g)
 	w->bps = malloc(4 * w->D);
 	w->cx = malloc(slab);
 	w->acc = malloc(w->D * sizeof(uint32_t));
-	w->tr = malloc(w->D * sizeof(float));
+	w->tr = malloc(4 * w->D * sizeof(float));
 	if (!w->x || !w->xh || !w->mu || !w->sc || !w->q || !w->mq || !w->stp || !w->qwi ||
 	    !w->sym || !w->ref || !w->hash || !w->ti || !w->hist || !w->esc || !w->ra || !w->rows ||
 	    !w->zs || !w->cat || !w->bpk || !w->bps || !w->pairs || !w->cx || !w->acc || !w->tr) {
@@ -260,17 +260,45 @@ static void rope_rows(struct uq_work *w, float *x, uint32_t t0, uint32_t t1, flo
  * its coordinates, with the transpose back; the inner loop runs along a row of m, which the
  * compiler vectorises.
  */
-static void xform_rows(float *x, uint32_t t0, uint32_t t1, uint32_t D, const float *m, float *tmp)
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(__clang__)
+/* AVX2 where the CPU has it: the same products and sums in the same order, so the same bits */
+#define XFORM_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define XFORM_CLONES
+#endif
+XFORM_CLONES
+static void xform_rows(float *restrict x, uint32_t t0, uint32_t t1, uint32_t D,
+		       const float *restrict m, float *restrict tmp)
 {
-	for (uint32_t t = t0; t < t1; t++) {
-		float *r = x + (size_t)t * D;
-		memset(tmp, 0, D * sizeof(float));
-		for (uint32_t k = 0; k < D; k++) {
-			const float a = r[k], *mk = m + (size_t)k * D;
-			for (uint32_t j = 0; j < D; j++)
-				tmp[j] += a * mk[j];
+	const size_t n = D;
+	size_t t = t0;
+	/* four rows at a time: each row of m is loaded once for four */
+	for (; t + 4 <= t1; t += 4) {
+		const float *restrict r = x + t * n;
+		float *restrict y0 = tmp, *restrict y1 = tmp + n, *restrict y2 = tmp + 2 * n,
+				*restrict y3 = tmp + 3 * n;
+		memset(tmp, 0, 4 * n * sizeof(float));
+		for (size_t k = 0; k < n; k++) {
+			const float a0 = r[k], a1 = r[n + k], a2 = r[2 * n + k], a3 = r[3 * n + k];
+			const float *restrict mk = m + k * n;
+			for (size_t j = 0; j < n; j++) {
+				y0[j] += a0 * mk[j];
+				y1[j] += a1 * mk[j];
+				y2[j] += a2 * mk[j];
+				y3[j] += a3 * mk[j];
+			}
 		}
-		memcpy(r, tmp, D * sizeof(float));
+		memcpy(x + t * n, tmp, 4 * n * sizeof(float));
+	}
+	for (; t < t1; t++) {
+		float *restrict y0 = tmp;
+		memset(tmp, 0, n * sizeof(float));
+		for (size_t k = 0; k < n; k++) {
+			const float a = x[t * n + k], *restrict mk = m + k * n;
+			for (size_t j = 0; j < n; j++)
+				y0[j] += a * mk[j];
+		}
+		memcpy(x + t * n, tmp, n * sizeof(float));
 	}
 }
 
@@ -344,12 +372,18 @@ static void ctx_row(const uint32_t *acc, uint32_t n, uint32_t D, uint8_t *out)
 		tot += acc[d];
 	/* (mean |index| + 1/4) against the all-channel one: the quarter keeps silent channels
 	 * from looking infinitely quiet */
-	uint64_t b = 4 * tot + (uint64_t)n * D;
+	/* channel d is in category >= c + 1 when (a << 16) / b >= thr[c] with
+	 * a = (4 acc[d] + n) D: when 4 acc[d] + n >= ceil(thr[c] b / (2^16 D)), which moves the
+	 * divisions out of the channel loop, same categories */
+	uint64_t b = 4 * tot + (uint64_t)n * D, den = (uint64_t)D << 16;
+	uint64_t lim[15];
+	for (int c = 0; c < 15; c++)
+		lim[c] = (thr[c] * b + den - 1) / den;
 	for (uint32_t d = 0; d < D; d++) {
-		uint64_t a = (4 * (uint64_t)acc[d] + n) * D, x = (a << 16) / b;
+		uint64_t a = 4 * (uint64_t)acc[d] + n;
 		uint8_t c = 0;
-		while (c < 15 && x >= thr[c])
-			c++;
+		for (int k = 0; k < 15; k++)
+			c += a >= lim[k];
 		out[d] = c;
 	}
 }
