@@ -74,6 +74,12 @@ static const char *const default_chains[] = {
     "uq:k=0.55,v=0.185,dq=0.4," UQ_PROFILE,
     "uq:k=0.7,v=0.235,dq=0.4," UQ_PROFILE,
     "uq:k=1,v=0.34,dq=0.4," UQ_PROFILE,
+    /* in a calibrated basis (a dictionary: --dict, else calibrated on the dump's first
+     * quarter), with channel contexts */
+    "uq:k=0.17,v=0.072,dq=0.4,cx=1,kb=1," UQ_PROFILE,
+    "uq:k=0.3,v=0.127,dq=0.4,cx=1,kb=1," UQ_PROFILE,
+    "uq:k=0.43,v=0.18,dq=0.4,cx=1,kb=1," UQ_PROFILE,
+    "uq:k=0.6,v=0.25,dq=0.4,cx=1,kb=1," UQ_PROFILE,
     NULL,
 };
 

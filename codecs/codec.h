@@ -148,9 +148,8 @@ ssize_t kvt_chain_encode(const struct kvt_chain *c, const struct kvt_codec_geom 
 
 /*
  * Decodes a record made by this chain into dst (cap bytes).  Returns the block length, or
- * -EBADMSG (corrupt, truncated, or made by another chain: the chain id must match), -ENOKEY
- * (made with a dictionary that is not attached), -ENOSPC (cap smaller than the block),
- * -ENOMEM.  If g is not NULL it receives the record's geometry.
+ * -EBADMSG (corrupt, truncated, or made by another chain or with another dictionary: the
+ * chain id must match), -ENOSPC (cap smaller than the block), -ENOMEM.  If g is not NULL it receives the record's geometry.
  */
 ssize_t kvt_chain_decode(const struct kvt_chain *c, const void *src, size_t n, void *dst,
 			 size_t cap, struct kvt_codec_geom *g);
@@ -158,8 +157,9 @@ ssize_t kvt_chain_decode(const struct kvt_chain *c, const void *src, size_t n, v
 /*
  * Dictionaries (codecs/dict.c): per (layer, K or V, kv head) of one model an orthonormal basis
  * of the head space, calibrated once on real KV, which "uq:kb=1" codes coordinates in.  A
- * chain whose flags have KVT_CODEC_DICT encodes only with one attached; each record names the
- * dictionary's id, and decoding it without that dictionary fails with -ENOKEY.
+ * chain whose flags have KVT_CODEC_DICT encodes only with one attached; the dictionary's id is
+ * mixed into the chain id and written in each record, so decoding a record without that
+ * dictionary fails (-EBADMSG from the chain, -ENOKEY from the uq stage itself).
  */
 int kvt_dict_parse(const void *buf, size_t n, struct kvt_dict **out); /* 0, -EBADMSG, -ENOMEM */
 int kvt_dict_load(const char *path, struct kvt_dict **out);	      /* ... or -errno of I/O */

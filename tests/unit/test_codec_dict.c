@@ -341,10 +341,30 @@ static void test_uq_kb_errors(void **state)
 	assert_true(l > 0);
 	uint16_t *dec = malloc(k.n);
 	assert_int_equal(kvt_chain_decode(c, enc, (size_t)l, dec, k.n, NULL), (ssize_t)k.n);
+	/* another dictionary, or none: the chain id differs, the record is another chain's */
+	uint32_t id0 = kvt_chain_id(c);
 	assert_int_equal(kvt_chain_set_dict(c, d1), 0);
-	assert_int_equal(kvt_chain_decode(c, enc, (size_t)l, dec, k.n, NULL), -ENOKEY);
+	assert_true(kvt_chain_id(c) != id0);
+	assert_int_equal(kvt_chain_decode(c, enc, (size_t)l, dec, k.n, NULL), -EBADMSG);
 	assert_int_equal(kvt_chain_set_dict(c, NULL), 0);
-	assert_int_equal(kvt_chain_decode(c, enc, (size_t)l, dec, k.n, NULL), -ENOKEY);
+	assert_int_equal(kvt_chain_decode(c, enc, (size_t)l, dec, k.n, NULL), -EBADMSG);
+	/* the uq stage checks the id in the stream too, whatever the chain id says */
+	struct kvt_stage st = {0};
+	st.ops = &kvt_codec_uq;
+	assert_int_equal(st.ops->parse(&st, "kb=1,cx=1"), 0);
+	assert_true(st.needs_dict);
+	st.dict = d1;
+	assert_int_equal(st.ops->decode(&st, &k.g, enc + KVT_CHAIN_HDR_SIZE,
+					(size_t)l - KVT_CHAIN_HDR_SIZE, (uint8_t *)dec, k.n),
+			 -ENOKEY);
+	st.dict = NULL;
+	assert_int_equal(st.ops->decode(&st, &k.g, enc + KVT_CHAIN_HDR_SIZE,
+					(size_t)l - KVT_CHAIN_HDR_SIZE, (uint8_t *)dec, k.n),
+			 -ENOKEY);
+	st.dict = d0;
+	assert_int_equal(st.ops->decode(&st, &k.g, enc + KVT_CHAIN_HDR_SIZE,
+					(size_t)l - KVT_CHAIN_HDR_SIZE, (uint8_t *)dec, k.n),
+			 (ssize_t)k.n);
 	/* a block of another geometry under the right id: corrupt */
 	assert_int_equal(kvt_chain_set_dict(c, d0), 0);
 	struct kvt_codec_geom g = k.g;
