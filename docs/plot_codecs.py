@@ -45,8 +45,11 @@ def main():
     fam = {"uq": "tab:red", "kivi": "tab:orange", "fp8": "tab:purple", "lowrank": "tab:brown",
            "lsh": "tab:pink", "fpx": "tab:blue"}
     for r in rows:
-        name = r["codec"]
+        # the depth profile as in the tables; chains in a calibrated basis in dark red
+        name = r["codec"].replace(",kl=-0.45:-0.05:0.4:-0.3,vl=-0.5:-1.1:0.1:0.35", ",P")
         color = next((c for k, c in fam.items() if name.startswith(k)), "tab:gray")
+        if "kb=1" in name:
+            color = "darkred"
         y = max(r["err"], FLOOR)
         ax.scatter(r["ratio"], y, s=22, color=color, zorder=3,
                    marker="s" if r["lossless"] else "o")
