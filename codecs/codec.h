@@ -149,7 +149,8 @@ ssize_t kvt_chain_encode(const struct kvt_chain *c, const struct kvt_codec_geom 
 /*
  * Decodes a record made by this chain into dst (cap bytes).  Returns the block length, or
  * -EBADMSG (corrupt, truncated, or made by another chain or with another dictionary: the
- * chain id must match), -ENOSPC (cap smaller than the block), -ENOMEM.  If g is not NULL it receives the record's geometry.
+ * chain id must match), -ENOSPC (cap smaller than the block), -ENOMEM.  If g is not NULL it
+ * receives the record's geometry.
  */
 ssize_t kvt_chain_decode(const struct kvt_chain *c, const void *src, size_t n, void *dst,
 			 size_t cap, struct kvt_codec_geom *g);
