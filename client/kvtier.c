@@ -721,7 +721,7 @@ KVT_API int kvt_put_reserve(struct kvt_client *c, int layout, const struct kvt_k
 	return 0;
 }
 
-static int finish(struct kvt_client *c, struct kvt_reservation *r, uint8_t op)
+static int finish(struct kvt_client *c, struct kvt_reservation *r, uint8_t op, uint32_t pos)
 {
 	struct kvt_sqe s;
 	struct kvt_cqe q;
@@ -734,6 +734,7 @@ static int finish(struct kvt_client *c, struct kvt_reservation *r, uint8_t op)
 	memset(&s, 0, sizeof(s));
 	s.op = op;
 	s.handle = r->handle;
+	s.arg = pos == KVT_POS_UNKNOWN ? 0 : (uint64_t)pos + 1; /* 0: unknown */
 	ret = submit(c, &s, &q);
 	r->data = NULL;
 	return ret < 0 ? ret : 0;
@@ -741,16 +742,28 @@ static int finish(struct kvt_client *c, struct kvt_reservation *r, uint8_t op)
 
 KVT_API int kvt_put_commit(struct kvt_client *c, struct kvt_reservation *r)
 {
-	return finish(c, r, KVT_OP_COMMIT);
+	return finish(c, r, KVT_OP_COMMIT, KVT_POS_UNKNOWN);
+}
+
+KVT_API int kvt_put_commit_at(struct kvt_client *c, struct kvt_reservation *r,
+			      uint32_t first_token)
+{
+	return finish(c, r, KVT_OP_COMMIT, first_token);
 }
 
 KVT_API int kvt_put_abort(struct kvt_client *c, struct kvt_reservation *r)
 {
-	return finish(c, r, KVT_OP_ABORT);
+	return finish(c, r, KVT_OP_ABORT, KVT_POS_UNKNOWN);
 }
 
 KVT_API int kvt_put(struct kvt_client *c, int layout, const struct kvt_key *key, const void *data,
 		    size_t len)
+{
+	return kvt_put_at(c, layout, key, KVT_POS_UNKNOWN, data, len);
+}
+
+KVT_API int kvt_put_at(struct kvt_client *c, int layout, const struct kvt_key *key,
+		       uint32_t first_token, const void *data, size_t len)
 {
 	struct kvt_reservation r;
 	int ret;
@@ -764,7 +777,7 @@ KVT_API int kvt_put(struct kvt_client *c, int layout, const struct kvt_key *key,
 		if (ret < 0)
 			return ret;
 		copy_block(r.data, data, len);
-		ret = kvt_put_commit(c, &r);
+		ret = kvt_put_commit_at(c, &r, first_token);
 		/* The daemon restarted between reserve and commit: once more from the top. */
 		if (ret != -KVT_EDAEMON || attempt)
 			return ret;

@@ -195,6 +195,15 @@ KVT_API int kvt_put_reserve(struct kvt_client *c, int layout, const struct kvt_k
 			    struct kvt_reservation *r);
 /* Makes the reserved block visible. Returns 0 or -errno; r is spent either way. */
 KVT_API int kvt_put_commit(struct kvt_client *c, struct kvt_reservation *r);
+/*
+ * The same, telling where the block stands in its sequence: first_token is the position of
+ * its first token (block i of a prompt: i * block_tokens).  Codecs that undo RoPE before
+ * coding keys (uq, above all with a dictionary) code such blocks smaller; the data is the
+ * same either way.  kvt_put_commit() is kvt_put_commit_at(c, r, KVT_POS_UNKNOWN).
+ */
+#define KVT_POS_UNKNOWN UINT32_MAX
+KVT_API int kvt_put_commit_at(struct kvt_client *c, struct kvt_reservation *r,
+			      uint32_t first_token);
 /* Drops the reservation; nothing becomes visible. Returns 0 or -errno. */
 KVT_API int kvt_put_abort(struct kvt_client *c, struct kvt_reservation *r);
 
@@ -204,6 +213,9 @@ KVT_API int kvt_put_abort(struct kvt_client *c, struct kvt_reservation *r);
  */
 KVT_API int kvt_put(struct kvt_client *c, int layout, const struct kvt_key *key, const void *data,
 		    size_t len);
+/* kvt_put() of a block whose first token stands at first_token (see kvt_put_commit_at). */
+KVT_API int kvt_put_at(struct kvt_client *c, int layout, const struct kvt_key *key,
+		       uint32_t first_token, const void *data, size_t len);
 
 /* ---------------------------------------------------------------------------------------
  * Finding and reading blocks

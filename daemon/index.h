@@ -50,6 +50,7 @@ struct kvtd_blk {
 	uint64_t fingerprint;
 	uint64_t atime; /* daemon clock (ms) of the last put/get */
 	uint64_t hits;
+	uint32_t first_token; /* position of the block's first token (0 if not told) */
 };
 
 struct kvtd_index {

@@ -377,6 +377,7 @@ static struct pend_io *demote_prepare(struct kvtd *d, uint32_t i, bool keep_host
 	p->keep_host = keep_host;
 	p->chain = chain;
 	p->g = *g;
+	p->g.first_token = b->first_token;
 	p->src = (const uint8_t *)kvtd_tenant_of(d, b)->base + b->off;
 	p->len = b->len;
 	return p;

@@ -316,6 +316,9 @@ static void op_commit(struct kvtd *d, struct client *c, const struct kvt_sqe *s,
 		d->m.aborts_total++;
 	} else {
 		b->atime = kvtd_now_ms();
+		/* arg: first token's position + 1, 0 when the client did not say (codecs
+		 * that undo RoPE then take 0) */
+		b->first_token = s->arg && s->arg <= UINT32_MAX ? (uint32_t)(s->arg - 1) : 0;
 		kvtd_blk_committed(d, ho->blk);
 		c->puts++;
 		d->m.puts_total++;

@@ -137,6 +137,7 @@ def _load() -> ctypes.CDLL:
         "kvt_put_reserve": (ctypes.c_int, [c_client, ctypes.c_int, P(_Key), ctypes.c_size_t,
                                            P(_Reservation)]),
         "kvt_put_commit": (ctypes.c_int, [c_client, P(_Reservation)]),
+        "kvt_put_commit_at": (ctypes.c_int, [c_client, P(_Reservation), ctypes.c_uint32]),
         "kvt_put_abort": (ctypes.c_int, [c_client, P(_Reservation)]),
         "kvt_put": (ctypes.c_int, [c_client, ctypes.c_int, P(_Key), ctypes.c_void_p,
                                    ctypes.c_size_t]),
@@ -414,13 +415,18 @@ class Reservation:
         self.array = array
         self.done = False
 
-    def commit(self) -> None:
-        """Makes the block visible. The reservation is spent either way."""
+    def commit(self, position: Optional[int] = None) -> None:
+        """Makes the block visible. The reservation is spent either way.  ``position``: where
+        the block's first token stands in its sequence (see kvt_put_commit_at)."""
         if self.done:
             raise KvtError(_errno.EINVAL, "commit: reservation already finished")
         self.done = True
-        _check(_lib.kvt_put_commit(self._client._handle(), ctypes.byref(self._r)),
-               "kvt_put_commit")
+        if position is None:
+            _check(_lib.kvt_put_commit(self._client._handle(), ctypes.byref(self._r)),
+                   "kvt_put_commit")
+        else:
+            _check(_lib.kvt_put_commit_at(self._client._handle(), ctypes.byref(self._r),
+                                          int(position)), "kvt_put_commit_at")
 
     def abort(self) -> None:
         """Drops the reservation; nothing becomes visible."""
@@ -616,10 +622,12 @@ class Client:
             raise
         return Reservation(self, r, view)
 
-    def put(self, layout: LayoutLike, key: KeyLike, data: Union[np.ndarray, bytes]) -> int:
+    def put(self, layout: LayoutLike, key: KeyLike, data: Union[np.ndarray, bytes],
+            position: Optional[int] = None) -> int:
         """Stores ``data`` (a C-contiguous array of any dtype, or bytes) under ``key``:
         reserve, one copy into the arena, commit.  Returns 0 when stored, 1 when the key was
-        already stored (nothing written).  Raises KvtError otherwise."""
+        already stored (nothing written).  Raises KvtError otherwise.  ``position``: the
+        block's first token's position in its sequence, for codecs that undo RoPE."""
         src = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) \
             else _as_bytes_view(np.asarray(data), writable=False)
         try:
@@ -633,7 +641,7 @@ class Client:
         except BaseException:
             res.abort()
             raise
-        res.commit()
+        res.commit(position)
         return 0
 
     def put_copy(self, layout: LayoutLike, key: KeyLike, data: Union[np.ndarray, bytes]) -> int:

@@ -189,6 +189,21 @@ def test_put_copy_and_reserve(client):
     assert client.lookup(lay, [k3]) == 0
 
 
+def test_put_with_position(client):
+    # the position only helps codecs; the data comes back the same
+    lay = small_layout(client)
+    keys = client.key_chain(lay, np.arange(48) + 5000)
+    for i, k in enumerate(keys):
+        b = rand_block(lay, 40 + i)
+        assert client.put(lay, k, b, position=i * lay.block_tokens) == 0
+        assert client.get(lay, k).tobytes() == b.tobytes()
+    res = client.reserve(lay, client.key_chain(lay, np.arange(16) + 7000)[0])
+    res.array[:] = 3
+    res.commit(position=2**32 - 2)
+    with pytest.raises(kvtier.KvtError):
+        res.commit(position=0)  # spent
+
+
 def test_lookup_chained_prefix(client):
     lay = small_layout(client)
     keys = client.key_chain(lay, np.arange(16 * 6) + 5, as_array=True)

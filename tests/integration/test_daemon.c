@@ -1250,9 +1250,10 @@ static void test_nvme_codec_threads(void)
 
 /*
  * A chain with a dictionary on NVMe (uq:kb=1, nvme.codec_dict), on real KV: blocks that went
- * down come back exactly as the chain decodes them here (the same code, so bit for bit), across
- * a restart; without the dictionary the daemon refuses to start; with another dictionary the
- * old records are dropped at recovery, never served wrong.
+ * down come back exactly as the chain decodes them here at their positions (the same code, so
+ * bit for bit: kvt_put_at's position reached the encoder), across a restart; without the
+ * dictionary the daemon refuses to start; with another dictionary the old records are dropped
+ * at recovery, never served wrong.
  */
 static void test_nvme_codec_dict(void)
 {
@@ -1317,6 +1318,7 @@ static void test_nvme_codec_dict(void)
 	uint8_t *enc = malloc(cap);
 	uint16_t *lossy = malloc(bb * NB);
 	for (uint32_t i = 0; i < NB; i++) {
+		g.first_token = i * T; /* the daemon is told (kvt_put_at) */
 		ssize_t n = kvt_chain_encode(c, &g, blk + i * bb / 2, bb, enc, cap);
 		CHECK(n > 0);
 		CHECK_EQ(kvt_chain_decode(c, enc, (size_t)n, lossy + i * bb / 2, bb, NULL),
@@ -1336,7 +1338,7 @@ static void test_nvme_codec_dict(void)
 		int lay = kvt_register_layout(cl, &l);
 		if (!round)
 			for (uint32_t i = 0; i < NB; i++)
-				CHECK_EQ(kvt_put(cl, lay, &keys[i], blk + i * bb / 2, bb), 0);
+				CHECK_EQ(kvt_put_at(cl, lay, &keys[i], i * T, blk + i * bb / 2, bb), 0);
 		int exact = 0, coded = 0, wrong = 0, miss = 0;
 		for (uint32_t i = 0; i < NB; i++) {
 			ssize_t n = kvt_get(cl, lay, &keys[i], b, bb);
