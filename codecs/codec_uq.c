@@ -260,15 +260,10 @@ static void rope_rows(struct uq_work *w, float *x, uint32_t t0, uint32_t t1, flo
  * its coordinates, with the transpose back; the inner loop runs along a row of m, which the
  * compiler vectorises.
  */
-#if (defined(__x86_64__) || defined(__i386__)) && !defined(__clang__)
-/* AVX2 where the CPU has it: the same products and sums in the same order, so the same bits */
-#define XFORM_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define XFORM_CLONES
-#endif
-XFORM_CLONES
-static void xform_rows(float *restrict x, uint32_t t0, uint32_t t1, uint32_t D,
-		       const float *restrict m, float *restrict tmp)
+static inline __attribute__((always_inline)) void xform_body(float *restrict x, uint32_t t0,
+							     uint32_t t1, uint32_t D,
+							     const float *restrict m,
+							     float *restrict tmp)
 {
 	const size_t n = D;
 	size_t t = t0;
@@ -300,6 +295,29 @@ static void xform_rows(float *restrict x, uint32_t t0, uint32_t t1, uint32_t D,
 		}
 		memcpy(x + t * n, tmp, n * sizeof(float));
 	}
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+/* The same loops for AVX2 (no FMA: the same products and sums in the same order, so the same
+ * bits), taken when kvt_simd_active() (test_codec_simd compares the two). */
+__attribute__((target("avx2"))) static void xform_avx2(float *restrict x, uint32_t t0, uint32_t t1,
+						       uint32_t D, const float *restrict m,
+						       float *restrict tmp)
+{
+	xform_body(x, t0, t1, D, m, tmp);
+}
+#endif
+
+static void xform_rows(float *restrict x, uint32_t t0, uint32_t t1, uint32_t D,
+		       const float *restrict m, float *restrict tmp)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	if (kvt_simd_active()) {
+		xform_avx2(x, t0, t1, D, m, tmp);
+		return;
+	}
+#endif
+	xform_body(x, t0, t1, D, m, tmp);
 }
 
 /* Reconstruction of one row: shared by encoder and decoder so both compute the same bits. */

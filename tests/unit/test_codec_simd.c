@@ -99,10 +99,25 @@ static void test_codec_same_bytes(void **state)
 	for (size_t i = 0; i < n / 2; i++)
 		st16(blk + 2 * i, kvt_f2h((float)((int)(rnd() % 2001) - 1000) / 250.0f));
 	static const char *const specs[] = {
-	    "uq", "uq:dq=0.4,kl=0:1", "kivi", "fp8", "lowrank:r=4,b=4", "lsh", NULL};
+	    "uq",  "uq:dq=0.4,kl=0:1",	  "kivi", "fp8", "lowrank:r=4,b=4",
+	    "lsh", "uq:kb=1,cx=1,dq=0.4", NULL};
+	/* kb: a dictionary calibrated on the block itself (the basis transform has an AVX2
+	 * path) */
+	struct kvt_dict_trainer *t;
+	struct kvt_dict *dict;
+	void *dbuf;
+	size_t dlen;
+	assert_int_equal(kvt_dict_trainer_new(&g, 10000, &t), 0);
+	assert_int_equal(kvt_dict_trainer_add(t, &g, blk, n), 0);
+	assert_int_equal(kvt_dict_trainer_finish(t, &dbuf, &dlen), 0);
+	kvt_dict_trainer_free(t);
+	assert_int_equal(kvt_dict_parse(dbuf, dlen, &dict), 0);
+	free(dbuf);
 	for (size_t k = 0; specs[k]; k++) {
 		struct kvt_chain *c;
 		assert_int_equal(kvt_chain_parse(specs[k], &c), 0);
+		if (kvt_chain_flags(c) & KVT_CODEC_DICT)
+			assert_int_equal(kvt_chain_set_dict(c, dict), 0);
 		size_t cap = kvt_chain_max_encoded_size(c, &g);
 		uint8_t *e1 = malloc(cap), *e2 = malloc(cap), *d1 = malloc(n), *d2 = malloc(n);
 		ssize_t l1 = kvt_chain_encode(c, &g, blk, n, e1, cap);
@@ -121,6 +136,7 @@ static void test_codec_same_bytes(void **state)
 		free(d2);
 		kvt_chain_free(c);
 	}
+	kvt_dict_free(dict);
 	free(blk);
 }
 
