@@ -204,6 +204,32 @@ def test_put_with_position(client):
         res.commit(position=0)  # spent
 
 
+def test_save_kvd_calibrates(tmp_path):
+    # a dump written from numpy is one kvtier-eval reads: it calibrates a dictionary from it
+    rng = np.random.default_rng(3)
+    k = rng.standard_normal((2, 2, 128, 64)).astype(np.float16)
+    v = rng.standard_normal((2, 2, 128, 64)).astype(np.float16)
+    q = rng.standard_normal((2, 4, 16, 64)).astype(np.float16)
+    path = str(tmp_path / "mine.kvd")
+    kvtier.save_kvd(path, k, v, q=q, tokens=range(1000, 1128), source="unit test")
+    raw = open(path, "rb").read()
+    assert raw[:8] == b"KVDUMP01"
+    assert list(np.frombuffer(raw[8:40], "<u4")) == [2, 2, 4, 64, 128, 16, 1, 9]
+    assert raw[104:104 + 128] == bytes((1000 + i) & 0xff for i in range(128))
+    off = 104 + 128
+    assert raw[off:off + k.nbytes] == k.tobytes()
+    assert len(raw) == off + k.nbytes + v.nbytes + q.nbytes
+    with pytest.raises(ValueError):
+        kvtier.save_kvd(path, k, v[:, :, :64])
+    ev = os.path.join(os.path.dirname(_daemon_path()), "..", "bench", "kvtier-eval")
+    if not os.path.exists(ev):
+        pytest.skip("no kvtier-eval next to kvtierd")
+    out = subprocess.run([ev, "dict", "-o", str(tmp_path / "mine.kvdict"), path],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "2 blocks of 64 tokens" in out.stdout
+
+
 def test_lookup_chained_prefix(client):
     lay = small_layout(client)
     keys = client.key_chain(lay, np.arange(16 * 6) + 5, as_array=True)
