@@ -1338,7 +1338,8 @@ static void test_nvme_codec_dict(void)
 		int lay = kvt_register_layout(cl, &l);
 		if (!round)
 			for (uint32_t i = 0; i < NB; i++)
-				CHECK_EQ(kvt_put_at(cl, lay, &keys[i], i * T, blk + i * bb / 2, bb), 0);
+				CHECK_EQ(kvt_put_at(cl, lay, &keys[i], i * T, blk + i * bb / 2, bb),
+					 0);
 		int exact = 0, coded = 0, wrong = 0, miss = 0;
 		for (uint32_t i = 0; i < NB; i++) {
 			ssize_t n = kvt_get(cl, lay, &keys[i], b, bb);
@@ -1358,6 +1359,43 @@ static void test_nvme_codec_dict(void)
 		CHECK_EQ(wrong, 0);
 		CHECK(coded >= (int)NB - 20); /* 1 MiB of host holds 16 blocks */
 		CHECK(round || status_metric("demotions_total") > 0);
+		kvt_close(cl);
+		CHECK_EQ(daemon_stop(pid), 0);
+	}
+	/* the same with codec threads: background demotion encodes off the loop (the chain
+	 * and its dictionary shared by the threads), sync evictions go down raw; every block
+	 * comes back exact or as the chain decodes it */
+	{
+		unlink(nvme_path_opt + strlen("nvme.paths="));
+		pid_t pid =
+		    daemon_start("1MiB", NVME_ARGS, "-o", codec_opt, "-o", opt_a, "-o",
+				 "nvme.codec_threads=2", "-o", "daemon.tick_ms=2", "-o",
+				 "host.high_watermark=0.5", "-o", "host.low_watermark=0.25", NULL);
+		CHECK(pid > 0);
+		struct kvt_client *cl = connect_ok();
+		CHECK(cl);
+		int lay = kvt_register_layout(cl, &l);
+		for (uint32_t i = 0; i < NB; i++) {
+			CHECK_EQ(kvt_put_at(cl, lay, &keys[i], i * T, blk + i * bb / 2, bb), 0);
+			if (i % 4 == 3)
+				usleep(20000);
+		}
+		int exact = 0, coded = 0, wrong = 0;
+		for (uint32_t i = 0; i < NB; i++) {
+			ssize_t n = kvt_get(cl, lay, &keys[i], b, bb);
+			if (n == (ssize_t)bb && !memcmp(b, blk + i * bb / 2, bb))
+				exact++;
+			else if (n == (ssize_t)bb && !memcmp(b, lossy + i * bb / 2, bb))
+				coded++;
+			else
+				wrong++;
+		}
+		printf("nvme_codec_dict: threads: %d exact (host or raw), %d through the chain, %d "
+		       "wrong; %lld encodes off the loop\n",
+		       exact, coded, wrong, status_metric("codec_offloop_encodes_total"));
+		CHECK_EQ(wrong, 0);
+		CHECK(coded > 0);
+		CHECK(status_metric("codec_offloop_encodes_total") > 0);
 		kvt_close(cl);
 		CHECK_EQ(daemon_stop(pid), 0);
 	}
