@@ -1212,6 +1212,9 @@ static void render_tiers(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 					  ns.io_flags & KVT_TIER_ST_DIRECT ? "true" : "false",
 					  ns.corrupt_records + d->m.nvme_corrupt_total,
 					  ns.read_errors, ns.write_errors, ns.recovered);
+			if (detail && !host && d->nvme_dict)
+				sb_printf(b, ",\"codec_dict\":\"%016" PRIx64 "\"",
+					  kvt_dict_id(d->nvme_dict));
 			sb_printf(b, "}");
 		} else {
 			char c1[32], c2[32];
@@ -1240,6 +1243,9 @@ static void render_tiers(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 				    ns.io_flags & KVT_TIER_ST_DIRECT ? " O_DIRECT" : " buffered",
 				    ns.corrupt_records + d->m.nvme_corrupt_total, ns.read_errors,
 				    ns.write_errors, ns.recovered);
+			if (detail && !host && d->nvme_dict)
+				sb_printf(b, "       dictionary %016" PRIx64 " (%s)\n",
+					  kvt_dict_id(d->nvme_dict), d->cfg.nvme_codec_dict);
 		}
 	}
 	if (!d->nvme && !json && detail)

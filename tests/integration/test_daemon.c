@@ -1359,6 +1359,16 @@ static void test_nvme_codec_dict(void)
 		CHECK_EQ(wrong, 0);
 		CHECK(coded >= (int)NB - 20); /* 1 MiB of host holds 16 blocks */
 		CHECK(round || status_metric("demotions_total") > 0);
+		/* the operator sees which dictionary the tier uses */
+		char idhex[24], *out;
+		int rc;
+		snprintf(idhex, sizeof(idhex), "%016llx", (unsigned long long)kvt_dict_id(da));
+		out = ctl(&rc, "--json tiers");
+		CHECK(rc == 0 && out && strstr(out, idhex) && strstr(out, "\"codec_dict\""));
+		free(out);
+		out = ctl(&rc, "tiers");
+		CHECK(rc == 0 && out && strstr(out, idhex) && strstr(out, dict_a));
+		free(out);
 		kvt_close(cl);
 		CHECK_EQ(daemon_stop(pid), 0);
 	}
