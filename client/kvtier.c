@@ -745,8 +745,7 @@ KVT_API int kvt_put_commit(struct kvt_client *c, struct kvt_reservation *r)
 	return finish(c, r, KVT_OP_COMMIT, KVT_POS_UNKNOWN);
 }
 
-KVT_API int kvt_put_commit_at(struct kvt_client *c, struct kvt_reservation *r,
-			      uint32_t first_token)
+KVT_API int kvt_put_commit_at(struct kvt_client *c, struct kvt_reservation *r, uint32_t first_token)
 {
 	return finish(c, r, KVT_OP_COMMIT, first_token);
 }
