@@ -170,6 +170,8 @@ void kvt_hadamard(float *x, uint32_t n);
  */
 void kvt_rope(float *x, uint32_t d, double pos, double theta, int sign);
 
+/* The mean row of one slab of a dictionary, in the basis' coordinates (D floats). */
+const float *kvt_dict_mean(const struct kvt_dict *d, size_t slab);
 /* Basis of one slab of a dictionary, [d][j] (column j: direction j), or its transpose. */
 const float *kvt_dict_basis(const struct kvt_dict *d, size_t slab, int transpose);
 /* Eigenvectors (columns of v) and eigenvalues w, decreasing, of the symmetric a[n][n] (upper

@@ -28,8 +28,9 @@
  * ctx_row()); no side information.
  * kb=1: after step 1, every row goes to the coordinates of the chain's dictionary (dict.c:
  * per layer, K or V and kv head, an orthonormal basis calibrated on the model's KV), where a
- * few coordinates carry most of the energy; steps 2-6 run there, qw is off (its pairs are
- * RoPE pairs) and cx is what adapts the tables to the coordinates.  The stream starts with the
+ * few coordinates carry most of the energy; steps 2-6 run there, the means of step 3
+ * relative to the dictionary's mean row, qw is off (its pairs are RoPE pairs) and cx is what
+ * adapts the tables to the coordinates.  The stream starts with the
  * dictionary's id; the decoder answers -ENOKEY without that dictionary.
  * Error bound: |x - x^| <= step/2 per element in the coded frame (no clipping; with qw, the
  * channel's own step, at most 2^3.5 slab steps; with dq, one step), before the fp16 rounding
@@ -768,11 +769,14 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 		 * Means on a grid of step/MU_DIV: a mean off by up to step/2 would shift every
 		 * token of a quiet channel the same way, an error that attention does not average.
 		 */
+		/* kb: relative to the model's mean row, which the dictionary holds */
+		const float *gm = dict ? kvt_dict_mean(dict, s) : NULL;
 		for (uint32_t d = 0; d < D; d++) {
-			float m = has_mu ? rintf(w->mu[d] * MU_DIV / w->stp[d]) : 0.0f;
+			float g0 = gm ? gm[d] : 0.0f;
+			float m = has_mu ? rintf((w->mu[d] - g0) * MU_DIV / w->stp[d]) : 0.0f;
 			m = m > 1e8f ? 1e8f : m < -1e8f ? -1e8f : m;
 			w->mq[d] = (int32_t)m;
-			w->mu[d] = (float)w->mq[d] * (w->stp[d] / MU_DIV);
+			w->mu[d] = (float)w->mq[d] * (w->stp[d] / MU_DIV) + (has_mu ? g0 : 0.0f);
 		}
 		/* prediction and quantization, row by row on decoded values */
 		float *inv = w->sc + (size_t)T * D + D; /* scratch row */
@@ -1050,11 +1054,13 @@ static ssize_t uq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 		if (!ep || !sp || rans_dec_init(&rd, sp, sl))
 			goto out;
 		rb_init(&e, ep, el);
+		const float *gm = dict ? kvt_dict_mean(dict, s) : NULL;
 		for (uint32_t d = 0; d < D; d++) {
 			int64_t z = has_mu ? get_sym(&rd, cm, &e) : 0;
 			if (z < 0 || z > 400000000)
 				goto out;
-			w->mu[d] = (float)zz_dec((uint32_t)z) * (w->stp[d] / MU_DIV);
+			w->mu[d] = (float)zz_dec((uint32_t)z) * (w->stp[d] / MU_DIV) +
+				   (has_mu && gm ? gm[d] : 0.0f);
 		}
 		memset(w->acc, 0, D * sizeof(uint32_t));
 		for (uint32_t t = nsink; t < T; t++) {

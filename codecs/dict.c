@@ -11,9 +11,10 @@
  *
  * File (little-endian): "KVTDICT1", u32 version 1, n_layers, n_kv_heads, head_dim,
  * block_tokens and blocks of the calibration, f64 RoPE theta of the key frame, 8 bytes zero;
- * then per slab, in block order (layer, K then V, kv head), the basis: head_dim f32 column
- * scales, then int8 [d][j], column j the j-th direction by decreasing variance; then the
- * XXH64 of all of the above, which is the dictionary's id.
+ * then per slab, in block order (layer, K then V, kv head): head_dim f32 column scales, the
+ * slab's mean row (head_dim f32, pre-RoPE frame for keys), then the basis as int8 [d][j],
+ * column j the j-th direction by decreasing variance; then the XXH64 of all of the above,
+ * which is the dictionary's id.
  * Eight bits are plenty: any orthonormal basis decodes exactly (both sides rebuild the same
  * one from the file, Gram-Schmidt in double), and one near the KLT compacts as well as the
  * KLT (on nx_gml_2k: 7.845 x with 8 bits against 7.847 x with fp16).
@@ -38,6 +39,7 @@ struct kvt_dict {
 	size_t bytes;
 	float *basis;  /* [slab][d][j] */
 	float *tbasis; /* [slab][j][d]: the transpose, for the inverse transform */
+	float *cmean;  /* [slab][j]: the mean row in the basis' coordinates */
 };
 
 static size_t dict_slabs(uint32_t L, uint32_t H)
@@ -45,10 +47,10 @@ static size_t dict_slabs(uint32_t L, uint32_t H)
 	return (size_t)2 * L * H;
 }
 
-/* Bytes of one slab's basis in the file: column scales, then the entries. */
+/* Bytes of one slab in the file: column scales, mean row, then the basis' entries. */
 static size_t slab_bytes(uint32_t D)
 {
-	return (size_t)D * 4 + (size_t)D * D;
+	return (size_t)D * 8 + (size_t)D * D;
 }
 
 static void put_u32(uint8_t *p, uint32_t v)
@@ -122,7 +124,8 @@ int kvt_dict_parse(const void *buf, size_t n, struct kvt_dict **out)
 	d = calloc(1, sizeof(*d));
 	double *col = malloc(D * sizeof(double));
 	if (!d || !col || !(d->basis = malloc(ns * mat * sizeof(float))) ||
-	    !(d->tbasis = malloc(ns * mat * sizeof(float)))) {
+	    !(d->tbasis = malloc(ns * mat * sizeof(float))) ||
+	    !(d->cmean = malloc(ns * D * sizeof(float)))) {
 		free(col);
 		kvt_dict_free(d);
 		return -ENOMEM;
@@ -143,11 +146,13 @@ int kvt_dict_parse(const void *buf, size_t n, struct kvt_dict **out)
 	for (size_t s = 0; s < ns; s++) {
 		float *b = d->basis + s * mat, *t = d->tbasis + s * mat;
 		const uint8_t *sp = p + DICT_HDR + s * slab_bytes(D);
-		const int8_t *q = (const int8_t *)(sp + (size_t)D * 4);
+		const int8_t *q = (const int8_t *)(sp + (size_t)D * 8);
 		for (uint32_t j = 0; j < D; j++) {
-			float sc;
+			float sc, m;
 			memcpy(&sc, sp + (size_t)j * 4, 4);
-			if (!isfinite(sc) || !(sc > 0) || sc > 1) {
+			memcpy(&m, sp + (size_t)(D + j) * 4, 4);
+			/* a mean row of fp16 data is within the fp16 range */
+			if (!isfinite(sc) || !(sc > 0) || sc > 1 || !(fabsf(m) <= 65504.0f)) {
 				free(col);
 				kvt_dict_free(d);
 				return -EBADMSG;
@@ -160,6 +165,16 @@ int kvt_dict_parse(const void *buf, size_t n, struct kvt_dict **out)
 		for (uint32_t i = 0; i < D; i++)
 			for (uint32_t j = 0; j < D; j++)
 				t[(size_t)j * D + i] = b[(size_t)i * D + j];
+		/* the mean row in coordinates, once: uq codes block means relative to it */
+		for (uint32_t j = 0; j < D; j++) {
+			double a = 0;
+			for (uint32_t i = 0; i < D; i++) {
+				float m;
+				memcpy(&m, sp + (size_t)(D + i) * 4, 4);
+				a += (double)m * b[(size_t)i * D + j];
+			}
+			d->cmean[(size_t)s * D + j] = (float)a;
+		}
 	}
 	free(col);
 	*out = d;
@@ -203,6 +218,7 @@ void kvt_dict_free(struct kvt_dict *d)
 		return;
 	free(d->basis);
 	free(d->tbasis);
+	free(d->cmean);
 	free(d);
 }
 
@@ -233,6 +249,11 @@ void kvt_dict_geom(const struct kvt_dict *d, struct kvt_codec_geom *g, double *r
 	*rope_theta = d->rope_theta;
 }
 
+const float *kvt_dict_mean(const struct kvt_dict *d, size_t slab)
+{
+	return d->cmean + slab * d->head_dim;
+}
+
 const float *kvt_dict_basis(const struct kvt_dict *d, size_t slab, int transpose)
 {
 	size_t mat = (size_t)d->head_dim * d->head_dim;
@@ -248,6 +269,7 @@ struct kvt_dict_trainer {
 	double theta;
 	uint32_t n_blocks;
 	double *cov; /* [slab][D][D]: sums of outer products of block-centred rows */
+	double *sum; /* [slab][D]: sums of the rows */
 	float *x;
 	double *mu;
 };
@@ -270,9 +292,10 @@ int kvt_dict_trainer_new(const struct kvt_codec_geom *g, double rope_theta,
 	t->g.first_token = 0;
 	t->theta = rope_theta;
 	t->cov = calloc(ns * D * D, sizeof(double));
+	t->sum = calloc(ns * D, sizeof(double));
 	t->x = malloc((size_t)g->block_tokens * D * sizeof(float));
 	t->mu = malloc(D * sizeof(double));
-	if (!t->cov || !t->x || !t->mu) {
+	if (!t->cov || !t->sum || !t->x || !t->mu) {
 		kvt_dict_trainer_free(t);
 		return -ENOMEM;
 	}
@@ -285,6 +308,7 @@ void kvt_dict_trainer_free(struct kvt_dict_trainer *t)
 	if (!t)
 		return;
 	free(t->cov);
+	free(t->sum);
 	free(t->x);
 	free(t->mu);
 	free(t);
@@ -315,6 +339,7 @@ int kvt_dict_trainer_add(struct kvt_dict_trainer *t, const struct kvt_codec_geom
 			for (uint32_t r = 0; r < T; r++)
 				a += x[(size_t)r * D + d];
 			t->mu[d] = a / T;
+			t->sum[s * D + d] += a;
 		}
 		for (uint32_t r = 0; r < T; r++) {
 			float *row = x + (size_t)r * D;
@@ -451,7 +476,12 @@ int kvt_dict_trainer_finish(struct kvt_dict_trainer *t, void **out, size_t *out_
 	memcpy(p + 32, &t->theta, 8);
 	for (size_t s = 0; s < ns; s++) {
 		uint8_t *sp = p + DICT_HDR + s * slab_bytes(D);
-		int8_t *q = (int8_t *)(sp + (size_t)D * 4);
+		int8_t *q = (int8_t *)(sp + (size_t)D * 8);
+		for (uint32_t j = 0; j < D; j++) {
+			float m =
+			    (float)(t->sum[s * D + j] / ((double)t->n_blocks * g->block_tokens));
+			memcpy(sp + (size_t)(D + j) * 4, &m, 4);
+		}
 		jacobi_eigen(t->cov + s * mat, D, v, w);
 		for (uint32_t j = 0; j < D; j++) {
 			double mx = 1e-30;

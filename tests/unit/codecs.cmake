@@ -28,7 +28,7 @@ if(TARGET kvtier-eval AND TARGET kvt_codecs)
 			${PROJECT_SOURCE_DIR}/tests/data/sympy_head640.kvd
 		LABELS fast)
 	set_tests_properties(eval_dict_calibrate PROPERTIES FIXTURES_SETUP kvdict
-		PASS_REGULAR_EXPRESSION "10 blocks of 64 tokens, 270392 bytes")
+		PASS_REGULAR_EXPRESSION "10 blocks of 64 tokens, 278584 bytes")
 	kvt_add_test(eval_dict_wrong_model
 		COMMAND $<TARGET_FILE:kvtier-eval> codec --codec uq:kb=1,cx=1
 			--dict ${CMAKE_CURRENT_BINARY_DIR}/head640.kvdict
