@@ -276,7 +276,7 @@ static void test_uq_kb(void **state)
 	check_kb(&k, d, ",cx=1,dq=0.4,sink=3,lsh=3", 0.45, 0.19, NULL, NULL);
 	/*
 	 * The point of it: at the same steps the basis codes real KV smaller, at no more
-	 * error, than the channels do (measured: 1.18 x smaller, calibrated on 5 blocks).
+	 * error, than the channels do (measured: 1.19 x smaller, calibrated on 5 blocks).
 	 */
 	double r0, r1, m0, m1;
 	struct kvt_chain *c;
