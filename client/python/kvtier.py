@@ -763,10 +763,13 @@ def save_kvd(path: str, k: np.ndarray, v: np.ndarray, q: Optional[np.ndarray] = 
     holds them (fp16; other float types are converted).  ``q``: optional post-RoPE queries of
     the last P positions, [layers][q_heads][P][head_dim] (needed by ``kvtier-eval codec``,
     not by ``dict``).  ``tokens``: the token ids; the format keeps one byte a token (the low
-    byte of each id; informational).  From Hugging Face transformers, for one sequence::
+    byte of each id; informational).  From a Hugging Face transformers cache, for the first
+    sequence of the batch (as bench/hf_roundtrip.py's cache_layers() reads it)::
 
-        k = np.stack([c[0][0].float().cpu().numpy() for c in past_key_values])
-        v = np.stack([c[1][0].float().cpu().numpy() for c in past_key_values])
+        layers = ([(c.keys, c.values) for c in cache.layers] if hasattr(cache, "layers")
+                  else list(zip(cache.key_cache, cache.value_cache)))
+        k = np.stack([kk[0].float().cpu().numpy() for kk, _ in layers])
+        v = np.stack([vv[0].float().cpu().numpy() for _, vv in layers])
 
     The file is written whole or not at all (a temporary renamed in place)."""
     k = np.ascontiguousarray(np.asarray(k, dtype=np.float16))
