@@ -401,44 +401,6 @@ static int dict_add_dump(struct kvt_dict_trainer *t, const struct kvd *d, uint32
 	return rc ? rc : nb;
 }
 
-/* Parses "A:B" into [a, b). */
-static int parse_range(const char *s, uint32_t *a, uint32_t *b)
-{
-	char *e;
-	unsigned long x = strtoul(s, &e, 10), y;
-	if (*e != ':')
-		return -EINVAL;
-	y = strtoul(e + 1, &e, 10);
-	if (*e || y <= x || y > UINT32_MAX)
-		return -EINVAL;
-	*a = (uint32_t)x;
-	*b = (uint32_t)y;
-	return 0;
-}
-
-/* Writes n bytes of p to path, whole or not at all (a temporary renamed in place). */
-static int write_file(const char *path, const void *p, size_t n)
-{
-	char tmp[4096];
-	FILE *f;
-	int rc = 0;
-
-	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
-		return -ENAMETOOLONG;
-	f = fopen(tmp, "wb");
-	if (!f)
-		return -errno;
-	if (fwrite(p, 1, n, f) != n)
-		rc = -EIO;
-	if (fclose(f) && !rc)
-		rc = -errno;
-	if (!rc && rename(tmp, path))
-		rc = -errno;
-	if (rc)
-		remove(tmp);
-	return rc;
-}
-
 static void dict_usage(FILE *f)
 {
 	fprintf(
@@ -469,7 +431,7 @@ int eval_dict_main(int argc, char **argv)
 		} else if (!strcmp(a, "--block") && i + 1 < argc) {
 			bt = (uint32_t)strtoul(argv[++i], NULL, 10);
 		} else if (!strcmp(a, "--tokens") && i + 1 < argc) {
-			if (parse_range(argv[++i], &t0, &t1)) {
+			if (kvd_parse_range(argv[++i], &t0, &t1)) {
 				fprintf(stderr, "kvtier-eval dict: bad --tokens '%s'\n", argv[i]);
 				return 2;
 			}
@@ -517,7 +479,8 @@ int eval_dict_main(int argc, char **argv)
 	size_t len;
 	int err = kvt_dict_trainer_finish(t, &buf, &len);
 	if (!err) {
-		err = write_file(out, buf, len);
+		const void *parts[] = {buf};
+		err = kvd_write_file(out, parts, &len, 1);
 		free(buf);
 	}
 	if (err) {
@@ -639,7 +602,7 @@ int eval_codec_main(int argc, char **argv)
 		} else if (!strcmp(a, "--dict") && i + 1 < argc) {
 			dpath = argv[++i];
 		} else if (!strcmp(a, "--calibrate") && i + 1 < argc) {
-			if (parse_range(argv[++i], &ct0, &ct1)) {
+			if (kvd_parse_range(argv[++i], &ct0, &ct1)) {
 				fprintf(stderr, "kvtier-eval codec: bad --calibrate '%s'\n",
 					argv[i]);
 				return 2;

@@ -77,35 +77,6 @@ static void usage(FILE *f)
 	    "  --json             one JSON object on stdout\n");
 }
 
-static int parse_u32(const char *s, uint32_t *v)
-{
-	char *e;
-	unsigned long x;
-
-	errno = 0;
-	x = strtoul(s, &e, 10);
-	if (errno || e == s || *e || x > UINT32_MAX || s[0] == '-')
-		return -1;
-	*v = (uint32_t)x;
-	return 0;
-}
-
-static int parse_range(const char *s, uint32_t *a, uint32_t *b)
-{
-	char buf[64], *c;
-
-	if (strlen(s) >= sizeof(buf))
-		return -1;
-	strcpy(buf, s);
-	c = strchr(buf, ':');
-	if (!c)
-		return -1;
-	*c = 0;
-	if (parse_u32(buf, a) || parse_u32(c + 1, b) || *a >= *b)
-		return -1;
-	return 0;
-}
-
 static int parse_args(int argc, char **argv, struct cfg *c)
 {
 	*c = (struct cfg){.block = 64,
@@ -142,25 +113,25 @@ static int parse_args(int argc, char **argv, struct cfg *c)
 		}
 		i++;
 		if (!strcmp(a, "--block"))
-			bad = parse_u32(v, &c->block) || !c->block;
+			bad = kvd_parse_u32(v, &c->block) || !c->block;
 		else if (!strcmp(a, "--budget")) {
 			char *e;
 			c->budget = strtod(v, &e);
 			bad = *e || e == v || !(c->budget > 0 && c->budget <= 1);
 		} else if (!strcmp(a, "--margin"))
-			bad = parse_u32(v, &c->margin);
+			bad = kvd_parse_u32(v, &c->margin);
 		else if (!strcmp(a, "--rope-theta")) {
 			char *e;
 			c->rope_theta = strtof(v, &e);
 			bad = *e || e == v || !(c->rope_theta >= 0);
 		} else if (!strcmp(a, "--shortlist"))
-			bad = parse_u32(v, &c->shortlist);
+			bad = kvd_parse_u32(v, &c->shortlist);
 		else if (!strcmp(a, "--sink"))
-			bad = parse_u32(v, &c->sink);
+			bad = kvd_parse_u32(v, &c->sink);
 		else if (!strcmp(a, "--recent"))
-			bad = parse_u32(v, &c->recent);
+			bad = kvd_parse_u32(v, &c->recent);
 		else if (!strcmp(a, "--digest-bytes"))
-			bad = parse_u32(v, &c->digest_bytes);
+			bad = kvd_parse_u32(v, &c->digest_bytes);
 		else if (!strcmp(a, "--digest")) {
 			static const char *const k[] = {"auto", "qkeys", "centroid", "meanstd",
 							"minmax"};
@@ -171,9 +142,9 @@ static int parse_args(int argc, char **argv, struct cfg *c)
 					bad = 0;
 				}
 		} else if (!strcmp(a, "--layers"))
-			bad = parse_range(v, &c->l0, &c->l1);
+			bad = kvd_parse_range(v, &c->l0, &c->l1);
 		else if (!strcmp(a, "--positions"))
-			bad = parse_range(v, &c->p0, &c->p1);
+			bad = kvd_parse_range(v, &c->p0, &c->p1);
 		else {
 			fprintf(stderr, "kvtier-eval predict: unknown option %s\n", a);
 			usage(stderr);

@@ -123,8 +123,6 @@ int kvd_save(const char *path, const struct kvd *d)
 {
 	uint8_t hdr[KVD_HDR] = {0};
 	size_t kv = kvd_kv_elems(d) * 2, q = kvd_q_elems(d) * 2;
-	FILE *f;
-	int ok;
 
 	memcpy(hdr, "KVDUMP01", 8);
 	wr32(hdr + 8, d->n_layers);
@@ -136,15 +134,61 @@ int kvd_save(const char *path, const struct kvd *d)
 	wr32(hdr + 32, 1);
 	wr32(hdr + 36, (uint32_t)strnlen(d->source, 64));
 	memcpy(hdr + 40, d->source, strnlen(d->source, 64));
-	f = fopen(path, "wb");
+	const void *parts[] = {hdr, d->tokens, d->k, d->v, d->q};
+	const size_t lens[] = {KVD_HDR, d->n_tokens, kv, kv, q};
+	return kvd_write_file(path, parts, lens, 5);
+}
+
+int kvd_write_file(const char *path, const void *const *parts, const size_t *lens, int n)
+{
+	char tmp[4096];
+	FILE *f;
+	int rc = 0;
+
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+		return -ENAMETOOLONG;
+	f = fopen(tmp, "wb");
 	if (!f)
 		return -errno;
-	ok = fwrite(hdr, 1, KVD_HDR, f) == KVD_HDR &&
-	     fwrite(d->tokens, 1, d->n_tokens, f) == d->n_tokens && fwrite(d->k, 1, kv, f) == kv &&
-	     fwrite(d->v, 1, kv, f) == kv && fwrite(d->q, 1, q, f) == q;
-	if (fclose(f) != 0)
-		ok = 0;
-	return ok ? 0 : -EIO;
+	for (int i = 0; i < n && !rc; i++)
+		if (lens[i] && fwrite(parts[i], 1, lens[i], f) != lens[i])
+			rc = -EIO;
+	if (fclose(f) && !rc)
+		rc = -EIO;
+	if (!rc && rename(tmp, path))
+		rc = -errno;
+	if (rc)
+		remove(tmp);
+	return rc;
+}
+
+int kvd_parse_u32(const char *s, uint32_t *v)
+{
+	char *e;
+	unsigned long x;
+
+	errno = 0;
+	x = strtoul(s, &e, 10);
+	if (errno || e == s || *e || x > UINT32_MAX || s[0] == '-')
+		return -1;
+	*v = (uint32_t)x;
+	return 0;
+}
+
+int kvd_parse_range(const char *s, uint32_t *a, uint32_t *b)
+{
+	char buf[64], *c;
+
+	if (strlen(s) >= sizeof(buf))
+		return -1;
+	strcpy(buf, s);
+	c = strchr(buf, ':');
+	if (!c)
+		return -1;
+	*c = 0;
+	if (kvd_parse_u32(buf, a) || kvd_parse_u32(c + 1, b) || *a >= *b)
+		return -1;
+	return 0;
 }
 
 float kvd_half_to_float(uint16_t h)

@@ -26,8 +26,17 @@ struct kvd {
 /* Returns 0 or -errno (-EINVAL/-EBADMSG for a malformed file); *out is zeroed on error. */
 int kvd_load(const char *path, struct kvd *out);
 void kvd_free(struct kvd *d);
-/* Writes d (with its own k/v/q pointers) in .kvd format. Returns 0 or -errno. */
+/* Writes d (with its own k/v/q pointers) in .kvd format, whole or not at all. Returns 0 or
+ * -errno. */
 int kvd_save(const char *path, const struct kvd *d);
+/* Writes the n buffers parts[i] (lens[i] bytes) one after the other to path, whole or not at
+ * all (a temporary renamed in place).  Returns 0 or -errno. */
+int kvd_write_file(const char *path, const void *const *parts, const size_t *lens, int n);
+
+/* Command-line numbers of the bench tools: a u32 in decimal, and a range "A:B" with A < B.
+ * 0, or -1 for malformed text. */
+int kvd_parse_u32(const char *s, uint32_t *v);
+int kvd_parse_range(const char *s, uint32_t *a, uint32_t *b);
 
 static inline size_t kvd_kv_elems(const struct kvd *d)
 {
