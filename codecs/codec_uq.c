@@ -658,14 +658,12 @@ static uint32_t zero_rows(struct uq_work *w, uint32_t nsink)
 
 /*
  * A table per coded row, chosen by exact coded size (sent as deltas in the stream), and the
- * categories' offsets when there is more than one category.
+ * categories' offsets when there is more than one category.  With cx, w->cx must hold the
+ * rows' categories.
  */
-static void fit_tables(struct uq_work *w, uint32_t nr, uint32_t nsink, int8_t *off, int qw, int cx,
-		       int dq)
+static void fit_tables(struct uq_work *w, uint32_t nr, int8_t *off, int qw, int cx, int dq)
 {
 	uint32_t D = w->D;
-	if (cx)
-		ctx_all(w, nsink);
 	for (uint32_t i = 0; i < nr; i++) {
 		uint32_t *h = w->hist;
 		const int32_t *q = w->q + (size_t)w->rows[i] * D;
@@ -824,7 +822,9 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 		/* rows whose residual is all zero (merged duplicates) are flagged, not coded */
 		uint32_t nr = zero_rows(w, nsink);
 		int8_t off[32] = {0};
-		fit_tables(w, nr, nsink, off, qw, cx, 0);
+		if (cx)
+			ctx_all(w, nsink);
+		fit_tables(w, nr, off, qw, cx, 0);
 		if (dq) {
 			/*
 			 * Second pass: the same predictions, the residuals quantized by the
@@ -865,7 +865,8 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 				recon_row_dq(w->xh + (size_t)t * D, pred, q, dstep, D);
 			}
 			nr = zero_rows(w, nsink);
-			fit_tables(w, nr, nsink, off, qw, cx, 1);
+			/* the trellis pass left every row's cx categories in w->cx */
+			fit_tables(w, nr, off, qw, cx, 1);
 		}
 		uint8_t *zf = wb_reserve(&o, (T + 7) / 8);
 		if (!zf)

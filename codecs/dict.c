@@ -53,26 +53,9 @@ static size_t slab_bytes(uint32_t D)
 	return (size_t)D * 8 + (size_t)D * D;
 }
 
-static void put_u32(uint8_t *p, uint32_t v)
+static uint64_t ld64(const uint8_t *p)
 {
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-	return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
-}
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-	put_u32(p, (uint32_t)v);
-	put_u32(p + 4, (uint32_t)(v >> 32));
+	return (uint64_t)ld32(p) | (uint64_t)ld32(p + 4) << 32;
 }
 
 /*
@@ -107,15 +90,15 @@ int kvt_dict_parse(const void *buf, size_t n, struct kvt_dict **out)
 	struct kvt_dict *d;
 
 	*out = NULL;
-	if (n < DICT_HDR + 8 || memcmp(p, DICT_MAGIC, 8) || get_u32(p + 8) != 1)
+	if (n < DICT_HDR + 8 || memcmp(p, DICT_MAGIC, 8) || ld32(p + 8) != 1)
 		return -EBADMSG;
-	uint32_t L = get_u32(p + 12), H = get_u32(p + 16), D = get_u32(p + 20);
+	uint32_t L = ld32(p + 12), H = ld32(p + 16), D = ld32(p + 20);
 	if (!L || !H || !D || L > 4096 || H > 1024 || D > 1024 || D % 2)
 		return -EBADMSG;
 	size_t ns = dict_slabs(L, H), mat = (size_t)D * D;
 	if (n != DICT_HDR + ns * slab_bytes(D) + 8)
 		return -EBADMSG;
-	if (XXH64(p, n - 8, 0) != get_u64(p + n - 8))
+	if (XXH64(p, n - 8, 0) != ld64(p + n - 8))
 		return -EBADMSG;
 	double theta;
 	memcpy(&theta, p + 32, 8);
@@ -130,17 +113,17 @@ int kvt_dict_parse(const void *buf, size_t n, struct kvt_dict **out)
 		kvt_dict_free(d);
 		return -ENOMEM;
 	}
-	if (!get_u32(p + 24) || get_u32(p + 24) > 0xffff) {
+	if (!ld32(p + 24) || ld32(p + 24) > 0xffff) {
 		free(col);
 		kvt_dict_free(d);
 		return -EBADMSG;
 	}
-	d->id = get_u64(p + n - 8);
+	d->id = ld64(p + n - 8);
 	d->n_layers = L;
 	d->n_kv_heads = H;
 	d->head_dim = D;
-	d->block_tokens = get_u32(p + 24);
-	d->n_blocks = get_u32(p + 28);
+	d->block_tokens = ld32(p + 24);
+	d->n_blocks = ld32(p + 28);
 	d->rope_theta = theta;
 	d->bytes = n;
 	for (size_t s = 0; s < ns; s++) {
@@ -361,7 +344,7 @@ int kvt_dict_trainer_add(struct kvt_dict_trainer *t, const struct kvt_codec_geom
  * Eigenvectors of the symmetric a[n][n] (upper triangle given; destroyed) by cyclic Jacobi
  * rotations, into v[n][n] (column k: eigenvector k) and w[n], sorted by decreasing eigenvalue.
  */
-static void jacobi_eigen(double *a, uint32_t n, double *v, double *w)
+void kvt_dict_eigen(double *a, uint32_t n, double *v, double *w)
 {
 	for (uint32_t i = 0; i < n; i++)
 		for (uint32_t j = 0; j < i; j++)
@@ -436,11 +419,6 @@ static void jacobi_eigen(double *a, uint32_t n, double *v, double *w)
 	}
 }
 
-void kvt_dict_eigen(double *a, uint32_t n, double *v, double *w)
-{
-	jacobi_eigen(a, n, v, w);
-}
-
 int kvt_dict_trainer_finish(struct kvt_dict_trainer *t, void **out, size_t *out_len)
 {
 	const struct kvt_codec_geom *g = &t->g;
@@ -467,12 +445,12 @@ int kvt_dict_trainer_finish(struct kvt_dict_trainer *t, void **out, size_t *out_
 		return -ENOMEM;
 	}
 	memcpy(p, DICT_MAGIC, 8);
-	put_u32(p + 8, 1);
-	put_u32(p + 12, g->n_layers);
-	put_u32(p + 16, g->n_kv_heads);
-	put_u32(p + 20, D);
-	put_u32(p + 24, g->block_tokens);
-	put_u32(p + 28, t->n_blocks);
+	st32(p + 8, 1);
+	st32(p + 12, g->n_layers);
+	st32(p + 16, g->n_kv_heads);
+	st32(p + 20, D);
+	st32(p + 24, g->block_tokens);
+	st32(p + 28, t->n_blocks);
 	memcpy(p + 32, &t->theta, 8);
 	for (size_t s = 0; s < ns; s++) {
 		uint8_t *sp = p + DICT_HDR + s * slab_bytes(D);
@@ -482,7 +460,7 @@ int kvt_dict_trainer_finish(struct kvt_dict_trainer *t, void **out, size_t *out_
 			    (float)(t->sum[s * D + j] / ((double)t->n_blocks * g->block_tokens));
 			memcpy(sp + (size_t)(D + j) * 4, &m, 4);
 		}
-		jacobi_eigen(t->cov + s * mat, D, v, w);
+		kvt_dict_eigen(t->cov + s * mat, D, v, w);
 		for (uint32_t j = 0; j < D; j++) {
 			double mx = 1e-30;
 			for (uint32_t i = 0; i < D; i++)
@@ -495,7 +473,9 @@ int kvt_dict_trainer_finish(struct kvt_dict_trainer *t, void **out, size_t *out_
 			q[i] = (int8_t)(x > 127 ? 127 : x < -127 ? -127 : x);
 		}
 	}
-	put_u64(p + n - 8, XXH64(p, n - 8, 0));
+	uint64_t id = XXH64(p, n - 8, 0);
+	st32(p + n - 8, (uint32_t)id);
+	st32(p + n - 4, (uint32_t)(id >> 32));
 	free(v);
 	free(w);
 	free(f);

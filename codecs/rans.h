@@ -72,11 +72,11 @@ struct rans_dec {
 int rans_dec_init(struct rans_dec *d, const uint8_t *src, size_t len);
 int rans_dec_finish(const struct rans_dec *d);
 
-/* Next symbol with table t; on a truncated stream sets d->err and returns 0. */
-static inline unsigned rans_dec_sym(struct rans_dec *d, const struct rans_table *t)
+/* State k after decoding symbol s of table t from slot: renormalized; symbol s, or 0 with
+ * d->err set on a truncated stream. */
+static inline unsigned rans_dec_step(struct rans_dec *d, uint32_t k, uint32_t v, uint32_t slot,
+				     const struct rans_table *t, unsigned s)
 {
-	uint32_t k = (uint32_t)(d->i++ & 3), v = d->x[k], slot = v & (RANS_M - 1),
-		 s = t->slot[slot];
 	v = t->freq[s] * (v >> RANS_PROB_BITS) + slot - t->cum[s];
 	while (v < (1u << 23)) {
 		if (d->pos >= d->len) {
@@ -89,6 +89,13 @@ static inline unsigned rans_dec_sym(struct rans_dec *d, const struct rans_table 
 	return s;
 }
 
+/* Next symbol with table t; on a truncated stream sets d->err and returns 0. */
+static inline unsigned rans_dec_sym(struct rans_dec *d, const struct rans_table *t)
+{
+	uint32_t k = (uint32_t)(d->i++ & 3), v = d->x[k], slot = v & (RANS_M - 1);
+	return rans_dec_step(d, k, v, slot, t, t->slot[slot]);
+}
+
 /*
  * Next symbol with table sel ? t1 : t0.  Both tables' slots are looked up before the choice,
  * so a caller whose choice depends on the previous symbol (a trellis state) does not wait
@@ -98,18 +105,8 @@ static inline unsigned rans_dec_sym2(struct rans_dec *d, const struct rans_table
 				     const struct rans_table *t1, unsigned sel)
 {
 	uint32_t k = (uint32_t)(d->i++ & 3), v = d->x[k], slot = v & (RANS_M - 1);
-	unsigned s0 = t0->slot[slot], s1 = t1->slot[slot], s = sel ? s1 : s0;
-	const struct rans_table *t = sel ? t1 : t0;
-	v = t->freq[s] * (v >> RANS_PROB_BITS) + slot - t->cum[s];
-	while (v < (1u << 23)) {
-		if (d->pos >= d->len) {
-			d->err = -EBADMSG;
-			return 0;
-		}
-		v = v << 8 | d->p[d->pos++];
-	}
-	d->x[k] = v;
-	return s;
+	unsigned s0 = t0->slot[slot], s1 = t1->slot[slot];
+	return rans_dec_step(d, k, v, slot, sel ? t1 : t0, sel ? s1 : s0);
 }
 
 /*
