@@ -210,25 +210,6 @@ static double mean_cos(const float *a, const float *b, size_t nvec, uint32_t D)
 	return tot / (double)nvec;
 }
 
-/* Copies block b of the dump into blk (page-first), or back (dir < 0) from blk. */
-static void block_io(const struct kvd *d, uint16_t *k, uint16_t *v, uint32_t t0, uint32_t bt,
-		     uint16_t *blk, int dir)
-{
-	size_t D = d->head_dim, o = 0;
-	for (uint32_t l = 0; l < d->n_layers; l++)
-		for (int kv = 0; kv < 2; kv++)
-			for (uint32_t h = 0; h < d->n_kv_heads; h++) {
-				uint16_t *base =
-				    (kv ? v : k) +
-				    (((size_t)l * d->n_kv_heads + h) * d->n_tokens + t0) * D;
-				if (dir > 0)
-					memcpy(blk + o, base, bt * D * 2);
-				else
-					memcpy(base, blk + o, bt * D * 2);
-				o += bt * D;
-			}
-}
-
 /* Encodes and decodes the whole dump with spec; fills r.  Decoded K/V land in e->kdec/vdec. */
 static int run_chain(struct evalctx *e, const char *spec, struct result *r, int want_err)
 {
@@ -283,7 +264,7 @@ static int run_chain(struct evalctx *e, const char *spec, struct result *r, int 
 	do {
 		tot = 0;
 		for (uint32_t b = 0; b < nb; b++) {
-			block_io(d, d->k, d->v, b * e->bt, e->bt, blk, 1);
+			kvd_block_io(d, d->k, d->v, b * e->bt, e->bt, blk, 1);
 			g.first_token = b * e->bt;
 			double t0 = cpu_now();
 			ssize_t l = kvt_chain_encode(c, &g, blk, raw, enc + b * bound, bound);
@@ -315,7 +296,7 @@ static int run_chain(struct evalctx *e, const char *spec, struct result *r, int 
 				goto out;
 			}
 			if (!reps)
-				block_io(d, e->kdec, e->vdec, b * e->bt, e->bt, dec, -1);
+				kvd_block_io(d, e->kdec, e->vdec, b * e->bt, e->bt, dec, -1);
 		}
 		reps++;
 	} while (t_dec < 0.3 && reps < 50);
@@ -393,7 +374,7 @@ static int dict_add_dump(struct kvt_dict_trainer *t, const struct kvd *d, uint32
 		return -ENOMEM;
 	t1 = t1 > d->n_tokens ? d->n_tokens : t1;
 	for (uint32_t b = t0 / bt; (b + 1) * bt <= t1 && !rc; b++, nb++) {
-		block_io(d, d->k, d->v, b * bt, bt, blk, 1);
+		kvd_block_io(d, d->k, d->v, b * bt, bt, blk, 1);
 		g.first_token = b * bt;
 		rc = kvt_dict_trainer_add(t, &g, blk, raw);
 	}

@@ -139,6 +139,24 @@ int kvd_save(const char *path, const struct kvd *d)
 	return kvd_write_file(path, parts, lens, 5);
 }
 
+void kvd_block_io(const struct kvd *d, uint16_t *k, uint16_t *v, uint32_t t0, uint32_t bt,
+		  uint16_t *blk, int dir)
+{
+	size_t D = d->head_dim, o = 0;
+	for (uint32_t l = 0; l < d->n_layers; l++)
+		for (int kv = 0; kv < 2; kv++)
+			for (uint32_t h = 0; h < d->n_kv_heads; h++) {
+				uint16_t *base =
+				    (kv ? v : k) +
+				    (((size_t)l * d->n_kv_heads + h) * d->n_tokens + t0) * D;
+				if (dir > 0)
+					memcpy(blk + o, base, bt * D * 2);
+				else
+					memcpy(base, blk + o, bt * D * 2);
+				o += bt * D;
+			}
+}
+
 int kvd_write_file(const char *path, const void *const *parts, const size_t *lens, int n)
 {
 	char tmp[4096];

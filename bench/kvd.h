@@ -33,6 +33,14 @@ int kvd_save(const char *path, const struct kvd *d);
  * all (a temporary renamed in place).  Returns 0 or -errno. */
 int kvd_write_file(const char *path, const void *const *parts, const size_t *lens, int n);
 
+/*
+ * Tokens [t0, t0 + bt) of every layer and kv head as one block in kvtier's page-first order
+ * (per layer: K as [head][token][dim], then V), copied from k and v (laid out as d->k and
+ * d->v: d's own or decoded copies) into blk when dir > 0, or from blk back into them.
+ */
+void kvd_block_io(const struct kvd *d, uint16_t *k, uint16_t *v, uint32_t t0, uint32_t bt,
+		  uint16_t *blk, int dir);
+
 /* Command-line numbers of the bench tools: a u32 in decimal, and a range "A:B" with A < B.
  * 0, or -1 for malformed text. */
 int kvd_parse_u32(const char *s, uint32_t *v);

@@ -52,19 +52,7 @@ static double now_s(void)
 /* Block b of the dump in the layout's page-first order: per layer, K[head][tok][dim], then V. */
 static void pack_block(const struct replay *rp, uint32_t b, uint8_t *out)
 {
-	const struct kvd *d = &rp->d;
-	size_t run = (size_t)rp->bt * d->head_dim * sizeof(uint16_t);
-
-	for (uint32_t l = 0; l < d->n_layers; l++) {
-		for (int kv = 0; kv < 2; kv++) {
-			const uint16_t *base = kv ? d->v : d->k;
-
-			for (uint32_t h = 0; h < d->n_kv_heads; h++) {
-				memcpy(out, kvd_at(d, base, l, h, b * rp->bt), run);
-				out += run;
-			}
-		}
-	}
+	kvd_block_io(&rp->d, rp->d.k, rp->d.v, b * rp->bt, rp->bt, (uint16_t *)out, 1);
 }
 
 /* First differing byte offset of block b against the dump, or -1 when equal. */

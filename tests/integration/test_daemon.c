@@ -1276,17 +1276,8 @@ static void test_nvme_codec_dict(void)
 	size_t bb = kvt_layout_block_bytes(&l);
 	CHECK_EQ(bb, kvt_geom_block_bytes(&g));
 	uint16_t *blk = malloc(bb * NB), *b = malloc(bb);
-	for (uint32_t i = 0; i < NB; i++) {
-		size_t o = 0;
-		for (uint32_t y = 0; y < kd.n_layers; y++)
-			for (int kv = 0; kv < 2; kv++)
-				for (uint32_t h = 0; h < kd.n_kv_heads; h++) {
-					memcpy(blk + i * bb / 2 + o,
-					       kvd_at(&kd, kv ? kd.v : kd.k, y, h, i * T),
-					       (size_t)T * kd.head_dim * 2);
-					o += (size_t)T * kd.head_dim;
-				}
-	}
+	for (uint32_t i = 0; i < NB; i++)
+		kvd_block_io(&kd, kd.k, kd.v, i * T, T, blk + i * bb / 2, 1);
 	kvd_free(&kd);
 	/* two dictionaries: one on the first half of the blocks, one on the second */
 	struct kvt_dict *da = NULL;

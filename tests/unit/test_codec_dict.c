@@ -19,6 +19,7 @@
 #include "codec.h"
 #include "codec_internal.h"
 #include "kvd.h"
+#include "realblk.h"
 
 static uint64_t seed = 7;
 
@@ -62,38 +63,6 @@ static void test_eigen(void **state)
 	}
 }
 
-struct blk {
-	struct kvt_codec_geom g;
-	uint16_t *raw;
-	size_t n;
-};
-
-/* 64-token block b of the excerpt, page-first; raw NULL if the excerpt is missing. */
-static struct blk real_block(uint32_t b)
-{
-	struct blk k = {{0}, NULL, 0};
-	const char *dir = getenv("KVT_TEST_DATA");
-	char path[4096];
-	struct kvd d;
-	snprintf(path, sizeof(path), "%s/sympy_head640.kvd", dir ? dir : "tests/data");
-	if (kvd_load(path, &d))
-		return k;
-	uint32_t T = 64, t0 = b * T;
-	k.g = (struct kvt_codec_geom){d.n_layers, d.n_kv_heads, d.head_dim, T, KVT_DTYPE_FP16, t0};
-	k.n = kvt_geom_block_bytes(&k.g);
-	k.raw = malloc(k.n);
-	size_t o = 0;
-	for (uint32_t l = 0; l < d.n_layers; l++)
-		for (int kv = 0; kv < 2; kv++)
-			for (uint32_t h = 0; h < d.n_kv_heads; h++) {
-				memcpy(k.raw + o, kvd_at(&d, kv ? d.v : d.k, l, h, t0),
-				       T * d.head_dim * 2);
-				o += (size_t)T * d.head_dim;
-			}
-	kvd_free(&d);
-	return k;
-}
-
 /* A dictionary file calibrated on real blocks [b0, b1) with RoPE base theta. */
 static void *calibrate(uint32_t b0, uint32_t b1, double theta, size_t *len)
 {
@@ -111,6 +80,18 @@ static void *calibrate(uint32_t b0, uint32_t b1, double theta, size_t *len)
 	assert_int_equal(kvt_dict_trainer_finish(t, &buf, len), 0);
 	kvt_dict_trainer_free(t);
 	return buf;
+}
+
+/* The same, parsed. */
+static struct kvt_dict *calibrated(uint32_t b0, uint32_t b1, double theta)
+{
+	size_t len;
+	struct kvt_dict *d = NULL;
+	void *buf = calibrate(b0, b1, theta, &len);
+	if (buf)
+		assert_int_equal(kvt_dict_parse(buf, len, &d), 0);
+	free(buf);
+	return d;
 }
 
 /* The file: parses, is orthonormal, compacts energy; any damage is refused. */
@@ -262,13 +243,9 @@ static void check_kb(const struct blk *k, struct kvt_dict *d, const char *extra,
 static void test_uq_kb(void **state)
 {
 	(void)state;
-	size_t len;
-	void *buf = calibrate(0, 5, 0, &len);
-	if (!buf)
+	struct kvt_dict *d = calibrated(0, 5, 0);
+	if (!d)
 		skip();
-	struct kvt_dict *d;
-	assert_int_equal(kvt_dict_parse(buf, len, &d), 0);
-	free(buf);
 	struct blk k = real_block(7); /* not among the calibration blocks */
 	check_kb(&k, d, "", 0.2, 0.1, NULL, NULL);
 	check_kb(&k, d, ",cx=1", 0.3, 0.1, NULL, NULL);
@@ -309,13 +286,9 @@ static void test_uq_kb(void **state)
 static void test_uq_kb_errors(void **state)
 {
 	(void)state;
-	size_t l0, l1;
-	void *b0 = calibrate(0, 3, 10000, &l0), *b1 = calibrate(3, 6, 10000, &l1);
-	if (!b0)
+	struct kvt_dict *d0 = calibrated(0, 3, 10000), *d1 = calibrated(3, 6, 10000);
+	if (!d0)
 		skip();
-	struct kvt_dict *d0, *d1;
-	assert_int_equal(kvt_dict_parse(b0, l0, &d0), 0);
-	assert_int_equal(kvt_dict_parse(b1, l1, &d1), 0);
 	assert_true(kvt_dict_id(d0) != kvt_dict_id(d1));
 	struct blk k = real_block(8);
 	struct kvt_chain *c, *plain;
@@ -328,11 +301,7 @@ static void test_uq_kb_errors(void **state)
 	assert_int_equal(encode(c, &k, &enc), -EINVAL);
 	free(enc);
 	/* a dictionary of another RoPE frame: refused too */
-	size_t l2;
-	void *b2 = calibrate(0, 2, 0, &l2);
-	struct kvt_dict *d2;
-	assert_int_equal(kvt_dict_parse(b2, l2, &d2), 0);
-	free(b2);
+	struct kvt_dict *d2 = calibrated(0, 2, 0);
 	assert_int_equal(kvt_chain_set_dict(c, d2), 0);
 	assert_int_equal(encode(c, &k, &enc), -EINVAL);
 	free(enc);
@@ -377,8 +346,6 @@ static void test_uq_kb_errors(void **state)
 	kvt_dict_free(d0);
 	kvt_dict_free(d1);
 	kvt_dict_free(d2);
-	free(b0);
-	free(b1);
 	free(k.raw);
 }
 

@@ -16,6 +16,7 @@
 
 #include "codec.h"
 #include "kvd.h"
+#include "realblk.h"
 
 static uint64_t seed = 1;
 
@@ -33,12 +34,6 @@ static double gauss(void)
 	       v = (rnd() >> 11) / 9007199254740992.0;
 	return sqrt(-2 * log(u)) * cos(6.283185307179586 * v);
 }
-
-struct blk {
-	struct kvt_codec_geom g;
-	uint16_t *raw;
-	size_t n; /* bytes */
-};
 
 /* K-like (per-channel offsets and scales) and V-like (Gaussian, a few repeated rows). */
 static struct blk make_random(uint32_t L, uint32_t H, uint32_t D, uint32_t T, uint32_t first)
@@ -62,32 +57,6 @@ static struct blk make_random(uint32_t L, uint32_t H, uint32_t D, uint32_t T, ui
 				p[(size_t)t * D + d] = kvd_float_to_half((float)v);
 			}
 	}
-	return b;
-}
-
-/* The first `blocks` 64-token blocks of the shared dump's excerpt (page-first), or skip. */
-static struct blk make_real(uint32_t first_block)
-{
-	struct blk b = {{0}, NULL, 0};
-	const char *dir = getenv("KVT_TEST_DATA");
-	char path[4096];
-	struct kvd d;
-	snprintf(path, sizeof(path), "%s/sympy_head640.kvd", dir ? dir : "tests/data");
-	if (kvd_load(path, &d))
-		return b;
-	uint32_t T = 64, t0 = first_block * T;
-	b.g = (struct kvt_codec_geom){d.n_layers, d.n_kv_heads, d.head_dim, T, KVT_DTYPE_FP16, t0};
-	b.n = kvt_geom_block_bytes(&b.g);
-	b.raw = malloc(b.n);
-	size_t o = 0;
-	for (uint32_t l = 0; l < d.n_layers; l++)
-		for (int kv = 0; kv < 2; kv++)
-			for (uint32_t h = 0; h < d.n_kv_heads; h++) {
-				memcpy(b.raw + o, kvd_at(&d, kv ? d.v : d.k, l, h, t0),
-				       T * d.head_dim * 2);
-				o += (size_t)T * d.head_dim;
-			}
-	kvd_free(&d);
 	return b;
 }
 
@@ -158,7 +127,7 @@ static void test_lossless_random(void **state)
 
 static void test_lossless_real(void **state)
 {
-	struct blk b = make_real(3);
+	struct blk b = real_block(3);
 	if (!b.raw)
 		skip();
 	check_lossless(&b);
@@ -223,7 +192,7 @@ static void test_kivi_bound(void **state)
 	check_kivi(&b, 2, 8, 16);
 	check_kivi(&b, 8, 3, 64);
 	free(b.raw);
-	b = make_real(1);
+	b = real_block(1);
 	if (b.raw) {
 		check_kivi(&b, 4, 4, 32);
 		free(b.raw);
@@ -308,7 +277,7 @@ static void test_uq_bound(void **state)
 	check_uq(&b, ",lsh=0,qw=0", 0.3, 0.3);
 	check_uq(&b, ",lsh=2", 1.0, 0.5);
 	free(b.raw);
-	b = make_real(2);
+	b = real_block(2);
 	if (!b.raw)
 		skip();
 	check_uq(&b, "", 0.18, 0.058);
@@ -330,7 +299,7 @@ static void test_uq_dq_profile(void **state)
 	b = make_random(1, 2, 128, 32, 7);
 	check_uq(&b, ",dq=0.5,sink=9", 0.5, 0.2);
 	free(b.raw);
-	b = make_real(3);
+	b = real_block(3);
 	if (!b.raw)
 		skip();
 	check_uq(&b, ",dq=0.4", 0.44, 0.148);
@@ -380,7 +349,7 @@ static void test_uq_dq_profile(void **state)
 /* uq with RoPE: the bound holds per rotated pair: |e_i|^2 + |e_{i+D/2}|^2 <= step^2 / 2. */
 static void test_uq_rope_sink(void **state)
 {
-	struct blk b = make_real(0);
+	struct blk b = real_block(0);
 	if (!b.raw)
 		skip();
 	double r;
