@@ -98,24 +98,13 @@ static pid_t daemon_start(const char *host_cap, const char *gpu_cap, ...)
 
 static int daemon_stop(pid_t pid)
 {
-	int st;
-
-	kill(pid, SIGTERM);
 	cur_daemon = 0;
-	if (waitpid(pid, &st, 0) < 0)
-		return -1;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+	return kvt_test_daemon_stop(pid);
 }
 
 static struct kvt_client *connect_ok(void)
 {
-	struct kvt_connect_opts o = {sizeof(o), sock, "gpu-test", 10000};
-	struct kvt_client *c = NULL;
-	int ret = kvt_connect(&o, &c);
-
-	if (ret < 0)
-		fprintf(stderr, "kvt_connect: %s\n", kvt_strerror(ret));
-	return c;
+	return kvt_test_connect(sock, "gpu-test", 10000);
 }
 
 /* Runs a command line and returns its output (malloc'd); *rc gets its exit status. */

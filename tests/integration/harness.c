@@ -5,9 +5,32 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/wait.h>
 
 #include "harness.h"
+#include "kvtier.h"
+
+int kvt_test_daemon_stop(pid_t pid)
+{
+	int st;
+
+	kill(pid, SIGTERM);
+	if (waitpid(pid, &st, 0) < 0)
+		return -1;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+struct kvt_client *kvt_test_connect(const char *sock, const char *name, int timeout_ms)
+{
+	struct kvt_connect_opts o = {sizeof(o), sock, name, timeout_ms};
+	struct kvt_client *c = NULL;
+	int ret = kvt_connect(&o, &c);
+
+	if (ret < 0)
+		fprintf(stderr, "kvt_connect: %s\n", kvt_strerror(ret));
+	return c;
+}
 
 char *kvt_test_run(int *rc, const char *cmd)
 {

@@ -5,11 +5,21 @@
 #ifndef KVT_TEST_HARNESS_H
 #define KVT_TEST_HARNESS_H
 
+#include <sys/types.h>
+
+struct kvt_client;
+
 /* Runs a shell command line; returns its stdout (malloc'd) or NULL; *rc gets its exit status
  * (-1 when it did not exit normally). */
 char *kvt_test_run(int *rc, const char *cmd);
 
 /* The value of "name":N in JSON text (the first one), or -1. */
 long long kvt_test_json_num(const char *js, const char *name);
+
+/* SIGTERM to a kvtierd and its exit: its exit status, 128 + the signal that ended it, or -1. */
+int kvt_test_daemon_stop(pid_t pid);
+
+/* A client on sock named name, or NULL (the error printed). */
+struct kvt_client *kvt_test_connect(const char *sock, const char *name, int timeout_ms);
 
 #endif

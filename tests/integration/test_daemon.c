@@ -119,24 +119,13 @@ static pid_t daemon_start(const char *capacity, ...)
 
 static int daemon_stop(pid_t pid)
 {
-	int st;
-
-	kill(pid, SIGTERM);
 	cur_daemon = 0;
-	if (waitpid(pid, &st, 0) < 0)
-		return -1;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+	return kvt_test_daemon_stop(pid);
 }
 
 static struct kvt_client *connect_ok(void)
 {
-	struct kvt_connect_opts o = {sizeof(o), sock, "test", 5000};
-	struct kvt_client *c = NULL;
-	int ret = kvt_connect(&o, &c);
-
-	if (ret < 0)
-		fprintf(stderr, "kvt_connect: %s\n", kvt_strerror(ret));
-	return c;
+	return kvt_test_connect(sock, "test", 5000);
 }
 
 static struct kvt_layout small_layout(void)
