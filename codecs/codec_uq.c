@@ -1125,10 +1125,9 @@ out:
 	return rc;
 }
 
+/* kvt_chain_usable() has checked g already (uq is a KV codec). */
 static int uq_usable(const struct kvt_stage *st, const struct kvt_codec_geom *g)
 {
-	if (kvt_geom_check(g))
-		return -EINVAL;
 	return st->arg[A_KB] > 0 ? kvt_dict_fits(st->dict, g, st->arg[A_ROPE]) : 0;
 }
 
