@@ -69,6 +69,17 @@ static struct {
 	char log[400];
 } drop;
 
+static void drop_setup(void *arg)
+{
+	struct rlimit rl = {drop.memlock, drop.memlock};
+	int fd = open(drop.log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+	(void)arg;
+	if (fd < 0 || dup2(fd, 2) < 0 || setrlimit(RLIMIT_MEMLOCK, &rl) < 0 ||
+	    setgroups(0, NULL) < 0 || setgid(drop.gid) < 0 || setuid(drop.uid) < 0)
+		_exit(126);
+}
+
 static pid_t daemon_start(const char *capacity, ...)
 {
 	const char *argv[32] = {kvtierd, "-f", "-s", sock, "-o", NULL};
@@ -87,34 +98,9 @@ static pid_t daemon_start(const char *capacity, ...)
 	va_end(ap);
 	argv[argc] = NULL;
 	unlink(sock);
-	pid = fork();
-	if (pid == 0) {
-		if (drop.on) {
-			struct rlimit rl = {drop.memlock, drop.memlock};
-			int fd = open(drop.log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-
-			if (fd < 0 || dup2(fd, 2) < 0 || setrlimit(RLIMIT_MEMLOCK, &rl) < 0 ||
-			    setgroups(0, NULL) < 0 || setgid(drop.gid) < 0 || setuid(drop.uid) < 0)
-				_exit(126);
-		}
-		execv(kvtierd, (char **)argv);
-		_exit(127);
-	}
-	cur_daemon = pid;
-	for (int i = 0; i < 500; i++) {
-		struct stat st;
-		int ws;
-		if (stat(sock, &st) == 0)
-			return pid;
-		if (waitpid(pid, &ws, WNOHANG) == pid) {
-			cur_daemon = 0;
-			return -1; /* refused to start (a configuration error) */
-		}
-		usleep(10000);
-	}
-	fprintf(stderr, "kvtierd did not create %s\n", sock);
-	kill(pid, SIGKILL);
-	return -1;
+	pid = kvt_test_daemon_start(argv, drop.on ? drop_setup : NULL, NULL);
+	cur_daemon = pid > 0 ? pid : 0;
+	return pid;
 }
 
 static int daemon_stop(pid_t pid)
