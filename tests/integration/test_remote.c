@@ -64,7 +64,6 @@ struct traffic {
 	unsigned deadline_ms;
 	size_t blk;
 	uint64_t hits, misses, wrong, over, calls, max_call_ms;
-	uint8_t *buf, *want;
 };
 
 static void mk_key(unsigned i, struct kvt_remote_key *k)
@@ -153,14 +152,14 @@ static unsigned put_range(struct traffic *t, unsigned first, unsigned n)
 static unsigned get_range(struct traffic *t, unsigned first, unsigned n)
 {
 	struct kvt_remote_get g[BATCH];
-	static uint8_t *bufs[BATCH];
+	static uint8_t *bufs[BATCH], *want;
 	unsigned hits = 0;
 
 	for (unsigned b = 0; b < BATCH; b++)
 		if (!bufs[b])
 			CHECK((bufs[b] = malloc(1u << 20)));
-	if (!t->want)
-		CHECK((t->want = malloc(1u << 20)));
+	if (!want)
+		CHECK((want = malloc(1u << 20)));
 	for (unsigned base = 0; base < n; base += BATCH) {
 		unsigned m = n - base < BATCH ? n - base : BATCH;
 		uint64_t t0;
@@ -179,9 +178,9 @@ static unsigned get_range(struct traffic *t, unsigned first, unsigned n)
 				t->misses++;
 				continue;
 			}
-			fill(&g[j].key, t->want, t->blk);
+			fill(&g[j].key, want, t->blk);
 			if ((size_t)g[j].res != t->blk || g[j].hdr.raw_len != t->blk ||
-			    g[j].hdr.tenant != 1000 || memcmp(bufs[j], t->want, t->blk)) {
+			    g[j].hdr.tenant != 1000 || memcmp(bufs[j], want, t->blk)) {
 				fprintf(stderr, "WRONG BLOCK %u\n", first + base + j);
 				t->wrong++;
 				continue;
