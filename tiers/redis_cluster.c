@@ -413,6 +413,9 @@ static int rc_node_connect(struct kvt_rc *rc, struct rc_node *n)
 		ret = -ENOMEM;
 		goto out;
 	}
+	/* Keep the reader's buffer between replies: with the default (free it above 16 KiB
+	 * idle) every 1 MiB value regrows it from nothing, copy after copy. */
+	n->rd->maxbuf = 0;
 	n->fd = fd;
 	n->state = RC_CONNECTING;
 	rc_node_reset_out(n);
