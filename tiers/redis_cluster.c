@@ -23,6 +23,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -377,6 +378,50 @@ static int rc_queue_strs(struct rc_node *n, unsigned argc, const char *const *ar
 	return rc_queue_args(n, argc, a);
 }
 
+/*
+ * Replies copied straight into the caller's buffer.  hiredis builds a reply with its
+ * createString hook while the bytes are still in its read buffer; ours copies a bulk string
+ * into the destination of the command at the head of the node's FIFO (the reply being parsed
+ * is always that one's), saving the reply's own copy and the caller's copy out of it.  The
+ * command is passed through a thread-local: the hook has no argument of ours.
+ */
+static __thread struct kvt_rc_cmd *rc_dst_cmd;
+static redisReplyObjectFunctions rc_fns;
+static void *(*rc_default_string)(const redisReadTask *, char *, size_t);
+static pthread_once_t rc_fns_once = PTHREAD_ONCE_INIT;
+
+static void *rc_create_string(const redisReadTask *task, char *str, size_t len)
+{
+	struct kvt_rc_cmd *c = rc_dst_cmd;
+	redisReply *r;
+
+	if (task->parent || task->type != REDIS_REPLY_STRING || !c || len < c->dst_len[0] ||
+	    len > c->dst_len[0] + c->dst_len[1])
+		return rc_default_string(task, str, len);
+	r = calloc(1, sizeof(*r));
+	if (!r)
+		return NULL;
+	r->type = REDIS_REPLY_STRING;
+	r->len = len;
+	memcpy(c->dst[0], str, c->dst_len[0]);
+	if (len > c->dst_len[0])
+		memcpy(c->dst[1], str + c->dst_len[0], len - c->dst_len[0]);
+	return r;
+}
+
+static void rc_fns_init(void)
+{
+	redisReader *rd = redisReaderCreate();
+
+	/* hiredis's own functions (its table is not exported), with our string hook. */
+	if (!rd)
+		abort();
+	rc_fns = *rd->fn;
+	rc_default_string = rc_fns.createString;
+	rc_fns.createString = rc_create_string;
+	redisReaderFree(rd);
+}
+
 /* Starts a non-blocking connect (numeric addresses first; a name is resolved here). */
 static int rc_node_connect(struct kvt_rc *rc, struct rc_node *n)
 {
@@ -407,7 +452,10 @@ static int rc_node_connect(struct kvt_rc *rc, struct rc_node *n)
 		close(fd);
 		goto out;
 	}
+	pthread_once(&rc_fns_once, rc_fns_init);
 	n->rd = redisReaderCreate();
+	if (n->rd)
+		n->rd->fn = &rc_fns;
 	if (!n->rd) {
 		close(fd);
 		ret = -ENOMEM;
@@ -618,6 +666,18 @@ static int rc_node_write(struct kvt_rc *rc, struct rc_node *n)
 	return 0;
 }
 
+static struct kvt_rc_cmd *rc_head_dst(struct kvt_rc *rc, struct rc_node *n)
+{
+	const struct rc_pend *p;
+
+	if (!n->pend_n)
+		return NULL;
+	p = &n->pend[n->pend_head];
+	if (p->kind != PEND_CMD || p->cmd < 0 || p->gen != rc->gen || !rc->cmds[p->cmd].dst[0])
+		return NULL;
+	return &rc->cmds[p->cmd];
+}
+
 static int rc_node_read(struct kvt_rc *rc, struct rc_node *n)
 {
 	for (;;) {
@@ -640,7 +700,10 @@ static int rc_node_read(struct kvt_rc *rc, struct rc_node *n)
 			return -ENOMEM;
 		for (;;) {
 			reply = NULL;
-			if (redisReaderGetReply(n->rd, &reply) != REDIS_OK) {
+			rc_dst_cmd = rc_head_dst(rc, n);
+			ret = redisReaderGetReply(n->rd, &reply);
+			rc_dst_cmd = NULL;
+			if (ret != REDIS_OK) {
 				rc_seterr(rc, "%s: protocol error: %s", n->addr, n->rd->errstr);
 				rc->st.proto_errors++;
 				return -EPROTO;

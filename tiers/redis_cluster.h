@@ -55,7 +55,11 @@ struct kvt_rc_arg {
 };
 
 /*
- * One command.  The caller fills argc, arg[] (arg[key_arg] is the key that routes it).
+ * One command.  The caller fills argc, arg[] (arg[key_arg] is the key that routes it), and
+ * optionally dst[]: where a bulk-string reply of at least dst_len[0] and at most dst_len[0] +
+ * dst_len[1] bytes is copied straight from the socket buffer (its first dst_len[0] bytes to
+ * dst[0], the rest to dst[1]); such a reply has str = NULL and len set.  Other replies, and
+ * strings that do not fit, come as usual.  dst memory may be written even when res < 0.
  * After kvt_rc_exec(): res = 0 and reply = the node's reply (not an error reply; the caller
  * frees it with freeReplyObject(), or kvt_rc_cmd_clear()), or res < 0 and reply = NULL:
  *   -ETIMEDOUT     the deadline passed first
@@ -71,6 +75,8 @@ struct kvt_rc_cmd {
 	unsigned argc;
 	unsigned key_arg; /* index of the routing key in arg[] (usually 1) */
 	struct kvt_rc_arg arg[KVT_RC_MAX_ARGS];
+	void *dst[2];
+	size_t dst_len[2];
 	redisReply *reply;
 	int res;
 	/* private to kvt_rc_exec */

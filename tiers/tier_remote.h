@@ -62,8 +62,9 @@ struct kvt_remote_put {
 	int res;
 };
 
-/* One block to fetch: key and buf/cap are the caller's.  res after the call: payload bytes
- * copied to buf (hdr holds the record header: chain_id, raw_len...), or
+/* One block to fetch: key and buf/cap are the caller's (the payload is copied into buf
+ * straight from the socket buffer, so buf may be written even on a miss).  res after the
+ * call: payload bytes in buf (hdr holds the record header: chain_id, raw_len...), or
  *   -ENOENT    not stored (or expired, evicted)
  *   -EBADMSG   a value was there but failed a check (truncated, corrupt, foreign): counted
  *   -ENOSPC    the payload is larger than cap
