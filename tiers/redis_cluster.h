@@ -17,6 +17,8 @@
  *
  * Threading: a struct kvt_rc is one I/O thread's: one connection per node, no locks.  Use
  * one per thread.  Errors: >= 0 success, -errno failure; kvt_rc_errstr() says more.
+ * Limits: 256 nodes.  Nodes are best named by address: a host name (from the seeds, MOVED or
+ * CLUSTER SLOTS) is resolved with getaddrinfo() at connect, which the deadline cannot bound.
  */
 #ifndef KVT_REDIS_CLUSTER_H
 #define KVT_REDIS_CLUSTER_H
