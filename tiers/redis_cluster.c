@@ -1,110 +1,18 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * redis_cluster.c - Redis Cluster routing over hiredis's RESP reader (contract in
- * redis_cluster.h).
- *
- * hiredis 0.14 gives the reply parser; sockets, connect, pipelining and waiting are ours so
- * that every wait is one poll() bounded by the caller's deadline (hiredis's blocking
- * context would block in connect() and read()).  Commands are written with sendmsg() from
- * the caller's buffers (small pieces copied into a per-node arena, large ones borrowed), so
- * a 1 MiB value is never copied on the way out.
- *
- * Replies come back in order per connection: each node keeps a FIFO of what it owes
- * (a command of the current call, an ASKING, the AUTH, a CLUSTER SLOTS).  When a call returns
- * with replies still owed, the entries become orphans whose replies are dropped on arrival,
- * so a late reply can never be taken for another command's.
+ * redis_cluster.c - Redis Cluster routing for the remote tier (contract in redis_cluster.h):
+ * key slots, the slot map and its refresh, and the calls (routing, redirections, retries,
+ * deadlines).  Connections, replies and I/O are redis_conn.c's.
  */
 #define _GNU_SOURCE
-#include "redis_cluster.h"
+#include "redis_internal.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
-#include <pthread.h>
-#include <stdarg.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
-
-#define RC_MAGIC       0x4b52434cu /* "LCRK" */
-#define RC_MAX_NODES   256u
-#define RC_BORROW_MIN  4096u /* argument pieces at least this long are sent from the caller */
-#define RC_RBUF	       (256u * 1024u)
-#define RC_MAX_ORPHANS 4096u
-#define RC_IOV	       64
-
-enum { RC_DOWN, RC_CONNECTING, RC_UP };
-enum { PEND_CMD, PEND_ASKING, PEND_AUTH, PEND_SLOTS };
-/* Command states inside one exec. */
-enum { CS_READY, CS_SENT, CS_DONE, CS_BACKOFF };
-
-struct rc_seg {
-	const char *ptr; /* borrowed, or NULL: arena + off */
-	size_t off, len;
-};
-
-struct rc_pend {
-	uint8_t kind;
-	int32_t cmd; /* PEND_CMD: index in the current call's array, -1 = orphan */
-	uint64_t gen;
-};
-
-struct rc_node {
-	char host[48];
-	int port;
-	char addr[64];
-	int fd, state;
-	redisReader *rd;
-	char *arena;
-	size_t arena_len, arena_cap;
-	struct rc_seg *segs;
-	unsigned nseg, seg_cap, seg_head;
-	size_t seg_off;
-	bool borrowed; /* unsent segments point at caller memory */
-	struct rc_pend *pend;
-	unsigned pend_head, pend_n, pend_cap;
-	unsigned fails;
-	uint64_t open_until;
-	unsigned slots;
-	uint64_t bytes_out, bytes_in, errors, trips;
-};
-
-struct kvt_rc {
-	uint32_t magic;
-	struct kvt_rc_conf conf;
-	char *user, *pass;
-	struct rc_node *nodes;
-	unsigned nnodes;
-	unsigned nseeds;
-	int seeds[16];
-	uint16_t map[KVT_RC_SLOTS];    /* node index + 1, 0 = unknown */
-	uint16_t newmap[KVT_RC_SLOTS]; /* CLUSTER SLOTS being parsed */
-	bool have_map, need_refresh, standalone;
-	uint64_t last_refresh;
-	int refresh_err; /* the last refresh's result */
-	unsigned refresh_rr;
-	uint64_t gen;
-	/* current call */
-	struct kvt_rc_cmd *cmds;
-	unsigned ncmds;
-	unsigned active; /* PEND_CMD entries of this call not yet answered */
-	/* current refresh */
-	redisReply *slots_reply;
-	int slots_node;
-	unsigned slots_active;
-	int slots_err;
-	char *rbuf;
-	struct kvt_rc_stats st;
-	char err[256];
-};
 
 static const uint16_t crc16tab[256] = {
     0x0000, 0x1021, 0x2042, 0x3063, 0x4084, 0x50a5, 0x60c6, 0x70e7, 0x8108, 0x9129, 0xa14a, 0xb16b,
@@ -158,665 +66,6 @@ unsigned kvt_rc_keyslot(const void *key, size_t len)
 	return crc16(k, len) & (KVT_RC_SLOTS - 1);
 }
 
-uint64_t kvt_rc_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-__attribute__((format(printf, 2, 3))) static void rc_seterr(struct kvt_rc *rc, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(rc->err, sizeof(rc->err), fmt, ap);
-	va_end(ap);
-}
-
-const char *kvt_rc_errstr(const struct kvt_rc *rc)
-{
-	return rc ? rc->err : "no client";
-}
-
-/* ---- nodes ---- */
-
-static int rc_node_find(struct kvt_rc *rc, const char *host, int port, bool create)
-{
-	struct rc_node *n;
-
-	for (unsigned i = 0; i < rc->nnodes; i++)
-		if (rc->nodes[i].port == port && !strcmp(rc->nodes[i].host, host))
-			return (int)i;
-	if (!create)
-		return -ENOENT;
-	if (rc->nnodes >= RC_MAX_NODES || strlen(host) >= sizeof(n->host) || port <= 0 ||
-	    port > 65535)
-		return -EINVAL;
-	n = &rc->nodes[rc->nnodes];
-	memset(n, 0, sizeof(*n));
-	strcpy(n->host, host);
-	n->port = port;
-	snprintf(n->addr, sizeof(n->addr), "%s:%d", host, port);
-	n->fd = -1;
-	n->state = RC_DOWN;
-	rc->st.nodes = ++rc->nnodes;
-	return (int)(rc->nnodes - 1);
-}
-
-static bool rc_breaker_open(const struct rc_node *n, uint64_t now)
-{
-	return n->fails >= 1 && n->open_until > now;
-}
-
-static void rc_node_reset_out(struct rc_node *n)
-{
-	n->nseg = n->seg_head = 0;
-	n->seg_off = 0;
-	n->arena_len = 0;
-	n->borrowed = false;
-}
-
-/* One failure of the node (refused, reset, timed out, garbage); enough in a row open its
- * breaker for breaker_open_ms.  A half-open breaker that fails again reopens at once. */
-static void rc_node_count_fail(struct kvt_rc *rc, struct rc_node *n)
-{
-	uint64_t now = kvt_rc_now_ns();
-
-	n->errors++;
-	n->fails++;
-	if (n->fails >= rc->conf.breaker_failures) {
-		if (!rc_breaker_open(n, now))
-			n->trips++;
-		n->open_until = now + (uint64_t)rc->conf.breaker_open_ms * 1000000u;
-	}
-}
-
-/*
- * Drops the connection: every reply still owed fails with err (commands of the current call
- * are retried by exec), the output queue is discarded.  counts = a failure of the node (the
- * breaker counts it); a breaker that reaches breaker_failures opens.
- */
-static void rc_node_drop(struct kvt_rc *rc, struct rc_node *n, int err, bool counts)
-{
-	for (unsigned i = 0; i < n->pend_n; i++) {
-		struct rc_pend *p = &n->pend[(n->pend_head + i) % n->pend_cap];
-
-		if (p->gen != rc->gen)
-			continue;
-		if (p->kind == PEND_CMD && p->cmd >= 0) {
-			struct kvt_rc_cmd *c = &rc->cmds[p->cmd];
-
-			c->res = err;
-			c->state = CS_BACKOFF;
-			rc->active--;
-		} else if (p->kind == PEND_SLOTS) {
-			rc->slots_err = err;
-			rc->slots_active--;
-		}
-	}
-	n->pend_n = n->pend_head = 0;
-	if (n->fd >= 0)
-		close(n->fd);
-	n->fd = -1;
-	n->state = RC_DOWN;
-	if (n->rd)
-		redisReaderFree(n->rd);
-	n->rd = NULL;
-	rc_node_reset_out(n);
-	if (counts)
-		rc_node_count_fail(rc, n);
-	rc->need_refresh = true;
-}
-
-static int rc_arena_put(struct rc_node *n, const void *p, size_t len, size_t *off)
-{
-	if (n->arena_len + len > n->arena_cap) {
-		size_t cap = n->arena_cap ? n->arena_cap : 4096;
-		char *a;
-
-		while (cap < n->arena_len + len)
-			cap *= 2;
-		a = realloc(n->arena, cap);
-		if (!a)
-			return -ENOMEM;
-		n->arena = a;
-		n->arena_cap = cap;
-	}
-	memcpy(n->arena + n->arena_len, p, len);
-	*off = n->arena_len;
-	n->arena_len += len;
-	return 0;
-}
-
-/* Appends bytes to the output queue: copied into the arena (merged with the previous arena
- * segment) or borrowed. */
-static int rc_out(struct rc_node *n, const void *p, size_t len, bool borrow)
-{
-	struct rc_seg *s;
-	size_t off;
-
-	if (!len)
-		return 0;
-	if (!borrow) {
-		if (rc_arena_put(n, p, len, &off) < 0)
-			return -ENOMEM;
-		s = n->nseg > n->seg_head ? &n->segs[n->nseg - 1] : NULL;
-		if (s && !s->ptr && s->off + s->len == off) {
-			s->len += len;
-			return 0;
-		}
-	}
-	if (n->nseg == n->seg_cap) {
-		unsigned cap = n->seg_cap ? n->seg_cap * 2 : 64;
-		struct rc_seg *segs = realloc(n->segs, cap * sizeof(*segs));
-
-		if (!segs)
-			return -ENOMEM;
-		n->segs = segs;
-		n->seg_cap = cap;
-	}
-	s = &n->segs[n->nseg++];
-	s->ptr = borrow ? p : NULL;
-	s->off = borrow ? 0 : off;
-	s->len = len;
-	if (borrow)
-		n->borrowed = true;
-	return 0;
-}
-
-static int rc_pend_push(struct rc_node *n, uint8_t kind, int32_t cmd, uint64_t gen)
-{
-	if (n->pend_n == n->pend_cap) {
-		unsigned cap = n->pend_cap ? n->pend_cap * 2 : 64;
-		struct rc_pend *p = malloc(cap * sizeof(*p));
-
-		if (!p)
-			return -ENOMEM;
-		for (unsigned i = 0; i < n->pend_n; i++)
-			p[i] = n->pend[(n->pend_head + i) % n->pend_cap];
-		free(n->pend);
-		n->pend = p;
-		n->pend_cap = cap;
-		n->pend_head = 0;
-	}
-	n->pend[(n->pend_head + n->pend_n) % n->pend_cap] =
-	    (struct rc_pend){.kind = kind, .cmd = cmd, .gen = gen};
-	n->pend_n++;
-	return 0;
-}
-
-/* Queues one command in RESP: "*argc\r\n" then "$len\r\n" data "\r\n" per argument. */
-static int rc_queue_args(struct rc_node *n, unsigned argc, const struct kvt_rc_arg *arg)
-{
-	char hdr[32];
-	int len, ret;
-
-	len = snprintf(hdr, sizeof(hdr), "*%u\r\n", argc);
-	ret = rc_out(n, hdr, (size_t)len, false);
-	for (unsigned i = 0; i < argc && !ret; i++) {
-		len = snprintf(hdr, sizeof(hdr), "$%zu\r\n", arg[i].len[0] + arg[i].len[1]);
-		ret = rc_out(n, hdr, (size_t)len, false);
-		for (int j = 0; j < 2 && !ret; j++)
-			ret = rc_out(n, arg[i].p[j], arg[i].len[j], arg[i].len[j] >= RC_BORROW_MIN);
-		if (!ret)
-			ret = rc_out(n, "\r\n", 2, false);
-	}
-	return ret;
-}
-
-static int rc_queue_strs(struct rc_node *n, unsigned argc, const char *const *argv)
-{
-	struct kvt_rc_arg a[KVT_RC_MAX_ARGS];
-
-	memset(a, 0, sizeof(a));
-	for (unsigned i = 0; i < argc; i++) {
-		a[i].p[0] = argv[i];
-		a[i].len[0] = strlen(argv[i]);
-	}
-	return rc_queue_args(n, argc, a);
-}
-
-/*
- * Replies copied straight into the caller's buffer.  hiredis builds a reply with its
- * createString hook while the bytes are still in its read buffer; ours copies a bulk string
- * into the destination of the command at the head of the node's FIFO (the reply being parsed
- * is always that one's), saving the reply's own copy and the caller's copy out of it.  The
- * command is passed through a thread-local: the hook has no argument of ours.
- */
-static __thread struct kvt_rc_cmd *rc_dst_cmd;
-static redisReplyObjectFunctions rc_fns;
-static void *(*rc_default_string)(const redisReadTask *, char *, size_t);
-static pthread_once_t rc_fns_once = PTHREAD_ONCE_INIT;
-
-static void *rc_create_string(const redisReadTask *task, char *str, size_t len)
-{
-	struct kvt_rc_cmd *c = rc_dst_cmd;
-	redisReply *r;
-
-	if (task->parent || task->type != REDIS_REPLY_STRING || !c || len < c->dst_len[0] ||
-	    len > c->dst_len[0] + c->dst_len[1])
-		return rc_default_string(task, str, len);
-	r = calloc(1, sizeof(*r));
-	if (!r)
-		return NULL;
-	r->type = REDIS_REPLY_STRING;
-	r->len = len;
-	memcpy(c->dst[0], str, c->dst_len[0]);
-	if (len > c->dst_len[0])
-		memcpy(c->dst[1], str + c->dst_len[0], len - c->dst_len[0]);
-	return r;
-}
-
-static void rc_fns_init(void)
-{
-	redisReader *rd = redisReaderCreate();
-
-	/* hiredis's own functions (its table is not exported), with our string hook. */
-	if (!rd)
-		abort();
-	rc_fns = *rd->fn;
-	rc_default_string = rc_fns.createString;
-	rc_fns.createString = rc_create_string;
-	redisReaderFree(rd);
-}
-
-/* Starts a non-blocking connect (numeric addresses first; a name is resolved here). */
-static int rc_node_connect(struct kvt_rc *rc, struct rc_node *n)
-{
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
-	char port[8];
-	int fd = -1, ret, one = 1;
-
-	snprintf(port, sizeof(port), "%d", n->port);
-	hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
-	ret = getaddrinfo(n->host, port, &hints, &ai);
-	if (ret == EAI_NONAME) {
-		hints.ai_flags = AI_NUMERICSERV;
-		ret = getaddrinfo(n->host, port, &hints, &ai);
-	}
-	if (ret) {
-		rc_seterr(rc, "%s: cannot resolve: %s", n->addr, gai_strerror(ret));
-		return -EHOSTUNREACH;
-	}
-	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		ret = -errno;
-		goto out;
-	}
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno != EINPROGRESS) {
-		ret = -errno;
-		rc_seterr(rc, "%s: connect: %s", n->addr, strerror(errno));
-		close(fd);
-		goto out;
-	}
-	pthread_once(&rc_fns_once, rc_fns_init);
-	n->rd = redisReaderCreate();
-	if (n->rd)
-		n->rd->fn = &rc_fns;
-	if (!n->rd) {
-		close(fd);
-		ret = -ENOMEM;
-		goto out;
-	}
-	/* Keep the reader's buffer between replies: with the default (free it above 16 KiB
-	 * idle) every 1 MiB value regrows it from nothing, copy after copy. */
-	n->rd->maxbuf = 0;
-	n->fd = fd;
-	n->state = RC_CONNECTING;
-	rc_node_reset_out(n);
-	ret = 0;
-	if (rc->pass) {
-		const char *argv[3] = {"AUTH", rc->user ? rc->user : rc->pass, rc->pass};
-
-		ret = rc_queue_strs(n, rc->user ? 3 : 2, argv);
-		if (!ret)
-			ret = rc_pend_push(n, PEND_AUTH, -1, rc->gen);
-	}
-out:
-	freeaddrinfo(ai);
-	return ret;
-}
-
-/* ---- reply handling ---- */
-
-static bool rc_prefix(const redisReply *r, const char *p)
-{
-	size_t n = strlen(p);
-
-	return r->len >= n && !memcmp(r->str, p, n) && (r->len == n || r->str[n] == ' ');
-}
-
-/* "MOVED 3999 127.0.0.1:6381" / "ASK ...": the target node index, or < 0. */
-static int rc_redirect_target(struct kvt_rc *rc, const redisReply *r, unsigned *slot)
-{
-	char buf[128], *sp, *colon, *end;
-	unsigned long s, port;
-
-	if (r->len >= sizeof(buf))
-		return -EPROTO;
-	memcpy(buf, r->str, r->len);
-	buf[r->len] = 0;
-	sp = strchr(buf, ' ');
-	if (!sp)
-		return -EPROTO;
-	errno = 0;
-	s = strtoul(sp + 1, &end, 10);
-	if (errno || end == sp + 1 || *end != ' ' || s >= KVT_RC_SLOTS)
-		return -EPROTO;
-	colon = strrchr(end + 1, ':');
-	if (!colon)
-		return -EPROTO;
-	*colon = 0;
-	port = strtoul(colon + 1, &sp, 10);
-	if (*sp || port == 0 || port > 65535)
-		return -EPROTO;
-	*slot = (unsigned)s;
-	/* An empty host means "the host you are talking to" (announce-ip unset); ours are
-	 * given by address, so fall back to the first seed's host. */
-	if (!end[1] && rc->nnodes)
-		return rc_node_find(rc, rc->nodes[rc->seeds[0]].host, (int)port, true);
-	return rc_node_find(rc, end + 1, (int)port, true);
-}
-
-static void rc_cmd_reply(struct kvt_rc *rc, struct rc_node *n, struct kvt_rc_cmd *c, redisReply *r)
-{
-	int node;
-	unsigned slot;
-
-	rc->active--;
-	if (r->type != REDIS_REPLY_ERROR) {
-		c->reply = r;
-		c->res = 0;
-		c->state = CS_DONE;
-		rc->st.commands++;
-		return;
-	}
-	if (rc_prefix(r, "MOVED") || rc_prefix(r, "ASK")) {
-		bool ask = r->str[0] == 'A';
-
-		node = rc_redirect_target(rc, r, &slot);
-		if (node < 0) {
-			rc_seterr(rc, "%s: bad redirection \"%.*s\"", n->addr, (int)r->len, r->str);
-			c->res = -EPROTO;
-			c->state = CS_DONE;
-			rc->st.proto_errors++;
-		} else if (++c->hops > rc->conf.max_redirects) {
-			rc_seterr(rc, "slot %u: too many redirections", slot);
-			c->res = -EAGAIN;
-			c->state = CS_DONE;
-		} else if (ask) {
-			rc->st.ask++;
-			c->ask_node = node;
-			c->state = CS_READY;
-		} else {
-			rc->st.moved++;
-			rc->map[slot] = (uint16_t)(node + 1);
-			/* One moved slot usually means a reshard: learn the rest lazily. */
-			rc->need_refresh = true;
-			c->state = CS_READY;
-		}
-	} else if (rc_prefix(r, "TRYAGAIN") || rc_prefix(r, "CLUSTERDOWN") ||
-		   rc_prefix(r, "LOADING") || rc_prefix(r, "MASTERDOWN")) {
-		rc->st.retry_errors++;
-		rc_seterr(rc, "%s: %.*s", n->addr, (int)(r->len > 120 ? 120 : r->len), r->str);
-		c->res = -EAGAIN;
-		c->state = CS_BACKOFF;
-		rc->need_refresh = true;
-	} else {
-		rc_seterr(rc, "%s: %.*s", n->addr, (int)(r->len > 160 ? 160 : r->len), r->str);
-		c->res =
-		    rc_prefix(r, "NOAUTH") || rc_prefix(r, "NOPERM") || rc_prefix(r, "WRONGPASS")
-			? -EACCES
-			: -EREMOTEIO;
-		c->state = CS_DONE;
-	}
-	freeReplyObject(r);
-}
-
-/* One reply off n's FIFO.  Returns < 0 when the connection must be dropped. */
-static int rc_dispatch(struct kvt_rc *rc, struct rc_node *n, redisReply *r)
-{
-	struct rc_pend p;
-
-	if (!n->pend_n) {
-		rc_seterr(rc, "%s: protocol error: reply nobody asked for", n->addr);
-		freeReplyObject(r);
-		return -EPROTO;
-	}
-	p = n->pend[n->pend_head];
-	n->pend_head = (n->pend_head + 1) % n->pend_cap;
-	n->pend_n--;
-	n->fails = 0; /* it answers: the breaker closes */
-	if (p.kind == PEND_AUTH) {
-		if (r->type == REDIS_REPLY_ERROR) {
-			rc_seterr(rc, "%s: AUTH failed: %.*s", n->addr, (int)r->len, r->str);
-			freeReplyObject(r);
-			return -EACCES;
-		}
-		freeReplyObject(r);
-		return 0;
-	}
-	if (p.gen != rc->gen || (p.kind == PEND_CMD && p.cmd < 0)) {
-		freeReplyObject(r); /* an orphan: its call has returned */
-		return 0;
-	}
-	switch (p.kind) {
-	case PEND_CMD:
-		rc_cmd_reply(rc, n, &rc->cmds[p.cmd], r);
-		return 0;
-	case PEND_SLOTS:
-		rc->slots_active--;
-		if (!rc->slots_reply) {
-			rc->slots_reply = r;
-			rc->slots_node = (int)(n - rc->nodes);
-			return 0;
-		}
-		break;
-	default: /* ASKING: a failure shows in the command that follows it */
-		break;
-	}
-	freeReplyObject(r);
-	return 0;
-}
-
-/* ---- I/O ---- */
-
-static int rc_node_write(struct kvt_rc *rc, struct rc_node *n)
-{
-	while (n->seg_head < n->nseg) {
-		struct iovec iov[RC_IOV];
-		struct msghdr mh = {.msg_iov = iov};
-		unsigned k = 0;
-		ssize_t w;
-
-		for (unsigned i = n->seg_head; i < n->nseg && k < RC_IOV; i++, k++) {
-			struct rc_seg *s = &n->segs[i];
-			const char *base = s->ptr ? s->ptr : n->arena + s->off;
-			size_t skip = i == n->seg_head ? n->seg_off : 0;
-
-			iov[k].iov_base = (void *)(base + skip);
-			iov[k].iov_len = s->len - skip;
-		}
-		mh.msg_iovlen = k;
-		w = sendmsg(n->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (w < 0) {
-			if (errno == EAGAIN || errno == EINTR)
-				return 0;
-			rc_seterr(rc, "%s: send: %s", n->addr, strerror(errno));
-			return -errno;
-		}
-		n->bytes_out += (uint64_t)w;
-		while (w > 0) {
-			struct rc_seg *s = &n->segs[n->seg_head];
-			size_t left = s->len - n->seg_off;
-
-			if ((size_t)w < left) {
-				n->seg_off += (size_t)w;
-				break;
-			}
-			w -= (ssize_t)left;
-			n->seg_head++;
-			n->seg_off = 0;
-		}
-	}
-	rc_node_reset_out(n);
-	return 0;
-}
-
-static struct kvt_rc_cmd *rc_head_dst(struct kvt_rc *rc, struct rc_node *n)
-{
-	const struct rc_pend *p;
-
-	if (!n->pend_n)
-		return NULL;
-	p = &n->pend[n->pend_head];
-	if (p->kind != PEND_CMD || p->cmd < 0 || p->gen != rc->gen || !rc->cmds[p->cmd].dst[0])
-		return NULL;
-	return &rc->cmds[p->cmd];
-}
-
-static int rc_node_read(struct kvt_rc *rc, struct rc_node *n)
-{
-	for (;;) {
-		ssize_t r = recv(n->fd, rc->rbuf, RC_RBUF, MSG_DONTWAIT);
-		void *reply;
-		int ret;
-
-		if (r == 0) {
-			rc_seterr(rc, "%s: connection closed by the node", n->addr);
-			return -ECONNRESET;
-		}
-		if (r < 0) {
-			if (errno == EAGAIN || errno == EINTR)
-				return 0;
-			rc_seterr(rc, "%s: recv: %s", n->addr, strerror(errno));
-			return -errno;
-		}
-		n->bytes_in += (uint64_t)r;
-		if (redisReaderFeed(n->rd, rc->rbuf, (size_t)r) != REDIS_OK)
-			return -ENOMEM;
-		for (;;) {
-			reply = NULL;
-			rc_dst_cmd = rc_head_dst(rc, n);
-			ret = redisReaderGetReply(n->rd, &reply);
-			rc_dst_cmd = NULL;
-			if (ret != REDIS_OK) {
-				rc_seterr(rc, "%s: protocol error: %s", n->addr, n->rd->errstr);
-				rc->st.proto_errors++;
-				return -EPROTO;
-			}
-			if (!reply)
-				break;
-			ret = rc_dispatch(rc, n, reply);
-			if (ret < 0)
-				return ret;
-		}
-		if ((size_t)r < RC_RBUF)
-			return 0;
-	}
-}
-
-static bool rc_node_busy(const struct kvt_rc *rc, const struct rc_node *n)
-{
-	if (n->fd < 0)
-		return false;
-	if (n->seg_head < n->nseg)
-		return true;
-	for (unsigned i = 0; i < n->pend_n; i++) {
-		const struct rc_pend *p = &n->pend[(n->pend_head + i) % n->pend_cap];
-
-		if (p->gen == rc->gen && !(p->kind == PEND_CMD && p->cmd < 0))
-			return true;
-	}
-	return false;
-}
-
-static void rc_node_fail(struct kvt_rc *rc, struct rc_node *n, int err)
-{
-	if (err == -EPROTO || err == -EACCES) {
-		/* Not worth retrying on this node: fail what it owes for good. */
-		for (unsigned i = 0; i < n->pend_n; i++) {
-			struct rc_pend *p = &n->pend[(n->pend_head + i) % n->pend_cap];
-
-			if (p->gen == rc->gen && p->kind == PEND_CMD && p->cmd >= 0) {
-				rc->cmds[p->cmd].res = err;
-				rc->cmds[p->cmd].state = CS_DONE;
-				rc->active--;
-				p->cmd = -1;
-			}
-		}
-	}
-	if (err != -EPROTO && err != -EACCES)
-		rc->st.io_errors++;
-	rc_node_drop(rc, n, err, true);
-}
-
-/* Drives every busy connection until stop(rc) or the deadline.  0, or -ETIMEDOUT. */
-static int rc_io(struct kvt_rc *rc, uint64_t deadline, bool (*stop)(const struct kvt_rc *))
-{
-	struct pollfd pfd[RC_MAX_NODES];
-	unsigned idx[RC_MAX_NODES];
-
-	while (!stop(rc)) {
-		uint64_t now = kvt_rc_now_ns();
-		struct timespec ts;
-		unsigned k = 0;
-		int ret;
-
-		if (now >= deadline)
-			return -ETIMEDOUT;
-		for (unsigned i = 0; i < rc->nnodes; i++) {
-			struct rc_node *n = &rc->nodes[i];
-
-			if (!rc_node_busy(rc, n))
-				continue;
-			pfd[k].fd = n->fd;
-			pfd[k].events = POLLIN;
-			if (n->state == RC_CONNECTING || n->seg_head < n->nseg)
-				pfd[k].events |= POLLOUT;
-			pfd[k].revents = 0;
-			idx[k++] = i;
-		}
-		if (!k)
-			return 0; /* nothing left that could make progress */
-		ts.tv_sec = (time_t)((deadline - now) / 1000000000u);
-		ts.tv_nsec = (long)((deadline - now) % 1000000000u);
-		ret = ppoll(pfd, k, &ts, NULL);
-		if (ret < 0 && errno != EINTR)
-			return -errno;
-		for (unsigned j = 0; ret > 0 && j < k; j++) {
-			struct rc_node *n = &rc->nodes[idx[j]];
-			int err = 0;
-
-			if (!pfd[j].revents)
-				continue;
-			if (n->state == RC_CONNECTING) {
-				int soerr = 0;
-				socklen_t sl = sizeof(soerr);
-
-				if (getsockopt(n->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
-					soerr = errno;
-				if (soerr) {
-					rc_seterr(rc, "%s: connect: %s", n->addr, strerror(soerr));
-					rc_node_fail(rc, n, -soerr);
-					continue;
-				}
-				n->state = RC_UP;
-			}
-			if (pfd[j].revents & (POLLOUT | POLLERR | POLLHUP))
-				err = rc_node_write(rc, n);
-			if (!err && (pfd[j].revents & (POLLIN | POLLERR | POLLHUP)))
-				err = rc_node_read(rc, n);
-			if (err)
-				rc_node_fail(rc, n, err);
-		}
-	}
-	return 0;
-}
-
 /* ---- slot map ---- */
 
 static bool rc_slots_stop(const struct kvt_rc *rc)
@@ -837,10 +86,11 @@ static int rc_apply_slots(struct kvt_rc *rc, const redisReply *r, int from)
 			rc->standalone = true;
 			return 0;
 		}
-		rc_seterr(rc, "%s: CLUSTER SLOTS: %.*s", src->addr,
-			  (int)(r->len > 160 ? 160 : r->len), r->str);
-		return r->len && (rc_prefix(r, "NOAUTH") || rc_prefix(r, "NOPERM")) ? -EACCES
-										    : -EREMOTEIO;
+		kvt_rcn_seterr(rc, "%s: CLUSTER SLOTS: %.*s", src->addr,
+			       (int)(r->len > 160 ? 160 : r->len), r->str);
+		return r->len && (kvt_rcn_prefix(r, "NOAUTH") || kvt_rcn_prefix(r, "NOPERM"))
+			   ? -EACCES
+			   : -EREMOTEIO;
 	}
 	if (r->type != REDIS_REPLY_ARRAY)
 		goto bad;
@@ -871,7 +121,7 @@ static int rc_apply_slots(struct kvt_rc *rc, const redisReply *r, int from)
 		/* "" or "?": the node we asked knows no better address than its own */
 		if (!host[0] || !strcmp(host, "?"))
 			strcpy(host, src->host);
-		node = rc_node_find(rc, host, (int)m->element[1]->integer, true);
+		node = kvt_rcn_find(rc, host, (int)m->element[1]->integer, true);
 		if (node < 0)
 			goto bad;
 		for (long long s = e->element[0]->integer; s <= e->element[1]->integer; s++)
@@ -881,7 +131,7 @@ static int rc_apply_slots(struct kvt_rc *rc, const redisReply *r, int from)
 	rc->standalone = false;
 	return 0;
 bad:
-	rc_seterr(rc, "%s: protocol error: malformed CLUSTER SLOTS reply", src->addr);
+	kvt_rcn_seterr(rc, "%s: protocol error: malformed CLUSTER SLOTS reply", src->addr);
 	rc->st.proto_errors++;
 	return -EPROTO;
 }
@@ -902,13 +152,13 @@ int kvt_rc_refresh(struct kvt_rc *rc, uint64_t deadline)
 	for (unsigned i = 0; i < rc->nnodes && nc < 3; i++) {
 		unsigned j = (rc->refresh_rr + i) % rc->nnodes;
 
-		if (rc_breaker_open(&rc->nodes[j], now))
+		if (kvt_rcn_breaker_open(&rc->nodes[j], now))
 			continue;
 		cand[nc++] = j;
 	}
 	rc->refresh_rr++;
 	if (!nc) {
-		rc_seterr(rc, "no node to ask for the slot map (every breaker open)");
+		kvt_rcn_seterr(rc, "no node to ask for the slot map (every breaker open)");
 		ret = -EHOSTDOWN;
 		goto out;
 	}
@@ -916,11 +166,12 @@ int kvt_rc_refresh(struct kvt_rc *rc, uint64_t deadline)
 		struct rc_node *n = &rc->nodes[cand[i]];
 		static const char *const argv[2] = {"CLUSTER", "SLOTS"};
 
-		if (n->fd < 0 && (ret = rc_node_connect(rc, n)) < 0) {
-			rc_node_drop(rc, n, ret, true);
+		if (n->fd < 0 && (ret = kvt_rcn_connect(rc, n)) < 0) {
+			kvt_rcn_drop(rc, n, ret, true);
 			continue;
 		}
-		if (rc_queue_strs(n, 2, argv) < 0 || rc_pend_push(n, PEND_SLOTS, -1, rc->gen) < 0) {
+		if (kvt_rcn_queue_strs(n, 2, argv) < 0 ||
+		    kvt_rcn_pend_push(n, PEND_SLOTS, -1, rc->gen) < 0) {
 			ret = -ENOMEM;
 			goto out;
 		}
@@ -929,7 +180,7 @@ int kvt_rc_refresh(struct kvt_rc *rc, uint64_t deadline)
 	}
 	if (!tried)
 		goto out;
-	ret = rc_io(rc, deadline, rc_slots_stop);
+	ret = kvt_rcn_io(rc, deadline, rc_slots_stop);
 	if (rc->slots_reply) {
 		ret = rc_apply_slots(rc, rc->slots_reply, rc->slots_node);
 		freeReplyObject(rc->slots_reply);
@@ -945,8 +196,8 @@ int kvt_rc_refresh(struct kvt_rc *rc, uint64_t deadline)
 	}
 	/* Nodes that did not answer by the deadline count as failed. */
 	for (unsigned i = 0; i < nc; i++)
-		if (ret == -ETIMEDOUT && rc_node_busy(rc, &rc->nodes[cand[i]]))
-			rc_node_drop(rc, &rc->nodes[cand[i]], -ETIMEDOUT, true);
+		if (ret == -ETIMEDOUT && kvt_rcn_busy(rc, &rc->nodes[cand[i]]))
+			kvt_rcn_drop(rc, &rc->nodes[cand[i]], -ETIMEDOUT, true);
 out:
 	rc->last_refresh = kvt_rc_now_ns();
 	rc->refresh_err = ret < 0 ? ret : 0;
@@ -980,11 +231,11 @@ static int rc_send_cmd(struct kvt_rc *rc, struct kvt_rc_cmd *c, unsigned i, uint
 		c->state = CS_BACKOFF;
 		rc->need_refresh = true;
 		if (rc->have_map)
-			rc_seterr(rc, "no node serves slot %u", c->slot);
+			kvt_rcn_seterr(rc, "no node serves slot %u", c->slot);
 		return 0;
 	}
 	n = &rc->nodes[node];
-	if (rc_breaker_open(n, now)) {
+	if (kvt_rcn_breaker_open(n, now)) {
 		c->res = -EHOSTDOWN;
 		c->state = CS_DONE;
 		rc->st.breaker_fast_fails++;
@@ -992,23 +243,24 @@ static int rc_send_cmd(struct kvt_rc *rc, struct kvt_rc_cmd *c, unsigned i, uint
 		return 0;
 	}
 	if (n->fd < 0) {
-		ret = rc_node_connect(rc, n);
+		ret = kvt_rcn_connect(rc, n);
 		if (ret < 0) {
 			c->res = ret;
 			c->state = CS_BACKOFF;
-			rc_node_drop(rc, n, ret, true);
+			kvt_rcn_drop(rc, n, ret, true);
 			return 0;
 		}
 	}
 	if (c->ask_node >= 0) {
 		static const char *const asking[1] = {"ASKING"};
 
-		if (rc_queue_strs(n, 1, asking) < 0 ||
-		    rc_pend_push(n, PEND_ASKING, -1, rc->gen) < 0)
+		if (kvt_rcn_queue_strs(n, 1, asking) < 0 ||
+		    kvt_rcn_pend_push(n, PEND_ASKING, -1, rc->gen) < 0)
 			return -ENOMEM;
 		c->ask_node = -1;
 	}
-	if (rc_queue_args(n, c->argc, c->arg) < 0 || rc_pend_push(n, PEND_CMD, (int32_t)i, rc->gen))
+	if (kvt_rcn_queue_args(n, c->argc, c->arg) < 0 ||
+	    kvt_rcn_pend_push(n, PEND_CMD, (int32_t)i, rc->gen))
 		return -ENOMEM;
 	c->state = CS_SENT;
 	rc->active++;
@@ -1025,15 +277,16 @@ static void rc_end_call(struct kvt_rc *rc, bool timed_out)
 	for (unsigned i = 0; i < rc->nnodes; i++) {
 		struct rc_node *n = &rc->nodes[i];
 
-		if (!rc_node_busy(rc, n))
+		if (!kvt_rcn_busy(rc, n))
 			continue;
 		if (timed_out) {
 			rc->st.io_errors++;
-			rc_node_count_fail(rc, n);
-			rc_seterr(rc, "%s: no reply by the deadline", n->addr);
+			kvt_rcn_count_fail(rc, n);
+			kvt_rcn_seterr(rc, "%s: no reply by the deadline", n->addr);
 		}
-		if (n->seg_head < n->nseg || n->pend_n > RC_MAX_ORPHANS || rc_breaker_open(n, now))
-			rc_node_drop(rc, n, -ETIMEDOUT, false);
+		if (n->seg_head < n->nseg || n->pend_n > RC_MAX_ORPHANS ||
+		    kvt_rcn_breaker_open(n, now))
+			kvt_rcn_drop(rc, n, -ETIMEDOUT, false);
 	}
 	rc->gen++;
 }
@@ -1099,7 +352,7 @@ int kvt_rc_exec(struct kvt_rc *rc, struct kvt_rc_cmd *cmds, unsigned n, uint64_t
 			backoff += c->state == CS_BACKOFF;
 		}
 		if (sent) {
-			ret = rc_io(rc, deadline, rc_cmds_stop);
+			ret = kvt_rcn_io(rc, deadline, rc_cmds_stop);
 			if (ret == -ETIMEDOUT) {
 				timed_out = true;
 				break;
@@ -1172,12 +425,12 @@ static int rc_read_auth(struct kvt_rc *rc, const char *path)
 	FILE *f = fopen(path, "re");
 
 	if (!f) {
-		rc_seterr(rc, "auth file %s: %s", path, strerror(errno));
+		kvt_rcn_seterr(rc, "auth file %s: %s", path, strerror(errno));
 		return -errno;
 	}
 	if (!fgets(line, sizeof(line), f)) {
 		fclose(f);
-		rc_seterr(rc, "auth file %s: empty", path);
+		kvt_rcn_seterr(rc, "auth file %s: empty", path);
 		return -EINVAL;
 	}
 	fclose(f);
@@ -1193,7 +446,7 @@ static int rc_read_auth(struct kvt_rc *rc, const char *path)
 	}
 	explicit_bzero(line, sizeof(line));
 	if (!rc->pass || (sp && !rc->user) || !rc->pass[0]) {
-		rc_seterr(rc, "auth file %s: no password", path);
+		kvt_rcn_seterr(rc, "auth file %s: no password", path);
 		return -EINVAL;
 	}
 	return 0;
@@ -1241,7 +494,7 @@ int kvt_rc_open(const struct kvt_rc_conf *conf, struct kvt_rc **out)
 		port = strtol(colon + 1, &end, 10);
 		if (*end || port <= 0 || port > 65535)
 			goto bad_seed;
-		node = rc_node_find(rc, tok, (int)port, true);
+		node = kvt_rcn_find(rc, tok, (int)port, true);
 		if (node < 0 || rc->nseeds >= 16)
 			goto bad_seed;
 		rc->seeds[rc->nseeds++] = node;
@@ -1310,7 +563,7 @@ unsigned kvt_rc_nodes(const struct kvt_rc *rc, struct kvt_rc_node_info *out, uns
 		snprintf(out[i].addr, sizeof(out[i].addr), "%s", n->addr);
 		out[i].slots = n->slots;
 		out[i].connected = n->fd >= 0;
-		out[i].breaker_open = rc_breaker_open(n, now);
+		out[i].breaker_open = kvt_rcn_breaker_open(n, now);
 		out[i].bytes_out = n->bytes_out;
 		out[i].bytes_in = n->bytes_in;
 		out[i].errors = n->errors;

@@ -13,6 +13,7 @@ if(TARGET kvt_tier_remote)
 	if(KVT_FUZZ AND CMAKE_C_COMPILER_ID MATCHES "Clang")
 		add_executable(fuzz_remote_value ${PROJECT_SOURCE_DIR}/tests/fuzz/fuzz_remote_value.c
 			${PROJECT_SOURCE_DIR}/tiers/tier_remote.c ${PROJECT_SOURCE_DIR}/tiers/redis_cluster.c
+			${PROJECT_SOURCE_DIR}/tiers/redis_conn.c
 			${PROJECT_SOURCE_DIR}/proto/kvt_record.c)
 		target_include_directories(fuzz_remote_value PRIVATE ${PROJECT_SOURCE_DIR}/proto
 			${PROJECT_SOURCE_DIR}/tiers)
