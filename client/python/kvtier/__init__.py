@@ -14,8 +14,9 @@ writable numpy view of the arena, :meth:`Client.lease` a read-only one).
         c.put(lay, keys[n], block)              # block: any C-contiguous array of block_bytes
         out = c.get(lay, keys[0], dtype=np.float16, shape=lay.block_shape)
 
-The library is found through ``$KVTIER_LIB``, else ``../../build/client/libkvtier.so`` next
-to this file (a source checkout), else ``ctypes.util.find_library('kvtier')``.
+The library is found through ``$KVTIER_LIB``, else ``build/client/libkvtier.so`` of the source
+checkout this package sits in, else the dynamic loader (``libkvtier.so.0`` as installed, found
+through ld.so's cache or ``LD_LIBRARY_PATH``), else ``ctypes.util.find_library('kvtier')``.
 
 Errors are raised as :class:`KvtError` (an :class:`OSError`; ``errno`` is set for errno
 codes, ``code`` always holds the positive code).  A miss is not an error for :meth:`Client.get`
@@ -104,13 +105,23 @@ def _find_library() -> str:
     if env:
         return env
     here = os.path.dirname(os.path.abspath(__file__))
-    local = os.path.normpath(os.path.join(here, "..", "..", "build", "client", "libkvtier.so"))
+    local = os.path.normpath(os.path.join(here, "..", "..", "..", "build", "client",
+                                          "libkvtier.so"))
     if os.path.exists(local):
         return local
+    # The installed library through the loader: its SONAME first (no -dev symlink needed),
+    # then whatever find_library reports (ldconfig's cache, gcc's search path).
+    for name in ("libkvtier.so.0", "libkvtier.so"):
+        try:
+            ctypes.CDLL(name)
+            return name
+        except OSError:
+            pass
     found = ctypes.util.find_library("kvtier")
     if found:
         return found
-    raise ImportError("libkvtier not found: set $KVTIER_LIB to the path of libkvtier.so")
+    raise ImportError("libkvtier not found: install it (ldconfig), or set $KVTIER_LIB to the "
+                      "path of libkvtier.so")
 
 
 _MISSING: set = set()
