@@ -1164,6 +1164,30 @@ static void batch_done(struct batch *b, size_t i, int res)
 	b->left--;
 }
 
+/* Sends the queued second-phase requests the SQ has room for.  Returns 0 or -errno. */
+static int batch_send_second(struct batch *b, const struct kvt_sqe *second)
+{
+	struct kvt_client *c = b->c;
+	bool pushed = false;
+	int ret = 0;
+
+	while (b->qlen && (ret = sq_room(c)) > 0) {
+		size_t i = b->queue[b->qhead];
+		struct kvt_sqe s = second[i];
+
+		b->qhead = (b->qhead + 1) % b->n;
+		b->qlen--;
+		s.user_data = b->ud0 + b->n + i;
+		sq_push(c, &s);
+		pushed = true;
+		if (s.flags & KVT_SQE_F_NO_CQE)
+			batch_done(b, i, b->status[i]);
+	}
+	if (pushed)
+		sq_publish(c);
+	return ret < 0 ? ret : 0;
+}
+
 /*
  * Runs a batch to the end.  first(b, i, sqe) fills entry i's first request; on its
  * completion, reaped(b, i, cqe, sqe) either finishes the entry (batch_done) or fills a
@@ -1185,18 +1209,7 @@ static void batch_run(struct batch *b, void (*first)(struct batch *, size_t, str
 		bool pushed = false;
 
 		/* Second phases first: they finish entries and free the daemon's holds. */
-		while (b->qlen && (ret = sq_room(c)) > 0) {
-			size_t i = b->queue[b->qhead];
-			struct kvt_sqe s = second[i];
-
-			b->qhead = (b->qhead + 1) % b->n;
-			b->qlen--;
-			s.user_data = b->ud0 + b->n + i;
-			sq_push(c, &s);
-			pushed = true;
-			if (s.flags & KVT_SQE_F_NO_CQE)
-				batch_done(b, i, b->status[i]);
-		}
+		ret = batch_send_second(b, second);
 		while (ret >= 0 && b->next < b->n && (ret = sq_room(c)) > 0) {
 			struct kvt_sqe s;
 
@@ -1233,6 +1246,10 @@ static void batch_run(struct batch *b, void (*first)(struct batch *, size_t, str
 			if (reaped(b, i, &q, s2) > 0 && second) {
 				b->state[i] = B_COPIED;
 				b->queue[(b->qhead + b->qlen++) % b->n] = i;
+				/* Sent at once: the daemon commits this block while we copy
+				 * the next one. */
+				if ((ret = batch_send_second(b, second)) < 0)
+					break;
 			}
 		}
 		if (ret < 0)
