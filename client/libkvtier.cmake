@@ -58,7 +58,7 @@ if(NOT _kvt_pydir)
 		execute_process(COMMAND ${_kvt_python3} -c [=[
 import os, sys, sysconfig
 p = os.path.abspath(sys.argv[1])
-for d in sys.path:
+for d in filter(None, sys.path):
     r = os.path.relpath(d, p)
     if r.startswith("lib" + os.sep) and r.endswith("-packages"):
         print(r)
