@@ -793,10 +793,8 @@ KVT_API int kvt_put_reserve(struct kvt_client *c, int layout, const struct kvt_k
 
 	if (ret < 0)
 		return ret;
-	if (!r || !len)
+	if (!r || !len || len > kvt_layout_block_bytes(&c->layouts[layout]))
 		return -EINVAL;
-	if (len > UINT32_MAX)
-		return -E2BIG;
 	s.len = (uint32_t)len;
 	ret = submit(c, &s, &q);
 	if (ret < 0)

@@ -202,15 +202,30 @@ struct kvt_reservation {
 };
 
 /*
+ * Block lengths, for every call that stores: 0 < len <= kvt_layout_block_bytes() of the
+ * layout, else -EINVAL.  A block shorter than the layout's (the last, partial block of a
+ * prompt) is stored as it is and a get returns its own length; on NVMe it is kept only when
+ * its length is a multiple of 8 bytes (else it is dropped when evicted, and counted).
+ *
+ * "Already stored": a key that is stored (or being stored) is success with nothing written
+ * for the calls that store data (kvt_put returns 1, kvt_put_batch reports 1); the data is
+ * not compared.  kvt_put_reserve() returns -EEXIST instead, because it has no reservation to
+ * hand out and its caller must not fill one.
+ */
+
+/*
  * Reserves len bytes of arena for key.  The caller fills r->data (from CPU memory, or by a
  * DMA from the GPU since the arena may be registered with cudaHostRegister) and then calls
  * kvt_put_commit() or kvt_put_abort().  Returns 0; -EEXIST when the key is already stored
  * or being stored (nothing to do); -ENOSPC when the host tier cannot make room (everything
- * is leased or pinned); -E2BIG when len exceeds the tier; -KVT_ENOLAYOUT.
+ * is leased or pinned); -E2BIG when len exceeds the tier; -EINVAL for a len of 0 or longer
+ * than the layout's block; -KVT_ENOLAYOUT.
  */
 KVT_API int kvt_put_reserve(struct kvt_client *c, int layout, const struct kvt_key *key, size_t len,
 			    struct kvt_reservation *r);
-/* Makes the reserved block visible. Returns 0 or -errno; r is spent either way. */
+/* Makes the reserved block visible. Returns 0 or -errno; r is spent either way.  A
+ * reservation of a daemon that has since restarted returns -KVT_EDAEMON (and so does
+ * kvt_put_abort): it never acts on the new daemon. */
 KVT_API int kvt_put_commit(struct kvt_client *c, struct kvt_reservation *r);
 /*
  * The same, telling where the block stands in its sequence: first_token is the position of
@@ -226,7 +241,8 @@ KVT_API int kvt_put_abort(struct kvt_client *c, struct kvt_reservation *r);
 
 /*
  * Stores len bytes from data under key: reserve, copy, commit.  Returns 0 when stored, 1 when
- * the key was already stored (nothing written), -errno otherwise.
+ * the key was already stored (nothing written), -errno otherwise (-EINVAL: see "Block
+ * lengths" above).
  */
 KVT_API int kvt_put(struct kvt_client *c, int layout, const struct kvt_key *key, const void *data,
 		    size_t len);
@@ -241,7 +257,8 @@ KVT_API int kvt_put_at(struct kvt_client *c, int layout, const struct kvt_key *k
 /*
  * The first question an engine asks: how many of keys[0..n) are stored, counted from the
  * front and stopping at the first miss (the longest cached prefix).  Returns that count.
- * Does not change LRU order.  Any n: the library asks in rounds of 4096 keys.
+ * Does not change LRU order.  Any n: the library asks in rounds of 4096 keys.  Asked once
+ * more of a restarted daemon, like kvt_get and kvt_put_reserve.
  */
 KVT_API int kvt_lookup(struct kvt_client *c, int layout, const struct kvt_key *keys, size_t n);
 
@@ -270,7 +287,8 @@ struct kvt_lease {
  */
 KVT_API int kvt_get_lease(struct kvt_client *c, int layout, const struct kvt_key *key,
 			  struct kvt_lease *l);
-/* Returns the lease. Returns 0, or -EINVAL for a lease that is not held. */
+/* Returns the lease. Returns 0, or -EINVAL for a lease that is not held, -KVT_EDAEMON for a
+ * lease of a daemon that has since restarted (it never acts on the new daemon). */
 KVT_API int kvt_lease_release(struct kvt_client *c, struct kvt_lease *l);
 
 /* Deletes key from every tier.  Returns 0 or -ENOENT.  A leased block disappears from

@@ -11,7 +11,8 @@ kvt_add_test(integration_daemon
 # libkvtier's client side against a real kvtierd: handles and lookups across a daemon killed
 # with SIGKILL and restarted, and the batched calls.
 add_executable(test_client ${PROJECT_SOURCE_DIR}/tests/integration/test_client.c
-	${PROJECT_SOURCE_DIR}/tests/integration/harness.c)
+	${PROJECT_SOURCE_DIR}/tests/integration/harness.c
+	${PROJECT_SOURCE_DIR}/tests/integration/header_sketch.c)
 target_link_libraries(test_client PRIVATE kvtier)
 target_compile_definitions(test_client PRIVATE _GNU_SOURCE)
 kvt_add_test(integration_client

@@ -410,10 +410,28 @@ out:
 		kvt_test_daemon_stop(pid);
 }
 
+/* The usage sketch of kvtier.h (header_sketch.c, compiled with kvtier.h alone) runs. */
+int kvt_test_sketch(const char *socket, const uint32_t *tokens, size_t n_tokens);
+
+static void test_header_sketch(void)
+{
+	uint32_t tok[40];
+	pid_t pid = daemon_start();
+
+	CHECK(pid > 0);
+	for (int i = 0; i < 40; i++)
+		tok[i] = (uint32_t)i * 7 + 1;
+	CHECK_EQ(kvt_test_sketch(sock, tok, 40), 2);
+out:
+	if (pid > 0)
+		kvt_test_daemon_stop(pid);
+}
+
 static const struct {
 	const char *name;
 	void (*fn)(void);
 } tests[] = {
+    {"header_sketch", test_header_sketch},
     {"restart_holds", test_restart_holds},
     {"restart_lookup", test_restart_lookup},
     {"batch", test_batch},
