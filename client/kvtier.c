@@ -1244,9 +1244,12 @@ static void batch_run(struct batch *b, void (*first)(struct batch *, size_t, str
 			if (reaped(b, i, &q, s2) > 0 && second) {
 				b->state[i] = B_COPIED;
 				b->queue[(b->qhead + b->qlen++) % b->n] = i;
-				/* Sent at once: the daemon commits this block while we copy
-				 * the next one. */
-				if ((ret = batch_send_second(b, second)) < 0)
+				/* A commit goes out at once: the daemon commits this block
+				 * while we copy the next one.  Releases, which nobody waits
+				 * for, go out together once the completions at hand are
+				 * reaped (one publish and fence for all). */
+				if (!(s2->flags & KVT_SQE_F_NO_CQE) &&
+				    (ret = batch_send_second(b, second)) < 0)
 					break;
 			}
 		}
