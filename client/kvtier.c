@@ -1126,6 +1126,7 @@ struct batch {
 	size_t *queue;	    /* entries whose second phase waits for room in the SQ */
 	size_t qhead, qlen; /* ring of n over queue */
 	size_t left;	    /* entries not B_DONE */
+	size_t inflight;    /* requests sent whose completion is still to come */
 	uint8_t *state;
 	int *status;
 };
@@ -1180,6 +1181,8 @@ static int batch_send_second(struct batch *b, const struct kvt_sqe *second)
 		pushed = true;
 		if (s.flags & KVT_SQE_F_NO_CQE)
 			batch_done(b, i, b->status[i]);
+		else
+			b->inflight++;
 	}
 	if (pushed)
 		sq_publish(c);
@@ -1215,6 +1218,7 @@ static void batch_run(struct batch *b, void (*first)(struct batch *, size_t, str
 			first(b, b->next, &s);
 			s.user_data = b->ud0 + b->next;
 			b->state[b->next++] = B_SENT;
+			b->inflight++;
 			sq_push(c, &s);
 			pushed = true;
 		}
@@ -1233,6 +1237,7 @@ static void batch_run(struct batch *b, void (*first)(struct batch *, size_t, str
 			size_t i = (size_t)(k % b->n);
 			if (b->state[i] == B_DONE)
 				continue;
+			b->inflight--;
 			if (k >= b->n) { /* the second phase's completion */
 				batch_done(b, i, q.res < 0 ? q.res : b->status[i]);
 				continue;
@@ -1257,13 +1262,30 @@ static void batch_run(struct batch *b, void (*first)(struct batch *, size_t, str
 			break;
 		if (got) {
 			start = mono_us(); /* the timeout counts from the last progress */
+			if (asleep) {
+				kvt_ring_awake(c->cq);
+				asleep = false;
+			}
 			continue;
 		}
-		if (b->qlen || (b->next < b->n && sq_room(c) > 0))
+		if ((b->qlen || b->next < b->n) && sq_room(c) > 0)
 			continue;
-		ret = cq_wait(c, start, &asleep);
-		if (ret < 0)
+		if (b->inflight) {
+			ret = cq_wait(c, start, &asleep);
+			if (ret < 0)
+				break;
+			continue;
+		}
+		/* The SQ is full of releases, which post no completion to wait for: nudge the
+		 * daemon and let it run. */
+		uint64_t one = 1;
+		ssize_t w = write(c->sq_efd, &one, sizeof(one));
+		(void)w;
+		if (c->timeout_ms >= 0 && mono_us() - start > (uint64_t)c->timeout_ms * 1000) {
+			ret = -ETIMEDOUT;
 			break;
+		}
+		sched_yield();
 	}
 	if (asleep)
 		kvt_ring_awake(c->cq);
