@@ -795,6 +795,8 @@ KVT_API int kvt_put_reserve(struct kvt_client *c, int layout, const struct kvt_k
 		return ret;
 	if (!r || !len || len > kvt_layout_block_bytes(&c->layouts[layout]))
 		return -EINVAL;
+	if (len > UINT32_MAX)
+		return -E2BIG;
 	s.len = (uint32_t)len;
 	ret = submit(c, &s, &q);
 	if (ret < 0)
@@ -1405,6 +1407,8 @@ KVT_API int kvt_put_batch(struct kvt_client *c, int layout, const struct kvt_key
 		return ret;
 	if (!len || len > kvt_layout_block_bytes(&c->layouts[layout]))
 		return -EINVAL;
+	if (len > UINT32_MAX)
+		return -E2BIG;
 	for (size_t i = 0; i < n; i++) {
 		if (!data[i])
 			return -EINVAL;
@@ -1573,10 +1577,12 @@ KVT_API int kvt_lookup_batch(struct kvt_client *c, int layout, const struct kvt_
 		batch_run(&l.b, lookup_first, lookup_reaped, NULL);
 		batch_free(&l.b);
 		for (size_t i = 0; i < m && ret >= 0; i++) {
-			if (st[i] < 0)
+			if (st[i] < 0) {
 				ret = st[i];
-			else
-				found += present[done + i] = (uint8_t)(st[i] > 0);
+			} else {
+				present[done + i] = (uint8_t)(st[i] > 0);
+				found += st[i] > 0;
+			}
 		}
 		done += m;
 	}
