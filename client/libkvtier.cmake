@@ -73,5 +73,6 @@ else:
 		set(_kvt_pydir lib/python3/dist-packages)
 	endif()
 endif()
+set(KVT_PYTHON_INSTALL_DIR ${_kvt_pydir} CACHE INTERNAL "the Python package directory cmake --install uses")
 install(DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/python/kvtier DESTINATION ${_kvt_pydir}
-	FILES_MATCHING PATTERN "*.py" PATTERN "__pycache__" EXCLUDE)
+	COMPONENT python FILES_MATCHING PATTERN "*.py" PATTERN "__pycache__" EXCLUDE)
