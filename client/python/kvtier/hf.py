@@ -227,8 +227,7 @@ class _InPlaceLayer:
         self.dtype = store.dtype
         self.device = getattr(store, "device", "cpu")
         self.is_initialized = True
-        if hasattr(self, "cumulative_length"):
-            self.cumulative_length = n
+        self.cumulative_length = n  # the counter some layer classes keep
 
     def _kvt_len(self) -> Optional[int]:
         """Tokens in the cache while keys/values are still views of the storage, else None."""
@@ -259,9 +258,12 @@ class _InPlaceLayer:
         st[1][:, :, n:n + t] = value_states
         self.keys = st[0][:, :, :n + t]
         self.values = st[1][:, :, :n + t]
-        if hasattr(self, "cumulative_length"):
-            self.cumulative_length = n + t
+        self.cumulative_length = n + t
         return self.keys, self.values
+
+    def get_seq_length(self, *args: Any, **kwargs: Any) -> int:
+        n = self._kvt_len()
+        return super().get_seq_length(*args, **kwargs) if n is None else n  # type: ignore
 
     def _kvt_grow(self, n: int, need: int) -> Any:
         old = self._kvt_store
@@ -340,8 +342,8 @@ class _HostMover:
             try:
                 lease = self.c.lease(self.lay, keys[i])
             except KvtError as e:
-                if e.code == errno.ENOENT:  # the prefix ends here
-                    return i
+                if e.code in (errno.ENOENT, errno.ENOSPC):  # the prefix ends here, or no
+                    return i  # host room to promote it from NVMe
                 raise
             try:
                 if lease.array.size != pages.block_bytes:
@@ -637,7 +639,7 @@ class PrefixCache:
                 pages = Pages([(s[0], s[1]) for s in stores], self.n_kv_heads, self.head_dim,
                               self.elem_size, bt)
                 keys = key_chain(self.layout, tok[:nfull * bt], as_array=True)
-                hit = mover.get(pages, keys, 0)
+                hit = self._get(mover, pages, keys)
             except KvtError as e:
                 self._lost(e)
                 return None
@@ -654,6 +656,23 @@ class PrefixCache:
                           restored_bytes=hit * self.layout.block_bytes,
                           seconds=time.perf_counter() - t0)
         return cache
+
+    def _get(self, mover: Any, pages: Pages, keys: np.ndarray) -> int:
+        """Loads the leading stored blocks of keys.  A call stops early, with what it
+        loaded, when the host tier had no room left to promote a block from NVMe (its own
+        leases hold it): the next call, once those are returned, goes on from there."""
+        hit = 0
+        for _ in range(8):
+            try:
+                got = mover.get(pages, keys[hit:], hit)
+            except KvtError as e:
+                if e.code != errno.ENOSPC:
+                    raise
+                got = 0
+            hit += got
+            if not got or hit == len(keys):
+                break
+        return hit
 
     def store(self, input_ids: Any, cache: Any) -> int:
         """Stores the full blocks of input_ids whose KV is in cache (the first
