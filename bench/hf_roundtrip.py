@@ -2,8 +2,9 @@
 # SPDX-License-Identifier: MIT
 """Real engine round trip: Hugging Face transformers <-> kvtierd through kvtier.hf.
 
-Part 1 (--roundtrip): the small byte-level Llama of ../shared/data/kvmodel and a chunk of
-Python source.  For each daemon configuration (host tier; NVMe tier with raw / lossless /
+Part 1 (--roundtrip): a small byte-level Llama (--model DIR: the project's development model
+kvmodel, not in the repository, docs/KVD.md; token ids are the bytes of the text) and a chunk
+of Python source.  For each daemon configuration (host tier; NVMe tier with raw / lossless /
 lossy chains): the first request restores nothing, computes the prompt and stores its blocks
 (kvtier.hf.PrefixCache.store: one kvt_dev_put from the cache tensors); the blocks are pushed
 down to NVMe; the second request restores them (PrefixCache.restore: one kvt_dev_get into the
@@ -16,6 +17,8 @@ prompt token only), time to cache-ready against pinned cudaMemcpy H2D measured i
 run, and the components.
 
     python3 bench/hf_roundtrip.py --build build-dev --model .devdata/kvmodel --out OUTDIR
+
+(.devdata/, git-ignored, is where a copy of kvmodel was carried to the GPU machine.)
 """
 
 import argparse
@@ -516,8 +519,9 @@ def parse_configs(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", required=True, help="build dir with daemon/kvtierd, client/")
-    ap.add_argument("--model", default=os.path.join(HERE, "..", "..", "shared", "data",
-                                                    "kvmodel"))
+    ap.add_argument("--model", help="Hugging Face directory of a byte-level LlamaForCausalLM, "
+                    "e.g. the development model kvmodel (not in the repository); needed "
+                    "unless --no-roundtrip")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--prefix", default="hf_")
     ap.add_argument("--no-roundtrip", action="store_true")
@@ -534,6 +538,8 @@ def main():
     ap.add_argument("--timing-block-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
+    if not args.no_roundtrip and not args.model:
+        ap.error("--model DIR is needed for the round trip (or --no-roundtrip)")
     args.build = os.path.abspath(args.build)
     os.environ.setdefault("KVTIER_LIB", os.path.join(args.build, "client", "libkvtier.so"))
     args.configs = parse_configs(args)

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Plots the codec frontier from `kvtier-eval codec --json DUMP.kvd` output.
 
-    build/bench/kvtier-eval codec --json ../shared/data/sympy_fancysets.kvd > codecs.json
+    build/bench/kvtier-eval codec --json sympy_fancysets.kvd > codecs.json
     python3 docs/plot_codecs.py codecs.json docs/codec_pareto.png
 
-Every chain is a point (compression ratio vs attention-output error, DESIGN §5); the Pareto
+(sympy_fancysets.kvd: the project's development dump, not in the repository; any .kvd dump
+with queries works, docs/KVD.md.)
+Every chain is a point (compression ratio vs attention-output error, docs/KVD.md); the Pareto
 frontier is drawn as a line; the issue's targets are the shaded corners. Lossless chains
 (err = 0) sit on the bottom axis. Needs matplotlib (Debian: python3-matplotlib).
 """
