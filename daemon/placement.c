@@ -1400,7 +1400,7 @@ int kvtd_place_init(struct kvtd *d)
 	}
 	/* The records come in from kvtd_run on: see kvtd_nvme_recover_start(). */
 	d->nvme_recovering = true;
-	d->m.recovering = 1;
+	d->m.nvme_recovering = 1;
 	if (d->nvme_ops->event_fd) {
 		d->nvme_ev.kind = EV_TIER;
 		d->nvme_ev.p = NULL;
@@ -1432,7 +1432,7 @@ static int recovery_finish(struct kvtd *d)
 	d->fence = NULL;
 	d->nfence = d->cap_fence = 0;
 	d->nvme_recovering = false;
-	d->m.recovering = 0;
+	d->m.nvme_recovering = 0;
 	if (ret < 0) {
 		kvtd_log(KVTD_LOG_ERR, "NVMe recovery failed: %s", kvt_strerror(ret));
 		return ret;

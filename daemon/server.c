@@ -1291,9 +1291,10 @@ static void render_status(struct kvtd *d, struct sbuf *b, bool json)
 	if (json) {
 		sb_printf(b,
 			  "{\"version\":\"%s\",\"uptime_s\":%" PRIu64
-			  ",\"clients\":%u,\"tenants\":%u,"
+			  ",\"recovering\":%s,\"clients\":%u,\"tenants\":%u,"
 			  "\"epoch\":%" PRIu64 ",\"tiers\":[",
-			  kvt_version(), up, d->nclients, d->ntenants, d->epoch);
+			  kvt_version(), up, d->nvme_recovering ? "true" : "false", d->nclients,
+			  d->ntenants, d->epoch);
 		render_tiers(d, b, true, false);
 		sb_printf(b, "],\"metrics\":{");
 		int first = 1;
@@ -1305,8 +1306,9 @@ static void render_status(struct kvtd *d, struct sbuf *b, bool json)
 		sb_printf(b, "}}\n");
 		return;
 	}
-	sb_printf(b, "kvtierd %s  uptime %" PRIu64 "s  clients %u  tenants %u\n", kvt_version(), up,
-		  d->nclients, d->ntenants);
+	sb_printf(b, "kvtierd %s  uptime %" PRIu64 "s  clients %u  tenants %u%s\n", kvt_version(),
+		  up, d->nclients, d->ntenants,
+		  d->nvme_recovering ? "  recovering NVMe records (misses until done)" : "");
 	render_tiers(d, b, false, false);
 }
 

@@ -109,7 +109,7 @@ static pid_t daemon_start(const char *capacity, ...)
 		if (stat(sock, &st) == 0) {
 			/* NVMe records recovered (the tests expect them): until then they are
 			 * misses and puts are refused. */
-			while (status_metric("recovering") == 1)
+			while (status_metric("nvme_recovering") == 1)
 				usleep(2000);
 			return pid;
 		}

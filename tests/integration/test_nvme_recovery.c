@@ -139,7 +139,7 @@ static pid_t start(bool gated, ...)
 			return -1;
 		}
 		/* -1: a daemon without the field, which recovers before it serves */
-		if (stat(sock, &st) == 0 && (rec = metric("recovering")) >= -1 &&
+		if (stat(sock, &st) == 0 && (rec = metric("nvme_recovering")) >= -1 &&
 		    (gated || rec <= 0))
 			return cur = pid;
 		usleep(5000);
@@ -563,8 +563,11 @@ static void test_serve_recovering(void)
 	pid = start(true, NULL);
 	CHECK(pid > 0);
 	/* The scan waits for the gate: recovering, for sure, until the test opens it. */
-	CHECK_EQ(metric("recovering"), 1);
+	CHECK_EQ(metric("nvme_recovering"), 1);
 	CHECK(metric("nvme_recovery_total_bytes") > 0);
+	out = ctl(&rc, "--json status");
+	CHECK(rc == 0 && strstr(out, "\"recovering\":true"));
+	free(out);
 	out = ctl(&rc, "tiers");
 	CHECK(rc == 0 && strstr(out, "recovering: dropped"));
 	free(out);
@@ -581,9 +584,12 @@ static void test_serve_recovering(void)
 	fd = open(gate, O_WRONLY | O_CREAT, 0644);
 	CHECK(fd >= 0);
 	close(fd);
-	while (metric("recovering") != 0)
+	while (metric("nvme_recovering") != 0)
 		usleep(2000);
 	CHECK_EQ(metric("nvme_recovery_scanned_bytes"), metric("nvme_recovery_total_bytes"));
+	out = ctl(&rc, "--json status");
+	CHECK(rc == 0 && strstr(out, "\"recovering\":false"));
+	free(out);
 	/* Every record back but the one deleted meanwhile: never served after its delete. */
 	for (unsigned i = 0; i < N; i++) {
 		struct kvt_key k = key_of(i);
