@@ -2,10 +2,11 @@
 # SPDX-License-Identifier: MIT
 """Real engine round trip: Hugging Face transformers <-> kvtierd through the ctypes binding.
 
-Part 1 (--roundtrip): the small byte-level Llama of ../shared/data/kvmodel prefills a chunk of
-Python source, its KV goes GPU -> pinned host -> kvtier arena as page-first blocks, the torch
-cache is freed, the blocks come back (lookup + get), a DynamicCache is rebuilt, the tokens of
-the last partial block are recomputed, and greedy decoding continues.  Each daemon
+Part 1 (--roundtrip): a small byte-level Llama (--model DIR: the project's development model
+kvmodel, not in the repository, docs/KVD.md; token ids are the bytes of the text) prefills a
+chunk of Python source, its KV goes GPU -> pinned host -> kvtier arena as page-first blocks,
+the torch cache is freed, the blocks come back (lookup + get), a DynamicCache is rebuilt, the
+tokens of the last partial block are recomputed, and greedy decoding continues.  Each daemon
 configuration (host tier; NVMe tier with raw / lossless / lossy chains) is compared with
 decoding from the original cache: token agreement, max |logit diff|, KL.
 
@@ -14,6 +15,8 @@ token by recomputing the prefill vs restoring the KV from the host tier (lookup 
 pinned memory + H2D + cache rebuild + the forward of the last partial block).
 
     python3 bench/hf_roundtrip.py --build build-dev --model .devdata/kvmodel --out OUTDIR
+
+(.devdata/, git-ignored, is where a copy of kvmodel was carried to the GPU machine.)
 """
 
 import argparse
@@ -582,8 +585,9 @@ def parse_configs(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", required=True, help="build dir with daemon/kvtierd, client/")
-    ap.add_argument("--model", default=os.path.join(HERE, "..", "..", "shared", "data",
-                                                    "kvmodel"))
+    ap.add_argument("--model", help="Hugging Face directory of a byte-level LlamaForCausalLM, "
+                    "e.g. the development model kvmodel (not in the repository); needed "
+                    "unless --no-roundtrip")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--prefix", default="hf_")
     ap.add_argument("--no-roundtrip", action="store_true")
@@ -602,6 +606,8 @@ def main():
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--chunk", type=int, default=32)
     args = ap.parse_args()
+    if not args.no_roundtrip and not args.model:
+        ap.error("--model DIR is needed for the round trip (or --no-roundtrip)")
     args.build = os.path.abspath(args.build)
     os.environ.setdefault("KVTIER_LIB", os.path.join(args.build, "client", "libkvtier.so"))
     args.configs = parse_configs(args)

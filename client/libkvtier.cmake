@@ -29,7 +29,6 @@ target_link_libraries(kvtierctl PRIVATE kvt_proto)
 target_compile_definitions(kvtierctl PRIVATE _GNU_SOURCE)
 
 include(CMakePackageConfigHelpers)
-configure_file(${CMAKE_CURRENT_SOURCE_DIR}/kvtier.pc.in ${CMAKE_CURRENT_BINARY_DIR}/kvtier.pc @ONLY)
 configure_package_config_file(${CMAKE_CURRENT_SOURCE_DIR}/kvtierConfig.cmake.in
 	${CMAKE_CURRENT_BINARY_DIR}/kvtierConfig.cmake INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/kvtier)
 write_basic_package_version_file(${CMAKE_CURRENT_BINARY_DIR}/kvtierConfigVersion.cmake
@@ -41,5 +40,24 @@ install(TARGETS kvtierctl RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(EXPORT kvtierTargets NAMESPACE kvtier:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/kvtier)
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/kvtierConfig.cmake ${CMAKE_CURRENT_BINARY_DIR}/kvtierConfigVersion.cmake
 	DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/kvtier)
-install(FILES ${CMAKE_CURRENT_BINARY_DIR}/kvtier.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
+# kvtier.pc is written when installing, from the prefix given then (cmake --install
+# --prefix P): its libdir and includedir are where the files really went.
+install(CODE "
+	set(KVT_PC_PREFIX \"\${CMAKE_INSTALL_PREFIX}\")
+	set(KVT_PC_LIBDIR \"${CMAKE_INSTALL_LIBDIR}\")
+	set(KVT_PC_INCLUDEDIR \"${CMAKE_INSTALL_INCLUDEDIR}\")
+	foreach(_d LIBDIR INCLUDEDIR)
+		if(NOT IS_ABSOLUTE \"\${KVT_PC_\${_d}}\")
+			set(KVT_PC_\${_d} \"\\\${prefix}/\${KVT_PC_\${_d}}\")
+		endif()
+	endforeach()
+	set(PROJECT_VERSION \"${PROJECT_VERSION}\")
+	configure_file(\"${CMAKE_CURRENT_SOURCE_DIR}/kvtier.pc.in\"
+		\"${CMAKE_CURRENT_BINARY_DIR}/kvtier.pc\" @ONLY)
+	if(IS_ABSOLUTE \"${CMAKE_INSTALL_LIBDIR}\")
+		set(_kvt_pcdir \"${CMAKE_INSTALL_LIBDIR}/pkgconfig\")
+	else()
+		set(_kvt_pcdir \"\${CMAKE_INSTALL_PREFIX}/${CMAKE_INSTALL_LIBDIR}/pkgconfig\")
+	endif()
+	file(INSTALL \"${CMAKE_CURRENT_BINARY_DIR}/kvtier.pc\" DESTINATION \"\${_kvt_pcdir}\")")
 install(FILES ${CMAKE_CURRENT_SOURCE_DIR}/python/kvtier.py DESTINATION ${CMAKE_INSTALL_DATADIR}/kvtier/python OPTIONAL)

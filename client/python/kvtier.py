@@ -755,7 +755,7 @@ def iter_blocks(arr: np.ndarray, block_bytes: int) -> Iterator[np.ndarray]:
 
 def save_kvd(path: str, k: np.ndarray, v: np.ndarray, q: Optional[np.ndarray] = None,
              tokens: Optional[Sequence[int]] = None, source: str = "") -> None:
-    """Writes a KV dump in the ``.kvd`` format (shared/data/README.md) that ``kvtier-eval``
+    """Writes a KV dump in the ``.kvd`` format (docs/KVD.md) that ``kvtier-eval``
     reads: to calibrate a codec dictionary (``kvtier-eval dict``) or measure codecs on your
     own model's KV.
 

@@ -17,3 +17,19 @@ target_compile_definitions(test_nvme_recovery PRIVATE _GNU_SOURCE)
 kvt_add_test(integration_nvme_recovery
 	COMMAND $<TARGET_FILE:test_nvme_recovery> $<TARGET_FILE:kvtierd> $<TARGET_FILE:kvtierctl>
 	LABELS fast reliability TIMEOUT 600)
+
+# Operating kvtierd: in the background (no -f), SIGHUP, logs, its socket directory, and
+# kvtierctl's reports.
+add_executable(test_ops ${PROJECT_SOURCE_DIR}/tests/integration/test_ops.c
+	${PROJECT_SOURCE_DIR}/tests/integration/harness.c)
+target_link_libraries(test_ops PRIVATE kvtier)
+target_compile_definitions(test_ops PRIVATE _GNU_SOURCE)
+kvt_add_test(integration_ops
+	COMMAND $<TARGET_FILE:test_ops> $<TARGET_FILE:kvtierd> $<TARGET_FILE:kvtierctl>
+	LABELS fast reliability TIMEOUT 300)
+
+# `cmake --install --prefix P` as a user would, and programs built against P.
+kvt_add_test(install_prefix
+	COMMAND sh ${PROJECT_SOURCE_DIR}/tests/integration/install_check.sh ${PROJECT_BINARY_DIR}
+		${CMAKE_C_COMPILER} ${CMAKE_INSTALL_FULL_SYSCONFDIR}
+	LABELS fast TIMEOUT 300)

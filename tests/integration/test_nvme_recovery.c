@@ -266,12 +266,12 @@ static void delete_durable_one(const char *opt)
 	CHECK(lay >= 0);
 	CHECK_EQ(put_tag(c, lay, K, 100), 0);
 	CHECK_EQ(put_tag(c, lay, R, 101), 0);
-	free(ctl(&rc, "flush"));
+	free(ctl(&rc, "writeback"));
 	CHECK_EQ(rc, 0);
 	wait_metric_at_least("demotions_total", 2); /* both records written */
 	for (unsigned i = 2; i < 2 + MORE + 1; i++)
 		CHECK_EQ(put_tag(c, lay, i, 1000 + i), 0);
-	free(ctl(&rc, "flush"));
+	free(ctl(&rc, "writeback"));
 	CHECK_EQ(rc, 0);
 	CHECK_EQ(del(c, lay, K), 0);
 	CHECK_EQ(del(c, lay, R), 0);
@@ -360,7 +360,7 @@ static int make_slot_file(unsigned n)
 	lay = c ? kvt_register_layout(c, &l) : -1;
 	for (unsigned i = 0; i < n && lay >= 0; i++)
 		put_tag(c, lay, i, 500 + i);
-	free(ctl(&rc, "flush"));
+	free(ctl(&rc, "writeback"));
 	wait_metric_at_least("demotions_total", n);
 	kvt_close(c);
 	return stop(pid) == 0 && lay >= 0 ? 0 : -1;
