@@ -568,6 +568,9 @@ static void test_serve_recovering(void)
 	out = ctl(&rc, "--json status");
 	CHECK(rc == 0 && strstr(out, "\"recovering\":true"));
 	free(out);
+	out = ctl(&rc, "ping");
+	CHECK(rc == 0 && !strncmp(out, "recovering", 10));
+	free(out);
 	out = ctl(&rc, "tiers");
 	CHECK(rc == 0 && strstr(out, "recovering: dropped"));
 	free(out);
