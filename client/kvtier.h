@@ -219,7 +219,8 @@ struct kvt_reservation {
  * kvt_put_commit() or kvt_put_abort().  Returns 0; -EEXIST when the key is already stored
  * or being stored (nothing to do); -ENOSPC when the host tier cannot make room (everything
  * is leased or pinned); -E2BIG when len exceeds the tier; -EINVAL for a len of 0 or longer
- * than the layout's block; -KVT_ENOLAYOUT.
+ * than the layout's block; -EAGAIN while the daemon is still recovering its NVMe records
+ * after a start (kvtierctl status: recovering); -KVT_ENOLAYOUT.
  */
 KVT_API int kvt_put_reserve(struct kvt_client *c, int layout, const struct kvt_key *key, size_t len,
 			    struct kvt_reservation *r);

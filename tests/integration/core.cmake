@@ -19,6 +19,16 @@ kvt_add_test(integration_client
 	COMMAND $<TARGET_FILE:test_client> $<TARGET_FILE:kvtierd> $<TARGET_FILE:kvtierctl>
 	LABELS fast reliability TIMEOUT 300)
 
+# The NVMe tier's durability and recovery (deletes across kill -9, slot-file safety, serving
+# while recovering).
+add_executable(test_nvme_recovery ${PROJECT_SOURCE_DIR}/tests/integration/test_nvme_recovery.c
+	${PROJECT_SOURCE_DIR}/tests/integration/harness.c)
+target_link_libraries(test_nvme_recovery PRIVATE kvtier)
+target_compile_definitions(test_nvme_recovery PRIVATE _GNU_SOURCE)
+kvt_add_test(integration_nvme_recovery
+	COMMAND $<TARGET_FILE:test_nvme_recovery> $<TARGET_FILE:kvtierd> $<TARGET_FILE:kvtierctl>
+	LABELS fast reliability TIMEOUT 600)
+
 # Operating kvtierd: in the background (no -f), SIGHUP, logs, its socket directory, and
 # kvtierctl's reports.
 add_executable(test_ops ${PROJECT_SOURCE_DIR}/tests/integration/test_ops.c

@@ -69,6 +69,8 @@ static struct {
 	char log[400];
 } drop;
 
+static long long status_metric(const char *name);
+
 static void drop_setup(void *arg)
 {
 	struct rlimit rl = {drop.memlock, drop.memlock};
@@ -100,6 +102,10 @@ static pid_t daemon_start(const char *capacity, ...)
 	unlink(sock);
 	pid = kvt_test_daemon_start(argv, drop.on ? drop_setup : NULL, NULL);
 	cur_daemon = pid > 0 ? pid : 0;
+	/* Ready means serving; the NVMe records (the tests expect them) come a moment later:
+	 * until then they are misses and puts are refused. */
+	while (pid > 0 && status_metric("nvme_recovering") == 1)
+		usleep(2000);
 	return pid;
 }
 
