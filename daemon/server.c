@@ -691,6 +691,9 @@ static int client_drain(struct kvtd *d, struct client *c)
 		if (!(s.flags & KVT_SQE_F_NO_CQE)) {
 			memcpy(&c->cqes[c->cq_tail & cmask], &q, sizeof(q));
 			c->cq_tail++;
+			/* Each completion visible at once: a client reaping a batch copies
+			 * this block while we work on the next entries. */
+			kvt_ring_publish(c->cq, c->cq_tail);
 			posted = true;
 		}
 		done++;

@@ -8,6 +8,17 @@ kvt_add_test(integration_daemon
 	COMMAND $<TARGET_FILE:test_daemon> $<TARGET_FILE:kvtierd> $<TARGET_FILE:kvtierctl>
 	LABELS fast reliability TIMEOUT 600)
 
+# libkvtier's client side against a real kvtierd: handles and lookups across a daemon killed
+# with SIGKILL and restarted, and the batched calls.
+add_executable(test_client ${PROJECT_SOURCE_DIR}/tests/integration/test_client.c
+	${PROJECT_SOURCE_DIR}/tests/integration/harness.c
+	${PROJECT_SOURCE_DIR}/tests/integration/header_sketch.c)
+target_link_libraries(test_client PRIVATE kvtier)
+target_compile_definitions(test_client PRIVATE _GNU_SOURCE)
+kvt_add_test(integration_client
+	COMMAND $<TARGET_FILE:test_client> $<TARGET_FILE:kvtierd> $<TARGET_FILE:kvtierctl>
+	LABELS fast reliability TIMEOUT 300)
+
 # The model-based crash test: clients on threads against a kvtierd SIGKILLed and restarted
 # at seeded random points, every answer checked against a model of what may be served.
 # CI runs a short version; KVT_TEST_OPS / KVT_TEST_RESTARTS scale it (see the file).

@@ -125,7 +125,8 @@ fail:
 
 struct kvt_client *kvt_test_connect(const char *sock, const char *name, int timeout_ms)
 {
-	struct kvt_connect_opts o = {sizeof(o), sock, name, timeout_ms};
+	struct kvt_connect_opts o = {
+	    .size = sizeof(o), .socket_path = sock, .name = name, .timeout_ms = timeout_ms};
 	struct kvt_client *c = NULL;
 	int ret = kvt_connect(&o, &c);
 
