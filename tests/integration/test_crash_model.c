@@ -43,7 +43,10 @@
  *        "lookup,lease": to look at one broken rule at a time)
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -52,6 +55,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -785,6 +792,107 @@ static void *client_main(void *arg)
 /* ---------------------------------------------------------------------------------------
  * The daemon
  */
+static long long mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * Starts a kvtierd (argv: its path and arguments; it runs in the foreground and serves path)
+ * and returns its pid once path accepts connections: kvtierd renames a listening socket onto
+ * the path, so its appearance is the readiness event.  Waits on events (inotify on the
+ * socket's directory, a pidfd for an early exit), never on time; timeout_ms only bounds a daemon
+ * that hangs, which is then killed.  path is unlinked first (a SIGKILLed daemon leaves its
+ * socket behind).  log gets the daemon's stderr appended.  Returns -1 when the daemon exits
+ * first (*status: its exit status, 128 + signal) or hangs (*status -1).
+ */
+static pid_t daemon_spawn(char *const argv[], const char *path, const char *log, int timeout_ms,
+			  int *status)
+{
+	char wdir[PATH_MAX];
+	const char *slash = strrchr(path, '/');
+	long long deadline = timeout_ms < 0 ? -1 : mono_ms() + timeout_ms;
+	int ino = -1, pidfd = -1, st = -1;
+	struct stat sb;
+	pid_t pid;
+
+	if (status)
+		*status = -1;
+	snprintf(wdir, sizeof(wdir), "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
+	if (!wdir[0])
+		snprintf(wdir, sizeof(wdir), "/");
+	/* Watch before unlinking and starting: no rename can slip between check and wait. */
+	ino = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+	if (ino < 0 || inotify_add_watch(ino, wdir, IN_CREATE | IN_MOVED_TO) < 0) {
+		perror("inotify");
+		goto fail;
+	}
+	unlink(path);
+	pid = fork();
+	if (pid < 0)
+		goto fail;
+	if (pid == 0) {
+		/* A test that crashes must not leave its daemon behind. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (log) {
+			int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+			if (fd < 0 || dup2(fd, 2) < 0)
+				_exit(126);
+		}
+		execv(argv[0], argv);
+		_exit(127);
+	}
+	pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	for (;;) {
+		struct pollfd p[2] = {{ino, POLLIN, 0}, {pidfd, POLLIN, 0}};
+		char evbuf[4096];
+		int left = -1, ws;
+
+		if (stat(path, &sb) == 0)
+			break;
+		if (waitpid(pid, &ws, WNOHANG) == pid) {
+			st = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
+			goto gone;
+		}
+		if (deadline >= 0) {
+			left = (int)(deadline - mono_ms());
+			if (left <= 0) {
+				fprintf(stderr, "kvtierd did not create %s\n", path);
+				kill(pid, SIGKILL);
+				waitpid(pid, NULL, 0);
+				goto gone;
+			}
+		}
+		/* Without pidfds (Linux < 5.3) an exit is seen on the next directory event or
+		 * after a second at the latest. */
+		if (pidfd < 0 && (left < 0 || left > 1000))
+			left = 1000;
+		if (poll(p, pidfd >= 0 ? 2 : 1, left) < 0 && errno != EINTR)
+			goto fail_kill;
+		while (read(ino, evbuf, sizeof(evbuf)) > 0)
+			;
+	}
+	if (pidfd >= 0)
+		close(pidfd);
+	close(ino);
+	return pid;
+fail_kill:
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+gone:
+	if (status)
+		*status = st;
+fail:
+	if (pidfd >= 0)
+		close(pidfd);
+	if (ino >= 0)
+		close(ino);
+	return -1;
+}
+
 static pid_t start_daemon(uint64_t *rng)
 {
 	static const char *const qd[] = {"nvme.queue_depth=1", "nvme.queue_depth=4",
@@ -807,7 +915,7 @@ static pid_t start_daemon(uint64_t *rng)
 
 	snprintf(slots_opt, sizeof(slots_opt), "nvme.paths=%s", slots);
 	snprintf(daemon_opts, sizeof(daemon_opts), "%s %s %s", argv[15], argv[17], argv[19]);
-	pid = kvt_test_daemon_spawn((char *const *)argv, sock, logpath, 120000, &status);
+	pid = daemon_spawn((char *const *)argv, sock, logpath, 120000, &status);
 	if (pid < 0)
 		fprintf(stderr, "kvtierd did not start (status %d); its log: %s\n", status,
 			logpath);
