@@ -37,8 +37,8 @@
  * Reproducible: the seed (printed; KVT_TEST_SEED to replay) fixes each client's operation
  * sequence and the kill points, counted in operations; thread interleavings vary.
  *
- * usage: test_crash_model KVTIERD KVTIERCTL
- * env:   KVT_TEST_SEED, KVT_TEST_OPS (default 3000), KVT_TEST_RESTARTS (default 15),
+ * usage: test_crash_model KVTIERD KVTIERCTL [--seed N]
+ * env:   KVT_TEST_SEED (as --seed), KVT_TEST_OPS (default 3000), KVT_TEST_RESTARTS (default 15),
  *        KVT_TEST_CLIENTS (default 4), KVT_TEST_SKIP (operations to leave out, e.g.
  *        "lookup,lease": to look at one broken rule at a time)
  */
@@ -991,13 +991,15 @@ int main(int argc, char **argv)
 	char cmd[400];
 
 	if (argc < 3) {
-		fprintf(stderr, "usage: test_crash_model KVTIERD KVTIERCTL\n");
+		fprintf(stderr, "usage: test_crash_model KVTIERD KVTIERCTL [--seed N]\n");
 		return 2;
 	}
 	kvtierd = argv[1];
 	kvtierctl = argv[2];
 	memset(&tot, 0, sizeof(tot));
 	seed = (unsigned)env_u64("KVT_TEST_SEED", (uint64_t)time(NULL) ^ (uint64_t)getpid());
+	if (argc > 4 && !strcmp(argv[3], "--seed"))
+		seed = (unsigned)strtoul(argv[4], NULL, 0);
 	total_ops_goal = env_u64("KVT_TEST_OPS", 3000);
 	restarts_goal = (unsigned)env_u64("KVT_TEST_RESTARTS", 15);
 	nclients = (int)env_u64("KVT_TEST_CLIENTS", 4);
