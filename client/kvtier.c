@@ -1237,15 +1237,15 @@ static void batch_run(struct batch *b, void (*first)(struct batch *, size_t, str
 			if (q.user_data < b->ud0 || k >= 2 * (uint64_t)b->n)
 				continue; /* of a request that timed out earlier */
 			size_t i = (size_t)(k % b->n);
-			if (b->state[i] == B_DONE)
+			/* Only the completion each entry waits for counts (a daemon may be
+			 * hostile and answer twice). */
+			if (b->state[i] != (k >= b->n ? B_COPIED : B_SENT))
 				continue;
 			b->inflight--;
 			if (k >= b->n) { /* the second phase's completion */
 				batch_done(b, i, q.res < 0 ? q.res : b->status[i]);
 				continue;
 			}
-			if (b->state[i] != B_SENT)
-				continue;
 			struct kvt_sqe none, *s2 = second ? &second[i] : &none;
 			memset(s2, 0, sizeof(*s2));
 			if (reaped(b, i, &q, s2) > 0 && second) {

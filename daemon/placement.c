@@ -14,6 +14,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <unistd.h>
 #include <linux/falloc.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +26,10 @@
 #include "kvt_record.h"
 #include "server.h"
 
+#ifdef KVT_HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
 struct pend_io {
 	struct kvt_tier_io io;
 	struct kvtd_cjob job; /* codec work on a codec_pool worker */
@@ -32,7 +37,8 @@ struct pend_io {
 	uint32_t blk, gen;
 	uint8_t kind; /* KVTD_IO_DEMOTE or KVTD_IO_PROMOTE */
 	uint8_t keep_host;
-	uint8_t prefetch; /* a promotion nobody waited for when it started */
+	uint8_t prefetch;  /* a promotion nobody waited for when it started */
+	uint8_t loc_freed; /* demotion: the block went, io.loc was freed before the write ended */
 	void *buf;
 	size_t cap; /* bytes at buf */
 	/* The codec job: demotion encodes src into buf, promotion decodes buf into dst. */
@@ -55,9 +61,10 @@ static struct kvtd_blk *B(struct kvtd *d, uint32_t i)
 	return kvtd_blk(&d->ix, i);
 }
 
+/* NVMe usable: open and its records recovered (the recovery scan owns it until then). */
 static bool nvme_on(const struct kvtd *d)
 {
-	return d->nvme != NULL;
+	return d->nvme != NULL && !d->nvme_recovering;
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -132,12 +139,26 @@ static void wake_all(struct kvtd *d, uint32_t i, int err)
 	}
 }
 
+/* A demotion in flight of a block that goes: its slot is freed now, not when the write
+ * ends, so that settle() can find it (and cancel the write if it has not started). */
+static void demote_forget(struct kvtd *d, struct kvtd_blk *b)
+{
+	struct pend_io *p = b->pend;
+
+	if (b->io != KVTD_IO_DEMOTE || !p || p->loc_freed)
+		return;
+	d->nvme_ops->free(d->nvme, &p->io.loc);
+	p->loc_freed = 1;
+}
+
 void kvtd_blk_drop(struct kvtd *d, uint32_t i)
 {
 	struct kvtd_blk *b = B(d, i);
 
 	if (b->state == KVTD_BLK_READY)
 		kvtd_tenant_of(d, b)->blocks--;
+	if (d->nvme)
+		demote_forget(d, b);
 	/* In-flight I/O notices the changed generation and cleans up after itself. */
 	b->pend = NULL;
 	b->io = KVTD_IO_NONE;
@@ -156,10 +177,49 @@ void kvtd_blk_hide(struct kvtd *d, uint32_t i)
 	kvtd_tenant_of(d, b)->blocks--;
 	kvtd_index_unhash(&d->ix, i);
 	b->state = KVTD_BLK_ZOMBIE;
-	/* The NVMe copy goes now, so that a restart cannot bring a deleted block back. */
-	if (d->nvme && b->io == KVTD_IO_NONE)
+	/* The NVMe copy goes now, so that a restart cannot bring a deleted block back (a read
+	 * in flight on it still completes: the tier frees the slot after it). */
+	if (d->nvme) {
+		demote_forget(d, b);
 		nvme_free_copy(d, i);
+	}
 	kvtd_blk_lru_update(d, i);
+}
+
+void kvtd_nvme_settle_blk(struct kvtd *d, uint32_t i)
+{
+	struct kvtd_blk *b = B(d, i);
+	int ret;
+
+	if (!nvme_on(d) || !d->nvme_ops->settle)
+		return;
+	ret = d->nvme_ops->settle(d->nvme, b->key_lo, b->key_hi);
+	if (ret < 0)
+		kvtd_log(KVTD_LOG_ERR,
+			 "NVMe: an older record of block %016llx%016llx could not be invalidated "
+			 "(%s): it may come back after a crash",
+			 (unsigned long long)b->key_hi, (unsigned long long)b->key_lo,
+			 kvt_strerror(ret));
+}
+
+void kvtd_blk_delete(struct kvtd *d, uint32_t i)
+{
+	struct kvtd_blk *b = B(d, i);
+	uint64_t lo = b->key_lo, hi = b->key_hi;
+	int ret;
+
+	if (b->leases)
+		kvtd_blk_hide(d, i); /* invisible at once, the memory goes with the last reader */
+	else
+		kvtd_blk_drop(d, i);
+	if (!nvme_on(d) || !d->nvme_ops->settle)
+		return;
+	ret = d->nvme_ops->settle(d->nvme, lo, hi);
+	if (ret < 0)
+		kvtd_log(KVTD_LOG_ERR,
+			 "NVMe: the record of deleted block %016llx%016llx could not be "
+			 "invalidated (%s): it may come back after a crash",
+			 (unsigned long long)hi, (unsigned long long)lo, kvt_strerror(ret));
 }
 
 void kvtd_blk_lru_update(struct kvtd *d, uint32_t i)
@@ -190,6 +250,9 @@ void kvtd_blk_committed(struct kvtd *d, uint32_t i)
 	fix_tier(b);
 	kvtd_tenant_of(d, b)->blocks++;
 	kvtd_blk_lru_update(d, i);
+	/* A record of an older version of this key, freed but not yet invalidated, would be
+	 * recovered after a crash in place of this one. */
+	kvtd_nvme_settle_blk(d, i);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -269,8 +332,10 @@ static void demote_done(struct kvt_tier_io *io)
 	bool alive = b && b->gen == p->gen && b->pend == p;
 
 	if (io->res < 0) {
-		d->m.nvme_write_errors_total++;
-		d->nvme_ops->free(d->nvme, &io->loc);
+		if (io->res != -ECANCELED)
+			d->m.nvme_write_errors_total++;
+		if (!p->loc_freed)
+			d->nvme_ops->free(d->nvme, &io->loc);
 		if (alive) {
 			b->pend = NULL;
 			b->io = KVTD_IO_NONE;
@@ -282,7 +347,8 @@ static void demote_done(struct kvt_tier_io *io)
 		}
 	} else if (!alive || b->state == KVTD_BLK_ZOMBIE) {
 		/* Deleted or evicted meanwhile: the record must not outlive the block. */
-		d->nvme_ops->free(d->nvme, &io->loc);
+		if (!p->loc_freed)
+			d->nvme_ops->free(d->nvme, &io->loc);
 		if (alive) {
 			b->pend = NULL;
 			b->io = KVTD_IO_NONE;
@@ -542,6 +608,8 @@ static int demote_async(struct kvtd *d, uint32_t i)
 	return 0;
 }
 
+static void recovery_poll(struct kvtd *d);
+
 /* ---------------------------------------------------------------------------------------
  * Host space and eviction
  */
@@ -624,6 +692,10 @@ int64_t kvtd_host_alloc(struct kvtd *d, struct tenant *t, uint32_t len)
 
 	if (bytes > t->size)
 		return -E2BIG;
+	/* A put while NVMe records are still being recovered could be undone by a crash
+	 * before the recovery ends (an older record of its key coming back): refused. */
+	if (d->nvme_recovering)
+		return -EAGAIN;
 	for (;;) {
 		if (d->host_used + bytes <= d->cfg.host_capacity) {
 			int64_t p = kvtd_pagemap_alloc(&t->pm, np);
@@ -666,7 +738,9 @@ void kvtd_watermarks(struct kvtd *d)
 				break;
 		}
 	}
-	if (!d->nvme)
+	if (d->nvme && d->nvme_recovering)
+		recovery_poll(d);
+	if (!nvme_on(d))
 		return;
 	d->nvme_ops->stats(d->nvme, &st);
 	if (st.used_bytes > (uint64_t)(d->cfg.nvme_high * (double)st.capacity_bytes)) {
@@ -757,8 +831,9 @@ static int install(struct kvtd *d, uint32_t i, const uint8_t *rec, size_t n, boo
 	return 0;
 }
 
-/* Ends a promotion of p's block: err 0 (the host copy is in) or why not. */
-static void promote_finish(struct kvtd *d, struct pend_io *p, int err)
+/* Ends a promotion of p's block: err 0 (the host copy is in) or why not; from_read: err
+ * is the tier's answer to the read (else ours: the record's check, host space). */
+static void promote_finish(struct kvtd *d, struct pend_io *p, int err, bool from_read)
 {
 	uint32_t i = p->blk;
 	struct kvtd_blk *b = B(d, i);
@@ -768,16 +843,22 @@ static void promote_finish(struct kvtd *d, struct pend_io *p, int err)
 		b->prefetched = 1;
 	b->pend = NULL;
 	b->io = KVTD_IO_NONE;
-	if (err == -EBADMSG || err == -ENODATA) {
+	if (err == -ECANCELED) {
+		wake_all(d, i, -ENOENT); /* the block was deleted: its slot went with it */
+	} else if (err == -EBADMSG || err == -ENODATA) {
 		d->m.nvme_corrupt_total++;
+		if (!from_read)
+			d->nvme_install_bad++; /* the tier counted its own */
 		kvtd_log(KVTD_LOG_WARN,
 			 "NVMe record of block %016llx%016llx failed its check: "
 			 "dropped, served as a miss",
 			 (unsigned long long)b->key_hi, (unsigned long long)b->key_lo);
 		kvtd_blk_drop(d, i); /* wakes the waiters with a miss */
 	} else if (err < 0) {
-		d->m.nvme_read_errors_total++;
-		if (err == -EIO)
+		/* host space (-ENOSPC) or memory is no read error */
+		if (from_read)
+			d->m.nvme_read_errors_total++;
+		if (from_read && err == -EIO)
 			kvtd_blk_drop(d, i); /* an unreadable copy is no copy */
 		else
 			wake_all(d, i, err);
@@ -810,11 +891,11 @@ static void decode_done(struct kvtd *d, struct kvtd_cjob *j)
 		kvtd_host_unalloc(d, p->t, p->dst_off, p->len);
 	} else if (p->n < 0) {
 		kvtd_host_unalloc(d, p->t, p->dst_off, p->len);
-		promote_finish(d, p, -EBADMSG);
+		promote_finish(d, p, -EBADMSG, false);
 	} else {
 		d->m.codec_offloop_decodes_total++;
 		install_finish(d, i, p->dst_off, (size_t)p->n);
-		promote_finish(d, p, 0);
+		promote_finish(d, p, 0, false);
 	}
 	pend_free(d, p);
 }
@@ -827,6 +908,7 @@ static void promote_done(struct kvt_tier_io *io)
 	struct kvtd_blk *b = i < d->ix.used ? B(d, i) : NULL;
 	bool alive = b && b->gen == p->gen && b->pend == p;
 	int err = io->res < 0 ? io->res : 0;
+	bool from_read = err < 0;
 
 	if (p->prefetch)
 		d->pf_inflight--;
@@ -836,7 +918,7 @@ static void promote_done(struct kvt_tier_io *io)
 			err = install(d, i, p->buf, (size_t)io->res, true, p);
 		if (err == 1)
 			return; /* decoding on a codec worker: decode_done() finishes */
-		promote_finish(d, p, err);
+		promote_finish(d, p, err, from_read);
 	}
 	pend_free(d, p);
 }
@@ -1053,6 +1135,8 @@ int kvtd_flush(struct kvtd *d)
 
 	if (!d->nvme)
 		return -ENODEV;
+	if (d->nvme_recovering)
+		return -EAGAIN;
 	for (uint32_t i = 0; i < d->ix.used; i++) {
 		struct kvtd_blk *b = B(d, i);
 
@@ -1066,6 +1150,44 @@ int kvtd_flush(struct kvtd *d)
 /* ---------------------------------------------------------------------------------------
  * Setup, recovery, events
  */
+static int key_cmp(const void *a, const void *b)
+{
+	const uint64_t *x = a, *y = b;
+
+	if (x[1] != y[1])
+		return x[1] < y[1] ? -1 : 1;
+	return x[0] < y[0] ? -1 : x[0] > y[0];
+}
+
+void kvtd_nvme_fence(struct kvtd *d, uint64_t lo, uint64_t hi)
+{
+	if (!d->nvme_recovering)
+		return;
+	if (d->nfence == d->cap_fence) {
+		size_t nc = d->cap_fence ? d->cap_fence * 2 : 64;
+		uint64_t *n = realloc(d->fence, nc * 2 * sizeof(*n));
+
+		if (!n) {
+			kvtd_log(KVTD_LOG_ERR, "out of memory: a key deleted during the NVMe "
+					       "recovery may be recovered");
+			return;
+		}
+		d->fence = n;
+		d->cap_fence = nc;
+	}
+	d->fence[2 * d->nfence] = lo;
+	d->fence[2 * d->nfence + 1] = hi;
+	d->nfence++;
+}
+
+/* d->fence is sorted when the records are handed over. */
+static bool fenced(const struct kvtd *d, uint64_t lo, uint64_t hi)
+{
+	uint64_t k[2] = {lo, hi};
+
+	return d->nfence && bsearch(k, d->fence, d->nfence, 2 * sizeof(uint64_t), key_cmp);
+}
+
 static int recover_cb(void *arg, const struct kvt_record_hdr *h, const struct kvt_tier_loc *loc)
 {
 	struct kvtd *d = arg;
@@ -1073,20 +1195,30 @@ static int recover_cb(void *arg, const struct kvt_record_hdr *h, const struct kv
 	struct kvtd_blk *b;
 	uint32_t i;
 
-	if (kvtd_index_find(&d->ix, h->key_lo, h->key_hi) != KVTD_NIL)
+	if (fenced(d, h->key_lo, h->key_hi)) {
+		d->m.nvme_recovery_dropped_deleted_total++;
 		return 1;
+	}
+	if (kvtd_index_find(&d->ix, h->key_lo, h->key_hi) != KVTD_NIL) {
+		d->m.nvme_recovery_dropped_unplaceable_total++;
+		return 1;
+	}
 	/* written by a codec chain (or dictionary) this configuration does not have: no
 	 * decoder for it, drop it now rather than at its first read */
 	if (h->chain_id && h->chain_id != kvt_chain_id(d->nvme_chain)) {
-		d->nvme_foreign_dropped++;
+		d->m.nvme_recovery_dropped_foreign_total++;
 		return 1;
 	}
 	t = kvtd_tenant_get(d, h->tenant);
-	if (!t || h->raw_len > t->size)
+	if (!t || h->raw_len > t->size) {
+		d->m.nvme_recovery_dropped_unplaceable_total++;
 		return 1;
+	}
 	i = kvtd_index_insert(&d->ix, h->key_lo, h->key_hi);
-	if (i == KVTD_NIL)
+	if (i == KVTD_NIL) {
+		d->m.nvme_recovery_dropped_unplaceable_total++;
 		return 1;
+	}
 	b = B(d, i);
 	for (uint32_t k = 0; k < d->ntenants; k++) {
 		if (d->tenants[k] == t)
@@ -1172,9 +1304,18 @@ static void tier_log(void *arg, int level, const char *msg)
  * ENOSPC.  Never set in production; documented for the tests only. */
 static int fault_op, fault_err;
 static unsigned fault_every, fault_count;
+/* KVTIER_TEST_NVME_SCAN_GATE=FILE: the recovery scan's first read waits until FILE exists,
+ * so that a test sees the daemon recovering for as long as it needs (an event, no timing). */
+static const char *scan_gate;
 
 static int fault_hook(int op, uint64_t off, uint32_t len)
 {
+	if (scan_gate && op == KVT_TIER_OP_READ) {
+		/* Only the scan reads before the recovery ends; it reads on its own thread. */
+		while (access(scan_gate, F_OK) != 0)
+			usleep(1000);
+		scan_gate = NULL;
+	}
 	if (op != fault_op || !fault_every)
 		return 0;
 	return ++fault_count % fault_every == 0 ? -fault_err : 0;
@@ -1185,6 +1326,13 @@ static void fault_setup(struct kvt_tier_conf *tc)
 	const char *f = getenv("KVTIER_TEST_NVME_FAULT");
 	char op[16], err[16];
 
+	scan_gate = getenv("KVTIER_TEST_NVME_SCAN_GATE");
+	if (scan_gate && *scan_gate) {
+		tc->io_hook = fault_hook;
+		kvtd_log(KVTD_LOG_WARN, "NVMe recovery waits for %s (test hook)", scan_gate);
+	} else {
+		scan_gate = NULL;
+	}
 	if (!f || sscanf(f, "%15[a-z]:%15[A-Z]:%u", op, err, &fault_every) != 3)
 		return;
 	fault_op = !strcmp(op, "read") ? KVT_TIER_OP_READ : KVT_TIER_OP_WRITE;
@@ -1218,12 +1366,18 @@ int kvtd_place_init(struct kvtd *d)
 	paths_buf = strdup(d->cfg.nvme_paths);
 	if (!paths_buf)
 		return -ENOMEM;
-	for (tok = strtok_r(paths_buf, ",", &save); tok && np < KVTD_MAX_NVME_PATHS;
-	     tok = strtok_r(NULL, ",", &save)) {
+	for (tok = strtok_r(paths_buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
 		while (*tok == ' ')
 			tok++;
-		if (*tok)
-			paths[np++] = tok;
+		if (!*tok)
+			continue;
+		if (np == KVTD_MAX_NVME_PATHS) {
+			kvtd_log(KVTD_LOG_ERR, "nvme.paths names more than %d files (from %s on)",
+				 KVTD_MAX_NVME_PATHS, tok);
+			free(paths_buf);
+			return -EINVAL;
+		}
+		paths[np++] = tok;
 	}
 	memset(&tc, 0, sizeof(tc));
 	tc.name = "nvme";
@@ -1232,7 +1386,7 @@ int kvtd_place_init(struct kvtd *d)
 	tc.queue_depth = d->cfg.nvme_queue_depth;
 	tc.flags = (d->cfg.nvme_io_uring ? 0 : KVT_TIER_F_NO_URING) |
 		   (d->cfg.nvme_direct ? 0 : KVT_TIER_F_NO_DIRECT) |
-		   (d->cfg.nvme_fsync ? KVT_TIER_F_FSYNC : 0);
+		   (d->cfg.nvme_fsync ? KVT_TIER_F_FSYNC : 0) | KVT_TIER_F_BG_RECOVER;
 	tc.log = tier_log;
 	fault_setup(&tc);
 	d->nvme_ops = &kvt_tier_nvme_ops;
@@ -1244,17 +1398,9 @@ int kvtd_place_init(struct kvtd *d)
 		d->nvme = NULL;
 		return ret;
 	}
-	ret = d->nvme_ops->recover(d->nvme, recover_cb, d);
-	if (ret < 0) {
-		kvtd_log(KVTD_LOG_ERR, "NVMe recovery failed: %s", kvt_strerror(ret));
-		return ret;
-	}
-	kvtd_log(KVTD_LOG_INFO, "NVMe tier: %llu blocks recovered, codec %s",
-		 (unsigned long long)d->m.nvme_recovered_total, kvt_chain_name(d->nvme_chain));
-	if (d->nvme_foreign_dropped)
-		kvtd_log(KVTD_LOG_WARN,
-			 "NVMe tier: %llu records of another nvme.codec or nvme.codec_dict dropped",
-			 (unsigned long long)d->nvme_foreign_dropped);
+	/* The records come in from kvtd_run on: see kvtd_nvme_recover_start(). */
+	d->nvme_recovering = true;
+	d->m.recovering = 1;
 	if (d->nvme_ops->event_fd) {
 		d->nvme_ev.kind = EV_TIER;
 		d->nvme_ev.p = NULL;
@@ -1273,15 +1419,108 @@ int kvtd_place_init(struct kvtd *d)
 	return 0;
 }
 
+/* The scan is over: hand the records to the index, fences applied, and report. */
+static int recovery_finish(struct kvtd *d)
+{
+	struct kvt_tier_stats st;
+	int ret;
+
+	if (d->nfence)
+		qsort(d->fence, d->nfence, 2 * sizeof(uint64_t), key_cmp);
+	ret = d->nvme_ops->recover(d->nvme, recover_cb, d);
+	free(d->fence);
+	d->fence = NULL;
+	d->nfence = d->cap_fence = 0;
+	d->nvme_recovering = false;
+	d->m.recovering = 0;
+	if (ret < 0) {
+		kvtd_log(KVTD_LOG_ERR, "NVMe recovery failed: %s", kvt_strerror(ret));
+		return ret;
+	}
+	d->nvme_ops->stats(d->nvme, &st);
+	d->m.nvme_recovery_dropped_corrupt_total += st.scan_corrupt;
+	d->m.nvme_recovery_dropped_unreadable_total += st.scan_unreadable;
+	d->m.nvme_recovery_dropped_cut_total += st.cut_records;
+	d->m.nvme_recovery_dropped_stale_total += st.stale;
+	d->m.nvme_recovery_scanned_bytes = d->m.nvme_recovery_total_bytes;
+	kvtd_log(KVTD_LOG_INFO,
+		 "NVMe tier: %llu blocks recovered, codec %s; records dropped: %llu corrupt, "
+		 "%llu unreadable, %llu cut off a truncated file, %llu stale copies, %llu of "
+		 "another codec or dictionary, %llu deleted during the recovery, %llu without "
+		 "room%s",
+		 (unsigned long long)d->m.nvme_recovered_total, kvt_chain_name(d->nvme_chain),
+		 (unsigned long long)d->m.nvme_recovery_dropped_corrupt_total,
+		 (unsigned long long)d->m.nvme_recovery_dropped_unreadable_total,
+		 (unsigned long long)d->m.nvme_recovery_dropped_cut_total,
+		 (unsigned long long)d->m.nvme_recovery_dropped_stale_total,
+		 (unsigned long long)d->m.nvme_recovery_dropped_foreign_total,
+		 (unsigned long long)d->m.nvme_recovery_dropped_deleted_total,
+		 (unsigned long long)d->m.nvme_recovery_dropped_unplaceable_total,
+		 st.lost_bytes ? "; part of a truncated file lost, see above" : "");
+#ifdef KVT_HAVE_SYSTEMD
+	sd_notifyf(0, "STATUS=serving on %s; %llu NVMe blocks recovered",
+		   d->sock_path[0] ? d->sock_path : "systemd socket",
+		   (unsigned long long)d->m.nvme_recovered_total);
+#endif
+	return 0;
+}
+
+/* Progress of the recovery scan; finishes it when the scan is over. */
+static void recovery_poll(struct kvtd *d)
+{
+	uint64_t done = 0, total = 0;
+	int r = d->nvme_ops->recovering(d->nvme, &done, &total);
+
+	d->m.nvme_recovery_scanned_bytes = done;
+	d->m.nvme_recovery_total_bytes = total;
+	if (r == 0) {
+		if (recovery_finish(d) < 0)
+			d->stop = true; /* logged; the tier is unusable */
+		return;
+	}
+#ifdef KVT_HAVE_SYSTEMD
+	sd_notifyf(0,
+		   "STATUS=serving (NVMe blocks are misses until recovered): recovery %llu of "
+		   "%llu MiB scanned",
+		   (unsigned long long)(done >> 20), (unsigned long long)(total >> 20));
+#endif
+}
+
+int kvtd_nvme_recover_start(struct kvtd *d)
+{
+	uint64_t total = 0;
+	int r;
+
+	if (!d->nvme || !d->nvme_recovering)
+		return 0;
+	r = d->nvme_ops->recover_start(d->nvme);
+	if (r < 0) {
+		kvtd_log(KVTD_LOG_ERR, "NVMe recovery: %s", kvt_strerror(r));
+		return r;
+	}
+	if (r == 0)
+		return recovery_finish(d);
+	d->nvme_ops->recovering(d->nvme, NULL, &total);
+	d->m.nvme_recovery_total_bytes = total;
+	kvtd_log(KVTD_LOG_INFO,
+		 "NVMe tier: recovering %llu MiB of records while serving (misses until then)",
+		 (unsigned long long)(total >> 20));
+	return 0;
+}
+
 void kvtd_nvme_event(struct kvtd *d)
 {
 	if (d->nvme && d->nvme_ops->complete)
 		d->nvme_ops->complete(d->nvme);
+	if (d->nvme && d->nvme_recovering)
+		recovery_poll(d);
 }
 
 void kvtd_nvme_stats(struct kvtd *d, struct kvt_tier_stats *st)
 {
 	memset(st, 0, sizeof(*st));
+	if (d->nvme && d->nvme_recovering)
+		d->nvme_ops->recovering(d->nvme, &d->m.nvme_recovery_scanned_bytes, NULL);
 	if (d->nvme)
 		d->nvme_ops->stats(d->nvme, st);
 	else
@@ -1296,6 +1535,8 @@ void kvtd_place_fini(struct kvtd *d)
 	if (d->nvme)
 		d->nvme_ops->close(d->nvme);
 	d->nvme = NULL;
+	free(d->fence);
+	d->fence = NULL;
 	kvt_chain_free(d->nvme_chain);
 	kvt_chain_free(d->raw_chain);
 	d->nvme_chain = d->raw_chain = NULL;

@@ -537,20 +537,20 @@ static void op_delete(struct kvtd *d, struct client *c, const struct kvt_sqe *s,
 {
 	int ret;
 	uint32_t i = find_ready(d, c, s, &ret);
-	struct kvtd_blk *b;
+	struct layout_slot *l;
+	uint64_t lo, hi;
 
 	if (i == KVTD_NIL) {
+		/* Not recovered yet, maybe: a record of it found later must not be served. */
+		if (ret == -ENOENT && d->nvme_recovering && layout_of(c, s->layout, &l) == 0) {
+			internal_key(d, c, l->fp, s->key_lo, s->key_hi, &lo, &hi);
+			kvtd_nvme_fence(d, lo, hi);
+		}
 		q->res = ret;
 		return;
 	}
-	b = kvtd_blk(&d->ix, i);
 	d->m.deletes_total++;
-	if (b->leases) {
-		/* Invisible at once; the memory goes when the last reader is done. */
-		kvtd_blk_hide(d, i);
-	} else {
-		kvtd_blk_drop(d, i);
-	}
+	kvtd_blk_delete(d, i);
 	q->res = 0;
 }
 
@@ -1213,8 +1213,24 @@ static void render_tiers(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 					  ns.files, d->cfg.nvme_paths,
 					  ns.io_flags & KVT_TIER_ST_URING ? "true" : "false",
 					  ns.io_flags & KVT_TIER_ST_DIRECT ? "true" : "false",
-					  ns.corrupt_records + d->m.nvme_corrupt_total,
-					  ns.read_errors, ns.write_errors, ns.recovered);
+					  ns.corrupt_records + d->nvme_install_bad, ns.read_errors,
+					  ns.write_errors, d->m.nvme_recovered_total);
+			if (detail && !host)
+				sb_printf(
+				    b,
+				    ",\"recovering\":%s,\"recovery_dropped\":{\"corrupt\":%" PRIu64
+				    ",\"unreadable\":%" PRIu64 ",\"cut\":%" PRIu64
+				    ",\"stale\":%" PRIu64 ",\"foreign\":%" PRIu64
+				    ",\"deleted\":%" PRIu64 ",\"unplaceable\":%" PRIu64
+				    "},\"lost_bytes\":%" PRIu64,
+				    d->nvme_recovering ? "true" : "false",
+				    d->m.nvme_recovery_dropped_corrupt_total,
+				    d->m.nvme_recovery_dropped_unreadable_total,
+				    d->m.nvme_recovery_dropped_cut_total,
+				    d->m.nvme_recovery_dropped_stale_total,
+				    d->m.nvme_recovery_dropped_foreign_total,
+				    d->m.nvme_recovery_dropped_deleted_total,
+				    d->m.nvme_recovery_dropped_unplaceable_total, ns.lost_bytes);
 			if (detail && !host && d->nvme_dict)
 				sb_printf(b, ",\"codec_dict\":\"%016" PRIx64 "\"",
 					  kvt_dict_id(d->nvme_dict));
@@ -1244,8 +1260,23 @@ static void render_tiers(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 				    ns.files, d->cfg.nvme_paths,
 				    ns.io_flags & KVT_TIER_ST_URING ? "io_uring" : "pread/pwrite",
 				    ns.io_flags & KVT_TIER_ST_DIRECT ? " O_DIRECT" : " buffered",
-				    ns.corrupt_records + d->m.nvme_corrupt_total, ns.read_errors,
-				    ns.write_errors, ns.recovered);
+				    ns.corrupt_records + d->nvme_install_bad, ns.read_errors,
+				    ns.write_errors, d->m.nvme_recovered_total);
+			if (detail && !host)
+				sb_printf(
+				    b,
+				    "       %s: dropped %" PRIu64 " corrupt, %" PRIu64
+				    " unreadable, %" PRIu64 " cut off, %" PRIu64 " stale, %" PRIu64
+				    " foreign, %" PRIu64 " deleted, %" PRIu64
+				    " without room; %" PRIu64 " bytes lost\n",
+				    d->nvme_recovering ? "recovering" : "recovery",
+				    d->m.nvme_recovery_dropped_corrupt_total,
+				    d->m.nvme_recovery_dropped_unreadable_total,
+				    d->m.nvme_recovery_dropped_cut_total,
+				    d->m.nvme_recovery_dropped_stale_total,
+				    d->m.nvme_recovery_dropped_foreign_total,
+				    d->m.nvme_recovery_dropped_deleted_total,
+				    d->m.nvme_recovery_dropped_unplaceable_total, ns.lost_bytes);
 			if (detail && !host && d->nvme_dict)
 				sb_printf(b, "       dictionary %016" PRIx64 " (%s)\n",
 					  kvt_dict_id(d->nvme_dict), d->cfg.nvme_codec_dict);
@@ -1564,6 +1595,10 @@ static void gpu_reserve(struct kvtd *d, struct client *c, uint64_t fp,
 	int ret;
 
 	internal_key(d, c, fp, q->key_lo, q->key_hi, &lo, &hi);
+	if (d->nvme_recovering) {
+		r->res = -EAGAIN; /* as kvtd_host_alloc(): no puts until NVMe is recovered */
+		return;
+	}
 	if (kvtd_index_find(&d->ix, lo, hi) != KVTD_NIL) {
 		d->m.put_exists_total++;
 		r->res = -EEXIST;
@@ -1631,6 +1666,7 @@ static void gpu_commit(struct kvtd *d, struct client *c, const struct kvt_gpu_op
 		kvtd_tenant_of(d, b)->blocks++;
 		kvtd_gpu_commit(d, i);
 		kvtd_blk_lru_update(d, i);
+		kvtd_nvme_settle_blk(d, i); /* as kvtd_blk_committed() */
 		c->puts++;
 		d->m.puts_total++;
 		d->m.put_bytes_total += b->len;
@@ -2097,6 +2133,9 @@ int kvtd_run(struct kvtd *d)
 	/* Here, not in kvtd_create(): kvtierd forks into the background in between, and a
 	 * CUDA context does not survive fork(). */
 	ret = kvtd_gpu_init(d);
+	if (ret < 0)
+		return ret;
+	ret = kvtd_nvme_recover_start(d);
 	if (ret < 0)
 		return ret;
 

@@ -9,7 +9,8 @@
  * calls nothing from read()/write() either: it queues the completion for complete().
  *
  * Required: open, close, alloc, free, read, write, stats.
- * Optional (NULL when absent): event_fd, complete, submit, recover, flush, buf_alloc/buf_free.
+ * Optional (NULL when absent): event_fd, complete, submit, recover, flush, buf_alloc/buf_free,
+ * settle, recovering.
  *
  * Threading: a tier instance is driven from one thread (the event loop); it may run workers
  * of its own, but every callback it makes (done, recover's cb) runs on that thread.
@@ -83,6 +84,11 @@ struct kvt_tier_stats {
 	uint64_t quarantined_bytes; /* space withheld after a failed invalidation write */
 	uint64_t reads;
 	uint64_t writes;
+	/* Why records found at open were not recovered (besides stale): */
+	uint64_t scan_corrupt;	  /* failed a check (also in corrupt_records) */
+	uint64_t scan_unreadable; /* a read error at open (also in read_errors) */
+	uint64_t cut_records;	  /* their end was cut off a truncated file */
+	uint64_t lost_bytes;	  /* record area missing from a truncated file (records unknown) */
 };
 
 #define KVT_TIER_ST_URING	0x1u /* io_uring; else pread/pwrite workers */
@@ -118,6 +124,8 @@ struct kvt_tier_conf {
 #define KVT_TIER_F_FSYNC     0x4u /* fdatasync before a write completes */
 #define KVT_TIER_F_VERIFY_INLINE                                                                   \
 	0x8u /* check read records on the thread that calls complete() (benchmarks) */
+#define KVT_TIER_F_BG_RECOVER                                                                      \
+	0x10u /* open() returns before the recovery scan: it runs on a thread (recovering()) */
 
 /*
  * recover() calls cb once per valid record found on the medium.  cb returns 0 to keep the
@@ -146,6 +154,19 @@ struct kvt_tier_ops {
 	void *(*buf_alloc)(struct kvt_tier *t,
 			   uint32_t len); /* I/O-capable (aligned, registered) */
 	void (*buf_free)(struct kvt_tier *t, void *buf);
+	/*
+	 * Returns once no freed record of this key can come back at recovery: invalidations
+	 * still queued or in flight for it are done now, synchronously (blocking), to the
+	 * durability of a write (fdatasync'd with KVT_TIER_F_FSYNC).  0, or -errno when one
+	 * failed (that record may come back).
+	 */
+	int (*settle)(struct kvt_tier *t, uint64_t key_lo, uint64_t key_hi);
+	/* 1 while the recovery scan of a KVT_TIER_F_BG_RECOVER open is running, else 0; done
+	 * and total (may be NULL): bytes scanned and to scan.  The event fd fires when it ends. */
+	int (*recovering)(struct kvt_tier *t, uint64_t *done, uint64_t *total);
+	/* KVT_TIER_F_BG_RECOVER: starts the scan thread (after open(), so that a fork() may
+	 * come in between).  1 when it runs, 0 when there is nothing to scan, or -errno. */
+	int (*recover_start)(struct kvt_tier *t);
 };
 
 /*
@@ -179,7 +200,14 @@ struct kvt_tier_ops {
  * their done() run by the next complete(), never inside alloc().
  * recover(): right after open(), before any alloc(): one call per surviving record, newest
  * seq per key only (the tier dedupes), in ascending seq.  alloc() before recover() drops
- * the recovered records.
+ * the recovered records.  With KVT_TIER_F_BG_RECOVER, open() only reads the superblocks;
+ * recover_start() runs the scan on a thread, recovering() reports it, and alloc() returns
+ * -EAGAIN until recover() (which waits for the scan, or scans itself) has run.
+ * open() never overwrites a file that is not a kvtier slot file (-EEXIST) or whose
+ * superblock is damaged in both of its copies (-EBADMSG), and refuses a capacity smaller
+ * than the file's (-EINVAL): each is logged with the path and what to do.  A larger
+ * capacity grows the file, records kept.
+ * settle(): see the op; free() alone makes a record's invalidation durable only later.
  * stats(): used_bytes counts allocated and quarantined slots, not those being invalidated.
  * flush(): fdatasync of every file (blocking).  close(): drains outstanding requests (their
  * done() callbacks run inside close()), then fdatasyncs.

@@ -63,6 +63,8 @@
 #define NV_DATA_OFF    ((uint64_t)NV_PAGE)
 #define NV_SB_MAGIC    0x5354564bu /* "KVTS" */
 #define NV_SB_VERSION  1u
+#define NV_SB_COPY     2048u	   /* offset of the superblock's second copy in page 0 */
+#define NV_FBUCKETS    65536u	   /* key-hash buckets of the freeing list's filter */
 #define NV_TIER_MAGIC  0x4e564d45u /* "NVME", checked on every entry point */
 #define NV_HWM_STEP    (64ull << 20)
 #define NV_SCAN_CHUNK  (8u << 20)
@@ -109,7 +111,10 @@ struct nv_ext {
 	uint32_t npages;
 	uint16_t inflight;
 	uint8_t state;
-	uint8_t written; /* the medium may hold a record here */
+	uint8_t written : 1; /* the medium may hold a record here */
+	uint8_t inval : 1;   /* an invalidation request exists for it */
+	uint32_t kh;	     /* hash of the record's key (settle()) */
+	uint32_t fqi;	     /* EXT_FREEING: index in the tier's freeing list */
 };
 
 struct nv_map {
@@ -126,6 +131,7 @@ struct nv_file {
 	uint64_t data_bytes;
 	uint64_t hwm;
 	uint64_t created_ns;
+	uint64_t scan_end; /* recovery reads [0, scan_end) of the data region */
 	struct nv_alloc alloc;
 };
 
@@ -169,6 +175,7 @@ struct nv_vjob {
 #define RQ_INVAL      3u
 #define RQ_STARTED    0x10u /* counted in inflight */
 #define RQ_VERIFIED   0x20u /* a worker already checked the record (res is final) */
+#define RQ_DETACHED   0x40u /* cancelled by settle(): its extent is gone */
 #define RQ_PEND_SHIFT 8
 #define RQ_PEND_MASK  (0xffu << RQ_PEND_SHIFT)
 #define RQ_ERR_SHIFT  16 /* forced positive errno (fault injection) */
@@ -229,6 +236,27 @@ struct kvt_tier {
 	size_t nrecs;
 	bool recs_pending;
 
+	/* Extents in EXT_FREEING (their ext keys), so that settle() finds those of one record
+	 * key without a walk over the map; fcount filters by key hash. */
+	uint64_t *fq;
+	uint32_t nfq, capfq;
+	bool fq_lost; /* out of memory once: settle() walks the map */
+	uint32_t fcount[NV_FBUCKETS];
+
+	/* Recovery scan (a thread with KVT_TIER_F_BG_RECOVER): it alone touches the files'
+	 * allocators, the map and sst until the loop thread joins it in recover(). */
+	pthread_t scan_th;
+	bool scan_started; /* the scan thread runs (or ran and is not joined yet) */
+	bool scanned;	   /* the scan is over and merged: allocators are the loop's */
+	int scan_res;
+	unsigned scan_running;	 /* atomic */
+	unsigned scan_stop;	 /* atomic */
+	uint64_t scan_done;	 /* atomic: bytes scanned */
+	uint64_t scan_done_base; /* bytes of the files before the one being scanned */
+	uint64_t scan_total;
+	size_t recs_cap;
+	struct kvt_tier_stats sst; /* the scan's counts, merged into st by recover() */
+
 	struct kvt_tier_stats st;
 };
 
@@ -264,6 +292,15 @@ static inline int hook(struct kvt_tier *t, int op, uint64_t off, uint32_t len)
 }
 
 /* ---- extent map: open addressing, linear probing, backward-shift deletion ---- */
+
+static inline uint32_t key_hash(uint64_t lo, uint64_t hi)
+{
+	uint64_t k = lo ^ (hi * 0x9e3779b97f4a7c15ull);
+
+	k ^= k >> 29;
+	k *= 0xbf58476d1ce4e5b9ull;
+	return (uint32_t)(k >> 32);
+}
 
 static inline uint64_t ext_key(unsigned file, uint64_t page)
 {
@@ -350,6 +387,54 @@ static void map_del(struct nv_map *m, struct nv_ext *e)
 	m->n--;
 }
 
+static inline unsigned ext_file(const struct nv_ext *e)
+{
+	return (unsigned)((e->key - 1) >> 48);
+}
+
+static inline uint64_t ext_page(const struct nv_ext *e)
+{
+	return (e->key - 1) & ((1ull << 48) - 1);
+}
+
+/* ---- the freeing list: extents in EXT_FREEING, by record key hash ---- */
+
+static void fq_add(struct kvt_tier *t, struct nv_ext *e)
+{
+	if (t->nfq == t->capfq) {
+		uint32_t nc = t->capfq ? t->capfq * 2 : 256;
+		uint64_t *n = realloc(t->fq, nc * sizeof(*n));
+
+		if (!n) {
+			t->fq_lost = true; /* settle() walks the whole map from now on */
+			e->fqi = UINT32_MAX;
+			return;
+		}
+		t->fq = n;
+		t->capfq = nc;
+	}
+	e->fqi = t->nfq;
+	t->fq[t->nfq++] = e->key;
+	t->fcount[e->kh % NV_FBUCKETS]++;
+}
+
+static void fq_del(struct kvt_tier *t, struct nv_ext *e)
+{
+	uint32_t i = e->fqi;
+
+	if (i == UINT32_MAX)
+		return;
+	t->fcount[e->kh % NV_FBUCKETS]--;
+	e->fqi = UINT32_MAX;
+	if (i != --t->nfq) {
+		struct nv_ext *m = map_get(&t->map, t->fq[t->nfq]);
+
+		t->fq[i] = t->fq[t->nfq];
+		if (m)
+			m->fqi = i;
+	}
+}
+
 /* ---- lists ---- */
 
 static void list_add(struct nv_list *l, struct kvt_tier_io *io)
@@ -422,6 +507,8 @@ static void sb_fill(const struct nv_file *f, void *page)
 	sb.crc = kvt_crc32c(0, &sb, offsetof(struct nv_sb, crc));
 	memset(page, 0, NV_PAGE);
 	memcpy(page, &sb, sizeof(sb));
+	/* A second copy in the same page: one damaged byte must not cost the whole file. */
+	memcpy((char *)page + NV_SB_COPY, &sb, sizeof(sb));
 }
 
 static int sb_write(struct kvt_tier *t, struct nv_file *f)
@@ -440,9 +527,9 @@ static int sb_write(struct kvt_tier *t, struct nv_file *f)
 	return r < 0 ? r : 0;
 }
 
-static int sb_parse(const void *page, struct nv_sb *out)
+static int sb_parse_one(const void *p, struct nv_sb *out)
 {
-	memcpy(out, page, sizeof(*out));
+	memcpy(out, p, sizeof(*out));
 	if (out->magic != NV_SB_MAGIC || out->version != NV_SB_VERSION ||
 	    out->sb_size != sizeof(*out) || out->page_size != NV_PAGE ||
 	    out->data_off != NV_DATA_OFF || out->data_bytes % NV_PAGE ||
@@ -451,6 +538,33 @@ static int sb_parse(const void *page, struct nv_sb *out)
 	if (out->hwm > out->data_bytes)
 		out->hwm = out->data_bytes;
 	return 0;
+}
+
+/*
+ * Page 0 of a slot file: 0 (superblock valid), 1 (only its copy is), -EBADMSG (a kvtier
+ * superblock, both copies damaged), -ENOENT (no kvtier magic at all).
+ */
+static int sb_parse(const void *page, struct nv_sb *out)
+{
+	uint32_t m0, m1;
+
+	if (sb_parse_one(page, out) == 0)
+		return 0;
+	if (sb_parse_one((const char *)page + NV_SB_COPY, out) == 0)
+		return 1;
+	memcpy(&m0, page, sizeof(m0));
+	memcpy(&m1, (const char *)page + NV_SB_COPY, sizeof(m1));
+	return m0 == NV_SB_MAGIC || m1 == NV_SB_MAGIC ? -EBADMSG : -ENOENT;
+}
+
+static bool page_zero(const void *page)
+{
+	const uint64_t *w = page;
+
+	for (size_t i = 0; i < NV_PAGE / sizeof(*w); i++)
+		if (w[i])
+			return false;
+	return true;
 }
 
 static int zero_fill(struct kvt_tier *t, int fd, uint64_t size)
@@ -473,7 +587,8 @@ static int zero_fill(struct kvt_tier *t, int fd, uint64_t size)
 	return r < 0 ? r : 0;
 }
 
-static int preallocate(struct kvt_tier *t, struct nv_file *f, const char *path, uint64_t size)
+static int preallocate(struct kvt_tier *t, struct nv_file *f, const char *path, uint64_t size,
+		       bool fresh)
 {
 	int r = hook(t, KVT_TIER_OP_FALLOCATE, 0, 0);
 
@@ -487,8 +602,9 @@ static int preallocate(struct kvt_tier *t, struct nv_file *f, const char *path, 
 	if (r < 0) {
 		nv_log(t, LOG_ERR, "%s: cannot preallocate %llu bytes: %s", path,
 		       (unsigned long long)size, strerror(-r));
-		/* Give the space back: a half-allocated file helps nobody. */
-		if (!f->blockdev && ftruncate(f->fd, 0) < 0) {
+		/* Give the space back: a half-allocated new file helps nobody.  An existing
+		 * one keeps its size (and records). */
+		if (fresh && !f->blockdev && ftruncate(f->fd, 0) < 0) {
 		}
 	}
 	return r;
@@ -574,7 +690,7 @@ static inline uint32_t win_len(const struct nv_file *f, uint64_t k)
 {
 	uint64_t pos = k * NV_SCAN_CHUNK;
 
-	return f->hwm - pos < NV_SCAN_CHUNK ? (uint32_t)(f->hwm - pos) : NV_SCAN_CHUNK;
+	return f->scan_end - pos < NV_SCAN_CHUNK ? (uint32_t)(f->scan_end - pos) : NV_SCAN_CHUNK;
 }
 
 static void *scan_reader(void *arg)
@@ -669,8 +785,10 @@ static int scan_record(struct scan_rd *rd, uint64_t k, char *b, uint32_t p, uint
 	return 0;
 }
 
-static int scan_file(struct kvt_tier *t, unsigned fi, size_t *cap)
+static int scan_file(struct kvt_tier *t, unsigned fi)
 {
+	size_t *cap = &t->recs_cap;
+	struct kvt_tier_stats *ss = &t->sst;
 	struct nv_file *f = &t->files[fi];
 	struct scan_rd rd = {.t = t, .f = f};
 	char *big = NULL;
@@ -678,9 +796,9 @@ static int scan_file(struct kvt_tier *t, unsigned fi, size_t *cap)
 	pthread_t th;
 	int r = 0;
 
-	if (!f->hwm)
+	if (!f->scan_end)
 		return 0;
-	rd.nwin = (f->hwm + NV_SCAN_CHUNK - 1) / NV_SCAN_CHUNK;
+	rd.nwin = (f->scan_end + NV_SCAN_CHUNK - 1) / NV_SCAN_CHUNK;
 	pthread_mutex_init(&rd.mu, NULL);
 	pthread_cond_init(&rd.cv, NULL);
 	for (int i = 0; i < SCAN_BUFS; i++)
@@ -693,6 +811,13 @@ static int scan_file(struct kvt_tier *t, unsigned fi, size_t *cap)
 		goto out;
 	for (uint64_t k = 0; k < rd.nwin && r >= 0; k++) {
 		uint64_t wpos = k * NV_SCAN_CHUNK;
+
+		if (__atomic_load_n(&t->scan_stop, __ATOMIC_RELAXED)) {
+			r = -ECANCELED;
+			break;
+		}
+		/* relaxed: a progress figure for kvtierctl, nothing hangs on it */
+		__atomic_store_n(&t->scan_done, t->scan_done_base + wpos, __ATOMIC_RELAXED);
 		uint32_t wlen = win_len(f, k);
 		uint32_t p = skip > wpos ? (uint32_t)(skip - wpos < wlen ? skip - wpos : wlen) : 0;
 		char *b;
@@ -701,7 +826,8 @@ static int scan_file(struct kvt_tier *t, unsigned fi, size_t *cap)
 			/* Records starting in an unreadable window are lost; the rest are not. */
 			nv_log(t, LOG_ERR, "file %u: scan read at %llu failed", fi,
 			       (unsigned long long)(NV_DATA_OFF + wpos));
-			t->st.read_errors++;
+			ss->read_errors++;
+			ss->scan_unreadable++;
 			scan_release(&rd, k);
 			continue;
 		}
@@ -717,23 +843,31 @@ static int scan_file(struct kvt_tier *t, unsigned fi, size_t *cap)
 				continue;
 			}
 			if (!hdr_plausible(h, f->data_bytes - (wpos + p))) {
-				t->st.corrupt_records++;
+				ss->corrupt_records++;
+				ss->scan_corrupt++;
 				p += NV_PAGE;
 				continue;
 			}
 			reclen = round_up(KVT_RECORD_HDR_SIZE + (uint64_t)h->payload_len, NV_PAGE);
+			if (wpos + p + reclen > f->scan_end && f->scan_end < f->hwm) {
+				ss->cut_records++; /* its end was cut off the file */
+				p += NV_PAGE;
+				continue;
+			}
 			e = scan_record(&rd, k, b, p, reclen, &big, &bigcap, &rp);
 			if (e == -ENOMEM) {
 				r = e;
 				break;
 			}
 			if (e < 0) {
-				t->st.read_errors++;
+				ss->read_errors++;
+				ss->scan_unreadable++;
 				p += NV_PAGE;
 				continue;
 			}
 			if (!rec_verify(rp, f->salt, &rec.hdr)) {
-				t->st.corrupt_records++;
+				ss->corrupt_records++;
+				ss->scan_corrupt++;
 				p += NV_PAGE;
 				continue;
 			}
@@ -793,11 +927,11 @@ static int recs_dedupe(struct kvt_tier *t)
 		    r->hdr.key_hi == t->recs[w - 1].hdr.key_hi) {
 			struct nv_file *f = &t->files[r->file];
 
-			t->st.stale++;
+			t->sst.stale++;
 			if (inval_sync(t, r->file, r->page) == 0)
 				nv_alloc_put(&f->alloc, r->page, r->npages);
 			else
-				t->st.quarantined_bytes += (uint64_t)r->npages * NV_PAGE;
+				t->sst.quarantined_bytes += (uint64_t)r->npages * NV_PAGE;
 			continue;
 		}
 		t->recs[w++] = *r;
@@ -812,11 +946,57 @@ static int recs_dedupe(struct kvt_tier *t)
 		e->npages = t->recs[i].npages;
 		e->state = EXT_RECOVERED;
 		e->written = 1;
+		e->fqi = UINT32_MAX;
+		e->kh = key_hash(t->recs[i].hdr.key_lo, t->recs[i].hdr.key_hi);
 	}
-	t->st.recovered = t->nrecs;
-	t->st.records = t->nrecs;
+	t->sst.recovered = t->nrecs;
+	t->sst.records = t->nrecs;
 	t->recs_pending = t->nrecs > 0;
 	return 0;
+}
+
+/* Scans every file, then dedupes: recovery's whole reading part. */
+static int scan_all(struct kvt_tier *t)
+{
+	int r = 0;
+
+	for (unsigned i = 0; i < t->nfiles && r >= 0; i++) {
+		r = scan_file(t, i);
+		t->scan_done_base += t->files[i].scan_end;
+	}
+	if (r >= 0)
+		r = recs_dedupe(t);
+	__atomic_store_n(&t->scan_done, t->scan_total, __ATOMIC_RELAXED);
+	return r;
+}
+
+static void *scan_main(void *arg)
+{
+	struct kvt_tier *t = arg;
+
+	t->scan_res = scan_all(t);
+	/* release: pairs with the acquire in nvme_recovering(); recover() joins anyway */
+	__atomic_store_n(&t->scan_running, 0, __ATOMIC_RELEASE);
+	efd_signal(t);
+	return NULL;
+}
+
+/* The scan's counts join the tier's (loop thread, after the scan). */
+static void scan_merge(struct kvt_tier *t)
+{
+	struct kvt_tier_stats *ss = &t->sst;
+
+	t->st.corrupt_records += ss->corrupt_records;
+	t->st.read_errors += ss->read_errors;
+	t->st.stale += ss->stale;
+	t->st.quarantined_bytes += ss->quarantined_bytes;
+	t->st.recovered += ss->recovered;
+	t->st.records += ss->records;
+	t->st.scan_corrupt += ss->scan_corrupt;
+	t->st.scan_unreadable += ss->scan_unreadable;
+	t->st.cut_records += ss->cut_records;
+	t->st.lost_bytes += ss->lost_bytes;
+	memset(ss, 0, sizeof(*ss));
 }
 
 /*
@@ -844,7 +1024,7 @@ static int lock_file(struct kvt_tier *t, int fd, const char *path)
 	}
 }
 
-static int file_open(struct kvt_tier *t, unsigned fi, const char *path, uint64_t share, size_t *cap)
+static int file_open(struct kvt_tier *t, unsigned fi, const char *path, uint64_t share)
 {
 	struct nv_file *f = &t->files[fi];
 	int oflags = O_RDWR | O_CREAT | O_CLOEXEC;
@@ -853,8 +1033,8 @@ static int file_open(struct kvt_tier *t, unsigned fi, const char *path, uint64_t
 	struct nv_sb sb;
 	struct statfs sfs;
 	struct stat st;
-	bool valid;
-	int sb_read;
+	bool valid, fresh;
+	int sb_read, pr;
 	int r;
 
 	f->fd = -1;
@@ -901,7 +1081,30 @@ static int file_open(struct kvt_tier *t, unsigned fi, const char *path, uint64_t
 	if (r < 0)
 		return r;
 	sb_read = r;
-	valid = r == (int)NV_PAGE && sb_parse(t->sb_buf, &sb) == 0;
+	if (sb_read < (int)NV_PAGE)
+		memset((char *)t->sb_buf + sb_read, 0, NV_PAGE - (size_t)sb_read);
+	pr = sb_parse(t->sb_buf, &sb);
+	/* Only an empty file (or a blank device) is ours to initialise: anything else either
+	 * carries a kvtier superblock or is someone else's data, never to be overwritten. */
+	fresh = f->blockdev ? page_zero(t->sb_buf) : st.st_size == 0;
+	if (pr == -EBADMSG && !fresh) {
+		nv_log(t, LOG_ERR,
+		       "%s: the slot file's superblock is damaged (both copies); refusing to "
+		       "start rather than wipe its records: restore the file, or remove it to "
+		       "start empty",
+		       path);
+		return -EBADMSG;
+	}
+	if (pr == -ENOENT && !fresh) {
+		nv_log(t, LOG_ERR,
+		       "%s: not a kvtier slot file (%llu bytes, no kvtier superblock); refusing "
+		       "to overwrite it: name a new file in nvme.paths",
+		       path, (unsigned long long)(f->blockdev ? 0 : st.st_size));
+		return -EEXIST;
+	}
+	valid = pr >= 0;
+	if (pr == 1)
+		nv_log(t, LOG_WARNING, "%s: superblock damaged, using its second copy", path);
 
 	if (f->blockdev) {
 		uint64_t dev = 0;
@@ -920,29 +1123,56 @@ static int file_open(struct kvt_tier *t, unsigned fi, const char *path, uint64_t
 		nv_log(t, LOG_ERR, "%s: no capacity configured and no slot file to reuse", path);
 		return -EINVAL;
 	}
+	if (valid && data_bytes < sb.data_bytes) {
+		nv_log(t, LOG_ERR,
+		       "%s: nvme.capacity gives this file a data region of %llu bytes, less than "
+		       "the %llu bytes its records may occupy; refusing to drop them: set "
+		       "nvme.capacity back (0 reuses the files at their size), or remove the file "
+		       "to start empty",
+		       path, (unsigned long long)data_bytes, (unsigned long long)sb.data_bytes);
+		return -EINVAL;
+	}
 	f->data_bytes = data_bytes;
 	r = nv_alloc_init(&f->alloc, data_bytes / NV_PAGE);
 	if (r < 0)
 		return r;
 
-	if (valid && sb.data_bytes == data_bytes) {
+	if (valid) {
+		uint64_t avail = data_bytes;
+
 		f->salt = sb.salt;
 		f->hwm = sb.hwm;
 		f->created_ns = sb.created_ns;
+		if (!f->blockdev && (uint64_t)st.st_size < NV_DATA_OFF + sb.data_bytes) {
+			/* Cut short behind our back: what lay past the end is gone. */
+			avail = (uint64_t)st.st_size > NV_DATA_OFF
+				    ? ((uint64_t)st.st_size - NV_DATA_OFF) / NV_PAGE * NV_PAGE
+				    : 0;
+			if (avail < f->hwm) {
+				t->sst.lost_bytes += f->hwm - avail;
+				nv_log(t, LOG_ERR,
+				       "%s: the file is %llu bytes, its superblock says %llu: the "
+				       "last %llu bytes of its records were cut off and are lost",
+				       path, (unsigned long long)st.st_size,
+				       (unsigned long long)(NV_DATA_OFF + sb.data_bytes),
+				       (unsigned long long)(f->hwm - avail));
+			}
+		}
+		f->scan_end = f->hwm < avail ? f->hwm : avail;
+		if (data_bytes != sb.data_bytes)
+			nv_log(t, LOG_NOTICE,
+			       "%s: capacity grows from %llu to %llu bytes, records kept", path,
+			       (unsigned long long)sb.data_bytes, (unsigned long long)data_bytes);
 		if (!f->blockdev && (uint64_t)st.st_size < NV_DATA_OFF + data_bytes) {
-			r = preallocate(t, f, path, NV_DATA_OFF + data_bytes);
+			r = preallocate(t, f, path, NV_DATA_OFF + data_bytes, false);
 			if (r < 0)
 				return r;
 		}
-		return scan_file(t, fi, cap);
+		if (pr == 1 || data_bytes != sb.data_bytes)
+			return sb_write(t, f);
+		return 0;
 	}
-	if (valid)
-		nv_log(t, LOG_WARNING, "%s: capacity changed (%llu -> %llu bytes), records dropped",
-		       path, (unsigned long long)sb.data_bytes, (unsigned long long)data_bytes);
-	else if (sb_read > 0 && st.st_size > 0)
-		nv_log(t, LOG_WARNING, "%s: no valid superblock, initialising a new slot file",
-		       path);
-	/* A fresh incarnation: new salt, so nothing the old one wrote can be accepted. */
+	/* A fresh incarnation: new salt, so nothing an older one wrote can be accepted. */
 	if (getrandom(&f->salt, sizeof(f->salt), 0) != sizeof(f->salt)) {
 		struct timespec ts;
 
@@ -956,14 +1186,17 @@ static int file_open(struct kvt_tier *t, unsigned fi, const char *path, uint64_t
 		f->created_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 	}
 	f->hwm = 0;
+	f->scan_end = 0;
+	/* The superblock first: a crash before the preallocation ends leaves a kvtier file. */
+	r = sb_write(t, f);
+	if (r < 0)
+		return r;
 	if (!f->blockdev) {
-		if (ftruncate(f->fd, 0) < 0)
-			return -errno;
-		r = preallocate(t, f, path, NV_DATA_OFF + data_bytes);
+		r = preallocate(t, f, path, NV_DATA_OFF + data_bytes, true);
 		if (r < 0)
 			return r;
 	}
-	return sb_write(t, f);
+	return 0;
 }
 
 /* ---- engines ---- */
@@ -1441,10 +1674,12 @@ static void inval_done(struct kvt_tier_io *io)
 	    map_get(&t->map, ext_key(io->loc.file, (io->loc.off - NV_DATA_OFF) / NV_PAGE));
 
 	if (e) {
+		e->inval = 0;
 		if (io->res >= 0) {
 			nv_release(t, e);
 		} else {
 			/* Pages that may still hold a valid record are never reused. */
+			fq_del(t, e);
 			e->state = EXT_QUARANTINE;
 			t->freeing--;
 			t->freeing_pages -= e->npages;
@@ -1477,7 +1712,10 @@ static void nv_finish(struct kvt_tier *t, struct kvt_tier_io *io, int res)
 		io->done(io);
 		return;
 	}
-	e = map_get(&t->map, ext_key(io->loc.file, (io->loc.off - NV_DATA_OFF) / NV_PAGE));
+	/* A request settle() cancelled: its extent is gone, maybe reused already. */
+	e = io->tier_priv[0] & RQ_DETACHED
+		? NULL
+		: map_get(&t->map, ext_key(io->loc.file, (io->loc.off - NV_DATA_OFF) / NV_PAGE));
 	if (op == RQ_WRITE) {
 		struct kvt_record_hdr *h = io->buf;
 
@@ -1485,7 +1723,7 @@ static void nv_finish(struct kvt_tier *t, struct kvt_tier_io *io, int res)
 		if (res >= 0) {
 			res = (int)io->len;
 			t->st.bytes_written += io->len;
-		} else {
+		} else if (res != -ECANCELED) {
 			t->st.write_errors++;
 		}
 		if (e && e->state == EXT_WRITING) {
@@ -1500,7 +1738,7 @@ static void nv_finish(struct kvt_tier *t, struct kvt_tier_io *io, int res)
 			t->st.bytes_read += io->len;
 		else if (res == -EBADMSG)
 			t->st.corrupt_records++;
-		else
+		else if (res != -ECANCELED)
 			t->st.read_errors++;
 	}
 	io->res = res;
@@ -1522,6 +1760,7 @@ static void nv_release(struct kvt_tier *t, struct nv_ext *e)
 	uint64_t page = (e->key - 1) & ((1ull << 48) - 1);
 
 	if (e->state == EXT_FREEING) {
+		fq_del(t, e);
 		t->freeing--;
 		t->freeing_pages -= e->npages;
 	}
@@ -1543,6 +1782,7 @@ static void nv_free_ext(struct kvt_tier *t, struct nv_ext *e)
 	}
 	iv = calloc(1, sizeof(*iv));
 	if (!iv) {
+		fq_del(t, e);
 		e->state = EXT_QUARANTINE;
 		t->freeing--;
 		t->freeing_pages -= e->npages;
@@ -1557,6 +1797,7 @@ static void nv_free_ext(struct kvt_tier *t, struct nv_ext *e)
 	iv->io.len = NV_PAGE;
 	iv->io.done = inval_done;
 	iv->io.tier_priv[0] = RQ_INVAL;
+	e->inval = 1;
 	nv_start(t, &iv->io, true);
 }
 
@@ -1570,7 +1811,6 @@ static void nvme_close(struct kvt_tier *t);
 static int nvme_open(const struct kvt_tier_conf *conf, struct kvt_tier **out)
 {
 	struct kvt_tier *t;
-	size_t cap = 0;
 	uint64_t share = 0;
 	unsigned n = 0;
 	int r;
@@ -1619,15 +1859,13 @@ static int nvme_open(const struct kvt_tier_conf *conf, struct kvt_tier **out)
 		share = conf->capacity_bytes / n;
 	for (unsigned i = 0; i < n; i++) {
 		t->nfiles = i + 1; /* so that close() sees the files opened so far */
-		r = file_open(t, i, conf->paths[i], share, &cap);
+		r = file_open(t, i, conf->paths[i], share);
 		if (r < 0) {
 			nv_log(t, LOG_ERR, "%s: %s", conf->paths[i], strerror(-r));
 			goto fail;
 		}
+		t->scan_total += t->files[i].scan_end;
 	}
-	r = recs_dedupe(t);
-	if (r < 0)
-		goto fail;
 
 	t->arena_bytes = conf->buf_bytes ? conf->buf_bytes : NV_DEFAULT_BUF;
 	t->arena_bytes = round_up(t->arena_bytes, NV_PAGE);
@@ -1664,6 +1902,13 @@ static int nvme_open(const struct kvt_tier_conf *conf, struct kvt_tier **out)
 	for (unsigned i = 0; i < t->nfiles; i++)
 		t->st.capacity_bytes += t->files[i].data_bytes;
 	t->st.files = t->nfiles;
+	if (!(t->flags & KVT_TIER_F_BG_RECOVER)) {
+		r = scan_all(t);
+		scan_merge(t);
+		t->scanned = true;
+		if (r < 0)
+			goto fail;
+	}
 	*out = t;
 	return 0;
 fail:
@@ -1677,6 +1922,11 @@ static void nvme_close(struct kvt_tier *t)
 		return;
 	if (t->magic != NV_TIER_MAGIC)
 		abort(); /* a stray pointer here would corrupt data on the way out */
+	if (t->scan_started) {
+		__atomic_store_n(&t->scan_stop, 1, __ATOMIC_RELAXED);
+		pthread_join(t->scan_th, NULL);
+		t->scan_started = false;
+	}
 	/* Drain: outstanding done() callbacks (and pending invalidations) run here. */
 	while (t->inflight || t->verifying || t->backlog.head || t->done_now.head ||
 	       t->deferred.head) {
@@ -1717,6 +1967,7 @@ static void nvme_close(struct kvt_tier *t)
 	free(t->files);
 	free(t->map.slot);
 	free(t->recs);
+	free(t->fq);
 	free(t->zero_page);
 	free(t->sb_buf);
 	pthread_mutex_destroy(&t->mu);
@@ -1738,6 +1989,7 @@ static void drop_recovered(struct kvt_tier *t, size_t from)
 
 		if (e && e->state == EXT_RECOVERED) {
 			e->state = EXT_FREEING;
+			fq_add(t, e);
 			t->freeing++;
 			t->freeing_pages += e->npages;
 			t->st.records--;
@@ -1761,6 +2013,8 @@ static int nvme_alloc(struct kvt_tier *t, uint32_t len, struct kvt_tier_loc *out
 	if (!t || t->magic != NV_TIER_MAGIC || !out || len < KVT_RECORD_HDR_SIZE ||
 	    len > NV_MAX_RECORD)
 		return -EINVAL;
+	if (!t->scanned)
+		return -EAGAIN; /* the scan owns the allocators until recover() */
 	if (t->recs_pending) {
 		nv_log(t, LOG_WARNING, "alloc before recover(): dropping %zu recovered records",
 		       t->nrecs);
@@ -1808,6 +2062,7 @@ static int nvme_alloc(struct kvt_tier *t, uint32_t len, struct kvt_tier_loc *out
 	}
 	e->npages = (uint32_t)n;
 	e->state = EXT_ALLOC;
+	e->fqi = UINT32_MAX;
 	out->off = NV_DATA_OFF + (uint64_t)page * NV_PAGE;
 	out->len = (uint32_t)(n * NV_PAGE);
 	out->file = (uint16_t)fi;
@@ -1843,6 +2098,7 @@ static void nvme_free(struct kvt_tier *t, const struct kvt_tier_loc *loc)
 	if (e->state == EXT_VALID || e->state == EXT_RECOVERED)
 		t->st.records--;
 	e->state = EXT_FREEING;
+	fq_add(t, e);
 	t->freeing++;
 	t->freeing_pages += e->npages;
 	if (!e->inflight)
@@ -1883,6 +2139,7 @@ static int nvme_write(struct kvt_tier *t, struct kvt_tier_io *io)
 	xfer = rq_xfer(io);
 	/* The pad goes to the medium too: zero it rather than leak heap bytes to disk. */
 	memset((char *)io->buf + io->len, 0, xfer - io->len);
+	e->kh = key_hash(h->key_lo, h->key_hi);
 	h->crc ^= t->files[io->loc.file].salt;
 	e->state = EXT_WRITING;
 	e->written = 1;
@@ -2033,6 +2290,155 @@ static void drain_freeing(struct kvt_tier *t)
 		efd_signal(t); /* the held callbacks: the event loop must come back */
 }
 
+/* Waits for some completion and reaps what came (callbacks held while defer_user). */
+static void wait_some(struct kvt_tier *t)
+{
+	int n = 0;
+
+	if (t->uring && t->inflight) {
+		struct io_uring_cqe *cqe;
+
+		uring_flush(t);
+		if (!t->done_now.head)
+			io_uring_wait_cqe(&t->ring, &cqe);
+	} else if (!t->done_now.head) {
+		struct pollfd pfd = {.fd = t->efd, .events = POLLIN};
+		uint64_t v;
+
+		poll(&pfd, 1, 10);
+		if (read(t->efd, &v, sizeof(v)) < 0) {
+		}
+	}
+	reap_all(t, &n);
+}
+
+/*
+ * Takes the requests on extent e that never reached the device out of the backlog: reads
+ * and writes complete with -ECANCELED (done() runs from complete()), a queued
+ * invalidation is dropped (the caller invalidates now).
+ */
+static void cancel_queued(struct kvt_tier *t, struct nv_ext *e)
+{
+	uint64_t off = NV_DATA_OFF + ext_page(e) * NV_PAGE;
+	unsigned fi = ext_file(e);
+	struct nv_list keep = {0};
+	struct kvt_tier_io *io;
+
+	while ((io = list_pop(&t->backlog))) {
+		if (io->loc.file != fi || io->loc.off != off) {
+			list_add(&keep, io);
+			continue;
+		}
+		if (rq_op(io) == RQ_INVAL) {
+			e->inval = 0;
+			free((struct nv_inval *)io);
+			continue;
+		}
+		if (rq_op(io) == RQ_WRITE)
+			e->written = 0; /* a slot is written once: this write never started */
+		io->tier_priv[0] |= RQ_DETACHED;
+		e->inflight--;
+		finish_early(t, io, -ECANCELED);
+	}
+	t->backlog = keep;
+}
+
+/*
+ * Makes the invalidation of one freed extent durable now (loop thread, blocking): cancels
+ * what is queued on it, waits for what is on the device, then zeroes its first page
+ * synchronously (and fdatasyncs with KVT_TIER_F_FSYNC).  0, or -errno when the record
+ * may still be found at recovery (the pages are quarantined).
+ */
+static int settle_ext(struct kvt_tier *t, uint64_t ek)
+{
+	bool old = t->defer_user;
+	struct nv_ext *e;
+	int r = 0;
+
+	t->defer_user = true;
+	while ((e = map_get(&t->map, ek)) && e->state == EXT_FREEING) {
+		cancel_queued(t, e);
+		if (!e->inflight && !e->inval)
+			break;
+		wait_some(t);
+	}
+	t->defer_user = old;
+	if (t->deferred.head || t->done_now.head)
+		efd_signal(t); /* held callbacks: the event loop must come back */
+	if (!e)
+		return 0; /* invalidated and released meanwhile */
+	if (e->state == EXT_QUARANTINE)
+		return -EIO;
+	if (e->state != EXT_FREEING)
+		return 0;
+	if (e->written) {
+		unsigned fi = ext_file(e);
+		uint64_t page = ext_page(e);
+
+		r = inval_sync(t, fi, page);
+		if (r >= 0 && (t->flags & KVT_TIER_F_FSYNC)) {
+			r = hook(t, KVT_TIER_OP_FSYNC, NV_DATA_OFF + page * NV_PAGE, NV_PAGE);
+			if (r >= 0 && fdatasync(t->files[fi].fd) < 0)
+				r = -errno;
+		}
+		if (r < 0) {
+			t->st.write_errors++;
+			fq_del(t, e);
+			e->state = EXT_QUARANTINE;
+			t->freeing--;
+			t->freeing_pages -= e->npages;
+			t->st.quarantined_bytes += (uint64_t)e->npages * NV_PAGE;
+			nv_log(t, LOG_ERR,
+			       "file %u: invalidating record at page %llu failed: %s; %u pages "
+			       "withheld",
+			       fi, (unsigned long long)page, strerror(-r), e->npages);
+			return r;
+		}
+	}
+	nv_release(t, e);
+	return 0;
+}
+
+static int nvme_settle(struct kvt_tier *t, uint64_t key_lo, uint64_t key_hi)
+{
+	uint32_t kh = key_hash(key_lo, key_hi);
+	uint64_t *ks = NULL;
+	size_t n = 0, cap = 0;
+	int ret = 0;
+
+	if (!t || t->magic != NV_TIER_MAGIC)
+		return -EINVAL;
+	if (!t->scanned || (!t->fq_lost && !t->fcount[kh % NV_FBUCKETS]))
+		return 0;
+	/* Collect first: settling changes the list. */
+	for (size_t i = 0; i < (t->fq_lost ? t->map.cap : t->nfq); i++) {
+		struct nv_ext *e = t->fq_lost ? &t->map.slot[i] : map_get(&t->map, t->fq[i]);
+
+		if (!e || !e->key || e->state != EXT_FREEING || e->kh != kh)
+			continue;
+		if (n == cap) {
+			size_t nc = cap ? cap * 2 : 8;
+			uint64_t *nk = realloc(ks, nc * sizeof(*nk));
+
+			if (!nk) {
+				free(ks);
+				return -ENOMEM;
+			}
+			ks = nk;
+			cap = nc;
+		}
+		ks[n++] = e->key;
+	}
+	for (size_t j = 0; j < n; j++) {
+		int r = settle_ext(t, ks[j]);
+
+		if (r < 0 && !ret)
+			ret = r;
+	}
+	free(ks);
+	return ret;
+}
+
 static int nvme_submit(struct kvt_tier *t)
 {
 	if (!t || t->magic != NV_TIER_MAGIC)
@@ -2053,6 +2459,17 @@ static int nvme_recover(struct kvt_tier *t, kvt_tier_recover_cb cb, void *arg)
 
 	if (!t || t->magic != NV_TIER_MAGIC || !cb)
 		return -EINVAL;
+	if (!t->scanned) {
+		if (t->scan_started)
+			pthread_join(t->scan_th, NULL);
+		else
+			t->scan_res = scan_all(t);
+		t->scan_started = false;
+		t->scanned = true;
+		scan_merge(t);
+		if (t->scan_res < 0)
+			return t->scan_res;
+	}
 	if (!t->recs_pending)
 		return 0;
 	t->recs_pending = false;
@@ -2110,7 +2527,7 @@ static void nvme_stats(struct kvt_tier *t, struct kvt_tier_stats *st)
 	/* Slots being invalidated count as free already: an eviction loop that watches
 	 * used_bytes must see each free() at once, or it would empty the tier. */
 	st->used_bytes = 0 - t->freeing_pages * (uint64_t)NV_PAGE;
-	for (unsigned i = 0; i < t->nfiles; i++)
+	for (unsigned i = 0; i < t->nfiles && t->scanned; i++)
 		st->used_bytes +=
 		    (t->files[i].alloc.npages - t->files[i].alloc.nfree) * (uint64_t)NV_PAGE;
 	st->io_flags = (t->uring ? KVT_TIER_ST_URING : 0) |
@@ -2160,6 +2577,37 @@ static void nvme_buf_free(struct kvt_tier *t, void *buf)
 	free(buf);
 }
 
+static int nvme_recovering(struct kvt_tier *t, uint64_t *done, uint64_t *total)
+{
+	if (!t || t->magic != NV_TIER_MAGIC)
+		return -EINVAL;
+	if (done)
+		*done = __atomic_load_n(&t->scan_done, __ATOMIC_RELAXED);
+	if (total)
+		*total = t->scan_total;
+	return t->scan_started && __atomic_load_n(&t->scan_running, __ATOMIC_ACQUIRE);
+}
+
+static int nvme_recover_start(struct kvt_tier *t)
+{
+	int r;
+
+	if (!t || t->magic != NV_TIER_MAGIC)
+		return -EINVAL;
+	if (t->scanned || t->scan_started)
+		return t->scan_started;
+	if (!t->scan_total)
+		return 0; /* nothing to read: recover() is immediate */
+	t->scan_running = 1;
+	r = pthread_create(&t->scan_th, NULL, scan_main, t);
+	if (r) {
+		t->scan_running = 0;
+		return -r;
+	}
+	t->scan_started = true;
+	return 1;
+}
+
 const struct kvt_tier_ops kvt_tier_nvme_ops = {
     .name = "nvme",
     .open = nvme_open,
@@ -2176,4 +2624,7 @@ const struct kvt_tier_ops kvt_tier_nvme_ops = {
     .flush = nvme_flush,
     .buf_alloc = nvme_buf_alloc,
     .buf_free = nvme_buf_free,
+    .settle = nvme_settle,
+    .recovering = nvme_recovering,
+    .recover_start = nvme_recover_start,
 };

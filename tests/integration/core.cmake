@@ -29,3 +29,13 @@ target_compile_definitions(test_crash_model PRIVATE _GNU_SOURCE)
 kvt_add_test(integration_crash_model
 	COMMAND $<TARGET_FILE:test_crash_model> $<TARGET_FILE:kvtierd> $<TARGET_FILE:kvtierctl>
 	LABELS reliability TIMEOUT 300)
+
+# The NVMe tier's durability and recovery (deletes across kill -9, slot-file safety, serving
+# while recovering).
+add_executable(test_nvme_recovery ${PROJECT_SOURCE_DIR}/tests/integration/test_nvme_recovery.c
+	${PROJECT_SOURCE_DIR}/tests/integration/harness.c)
+target_link_libraries(test_nvme_recovery PRIVATE kvtier)
+target_compile_definitions(test_nvme_recovery PRIVATE _GNU_SOURCE)
+kvt_add_test(integration_nvme_recovery
+	COMMAND $<TARGET_FILE:test_nvme_recovery> $<TARGET_FILE:kvtierd> $<TARGET_FILE:kvtierctl>
+	LABELS fast reliability TIMEOUT 600)

@@ -69,6 +69,8 @@ static struct {
 	char log[400];
 } drop;
 
+static long long status_metric(const char *name);
+
 static pid_t daemon_start(const char *capacity, ...)
 {
 	const char *argv[32] = {kvtierd, "-f", "-s", sock, "-o", NULL};
@@ -104,8 +106,13 @@ static pid_t daemon_start(const char *capacity, ...)
 	for (int i = 0; i < 500; i++) {
 		struct stat st;
 		int ws;
-		if (stat(sock, &st) == 0)
+		if (stat(sock, &st) == 0) {
+			/* NVMe records recovered (the tests expect them): until then they are
+			 * misses and puts are refused. */
+			while (status_metric("recovering") == 1)
+				usleep(2000);
 			return pid;
+		}
 		if (waitpid(pid, &ws, WNOHANG) == pid) {
 			cur_daemon = 0;
 			return -1; /* refused to start (a configuration error) */

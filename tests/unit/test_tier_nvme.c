@@ -1117,6 +1117,180 @@ static void test_bad_input(void **state)
 	ops->close(NULL);
 }
 
+/* ---------- settle(): a freed record's invalidation, durable before it returns ---------- */
+
+static uint32_t magic_at(const char *path, uint64_t off)
+{
+	int fd = open(path, O_RDONLY);
+	uint32_t m = 0;
+
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, &m, 4, (off_t)off), 4);
+	close(fd);
+	return m;
+}
+
+static void settle_one(unsigned flags)
+{
+	enum { Q = 24 };
+	struct kvt_tier *t = open_tier(flags, 64 << 20, NULL);
+	struct waiter w[Q] = {0};
+	struct kvt_tier_loc a, b;
+	struct seen *s = calloc(1, sizeof(*s));
+	void *bufs[Q];
+
+	assert_non_null(s);
+	assert_int_equal(put_rec(t, 1, 1, 100000, &a), KVT_RECORD_HDR_SIZE + 100000);
+	/* A queue of writes (depth 8): the last one, record 3, waits in the tier's backlog. */
+	for (unsigned i = 0; i < Q; i++) {
+		unsigned id = i == Q - 1 ? 3 : 100 + i;
+
+		bufs[i] = make_rec(t, id, 2, 200000);
+		assert_int_equal(ops->alloc(t, KVT_RECORD_HDR_SIZE + 200000, &w[i].io.loc), 0);
+		w[i].io.buf = bufs[i];
+		w[i].io.len = KVT_RECORD_HDR_SIZE + 200000;
+		w[i].io.done = on_done;
+		assert_int_equal(ops->write(t, &w[i].io), 0);
+	}
+	b = w[Q - 1].io.loc;
+	/* free() alone queues A's invalidation behind them; settle() does it now. */
+	ops->free(t, &a);
+	assert_int_equal(magic_at(path_a, a.off), KVT_RECORD_MAGIC);
+	assert_int_equal(ops->settle(t, key_of(1), 1), 0);
+	assert_int_equal(magic_at(path_a, a.off), 0);
+	/* Record 3's write had not started: cancelled, never on the medium. */
+	ops->free(t, &b);
+	assert_int_equal(ops->settle(t, key_of(3), 3), 0);
+	assert_int_equal(magic_at(path_a, b.off), 0);
+	assert_int_equal(ops->settle(t, key_of(1), 1), 0); /* nothing left: a no-op */
+	wait_all(t, w, Q);
+	assert_int_equal(w[Q - 1].io.res, -ECANCELED);
+	for (unsigned i = 0; i + 1 < Q; i++)
+		assert_int_equal(w[i].io.res, KVT_RECORD_HDR_SIZE + 200000);
+	for (unsigned i = 0; i < Q; i++)
+		ops->buf_free(t, bufs[i]);
+	ops->close(t);
+	t = open_tier(flags, 64 << 20, NULL);
+	assert_int_equal(ops->recover(t, collect, s), Q - 1);
+	assert_true(find_seen(s, 1) < 0);
+	assert_true(find_seen(s, 3) < 0);
+	ops->close(t);
+	free(s);
+}
+
+static void test_settle(void **state)
+{
+	settle_one(0);
+	teardown(state);
+	settle_one(KVT_TIER_F_NO_URING);
+	teardown(state);
+	settle_one(KVT_TIER_F_FSYNC);
+}
+
+/* ---------- slot files that must not be overwritten ---------- */
+
+static void flip_byte(const char *path, off_t off)
+{
+	int fd = open(path, O_RDWR);
+	uint8_t x;
+
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, &x, 1, off), 1);
+	x ^= 0x40;
+	assert_int_equal(pwrite(fd, &x, 1, off), 1);
+	close(fd);
+}
+
+static void test_slot_file_safety(void **state)
+{
+	const char *pa[] = {path_a, NULL}, *pb[] = {path_b, NULL};
+	struct kvt_tier_conf c = {.paths = pa, .capacity_bytes = 16 << 20, .queue_depth = 4};
+	struct kvt_tier *t = open_tier(0, 16 << 20, NULL), *t2 = NULL;
+	struct seen *s = calloc(1, sizeof(*s));
+	char page[4096], page2[4096];
+	struct kvt_tier_loc l;
+	struct stat st;
+	int fd;
+
+	assert_non_null(s);
+	assert_int_equal(put_rec(t, 5, 1, 50000, &l), KVT_RECORD_HDR_SIZE + 50000);
+	ops->close(t);
+	/* One copy damaged: the other serves (and is written back). */
+	flip_byte(path_a, 20);
+	assert_int_equal(ops->open(&c, &t2), 0);
+	assert_int_equal(ops->recover(t2, collect, s), 1);
+	ops->close(t2);
+	t2 = NULL;
+	/* Both damaged: refused, the file untouched. */
+	flip_byte(path_a, 20);
+	flip_byte(path_a, 2048 + 20);
+	fd = open(path_a, O_RDONLY);
+	assert_int_equal(pread(fd, page, sizeof(page), 0), (ssize_t)sizeof(page));
+	assert_int_equal(ops->open(&c, &t2), -EBADMSG);
+	assert_null(t2);
+	assert_int_equal(pread(fd, page2, sizeof(page2), 0), (ssize_t)sizeof(page2));
+	assert_memory_equal(page, page2, sizeof(page));
+	assert_int_equal(magic_at(path_a, l.off), KVT_RECORD_MAGIC);
+	close(fd);
+	/* Someone else's file: refused, untouched. */
+	fd = open(path_b, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	memset(page, 'x', sizeof(page));
+	assert_int_equal(write(fd, page, 100), 100);
+	close(fd);
+	c.paths = pb;
+	assert_int_equal(ops->open(&c, &t2), -EEXIST);
+	assert_int_equal(stat(path_b, &st), 0);
+	assert_int_equal(st.st_size, 100);
+	/* A smaller capacity is refused; a larger one keeps the record. */
+	flip_byte(path_a, 20); /* the first copy good again */
+	c.paths = pa;
+	c.capacity_bytes = 8 << 20;
+	assert_int_equal(ops->open(&c, &t2), -EINVAL);
+	c.capacity_bytes = 32 << 20;
+	assert_int_equal(ops->open(&c, &t2), 0);
+	s->n = 0;
+	assert_int_equal(ops->recover(t2, collect, s), 1);
+	assert_int_equal(get_rec(t2, &s->loc[0], 5, 1, 50000), (int)s->loc[0].len);
+	ops->close(t2);
+	assert_int_equal(stat(path_a, &st), 0);
+	assert_true(st.st_size >= 32 << 20);
+	free(s);
+}
+
+/* ---------- KVT_TIER_F_BG_RECOVER: the scan on a thread ---------- */
+
+static void test_bg_recover(void **state)
+{
+	struct kvt_tier *t = open_tier(0, 32 << 20, NULL);
+	struct seen *s = calloc(1, sizeof(*s));
+	struct kvt_tier_stats st;
+	struct kvt_tier_loc l;
+	uint64_t done = 0, total = 0;
+
+	assert_non_null(s);
+	for (unsigned i = 0; i < 30; i++)
+		assert_int_equal(put_rec(t, i, 1, 70000, &l), KVT_RECORD_HDR_SIZE + 70000);
+	ops->close(t);
+	t = open_tier(KVT_TIER_F_BG_RECOVER, 32 << 20, NULL);
+	ops->stats(t, &st);
+	assert_int_equal(st.recovered, 0);
+	assert_int_equal(ops->alloc(t, 5000, &l), -EAGAIN);
+	assert_int_equal(ops->recover_start(t), 1);
+	while (ops->recovering(t, &done, &total) == 1) {
+		struct pollfd pfd = {.fd = ops->event_fd(t), .events = POLLIN};
+
+		poll(&pfd, 1, 100);
+	}
+	assert_int_equal(done, total);
+	assert_true(total > 0);
+	assert_int_equal(ops->recover(t, collect, s), 30);
+	ops->stats(t, &st);
+	assert_int_equal(st.recovered, 30);
+	assert_int_equal(put_rec(t, 99, 1, 5000, &l), KVT_RECORD_HDR_SIZE + 5000);
+	ops->close(t);
+	free(s);
+}
+
 int main(int argc, char **argv)
 {
 	const char *e = getenv("KVT_SEED");
@@ -1145,6 +1319,9 @@ int main(int argc, char **argv)
 	    cmocka_unit_test_teardown(test_slot_churn, teardown),
 	    cmocka_unit_test_teardown(test_full_evict_one, teardown),
 	    cmocka_unit_test_teardown(test_bad_input, teardown),
+	    cmocka_unit_test_teardown(test_settle, teardown),
+	    cmocka_unit_test_teardown(test_slot_file_safety, teardown),
+	    cmocka_unit_test_teardown(test_bg_recover, teardown),
 	};
 
 	for (int i = 1; i + 1 < argc; i++)

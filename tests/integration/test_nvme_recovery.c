@@ -1,0 +1,656 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Integration tests of the NVMe tier's durability and recovery (issue 11, items 2, 11, 12,
+ * 16), each against a real kvtierd in a temporary directory:
+ *   delete_durable   an acknowledged delete, and the older version of a key put again,
+ *                    never come back after kill -9 (queue depth 1 and 32, nvme.fsync=true)
+ *   slot_files       a damaged superblock, a foreign file, a smaller capacity, a truncated
+ *                    file and a 9th path: refused or reported, never wiped, counts agree
+ *   read_accounting  a corrupt record counts once; host ENOSPC is no NVMe read error
+ *   serve_recovering the daemon serves (misses, puts refused, deletes fenced) while its
+ *                    records are recovered, and says so in status, tiers and metrics
+ *
+ * usage: test_nvme_recovery KVTIERD KVTIERCTL [TEST...]
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "kvtier.h"
+
+static const char *kvtierd, *kvtierctl;
+static char dir[256], sock[300], slots[300], logpath[300], gate[300];
+static int failures, last_exit;
+static pid_t cur; /* the daemon running, killed after a failed test */
+
+#define CHECK(cond)                                                                                \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__,       \
+				__func__, #cond);                                                  \
+			failures++;                                                                \
+			return;                                                                    \
+		}                                                                                  \
+	} while (0)
+
+#define CHECK_EQ(a, b)                                                                             \
+	do {                                                                                       \
+		long long _a = (long long)(a), _b = (long long)(b);                                \
+		if (_a != _b) {                                                                    \
+			fprintf(stderr, "%s:%d: %s: %s == %lld, expected %s == %lld\n", __FILE__,  \
+				__LINE__, __func__, #a, _a, #b, _b);                               \
+			failures++;                                                                \
+			return;                                                                    \
+		}                                                                                  \
+	} while (0)
+
+static char *ctl(int *rc, const char *fmt, ...)
+{
+	char cmd[1024];
+	va_list ap;
+	int n = snprintf(cmd, sizeof(cmd), "%s --socket %s ", kvtierctl, sock);
+
+	va_start(ap, fmt);
+	vsnprintf(cmd + n, sizeof(cmd) - (size_t)n, fmt, ap);
+	va_end(ap);
+	return kvt_test_run(rc, cmd);
+}
+
+static long long metric(const char *name)
+{
+	int rc;
+	char *js = ctl(&rc, "--json status");
+	long long v = rc == 0 ? kvt_test_json_num(js, name) : -2;
+
+	free(js);
+	return v;
+}
+
+/* The value of name in `kvtierctl --json tiers` (its NVMe part), or -1. */
+static long long tiers_num(const char *name)
+{
+	int rc;
+	char *js = ctl(&rc, "--json tiers");
+	const char *nv = js ? strstr(js, "\"name\":\"nvme\"") : NULL;
+	long long v = nv ? kvt_test_json_num(nv, name) : -1;
+
+	free(js);
+	return v;
+}
+
+/*
+ * Starts kvtierd with the NVMe tier on slots (64 MiB unless args say otherwise), its stderr
+ * in logpath; waits for its socket and, unless gated (KVTIER_TEST_NVME_SCAN_GATE), for the
+ * end of its recovery.  Returns its pid, or -1 when it exited (last_exit = its status).
+ */
+static pid_t start(bool gated, ...)
+{
+	const char *argv[40] = {kvtierd, "-f",
+				"-s",	 sock,
+				"-o",	 "host.capacity=32MiB",
+				"-o",	 "daemon.log_level=info",
+				"-o",	 "nvme.enabled=true",
+				"-o",	 "nvme.capacity=64MiB",
+				"-o",	 NULL};
+	char paths[400];
+	int argc = 13;
+	va_list ap;
+	pid_t pid;
+
+	snprintf(paths, sizeof(paths), "nvme.paths=%s", slots);
+	argv[argc++] = paths;
+	va_start(ap, gated);
+	for (const char *a; (a = va_arg(ap, const char *)) && argc < 38;)
+		argv[argc++] = a;
+	va_end(ap);
+	argv[argc] = NULL;
+	unlink(sock);
+	pid = fork();
+	if (pid == 0) {
+		int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+		if (fd < 0 || dup2(fd, 2) < 0)
+			_exit(126);
+		if (gated)
+			setenv("KVTIER_TEST_NVME_SCAN_GATE", gate, 1);
+		else
+			unsetenv("KVTIER_TEST_NVME_SCAN_GATE");
+		execv(kvtierd, (char **)argv);
+		_exit(127);
+	}
+	/* The socket exists before the NVMe tier opens: ready means answering status, and
+	 * (ungated) recovered; a refusal means the process exited. */
+	for (;;) {
+		struct stat st;
+		long long rec;
+		int ws;
+
+		if (waitpid(pid, &ws, WNOHANG) == pid) {
+			last_exit = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
+			return -1;
+		}
+		/* -1: a daemon without the field, which recovers before it serves */
+		if (stat(sock, &st) == 0 && (rec = metric("recovering")) >= -1 &&
+		    (gated || rec <= 0))
+			return cur = pid;
+		usleep(5000);
+	}
+}
+
+static void kill9(pid_t pid)
+{
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	cur = 0;
+}
+
+static int stop(pid_t pid)
+{
+	cur = 0;
+	return kvt_test_daemon_stop(pid);
+}
+
+/* The daemon's log so far (malloc'd). */
+static char *log_text(void)
+{
+	char cmd[400];
+	int rc;
+
+	snprintf(cmd, sizeof(cmd), "cat %s", logpath);
+	return kvt_test_run(&rc, cmd);
+}
+
+static bool log_has(const char *s)
+{
+	char *t = log_text();
+	bool r = t && strstr(t, s);
+
+	if (!r)
+		fprintf(stderr, "log lacks \"%s\":\n%s\n", s, t ? t : "(none)");
+	free(t);
+	return r;
+}
+
+/* 4 KiB blocks: many records, quickly. */
+static struct kvt_layout tiny_layout(void)
+{
+	struct kvt_layout l = {sizeof(l), 1, 1, 64, 16, KVT_DTYPE_FP16, 0, 0, 1, "tiny-model"};
+	return l;
+}
+
+static void fill(uint8_t *p, size_t n, uint64_t tag)
+{
+	uint64_t x = tag * 0x9e3779b97f4a7c15ull + 1;
+
+	for (size_t i = 0; i < n; i += 8) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		memcpy(p + i, &x, n - i < 8 ? n - i : 8);
+	}
+}
+
+static struct kvt_key key_of(unsigned i)
+{
+	return (struct kvt_key){0x1234567800000000ull + i, 0xabcdef00ull ^ i};
+}
+
+static int put_tag(struct kvt_client *c, int lay, unsigned k, uint64_t tag)
+{
+	uint8_t b[4096];
+	struct kvt_key key = key_of(k);
+
+	fill(b, sizeof(b), tag);
+	return kvt_put(c, lay, &key, b, sizeof(b));
+}
+
+/* 1: block k holds tag's bytes, 0: a miss, -1: anything else (wrong bytes, an error). */
+static int get_tag(struct kvt_client *c, int lay, unsigned k, uint64_t tag)
+{
+	uint8_t a[4096], b[4096];
+	struct kvt_key key = key_of(k);
+	ssize_t g = kvt_get(c, lay, &key, b, sizeof(b));
+
+	if (g == -ENOENT)
+		return 0;
+	fill(a, sizeof(a), tag);
+	if (g != (ssize_t)sizeof(b) || memcmp(a, b, sizeof(b)))
+		return -1;
+	return 1;
+}
+
+static int del(struct kvt_client *c, int lay, unsigned k)
+{
+	struct kvt_key key = key_of(k);
+
+	return kvt_delete(c, lay, &key);
+}
+
+static void wait_metric_at_least(const char *name, long long want)
+{
+	while (metric(name) < want)
+		usleep(2000);
+}
+
+/* ------------------------------------------------------------------------------------- */
+
+/*
+ * Issue 11 item 2: put K and R, write them back, put 1000 more and write those back (a
+ * queue of record writes), delete K, delete R and put R again with new bytes, delete D
+ * (whose own record write is queued), kill -9.  After the restart K and D are misses and
+ * R is a miss or its new bytes, never the deleted or older ones.
+ */
+static void delete_durable_one(const char *opt)
+{
+	enum { MORE = 1000, K = 0, R = 1, D = 2 + MORE };
+	struct kvt_layout l = tiny_layout();
+	struct kvt_client *c;
+	pid_t pid;
+	int lay, rc;
+
+	unlink(slots);
+	pid = start(false, "-o", opt, NULL);
+	CHECK(pid > 0);
+	c = kvt_test_connect(sock, "durable", 5000);
+	CHECK(c);
+	lay = kvt_register_layout(c, &l);
+	CHECK(lay >= 0);
+	CHECK_EQ(put_tag(c, lay, K, 100), 0);
+	CHECK_EQ(put_tag(c, lay, R, 101), 0);
+	free(ctl(&rc, "flush"));
+	CHECK_EQ(rc, 0);
+	wait_metric_at_least("demotions_total", 2); /* both records written */
+	for (unsigned i = 2; i < 2 + MORE + 1; i++)
+		CHECK_EQ(put_tag(c, lay, i, 1000 + i), 0);
+	free(ctl(&rc, "flush"));
+	CHECK_EQ(rc, 0);
+	CHECK_EQ(del(c, lay, K), 0);
+	CHECK_EQ(del(c, lay, R), 0);
+	CHECK_EQ(put_tag(c, lay, R, 202), 0);
+	CHECK_EQ(del(c, lay, D), 0);
+	kill9(pid);
+	kvt_close(c);
+
+	pid = start(false, "-o", opt, NULL);
+	CHECK(pid > 0);
+	c = kvt_test_connect(sock, "durable", 5000);
+	CHECK(c);
+	lay = kvt_register_layout(c, &l);
+	struct kvt_key k = key_of(K);
+	int recovered = (int)metric("nvme_recovered_total");
+	CHECK_EQ(kvt_lookup(c, lay, &k, 1), 0);
+	CHECK_EQ(get_tag(c, lay, K, 100), 0);
+	int r = get_tag(c, lay, R, 202);
+	CHECK(r == 0 || r == 1); /* never the deleted version 101 */
+	CHECK_EQ(get_tag(c, lay, D, 1000 + D), 0);
+	printf("delete_durable %s: %d records recovered; deleted blocks stay deleted\n", opt,
+	       recovered);
+	kvt_close(c);
+	CHECK_EQ(stop(pid), 0);
+}
+
+static void test_delete_durable(void)
+{
+	delete_durable_one("nvme.queue_depth=1");
+	delete_durable_one("nvme.queue_depth=32");
+	delete_durable_one("nvme.fsync=true");
+	unlink(slots);
+}
+
+/* ------------------------------------------------------------------------------------- */
+
+static int flip(const char *path, off_t off)
+{
+	int fd = open(path, O_RDWR);
+	uint8_t x;
+	int r = -1;
+
+	if (fd >= 0 && pread(fd, &x, 1, off) == 1) {
+		x ^= 0x20;
+		r = pwrite(fd, &x, 1, off) == 1 ? 0 : -1;
+		fsync(fd);
+	}
+	if (fd >= 0)
+		close(fd);
+	return r;
+}
+
+static bool same_file(const char *a, const char *b)
+{
+	char cmd[1200];
+	int rc;
+
+	snprintf(cmd, sizeof(cmd), "cmp -s %s %s", a, b);
+	free(kvt_test_run(&rc, cmd));
+	return rc == 0;
+}
+
+static int copy_file(const char *from, const char *to)
+{
+	char cmd[1200];
+	int rc;
+
+	snprintf(cmd, sizeof(cmd), "cp --sparse=always %s %s", from, to);
+	free(kvt_test_run(&rc, cmd));
+	return rc;
+}
+
+/* N blocks written back to a new slot file; the daemon stopped cleanly. */
+static int make_slot_file(unsigned n)
+{
+	struct kvt_layout l = tiny_layout();
+	struct kvt_client *c;
+	pid_t pid;
+	int lay, rc;
+
+	unlink(slots);
+	pid = start(false, NULL);
+	if (pid < 0)
+		return -1;
+	c = kvt_test_connect(sock, "slots", 5000);
+	lay = c ? kvt_register_layout(c, &l) : -1;
+	for (unsigned i = 0; i < n && lay >= 0; i++)
+		put_tag(c, lay, i, 500 + i);
+	free(ctl(&rc, "flush"));
+	wait_metric_at_least("demotions_total", n);
+	kvt_close(c);
+	return stop(pid) == 0 && lay >= 0 ? 0 : -1;
+}
+
+static int found(unsigned n)
+{
+	struct kvt_layout l = tiny_layout();
+	struct kvt_client *c = kvt_test_connect(sock, "found", 5000);
+	int lay = c ? kvt_register_layout(c, &l) : -1, hits = 0;
+
+	for (unsigned i = 0; i < n && lay >= 0; i++) {
+		int r = get_tag(c, lay, i, 500 + i);
+
+		if (r < 0)
+			return -1; /* wrong bytes: never */
+		hits += r;
+	}
+	kvt_close(c);
+	return lay >= 0 ? hits : -1;
+}
+
+static void test_slot_files(void)
+{
+	enum { N = 20 };
+	char bak[400], before[400], other[400], opt[4200];
+	pid_t pid;
+
+	snprintf(bak, sizeof(bak), "%s/good.slots", dir);
+	snprintf(before, sizeof(before), "%s/before.slots", dir);
+	CHECK_EQ(make_slot_file(N), 0);
+	CHECK_EQ(copy_file(slots, bak), 0);
+
+	/* One flipped superblock byte: its second copy serves, every record is kept. */
+	CHECK_EQ(flip(slots, 12), 0);
+	pid = start(false, NULL);
+	CHECK(pid > 0);
+	CHECK(log_has("using its second copy"));
+	CHECK_EQ(found(N), N);
+	CHECK_EQ(stop(pid), 0);
+
+	/* Both copies damaged: refused, the file untouched. */
+	CHECK_EQ(flip(slots, 12), 0);
+	CHECK_EQ(flip(slots, 2048 + 12), 0);
+	CHECK_EQ(copy_file(slots, before), 0);
+	CHECK_EQ(start(false, NULL), -1);
+	CHECK_EQ(last_exit, 1);
+	CHECK(log_has(slots) && log_has("superblock is damaged"));
+	CHECK(same_file(slots, before));
+
+	/* A file that is not a slot file: refused, untouched. */
+	snprintf(other, sizeof(other), "%s/notes.txt", dir);
+	FILE *f = fopen(other, "w");
+	CHECK(f);
+	for (int i = 0; i < 20000; i++)
+		fprintf(f, "line %d of somebody's data, not a kvtier slot file\n", i);
+	fclose(f);
+	CHECK_EQ(copy_file(other, before), 0);
+	snprintf(opt, sizeof(opt), "nvme.paths=%s", other);
+	CHECK_EQ(start(false, "-o", opt, NULL), -1);
+	CHECK_EQ(last_exit, 1);
+	CHECK(log_has(other) && log_has("not a kvtier slot file"));
+	CHECK(same_file(other, before));
+
+	/* A smaller capacity: refused, untouched; a larger one keeps every record. */
+	CHECK_EQ(copy_file(bak, slots), 0);
+	CHECK_EQ(start(false, "-o", "nvme.capacity=32MiB", NULL), -1);
+	CHECK_EQ(last_exit, 1);
+	CHECK(log_has("refusing to drop them"));
+	CHECK(same_file(slots, bak));
+	pid = start(false, "-o", "nvme.capacity=128MiB", NULL);
+	CHECK(pid > 0);
+	CHECK_EQ(found(N), N);
+	CHECK_EQ(stop(pid), 0);
+
+	/* Truncated inside the 11th record (2 pages each, from the start of the data region):
+	 * 10 recovered, 1 cut off, the rest lost; log, tiers and metrics say the same. */
+	CHECK_EQ(copy_file(bak, slots), 0);
+	CHECK_EQ(truncate(slots, 4096 + 21 * 4096), 0);
+	pid = start(false, NULL);
+	CHECK(pid > 0);
+	CHECK(log_has("were cut off and are lost"));
+	CHECK(log_has(" 10 blocks recovered") && log_has(" 1 cut off a truncated file"));
+	CHECK_EQ(metric("nvme_recovered_total"), 10);
+	CHECK_EQ(tiers_num("recovered"), 10);
+	CHECK_EQ(tiers_num("cut"), 1);
+	CHECK(tiers_num("lost_bytes") > 0);
+	CHECK_EQ(metric("nvme_recovery_dropped_cut_total"), 1);
+	CHECK_EQ(found(N), 10);
+	CHECK_EQ(stop(pid), 0);
+
+	/* Nine paths: refused, naming the ninth. */
+	int n = snprintf(opt, sizeof(opt), "nvme.paths=");
+	for (int i = 0; i < 9; i++)
+		n += snprintf(opt + n, sizeof(opt) - (size_t)n, "%s%s/p%d.slots", i ? "," : "", dir,
+			      i);
+	CHECK_EQ(start(false, "-o", opt, NULL), -1);
+	CHECK_EQ(last_exit, 1);
+	CHECK(log_has("more than 8 files") && log_has("p8.slots"));
+	for (int i = 0; i < 9; i++) {
+		char p[400];
+
+		snprintf(p, sizeof(p), "%s/p%d.slots", dir, i);
+		unlink(p);
+	}
+	unlink(bak);
+	unlink(before);
+	unlink(other);
+	unlink(slots);
+}
+
+/* ------------------------------------------------------------------------------------- */
+
+/* Issue 11 item 16: a corrupt record counts once in `tiers`; host ENOSPC during a
+ * promotion is no NVMe read error. */
+static void test_read_accounting(void)
+{
+	enum { N = 600 };
+	struct kvt_layout l = tiny_layout();
+	struct kvt_client *c;
+	struct kvt_lease *ls = calloc(N, sizeof(*ls));
+	int lay, misses = 0, leased = 0, enospc = 0;
+	pid_t pid;
+
+	unlink(slots);
+	pid = start(false, "-o", "host.capacity=1MiB", NULL);
+	CHECK(pid > 0 && ls);
+	c = kvt_test_connect(sock, "acct", 5000);
+	CHECK(c);
+	lay = kvt_register_layout(c, &l);
+	for (unsigned i = 0; i < N; i++)
+		CHECK_EQ(put_tag(c, lay, i, 700 + i), 0);
+	CHECK(metric("demotions_total") > 0);
+
+	/* Damage the payload of every record in the file (the daemon's reads see it). */
+	int fd = open(slots, O_RDWR);
+	CHECK(fd >= 0);
+	for (off_t off = 4096; off < (off_t)(4096 + 8 * 1024 * 1024); off += 4096) {
+		uint32_t m;
+
+		if (pread(fd, &m, 4, off) == 4 && m == 0x5254564bu) { /* "KVTR" */
+			uint8_t x;
+
+			CHECK_EQ(pread(fd, &x, 1, off + 1000), 1);
+			x ^= 0x01;
+			CHECK_EQ(pwrite(fd, &x, 1, off + 1000), 1);
+		}
+	}
+	fsync(fd);
+	close(fd);
+	for (unsigned i = 0; i < N; i++) {
+		int r = get_tag(c, lay, i, 700 + i);
+
+		CHECK(r >= 0); /* a miss or the right bytes */
+		misses += r == 0;
+	}
+	CHECK(misses > 0);
+	CHECK_EQ(tiers_num("corrupt_records"), misses);
+	CHECK_EQ(metric("nvme_corrupt_total"), misses);
+	CHECK_EQ(metric("nvme_read_errors_total"), 0);
+
+	/* Host full of leased blocks: the next promotion has no room. */
+	for (unsigned i = N; i < N + 400; i++)
+		CHECK_EQ(put_tag(c, lay, i, 700 + i), 0);
+	for (unsigned i = N; i < N + 400 && !enospc; i++) {
+		struct kvt_key k = key_of(i);
+		int r = kvt_get_lease(c, lay, &k, &ls[leased]);
+
+		if (r >= 0)
+			leased++;
+		else if (r == -ENOSPC)
+			enospc++;
+	}
+	printf("read_accounting: %d corrupt records caught once each, %d leases, then ENOSPC\n",
+	       misses, leased);
+	CHECK_EQ(enospc, 1);
+	CHECK_EQ(metric("nvme_read_errors_total"), 0);
+	for (int i = 0; i < leased; i++)
+		kvt_lease_release(c, &ls[i]);
+	free(ls);
+	kvt_close(c);
+	CHECK_EQ(stop(pid), 0);
+	unlink(slots);
+}
+
+/* ------------------------------------------------------------------------------------- */
+
+/* Issue 11 item 12: clients are served while the records are recovered. */
+static void test_serve_recovering(void)
+{
+	enum { N = 200, GONE = 7, NEW = 5000 };
+	struct kvt_layout l = tiny_layout();
+	struct kvt_client *c;
+	pid_t pid;
+	int lay, fd, rc;
+	char *out;
+
+	unlink(gate);
+	CHECK_EQ(make_slot_file(N), 0);
+	pid = start(true, NULL);
+	CHECK(pid > 0);
+	/* The scan waits for the gate: recovering, for sure, until the test opens it. */
+	CHECK_EQ(metric("recovering"), 1);
+	CHECK(metric("nvme_recovery_total_bytes") > 0);
+	out = ctl(&rc, "tiers");
+	CHECK(rc == 0 && strstr(out, "recovering: dropped"));
+	free(out);
+	c = kvt_test_connect(sock, "early", 5000); /* HELLO answered meanwhile */
+	CHECK(c);
+	lay = kvt_register_layout(c, &l);
+	CHECK(lay >= 0);
+	struct kvt_key k0 = key_of(0), kg = key_of(GONE);
+	CHECK_EQ(kvt_lookup(c, lay, &k0, 1), 0);
+	CHECK_EQ(get_tag(c, lay, 0, 500), 0);
+	CHECK_EQ(put_tag(c, lay, NEW, 1), -EAGAIN);
+	CHECK_EQ(kvt_delete(c, lay, &kg), -ENOENT);
+
+	fd = open(gate, O_WRONLY | O_CREAT, 0644);
+	CHECK(fd >= 0);
+	close(fd);
+	while (metric("recovering") != 0)
+		usleep(2000);
+	CHECK_EQ(metric("nvme_recovery_scanned_bytes"), metric("nvme_recovery_total_bytes"));
+	/* Every record back but the one deleted meanwhile: never served after its delete. */
+	for (unsigned i = 0; i < N; i++) {
+		struct kvt_key k = key_of(i);
+
+		CHECK_EQ(kvt_lookup(c, lay, &k, 1), i == GONE ? 0 : 1);
+		CHECK_EQ(get_tag(c, lay, i, 500 + i), i == GONE ? 0 : 1);
+	}
+	CHECK_EQ(metric("nvme_recovered_total"), N - 1);
+	CHECK_EQ(tiers_num("deleted"), 1);
+	CHECK_EQ(put_tag(c, lay, NEW, 1), 0);
+	printf("serve_recovering: misses and refused puts while recovering, then %d of %d "
+	       "blocks back\n",
+	       N - 1, N);
+	kvt_close(c);
+	CHECK_EQ(stop(pid), 0);
+	unlink(gate);
+	unlink(slots);
+}
+
+/* ------------------------------------------------------------------------------------- */
+
+static const struct {
+	const char *name;
+	void (*fn)(void);
+} tests[] = {
+    {"delete_durable", test_delete_durable},
+    {"slot_files", test_slot_files},
+    {"read_accounting", test_read_accounting},
+    {"serve_recovering", test_serve_recovering},
+};
+
+int main(int argc, char **argv)
+{
+	char cmd[400];
+	int ran = 0, rc;
+
+	if (argc < 3) {
+		fprintf(stderr, "usage: test_nvme_recovery KVTIERD KVTIERCTL [TEST...]\n");
+		return 2;
+	}
+	kvtierd = argv[1];
+	kvtierctl = argv[2];
+	signal(SIGPIPE, SIG_IGN);
+	snprintf(dir, sizeof(dir), "/tmp/kvt-nvrec-XXXXXX");
+	if (!mkdtemp(dir))
+		return 1;
+	snprintf(sock, sizeof(sock), "%s/kvtier.sock", dir);
+	snprintf(slots, sizeof(slots), "%s/nvme0.slots", dir);
+	snprintf(logpath, sizeof(logpath), "%s/kvtierd.log", dir);
+	snprintf(gate, sizeof(gate), "%s/scan.gate", dir);
+	for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
+		bool want = argc == 3;
+
+		for (int j = 3; j < argc; j++)
+			want |= !strcmp(argv[j], tests[i].name);
+		if (!want)
+			continue;
+		int before = failures;
+		tests[i].fn();
+		if (cur > 0)
+			kill9(cur);
+		printf("[ %s ] %s\n", failures == before ? " OK " : "FAIL", tests[i].name);
+		fflush(stdout);
+		ran++;
+	}
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	free(kvt_test_run(&rc, cmd));
+	printf("%d run, %d failed checks\n", ran, failures);
+	return failures ? 1 : 0;
+}
