@@ -40,7 +40,11 @@
  * usage: test_crash_model KVTIERD KVTIERCTL [--seed N]
  * env:   KVT_TEST_SEED (as --seed), KVT_TEST_OPS (default 3000), KVT_TEST_RESTARTS (default 15),
  *        KVT_TEST_CLIENTS (default 4), KVT_TEST_SKIP (operations to leave out, e.g.
- *        "lookup,lease": to look at one broken rule at a time)
+ *        "lookup,lease": to look at one broken rule at a time), KVT_TEST_DAEMON_OPTS
+ *        (space-separated kvtierd options, e.g. "nvme.queue_depth=32", over the drawn ones)
+ *
+ * Each daemon starts with a 1 MiB host tier, a 2 MiB NVMe tier and, drawn from the seed,
+ * nvme.fsync, nvme.queue_depth (1, 4, 32) and nvme.io_uring.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -151,7 +155,7 @@ static const char *const op_name[OP_N] = {"put",     "delete",	"get",	  "lookup"
 
 struct counters {
 	uint64_t ops[OP_N];
-	uint64_t hits, misses, recovered_hits, daemon_gone, nospc;
+	uint64_t hits, misses, recovered_hits, daemon_gone, nospc, eagain;
 };
 
 struct client {
@@ -189,6 +193,9 @@ static _Atomic bool stopping;
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_cv = PTHREAD_COND_INITIALIZER;
 static _Atomic uint64_t broken[R_COUNT];
+/* Diagnosis only: (generation << 1) | 1 from a put refused with -EAGAIN (the daemon is
+ * still recovering) until a put of that generation is acknowledged. */
+static _Atomic unsigned recovering_seen;
 static pthread_mutex_t print_mu = PTHREAD_MUTEX_INITIALIZER;
 
 #define ST_GEN(s) ((s) >> 1)
@@ -467,11 +474,18 @@ static void on_error(struct client *w, const char *op, int ki, long ret, unsigne
 		w->n.nospc++;
 		return;
 	}
+	if (ret == -EAGAIN) {
+		w->n.eagain++;
+		atomic_store(&recovering_seen, ST_GEN(s1) << 1 | 1);
+	}
 	for (const int *c = ok_codes; c && *c; c++)
 		if (ret == -*c)
 			return;
 	report(R_UNEXPECTED, w, "%s key %d: %ld (%s)", op, ki, ret, kvt_strerror((int)ret));
 }
+
+/* Puts refused while kvtierd scans its slot files (README, "Serving while recovering"). */
+static const int recovering[] = {EAGAIN, 0};
 
 static int own_key(struct client *w)
 {
@@ -519,6 +533,8 @@ static void do_put(struct client *w)
 	s1 = st_now();
 	if (ret == 0) {
 		key_acked(ki, v, "put acknowledged");
+		unsigned was = ST_GEN(s1) << 1 | 1;
+		atomic_compare_exchange_strong(&recovering_seen, &was, ST_GEN(s1) << 1);
 		if (!one_daemon(s0, s1))
 			key_uncertain(ki, v);
 	} else if (one_daemon(s0, s1) && ret != -KVT_EDAEMON && ret != -ETIMEDOUT) {
@@ -527,7 +543,7 @@ static void do_put(struct client *w)
 		key_uncertain(ki, v);
 	}
 	if (ret < 0)
-		on_error(w, "put", ki, ret, s0, s1, true, NULL);
+		on_error(w, "put", ki, ret, s0, s1, true, recovering);
 	op_done(w, OP_PUT);
 }
 
@@ -546,7 +562,10 @@ static void do_delete(struct client *w)
 	/* An answered delete, wherever the key was, is acknowledged: nothing older may come
 	 * back.  -KVT_EDAEMON is allowed (deletes are not retried) and decides nothing. */
 	if (ret == 0 || ret == -ENOENT)
-		key_deleted(ki, ret ? "delete returned -ENOENT" : "delete returned 0");
+		key_deleted(ki, ret == 0 ? "delete returned 0"
+				: atomic_load(&recovering_seen) == (ST_GEN(s1) << 1 | 1)
+				    ? "delete returned -ENOENT while puts got -EAGAIN (recovering)"
+				    : "delete returned -ENOENT");
 	else
 		on_error(w, "delete", ki, ret, s0, s1, false, ok);
 	op_done(w, OP_DELETE);
@@ -749,7 +768,7 @@ static void do_reserve(struct client *w)
 		key_not_written(ki, p->v, p->prev_ceiling);
 	}
 	if (ret < 0) {
-		static const int ok[] = {EEXIST, 0};
+		static const int ok[] = {EEXIST, EAGAIN, 0};
 		on_error(w, "reserve", ki, ret, s0, s1, true, ok);
 	}
 	op_done(w, OP_RESERVE);
@@ -910,15 +929,26 @@ static pid_t start_daemon(uint64_t *rng)
 	    "-o",    qd[below(rng, 3)],
 	    "-o",    below(rng, 4) ? "nvme.io_uring=true" : "nvme.io_uring=false",
 	    NULL};
-	int status;
+	int status, argc = 20;
+	char *extra = NULL, *save = NULL;
 	pid_t pid;
 
 	snprintf(slots_opt, sizeof(slots_opt), "nvme.paths=%s", slots);
-	snprintf(daemon_opts, sizeof(daemon_opts), "%s %s %s", argv[15], argv[17], argv[19]);
+	/* KVT_TEST_DAEMON_OPTS: more options, which win over the drawn ones. */
+	if (getenv("KVT_TEST_DAEMON_OPTS"))
+		extra = strdup(getenv("KVT_TEST_DAEMON_OPTS"));
+	for (char *o = extra ? strtok_r(extra, " ", &save) : NULL; o && argc < 30;
+	     o = strtok_r(NULL, " ", &save)) {
+		argv[argc++] = "-o";
+		argv[argc++] = o;
+	}
+	snprintf(daemon_opts, sizeof(daemon_opts), "%s %s %s%s%s", argv[15], argv[17], argv[19],
+		 extra ? " + " : "", extra ? getenv("KVT_TEST_DAEMON_OPTS") : "");
 	pid = daemon_spawn((char *const *)argv, sock, logpath, 120000, &status);
 	if (pid < 0)
 		fprintf(stderr, "kvtierd did not start (status %d); its log: %s\n", status,
 			logpath);
+	free(extra);
 	return pid;
 }
 
@@ -1128,6 +1158,7 @@ int main(int argc, char **argv)
 		tot.recovered_hits += clients[i].n.recovered_hits;
 		tot.daemon_gone += clients[i].n.daemon_gone;
 		tot.nospc += clients[i].n.nospc;
+		tot.eagain += clients[i].n.eagain;
 	}
 
 	if (!failed) {
@@ -1158,9 +1189,9 @@ int main(int argc, char **argv)
 		printf("%s%s %" PRIu64, k ? ", " : "", op_name[k], tot.ops[k]);
 	printf("), %d clients, %u restarts (%u after a write-back), %" PRIu64 " hits, %" PRIu64
 	       " of them blocks that survived a restart, %" PRIu64 " misses, %" PRIu64
-	       " calls failed by a dead daemon, %" PRIu64 " ENOSPC\n",
+	       " calls failed by a dead daemon, %" PRIu64 " ENOSPC, %" PRIu64 " EAGAIN\n",
 	       nclients, restarts, flushes, tot.hits, tot.recovered_hits, tot.misses,
-	       tot.daemon_gone, tot.nospc);
+	       tot.daemon_gone, tot.nospc, tot.eagain);
 	printf("crash_model: seed %u: rules broken:", seed);
 	for (int r = 0; r < R_COUNT; r++) {
 		uint64_t n = atomic_load(&broken[r]);
