@@ -1114,10 +1114,10 @@ int main(int argc, char **argv)
 
 		/* Mostly write everything back first, then let the clients go on a little
 		 * (deletes and new versions racing the write-back) before the kill. */
+		bool flushed = false;
 		if (below(&srng, 10) < 7) {
 			wait_ops(at - (step ? rnd(&srng) % (step / 3 + 1) : 0));
-			if (ctl_flush() == 0)
-				flushes++;
+			flushed = ctl_flush() == 0;
 		}
 		wait_ops(at);
 		if (atomic_load(&stopping)) {
@@ -1137,6 +1137,7 @@ int main(int argc, char **argv)
 		}
 		set_state(st_now() | 1);
 		restarts++;
+		flushes += flushed;
 	}
 	if (!failed)
 		wait_ops(total_ops_goal);
