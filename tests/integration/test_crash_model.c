@@ -20,7 +20,12 @@
  *  - a reservation or lease of a daemon that has since died is void: its commit, abort or
  *    release returns -KVT_EDAEMON (client/kvtier.h) and never acts on the new daemon;
  *  - gets, leases, lookups, reservations and puts are retried once against a restarted
- *    daemon (kvtier.h), so they never fail with -KVT_EDAEMON while one is up throughout.
+ *    daemon (kvtier.h), so they never fail with -KVT_EDAEMON while one is up throughout;
+ *  - every call is answered (CLIENT_TIMEOUT_MS bounds a hung one: reported, the run stops);
+ *    error codes are those kvtier.h documents for the call (-EAGAIN: puts while the daemon
+ *    recovers its NVMe records).
+ * At the end every key is read once more after the recovery, then again across a clean
+ * restart (SIGTERM).
  *
  * Only the owner of a key (key i belongs to client i % clients) puts and deletes it, so its
  * writes are ordered; any client reads any key, and some keys are never written.
