@@ -46,6 +46,9 @@
 
 #include "kvtier.h"
 
+#ifdef KVT_HAVE_BENCH_REMOTE
+int bench_remote_main(int argc, char **argv);
+#endif
 #ifdef KVT_HAVE_BENCH_NVME
 int bench_nvme_main(int argc, char **argv);
 #endif
@@ -1089,7 +1092,8 @@ static void usage(FILE *f)
 	       "                    latencies are then per call); default 1: kvt_put, kvt_get\n"
 	       "  --repeat N        N runs per size; every figure (kvtier, memcpy, Redis alike)\n"
 	       "                    is the best of the N: highest GB/s, lowest latency\n"
-	       "  --nvme ...        the NVMe tier benchmark (when built)\n");
+	       "  --nvme ...        the NVMe tier benchmark (when built)\n"
+	       "  --remote ...      the remote tier (Redis Cluster) against redis-benchmark\n");
 }
 
 int main(int argc, char **argv)
@@ -1148,8 +1152,17 @@ int main(int argc, char **argv)
 	char sock[PATH_MAX + 32];
 	const char *daemon_bin = NULL;
 
-	/* --nvme hands everything after it to the NVMe benchmark, whatever comes before. */
+	/* --nvme hands everything after it to the NVMe benchmark, whatever comes before;
+	 * --remote likewise to the remote tier's. */
 	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--remote")) {
+#ifdef KVT_HAVE_BENCH_REMOTE
+			return bench_remote_main(argc - i, argv + i);
+#else
+			fprintf(stderr, "kvtier-bench: the remote benchmark is not built\n");
+			return 2;
+#endif
+		}
 		if (strcmp(argv[i], "--nvme"))
 			continue;
 #ifdef KVT_HAVE_BENCH_NVME

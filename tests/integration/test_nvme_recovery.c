@@ -87,6 +87,13 @@ static long long tiers_num(const char *name)
 	return v;
 }
 
+static void kill9(pid_t pid)
+{
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	cur = 0;
+}
+
 /*
  * Starts kvtierd with the NVMe tier on slots (64 MiB unless args say otherwise), its stderr
  * in logpath; waits for its socket and, unless gated (KVTIER_TEST_NVME_SCAN_GATE), for the
@@ -106,6 +113,8 @@ static pid_t start(bool gated, ...)
 	va_list ap;
 	pid_t pid;
 
+	if (cur > 0)
+		kill9(cur); /* left running by a failed check */
 	snprintf(paths, sizeof(paths), "nvme.paths=%s", slots);
 	argv[argc++] = paths;
 	va_start(ap, gated);
@@ -144,13 +153,6 @@ static pid_t start(bool gated, ...)
 			return cur = pid;
 		usleep(5000);
 	}
-}
-
-static void kill9(pid_t pid)
-{
-	kill(pid, SIGKILL);
-	waitpid(pid, NULL, 0);
-	cur = 0;
 }
 
 static int stop(pid_t pid)
@@ -567,6 +569,9 @@ static void test_serve_recovering(void)
 	CHECK(metric("nvme_recovery_total_bytes") > 0);
 	out = ctl(&rc, "--json status");
 	CHECK(rc == 0 && strstr(out, "\"recovering\":true"));
+	free(out);
+	out = ctl(&rc, "ping");
+	CHECK(rc == 0 && !strncmp(out, "recovering", 10));
 	free(out);
 	out = ctl(&rc, "tiers");
 	CHECK(rc == 0 && strstr(out, "recovering: dropped"));
