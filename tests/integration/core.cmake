@@ -19,6 +19,19 @@ kvt_add_test(integration_client
 	COMMAND $<TARGET_FILE:test_client> $<TARGET_FILE:kvtierd> $<TARGET_FILE:kvtierctl>
 	LABELS fast reliability TIMEOUT 300)
 
+
+# The model-based crash test: clients on threads against a kvtierd SIGKILLed and restarted
+# at seeded random points, every answer checked against a model of what may be served.
+# CI runs 10 000 operations across 50 restarts (about 20 s; 60 s under ASan);
+# KVT_TEST_OPS / KVT_TEST_RESTARTS scale it (see the file).
+add_executable(test_crash_model ${PROJECT_SOURCE_DIR}/tests/integration/test_crash_model.c
+	${PROJECT_SOURCE_DIR}/tests/integration/harness.c)
+target_link_libraries(test_crash_model PRIVATE kvtier Threads::Threads)
+target_compile_definitions(test_crash_model PRIVATE _GNU_SOURCE)
+kvt_add_test(integration_crash_model
+	COMMAND $<TARGET_FILE:test_crash_model> $<TARGET_FILE:kvtierd> $<TARGET_FILE:kvtierctl>
+	LABELS reliability TIMEOUT 300 ENVIRONMENT "KVT_TEST_OPS=10000;KVT_TEST_RESTARTS=50")
+
 # The NVMe tier's durability and recovery (deletes across kill -9, slot-file safety, serving
 # while recovering).
 add_executable(test_nvme_recovery ${PROJECT_SOURCE_DIR}/tests/integration/test_nvme_recovery.c
@@ -44,3 +57,4 @@ kvt_add_test(install_prefix
 	COMMAND sh ${PROJECT_SOURCE_DIR}/tests/integration/install_check.sh ${PROJECT_BINARY_DIR}
 		${CMAKE_C_COMPILER} ${CMAKE_INSTALL_FULL_SYSCONFDIR}
 	LABELS fast TIMEOUT 300)
+
