@@ -1005,7 +1005,7 @@ static void handle_hello(struct kvtd *d, struct client *c, const struct kvt_msg_
 	memcpy(c->name, m->name, sizeof(c->name));
 	c->name[sizeof(c->name) - 1] = 0;
 	if (c->refused) {
-		ret = c->refused; /* why, now that it listens: then the connection closes */
+		ret = c->refused; /* why, now that it listens */
 		goto reply;
 	}
 	if (c->hello) {
@@ -1058,8 +1058,9 @@ reply:
 		close(fds[0]); /* the mapping keeps the ring alive */
 	if (ret == -KVT_EVERSION)
 		client_kill(d, c, "speaks another protocol version");
-	if (c->refused)
-		client_kill(d, c, NULL);
+	/* A refused connection is not closed here: a peer that sent its next request behind
+	 * the HELLO (kvtierctl does) would get EPIPE instead of reading why.  It goes when the
+	 * peer closes it, or at daemon.handshake_timeout_ms. */
 }
 
 static void handle_layout(struct kvtd *d, struct client *c, const struct kvt_msg_layout *m)
@@ -2340,9 +2341,11 @@ static void handshake_timeouts(struct kvtd *d)
 	for (struct client *c = d->clients; c; c = c->next) {
 		if (c->dead || c->hello || now - c->connected_ms < d->cfg.handshake_timeout_ms)
 			continue;
-		send_result(c->sock, -ETIMEDOUT);
+		if (!c->refused) { /* (a refused one was told why already, or is dropped) */
+			send_result(c->sock, -ETIMEDOUT);
+			n++;
+		}
 		client_kill(d, c, NULL);
-		n++;
 	}
 	if (n)
 		kvtd_log(KVTD_LOG_WARN,

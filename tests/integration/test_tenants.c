@@ -403,6 +403,19 @@ static void test_index_full(void)
 	free(b);
 }
 
+static int ctl_refused(void *arg)
+{
+	int rc;
+	char *out = ctl(&rc, "status 2>&1");
+	int ok = rc == 1 && out && strstr(out, "refused") && strstr(out, "limit");
+
+	(void)arg;
+	if (!ok)
+		fprintf(stderr, "kvtierctl said (%d): %s\n", rc, out ? out : "(nothing)");
+	free(out);
+	return ok ? 0 : 1;
+}
+
 /* Item 5: per-uid limit and places kept for admins; refused clients are told why. */
 static void test_admission(void)
 {
@@ -438,6 +451,8 @@ static void test_admission(void)
 	CHECK(kc > 0);
 	CHECK_EQ(res, -KVT_ELIMIT);
 	hold_end(kc, stop_c);
+	/* kvtierctl of user B says why, not "Connection reset by peer" */
+	CHECK_EQ(as_user(ub, gb, ctl_refused, NULL), 0);
 	/* Root still gets in: an engine and kvtierctl. */
 	CHECK_EQ(try_connect(&c1), 0);
 	char *out = ctl(&rc, "--json status");
