@@ -487,12 +487,22 @@ static void usage(FILE *f)
 	    "  --layer-err          also print each layer's err\n"
 	    "  --layer-err-kv       ... and each layer's err with decoded K alone, V alone\n"
 	    "  --json               JSON array of objects instead of a table\n"
+	    "  --quiet              no progress lines on stderr (with --json or --pareto)\n"
 	    "  --write-decoded OUT  with one --codec: write the decoded K/V as a .kvd\n"
 	    "  --list               print the built-in chain list and exit\n"
 	    "  --dict FILE          dictionary for chains that need one (kvtier-eval dict)\n"
 	    "  --calibrate A:B      ... or calibrate one on tokens A..B-1 of this dump\n"
 	    "                       (default for such chains: its first quarter)\n"
 	    "Chain grammar: codecs/CODECS.md.  err: DESIGN §5.\n");
+}
+
+/* Seconds since start (CLOCK_MONOTONIC), for the progress lines. */
+static double since(const struct timespec *t0)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)(t.tv_sec - t0->tv_sec) + (double)(t.tv_nsec - t0->tv_nsec) / 1e9;
 }
 
 static void print_header(void)
@@ -555,8 +565,9 @@ int eval_codec_main(int argc, char **argv)
 	uint32_t ct0 = 0, ct1 = 0;
 	struct kvt_dict *dict = NULL;
 	size_t nspec = 0;
-	int want_pareto = 0, json = 0, rc = 1;
+	int want_pareto = 0, json = 0, quiet = 0, rc = 1;
 	uint32_t bt = 64;
+	struct timespec t0;
 	struct kvd d;
 	struct evalctx e = {0};
 
@@ -576,6 +587,8 @@ int eval_codec_main(int argc, char **argv)
 			e.layer_err = 1;
 		} else if (!strcmp(a, "--layer-err-kv")) {
 			e.layer_err = 2;
+		} else if (!strcmp(a, "--quiet")) {
+			quiet = 1;
 		} else if (!strcmp(a, "--json")) {
 			json = 1;
 		} else if (!strcmp(a, "--write-decoded") && i + 1 < argc) {
@@ -698,6 +711,12 @@ int eval_codec_main(int argc, char **argv)
 	}
 	e.dict = dict;
 
+	/* --json and --pareto print only at the end: say on stderr what is being done. */
+	int progress = (json || want_pareto) && !quiet;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	if (progress)
+		fprintf(stderr, "kvtier-eval codec: %s: %zu chains; references zstd:1, lz4 first\n",
+			path, nspec);
 	struct result ref[2];
 	if (run_chain(&e, "zstd:1", &ref[0], 0) || run_chain(&e, "lz4", &ref[1], 0))
 		goto out;
@@ -715,10 +734,18 @@ int eval_codec_main(int argc, char **argv)
 	if (!json)
 		print_header();
 	for (size_t i = 0; i < nspec; i++) {
+		if (progress)
+			fprintf(stderr, "kvtier-eval codec: [%zu/%zu] %s ...", i + 1, nspec,
+				specs[i]);
 		if (run_chain(&e, specs[i], &res[nr], 1)) {
+			if (progress)
+				fprintf(stderr, " failed\n");
 			rc = 1;
 			goto out;
 		}
+		if (progress)
+			fprintf(stderr, " ratio %.3f err %.5f (%.1f s elapsed)\n", res[nr].ratio,
+				res[nr].err, since(&t0));
 		if (!json && !want_pareto) {
 			print_table(&res[nr], 1);
 			fflush(stdout);

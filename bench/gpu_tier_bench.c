@@ -231,7 +231,8 @@ int main(int argc, char **argv)
 	pid = daemon_start(kvtierd, total + (total / 2), total + (total / 2));
 	if (pid < 0)
 		return 1;
-	struct kvt_connect_opts co = {sizeof(co), sock, "gpu-tier-bench", 60000};
+	struct kvt_connect_opts co = {
+	    .size = sizeof(co), .socket_path = sock, .name = "gpu-tier-bench", .timeout_ms = 60000};
 	struct kvt_dev_opts dopts = {sizeof(dopts), 0, sock, 0};
 	if (kvt_connect(&co, &c) < 0 || kvt_dev_open(c, &dopts, &dv) < 0)
 		goto done;

@@ -1,24 +1,27 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""Real engine round trip: Hugging Face transformers <-> kvtierd through the ctypes binding.
+"""Real engine round trip: Hugging Face transformers <-> kvtierd through kvtier.hf.
 
-Part 1 (--roundtrip): the small byte-level Llama of ../shared/data/kvmodel prefills a chunk of
-Python source, its KV goes GPU -> pinned host -> kvtier arena as page-first blocks, the torch
-cache is freed, the blocks come back (lookup + get), a DynamicCache is rebuilt, the tokens of
-the last partial block are recomputed, and greedy decoding continues.  Each daemon
-configuration (host tier; NVMe tier with raw / lossless / lossy chains) is compared with
-decoding from the original cache: token agreement, max |logit diff|, KL.
+Part 1 (--roundtrip): a small byte-level Llama (--model DIR: the project's development model
+kvmodel, not in the repository, docs/KVD.md; token ids are the bytes of the text) and a chunk
+of Python source.  For each daemon configuration (host tier; NVMe tier with raw / lossless /
+lossy chains): the first request restores nothing, computes the prompt and stores its blocks
+(kvtier.hf.PrefixCache.store: one kvt_dev_put from the cache tensors); the blocks are pushed
+down to NVMe; the second request restores them (PrefixCache.restore: one kvt_dev_get into the
+cache tensors) and generate() computes the rest.  Compared with generate() without kvtier:
+the restored KV bits, the greedy tokens, max |logit diff|, KL (lossy chains teacher-forced).
 
 Part 2 (--timing): a Llama with Llama-3-8B geometry and random bf16 weights; time to first
-token by recomputing the prefill vs restoring the KV from the host tier (lookup + get into
-pinned memory + H2D + cache rebuild + the forward of the last partial block).
+token of generate() recomputing the prompt vs restore + generate (which computes the last
+prompt token only), time to cache-ready against pinned cudaMemcpy H2D measured in the same
+run, and the components.
 
     python3 bench/hf_roundtrip.py --build build-dev --model .devdata/kvmodel --out OUTDIR
+
+(.devdata/, git-ignored, is where a copy of kvmodel was carried to the GPU machine.)
 """
 
 import argparse
-import concurrent.futures as cf
-import errno
 import json
 import os
 import shutil
@@ -26,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
@@ -111,135 +113,6 @@ def start_daemon(build, host_cap, nvme_cap=None, codec=None):
 
 
 # ------------------------------------------------------------------------------------------
-# KV cache <-> blocks
-
-def cache_layers(cache):
-    """[(K, V)] per layer, each [batch, kv_heads, tokens, head_dim], of a transformers cache."""
-    if hasattr(cache, "layers"):
-        return [(lay.keys, lay.values) for lay in cache.layers]
-    if hasattr(cache, "key_cache"):
-        return list(zip(cache.key_cache, cache.value_cache))
-    return [(cache[i][0], cache[i][1]) for i in range(len(cache))]
-
-
-def kv_to_blocks(layers, nb, bt):
-    """GPU tensor [nb, L, 2, H, bt, D]: block b = per layer K[h][t][d] then V[h][t][d] of
-    tokens b*bt .. (b+1)*bt - 1 (kvtier's page-first order, K then V)."""
-    import torch
-    L = len(layers)
-    _, H, _, D = layers[0][0].shape
-    n = nb * bt
-    kv = torch.stack([torch.stack([k[0, :, :n], v[0, :, :n]]) for k, v in layers])
-    return kv.view(L, 2, H, nb, bt, D).permute(3, 0, 1, 2, 4, 5).contiguous()
-
-
-def blocks_to_cache(blocks_gpu, config):
-    """Rebuilds a DynamicCache from [nb, L, 2, H, bt, D] blocks on the GPU."""
-    from transformers import DynamicCache
-    nb, L, _, H, bt, D = blocks_gpu.shape
-    kv = blocks_gpu.permute(1, 2, 3, 0, 4, 5).reshape(L, 2, 1, H, nb * bt, D)
-    try:
-        cache = DynamicCache(config=config)
-    except TypeError:
-        cache = DynamicCache()
-    for l in range(L):
-        cache.update(kv[l, 0].contiguous(), kv[l, 1].contiguous(), l)
-    return cache
-
-
-def np_view(t):
-    """numpy view (no copy) of a CPU tensor; bf16 as int16 bits."""
-    import torch
-    if t.dtype == torch.bfloat16:
-        t = t.view(torch.int16)
-    return t.numpy()
-
-
-class Store:
-    """Puts and gets whole prefixes of blocks; gets run on a pool of threads, one client
-    each (a client serializes its requests)."""
-
-    def __init__(self, kvtier, sock, geom, dtype, model_id, threads=8):
-        self.kvtier = kvtier
-        self.sock = sock
-        self.geom = geom
-        self.dtype = dtype
-        self.model_id = model_id
-        self.local = threading.local()
-        self.clients = []
-        self.lock = threading.Lock()
-        self.c, self.lay = self._client()
-        self.pool = cf.ThreadPoolExecutor(threads, initializer=self._client)
-
-    def _client(self):
-        c = self.kvtier.Client(socket=self.sock, name="hf_roundtrip")
-        L, H, D, bt = self.geom
-        lay = c.register_layout(L, H, D, bt, dtype=self.dtype, model_id=self.model_id)
-        self.local.c, self.local.lay = c, lay
-        with self.lock:
-            self.clients.append(c)
-        return c, lay
-
-    def keys(self, token_ids):
-        return self.kvtier.key_chain(self.lay, np.asarray(token_ids, dtype=np.uint32),
-                                     as_array=True)
-
-    def put_all(self, keys, host_np):
-        """host_np: [nb, ...] pinned staging (numpy view); one reserve/copy/commit each."""
-        stored = 0
-        for b in range(len(keys)):
-            for attempt in range(200):
-                try:
-                    res = self.c.reserve(self.lay, keys[b])
-                    break
-                except self.kvtier.KvtError as e:
-                    if e.code == errno.EEXIST:
-                        res = None
-                        break
-                    if e.code != errno.ENOSPC or attempt == 199:
-                        raise
-                    time.sleep(0.01)  # the host tier is demoting to make room
-            if res is None:
-                continue
-            np.copyto(res.array, host_np[b].reshape(-1).view(np.uint8), casting="no")
-            res.commit()
-            stored += 1
-        return stored
-
-    def _get(self, key, out):
-        loc = self.local
-        for attempt in range(400):
-            try:
-                r = loc.c.get(loc.lay, key, out=out)
-                break
-            except self.kvtier.KvtError as e:
-                # a promotion from NVMe needs host room; with a tiny host tier and several
-                # threads promoting at once, the room comes back as the others finish
-                if e.code != errno.ENOSPC or attempt == 399:
-                    raise
-                time.sleep(0.005)
-        if r is None:
-            raise KeyError("block vanished between lookup and get")
-        return r.size
-
-    def get_all(self, keys, host_np, on_chunk=None, chunk=16):
-        """Gets keys[i] into host_np[i] in parallel; on_chunk(lo, hi) runs (in order) as soon
-        as blocks lo..hi-1 are all in, so that their H2D copy overlaps the later gets."""
-        futs = [self.pool.submit(self._get, keys[i], host_np[i]) for i in range(len(keys))]
-        for lo in range(0, len(keys), chunk):
-            hi = min(lo + chunk, len(keys))
-            for f in futs[lo:hi]:
-                f.result()
-            if on_chunk:
-                on_chunk(lo, hi)
-
-    def close(self):
-        self.pool.shutdown()
-        for c in self.clients:
-            c.close()
-
-
-# ------------------------------------------------------------------------------------------
 # Part 1: round trip with the trained model
 
 def prompt_bytes(n):
@@ -288,47 +161,49 @@ def compare(ref_toks, ref_logits, toks, logits):
     }
 
 
+def kv_equal(cache, ref, n):
+    """Whether the first n tokens of every layer of two caches are the same bits."""
+    import torch
+    from kvtier.hf import cache_kv
+    for (k, v), (k0, v0) in zip(cache_kv(cache), cache_kv(ref)):
+        if not (torch.equal(k[:, :, :n], k0[:, :, :n]) and
+                torch.equal(v[:, :, :n], v0[:, :, :n])):
+            return False
+    return True
+
+
 def roundtrip(args, kvtier):
+    """Each daemon configuration: the first request (restore misses, prefill, store), the
+    blocks pushed down to NVMe, then the second request: restore + generate, compared with
+    generate without kvtier."""
     import torch
     from transformers import LlamaForCausalLM
+    import kvtier.hf
     dev = "cuda"
     model = LlamaForCausalLM.from_pretrained(args.model, dtype=torch.float16).to(dev).eval()
-    cfg = model.config
-    L, H = cfg.num_hidden_layers, cfg.num_key_value_heads
-    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     bt = args.block_tokens
     src, text = prompt_bytes(args.prompt_bytes)
     ids = list(text)
     P = len(ids)
     nfull = P // bt
-    nrest = (P - 1) // bt  # blocks restored: at least one token is recomputed for the logits
-    log(f"model {args.model}: {L} layers, {H} kv heads, head_dim {D}, fp16; prompt {P} bytes "
-        f"of {src}; {nfull} full blocks of {bt} tokens stored, {nrest} restored, "
-        f"{P - nrest * bt} tail tokens recomputed; decode {args.decode} tokens")
+    log(f"model {args.model}: {model.config.num_hidden_layers} layers, "
+        f"{model.config.num_key_value_heads} kv heads, fp16; prompt {P} bytes of {src}; "
+        f"{nfull} full blocks of {bt} tokens; decode {args.decode} tokens")
     ids_t = torch.tensor([ids], device=dev)
+    gen = dict(max_new_tokens=args.decode, min_new_tokens=args.decode, do_sample=False,
+               return_dict_in_generate=True, output_logits=True, pad_token_id=0)
     res = {"model": args.model, "prompt_source": src, "prompt_tokens": P, "block_tokens": bt,
-           "blocks_stored": nfull, "blocks_restored": nrest, "tail_tokens_recomputed":
-           P - nrest * bt, "decode_tokens": args.decode, "layout": [L, H, D, bt, "fp16"],
-           "runs": []}
-
+           "blocks_stored": nfull, "decode_tokens": args.decode, "runs": []}
     with torch.no_grad():
-        out = model(input_ids=ids_t, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
-        res["cache_class"] = type(cache).__name__
-        # GPU -> pinned host staging (kept: every daemon configuration below is fed from it)
-        blocks = kv_to_blocks(cache_layers(cache), nfull, bt)
-        staging = torch.empty(blocks.shape, dtype=blocks.dtype, pin_memory=True)
-        staging.copy_(blocks)
-        del blocks
-        ref_toks, ref_logits = decode(model, cache, out.logits[0, -1].float(), None,
-                                      args.decode)
-        del cache, out
-        torch.cuda.empty_cache()
+        # the reference: generate without kvtier, and the prefill's KV
+        ref = model.generate(ids_t, **gen)
+        ref_toks = ref.sequences[0, P:].tolist()
+        ref_logits = torch.stack([x[0].float() for x in ref.logits])
+        ref_cache = model(input_ids=ids_t, use_cache=True, logits_to_keep=1).past_key_values
         res["reference_tokens"] = ref_toks
         res["reference_text"] = bytes(ref_toks).decode("latin-1")
+        res["cache_class"] = type(ref_cache).__name__
         log(f"reference continuation: {res['reference_text']!r}")
-        st_np = np_view(staging)
-        block_bytes = staging[0].numel() * staging.element_size()
 
         for name, host_cap, nvme_cap, codec, lossy in args.configs:
             log(f"--- {name}: host.capacity={host_cap}" +
@@ -342,92 +217,92 @@ def roundtrip(args, kvtier):
                 log(f"  FAILED to start: {run['error']}")
                 res["runs"].append(run)
                 continue
-            store = None
+            pc = None
             try:
-                store = Store(kvtier, d.sock, (L, H, D, bt), "fp16", "kvmodel-byte-llama")
-                keys = store.keys(ids)
-                assert len(keys) == nfull
+                pc = kvtier.hf.PrefixCache(model, socket=d.sock, model_id="kvmodel-byte-llama",
+                                           block_tokens=bt, host_only=True)
+                # first request: nothing stored, the whole prompt is computed, then stored
+                cache = pc.restore(ids_t, max_new_tokens=args.decode)
+                if cache is None:
+                    raise RuntimeError(f"restore fell back: {pc.stats}")
+                run["first_hit_blocks"] = pc.stats["hit_blocks"]
+                model(input_ids=ids_t, past_key_values=cache, use_cache=True, logits_to_keep=1)
                 t0 = time.perf_counter()
-                run["stored"] = store.put_all(keys, st_np)
+                run["stored"] = pc.store(ids_t, cache)
                 run["put_s"] = time.perf_counter() - t0
+                # what was stored, to check the restore bit for bit; and whether the prefill
+                # into the in-place cache gave the same KV as the plain one
+                stored_kv = [(k[:, :, :nfull * bt].clone(), v[:, :, :nfull * bt].clone())
+                             for k, v in kvtier.hf.cache_kv(cache)]
+                run["inplace_prefill_kv_equal_plain"] = kv_equal(cache, ref_cache, P)
+                del cache
                 if nvme_cap:
                     s = d.status()
                     run["demotions_by_pressure"] = s["metrics"]["demotions_total"]
-                    run["tiers_before_flush"] = [(t["name"], t["blocks"]) for t in s["tiers"]]
                     # Everything down to NVMe and out of the host tier, so that every block
                     # comes back through the NVMe chain (and is promoted).
                     d.ctl("flush")
                     d.ctl("evict", "--all")
                 before = d.status()
-                # restore: lookup + get into pinned memory + H2D + rebuild the cache
-                back = torch.empty((nrest,) + tuple(staging.shape[1:]), dtype=staging.dtype,
-                                   pin_memory=True)
+                # second request: restore, then generate computes the tail only
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                hit = store.c.lookup(store.lay, keys[:nrest])
-                run["lookup_hit_blocks"] = hit
-                if hit < nrest:
-                    raise RuntimeError(f"lookup found {hit} of {nrest} blocks")
-                store.get_all(keys[:nrest], np_view(back))
-                gpu = back.to(dev, non_blocking=True)
-                cache = blocks_to_cache(gpu, cfg)
+                cache = pc.restore(ids_t, max_new_tokens=args.decode)
                 torch.cuda.synchronize()
                 run["restore_s"] = time.perf_counter() - t0
+                if cache is None:
+                    raise RuntimeError(f"restore fell back: {pc.stats}")
+                st = pc.stats
+                run.update(hit_blocks=st["hit_blocks"], restored_tokens=st["restored_tokens"],
+                           tail_tokens=st["tail_tokens"])
                 after = d.status()
                 m0, m1 = before["metrics"], after["metrics"]
-                run["tiers_after_put"] = before["tiers"]
-                run["demotions_total"] = m1["demotions_total"]
-                run["promotions_total"] = m1["promotions_total"]
                 run["promotions_during_restore"] = m1["promotions_total"] - m0["promotions_total"]
                 run["nvme_bytes_used"] = next((t["used_bytes"] for t in before["tiers"]
                                                if t["name"] == "nvme"), 0)
                 if nvme_cap:
-                    run["nvme_ratio"] = (nfull * block_bytes) / max(1, run["nvme_bytes_used"])
-                exact = torch.equal(back.view(torch.int16),
-                                    staging[:nrest].view(torch.int16))
-                run["kv_bit_exact"] = bool(exact)
-                if not exact:
-                    a = staging[:nrest].float()
-                    b = back.float()
-                    run["kv_max_abs_err"] = float((a - b).abs().max())
-                    run["kv_rel_rms_err"] = float(((a - b).pow(2).mean() / a.pow(2).mean())
-                                                  .sqrt())
-                del back
-                # the tail (last partial block, and the last full one when P % bt == 0)
-                out = model(input_ids=ids_t[:, nrest * bt:], past_key_values=cache,
-                            use_cache=True, logits_to_keep=1)
-                # lossless: free-running greedy; lossy: teacher-forced on the reference
-                # tokens so that every step's logits compare with the reference's
-                toks, logits = decode(model, cache, out.logits[0, -1].float(),
-                                      None if not lossy else ref_toks, args.decode)
-                del cache, out
-                run.update(compare(ref_toks, ref_logits, toks, logits))
-                if lossy:
-                    # free-running greedy as well: how long it stays on the reference
-                    cache = blocks_to_cache(gpu, cfg)
-                    out = model(input_ids=ids_t[:, nrest * bt:], past_key_values=cache,
-                                use_cache=True, logits_to_keep=1)
-                    free, _ = decode(model, cache, out.logits[0, -1].float(), None,
-                                     args.decode)
-                    del cache, out
+                    run["nvme_ratio"] = (nfull * pc.layout.block_bytes) / \
+                        max(1, run["nvme_bytes_used"])
+                R = st["restored_tokens"]
+                run["kv_bit_exact"] = kv_equal(cache, stored_kv, R)
+                if not run["kv_bit_exact"]:
+                    errs = [((k[:, :, :R].float() - k0[:, :, :R].float()).pow(2).mean() /
+                             k0[:, :, :R].float().pow(2).mean()).sqrt().item()
+                            for (k, _), (k0, _) in zip(kvtier.hf.cache_kv(cache), stored_kv)]
+                    run["k_rel_rms_err_max"] = max(errs)
+                del stored_kv
+                if not lossy:
+                    out = model.generate(ids_t, past_key_values=cache, **gen)
+                    toks = out.sequences[0, P:].tolist()
+                    logits = torch.stack([x[0].float() for x in out.logits])
+                else:
+                    # teacher-forced on the reference tokens: every step's logits compare
+                    o = model(input_ids=ids_t[:, R:], past_key_values=cache, use_cache=True,
+                              logits_to_keep=1)
+                    toks, logits = decode(model, cache, o.logits[0, -1].float(), ref_toks,
+                                          args.decode)
+                    cache = pc.restore(ids_t, max_new_tokens=args.decode)
+                    free = model.generate(ids_t, past_key_values=cache, **gen)
+                    free = free.sequences[0, P:].tolist()
                     run["free_run_identical_tokens"] = next(
                         (i for i, (a, b) in enumerate(zip(free, ref_toks)) if a != b),
                         len(ref_toks))
                     run["free_run_text"] = bytes(free).decode("latin-1")
-                del gpu
+                del cache
+                run.update(compare(ref_toks, ref_logits, toks, logits))
                 run["text"] = bytes(toks).decode("latin-1")
                 log("  " + ", ".join(f"{k}={v}" for k, v in run.items()
-                                     if k not in ("tiers_after_put", "text", "free_run_text")))
+                                     if k not in ("text", "free_run_text")))
             except Exception as e:  # record and go on with the next configuration
                 run["error"] = f"{type(e).__name__}: {e}"[-500:]
                 log(f"  FAILED: {run['error']}")
             finally:
-                if store:
-                    store.close()
+                if pc:
+                    pc.close()
                 d.stop()
             res["runs"].append(run)
             torch.cuda.empty_cache()
-    del model
+    del model, ref_cache
     torch.cuda.empty_cache()
     return res
 
@@ -435,21 +310,40 @@ def roundtrip(args, kvtier):
 # ------------------------------------------------------------------------------------------
 # Part 2: TTFT, restore from the host tier vs recompute, Llama-3-8B geometry
 
-def cuda_time(fn, reps):
+def copy_ceiling(nbytes, reps=5):
+    """Pinned cudaMemcpyAsync H2D and D2H (torch copy_ of a pinned tensor), GB/s, median."""
     import torch
-    ts = []
-    for _ in range(reps):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        r = fn()
-        torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t0)
-    return ts, r
+    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    gpu = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    out = {}
+    for name, dst, src in (("h2d", gpu, host), ("d2h", host, gpu)):
+        ts = []
+        for r in range(reps + 1):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            dst.copy_(src, non_blocking=True)
+            b.record()
+            b.synchronize()
+            if r:
+                ts.append(a.elapsed_time(b) / 1e3)
+        out[name + "_GBps"] = nbytes / statistics.median(ts) / 1e9
+    del host, gpu
+    return out
+
+
+def timed(fn, *a, **kw):
+    import torch
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    r = fn(*a, **kw)
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0, r
 
 
 def timing(args, kvtier):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
+    import kvtier.hf
     dev = "cuda"
     cfg = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
@@ -465,125 +359,172 @@ def timing(args, kvtier):
     nparam = sum(p.numel() for p in model.parameters())
     log(f"8B-geometry Llama, random bf16 weights: {nparam / 1e9:.2f} B parameters, "
         f"built in {time.perf_counter() - t0:.1f} s; attention {model.config._attn_implementation}")
-    L, H, D, bt = 32, 8, 128, args.timing_block_tokens
-    maxT = max(args.lengths)
-    block_bytes = L * 2 * H * bt * D * 2
-    host_cap = ((maxT // bt + 8) * block_bytes * 5 // 4 >> 20) + 64
+    bt = args.timing_block_tokens
+    block_bytes = 32 * 2 * 8 * bt * 128 * 2
+    nblocks = sum(T // bt for T in args.lengths)
+    host_cap = ((nblocks + 16) * block_bytes >> 20) + 256
     d = start_daemon(args.build, f"{host_cap}MiB")
-    store = Store(kvtier, d.sock, (L, H, D, bt), "bf16", "llama3-8b-geometry-random",
-                  threads=args.threads)
+    pc = kvtier.hf.PrefixCache(model, socket=d.sock, model_id="llama3-8b-geometry-random",
+                               block_tokens=bt, host_only=True)
+    ceil = copy_ceiling(1 << 30)
+    log(f"pinned cudaMemcpy (1 GiB, median of 5): H2D {ceil['h2d_GBps']:.1f} GB/s, "
+        f"D2H {ceil['d2h_GBps']:.1f} GB/s")
     out_res = {"config": "Llama-3-8B geometry (32 layers, hidden 4096, 32 heads, 8 kv heads, "
                          "head_dim 128, ffn 14336, vocab 128256), random bf16 weights",
                "params_b": nparam / 1e9, "attn_implementation": model.config._attn_implementation,
                "block_tokens": bt, "block_bytes": block_bytes, "host_capacity_mib": host_cap,
-               "get_threads": args.threads, "gpu": torch.cuda.get_device_name(),
-               "torch": torch.__version__, "reps": args.reps, "lengths": []}
+               "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+               "reps": args.reps, "ceiling_before": ceil, "lengths": []}
     g = torch.Generator().manual_seed(1)
+    gen = dict(max_new_tokens=1, min_new_tokens=1, do_sample=False, pad_token_id=0,
+               return_dict_in_generate=True, output_logits=True, logits_to_keep=1)
     try:
         with torch.no_grad():
             for T in args.lengths:
                 ids = torch.randint(0, cfg.vocab_size, (1, T), generator=g).to(dev)
-                nrest = (T - 1) // bt
-                tail = T - nrest * bt
+                mask = torch.ones_like(ids)
+                nblk = T // bt
 
-                def prefill():
-                    return model(input_ids=ids, use_cache=True, logits_to_keep=1)
+                # recompute: generate without kvtier (the first run of a new length also
+                # warms up up to 32K; a long one is run 3 times and the median taken)
+                def recompute():
+                    return model.generate(ids, attention_mask=mask, **gen)
+                if T <= 32768:
+                    timed(recompute)
+                ts_pre = []
+                for r in range(args.reps):
+                    t, o = timed(recompute)
+                    ts_pre.append(t)
+                    ref_tok = int(o.sequences[0, -1])
+                    ref_logits = o.logits[0][0].float()
+                    if r < args.reps - 1:
+                        del o  # and its cache
 
-                cuda_time(prefill, 1)  # warm-up
-                ts_pre, out = cuda_time(prefill, args.reps)
-                ref_logits = out.logits[0, -1].float()
-                blocks = kv_to_blocks(cache_layers(out.past_key_values), nrest, bt)
-                del out
+                # the first request stores its blocks: from generate's own cache (a plain
+                # DynamicCache; the same put as from a restored one)
+                put_s, stored = timed(pc.store, ids, o.past_key_values)
+                assert stored == nblk, (stored, nblk, pc.stats)
+                del o
                 torch.cuda.empty_cache()
-                staging = torch.empty(blocks.shape, dtype=torch.bfloat16, pin_memory=True)
-                staging.copy_(blocks)
-                del blocks
-                keys = store.keys(ids[0].tolist())[:nrest]
-                t0 = time.perf_counter()
-                store.put_all(keys, np_view(staging))
-                put_s = time.perf_counter() - t0
-                del staging
-                back = torch.empty((nrest, L, 2, H, bt, D), dtype=torch.bfloat16,
-                                   pin_memory=True)
-                back_np = np_view(back)
-                gpu = torch.empty(back.shape, dtype=torch.bfloat16, device=dev)
-                parts = {}
 
-                def restore():
-                    t = time.perf_counter()
-                    hit = store.c.lookup(store.lay, keys)
-                    assert hit == nrest, (hit, nrest)
-                    parts["lookup"] = time.perf_counter() - t
-
-                    def h2d(lo, hi):
-                        gpu[lo:hi].copy_(back[lo:hi], non_blocking=True)
-
-                    store.get_all(keys, back_np, on_chunk=h2d, chunk=args.chunk)
-                    parts["get"] = time.perf_counter() - t
-                    cache = blocks_to_cache(gpu, model.config)
+                # restore + generate (the tail), median of reps after a warm-up
+                rows = []
+                for r in range(args.reps + 1):
                     torch.cuda.synchronize()
-                    parts["h2d_rebuild"] = time.perf_counter() - t
-                    o = model(input_ids=ids[:, nrest * bt:], past_key_values=cache,
-                              use_cache=True, logits_to_keep=1)
-                    return o.logits[0, -1].float()
-
-                ts_res, logits = [], None
-                split = []
-                for r in range(args.reps + 1):  # the first is the warm-up
-                    tt, logits = cuda_time(restore, 1)
+                    t0 = time.perf_counter()
+                    cache = pc.restore(ids, max_new_tokens=16)
+                    torch.cuda.synchronize()
+                    t1 = time.perf_counter()
+                    o = model.generate(ids, attention_mask=mask, past_key_values=cache, **gen)
+                    torch.cuda.synchronize()
+                    t2 = time.perf_counter()
+                    st = dict(pc.stats)
+                    tok = int(o.sequences[0, -1])
+                    logits = o.logits[0][0].float()
+                    del cache, o
                     if r:
-                        ts_res += tt
-                        split.append(dict(parts))
-                ttft_pre = statistics.median(ts_pre)
-                ttft_res = statistics.median(ts_res)
-                med = {k: statistics.median(s[k] for s in split) for k in split[0]}
-                row = {"tokens": T, "blocks_restored": nrest, "tail_tokens_recomputed": tail,
-                       "kv_bytes_restored": nrest * block_bytes,
-                       "recompute_prefill_s": ttft_pre, "recompute_prefill_all_s": ts_pre,
-                       "restore_s": ttft_res, "restore_all_s": ts_res,
-                       "restore_lookup_s": med["lookup"],
-                       "restore_lookup_get_s": med["get"],
-                       "restore_until_cache_ready_s": med["h2d_rebuild"],
-                       "restore_tail_forward_s": ttft_res - med["h2d_rebuild"],
-                       "get_GBps": nrest * block_bytes / med["get"] / 1e9,
-                       "speedup": ttft_pre / ttft_res, "put_s": put_s,
-                       "first_token_same": int(torch.argmax(logits)) ==
-                       int(torch.argmax(ref_logits)),
-                       "max_abs_logit_diff": float((logits - ref_logits).abs().max())}
-                log(f"T={T}: recompute {ttft_pre * 1e3:.1f} ms, restore {ttft_res * 1e3:.1f} ms "
-                    f"(lookup+get {med['get'] * 1e3:.1f}, cache ready "
-                    f"{med['h2d_rebuild'] * 1e3:.1f}, tail {tail} tok "
-                    f"{(ttft_res - med['h2d_rebuild']) * 1e3:.1f}) -> "
-                    f"{ttft_pre / ttft_res:.2f}x; get {row['get_GBps']:.1f} GB/s; "
-                    f"first token same {row['first_token_same']}, max|dlogit| "
-                    f"{row['max_abs_logit_diff']:.3g}")
-                out_res["lengths"].append(row)
-                back = back_np = gpu = None  # frees them (the closures hold the cells)
-                for k in keys:  # make room for the next length
-                    store.c.delete(store.lay, k)
+                        rows.append({"cache_ready_s": t1 - t0, "ttft_s": t2 - t0,
+                                     "generate_s": t2 - t1})
+                assert st["hit_blocks"] == nblk, st
+                # components: the tail forward alone, on a restored cache
+                ts_tail = []
+                for r in range(args.reps):
+                    cache = pc.restore(ids, max_new_tokens=16)
+                    R = cache.get_seq_length()
+                    t, o = timed(model, input_ids=ids[:, R:], past_key_values=cache,
+                                 use_cache=True, logits_to_keep=1)
+                    ts_tail.append(t)
+                    del cache, o
+                # kvt_dev_get of the same blocks into one contiguous buffer (8 MiB a block):
+                # what the device API does with the largest possible pages
+                ts_flat = flat_get(pc, ids, nblk, args.reps)
                 torch.cuda.empty_cache()
+
+                med = {k: statistics.median(x[k] for x in rows) for k in rows[0]}
+                nbytes = st["restored_bytes"]
+                pre = statistics.median(ts_pre)
+                row = {"tokens": T, "blocks_restored": st["hit_blocks"],
+                       "restored_tokens": st["restored_tokens"],
+                       "tail_tokens_recomputed": st["tail_tokens"],
+                       "kv_bytes_restored": nbytes,
+                       "recompute_ttft_s": pre, "recompute_ttft_all_s": ts_pre,
+                       "restore_ttft_s": med["ttft_s"],
+                       "restore_ttft_all_s": [x["ttft_s"] for x in rows],
+                       "cache_ready_s": med["cache_ready_s"],
+                       "cache_ready_all_s": [x["cache_ready_s"] for x in rows],
+                       "generate_tail_s": med["generate_s"],
+                       "tail_forward_s": statistics.median(ts_tail),
+                       "cache_ready_GBps": nbytes / med["cache_ready_s"] / 1e9,
+                       "cache_ready_vs_pinned_h2d": nbytes / med["cache_ready_s"] / 1e9 /
+                       ceil["h2d_GBps"],
+                       "dev_get_flat_GBps": nbytes / statistics.median(ts_flat) / 1e9,
+                       "ttft_speedup": pre / med["ttft_s"],
+                       "put_s": put_s, "put_GBps": nbytes / put_s / 1e9,
+                       "first_token_same": tok == ref_tok,
+                       "max_abs_logit_diff": float((logits - ref_logits).abs().max())}
+                log(f"T={T}: recompute TTFT {pre * 1e3:.1f} ms; restore TTFT "
+                    f"{med['ttft_s'] * 1e3:.1f} ms (cache ready {med['cache_ready_s'] * 1e3:.1f}"
+                    f" ms = {row['cache_ready_GBps']:.1f} GB/s = "
+                    f"{row['cache_ready_vs_pinned_h2d']:.3f} x pinned H2D; generate of the "
+                    f"{st['tail_tokens']}-token tail {med['generate_s'] * 1e3:.1f} ms, its "
+                    f"forward alone {row['tail_forward_s'] * 1e3:.1f} ms) -> "
+                    f"{row['ttft_speedup']:.2f}x; flat dev_get {row['dev_get_flat_GBps']:.1f}"
+                    f" GB/s; put {row['put_GBps']:.1f} GB/s; first token same "
+                    f"{row['first_token_same']}, max|dlogit| {row['max_abs_logit_diff']:.3g}")
+                out_res["lengths"].append(row)
+                if args.partial_out:
+                    with open(args.partial_out, "w") as f:
+                        json.dump(out_res, f, indent=1)
+        out_res["ceiling_after"] = copy_ceiling(1 << 30)
+        log(f"pinned cudaMemcpy after: H2D {out_res['ceiling_after']['h2d_GBps']:.1f} GB/s")
     finally:
-        store.close()
+        pc.close()
         d.stop()
     return out_res
 
 
+def flat_get(pc, ids, nblk, reps):
+    """kvt_dev_get of nblk blocks into one contiguous [nblk, block] buffer: seconds each."""
+    import torch
+    import kvtier
+    bb = pc.layout.block_bytes
+    buf = torch.empty((nblk, bb), dtype=torch.uint8, device="cuda")
+    keys = kvtier.key_chain(pc.layout, ids[0, :nblk * pc.block_tokens].cpu().numpy()
+                            .astype(np.uint32), as_array=True)
+    with kvtier.Client(socket=pc.socket) as c, kvtier.Device(c, socket=pc.socket,
+                                                             host_only=True) as d:
+        lid = d.register_layout(pc.layout)
+        pages = kvtier.DevPages([buf.data_ptr()], bb, bb, 0, n_kv=1, pages_per_block=1)
+        s = torch.cuda.Stream()
+        ts = []
+        for r in range(reps + 1):
+            t, n = timed(d.get, lid, pages, keys, np.arange(nblk, dtype=np.uint32), stream=s,
+                         host_only=True)
+            assert n == nblk, n
+            if r:
+                ts.append(t)
+    del buf
+    return ts
+
+
 def parse_configs(args):
-    # name, host.capacity, nvme.capacity, nvme.codec, lossy
+    # name, host.capacity, nvme.capacity, nvme.codec, lossy.  32 MiB of host tier: a device
+    # get holds up to 64 leases (two rounds of 32) while it promotes the next blocks from NVMe.
     cfgs = [("host", "256MiB", None, None, False),
-            ("nvme-raw", "8MiB", "512MiB", "raw", False)]
+            ("nvme-raw", "32MiB", "512MiB", "raw", False)]
     for spec in args.lossless:
-        cfgs.append((f"nvme-{spec}", "8MiB", "512MiB", spec, False))
+        cfgs.append((f"nvme-{spec}", "32MiB", "512MiB", spec, False))
     for spec in args.lossy:
-        cfgs.append((f"nvme-{spec}", "8MiB", "512MiB", spec, True))
+        cfgs.append((f"nvme-{spec}", "32MiB", "512MiB", spec, True))
     return cfgs
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", required=True, help="build dir with daemon/kvtierd, client/")
-    ap.add_argument("--model", default=os.path.join(HERE, "..", "..", "shared", "data",
-                                                    "kvmodel"))
+    ap.add_argument("--model", help="Hugging Face directory of a byte-level LlamaForCausalLM, "
+                    "e.g. the development model kvmodel (not in the repository); needed "
+                    "unless --no-roundtrip")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--prefix", default="hf_")
     ap.add_argument("--no-roundtrip", action="store_true")
@@ -596,12 +537,12 @@ def main():
     ap.add_argument("--lossy", nargs="*",
                     default=["kivi:k=8,v=8,g=32", "kivi:k=4,v=4,g=32",
                              "uq:k=0.08,v=0.08,rope=10000"], help="lossy NVMe chains")
-    ap.add_argument("--lengths", type=int, nargs="*", default=[8192, 32768])
+    ap.add_argument("--lengths", type=int, nargs="*", default=[8192, 32768, 131072])
     ap.add_argument("--timing-block-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=8)
-    ap.add_argument("--chunk", type=int, default=32)
     args = ap.parse_args()
+    if not args.no_roundtrip and not args.model:
+        ap.error("--model DIR is needed for the round trip (or --no-roundtrip)")
     args.build = os.path.abspath(args.build)
     os.environ.setdefault("KVTIER_LIB", os.path.join(args.build, "client", "libkvtier.so"))
     args.configs = parse_configs(args)
@@ -609,23 +550,30 @@ def main():
     import torch
     import transformers
     os.makedirs(args.out, exist_ok=True)
+    args.partial_out = os.path.join(args.out, args.prefix + "timing.json")
     env = {"torch": torch.__version__, "transformers": transformers.__version__,
            "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(),
            "kvtier": kvtier.version(), "python": sys.version.split()[0],
            "argv": sys.argv}
     log(f"env: {env}")
-    if not args.no_roundtrip:
-        r = roundtrip(args, kvtier)
-        r["env"] = env
-        with open(os.path.join(args.out, args.prefix + "roundtrip.json"), "w") as f:
-            json.dump(r, f, indent=1)
-    if not args.no_timing:
-        r = timing(args, kvtier)
-        r["env"] = env
-        with open(os.path.join(args.out, args.prefix + "timing.json"), "w") as f:
-            json.dump(r, f, indent=1)
-    with open(os.path.join(args.out, args.prefix + "roundtrip.txt"), "w") as f:
-        f.write("\n".join(LOG) + "\n")
+
+    def save_log():
+        with open(os.path.join(args.out, args.prefix + "roundtrip.txt"), "w") as f:
+            f.write("\n".join(LOG) + "\n")
+    try:
+        if not args.no_roundtrip:
+            r = roundtrip(args, kvtier)
+            r["env"] = env
+            with open(os.path.join(args.out, args.prefix + "roundtrip.json"), "w") as f:
+                json.dump(r, f, indent=1)
+            save_log()
+        if not args.no_timing:
+            r = timing(args, kvtier)
+            r["env"] = env
+            with open(args.partial_out, "w") as f:
+                json.dump(r, f, indent=1)
+    finally:
+        save_log()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,18 @@ if(TARGET kvtier AND HIREDIS_FOUND)
 			endif()
 		endforeach()
 	endif()
+	# The remote tier benchmark (bench_remote.c) is reached by `kvtier-bench --remote`; it
+	# starts its cluster with the tests' redis harness.
+	if(TARGET kvt_tier_remote)
+		target_sources(kvtier-bench PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/bench_remote.c
+			${PROJECT_SOURCE_DIR}/tests/integration/redis_harness.c)
+		target_include_directories(kvtier-bench PRIVATE ${PROJECT_SOURCE_DIR}/tests/integration)
+		target_compile_definitions(kvtier-bench PRIVATE KVT_HAVE_BENCH_REMOTE)
+		target_link_libraries(kvtier-bench PRIVATE kvt_tier_remote)
+		kvt_add_test(kvtier_bench_remote_quick
+			COMMAND $<TARGET_FILE:kvtier-bench> --remote --quick --json
+			LABELS remote slow TIMEOUT 300)
+	endif()
 	install(TARGETS kvtier-bench RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 
 	# Smoke run: every size, both data paths verified byte for byte; it fails on any error,

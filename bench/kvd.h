@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * kvd.h - reader and writer of .kvd KV-cache dumps (format: shared/data/README.md).
+ * kvd.h - reader and writer of .kvd KV-cache dumps (format: docs/KVD.md).
  *
  * K and V are [layer][kv_head][token][dim] fp16, post-RoPE K; Q is [layer][q_head][p][dim]
  * for the last n_q_pos token positions.  kvd_load() validates every size against the file

@@ -46,6 +46,9 @@
 
 #include "kvtier.h"
 
+#ifdef KVT_HAVE_BENCH_REMOTE
+int bench_remote_main(int argc, char **argv);
+#endif
 #ifdef KVT_HAVE_BENCH_NVME
 int bench_nvme_main(int argc, char **argv);
 #endif
@@ -54,6 +57,7 @@ int bench_nvme_main(int argc, char **argv);
 #define MAX_WORKERS 64
 #define MAX_PASSES  100
 #define SAMPLE_CAP  (1u << 17) /* latency samples kept per worker and phase (a ring) */
+#define MAX_BATCH   1024
 
 enum { PH_MC_PUT, PH_PUT, PH_MC_GET, PH_GET, NPH };
 
@@ -67,6 +71,7 @@ struct opts {
 	double seconds;	  /* time budget of the timed passes, per block size and worker count */
 	int lookup_iters; /* lookups of one key */
 	int repeat;	  /* runs per block size; each figure is the best of them */
+	int batch;	  /* blocks per kvt_put_batch/kvt_get_batch call; 1: kvt_put/kvt_get */
 };
 
 /* Lives in MAP_SHARED memory so that forked workers report like threads do. */
@@ -302,6 +307,39 @@ static void delete_all(struct run *r, struct kvt_client *c, int lid, int w)
 #define PASS_WARM (-1)
 #define PASS_COLD (-2)
 
+/*
+ * Blocks [i, i + n) of worker w in one kvt_put_batch or kvt_get_batch (--batch): the same
+ * bytes, blocks and order as the per-block phases.
+ */
+static void batch_phase(struct run *r, struct kvt_client *c, int lid, int w, int ph, uint32_t i,
+			uint32_t n)
+{
+	struct kvt_key k[MAX_BATCH];
+	const void *src[MAX_BATCH];
+	void *out[MAX_BATCH];
+	int st[MAX_BATCH], ret;
+
+	for (uint32_t j = 0; j < n; j++) {
+		size_t off = ((size_t)w * r->nb + i + j) * r->bs;
+
+		k[j] = bench_key(r, w, i + j);
+		src[j] = r->src + off;
+		out[j] = r->out + off;
+	}
+	if (ph == PH_PUT)
+		ret = kvt_put_batch(c, lid, k, src, NULL, r->bs, n, st);
+	else
+		ret = kvt_get_batch(c, lid, k, out, r->bs, n, st);
+	for (uint32_t j = 0; j < n && !aborted(r); j++) {
+		if (ret < 0 || st[j] != (ph == PH_PUT ? 0 : (int)r->bs))
+			worker_fail(r, "worker %d: batched %s of block %u: %s", w,
+				    ph == PH_PUT ? "put" : "get", i + j,
+				    kvt_strerror(ret < 0     ? ret
+						 : st[j] < 0 ? st[j]
+							     : -EEXIST));
+	}
+}
+
 static void do_phase(struct run *r, struct kvt_client *c, int lid, int w, int ph, int pass)
 {
 	size_t off0 = (size_t)w * r->nb * r->bs;
@@ -310,7 +348,19 @@ static void do_phase(struct run *r, struct kvt_client *c, int lid, int w, int ph
 
 	barrier(r);
 	t0 = now_s();
-	for (uint32_t i = 0; i < r->nb && !aborted(r); i++) {
+	if (r->o->batch > 1 && (ph == PH_PUT || ph == PH_GET)) {
+		for (uint32_t i = 0; i < r->nb && !aborted(r); i += (uint32_t)r->o->batch) {
+			uint32_t n =
+			    r->nb - i < (uint32_t)r->o->batch ? r->nb - i : (uint32_t)r->o->batch;
+
+			t = now_s();
+			batch_phase(r, c, lid, w, ph, i, n);
+			record(r, ph, w, now_s() - t); /* latency of one batch */
+		}
+	}
+	for (uint32_t i = 0;
+	     i < r->nb && !aborted(r) && !(r->o->batch > 1 && (ph == PH_PUT || ph == PH_GET));
+	     i++) {
 		size_t off = off0 + (size_t)i * r->bs;
 		struct kvt_key k = bench_key(r, w, i);
 		ssize_t n;
@@ -849,8 +899,9 @@ static void print_json(const struct result *res, int n, const struct opts *o)
 	for (int i = 0; i < n; i++) {
 		const struct result *r = &res[i];
 
-		printf("  {\"block_bytes\": %zu, \"workers\": %d, \"mode\": \"%s\", ", r->bs,
-		       r->workers, o->procs ? "procs" : "threads");
+		printf("  {\"block_bytes\": %zu, \"workers\": %d, \"mode\": \"%s\", "
+		       "\"batch\": %d, ",
+		       r->bs, r->workers, o->procs ? "procs" : "threads", o->batch);
 		json_num("put_gbps", r->gbps[PH_PUT], true);
 		json_num("get_gbps", r->gbps[PH_GET], true);
 		json_num("memcpy_gbps", r->gbps[PH_MC_PUT], true);
@@ -1037,9 +1088,12 @@ static void usage(FILE *f)
 	       "  --quick           CI-size run (about 10 s)\n"
 	       "  --json            a JSON array, one object per block size and worker count\n"
 	       "  --check           exit 3 unless the DESIGN targets at 256 KiB are met\n"
+	       "  --batch N         puts and gets N blocks a call (kvt_put_batch, kvt_get_batch;\n"
+	       "                    latencies are then per call); default 1: kvt_put, kvt_get\n"
 	       "  --repeat N        N runs per size; every figure (kvtier, memcpy, Redis alike)\n"
 	       "                    is the best of the N: highest GB/s, lowest latency\n"
-	       "  --nvme ...        the NVMe tier benchmark (when built)\n");
+	       "  --nvme ...        the NVMe tier benchmark (when built)\n"
+	       "  --remote ...      the remote tier (Redis Cluster) against redis-benchmark\n");
 }
 
 int main(int argc, char **argv)
@@ -1059,6 +1113,7 @@ int main(int argc, char **argv)
 		O_JSON,
 		O_CHECK,
 		O_REPEAT,
+		O_BATCH,
 		O_NVME
 	};
 	static const struct option lopts[] = {
@@ -1076,12 +1131,16 @@ int main(int argc, char **argv)
 	    {"json", no_argument, NULL, O_JSON},
 	    {"check", no_argument, NULL, O_CHECK},
 	    {"repeat", required_argument, NULL, O_REPEAT},
+	    {"batch", required_argument, NULL, O_BATCH},
 	    {"nvme", no_argument, NULL, O_NVME},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
-	struct opts o = {
-	    .threads = 1, .redis_bin = "redis-server", .lookup_iters = 20000, .repeat = 1};
+	struct opts o = {.threads = 1,
+			 .redis_bin = "redis-server",
+			 .lookup_iters = 20000,
+			 .repeat = 1,
+			 .batch = 1};
 	double load[2][3] = {{0}};
 	bool ws_set = false, sec_set = false, lookups_set = false;
 	struct result res[MAX_SIZES * 8];
@@ -1093,8 +1152,17 @@ int main(int argc, char **argv)
 	char sock[PATH_MAX + 32];
 	const char *daemon_bin = NULL;
 
-	/* --nvme hands everything after it to the NVMe benchmark, whatever comes before. */
+	/* --nvme hands everything after it to the NVMe benchmark, whatever comes before;
+	 * --remote likewise to the remote tier's. */
 	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--remote")) {
+#ifdef KVT_HAVE_BENCH_REMOTE
+			return bench_remote_main(argc - i, argv + i);
+#else
+			fprintf(stderr, "kvtier-bench: the remote benchmark is not built\n");
+			return 2;
+#endif
+		}
 		if (strcmp(argv[i], "--nvme"))
 			continue;
 #ifdef KVT_HAVE_BENCH_NVME
@@ -1166,6 +1234,13 @@ int main(int argc, char **argv)
 			break;
 		case O_REPEAT:
 			o.repeat = atoi(optarg);
+			break;
+		case O_BATCH:
+			o.batch = atoi(optarg);
+			if (o.batch < 1 || o.batch > MAX_BATCH) {
+				fprintf(stderr, "kvtier-bench: --batch is 1..%d\n", MAX_BATCH);
+				return 2;
+			}
 			break;
 		case O_CHECK:
 			o.check = true;
@@ -1277,9 +1352,10 @@ int main(int argc, char **argv)
 	}
 	if (!o.json)
 		fprintf(stderr,
-			"kvtier-bench: %s, working set %zu MiB per size, %s 1..%d, random bytes\n",
+			"kvtier-bench: %s, working set %zu MiB per size, %s 1..%d, random bytes, "
+			"%d block(s) a put/get call\n",
 			o.socket ? o.socket : daemon_bin, o.ws >> 20,
-			o.procs ? "processes" : "threads", o.threads);
+			o.procs ? "processes" : "threads", o.threads, o.batch);
 
 	getloadavg(load[0], 3);
 	/*

@@ -221,7 +221,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, "kvtier-decode-replay: cannot start %s\n", o.daemon);
 		return 1;
 	}
-	struct kvt_connect_opts co = {sizeof(co), sockpath, "decode-replay", 10000};
+	struct kvt_connect_opts co = {.size = sizeof(co),
+				      .socket_path = sockpath,
+				      .name = "decode-replay",
+				      .timeout_ms = 10000};
 	struct kvt_client *c;
 	if (kvt_connect(&co, &c) < 0)
 		goto out;

@@ -61,7 +61,8 @@ static void die(const char *msg)
 
 static struct kvt_client *connect_retry(const char *sock)
 {
-	struct kvt_connect_opts o = {sizeof(o), sock, "stall-bench", 5000};
+	struct kvt_connect_opts o = {
+	    .size = sizeof(o), .socket_path = sock, .name = "stall-bench", .timeout_ms = 5000};
 	struct kvt_client *c = NULL;
 
 	for (int i = 0; i < 500; i++) {

@@ -9,10 +9,12 @@
  *   struct kvt_client *c;
  *   kvt_connect(NULL, &c);                          // $KVTIER_SOCKET or the default socket
  *   int lay = kvt_register_layout(c, &layout);      // the engine's KV geometry
- *   kvt_key_chain(c, lay, tokens, n, keys, nkeys);  // one key per full block of tokens
+ *   int nkeys = kvt_key_chain(kvt_layout_fingerprint(&layout), layout.block_tokens,
+ *                             NULL, tokens, n_tokens, keys, max_keys); // one per full block
  *   int hit = kvt_lookup(c, lay, keys, nkeys);      // how many leading blocks are cached
  *   kvt_get(c, lay, &keys[i], buf, len);            // copy a cached block out
  *   kvt_put(c, lay, &keys[i], buf, len);            // store a block
+ *   kvt_get_batch(c, lay, keys, bufs, len, nkeys, status); // many blocks, one round trip
  *   kvt_close(c);
  *
  * Error model: every function returning int returns >= 0 on success and -errno on failure;
@@ -41,9 +43,10 @@
 #ifndef KVTIER_H
 #define KVTIER_H
 
+#include <errno.h> /* the -E... codes this API returns */
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/types.h>
+#include <sys/types.h> /* ssize_t */
 
 #ifdef __cplusplus
 extern "C" {
@@ -95,14 +98,28 @@ struct kvt_connect_opts {
 				  * $XDG_RUNTIME_DIR/kvtier/kvtier.sock (first that exists) */
 	const char *name;	 /* shown by `kvtierctl clients`; NULL: the program name */
 	int timeout_ms;		 /* per request; 0: 10000; -1: wait forever */
+	/* Since 0.1 (KVTIER_0.4); a caller built with the older, shorter struct gets 0s. */
+	uint32_t flags;	     /* KVT_CONNECT_*; 0: none */
+	uint32_t daemon_uid; /* with KVT_CONNECT_CHECK_UID: the uid kvtierd is expected to run as */
 };
+
+/*
+ * Check who serves the socket (SO_PEERCRED: the uid of the process that listens on it), on
+ * every connection and reconnection: it must be root, this process's effective uid, or
+ * daemon_uid (the packaged service runs as user "kvtier"; under systemd socket activation
+ * the listener is root).  Anyone else is refused with -EPERM before any data is sent: a
+ * user who got to create the socket path first would otherwise receive every block.
+ * Off by default (the socket's directory permissions are the first line of defence).
+ */
+#define KVT_CONNECT_CHECK_UID 0x1u
 
 /*
  * Connects to kvtierd, maps the shared arena and the request rings.  o may be NULL.
  * On success *out is a new client that the caller frees with kvt_close().
- * Returns 0, -ENOENT/-ECONNREFUSED (no daemon), -KVT_EVERSION, -EPERM, -ENOMEM,
- * -KVT_ELIMIT (a connection limit: daemon.max_clients, max_clients_per_uid, or the places kept
- * for admins; the daemon's log names it), ...
+ * Returns 0, -ENOENT/-ECONNREFUSED (no daemon), -KVT_EVERSION, -EPERM (refused by the
+ * daemon, or by KVT_CONNECT_CHECK_UID), -EINVAL (unknown flags), -ENOMEM, -KVT_ELIMIT (a
+ * connection limit: daemon.max_clients, max_clients_per_uid, or the places kept for admins;
+ * the daemon's log names it), ...
  */
 KVT_API int kvt_connect(const struct kvt_connect_opts *o, struct kvt_client **out);
 
@@ -187,15 +204,30 @@ struct kvt_reservation {
 };
 
 /*
+ * Block lengths, for every call that stores: 0 < len <= kvt_layout_block_bytes() of the
+ * layout, else -EINVAL.  A block shorter than the layout's (the last, partial block of a
+ * prompt) is stored as it is and a get returns its own length; on NVMe it is kept only when
+ * its length is a multiple of 8 bytes (else it is dropped when evicted, and counted).
+ *
+ * "Already stored": a key that is stored (or being stored) is success with nothing written
+ * for the calls that store data (kvt_put returns 1, kvt_put_batch reports 1); the data is
+ * not compared.  kvt_put_reserve() returns -EEXIST instead, because it has no reservation to
+ * hand out and its caller must not fill one.
+ */
+
+/*
  * Reserves len bytes of arena for key.  The caller fills r->data (from CPU memory, or by a
  * DMA from the GPU since the arena may be registered with cudaHostRegister) and then calls
  * kvt_put_commit() or kvt_put_abort().  Returns 0; -EEXIST when the key is already stored
  * or being stored (nothing to do); -ENOSPC when the host tier cannot make room (everything
- * is leased or pinned); -E2BIG when len exceeds the tier; -KVT_ENOLAYOUT.
+ * is leased or pinned); -E2BIG when len exceeds the tier; -EINVAL for a len of 0 or longer
+ * than the layout's block; -KVT_ENOLAYOUT.
  */
 KVT_API int kvt_put_reserve(struct kvt_client *c, int layout, const struct kvt_key *key, size_t len,
 			    struct kvt_reservation *r);
-/* Makes the reserved block visible. Returns 0 or -errno; r is spent either way. */
+/* Makes the reserved block visible. Returns 0 or -errno; r is spent either way.  A
+ * reservation of a daemon that has since restarted returns -KVT_EDAEMON (and so does
+ * kvt_put_abort): it never acts on the new daemon. */
 KVT_API int kvt_put_commit(struct kvt_client *c, struct kvt_reservation *r);
 /*
  * The same, telling where the block stands in its sequence: first_token is the position of
@@ -211,8 +243,9 @@ KVT_API int kvt_put_abort(struct kvt_client *c, struct kvt_reservation *r);
 
 /*
  * Stores len bytes from data under key: reserve, copy, commit.  Returns 0 when stored, 1 when
- * the key was already stored (nothing written), -errno otherwise (-KVT_ELIMIT: the daemon's
- * index.max_blocks are all held, leased, pinned or being written, so none could be evicted).
+ * the key was already stored (nothing written), -errno otherwise (-EINVAL: see "Block
+ * lengths" above; -KVT_ELIMIT: the daemon's index.max_blocks are all held, leased, pinned or
+ * being written, so none could be evicted).
  */
 KVT_API int kvt_put(struct kvt_client *c, int layout, const struct kvt_key *key, const void *data,
 		    size_t len);
@@ -227,7 +260,8 @@ KVT_API int kvt_put_at(struct kvt_client *c, int layout, const struct kvt_key *k
 /*
  * The first question an engine asks: how many of keys[0..n) are stored, counted from the
  * front and stopping at the first miss (the longest cached prefix).  Returns that count.
- * Does not change LRU order.  Any n: the library asks in rounds of 4096 keys.
+ * Does not change LRU order.  Any n: the library asks in rounds of 4096 keys.  Asked once
+ * more of a restarted daemon, like kvt_get and kvt_put_reserve.
  */
 KVT_API int kvt_lookup(struct kvt_client *c, int layout, const struct kvt_key *keys, size_t n);
 
@@ -257,7 +291,8 @@ struct kvt_lease {
  */
 KVT_API int kvt_get_lease(struct kvt_client *c, int layout, const struct kvt_key *key,
 			  struct kvt_lease *l);
-/* Returns the lease. Returns 0, or -EINVAL for a lease that is not held. */
+/* Returns the lease. Returns 0, or -EINVAL for a lease that is not held, -KVT_EDAEMON for a
+ * lease of a daemon that has since restarted (it never acts on the new daemon). */
 KVT_API int kvt_lease_release(struct kvt_client *c, struct kvt_lease *l);
 
 /* Deletes key from every tier.  Returns 0 or -ENOENT.  A leased block disappears from
@@ -283,6 +318,52 @@ KVT_API int kvt_unpin(struct kvt_client *c, int layout, const struct kvt_key *ke
  */
 KVT_API int kvt_prefetch(struct kvt_client *c, int layout, const struct kvt_key *keys, size_t n,
 			 unsigned priority, uint32_t deadline_us);
+
+/* ---------------------------------------------------------------------------------------
+ * Batches: many blocks for the cost of one round trip to the daemon.
+ *
+ * Engines move many small pages per request.  These calls push one ring entry per block
+ * and wake the daemon once; a put copies each block while the daemon works through the
+ * batch and commits it, a get copies each block as its lease comes back.  They cost one
+ * round trip per batch, not per block, and any n (the library feeds the ring as it drains).
+ *
+ * Each block gets its own result in status[i] (status may be NULL when only the count
+ * matters); the return value is the number of blocks with status[i] >= 0, or -errno when
+ * the call as a whole was refused (-EINVAL, -KVT_ENOLAYOUT, -ENOMEM, -KVT_EDAEMON: no
+ * daemon to reconnect to).  Blocks are independent: one failing does not stop the others,
+ * and the same key may appear twice.  A daemon that goes away in the middle fails the
+ * blocks not finished with -KVT_EDAEMON (a batch is not retried: part of it was done); the
+ * next call reconnects.  The client's lock is held for the whole batch, copies included.
+ */
+
+/*
+ * Stores n blocks of len bytes each (the rules of kvt_put: 0 < len <= the layout's block
+ * bytes): block i from data[i] under keys[i].  first_token: NULL, or each block's first
+ * token position (see kvt_put_commit_at; KVT_POS_UNKNOWN for one not known).
+ * status[i]: 0 stored, 1 already stored (nothing written, as kvt_put), or -errno (-ENOSPC,
+ * -KVT_ELIMIT, ... as kvt_put_reserve).  Returns how many are stored or were already.
+ */
+KVT_API int kvt_put_batch(struct kvt_client *c, int layout, const struct kvt_key *keys,
+			  const void *const *data, const uint32_t *first_token, size_t len,
+			  size_t n, int *status);
+
+/*
+ * Copies the blocks of keys[0..n) into bufs[i] (cap bytes each), wherever they are stored
+ * (a block on NVMe is read back first, as kvt_get).  status[i]: the block's length, or
+ * -ENOENT (a miss), -ENOBUFS (longer than cap; nothing copied), -ENOSPC (as kvt_get).
+ * Returns how many blocks were copied (the hits).  Order and gaps do not matter: this is
+ * not a prefix lookup.
+ */
+KVT_API int kvt_get_batch(struct kvt_client *c, int layout, const struct kvt_key *keys,
+			  void *const *bufs, size_t cap, size_t n, int *status);
+
+/*
+ * Which of keys[0..n) are stored: present[i] = 1 or 0, each key on its own (kvt_lookup
+ * stops at the first miss).  Returns how many are present, or -errno (then present[] is
+ * partly written).  Does not change LRU order.
+ */
+KVT_API int kvt_lookup_batch(struct kvt_client *c, int layout, const struct kvt_key *keys, size_t n,
+			     uint8_t *present);
 
 /* ---------------------------------------------------------------------------------------
  * Statistics

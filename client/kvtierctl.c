@@ -6,9 +6,12 @@
 #include <errno.h>
 #include <getopt.h>
 #include <poll.h>
+#include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -19,19 +22,24 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: kvtierctl [--socket PATH] [--json] COMMAND [ARGS]\n"
 		   "commands:\n"
+		   "  ping                is kvtierd serving? (ok, or recovering)\n"
 		   "  status              daemon and per-tier summary\n"
 		   "  tiers               per-tier detail\n"
-		   "  blocks [--limit N]  stored blocks (default 100)\n"
+		   "  blocks [--limit N]  stored blocks (default 100; 0: all)\n"
 		   "  clients             connected clients\n"
-		   "  metrics             Prometheus text format\n"
-		   "  evict [--bytes N | --all]   evict from the host tier (admin)\n"
-		   "  flush               write host blocks down to the lower tier (admin)\n"
+		   "  metrics             Prometheus text format (--json: one JSON object)\n"
+		   "  config              the running configuration\n"
+		   "  evict [--bytes SIZE | --all]   evict from the host tier (admin);\n"
+		   "                      SIZE as in the configuration: 1MiB, 64K, 4096\n"
+		   "  writeback           copy host blocks down to NVMe; deletes nothing (admin)\n"
+		   "  flush               deprecated name of writeback\n"
 		   "options:\n"
 		   "  -s, --socket PATH   daemon socket (default: $KVTIER_SOCKET, "
 		   "/run/kvtier/kvtier.sock,\n"
 		   "                      $XDG_RUNTIME_DIR/kvtier/kvtier.sock)\n"
-		   "  -j, --json          JSON output (read commands)\n"
-		   "  -V, --version       print the version\n");
+		   "  -j, --json          JSON output, errors included\n"
+		   "  -V, --version       print the version\n"
+		   "exit status: 0 ok, 1 error, 2 usage\n");
 }
 
 static int parse_u64(const char *s, uint64_t *out)
@@ -49,6 +57,209 @@ static int parse_u64(const char *s, uint64_t *out)
 	return 0;
 }
 
+/* A size as kvtierd.conf writes them (the suffixes of kvtd_parse_size in daemon/config.c). */
+static int parse_size(const char *s, uint64_t *out)
+{
+	static const struct {
+		const char *sfx;
+		unsigned shift;
+	} sfx[] = {{"", 0},	{"B", 0},   {"K", 10},	 {"KB", 10}, {"KiB", 10},
+		   {"M", 20},	{"MB", 20}, {"MiB", 20}, {"G", 30},  {"GB", 30},
+		   {"GiB", 30}, {"T", 40},  {"TB", 40},	 {"TiB", 40}};
+	char *end;
+	unsigned long long v;
+
+	if (!s || *s < '0' || *s > '9')
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno)
+		return -ERANGE;
+	while (*end == ' ')
+		end++;
+	for (size_t i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++) {
+		if (strcasecmp(end, sfx[i].sfx) != 0)
+			continue;
+		if (sfx[i].shift && v > (UINT64_MAX >> sfx[i].shift))
+			return -ERANGE;
+		*out = (uint64_t)v << sfx[i].shift;
+		return 0;
+	}
+	return -EINVAL;
+}
+
+static int json;
+
+/* s as a JSON string (control characters escaped; the daemon's texts are UTF-8 or ASCII). */
+static void json_str(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			fprintf(f, "\\%c", *p);
+		else if (*p < 0x20 || *p == 0x7f)
+			fprintf(f, "\\u%04x", *p);
+		else
+			fputc(*p, f);
+	}
+	fputc('"', f);
+}
+
+/* An error: "kvtierctl: MSG" on stderr, or under --json {"error": MSG, "code": -errno} on
+ * stdout (what a script parses).  Returns status. */
+static int fail(int status, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(int status, int code, const char *fmt, ...)
+{
+	char msg[2048];
+	va_list ap;
+	size_t n;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	n = strlen(msg);
+	while (n && msg[n - 1] == '\n')
+		msg[--n] = 0;
+	if (json) {
+		printf("{\"error\":");
+		json_str(stdout, msg);
+		printf(",\"code\":%d}\n", code);
+	} else {
+		fprintf(stderr, "kvtierctl: %s\n", msg);
+	}
+	return status;
+}
+
+/*
+ * Sends one admin command and collects the whole reply (malloc'd, NUL-terminated) in *out.
+ * Returns the daemon's result (>= 0, or its -errno with its message in *out), or 1 after
+ * reporting a failure to talk to it.
+ */
+static int admin(const char *path, uint32_t cmd, uint64_t arg, uint32_t aflags, char **out,
+		 int *res)
+{
+	static char buf[KVT_MSG_MAX + 64];
+	struct kvt_msg_hello h;
+	struct kvt_msg_admin a;
+	size_t len = 0;
+	FILE *m;
+	ssize_t n;
+	int fd, ret;
+
+	*out = NULL;
+	ret = kvt_sock_open(path, &fd);
+	if (ret < 0)
+		return fail(1, ret, "cannot connect to kvtierd at %s: %s", path, kvt_strerror(ret));
+	memset(&h, 0, sizeof(h));
+	kvt_msg_init(&h.h, KVT_MSG_HELLO, sizeof(h));
+	h.lib_version = KVT_VERSION_NUMBER;
+	h.pid = (uint32_t)getpid();
+	h.want_admin = 1;
+	snprintf(h.name, sizeof(h.name), "kvtierctl");
+	memset(&a, 0, sizeof(a));
+	kvt_msg_init(&a.h, KVT_MSG_ADMIN, sizeof(a));
+	a.cmd = cmd;
+	a.aflags = aflags;
+	a.arg = arg;
+	if (send(fd, &h, sizeof(h), MSG_NOSIGNAL) != sizeof(h) ||
+	    send(fd, &a, sizeof(a), MSG_NOSIGNAL) != sizeof(a)) {
+		ret = -errno;
+		close(fd);
+		return fail(1, ret, "send: %s", strerror(-ret));
+	}
+	m = open_memstream(out, &len);
+	if (!m) {
+		close(fd);
+		return fail(1, -ENOMEM, "out of memory");
+	}
+	/* First the handshake's reply, then the report in one or more packets. */
+	for (int first = 1;; first = 0) {
+		struct pollfd p = {fd, POLLIN, 0};
+		struct kvt_msg_hdr mh;
+
+		if (poll(&p, 1, 10000) <= 0) {
+			ret = fail(1, -ETIMEDOUT, "no answer from kvtierd");
+			goto out;
+		}
+		n = recv(fd, buf, sizeof(buf), 0);
+		if (n <= 0 || kvt_msg_check(buf, (size_t)n) < 0) {
+			ret = fail(1, -KVT_EPROTOCOL, "bad or no reply from kvtierd");
+			goto out;
+		}
+		memcpy(&mh, buf, sizeof(mh));
+		if (first) {
+			const struct kvt_msg_hello_reply *r = (const void *)buf;
+			int hres = mh.type == KVT_MSG_HELLO_REPLY
+				       ? r->res
+				       : ((const struct kvt_msg_result *)(const void *)buf)->res;
+			if (hres < 0) {
+				ret = fail(1, hres, "kvtierd refused: %s", kvt_strerror(hres));
+				goto out;
+			}
+			if (mh.type == KVT_MSG_HELLO_REPLY)
+				continue;
+		}
+		const struct kvt_msg_result *r = (const void *)buf;
+		fwrite(r + 1, 1, (size_t)n - sizeof(*r), m);
+		if (!(mh.flags & KVT_MSG_F_MORE)) {
+			*res = r->res;
+			ret = 0;
+			break;
+		}
+	}
+out:
+	fclose(m);
+	close(fd);
+	if (ret) {
+		free(*out);
+		*out = NULL;
+	}
+	return ret;
+}
+
+/* The value of "name":VALUE in JSON text: its start, or NULL. */
+static const char *json_field(const char *js, const char *name)
+{
+	char pat[64];
+	const char *p;
+
+	snprintf(pat, sizeof(pat), "\"%s\":", name);
+	p = js ? strstr(js, pat) : NULL;
+	return p ? p + strlen(pat) : NULL;
+}
+
+/* ping: kvtierd answers, and says whether it still recovers its NVMe tier. */
+static int ping(const char *path)
+{
+	char *out;
+	const char *rec, *up, *ver;
+	int res = 0, ret = admin(path, KVT_ADMIN_STATUS, 0, KVT_ADMIN_F_JSON, &out, &res);
+	bool recovering;
+	char version[64] = "";
+
+	if (ret)
+		return ret;
+	if (res < 0) {
+		ret = fail(1, res, "%s", out && *out ? out : kvt_strerror(res));
+		free(out);
+		return ret;
+	}
+	rec = json_field(out, "recovering");
+	recovering = rec && !strncmp(rec, "true", 4);
+	up = json_field(out, "uptime_s");
+	ver = json_field(out, "version");
+	if (ver && *ver == '"')
+		sscanf(ver + 1, "%63[^\"]", version);
+	if (json)
+		printf("{\"status\":\"%s\",\"version\":\"%s\",\"uptime_s\":%lld}\n",
+		       recovering ? "recovering" : "ok", version, up ? atoll(up) : 0);
+	else
+		printf("%s (kvtierd %s, up %llds)\n", recovering ? "recovering" : "ok", version,
+		       up ? atoll(up) : 0);
+	free(out);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -56,16 +267,21 @@ int main(int argc, char **argv)
 	    {"limit", required_argument, NULL, 'l'},  {"bytes", required_argument, NULL, 'b'},
 	    {"all", no_argument, NULL, 'a'},	      {"version", no_argument, NULL, 'V'},
 	    {"help", no_argument, NULL, 'h'},	      {NULL, 0, NULL, 0}};
-	static const char *const names[] = {NULL,      "status",  "tiers", "blocks",
-					    "clients", "metrics", "evict", "flush"};
-	const char *sock_opt = NULL;
-	char path[108];
+	static const struct {
+		const char *name;
+		uint32_t cmd;
+	} cmds[] = {
+	    {"status", KVT_ADMIN_STATUS},   {"tiers", KVT_ADMIN_TIERS},
+	    {"blocks", KVT_ADMIN_BLOCKS},   {"clients", KVT_ADMIN_CLIENTS},
+	    {"metrics", KVT_ADMIN_METRICS}, {"evict", KVT_ADMIN_EVICT},
+	    {"writeback", KVT_ADMIN_FLUSH}, {"flush", KVT_ADMIN_FLUSH},
+	    {"config", KVT_ADMIN_CONFIG},   {"ping", 0},
+	};
+	const char *sock_opt = NULL, *name;
+	char path[108], *out = NULL;
 	uint64_t arg = 0;
-	int json = 0, opt, fd, ret, cmd = 0;
-	struct kvt_msg_hello h;
-	struct kvt_msg_admin a;
-	static char buf[KVT_MSG_MAX + 64];
-	ssize_t n;
+	int opt, ret, res = 0, found = -1;
+	bool have_limit = false, have_bytes = false, all = false;
 
 	/* Options may come before or after the command. */
 	while ((opt = getopt_long(argc, argv, "s:jVh", opts, NULL)) != -1) {
@@ -77,14 +293,20 @@ int main(int argc, char **argv)
 			json = 1;
 			break;
 		case 'l':
+			if (parse_u64(optarg, &arg) < 0)
+				return fail(2, -EINVAL, "--limit '%s' is not a number", optarg);
+			have_limit = true;
+			break;
 		case 'b':
-			if (parse_u64(optarg, &arg) < 0) {
-				fprintf(stderr, "kvtierctl: '%s' is not a number\n", optarg);
-				return 2;
-			}
+			if (parse_size(optarg, &arg) < 0 || !arg)
+				return fail(2, -EINVAL,
+					    "--bytes '%s' is not a size such as 1MiB, 64K or 4096 "
+					    "(above 0)",
+					    optarg);
+			have_bytes = true;
 			break;
 		case 'a':
-			arg = 0;
+			all = true;
 			break;
 		case 'V':
 			printf("kvtierctl %s\n", kvt_version());
@@ -101,87 +323,44 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	for (int i = 1; i < (int)(sizeof(names) / sizeof(names[0])); i++) {
-		if (!strcmp(argv[optind], names[i]))
-			cmd = i;
+	name = argv[optind];
+	for (int i = 0; i < (int)(sizeof(cmds) / sizeof(cmds[0])); i++) {
+		if (!strcmp(name, cmds[i].name))
+			found = i;
 	}
-	if (!cmd) {
-		fprintf(stderr, "kvtierctl: unknown command '%s'\n", argv[optind]);
+	if (found < 0) {
 		usage(stderr);
-		return 2;
+		return fail(2, -EINVAL, "unknown command '%s'", name);
 	}
-	if (cmd == KVT_ADMIN_EVICT && !arg) {
-		int all = 0;
-		for (int i = 1; i < argc; i++)
-			all |= !strcmp(argv[i], "--all") || !strncmp(argv[i], "--bytes", 7);
-		if (!all) {
-			fprintf(stderr, "kvtierctl: evict needs --bytes N or --all\n");
-			return 2;
-		}
+	if (have_limit && cmds[found].cmd != KVT_ADMIN_BLOCKS)
+		return fail(2, -EINVAL, "--limit is an option of blocks");
+	if ((have_bytes || all) && cmds[found].cmd != KVT_ADMIN_EVICT)
+		return fail(2, -EINVAL, "--bytes and --all are options of evict");
+	if (cmds[found].cmd == KVT_ADMIN_EVICT) {
+		if (have_bytes == all)
+			return fail(2, -EINVAL, "evict needs --bytes SIZE or --all");
+		if (all)
+			arg = 0;
 	}
+	if (cmds[found].cmd == KVT_ADMIN_BLOCKS && have_limit && !arg)
+		arg = UINT64_MAX; /* --limit 0: every block */
+	if (!strcmp(name, "flush"))
+		fprintf(stderr, "kvtierctl: 'flush' is deprecated: it is 'writeback' (copies host "
+				"blocks down to NVMe; nothing is deleted)\n");
 	ret = kvt_socket_path(sock_opt, path, sizeof(path));
-	if (ret == 0)
-		ret = kvt_sock_open(path, &fd);
-	if (ret < 0) {
-		fprintf(stderr, "kvtierctl: cannot connect to kvtierd at %s: %s\n", path,
-			kvt_strerror(ret));
-		return 1;
+	if (ret < 0)
+		return fail(1, ret, "no socket path: %s", kvt_strerror(ret));
+	if (!cmds[found].cmd)
+		return ping(path);
+	ret = admin(path, cmds[found].cmd, arg, json ? KVT_ADMIN_F_JSON : 0, &out, &res);
+	if (ret)
+		return ret;
+	if (res < 0) {
+		ret = fail(1, res, "%s", out && *out ? out : kvt_strerror(res));
+		free(out);
+		return ret;
 	}
-	memset(&h, 0, sizeof(h));
-	kvt_msg_init(&h.h, KVT_MSG_HELLO, sizeof(h));
-	h.lib_version = KVT_VERSION_NUMBER;
-	h.pid = (uint32_t)getpid();
-	h.want_admin = 1;
-	snprintf(h.name, sizeof(h.name), "kvtierctl");
-	memset(&a, 0, sizeof(a));
-	kvt_msg_init(&a.h, KVT_MSG_ADMIN, sizeof(a));
-	a.cmd = (uint32_t)cmd;
-	a.aflags = json ? KVT_ADMIN_F_JSON : 0;
-	a.arg = arg;
-	if (send(fd, &h, sizeof(h), MSG_NOSIGNAL) != sizeof(h) ||
-	    send(fd, &a, sizeof(a), MSG_NOSIGNAL) != sizeof(a)) {
-		fprintf(stderr, "kvtierctl: send: %s\n", strerror(errno));
-		return 1;
-	}
-	/* First the handshake's reply, then the report in one or more packets. */
-	for (int first = 1;; first = 0) {
-		struct pollfd p = {fd, POLLIN, 0};
-		struct kvt_msg_hdr mh;
-
-		if (poll(&p, 1, 10000) <= 0) {
-			fprintf(stderr, "kvtierctl: no answer from kvtierd\n");
-			return 1;
-		}
-		n = recv(fd, buf, sizeof(buf), 0);
-		if (n <= 0 || kvt_msg_check(buf, (size_t)n) < 0) {
-			fprintf(stderr, "kvtierctl: bad or no reply from kvtierd\n");
-			return 1;
-		}
-		memcpy(&mh, buf, sizeof(mh));
-		if (first) {
-			const struct kvt_msg_hello_reply *r = (const void *)buf;
-			int res = mh.type == KVT_MSG_HELLO_REPLY
-				      ? r->res
-				      : ((const struct kvt_msg_result *)(const void *)buf)->res;
-			if (res < 0) {
-				fprintf(stderr, "kvtierctl: kvtierd refused: %s\n",
-					kvt_strerror(res));
-				return 1;
-			}
-			if (mh.type == KVT_MSG_HELLO_REPLY)
-				continue;
-		}
-		const struct kvt_msg_result *r = (const void *)buf;
-		fwrite(r + 1, 1, (size_t)n - sizeof(*r), r->res < 0 ? stderr : stdout);
-		if (!(mh.flags & KVT_MSG_F_MORE)) {
-			if (r->res < 0) {
-				if ((size_t)n == sizeof(*r))
-					fprintf(stderr, "kvtierctl: %s\n", kvt_strerror(r->res));
-				return 1;
-			}
-			break;
-		}
-	}
-	close(fd);
+	fputs(out ? out : "", stdout);
+	free(out);
 	return 0;
 }

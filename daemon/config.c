@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <ini.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -37,7 +38,8 @@ static const struct key keys[] = {
     {"host", "low_watermark", K_RATIO, F(host_low), "0.85", 0, 0},
     {"host", "codec", K_STR, F(host_codec), "raw", 0, 0},
     {"host", "tenant_hold_max", K_RATIO, F(host_hold_max), "0.5", 0, 0},
-    {"index", "max_blocks", K_U64, F(max_blocks), "1048576", 1024, 1ull << 32},
+    /* The index numbers blocks with 32 bits and sizes its hash table in powers of two. */
+    {"index", "max_blocks", K_U64, F(max_blocks), "1048576", 1024, 1ull << 31},
     {"index", "max_layouts_per_tenant", K_U32, F(max_layouts_per_tenant), "1024", 1, 1u << 20},
     {"nvme", "enabled", K_BOOL, F(nvme_enabled), "false", 0, 0},
     {"nvme", "paths", K_STR, F(nvme_paths), "/var/lib/kvtier/nvme0.slots", 0, 0},
@@ -321,40 +323,58 @@ int kvtd_config_validate(const struct kvtd_config *c, FILE *err)
 	return 0;
 }
 
+size_t kvtd_config_nkeys(void)
+{
+	return sizeof(keys) / sizeof(keys[0]);
+}
+
+int kvtd_config_value(const struct kvtd_config *c, size_t i, const char **section,
+		      const char **name, char *val, size_t n)
+{
+	const struct key *k;
+	const char *p;
+
+	if (i >= kvtd_config_nkeys())
+		return -EINVAL;
+	k = &keys[i];
+	p = (const char *)c + k->off;
+	*section = k->section;
+	*name = k->name;
+	switch (k->type) {
+	case K_STR:
+		snprintf(val, n, "%s", p);
+		break;
+	case K_U32:
+		snprintf(val, n, "%u", *(const uint32_t *)(const void *)p);
+		break;
+	case K_U64:
+	case K_SIZE:
+		snprintf(val, n, "%llu", (unsigned long long)*(const uint64_t *)(const void *)p);
+		break;
+	case K_BOOL:
+		snprintf(val, n, "%s", *(const bool *)p ? "true" : "false");
+		break;
+	case K_RATIO:
+		snprintf(val, n, "%.6g", *(const double *)(const void *)p);
+		break;
+	case K_LOGLEVEL:
+		snprintf(val, n, "%s", levels[*(const int *)(const void *)p & 3]);
+		break;
+	}
+	return 0;
+}
+
 void kvtd_config_print(const struct kvtd_config *c, FILE *out)
 {
-	const char *sec = "";
+	const char *sec = "", *section, *name;
+	char val[1100];
 
-	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
-		const struct key *k = &keys[i];
-		const char *p = (const char *)c + k->off;
-
-		if (strcmp(sec, k->section)) {
-			fprintf(out, "%s[%s]\n", i ? "\n" : "", k->section);
-			sec = k->section;
+	for (size_t i = 0; i < kvtd_config_nkeys(); i++) {
+		kvtd_config_value(c, i, &section, &name, val, sizeof(val));
+		if (strcmp(sec, section)) {
+			fprintf(out, "%s[%s]\n", i ? "\n" : "", section);
+			sec = section;
 		}
-		fprintf(out, "%s = ", k->name);
-		switch (k->type) {
-		case K_STR:
-			fprintf(out, "%s\n", p);
-			break;
-		case K_U32:
-			fprintf(out, "%u\n", *(const uint32_t *)(const void *)p);
-			break;
-		case K_U64:
-		case K_SIZE:
-			fprintf(out, "%llu\n",
-				(unsigned long long)*(const uint64_t *)(const void *)p);
-			break;
-		case K_BOOL:
-			fprintf(out, "%s\n", *(const bool *)p ? "true" : "false");
-			break;
-		case K_RATIO:
-			fprintf(out, "%.6g\n", *(const double *)(const void *)p);
-			break;
-		case K_LOGLEVEL:
-			fprintf(out, "%s\n", levels[*(const int *)(const void *)p & 3]);
-			break;
-		}
+		fprintf(out, "%s = %s\n", name, val);
 	}
 }

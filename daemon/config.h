@@ -10,7 +10,12 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#define KVTD_DEFAULT_CONFIG "/etc/kvtier/kvtierd.conf"
+/* The installed example's place: CMake passes KVTD_SYSCONFDIR (CMAKE_INSTALL_FULL_SYSCONFDIR),
+ * so the default follows the install prefix (/etc for prefix /usr). */
+#ifndef KVTD_SYSCONFDIR
+#define KVTD_SYSCONFDIR "/etc"
+#endif
+#define KVTD_DEFAULT_CONFIG KVTD_SYSCONFDIR "/kvtier/kvtierd.conf"
 #define KVTD_MAX_NVME_PATHS 8
 
 struct kvtd_config {
@@ -80,6 +85,11 @@ int kvtd_config_validate(const struct kvtd_config *c, FILE *err);
 
 /* Prints c as an INI file that kvtd_config_load() reads back to the same values. */
 void kvtd_config_print(const struct kvtd_config *c, FILE *out);
+
+/* The number of keys, and key i of c: its section, name and value as text (as printed). */
+size_t kvtd_config_nkeys(void);
+int kvtd_config_value(const struct kvtd_config *c, size_t i, const char **section,
+		      const char **name, char *val, size_t n);
 
 /* Parses "64MiB", "1G", "4096"... into bytes. Returns 0 or -EINVAL / -ERANGE. */
 int kvtd_parse_size(const char *s, uint64_t *out);

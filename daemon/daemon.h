@@ -148,6 +148,10 @@ struct geom_slot {
 	struct kvt_codec_geom g;
 };
 
+/* Request kinds timed in kvtier_request_duration_seconds, and its bucket count. */
+enum { KVTD_LAT_RESERVE, KVTD_LAT_COMMIT, KVTD_LAT_GET, KVTD_LAT_LOOKUP, KVTD_LAT_OPS };
+#define KVTD_LAT_BUCKETS 16
+
 struct kvtd {
 	struct kvtd_config cfg;
 	int ep, lsock, tfd, sfd;
@@ -203,6 +207,10 @@ struct kvtd {
 	/* GPU tier (gpu_place.c); NULL when off or unavailable (gpu_err says why) */
 	struct kvtd_gpu *gpu;
 	int gpu_err;
+	/* Operators' view (server.c): wall-clock start, request latency histograms. */
+	uint64_t start_unix;
+	uint64_t lat_bucket[KVTD_LAT_OPS][KVTD_LAT_BUCKETS]; /* non-cumulative */
+	uint64_t lat_count[KVTD_LAT_OPS], lat_sum_ns[KVTD_LAT_OPS];
 };
 
 uint64_t kvtd_now_ms(void);

@@ -45,6 +45,8 @@
 #include "server.h"
 
 int kvtd_log_level = KVTD_LOG_INFO;
+void (*kvtd_on_ready)(void);
+int (*kvtd_reload)(struct kvtd_config *cfg);
 
 void kvtd_log(int level, const char *fmt, ...)
 {
@@ -54,11 +56,21 @@ void kvtd_log(int level, const char *fmt, ...)
 
 	if (level > kvtd_log_level)
 		return;
-	/* Under journald (JOURNAL_STREAM set) a <N> prefix carries the priority. */
-	if (getenv("JOURNAL_STREAM"))
+	/* Under journald (JOURNAL_STREAM set) a <N> prefix carries the priority and the
+	 * journal adds the time; elsewhere the line has its own (UTC, milliseconds). */
+	if (getenv("JOURNAL_STREAM")) {
 		fprintf(stderr, "<%d>", prio[level]);
-	else
-		fprintf(stderr, "kvtierd: %s: ", names[level]);
+	} else {
+		struct timespec ts;
+		struct tm tm;
+		char when[32];
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		gmtime_r(&ts.tv_sec, &tm);
+		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+		fprintf(stderr, "%s.%03ldZ kvtierd[%d]: %s: ", when, ts.tv_nsec / 1000000,
+			(int)getpid(), names[level]);
+	}
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
@@ -558,6 +570,10 @@ static void op_lookup(struct kvtd *d, struct client *c, const struct kvt_sqe *s,
 	}
 	ret = (int)n;
 out:
+	if (ret >= 0) {
+		d->m.lookup_hit_blocks_total += (uint64_t)ret;
+		d->m.lookup_miss_blocks_total += n - (uint32_t)ret;
+	}
 	q->res = ret;
 }
 
@@ -629,8 +645,55 @@ static void op_pin(struct kvtd *d, struct client *c, const struct kvt_sqe *s, st
 	q->res = 0;
 }
 
-/* Returns true when the completion will be posted later. */
+/* Upper bounds of kvtier_request_duration_seconds' buckets, in ns (the last is +Inf). */
+static const uint64_t lat_le_ns[KVTD_LAT_BUCKETS - 1] = {
+    1000,   2500,    5000,    10000,	25000,	   50000,      100000,	      250000,
+    500000, 1000000, 2500000, 10000000, 100000000, 1000000000, 10000000000ull};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
+}
+
+static void lat_note(struct kvtd *d, int op, uint64_t ns)
+{
+	int b = 0;
+
+	while (b < KVTD_LAT_BUCKETS - 1 && ns > lat_le_ns[b])
+		b++;
+	d->lat_bucket[op][b]++;
+	d->lat_count[op]++;
+	d->lat_sum_ns[op] += ns;
+}
+
+static bool handle_sqe_op(struct kvtd *d, struct client *c, const struct kvt_sqe *s,
+			  struct kvt_cqe *q);
+
+/*
+ * Returns true when the completion will be posted later.  Times what operators ask about
+ * (kvtier_request_duration_seconds): the daemon's service time of a request answered at
+ * once; a get that waits for an NVMe read is not in it (kvtier_promotions_total counts it).
+ */
 static bool handle_sqe(struct kvtd *d, struct client *c, const struct kvt_sqe *s, struct kvt_cqe *q)
+{
+	int op = s->op == KVT_OP_RESERVE  ? KVTD_LAT_RESERVE
+		 : s->op == KVT_OP_COMMIT ? KVTD_LAT_COMMIT
+		 : s->op == KVT_OP_LEASE  ? KVTD_LAT_GET
+		 : s->op == KVT_OP_LOOKUP ? KVTD_LAT_LOOKUP
+					  : -1;
+	uint64_t t0 = op >= 0 ? now_ns() : 0;
+	bool later = handle_sqe_op(d, c, s, q);
+
+	if (op >= 0 && !later)
+		lat_note(d, op, now_ns() - t0);
+	return later;
+}
+
+static bool handle_sqe_op(struct kvtd *d, struct client *c, const struct kvt_sqe *s,
+			  struct kvt_cqe *q)
 {
 	d->m.ring_requests_total++;
 	switch (s->op) {
@@ -721,6 +784,9 @@ static int client_drain(struct kvtd *d, struct client *c)
 		if (!(s.flags & KVT_SQE_F_NO_CQE)) {
 			memcpy(&c->cqes[c->cq_tail & cmask], &q, sizeof(q));
 			c->cq_tail++;
+			/* Each completion visible at once: a client reaping a batch copies
+			 * this block while we work on the next entries. */
+			kvt_ring_publish(c->cq, c->cq_tail);
 			posted = true;
 		}
 		done++;
@@ -1187,6 +1253,65 @@ static void fmt_bytes(char *out, size_t n, uint64_t v)
 	snprintf(out, n, i ? "%.1f %s" : "%.0f %s", x, u[i]);
 }
 
+/*
+ * s (at most max bytes) as a JSON string: quotes, backslashes and control characters
+ * escaped, bytes that are not UTF-8 replaced by U+FFFD.  Client names are whatever a client
+ * sent: unescaped, one could forge fields of the report or break it.
+ */
+static void sb_json_str(struct sbuf *b, const char *s, size_t max)
+{
+	const unsigned char *p = (const unsigned char *)s, *e = p + strnlen(s, max);
+
+	sb_printf(b, "\"");
+	while (p < e) {
+		unsigned c = *p;
+		int n = c < 0x80	     ? 0
+			: (c & 0xe0) == 0xc0 ? 1
+			: (c & 0xf0) == 0xe0 ? 2
+			: (c & 0xf8) == 0xf0 ? 3
+					     : -1;
+		bool ok = n >= 0 && e - p > n && !(n == 1 && c < 0xc2) && !(n == 3 && c > 0xf4);
+
+		for (int k = 1; ok && k <= n; k++)
+			ok = (p[k] & 0xc0) == 0x80;
+		/* Overlong forms, surrogates and code points above U+10FFFF. */
+		if (ok && n == 2)
+			ok = !(c == 0xe0 && p[1] < 0xa0) && !(c == 0xed && p[1] > 0x9f);
+		if (ok && n == 3)
+			ok = !(c == 0xf0 && p[1] < 0x90) && !(c == 0xf4 && p[1] > 0x8f);
+		if (!ok) {
+			sb_printf(b, "\\ufffd");
+			p++;
+		} else if (n > 0) {
+			sb_printf(b, "%.*s", n + 1, (const char *)p);
+			p += n + 1;
+		} else if (c == '"' || c == '\\') {
+			sb_printf(b, "\\%c", c);
+			p++;
+		} else if (c < 0x20 || c == 0x7f) {
+			sb_printf(b, "\\u%04x", c);
+			p++;
+		} else {
+			sb_printf(b, "%c", c);
+			p++;
+		}
+	}
+	sb_printf(b, "\"");
+}
+
+/* s for a terminal: control characters (escape sequences among them) become '?'. */
+static void safe_text(char *out, size_t n, const char *s, size_t max)
+{
+	size_t i = 0;
+
+	for (; i + 1 < n && i < max && s[i]; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		out[i] = c < 0x20 || c == 0x7f ? '?' : (char)c;
+	}
+	out[i] = 0;
+}
+
 /* Blocks with a copy in the tier (a promoted block counts in both): a counter, not a scan,
  * so that polling metrics costs the clients nothing (kvtd_blk_account keeps it exact). */
 static uint64_t tier_blocks(struct kvtd *d, int tier)
@@ -1369,6 +1494,102 @@ static void render_status(struct kvtd *d, struct sbuf *b, bool json)
 	render_tiers(d, b, false, false);
 }
 
+#ifndef KVTD_BUILD_CUDA
+#define KVTD_BUILD_CUDA "no"
+#endif
+#ifndef KVTD_BUILD_SYSTEMD
+#define KVTD_BUILD_SYSTEMD "no"
+#endif
+#ifndef KVTD_BUILD_TYPE
+#define KVTD_BUILD_TYPE ""
+#endif
+static const char *const lat_op_name[KVTD_LAT_OPS] = {"put_reserve", "put_commit", "get", "lookup"};
+
+/* Build facts, start time and the latency histograms (Prometheus text or JSON members). */
+static void render_ops_metrics(struct kvtd *d, struct sbuf *b, bool json)
+{
+	if (json) {
+		sb_printf(b,
+			  ",\"build_info\":{\"version\":\"%s\",\"cuda\":\"%s\",\"systemd\":\"%s\","
+			  "\"build_type\":\"%s\"},\"start_time_seconds\":%" PRIu64
+			  ",\"request_duration_seconds\":{",
+			  kvt_version(), KVTD_BUILD_CUDA, KVTD_BUILD_SYSTEMD, KVTD_BUILD_TYPE,
+			  d->start_unix);
+		for (int op = 0; op < KVTD_LAT_OPS; op++) {
+			uint64_t cum = 0;
+
+			sb_printf(b, "%s\"%s\":{\"count\":%" PRIu64 ",\"sum\":%.9f,\"buckets\":[",
+				  op ? "," : "", lat_op_name[op], d->lat_count[op],
+				  (double)d->lat_sum_ns[op] / 1e9);
+			for (int k = 0; k < KVTD_LAT_BUCKETS; k++) {
+				cum += d->lat_bucket[op][k];
+				if (k < KVTD_LAT_BUCKETS - 1)
+					sb_printf(b, "%s[%g,%" PRIu64 "]", k ? "," : "",
+						  (double)lat_le_ns[k] / 1e9, cum);
+				else
+					sb_printf(b, ",[\"+Inf\",%" PRIu64 "]", cum);
+			}
+			sb_printf(b, "]}");
+		}
+		sb_printf(b, "}");
+		return;
+	}
+	sb_printf(
+	    b,
+	    "# HELP kvtier_build_info Version and build options of kvtierd (always 1).\n"
+	    "# TYPE kvtier_build_info gauge\n"
+	    "kvtier_build_info{version=\"%s\",cuda=\"%s\",systemd=\"%s\",build_type=\"%s\"} 1\n"
+	    "# HELP kvtier_start_time_seconds Start time of kvtierd since the Unix epoch.\n"
+	    "# TYPE kvtier_start_time_seconds gauge\n"
+	    "kvtier_start_time_seconds %" PRIu64 "\n"
+	    "# HELP kvtier_request_duration_seconds Service time of requests answered at once "
+	    "(a get waiting for an NVMe read is not in it).\n"
+	    "# TYPE kvtier_request_duration_seconds histogram\n",
+	    kvt_version(), KVTD_BUILD_CUDA, KVTD_BUILD_SYSTEMD, KVTD_BUILD_TYPE, d->start_unix);
+	for (int op = 0; op < KVTD_LAT_OPS; op++) {
+		uint64_t cum = 0;
+
+		for (int k = 0; k < KVTD_LAT_BUCKETS; k++) {
+			cum += d->lat_bucket[op][k];
+			if (k < KVTD_LAT_BUCKETS - 1)
+				sb_printf(
+				    b,
+				    "kvtier_request_duration_seconds_bucket{op=\"%s\",le=\"%g\"} "
+				    "%" PRIu64 "\n",
+				    lat_op_name[op], (double)lat_le_ns[k] / 1e9, cum);
+			else
+				sb_printf(
+				    b,
+				    "kvtier_request_duration_seconds_bucket{op=\"%s\",le=\"+Inf\"} "
+				    "%" PRIu64 "\n",
+				    lat_op_name[op], cum);
+		}
+		sb_printf(b,
+			  "kvtier_request_duration_seconds_sum{op=\"%s\"} %.9f\n"
+			  "kvtier_request_duration_seconds_count{op=\"%s\"} %" PRIu64 "\n",
+			  lat_op_name[op], (double)d->lat_sum_ns[op] / 1e9, lat_op_name[op],
+			  d->lat_count[op]);
+	}
+}
+
+/* kvtierctl --json metrics: the counters, tiers, build facts and histograms as one object. */
+static void render_metrics_json(struct kvtd *d, struct sbuf *b)
+{
+	int first = 1;
+
+	sb_printf(b, "{\"metrics\":{");
+#define X(name, type, help)                                                                        \
+	sb_printf(b, "%s\"%s\":%" PRIu64, first ? "" : ",", #name, d->m.name);                     \
+	first = 0;
+	KVT_METRICS(X)
+#undef X
+	sb_printf(b, "},\"tiers\":[");
+	render_tiers(d, b, true, true);
+	sb_printf(b, "]");
+	render_ops_metrics(d, b, true);
+	sb_printf(b, "}\n");
+}
+
 static void render_metrics(struct kvtd *d, struct sbuf *b)
 {
 	int ntiers = d->nvme ? 2 : 1;
@@ -1384,6 +1605,7 @@ static void render_metrics(struct kvtd *d, struct sbuf *b)
 		  help, #name, #type, #name, d->m.name);
 	KVT_METRICS(X)
 #undef X
+	render_ops_metrics(d, b, false);
 	static const struct {
 		const char *name, *type, *help;
 	} tm[] = {
@@ -1533,9 +1755,8 @@ static bool render_blocks(struct kvtd *d, struct client *c, bool json, uint64_t 
 
 	if (!j)
 		return false;
-	if (!limit || limit > 100000)
-		limit = limit ? 100000 : 100;
-	j->limit = limit;
+	/* 0: the default; UINT64_MAX (kvtierctl --limit 0): every block. */
+	j->limit = limit ? limit : 100;
 	j->json = json;
 	j->now = kvtd_now_ms();
 	if (json)
@@ -1563,26 +1784,61 @@ static void render_clients(struct kvtd *d, struct client *self, struct sbuf *b, 
 	for (struct client *c = d->clients; c; c = c->next) {
 		if (c->dead || c->refused || (!self->admin && c->uid != self->uid))
 			continue;
-		if (json)
+		if (json) {
+			sb_printf(b, "%s{\"id\":%u,\"pid\":%d,\"uid\":%u,\"name\":", n ? "," : "",
+				  c->id, (int)c->pid, (unsigned)c->uid);
+			sb_json_str(b, c->name, sizeof(c->name));
 			sb_printf(b,
-				  "%s{\"id\":%u,\"pid\":%d,\"uid\":%u,\"name\":\"%s\",\"admin\":%s,"
+				  ",\"admin\":%s,"
 				  "\"leases\":%u,\"reservations\":%u,\"pins\":%u,\"puts\":%" PRIu64
 				  ",\"gets\":%" PRIu64 ",\"hits\":%" PRIu64 ",\"age_s\":%" PRIu64
 				  "}",
-				  n ? "," : "", c->id, (int)c->pid, (unsigned)c->uid, c->name,
 				  c->data ? "false" : "true", c->n_leases, c->n_reserves, c->n_pins,
 				  c->puts, c->gets, c->hits, (now - c->connected_ms) / 1000);
-		else
+		} else {
+			char name[sizeof(c->name) + 1];
+
+			safe_text(name, sizeof(name), c->name, sizeof(c->name));
 			sb_printf(b,
 				  "%6u %8d %6u %-20.20s %7u %7u %5u %10" PRIu64 " %10" PRIu64
 				  " %8" PRIu64 "\n",
-				  c->id, (int)c->pid, (unsigned)c->uid, c->name[0] ? c->name : "-",
+				  c->id, (int)c->pid, (unsigned)c->uid, name[0] ? name : "-",
 				  c->n_leases, c->n_reserves, c->n_pins, c->puts, c->gets,
 				  (now - c->connected_ms) / 1000);
+		}
 		n++;
 	}
 	if (json)
 		sb_printf(b, "]\n");
+}
+
+/* The running configuration (kvtierctl config); the tenant salt is a secret, never shown. */
+static void render_config(struct kvtd *d, struct sbuf *b, bool json)
+{
+	const char *sec = "", *section, *name;
+	char val[1100];
+
+	sb_printf(b, json ? "{" : "# running configuration of kvtierd %s\n", kvt_version());
+	for (size_t i = 0; i < kvtd_config_nkeys(); i++) {
+		bool secret;
+
+		kvtd_config_value(&d->cfg, i, &section, &name, val, sizeof(val));
+		secret = !strcmp(section, "daemon") && !strcmp(name, "tenant_salt") && val[0];
+		if (json) {
+			sb_printf(b, "%s\"%s.%s\":", i ? "," : "", section, name);
+			sb_json_str(b, secret ? "(set, not shown)" : val, sizeof(val));
+			continue;
+		}
+		if (strcmp(sec, section)) {
+			sb_printf(b, "%s[%s]\n", i ? "\n" : "", section);
+			sec = section;
+		}
+		if (secret)
+			sb_printf(b, "# %s = (set, not shown)\n", name);
+		else
+			sb_printf(b, "%s = %s\n", name, val);
+	}
+	sb_printf(b, json ? "}\n" : "");
 }
 
 static int admin_evict(struct kvtd *d, struct sbuf *b, bool json, uint64_t bytes)
@@ -1629,14 +1885,20 @@ static void handle_admin(struct kvtd *d, struct client *c, const struct kvt_msg_
 		render_clients(d, c, &b, json);
 		break;
 	case KVT_ADMIN_METRICS:
-		render_metrics(d, &b);
+		if (json)
+			render_metrics_json(d, &b);
+		else
+			render_metrics(d, &b);
+		break;
+	case KVT_ADMIN_CONFIG:
+		render_config(d, &b, json);
 		break;
 	case KVT_ADMIN_EVICT:
 	case KVT_ADMIN_FLUSH:
 		if (!c->admin) {
 			ret = -EPERM;
 			sb_printf(&b, "permission denied: %s needs root or group '%s'\n",
-				  m->cmd == KVT_ADMIN_EVICT ? "evict" : "flush",
+				  m->cmd == KVT_ADMIN_EVICT ? "evict" : "writeback",
 				  d->cfg.admin_group);
 			break;
 		}
@@ -1644,15 +1906,22 @@ static void handle_admin(struct kvtd *d, struct client *c, const struct kvt_msg_
 			ret = admin_evict(d, &b, json, m->arg);
 		} else {
 			int n = kvtd_flush(d);
+			/* "flushed_blocks" stays for scripts written before writeback. */
 			if (n < 0 && json)
-				sb_printf(&b, "{\"flushed_blocks\":0,\"note\":\"no NVMe tier "
-					      "configured\"}\n");
+				sb_printf(&b, "{\"written_back_blocks\":0,\"flushed_blocks\":0,"
+					      "\"note\":\"no NVMe tier configured\"}\n");
 			else if (n < 0)
-				sb_printf(&b, "nothing to flush: no NVMe tier is configured\n");
+				sb_printf(&b,
+					  "nothing to write back: no NVMe tier is configured\n");
 			else if (json)
-				sb_printf(&b, "{\"flushed_blocks\":%d}\n", n);
+				sb_printf(&b,
+					  "{\"written_back_blocks\":%d,\"flushed_blocks\":%d}\n", n,
+					  n);
 			else
-				sb_printf(&b, "queued %d blocks for writing to NVMe\n", n);
+				sb_printf(&b,
+					  "queued %d blocks for writing to NVMe (copies; the host "
+					  "tier keeps them)\n",
+					  n);
 		}
 		break;
 	default:
@@ -2172,14 +2441,23 @@ static int pick_socket_path(struct kvtd *d)
 		kvtd_log(KVTD_LOG_ERR, "socket path too long");
 		return -ENAMETOOLONG;
 	}
-	/* Create the parent directory of a default path; an explicit path's must exist. */
+	/* Create the parent directory of a default path; an explicit path's must exist.  Its
+	 * mode is the socket's access control: 0750, so only this user and group may connect
+	 * (systemd's RuntimeDirectoryMode= does the same under the unit). */
 	snprintf(dir, sizeof(dir), "%s", d->sock_path);
 	char *slash = strrchr(dir, '/');
 	if (slash && slash != dir) {
 		*slash = 0;
-		if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
-			kvtd_log(KVTD_LOG_ERR, "cannot create %s: %s", dir, strerror(errno));
-			return -errno;
+		if (mkdir(dir, 0750) == 0) {
+			kvtd_log(KVTD_LOG_INFO,
+				 "created %s (mode 0750, uid %u gid %u): only that user and group "
+				 "may connect",
+				 dir, (unsigned)geteuid(), (unsigned)getegid());
+		} else if (errno != EEXIST) {
+			int e = errno;
+
+			kvtd_log(KVTD_LOG_ERR, "cannot create %s: %s", dir, strerror(e));
+			return -e;
 		}
 	}
 	return 0;
@@ -2265,6 +2543,7 @@ int kvtd_create(const struct kvtd_config *cfg, struct kvtd **out)
 	d->check_counts =
 	    getenv("KVTIER_CHECK_COUNTS") && !strcmp(getenv("KVTIER_CHECK_COUNTS"), "1");
 	d->start_ms = kvtd_now_ms();
+	d->start_unix = (uint64_t)time(NULL);
 	d->epoch = (uint64_t)time(NULL) << 20 ^ (uint64_t)getpid();
 	if (cfg->admin_group[0]) {
 		struct group *g = getgrnam(cfg->admin_group);
@@ -2393,6 +2672,81 @@ static bool prepare_sleep(struct kvtd *d)
 	return work;
 }
 
+/* Keys SIGHUP applies to a running daemon; every other key needs a restart. */
+static const char *const live_keys[] = {
+    "daemon.log_level",	   "daemon.spin_us",	 "host.high_watermark", "host.low_watermark",
+    "nvme.high_watermark", "nvme.low_watermark", "gpu.high_watermark",	"gpu.low_watermark",
+};
+
+static void reload(struct kvtd *d)
+{
+	struct kvtd_config *nc;
+	const char *sec, *name;
+	char key[80], a[1100], b[1100];
+	int changed = 0, restart = 0;
+
+	if (!kvtd_reload) {
+		kvtd_log(KVTD_LOG_INFO, "SIGHUP: nothing to reload");
+		return;
+	}
+	nc = malloc(sizeof(*nc));
+	if (!nc || kvtd_reload(nc) < 0) {
+		kvtd_log(KVTD_LOG_ERR, "SIGHUP: configuration not reloaded; nothing changed");
+		free(nc);
+		return;
+	}
+	for (size_t i = 0; i < kvtd_config_nkeys(); i++) {
+		bool live = false;
+
+		kvtd_config_value(&d->cfg, i, &sec, &name, a, sizeof(a));
+		kvtd_config_value(nc, i, &sec, &name, b, sizeof(b));
+		if (!strcmp(a, b))
+			continue;
+		snprintf(key, sizeof(key), "%s.%s", sec, name);
+		for (size_t k = 0; k < sizeof(live_keys) / sizeof(live_keys[0]); k++)
+			live |= !strcmp(key, live_keys[k]);
+		if (!strcmp(key, "daemon.tenant_salt"))
+			a[0] = b[0] = 0; /* a secret: never logged */
+		if (live) {
+			kvtd_log(KVTD_LOG_WARN, "SIGHUP: %s = %s (was %s)", key, b, a);
+			changed++;
+		} else {
+			kvtd_log(KVTD_LOG_WARN, "SIGHUP: %s = %s needs a restart (still %s)", key,
+				 b, a);
+			restart++;
+		}
+	}
+	d->cfg.log_level = nc->log_level;
+	kvtd_log_level = nc->log_level;
+	d->cfg.spin_us = nc->spin_us;
+	d->cfg.host_high = nc->host_high;
+	d->cfg.host_low = nc->host_low;
+	d->cfg.nvme_high = nc->nvme_high;
+	d->cfg.nvme_low = nc->nvme_low;
+	d->cfg.gpu_high = nc->gpu_high;
+	d->cfg.gpu_low = nc->gpu_low;
+	kvtd_log(KVTD_LOG_WARN, "SIGHUP: configuration reloaded: %d changed, %d need a restart",
+		 changed, restart);
+	free(nc);
+}
+
+/* The last line of a stop: what the daemon did in its life. */
+static void log_summary(struct kvtd *d)
+{
+	uint64_t keys = d->m.lookup_keys_total;
+
+	kvtd_log(KVTD_LOG_INFO,
+		 "stopped after %" PRIu64 " s: %" PRIu64 " connections, %" PRIu64 " puts, %" PRIu64
+		 " gets (%" PRIu64 " hits), lookup hit ratio %.3f (%" PRIu64 " of %" PRIu64
+		 " blocks), %" PRIu64 " evictions, %" PRIu64 " demotions, %" PRIu64
+		 " promotions, %" PRIu64 " blocks stored",
+		 (kvtd_now_ms() - d->start_ms) / 1000, d->m.connections_total, d->m.puts_total,
+		 d->m.gets_total, d->m.hits_total,
+		 keys ? (double)d->m.lookup_hit_blocks_total / (double)keys : 0.0,
+		 d->m.lookup_hit_blocks_total, keys, d->m.evictions_total, d->m.demotions_total,
+		 d->m.promotions_total, (uint64_t)d->ix.count);
+}
+
 int kvtd_run(struct kvtd *d)
 {
 	struct epoll_event evs[64];
@@ -2410,6 +2764,9 @@ int kvtd_run(struct kvtd *d)
 	sd_notifyf(0, "READY=1\nSTATUS=serving on %s\nMAINPID=%d",
 		   d->sock_path[0] ? d->sock_path : "systemd socket", (int)getpid());
 #endif
+	kvtd_log(KVTD_LOG_INFO, "kvtierd %s serving (pid %d)", kvt_version(), (int)getpid());
+	if (kvtd_on_ready)
+		kvtd_on_ready();
 	while (!d->stop) {
 		int timeout = 0, n, work = 0;
 
@@ -2454,12 +2811,14 @@ int kvtd_run(struct kvtd *d)
 				break;
 			case EV_SIGNAL: {
 				struct signalfd_siginfo si;
-				if (read(d->sfd, &si, sizeof(si)) == sizeof(si) &&
-				    si.ssi_signo != SIGHUP) {
-					kvtd_log(KVTD_LOG_INFO, "signal %u: stopping",
-						 si.ssi_signo);
-					d->stop = true;
+				if (read(d->sfd, &si, sizeof(si)) != sizeof(si))
+					break;
+				if (si.ssi_signo == SIGHUP) {
+					reload(d);
+					break;
 				}
+				kvtd_log(KVTD_LOG_INFO, "signal %u: stopping", si.ssi_signo);
+				d->stop = true;
 				break;
 			}
 			}
@@ -2492,6 +2851,7 @@ int kvtd_run(struct kvtd *d)
 #ifdef KVT_HAVE_SYSTEMD
 	sd_notify(0, "STOPPING=1");
 #endif
+	log_summary(d);
 	return 0;
 }
 

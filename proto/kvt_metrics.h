@@ -20,6 +20,10 @@
 	X(misses_total, counter, "Get requests for keys not stored")                               \
 	X(lookups_total, counter, "Lookup requests")                                               \
 	X(lookup_keys_total, counter, "Keys asked for by lookup requests")                         \
+	X(lookup_hit_blocks_total, counter,                                                        \
+	  "Keys that lookup requests found (the prefix lengths)")                                  \
+	X(lookup_miss_blocks_total, counter,                                                       \
+	  "Keys of lookup requests past the found prefix (not found, or after a miss)")            \
 	X(put_exists_total, counter, "Reservations refused because the key was stored")            \
 	X(aborts_total, counter, "Reservations aborted, by the client or by its death")            \
 	X(deletes_total, counter, "Blocks deleted by clients")                                     \

@@ -158,7 +158,8 @@ enum kvt_admin_cmd {
 	KVT_ADMIN_CLIENTS = 4,
 	KVT_ADMIN_METRICS = 5,
 	KVT_ADMIN_EVICT = 6,
-	KVT_ADMIN_FLUSH = 7,
+	KVT_ADMIN_FLUSH = 7, /* kvtierctl writeback: copy host blocks down to NVMe */
+	KVT_ADMIN_CONFIG = 8,
 	KVT_ADMIN_MAX
 };
 

@@ -15,7 +15,7 @@ KVT_PACKAGES=(
 	liburing-dev liblz4-dev libzstd-dev libinih-dev libxxhash-dev libsystemd-dev libhiredis-dev
 	libcmocka-dev
 	clang-14 libclang-rt-14-dev
-	python3 python3-numpy python3-pytest python3-matplotlib
+	python3 python3-numpy python3-pytest python3-matplotlib python3-setuptools python3-wheel python3-pip
 	redis-server fio prometheus systemd strace
 )
 

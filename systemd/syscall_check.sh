@@ -73,20 +73,18 @@ direct=true
 [ "$(stat -f -c %T "$tmp")" = tmpfs ] && direct=false
 # LeakSanitizer cannot run under ptrace; the sanitizer build's leak checks run elsewhere.
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-strace -f -qq -o "$tmp/trace" "$daemon" -f -c /dev/null -s "$tmp/sock" \
+# kvtierd writes one byte to fd 3 once it serves, or exits without (a refusal): an event to
+# wait on, however slow strace makes it.
+mkfifo "$tmp/ready"
+strace -f -qq -o "$tmp/trace" "$daemon" -f --ready-fd 3 -c /dev/null -s "$tmp/sock" \
 	-o host.capacity=3MiB -o nvme.enabled=true -o "nvme.paths=$tmp/nvme0.slots" \
-	-o nvme.capacity=64MiB -o nvme.direct=$direct 2>"$tmp/log" &
+	-o nvme.capacity=64MiB -o nvme.direct=$direct 2>"$tmp/log" 3>"$tmp/ready" &
 spid=$!
-i=0
-while [ ! -S "$tmp/sock" ]; do
-	if ! kill -0 "$spid" 2>/dev/null || [ $i -ge 200 ]; then
-		echo "kvtierd did not start under strace:"
-		cat "$tmp/log"
-		exit 1
-	fi
-	sleep 0.1
-	i=$((i + 1))
-done
+if [ "$(head -c 1 "$tmp/ready")" != R ]; then
+	echo "kvtierd did not start under strace:"
+	cat "$tmp/log"
+	exit 1
+fi
 dpid=$(pgrep -P "$spid" | head -n 1)
 [ -n "$dpid" ] || { echo "cannot find kvtierd under strace"; exit 1; }
 
@@ -94,7 +92,7 @@ fail=0
 "$replay" --socket "$tmp/sock" --quiet --requests 2 "$data/sympy_head640.kvd" || fail=1
 "$replay" --socket "$tmp/sock" --quiet --requests 2 "$data/sympy_l1h0_q128.kvd" || fail=1
 "$replay" --socket "$tmp/sock" --quiet --requests 1 --expect-full-hit "$data/sympy_head640.kvd" || fail=1
-for c in status tiers blocks clients metrics flush "evict --all"; do
+for c in ping status tiers blocks clients metrics config writeback flush "evict --all"; do
 	# shellcheck disable=SC2086 # $c is a command and its arguments
 	"$ctl" --socket "$tmp/sock" $c >/dev/null || { echo "kvtierctl $c failed"; fail=1; }
 	# shellcheck disable=SC2086

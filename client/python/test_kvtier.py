@@ -539,3 +539,163 @@ def test_daemon_restart(tmp_path):
         c.close()
     finally:
         d2.stop()
+
+
+def _run_py(code, daemon):
+    """Runs code in a fresh interpreter (a segfault there fails the test, not the run)."""
+    env = dict(os.environ, KVT_SOCK=daemon, PYTHONPATH=HERE)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+_VIEW_AFTER_CLOSE = r"""
+import os, errno, numpy as np, kvtier
+c = kvtier.Client(socket=os.environ["KVT_SOCK"])
+lay = c.register_layout(2, 2, 64, 16, model_id="test/small")
+(k1, k2) = c.key_chain(lay, np.arange(32) + 900)
+b = np.arange(lay.block_bytes, dtype=np.uint8)
+c.put(lay, k1, b)
+lease = c.lease(lay, k1)
+view = lease.array
+res = c.reserve(lay, k2)
+wview = res.array
+c.close()
+for what, fn in [("lease.array", lambda: lease.array), ("res.array", lambda: res.array),
+                 ("release", lease.release), ("commit", res.commit), ("get", lambda: c.get(lay, k1))]:
+    try:
+        fn()
+        print("no error:", what)
+    except kvtier.KvtError as e:
+        assert e.errno == errno.EBADF, e
+try:
+    wview[0] = 1
+    print("no error: write through a reservation view")
+except ValueError:
+    pass
+# Views still referenced keep the arena mapped: reading them must not crash.
+assert int(view[5]) == 5
+del view, wview, lease, res
+print("done")
+"""
+
+
+def test_views_after_close_raise_not_crash(daemon):
+    r = _run_py(_VIEW_AFTER_CLOSE, daemon)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout.strip() == "done", r.stdout
+
+
+def test_closed_client_releases_when_views_go(daemon):
+    # close() with a view alive keeps that connection (and its lease) until the view goes.
+    with kvtier.Client(socket=daemon) as watcher:
+        c = kvtier.Client(socket=daemon)
+        lay = small_layout(c)
+        (k,) = c.key_chain(lay, np.arange(16) + 950)
+        c.put(lay, k, rand_block(lay, 1))
+        view = c.lease(lay, k).array
+        c.close()
+        # Still leased: a delete only hides the block, and its bytes stay readable.
+        wl = small_layout(watcher)
+        assert watcher.delete(wl, k)
+        held = watcher.stats()["host_used_bytes"]
+        assert held >= lay.block_bytes
+        assert view.size == lay.block_bytes and view.sum() >= 0
+        del view
+        # The connection closes with the last view, and the daemon frees the leased block
+        # when it sees the hang-up (waited for, bounded only against a hang).
+        deadline = time.monotonic() + 30
+        while watcher.stats()["host_used_bytes"] >= held and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert watcher.stats()["host_used_bytes"] < held
+
+
+def test_integers_out_of_range_raise(client):
+    lay = small_layout(client)
+    (k,) = client.key_chain(lay, np.arange(16) + 960)
+    client.put(lay, k, rand_block(lay, 3))
+    assert client.get(lay, k) is not None
+    # Layout 2**40 is not layout 0 with its high bits dropped.
+    for lid in (2**40, 2**32 + lay.id, -1):
+        with pytest.raises(kvtier.KvtError) as ei:
+            client.get(lid, k)
+        assert ei.value.code == kvtier.KVT_ENOLAYOUT
+    # Key halves beyond 64 bits are refused, not truncated ((2**70, 1) is not (0, 1)).
+    client.put(lay, (0, 1), rand_block(lay, 4))
+    for bad in ((2**70, 1), (0, 2**64 + 1), (-1, 0)):
+        with pytest.raises(OverflowError):
+            client.get(lay, bad)
+        with pytest.raises(OverflowError):
+            client.put(lay, bad, rand_block(lay, 4))
+    with pytest.raises(OverflowError):
+        client.put(lay, (5, 5), rand_block(lay, 5), position=2**32)
+    with pytest.raises(OverflowError):
+        client.reserve(lay, (5, 6), nbytes=-1)
+    with pytest.raises(OverflowError):
+        kvtier.Client(socket="/nonexistent", timeout_ms=2**40)
+
+
+def test_put_refuses_what_is_not_a_block(client):
+    lay = small_layout(client)
+    (k,) = client.key_chain(lay, np.arange(16) + 970)
+    with pytest.raises(TypeError):
+        client.put(lay, k, "hello")
+    with pytest.raises(TypeError):
+        client.put_copy(lay, k, "hello")
+    with pytest.raises(TypeError):
+        client.put(lay, k, np.array(["hello"] * 8))
+    with pytest.raises(TypeError):
+        client.put(lay, k, [1, 2, 3])
+    with pytest.raises(ValueError):
+        client.put(lay, k, b"hello")  # shorter than a block
+    with pytest.raises(ValueError):
+        client.put(lay, k, np.zeros(lay.block_bytes + 8, dtype=np.uint8))
+    with pytest.raises(ValueError):
+        client.put(lay, k, b"")
+    assert not client.contains(lay, k)
+    # A shorter, last block on purpose: stored, and read back with its own length.
+    assert client.put(lay, k, b"hello" * 8, partial=True) == 0
+    assert client.get(lay, k).tobytes() == b"hello" * 8
+
+
+def test_batches(client):
+    lay = small_layout(client)
+    n = 300  # more than the ring's 256 entries
+    keys = client.key_chain(lay, np.arange(16 * n) + 10000, as_array=True)
+    blocks = np.stack([rand_block(lay, 2000 + i) for i in range(n)])
+    assert client.put(lay, keys[4], blocks[4]) == 0
+    st = client.put_batch(lay, keys, blocks, positions=[i * 16 for i in range(n)])
+    assert st.dtype == np.int32 and st.shape == (n,)
+    assert st[4] == 1 and (np.delete(st, 4) == 0).all()
+    # Duplicates inside one batch: the second is "already stored".
+    extra = client.key_chain(lay, np.arange(32) + 50000)
+    st = client.put_batch(lay, [extra[0], extra[0], extra[1]],
+                          [blocks[0], blocks[1], blocks[2].tobytes()])
+    assert list(st) == [0, 1, 0]
+    # Per-key presence, misses in between.
+    miss = client.key_chain(lay, np.arange(32) + 60000)
+    present = client.lookup_batch(lay, [keys[0], miss[0], keys[7], miss[1], extra[1]])
+    assert present.dtype == bool and list(present) == [True, False, True, False, True]
+    assert client.lookup_batch(lay, keys).all()
+    # Gets: bit-exact, into a new array or the caller's, misses reported per block.
+    out, st = client.get_batch(lay, keys)
+    assert (st == lay.block_bytes).all()
+    assert out.shape == (n, lay.block_bytes)
+    assert (out.view(np.float16).reshape(blocks.shape) == blocks).all()
+    mine = np.zeros((3,) + lay.block_shape, dtype=np.float16)
+    out, st = client.get_batch(lay, [keys[9], miss[0], extra[0]], out=mine)
+    assert out is mine
+    assert list(st) == [lay.block_bytes, -errno.ENOENT, lay.block_bytes]
+    assert (mine[0] == blocks[9]).all() and (mine[1] == 0).all() and (mine[2] == blocks[0]).all()
+    small = np.full((2, lay.block_bytes - 2), 7, dtype=np.uint8)
+    _, st = client.get_batch(lay, keys[:2], out=small)
+    assert list(st) == [-errno.ENOBUFS, -errno.ENOBUFS] and (small == 7).all()
+    # Refused as a whole before any request.
+    with pytest.raises(ValueError):
+        client.put_batch(lay, keys[:2], blocks[:3])
+    with pytest.raises(ValueError):
+        client.put_batch(lay, keys[:2], [blocks[0], blocks[0][:1]])
+    with pytest.raises(kvtier.KvtError) as ei:
+        client.lookup_batch(lay.id + 7, keys[:1])
+    assert ei.value.code == kvtier.KVT_ENOLAYOUT
+    assert client.lookup_batch(lay, []).size == 0
+    assert client.put_batch(lay, [], np.zeros((0, lay.block_bytes), np.uint8)).size == 0

@@ -45,6 +45,7 @@ def test_device_without_gpu(gpu_daemon):
         assert e.value.errno == errno.ENODEV
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not _HAVE_CUDA or kvtier.dev_available() == 0, reason="no GPU/torch")
 @pytest.mark.parametrize("host_only", [False, True])
 def test_device_torch_roundtrip(gpu_daemon, host_only):

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Cut the small .kvd test files of tests/data out of the shared real KV dump.
 
-    python3 tests/data/make_excerpt.py [--src ../shared/data/sympy_fancysets.kvd] [--out tests/data]
+    python3 tests/data/make_excerpt.py --src PATH/TO/sympy_fancysets.kvd [--out tests/data]
 
-Writes, each a valid .kvd (format: shared/data/README.md):
+--src is the project's development dump sympy_fancysets.kvd, which is not in the repository
+(docs/KVD.md describes it). Writes, each a valid .kvd (format: docs/KVD.md):
 
   sympy_head640.kvd   the first 640 tokens (10 blocks of 64), every layer and head, no queries
                       (n_query_positions = 0): real K/V for put/get/replay workloads.
@@ -70,7 +71,8 @@ def save(path, src, tokens, k, v, q):
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--src", default=os.path.join(here, "../../../shared/data/sympy_fancysets.kvd"))
+    ap.add_argument("--src", required=True,
+                    help="the development dump sympy_fancysets.kvd (not in the repository)")
     ap.add_argument("--out", default=here)
     ap.add_argument("--head-tokens", type=int, default=640)
     ap.add_argument("--layer", type=int, default=1)

@@ -73,7 +73,8 @@ void kvt_inproc_start(void)
 	struct kvtd_config cfg;
 	char opt[256];
 	struct kvt_layout l = kvt_inproc_layout();
-	struct kvt_connect_opts o = {sizeof(o), G.sock, "fuzz-good", 5000};
+	struct kvt_connect_opts o = {
+	    .size = sizeof(o), .socket_path = G.sock, .name = "fuzz-good", .timeout_ms = 5000};
 	uint32_t tok[NCANARY * 16];
 
 	if (G.d)

@@ -76,24 +76,11 @@ static pid_t daemon_start(const char *host_cap, const char *gpu_cap, ...)
 	va_end(ap);
 	argv[argc] = NULL;
 	unlink(sock);
-	pid = fork();
-	if (pid == 0) {
-		execv(kvtierd, (char **)argv);
-		_exit(127);
-	}
-	cur_daemon = pid;
-	for (int i = 0; i < 1000; i++) {
-		struct stat st;
-		if (stat(sock, &st) == 0)
-			return pid;
-		if (waitpid(pid, NULL, WNOHANG) == pid)
-			break;
-		usleep(10000);
-	}
-	fprintf(stderr, "kvtierd did not create %s\n", sock);
-	kill(pid, SIGKILL);
-	cur_daemon = 0;
-	return -1;
+	pid = kvt_test_daemon_start(argv, NULL, NULL);
+	cur_daemon = pid > 0 ? pid : 0;
+	if (pid < 0)
+		fprintf(stderr, "kvtierd refused to start\n");
+	return pid;
 }
 
 static int daemon_stop(pid_t pid)

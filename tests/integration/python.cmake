@@ -27,6 +27,13 @@ if(TARGET kvtier AND TARGET kvtierd)
 			COMMAND ${_kvt_py} -m pytest -q -p no:cacheprovider ${PROJECT_SOURCE_DIR}/client/python
 			LABELS fast
 			ENVIRONMENT "${_kvt_py_env}")
+		# pip install ./client/python (offline) and cmake --install of the package; the
+		# install prefix's package directory is on sys.path only for /usr and /usr/local.
+		kvt_add_test(python_package
+			COMMAND sh ${PROJECT_SOURCE_DIR}/tests/integration/python_package.sh ${_kvt_py}
+				${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR} $<TARGET_FILE:kvtier>
+				${KVT_PYTHON_INSTALL_DIR} ${CMAKE_INSTALL_PREFIX}
+			LABELS fast)
 	else()
 		message(STATUS "kvtier: no python3 with numpy and pytest; python_binding test skipped")
 		kvt_add_test(python_binding COMMAND sh -c "echo 'no python3 with numpy and pytest'; exit 77"

@@ -25,18 +25,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 1' INT TERM
 
-"$daemon" -f -s "$tmp/sock" -o host.capacity="${KVT_REPLAY_CAPACITY:-4MiB}" >"$tmp/kvtierd.log" 2>&1 &
+# kvtierd writes one byte to fd 3 once it serves, or exits without: wait on that event.
+mkfifo "$tmp/ready"
+"$daemon" -f --ready-fd 3 -s "$tmp/sock" -o host.capacity="${KVT_REPLAY_CAPACITY:-4MiB}" \
+	>"$tmp/kvtierd.log" 2>&1 3>"$tmp/ready" &
 pid=$!
-i=0
-while [ ! -S "$tmp/sock" ]; do
-	if ! kill -0 "$pid" 2>/dev/null || [ $i -ge 100 ]; then
-		echo "kvtierd did not start:" >&2
-		cat "$tmp/kvtierd.log" >&2
-		exit 1
-	fi
-	sleep 0.1
-	i=$((i + 1))
-done
+if [ "$(head -c 1 "$tmp/ready")" != R ]; then
+	echo "kvtierd did not start:" >&2
+	cat "$tmp/kvtierd.log" >&2
+	exit 1
+fi
 
 "$replay" --socket "$tmp/sock" "$@" "$dump"
 status=$?

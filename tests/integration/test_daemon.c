@@ -69,6 +69,17 @@ static struct {
 	char log[400];
 } drop;
 
+static void drop_setup(void *arg)
+{
+	struct rlimit rl = {drop.memlock, drop.memlock};
+	int fd = open(drop.log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+	(void)arg;
+	if (fd < 0 || dup2(fd, 2) < 0 || setrlimit(RLIMIT_MEMLOCK, &rl) < 0 ||
+	    setgroups(0, NULL) < 0 || setgid(drop.gid) < 0 || setuid(drop.uid) < 0)
+		_exit(126);
+}
+
 static pid_t daemon_start(const char *capacity, ...)
 {
 	const char *argv[32] = {kvtierd, "-f", "-s", sock, "-o", NULL};
@@ -87,34 +98,9 @@ static pid_t daemon_start(const char *capacity, ...)
 	va_end(ap);
 	argv[argc] = NULL;
 	unlink(sock);
-	pid = fork();
-	if (pid == 0) {
-		if (drop.on) {
-			struct rlimit rl = {drop.memlock, drop.memlock};
-			int fd = open(drop.log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-
-			if (fd < 0 || dup2(fd, 2) < 0 || setrlimit(RLIMIT_MEMLOCK, &rl) < 0 ||
-			    setgroups(0, NULL) < 0 || setgid(drop.gid) < 0 || setuid(drop.uid) < 0)
-				_exit(126);
-		}
-		execv(kvtierd, (char **)argv);
-		_exit(127);
-	}
-	cur_daemon = pid;
-	for (int i = 0; i < 500; i++) {
-		struct stat st;
-		int ws;
-		if (stat(sock, &st) == 0)
-			return pid;
-		if (waitpid(pid, &ws, WNOHANG) == pid) {
-			cur_daemon = 0;
-			return -1; /* refused to start (a configuration error) */
-		}
-		usleep(10000);
-	}
-	fprintf(stderr, "kvtierd did not create %s\n", sock);
-	kill(pid, SIGKILL);
-	return -1;
+	pid = kvt_test_daemon_start(argv, drop.on ? drop_setup : NULL, NULL);
+	cur_daemon = pid > 0 ? pid : 0;
+	return pid;
 }
 
 static int daemon_stop(pid_t pid)
@@ -182,6 +168,20 @@ static long long status_metric(const char *name)
 }
 
 /*
+ * Waits for the daemon's metric name to reach at least (ge) or at most (!ge) v: on the event
+ * itself, however slow the machine (ctest's TIMEOUT bounds a hang).  Returns the last value,
+ * or -2 when kvtierctl cannot get it (the daemon is gone).
+ */
+static long long wait_metric(const char *name, bool ge, long long v)
+{
+	long long x;
+
+	while ((x = status_metric(name)) >= 0 && (ge ? x < v : x > v))
+		usleep(5000);
+	return x;
+}
+
+/*
  * Waits until only the test's own client (and the kvtierctl that asks) is connected, then
  * checks that no reservation, lease or pin is left and, if used0 >= 0, that the host tier
  * uses used0 bytes again.  Returns 0, or -1 after printing what differs.
@@ -191,9 +191,7 @@ static int back_to_baseline(long long used0)
 	static const char *const zero[] = {"reservations", "leases", "pins"};
 	long long v;
 
-	for (int i = 0; i < 400 && status_metric("clients") > 2; i++)
-		usleep(5000);
-	if ((v = status_metric("clients")) != 2) {
+	if ((v = wait_metric("clients", false, 2)) != 2) {
 		fprintf(stderr, "baseline: clients %lld, expected 2\n", v);
 		return -1;
 	}
@@ -768,7 +766,7 @@ static void test_kvtierctl(void)
 		printf("promtool not installed: metrics format checked by substring only\n");
 	}
 	free(out);
-	out = ctl(&rc, "flush");
+	out = ctl(&rc, "writeback");
 	CHECK_EQ(rc, 0);
 	free(out);
 	out = ctl(&rc, "bogus");
@@ -865,7 +863,7 @@ static void test_nvme_spill_restart(void)
 	out = ctl(&rc, "--json status");
 	CHECK(rc == 0 && strstr(out, "\"name\":\"nvme\""));
 	free(out);
-	out = ctl(&rc, "flush");
+	out = ctl(&rc, "writeback");
 	CHECK(rc == 0 && strstr(out, "queued"));
 	free(out);
 	kvt_close(c);
@@ -952,7 +950,7 @@ static void test_nvme_corruption(void)
 	int lay = kvt_register_layout(c, &l);
 	make_keys(&l, 41, keys, N);
 	put_all(c, lay, keys, N, bb, 7000);
-	free(ctl(&rc, "flush"));
+	free(ctl(&rc, "writeback"));
 	kvt_close(c);
 	CHECK_EQ(daemon_stop(pid), 0);
 
@@ -1595,7 +1593,7 @@ static int tenant_put(void *p)
 		char *out = ctl(&rc, "evict --all 2>&1");
 		bad |= rc != 1 || !out || !strstr(out, "permission denied");
 		free(out);
-		out = ctl(&rc, "flush 2>&1");
+		out = ctl(&rc, "writeback 2>&1");
 		bad |= rc != 1;
 		free(out);
 		/* blocks and clients list only our own. */
@@ -1735,16 +1733,14 @@ static void test_nvme_prefetch(void)
 	make_keys(&l, 81, keys, N);
 	make_keys(&l, 82, unknown, 4);
 	put_all(c, lay, keys, N, bb, 8000);
-	free(ctl(&rc, "flush"));
-	for (int i = 0; i < 100 && status_metric("demotions_total") < N; i++)
-		usleep(10000);
+	free(ctl(&rc, "writeback"));
+	wait_metric("demotions_total", true, N);
 	free(ctl(&rc, "evict --all"));
 	CHECK_EQ(status_metric("blocks"), 0); /* host tier empty, all on NVMe */
 	long long prom0 = status_metric("promotions_total");
 	CHECK_EQ(kvt_prefetch(c, lay, keys, 20, 3, 0), 20);
 	CHECK_EQ(kvt_prefetch(c, lay, unknown, 4, 1, 0), 4); /* not stored: ignored */
-	for (int i = 0; i < 200 && status_metric("promotions_total") < prom0 + 20; i++)
-		usleep(5000);
+	wait_metric("promotions_total", true, prom0 + 20);
 	CHECK_EQ(status_metric("prefetch_issued_total"), 20);
 	CHECK_EQ(status_metric("promotions_total"), prom0 + 20);
 	/* Now served from the host, bit-exact, and counted as useful. */
@@ -1755,8 +1751,7 @@ static void test_nvme_prefetch(void)
 	CHECK(status_metric("prefetch_dropped_total") >= 4);
 	/* Prefetched and never read, then evicted: wasted. */
 	CHECK_EQ(kvt_prefetch(c, lay, keys + 100, 10, 0, 0), 10);
-	for (int i = 0; i < 200 && status_metric("promotions_total") < prom0 + 30; i++)
-		usleep(5000);
+	wait_metric("promotions_total", true, prom0 + 30);
 	free(ctl(&rc, "evict --all"));
 	CHECK_EQ(status_metric("prefetch_wasted_total"), 10);
 	kvt_close(c);

@@ -132,7 +132,8 @@ static struct kvt_client *connect_ok(void)
 
 static int try_connect(struct kvt_client **c)
 {
-	struct kvt_connect_opts o = {sizeof(o), sock, "tenants", 5000};
+	struct kvt_connect_opts o = {
+	    .size = sizeof(o), .socket_path = sock, .name = "tenants", .timeout_ms = 5000};
 
 	*c = NULL;
 	return kvt_connect(&o, c);

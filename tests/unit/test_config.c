@@ -78,6 +78,39 @@ static void test_bad_values(void **state)
 	assert_int_equal(kvtd_config_validate(&c, NULL), -EINVAL);
 }
 
+/* Every numeric key: the largest value it accepts must survive as that value (no wrap), and
+ * one more is refused.  index.max_blocks=2^32 gave an index of size 0. */
+static void test_ranges(void **state)
+{
+	struct kvtd_config c;
+	const char *sec, *name;
+	char val[64], a[160];
+
+	(void)state;
+	kvtd_config_defaults(&c);
+	assert_int_equal(kvtd_config_set(&c, "index.max_blocks=4294967296", NULL), -EINVAL);
+	assert_int_equal(kvtd_config_set(&c, "index.max_blocks=2147483649", NULL), -EINVAL);
+	assert_int_equal(kvtd_config_set(&c, "index.max_blocks=2147483648", NULL), 0);
+	assert_int_equal(c.max_blocks, 2147483648u);
+	assert_int_equal((uint32_t)c.max_blocks, c.max_blocks); /* what kvtd_index_init takes */
+	assert_int_equal(kvtd_config_set(&c, "daemon.max_clients=4294967297", NULL), -EINVAL);
+	assert_int_equal(kvtd_config_set(&c, "daemon.tick_ms=18446744073709551616", NULL), -EINVAL);
+	assert_int_equal(kvtd_config_set(&c, "host.capacity=16777216TiB", NULL), -EINVAL);
+	/* The value each key prints is what it was set to. */
+	kvtd_config_defaults(&c);
+	for (size_t i = 0; i < kvtd_config_nkeys(); i++) {
+		struct kvtd_config d;
+
+		assert_int_equal(kvtd_config_value(&c, i, &sec, &name, val, sizeof(val)), 0);
+		snprintf(a, sizeof(a), "%s.%s=%s", sec, name, val);
+		kvtd_config_defaults(&d);
+		assert_int_equal(kvtd_config_set(&d, a, NULL), 0);
+		assert_memory_equal(&c, &d, sizeof(c));
+	}
+	assert_int_equal(kvtd_config_value(&c, kvtd_config_nkeys(), &sec, &name, val, sizeof(val)),
+			 -EINVAL);
+}
+
 static void test_file_round_trip(void **state)
 {
 	char path[] = "/tmp/kvtier-conf-XXXXXX";
@@ -115,9 +148,8 @@ static void test_file_round_trip(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_defaults),
-	    cmocka_unit_test(test_sizes),
-	    cmocka_unit_test(test_bad_values),
+	    cmocka_unit_test(test_defaults),	    cmocka_unit_test(test_sizes),
+	    cmocka_unit_test(test_bad_values),	    cmocka_unit_test(test_ranges),
 	    cmocka_unit_test(test_file_round_trip),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

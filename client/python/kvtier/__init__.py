@@ -14,8 +14,9 @@ writable numpy view of the arena, :meth:`Client.lease` a read-only one).
         c.put(lay, keys[n], block)              # block: any C-contiguous array of block_bytes
         out = c.get(lay, keys[0], dtype=np.float16, shape=lay.block_shape)
 
-The library is found through ``$KVTIER_LIB``, else ``../../build/client/libkvtier.so`` next
-to this file (a source checkout), else ``ctypes.util.find_library('kvtier')``.
+The library is found through ``$KVTIER_LIB``, else ``build/client/libkvtier.so`` of the source
+checkout this package sits in, else the dynamic loader (``libkvtier.so.0`` as installed, found
+through ld.so's cache or ``LD_LIBRARY_PATH``), else ``ctypes.util.find_library('kvtier')``.
 
 Errors are raised as :class:`KvtError` (an :class:`OSError`; ``errno`` is set for errno
 codes, ``code`` always holds the positive code).  A miss is not an error for :meth:`Client.get`
@@ -28,6 +29,7 @@ import ctypes
 import ctypes.util
 import errno as _errno
 import os
+import weakref
 from typing import Any, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -36,6 +38,7 @@ __all__ = [
     "KvtError", "Client", "Layout", "Reservation", "Lease", "key_chain", "layout_fingerprint",
     "layout_block_bytes", "strerror", "version", "KEY_DTYPE", "KVT_ERRNO_BASE", "KVT_EVERSION",
     "KVT_ECORRUPT", "KVT_ENOLAYOUT", "KVT_EDAEMON", "KVT_EPROTOCOL", "KVT_ELIMIT",
+    "CONNECT_CHECK_UID",
 ]
 
 KVT_ERRNO_BASE = 4096
@@ -68,7 +71,12 @@ class _Key(ctypes.Structure):
 
 class _ConnectOpts(ctypes.Structure):
     _fields_ = [("size", ctypes.c_uint32), ("socket_path", ctypes.c_char_p),
-                ("name", ctypes.c_char_p), ("timeout_ms", ctypes.c_int)]
+                ("name", ctypes.c_char_p), ("timeout_ms", ctypes.c_int),
+                ("flags", ctypes.c_uint32), ("daemon_uid", ctypes.c_uint32)]
+
+
+#: kvt_connect_opts.flags: refuse a daemon not run by root, this uid or ``daemon_uid``
+CONNECT_CHECK_UID = 1
 
 
 class _Layout(ctypes.Structure):
@@ -104,13 +112,23 @@ def _find_library() -> str:
     if env:
         return env
     here = os.path.dirname(os.path.abspath(__file__))
-    local = os.path.normpath(os.path.join(here, "..", "..", "build", "client", "libkvtier.so"))
+    local = os.path.normpath(os.path.join(here, "..", "..", "..", "build", "client",
+                                          "libkvtier.so"))
     if os.path.exists(local):
         return local
+    # The installed library through the loader: its SONAME first (no -dev symlink needed),
+    # then whatever find_library reports (ldconfig's cache, gcc's search path).
+    for name in ("libkvtier.so.0", "libkvtier.so"):
+        try:
+            ctypes.CDLL(name)
+            return name
+        except OSError:
+            pass
     found = ctypes.util.find_library("kvtier")
     if found:
         return found
-    raise ImportError("libkvtier not found: set $KVTIER_LIB to the path of libkvtier.so")
+    raise ImportError("libkvtier not found: install it (ldconfig), or set $KVTIER_LIB to the "
+                      "path of libkvtier.so")
 
 
 _MISSING: set = set()
@@ -153,6 +171,14 @@ def _load() -> ctypes.CDLL:
         "kvt_stats": (ctypes.c_int, [c_client, P(_Stats)]),
         "kvt_prefetch": (ctypes.c_int, [c_client, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t,
                                         ctypes.c_uint, ctypes.c_uint32]),
+        "kvt_put_batch": (ctypes.c_int, [c_client, ctypes.c_int, ctypes.c_void_p,
+                                         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                                         ctypes.c_size_t, ctypes.c_void_p]),
+        "kvt_get_batch": (ctypes.c_int, [c_client, ctypes.c_int, ctypes.c_void_p,
+                                         ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
+                                         ctypes.c_void_p]),
+        "kvt_lookup_batch": (ctypes.c_int, [c_client, ctypes.c_int, ctypes.c_void_p,
+                                            ctypes.c_size_t, ctypes.c_void_p]),
     }
     for name, (res, args) in sigs.items():
         fn = getattr(lib, name, None)
@@ -295,6 +321,15 @@ def layout_block_bytes(layout: Layout) -> int:
     return layout.block_bytes
 
 
+def _uint(v: Any, bits: int, what: str) -> int:
+    """int(v), refused unless it fits an unsigned C integer of that many bits (ctypes would
+    silently keep the low bits)."""
+    n = int(v)
+    if not 0 <= n < 1 << bits:
+        raise OverflowError(f"{what} {n} is out of range for a uint{bits}")
+    return n
+
+
 def _to_key(key: KeyLike) -> _Key:
     if isinstance(key, _Key):
         return key
@@ -309,7 +344,7 @@ def _to_key(key: KeyLike) -> _Key:
         return _Key.from_buffer_copy(b.tobytes())
     if isinstance(key, tuple):
         lo, hi = key
-        return _Key(int(lo), int(hi))
+        return _Key(_uint(lo, 64, "key lo"), _uint(hi, 64, "key hi"))
     if isinstance(key, int):
         if not 0 <= key < 2**128:
             raise ValueError("an integer key is in [0, 2**128)")
@@ -377,8 +412,12 @@ def _as_bytes_view(arr: np.ndarray, writable: bool) -> np.ndarray:
     return arr.reshape(-1).view(np.uint8)
 
 
-def _arena_view(addr: int, nbytes: int, readonly: bool) -> np.ndarray:
+def _arena_view(addr: int, nbytes: int, readonly: bool, keep: Any) -> np.ndarray:
     buf = (ctypes.c_uint8 * nbytes).from_address(addr)
+    # Every array viewing the arena (and every view of it) holds the connection: the arena
+    # stays mapped while one exists, so a view used after close() reads stale bytes at
+    # worst, never unmapped memory.
+    buf._kvt_keep = keep
     if readonly:
         # From a read-only memoryview numpy refuses to ever make the array writable again.
         return np.frombuffer(memoryview(buf).toreadonly(), dtype=np.uint8)
@@ -412,29 +451,42 @@ class Reservation:
     def __init__(self, client: "Client", r: _Reservation, array: np.ndarray) -> None:
         self._client = client
         self._r = r
-        self.array = array
+        self._array = array
         self.done = False
+
+    @property
+    def array(self) -> np.ndarray:
+        """The writable view; KvtError(EBADF) once the client is closed."""
+        self._client._handle()
+        return self._array
+
+    def _closed(self) -> None:
+        # The client closed under us: nothing may be written through the view any more.
+        self._array.flags.writeable = False
 
     def commit(self, position: Optional[int] = None) -> None:
         """Makes the block visible. The reservation is spent either way.  ``position``: where
         the block's first token stands in its sequence (see kvt_put_commit_at)."""
         if self.done:
             raise KvtError(_errno.EINVAL, "commit: reservation already finished")
+        h = self._client._handle()
         self.done = True
+        self._array.flags.writeable = False
         if position is None:
-            _check(_lib.kvt_put_commit(self._client._handle(), ctypes.byref(self._r)),
-                   "kvt_put_commit")
+            _check(_lib.kvt_put_commit(h, ctypes.byref(self._r)), "kvt_put_commit")
         else:
-            _check(_lib.kvt_put_commit_at(self._client._handle(), ctypes.byref(self._r),
-                                          int(position)), "kvt_put_commit_at")
+            _check(_lib.kvt_put_commit_at(h, ctypes.byref(self._r),
+                                          _uint(position, 32, "position")),
+                   "kvt_put_commit_at")
 
     def abort(self) -> None:
         """Drops the reservation; nothing becomes visible."""
         if self.done:
             return
+        h = self._client._handle()
         self.done = True
-        _check(_lib.kvt_put_abort(self._client._handle(), ctypes.byref(self._r)),
-               "kvt_put_abort")
+        self._array.flags.writeable = False
+        _check(_lib.kvt_put_abort(h, ctypes.byref(self._r)), "kvt_put_abort")
 
     def __enter__(self) -> np.ndarray:
         return self.array
@@ -458,21 +510,43 @@ class Lease:
     def __init__(self, client: "Client", lease: _Lease, array: np.ndarray) -> None:
         self._client = client
         self._l = lease
-        self.array = array
+        self._array = array
         self.released = False
+
+    @property
+    def array(self) -> np.ndarray:
+        """The read-only view; KvtError(EBADF) once the client is closed."""
+        self._client._handle()
+        return self._array
+
+    def _closed(self) -> None:
+        pass
 
     def release(self) -> None:
         if self.released:
             return
+        h = self._client._handle()
         self.released = True
-        _check(_lib.kvt_lease_release(self._client._handle(), ctypes.byref(self._l)),
-               "kvt_lease_release")
+        _check(_lib.kvt_lease_release(h, ctypes.byref(self._l)), "kvt_lease_release")
 
     def __enter__(self) -> np.ndarray:
         return self.array
 
     def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
         self.release()
+
+
+class _Conn:
+    """Owns one ``struct kvt_client``: kvt_close() runs when the last reference goes, i.e.
+    when the Client is closed and no arena view of it is left (each holds a reference)."""
+
+    def __init__(self, h: int) -> None:
+        self.h = h
+
+    def __del__(self) -> None:
+        if self.h is not None and _lib is not None:
+            _lib.kvt_close(self.h)
+            self.h = None
 
 
 class Client:
@@ -485,22 +559,38 @@ class Client:
     """
 
     def __init__(self, socket: Optional[str] = None, name: Optional[str] = None,
-                 timeout_ms: int = 0) -> None:
+                 timeout_ms: int = 0, daemon_uid: Optional[int] = None) -> None:
         self._c: Optional[int] = None
+        self._conn: Optional[_Conn] = None
+        self._holds: "weakref.WeakSet" = weakref.WeakSet()
         self._layouts: dict = {}
+        if not -2**31 <= int(timeout_ms) < 2**31:
+            raise OverflowError(f"timeout_ms {timeout_ms} is out of range for an int")
         opts = _ConnectOpts(ctypes.sizeof(_ConnectOpts),
                             os.fsencode(socket) if socket is not None else None,
-                            name.encode() if name is not None else None, timeout_ms)
+                            name.encode() if name is not None else None, int(timeout_ms),
+                            CONNECT_CHECK_UID if daemon_uid is not None else 0,
+                            _uint(daemon_uid or 0, 32, "daemon_uid"))
         h = ctypes.c_void_p()
         _check(_lib.kvt_connect(ctypes.byref(opts), ctypes.byref(h)), "kvt_connect")
+        self._conn = _Conn(h.value)
         self._c = h.value
 
     # -- lifetime --------------------------------------------------------------------------
     def close(self) -> None:
-        """Closes the connection; releases every lease, pin and reservation of this client."""
+        """Closes the connection; releases every lease, pin and reservation of this client.
+
+        Every later call raises KvtError(EBADF), and so do the methods and ``array`` of its
+        leases and reservations; reservation views become read-only.  A numpy view of the
+        arena still referenced elsewhere keeps the connection (and its holds) open until
+        the last such view is garbage collected: touching it never reads unmapped memory.
+        """
         if self._c is not None:
-            _lib.kvt_close(self._c)
             self._c = None
+            for hold in list(self._holds):
+                hold._closed()
+            self._holds = weakref.WeakSet()
+            self._conn = None
 
     def __enter__(self) -> "Client":
         return self
@@ -525,7 +615,10 @@ class Client:
             if layout.id is None:
                 raise KvtError(KVT_ENOLAYOUT, "layout is not registered")
             return layout.id
-        return int(layout)
+        lid = int(layout)
+        if not 0 <= lid < 2**31:  # ctypes would keep the low bits of a C int
+            raise KvtError(KVT_ENOLAYOUT, f"layout id {lid}")
+        return lid
 
     def _block_bytes(self, layout: LayoutLike) -> Optional[int]:
         if isinstance(layout, Layout):
@@ -587,11 +680,22 @@ class Client:
         many requests were queued."""
         if "kvt_prefetch" in _MISSING:
             raise KvtError(_errno.ENOSYS, "kvt_prefetch: not in this libkvtier")
-        if not 0 <= priority <= 3 or not 0 <= deadline_us < 2**32:
+        if not 0 <= int(priority) <= 3 or not 0 <= int(deadline_us) < 2**32:
             raise ValueError("priority is 0..3, deadline_us a uint32")
         arr = _keys_array(keys)
         return _check(_lib.kvt_prefetch(self._handle(), self._lid(layout), arr.ctypes.data,
                                         arr.size, priority, deadline_us), "kvt_prefetch")
+
+    def lookup_batch(self, layout: LayoutLike,
+                     keys: Union[np.ndarray, Iterable[KeyLike]]) -> np.ndarray:
+        """Which keys are stored, each on its own (not a prefix): a numpy bool array, one
+        round trip to the daemon for the lot (kvt_lookup_batch)."""
+        self._need("kvt_lookup_batch")
+        arr = _keys_array(keys)
+        present = np.zeros(arr.size, dtype=np.uint8)
+        _check(_lib.kvt_lookup_batch(self._handle(), self._lid(layout), arr.ctypes.data,
+                                     arr.size, present.ctypes.data), "kvt_lookup_batch")
+        return present.astype(bool)
 
     def contains(self, layout: LayoutLike, key: KeyLike) -> bool:
         """Whether one key is stored (a lookup of one key)."""
@@ -614,22 +718,51 @@ class Client:
         r = _Reservation()
         ck = _to_key(key)
         _check(_lib.kvt_put_reserve(self._handle(), self._lid(layout), ctypes.byref(ck),
-                                    nbytes, ctypes.byref(r)), "kvt_put_reserve")
+                                    _uint(nbytes, 63, "nbytes"), ctypes.byref(r)),
+               "kvt_put_reserve")
         try:
-            view = _shaped(_arena_view(r.data, r.len, readonly=False), dtype, shape)
+            view = _shaped(_arena_view(r.data, r.len, readonly=False, keep=self._conn),
+                           dtype, shape)
         except Exception:
             _lib.kvt_put_abort(self._c, ctypes.byref(r))
             raise
-        return Reservation(self, r, view)
+        res = Reservation(self, r, view)
+        self._holds.add(res)
+        return res
+
+    def _block_src(self, layout: LayoutLike, data: Any, partial: bool) -> np.ndarray:
+        """The bytes of one block to store, as a flat uint8 array (no copy): a bytes-like
+        object or a C-contiguous numpy array of block_bytes (fewer with ``partial``)."""
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            src = np.frombuffer(data, dtype=np.uint8)
+        elif isinstance(data, np.ndarray):
+            if data.dtype.hasobject or data.dtype.kind in "USV":
+                raise TypeError(f"a block is numeric data, not {data.dtype}")
+            src = _as_bytes_view(data, writable=False)
+        else:
+            raise TypeError(f"a block is bytes-like or a numpy array, not "
+                            f"{type(data).__name__}")
+        bb = self._block_bytes(layout)
+        if src.size == 0:
+            raise ValueError("a block of 0 bytes")
+        if bb is not None and src.size > bb:
+            raise ValueError(f"a block of {src.size} bytes is longer than the layout's "
+                             f"{bb}")
+        if bb is not None and src.size < bb and not partial:
+            raise ValueError(f"a block of {src.size} bytes, the layout's are {bb} (pass "
+                             f"partial=True to store a shorter, last block)")
+        return src
 
     def put(self, layout: LayoutLike, key: KeyLike, data: Union[np.ndarray, bytes],
-            position: Optional[int] = None) -> int:
-        """Stores ``data`` (a C-contiguous array of any dtype, or bytes) under ``key``:
-        reserve, one copy into the arena, commit.  Returns 0 when stored, 1 when the key was
-        already stored (nothing written).  Raises KvtError otherwise.  ``position``: the
-        block's first token's position in its sequence, for codecs that undo RoPE."""
-        src = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) \
-            else _as_bytes_view(np.asarray(data), writable=False)
+            position: Optional[int] = None, partial: bool = False) -> int:
+        """Stores ``data`` (a C-contiguous numpy array of any numeric dtype, or a bytes-like
+        object) of the layout's block_bytes under ``key``: reserve, one copy into the arena,
+        commit.  Returns 0 when stored, 1 when the key was already stored (nothing written).
+        ``partial=True`` accepts a shorter block (the last, partial block of a prompt);
+        anything else of the wrong size or type raises ValueError/TypeError before any
+        request.  Raises KvtError otherwise.  ``position``: the block's first token's
+        position in its sequence, for codecs that undo RoPE."""
+        src = self._block_src(layout, data, partial)
         try:
             res = self.reserve(layout, key, src.size)
         except KvtError as e:
@@ -644,13 +777,89 @@ class Client:
         res.commit(position)
         return 0
 
-    def put_copy(self, layout: LayoutLike, key: KeyLike, data: Union[np.ndarray, bytes]) -> int:
+    def put_copy(self, layout: LayoutLike, key: KeyLike, data: Union[np.ndarray, bytes],
+                 partial: bool = False) -> int:
         """Same as :meth:`put` through the library's kvt_put() (the copy runs in C)."""
-        src = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) \
-            else _as_bytes_view(np.asarray(data), writable=False)
+        src = self._block_src(layout, data, partial)
         ck = _to_key(key)
         return _check(_lib.kvt_put(self._handle(), self._lid(layout), ctypes.byref(ck),
                                    src.ctypes.data, src.size), "kvt_put")
+
+    @staticmethod
+    def _need(name: str) -> None:
+        if name in _MISSING:
+            raise KvtError(_errno.ENOSYS, f"{name}: not in this libkvtier")
+
+    def put_batch(self, layout: LayoutLike, keys: Union[np.ndarray, Iterable[KeyLike]],
+                  blocks: Any, positions: Optional[Sequence[int]] = None,
+                  partial: bool = False) -> np.ndarray:
+        """Stores many blocks for one round trip to the daemon (kvt_put_batch).
+
+        ``blocks``: a C-contiguous numpy array whose first dimension is the block index
+        (e.g. ``(n, *lay.block_shape)``), or a sequence of n blocks as :meth:`put` takes
+        them, all of one size.  ``positions``: each block's first token position (or None).
+        Returns a numpy int32 array of per-block results: 0 stored, 1 already stored, or a
+        negative errno (``-errno.ENOSPC``, ...); raises KvtError when the call as a whole is
+        refused."""
+        self._need("kvt_put_batch")
+        arr = _keys_array(keys)
+        n = arr.size
+        if isinstance(blocks, np.ndarray) and blocks.ndim >= 1 and \
+                blocks.dtype.kind not in "OUSV":
+            if blocks.shape[0] != n:
+                raise ValueError(f"{blocks.shape[0]} blocks for {n} keys")
+            flat = _as_bytes_view(blocks, writable=False).reshape(n, -1) if n else \
+                np.zeros((0, 1), dtype=np.uint8)
+            srcs = [flat[i] for i in range(n)]
+        else:
+            srcs = list(blocks)
+            if len(srcs) != n:
+                raise ValueError(f"{len(srcs)} blocks for {n} keys")
+        srcs = [self._block_src(layout, b, partial) for b in srcs]
+        size = srcs[0].size if srcs else 1
+        if any(b.size != size for b in srcs):
+            raise ValueError("the blocks of one batch are all of one size")
+        ptrs = (ctypes.c_void_p * max(n, 1))(*[b.ctypes.data for b in srcs])
+        pos = None
+        if positions is not None:
+            pl = [2**32 - 1 if p is None else _uint(p, 32, "position") for p in positions]
+            if len(pl) != n:
+                raise ValueError(f"{len(pl)} positions for {n} keys")
+            pos = np.ascontiguousarray(pl, dtype=np.uint32)
+        status = np.zeros(n, dtype=np.int32)
+        _check(_lib.kvt_put_batch(self._handle(), self._lid(layout), arr.ctypes.data, ptrs,
+                                  pos.ctypes.data if pos is not None else None, size, n,
+                                  status.ctypes.data), "kvt_put_batch")
+        return status
+
+    def get_batch(self, layout: LayoutLike, keys: Union[np.ndarray, Iterable[KeyLike]],
+                  out: Optional[np.ndarray] = None,
+                  block_bytes: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """Copies many blocks out for one round trip to the daemon (kvt_get_batch).
+
+        ``out``: a writable C-contiguous array whose first dimension is the block index (its
+        rows hold one block each, e.g. ``(n, *lay.block_shape)``); without it a new
+        ``(n, block_bytes)`` uint8 array is made.  Returns ``(out, status)``: ``status`` is a
+        numpy int32 array holding each block's length, or ``-errno.ENOENT`` for a miss
+        (its row untouched), ``-errno.ENOBUFS`` when the block is longer than a row."""
+        self._need("kvt_get_batch")
+        arr = _keys_array(keys)
+        n = arr.size
+        if out is None:
+            cap = block_bytes or self._block_bytes(layout)
+            if not cap:
+                raise TypeError("get_batch: block_bytes is required for a bare layout id")
+            out = np.zeros((n, cap), dtype=np.uint8)
+        if out.ndim < 1 or out.shape[0] != n:
+            raise ValueError(f"out must have {n} rows")
+        rows = _as_bytes_view(out, writable=True).reshape(n, -1) if n else \
+            np.zeros((0, 1), dtype=np.uint8)
+        cap = rows.shape[1]
+        ptrs = (ctypes.c_void_p * max(n, 1))(*[rows[i].ctypes.data for i in range(n)])
+        status = np.zeros(n, dtype=np.int32)
+        _check(_lib.kvt_get_batch(self._handle(), self._lid(layout), arr.ctypes.data, ptrs,
+                                  cap, n, status.ctypes.data), "kvt_get_batch")
+        return out, status
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, layout: LayoutLike, key: KeyLike, out: Optional[np.ndarray] = None,
@@ -700,11 +909,14 @@ class Client:
         _check(_lib.kvt_get_lease(self._handle(), self._lid(layout), ctypes.byref(ck),
                                   ctypes.byref(ls)), "kvt_get_lease")
         try:
-            view = _shaped(_arena_view(ls.data, ls.len, readonly=True), dtype, shape)
+            view = _shaped(_arena_view(ls.data, ls.len, readonly=True, keep=self._conn),
+                           dtype, shape)
         except Exception:
             _lib.kvt_lease_release(self._c, ctypes.byref(ls))
             raise
-        return Lease(self, ls, view)
+        lease = Lease(self, ls, view)
+        self._holds.add(lease)
+        return lease
 
     # -- management ------------------------------------------------------------------------
     def delete(self, layout: LayoutLike, key: KeyLike) -> bool:
@@ -755,7 +967,7 @@ def iter_blocks(arr: np.ndarray, block_bytes: int) -> Iterator[np.ndarray]:
 
 def save_kvd(path: str, k: np.ndarray, v: np.ndarray, q: Optional[np.ndarray] = None,
              tokens: Optional[Sequence[int]] = None, source: str = "") -> None:
-    """Writes a KV dump in the ``.kvd`` format (shared/data/README.md) that ``kvtier-eval``
+    """Writes a KV dump in the ``.kvd`` format (docs/KVD.md) that ``kvtier-eval``
     reads: to calibrate a codec dictionary (``kvtier-eval dict``) or measure codecs on your
     own model's KV.
 
@@ -924,6 +1136,7 @@ class Device:
         h = ctypes.c_void_p()
         _check(_lib.kvt_dev_open(client._handle(), ctypes.byref(opts), ctypes.byref(h)),
                "kvt_dev_open")
+        self._conn = client._conn  # the client's struct outlives this device
         self._d = h.value
 
     def close(self) -> None:

@@ -1,0 +1,18 @@
+# The remote tier (tiers/tier_remote.c, tiers/redis_cluster.c) against real redis-server
+# processes on loopback that the test starts (a 6-node cluster, a plain Redis, fake nodes,
+# a fault-injecting proxy).  One scenario per ctest entry; each cluster uses its own free
+# ports, so they may run in parallel.  Exit 77 (skipped) without redis-server.
+if(TARGET kvt_tier_remote)
+	add_executable(test_remote ${CMAKE_CURRENT_LIST_DIR}/test_remote.c
+		${CMAKE_CURRENT_LIST_DIR}/redis_harness.c)
+	target_include_directories(test_remote PRIVATE ${CMAKE_CURRENT_LIST_DIR})
+	target_link_libraries(test_remote PRIVATE kvt_tier_remote Threads::Threads)
+	kvt_add_test(remote_standalone COMMAND $<TARGET_FILE:test_remote> standalone
+		LABELS remote TIMEOUT 120)
+	kvt_add_test(remote_malformed COMMAND $<TARGET_FILE:test_remote> malformed
+		LABELS remote fast TIMEOUT 60)
+	foreach(s slots reshard ask kill stop alldown proxy)
+		kvt_add_test(remote_${s} COMMAND $<TARGET_FILE:test_remote> ${s}
+			LABELS remote slow TIMEOUT 180)
+	endforeach()
+endif()
