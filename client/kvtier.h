@@ -117,7 +117,9 @@ struct kvt_connect_opts {
  * Connects to kvtierd, maps the shared arena and the request rings.  o may be NULL.
  * On success *out is a new client that the caller frees with kvt_close().
  * Returns 0, -ENOENT/-ECONNREFUSED (no daemon), -KVT_EVERSION, -EPERM (refused by the
- * daemon, or by KVT_CONNECT_CHECK_UID), -EINVAL (unknown flags), -ENOMEM, ...
+ * daemon, or by KVT_CONNECT_CHECK_UID), -EINVAL (unknown flags), -ENOMEM, -KVT_ELIMIT (a
+ * connection limit: daemon.max_clients, max_clients_per_uid, or the places kept for admins;
+ * the daemon's log names it), ...
  */
 KVT_API int kvt_connect(const struct kvt_connect_opts *o, struct kvt_client **out);
 
@@ -243,7 +245,8 @@ KVT_API int kvt_put_abort(struct kvt_client *c, struct kvt_reservation *r);
 /*
  * Stores len bytes from data under key: reserve, copy, commit.  Returns 0 when stored, 1 when
  * the key was already stored (nothing written), -errno otherwise (-EINVAL: see "Block
- * lengths" above).
+ * lengths" above; -KVT_ELIMIT: the daemon's index.max_blocks are all held, leased, pinned or
+ * being written, so none could be evicted).
  */
 KVT_API int kvt_put(struct kvt_client *c, int layout, const struct kvt_key *key, const void *data,
 		    size_t len);
@@ -269,7 +272,8 @@ KVT_API int kvt_lookup(struct kvt_client *c, int layout, const struct kvt_key *k
  * block's length; -ENOENT on a miss (also when a stored record failed its integrity check:
  * it is counted and never served); -ENOBUFS (nothing copied) when cap is smaller than the
  * block; -ENOSPC when the block is on NVMe and the host tier has no room it can free for it
- * (everything there leased or pinned): retry after releasing leases.
+ * (everything there leased or pinned): retry after releasing leases; -KVT_ELIMIT when this
+ * tenant (uid) holds host.tenant_hold_max of the host tier pinned or leased already.
  */
 KVT_API ssize_t kvt_get(struct kvt_client *c, int layout, const struct kvt_key *key, void *buf,
 			size_t cap);
@@ -298,7 +302,8 @@ KVT_API int kvt_delete(struct kvt_client *c, int layout, const struct kvt_key *k
 
 /*
  * Pins key: it is never evicted until unpinned (or this client closes).  Pins nest.
- * Returns 0 or -ENOENT.
+ * Returns 0, -ENOENT, or -KVT_ELIMIT when this tenant (uid) holds host.tenant_hold_max of the
+ * host tier pinned or leased already.
  */
 KVT_API int kvt_pin(struct kvt_client *c, int layout, const struct kvt_key *key);
 /* Undoes one kvt_pin() of this client. Returns 0, -ENOENT, -EINVAL when not pinned by c. */

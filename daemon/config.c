@@ -26,6 +26,9 @@ static const struct key keys[] = {
     {"daemon", "tick_ms", K_U32, F(tick_ms), "100", 1, 60000},
     {"daemon", "spin_us", K_U32, F(spin_us), "50", 0, 1000000},
     {"daemon", "max_clients", K_U32, F(max_clients), "256", 1, 65536},
+    {"daemon", "max_clients_per_uid", K_U32, F(max_clients_per_uid), "128", 1, 65536},
+    {"daemon", "admin_reserved_clients", K_U32, F(admin_reserved), "4", 0, 65535},
+    {"daemon", "handshake_timeout_ms", K_U32, F(handshake_timeout_ms), "5000", 1, 600000},
     {"daemon", "ring_entries", K_U32, F(ring_entries), "256", 8, 65536},
     {"daemon", "log_level", K_LOGLEVEL, F(log_level), "info", 0, 0},
     {"daemon", "admin_group", K_STR, F(admin_group), "kvtier-admin", 0, 0},
@@ -34,8 +37,10 @@ static const struct key keys[] = {
     {"host", "high_watermark", K_RATIO, F(host_high), "0.95", 0, 0},
     {"host", "low_watermark", K_RATIO, F(host_low), "0.85", 0, 0},
     {"host", "codec", K_STR, F(host_codec), "raw", 0, 0},
+    {"host", "tenant_hold_max", K_RATIO, F(host_hold_max), "0.5", 0, 0},
     /* The index numbers blocks with 32 bits and sizes its hash table in powers of two. */
     {"index", "max_blocks", K_U64, F(max_blocks), "1048576", 1024, 1ull << 31},
+    {"index", "max_layouts_per_tenant", K_U32, F(max_layouts_per_tenant), "1024", 1, 1u << 20},
     {"nvme", "enabled", K_BOOL, F(nvme_enabled), "false", 0, 0},
     {"nvme", "paths", K_STR, F(nvme_paths), "/var/lib/kvtier/nvme0.slots", 0, 0},
     {"nvme", "capacity", K_SIZE, F(nvme_capacity), "16GiB", 1u << 20, 1ull << 50},
@@ -255,6 +260,12 @@ int kvtd_config_load(struct kvtd_config *c, const char *path, FILE *err)
 
 int kvtd_config_validate(const struct kvtd_config *c, FILE *err)
 {
+	if (c->admin_reserved >= c->max_clients) {
+		if (err)
+			fprintf(err, "kvtierd: daemon.admin_reserved_clients must be below "
+				     "daemon.max_clients\n");
+		return -EINVAL;
+	}
 	if (c->host_low >= c->host_high) {
 		if (err)
 			fprintf(err,

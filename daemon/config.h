@@ -24,6 +24,9 @@ struct kvtd_config {
 	uint32_t tick_ms;
 	uint32_t spin_us;
 	uint32_t max_clients;
+	uint32_t max_clients_per_uid;  /* connections of one non-admin uid */
+	uint32_t admin_reserved;       /* of max_clients, kept for admin connections */
+	uint32_t handshake_timeout_ms; /* a connection without HELLO is closed after this */
 	uint32_t ring_entries;
 	int log_level; /* 0 error, 1 warn, 2 info, 3 debug */
 	char admin_group[64];
@@ -33,8 +36,10 @@ struct kvtd_config {
 	double host_high;
 	double host_low;
 	char host_codec[64];
+	double host_hold_max; /* fraction of host.capacity one tenant may pin or lease */
 	/* [index] */
 	uint64_t max_blocks;
+	uint32_t max_layouts_per_tenant;
 	/* [nvme] */
 	bool nvme_enabled;
 	char nvme_paths[1024];

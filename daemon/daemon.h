@@ -59,12 +59,24 @@ struct tenant {
 	uint64_t used_bytes;
 	uint64_t blocks;
 	unsigned nclients;
+	uint64_t
+	    held_bytes; /* pages of its blocks that are pinned or leased (host.tenant_hold_max) */
+	uint64_t evictions; /* its blocks evicted from the host tier, or to make index room */
+	uint32_t ngeoms;    /* layout geometries it holds (index.max_layouts_per_tenant) */
+	/* Its arena is registered with CUDA: by the GPU tier here (gpu_reg) or by connected
+	 * device clients (pinners).  Pinned pages must not be punched: the GPU would go on
+	 * writing pages the CPU no longer sees.  Freed pages are punched when both end. */
+	unsigned pinners;
+	bool gpu_reg;
 };
 
 struct layout_slot {
 	uint64_t fp;
 	uint32_t block_bytes;
+	uint32_t geom; /* the geometry entry this slot holds a reference on (placement.c) */
 };
+
+struct admin_job; /* a listing that runs over several event-loop turns (server.c) */
 
 struct client {
 	uint32_t magic;
@@ -72,7 +84,9 @@ struct client {
 	int sock, sq_efd, cq_efd;
 	struct ev sock_ev, sq_ev;
 	bool hello, admin, data, dead;
-	bool device; /* libkvtier's GPU-tier connection (KVT_HELLO_DEVICE) */
+	bool device;   /* libkvtier's GPU-tier connection (KVT_HELLO_DEVICE) */
+	bool abnormal; /* ended by the daemon for a protocol error, or holding unfinished work */
+	int refused;   /* -errno: told so in reply to its HELLO, then closed; not a client */
 	uid_t uid;
 	gid_t gid;
 	pid_t pid;
@@ -95,6 +109,7 @@ struct client {
 	uint32_t n_leases, n_reserves, n_pins;
 	uint64_t puts, gets, hits, misses, lookups;
 	uint64_t connected_ms;
+	struct admin_job *job;
 	struct client *next;
 };
 
@@ -123,9 +138,13 @@ struct pf_ring {
 	uint32_t head, tail;
 };
 
-/* Geometry of a layout some client registered: what the NVMe codec chain needs. */
+/* Geometry of a layout some client of a tenant registered: what the NVMe codec chain
+ * needs.  Hashed by (fingerprint, tenant); freed when no block and no client refers to it. */
 struct geom_slot {
 	uint64_t fp;
+	uint32_t tenant; /* index in d->tenants */
+	uint32_t refs;	 /* client layout slots and blocks */
+	uint32_t next;	 /* hash chain, or the free list */
 	struct kvt_codec_geom g;
 };
 
@@ -171,7 +190,21 @@ struct kvtd {
 	uint64_t host_encoding; /* host bytes of blocks being encoded for demotion */
 	uint64_t seq;
 	struct geom_slot *geoms;
-	uint32_t ngeoms;
+	uint32_t ngeoms, cap_geoms, free_geom;
+	uint32_t *geom_bucket, geom_mask;
+	/* Blocks (READY) with a copy per tier: kept exact at every change (kvtd_blk_account),
+	 * so status and metrics never scan the index.  check_counts (KVTIER_CHECK_COUNTS=1 in
+	 * the environment, for tests) compares them with a full scan at every tick. */
+	uint64_t tier_nblocks[KVTD_NTIERS];
+	bool check_counts;
+	/* Connections: those refused but waiting for their HELLO to be told why; accept()
+	 * backing off after EMFILE/ENFILE (the listener is out of epoll until a tick) */
+	uint32_t nrefused;
+	bool accept_paused, emfile_logged;
+	/* pidfds of peers whose connection ended holding something: dead at the next tick
+	 * (client_deaths_total), or alive (they closed it: a normal end) */
+	int dying[64];
+	uint32_t ndying;
 	struct waiter *waiters;
 	uint32_t nwaiters, cap_waiters, free_waiter;
 	struct pf_ring pf[KVTD_PF_LEVELS];
@@ -179,10 +212,6 @@ struct kvtd {
 	/* GPU tier (gpu_place.c); NULL when off or unavailable (gpu_err says why) */
 	struct kvtd_gpu *gpu;
 	int gpu_err;
-	/* Some tenant arena is registered with CUDA (by the GPU tier here or by a device client):
-	 * its pages are pinned, so punching holes into an arena would leave the GPU writing
-	 * pages the CPU no longer sees.  placement.c must not punch while this is set. */
-	bool arena_pinned;
 	/* Operators' view (server.c): wall-clock start, request latency histograms. */
 	uint64_t start_unix;
 	uint64_t lat_bucket[KVTD_LAT_OPS][KVTD_LAT_BUCKETS]; /* non-cumulative */
@@ -199,7 +228,25 @@ void kvtd_wake_lease(struct kvtd *d, uint32_t client_id, uint64_t user_data, uin
 /* placement.c */
 int kvtd_place_init(struct kvtd *d);
 void kvtd_place_fini(struct kvtd *d);
-void kvtd_geom_note(struct kvtd *d, uint64_t fp, const struct kvt_layout *l);
+/* The geometry entry of (fp, t), made from l when new: its index (no reference taken), or
+ * -KVT_ELIMIT when t holds index.max_layouts_per_tenant already, or -ENOMEM. */
+int64_t kvtd_geom_note(struct kvtd *d, struct tenant *t, uint64_t fp, const struct kvt_layout *l);
+void kvtd_geom_ref(struct kvtd *d, uint32_t g);
+/* Drops a reference; the entry is freed with its last one. */
+void kvtd_geom_unref(struct kvtd *d, uint32_t g);
+/* Block i (just inserted) refers to the geometry of its fingerprint, if known. */
+void kvtd_blk_geom(struct kvtd *d, uint32_t i);
+/* A new entry for key (lo, hi), state FREE: when index.max_blocks are in use, the least
+ * recently used block that nobody holds is evicted to make room.  KVTD_NIL when none can. */
+uint32_t kvtd_blk_insert(struct kvtd *d, uint64_t lo, uint64_t hi);
+/* Brings block i's counters (per tier, per tenant) up to date after a change. */
+void kvtd_blk_account(struct kvtd *d, uint32_t i);
+/* Compares every counter kept by kvtd_blk_account with a full scan; aborts on a mismatch. */
+void kvtd_check_counts(struct kvtd *d);
+/* Tenant t's arena got or lost a CUDA registration (pinned: +1 or -1 pinner). */
+void kvtd_tenant_pinned(struct kvtd *d, struct tenant *t, int delta);
+/* Whether freed pages of t's arena go back to the host now (several tenants, none pinned). */
+bool kvtd_tenant_may_punch(const struct kvtd *d, const struct tenant *t);
 /* Room for len bytes in t's arena, evicting (and demoting) as needed: offset or -errno. */
 int64_t kvtd_host_alloc(struct kvtd *d, struct tenant *t, uint32_t len);
 void kvtd_host_unalloc(struct kvtd *d, struct tenant *t, uint64_t off, uint32_t len);

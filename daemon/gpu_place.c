@@ -298,7 +298,7 @@ static int arena_ready(struct kvtd *d, const struct tenant *t, uint32_t ti)
 		return ret;
 	}
 	g->reg[ti] = t->base;
-	d->arena_pinned = true;
+	d->tenants[ti]->gpu_reg = true;
 	return 0;
 }
 

@@ -91,6 +91,7 @@ uint32_t kvtd_index_insert(struct kvtd_index *ix, uint64_t lo, uint64_t hi)
 	for (int l = 0; l < 2; l++)
 		b->lru_prev[l] = b->lru_next[l] = KVTD_NIL;
 	b->waiters = KVTD_NIL;
+	b->geom = KVTD_NIL;
 	s = slot_of(ix, lo, hi);
 	b->next = ix->bucket[s];
 	ix->bucket[s] = i;

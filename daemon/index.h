@@ -40,6 +40,8 @@ struct kvtd_blk {
 	uint8_t on_nvme;    /* NVMe record at nvme_* (written and complete) */
 	uint8_t io;	    /* KVTD_IO_*: demotion or promotion in flight */
 	uint8_t prefetched; /* brought up by a prefetch and not read since */
+	uint8_t acct;	    /* what the block counts in now (placement.c kvtd_blk_account) */
+	uint32_t geom;	    /* its layout's geometry entry (placement.c), or KVTD_NIL */
 	uint32_t nvme_len;  /* bytes reserved by the NVMe slot */
 	uint64_t nvme_off;
 	uint16_t nvme_file;

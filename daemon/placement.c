@@ -72,14 +72,135 @@ static bool nvme_on(const struct kvtd *d)
  */
 static void set_host(struct kvtd *d, struct kvtd_blk *b, bool on)
 {
-	(void)d;
 	b->on_host = on;
+	kvtd_blk_account(d, (uint32_t)(b - d->ix.blk));
 }
 
 static void set_nvme(struct kvtd *d, struct kvtd_blk *b, bool on)
 {
-	(void)d;
 	b->on_nvme = on;
+	kvtd_blk_account(d, (uint32_t)(b - d->ix.blk));
+}
+
+enum { ACCT_HOST = 1, ACCT_NVME = 2, ACCT_HELD = 4 };
+
+void kvtd_blk_account(struct kvtd *d, uint32_t i)
+{
+	struct kvtd_blk *b = B(d, i);
+	uint8_t a = 0, ch;
+
+	if (b->state == KVTD_BLK_READY)
+		a |= (b->on_host ? ACCT_HOST : 0) | (b->on_nvme ? ACCT_NVME : 0);
+	if (b->state != KVTD_BLK_FREE && (b->pins || b->leases))
+		a |= ACCT_HELD;
+	ch = a ^ b->acct;
+	if (!ch)
+		return;
+	if (ch & ACCT_HOST)
+		d->tier_nblocks[KVTD_TIER_HOST] += a & ACCT_HOST ? 1 : (uint64_t)-1;
+	if (ch & ACCT_NVME)
+		d->tier_nblocks[KVTD_TIER_NVME] += a & ACCT_NVME ? 1 : (uint64_t)-1;
+	if (ch & ACCT_HELD) {
+		uint64_t bytes = kvtd_pages(b->len) << KVTD_PAGE_SHIFT;
+		struct tenant *t = kvtd_tenant_of(d, b);
+
+		t->held_bytes += a & ACCT_HELD ? bytes : (uint64_t)0 - bytes;
+	}
+	b->acct = a;
+}
+
+void kvtd_check_counts(struct kvtd *d)
+{
+	uint64_t tb[KVTD_NTIERS] = {0}, *blocks, *held;
+	bool bad = false;
+
+	blocks = calloc(d->ntenants + 1, sizeof(*blocks));
+	held = calloc(d->ntenants + 1, sizeof(*held));
+	if (!blocks || !held)
+		goto out;
+	for (uint32_t i = 0; i < d->ix.used; i++) {
+		const struct kvtd_blk *b = B(d, i);
+
+		if (b->state == KVTD_BLK_READY) {
+			tb[KVTD_TIER_HOST] += b->on_host;
+			tb[KVTD_TIER_NVME] += b->on_nvme;
+			blocks[b->tenant]++;
+		}
+		if (b->state != KVTD_BLK_FREE && (b->pins || b->leases))
+			held[b->tenant] += kvtd_pages(b->len) << KVTD_PAGE_SHIFT;
+	}
+	for (int t = 0; t < KVTD_NTIERS; t++) {
+		if (tb[t] != d->tier_nblocks[t]) {
+			kvtd_log(KVTD_LOG_ERR,
+				 "counter check: tier %d has %llu blocks, counted %llu", t,
+				 (unsigned long long)tb[t], (unsigned long long)d->tier_nblocks[t]);
+			bad = true;
+		}
+	}
+	for (uint32_t k = 0; k < d->ntenants; k++) {
+		const struct tenant *t = d->tenants[k];
+
+		if (blocks[k] != t->blocks || held[k] != t->held_bytes) {
+			kvtd_log(KVTD_LOG_ERR,
+				 "counter check: uid %u has %llu blocks and %llu bytes held, "
+				 "counted %llu and %llu",
+				 t->uid, (unsigned long long)blocks[k], (unsigned long long)held[k],
+				 (unsigned long long)t->blocks, (unsigned long long)t->held_bytes);
+			bad = true;
+		}
+	}
+out:
+	free(blocks);
+	free(held);
+	if (bad)
+		abort();
+}
+
+bool kvtd_tenant_may_punch(const struct kvtd *d, const struct tenant *t)
+{
+	/* With one tenant nobody else needs the pages; it reuses them. */
+	return d->ntenants > 1 && !t->pinners && !t->gpu_reg;
+}
+
+/* Gives every free page of t's arena back to the host (pages freed while it was pinned). */
+static void tenant_punch_free(struct kvtd *d, struct tenant *t)
+{
+	const struct kvtd_pagemap *pm = &t->pm;
+	uint64_t p = 0;
+
+	(void)d;
+	while (p < pm->npages) {
+		uint64_t start, w = pm->bits[p >> 6] >> (p & 63);
+
+		if (w == (~0ull >> (p & 63))) { /* the rest of this word is in use */
+			p = (p | 63) + 1;
+			continue;
+		}
+		if (w & 1) {
+			p++;
+			continue;
+		}
+		start = p;
+		while (p < pm->npages && !(pm->bits[p >> 6] >> (p & 63) & 1)) {
+			if (!(p & 63) && !pm->bits[p >> 6] && p + 64 <= pm->npages)
+				p += 64;
+			else
+				p++;
+		}
+		fallocate(t->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			  (off_t)(start << KVTD_PAGE_SHIFT),
+			  (off_t)((p - start) << KVTD_PAGE_SHIFT));
+	}
+}
+
+void kvtd_tenant_pinned(struct kvtd *d, struct tenant *t, int delta)
+{
+	if (delta > 0) {
+		t->pinners++;
+		return;
+	}
+	if (t->pinners && !--t->pinners && kvtd_tenant_may_punch(d, t))
+		tenant_punch_free(d, t);
 }
 
 static void fix_tier(struct kvtd_blk *b)
@@ -101,7 +222,7 @@ static void host_free_copy(struct kvtd *d, uint32_t i, bool punch)
 		abort();
 	}
 	/* With several tenants, memory freed in one arena must really return to the host. */
-	if (punch)
+	if (punch && kvtd_tenant_may_punch(d, t))
 		fallocate(t->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)b->off,
 			  (off_t)(np << KVTD_PAGE_SHIFT));
 	t->used_bytes -= np << KVTD_PAGE_SHIFT;
@@ -162,12 +283,17 @@ void kvtd_blk_drop(struct kvtd *d, uint32_t i)
 	/* In-flight I/O notices the changed generation and cleans up after itself. */
 	b->pend = NULL;
 	b->io = KVTD_IO_NONE;
-	host_free_copy(d, i, d->ntenants > 1 && !d->arena_pinned);
+	host_free_copy(d, i, true);
 	if (d->nvme)
 		nvme_free_copy(d, i);
 	b->state = KVTD_BLK_ZOMBIE;
 	wake_all(d, i, -ENOENT);
+	if (b->geom != KVTD_NIL) {
+		kvtd_geom_unref(d, b->geom);
+		b->geom = KVTD_NIL;
+	}
 	kvtd_index_remove(&d->ix, i);
+	kvtd_blk_account(d, i);
 }
 
 void kvtd_blk_hide(struct kvtd *d, uint32_t i)
@@ -177,6 +303,7 @@ void kvtd_blk_hide(struct kvtd *d, uint32_t i)
 	kvtd_tenant_of(d, b)->blocks--;
 	kvtd_index_unhash(&d->ix, i);
 	b->state = KVTD_BLK_ZOMBIE;
+	kvtd_blk_account(d, i);
 	/* The NVMe copy goes now, so that a restart cannot bring a deleted block back (a read
 	 * in flight on it still completes: the tier frees the slot after it). */
 	if (d->nvme) {
@@ -227,6 +354,7 @@ void kvtd_blk_lru_update(struct kvtd *d, uint32_t i)
 	struct kvtd_blk *b = B(d, i);
 	bool ready = b->state == KVTD_BLK_READY && !b->pins;
 
+	kvtd_blk_account(d, i);
 	/* A block being encoded keeps its host copy until the record is written. */
 	if (ready && b->on_host && !b->leases && b->io != KVTD_IO_ENCODE)
 		kvtd_lru_push(&d->ix, KVTD_TIER_HOST, i);
@@ -288,36 +416,156 @@ static int nvme_alloc(struct kvtd *d, uint32_t len, struct kvt_tier_loc *loc)
 	}
 }
 
-static const struct kvt_codec_geom *geom_of(struct kvtd *d, uint64_t fp)
+/* ---------------------------------------------------------------------------------------
+ * Layout geometries: hashed by (fingerprint, tenant), so a demotion finds its block's in
+ * O(1) however many layouts tenants register; counted per tenant and freed with their last
+ * reference (a client's layout slot or a block).
+ */
+static uint32_t geom_hash(const struct kvtd *d, uint64_t fp, uint32_t tenant)
 {
-	for (uint32_t k = 0; k < d->ngeoms; k++) {
-		if (d->geoms[k].fp == fp)
-			return &d->geoms[k].g;
-	}
-	return NULL;
+	uint64_t h = (fp ^ tenant) * 0x9e3779b97f4a7c15ull;
+
+	return (uint32_t)(h >> 32) & d->geom_mask;
 }
 
-void kvtd_geom_note(struct kvtd *d, uint64_t fp, const struct kvt_layout *l)
+static uint32_t geom_find(const struct kvtd *d, uint64_t fp, uint32_t tenant)
 {
-	struct geom_slot *n;
+	if (!d->geom_bucket)
+		return KVTD_NIL;
+	for (uint32_t g = d->geom_bucket[geom_hash(d, fp, tenant)]; g != KVTD_NIL;
+	     g = d->geoms[g].next) {
+		if (d->geoms[g].fp == fp && d->geoms[g].tenant == tenant)
+			return g;
+	}
+	return KVTD_NIL;
+}
 
-	if (geom_of(d, fp))
-		return;
-	n = realloc(d->geoms, (d->ngeoms + 1) * sizeof(*n));
-	if (!n)
-		return; /* the block is then stored raw */
-	d->geoms = n;
-	memset(&n[d->ngeoms], 0, sizeof(n[0]));
-	n[d->ngeoms].fp = fp;
-	n[d->ngeoms].g.n_layers = l->n_layers;
-	n[d->ngeoms].g.n_kv_heads = l->n_kv_heads;
-	n[d->ngeoms].g.head_dim = l->head_dim;
-	n[d->ngeoms].g.block_tokens = l->block_tokens;
-	n[d->ngeoms].g.dtype = l->dtype;
+/* Doubles the bucket array when entries outnumber buckets. */
+static int geom_rehash(struct kvtd *d)
+{
+	uint32_t nb = d->geom_bucket ? (d->geom_mask + 1) * 2 : 64, *bk;
+
+	bk = malloc((size_t)nb * sizeof(*bk));
+	if (!bk)
+		return -ENOMEM;
+	memset(bk, 0xff, (size_t)nb * sizeof(*bk));
+	free(d->geom_bucket);
+	d->geom_bucket = bk;
+	d->geom_mask = nb - 1;
+	for (uint32_t g = 0; g < d->cap_geoms; g++) {
+		struct geom_slot *x = &d->geoms[g];
+		uint32_t h;
+
+		if (x->tenant == UINT32_MAX)
+			continue; /* free */
+		h = geom_hash(d, x->fp, x->tenant);
+		x->next = bk[h];
+		bk[h] = g;
+	}
+	return 0;
+}
+
+int64_t kvtd_geom_note(struct kvtd *d, struct tenant *t, uint64_t fp, const struct kvt_layout *l)
+{
+	uint32_t ti = UINT32_MAX, g, h;
+	struct geom_slot *x;
+
+	for (uint32_t k = 0; k < d->ntenants; k++) {
+		if (d->tenants[k] == t)
+			ti = k;
+	}
+	if (ti == UINT32_MAX)
+		return -EINVAL;
+	g = geom_find(d, fp, ti);
+	if (g != KVTD_NIL)
+		return g;
+	if (t->ngeoms >= d->cfg.max_layouts_per_tenant)
+		return -KVT_ELIMIT;
+	if (d->ngeoms + 1 > d->geom_mask + 1 || !d->geom_bucket) {
+		if (geom_rehash(d) < 0)
+			return -ENOMEM;
+	}
+	if (d->free_geom != KVTD_NIL) {
+		g = d->free_geom;
+		d->free_geom = d->geoms[g].next;
+	} else {
+		if (d->cap_geoms == UINT32_MAX - 1)
+			return -ENOMEM;
+		struct geom_slot *n = realloc(d->geoms, (d->cap_geoms + 1) * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		d->geoms = n;
+		g = d->cap_geoms++;
+	}
+	x = &d->geoms[g];
+	memset(x, 0, sizeof(*x));
+	x->tenant = ti;
+	x->g.n_layers = l->n_layers;
+	x->g.n_kv_heads = l->n_kv_heads;
+	x->g.head_dim = l->head_dim;
+	x->g.block_tokens = l->block_tokens;
+	x->g.dtype = l->dtype;
 	/* The daemon cannot tell where in the sequence a block sits (keys are hashes), so
 	 * codecs that keep sink tokens exact keep each block's first tokens: safe, not free. */
-	n[d->ngeoms].g.first_token = 0;
+	x->g.first_token = 0;
+	x->fp = fp;
+	h = geom_hash(d, fp, ti);
+	x->next = d->geom_bucket[h];
+	d->geom_bucket[h] = g;
 	d->ngeoms++;
+	t->ngeoms++;
+	/* Held by nobody yet: the caller takes its reference at once. */
+	return g;
+}
+
+void kvtd_geom_ref(struct kvtd *d, uint32_t g)
+{
+	d->geoms[g].refs++;
+}
+
+void kvtd_geom_unref(struct kvtd *d, uint32_t g)
+{
+	struct geom_slot *x;
+	uint32_t *pp;
+
+	if (!d->geoms)
+		return; /* kvtd_place_fini() ran: clients and blocks go after it */
+	x = &d->geoms[g];
+	if (x->refs && --x->refs)
+		return;
+	for (pp = &d->geom_bucket[geom_hash(d, x->fp, x->tenant)]; *pp != KVTD_NIL;
+	     pp = &d->geoms[*pp].next) {
+		if (*pp == g) {
+			*pp = x->next;
+			break;
+		}
+	}
+	d->tenants[x->tenant]->ngeoms--;
+	d->ngeoms--;
+	x->tenant = UINT32_MAX; /* free */
+	x->refs = 0;
+	x->next = d->free_geom;
+	d->free_geom = g;
+}
+
+void kvtd_blk_geom(struct kvtd *d, uint32_t i)
+{
+	struct kvtd_blk *b = B(d, i);
+	uint32_t g;
+
+	if (b->geom != KVTD_NIL)
+		return;
+	g = geom_find(d, b->fingerprint, b->tenant);
+	if (g == KVTD_NIL)
+		return;
+	kvtd_geom_ref(d, g);
+	b->geom = g;
+}
+
+static const struct kvt_codec_geom *geom_of(struct kvtd *d, uint32_t i)
+{
+	kvtd_blk_geom(d, i); /* a recovered block meets its layout's geometry later */
+	return B(d, i)->geom != KVTD_NIL ? &d->geoms[B(d, i)->geom].g : NULL;
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -409,7 +657,7 @@ static struct pend_io *demote_prepare(struct kvtd *d, uint32_t i, bool keep_host
 				      int *err)
 {
 	struct kvtd_blk *b = B(d, i);
-	const struct kvt_codec_geom *g = geom_of(d, b->fingerprint);
+	const struct kvt_codec_geom *g = geom_of(d, i);
 	const struct kvt_chain *chain = d->nvme_chain;
 	struct pend_io *p;
 
@@ -520,7 +768,7 @@ static int demote_write(struct kvtd *d, uint32_t i, struct pend_io *p)
 	b->pend = p;
 	b->io = KVTD_IO_DEMOTE;
 	if (!p->keep_host)
-		host_free_copy(d, i, d->ntenants > 1 && !d->arena_pinned);
+		host_free_copy(d, i, true);
 	kvtd_blk_lru_update(d, i);
 	return 0;
 fail:
@@ -636,6 +884,7 @@ static int evict_host(struct kvtd *d, const struct tenant *only, bool bg)
 	b = B(d, i);
 	d->m.evictions_total++;
 	d->m.evicted_bytes_total += b->len;
+	kvtd_tenant_of(d, b)->evictions++;
 	if (b->prefetched) {
 		d->m.prefetch_wasted_total++;
 		b->prefetched = 0;
@@ -643,7 +892,7 @@ static int evict_host(struct kvtd *d, const struct tenant *only, bool bg)
 	/* Punch only when another tenant needs the memory; one tenant reuses its pages. */
 	/* Never into an arena registered with CUDA: the GPU would keep writing pages the CPU
 	 * no longer sees. */
-	bool punch = d->ntenants > 1 && d->tenants[b->tenant] != only && !d->arena_pinned;
+	bool punch = d->tenants[b->tenant] != only;
 	if (b->on_nvme || b->io == KVTD_IO_DEMOTE || kvtd_gpu_has(d, i)) {
 		/* Already (being) written down, or kept in the GPU pool: dropping the host copy is
 		 * enough. */
@@ -684,6 +933,59 @@ static int evict_host(struct kvtd *d, const struct tenant *only, bool bg)
 int kvtd_evict_host_one(struct kvtd *d, const struct tenant *only)
 {
 	return evict_host(d, only, false);
+}
+
+/* The least recently used block of LRU list l that nobody holds, walking at most 1024. */
+static uint32_t lru_unheld(struct kvtd *d, int l)
+{
+	uint32_t i = d->ix.lru_tail[l];
+
+	for (unsigned n = 0; i != KVTD_NIL && n < 1024; n++) {
+		const struct kvtd_blk *b = B(d, i);
+
+		/* The host list holds neither pinned nor leased blocks; the NVMe list may hold
+		 * leased ones (a lease reads the host copy) */
+		if (!b->leases && !b->pins && b->state == KVTD_BLK_READY)
+			return i;
+		i = b->lru_prev[l];
+	}
+	return KVTD_NIL;
+}
+
+/* Frees an index entry: drops the least recently used block nobody holds.  0 or -ENOSPC. */
+static int evict_entry(struct kvtd *d)
+{
+	uint32_t h = lru_unheld(d, KVTD_TIER_HOST),
+		 n = nvme_on(d) ? lru_unheld(d, KVTD_TIER_NVME) : KVTD_NIL;
+	uint32_t i = h;
+	struct kvtd_blk *b;
+
+	if (i == KVTD_NIL || (n != KVTD_NIL && B(d, n)->atime < B(d, h)->atime))
+		i = n;
+	if (i == KVTD_NIL)
+		return -ENOSPC;
+	b = B(d, i);
+	kvtd_tenant_of(d, b)->evictions++;
+	if (b->on_host) {
+		d->m.evictions_total++;
+		d->m.evicted_bytes_total += b->len;
+	} else {
+		d->m.nvme_evictions_total++;
+	}
+	kvtd_blk_drop(d, i);
+	return 0;
+}
+
+uint32_t kvtd_blk_insert(struct kvtd *d, uint64_t lo, uint64_t hi)
+{
+	for (;;) {
+		uint32_t i = kvtd_index_insert(&d->ix, lo, hi);
+
+		if (i != KVTD_NIL || d->ix.cap < d->ix.max)
+			return i; /* an entry, or out of memory */
+		if (evict_entry(d) < 0)
+			return KVTD_NIL;
+	}
 }
 
 int64_t kvtd_host_alloc(struct kvtd *d, struct tenant *t, uint32_t len)
@@ -1349,6 +1651,7 @@ int kvtd_place_init(struct kvtd *d)
 	int np = 0, ret;
 
 	d->free_waiter = KVTD_NIL;
+	d->free_geom = KVTD_NIL;
 	ret = kvt_chain_parse("raw", &d->raw_chain);
 	if (ret < 0)
 		return ret;
@@ -1543,6 +1846,8 @@ void kvtd_place_fini(struct kvtd *d)
 	kvt_dict_free(d->nvme_dict);
 	d->nvme_dict = NULL;
 	free(d->geoms);
+	free(d->geom_bucket);
+	d->geom_bucket = NULL;
 	free(d->waiters);
 	for (int k = 0; k < KVTD_PF_LEVELS; k++) {
 		free(d->pf[k].items);

@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -29,6 +30,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/timerfd.h>
 #include <sys/un.h>
 #include <time.h>
@@ -281,7 +283,7 @@ static void op_reserve(struct kvtd *d, struct client *c, const struct kvt_sqe *s
 		ret = (int)off;
 		goto out;
 	}
-	i = kvtd_index_insert(&d->ix, lo, hi);
+	i = kvtd_blk_insert(d, lo, hi);
 	if (i == KVTD_NIL) {
 		kvtd_host_unalloc(d, c->t, (uint64_t)off, s->len);
 		ret = -KVT_ELIMIT;
@@ -296,6 +298,7 @@ static void op_reserve(struct kvtd *d, struct client *c, const struct kvt_sqe *s
 	b->owner = c->id;
 	b->fingerprint = l->fp;
 	b->on_host = 1;
+	kvtd_blk_geom(d, i);
 	ret = hold_add(c, i, b->gen, HOLD_RESERVE, &handle);
 	if (ret < 0) {
 		kvtd_blk_drop(d, i);
@@ -375,13 +378,33 @@ static void lease_granted(struct kvtd *d, struct client *c, uint32_t i)
 	d->m.get_bytes_total += b->len;
 }
 
+/*
+ * host.tenant_hold_max: a tenant may pin or lease at most this share of the host tier, so
+ * that one tenant holding everything cannot leave the others nothing to evict (ENOSPC).
+ * 0 when c's tenant may hold block i too, or -KVT_ELIMIT.
+ */
+static int hold_quota(struct kvtd *d, struct client *c, uint32_t i)
+{
+	const struct kvtd_blk *b = kvtd_blk(&d->ix, i);
+	uint64_t max = (uint64_t)(d->cfg.host_hold_max * (double)d->cfg.host_capacity);
+	uint64_t bytes = kvtd_pages(b->len) << KVTD_PAGE_SHIFT;
+
+	if (b->pins || b->leases || c->t->held_bytes + bytes <= max)
+		return 0; /* held already: no more memory */
+	kvtd_log(KVTD_LOG_DEBUG, "uid %u: pin or lease refused, host.tenant_hold_max reached",
+		 (unsigned)c->uid);
+	return -KVT_ELIMIT;
+}
+
 /* Leases block i (on the host) to c and fills the completion. */
 static void do_lease(struct kvtd *d, struct client *c, uint32_t i, struct kvt_cqe *q)
 {
 	struct kvtd_blk *b = kvtd_blk(&d->ix, i);
 	uint64_t handle;
-	int ret = hold_add(c, i, b->gen, HOLD_LEASE, &handle);
+	int ret = hold_quota(d, c, i);
 
+	if (!ret)
+		ret = hold_add(c, i, b->gen, HOLD_LEASE, &handle);
 	if (ret < 0) {
 		q->res = ret;
 		return;
@@ -414,6 +437,11 @@ static bool op_lease(struct kvtd *d, struct client *c, const struct kvt_sqe *s, 
 	if (i == KVTD_NIL) {
 		if (ret == -ENOENT)
 			count_miss(d, c);
+		q->res = ret;
+		return false;
+	}
+	ret = hold_quota(d, c, i); /* before any promotion it would make for nothing */
+	if (ret < 0) {
 		q->res = ret;
 		return false;
 	}
@@ -584,7 +612,9 @@ static void op_pin(struct kvtd *d, struct client *c, const struct kvt_sqe *s, st
 	}
 	b = kvtd_blk(&d->ix, i);
 	if (pin) {
-		ret = hold_add(c, i, b->gen, HOLD_PIN, &handle);
+		ret = hold_quota(d, c, i);
+		if (!ret)
+			ret = hold_add(c, i, b->gen, HOLD_PIN, &handle);
 		if (ret < 0) {
 			q->res = ret;
 			return;
@@ -814,6 +844,9 @@ static int send_result(int fd, int res)
 	return sock_send(fd, &r, sizeof(r), NULL, 0);
 }
 
+static void admin_job_free(struct client *c);
+static void accept_resume(struct kvtd *d);
+
 static void client_free(struct kvtd *d, struct client *c)
 {
 	struct client **pp;
@@ -832,20 +865,28 @@ static void client_free(struct kvtd *d, struct client *c)
 		close(c->cq_efd);
 	if (c->ring)
 		munmap(c->ring, c->ring_size);
+	for (uint32_t k = 0; k < c->nlayouts; k++)
+		kvtd_geom_unref(d, c->layouts[k].geom);
 	if (c->t)
 		c->t->nclients--;
+	if (c->t && c->device)
+		kvtd_tenant_pinned(d, c->t, -1);
+	admin_job_free(c);
 	free(c->holds);
 	c->magic = 0;
+	if (c->refused)
+		d->nrefused--;
+	else
+		d->nclients--;
 	free(c);
-	d->nclients--;
 	d->m.clients = d->nclients;
+	/* A descriptor is free again: accept() may work now. */
+	accept_resume(d);
 }
 
 /* Returns everything c held: unfinished puts vanish, leases and pins are dropped. */
 static void client_release_all(struct kvtd *d, struct client *c)
 {
-	bool held = c->n_leases || c->n_reserves || c->n_pins;
-
 	for (uint32_t h = 0; h < c->nholds; h++) {
 		struct hold *ho = &c->holds[h];
 
@@ -877,14 +918,47 @@ static void client_release_all(struct kvtd *d, struct client *c)
 		hold_put(c, ho);
 	}
 	c->n_leases = c->n_reserves = c->n_pins = 0;
-	if (held)
-		d->m.client_deaths_total++;
 	/* Pool room of the reservations dropped above is free again at once. */
 	kvtd_gpu_sweep(d);
 }
 
+/*
+ * A connection that ended holding something: client_deaths_total counts it when its process
+ * died (or is dying) with it, not when the process closed it (kvt_close is the goodbye).
+ * The process may still be on its way out now, so a pidfd is looked at on the next tick.
+ */
+static void death_check(struct kvtd *d, pid_t pid)
+{
+	int fd = pid > 0 ? (int)syscall(SYS_pidfd_open, pid, 0) : -1;
+
+	if (fd < 0) {
+		if (errno == ESRCH)
+			d->m.client_deaths_total++; /* gone already */
+		return; /* cannot tell (another pid namespace, a filter): not counted */
+	}
+	if (d->ndying == sizeof(d->dying) / sizeof(d->dying[0])) {
+		close(fd);
+		return;
+	}
+	d->dying[d->ndying++] = fd;
+}
+
+static void death_tick(struct kvtd *d)
+{
+	for (uint32_t k = 0; k < d->ndying; k++) {
+		struct pollfd p = {d->dying[k], POLLIN, 0};
+
+		if (poll(&p, 1, 0) == 1)
+			d->m.client_deaths_total++; /* readable: the process has exited */
+		close(d->dying[k]);
+	}
+	d->ndying = 0;
+}
+
 static void client_kill(struct kvtd *d, struct client *c, const char *why)
 {
+	bool held = c->n_leases || c->n_reserves || c->n_pins;
+
 	if (c->dead)
 		return;
 	kvtd_log(why ? KVTD_LOG_WARN : KVTD_LOG_DEBUG, "client %u (pid %d, uid %u, %s) %s", c->id,
@@ -895,6 +969,10 @@ static void client_kill(struct kvtd *d, struct client *c, const char *why)
 	if (c->sq_efd >= 0)
 		epoll_ctl(d->ep, EPOLL_CTL_DEL, c->sq_efd, NULL);
 	client_release_all(d, c);
+	if (held && why)
+		d->m.client_deaths_total++; /* ended by us: protocol errors */
+	else if (held)
+		death_check(d, c->pid);
 	/* Freed at the end of the loop iteration: events for c may still be in flight. */
 }
 
@@ -992,6 +1070,10 @@ static void handle_hello(struct kvtd *d, struct client *c, const struct kvt_msg_
 	r.daemon_version = KVT_VERSION_NUMBER;
 	memcpy(c->name, m->name, sizeof(c->name));
 	c->name[sizeof(c->name) - 1] = 0;
+	if (c->refused) {
+		ret = c->refused; /* why, now that it listens */
+		goto reply;
+	}
 	if (c->hello) {
 		ret = -KVT_EPROTOCOL;
 		goto reply;
@@ -1011,8 +1093,9 @@ static void handle_hello(struct kvtd *d, struct client *c, const struct kvt_msg_
 		}
 		c->t->nclients++;
 		c->device = true;
-		/* Device clients register the arena with CUDA (pinned pages): see daemon.h. */
-		d->arena_pinned = true;
+		/* Device clients register their tenant's arena with CUDA (pinned pages) while
+		 * they are connected: see struct tenant. */
+		kvtd_tenant_pinned(d, c->t, +1);
 		goto reply;
 	}
 	if (m->want_admin)
@@ -1041,11 +1124,15 @@ reply:
 		close(fds[0]); /* the mapping keeps the ring alive */
 	if (ret == -KVT_EVERSION)
 		client_kill(d, c, "speaks another protocol version");
+	/* A refused connection is not closed here: a peer that sent its next request behind
+	 * the HELLO (kvtierctl does) would get EPIPE instead of reading why.  It goes when the
+	 * peer closes it, or at daemon.handshake_timeout_ms. */
 }
 
 static void handle_layout(struct kvtd *d, struct client *c, const struct kvt_msg_layout *m)
 {
 	uint64_t fp;
+	int64_t geom;
 	int ret;
 
 	if (!c->data) {
@@ -1066,7 +1153,18 @@ static void handle_layout(struct kvtd *d, struct client *c, const struct kvt_msg
 		ret = -KVT_ELIMIT;
 		goto out;
 	}
-	kvtd_geom_note(d, fp, &m->layout);
+	geom = kvtd_geom_note(d, c->t, fp, &m->layout);
+	if (geom < 0) {
+		ret = (int)geom;
+		if (ret == -KVT_ELIMIT)
+			kvtd_log(
+			    KVTD_LOG_WARN,
+			    "uid %u: layout refused, index.max_layouts_per_tenant = %u reached",
+			    (unsigned)c->uid, d->cfg.max_layouts_per_tenant);
+		goto out;
+	}
+	kvtd_geom_ref(d, (uint32_t)geom);
+	c->layouts[c->nlayouts].geom = (uint32_t)geom;
 	c->layouts[c->nlayouts].fp = fp;
 	c->layouts[c->nlayouts].block_bytes = (uint32_t)kvt_layout_block_bytes(&m->layout);
 	ret = (int)c->nlayouts++;
@@ -1089,7 +1187,7 @@ static void handle_stats(struct kvtd *d, struct client *c)
 	r.host_capacity_bytes = d->cfg.host_capacity;
 	r.host_used_bytes = c->t ? c->t->used_bytes : 0;
 	r.host_blocks = c->t ? c->t->blocks : 0;
-	r.evictions = d->m.evictions_total;
+	r.evictions = c->t ? c->t->evictions : 0;
 	r.host_hits = d->tier[KVTD_TIER_HOST].hits;
 	r.host_misses = d->tier[KVTD_TIER_HOST].misses;
 	r.promotions = d->m.promotions_total;
@@ -1214,19 +1312,11 @@ static void safe_text(char *out, size_t n, const char *s, size_t max)
 	out[i] = 0;
 }
 
-/* Blocks with a copy in the tier (a promoted block counts in both). */
+/* Blocks with a copy in the tier (a promoted block counts in both): a counter, not a scan,
+ * so that polling metrics costs the clients nothing (kvtd_blk_account keeps it exact). */
 static uint64_t tier_blocks(struct kvtd *d, int tier)
 {
-	uint64_t n = 0;
-
-	for (uint32_t i = 0; i < d->ix.used; i++) {
-		const struct kvtd_blk *b = kvtd_blk(&d->ix, i);
-
-		if (b->state == KVTD_BLK_READY &&
-		    (tier == KVTD_TIER_HOST ? b->on_host : b->on_nvme))
-			n++;
-	}
-	return n;
+	return d->tier_nblocks[tier];
 }
 
 /* The GPU tier's row, when gpu.capacity asks for one (also when no GPU could serve it). */
@@ -1613,24 +1703,46 @@ static const char *blk_tier_name(const struct kvtd_blk *k)
 	return !k->on_host && !k->on_nvme ? "gpu" : tier_name[k->tier];
 }
 
-static void render_blocks(struct kvtd *d, struct client *c, struct sbuf *b, bool json,
-			  uint64_t limit)
-{
-	uint64_t now = kvtd_now_ms(), n = 0;
+/*
+ * `blocks` walks the whole index (pinned and leased blocks are outside the LRU lists), so it
+ * runs as a job of ADMIN_SCAN_BATCH entries per event-loop turn: the rings of every client
+ * are served in between, however large the index.  The reply goes when the walk is done.
+ */
+#define ADMIN_SCAN_BATCH 4096u
 
-	/* 0: the default; UINT64_MAX (kvtierctl --limit 0): every block. */
-	if (!limit)
-		limit = 100;
-	if (json)
-		sb_printf(b, "[");
-	else
-		sb_printf(b, "%-32s %-5s %10s %8s %6s %5s %8s %6s\n", "key", "tier", "bytes",
-			  "age_s", "leases", "pins", "hits", "uid");
-	/* Most recently used first; pinned and leased blocks are outside the LRU, so walk the
-	 * whole table instead. */
-	for (uint32_t i = 0; i < d->ix.used && n < limit; i++) {
+struct admin_job {
+	struct sbuf b;
+	uint32_t next; /* the index entry to look at next */
+	uint64_t n, limit, now;
+	bool json;
+};
+
+static void admin_send(struct kvtd *d, struct client *c, struct sbuf *b, int ret);
+
+static void admin_job_free(struct client *c)
+{
+	if (!c->job)
+		return;
+	free(c->job->b.p);
+	free(c->job);
+	c->job = NULL;
+}
+
+/* Runs one batch of c's listing; sends the reply when it is done.  Returns entries seen. */
+static int admin_job_step(struct kvtd *d, struct client *c)
+{
+	struct admin_job *j = c->job;
+	struct sbuf *b = &j->b;
+	uint32_t end =
+	    d->ix.used - j->next > ADMIN_SCAN_BATCH ? j->next + ADMIN_SCAN_BATCH : d->ix.used;
+	int seen = (int)(end - j->next);
+
+	for (uint32_t i = j->next; i < end && j->n < j->limit; i++) {
 		struct kvtd_blk *k = kvtd_blk(&d->ix, i);
 		struct tenant *t;
+		uint64_t now = j->now;
+		bool json = j->json;
+		uint64_t n = j->n;
 
 		if (k->state != KVTD_BLK_READY)
 			continue;
@@ -1650,10 +1762,46 @@ static void render_blocks(struct kvtd *d, struct client *c, struct sbuf *b, bool
 				  " %6u %5u %8" PRIu64 " %6u\n",
 				  k->key_hi, k->key_lo, blk_tier_name(k), k->len,
 				  (now - k->atime) / 1000, k->leases, k->pins, k->hits, t->uid);
-		n++;
+		j->n++;
 	}
-	if (json)
+	j->next = end;
+	if (j->next < d->ix.used && j->n < j->limit)
+		return seen ? seen : 1;
+	if (j->json)
 		sb_printf(b, "]\n");
+	c->job = NULL;
+	admin_send(d, c, b, 0);
+	free(b->p);
+	free(j);
+	if (!c->dead) {
+		struct epoll_event ee = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &c->sock_ev};
+		epoll_ctl(d->ep, EPOLL_CTL_MOD, c->sock, &ee);
+	}
+	return seen ? seen : 1;
+}
+
+/* Starts c's `blocks` listing (first batch now).  False when out of memory. */
+static bool render_blocks(struct kvtd *d, struct client *c, bool json, uint64_t limit)
+{
+	struct admin_job *j = calloc(1, sizeof(*j));
+	struct epoll_event ee = {.events = EPOLLRDHUP, .data.ptr = &c->sock_ev};
+
+	if (!j)
+		return false;
+	/* 0: the default; UINT64_MAX (kvtierctl --limit 0): every block. */
+	j->limit = limit ? limit : 100;
+	j->json = json;
+	j->now = kvtd_now_ms();
+	if (json)
+		sb_printf(&j->b, "[");
+	else
+		sb_printf(&j->b, "%-32s %-5s %10s %8s %6s %5s %8s %6s\n", "key", "tier", "bytes",
+			  "age_s", "leases", "pins", "hits", "uid");
+	/* Its next request waits for this reply: no reading from it meanwhile. */
+	epoll_ctl(d->ep, EPOLL_CTL_MOD, c->sock, &ee);
+	c->job = j;
+	admin_job_step(d, c);
+	return true;
 }
 
 static void render_clients(struct kvtd *d, struct client *self, struct sbuf *b, bool json)
@@ -1667,7 +1815,7 @@ static void render_clients(struct kvtd *d, struct client *self, struct sbuf *b, 
 		sb_printf(b, "%6s %8s %6s %-20s %7s %7s %5s %10s %10s %8s\n", "id", "pid", "uid",
 			  "name", "leases", "reserv", "pins", "puts", "gets", "age_s");
 	for (struct client *c = d->clients; c; c = c->next) {
-		if (c->dead || (!self->admin && c->uid != self->uid))
+		if (c->dead || c->refused || (!self->admin && c->uid != self->uid))
 			continue;
 		if (json) {
 			sb_printf(b, "%s{\"id\":%u,\"pid\":%d,\"uid\":%u,\"name\":", n ? "," : "",
@@ -1749,7 +1897,6 @@ static void handle_admin(struct kvtd *d, struct client *c, const struct kvt_msg_
 	struct sbuf b = {0};
 	bool json = m->aflags & KVT_ADMIN_F_JSON;
 	int ret = 0;
-	size_t off = 0;
 
 	switch (m->cmd) {
 	case KVT_ADMIN_STATUS:
@@ -1763,7 +1910,9 @@ static void handle_admin(struct kvtd *d, struct client *c, const struct kvt_msg_
 			sb_printf(&b, "]\n");
 		break;
 	case KVT_ADMIN_BLOCKS:
-		render_blocks(d, c, &b, json, m->arg);
+		if (render_blocks(d, c, json, m->arg))
+			return; /* replies when its walk is done */
+		b.oom = true;
 		break;
 	case KVT_ADMIN_CLIENTS:
 		render_clients(d, c, &b, json);
@@ -1814,11 +1963,20 @@ static void handle_admin(struct kvtd *d, struct client *c, const struct kvt_msg_
 		sb_printf(&b, "unknown admin command %u\n", m->cmd);
 		break;
 	}
+	admin_send(d, c, &b, ret);
+	free(b.p);
+}
+
+/* Sends an admin reply, split into packets; the last one has no MORE flag. */
+static void admin_send(struct kvtd *d, struct client *c, struct sbuf *sb, int ret)
+{
+	struct sbuf b = *sb;
+	size_t off = 0;
+
 	if (b.oom) {
 		ret = -ENOMEM;
 		b.len = 0;
 	}
-	/* Split into packets; the last one has no MORE flag. */
 	do {
 		size_t n = b.len - off < ADMIN_CHUNK ? b.len - off : ADMIN_CHUNK;
 		size_t plen = sizeof(struct kvt_msg_result) + n;
@@ -1837,7 +1995,6 @@ static void handle_admin(struct kvtd *d, struct client *c, const struct kvt_msg_
 		}
 		off += n;
 	} while (off < b.len);
-	free(b.p);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -1874,7 +2031,7 @@ static void gpu_reserve(struct kvtd *d, struct client *c, uint64_t fp,
 		r->res = -EEXIST;
 		return;
 	}
-	i = kvtd_index_insert(&d->ix, lo, hi);
+	i = kvtd_blk_insert(d, lo, hi);
 	if (i == KVTD_NIL) {
 		r->res = -KVT_ELIMIT;
 		return;
@@ -1887,6 +2044,7 @@ static void gpu_reserve(struct kvtd *d, struct client *c, uint64_t fp,
 	b->owner = c->id;
 	b->fingerprint = fp;
 	b->on_host = 0;
+	kvtd_blk_geom(d, i);
 	off = kvtd_gpu_reserve(d, i, m->len, &m->layout, m->tile_tokens, &r->flags);
 	if (off < 0) {
 		if (off == -ENOSPC)
@@ -1963,6 +2121,11 @@ static void gpu_lease(struct kvtd *d, struct client *c, uint64_t fp, const struc
 		return;
 	}
 	b = kvtd_blk(&d->ix, i);
+	ret = hold_quota(d, c, i);
+	if (ret < 0) {
+		r->res = ret;
+		return;
+	}
 	off = kvtd_gpu_lease(d, i, &r->flags);
 	if (off < 0) {
 		/* Stored, but not in the pool: the client reads it through the host tier. */
@@ -2006,6 +2169,7 @@ static void handle_gpu_op(struct kvtd *d, struct client *c, const struct kvt_msg
 	const struct kvt_gpu_op_req *req = (const struct kvt_gpu_op_req *)(m + 1);
 	size_t rlen = sizeof(*r);
 	uint64_t fp = 0, block_bytes = 0;
+	int64_t geom = -1;
 	int ret = 0;
 
 	_Static_assert(sizeof(struct kvt_msg_gpu_op_reply) +
@@ -2034,7 +2198,14 @@ static void handle_gpu_op(struct kvtd *d, struct client *c, const struct kvt_msg
 			ret = -EINVAL;
 			goto reply;
 		}
-		kvtd_geom_note(d, fp, &m->layout);
+		geom = kvtd_geom_note(d, c->t, fp, &m->layout);
+		if (geom >= 0)
+			kvtd_geom_ref(d,
+				      (uint32_t)geom); /* held for the batch; blocks take theirs */
+		else if (geom == -KVT_ELIMIT && m->op == KVT_GPU_OP_RESERVE) {
+			ret = (int)geom;
+			goto reply;
+		}
 	}
 	for (uint32_t k = 0; k < m->n; k++) {
 		struct kvt_gpu_op_req q;
@@ -2060,6 +2231,8 @@ static void handle_gpu_op(struct kvtd *d, struct client *c, const struct kvt_msg
 	}
 	r->n = m->n;
 	rlen += (size_t)m->n * sizeof(struct kvt_gpu_op_res);
+	if (geom >= 0)
+		kvtd_geom_unref(d, (uint32_t)geom);
 reply:
 	kvt_msg_init(&r->h, KVT_MSG_GPU_OP_REPLY, (uint32_t)rlen);
 	r->res = ret;
@@ -2069,6 +2242,12 @@ reply:
 
 static void client_sock_event(struct kvtd *d, struct client *c, uint32_t events)
 {
+	if (c->job) {
+		/* A listing is under way: its next request waits; a hang-up ends it. */
+		if (events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP))
+			client_kill(d, c, NULL);
+		return;
+	}
 	for (int round = 0; round < 16 && !c->dead; round++) {
 		struct iovec iov = {d->msgbuf, KVT_MSG_MAX};
 		struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
@@ -2130,6 +2309,79 @@ static void client_sock_event(struct kvtd *d, struct client *c, uint32_t events)
 		client_kill(d, c, NULL);
 }
 
+/* Refused connections kept until their HELLO, to answer it with the reason. */
+#define REFUSED_MAX 64u
+
+/* Logs a refusal at most once a second (a flood of them must not flood the log). */
+static void refuse_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void refuse_log(const char *fmt, ...)
+{
+	static uint64_t last_ms;
+	static unsigned more;
+	uint64_t now = kvtd_now_ms();
+	char msg[256];
+	va_list ap;
+
+	if (last_ms && now - last_ms < 1000) {
+		more++;
+		return;
+	}
+	last_ms = now;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (more)
+		kvtd_log(KVTD_LOG_WARN, "%s (and %u more refusals)", msg, more);
+	else
+		kvtd_log(KVTD_LOG_WARN, "%s", msg);
+	more = 0;
+}
+
+/*
+ * Whether a connection of uid may be a client: 0, or -KVT_ELIMIT.  The last
+ * daemon.admin_reserved_clients places are kept for admins (root's kvtierctl must get in
+ * when users have taken the rest), and one non-admin uid has daemon.max_clients_per_uid.
+ */
+static int admission(struct kvtd *d, uid_t uid, bool admin)
+{
+	uint32_t mine = 0;
+
+	if (d->nclients >= d->cfg.max_clients) {
+		refuse_log("refusing a client of uid %u: daemon.max_clients = %u reached",
+			   (unsigned)uid, d->cfg.max_clients);
+		return -KVT_ELIMIT;
+	}
+	if (admin)
+		return 0;
+	if (d->nclients >= d->cfg.max_clients - d->cfg.admin_reserved) {
+		refuse_log("refusing a client of uid %u: the last %u of daemon.max_clients = %u "
+			   "are kept for admins",
+			   (unsigned)uid, d->cfg.admin_reserved, d->cfg.max_clients);
+		return -KVT_ELIMIT;
+	}
+	for (struct client *c = d->clients; c; c = c->next) {
+		if (!c->dead && !c->refused && c->uid == uid)
+			mine++;
+	}
+	if (mine >= d->cfg.max_clients_per_uid) {
+		refuse_log("refusing a client of uid %u: daemon.max_clients_per_uid = %u reached",
+			   (unsigned)uid, d->cfg.max_clients_per_uid);
+		return -KVT_ELIMIT;
+	}
+	return 0;
+}
+
+/* Back to polling the listener after accept() ran out of descriptors. */
+static void accept_resume(struct kvtd *d)
+{
+	struct epoll_event e = {.events = EPOLLIN, .data.ptr = &d->lsock_ev};
+
+	if (!d->accept_paused)
+		return;
+	if (epoll_ctl(d->ep, EPOLL_CTL_ADD, d->lsock, &e) == 0)
+		d->accept_paused = false;
+}
+
 static void accept_clients(struct kvtd *d)
 {
 	for (;;) {
@@ -2137,17 +2389,35 @@ static void accept_clients(struct kvtd *d)
 		struct ucred cr;
 		socklen_t len = sizeof(cr);
 		struct client *c;
-		int sndbuf = 4 << 20;
+		int sndbuf = 4 << 20, refused;
+		bool admin;
 
-		if (fd < 0)
+		if (fd < 0) {
+			if (errno != EMFILE && errno != ENFILE && errno != ENOBUFS &&
+			    errno != ENOMEM)
+				return;
+			/* The connection stays in the backlog and the listener stays readable: the
+			 * loop would spin on it.  Stop polling it until a connection closes or the
+			 * next tick; say so once. */
+			if (!d->emfile_logged)
+				kvtd_log(
+				    KVTD_LOG_WARN,
+				    "cannot accept connections: %s (raise LimitNOFILE or lower "
+				    "daemon.max_clients); retrying at each tick",
+				    strerror(errno));
+			d->emfile_logged = true;
+			if (epoll_ctl(d->ep, EPOLL_CTL_DEL, d->lsock, NULL) == 0)
+				d->accept_paused = true;
 			return;
-		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0 ||
-		    d->nclients >= d->cfg.max_clients) {
-			if (d->nclients >= d->cfg.max_clients)
-				kvtd_log(KVTD_LOG_WARN,
-					 "refusing a client: daemon.max_clients = %u reached",
-					 d->cfg.max_clients);
-			send_result(fd, -KVT_ELIMIT);
+		}
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0) {
+			close(fd);
+			continue;
+		}
+		admin = is_admin(d, fd, cr.uid, cr.gid);
+		refused = admission(d, cr.uid, admin);
+		if (refused && d->nrefused >= REFUSED_MAX) {
+			send_result(fd, refused);
 			close(fd);
 			continue;
 		}
@@ -2166,7 +2436,8 @@ static void accept_clients(struct kvtd *d)
 		c->pid = cr.pid;
 		c->free_hold = KVTD_NIL;
 		c->connected_ms = kvtd_now_ms();
-		c->admin = is_admin(d, fd, cr.uid, cr.gid);
+		c->admin = admin;
+		c->refused = refused;
 		c->sock_ev.kind = EV_SOCK;
 		c->sock_ev.p = c;
 		struct epoll_event ee = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &c->sock_ev};
@@ -2177,6 +2448,10 @@ static void accept_clients(struct kvtd *d)
 		}
 		c->next = d->clients;
 		d->clients = c;
+		if (refused) {
+			d->nrefused++;
+			continue;
+		}
 		d->nclients++;
 		d->m.clients = d->nclients;
 		d->m.connections_total++;
@@ -2303,6 +2578,8 @@ int kvtd_create(const struct kvtd_config *cfg, struct kvtd **out)
 	}
 	d->salt =
 	    cfg->tenant_salt[0] ? kvt_hash64(cfg->tenant_salt, strlen(cfg->tenant_salt), 0) : 0;
+	d->check_counts =
+	    getenv("KVTIER_CHECK_COUNTS") && !strcmp(getenv("KVTIER_CHECK_COUNTS"), "1");
 	d->start_ms = kvtd_now_ms();
 	d->start_unix = (uint64_t)time(NULL);
 	d->epoch = (uint64_t)time(NULL) << 20 ^ (uint64_t)getpid();
@@ -2371,14 +2648,44 @@ fail:
 	return ret;
 }
 
+/* Closes connections that said no HELLO within daemon.handshake_timeout_ms: an idle
+ * connection must not hold a place among daemon.max_clients. */
+static void handshake_timeouts(struct kvtd *d)
+{
+	uint64_t now = kvtd_now_ms();
+	unsigned n = 0;
+
+	for (struct client *c = d->clients; c; c = c->next) {
+		if (c->dead || c->hello || now - c->connected_ms < d->cfg.handshake_timeout_ms)
+			continue;
+		if (!c->refused) { /* (a refused one was told why already, or is dropped) */
+			send_result(c->sock, -ETIMEDOUT);
+			n++;
+		}
+		client_kill(d, c, NULL);
+	}
+	if (n)
+		kvtd_log(KVTD_LOG_WARN,
+			 "closed %u connection(s) that sent no HELLO within "
+			 "daemon.handshake_timeout_ms = %u",
+			 n, d->cfg.handshake_timeout_ms);
+}
+
 static void tick(struct kvtd *d)
 {
 	uint64_t exp;
 	ssize_t r = read(d->tfd, &exp, sizeof(exp));
 
 	(void)r;
+	handshake_timeouts(d);
+	death_tick(d);
+	if (!d->accept_paused)
+		d->emfile_logged = false; /* a new shortage of descriptors is logged again */
+	accept_resume(d);
 	kvtd_watermarks(d);
 	kvtd_gpu_watermarks(d);
+	if (d->check_counts)
+		kvtd_check_counts(d);
 #ifdef KVT_HAVE_SYSTEMD
 	if (d->watchdog)
 		sd_notify(0, "WATCHDOG=1");
@@ -2564,8 +2871,11 @@ int kvtd_run(struct kvtd *d)
 					kvt_ring_awake(c->sq);
 			}
 		}
-		for (struct client *c = d->clients; c; c = c->next)
+		for (struct client *c = d->clients; c; c = c->next) {
 			work += client_drain(d, c);
+			if (c->job && !c->dead)
+				work += admin_job_step(d, c);
+		}
 		/* Prefetches only after the demand requests of this pass are on their way. */
 		kvtd_prefetch_pump(d);
 		kvtd_gpu_pump(d);
@@ -2597,6 +2907,8 @@ void kvtd_destroy(struct kvtd *d)
 		client_release_all(d, d->clients);
 		client_free(d, d->clients);
 	}
+	for (uint32_t k = 0; k < d->ndying; k++)
+		close(d->dying[k]);
 	if (d->lsock >= 0) {
 		close(d->lsock);
 		if (!d->lsock_from_systemd && d->sock_path[0])

@@ -58,3 +58,12 @@ kvt_add_test(install_prefix
 		${CMAKE_C_COMPILER} ${CMAKE_INSTALL_FULL_SYSCONFDIR}
 	LABELS fast TIMEOUT 300)
 
+# What one tenant can do to the others (issue 11): full index, admission, quotas, pinned
+# arenas, layouts, admin commands' cost, client deaths, EMFILE.
+add_executable(test_tenants ${PROJECT_SOURCE_DIR}/tests/integration/test_tenants.c
+	${PROJECT_SOURCE_DIR}/tests/integration/harness.c)
+target_link_libraries(test_tenants PRIVATE kvtier kvt_proto)
+target_compile_definitions(test_tenants PRIVATE _GNU_SOURCE)
+kvt_add_test(integration_tenants
+	COMMAND $<TARGET_FILE:test_tenants> $<TARGET_FILE:kvtierd> $<TARGET_FILE:kvtierctl>
+	LABELS fast reliability TIMEOUT 600)
