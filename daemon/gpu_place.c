@@ -403,6 +403,7 @@ static int copy_down(struct kvtd *d, uint32_t i, uint32_t e)
 	b->off = (uint64_t)off;
 	b->on_host = 1;
 	b->tier = KVTD_TIER_HOST;
+	kvtd_blk_account(d, i); /* a READY block gained its host copy */
 	kvtd_blk_lru_update(d, i);
 	d->gpu->st.demoted_bytes += b->len;
 	d->gpu->st.demotions++;
