@@ -51,7 +51,7 @@
 	X(nvme_corrupt_total, counter, "NVMe records that failed a check and became misses")       \
 	X(nvme_recovered_total, counter, "NVMe records recovered at start")                        \
 	X(nvme_recovering, gauge,                                                                  \
-	  "1 while NVMe records are being recovered (their blocks are misses, puts are refused)")  \
+	  "1 while NVMe records are recovered (their blocks are misses; puts, deletes refused)")   \
 	X(nvme_recovery_scanned_bytes, gauge, "Bytes of slot files scanned by the recovery")       \
 	X(nvme_recovery_total_bytes, gauge, "Bytes of slot files the recovery scans")              \
 	X(nvme_recovery_dropped_corrupt_total, counter,                                            \
