@@ -296,8 +296,11 @@ KVT_API int kvt_get_lease(struct kvt_client *c, int layout, const struct kvt_key
  * lease of a daemon that has since restarted (it never acts on the new daemon). */
 KVT_API int kvt_lease_release(struct kvt_client *c, struct kvt_lease *l);
 
-/* Deletes key from every tier.  Returns 0 or -ENOENT.  A leased block disappears from
- * lookups at once; its memory is freed when the last lease is returned. */
+/* Deletes key from every tier.  Returns 0 or -ENOENT (either: no version of key is served
+ * again, across daemon restarts too), or -EAGAIN (nothing deleted; retry later) while the
+ * daemon still recovers its NVMe records (`kvtierctl ping` says "recovering").  A leased
+ * block disappears from lookups at once; its memory is freed when the last lease is
+ * returned. */
 KVT_API int kvt_delete(struct kvt_client *c, int layout, const struct kvt_key *key);
 
 /*

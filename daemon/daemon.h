@@ -179,11 +179,9 @@ struct kvtd {
 	struct kvt_chain *nvme_chain, *raw_chain;
 	struct kvt_dict *nvme_dict; /* nvme.codec_dict, for a chain that needs one */
 	struct ev nvme_ev;
-	/* The NVMe recovery scan runs (placement.c): NVMe is not used, puts are refused, and
-	 * keys deleted meanwhile are fenced (sorted at the end, their records dropped). */
+	/* The NVMe recovery scan runs (placement.c): NVMe is not used, puts and deletes of keys
+	 * not in the index are refused (-EAGAIN). */
 	bool nvme_recovering;
-	uint64_t *fence; /* lo, hi of each key */
-	size_t nfence, cap_fence;
 	uint64_t nvme_install_bad; /* records that passed the tier's check, failed ours */
 	struct kvtd_cpool *cpool;  /* codec workers (codec_pool.c), NULL = codecs run inline */
 	struct ev cpool_ev;
@@ -257,9 +255,6 @@ void kvtd_blk_hide(struct kvtd *d, uint32_t i);
 /* A client's delete of block i (hidden while leased, else dropped), answered only once no
  * NVMe record of it can come back after a crash (kvt_tier_ops.settle). */
 void kvtd_blk_delete(struct kvtd *d, uint32_t i);
-/* A delete of key lo/hi found nothing while the NVMe recovery runs: a record of it found
- * later is dropped, not served. */
-void kvtd_nvme_fence(struct kvtd *d, uint64_t lo, uint64_t hi);
 /* Settles freed NVMe records of block i's key before a new version of it is acknowledged. */
 void kvtd_nvme_settle_blk(struct kvtd *d, uint32_t i);
 /* From kvtd_run: starts the NVMe recovery scan (after any fork). 0 or -errno. */

@@ -1452,44 +1452,6 @@ int kvtd_flush(struct kvtd *d)
 /* ---------------------------------------------------------------------------------------
  * Setup, recovery, events
  */
-static int key_cmp(const void *a, const void *b)
-{
-	const uint64_t *x = a, *y = b;
-
-	if (x[1] != y[1])
-		return x[1] < y[1] ? -1 : 1;
-	return x[0] < y[0] ? -1 : x[0] > y[0];
-}
-
-void kvtd_nvme_fence(struct kvtd *d, uint64_t lo, uint64_t hi)
-{
-	if (!d->nvme_recovering)
-		return;
-	if (d->nfence == d->cap_fence) {
-		size_t nc = d->cap_fence ? d->cap_fence * 2 : 64;
-		uint64_t *n = realloc(d->fence, nc * 2 * sizeof(*n));
-
-		if (!n) {
-			kvtd_log(KVTD_LOG_ERR, "out of memory: a key deleted during the NVMe "
-					       "recovery may be recovered");
-			return;
-		}
-		d->fence = n;
-		d->cap_fence = nc;
-	}
-	d->fence[2 * d->nfence] = lo;
-	d->fence[2 * d->nfence + 1] = hi;
-	d->nfence++;
-}
-
-/* d->fence is sorted when the records are handed over. */
-static bool fenced(const struct kvtd *d, uint64_t lo, uint64_t hi)
-{
-	uint64_t k[2] = {lo, hi};
-
-	return d->nfence && bsearch(k, d->fence, d->nfence, 2 * sizeof(uint64_t), key_cmp);
-}
-
 static int recover_cb(void *arg, const struct kvt_record_hdr *h, const struct kvt_tier_loc *loc)
 {
 	struct kvtd *d = arg;
@@ -1497,10 +1459,6 @@ static int recover_cb(void *arg, const struct kvt_record_hdr *h, const struct kv
 	struct kvtd_blk *b;
 	uint32_t i;
 
-	if (fenced(d, h->key_lo, h->key_hi)) {
-		d->m.nvme_recovery_dropped_deleted_total++;
-		return 1;
-	}
 	if (kvtd_index_find(&d->ix, h->key_lo, h->key_hi) != KVTD_NIL) {
 		d->m.nvme_recovery_dropped_unplaceable_total++;
 		return 1;
@@ -1722,18 +1680,13 @@ int kvtd_place_init(struct kvtd *d)
 	return 0;
 }
 
-/* The scan is over: hand the records to the index, fences applied, and report. */
+/* The scan is over: hand the records to the index, and report. */
 static int recovery_finish(struct kvtd *d)
 {
 	struct kvt_tier_stats st;
 	int ret;
 
-	if (d->nfence)
-		qsort(d->fence, d->nfence, 2 * sizeof(uint64_t), key_cmp);
 	ret = d->nvme_ops->recover(d->nvme, recover_cb, d);
-	free(d->fence);
-	d->fence = NULL;
-	d->nfence = d->cap_fence = 0;
 	d->nvme_recovering = false;
 	d->m.nvme_recovering = 0;
 	if (ret < 0) {
@@ -1749,7 +1702,7 @@ static int recovery_finish(struct kvtd *d)
 	kvtd_log(KVTD_LOG_INFO,
 		 "NVMe tier: %llu blocks recovered, codec %s; records dropped: %llu corrupt, "
 		 "%llu unreadable, %llu cut off a truncated file, %llu stale copies, %llu of "
-		 "another codec or dictionary, %llu deleted during the recovery, %llu without "
+		 "another codec or dictionary, %llu without "
 		 "room%s",
 		 (unsigned long long)d->m.nvme_recovered_total, kvt_chain_name(d->nvme_chain),
 		 (unsigned long long)d->m.nvme_recovery_dropped_corrupt_total,
@@ -1757,7 +1710,6 @@ static int recovery_finish(struct kvtd *d)
 		 (unsigned long long)d->m.nvme_recovery_dropped_cut_total,
 		 (unsigned long long)d->m.nvme_recovery_dropped_stale_total,
 		 (unsigned long long)d->m.nvme_recovery_dropped_foreign_total,
-		 (unsigned long long)d->m.nvme_recovery_dropped_deleted_total,
 		 (unsigned long long)d->m.nvme_recovery_dropped_unplaceable_total,
 		 st.lost_bytes ? "; part of a truncated file lost, see above" : "");
 #ifdef KVT_HAVE_SYSTEMD
@@ -1838,8 +1790,6 @@ void kvtd_place_fini(struct kvtd *d)
 	if (d->nvme)
 		d->nvme_ops->close(d->nvme);
 	d->nvme = NULL;
-	free(d->fence);
-	d->fence = NULL;
 	kvt_chain_free(d->nvme_chain);
 	kvt_chain_free(d->raw_chain);
 	d->nvme_chain = d->raw_chain = NULL;

@@ -581,16 +581,12 @@ static void op_delete(struct kvtd *d, struct client *c, const struct kvt_sqe *s,
 {
 	int ret;
 	uint32_t i = find_ready(d, c, s, &ret);
-	struct layout_slot *l;
-	uint64_t lo, hi;
 
 	if (i == KVTD_NIL) {
-		/* Not recovered yet, maybe: a record of it found later must not be served. */
-		if (ret == -ENOENT && d->nvme_recovering && layout_of(c, s->layout, &l) == 0) {
-			internal_key(d, c, l->fp, s->key_lo, s->key_hi, &lo, &hi);
-			kvtd_nvme_fence(d, lo, hi);
-		}
-		q->res = ret;
+		/* Not recovered yet, maybe: a record of it may still be found by the scan, and a
+		 * fence kept in memory would die with the daemon.  Promise nothing: retry later,
+		 * as puts (README, "Serving while recovering"). */
+		q->res = ret == -ENOENT && d->nvme_recovering ? -EAGAIN : ret;
 		return;
 	}
 	d->m.deletes_total++;
@@ -1433,15 +1429,13 @@ static void render_tiers(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 				    ",\"recovering\":%s,\"recovery_dropped\":{\"corrupt\":%" PRIu64
 				    ",\"unreadable\":%" PRIu64 ",\"cut\":%" PRIu64
 				    ",\"stale\":%" PRIu64 ",\"foreign\":%" PRIu64
-				    ",\"deleted\":%" PRIu64 ",\"unplaceable\":%" PRIu64
-				    "},\"lost_bytes\":%" PRIu64,
+				    ",\"unplaceable\":%" PRIu64 "},\"lost_bytes\":%" PRIu64,
 				    d->nvme_recovering ? "true" : "false",
 				    d->m.nvme_recovery_dropped_corrupt_total,
 				    d->m.nvme_recovery_dropped_unreadable_total,
 				    d->m.nvme_recovery_dropped_cut_total,
 				    d->m.nvme_recovery_dropped_stale_total,
 				    d->m.nvme_recovery_dropped_foreign_total,
-				    d->m.nvme_recovery_dropped_deleted_total,
 				    d->m.nvme_recovery_dropped_unplaceable_total, ns.lost_bytes);
 			if (detail && !host && d->nvme_dict)
 				sb_printf(b, ",\"codec_dict\":\"%016" PRIx64 "\"",
@@ -1479,15 +1473,13 @@ static void render_tiers(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 				    b,
 				    "       %s: dropped %" PRIu64 " corrupt, %" PRIu64
 				    " unreadable, %" PRIu64 " cut off, %" PRIu64 " stale, %" PRIu64
-				    " foreign, %" PRIu64 " deleted, %" PRIu64
-				    " without room; %" PRIu64 " bytes lost\n",
+				    " foreign, %" PRIu64 " without room; %" PRIu64 " bytes lost\n",
 				    d->nvme_recovering ? "recovering" : "recovery",
 				    d->m.nvme_recovery_dropped_corrupt_total,
 				    d->m.nvme_recovery_dropped_unreadable_total,
 				    d->m.nvme_recovery_dropped_cut_total,
 				    d->m.nvme_recovery_dropped_stale_total,
 				    d->m.nvme_recovery_dropped_foreign_total,
-				    d->m.nvme_recovery_dropped_deleted_total,
 				    d->m.nvme_recovery_dropped_unplaceable_total, ns.lost_bytes);
 			if (detail && !host && d->nvme_dict)
 				sb_printf(b, "       dictionary %016" PRIx64 " (%s)\n",

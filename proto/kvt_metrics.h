@@ -50,8 +50,8 @@
 	X(nvme_read_errors_total, counter, "NVMe record reads that failed")                        \
 	X(nvme_corrupt_total, counter, "NVMe records that failed a check and became misses")       \
 	X(nvme_recovered_total, counter, "NVMe records recovered at start")                        \
-	X(nvme_recovering, gauge,                                                                       \
-	  "1 while NVMe records are being recovered (their blocks are misses, puts are refused)")  \
+	X(nvme_recovering, gauge,                                                                  \
+	  "1 while NVMe records are recovered (their blocks are misses; puts, deletes refused)")   \
 	X(nvme_recovery_scanned_bytes, gauge, "Bytes of slot files scanned by the recovery")       \
 	X(nvme_recovery_total_bytes, gauge, "Bytes of slot files the recovery scans")              \
 	X(nvme_recovery_dropped_corrupt_total, counter,                                            \
@@ -64,8 +64,6 @@
 	  "Records not recovered: an older copy of a key that has a newer one")                    \
 	X(nvme_recovery_dropped_foreign_total, counter,                                            \
 	  "Records not recovered: written by another nvme.codec or nvme.codec_dict")               \
-	X(nvme_recovery_dropped_deleted_total, counter,                                            \
-	  "Records not recovered: their key was deleted while the recovery ran")                   \
 	X(nvme_recovery_dropped_unplaceable_total, counter,                                        \
 	  "Records not recovered: no room in the index or the owner's arena, or key in use")       \
 	X(prefetch_requests_total, counter, "Prefetch requests received")                          \

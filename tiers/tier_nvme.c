@@ -2000,6 +2000,8 @@ static void drop_recovered(struct kvt_tier *t, size_t from)
 	t->recs = NULL;
 	t->nrecs = 0;
 	t->recs_pending = false;
+	if (t->uring)
+		uring_flush(t); /* the invalidations: no caller submits them later (see free()) */
 }
 
 static int nvme_alloc(struct kvt_tier *t, uint32_t len, struct kvt_tier_loc *out)
@@ -2103,6 +2105,11 @@ static void nvme_free(struct kvt_tier *t, const struct kvt_tier_loc *loc)
 	t->freeing_pages += e->npages;
 	if (!e->inflight)
 		nv_free_ext(t, e);
+	/* free() takes no KVT_TIER_IO_MORE: its invalidation goes to the device now.  Held
+	 * back, it kept its queue slot with nothing submitted, and at a small queue depth the
+	 * reads queued behind it waited for a completion that never came. */
+	if (t->uring)
+		uring_flush(t);
 }
 
 static int io_check(struct kvt_tier *t, const struct kvt_tier_io *io)

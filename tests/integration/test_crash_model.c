@@ -22,8 +22,8 @@
  *  - gets, leases, lookups, reservations and puts are retried once against a restarted
  *    daemon (kvtier.h), so they never fail with -KVT_EDAEMON while one is up throughout;
  *  - every call is answered (CLIENT_TIMEOUT_MS bounds a hung one: reported, the run stops);
- *    error codes are those kvtier.h documents for the call (-EAGAIN: puts while the daemon
- *    recovers its NVMe records).
+ *    error codes are those kvtier.h documents for the call (-EAGAIN: puts and deletes while
+ *    the daemon recovers its NVMe records; a refused delete deletes nothing).
  * At the end every key is read once more after the recovery, then again across a clean
  * restart (SIGTERM).
  *
@@ -554,7 +554,7 @@ static void do_put(struct client *w)
 
 static void do_delete(struct client *w)
 {
-	static const int ok[] = {ENOENT, 0};
+	static const int ok[] = {ENOENT, EAGAIN, 0};
 	int ki = own_key(w);
 	unsigned s0, s1;
 	int ret;

@@ -475,6 +475,92 @@ static void test_batch_deep(void **state)
 	free(w);
 }
 
+/*
+ * Requests are driven as the daemon drives them: complete() only when the event fd says
+ * so.  At queue depth qd, qd frees (their invalidation writes take every slot) and then
+ * more reads than slots: every read must complete.  The invalidations were once held back
+ * as if KVT_TIER_IO_MORE were set, never submitted, and the reads waited behind them with
+ * the event fd silent (kvtierd idle with gets pending).  by_recover: the records are freed
+ * by recover() instead, as kvtierd's callback declines them (a key deleted meanwhile, no
+ * room) after a restart.  A bound of 20 s only turns a hang into a failure.
+ */
+static int drop_gone(void *arg, const struct kvt_record_hdr *h, const struct kvt_tier_loc *loc)
+{
+	return h->key_hi < 100; /* the records of gone[] */
+}
+
+static void free_then_read(unsigned flags, unsigned qd, bool by_recover)
+{
+	enum { PLEN = 5000, MAXQ = 8 };
+	const char *paths[] = {path_a, NULL};
+	struct kvt_tier_conf c = {.name = "nvme",
+				  .capacity_bytes = 16 << 20,
+				  .paths = paths,
+				  .queue_depth = qd,
+				  .flags = flags,
+				  .buf_bytes = 4 << 20};
+	struct kvt_tier_loc gone[MAXQ], keep[2 * MAXQ];
+	struct waiter w[2 * MAXQ];
+	struct kvt_tier *t = NULL;
+	unsigned nr = 2 * qd, left = nr;
+
+	assert_true(qd <= MAXQ);
+	assert_int_equal(ops->open(&c, &t), 0);
+	for (unsigned i = 0; i < qd; i++)
+		assert_int_equal(put_rec(t, i, 1, PLEN, &gone[i]), KVT_RECORD_HDR_SIZE + PLEN);
+	for (unsigned i = 0; i < nr; i++)
+		assert_int_equal(put_rec(t, 100 + i, 1, PLEN, &keep[i]),
+				 KVT_RECORD_HDR_SIZE + PLEN);
+	/* Let the event fd quiet down: nothing is in flight now. */
+	ops->complete(t);
+	if (by_recover) {
+		ops->close(t);
+		t = NULL;
+		assert_int_equal(ops->open(&c, &t), 0);
+		assert_int_equal(ops->recover(t, drop_gone, NULL), (int)nr);
+	} else {
+		for (unsigned i = 0; i < qd; i++)
+			ops->free(t, &gone[i]);
+	}
+	memset(w, 0, sizeof(w));
+	for (unsigned i = 0; i < nr; i++) {
+		w[i].io.loc = keep[i];
+		w[i].io.buf = ops->buf_alloc(t, keep[i].len);
+		w[i].io.len = keep[i].len;
+		w[i].io.done = on_done;
+		assert_non_null(w[i].io.buf);
+		assert_int_equal(ops->read(t, &w[i].io), 0);
+	}
+	while (left) {
+		struct pollfd p = {.fd = ops->event_fd(t), .events = POLLIN};
+
+		if (poll(&p, 1, 20000) != 1)
+			fail_msg("queue depth %u%s%s: %u of %u reads pending, the event fd silent",
+				 qd, flags & KVT_TIER_F_NO_URING ? " (workers)" : " (io_uring)",
+				 by_recover ? ", freed by recover()" : "", left, nr);
+		ops->complete(t);
+		left = 0;
+		for (unsigned i = 0; i < nr; i++)
+			left += !w[i].finished;
+	}
+	for (unsigned i = 0; i < nr; i++) {
+		assert_int_equal(w[i].io.res, (int)keep[i].len);
+		ops->buf_free(t, w[i].io.buf);
+	}
+	ops->close(t);
+	teardown(NULL);
+}
+
+static void test_free_then_read_small_qd(void **state)
+{
+	for (int r = 0; r < 2; r++) {
+		free_then_read(0, 1, r);
+		free_then_read(0, 4, r);
+		free_then_read(KVT_TIER_F_NO_URING, 1, r);
+		free_then_read(KVT_TIER_F_NO_URING, 4, r);
+	}
+}
+
 /* ---------- visibility, dedupe, free ---------- */
 
 static void test_visibility(void **state)
@@ -1303,6 +1389,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test_teardown(test_roundtrip_workers, teardown),
 	    cmocka_unit_test_teardown(test_roundtrip_fsync, teardown),
 	    cmocka_unit_test_teardown(test_batch_deep, teardown),
+	    cmocka_unit_test_teardown(test_free_then_read_small_qd, teardown),
 	    cmocka_unit_test_teardown(test_visibility, teardown),
 	    cmocka_unit_test_teardown(test_newest_seq_wins, teardown),
 	    cmocka_unit_test_teardown(test_free_is_final, teardown),

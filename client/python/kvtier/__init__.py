@@ -922,7 +922,8 @@ class Client:
     def delete(self, layout: LayoutLike, key: KeyLike) -> bool:
         """Deletes a block from every tier.  Returns True when deleted, False when it was not
         stored.  A leased block disappears from lookups at once; its memory is freed when
-        the last lease is returned."""
+        the last lease is returned.  Raises KvtError(EAGAIN) while the daemon recovers its
+        NVMe records: nothing deleted, retry later."""
         ck = _to_key(key)
         r = _lib.kvt_delete(self._handle(), self._lid(layout), ctypes.byref(ck))
         if r == -_errno.ENOENT:
