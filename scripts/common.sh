@@ -112,8 +112,6 @@ kvt_install_llama()
 	fi
 	command -v git >/dev/null || kvt_die "git not found: it unpacks llama.cpp's source bundle"
 	tmp=$(mktemp -d "${TMPDIR:-/tmp}/kvt-llama.XXXXXX")
-	# shellcheck disable=SC2064 # expand $tmp now
-	trap "rm -rf '$tmp'" RETURN
 	kvt_log "fetching llama.cpp from npm: node-llama-cpp $KVT_LLAMA_NPM_VERSION"
 	for entry in "${KVT_LLAMA_NPM_SHA512[@]}"; do
 		pkg=${entry% *}
@@ -123,21 +121,27 @@ kvt_install_llama()
 		[[ -f $tmp/$tgz ]] || kvt_die "npm pack $pkg@$KVT_LLAMA_NPM_VERSION gave no tarball"
 		[[ $(sha512sum "$tmp/$tgz" | cut -d' ' -f1) == "$sum" ]] ||
 			kvt_die "$tgz: sha512 differs from the pinned one"
-		mkdir -p "$tmp/$pkg" && tar -xzf "$tmp/$tgz" -C "$tmp/$pkg" || kvt_die "cannot unpack $tgz"
+		mkdir -p "$tmp/$pkg" || kvt_die "cannot create $tmp/$pkg"
+		tar -xzf "$tmp/$tgz" -C "$tmp/$pkg" || kvt_die "cannot unpack $tgz"
 	done
-	rm -rf "$dir.new" && mkdir -p "$dir.new/lib" "$dir.new/include" || kvt_die "cannot create $dir.new"
+	rm -rf "$dir.new"
+	mkdir -p "$dir.new/lib" "$dir.new/include" || kvt_die "cannot create $dir.new"
 	cp -a "$tmp/@node-llama-cpp/linux-x64/package/bins/linux-x64/"lib*.so "$dir.new/lib/" ||
 		kvt_die "no libraries in @node-llama-cpp/linux-x64"
-	git init -q --bare "$tmp/src.git" &&
-		git -C "$tmp/src.git" fetch -q "$tmp/node-llama-cpp/package/llama/gitRelease.bundle" HEAD &&
-		git -C "$tmp/src.git" archive FETCH_HEAD include/llama.h include/llama-cpp.h ggml/include LICENSE |
-		tar -x -C "$tmp" || kvt_die "cannot read llama.cpp's source bundle"
-	cp "$tmp/include/llama.h" "$tmp/ggml/include/"*.h "$dir.new/include/" &&
-		cp "$tmp/LICENSE" "$dir.new/LICENSE" || kvt_die "llama.h missing from the source bundle"
+	if ! git init -q --bare "$tmp/src.git" ||
+		! git -C "$tmp/src.git" fetch -q "$tmp/node-llama-cpp/package/llama/gitRelease.bundle" HEAD ||
+		! git -C "$tmp/src.git" archive -o "$tmp/src.tar" FETCH_HEAD include/llama.h ggml/include LICENSE ||
+		! tar -xf "$tmp/src.tar" -C "$tmp"; then
+		kvt_die "cannot read llama.cpp's source bundle"
+	fi
+	cp "$tmp/include/llama.h" "$tmp/ggml/include/"*.h "$dir.new/include/" ||
+		kvt_die "llama.h missing from the source bundle"
+	cp "$tmp/LICENSE" "$dir.new/LICENSE" || kvt_die "LICENSE missing from the source bundle"
 	sed -n 's/.*"tag": *"\([^"]*\)".*/\1/p' "$tmp/node-llama-cpp/package/llama/llama.cpp.info.json" \
 		>"$dir.new/VERSION"
 	touch "$dir.new/.complete"
-	rm -rf "$dir" && mv "$dir.new" "$dir" || kvt_die "cannot move $dir.new into place"
+	rm -rf "$dir" "$tmp"
+	mv "$dir.new" "$dir" || kvt_die "cannot move $dir.new into place"
 	kvt_log "llama.cpp $(cat "$dir/VERSION") installed in $dir"
 }
 
