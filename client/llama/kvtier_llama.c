@@ -721,6 +721,10 @@ static int store(struct kvt_llama *kl, const struct kvt_key *keys, uint32_t from
 	size_t len = 0;
 	int rc;
 
+	/* All there already (a full hit of a prompt of whole blocks stores only its last one):
+	 * spare the copy of the whole sequence's state. */
+	if (kvt_lookup(kl->c, kl->lay, keys + from, to - from) == (int)(to - from))
+		return 0;
 	if (!(st = get_state(kl, &len))) {
 		fmt_err(kl->msg, sizeof(kl->msg), "llama_state_seq_get_data failed");
 		return -EIO;

@@ -119,8 +119,9 @@ struct kvt_llama_result {
  * restores the cached prefix, evaluates the rest in batches of n_batch tokens with the last
  * token's logits requested, and stores the prompt's new full blocks.  After it returns 0,
  * llama_get_logits_ith(ctx, -1) are the next token's logits.  res may be NULL.  Returns 0, or
- * -errno when llama.cpp could not evaluate (-EIO) or memory ran out (-ENOMEM), -EINVAL for
- * n == 0 or a token id outside the vocabulary.
+ * -errno when llama.cpp could not evaluate (-EIO), the context has no room for n tokens
+ * (-ENOSPC) or memory ran out (-ENOMEM), -EINVAL for n == 0 or a token id outside the
+ * vocabulary.
  */
 int kvt_llama_prefill(struct kvt_llama *kl, const llama_token *tokens, size_t n,
 		      struct kvt_llama_result *res);
@@ -129,7 +130,7 @@ int kvt_llama_prefill(struct kvt_llama *kl, const llama_token *tokens, size_t n,
  * Evaluates tokens[0..n) into sequence seq at positions pos0.. in batches of n_batch tokens
  * (the last token's logits requested): the same batches kvt_llama_prefill() uses, exported
  * so that a caller can evaluate without kvtier exactly as it would with it.  Returns 0, -EIO,
- * -ENOMEM or -EINVAL.
+ * -ENOSPC, -ENOMEM or -EINVAL.
  */
 int kvt_llama_eval(struct llama_context *ctx, llama_seq_id seq, const llama_token *tokens, size_t n,
 		   llama_pos pos0, uint32_t n_batch);
