@@ -588,7 +588,7 @@ static uint8_t *put64(uint8_t *p, uint64_t v)
 }
 
 /* Builds the state of blocks[0..nb) (each block_bytes, page-first) into buf. */
-static void build_state(const struct kvt_llama *kl, const uint8_t *blocks, uint32_t nb,
+static void build_state(const struct kvt_llama *kl, const uint8_t *const *blocks, uint32_t nb,
 			uint8_t *buf)
 {
 	const struct state_view *f = &kl->fmt;
@@ -617,8 +617,7 @@ static void build_state(const struct kvt_llama *kl, const uint8_t *blocks, uint3
 				p = put64(p, kv ? f->v_row : f->k_row);
 			}
 			for (uint32_t b = 0; b < nb; b++) {
-				const uint8_t *src =
-				    blocks + b * kl->block_bytes + l * kl->layer_bytes + kv * half;
+				const uint8_t *src = blocks[b] + l * kl->layer_bytes + kv * half;
 				if (kv && f->v_trans) {
 					/* [head][token][dim] -> row (head*hd + dim) of cells
 					 * elements */
@@ -653,45 +652,53 @@ static void build_state(const struct kvt_llama *kl, const uint8_t *blocks, uint3
 		p = put32(p, 0); /* the sequence's cells all go to its own stream */
 }
 
-/* Restores up to nb leading blocks; returns how many it did (the sequence then holds nb * 64
- * cells), 0 on any failure (the sequence is empty then), with kl->msg and *why set. */
+/* Restores up to nb leading blocks; returns how many it did (the sequence then holds that
+ * many * 64 cells), 0 on any failure (the sequence is empty then), with kl->msg and *why set.
+ * The blocks are read in place (leases: no copy out of the arena), all of them held until
+ * the state is built, so that the state describes exactly the blocks read whole. */
 static uint32_t restore(struct kvt_llama *kl, const struct kvt_key *keys, uint32_t nb, int *why)
 {
-	uint8_t *blocks, *st = NULL;
-	uint32_t got = 0;
-	size_t len;
+	struct kvt_lease *ls = calloc(nb, sizeof(*ls));
+	const uint8_t **blk = calloc(nb, sizeof(*blk));
+	uint8_t *st = NULL;
+	uint32_t got = 0, held;
+	size_t len = 0;
 
-	if (!(blocks = malloc(nb * kl->block_bytes))) {
+	if (!ls || !blk) {
 		*why = -ENOMEM;
-		return 0;
+		goto out;
 	}
 	kvt_prefetch(kl->c, kl->lay, keys, nb, 3, 0); /* the NVMe reads overlap the copies */
 	for (; got < nb; got++) {
-		ssize_t n = kvt_get(kl->c, kl->lay, &keys[got], blocks + got * kl->block_bytes,
-				    kl->block_bytes);
-		if (n == (ssize_t)kl->block_bytes)
-			continue;
-		if (n >= 0 || n == -ENOBUFS) {
-			fmt_err(kl->msg, sizeof(kl->msg),
-				"block %u: %zd bytes, the layout's blocks have %zu: not used", got,
-				n == -ENOBUFS ? (ssize_t)-1 : n, kl->block_bytes);
-			*why = -EBADMSG;
-		} else {
+		int rc = kvt_get_lease(kl->c, kl->lay, &keys[got], &ls[got]);
+		if (rc < 0) {
 			fmt_err(kl->msg, sizeof(kl->msg), "block %u of %u: %s", got, nb,
-				kvt_strerror((int)n));
-			*why = (int)n;
+				kvt_strerror(rc));
+			*why = rc;
+			break;
 		}
-		break;
+		if (ls[got].len != kl->block_bytes) {
+			fmt_err(kl->msg, sizeof(kl->msg),
+				"block %u: %zu bytes, the layout's blocks have %zu: not used", got,
+				ls[got].len, kl->block_bytes);
+			*why = -EBADMSG;
+			kvt_lease_release(kl->c, &ls[got]);
+			break;
+		}
+		blk[got] = ls[got].data;
 	}
-	if (got == 0)
-		goto out;
-	len = state_bytes(kl, got * BT);
-	if (!(st = malloc(len))) {
+	if (got && !(st = malloc(len = state_bytes(kl, got * BT))))
 		*why = -ENOMEM;
-		got = 0;
-		goto out;
-	}
-	build_state(kl, blocks, got, st);
+	if (st)
+		build_state(kl, blk, got, st);
+out:
+	held = got;
+	for (uint32_t i = 0; ls && i < held; i++)
+		kvt_lease_release(kl->c, &ls[i]);
+	free(ls);
+	free(blk);
+	if (!st)
+		return 0;
 	if (llama_state_seq_set_data(kl->ctx, st, len, kl->seq) != len ||
 	    llama_memory_seq_pos_max(llama_get_memory(kl->ctx), kl->seq) !=
 		(llama_pos)(got * BT - 1)) {
@@ -701,9 +708,7 @@ static uint32_t restore(struct kvt_llama *kl, const struct kvt_key *keys, uint32
 		*why = -EIO;
 		got = 0;
 	}
-out:
 	free(st);
-	free(blocks);
 	return got;
 }
 
