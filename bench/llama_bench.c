@@ -166,7 +166,7 @@ static int bench_one(const char *path, struct llama_model *m, int n, int reps, i
 	struct kvt_llama *kl = NULL;
 	llama_token *tok = malloc((size_t)n * sizeof(*tok) * 2), *half = tok + n;
 	double t_kv[16], t_ll[16], t_part[16], r_kv[16], r_ll[16], t_re, state_mib = 0;
-	char err[300] = "", file[600];
+	char err[300] = "", file[600] = "";
 	int rc = -1;
 
 	cp.n_ctx = (uint32_t)(n + 256);
