@@ -64,6 +64,14 @@ static void daemon_stop(void)
 	daemon_pid = 0;
 }
 
+static int ctl(const char *args)
+{
+	char cmd[1200];
+	snprintf(cmd, sizeof(cmd), "%s -s %s %s >/dev/null 2>&1", kvtierctl, sock, args);
+	int st = system(cmd);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 /* kvtierd with a 2 GiB host tier and a 4 GiB NVMe tier in dir, fresh each model. */
 static int daemon_start(void)
 {
@@ -81,7 +89,8 @@ static int daemon_start(void)
 	}
 	for (int i = 0; i < 6000; i++) {
 		struct stat st;
-		if (stat(sock, &st) == 0)
+		/* serving, and done reading its (empty) NVMe tier: puts are refused until then */
+		if (stat(sock, &st) == 0 && ctl("ping | grep -q \"^ok\"") == 0)
 			return 0;
 		if (waitpid(daemon_pid, NULL, WNOHANG) == daemon_pid)
 			break;
@@ -90,14 +99,6 @@ static int daemon_start(void)
 	fprintf(stderr, "kvtier-llama-bench: kvtierd did not start\n");
 	daemon_pid = 0;
 	return -1;
-}
-
-static int ctl(const char *args)
-{
-	char cmd[1200];
-	snprintf(cmd, sizeof(cmd), "%s -s %s %s >/dev/null", kvtierctl, sock, args);
-	int st = system(cmd);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 /* Blocks in the host tier (the first tier of `kvtierctl --json status`), or -1. */

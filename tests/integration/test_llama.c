@@ -116,6 +116,24 @@ static long long ctl_metric(const char *name)
 	return v;
 }
 
+/* Waits until kvtierd has read its NVMe tier back (`kvtierctl ping` says "ok", not
+ * "recovering"): it serves at once, and its NVMe blocks appear as recovery reaches them. */
+static int wait_recovered(void)
+{
+	char cmd[600];
+	int rc;
+	snprintf(cmd, sizeof(cmd), "%s -s %s ping 2>&1", kvtierctl, sock);
+	for (int i = 0; i < 6000; i++) {
+		char *out = kvt_test_run(&rc, cmd);
+		int ok = rc == 0 && out && strstr(out, "ok") && !strstr(out, "recovering");
+		free(out);
+		if (ok)
+			return 0;
+		usleep(10000);
+	}
+	return -1;
+}
+
 static int ctl(const char *args)
 {
 	char cmd[600];
@@ -493,6 +511,7 @@ static void test_restart_nvme(void)
 	CHECK_EQ(ctl("flush"), 0);
 	daemon_stop();
 	CHECK(daemon_start() > 0);
+	CHECK_EQ(wait_recovered(), 0);
 	long long rec = ctl_metric("nvme_recovered_total");
 	printf("after restart: nvme_recovered_total %lld\n", rec);
 	/* The same kvt_llama: libkvtier reconnects by itself. */
@@ -532,6 +551,7 @@ static void test_daemon_down(void)
 	CHECK_EQ(r.n_evaluated, 300);
 	/* The daemon back (blocks on NVMe): the next call reconnects and restores. */
 	CHECK(daemon_start() > 0);
+	CHECK_EQ(wait_recovered(), 0);
 	CHECK_EQ(check_prefill(kl, ctx, ref, P, 300, 256, "daemon back"), 0);
 }
 
