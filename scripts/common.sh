@@ -79,6 +79,72 @@ kvt_install_packages()
 	((${#missing[@]} == 0)) || kvt_die "still missing after apt-get: ${missing[*]}"
 }
 
+# llama.cpp for the engine integration (client/llama): Debian 12 has no package, so its
+# prebuilt CPU libraries come from the npm registry, with the llama.h of the same build from
+# the llama.cpp source (a git bundle) that node-llama-cpp of the same version carries.  The
+# version is pinned, and so are the tarballs' digests: client/llama parses llama.cpp's
+# per-sequence state, whose format belongs to exactly this build.  Installed into
+# $KVT_LLAMA_DIR (ignored by git), where CMake's KVT_LLAMA=AUTO finds it.
+KVT_LLAMA_NPM_VERSION=3.21.1
+KVT_LLAMA_NPM_SHA512=(
+	"@node-llama-cpp/linux-x64 4e8b63e914c3306a371682b6c8d51acffa069990f4a2502a4eb465b855169aed245b68bd4cecc7496d0e5820221a4cd10955f45ac5360b2510a3f5b6358b5d3c"
+	"node-llama-cpp 13737412fd956b4c33c9dbd7605c0cf47bf2a34ecfa168edf13ffd18c738dc2bedf18915fcd53fb5852010c0b582b4cfbf6a3d3d18d08b41b759be4ffdac2232"
+)
+KVT_LLAMA_DIR=${KVT_LLAMA_DIR:-$KVT_ROOT/.devdeps/npm/llama-$KVT_LLAMA_NPM_VERSION}
+
+# kvt_install_llama: idempotent; once $KVT_LLAMA_DIR/.complete exists nothing is fetched (an
+# offline machine keeps working).  Layout: lib/ (libllama, libggml*), include/ (llama.h and
+# ggml's headers), LICENSE, VERSION.
+kvt_install_llama()
+{
+	local dir=$KVT_LLAMA_DIR tmp entry pkg sum tgz
+	if [[ -e $dir/.complete ]]; then
+		kvt_log "llama.cpp (npm node-llama-cpp $KVT_LLAMA_NPM_VERSION) present in $dir"
+		return 0
+	fi
+	if ! command -v npm >/dev/null; then
+		if ((EUID != 0)); then
+			kvt_die "npm not found: install Debian's npm (or Node.js) to fetch llama.cpp"
+		fi
+		kvt_log "installing Debian's npm to fetch llama.cpp"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm ||
+			kvt_die "apt-get install npm failed"
+	fi
+	command -v git >/dev/null || kvt_die "git not found: it unpacks llama.cpp's source bundle"
+	tmp=$(mktemp -d "${TMPDIR:-/tmp}/kvt-llama.XXXXXX")
+	kvt_log "fetching llama.cpp from npm: node-llama-cpp $KVT_LLAMA_NPM_VERSION"
+	for entry in "${KVT_LLAMA_NPM_SHA512[@]}"; do
+		pkg=${entry% *}
+		sum=${entry#* }
+		tgz=$(cd "$tmp" && npm pack --silent "$pkg@$KVT_LLAMA_NPM_VERSION" 2>/dev/null | tail -1) ||
+			kvt_die "npm pack $pkg@$KVT_LLAMA_NPM_VERSION failed"
+		[[ -f $tmp/$tgz ]] || kvt_die "npm pack $pkg@$KVT_LLAMA_NPM_VERSION gave no tarball"
+		[[ $(sha512sum "$tmp/$tgz" | cut -d' ' -f1) == "$sum" ]] ||
+			kvt_die "$tgz: sha512 differs from the pinned one"
+		mkdir -p "$tmp/$pkg" || kvt_die "cannot create $tmp/$pkg"
+		tar -xzf "$tmp/$tgz" -C "$tmp/$pkg" || kvt_die "cannot unpack $tgz"
+	done
+	rm -rf "$dir.new"
+	mkdir -p "$dir.new/lib" "$dir.new/include" || kvt_die "cannot create $dir.new"
+	cp -a "$tmp/@node-llama-cpp/linux-x64/package/bins/linux-x64/"lib*.so "$dir.new/lib/" ||
+		kvt_die "no libraries in @node-llama-cpp/linux-x64"
+	if ! git init -q --bare "$tmp/src.git" ||
+		! git -C "$tmp/src.git" fetch -q "$tmp/node-llama-cpp/package/llama/gitRelease.bundle" HEAD ||
+		! git -C "$tmp/src.git" archive -o "$tmp/src.tar" FETCH_HEAD include/llama.h ggml/include LICENSE ||
+		! tar -xf "$tmp/src.tar" -C "$tmp"; then
+		kvt_die "cannot read llama.cpp's source bundle"
+	fi
+	cp "$tmp/include/llama.h" "$tmp/ggml/include/"*.h "$dir.new/include/" ||
+		kvt_die "llama.h missing from the source bundle"
+	cp "$tmp/LICENSE" "$dir.new/LICENSE" || kvt_die "LICENSE missing from the source bundle"
+	sed -n 's/.*"tag": *"\([^"]*\)".*/\1/p' "$tmp/node-llama-cpp/package/llama/llama.cpp.info.json" \
+		>"$dir.new/VERSION"
+	touch "$dir.new/.complete"
+	rm -rf "$dir" "$tmp"
+	mv "$dir.new" "$dir" || kvt_die "cannot move $dir.new into place"
+	kvt_log "llama.cpp $(cat "$dir/VERSION") installed in $dir"
+}
+
 # Debian's python3-* packages install for /usr/bin/python3.  A python3 found earlier in PATH
 # (pyenv, a virtualenv) would not see numpy or pytest, so the build and the tests use Debian's.
 kvt_debian_python()
@@ -114,6 +180,7 @@ kvt_build()
 kvt_setup()
 {
 	kvt_install_packages
+	kvt_install_llama
 	kvt_debian_python
 	kvt_configure "$KVT_BUILD"
 	kvt_build "$KVT_BUILD"
