@@ -74,6 +74,17 @@ class SlidingLayer(DynamicLayer):
     is_sliding = True
 
 
+class SlottedLayer:
+    """As transformers 5.17's DynamicLayer: its state in __slots__, so Python refuses to
+    swap the class of such an object for the in-place one (the object layout differs)."""
+    __slots__ = ("keys", "values", "is_initialized", "dtype", "device", "cumulative_length")
+    is_sliding = False
+    __init__ = DynamicLayer.__init__
+    update = DynamicLayer.update
+    get_seq_length = DynamicLayer.get_seq_length
+    crop = DynamicLayer.crop
+
+
 class DynamicCache:
     def __init__(self, layer_class=DynamicLayer):
         self.layers = []
@@ -238,6 +249,21 @@ def test_inplace_layer_writes_in_place_and_grows():
     k, v = _kv(tokens, 33, 34, 0)
     keys, _ = cache.layers[0].update(np.repeat(k, 2, 0), np.repeat(v, 2, 0))
     assert keys.shape == (2, H, 34, D) and cache.layers[0]._kvt_store is None
+
+
+def test_attach_slotted_layers():
+    tokens = np.arange(20)
+    cache = DynamicCache(SlottedLayer)
+    cache.layers = [SlottedLayer() for _ in range(L)]
+    cache = hf.attach(cache, [_np_alloc((2, 1, H, 8, D)) for _ in range(L)], 0)
+    assert all(isinstance(lay, SlottedLayer) and lay._kvt_store is not None
+               for lay in cache.layers)
+    _prefill(cache, tokens)  # past the capacity of 8: grows, in place
+    ref = DynamicCache()
+    _prefill(ref, tokens)
+    assert cache.get_seq_length() == 20
+    for a, b in zip(cache.layers, ref.layers):
+        assert np.array_equal(a.keys, b.keys) and np.array_equal(a.values, b.values)
 
 
 def test_attach_refuses_sliding_layers():

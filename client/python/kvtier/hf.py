@@ -310,10 +310,39 @@ def attach(cache: Any, stores: Sequence[Any], n: int) -> Any:
                 not hasattr(lay, "keys"):
             raise Unsupported(f"cache layer {type(lay).__name__} (sliding window or not "
                               f"key/value)")
-    for lay, st in zip(layers, stores):
-        lay.__class__ = _inplace_class(type(lay))
-        lay._kvt_attach(st, n)
+    for i, st in enumerate(stores):
+        layers[i] = _as_inplace(layers[i])
+        layers[i]._kvt_attach(st, n)
     return cache
+
+
+def _slot_names(cls: type) -> List[str]:
+    names: List[str] = []
+    for k in cls.__mro__:
+        sl = k.__dict__.get("__slots__", ())
+        names += [sl] if isinstance(sl, str) else [x for x in sl if x not in ("__dict__",
+                                                                          "__weakref__")]
+    return names
+
+
+def _as_inplace(lay: Any) -> Any:
+    """lay as an instance of its in-place class: the same object where Python allows the
+    class change, else (a base with __slots__, as transformers' DynamicLayer has: the
+    mixin's __dict__ changes the object layout) a new object carrying lay's state."""
+    cls = _inplace_class(type(lay))
+    if type(lay) is cls:
+        return lay
+    try:
+        lay.__class__ = cls
+        return lay
+    except TypeError:
+        pass
+    new = cls.__new__(cls)
+    for name in _slot_names(type(lay)):
+        if hasattr(lay, name):
+            setattr(new, name, getattr(lay, name))
+    new.__dict__.update(getattr(lay, "__dict__", {}))
+    return new
 
 
 def cache_kv(cache: Any) -> List[Tuple[Any, Any]]:
