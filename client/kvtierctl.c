@@ -42,50 +42,12 @@ static void usage(FILE *f)
 		   "exit status: 0 ok, 1 error, 2 usage\n");
 }
 
+/* A whole decimal number, nothing after it. */
 static int parse_u64(const char *s, uint64_t *out)
 {
 	char *end;
-	unsigned long long v;
 
-	if (!s || *s < '0' || *s > '9')
-		return -EINVAL;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno || *end)
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
-/* A size as kvtierd.conf writes them (the suffixes of kvtd_parse_size in daemon/config.c). */
-static int parse_size(const char *s, uint64_t *out)
-{
-	static const struct {
-		const char *sfx;
-		unsigned shift;
-	} sfx[] = {{"", 0},	{"B", 0},   {"K", 10},	 {"KB", 10}, {"KiB", 10},
-		   {"M", 20},	{"MB", 20}, {"MiB", 20}, {"G", 30},  {"GB", 30},
-		   {"GiB", 30}, {"T", 40},  {"TB", 40},	 {"TiB", 40}};
-	char *end;
-	unsigned long long v;
-
-	if (!s || *s < '0' || *s > '9')
-		return -EINVAL;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno)
-		return -ERANGE;
-	while (*end == ' ')
-		end++;
-	for (size_t i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++) {
-		if (strcasecmp(end, sfx[i].sfx) != 0)
-			continue;
-		if (sfx[i].shift && v > (UINT64_MAX >> sfx[i].shift))
-			return -ERANGE;
-		*out = (uint64_t)v << sfx[i].shift;
-		return 0;
-	}
-	return -EINVAL;
+	return kvt_parse_num(s, out, &end) < 0 || *end ? -EINVAL : 0;
 }
 
 static int json;
@@ -298,7 +260,7 @@ int main(int argc, char **argv)
 			have_limit = true;
 			break;
 		case 'b':
-			if (parse_size(optarg, &arg) < 0 || !arg)
+			if (kvt_parse_size(optarg, &arg) < 0 || !arg)
 				return fail(2, -EINVAL,
 					    "--bytes '%s' is not a size such as 1MiB, 64K or 4096 "
 					    "(above 0)",
