@@ -2254,6 +2254,8 @@ static int nvme_complete(struct kvt_tier *t)
 	return n;
 }
 
+static void wait_some(struct kvt_tier *t);
+
 /*
  * Freed slots return to the allocator only once their invalidation write is done.  When an
  * alloc() finds no room while some are on their way, it waits for them here: completions
@@ -2266,25 +2268,8 @@ static void drain_freeing(struct kvt_tier *t)
 	bool old = t->defer_user;
 
 	t->defer_user = true;
-	while (t->freeing && (t->inflight || t->verifying || t->backlog.head || t->done_now.head)) {
-		int n = 0;
-
-		if (t->uring && t->inflight) {
-			struct io_uring_cqe *cqe;
-
-			uring_flush(t);
-			if (!t->done_now.head)
-				io_uring_wait_cqe(&t->ring, &cqe);
-		} else if (!t->done_now.head) {
-			struct pollfd pfd = {.fd = t->efd, .events = POLLIN};
-			uint64_t v;
-
-			poll(&pfd, 1, 10);
-			if (read(t->efd, &v, sizeof(v)) < 0) {
-			}
-		}
-		reap_all(t, &n);
-	}
+	while (t->freeing && (t->inflight || t->verifying || t->backlog.head || t->done_now.head))
+		wait_some(t);
 	t->defer_user = old;
 	if (t->deferred.head)
 		efd_signal(t); /* the held callbacks: the event loop must come back */
