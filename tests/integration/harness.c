@@ -69,6 +69,27 @@ pid_t kvt_test_daemon_start(const char *const argv[], void (*setup)(void *), voi
 	return -1;
 }
 
+pid_t kvt_test_daemon_startv(pid_t *cur, const char *kvtierd, const char *sock,
+			     const char *capacity, void (*setup)(void *), va_list ap)
+{
+	const char *argv[40] = {kvtierd, "-f", "-s", sock, "-o", NULL};
+	char cap[64];
+	int argc = 5;
+	pid_t pid;
+
+	snprintf(cap, sizeof(cap), "host.capacity=%s", capacity);
+	argv[argc++] = cap;
+	argv[argc++] = "-o";
+	argv[argc++] = "daemon.log_level=warn";
+	for (const char *a; (a = va_arg(ap, const char *)) && argc < 38;)
+		argv[argc++] = a;
+	argv[argc] = NULL;
+	unlink(sock);
+	pid = kvt_test_daemon_start(argv, setup, NULL);
+	*cur = pid > 0 ? pid : 0;
+	return pid;
+}
+
 int kvt_test_daemon_stop(pid_t pid)
 {
 	int st;

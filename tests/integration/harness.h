@@ -5,6 +5,7 @@
 #ifndef KVT_TEST_HARNESS_H
 #define KVT_TEST_HARNESS_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -109,6 +110,14 @@ long long kvt_test_json_num(const char *js, const char *name);
  * given, runs in the child before exec (a uid to drop to, a log file...).
  */
 pid_t kvt_test_daemon_start(const char *const argv[], void (*setup)(void *), void *arg);
+
+/*
+ * kvt_test_daemon_start of `kvtierd -f -s sock -o host.capacity=capacity -o
+ * daemon.log_level=warn` and the arguments of ap up to a NULL (30 at most); sock is
+ * unlinked first.  *cur gets the pid, or 0 when it did not start (-1 returned).
+ */
+pid_t kvt_test_daemon_startv(pid_t *cur, const char *kvtierd, const char *sock,
+			     const char *capacity, void (*setup)(void *), va_list ap);
 
 /* SIGTERM to a kvtierd and its exit: its exit status, 128 + the signal that ended it, or -1. */
 int kvt_test_daemon_stop(pid_t pid);

@@ -67,24 +67,13 @@ static void drop_setup(void *arg)
 
 static pid_t daemon_start(const char *capacity, ...)
 {
-	const char *argv[32] = {kvtierd, "-f", "-s", sock, "-o", NULL};
-	char cap[64];
-	int argc = 5;
 	va_list ap;
 	pid_t pid;
 
-	snprintf(cap, sizeof(cap), "host.capacity=%s", capacity);
-	argv[argc++] = cap;
-	argv[argc++] = "-o";
-	argv[argc++] = "daemon.log_level=warn";
 	va_start(ap, capacity);
-	for (const char *a; (a = va_arg(ap, const char *)) && argc < 30;)
-		argv[argc++] = a;
+	pid = kvt_test_daemon_startv(&cur_daemon, kvtierd, sock, capacity,
+				     drop.on ? drop_setup : NULL, ap);
 	va_end(ap);
-	argv[argc] = NULL;
-	unlink(sock);
-	pid = kvt_test_daemon_start(argv, drop.on ? drop_setup : NULL, NULL);
-	cur_daemon = pid > 0 ? pid : 0;
 	/* Ready means serving; the NVMe records (the tests expect them) come a moment later:
 	 * until then they are misses and puts are refused. */
 	while (pid > 0 && status_metric("nvme_recovering") == 1)

@@ -58,24 +58,12 @@ static void tenant_setup(void *arg)
 
 static pid_t daemon_start(const char *capacity, ...)
 {
-	const char *argv[40] = {kvtierd, "-f", "-s", sock, "-o", NULL};
-	char cap[64];
-	int argc = 5;
 	va_list ap;
 	pid_t pid;
 
-	snprintf(cap, sizeof(cap), "host.capacity=%s", capacity);
-	argv[argc++] = cap;
-	argv[argc++] = "-o";
-	argv[argc++] = "daemon.log_level=warn";
 	va_start(ap, capacity);
-	for (const char *a; (a = va_arg(ap, const char *)) && argc < 38;)
-		argv[argc++] = a;
+	pid = kvt_test_daemon_startv(&cur_daemon, kvtierd, sock, capacity, tenant_setup, ap);
 	va_end(ap);
-	argv[argc] = NULL;
-	unlink(sock);
-	pid = kvt_test_daemon_start(argv, tenant_setup, NULL);
-	cur_daemon = pid > 0 ? pid : 0;
 	return pid;
 }
 
