@@ -435,6 +435,17 @@ static void fq_del(struct kvt_tier *t, struct nv_ext *e)
 	}
 }
 
+/* A freeing extent whose invalidation failed: its pages, which may still hold a valid
+ * record, are withheld for good (never reused). */
+static void quarantine_freeing(struct kvt_tier *t, struct nv_ext *e)
+{
+	fq_del(t, e);
+	e->state = EXT_QUARANTINE;
+	t->freeing--;
+	t->freeing_pages -= e->npages;
+	t->st.quarantined_bytes += (uint64_t)e->npages * NV_PAGE;
+}
+
 /* ---- lists ---- */
 
 static void list_add(struct nv_list *l, struct kvt_tier_io *io)
@@ -1679,11 +1690,7 @@ static void inval_done(struct kvt_tier_io *io)
 			nv_release(t, e);
 		} else {
 			/* Pages that may still hold a valid record are never reused. */
-			fq_del(t, e);
-			e->state = EXT_QUARANTINE;
-			t->freeing--;
-			t->freeing_pages -= e->npages;
-			t->st.quarantined_bytes += (uint64_t)e->npages * NV_PAGE;
+			quarantine_freeing(t, e);
 			nv_log(t, LOG_ERR,
 			       "file %u: invalidating record at %llu failed: %s; %u pages withheld",
 			       io->loc.file, (unsigned long long)io->loc.off, strerror(-io->res),
@@ -1782,11 +1789,7 @@ static void nv_free_ext(struct kvt_tier *t, struct nv_ext *e)
 	}
 	iv = calloc(1, sizeof(*iv));
 	if (!iv) {
-		fq_del(t, e);
-		e->state = EXT_QUARANTINE;
-		t->freeing--;
-		t->freeing_pages -= e->npages;
-		t->st.quarantined_bytes += (uint64_t)e->npages * NV_PAGE;
+		quarantine_freeing(t, e);
 		return;
 	}
 	iv->t = t;
@@ -2368,11 +2371,7 @@ static int settle_ext(struct kvt_tier *t, uint64_t ek)
 		}
 		if (r < 0) {
 			t->st.write_errors++;
-			fq_del(t, e);
-			e->state = EXT_QUARANTINE;
-			t->freeing--;
-			t->freeing_pages -= e->npages;
-			t->st.quarantined_bytes += (uint64_t)e->npages * NV_PAGE;
+			quarantine_freeing(t, e);
 			nv_log(t, LOG_ERR,
 			       "file %u: invalidating record at page %llu failed: %s; %u pages "
 			       "withheld",
