@@ -1380,6 +1380,18 @@ static void render_gpu(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 		  c1, g.demotions, c2, g.promotions, g.evictions, g.attaches);
 }
 
+/* The counters of KVT_METRICS as JSON fields "name":value, comma-separated. */
+static void render_metric_fields(struct kvtd *d, struct sbuf *b)
+{
+	int first = 1;
+
+#define X(name, type, help)                                                                        \
+	sb_printf(b, "%s\"%s\":%" PRIu64, first ? "" : ",", #name, d->m.name);                     \
+	first = 0;
+	KVT_METRICS(X)
+#undef X
+}
+
 /* What the NVMe recovery dropped, by reason, and the bytes lost: JSON fields or a line. */
 static void render_recovery(struct kvtd *d, struct sbuf *b, bool json, uint64_t lost)
 {
@@ -1518,12 +1530,7 @@ static void render_status(struct kvtd *d, struct sbuf *b, bool json)
 			  d->ntenants, d->epoch);
 		render_tiers(d, b, true, false);
 		sb_printf(b, "],\"metrics\":{");
-		int first = 1;
-#define X(name, type, help)                                                                        \
-	sb_printf(b, "%s\"%s\":%" PRIu64, first ? "" : ",", #name, d->m.name);                     \
-	first = 0;
-		KVT_METRICS(X)
-#undef X
+		render_metric_fields(d, b);
 		sb_printf(b, "}}\n");
 		return;
 	}
@@ -1614,14 +1621,8 @@ static void render_ops_metrics(struct kvtd *d, struct sbuf *b, bool json)
 /* kvtierctl --json metrics: the counters, tiers, build facts and histograms as one object. */
 static void render_metrics_json(struct kvtd *d, struct sbuf *b)
 {
-	int first = 1;
-
 	sb_printf(b, "{\"metrics\":{");
-#define X(name, type, help)                                                                        \
-	sb_printf(b, "%s\"%s\":%" PRIu64, first ? "" : ",", #name, d->m.name);                     \
-	first = 0;
-	KVT_METRICS(X)
-#undef X
+	render_metric_fields(d, b);
 	sb_printf(b, "},\"tiers\":[");
 	render_tiers(d, b, true, true);
 	sb_printf(b, "]");
