@@ -25,6 +25,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "kvt_proto.h"
 #include "redis_cluster.h"
 #include "redis_harness.h"
 #include "tier_remote.h"
@@ -109,18 +110,12 @@ static void flush_masters(const char *host, int port)
 		fprintf(stderr, "bench: FLUSHALL failed\n");
 }
 
+/* A block size (kvt_parse_size's suffixes) of 1 byte to 256 MiB. */
 static int parse_size(const char *s, size_t *out)
 {
-	char *end;
-	unsigned long long v = strtoull(s, &end, 10);
+	uint64_t v;
 
-	if (end == s)
-		return -1;
-	if (*end == 'K' || *end == 'k')
-		v <<= 10, end++;
-	else if (*end == 'M' || *end == 'm')
-		v <<= 20, end++;
-	if (*end || v == 0 || v > (256u << 20))
+	if (kvt_parse_size(s, &v) < 0 || v == 0 || v > (256u << 20))
 		return -1;
 	*out = (size_t)v;
 	return 0;

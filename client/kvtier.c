@@ -1394,25 +1394,19 @@ static int batch_lock(struct kvt_client *c)
 	return 0;
 }
 
-KVT_API int kvt_put_batch(struct kvt_client *c, int layout, const struct kvt_key *keys,
-			  const void *const *data, const uint32_t *first_token, size_t len,
-			  size_t n, int *status)
+/*
+ * The two-step batch of kvt_put_batch and kvt_get_batch, its arguments checked: n entries
+ * into status (or a scratch array when NULL) through b, a batch of c not yet initialized.
+ * Returns how many entries succeeded, or a negative error of the batch as a whole.
+ */
+static int batch_exec(struct kvt_client *c, struct batch *b, size_t n, int *status,
+		      void (*first)(struct batch *, size_t, struct kvt_sqe *),
+		      int (*reaped)(struct batch *, size_t, const struct kvt_cqe *,
+				    struct kvt_sqe *))
 {
-	struct put_ctx p = {
-	    .layout = layout, .keys = keys, .data = data, .pos = first_token, .len = len};
 	struct kvt_sqe *second = NULL;
-	int *st = status, ret = batch_args(c, layout, keys, data, n);
+	int *st = status, ret;
 
-	if (ret < 0)
-		return ret;
-	if (!len || len > kvt_layout_block_bytes(&c->layouts[layout]))
-		return -EINVAL;
-	if (len > UINT32_MAX)
-		return -E2BIG;
-	for (size_t i = 0; i < n; i++) {
-		if (!data[i])
-			return -EINVAL;
-	}
 	if (!n)
 		return 0;
 	if (!st && !(st = malloc(n * sizeof(*st))))
@@ -1425,10 +1419,10 @@ KVT_API int kvt_put_batch(struct kvt_client *c, int layout, const struct kvt_key
 	ret = batch_lock(c);
 	if (ret < 0)
 		goto out;
-	ret = batch_init(&p.b, c, n, st);
+	ret = batch_init(b, c, n, st);
 	if (ret == 0) {
-		batch_run(&p.b, put_first, put_reaped, second);
-		batch_free(&p.b);
+		batch_run(b, first, reaped, second);
+		batch_free(b);
 	}
 	pthread_mutex_unlock(&c->lock);
 	if (ret == 0)
@@ -1438,6 +1432,27 @@ out:
 	if (st != status)
 		free(st);
 	return ret;
+}
+
+KVT_API int kvt_put_batch(struct kvt_client *c, int layout, const struct kvt_key *keys,
+			  const void *const *data, const uint32_t *first_token, size_t len,
+			  size_t n, int *status)
+{
+	struct put_ctx p = {
+	    .layout = layout, .keys = keys, .data = data, .pos = first_token, .len = len};
+	int ret = batch_args(c, layout, keys, data, n);
+
+	if (ret < 0)
+		return ret;
+	if (!len || len > kvt_layout_block_bytes(&c->layouts[layout]))
+		return -EINVAL;
+	if (len > UINT32_MAX)
+		return -E2BIG;
+	for (size_t i = 0; i < n; i++) {
+		if (!data[i])
+			return -EINVAL;
+	}
+	return batch_exec(c, &p.b, n, status, put_first, put_reaped);
 }
 
 struct get_ctx {
@@ -1490,8 +1505,7 @@ KVT_API int kvt_get_batch(struct kvt_client *c, int layout, const struct kvt_key
 			  void *const *bufs, size_t cap, size_t n, int *status)
 {
 	struct get_ctx g = {.layout = layout, .keys = keys, .bufs = bufs, .cap = cap};
-	struct kvt_sqe *second = NULL;
-	int *st = status, ret = batch_args(c, layout, keys, bufs, n);
+	int ret = batch_args(c, layout, keys, bufs, n);
 
 	if (ret < 0)
 		return ret;
@@ -1499,31 +1513,7 @@ KVT_API int kvt_get_batch(struct kvt_client *c, int layout, const struct kvt_key
 		if (!bufs[i] && cap)
 			return -EINVAL;
 	}
-	if (!n)
-		return 0;
-	if (!st && !(st = malloc(n * sizeof(*st))))
-		return -ENOMEM;
-	second = malloc(n * sizeof(*second));
-	if (!second) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	ret = batch_lock(c);
-	if (ret < 0)
-		goto out;
-	ret = batch_init(&g.b, c, n, st);
-	if (ret == 0) {
-		batch_run(&g.b, get_first, get_reaped, second);
-		batch_free(&g.b);
-	}
-	pthread_mutex_unlock(&c->lock);
-	if (ret == 0)
-		ret = batch_count(st, n);
-out:
-	free(second);
-	if (st != status)
-		free(st);
-	return ret;
+	return batch_exec(c, &g.b, n, status, get_first, get_reaped);
 }
 
 struct lookup_ctx {

@@ -42,50 +42,12 @@ static void usage(FILE *f)
 		   "exit status: 0 ok, 1 error, 2 usage\n");
 }
 
+/* A whole decimal number, nothing after it. */
 static int parse_u64(const char *s, uint64_t *out)
 {
 	char *end;
-	unsigned long long v;
 
-	if (!s || *s < '0' || *s > '9')
-		return -EINVAL;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno || *end)
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
-/* A size as kvtierd.conf writes them (the suffixes of kvtd_parse_size in daemon/config.c). */
-static int parse_size(const char *s, uint64_t *out)
-{
-	static const struct {
-		const char *sfx;
-		unsigned shift;
-	} sfx[] = {{"", 0},	{"B", 0},   {"K", 10},	 {"KB", 10}, {"KiB", 10},
-		   {"M", 20},	{"MB", 20}, {"MiB", 20}, {"G", 30},  {"GB", 30},
-		   {"GiB", 30}, {"T", 40},  {"TB", 40},	 {"TiB", 40}};
-	char *end;
-	unsigned long long v;
-
-	if (!s || *s < '0' || *s > '9')
-		return -EINVAL;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno)
-		return -ERANGE;
-	while (*end == ' ')
-		end++;
-	for (size_t i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++) {
-		if (strcasecmp(end, sfx[i].sfx) != 0)
-			continue;
-		if (sfx[i].shift && v > (UINT64_MAX >> sfx[i].shift))
-			return -ERANGE;
-		*out = (uint64_t)v << sfx[i].shift;
-		return 0;
-	}
-	return -EINVAL;
+	return kvt_parse_num(s, out, &end) < 0 || *end ? -EINVAL : 0;
 }
 
 static int json;
@@ -132,11 +94,10 @@ static int fail(int status, int code, const char *fmt, ...)
 
 /*
  * Sends one admin command and collects the whole reply (malloc'd, NUL-terminated) in *out.
- * Returns the daemon's result (>= 0, or its -errno with its message in *out), or 1 after
- * reporting a failure to talk to it.
+ * Returns 0, or 1 after reporting a failure to talk to it or the daemon's refusal (its
+ * message, or its error's).
  */
-static int admin(const char *path, uint32_t cmd, uint64_t arg, uint32_t aflags, char **out,
-		 int *res)
+static int admin(const char *path, uint32_t cmd, uint64_t arg, uint32_t aflags, char **out)
 {
 	static char buf[KVT_MSG_MAX + 64];
 	struct kvt_msg_hello h;
@@ -144,7 +105,7 @@ static int admin(const char *path, uint32_t cmd, uint64_t arg, uint32_t aflags, 
 	size_t len = 0;
 	FILE *m;
 	ssize_t n;
-	int fd, ret;
+	int fd, ret, res = 0;
 
 	*out = NULL;
 	ret = kvt_sock_open(path, &fd);
@@ -202,7 +163,7 @@ static int admin(const char *path, uint32_t cmd, uint64_t arg, uint32_t aflags, 
 		const struct kvt_msg_result *r = (const void *)buf;
 		fwrite(r + 1, 1, (size_t)n - sizeof(*r), m);
 		if (!(mh.flags & KVT_MSG_F_MORE)) {
-			*res = r->res;
+			res = r->res;
 			ret = 0;
 			break;
 		}
@@ -210,6 +171,8 @@ static int admin(const char *path, uint32_t cmd, uint64_t arg, uint32_t aflags, 
 out:
 	fclose(m);
 	close(fd);
+	if (ret == 0 && res < 0)
+		ret = fail(1, res, "%s", *out && **out ? *out : kvt_strerror(res));
 	if (ret) {
 		free(*out);
 		*out = NULL;
@@ -233,17 +196,12 @@ static int ping(const char *path)
 {
 	char *out;
 	const char *rec, *up, *ver;
-	int res = 0, ret = admin(path, KVT_ADMIN_STATUS, 0, KVT_ADMIN_F_JSON, &out, &res);
+	int ret = admin(path, KVT_ADMIN_STATUS, 0, KVT_ADMIN_F_JSON, &out);
 	bool recovering;
 	char version[64] = "";
 
 	if (ret)
 		return ret;
-	if (res < 0) {
-		ret = fail(1, res, "%s", out && *out ? out : kvt_strerror(res));
-		free(out);
-		return ret;
-	}
 	rec = json_field(out, "recovering");
 	recovering = rec && !strncmp(rec, "true", 4);
 	up = json_field(out, "uptime_s");
@@ -280,7 +238,7 @@ int main(int argc, char **argv)
 	const char *sock_opt = NULL, *name;
 	char path[108], *out = NULL;
 	uint64_t arg = 0;
-	int opt, ret, res = 0, found = -1;
+	int opt, ret, found = -1;
 	bool have_limit = false, have_bytes = false, all = false;
 
 	/* Options may come before or after the command. */
@@ -298,7 +256,7 @@ int main(int argc, char **argv)
 			have_limit = true;
 			break;
 		case 'b':
-			if (parse_size(optarg, &arg) < 0 || !arg)
+			if (kvt_parse_size(optarg, &arg) < 0 || !arg)
 				return fail(2, -EINVAL,
 					    "--bytes '%s' is not a size such as 1MiB, 64K or 4096 "
 					    "(above 0)",
@@ -352,14 +310,9 @@ int main(int argc, char **argv)
 		return fail(1, ret, "no socket path: %s", kvt_strerror(ret));
 	if (!cmds[found].cmd)
 		return ping(path);
-	ret = admin(path, cmds[found].cmd, arg, json ? KVT_ADMIN_F_JSON : 0, &out, &res);
+	ret = admin(path, cmds[found].cmd, arg, json ? KVT_ADMIN_F_JSON : 0, &out);
 	if (ret)
 		return ret;
-	if (res < 0) {
-		ret = fail(1, res, "%s", out && *out ? out : kvt_strerror(res));
-		free(out);
-		return ret;
-	}
 	fputs(out ? out : "", stdout);
 	free(out);
 	return 0;

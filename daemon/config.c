@@ -8,6 +8,7 @@
 #include <strings.h>
 
 #include "config.h"
+#include "kvt_proto.h"
 
 enum ktype { K_STR, K_U32, K_U64, K_SIZE, K_BOOL, K_RATIO, K_LOGLEVEL };
 
@@ -67,32 +68,7 @@ static const char *const levels[] = {"error", "warn", "info", "debug"};
 
 int kvtd_parse_size(const char *s, uint64_t *out)
 {
-	static const struct {
-		const char *sfx;
-		unsigned shift;
-	} sfx[] = {{"", 0},	{"B", 0},   {"K", 10},	 {"KB", 10}, {"KiB", 10},
-		   {"M", 20},	{"MB", 20}, {"MiB", 20}, {"G", 30},  {"GB", 30},
-		   {"GiB", 30}, {"T", 40},  {"TB", 40},	 {"TiB", 40}};
-	char *end;
-	unsigned long long v;
-
-	if (!s || *s < '0' || *s > '9')
-		return -EINVAL;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno)
-		return -ERANGE;
-	while (*end == ' ')
-		end++;
-	for (size_t i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++) {
-		if (strcasecmp(end, sfx[i].sfx) != 0)
-			continue;
-		if (sfx[i].shift && v > (UINT64_MAX >> sfx[i].shift))
-			return -ERANGE;
-		*out = (uint64_t)v << sfx[i].shift;
-		return 0;
-	}
-	return -EINVAL;
+	return kvt_parse_size(s, out);
 }
 
 static int parse_bool(const char *s, bool *out)
@@ -113,7 +89,7 @@ static int parse_bool(const char *s, bool *out)
 static int set_key(struct kvtd_config *c, const struct key *k, const char *v, FILE *err)
 {
 	char *p = (char *)c + k->off, *end;
-	unsigned long long u;
+	uint64_t u;
 	uint64_t sz;
 	double d;
 	bool b;
@@ -128,11 +104,7 @@ static int set_key(struct kvtd_config *c, const struct key *k, const char *v, FI
 		return 0;
 	case K_U32:
 	case K_U64:
-		if (*v < '0' || *v > '9')
-			goto bad;
-		errno = 0;
-		u = strtoull(v, &end, 10);
-		if (errno || *end || u < k->min || u > k->max)
+		if (kvt_parse_num(v, &u, &end) < 0 || *end || u < k->min || u > k->max)
 			goto bad;
 		if (k->type == K_U32)
 			*(uint32_t *)(void *)p = (uint32_t)u;

@@ -1376,6 +1376,50 @@ static void render_gpu(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 		  c1, g.demotions, c2, g.promotions, g.evictions, g.attaches);
 }
 
+/* The counters of KVT_METRICS as JSON fields "name":value, comma-separated. */
+static void render_metric_fields(struct kvtd *d, struct sbuf *b)
+{
+	int first = 1;
+
+#define X(name, type, help)                                                                        \
+	sb_printf(b, "%s\"%s\":%" PRIu64, first ? "" : ",", #name, d->m.name);                     \
+	first = 0;
+	KVT_METRICS(X)
+#undef X
+}
+
+/* What the NVMe recovery dropped, by reason, and the bytes lost: JSON fields or a line. */
+static void render_recovery(struct kvtd *d, struct sbuf *b, bool json, uint64_t lost)
+{
+	const struct {
+		const char *json, *text;
+		uint64_t n;
+	} drop[] = {
+	    {"corrupt", "corrupt", d->m.nvme_recovery_dropped_corrupt_total},
+	    {"unreadable", "unreadable", d->m.nvme_recovery_dropped_unreadable_total},
+	    {"cut", "cut off", d->m.nvme_recovery_dropped_cut_total},
+	    {"stale", "stale", d->m.nvme_recovery_dropped_stale_total},
+	    {"foreign", "foreign", d->m.nvme_recovery_dropped_foreign_total},
+	    {"unplaceable", "without room", d->m.nvme_recovery_dropped_unplaceable_total},
+	};
+
+	if (json)
+		sb_printf(b, ",\"recovering\":%s,\"recovery_dropped\":{",
+			  d->nvme_recovering ? "true" : "false");
+	else
+		sb_printf(b, "       %s: dropped ", d->nvme_recovering ? "recovering" : "recovery");
+	for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++) {
+		if (json)
+			sb_printf(b, "%s\"%s\":%" PRIu64, i ? "," : "", drop[i].json, drop[i].n);
+		else
+			sb_printf(b, "%s%" PRIu64 " %s", i ? ", " : "", drop[i].n, drop[i].text);
+	}
+	if (json)
+		sb_printf(b, "},\"lost_bytes\":%" PRIu64, lost);
+	else
+		sb_printf(b, "; %" PRIu64 " bytes lost\n", lost);
+}
+
 static void render_tiers(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 {
 	int ntiers = d->nvme ? 2 : 1;
@@ -1424,19 +1468,7 @@ static void render_tiers(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 					  ns.corrupt_records + d->nvme_install_bad, ns.read_errors,
 					  ns.write_errors, d->m.nvme_recovered_total);
 			if (detail && !host)
-				sb_printf(
-				    b,
-				    ",\"recovering\":%s,\"recovery_dropped\":{\"corrupt\":%" PRIu64
-				    ",\"unreadable\":%" PRIu64 ",\"cut\":%" PRIu64
-				    ",\"stale\":%" PRIu64 ",\"foreign\":%" PRIu64
-				    ",\"unplaceable\":%" PRIu64 "},\"lost_bytes\":%" PRIu64,
-				    d->nvme_recovering ? "true" : "false",
-				    d->m.nvme_recovery_dropped_corrupt_total,
-				    d->m.nvme_recovery_dropped_unreadable_total,
-				    d->m.nvme_recovery_dropped_cut_total,
-				    d->m.nvme_recovery_dropped_stale_total,
-				    d->m.nvme_recovery_dropped_foreign_total,
-				    d->m.nvme_recovery_dropped_unplaceable_total, ns.lost_bytes);
+				render_recovery(d, b, true, ns.lost_bytes);
 			if (detail && !host && d->nvme_dict)
 				sb_printf(b, ",\"codec_dict\":\"%016" PRIx64 "\"",
 					  kvt_dict_id(d->nvme_dict));
@@ -1469,18 +1501,7 @@ static void render_tiers(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 				    ns.corrupt_records + d->nvme_install_bad, ns.read_errors,
 				    ns.write_errors, d->m.nvme_recovered_total);
 			if (detail && !host)
-				sb_printf(
-				    b,
-				    "       %s: dropped %" PRIu64 " corrupt, %" PRIu64
-				    " unreadable, %" PRIu64 " cut off, %" PRIu64 " stale, %" PRIu64
-				    " foreign, %" PRIu64 " without room; %" PRIu64 " bytes lost\n",
-				    d->nvme_recovering ? "recovering" : "recovery",
-				    d->m.nvme_recovery_dropped_corrupt_total,
-				    d->m.nvme_recovery_dropped_unreadable_total,
-				    d->m.nvme_recovery_dropped_cut_total,
-				    d->m.nvme_recovery_dropped_stale_total,
-				    d->m.nvme_recovery_dropped_foreign_total,
-				    d->m.nvme_recovery_dropped_unplaceable_total, ns.lost_bytes);
+				render_recovery(d, b, false, ns.lost_bytes);
 			if (detail && !host && d->nvme_dict)
 				sb_printf(b, "       dictionary %016" PRIx64 " (%s)\n",
 					  kvt_dict_id(d->nvme_dict), d->cfg.nvme_codec_dict);
@@ -1504,12 +1525,7 @@ static void render_status(struct kvtd *d, struct sbuf *b, bool json)
 			  d->ntenants, d->epoch);
 		render_tiers(d, b, true, false);
 		sb_printf(b, "],\"metrics\":{");
-		int first = 1;
-#define X(name, type, help)                                                                        \
-	sb_printf(b, "%s\"%s\":%" PRIu64, first ? "" : ",", #name, d->m.name);                     \
-	first = 0;
-		KVT_METRICS(X)
-#undef X
+		render_metric_fields(d, b);
 		sb_printf(b, "}}\n");
 		return;
 	}
@@ -1600,14 +1616,8 @@ static void render_ops_metrics(struct kvtd *d, struct sbuf *b, bool json)
 /* kvtierctl --json metrics: the counters, tiers, build facts and histograms as one object. */
 static void render_metrics_json(struct kvtd *d, struct sbuf *b)
 {
-	int first = 1;
-
 	sb_printf(b, "{\"metrics\":{");
-#define X(name, type, help)                                                                        \
-	sb_printf(b, "%s\"%s\":%" PRIu64, first ? "" : ",", #name, d->m.name);                     \
-	first = 0;
-	KVT_METRICS(X)
-#undef X
+	render_metric_fields(d, b);
 	sb_printf(b, "},\"tiers\":[");
 	render_tiers(d, b, true, true);
 	sb_printf(b, "]");

@@ -4,7 +4,9 @@
 #include <xxhash.h>
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "kvt_proto.h"
 
@@ -215,4 +217,45 @@ KVT_API const char *kvt_strerror(int err)
 		/* strerror() is not thread-safe everywhere; strerrordesc_np is. */
 		return strerrordesc_np(err) ? strerrordesc_np(err) : "unknown error";
 	}
+}
+
+int kvt_parse_num(const char *s, uint64_t *out, char **end)
+{
+	unsigned long long v;
+
+	if (!s || *s < '0' || *s > '9')
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, end, 10);
+	if (errno)
+		return -ERANGE;
+	*out = v;
+	return 0;
+}
+
+int kvt_parse_size(const char *s, uint64_t *out)
+{
+	static const struct {
+		const char *sfx;
+		unsigned shift;
+	} sfx[] = {{"", 0},	{"B", 0},   {"K", 10},	 {"KB", 10}, {"KiB", 10},
+		   {"M", 20},	{"MB", 20}, {"MiB", 20}, {"G", 30},  {"GB", 30},
+		   {"GiB", 30}, {"T", 40},  {"TB", 40},	 {"TiB", 40}};
+	char *end;
+	uint64_t v;
+	int ret = kvt_parse_num(s, &v, &end);
+
+	if (ret < 0)
+		return ret;
+	while (*end == ' ')
+		end++;
+	for (size_t i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++) {
+		if (strcasecmp(end, sfx[i].sfx) != 0)
+			continue;
+		if (sfx[i].shift && v > (UINT64_MAX >> sfx[i].shift))
+			return -ERANGE;
+		*out = v << sfx[i].shift;
+		return 0;
+	}
+	return -EINVAL;
 }

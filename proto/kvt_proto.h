@@ -199,4 +199,11 @@ int kvt_socket_path(const char *explicit_path, char *out, size_t n);
 int kvt_sock_open(const char *path, int *out);
 uint64_t kvt_hash64(const void *p, size_t n, uint64_t seed);
 
+/* The decimal number s starts with (a digit first: no sign, no space): 0, *out and *end just
+ * after it; -EINVAL when s does not start with a digit, -ERANGE when it is too large. */
+int kvt_parse_num(const char *s, uint64_t *out, char **end);
+/* A size as kvtierd.conf and kvtierctl write them: a number, spaces, and a suffix B, K, KB,
+ * KiB, M... TiB (any case, all powers of 1024) or none.  0, -EINVAL or -ERANGE. */
+int kvt_parse_size(const char *s, uint64_t *out);
+
 #endif

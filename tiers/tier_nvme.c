@@ -435,6 +435,17 @@ static void fq_del(struct kvt_tier *t, struct nv_ext *e)
 	}
 }
 
+/* A freeing extent whose invalidation failed: its pages, which may still hold a valid
+ * record, are withheld for good (never reused). */
+static void quarantine_freeing(struct kvt_tier *t, struct nv_ext *e)
+{
+	fq_del(t, e);
+	e->state = EXT_QUARANTINE;
+	t->freeing--;
+	t->freeing_pages -= e->npages;
+	t->st.quarantined_bytes += (uint64_t)e->npages * NV_PAGE;
+}
+
 /* ---- lists ---- */
 
 static void list_add(struct nv_list *l, struct kvt_tier_io *io)
@@ -1679,11 +1690,7 @@ static void inval_done(struct kvt_tier_io *io)
 			nv_release(t, e);
 		} else {
 			/* Pages that may still hold a valid record are never reused. */
-			fq_del(t, e);
-			e->state = EXT_QUARANTINE;
-			t->freeing--;
-			t->freeing_pages -= e->npages;
-			t->st.quarantined_bytes += (uint64_t)e->npages * NV_PAGE;
+			quarantine_freeing(t, e);
 			nv_log(t, LOG_ERR,
 			       "file %u: invalidating record at %llu failed: %s; %u pages withheld",
 			       io->loc.file, (unsigned long long)io->loc.off, strerror(-io->res),
@@ -1782,11 +1789,7 @@ static void nv_free_ext(struct kvt_tier *t, struct nv_ext *e)
 	}
 	iv = calloc(1, sizeof(*iv));
 	if (!iv) {
-		fq_del(t, e);
-		e->state = EXT_QUARANTINE;
-		t->freeing--;
-		t->freeing_pages -= e->npages;
-		t->st.quarantined_bytes += (uint64_t)e->npages * NV_PAGE;
+		quarantine_freeing(t, e);
 		return;
 	}
 	iv->t = t;
@@ -2261,6 +2264,8 @@ static int nvme_complete(struct kvt_tier *t)
 	return n;
 }
 
+static void wait_some(struct kvt_tier *t);
+
 /*
  * Freed slots return to the allocator only once their invalidation write is done.  When an
  * alloc() finds no room while some are on their way, it waits for them here: completions
@@ -2273,25 +2278,8 @@ static void drain_freeing(struct kvt_tier *t)
 	bool old = t->defer_user;
 
 	t->defer_user = true;
-	while (t->freeing && (t->inflight || t->verifying || t->backlog.head || t->done_now.head)) {
-		int n = 0;
-
-		if (t->uring && t->inflight) {
-			struct io_uring_cqe *cqe;
-
-			uring_flush(t);
-			if (!t->done_now.head)
-				io_uring_wait_cqe(&t->ring, &cqe);
-		} else if (!t->done_now.head) {
-			struct pollfd pfd = {.fd = t->efd, .events = POLLIN};
-			uint64_t v;
-
-			poll(&pfd, 1, 10);
-			if (read(t->efd, &v, sizeof(v)) < 0) {
-			}
-		}
-		reap_all(t, &n);
-	}
+	while (t->freeing && (t->inflight || t->verifying || t->backlog.head || t->done_now.head))
+		wait_some(t);
 	t->defer_user = old;
 	if (t->deferred.head)
 		efd_signal(t); /* the held callbacks: the event loop must come back */
@@ -2390,11 +2378,7 @@ static int settle_ext(struct kvt_tier *t, uint64_t ek)
 		}
 		if (r < 0) {
 			t->st.write_errors++;
-			fq_del(t, e);
-			e->state = EXT_QUARANTINE;
-			t->freeing--;
-			t->freeing_pages -= e->npages;
-			t->st.quarantined_bytes += (uint64_t)e->npages * NV_PAGE;
+			quarantine_freeing(t, e);
 			nv_log(t, LOG_ERR,
 			       "file %u: invalidating record at page %llu failed: %s; %u pages "
 			       "withheld",

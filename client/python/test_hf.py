@@ -434,19 +434,7 @@ def test_model_id_default_fits_the_layout():
 # GPU: the device API into torch CUDA tensors
 
 
-@pytest.fixture
-def gpu_daemon(tmp_path):
-    sock = str(tmp_path / "kvtier.sock")
-    log = open(tmp_path / "kvtierd.log", "wb")
-    proc = subprocess.Popen([_daemon_path(), "-f", "-s", sock, "-o", "host.capacity=256MiB",
-                             "-o", "gpu.capacity=64MiB"], stdout=log, stderr=subprocess.STDOUT)
-    assert _wait_connectable(sock, proc), (tmp_path / "kvtierd.log").read_text()
-    try:
-        yield sock
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
+# gpu_daemon: the fixture in conftest.py.
 
 
 @pytest.mark.gpu

@@ -5,14 +5,12 @@ tier and back, bit-exact."""
 
 import errno
 import os
-import subprocess
 import sys
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kvtier  # noqa: E402
-from test_kvtier import _daemon_path, _wait_connectable  # noqa: E402
 
 try:
     import torch
@@ -20,21 +18,6 @@ try:
 except Exception:  # no torch here, or a broken one
     torch = None
     _HAVE_CUDA = False
-
-
-@pytest.fixture
-def gpu_daemon(tmp_path):
-    sock = str(tmp_path / "kvtier.sock")
-    log = open(tmp_path / "kvtierd.log", "wb")
-    proc = subprocess.Popen([_daemon_path(), "-f", "-s", sock, "-o", "host.capacity=256MiB",
-                             "-o", "gpu.capacity=64MiB"], stdout=log, stderr=subprocess.STDOUT)
-    assert _wait_connectable(sock, proc), (tmp_path / "kvtierd.log").read_text()
-    try:
-        yield sock
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
 
 
 @pytest.mark.skipif(kvtier.dev_available() > 0, reason="a GPU is present")

@@ -24,7 +24,10 @@ if(TARGET fuzz_msg)
 	target_include_directories(fuzz_msg PRIVATE ${PROJECT_SOURCE_DIR}/proto ${PROJECT_SOURCE_DIR}/client)
 	target_compile_definitions(fuzz_msg PRIVATE KVT_BUILDING_LIB)
 	target_link_libraries(fuzz_msg PRIVATE PkgConfig::XXHASH)
-	target_sources(fuzz_config PRIVATE ${PROJECT_SOURCE_DIR}/daemon/config.c)
-	target_include_directories(fuzz_config PRIVATE ${PROJECT_SOURCE_DIR}/daemon)
-	target_link_libraries(fuzz_config PRIVATE PkgConfig::INIH)
+	target_sources(fuzz_config PRIVATE ${PROJECT_SOURCE_DIR}/daemon/config.c
+		${PROJECT_SOURCE_DIR}/proto/kvt_proto.c)
+	target_include_directories(fuzz_config PRIVATE ${PROJECT_SOURCE_DIR}/daemon
+		${PROJECT_SOURCE_DIR}/proto ${PROJECT_SOURCE_DIR}/client)
+	target_compile_definitions(fuzz_config PRIVATE KVT_BUILDING_LIB)
+	target_link_libraries(fuzz_config PRIVATE PkgConfig::INIH PkgConfig::XXHASH)
 endif()

@@ -23,35 +23,14 @@
 
 #include "kvt_gpu.h"
 #include "kvt_proto.h"
+#define KVT_CHECK_FAIL goto out
 #include "harness.h"
 #include "kvtier.h"
 
 static const char *kvtierd, *kvtierctl;
 static char dir[256], sock[300];
 static unsigned seed;
-static int failures;
 static pid_t cur_daemon;
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__,       \
-				__func__, #cond);                                                  \
-			failures++;                                                                \
-			goto out;                                                                  \
-		}                                                                                  \
-	} while (0)
-
-#define CHECK_EQ(a, b)                                                                             \
-	do {                                                                                       \
-		long long _a = (long long)(a), _b = (long long)(b);                                \
-		if (_a != _b) {                                                                    \
-			fprintf(stderr, "%s:%d: %s: %s == %lld, expected %s == %lld\n", __FILE__,  \
-				__LINE__, __func__, #a, _a, #b, _b);                               \
-			failures++;                                                                \
-			goto out;                                                                  \
-		}                                                                                  \
-	} while (0)
 
 static pid_t daemon_start(const char *host_cap, const char *gpu_cap, ...)
 {
@@ -94,39 +73,15 @@ static struct kvt_client *connect_ok(void)
 	return kvt_test_connect(sock, "gpu-test", 10000);
 }
 
-/* Runs a command line and returns its output (malloc'd); *rc gets its exit status. */
-static char *run(int *rc, const char *fmt, ...)
-{
-	char cmd[1024];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof(cmd), fmt, ap);
-	va_end(ap);
-	return kvt_test_run(rc, cmd);
-}
-
-/* A number of the GPU tier's row of `kvtierctl --json tiers` (-1: none). */
+/* A number of the GPU tier's row of `kvtierctl --json tiers` (-1: none, -2: no answer). */
 static long long gpu_num(const char *name)
 {
-	int rc;
-	char *js = run(&rc, "%s --socket %s --json tiers", kvtierctl, sock);
-	const char *g = js ? strstr(js, "\"name\":\"gpu\"") : NULL;
-	long long v = g ? kvt_test_json_num(g, name) : -1;
-
-	free(js);
-	return v;
+	return kvt_test_ctl_num(kvtierctl, sock, "tiers", "\"name\":\"gpu\"", name);
 }
 
 static long long status_num(const char *name)
 {
-	int rc;
-	char *js = run(&rc, "%s --socket %s --json status", kvtierctl, sock);
-	const char *m = js ? strstr(js, "\"metrics\"") : NULL;
-	long long v = m ? kvt_test_json_num(m, name) : -1;
-
-	free(js);
-	return v;
+	return kvt_test_ctl_num(kvtierctl, sock, "status", "\"metrics\"", name);
 }
 
 static struct kvt_layout test_layout(void)
@@ -157,7 +112,8 @@ static uint64_t rng(uint64_t *s)
 static void test_config_keys(void)
 {
 	int rc;
-	char *out = run(&rc,
+	char *out =
+	    kvt_test_sh(&rc,
 			"%s --print-config -o gpu.capacity=2GiB -o gpu.device=GPU-0123abcd-0000-"
 			"1111-2222-333344445555 -o gpu.promote_on_get=false 2>&1",
 			kvtierd);
@@ -169,21 +125,22 @@ static void test_config_keys(void)
 	CHECK(strstr(out, "promote_on_get = false"));
 	CHECK(strstr(out, "high_watermark = 0.95"));
 	free(out);
-	out = run(&rc, "%s --print-config 2>&1", kvtierd);
+	out = kvt_test_sh(&rc, "%s --print-config 2>&1", kvtierd);
 	CHECK_EQ(rc, 0);
 	CHECK(strstr(out, "[gpu]") && strstr(strstr(out, "[gpu]"), "capacity = 0"));
 	free(out);
-	out = run(&rc, "%s --print-config -o gpu.codec=int8 2>&1", kvtierd);
+	out = kvt_test_sh(&rc, "%s --print-config -o gpu.codec=int8 2>&1", kvtierd);
 	CHECK(rc == 0 && strstr(out, "codec = int8"));
 	free(out);
-	out = run(&rc, "%s --print-config -o gpu.codec=fp8 2>&1", kvtierd);
+	out = kvt_test_sh(&rc, "%s --print-config -o gpu.codec=fp8 2>&1", kvtierd);
 	CHECK(rc != 0 && strstr(out, "gpu.codec"));
 	free(out);
-	out = run(&rc, "%s --print-config -o gpu.low_watermark=0.9 -o gpu.high_watermark=0.5 2>&1",
-		  kvtierd);
+	out = kvt_test_sh(
+	    &rc, "%s --print-config -o gpu.low_watermark=0.9 -o gpu.high_watermark=0.5 2>&1",
+	    kvtierd);
 	CHECK(rc != 0 && strstr(out, "gpu.low_watermark"));
 	free(out);
-	out = run(&rc, "%s --print-config -o gpu.capacity=1000 2>&1", kvtierd);
+	out = kvt_test_sh(&rc, "%s --print-config -o gpu.capacity=1000 2>&1", kvtierd);
 	CHECK(rc != 0 && strstr(out, "gpu.capacity"));
 out:
 	free(out);
@@ -306,15 +263,15 @@ static void test_daemon_without_gpu(void)
 	pid = daemon_start("64MiB", "1GiB", "-o",
 			   "gpu.device=GPU-00000000-1111-2222-3333-444444444444", NULL);
 	CHECK(pid > 0);
-	out = run(&rc, "%s --socket %s tiers", kvtierctl, sock);
+	out = kvt_test_sh(&rc, "%s --socket %s tiers", kvtierctl, sock);
 	CHECK_EQ(rc, 0);
 	CHECK(strstr(out, "gpu") && strstr(out, "unavailable"));
 	CHECK_EQ(gpu_num("capacity_bytes"), 0);
 	free(out);
-	out = run(&rc, "%s --socket %s --json tiers", kvtierctl, sock);
+	out = kvt_test_sh(&rc, "%s --socket %s --json tiers", kvtierctl, sock);
 	CHECK(strstr(out, "\"available\":false"));
 	free(out);
-	out = run(&rc, "%s --socket %s metrics", kvtierctl, sock);
+	out = kvt_test_sh(&rc, "%s --socket %s metrics", kvtierctl, sock);
 	CHECK(strstr(out, "kvtier_gpu_available 0"));
 	CHECK(strstr(out, "kvtier_tier_capacity_bytes{tier=\"gpu\"} 0"));
 	c = connect_ok();
@@ -544,7 +501,7 @@ static void test_device_roundtrip(void)
 	CHECK(gpu_num("epoch") > 0);
 	{
 		int rc;
-		char *m = run(&rc, "%s --socket %s metrics", kvtierctl, sock);
+		char *m = kvt_test_sh(&rc, "%s --socket %s metrics", kvtierctl, sock);
 		bool ok = m && strstr(m, "kvtier_gpu_available 1") &&
 			  strstr(m, "kvtier_tier_blocks{tier=\"gpu\"} 64");
 		free(m);
@@ -938,26 +895,27 @@ out:
 	free(host);
 }
 
-static const struct {
-	const char *name;
-	void (*fn)(void);
-	bool gpu;
-} tests[] = {
-    {"config_keys", test_config_keys, false},
-    {"kvq_plan", test_kvq_plan, false},
-    {"daemon_without_gpu", test_daemon_without_gpu, false},
-    {"device_roundtrip", test_device_roundtrip, true},
-    {"overfill_demotes", test_overfill_demotes, true},
-    {"restart_reattach", test_restart_reattach, true},
-    {"killed_client", test_killed_client, true},
-    {"int8_tier", test_int8_tier, true},
+/* Those that run anywhere (nogpu) and those that need a GPU (gpu). */
+#define NTESTS(t) (sizeof(t) / sizeof((t)[0]))
+
+static const struct kvt_test_case nogpu_tests[] = {
+    {"config_keys", test_config_keys},
+    {"kvq_plan", test_kvq_plan},
+    {"daemon_without_gpu", test_daemon_without_gpu},
+};
+
+static const struct kvt_test_case gpu_tests[] = {
+    {"device_roundtrip", test_device_roundtrip},
+    {"overfill_demotes", test_overfill_demotes},
+    {"restart_reattach", test_restart_reattach},
+    {"killed_client", test_killed_client},
+    {"int8_tier", test_int8_tier},
 };
 
 int main(int argc, char **argv)
 {
 	int ran = 0, first_name = 4;
 	bool gpu;
-	char cmd[600];
 
 	if (argc < 4 || (strcmp(argv[3], "gpu") && strcmp(argv[3], "nogpu"))) {
 		fprintf(stderr, "usage: gpu_tier_test KVTIERD KVTIERCTL nogpu|gpu [--seed N] "
@@ -981,27 +939,12 @@ int main(int argc, char **argv)
 		return 1;
 	snprintf(sock, sizeof(sock), "%s/kvtier.sock", dir);
 	signal(SIGPIPE, SIG_IGN);
-	for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
-		bool want = tests[i].gpu == gpu && argc <= first_name;
-		for (int j = first_name; j < argc; j++)
-			want |= !strcmp(argv[j], tests[i].name);
-		if (!want)
-			continue;
-		int before = failures;
-		fflush(stdout);
-		tests[i].fn();
-		if (cur_daemon > 0) {
-			kill(cur_daemon, SIGKILL);
-			waitpid(cur_daemon, NULL, 0);
-			cur_daemon = 0;
-		}
-		printf("[%s] %s\n", failures == before ? "  OK  " : "FAILED", tests[i].name);
-		fflush(stdout);
-		ran++;
-	}
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-	if (system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", dir);
-	printf("%d tests, %d failures\n", ran, failures);
-	return failures ? 1 : 0;
+	/* Named tests run whichever table they are in; none named: the mode's table. */
+	if (argc > first_name || !gpu)
+		ran = kvt_test_run_cases(nogpu_tests, NTESTS(nogpu_tests), argv + first_name,
+					 argc - first_name, &cur_daemon, NULL);
+	if (argc > first_name || gpu)
+		ran += kvt_test_run_cases(gpu_tests, NTESTS(gpu_tests), argv + first_name,
+					  argc - first_name, &cur_daemon, NULL);
+	return kvt_test_finish(dir, ran);
 }

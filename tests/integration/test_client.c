@@ -16,33 +16,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#define KVT_CHECK_FAIL goto out
 #include "harness.h"
 #include "kvtier.h"
 
 static const char *kvtierd, *kvtierctl;
 static char dir[256], sock[300];
-static int failures;
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__,       \
-				__func__, #cond);                                                  \
-			failures++;                                                                \
-			goto out;                                                                  \
-		}                                                                                  \
-	} while (0)
-
-#define CHECK_EQ(a, b)                                                                             \
-	do {                                                                                       \
-		long long _a = (long long)(a), _b = (long long)(b);                                \
-		if (_a != _b) {                                                                    \
-			fprintf(stderr, "%s:%d: %s: %s == %lld, expected %s == %lld\n", __FILE__,  \
-				__LINE__, __func__, #a, _a, #b, _b);                               \
-			failures++;                                                                \
-			goto out;                                                                  \
-		}                                                                                  \
-	} while (0)
 
 /* Starts kvtierd on sock and returns its pid once a client can connect (-1 if it exits). */
 static pid_t daemon_start(void)
@@ -98,18 +77,6 @@ static struct kvt_layout small_layout(void)
 	return l;
 }
 
-static void fill(uint8_t *p, size_t n, uint64_t tag)
-{
-	uint64_t x = tag * 0x9e3779b97f4a7c15ull + 1;
-
-	for (size_t i = 0; i < n; i += 8) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		memcpy(p + i, &x, n - i < 8 ? n - i : 8);
-	}
-}
-
 static struct kvt_key key(uint64_t i)
 {
 	return (struct kvt_key){.lo = i * 0x9e3779b97f4a7c15ull + 7, .hi = 0xc11e47 + i};
@@ -117,16 +84,7 @@ static struct kvt_key key(uint64_t i)
 
 static long long status_metric(const char *name)
 {
-	char cmd[800];
-	int rc;
-	char *js;
-	long long v;
-
-	snprintf(cmd, sizeof(cmd), "%s --socket %s --json status", kvtierctl, sock);
-	js = kvt_test_run(&rc, cmd);
-	v = rc == 0 ? kvt_test_json_num(js, name) : -2;
-	free(js);
-	return v;
+	return kvt_test_ctl_num(kvtierctl, sock, "status", NULL, name);
 }
 
 static struct kvt_client *client(int *lay)
@@ -163,15 +121,15 @@ static void test_restart_holds(void)
 	CHECK(c);
 	/* Reserve A and fill it; the daemon dies; reserve B on its successor; commit A. */
 	CHECK_EQ(kvt_put_reserve(c, lay, &(struct kvt_key){1, 1}, bb, &ra), 0);
-	fill(ra.data, bb, 1);
+	kvt_test_fill(ra.data, bb, 1);
 	pid = daemon_crash_restart(pid);
 	CHECK(pid > 0);
 	CHECK_EQ(kvt_put_reserve(c, lay, &(struct kvt_key){2, 2}, bb, &rb), 0);
-	fill(rb.data, bb, 2);
+	kvt_test_fill(rb.data, bb, 2);
 	CHECK_EQ(kvt_put_commit(c, &ra), -KVT_EDAEMON);
 	CHECK_EQ(kvt_put_commit(c, &rb), 0);
 	CHECK_EQ(kvt_get(c, lay, &(struct kvt_key){2, 2}, a, bb), (ssize_t)bb);
-	fill(b, bb, 2);
+	kvt_test_fill(b, bb, 2);
 	CHECK(memcmp(a, b, bb) == 0);
 	CHECK_EQ(kvt_get(c, lay, &(struct kvt_key){1, 1}, a, bb), -ENOENT);
 	/* An old reservation can't be aborted onto a new one either. */
@@ -180,7 +138,7 @@ static void test_restart_holds(void)
 	CHECK(pid > 0);
 	CHECK_EQ(kvt_put_reserve(c, lay, &(struct kvt_key){4, 4}, bb, &rb), 0);
 	CHECK_EQ(kvt_put_abort(c, &ra), -KVT_EDAEMON);
-	fill(rb.data, bb, 4);
+	kvt_test_fill(rb.data, bb, 4);
 	CHECK_EQ(kvt_put_commit(c, &rb), 0);
 	CHECK_EQ(kvt_lookup(c, lay, &(struct kvt_key){4, 4}, 1), 1);
 
@@ -188,7 +146,7 @@ static void test_restart_holds(void)
 	other = client(&olay);
 	reader = client(&rlay);
 	CHECK(other && reader);
-	fill(a, bb, 10);
+	kvt_test_fill(a, bb, 10);
 	CHECK_EQ(kvt_put(other, olay, &(struct kvt_key){10, 10}, a, bb), 0);
 	CHECK_EQ(kvt_get_lease(reader, rlay, &(struct kvt_key){10, 10}, &l1), 0);
 	pid = daemon_crash_restart(pid);
@@ -196,7 +154,7 @@ static void test_restart_holds(void)
 	kvt_close(other);
 	other = client(&olay);
 	CHECK(other);
-	fill(a, bb, 11);
+	kvt_test_fill(a, bb, 11);
 	CHECK_EQ(kvt_put(other, olay, &(struct kvt_key){11, 11}, a, bb), 0);
 	CHECK_EQ(kvt_get_lease(reader, rlay, &(struct kvt_key){11, 11}, &l2), 0);
 	CHECK_EQ(kvt_lease_release(reader, &l1), -KVT_EDAEMON);
@@ -205,7 +163,7 @@ static void test_restart_holds(void)
 	CHECK_EQ(status_metric("leases"), 1);
 	/* The new lease still holds its block: a delete only hides it. */
 	CHECK_EQ(kvt_delete(other, olay, &(struct kvt_key){11, 11}), 0);
-	fill(b, bb, 12);
+	kvt_test_fill(b, bb, 12);
 	CHECK_EQ(kvt_put(other, olay, &(struct kvt_key){11, 11}, b, bb), 0);
 	CHECK(memcmp(l2.data, a, bb) == 0);
 	CHECK_EQ(kvt_lease_release(reader, &l2), 0);
@@ -305,7 +263,7 @@ static void test_batch(void)
 	CHECK(c);
 	for (int i = 0; i < N; i++) {
 		keys[i] = key((uint64_t)i);
-		fill(src + (size_t)i * bb, bb, (uint64_t)i + 1000);
+		kvt_test_fill(src + (size_t)i * bb, bb, (uint64_t)i + 1000);
 		dp[i] = src + (size_t)i * bb;
 		bp[i] = dst + (size_t)i * bb;
 	}
@@ -427,10 +385,7 @@ out:
 		kvt_test_daemon_stop(pid);
 }
 
-static const struct {
-	const char *name;
-	void (*fn)(void);
-} tests[] = {
+static const struct kvt_test_case tests[] = {
     {"header_sketch", test_header_sketch},
     {"restart_holds", test_restart_holds},
     {"restart_lookup", test_restart_lookup},
@@ -453,18 +408,6 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	snprintf(sock, sizeof(sock), "%s/kvtier.sock", dir);
-	for (size_t t = 0; t < sizeof(tests) / sizeof(tests[0]); t++) {
-		bool want = argc == 3;
-		for (int i = 3; i < argc; i++)
-			want |= !strcmp(argv[i], tests[t].name);
-		if (!want)
-			continue;
-		int before = failures;
-		tests[t].fn();
-		printf("%s: %s\n", tests[t].name, failures == before ? "ok" : "FAILED");
-		fflush(stdout);
-	}
-	unlink(sock);
-	rmdir(dir);
-	return failures ? 1 : 0;
+	return kvt_test_finish(dir, kvt_test_run_cases(tests, sizeof(tests) / sizeof(tests[0]),
+						       argv + 3, argc - 3, NULL, NULL));
 }

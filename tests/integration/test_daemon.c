@@ -35,29 +35,7 @@
 static const char *kvtierd, *kvtierctl;
 static char dir[256], sock[300];
 static unsigned seed;
-static int failures;
 static pid_t cur_daemon;
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__,       \
-				__func__, #cond);                                                  \
-			failures++;                                                                \
-			return;                                                                    \
-		}                                                                                  \
-	} while (0)
-
-#define CHECK_EQ(a, b)                                                                             \
-	do {                                                                                       \
-		long long _a = (long long)(a), _b = (long long)(b);                                \
-		if (_a != _b) {                                                                    \
-			fprintf(stderr, "%s:%d: %s: %s == %lld, expected %s == %lld\n", __FILE__,  \
-				__LINE__, __func__, #a, _a, #b, _b);                               \
-			failures++;                                                                \
-			return;                                                                    \
-		}                                                                                  \
-	} while (0)
 
 /* When set, the next daemon_start() runs kvtierd as this user, with this RLIMIT_MEMLOCK,
  * and its stderr in this file. */
@@ -69,7 +47,12 @@ static struct {
 	char log[400];
 } drop;
 
-static long long status_metric(const char *name);
+#define ctl(rc, ...) kvt_test_ctl(rc, kvtierctl, sock, __VA_ARGS__)
+
+static long long status_metric(const char *name)
+{
+	return kvt_test_ctl_num(kvtierctl, sock, "status", NULL, name);
+}
 
 static void drop_setup(void *arg)
 {
@@ -84,24 +67,13 @@ static void drop_setup(void *arg)
 
 static pid_t daemon_start(const char *capacity, ...)
 {
-	const char *argv[32] = {kvtierd, "-f", "-s", sock, "-o", NULL};
-	char cap[64];
-	int argc = 5;
 	va_list ap;
 	pid_t pid;
 
-	snprintf(cap, sizeof(cap), "host.capacity=%s", capacity);
-	argv[argc++] = cap;
-	argv[argc++] = "-o";
-	argv[argc++] = "daemon.log_level=warn";
 	va_start(ap, capacity);
-	for (const char *a; (a = va_arg(ap, const char *)) && argc < 30;)
-		argv[argc++] = a;
+	pid = kvt_test_daemon_startv(&cur_daemon, kvtierd, sock, capacity,
+				     drop.on ? drop_setup : NULL, ap);
 	va_end(ap);
-	argv[argc] = NULL;
-	unlink(sock);
-	pid = kvt_test_daemon_start(argv, drop.on ? drop_setup : NULL, NULL);
-	cur_daemon = pid > 0 ? pid : 0;
 	/* Ready means serving; the NVMe records (the tests expect them) come a moment later:
 	 * until then they are misses and puts are refused. */
 	while (pid > 0 && status_metric("nvme_recovering") == 1)
@@ -125,52 +97,6 @@ static struct kvt_layout small_layout(void)
 	/* 4 layers x 2 heads x 16 tokens x 128 dims x K,V x fp16 = 64 KiB blocks */
 	struct kvt_layout l = {sizeof(l), 4, 2, 128, 16, KVT_DTYPE_FP16, 0, 0, 1, "test-model"};
 	return l;
-}
-
-static void fill(uint8_t *p, size_t n, uint64_t tag)
-{
-	uint64_t x = tag * 0x9e3779b97f4a7c15ull + 1;
-
-	for (size_t i = 0; i < n; i += 8) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		memcpy(p + i, &x, n - i < 8 ? n - i : 8);
-	}
-}
-
-static void make_keys(const struct kvt_layout *l, uint32_t salt, struct kvt_key *keys, int n)
-{
-	uint32_t *tok = malloc(sizeof(uint32_t) * l->block_tokens * (size_t)n);
-
-	for (size_t i = 0; i < (size_t)l->block_tokens * (size_t)n; i++)
-		tok[i] = (uint32_t)i * 2654435761u + salt;
-	kvt_key_chain(kvt_layout_fingerprint(l), l->block_tokens, NULL, tok,
-		      (size_t)l->block_tokens * (size_t)n, keys, (size_t)n);
-	free(tok);
-}
-
-/* Runs kvtierctl and returns its stdout (malloc'd) or NULL; *rc gets its exit status. */
-static char *ctl(int *rc, const char *fmt, ...)
-{
-	char cmd[1024];
-	va_list ap;
-	int n = snprintf(cmd, sizeof(cmd), "%s --socket %s ", kvtierctl, sock);
-
-	va_start(ap, fmt);
-	vsnprintf(cmd + n, sizeof(cmd) - (size_t)n, fmt, ap);
-	va_end(ap);
-	return kvt_test_run(rc, cmd);
-}
-
-static long long status_metric(const char *name)
-{
-	int rc;
-	char *js = ctl(&rc, "--json status");
-	long long v = rc == 0 ? kvt_test_json_num(js, name) : -2;
-
-	free(js);
-	return v;
 }
 
 /*
@@ -234,16 +160,16 @@ static void test_basic(void)
 	lay = kvt_register_layout(c, &l);
 	CHECK_EQ(lay, 0);
 	CHECK_EQ(kvt_register_layout(c, &l), 0); /* same layout, same id */
-	make_keys(&l, 1, keys, 8);
+	kvt_test_make_keys(&l, 1, keys, 8);
 	CHECK_EQ(kvt_lookup(c, lay, keys, 8), 0);
 	for (int i = 0; i < 8; i++) {
-		fill(a, bb, (uint64_t)i);
+		kvt_test_fill(a, bb, (uint64_t)i);
 		CHECK_EQ(kvt_put(c, lay, &keys[i], a, bb), 0);
 	}
 	CHECK_EQ(kvt_put(c, lay, &keys[0], a, bb), 1); /* already stored */
 	CHECK_EQ(kvt_lookup(c, lay, keys, 8), 8);
 	for (int i = 0; i < 8; i++) {
-		fill(a, bb, (uint64_t)i);
+		kvt_test_fill(a, bb, (uint64_t)i);
 		CHECK_EQ(kvt_get(c, lay, &keys[i], b, bb), bb);
 		CHECK(memcmp(a, b, bb) == 0);
 	}
@@ -251,11 +177,11 @@ static void test_basic(void)
 	CHECK_EQ(kvt_get(c, 7, &keys[0], b, bb), -KVT_ENOLAYOUT);
 	/* Zero-copy put: invisible until committed, gone when aborted. */
 	struct kvt_key extra[9];
-	make_keys(&l, 2, extra, 9);
+	kvt_test_make_keys(&l, 2, extra, 9);
 	CHECK_EQ(kvt_put_reserve(c, lay, &extra[0], bb, &r), 0);
 	CHECK_EQ(kvt_lookup(c, lay, &extra[0], 1), 0);
 	CHECK_EQ(kvt_put_reserve(c, lay, &extra[0], bb, &(struct kvt_reservation){0}), -EEXIST);
-	fill(r.data, bb, 99);
+	kvt_test_fill(r.data, bb, 99);
 	CHECK_EQ(kvt_put_commit(c, &r), 0);
 	CHECK_EQ(kvt_lookup(c, lay, &extra[0], 1), 1);
 	CHECK_EQ(kvt_put_reserve(c, lay, &extra[1], bb, &r), 0);
@@ -266,7 +192,7 @@ static void test_basic(void)
 	CHECK_EQ(kvt_get_lease(c, lay, &keys[2], &ls), 0);
 	CHECK_EQ(kvt_delete(c, lay, &keys[2]), 0);
 	CHECK_EQ(kvt_lookup(c, lay, keys, 8), 2);
-	fill(a, bb, 2);
+	kvt_test_fill(a, bb, 2);
 	CHECK(memcmp(ls.data, a, bb) == 0);
 	CHECK_EQ(kvt_lease_release(c, &ls), 0);
 	CHECK_EQ(kvt_delete(c, lay, &keys[2]), -ENOENT);
@@ -302,12 +228,12 @@ static void test_eviction(void)
 	c = connect_ok();
 	CHECK(c);
 	lay = kvt_register_layout(c, &l);
-	make_keys(&l, 3, keys, N);
-	fill(a, bb, 0);
+	kvt_test_make_keys(&l, 3, keys, N);
+	kvt_test_fill(a, bb, 0);
 	CHECK_EQ(kvt_put(c, lay, &keys[0], a, bb), 0);
 	CHECK_EQ(kvt_pin(c, lay, &keys[0]), 0);
 	for (int i = 1; i < N; i++) {
-		fill(a, bb, (uint64_t)i);
+		kvt_test_fill(a, bb, (uint64_t)i);
 		CHECK_EQ(kvt_put(c, lay, &keys[i], a, bb), 0);
 	}
 	/* The pinned block survived; the most recent ones are there; all served bit-exact. */
@@ -318,7 +244,7 @@ static void test_eviction(void)
 		if (g == -ENOENT)
 			continue;
 		CHECK_EQ(g, bb);
-		fill(a, bb, (uint64_t)i);
+		kvt_test_fill(a, bb, (uint64_t)i);
 		CHECK(memcmp(a, b, bb) == 0);
 		present++;
 	}
@@ -334,9 +260,9 @@ static void test_eviction(void)
 		if (kvt_get_lease(c, lay, &keys[i], &ls[nl]) == 0)
 			tags[nl++] = (uint64_t)i;
 	}
-	make_keys(&l, 4, more, 80);
+	kvt_test_make_keys(&l, 4, more, 80);
 	for (int i = 0; i < 80; i++) {
-		fill(a, bb, (uint64_t)(1000 + i));
+		kvt_test_fill(a, bb, (uint64_t)(1000 + i));
 		r = kvt_put(c, lay, &more[i], a, bb);
 		if (r < 0)
 			break;
@@ -347,7 +273,7 @@ static void test_eviction(void)
 	CHECK(status_metric("enospc_total") >= 1);
 	/* Leased blocks were neither evicted nor overwritten by the pressure. */
 	for (int i = 0; i < nl; i++) {
-		fill(a, bb, tags[i]);
+		kvt_test_fill(a, bb, tags[i]);
 		CHECK(memcmp(ls[i].data, a, bb) == 0);
 	}
 	for (int i = 0; i < nl; i++)
@@ -387,23 +313,24 @@ static void test_many_processes(void)
 			if (!c)
 				_exit(2);
 			lay = kvt_register_layout(c, &l);
-			make_keys(&l, 100 + (uint32_t)p, keys, PER);
-			make_keys(&l, 7, shared, PER); /* every process puts the same prompt */
+			kvt_test_make_keys(&l, 100 + (uint32_t)p, keys, PER);
+			kvt_test_make_keys(&l, 7, shared,
+					   PER); /* every process puts the same prompt */
 			for (int round = 0; round < 5; round++) {
 				for (int i = 0; i < PER; i++) {
-					fill(a, bb, (uint64_t)(p * 1000 + i));
+					kvt_test_fill(a, bb, (uint64_t)(p * 1000 + i));
 					int r = kvt_put(c, lay, &keys[i], a, bb);
 					bad += r < 0;
-					fill(a, bb, (uint64_t)(7000 + i));
+					kvt_test_fill(a, bb, (uint64_t)(7000 + i));
 					r = kvt_put(c, lay, &shared[i], a, bb);
 					bad += r < 0;
 				}
 				for (int i = 0; i < PER; i++) {
-					fill(a, bb, (uint64_t)(p * 1000 + i));
+					kvt_test_fill(a, bb, (uint64_t)(p * 1000 + i));
 					if (kvt_get(c, lay, &keys[i], b, bb) != (ssize_t)bb ||
 					    memcmp(a, b, bb))
 						bad++;
-					fill(a, bb, (uint64_t)(7000 + i));
+					kvt_test_fill(a, bb, (uint64_t)(7000 + i));
 					ssize_t g = kvt_get(c, lay, &shared[i], b, bb);
 					if (g != (ssize_t)bb || memcmp(a, b, bb))
 						bad++;
@@ -435,11 +362,11 @@ static void test_client_sigkill(void)
 	long long used0;
 
 	CHECK(pid > 0);
-	make_keys(&l, 9, keys, 4);
+	kvt_test_make_keys(&l, 9, keys, 4);
 	struct kvt_client *c = connect_ok();
 	CHECK(c);
 	int lay = kvt_register_layout(c, &l);
-	fill(a, bb, 1);
+	kvt_test_fill(a, bb, 1);
 	CHECK_EQ(kvt_put(c, lay, &keys[1], a, bb), 0);
 	used0 = status_metric("used_bytes");
 	for (int round = 0; round < 20; round++) {
@@ -472,7 +399,7 @@ static void test_client_sigkill(void)
 		CHECK_EQ(kvt_lookup(c, lay, keys, 1), 0);
 	}
 	/* The key the dead client reserved can be stored by someone else. */
-	fill(a, bb, 0);
+	kvt_test_fill(a, bb, 0);
 	CHECK_EQ(kvt_put(c, lay, &keys[0], a, bb), 0);
 	kvt_close(c);
 	CHECK_EQ(daemon_stop(pid), 0);
@@ -519,7 +446,7 @@ static void test_bad_messages(void)
 	struct kvt_layout l = small_layout();
 	int lay = kvt_register_layout(good, &l);
 	struct kvt_key k[1];
-	make_keys(&l, 11, k, 1);
+	kvt_test_make_keys(&l, 11, k, 1);
 	uint8_t *blk = calloc(1, kvt_layout_block_bytes(&l));
 	CHECK_EQ(kvt_put(good, lay, k, blk, kvt_layout_block_bytes(&l)), 0);
 
@@ -590,10 +517,10 @@ static void test_garbage_rings(void)
 	size_t bb = kvt_layout_block_bytes(&l);
 	int lay = kvt_register_layout(good, &l);
 	struct kvt_key k[4];
-	make_keys(&l, 12, k, 4);
+	kvt_test_make_keys(&l, 12, k, 4);
 	uint8_t *a = malloc(bb), *b = malloc(bb);
 	for (int i = 0; i < 4; i++) {
-		fill(a, bb, (uint64_t)i);
+		kvt_test_fill(a, bb, (uint64_t)i);
 		CHECK_EQ(kvt_put(good, lay, &k[i], a, bb), 0);
 	}
 
@@ -644,7 +571,7 @@ static void test_garbage_rings(void)
 		close(fd);
 		/* After each round, the good client's blocks are all there and intact. */
 		for (int i = 0; i < 4; i++) {
-			fill(a, bb, (uint64_t)i);
+			kvt_test_fill(a, bb, (uint64_t)i);
 			CHECK_EQ(kvt_get(good, lay, &k[i], b, bb), bb);
 			CHECK(memcmp(a, b, bb) == 0);
 		}
@@ -726,7 +653,7 @@ static void test_kvtierctl(void)
 	int lay = kvt_register_layout(c, &l);
 	struct kvt_key k[3];
 	uint8_t *a = calloc(1, bb);
-	make_keys(&l, 13, k, 3);
+	kvt_test_make_keys(&l, 13, k, 3);
 	for (int i = 0; i < 3; i++)
 		CHECK_EQ(kvt_put(c, lay, &k[i], a, bb), 0);
 	CHECK_EQ(kvt_get(c, lay, &k[0], a, bb), bb);
@@ -815,7 +742,7 @@ static int check_all(struct kvt_client *c, int lay, const struct kvt_key *keys, 
 		ssize_t g = kvt_get(c, lay, &keys[i], b, bb);
 		if (g == -ENOENT)
 			continue;
-		fill(a, bb, tag0 + (uint64_t)i);
+		kvt_test_fill(a, bb, tag0 + (uint64_t)i);
 		if (g != (ssize_t)bb || memcmp(a, b, bb) != 0) {
 			fprintf(stderr, "block %d: get %zd, content %s\n", i, g,
 				g == (ssize_t)bb ? "WRONG" : "-");
@@ -835,7 +762,7 @@ static void put_all(struct kvt_client *c, int lay, const struct kvt_key *keys, i
 	uint8_t *a = malloc(bb);
 
 	for (int i = 0; i < n; i++) {
-		fill(a, bb, tag0 + (uint64_t)i);
+		kvt_test_fill(a, bb, tag0 + (uint64_t)i);
 		kvt_put(c, lay, &keys[i], a, bb);
 	}
 	free(a);
@@ -855,7 +782,7 @@ static void test_nvme_spill_restart(void)
 	struct kvt_client *c = connect_ok();
 	CHECK(c);
 	int lay = kvt_register_layout(c, &l);
-	make_keys(&l, 21, keys, N);
+	kvt_test_make_keys(&l, 21, keys, N);
 	put_all(c, lay, keys, N, bb, 5000);
 	/* The whole prompt is still cached: the host holds the tail, NVMe the rest. */
 	CHECK_EQ(kvt_lookup(c, lay, keys, N), N);
@@ -907,7 +834,7 @@ static void test_nvme_crash_loop(void)
 	struct kvt_key keys[N];
 	int total_served = 0;
 
-	make_keys(&l, 31, keys, N);
+	kvt_test_make_keys(&l, 31, keys, N);
 	srand(seed);
 	for (int round = 0; round < ROUNDS; round++) {
 		pid_t pid = daemon_start("4MiB", NVME_ARGS, "-o", "nvme.fsync=false", NULL);
@@ -954,7 +881,7 @@ static void test_nvme_corruption(void)
 	CHECK(pid > 0);
 	struct kvt_client *c = connect_ok();
 	int lay = kvt_register_layout(c, &l);
-	make_keys(&l, 41, keys, N);
+	kvt_test_make_keys(&l, 41, keys, N);
 	put_all(c, lay, keys, N, bb, 7000);
 	free(ctl(&rc, "writeback"));
 	kvt_close(c);
@@ -1006,7 +933,7 @@ static void test_nvme_faults(void)
 	size_t bb = kvt_layout_block_bytes(&l);
 	struct kvt_key keys[N];
 
-	make_keys(&l, 51, keys, N);
+	kvt_test_make_keys(&l, 51, keys, N);
 	for (size_t f = 0; f < sizeof(faults) / sizeof(faults[0]); f++) {
 		setenv("KVTIER_TEST_NVME_FAULT", faults[f], 1);
 		pid_t pid = daemon_start("4MiB", NVME_ARGS, NULL);
@@ -1054,7 +981,7 @@ static void test_signals(void)
 	pid_t pid = daemon_start("16MiB", NULL);
 
 	CHECK(pid > 0);
-	make_keys(&l, 98, keys, N);
+	kvt_test_make_keys(&l, 98, keys, N);
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGALRM, &sa, &old);
 	setitimer(ITIMER_REAL, &it, NULL);
@@ -1069,7 +996,7 @@ static void test_signals(void)
 		lay = kvt_register_layout(c, &l);
 		errors += lay < 0;
 		for (int i = 0; i < N; i++) {
-			fill(a, bb, 9800 + (uint64_t)i);
+			kvt_test_fill(a, bb, 9800 + (uint64_t)i);
 			int r = kvt_put(c, lay, &keys[i], a, bb);
 			errors += r < 0;
 			errors +=
@@ -1113,17 +1040,17 @@ static void test_nvme_partial_blocks(void)
 	struct kvt_client *c = connect_ok();
 	CHECK(c);
 	int lay = kvt_register_layout(c, &l);
-	make_keys(&l, 97, keys, N);
+	kvt_test_make_keys(&l, 97, keys, N);
 	/* Every 10th block has an odd length; the others are half or 1000 bytes. */
 #define PLEN(i) ((i) % 10 == 9 ? 1001 : (i) % 2 ? bb / 2 : 1000)
 	for (int i = 0; i < N; i++) {
-		fill(a, PLEN(i), 9700 + (uint64_t)i);
+		kvt_test_fill(a, PLEN(i), 9700 + (uint64_t)i);
 		CHECK_EQ(kvt_put(c, lay, &keys[i], a, PLEN(i)), 0);
 	}
 	for (int i = 0; i < N; i++) {
 		ssize_t g = kvt_get(c, lay, &keys[i], b, bb);
 
-		fill(a, PLEN(i), 9700 + (uint64_t)i);
+		kvt_test_fill(a, PLEN(i), 9700 + (uint64_t)i);
 		if (g == -ENOENT && i % 10 == 9)
 			continue;
 		CHECK_EQ(g, (ssize_t)PLEN(i));
@@ -1168,9 +1095,9 @@ static void test_nvme_codec_threads(void)
 	struct kvt_client *c = connect_ok();
 	CHECK(c);
 	int lay = kvt_register_layout(c, &l);
-	make_keys(&l, 95, keys, N);
+	kvt_test_make_keys(&l, 95, keys, N);
 	for (int i = 0; i < N; i++) {
-		fill(a, bb, 9500 + (uint64_t)i);
+		kvt_test_fill(a, bb, 9500 + (uint64_t)i);
 		CHECK_EQ(kvt_put(c, lay, &keys[i], a, bb), 0);
 		/* Give the ticks room to demote in the background now and then. */
 		if (i % 16 == 15)
@@ -1187,7 +1114,7 @@ static void test_nvme_codec_threads(void)
 			CHECK_EQ(g, -ENOENT);
 			continue;
 		}
-		fill(a, bb, 9500 + (uint64_t)i);
+		kvt_test_fill(a, bb, 9500 + (uint64_t)i);
 		if (g == (ssize_t)bb && !memcmp(a, b, bb))
 			served++;
 		else
@@ -1217,9 +1144,9 @@ static void test_nvme_codec_threads(void)
 	CHECK(c);
 	lay = kvt_register_layout(c, &l);
 	struct kvt_key burst[N];
-	make_keys(&l, 96, burst, N);
+	kvt_test_make_keys(&l, 96, burst, N);
 	for (int i = 0; i < N; i++) {
-		fill(a, bb, 9600 + (uint64_t)i);
+		kvt_test_fill(a, bb, 9600 + (uint64_t)i);
 		CHECK_EQ(kvt_put(c, lay, &burst[i], a, bb), 0);
 	}
 	int bserved = check_all(c, lay, burst, N, bb, 9600, &wrong);
@@ -1313,7 +1240,7 @@ static void test_nvme_codec_dict(void)
 	snprintf(codec_opt, sizeof(codec_opt), "nvme.codec=%s", spec);
 	struct kvt_key keys[64];
 	CHECK(NB <= 64);
-	make_keys(&l, 77, keys, (int)NB);
+	kvt_test_make_keys(&l, 77, keys, (int)NB);
 	for (int round = 0; round < 2; round++) {
 		pid_t pid = daemon_start("1MiB", NVME_ARGS, "-o", codec_opt, "-o", opt_a, "-o",
 					 "nvme.codec_threads=0", NULL);
@@ -1456,16 +1383,16 @@ static void test_daemon_crash_loop(void)
 			}
 			if (lay < 0)
 				_exit(4);
-			make_keys(&l, 60 + (uint32_t)p, keys, N);
+			kvt_test_make_keys(&l, 60 + (uint32_t)p, keys, N);
 			char stop[300];
 			snprintf(stop, sizeof(stop), "%s/stop", dir);
 			for (long it = 0; it < 4000000; it++) {
 				int i = (int)(it % N);
-				fill(a, bb, (uint64_t)(p * 100000 + i));
+				kvt_test_fill(a, bb, (uint64_t)(p * 100000 + i));
 				int r = kvt_put(c, lay, &keys[i], a, bb);
 				ssize_t g = kvt_get(c, lay, &keys[(i * 7) % N], b, bb);
 				if (g == (ssize_t)bb) {
-					fill(a, bb, (uint64_t)(p * 100000 + (i * 7) % N));
+					kvt_test_fill(a, bb, (uint64_t)(p * 100000 + (i * 7) % N));
 					if (memcmp(a, b, bb))
 						wrong++;
 					else
@@ -1482,7 +1409,7 @@ static void test_daemon_crash_loop(void)
 					break;
 			}
 			/* After the last restart the client works again on its own. */
-			fill(a, bb, 424242);
+			kvt_test_fill(a, bb, 424242);
 			int final_put = kvt_put(c, lay, &keys[0], a, bb);
 			printf(
 			    "client %d: %ld verified gets, %ld wrong, %ld errors while the daemon "
@@ -1525,42 +1452,6 @@ static void test_daemon_crash_loop(void)
 }
 
 /* Runs fn as uid/gid in a child; returns its exit status (0 = every check held). */
-static int as_user(uid_t uid, gid_t gid, int (*fn)(void *), void *arg)
-{
-	pid_t kid = fork();
-	int st;
-
-	if (kid == 0) {
-		if (setgroups(0, NULL) < 0 || setgid(gid) < 0 || setuid(uid) < 0)
-			_exit(99);
-		_exit(fn(arg));
-	}
-	if (waitpid(kid, &st, 0) < 0)
-		return -1;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
-static int user_id(const char *name, uid_t *uid, gid_t *gid)
-{
-	struct passwd *pw = getpwnam(name);
-	char cmd[256];
-
-	if (!pw) {
-		snprintf(cmd, sizeof(cmd),
-			 "useradd --system --no-create-home --shell /usr/sbin/nologin %s "
-			 ">/dev/null 2>&1",
-			 name);
-		if (system(cmd) != 0)
-			return -1;
-		pw = getpwnam(name);
-	}
-	if (!pw)
-		return -1;
-	*uid = pw->pw_uid;
-	*gid = pw->pw_gid;
-	return 0;
-}
-
 struct tenant_arg {
 	struct kvt_key key;
 	uint64_t tag;
@@ -1580,7 +1471,7 @@ static int tenant_put(void *p)
 		return 10;
 	lay = kvt_register_layout(c, &l);
 	if (a->expect_get) {
-		fill(buf, bb, a->tag);
+		kvt_test_fill(buf, bb, a->tag);
 		bad |= kvt_get(c, lay, &a->key, got, bb) != (ssize_t)bb || memcmp(buf, got, bb);
 	} else {
 		/* Another tenant's key: invisible to every API. */
@@ -1591,7 +1482,7 @@ static int tenant_put(void *p)
 		struct kvt_lease ls;
 		bad |= kvt_get_lease(c, lay, &a->key, &ls) != -ENOENT;
 		/* ...and the same key is free to use in our own namespace. */
-		fill(buf, bb, a->tag);
+		kvt_test_fill(buf, bb, a->tag);
 		bad |= kvt_put(c, lay, &a->key, buf, bb) != 0;
 		bad |= kvt_get(c, lay, &a->key, got, bb) != (ssize_t)bb || memcmp(buf, got, bb);
 		/* Admin commands need root or the admin group. */
@@ -1624,8 +1515,8 @@ static void test_tenant_isolation(void)
 	uid_t ua, ub;
 	gid_t ga, gb;
 
-	if (geteuid() != 0 || user_id("kvtier-test-a", &ua, &ga) < 0 ||
-	    user_id("kvtier-test-b", &ub, &gb) < 0) {
+	if (geteuid() != 0 || kvt_test_user_id("kvtier-test-a", &ua, &ga) < 0 ||
+	    kvt_test_user_id("kvtier-test-b", &ub, &gb) < 0) {
 		printf("tenant_isolation: skipped (needs root and useradd)\n");
 		return;
 	}
@@ -1634,26 +1525,26 @@ static void test_tenant_isolation(void)
 	CHECK(pid > 0);
 	struct kvt_layout l = small_layout();
 	struct tenant_arg a;
-	make_keys(&l, 70, &a.key, 1);
+	kvt_test_make_keys(&l, 70, &a.key, 1);
 	/* Root (an admin tenant of its own) stores the block. */
 	struct kvt_client *c = connect_ok();
 	int lay = kvt_register_layout(c, &l);
 	size_t bb = kvt_layout_block_bytes(&l);
 	uint8_t *buf = malloc(bb);
-	fill(buf, bb, 111);
+	kvt_test_fill(buf, bb, 111);
 	CHECK_EQ(kvt_put(c, lay, &a.key, buf, bb), 0);
 	/* Tenants A and B each see nothing of root's block and of each other's. */
 	a.tag = 222;
 	a.expect_get = 0;
-	CHECK_EQ(as_user(ua, ga, tenant_put, &a), 0);
+	CHECK_EQ(kvt_test_as_user(ua, ga, tenant_put, &a), 0);
 	a.tag = 333;
-	CHECK_EQ(as_user(ub, gb, tenant_put, &a), 0);
+	CHECK_EQ(kvt_test_as_user(ub, gb, tenant_put, &a), 0);
 	/* Each one's block is its own. */
 	a.expect_get = 1;
 	a.tag = 222;
-	CHECK_EQ(as_user(ua, ga, tenant_put, &a), 0);
+	CHECK_EQ(kvt_test_as_user(ua, ga, tenant_put, &a), 0);
 	a.tag = 333;
-	CHECK_EQ(as_user(ub, gb, tenant_put, &a), 0);
+	CHECK_EQ(kvt_test_as_user(ub, gb, tenant_put, &a), 0);
 	/* Root's block is untouched by all that. */
 	uint8_t *got = malloc(bb);
 	CHECK_EQ(kvt_get(c, lay, &a.key, got, bb), bb);
@@ -1691,7 +1582,7 @@ static void memlock_round(rlim_t memlock)
 	struct kvt_client *c = connect_ok();
 	CHECK(c);
 	int lay = kvt_register_layout(c, &l);
-	make_keys(&l, 90, keys, N);
+	kvt_test_make_keys(&l, 90, keys, N);
 	put_all(c, lay, keys, N, bb, 9000);
 	CHECK(status_metric("demotions_total") > 0);
 	CHECK_EQ(check_all(c, lay, keys, N, bb, 9000, &wrong), N);
@@ -1714,7 +1605,7 @@ static void memlock_round(rlim_t memlock)
 
 static void test_memlock_nonroot(void)
 {
-	if (geteuid() != 0 || user_id("kvtier-test-a", &drop.uid, &drop.gid) < 0) {
+	if (geteuid() != 0 || kvt_test_user_id("kvtier-test-a", &drop.uid, &drop.gid) < 0) {
 		printf("memlock_nonroot: skipped (needs root and useradd)\n");
 		return;
 	}
@@ -1736,8 +1627,8 @@ static void test_nvme_prefetch(void)
 	CHECK(pid > 0);
 	struct kvt_client *c = connect_ok();
 	int lay = kvt_register_layout(c, &l);
-	make_keys(&l, 81, keys, N);
-	make_keys(&l, 82, unknown, 4);
+	kvt_test_make_keys(&l, 81, keys, N);
+	kvt_test_make_keys(&l, 82, unknown, 4);
 	put_all(c, lay, keys, N, bb, 8000);
 	free(ctl(&rc, "writeback"));
 	wait_metric("demotions_total", true, N);
@@ -1779,7 +1670,7 @@ static void test_client_kill_storm(void)
 	pid_t pid = daemon_start("16MiB", NULL);
 
 	CHECK(pid > 0);
-	make_keys(&l, 90, keys, K);
+	kvt_test_make_keys(&l, 90, keys, K);
 	struct kvt_client *c = connect_ok();
 	int lay = kvt_register_layout(c, &l);
 	put_all(c, lay, keys, K / 2, bb, 600);
@@ -1829,10 +1720,7 @@ static void test_client_kill_storm(void)
 	CHECK_EQ(daemon_stop(pid), 0);
 }
 
-static const struct {
-	const char *name;
-	void (*fn)(void);
-} tests[] = {
+static const struct kvt_test_case tests[] = {
     {"basic", test_basic},
     {"eviction", test_eviction},
     {"many_processes", test_many_processes},
@@ -1858,8 +1746,7 @@ static const struct {
 
 int main(int argc, char **argv)
 {
-	int ran = 0, first_name = 3;
-	char cmd[600];
+	int ran, first_name = 3;
 
 	if (argc < 3) {
 		fprintf(stderr, "usage: test_daemon KVTIERD KVTIERCTL [--seed N] [TEST...]\n");
@@ -1879,27 +1766,7 @@ int main(int argc, char **argv)
 		return 1;
 	snprintf(sock, sizeof(sock), "%s/kvtier.sock", dir);
 	signal(SIGPIPE, SIG_IGN);
-	for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
-		bool want = argc <= first_name;
-		for (int j = first_name; j < argc; j++)
-			want |= !strcmp(argv[j], tests[i].name);
-		if (!want)
-			continue;
-		int before = failures;
-		fflush(stdout); /* children of fork() must not repeat what is buffered */
-		tests[i].fn();
-		if (cur_daemon > 0) {
-			/* A failed check returned early: don't leave the daemon behind. */
-			kill(cur_daemon, SIGKILL);
-			waitpid(cur_daemon, NULL, 0);
-			cur_daemon = 0;
-		}
-		printf("[%s] %s\n", failures == before ? "  OK  " : "FAILED", tests[i].name);
-		ran++;
-	}
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-	if (system(cmd) != 0)
-		return 1;
-	printf("%d passed, %d failed\n", ran - failures, failures);
-	return failures ? 1 : 0;
+	ran = kvt_test_run_cases(tests, sizeof(tests) / sizeof(tests[0]), argv + first_name,
+				 argc - first_name, &cur_daemon, NULL);
+	return kvt_test_finish(dir, ran);
 }

@@ -30,62 +30,20 @@
 
 static const char *kvtierd, *kvtierctl;
 static char dir[256], sock[300], slots[300], logpath[300], gate[300];
-static int failures, last_exit;
+static int last_exit;
 static pid_t cur; /* the daemon running, killed after a failed test */
 
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__,       \
-				__func__, #cond);                                                  \
-			failures++;                                                                \
-			return;                                                                    \
-		}                                                                                  \
-	} while (0)
-
-#define CHECK_EQ(a, b)                                                                             \
-	do {                                                                                       \
-		long long _a = (long long)(a), _b = (long long)(b);                                \
-		if (_a != _b) {                                                                    \
-			fprintf(stderr, "%s:%d: %s: %s == %lld, expected %s == %lld\n", __FILE__,  \
-				__LINE__, __func__, #a, _a, #b, _b);                               \
-			failures++;                                                                \
-			return;                                                                    \
-		}                                                                                  \
-	} while (0)
-
-static char *ctl(int *rc, const char *fmt, ...)
-{
-	char cmd[1024];
-	va_list ap;
-	int n = snprintf(cmd, sizeof(cmd), "%s --socket %s ", kvtierctl, sock);
-
-	va_start(ap, fmt);
-	vsnprintf(cmd + n, sizeof(cmd) - (size_t)n, fmt, ap);
-	va_end(ap);
-	return kvt_test_run(rc, cmd);
-}
+#define ctl(rc, ...) kvt_test_ctl(rc, kvtierctl, sock, __VA_ARGS__)
 
 static long long metric(const char *name)
 {
-	int rc;
-	char *js = ctl(&rc, "--json status");
-	long long v = rc == 0 ? kvt_test_json_num(js, name) : -2;
-
-	free(js);
-	return v;
+	return kvt_test_ctl_num(kvtierctl, sock, "status", NULL, name);
 }
 
-/* The value of name in `kvtierctl --json tiers` (its NVMe part), or -1. */
+/* The value of name in `kvtierctl --json tiers` (its NVMe part), or -1 (-2: kvtierctl failed). */
 static long long tiers_num(const char *name)
 {
-	int rc;
-	char *js = ctl(&rc, "--json tiers");
-	const char *nv = js ? strstr(js, "\"name\":\"nvme\"") : NULL;
-	long long v = nv ? kvt_test_json_num(nv, name) : -1;
-
-	free(js);
-	return v;
+	return kvt_test_ctl_num(kvtierctl, sock, "tiers", "\"name\":\"nvme\"", name);
 }
 
 static void kill9(pid_t pid)
@@ -126,10 +84,7 @@ static pid_t start(bool gated, ...)
 	unlink(sock);
 	pid = fork();
 	if (pid == 0) {
-		int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-
-		if (fd < 0 || dup2(fd, 2) < 0)
-			_exit(126);
+		kvt_test_stderr_to(logpath);
 		if (gated)
 			setenv("KVTIER_TEST_NVME_SCAN_GATE", gate, 1);
 		else
@@ -190,18 +145,6 @@ static struct kvt_layout tiny_layout(void)
 	return l;
 }
 
-static void fill(uint8_t *p, size_t n, uint64_t tag)
-{
-	uint64_t x = tag * 0x9e3779b97f4a7c15ull + 1;
-
-	for (size_t i = 0; i < n; i += 8) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		memcpy(p + i, &x, n - i < 8 ? n - i : 8);
-	}
-}
-
 static struct kvt_key key_of(unsigned i)
 {
 	return (struct kvt_key){0x1234567800000000ull + i, 0xabcdef00ull ^ i};
@@ -212,7 +155,7 @@ static int put_tag(struct kvt_client *c, int lay, unsigned k, uint64_t tag)
 	uint8_t b[4096];
 	struct kvt_key key = key_of(k);
 
-	fill(b, sizeof(b), tag);
+	kvt_test_fill(b, sizeof(b), tag);
 	return kvt_put(c, lay, &key, b, sizeof(b));
 }
 
@@ -225,7 +168,7 @@ static int get_tag(struct kvt_client *c, int lay, unsigned k, uint64_t tag)
 
 	if (g == -ENOENT)
 		return 0;
-	fill(a, sizeof(a), tag);
+	kvt_test_fill(a, sizeof(a), tag);
 	if (g != (ssize_t)sizeof(b) || memcmp(a, b, sizeof(b)))
 		return -1;
 	return 1;
@@ -648,10 +591,7 @@ static void test_serve_recovering(void)
 
 /* ------------------------------------------------------------------------------------- */
 
-static const struct {
-	const char *name;
-	void (*fn)(void);
-} tests[] = {
+static const struct kvt_test_case tests[] = {
     {"delete_durable", test_delete_durable},
     {"slot_files", test_slot_files},
     {"read_accounting", test_read_accounting},
@@ -660,8 +600,7 @@ static const struct {
 
 int main(int argc, char **argv)
 {
-	char cmd[400];
-	int ran = 0, rc;
+	int ran;
 
 	if (argc < 3) {
 		fprintf(stderr, "usage: test_nvme_recovery KVTIERD KVTIERCTL [TEST...]\n");
@@ -677,23 +616,7 @@ int main(int argc, char **argv)
 	snprintf(slots, sizeof(slots), "%s/nvme0.slots", dir);
 	snprintf(logpath, sizeof(logpath), "%s/kvtierd.log", dir);
 	snprintf(gate, sizeof(gate), "%s/scan.gate", dir);
-	for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
-		bool want = argc == 3;
-
-		for (int j = 3; j < argc; j++)
-			want |= !strcmp(argv[j], tests[i].name);
-		if (!want)
-			continue;
-		int before = failures;
-		tests[i].fn();
-		if (cur > 0)
-			kill9(cur);
-		printf("[ %s ] %s\n", failures == before ? " OK " : "FAIL", tests[i].name);
-		fflush(stdout);
-		ran++;
-	}
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-	free(kvt_test_run(&rc, cmd));
-	printf("%d run, %d failed checks\n", ran, failures);
-	return failures ? 1 : 0;
+	ran = kvt_test_run_cases(tests, sizeof(tests) / sizeof(tests[0]), argv + 3, argc - 3, &cur,
+				 NULL);
+	return kvt_test_finish(dir, ran);
 }

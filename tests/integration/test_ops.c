@@ -30,38 +30,13 @@
 
 static const char *kvtierd, *kvtierctl;
 static char dir[256], sock[300], nvme_opt[400], logpath[400];
-static int failures;
 static pid_t cur_daemon;
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__,       \
-				__func__, #cond);                                                  \
-			failures++;                                                                \
-			return;                                                                    \
-		}                                                                                  \
-	} while (0)
-
-#define CHECK_EQ(a, b)                                                                             \
-	do {                                                                                       \
-		long long _a = (long long)(a), _b = (long long)(b);                                \
-		if (_a != _b) {                                                                    \
-			fprintf(stderr, "%s:%d: %s: %s == %lld, expected %s == %lld\n", __FILE__,  \
-				__LINE__, __func__, #a, _a, #b, _b);                               \
-			failures++;                                                                \
-			return;                                                                    \
-		}                                                                                  \
-	} while (0)
 
 /* stderr of the next daemon_start() goes to logpath. */
 static void log_setup(void *arg)
 {
-	int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-
 	(void)arg;
-	if (fd < 0 || dup2(fd, 2) < 0)
-		_exit(126);
+	kvt_test_stderr_to(logpath);
 }
 
 /* kvtierd -f on sock with the given arguments (NULL-terminated), stderr in logpath. */
@@ -89,30 +64,17 @@ static int daemon_stop(pid_t pid)
 	return kvt_test_daemon_stop(pid);
 }
 
-/* Runs a shell command line built from fmt; its stdout (malloc'd), *rc its exit status. */
-static char *sh(int *rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static char *sh(int *rc, const char *fmt, ...)
-{
-	char cmd[4096];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof(cmd), fmt, ap);
-	va_end(ap);
-	return kvt_test_run(rc, cmd);
-}
-
 /* kvtierctl on sock with the rest of the command line. */
 static char *ctl(int *rc, const char *args)
 {
-	return sh(rc, "%s --socket %s %s", kvtierctl, sock, args);
+	return kvt_test_ctl(rc, kvtierctl, sock, "%s", args);
 }
 
 /* Whether the whole of file path contains s. */
 static bool file_has(const char *path, const char *s)
 {
 	int rc;
-	char *out = sh(&rc, "cat %s", path);
+	char *out = kvt_test_sh(&rc, "cat %s", path);
 	bool yes = out && strstr(out, s);
 
 	free(out);
@@ -126,37 +88,9 @@ static struct kvt_layout small_layout(void)
 	return l;
 }
 
-static void fill(uint8_t *p, size_t n, uint64_t tag)
-{
-	uint64_t x = tag * 0x9e3779b97f4a7c15ull + 1;
-
-	for (size_t i = 0; i < n; i += 8) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		memcpy(p + i, &x, n - i < 8 ? n - i : 8);
-	}
-}
-
-static void make_keys(const struct kvt_layout *l, uint32_t salt, struct kvt_key *keys, int n)
-{
-	uint32_t *tok = malloc(sizeof(uint32_t) * l->block_tokens * (size_t)n);
-
-	for (size_t i = 0; i < (size_t)l->block_tokens * (size_t)n; i++)
-		tok[i] = (uint32_t)i * 2654435761u + salt;
-	kvt_key_chain(kvt_layout_fingerprint(l), l->block_tokens, NULL, tok,
-		      (size_t)l->block_tokens * (size_t)n, keys, (size_t)n);
-	free(tok);
-}
-
 static long long status_num(const char *name)
 {
-	int rc;
-	char *js = ctl(&rc, "--json status");
-	long long v = rc == 0 ? kvt_test_json_num(js, name) : -2;
-
-	free(js);
-	return v;
+	return kvt_test_ctl_num(kvtierctl, sock, "status", NULL, name);
 }
 
 /* The pid of the process serving path (SO_PEERCRED), or -1. */
@@ -235,9 +169,9 @@ static void test_background(void)
 	CHECK(c);
 	lay = kvt_register_layout(c, &l);
 	CHECK(lay >= 0);
-	make_keys(&l, 13, keys, N);
+	kvt_test_make_keys(&l, 13, keys, N);
 	for (int i = 0; i < N; i++) {
-		fill(a, bb, (uint64_t)i);
+		kvt_test_fill(a, bb, (uint64_t)i);
 		CHECK_EQ(kvt_put(c, lay, &keys[i], a, bb), 0);
 	}
 	/* Everything down to NVMe, and out of RAM: the gets below read records back. */
@@ -252,7 +186,7 @@ static void test_background(void)
 	CHECK_EQ(rc, 0);
 	free(out);
 	for (int i = 0; i < N; i++) {
-		fill(a, bb, (uint64_t)i);
+		kvt_test_fill(a, bb, (uint64_t)i);
 		memset(b, 0, bb);
 		CHECK_EQ(kvt_get(c, lay, &keys[i], b, bb), (long long)bb);
 		CHECK(memcmp(a, b, bb) == 0);
@@ -277,15 +211,15 @@ static void test_background(void)
 static void test_background_refusal(void)
 {
 	int rc;
-	char *out =
-	    sh(&rc, "%s -s %s -o nvme.enabled=true -o nvme.paths=%s/no/such/dir/x.slots 2>&1",
-	       kvtierd, sock, dir);
+	char *out = kvt_test_sh(
+	    &rc, "%s -s %s -o nvme.enabled=true -o nvme.paths=%s/no/such/dir/x.slots 2>&1", kvtierd,
+	    sock, dir);
 
 	CHECK_EQ(rc, 1);
 	CHECK(out && strstr(out, "cannot start"));
 	free(out);
 	/* A configuration error too, before anything forks. */
-	out = sh(&rc, "%s -s %s -o host.high_watermark=2 2>&1", kvtierd, sock);
+	out = kvt_test_sh(&rc, "%s -s %s -o host.high_watermark=2 2>&1", kvtierd, sock);
 	CHECK_EQ(rc, 1);
 	CHECK(out && strstr(out, "high_watermark"));
 	free(out);
@@ -379,7 +313,7 @@ static void test_metrics(void)
 	CHECK(c);
 	lay = kvt_register_layout(c, &l);
 	CHECK(lay >= 0);
-	make_keys(&l, 7, keys, 8);
+	kvt_test_make_keys(&l, 7, keys, 8);
 	for (int i = 0; i < 5; i++)
 		CHECK_EQ(kvt_put(c, lay, &keys[i], a, bb), 0);
 	CHECK_EQ(kvt_lookup(c, lay, keys, 8), 5); /* 5 hits, 3 misses */
@@ -404,14 +338,14 @@ static void test_metrics(void)
 		fputs(out, f);
 		fclose(f);
 		free(out);
-		out = sh(&rc, "promtool check metrics < %s 2>&1", path);
+		out = kvt_test_sh(&rc, "promtool check metrics < %s 2>&1", path);
 		if (rc)
 			fprintf(stderr, "%s", out);
 		CHECK_EQ(rc, 0);
 	}
 	free(out);
 	/* The same as one JSON object. */
-	out = sh(
+	out = kvt_test_sh(
 	    &rc,
 	    "%s --socket %s --json metrics | python3 -c 'import json,sys\n"
 	    "m = json.load(sys.stdin)\n"
@@ -457,11 +391,12 @@ static void test_ctl(void)
 	CHECK(strstr(out, "capacity = 16777216\n"));
 	CHECK(!strstr(out, "c0ffee") && strstr(out, "# tenant_salt = (set, not shown)"));
 	free(out);
-	out = sh(&rc,
-		 "%s --socket %s --json config | python3 -c 'import json,sys\n"
-		 "c = json.load(sys.stdin)\n"
-		 "assert c[\"index.max_blocks\"] == \"4096\" and \"c0ffee\" not in str(c), c\n'",
-		 kvtierctl, sock);
+	out = kvt_test_sh(
+	    &rc,
+	    "%s --socket %s --json config | python3 -c 'import json,sys\n"
+	    "c = json.load(sys.stdin)\n"
+	    "assert c[\"index.max_blocks\"] == \"4096\" and \"c0ffee\" not in str(c), c\n'",
+	    kvtierctl, sock);
 	CHECK_EQ(rc, 0);
 	free(out);
 
@@ -469,7 +404,7 @@ static void test_ctl(void)
 	CHECK(c);
 	lay = kvt_register_layout(c, &l);
 	CHECK(lay >= 0);
-	make_keys(&l, 3, keys, N);
+	kvt_test_make_keys(&l, 3, keys, N);
 	for (int i = 0; i < N; i++)
 		CHECK_EQ(kvt_put(c, lay, &keys[i], a, bb), 0);
 	/* --limit 0: every block, not the default 100. */
@@ -508,12 +443,12 @@ static void test_ctl(void)
 	CHECK(out && strstr(out, "{\"error\":\"unknown command 'bogus'\""));
 	free(out);
 	CHECK_EQ(daemon_stop(pid), 0);
-	out = sh(&rc,
-		 "%s --socket %s --json status | python3 -c 'import json,sys\n"
-		 "e = json.load(sys.stdin)\n"
-		 "assert \"cannot connect\" in e[\"error\"] and e[\"code\"] < 0, e\n"
-		 "sys.exit(3)'",
-		 kvtierctl, sock);
+	out = kvt_test_sh(&rc,
+			  "%s --socket %s --json status | python3 -c 'import json,sys\n"
+			  "e = json.load(sys.stdin)\n"
+			  "assert \"cannot connect\" in e[\"error\"] and e[\"code\"] < 0, e\n"
+			  "sys.exit(3)'",
+			  kvtierctl, sock);
 	CHECK_EQ(rc, 3);
 	free(out);
 	free(a);
@@ -572,10 +507,11 @@ static void test_sighup(void)
 	CHECK(file_has(logpath, "SIGHUP: host.high_watermark = 0.8 (was 0.9)"));
 	CHECK(file_has(logpath, "SIGHUP: host.capacity = 8388608 needs a restart"));
 	/* 2026-12-07T15:04:05.123Z kvtierd[PID]: warning: ... */
-	out = sh(&rc,
-		 "grep -cE '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{3}Z "
-		 "kvtierd\\[%d\\]: ' %s",
-		 (int)pid, logpath);
+	out = kvt_test_sh(
+	    &rc,
+	    "grep -cE '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{3}Z "
+	    "kvtierd\\[%d\\]: ' %s",
+	    (int)pid, logpath);
 	CHECK(rc == 0 && atoi(out) >= 4);
 	free(out);
 }
@@ -642,7 +578,7 @@ static void test_config_range(void)
 	char *out;
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		out = sh(&rc, "%s --print-config -o %s 2>&1", kvtierd, bad[i]);
+		out = kvt_test_sh(&rc, "%s --print-config -o %s 2>&1", kvtierd, bad[i]);
 		if (rc != 1 || !strstr(out, "invalid value"))
 			fprintf(stderr, "%s: rc %d: %s\n", bad[i], rc, out);
 		CHECK_EQ(rc, 1);
@@ -650,17 +586,14 @@ static void test_config_range(void)
 		free(out);
 	}
 	/* The largest index that can be had starts. */
-	out = sh(&rc, "%s --print-config -o index.max_blocks=2147483648", kvtierd);
+	out = kvt_test_sh(&rc, "%s --print-config -o index.max_blocks=2147483648", kvtierd);
 	CHECK(rc == 0 && strstr(out, "max_blocks = 2147483648"));
 	free(out);
 }
 
 int main(int argc, char **argv)
 {
-	static const struct {
-		const char *name;
-		void (*fn)(void);
-	} tests[] = {
+	static const struct kvt_test_case tests[] = {
 	    {"background", test_background},
 	    {"background_refusal", test_background_refusal},
 	    {"harness_refusal", test_harness_refusal},
@@ -671,8 +604,7 @@ int main(int argc, char **argv)
 	    {"rundir_mode", test_rundir_mode},
 	    {"config_range", test_config_range},
 	};
-	int ran = 0, rc;
-	char *out;
+	int ran;
 
 	if (argc < 3) {
 		fprintf(stderr, "usage: test_ops KVTIERD KVTIERCTL [TEST...]\n");
@@ -687,30 +619,7 @@ int main(int argc, char **argv)
 	snprintf(nvme_opt, sizeof(nvme_opt), "nvme.paths=%s/nvme0.slots", dir);
 	snprintf(logpath, sizeof(logpath), "%s/kvtierd.log", dir);
 	signal(SIGPIPE, SIG_IGN);
-	for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
-		bool want = argc <= 3;
-		for (int j = 3; j < argc; j++)
-			want |= !strcmp(argv[j], tests[i].name);
-		if (!want)
-			continue;
-		int before = failures;
-		fflush(stdout);
-		tests[i].fn();
-		if (cur_daemon > 0) {
-			kill(cur_daemon, SIGKILL);
-			waitpid(cur_daemon, NULL, 0);
-			cur_daemon = 0;
-		}
-		if (failures != before) {
-			out = sh(&rc, "cat %s", logpath);
-			fprintf(stderr, "--- kvtierd log ---\n%s---\n", out ? out : "");
-			free(out);
-		}
-		printf("[%s] %s\n", failures == before ? "  OK  " : "FAILED", tests[i].name);
-		ran++;
-	}
-	out = sh(&rc, "rm -rf %s", dir);
-	free(out);
-	printf("%d passed, %d failed\n", ran - failures, failures);
-	return failures ? 1 : 0;
+	ran = kvt_test_run_cases(tests, sizeof(tests) / sizeof(tests[0]), argv + 3, argc - 3,
+				 &cur_daemon, logpath);
+	return kvt_test_finish(dir, ran);
 }

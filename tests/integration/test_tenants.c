@@ -36,87 +36,35 @@
 
 static const char *kvtierd, *kvtierctl;
 static char dir[64], sock[100], logpath[120];
-static int failures;
 static pid_t cur_daemon;
 static rlim_t nofile; /* RLIMIT_NOFILE of the next daemon, 0: unchanged */
 static bool bench;    /* no KVTIER_CHECK_COUNTS: its scans would be measured too */
 
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__,       \
-				__func__, #cond);                                                  \
-			failures++;                                                                \
-			return;                                                                    \
-		}                                                                                  \
-	} while (0)
-
-#define CHECK_EQ(a, b)                                                                             \
-	do {                                                                                       \
-		long long _a = (long long)(a), _b = (long long)(b);                                \
-		if (_a != _b) {                                                                    \
-			fprintf(stderr, "%s:%d: %s: %s == %lld, expected %s == %lld\n", __FILE__,  \
-				__LINE__, __func__, #a, _a, #b, _b);                               \
-			failures++;                                                                \
-			return;                                                                    \
-		}                                                                                  \
-	} while (0)
-
 /* Starts kvtierd -f on sock with the given -o overrides (NULL-terminated); its stderr goes to
  * logpath.  Returns its pid once the socket exists, or -1. */
+/* In the daemon's child: its log, RLIMIT_NOFILE, the counts' checks. */
+static void tenant_setup(void *arg)
+{
+	(void)arg;
+	kvt_test_stderr_to(logpath);
+	if (nofile) {
+		struct rlimit rl = {nofile, nofile};
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			_exit(126);
+	}
+	if (!bench)
+		setenv("KVTIER_CHECK_COUNTS", "1", 1);
+}
+
 static pid_t daemon_start(const char *capacity, ...)
 {
-	const char *argv[40] = {kvtierd, "-f", "-s", sock, "-o", NULL};
-	char cap[64];
-	int argc = 5;
 	va_list ap;
 	pid_t pid;
 
-	snprintf(cap, sizeof(cap), "host.capacity=%s", capacity);
-	argv[argc++] = cap;
-	argv[argc++] = "-o";
-	argv[argc++] = "daemon.log_level=warn";
 	va_start(ap, capacity);
-	for (const char *a; (a = va_arg(ap, const char *)) && argc < 38;)
-		argv[argc++] = a;
+	pid = kvt_test_daemon_startv(&cur_daemon, kvtierd, sock, capacity, tenant_setup, ap);
 	va_end(ap);
-	argv[argc] = NULL;
-	unlink(sock);
-	pid = fork();
-	if (pid == 0) {
-		int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-
-		if (fd < 0 || dup2(fd, 2) < 0)
-			_exit(126);
-		close(fd);
-		if (nofile) {
-			struct rlimit rl = {nofile, nofile};
-			if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
-				_exit(126);
-		}
-		if (!bench)
-			setenv("KVTIER_CHECK_COUNTS", "1", 1);
-		execv(kvtierd, (char **)argv);
-		_exit(127);
-	}
-	cur_daemon = pid;
-	/* The socket appears once the daemon accepts on it (it renames it into place). */
-	for (int i = 0; i < 3000; i++) {
-		struct stat st;
-		int ws;
-
-		if (stat(sock, &st) == 0)
-			return pid;
-		if (waitpid(pid, &ws, WNOHANG) == pid) {
-			cur_daemon = 0;
-			return -1;
-		}
-		usleep(10000);
-	}
-	kill(pid, SIGKILL);
-	waitpid(pid, NULL, 0);
-	cur_daemon = 0;
-	return -1;
+	return pid;
 }
 
 static int daemon_stop(pid_t pid)
@@ -153,18 +101,6 @@ static struct kvt_layout tiny_layout(void)
 	return l;
 }
 
-static void fill(uint8_t *p, size_t n, uint64_t tag)
-{
-	uint64_t x = tag * 0x9e3779b97f4a7c15ull + 1;
-
-	for (size_t i = 0; i < n; i += 8) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		memcpy(p + i, &x, n - i < 8 ? n - i : 8);
-	}
-}
-
 static struct kvt_key key_of(uint32_t salt, uint32_t i)
 {
 	struct kvt_key k = {((uint64_t)salt << 32 | i) * 0x9e3779b97f4a7c15ull + 7,
@@ -172,26 +108,11 @@ static struct kvt_key key_of(uint32_t salt, uint32_t i)
 	return k;
 }
 
-static char *ctl(int *rc, const char *fmt, ...)
-{
-	char cmd[1024];
-	va_list ap;
-	int n = snprintf(cmd, sizeof(cmd), "%s --socket %s ", kvtierctl, sock);
-
-	va_start(ap, fmt);
-	vsnprintf(cmd + n, sizeof(cmd) - (size_t)n, fmt, ap);
-	va_end(ap);
-	return kvt_test_run(rc, cmd);
-}
+#define ctl(rc, ...) kvt_test_ctl(rc, kvtierctl, sock, __VA_ARGS__)
 
 static long long status_metric(const char *name)
 {
-	int rc;
-	char *js = ctl(&rc, "--json status");
-	long long v = rc == 0 ? kvt_test_json_num(js, name) : -2;
-
-	free(js);
-	return v;
+	return kvt_test_ctl_num(kvtierctl, sock, "status", NULL, name);
 }
 
 static int raw_connect(void)
@@ -231,31 +152,10 @@ static int raw_hello(int fd, uint32_t want)
 	return r.h.type == KVT_MSG_HELLO_REPLY ? r.res : ((struct kvt_msg_result *)buf)->res;
 }
 
-static int user_id(const char *name, uid_t *uid, gid_t *gid)
-{
-	struct passwd *pw = getpwnam(name);
-	char cmd[256];
-
-	if (!pw) {
-		snprintf(cmd, sizeof(cmd),
-			 "useradd --system --no-create-home --shell /usr/sbin/nologin %s "
-			 ">/dev/null 2>&1",
-			 name);
-		if (system(cmd) != 0)
-			return -1;
-		pw = getpwnam(name);
-	}
-	if (!pw)
-		return -1;
-	*uid = pw->pw_uid;
-	*gid = pw->pw_gid;
-	return 0;
-}
-
 static bool have_users(uid_t *ua, gid_t *ga, uid_t *ub, gid_t *gb)
 {
-	return geteuid() == 0 && user_id("kvtier-test-a", ua, ga) == 0 &&
-	       user_id("kvtier-test-b", ub, gb) == 0;
+	return geteuid() == 0 && kvt_test_user_id("kvtier-test-a", ua, ga) == 0 &&
+	       kvt_test_user_id("kvtier-test-b", ub, gb) == 0;
 }
 
 /*
@@ -314,23 +214,6 @@ static void hold_end(pid_t kid, int stop[2])
 	waitpid(kid, NULL, 0);
 }
 
-static int as_user(uid_t uid, gid_t gid, int (*fn)(void *), void *arg)
-{
-	pid_t kid;
-	int st;
-
-	fflush(stdout);
-	kid = fork();
-	if (kid == 0) {
-		if (setgroups(0, NULL) < 0 || setgid(gid) < 0 || setuid(uid) < 0)
-			_exit(99);
-		_exit(fn(arg));
-	}
-	if (waitpid(kid, &st, 0) < 0)
-		return -1;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
 /* ------------------------------------------------------------------------------------- */
 
 /* Item 4: a full index evicts the least recently used block nobody holds. */
@@ -353,7 +236,7 @@ static void test_index_full(void)
 	CHECK(lay >= 0);
 	/* Block 0 pinned, block 1 leased: they must outlive every eviction. */
 	for (uint32_t i = 0; i < N; i++) {
-		fill(a, bb, i);
+		kvt_test_fill(a, bb, i);
 		k = key_of(1, i);
 		CHECK_EQ(kvt_put(c, lay, &k, a, bb), 0);
 		if (i == 0)
@@ -367,7 +250,7 @@ static void test_index_full(void)
 		if (g == -ENOENT)
 			continue;
 		CHECK_EQ(g, bb);
-		fill(a, bb, i);
+		kvt_test_fill(a, bb, i);
 		CHECK(memcmp(a, b, bb) == 0);
 		present++;
 	}
@@ -392,7 +275,7 @@ static void test_index_full(void)
 	}
 	CHECK_EQ(pinned, MAX - 1);
 	k = key_of(2, 0);
-	fill(a, bb, 7);
+	kvt_test_fill(a, bb, 7);
 	CHECK_EQ(kvt_put(c, lay, &k, a, bb), -KVT_ELIMIT);
 	struct kvt_key u = key_of(1, N - 1);
 	CHECK_EQ(kvt_unpin(c, lay, &u), 0);
@@ -453,7 +336,7 @@ static void test_admission(void)
 	CHECK_EQ(res, -KVT_ELIMIT);
 	hold_end(kc, stop_c);
 	/* kvtierctl of user B says why, not "Connection reset by peer" */
-	CHECK_EQ(as_user(ub, gb, ctl_refused, NULL), 0);
+	CHECK_EQ(kvt_test_as_user(ub, gb, ctl_refused, NULL), 0);
 	/* Root still gets in: an engine and kvtierctl. */
 	CHECK_EQ(try_connect(&c1), 0);
 	char *out = ctl(&rc, "--json status");
@@ -534,7 +417,7 @@ static int put_blocks(void *p)
 	lay = kvt_register_layout(c, &l);
 	for (int i = 0; i < a->n; i++) {
 		struct kvt_key k = key_of(9, (uint32_t)i);
-		fill(buf, bb, (uint64_t)i);
+		kvt_test_fill(buf, bb, (uint64_t)i);
 		if (kvt_put(c, lay, &k, buf, bb) == 0)
 			ok++;
 	}
@@ -571,7 +454,7 @@ static void test_hold_quota(void)
 	lay = kvt_register_layout(c, &l);
 	for (uint32_t i = 0; i < 80; i++) {
 		k = key_of(3, i);
-		fill(a, bb, i);
+		kvt_test_fill(a, bb, i);
 		CHECK_EQ(kvt_put(c, lay, &k, a, bb), 0);
 	}
 	for (uint32_t i = 0; i < 80; i++) {
@@ -593,12 +476,13 @@ static void test_hold_quota(void)
 	/* A lease past the quota is refused too; one of a pinned block is not. */
 	CHECK(unpinned >= 0);
 	k = key_of(3, 1000);
-	fill(a, bb, 1000);
+	kvt_test_fill(a, bb, 1000);
 	CHECK_EQ(kvt_put(c, lay, &k, a, bb), 0);
 	CHECK_EQ(kvt_get_lease(c, lay, &k, &ls), -KVT_ELIMIT);
 	/* The other tenant can use the rest of the tier (it got ENOSPC before). */
 	struct put_arg pa = {16, 0, 0};
-	CHECK_EQ(as_user(ub, gb, put_blocks, &pa), 0); /* and saw none of root's evictions */
+	CHECK_EQ(kvt_test_as_user(ub, gb, put_blocks, &pa),
+		 0); /* and saw none of root's evictions */
 	struct kvt_stats st = {.size = sizeof(st)};
 	CHECK_EQ(kvt_stats(c, &st), 0);
 	CHECK(st.evictions >= 16); /* root's puts evicted root's blocks */
@@ -675,7 +559,7 @@ static void test_arena_release(void)
 	for (uint32_t round = 0; round < 2; round++) {
 		for (uint32_t i = 0; i < 32; i++) {
 			k = key_of(4 + round, i);
-			fill(a, bb, i);
+			kvt_test_fill(a, bb, i);
 			CHECK_EQ(kvt_put(c, lay, &k, a, bb), 0);
 		}
 		CHECK(arena_resident() >= 32 * (long long)bb);
@@ -725,7 +609,7 @@ static void test_layouts(void)
 	/* Layout 0 gets a block, the connection goes: the block keeps the layout alive. */
 	lay = kvt_register_layout(c, &l);
 	CHECK_EQ(lay, 0);
-	fill(a, bb, 1);
+	kvt_test_fill(a, bb, 1);
 	CHECK_EQ(kvt_put(c, lay, &k, a, bb), 0);
 	kvt_close(c);
 	c = connect_ok();
@@ -774,7 +658,7 @@ static void test_deaths(void)
 	c = connect_ok();
 	CHECK(c);
 	lay = kvt_register_layout(c, &l);
-	fill(a, bb, 1);
+	kvt_test_fill(a, bb, 1);
 	CHECK_EQ(kvt_put(c, lay, &k, a, bb), 0);
 	CHECK_EQ(kvt_pin(c, lay, &k), 0);
 	CHECK_EQ(kvt_get_lease(c, lay, &k, &ls), 0);
@@ -874,7 +758,7 @@ static void test_counts(void)
 	lay = kvt_register_layout(c, &l);
 	for (uint32_t i = 0; i < N; i++) {
 		k = key_of(7, i);
-		fill(a, bb, i);
+		kvt_test_fill(a, bb, i);
 		CHECK_EQ(kvt_put(c, lay, &k, a, bb), 0);
 		if (i % 97 == 0)
 			CHECK_EQ(kvt_pin(c, lay, &k), 0);
@@ -886,7 +770,7 @@ static void test_counts(void)
 		if (g == -ENOENT)
 			continue;
 		CHECK_EQ(g, bb);
-		fill(a, bb, i);
+		kvt_test_fill(a, bb, i);
 		CHECK(memcmp(a, b, bb) == 0);
 		if (i % 3 == 0)
 			CHECK_EQ(kvt_delete(c, lay, &k), 0);
@@ -1018,10 +902,7 @@ static int bench_metrics(long nblocks, double secs)
 	return 0;
 }
 
-static const struct {
-	const char *name;
-	void (*fn)(void);
-} tests[] = {
+static const struct kvt_test_case tests[] = {
     {"index_full", test_index_full},
     {"admission", test_admission},
     {"handshake_timeout", test_handshake_timeout},
@@ -1058,32 +939,7 @@ int main(int argc, char **argv)
 		snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 		return system(cmd) != 0 || r;
 	}
-	for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
-		bool want = argc <= 3;
-		for (int j = 3; j < argc; j++)
-			want |= !strcmp(argv[j], tests[i].name);
-		if (!want)
-			continue;
-		int before = failures;
-		fflush(stdout);
-		tests[i].fn();
-		if (cur_daemon > 0) {
-			kill(cur_daemon, SIGKILL);
-			waitpid(cur_daemon, NULL, 0);
-			cur_daemon = 0;
-		}
-		if (failures != before) {
-			/* the daemon's log, for the failure's context */
-			snprintf(cmd, sizeof(cmd), "tail -n 20 %s >&2", logpath);
-			if (system(cmd) != 0)
-				fprintf(stderr, "(no daemon log)\n");
-		}
-		printf("[%s] %s\n", failures == before ? "  OK  " : "FAILED", tests[i].name);
-		ran++;
-	}
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-	if (system(cmd) != 0)
-		return 1;
-	printf("%d passed, %d failed\n", ran - failures, failures);
-	return failures ? 1 : 0;
+	ran = kvt_test_run_cases(tests, sizeof(tests) / sizeof(tests[0]), argv + 3, argc - 3,
+				 &cur_daemon, logpath);
+	return kvt_test_finish(dir, ran);
 }
