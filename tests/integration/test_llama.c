@@ -40,28 +40,7 @@
 
 static const char *kvtierd, *kvtierctl, *python, *writer;
 static char dir[256], sock[300], nvme_opt[320];
-static int failures;
 static pid_t daemon_pid;
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__,       \
-				__func__, #cond);                                                  \
-			failures++;                                                                \
-			return;                                                                    \
-		}                                                                                  \
-	} while (0)
-#define CHECK_EQ(a, b)                                                                             \
-	do {                                                                                       \
-		long long _a = (long long)(a), _b = (long long)(b);                                \
-		if (_a != _b) {                                                                    \
-			fprintf(stderr, "%s:%d: %s: %s == %lld, expected %s == %lld\n", __FILE__,  \
-				__LINE__, __func__, #a, _a, #b, _b);                               \
-			failures++;                                                                \
-			return;                                                                    \
-		}                                                                                  \
-	} while (0)
 
 static void quiet_log(enum ggml_log_level level, const char *text, void *user)
 {
@@ -619,7 +598,7 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < sizeof(seq) / sizeof(seq[0]); i++) {
 		if (i && !kl) {
 			fprintf(stderr, "no kvt_llama left: the remaining tests cannot run\n");
-			failures++;
+			kvt_test_failures++;
 			break;
 		}
 		seq[i]();
@@ -634,6 +613,6 @@ int main(int argc, char **argv)
 	llama_backend_free();
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	free(kvt_test_run(&rc, cmd));
-	printf("%s: %d failure(s)\n", failures ? "FAIL" : "ok", failures);
-	return failures ? 1 : 0;
+	printf("%s: %d failure(s)\n", kvt_test_failures ? "FAIL" : "ok", kvt_test_failures);
+	return kvt_test_failures ? 1 : 0;
 }
