@@ -30,6 +30,7 @@ static const struct key keys[] = {
     {"daemon", "max_clients_per_uid", K_U32, F(max_clients_per_uid), "128", 1, 65536},
     {"daemon", "admin_reserved_clients", K_U32, F(admin_reserved), "4", 0, 65535},
     {"daemon", "handshake_timeout_ms", K_U32, F(handshake_timeout_ms), "5000", 1, 600000},
+    {"daemon", "user_admin_rate", K_U32, F(user_admin_rate), "20", 0, 1000000},
     {"daemon", "ring_entries", K_U32, F(ring_entries), "256", 8, 65536},
     {"daemon", "log_level", K_LOGLEVEL, F(log_level), "info", 0, 0},
     {"daemon", "admin_group", K_STR, F(admin_group), "kvtier-admin", 0, 0},

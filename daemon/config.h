@@ -27,6 +27,7 @@ struct kvtd_config {
 	uint32_t max_clients_per_uid;  /* connections of one non-admin uid */
 	uint32_t admin_reserved;       /* of max_clients, kept for admin connections */
 	uint32_t handshake_timeout_ms; /* a connection without HELLO is closed after this */
+	uint32_t user_admin_rate;      /* admin commands a second, non-admin connection */
 	uint32_t ring_entries;
 	int log_level; /* 0 error, 1 warn, 2 info, 3 debug */
 	char admin_group[64];

@@ -78,15 +78,24 @@ struct layout_slot {
 
 struct admin_job; /* a listing that runs over several event-loop turns (server.c) */
 
+/* daemon.user_admin_rate: one bucket of admin commands per non-admin uid (server.c). */
+#define KVTD_ADMIN_BUCKETS 64
+struct kvtd_admin_bucket {
+	uint32_t uid;
+	double tokens;
+	uint64_t ms; /* last use (0: free) */
+};
+
 struct client {
 	uint32_t magic;
 	uint32_t id;
 	int sock, sq_efd, cq_efd;
 	struct ev sock_ev, sq_ev;
 	bool hello, admin, data, dead;
-	bool device;   /* libkvtier's GPU-tier connection (KVT_HELLO_DEVICE) */
-	bool abnormal; /* ended by the daemon for a protocol error, or holding unfinished work */
-	int refused;   /* -errno: told so in reply to its HELLO, then closed; not a client */
+	bool device;	/* libkvtier's GPU-tier connection (KVT_HELLO_DEVICE) */
+	bool abnormal;	/* ended by the daemon for a protocol error, or holding unfinished work */
+	int refused;	/* -errno: told so in reply to its HELLO, then closed; not a client */
+	bool throttled; /* over daemon.user_admin_rate: its socket is not read until a tick */
 	uid_t uid;
 	gid_t gid;
 	pid_t pid;
@@ -199,6 +208,7 @@ struct kvtd {
 	 * backing off after EMFILE/ENFILE (the listener is out of epoll until a tick) */
 	uint32_t nrefused;
 	bool accept_paused, emfile_logged;
+	struct kvtd_admin_bucket admin_rate[KVTD_ADMIN_BUCKETS]; /* daemon.user_admin_rate */
 	/* pidfds of peers whose connection ended holding something: dead at the next tick
 	 * (client_deaths_total), or alive (they closed it: a normal end) */
 	int dying[64];

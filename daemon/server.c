@@ -1894,12 +1894,69 @@ static int admin_evict(struct kvtd *d, struct sbuf *b, bool json, uint64_t bytes
 	return 0;
 }
 
+/*
+ * daemon.user_admin_rate: a user other than root or admin_group may send this many admin
+ * commands a second, over all of its connections (a bucket of as many per uid, refilled
+ * continuously), so that one user polling status or metrics, e.g. kvtierctl in a loop, cannot
+ * take the event loop from the other clients.  Buckets live in a small table; when it is
+ * full, the one used least recently is given to the new uid.  true when c may run one more.
+ */
+static bool admin_budget(struct kvtd *d, struct client *c)
+{
+	double rate = d->cfg.user_admin_rate;
+	uint64_t now = kvtd_now_ms();
+	struct kvtd_admin_bucket *bk = NULL, *old = &d->admin_rate[0];
+
+	if (c->admin || rate <= 0)
+		return true;
+	for (size_t i = 0; i < KVTD_ADMIN_BUCKETS && !bk; i++) {
+		struct kvtd_admin_bucket *e = &d->admin_rate[i];
+
+		if (e->ms && e->uid == c->uid)
+			bk = e;
+		else if (e->ms < old->ms)
+			old = e;
+	}
+	if (!bk) {
+		bk = old;
+		bk->uid = c->uid;
+		bk->tokens = rate;
+	} else {
+		bk->tokens += (double)(now - bk->ms) * rate / 1000.0;
+		if (bk->tokens > rate)
+			bk->tokens = rate;
+	}
+	bk->ms = now ? now : 1;
+	if (bk->tokens < 1.0)
+		return false;
+	bk->tokens -= 1.0;
+	return true;
+}
+
 static void handle_admin(struct kvtd *d, struct client *c, const struct kvt_msg_admin *m)
 {
 	struct sbuf b = {0};
 	bool json = m->aflags & KVT_ADMIN_F_JSON;
 	int ret = 0;
 
+	if (!admin_budget(d, c)) {
+		d->m.admin_refused_total++;
+		sb_printf(&b,
+			  "too many admin commands: users other than root and group '%s' may send "
+			  "%u a second (daemon.user_admin_rate)\n",
+			  d->cfg.admin_group, d->cfg.user_admin_rate);
+		admin_send(d, c, &b, -EAGAIN);
+		free(b.p);
+		/* Its next message waits for the tick (admin_unthrottle): a user that keeps
+		 * asking costs the loop one message a tick, not one per turn. */
+		if (!c->dead && !c->job) {
+			struct epoll_event ee = {.events = EPOLLRDHUP, .data.ptr = &c->sock_ev};
+
+			if (epoll_ctl(d->ep, EPOLL_CTL_MOD, c->sock, &ee) == 0)
+				c->throttled = true;
+		}
+		return;
+	}
 	switch (m->cmd) {
 	case KVT_ADMIN_STATUS:
 		render_status(d, &b, json);
@@ -2673,6 +2730,20 @@ static void handshake_timeouts(struct kvtd *d)
 			 n, d->cfg.handshake_timeout_ms);
 }
 
+/* Reads the sockets of connections held back by daemon.user_admin_rate again. */
+static void admin_unthrottle(struct kvtd *d)
+{
+	for (struct client *c = d->clients; c; c = c->next) {
+		struct epoll_event ee = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &c->sock_ev};
+
+		if (!c->throttled || c->dead)
+			continue;
+		c->throttled = false;
+		if (!c->job)
+			epoll_ctl(d->ep, EPOLL_CTL_MOD, c->sock, &ee);
+	}
+}
+
 static void tick(struct kvtd *d)
 {
 	uint64_t exp;
@@ -2684,6 +2755,7 @@ static void tick(struct kvtd *d)
 	if (!d->accept_paused)
 		d->emfile_logged = false; /* a new shortage of descriptors is logged again */
 	accept_resume(d);
+	admin_unthrottle(d);
 	kvtd_watermarks(d);
 	kvtd_gpu_watermarks(d);
 	if (d->check_counts)

@@ -31,8 +31,10 @@
 	X(evicted_bytes_total, counter, "Bytes evicted from the host tier")                        \
 	X(enospc_total, counter, "Reservations refused for lack of evictable space")               \
 	X(connections_total, counter, "Client connections accepted")                               \
-	X(client_deaths_total, counter, "Clients that went away holding leases or reservations")   \
+	X(client_deaths_total, counter,                                                            \
+	  "Client processes that died holding leases, reservations or pins")                       \
 	X(protocol_errors_total, counter, "Malformed messages or ring entries from clients")       \
+	X(admin_refused_total, counter, "Admin commands refused by daemon.user_admin_rate")        \
 	X(ring_requests_total, counter, "Ring entries processed")                                  \
 	X(demotions_total, counter, "Blocks written from the host tier to NVMe")                   \
 	X(demote_bytes_total, counter, "Record bytes written to NVMe by demotions")                \
