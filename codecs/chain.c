@@ -25,6 +25,7 @@ const struct kvt_codec_ops *const kvt_codecs[] = {
     &kvt_codec_fpx,
     &kvt_codec_lowrank,
     &kvt_codec_lsh,
+    &kvt_codec_bq,
     NULL,
 };
 
@@ -182,6 +183,11 @@ uint32_t kvt_chain_id(const struct kvt_chain *c)
 unsigned kvt_chain_flags(const struct kvt_chain *c)
 {
 	return c->flags;
+}
+
+const struct kvt_stage *kvt_chain_stage(const struct kvt_chain *c, unsigned i)
+{
+	return c && c->magic == CHAIN_MAGIC && i < c->nst ? &c->st[i] : NULL;
 }
 
 int kvt_chain_set_dict(struct kvt_chain *c, const struct kvt_dict *d)
