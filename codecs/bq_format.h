@@ -52,6 +52,21 @@
 		    0.59460356f, 0.56939432f, 0.54525387f, 0.52213689f                             \
 	}
 
+#if defined(__CUDACC__)
+static __constant__ float bq_fine_dev[16] = BQ_FINE_TABLE;
+#endif
+static const float bq_fine_host[16] = BQ_FINE_TABLE;
+
+/* 2^(-m/16) */
+BQ_HD float bq_fine(unsigned m)
+{
+#if defined(__CUDA_ARCH__)
+	return bq_fine_dev[m & 15];
+#else
+	return bq_fine_host[m & 15];
+#endif
+}
+
 BQ_HD uint32_t bq_fbits(float f)
 {
 	union {
@@ -149,9 +164,8 @@ struct bq_chan {
 
 BQ_HD struct bq_chan bq_chan_params(float delta, unsigned m, float lo)
 {
-	const float fine[16] = BQ_FINE_TABLE;
 	struct bq_chan c;
-	c.s = BQ_MUL(delta, fine[m & 15]);
+	c.s = BQ_MUL(delta, bq_fine(m));
 	c.a = BQ_ADD(lo, BQ_MUL(c.s, 0.5f));
 	return c;
 }
@@ -175,21 +189,31 @@ BQ_HD float bq_delta(float f, float sumsq, unsigned D, float maxrange)
 
 /*
  * Bits and fine step of a channel whose kept values span [lo, hi] (lo already rounded down
- * to the dtype): the fewest bits b with delta * 2^b >= hi - lo, then the largest m with
- * 2^b * delta * 2^(-m/16) >= hi - lo.  Returns b | m << 4, or 0xff if 15 bits do not cover.
+ * to the dtype), r = hi - lo: the fewest bits b with delta * 2^b >= r (BQ_MAXBITS + 1 if 15
+ * do not cover), then the largest m with 2^b * (delta * 2^(-m/16)) >= r.
  */
-BQ_HD unsigned bq_bits_for(float delta, float lo, float hi)
+BQ_HD unsigned bq_bits_b(float delta, float r)
 {
-	const float fine[16] = BQ_FINE_TABLE;
-	float r = BQ_SUB(hi, lo);
-	unsigned b = 0, m = 0;
+	/* below b0, delta * 2^b < 2^(e(delta) + 1 + b) <= 2^e(r) <= r: start the search there */
+	int e = (int)(bq_fbits(r) >> 23 & 0xff) - (int)(bq_fbits(delta) >> 23 & 0xff) - 1;
+	unsigned b = e > 0 ? (e > 16 ? 16u : (unsigned)e) : 0u;
 	while (b <= BQ_MAXBITS && BQ_MUL(delta, (float)(1u << b)) < r)
 		b++;
-	if (b > BQ_MAXBITS)
-		return 0xff;
-	while (m < 15 && BQ_MUL((float)(1u << b), BQ_MUL(delta, fine[m + 1])) >= r)
-		m++;
-	return b | m << 4;
+	return b;
+}
+
+BQ_HD unsigned bq_bits_m(float delta, unsigned b, float r)
+{
+	/* true at m = 0 (b covers r) and monotone in m: a binary search finds the last */
+	unsigned m = 0, hi_m = 15;
+	while (m < hi_m) {
+		unsigned mid = (m + hi_m + 1) / 2;
+		if (BQ_MUL((float)(1u << b), BQ_MUL(delta, bq_fine(mid))) >= r)
+			m = mid;
+		else
+			hi_m = mid - 1;
+	}
+	return m;
 }
 
 /* The code of x in a channel of b bits: floor((x - lo) / s), clamped to [0, 2^b - 1] (the
@@ -293,19 +317,22 @@ BQ_HD struct bq_choice bq_choose(const struct bq_ext *e, float delta, unsigned r
 			if (i + j >= e->n) /* keep one value at least: lo[i] <= hi[j] */
 				continue;
 			uint16_t loh = bq_round_down(e->lo[i], bf16);
-			unsigned bm = bq_bits_for(delta, bq_ld(loh, bf16), e->hi[j]);
-			if (bm == 0xff)
+			unsigned b = bq_bits_b(delta, BQ_SUB(e->hi[j], bq_ld(loh, bf16)));
+			if (b > BQ_MAXBITS)
 				continue;
 			unsigned long cost =
-			    (unsigned long)rows * (bm & 15) + (unsigned long)BQ_OUTL_BITS * (i + j);
+			    (unsigned long)rows * b + (unsigned long)BQ_OUTL_BITS * (i + j);
 			if (cost < best_cost) {
 				best_cost = cost;
-				best.bm = bm;
+				best.bm = b;
 				best.i = i;
 				best.j = j;
 				best.lo = loh;
 			}
 		}
+	if (best_cost != ~0ul)
+		best.bm |= bq_bits_m(delta, best.bm, BQ_SUB(e->hi[best.j], bq_ld(best.lo, bf16)))
+			   << 4;
 	return best;
 }
 

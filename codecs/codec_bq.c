@@ -123,11 +123,15 @@ struct bq_scratch {
 	float *inv, *lo;
 	struct bq_chan *cp;
 	int32_t *byteoff, *shift, *mask;
-	float *cs, *ca; /* cp's s and a, side by side for vector loads */
-	int32_t *ref;	/* per row: -1 coded (or sink), else the row it repeats */
-	int32_t *crow;	/* per row: its index among the coded rows, -1 if none */
-	uint8_t *first; /* per row: no earlier row matches it */
-	uint8_t *out;	/* per element: listed exact */
+	float *cs, *ca;	  /* cp's s and a, side by side for vector loads */
+	int32_t *ref;	  /* per row: -1 coded (or sink), else the row it repeats */
+	int32_t *crow;	  /* per row: its index among the coded rows, -1 if none */
+	uint8_t *first;	  /* per row: no earlier row matches it */
+	uint8_t *out;	  /* per element: listed exact */
+	float *tlo, *thi; /* per channel: what a value must pass to enter its extremes */
+	uint32_t *nbad;	  /* per channel: uncodable values */
+	float *topf;	  /* per channel: largest code */
+	uint32_t *q;	  /* one row's codes */
 };
 
 static void scratch_free(struct bq_scratch *s)
@@ -147,6 +151,11 @@ static void scratch_free(struct bq_scratch *s)
 	free(s->crow);
 	free(s->first);
 	free(s->out);
+	free(s->tlo);
+	free(s->thi);
+	free(s->nbad);
+	free(s->topf);
+	free(s->q);
 }
 
 static int scratch_alloc(struct bq_scratch *s, uint32_t T, uint32_t D, int enc)
@@ -166,38 +175,166 @@ static int scratch_alloc(struct bq_scratch *s, uint32_t T, uint32_t D, int enc)
 	s->ref = malloc(T * sizeof(int32_t));
 	s->crow = malloc(T * sizeof(int32_t));
 	s->first = malloc(T);
-	s->out = malloc(enc ? (size_t)T * D : 1);
-	if (!s->out || !s->x || !s->ext || !s->ch || !s->inv || !s->lo || !s->cp || !s->byteoff ||
-	    !s->shift || !s->mask || !s->cs || !s->ca || !s->ref || !s->crow || !s->first) {
+	s->out = calloc(enc ? (size_t)T * D : 1, 1);
+	s->tlo = malloc(D * sizeof(float));
+	s->thi = malloc(D * sizeof(float));
+	s->nbad = malloc(D * sizeof(uint32_t));
+	s->topf = malloc(D * sizeof(float));
+	s->q = malloc(D * sizeof(uint32_t));
+	if (!s->out || !s->tlo || !s->thi || !s->nbad || !s->topf || !s->q || !s->x || !s->ext ||
+	    !s->ch || !s->inv || !s->lo || !s->cp || !s->byteoff || !s->shift || !s->mask ||
+	    !s->cs || !s->ca || !s->ref || !s->crow || !s->first) {
 		scratch_free(s);
 		return -ENOMEM;
 	}
 	return 0;
 }
 
-/* Scans the rows t in [t0, T) that are coded (ref < 0) into the channels' extremes. */
-static void scan_extremes(struct bq_scratch *sc, uint32_t t0, uint32_t T, uint32_t D)
+/* Row t, channel c into the channel's extremes (or its count of uncodable values). */
+static inline void scan_one(struct bq_scratch *sc, uint32_t c, float v, uint32_t t)
 {
-	for (uint32_t c = 0; c < D; c++)
-		bq_ext_init(&sc->ext[c]);
-	for (uint32_t t = t0; t < T; t++) {
-		const float *row = sc->x + (size_t)t * D;
-		if (sc->ref[t] >= 0)
-			continue;
-		for (uint32_t c = 0; c < D; c++) {
-			struct bq_ext *e = &sc->ext[c];
-			float v = row[c];
-			if (!bq_codable(v))
+	struct bq_ext *e = &sc->ext[c];
+	if (!bq_codable(v)) {
+		sc->nbad[c]++;
+		return;
+	}
+	if (e->n >= 3 && v >= e->lo[2] && v < e->hi[2])
+		return;
+	bq_ext_add(e, v, (int)t);
+	/* from the third value on, only one below lo[2] or at/above hi[2] can enter */
+	sc->tlo[c] = e->n >= 3 ? e->lo[2] : INFINITY;
+	sc->thi[c] = e->n >= 3 ? e->hi[2] : -INFINITY;
+}
+
+#ifdef BQ_X86
+/* One side of the running extremes of eight channels: insert v where m0/m1/m2 say. */
+#define BQ_INSERT(v0, v1, v2, r0, r1, r2, m0, m1, m2, v, row)                                      \
+	do {                                                                                       \
+		v2 = _mm256_blendv_ps(_mm256_blendv_ps(v2, v, m2), v1, m1);                        \
+		r2 = _mm256_blendv_ps(_mm256_blendv_ps(r2, row, m2), r1, m1);                      \
+		v1 = _mm256_blendv_ps(_mm256_blendv_ps(v1, v, m1), v0, m0);                        \
+		r1 = _mm256_blendv_ps(_mm256_blendv_ps(r1, row, m1), r0, m0);                      \
+		v0 = _mm256_blendv_ps(v0, v, m0);                                                  \
+		r0 = _mm256_blendv_ps(r0, row, m0);                                                \
+	} while (0)
+
+/*
+ * bq_ext_add() on eight channels at once, branch-free, rows in order: the three smallest
+ * (strictly smaller goes first) and largest (larger or equal goes first), the same lists.
+ */
+__attribute__((target("avx2"))) static void scan_rows_avx2(struct bq_scratch *sc, uint32_t t0,
+							   uint32_t T, uint32_t D)
+{
+	const __m256 huge = _mm256_set1_ps(BQ_HUGE);
+	const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+	for (uint32_t c = 0; c < D; c += 8) {
+		__m256 l0 = _mm256_set1_ps(INFINITY), l1 = l0, l2 = l0;
+		__m256 h0 = _mm256_set1_ps(-INFINITY), h1 = h0, h2 = h0;
+		__m256 none = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+		__m256 lr0 = none, lr1 = none, lr2 = none, hr0 = none, hr1 = none, hr2 = none;
+		__m256i bad = _mm256_setzero_si256();
+		for (uint32_t t = t0; t < T; t++) {
+			if (sc->ref[t] >= 0)
 				continue;
-			/* most values are neither among the three smallest nor the largest */
-			if (e->n >= 3 && v >= e->lo[2] && v < e->hi[2]) {
-				e->n++;
-				continue;
+			__m256 v = _mm256_loadu_ps(sc->x + (size_t)t * D + c);
+			__m256 row = _mm256_castsi256_ps(_mm256_set1_epi32((int)t));
+			__m256 ok = _mm256_cmp_ps(_mm256_and_ps(v, absmask), huge, _CMP_LT_OQ);
+			/* NaN, inf, huge: not ok; each counts one (all-ones is -1) */
+			bad = _mm256_sub_epi32(
+			    bad, _mm256_castps_si256(
+				     _mm256_cmp_ps(_mm256_and_ps(v, absmask), huge, _CMP_NLT_UQ)));
+			__m256 m0 = _mm256_and_ps(ok, _mm256_cmp_ps(v, l0, _CMP_LT_OQ));
+			__m256 m1 = _mm256_and_ps(ok, _mm256_cmp_ps(v, l1, _CMP_LT_OQ));
+			__m256 m2 = _mm256_and_ps(ok, _mm256_cmp_ps(v, l2, _CMP_LT_OQ));
+			BQ_INSERT(l0, l1, l2, lr0, lr1, lr2, m0, m1, m2, v, row);
+			m0 = _mm256_and_ps(ok, _mm256_cmp_ps(v, h0, _CMP_GE_OQ));
+			m1 = _mm256_and_ps(ok, _mm256_cmp_ps(v, h1, _CMP_GE_OQ));
+			m2 = _mm256_and_ps(ok, _mm256_cmp_ps(v, h2, _CMP_GE_OQ));
+			BQ_INSERT(h0, h1, h2, hr0, hr1, hr2, m0, m1, m2, v, row);
+		}
+		float fl[3][8], fh[3][8];
+		int32_t il[3][8], ih[3][8], nb[8];
+		_mm256_storeu_ps(fl[0], l0);
+		_mm256_storeu_ps(fl[1], l1);
+		_mm256_storeu_ps(fl[2], l2);
+		_mm256_storeu_ps(fh[0], h0);
+		_mm256_storeu_ps(fh[1], h1);
+		_mm256_storeu_ps(fh[2], h2);
+		_mm256_storeu_ps((float *)il[0], lr0);
+		_mm256_storeu_ps((float *)il[1], lr1);
+		_mm256_storeu_ps((float *)il[2], lr2);
+		_mm256_storeu_ps((float *)ih[0], hr0);
+		_mm256_storeu_ps((float *)ih[1], hr1);
+		_mm256_storeu_ps((float *)ih[2], hr2);
+		_mm256_storeu_si256((__m256i *)nb, bad);
+		for (int k = 0; k < 8; k++) {
+			struct bq_ext *e = &sc->ext[c + k];
+			for (int i = 0; i < 3; i++) {
+				e->lo[i] = fl[i][k];
+				e->hi[i] = fh[i][k];
+				e->lot[i] = il[i][k];
+				e->hit[i] = ih[i][k];
 			}
-			bq_ext_add(e, v, (int)t);
+			sc->nbad[c + k] = (uint32_t)nb[k];
 		}
 	}
 }
+#endif
+
+/*
+ * Scans the coded rows (ref < 0) of [t0, T) into the channels' extremes.  The order of the
+ * scan does not matter (codecs/bq_format.h): the GPU's thread per channel finds the same.
+ */
+static void scan_extremes(struct bq_scratch *sc, uint32_t t0, uint32_t T, uint32_t D)
+{
+	uint32_t rows = 0;
+	for (uint32_t c = 0; c < D; c++) {
+		bq_ext_init(&sc->ext[c]);
+		sc->tlo[c] = INFINITY;
+		sc->thi[c] = -INFINITY;
+		sc->nbad[c] = 0;
+	}
+	for (uint32_t t = t0; t < T; t++)
+		rows += sc->ref[t] < 0;
+#ifdef BQ_X86
+	if (kvt_simd_active() && D % 8 == 0) {
+		scan_rows_avx2(sc, t0, T, D);
+	} else
+#endif
+	{
+		for (uint32_t t = t0; t < T; t++) {
+			const float *row = sc->x + (size_t)t * D;
+			if (sc->ref[t] >= 0)
+				continue;
+			for (uint32_t c = 0; c < D; c++)
+				if (!(row[c] >= sc->tlo[c] && row[c] < sc->thi[c]))
+					scan_one(sc, c, row[c], t);
+		}
+	}
+	/* the count of codable values, which the fast path did not keep */
+	for (uint32_t c = 0; c < D; c++)
+		sc->ext[c].n = rows - sc->nbad[c];
+}
+
+#ifdef BQ_X86
+/* bq_quant() on eight channels: the same comparisons, the same truncation. */
+__attribute__((target("avx2"))) static void
+quant_row_avx2(const float *row, const struct bq_scratch *sc, uint32_t D, uint32_t *q)
+{
+	for (uint32_t c = 0; c < D; c += 8) {
+		__m256 v = _mm256_mul_ps(
+		    _mm256_sub_ps(_mm256_loadu_ps(row + c), _mm256_loadu_ps(sc->lo + c)),
+		    _mm256_loadu_ps(sc->inv + c));
+		__m256 top = _mm256_loadu_ps(sc->topf + c);
+		__m256i r = _mm256_cvttps_epi32(v);
+		r = _mm256_blendv_epi8(r, _mm256_cvttps_epi32(top),
+				       _mm256_castps_si256(_mm256_cmp_ps(v, top, _CMP_GE_OQ)));
+		r = _mm256_and_si256(
+		    r, _mm256_castps_si256(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ)));
+		_mm256_storeu_si256((__m256i *)(q + c), r);
+	}
+}
+#endif
 
 /*
  * Encodes one slab (T x D elements at in) into w.  The reference: gpu/gpu_bq.cu's encoder
@@ -224,10 +361,19 @@ static void enc_slab(struct wbuf *w, struct bq_scratch *sc, const uint8_t *in, u
 	/* 2. duplicates: a row that no earlier row matches is "first"; a later row repeats the
 	 * earliest first row it matches (each decision reads only the input: parallel) */
 	float eps = BQ_MUL(BQ_MUL(dup, delta), 0.5f);
+	/* the widest channel first: most pairs of rows differ there (a shortcut; the answer is
+	 * bq_rows_match()'s) */
+	uint32_t cw = 0;
+	for (uint32_t c = 1; c < D; c++)
+		if (bq_ext_range(&sc->ext[c]) > bq_ext_range(&sc->ext[cw]))
+			cw = c;
+#define BQ_NEAR(r, t)                                                                              \
+	(fabsf(x[(size_t)(r)*D + cw] - x[(size_t)(t)*D + cw]) <= eps &&                            \
+	 bq_rows_match(x + (size_t)(r)*D, x + (size_t)(t)*D, D, eps))
 	for (uint32_t t = nsink; t < T; t++) {
 		sc->first[t] = 1;
 		for (uint32_t r = nsink; r < t && dup > 0; r++)
-			if (bq_rows_match(x + (size_t)r * D, x + (size_t)t * D, D, eps)) {
+			if (BQ_NEAR(r, t)) {
 				sc->first[t] = 0;
 				break;
 			}
@@ -236,13 +382,13 @@ static void enc_slab(struct wbuf *w, struct bq_scratch *sc, const uint8_t *in, u
 		if (sc->first[t])
 			continue;
 		for (uint32_t r = nsink; r < t; r++)
-			if (sc->first[r] &&
-			    bq_rows_match(x + (size_t)r * D, x + (size_t)t * D, D, eps)) {
+			if (sc->first[r] && BQ_NEAR(r, t)) {
 				sc->ref[t] = (int32_t)r;
 				ndup++;
 				break;
 			}
 	}
+#undef BQ_NEAR
 	/* 3. per channel bits and range over the coded rows */
 	uint32_t rows = T - nsink - ndup;
 	scan_extremes(sc, nsink, T, D);
@@ -253,19 +399,13 @@ static void enc_slab(struct wbuf *w, struct bq_scratch *sc, const uint8_t *in, u
 		sc->cp[c] = bq_chan_params(delta, ch->bm >> 4, sc->lo[c]);
 		sc->inv[c] = sc->cp[c].s > 0 ? BQ_DIV(1.0f, sc->cp[c].s) : 0.0f;
 	}
-	/* listed exact: what cannot be coded, and the extremes each channel chose to drop */
-	memset(sc->out, 0, (size_t)T * D);
-	for (uint32_t t = nsink; t < T; t++) {
-		const float *row = x + (size_t)t * D;
-		if (sc->ref[t] >= 0)
-			continue;
-		for (uint32_t c = 0; c < D; c++)
-			if (!bq_codable(row[c])) {
-				sc->out[(size_t)t * D + c] = 1;
-				nout++;
-			}
-	}
+	/* listed exact: what cannot be coded, and the extremes each channel chose to drop (sc->out
+	 * is all zero here: the list below clears what it takes) */
 	for (uint32_t c = 0; c < D; c++) {
+		for (uint32_t t = nsink; t < T && sc->nbad[c]; t++)
+			if (sc->ref[t] < 0 && !bq_codable(x[(size_t)t * D + c]))
+				sc->out[(size_t)t * D + c] = 1;
+		nout += sc->nbad[c];
 		for (unsigned k = 0; k < sc->ch[c].i; k++)
 			sc->out[(size_t)sc->ext[c].lot[k] * D + c] = 1;
 		for (unsigned k = 0; k < sc->ch[c].j; k++)
@@ -300,9 +440,10 @@ static void enc_slab(struct wbuf *w, struct bq_scratch *sc, const uint8_t *in, u
 		}
 	/* outliers of the coded rows in (channel, row) order; their codes are 0 */
 	for (uint32_t c = 0; c < D; c++)
-		for (uint32_t t = nsink; t < T; t++) {
+		for (uint32_t t = nsink; t < T && sc->nbad[c] + sc->ch[c].i + sc->ch[c].j; t++) {
 			if (!sc->out[(size_t)t * D + c])
 				continue;
+			sc->out[(size_t)t * D + c] = 0;
 			wb_u32(w, c * T + t);
 			wb_bytes(w, in + 2 * ((size_t)t * D + c), 2);
 			x[(size_t)t * D + c] = sc->lo[c];
@@ -312,6 +453,9 @@ static void enc_slab(struct wbuf *w, struct bq_scratch *sc, const uint8_t *in, u
 	if (!codes)
 		return;
 	memset(codes, 0, rows * rb + BQ_PAD);
+	int simd = kvt_simd_active() && D % 8 == 0;
+	for (uint32_t c = 0; c < D; c++)
+		sc->topf[c] = (float)((1u << (sc->ch[c].bm & 15)) - 1);
 	for (uint32_t t = nsink; t < T; t++) {
 		if (sc->ref[t] >= 0)
 			continue;
@@ -319,9 +463,17 @@ static void enc_slab(struct wbuf *w, struct bq_scratch *sc, const uint8_t *in, u
 		uint64_t acc = 0;
 		unsigned nb = 0;
 		const float *row = x + (size_t)t * D;
+		uint32_t *q = sc->q;
+#ifdef BQ_X86
+		if (simd)
+			quant_row_avx2(row, sc, D, q);
+		else
+#endif
+			for (uint32_t c = 0; c < D; c++)
+				q[c] = bq_quant(row[c], sc->lo[c], sc->inv[c], sc->ch[c].bm & 15);
 		for (uint32_t c = 0; c < D; c++) {
 			unsigned b = sc->ch[c].bm & 15;
-			acc |= (uint64_t)bq_quant(row[c], sc->lo[c], sc->inv[c], b) << nb;
+			acc |= (uint64_t)q[c] << nb;
 			nb += b;
 			while (nb >= 8) {
 				*o++ = (uint8_t)acc;
