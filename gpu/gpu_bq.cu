@@ -16,6 +16,7 @@
  * the record and the block.
  */
 #include <cuda_runtime.h>
+#include <cub/block/block_scan.cuh>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -391,26 +392,37 @@ __global__ void __launch_bounds__(BQ_THREADS)
 
 /* ---- decode ------------------------------------------------------------------------ */
 
+typedef cub::BlockScan<uint32_t, BQ_THREADS> bq_scan;
+
+/* Bytes of the decoder's dynamic shared memory: channel tables, row tables, the codes. */
+static size_t dec_smem_bytes(uint32_t T, uint32_t D)
+{
+	return (size_t)D * 16 + 16 + (size_t)T * 8 + (size_t)T * ((D * BQ_MAXBITS + 7) / 8) +
+	       BQ_PAD + 16;
+}
+
 __global__ void __launch_bounds__(BQ_THREADS)
     bq_dec_slab_kernel(struct bq_kargs a, const void *const *src, const uint32_t *len,
 		       void *const *dst, uint32_t *bad)
 {
 	extern __shared__ __align__(16) uint8_t smem_raw[];
+	__shared__ typename bq_scan::TempStorage scan_tmp;
 	__shared__ int s_bad;
-	__shared__ uint32_t s_nsink, s_ndup, s_nout, s_rb, s_off;
+	__shared__ uint32_t s_nsink, s_ndup, s_nout, s_off, s_len, s_bits, s_seen;
 	__shared__ float s_delta;
 	const uint32_t s = blockIdx.x, blk = blockIdx.y, T = a.T, D = a.D, tid = threadIdx.x;
 	const int bf16 = (int)a.bf16;
 	const uint8_t *rec = (const uint8_t *)src[blk];
 	const uint64_t n = len[blk];
 	uint8_t *out = (uint8_t *)dst[blk] + (size_t)s * T * D * 2;
-	/* shared: per channel s, a, byte offset, shift, mask; per row ref and coded index */
+	/* shared: per channel s, a, bit offset, mask; per row ref and coded index; the codes */
 	float *cs = (float *)smem_raw, *ca = cs + D;
-	uint32_t *boff = (uint32_t *)(ca + D), *mask = boff + D + 1;
-	int32_t *ref = (int32_t *)(mask + D), *crow = ref + T;
-	const uint8_t *p = rec + KVT_CHAIN_HDR_SIZE, *sl = NULL;
-	uint64_t slen = 0;
+	uint32_t *boff = (uint32_t *)(ca + D), *mask = boff + D;
+	int32_t *ref = (int32_t *)(mask + D + 4), *crow = ref + T;
+	uint8_t *codes_sh = (uint8_t *)(crow + T);
+	const uint8_t *p = rec + KVT_CHAIN_HDR_SIZE;
 
+	/* 1. the record's header, the stage's, this slab's fixed fields */
 	if (tid == 0) {
 		int ok = n >= KVT_CHAIN_HDR_SIZE + a.head && d_ld32(rec) == KVT_CHAIN_MAGIC &&
 			 d_ld32(rec + 4) == a.p.chain_id && d_ld32(rec + 8) == a.raw &&
@@ -425,9 +437,9 @@ __global__ void __launch_bounds__(BQ_THREADS)
 		ok = ok && o1 >= o0 && o1 <= n - KVT_CHAIN_HDR_SIZE &&
 		     o1 - o0 >= BQ_SLAB_HDR + 3 * D;
 		s_off = o0;
-		slen = (uint64_t)o1 - o0;
+		s_len = o1 - o0;
 		if (ok) {
-			sl = p + o0;
+			const uint8_t *sl = p + o0;
 			s_delta = bq_bitsf(d_ld32(sl));
 			s_nsink = d_ld16(sl + 4);
 			s_ndup = d_ld16(sl + 6);
@@ -436,107 +448,144 @@ __global__ void __launch_bounds__(BQ_THREADS)
 			     s_delta >= 0 &&
 			     (uint64_t)s_nout <= (uint64_t)(T - s_nsink - s_ndup) * D;
 		}
-		if (ok) {
-			uint32_t bits = 0;
-			for (uint32_t c = 0; c < D; c++) {
-				uint32_t b = sl[BQ_SLAB_HDR + c] & 15;
-				mask[c] = (1u << b) - 1;
-				boff[c] = bits;
-				bits += b;
-			}
-			s_rb = (bits + 7) / 8;
-			uint64_t rows = T - s_nsink - s_ndup;
-			uint64_t want = BQ_SLAB_HDR + 3ull * D + (uint64_t)s_nsink * D * 2 +
-					(T + 7) / 8 + (uint64_t)s_ndup * bq_ref_bytes(T) +
-					(uint64_t)s_nout * 6 + rows * s_rb + BQ_PAD;
-			ok = want == slen;
-		}
-		if (ok) {
-			/* duplicate map and references */
-			const uint8_t *dmap = sl + BQ_SLAB_HDR + 3 * D + (size_t)s_nsink * D * 2;
-			const uint8_t *refs = dmap + (T + 7) / 8;
-			uint32_t nd = 0, nc = 0;
-			for (uint32_t t = 0; t < T && ok; t++) {
-				int dflag = dmap[t / 8] >> (t % 8) & 1;
-				ref[t] = -1;
-				crow[t] = -1;
-				if (dflag) {
-					uint32_t r = nd < s_ndup ? (bq_ref_bytes(T) == 1
-									? refs[nd]
-									: d_ld16(refs + 2 * nd))
-								 : 0;
-					ok = t >= s_nsink && nd < s_ndup && r < t && r >= s_nsink &&
-					     ref[r] < 0;
-					ref[t] = (int32_t)r;
-					nd++;
-				} else if (t >= s_nsink) {
-					crow[t] = (int32_t)nc++;
-				}
-			}
-			ok = ok && nd == s_ndup && !(T % 8 && dmap[T / 8] >> (T % 8));
-			const uint8_t *pad = sl + slen - BQ_PAD;
-			for (uint32_t i = 0; i < BQ_PAD; i++)
-				ok = ok && !pad[i];
-		}
 		s_bad = !ok;
+		s_seen = 0;
 	}
 	__syncthreads();
 	if (s_bad)
 		goto fail;
-	sl = p + s_off;
 	{
-		const uint32_t nsink = s_nsink, ndup = s_ndup, nout = s_nout, rb = s_rb;
+		const uint8_t *sl = p + s_off, *bm = sl + BQ_SLAB_HDR, *lo = bm + D;
+		const uint32_t nsink = s_nsink, ndup = s_ndup, nout = s_nout;
 		const float delta = s_delta;
-		const uint8_t *bm = sl + BQ_SLAB_HDR, *lo = bm + D, *sink = lo + 2 * D;
-		const uint8_t *outl =
-		    sink + (size_t)nsink * D * 2 + (T + 7) / 8 + (size_t)ndup * bq_ref_bytes(T);
-		const uint8_t *codes = outl + (size_t)nout * 6;
-		for (uint32_t c = tid; c < D; c += blockDim.x) {
-			float l = bq_ld((uint16_t)d_ld16(lo + 2 * c), bf16);
-			if (!bq_codable(l) || (bm[c] & 15) > BQ_MAXBITS)
-				s_bad = 1;
-			struct bq_chan cp = bq_chan_params(delta, bm[c] >> 4, l);
-			cs[c] = cp.s;
-			ca[c] = cp.a;
+		/* 2. channel tables: bit offsets by a block-wide scan, chunks of channels a thread
+		 */
+		{
+			uint32_t cpt = (D + BQ_THREADS - 1) / BQ_THREADS, c0 = tid * cpt, sum = 0,
+				 off;
+			for (uint32_t c = c0; c < c0 + cpt && c < D; c++)
+				sum += bm[c] & 15;
+			bq_scan(scan_tmp).ExclusiveSum(sum, off);
+			for (uint32_t c = c0; c < c0 + cpt && c < D; c++) {
+				uint32_t b = bm[c] & 15;
+				float l = bq_ld((uint16_t)d_ld16(lo + 2 * c), bf16);
+				if (!bq_codable(l))
+					s_bad = 1;
+				struct bq_chan cp = bq_chan_params(delta, bm[c] >> 4, l);
+				cs[c] = cp.s;
+				ca[c] = cp.a;
+				boff[c] = off;
+				mask[c] = (1u << b) - 1;
+				off += b;
+			}
+			if (c0 < D && c0 + cpt >= D)
+				s_bits = off; /* the thread with the last channel */
 		}
+		__syncthreads();
+		const uint32_t rb = (s_bits + 7) / 8, rows = T - nsink - ndup;
+		const size_t o_dmap = BQ_SLAB_HDR + 3 * (size_t)D + (size_t)nsink * D * 2,
+			     o_refs = o_dmap + (T + 7) / 8,
+			     o_outl = o_refs + (size_t)ndup * bq_ref_bytes(T),
+			     o_codes = o_outl + (size_t)nout * 6,
+			     want = o_codes + (size_t)rows * rb + BQ_PAD;
+		if (tid == 0 && want != s_len)
+			s_bad = 1;
+		__syncthreads();
+		if (s_bad)
+			goto fail;
+		/* 3. rows: coded index and duplicate index by a scan of (coded | dup << 16) */
+		{
+			const uint8_t *dmap = sl + o_dmap, *refs = sl + o_refs;
+			uint32_t rpt = (T + BQ_THREADS - 1) / BQ_THREADS, t0 = tid * rpt, sum = 0,
+				 off;
+			for (uint32_t t = t0; t < t0 + rpt && t < T; t++) {
+				uint32_t d = dmap[t / 8] >> (t % 8) & 1;
+				sum += d ? 1u << 16 : t >= nsink;
+			}
+			bq_scan(scan_tmp).ExclusiveSum(sum, off);
+			for (uint32_t t = t0; t < t0 + rpt && t < T; t++) {
+				uint32_t d = dmap[t / 8] >> (t % 8) & 1, nd = off >> 16;
+				ref[t] = -1;
+				crow[t] = -1;
+				if (d) {
+					if (t < nsink || nd >= ndup) {
+						s_bad = 1;
+					} else {
+						ref[t] =
+						    (int32_t)(bq_ref_bytes(T) == 1
+								  ? refs[nd]
+								  : d_ld16(refs + 2 * (size_t)nd));
+						atomicAdd(&s_seen, 1u);
+					}
+					off += 1u << 16;
+				} else if (t >= nsink) {
+					crow[t] = (int32_t)(off & 0xffff);
+					off++;
+				}
+			}
+			if (tid == 0 && T % 8 && dmap[T / 8] >> (T % 8))
+				s_bad = 1;
+			if (tid < BQ_PAD && sl[want - BQ_PAD + tid])
+				s_bad = 1;
+		}
+		__syncthreads();
+		if (tid == 0 && s_seen != ndup)
+			s_bad = 1;
+		for (uint32_t t = tid; t < T; t += blockDim.x) {
+			int32_t r = ref[t];
+			if (r >= 0 && ((uint32_t)r >= t || (uint32_t)r < nsink || ref[r] >= 0))
+				s_bad = 1;
+		}
+		const uint8_t *outl = sl + o_outl;
 		for (uint32_t i = tid; i < nout; i += blockDim.x) {
 			uint32_t k = d_ld32(outl + 6 * (size_t)i);
 			if (k >= T * D || crow[k % T] < 0 ||
 			    (i && k <= d_ld32(outl + 6 * (size_t)i - 6)))
 				s_bad = 1;
 		}
+		/* the codes into shared memory (coalesced bytes) */
+		const uint8_t *codes = sl + o_codes;
+		for (uint32_t i = tid; i < rows * rb + BQ_PAD; i += blockDim.x)
+			codes_sh[i] = codes[i];
 		__syncthreads();
 		if (s_bad)
 			goto fail;
-		/* coded rows: consecutive threads, consecutive channels */
-		for (uint32_t e = tid; e < T * D; e += blockDim.x) {
-			uint32_t t = e / D, c = e - t * D;
+		/* 4. two channels a thread: sinks copied, coded rows decoded; 32-bit stores */
+		const uint8_t *sink = lo + 2 * (size_t)D;
+		for (uint32_t e2 = tid; e2 < T * D / 2; e2 += blockDim.x) {
+			uint32_t e = 2 * e2, t = e / D, c = e - t * D;
+			uint32_t v;
 			if (t < nsink) {
-				d_st16(out + 2 * (size_t)e, d_ld16(sink + 2 * (size_t)e));
+				v = d_ld32(sink + 2 * (size_t)e);
+			} else if (crow[t] >= 0) {
+				const uint8_t *w = codes_sh + (size_t)crow[t] * rb;
+				uint32_t o0 = boff[c], o1 = boff[c + 1];
+				uint32_t q0 = (d_ld32(w + (o0 >> 3)) >> (o0 & 7)) & mask[c];
+				uint32_t q1 = (d_ld32(w + (o1 >> 3)) >> (o1 & 7)) & mask[c + 1];
+				struct bq_chan c0, c1;
+				c0.s = cs[c];
+				c0.a = ca[c];
+				c1.s = cs[c + 1];
+				c1.a = ca[c + 1];
+				v = (uint32_t)bq_st(bq_dequant(q0, c0), bf16) |
+				    (uint32_t)bq_st(bq_dequant(q1, c1), bf16) << 16;
+			} else {
 				continue;
 			}
-			if (crow[t] < 0)
-				continue;
-			const uint8_t *w = codes + (size_t)crow[t] * rb + (boff[c] >> 3);
-			uint32_t q = (d_ld32(w) >> (boff[c] & 7)) & mask[c];
-			struct bq_chan cp;
-			cp.s = cs[c];
-			cp.a = ca[c];
-			*(uint16_t *)(out + 2 * (size_t)e) = bq_st(bq_dequant(q, cp), bf16);
+			*(uint32_t *)(out + 2 * (size_t)e) = v;
 		}
 		__syncthreads();
 		for (uint32_t i = tid; i < nout; i += blockDim.x) {
 			uint32_t k = d_ld32(outl + 6 * (size_t)i);
 			size_t e = (size_t)(k % T) * D + k / T;
-			out[2 * e] = outl[6 * (size_t)i + 4];
-			out[2 * e + 1] = outl[6 * (size_t)i + 5];
+			*(uint16_t *)(out + 2 * e) = (uint16_t)d_ld16(outl + 6 * (size_t)i + 4);
 		}
 		__syncthreads();
-		for (uint32_t e = tid; e < T * D; e += blockDim.x) {
-			uint32_t t = e / D, c = e - t * D;
+		for (uint32_t e2 = tid; e2 < T * D / 2; e2 += blockDim.x) {
+			uint32_t e = 2 * e2, t = e / D, c = e - t * D;
 			if (ref[t] >= 0)
-				*(uint16_t *)(out + 2 * (size_t)e) =
-				    *(const uint16_t *)(out + 2 * ((size_t)ref[t] * D + c));
+				*(uint32_t *)(out + 2 * (size_t)e) =
+				    *(const uint32_t *)(out + 2 * ((size_t)ref[t] * D + c));
 		}
 	}
 	return; /* bad[blk] was cleared before the launch; a failing slab sets it */
@@ -590,7 +639,7 @@ extern "C" int kvt_gpu_bq_new(const struct kvt_codec_geom *g, const struct kvt_b
 	b->bound = KVT_CHAIN_HDR_SIZE + b->head +
 		   (uint64_t)b->ns * bq_slab_bound(g->block_tokens, g->head_dim);
 	b->enc_smem = enc_smem_bytes(g->block_tokens, g->head_dim);
-	b->dec_smem = (size_t)g->head_dim * 16 + 4 + (size_t)g->block_tokens * 8;
+	b->dec_smem = dec_smem_bytes(g->block_tokens, g->head_dim);
 	*out = b;
 	return 0;
 }
@@ -654,6 +703,9 @@ extern "C" int kvt_gpu_bq_decode(const struct kvt_gpu_bq *b, const void *const *
 	cudaStream_t st = (cudaStream_t)stream;
 	if (cudaMemsetAsync(bad, 0, (size_t)n * 4, st) != cudaSuccess)
 		return -EIO;
+	if (cudaFuncSetAttribute(bq_dec_slab_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				 (int)b->dec_smem) != cudaSuccess)
+		return launch_err() ? launch_err() : -EIO;
 	bq_dec_slab_kernel<<<dim3(b->ns, n), BQ_THREADS, b->dec_smem, st>>>(kargs(b), src, len, dst,
 									    bad);
 	return launch_err();

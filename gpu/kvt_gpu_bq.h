@@ -50,7 +50,8 @@ int kvt_gpu_bq_encode(const struct kvt_gpu_bq *b, const void *const *src,
 		      void *scratch, void *stream);
 
 /*
- * Decodes the n records src[i] of len[i] bytes (device arrays) into the blocks dst[i].
+ * Decodes the n records src[i] of len[i] bytes (device arrays) into the blocks dst[i]
+ * (4-byte aligned; source blocks of kvt_gpu_bq_encode() likewise).
  * bad[i] (device array) is set to 0, or to 1 for a record that is malformed or not this
  * plan's chain and geometry (its block is then undefined; nothing outside it is written).
  */
