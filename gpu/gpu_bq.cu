@@ -93,9 +93,11 @@ struct enc_smem {
 	uint8_t *first;	     /* [T] */
 };
 
+/* Rows of x and out are D + 1 apart in shared memory: a thread per row then reads its own
+ * bank, not the one bank of every row's channel c. */
 __device__ static void enc_carve(struct enc_smem *m, uint8_t *b, uint32_t T, uint32_t D)
 {
-	size_t e = (size_t)T * D, o = 0;
+	size_t e = (size_t)T * (D + 1), o = 0;
 #define CARVE(f, type, n)                                                                          \
 	do {                                                                                       \
 		o = (o + 15) & ~(size_t)15;                                                        \
@@ -119,7 +121,7 @@ __device__ static void enc_carve(struct enc_smem *m, uint8_t *b, uint32_t T, uin
 
 static size_t enc_smem_bytes(uint32_t T, uint32_t D)
 {
-	size_t e = (size_t)T * D, o = 0;
+	size_t e = (size_t)T * (D + 1), o = 0;
 #define ADD(type, n) o = ((o + 15) & ~(size_t)15) + sizeof(type) * (n)
 	ADD(float, e);
 	ADD(struct bq_ext, D);
@@ -139,13 +141,13 @@ static size_t enc_smem_bytes(uint32_t T, uint32_t D)
 
 /* One thread's channel scan over the rows [t0, T) not marked as duplicates (ref < 0). */
 __device__ static void enc_scan(struct bq_ext *e, const float *x, const int32_t *ref, uint32_t c,
-				uint32_t t0, uint32_t T, uint32_t D)
+				uint32_t t0, uint32_t T, uint32_t LD)
 {
 	bq_ext_init(e);
 	for (uint32_t t = t0; t < T; t++) {
 		if (ref[t] >= 0)
 			continue;
-		float v = x[(size_t)t * D + c];
+		float v = x[(size_t)t * LD + c];
 		if (!bq_codable(v))
 			continue;
 		if (e->n >= 3 && v >= e->lo[2] && v < e->hi[2]) {
@@ -163,7 +165,8 @@ __global__ void __launch_bounds__(BQ_THREADS)
 	extern __shared__ __align__(16) uint8_t smem_raw[];
 	__shared__ float s_delta;
 	__shared__ uint32_t s_ndup, s_nout, s_bits;
-	const uint32_t s = blockIdx.x, blk = blockIdx.y, T = a.T, D = a.D, tid = threadIdx.x;
+	const uint32_t s = blockIdx.x, blk = blockIdx.y, T = a.T, D = a.D, LD = D + 1,
+		       tid = threadIdx.x;
 	const int bf16 = (int)a.bf16;
 	const uint8_t *in = (const uint8_t *)src[blk] + (size_t)s * T * D * 2;
 	uint8_t *o = scratch + ((size_t)blk * a.ns + s) * a.slot;
@@ -172,15 +175,16 @@ __global__ void __launch_bounds__(BQ_THREADS)
 
 	enc_carve(&m, smem_raw, T, D);
 	for (uint32_t i = tid; i < T * D; i += blockDim.x) {
-		m.x[i] = bq_ld(((const uint16_t *)in)[i], bf16);
-		m.out[i] = 0;
+		uint32_t t = i / D, c = i - t * D;
+		m.x[(size_t)t * LD + c] = bq_ld(((const uint16_t *)in)[i], bf16);
+		m.out[(size_t)t * LD + c] = 0;
 	}
 	for (uint32_t t = tid; t < T; t += blockDim.x)
 		m.ref[t] = -1;
 	__syncthreads();
 	/* 1. the step from every row past the sinks */
 	for (uint32_t c = tid; c < D; c += blockDim.x) {
-		enc_scan(&m.ext[c], m.x, m.ref, c, nsink, T, D);
+		enc_scan(&m.ext[c], m.x, m.ref, c, nsink, T, LD);
 		m.r2[c] = bq_ext_range(&m.ext[c]);
 		m.full[c] = bq_ext_full(&m.ext[c]);
 	}
@@ -204,7 +208,7 @@ __global__ void __launch_bounds__(BQ_THREADS)
 		if (t < nsink)
 			continue;
 		for (uint32_t r = nsink; r < t && dup > 0; r++)
-			if (bq_rows_match(m.x + (size_t)r * D, m.x + (size_t)t * D, D, eps)) {
+			if (bq_rows_match(m.x + (size_t)r * LD, m.x + (size_t)t * LD, D, eps)) {
 				m.first[t] = 0;
 				break;
 			}
@@ -215,7 +219,7 @@ __global__ void __launch_bounds__(BQ_THREADS)
 			continue;
 		for (uint32_t r = nsink; r < t; r++)
 			if (m.first[r] &&
-			    bq_rows_match(m.x + (size_t)r * D, m.x + (size_t)t * D, D, eps)) {
+			    bq_rows_match(m.x + (size_t)r * LD, m.x + (size_t)t * LD, D, eps)) {
 				m.ref[t] = (int32_t)r;
 				break;
 			}
@@ -236,7 +240,7 @@ __global__ void __launch_bounds__(BQ_THREADS)
 	/* 3. bits and range of each channel over the coded rows; what is listed exact */
 	for (uint32_t c = tid; c < D; c += blockDim.x) {
 		struct bq_ext *e = &m.ext[c];
-		enc_scan(e, m.x, m.ref, c, nsink, T, D);
+		enc_scan(e, m.x, m.ref, c, nsink, T, LD);
 		struct bq_choice ch = bq_choose(e, delta, rows, a.p.maxoutl, bf16);
 		m.ch[c] = ch;
 		m.lo[c] = bq_ld(ch.lo, bf16);
@@ -246,12 +250,12 @@ __global__ void __launch_bounds__(BQ_THREADS)
 		for (uint32_t t = nsink; t < T; t++) {
 			if (m.ref[t] >= 0)
 				continue;
-			int ex = !bq_codable(m.x[(size_t)t * D + c]);
+			int ex = !bq_codable(m.x[(size_t)t * LD + c]);
 			for (unsigned k = 0; k < ch.i; k++)
 				ex |= e->lot[k] == (int)t;
 			for (unsigned k = 0; k < ch.j; k++)
 				ex |= e->hit[k] == (int)t;
-			m.out[(size_t)t * D + c] = (uint8_t)ex;
+			m.out[(size_t)t * LD + c] = (uint8_t)ex;
 			cnt += ex;
 		}
 		m.ooff[c] = cnt;
@@ -308,7 +312,7 @@ __global__ void __launch_bounds__(BQ_THREADS)
 		uint32_t k = m.ooff[c];
 		for (uint32_t t = nsink; t < T; t++) {
 			size_t i = (size_t)t * D + c;
-			if (!m.out[i])
+			if (!m.out[(size_t)t * LD + c])
 				continue;
 			uint8_t *w = o + o_outl + 6 * (size_t)k++;
 			d_st32(w, c * T + t);
@@ -327,7 +331,7 @@ __global__ void __launch_bounds__(BQ_THREADS)
 		uint64_t acc = 0;
 		unsigned nb = 0;
 		for (uint32_t c = 0; c < D; c++) {
-			size_t i = (size_t)t * D + c;
+			size_t i = (size_t)t * LD + c;
 			unsigned b = m.ch[c].bm & 15;
 			float v = m.out[i] ? m.lo[c] : m.x[i];
 			acc |= (uint64_t)bq_quant(v, m.lo[c], m.inv[c], b) << nb;
