@@ -194,9 +194,18 @@ BQ_HD float bq_delta(float f, float sumsq, unsigned D, float maxrange)
  */
 BQ_HD unsigned bq_bits_b(float delta, float r)
 {
-	/* below b0, delta * 2^b < 2^(e(delta) + 1 + b) <= 2^e(r) <= r: start the search there */
-	int e = (int)(bq_fbits(r) >> 23 & 0xff) - (int)(bq_fbits(delta) >> 23 & 0xff) - 1;
-	unsigned b = e > 0 ? (e > 16 ? 16u : (unsigned)e) : 0u;
+	uint32_t ud = bq_fbits(delta), ur = bq_fbits(r);
+	int ed = (int)(ud >> 23 & 0xff), er = (int)(ur >> 23 & 0xff);
+	if (!(r > 0))
+		return 0;
+	if (ed && ed < 255 && er && er < 255) {
+		/* both normal: delta * 2^b is exact (or overflows, and is then >= r too), so
+		 * delta * 2^b >= r exactly when b >= e(r) - e(delta) + (mantissa(delta) <
+		 * mantissa(r)): the loop below, without looping */
+		int b = er - ed + ((ud & 0x7fffff) < (ur & 0x7fffff));
+		return b < 0 ? 0u : b > 16 ? 16u : (unsigned)b;
+	}
+	unsigned b = 0;
 	while (b <= BQ_MAXBITS && BQ_MUL(delta, (float)(1u << b)) < r)
 		b++;
 	return b;

@@ -3,17 +3,19 @@
  * codec_bq.c - "bq": a fixed-rate quantizer with per-channel bit allocation, built to decode
  * at memory speed on a CPU core (AVX2) and on a GPU (gpu/gpu_bq.cu), all three bit-exact.
  *
- *   bq:k=STEP,v=STEP,sink=N,outl=0..2,kl=P:P:P:P,vl=P:P:P:P
+ *   bq:k=STEP,v=STEP,sink=N,outl=0..2,dup=D,kl=P:P:P:P,vl=P:P:P:P
  *
  * Per slab (layer, K or V, kv head; T tokens x D channels): the first N tokens of the
- * sequence are kept exact; every channel gets its own bit width b (0..15) and range, from one
- * step per slab, delta = k (or v) x the RMS of the channels' robust ranges (x 2^p of the
- * layer's depth profile kl/vl, as uq's); b is the fewest bits whose 2^b steps cover the
+ * sequence are kept exact (4: attention sinks); a row within D x step/2 of an earlier row in
+ * every channel is stored as a reference to it; every channel gets its own bit width b (0..15) and
+ * range, from one step per slab, delta = k (or v) x the RMS of the channels' robust ranges (x 2^p
+ * of the layer's depth profile kl/vl, as uq's); b is the fewest bits whose 2^b steps cover the
  * channel, after up to `outl` extremes on each side are listed exact when that costs fewer
  * bits; the channel's step is then shrunk by a 4-bit factor 2^(-m/16) to fit its range
  * exactly.  Every row (token) of a slab has the same layout, so rows decode independently.
- * Error bound per element: s/2 <= delta/2 of its channel (plus fp16/bf16 output rounding);
- * inf, NaN and |x| >= 2^56 are listed exact.  Format: codecs/CODECS.md ("bq").
+ * Error bound per element: s/2 <= delta/2 of its channel (plus fp16/bf16 output rounding),
+ * (1 + D) x delta/2 in a duplicate row; inf, NaN and |x| >= 2^56 are listed exact.  Format:
+ * codecs/CODECS.md ("bq").
  */
 #include <math.h>
 #include <stdlib.h>
@@ -41,7 +43,7 @@ enum {
 static const struct kvt_argdef bq_args[A_N] = {
     {"k", 0.08, 1e-4, 16, 0},
     {"v", 0.04, 1e-4, 16, 0},
-    {"sink", 0, 0, 1e9, 1},
+    {"sink", 4, 0, 1e9, 1},
     {"outl", 2, 0, BQ_MAXOUTL, 1},
     {"dup", 1, 0, 4, 0},
     {"kl", 0, -4, 4, KVT_ARG_LIST},

@@ -341,6 +341,28 @@ static void test_corrupt(void **state)
 	free(k.raw);
 }
 
+/* bq_bits_b()'s closed form is its definition: the fewest b with delta * 2^b >= r. */
+static void test_bits_closed_form(void **state)
+{
+	(void)state;
+	rs = seed;
+	for (long i = 0; i < 2000000; i++) {
+		uint32_t a = (uint32_t)rnd() & 0x7fffffff, b = (uint32_t)rnd() & 0x7fffffff;
+		if (i % 3 == 0) /* close exponents, mantissas either side */
+			b = (a & 0x807fffffu) |
+			    ((((a >> 23) & 0xff) + (uint32_t)(rnd() % 20)) & 0xff) << 23;
+		float d = bq_bitsf(a), r = bq_bitsf(b);
+		if (!(d >= 0) || !(r >= 0) || d > 3e38f || r > 3e38f)
+			continue;
+		unsigned want = 0;
+		while (want <= BQ_MAXBITS && d * (float)(1u << want) < r)
+			want++;
+		unsigned got = bq_bits_b(d, r);
+		if ((got > 16 ? 16 : got) != want)
+			fail_msg("delta %a r %a: %u, by definition %u", d, r, got, want);
+	}
+}
+
 /* The GPU plan's parameters come from the chain; a chain of more stages has none. */
 static void test_chain_params(void **state)
 {
@@ -371,9 +393,10 @@ int main(int argc, char **argv)
 	printf("# seed %" PRIu64 "\n", seed);
 	rs = seed;
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_real_blocks), cmocka_unit_test(test_sinks_exact),
-	    cmocka_unit_test(test_edge_cases),	cmocka_unit_test(test_nonfinite_exact),
-	    cmocka_unit_test(test_corrupt),	cmocka_unit_test(test_chain_params),
+	    cmocka_unit_test(test_real_blocks),	     cmocka_unit_test(test_sinks_exact),
+	    cmocka_unit_test(test_edge_cases),	     cmocka_unit_test(test_nonfinite_exact),
+	    cmocka_unit_test(test_corrupt),	     cmocka_unit_test(test_chain_params),
+	    cmocka_unit_test(test_bits_closed_form),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
