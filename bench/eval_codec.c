@@ -491,7 +491,8 @@ static void usage(FILE *f)
 	    "usage: kvtier-eval codec [options] DUMP.kvd\n"
 	    "  --codec SPEC         evaluate this chain (repeatable); default: the built-in list\n"
 	    "  --block N            tokens per block (default 64)\n"
-	    "  --pareto             print only the Pareto frontier (ratio up, err down)\n"
+	    "  --pareto             print only the Pareto frontier (ratio up, err down); chains\n"
+	    "                       a GPU decodes (\"gpu\") have their own frontier as well\n"
 	    "  --layer-err          also print each layer's err\n"
 	    "  --layer-err-kv       ... and each layer's err with decoded K alone, V alone\n"
 	    "  --json               JSON array of objects instead of a table\n"
@@ -589,14 +590,18 @@ static int cmp_ratio(const void *a, const void *b)
 	return x->ratio < y->ratio ? -1 : x->ratio > y->ratio;
 }
 
-/* Keeps the results no other result beats on both ratio (higher) and err (lower). */
+/*
+ * Keeps the results no other result beats on both ratio (higher) and err (lower); a chain a
+ * GPU decodes ("gpu") only other such chains can beat, so the GPU frontier stays readable.
+ */
 static size_t pareto(struct result *r, size_t n)
 {
 	size_t k = 0;
 	for (size_t i = 0; i < n; i++) {
 		int dom = 0;
 		for (size_t j = 0; j < n && !dom; j++)
-			dom = j != i && r[j].ratio >= r[i].ratio && r[j].err <= r[i].err &&
+			dom = j != i && (r[j].gpu || !r[i].gpu) && r[j].ratio >= r[i].ratio &&
+			      r[j].err <= r[i].err &&
 			      (r[j].ratio > r[i].ratio || r[j].err < r[i].err);
 		if (!dom)
 			r[k++] = r[i];
