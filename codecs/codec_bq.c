@@ -105,16 +105,17 @@ int kvt_bq_chain_params(const struct kvt_chain *c, const struct kvt_codec_geom *
 			struct kvt_bq_params *p)
 {
 	const struct kvt_stage *st = kvt_chain_stage(c, 0);
-	if (!kvt_bq_chain_is(c) || kvt_geom_check(g) || geom_nslabs(g) > KVT_BQ_MAX_SLABS)
+	if (!kvt_bq_chain_is(c) || kvt_geom_check(g) || g->n_layers > KVT_BQ_MAX_LAYERS)
 		return -EINVAL;
 	memset(p, 0, sizeof(*p));
 	p->chain_id = kvt_chain_id(c);
 	p->sink = (uint32_t)st->arg[A_SINK];
 	p->maxoutl = (uint32_t)st->arg[A_OUTL];
 	p->dup = (float)st->arg[A_DUP];
-	p->n_slabs = (uint32_t)geom_nslabs(g);
-	for (size_t s = 0; s < geom_nslabs(g); s++)
-		p->f[s] = step_factor(st, g, s);
+	p->n_layers = g->n_layers;
+	/* slab s is layer s / 2H, K or V by (s / H) & 1: its factor is f[s / H] */
+	for (size_t i = 0; i < 2 * (size_t)g->n_layers; i++)
+		p->f[i] = step_factor(st, g, i * g->n_kv_heads);
 	return 0;
 }
 

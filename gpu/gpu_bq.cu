@@ -195,7 +195,7 @@ __global__ void __launch_bounds__(BQ_THREADS)
 			sumsq = BQ_ADD(sumsq, BQ_MUL(m.r2[c], m.r2[c]));
 			maxr = m.full[c] > maxr ? m.full[c] : maxr;
 		}
-		s_delta = bq_delta(a.p.f[s], sumsq, D, maxr);
+		s_delta = bq_delta(a.p.f[s / a.H], sumsq, D, maxr); /* layer s / 2H, K or V */
 	}
 	__syncthreads();
 	const float delta = s_delta;
@@ -627,7 +627,7 @@ extern "C" int kvt_gpu_bq_new(const struct kvt_codec_geom *g, const struct kvt_b
 	    g->block_tokens > 0xffff ||
 	    (g->dtype != KVT_DTYPE_FP16 && g->dtype != KVT_DTYPE_BF16) ||
 	    4ull * g->n_layers * g->n_kv_heads * g->block_tokens * g->head_dim > (1ull << 31) ||
-	    !p || p->n_slabs != 2 * g->n_layers * g->n_kv_heads || p->n_slabs > KVT_BQ_MAX_SLABS ||
+	    !p || p->n_layers != g->n_layers || p->n_layers > KVT_BQ_MAX_LAYERS ||
 	    (size_t)g->block_tokens * g->head_dim > BQ_MAX_ELEMS || g->head_dim > BQ_MAX_D ||
 	    p->maxoutl > BQ_MAXOUTL || !(p->dup >= 0))
 		return -EINVAL;
@@ -637,7 +637,7 @@ extern "C" int kvt_gpu_bq_new(const struct kvt_codec_geom *g, const struct kvt_b
 	b->g = *g;
 	b->g.first_token = 0;
 	b->p = *p;
-	b->ns = p->n_slabs;
+	b->ns = 2 * g->n_layers * g->n_kv_heads;
 	b->slot = (bq_slab_bound(g->block_tokens, g->head_dim) + 15) & ~15ull;
 	b->head = BQ_STAGE_HEAD + 4ull * (b->ns + 1);
 	b->bound = KVT_CHAIN_HDR_SIZE + b->head +

@@ -372,13 +372,14 @@ static void test_chain_params(void **state)
 	struct kvt_codec_geom g = {4, 2, 128, 64, KVT_DTYPE_FP16, 0};
 	assert_int_equal(kvt_chain_parse("bq:k=0.1,v=0.05,kl=-1:1,sink=4,dup=2", &c), 0);
 	assert_int_equal(kvt_bq_chain_params(c, &g, &p), 0);
-	assert_int_equal(p.n_slabs, 16);
+	assert_int_equal(p.n_layers, 4);
 	assert_int_equal(p.sink, 4);
 	assert_true(p.dup == 2.0f);
 	assert_true(p.chain_id == kvt_chain_id(c));
 	assert_true(fabsf(p.f[0] - 0.05f) < 1e-6f); /* layer 0 keys: 0.1 * 2^-1 */
-	assert_true(fabsf(p.f[2] - 0.05f) < 1e-6f); /* layer 0 values */
-	assert_true(fabsf(p.f[12] - 0.2f) < 1e-6f); /* layer 3 keys: 0.1 * 2^1 */
+	assert_true(fabsf(p.f[1] - 0.05f) < 1e-6f); /* layer 0 values */
+	assert_true(fabsf(p.f[6] - 0.2f) < 1e-6f);  /* layer 3 keys: 0.1 * 2^1 */
+	assert_true(fabsf(p.f[7] - 0.05f) < 1e-6f); /* layer 3 values */
 	kvt_chain_free(c);
 	assert_int_equal(kvt_chain_parse("bq+zstd:1", &c), 0);
 	assert_int_equal(kvt_bq_chain_params(c, &g, &p), -EINVAL);
