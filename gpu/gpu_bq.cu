@@ -428,15 +428,19 @@ __global__ void __launch_bounds__(BQ_THREADS)
 
 	/* 1. the record's header, the stage's, this slab's fixed fields */
 	if (tid == 0) {
-		int ok = n >= KVT_CHAIN_HDR_SIZE + a.head && d_ld32(rec) == KVT_CHAIN_MAGIC &&
-			 d_ld32(rec + 4) == a.p.chain_id && d_ld32(rec + 8) == a.raw &&
-			 d_ld32(rec + 12) == n - KVT_CHAIN_HDR_SIZE && d_ld16(rec + 16) == a.L &&
-			 d_ld16(rec + 18) == a.H && d_ld16(rec + 20) == a.D &&
-			 d_ld16(rec + 22) == a.T &&
-			 rec[24] == (a.bf16 ? KVT_DTYPE_BF16 : KVT_DTYPE_FP16) && rec[25] == 1 &&
-			 d_ld16(rec + 26) == 0;
-		ok = ok && d_ld32(p) == BQ_MAGIC && d_ld32(p + 4) == a.ns &&
-		     d_ld32(p + 8) == a.head && d_ld32(p + 8 + 4 * a.ns) == n - KVT_CHAIN_HDR_SIZE;
+		/* past the length check, every field is read at once ('&', not '&&': the loads
+		 * need not wait on each other's compare) */
+		int ok = n >= KVT_CHAIN_HDR_SIZE + a.head;
+		if (ok)
+			ok = (d_ld32(rec) == KVT_CHAIN_MAGIC) & (d_ld32(rec + 4) == a.p.chain_id) &
+			     (d_ld32(rec + 8) == a.raw) &
+			     (d_ld32(rec + 12) == n - KVT_CHAIN_HDR_SIZE) &
+			     (d_ld16(rec + 16) == a.L) & (d_ld16(rec + 18) == a.H) &
+			     (d_ld16(rec + 20) == a.D) & (d_ld16(rec + 22) == a.T) &
+			     (rec[24] == (a.bf16 ? KVT_DTYPE_BF16 : KVT_DTYPE_FP16)) &
+			     (rec[25] == 1) & (d_ld16(rec + 26) == 0) & (d_ld32(p) == BQ_MAGIC) &
+			     (d_ld32(p + 4) == a.ns) & (d_ld32(p + 8) == a.head) &
+			     (d_ld32(p + 8 + 4 * a.ns) == n - KVT_CHAIN_HDR_SIZE);
 		uint32_t o0 = ok ? d_ld32(p + 8 + 4 * s) : 0, o1 = ok ? d_ld32(p + 12 + 4 * s) : 0;
 		ok = ok && o1 >= o0 && o1 <= n - KVT_CHAIN_HDR_SIZE &&
 		     o1 - o0 >= BQ_SLAB_HDR + 3 * D;
