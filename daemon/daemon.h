@@ -1,7 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * daemon.h - kvtierd's internal state, shared by server.c (loop, clients, requests, admin)
- * and placement.c (where blocks live: host arenas and NVMe, eviction, demotion, promotion).
+ * daemon.h - kvtierd's internal state (struct kvtd, clients, tenants), and the functions of
+ * the lower layers that the upper ones call: tenants (tenants.c), where blocks live and how
+ * they change (placement.c, block.c, gpu_place.c), the gets waiting for a promotion
+ * (waiters.c) and the codec workers (codec_pool.c).  The layers above (server.c,
+ * networking.c, admin.c, render.c, gpu_msgs.c, ops.c, holds.c) have a header each;
+ * docs/ARCHITECTURE.md lists who owns what.  Nothing here calls up into them.
  */
 #ifndef KVTD_DAEMON_H
 #define KVTD_DAEMON_H
@@ -16,6 +20,7 @@
 #include "kvt_metrics.h"
 #include "kvt_proto.h"
 #include "kvt_shm.h"
+#include "log.h"
 #include "pagemap.h"
 #include "tier.h"
 
@@ -76,9 +81,9 @@ struct layout_slot {
 	uint32_t geom; /* the geometry entry this slot holds a reference on (placement.c) */
 };
 
-struct admin_job; /* a listing that runs over several event-loop turns (server.c) */
+struct admin_job; /* a listing that runs over several event-loop turns (admin.c) */
 
-/* daemon.user_admin_rate: one bucket of admin commands per non-admin uid (server.c). */
+/* daemon.user_admin_rate: one bucket of admin commands per non-admin uid (admin.c). */
 #define KVTD_ADMIN_BUCKETS 64
 struct kvtd_admin_bucket {
 	uint32_t uid;
@@ -126,11 +131,14 @@ struct tier_stats {
 	uint64_t hits, misses, bytes_read, bytes_written;
 };
 
-/* A get waiting for its block to come up from NVMe. */
+/* A get waiting for its block to come up from NVMe (waiters.c): chained on the block while
+ * it waits, then on the readiness list with the outcome until ops.c answers it. */
 struct waiter {
 	uint32_t client_id;
 	uint32_t next;
 	uint64_t user_data;
+	uint32_t blk, gen; /* on the readiness list: the block, its generation then */
+	int32_t err;	   /* ...and the outcome: 0 (on the host now) or -errno */
 };
 
 /* A prefetch waiting for NVMe queue depth: highest priority first, FIFO within one. */
@@ -215,23 +223,44 @@ struct kvtd {
 	uint32_t ndying;
 	struct waiter *waiters;
 	uint32_t nwaiters, cap_waiters, free_waiter;
+	uint32_t ready_head, ready_tail; /* the readiness list (waiters.c), FIFO */
 	struct pf_ring pf[KVTD_PF_LEVELS];
 	uint32_t pf_inflight;
 	/* GPU tier (gpu_place.c); NULL when off or unavailable (gpu_err says why) */
 	struct kvtd_gpu *gpu;
 	int gpu_err;
-	/* Operators' view (server.c): wall-clock start, request latency histograms. */
+	/* Operators' view: wall-clock start, request latency histograms (ops.c, render.c). */
 	uint64_t start_unix;
 	uint64_t lat_bucket[KVTD_LAT_OPS][KVTD_LAT_BUCKETS]; /* non-cumulative */
 	uint64_t lat_count[KVTD_LAT_OPS], lat_sum_ns[KVTD_LAT_OPS];
 };
 
-uint64_t kvtd_now_ms(void);
+/* tenants.c: one arena per uid.  The tenant of uid, created on first use; NULL when its
+ * arena cannot be made (logged). */
 struct tenant *kvtd_tenant_get(struct kvtd *d, uint32_t uid);
 struct tenant *kvtd_tenant_of(struct kvtd *d, const struct kvtd_blk *b);
+/* t's index in d->tenants (what a block records). */
+uint32_t kvtd_tenant_index(struct kvtd *d, const struct tenant *t);
+/* Unmaps and frees every tenant's arena. */
+void kvtd_tenants_fini(struct kvtd *d);
 
-/* server.c: finishes a get that waited for a promotion (err = 0: lease the block now). */
-void kvtd_wake_lease(struct kvtd *d, uint32_t client_id, uint64_t user_data, uint32_t blk, int err);
+/*
+ * waiters.c: the gets waiting for a promotion, and the readiness list.  Placement chains a
+ * waiter on the block it promotes and, when the promotion ends, hands the chain to the
+ * readiness list with the outcome; ops.c (kvtd_ready_drain) answers the gets from there, on
+ * the same turn of the loop.  Nothing here calls another part of the daemon.
+ */
+void kvtd_waiters_init(struct kvtd *d);
+void kvtd_waiters_fini(struct kvtd *d);
+/* A waiter for (client_id, user_data) in front of chain next: its index, KVTD_NIL when out
+ * of memory. */
+uint32_t kvtd_waiter_new(struct kvtd *d, uint32_t next, uint32_t client_id, uint64_t user_data);
+/* The gets of chain w, waiting for block blk, are answered with err (0: on the host now):
+ * appended to the readiness list in chain order. */
+void kvtd_waiters_ready(struct kvtd *d, uint32_t w, uint32_t blk, int err);
+/* Takes the oldest entry off the readiness list into *out (its entry is free again).
+ * False when the list is empty. */
+bool kvtd_ready_pop(struct kvtd *d, struct waiter *out);
 
 /* placement.c */
 int kvtd_place_init(struct kvtd *d);
@@ -278,7 +307,8 @@ int kvtd_evict_host_one(struct kvtd *d, const struct tenant *only);
 void kvtd_watermarks(struct kvtd *d);
 /*
  * Brings block i up to the host for a get of client c: 0 when it is there now, 1 when the
- * get waits (kvtd_wake_lease() finishes it), -errno when it cannot be served.
+ * get waits (a waiter: the answer comes through the readiness list, waiters.c), -errno when
+ * it cannot be served.
  */
 int kvtd_promote(struct kvtd *d, uint32_t client_id, uint64_t user_data, uint32_t i);
 /* Queues a prefetch of block i up to the host (priority 0..3, 3 first). */
@@ -290,6 +320,26 @@ void kvtd_prefetch_used(struct kvtd *d, uint32_t i);
 /* Writes an NVMe copy of every host block that has none. Returns how many were queued. */
 int kvtd_flush(struct kvtd *d);
 void kvtd_nvme_event(struct kvtd *d);
+
+/*
+ * block.c: the changes of a block's state that clients cause (a put's reservation and
+ * commit, leases, pins), so that the layers above placement never write struct kvtd_blk.
+ */
+/* New block i (kvtd_blk_insert) is reserved by client owner of tenant t: len bytes of
+ * layout fingerprint fp, at arena offset off, or only in the GPU pool when off < 0. */
+void kvtd_blk_reserved(struct kvtd *d, uint32_t i, struct tenant *t, uint32_t owner, uint64_t fp,
+		       uint32_t len, int64_t off);
+/* A put to the host committed block i (first_token: its first token's position, 0 if not
+ * told); it becomes READY (kvtd_blk_committed). */
+void kvtd_blk_commit_host(struct kvtd *d, uint32_t i, uint32_t first_token);
+/* A device put committed block i: READY, in the GPU pool only. */
+void kvtd_blk_commit_gpu(struct kvtd *d, uint32_t i);
+/* A lease of block i was granted (a hit, whichever tier serves it). */
+void kvtd_blk_lease(struct kvtd *d, uint32_t i);
+/* A lease of block i ended: a deleted block goes with its last one. */
+void kvtd_blk_unlease(struct kvtd *d, uint32_t i);
+/* Block i got a pin (pin) or lost one. */
+void kvtd_blk_pin(struct kvtd *d, uint32_t i, bool pin);
 
 /* codec_pool.c: run() on a worker thread, then done() on the loop thread. */
 struct kvtd_cjob {

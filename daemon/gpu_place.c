@@ -19,7 +19,7 @@
 #include <string.h>
 
 #include "daemon.h"
-#include "server.h"
+#include "log.h"
 #include "tier_gpu.h"
 
 enum { ENT_FREE = 0, ENT_RESERVED, ENT_READY };

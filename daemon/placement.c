@@ -24,7 +24,7 @@
 
 #include "daemon.h"
 #include "kvt_record.h"
-#include "server.h"
+#include "log.h"
 
 #ifdef KVT_HAVE_SYSTEMD
 #include <systemd/sd-daemon.h>
@@ -245,19 +245,14 @@ static void nvme_free_copy(struct kvtd *d, uint32_t i)
 	fix_tier(b);
 }
 
+/* The gets waiting for block i are answered (err 0: it is on the host): ops.c does it, from
+ * the readiness list (waiters.c). */
 static void wake_all(struct kvtd *d, uint32_t i, int err)
 {
 	uint32_t w = B(d, i)->waiters;
 
 	B(d, i)->waiters = KVTD_NIL;
-	while (w != KVTD_NIL) {
-		struct waiter wt = d->waiters[w];
-
-		d->waiters[w].next = d->free_waiter;
-		d->free_waiter = w;
-		kvtd_wake_lease(d, wt.client_id, wt.user_data, i, err);
-		w = wt.next;
-	}
+	kvtd_waiters_ready(d, w, i, err);
 }
 
 /* A demotion in flight of a block that goes: its slot is freed now, not when the write
@@ -1227,25 +1222,10 @@ static void promote_done(struct kvt_tier_io *io)
 
 static int add_waiter(struct kvtd *d, uint32_t i, uint32_t client_id, uint64_t user_data)
 {
-	uint32_t w;
+	uint32_t w = kvtd_waiter_new(d, B(d, i)->waiters, client_id, user_data);
 
-	if (d->free_waiter != KVTD_NIL) {
-		w = d->free_waiter;
-		d->free_waiter = d->waiters[w].next;
-	} else {
-		if (d->nwaiters == d->cap_waiters) {
-			uint32_t ncap = d->cap_waiters ? d->cap_waiters * 2 : 64;
-			struct waiter *n = realloc(d->waiters, ncap * sizeof(*n));
-			if (!n)
-				return -ENOMEM;
-			d->waiters = n;
-			d->cap_waiters = ncap;
-		}
-		w = d->nwaiters++;
-	}
-	d->waiters[w].client_id = client_id;
-	d->waiters[w].user_data = user_data;
-	d->waiters[w].next = B(d, i)->waiters;
+	if (w == KVTD_NIL)
+		return -ENOMEM;
 	B(d, i)->waiters = w;
 	return 0;
 }
@@ -1608,7 +1588,6 @@ int kvtd_place_init(struct kvtd *d)
 	const char *paths[KVTD_MAX_NVME_PATHS + 1] = {0};
 	int np = 0, ret;
 
-	d->free_waiter = KVTD_NIL;
 	d->free_geom = KVTD_NIL;
 	ret = kvt_chain_parse("raw", &d->raw_chain);
 	if (ret < 0)
@@ -1798,11 +1777,9 @@ void kvtd_place_fini(struct kvtd *d)
 	free(d->geoms);
 	free(d->geom_bucket);
 	d->geom_bucket = NULL;
-	free(d->waiters);
 	for (int k = 0; k < KVTD_PF_LEVELS; k++) {
 		free(d->pf[k].items);
 		d->pf[k].items = NULL;
 	}
 	d->geoms = NULL;
-	d->waiters = NULL;
 }
