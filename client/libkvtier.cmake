@@ -1,6 +1,7 @@
 # libkvtier.so: the client library (public header kvtier.h), with a SONAME and a version
 # script; only kvt_* symbols are exported.
-add_library(kvtier SHARED ${CMAKE_CURRENT_SOURCE_DIR}/kvtier.c)
+add_library(kvtier SHARED ${CMAKE_CURRENT_SOURCE_DIR}/kvtier.c ${CMAKE_CURRENT_SOURCE_DIR}/kvtier_conn.c
+	${CMAKE_CURRENT_SOURCE_DIR}/kvtier_batch.c)
 # kvtier.h includes proto/kvt_abi.h, installed beside it.
 target_include_directories(kvtier PUBLIC
 	$<BUILD_INTERFACE:${CMAKE_CURRENT_SOURCE_DIR}>
