@@ -260,6 +260,7 @@ KVT_API int kvt_put_reserve(struct kvt_client *c, int layout, const struct kvt_k
 	struct kvt_cqe q;
 	int ret = key_sqe(c, KVT_OP_RESERVE, layout, key, &s);
 
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	if (ret < 0)
 		return ret;
 	if (!r || !len || len > kvt_layout_block_bytes(&c->layouts[layout]))
@@ -329,22 +330,26 @@ static int finish(struct kvt_client *c, struct kvt_reservation *r, uint8_t op, u
 
 KVT_API int kvt_put_commit(struct kvt_client *c, struct kvt_reservation *r)
 {
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	return finish(c, r, KVT_OP_COMMIT, KVT_POS_UNKNOWN);
 }
 
 KVT_API int kvt_put_commit_at(struct kvt_client *c, struct kvt_reservation *r, uint32_t first_token)
 {
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	return finish(c, r, KVT_OP_COMMIT, first_token);
 }
 
 KVT_API int kvt_put_abort(struct kvt_client *c, struct kvt_reservation *r)
 {
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	return finish(c, r, KVT_OP_ABORT, KVT_POS_UNKNOWN);
 }
 
 KVT_API int kvt_put(struct kvt_client *c, int layout, const struct kvt_key *key, const void *data,
 		    size_t len)
 {
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	return kvt_put_at(c, layout, key, KVT_POS_UNKNOWN, data, len);
 }
 
@@ -354,6 +359,7 @@ KVT_API int kvt_put_at(struct kvt_client *c, int layout, const struct kvt_key *k
 	struct kvt_reservation r;
 	int ret;
 
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	if (!data && len)
 		return -EINVAL;
 	for (int attempt = 0;; attempt++) {
@@ -377,6 +383,7 @@ KVT_API int kvt_get_lease(struct kvt_client *c, int layout, const struct kvt_key
 	struct kvt_cqe q;
 	int ret = key_sqe(c, KVT_OP_LEASE, layout, key, &s);
 
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	if (ret < 0)
 		return ret;
 	if (!l)
@@ -398,6 +405,7 @@ KVT_API int kvt_lease_release(struct kvt_client *c, struct kvt_lease *l)
 	struct kvt_sqe s;
 	int ret = check_client(c);
 
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	if (ret < 0)
 		return ret;
 	if (!l || !l->data)
@@ -417,6 +425,7 @@ KVT_API ssize_t kvt_get(struct kvt_client *c, int layout, const struct kvt_key *
 	struct kvt_lease l;
 	ssize_t ret;
 
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	if (!buf && cap)
 		return -EINVAL;
 	ret = kvt_get_lease(c, layout, key, &l);
@@ -457,6 +466,7 @@ KVT_API int kvt_lookup(struct kvt_client *c, int layout, const struct kvt_key *k
 	size_t done = 0;
 	int ret = check_client(c);
 
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	if (ret < 0)
 		return ret;
 	if (!keys && n)
@@ -504,16 +514,19 @@ static int key_op(struct kvt_client *c, uint8_t op, int layout, const struct kvt
 
 KVT_API int kvt_delete(struct kvt_client *c, int layout, const struct kvt_key *key)
 {
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	return key_op(c, KVT_OP_DELETE, layout, key);
 }
 
 KVT_API int kvt_pin(struct kvt_client *c, int layout, const struct kvt_key *key)
 {
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	return key_op(c, KVT_OP_PIN, layout, key);
 }
 
 KVT_API int kvt_unpin(struct kvt_client *c, int layout, const struct kvt_key *key)
 {
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	return key_op(c, KVT_OP_UNPIN, layout, key);
 }
 
@@ -523,6 +536,7 @@ KVT_API int kvt_prefetch(struct kvt_client *c, int layout, const struct kvt_key 
 	size_t i;
 	int ret;
 
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	if (!keys && n)
 		return -EINVAL;
 	if (n > INT32_MAX)

@@ -374,6 +374,7 @@ KVT_API int kvt_put_batch(struct kvt_client *c, int layout, const struct kvt_key
 	    .layout = layout, .keys = keys, .data = data, .pos = first_token, .len = len};
 	int ret = batch_args(c, layout, keys, data, n);
 
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	if (ret < 0)
 		return ret;
 	if (!len || len > kvt_layout_block_bytes(&c->layouts[layout]))
@@ -439,6 +440,7 @@ KVT_API int kvt_get_batch(struct kvt_client *c, int layout, const struct kvt_key
 	struct get_ctx g = {.layout = layout, .keys = keys, .bufs = bufs, .cap = cap};
 	int ret = batch_args(c, layout, keys, bufs, n);
 
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	if (ret < 0)
 		return ret;
 	for (size_t i = 0; i < n; i++) {
@@ -476,6 +478,7 @@ KVT_API int kvt_lookup_batch(struct kvt_client *c, int layout, const struct kvt_
 {
 	int *st = NULL, ret = batch_args(c, layout, keys, present, n), found = 0;
 
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	if (ret < 0)
 		return ret;
 	if (!n)

@@ -352,6 +352,7 @@ KVT_API void kvt_close(struct kvt_client *c)
 {
 	if (!c)
 		return;
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	/* Closing the socket is the goodbye: the daemon returns every lease, pin and
 	 * unfinished reservation of ours. */
 	detach(c);
@@ -412,6 +413,7 @@ KVT_API int kvt_register_layout(struct kvt_client *c, const struct kvt_layout *l
 {
 	int ret = check_client(c);
 
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	if (ret < 0)
 		return ret;
 	ret = kvt_layout_check(l);
@@ -441,6 +443,7 @@ KVT_API int kvt_stats(struct kvt_client *c, struct kvt_stats *st)
 	struct kvt_stats out;
 	int ret = check_client(c);
 
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	if (ret < 0)
 		return ret;
 	if (!st || st->size < 8)

@@ -256,6 +256,7 @@ int kvtc_dev_host_ready(struct kvt_dev *d, const void *p, size_t n)
 
 KVT_API void kvt_dev_close(struct kvt_dev *d)
 {
+	KVT_CHECK_MAGIC(d, DEV_MAGIC);
 	if (!d || d->magic != DEV_MAGIC)
 		return;
 	if (d->own_stream)
@@ -341,6 +342,7 @@ KVT_API int kvt_dev_layout(struct kvt_dev *d, const struct kvt_layout *l)
 {
 	int ret;
 
+	KVT_CHECK_MAGIC(d, DEV_MAGIC);
 	if (!d || d->magic != DEV_MAGIC || !l)
 		return -EINVAL;
 	pthread_mutex_lock(&d->lock);
@@ -369,6 +371,7 @@ KVT_API int kvt_dev_info(struct kvt_dev *d, struct kvt_dev_info *st)
 {
 	struct kvt_dev_info i;
 
+	KVT_CHECK_MAGIC(d, DEV_MAGIC);
 	if (!d || d->magic != DEV_MAGIC || !st || st->size < sizeof(uint32_t))
 		return -EINVAL;
 	memset(&i, 0, sizeof(i));

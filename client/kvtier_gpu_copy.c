@@ -446,6 +446,7 @@ KVT_API int kvt_dev_put(struct kvt_dev *d, int layout, const struct kvt_dev_page
 	uint32_t bb;
 	int ret;
 
+	KVT_CHECK_MAGIC(d, DEV_MAGIC);
 	ret = op_begin(d, layout, p, keys, ids, n, &pl, &bb);
 	if (ret <= 0)
 		return ret;
@@ -476,6 +477,7 @@ KVT_API int kvt_dev_get(struct kvt_dev *d, int layout, const struct kvt_dev_page
 	uint32_t bb;
 	int ret, gerr = 0;
 
+	KVT_CHECK_MAGIC(d, DEV_MAGIC);
 	ret = op_begin(d, layout, p, keys, ids, n, &pl, &bb);
 	if (ret <= 0)
 		return ret;

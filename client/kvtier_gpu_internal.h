@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kvt_check.h"
 #include "kvt_gpu.h"
 #include "kvt_proto.h"
 #include "kvtier.h"

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "kvt_check.h"
 #include "kvt_proto.h"
 #include "kvt_ring.h"
 #include "kvtier.h"
@@ -92,6 +93,8 @@ static inline int cq_pop(struct kvt_client *c, struct kvt_cqe *q)
 	return 1;
 }
 
+/* -EINVAL for NULL or what is not a live client (which, in a debug build, the KVT_CHECK_MAGIC
+ * at the entry of each call has already stopped: kvt_check.h). */
 static inline int check_client(const struct kvt_client *c)
 {
 	if (!c || c->magic != CLIENT_MAGIC)
