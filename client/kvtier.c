@@ -296,13 +296,30 @@ static bool hold_current(const struct kvt_client *c, const void *ptr)
 	return !c->broken && c->arena && p >= c->arena && p < c->arena + c->arena_size;
 }
 
+/*
+ * Has the daemon hung up?  A request that waits learns it in kvtc_cq_wait(); one that does
+ * not (a release) asks the socket, so that a hold of a daemon that died is void at once and
+ * not only after the next waiting call.  Called with c->lock held.
+ */
+static bool daemon_gone(struct kvt_client *c)
+{
+	struct pollfd p = {c->sock, POLLRDHUP, 0};
+
+	if (poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)))
+		c->broken = true;
+	return c->broken;
+}
+
 /* Sends COMMIT, ABORT or RELEASE of a hold at ptr, unless it belongs to a previous daemon. */
 static int submit_hold(struct kvt_client *c, const void *ptr, struct kvt_sqe *s, struct kvt_cqe *q)
 {
 	int ret;
 
 	pthread_mutex_lock(&c->lock);
-	ret = hold_current(c, ptr) ? submit_locked(c, s, q) : -KVT_EDAEMON;
+	if ((s->flags & KVT_SQE_F_NO_CQE) && daemon_gone(c))
+		ret = -KVT_EDAEMON;
+	else
+		ret = hold_current(c, ptr) ? submit_locked(c, s, q) : -KVT_EDAEMON;
 	pthread_mutex_unlock(&c->lock);
 	if (ret < 0)
 		return ret;
