@@ -123,13 +123,15 @@ struct tenant *kvtd_tenant_get(struct kvtd *d, uint32_t uid)
 		t->base = NULL;
 		goto fail;
 	}
-	ret = kvtd_pagemap_init(&t->pm, t->size >> KVTD_PAGE_SHIFT);
-	if (ret < 0)
-		goto fail;
 	nt = realloc(d->tenants, (d->ntenants + 1) * sizeof(*nt));
 	if (!nt)
 		goto fail;
 	d->tenants = nt;
+	ret = kvtd_host_attach(d, t);
+	if (ret < 0) {
+		errno = -ret;
+		goto fail;
+	}
 	d->tenants[d->ntenants++] = t;
 	d->m.tenants = d->ntenants;
 	return t;
@@ -139,7 +141,6 @@ fail:
 		munmap(t->base, t->size);
 	if (t->memfd >= 0)
 		close(t->memfd);
-	kvtd_pagemap_fini(&t->pm);
 	free(t);
 	return NULL;
 }
@@ -2757,7 +2758,6 @@ static void tick(struct kvtd *d)
 	accept_resume(d);
 	admin_unthrottle(d);
 	kvtd_watermarks(d);
-	kvtd_gpu_watermarks(d);
 	if (d->check_counts)
 		kvtd_check_counts(d);
 #ifdef KVT_HAVE_SYSTEMD
@@ -2998,7 +2998,6 @@ void kvtd_destroy(struct kvtd *d)
 		struct tenant *t = d->tenants[i];
 		munmap(t->base, t->size);
 		close(t->memfd);
-		kvtd_pagemap_fini(&t->pm);
 		t->magic = 0;
 		free(t);
 	}
