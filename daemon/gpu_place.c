@@ -167,15 +167,6 @@ static int ent_new(struct kvtd *d, uint32_t i, uint32_t len, uint32_t *out)
 	return 0;
 }
 
-static void tier_log(void *arg, int level, const char *msg)
-{
-	(void)arg;
-	kvtd_log(level <= 3   ? KVTD_LOG_ERR
-		 : level == 4 ? KVTD_LOG_WARN
-			      : KVTD_LOG_INFO,
-		 "gpu tier: %s", msg);
-}
-
 int kvtd_gpu_init(struct kvtd *d)
 {
 	struct kvtd_tier *x = d->tier_at[KVTD_TIER_GPU];
@@ -206,7 +197,8 @@ int kvtd_gpu_init(struct kvtd *d)
 	memset(g->of_blk, 0xff, (size_t)d->ix.max * sizeof(uint32_t));
 	tc.name = "gpu";
 	tc.capacity_bytes = d->cfg.gpu_capacity;
-	tc.log = tier_log;
+	tc.log = kvtd_tier_log;
+	tc.log_arg = (void *)"gpu tier";
 	tc.paths = paths;
 	tc.epoch = d->epoch;
 	ret = g->ops->open(&tc, &g->t);

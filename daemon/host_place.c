@@ -205,15 +205,6 @@ void kvtd_host_unalloc(struct kvtd *d, struct tenant *t, uint64_t off, uint32_t 
 /* ---------------------------------------------------------------------------------------
  * The host tier's entry in the tier list
  */
-static void tier_log(void *arg, int level, const char *msg)
-{
-	(void)arg;
-	kvtd_log(level <= 3   ? KVTD_LOG_ERR
-		 : level == 4 ? KVTD_LOG_WARN
-			      : KVTD_LOG_INFO,
-		 "host tier: %s", msg);
-}
-
 static int host_open(struct kvtd *d, struct kvtd_tier *x)
 {
 	struct kvt_tier_conf tc = {0};
@@ -221,7 +212,8 @@ static int host_open(struct kvtd *d, struct kvtd_tier *x)
 
 	tc.name = "host";
 	tc.capacity_bytes = d->cfg.host_capacity;
-	tc.log = tier_log;
+	tc.log = kvtd_tier_log;
+	tc.log_arg = (void *)"host tier";
 	ret = x->cls->ops->open(&tc, &x->t);
 	if (ret < 0)
 		kvtd_log(KVTD_LOG_ERR, "cannot open the host tier: %s", kvt_strerror(ret));

@@ -180,14 +180,6 @@ static int nvme_dict_setup(struct kvtd *d)
 	return 0;
 }
 
-static void tier_log(void *arg, int level, const char *msg)
-{
-	kvtd_log(level <= 3   ? KVTD_LOG_ERR
-		 : level == 4 ? KVTD_LOG_WARN
-			      : KVTD_LOG_INFO,
-		 "nvme: %s", msg);
-}
-
 /* Test hook: KVTIER_TEST_NVME_FAULT="read:EIO:N" fails every Nth read (or write) with EIO or
  * ENOSPC.  Never set in production; documented for the tests only. */
 static int fault_op, fault_err;
@@ -272,7 +264,8 @@ static int nvme_open(struct kvtd *d, struct kvtd_tier *x)
 	tc.flags = (d->cfg.nvme_io_uring ? 0 : KVT_TIER_F_NO_URING) |
 		   (d->cfg.nvme_direct ? 0 : KVT_TIER_F_NO_DIRECT) |
 		   (d->cfg.nvme_fsync ? KVT_TIER_F_FSYNC : 0) | KVT_TIER_F_BG_RECOVER;
-	tc.log = tier_log;
+	tc.log = kvtd_tier_log;
+	tc.log_arg = (void *)"nvme";
 	fault_setup(&tc);
 	d->nvme_ops = x->cls->ops;
 	ret = d->nvme_ops->open(&tc, &d->nvme);

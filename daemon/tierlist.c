@@ -150,6 +150,14 @@ bool kvtd_copy_elsewhere(struct kvtd *d, uint32_t i, const struct kvtd_tier *x)
 	return false;
 }
 
+void kvtd_tier_log(void *arg, int level, const char *msg)
+{
+	kvtd_log(level <= 3   ? KVTD_LOG_ERR
+		 : level == 4 ? KVTD_LOG_WARN
+			      : KVTD_LOG_INFO,
+		 "%s: %s", (const char *)arg, msg);
+}
+
 static double cfg_ratio(const struct kvtd *d, size_t off)
 {
 	double r;

@@ -82,6 +82,8 @@ struct kvtd_tier *kvtd_tier_get(struct kvtd *d, enum kvtd_tier_id id);
 struct kvtd_tier *kvtd_tier_below(struct kvtd *d, const struct kvtd_tier *x);
 /* Whether block i has a copy in an open tier other than x. */
 bool kvtd_copy_elsewhere(struct kvtd *d, uint32_t i, const struct kvtd_tier *x);
+/* kvt_tier_conf.log for every tier: its lines in the daemon's log, arg = the prefix. */
+void kvtd_tier_log(void *arg, int level, const char *msg);
 /* The class of a tier name, or NULL. */
 const struct kvtd_tier_class *kvtd_tier_class_find(const char *name, size_t len);
 

@@ -6,12 +6,12 @@
  * host memory for the daemon (demotion to the host tier, promotion from it).
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "nvme_alloc.h"
+#include "tier_common.h"
 #include "tier_gpu.h"
 
 #define GPU_TIER_MAGIC 0x55504754u /* "TGPU" */
@@ -27,7 +27,7 @@ struct kvt_tier {
 	struct nv_alloc al;
 	uint64_t capacity;
 	struct kvt_tier_stats st;
-	struct kvt_tier_io *done_head, *done_tail; /* completed, done() not yet run */
+	struct kvt_tier_doneq done; /* completed, done() not yet run */
 	void (*log)(void *arg, int level, const char *msg);
 	void *log_arg;
 	void *staging; /* device memory a quantized block is dequantized into on its way out */
@@ -36,21 +36,7 @@ struct kvt_tier {
 	size_t njobs;
 };
 
-static void tlog(struct kvt_tier *t, int level, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void tlog(struct kvt_tier *t, int level, const char *fmt, ...)
-{
-	char buf[256];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
-	if (t->log)
-		t->log(t->log_arg, level, buf);
-	else
-		fprintf(stderr, "tier_gpu: %s\n", buf);
-}
+#define tlog(t, level, ...) kvt_tier_log((t)->log, (t)->log_arg, "gpu", level, __VA_ARGS__)
 
 /* Ordinal of the device the operator named, or -ENODEV. */
 static int pick_device(const char *device)
@@ -195,16 +181,6 @@ static void gpu_free(struct kvt_tier *t, const struct kvt_tier_loc *loc)
 	t->st.records--;
 }
 
-static void queue_done(struct kvt_tier *t, struct kvt_tier_io *io)
-{
-	io->tier_priv[0] = 0;
-	if (t->done_tail)
-		t->done_tail->tier_priv[0] = (uintptr_t)io;
-	else
-		t->done_head = io;
-	t->done_tail = io;
-}
-
 /* Dequantizes the block at dev (encoded as q says) into the staging buffer and copies the
  * raw block to host memory at p. */
 static int dequant_down(struct kvt_tier *t, const struct kvt_gpu_kvq *q, uint64_t dev, void *p)
@@ -288,7 +264,7 @@ static int move(struct kvt_tier *t, struct kvt_tier_io *io, enum kvt_gpu_dir dir
 		t->st.bytes_written += io->len;
 		t->st.writes++;
 	}
-	queue_done(t, io);
+	kvt_tier_doneq_push(&t->done, io);
 	return 0;
 }
 
@@ -304,19 +280,7 @@ static int gpu_write(struct kvt_tier *t, struct kvt_tier_io *io)
 
 static int gpu_complete(struct kvt_tier *t)
 {
-	int n = 0;
-
-	while (t->done_head) {
-		struct kvt_tier_io *io = t->done_head;
-
-		t->done_head = (struct kvt_tier_io *)io->tier_priv[0];
-		if (!t->done_head)
-			t->done_tail = NULL;
-		if (io->done)
-			io->done(io);
-		n++;
-	}
-	return n;
+	return kvt_tier_doneq_run(&t->done);
 }
 
 static void gpu_stats(struct kvt_tier *t, struct kvt_tier_stats *st)

@@ -11,13 +11,13 @@
 #include <stdbool.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
 #include "pagemap.h"
+#include "tier_common.h"
 #include "tier_host.h"
 
 #define HOST_TIER_MAGIC 0x54534f48u /* "HOST" */
@@ -38,26 +38,12 @@ struct kvt_tier {
 	struct host_file *f;
 	uint32_t nfiles;
 	struct kvt_tier_stats st;
-	struct kvt_tier_io *done_head, *done_tail; /* completed, done() not yet run */
+	struct kvt_tier_doneq done; /* completed, done() not yet run */
 	void (*log)(void *arg, int level, const char *msg);
 	void *log_arg;
 };
 
-static void tlog(struct kvt_tier *t, int level, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void tlog(struct kvt_tier *t, int level, const char *fmt, ...)
-{
-	char buf[256];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
-	if (t->log)
-		t->log(t->log_arg, level, buf);
-	else
-		fprintf(stderr, "tier_host: %s\n", buf);
-}
+#define tlog(t, level, ...) kvt_tier_log((t)->log, (t)->log_arg, "host", level, __VA_ARGS__)
 
 static int host_open(const struct kvt_tier_conf *conf, struct kvt_tier **out)
 {
@@ -195,16 +181,6 @@ static void *host_addr(struct kvt_tier *t, const struct kvt_tier_loc *loc)
 	return range_of(t, loc, loc->len ? loc->len : 1);
 }
 
-static void queue_done(struct kvt_tier *t, struct kvt_tier_io *io)
-{
-	io->tier_priv[0] = 0;
-	if (t->done_tail)
-		t->done_tail->tier_priv[0] = (uintptr_t)io;
-	else
-		t->done_head = io;
-	t->done_tail = io;
-}
-
 static int host_read(struct kvt_tier *t, struct kvt_tier_io *io)
 {
 	uint8_t *p = range_of(t, &io->loc, io->len);
@@ -215,7 +191,7 @@ static int host_read(struct kvt_tier *t, struct kvt_tier_io *io)
 	io->res = (int)io->len;
 	t->st.bytes_read += io->len;
 	t->st.reads++;
-	queue_done(t, io);
+	kvt_tier_doneq_push(&t->done, io);
 	return 0;
 }
 
@@ -229,25 +205,13 @@ static int host_write(struct kvt_tier *t, struct kvt_tier_io *io)
 	io->res = (int)io->len;
 	t->st.bytes_written += io->len;
 	t->st.writes++;
-	queue_done(t, io);
+	kvt_tier_doneq_push(&t->done, io);
 	return 0;
 }
 
 static int host_complete(struct kvt_tier *t)
 {
-	int n = 0;
-
-	while (t->done_head) {
-		struct kvt_tier_io *io = t->done_head;
-
-		t->done_head = (struct kvt_tier_io *)io->tier_priv[0];
-		if (!t->done_head)
-			t->done_tail = NULL;
-		if (io->done)
-			io->done(io);
-		n++;
-	}
-	return n;
+	return kvt_tier_doneq_run(&t->done);
 }
 
 static void host_stats(struct kvt_tier *t, struct kvt_tier_stats *st)
