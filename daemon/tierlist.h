@@ -26,7 +26,7 @@ struct tenant;
 struct kvtd_tier;
 
 struct kvtd_tier_class {
-	const char *name;		/* in tiers.order and the reports */
+	const char *name;		/* in tiers.order */
 	enum kvtd_tier_id id;		/* its copy counter and LRU list in the index */
 	const struct kvt_tier_ops *ops; /* the storage (tiers/) */
 	size_t high_off, low_off;	/* its watermarks in struct kvtd_config (a reload
