@@ -23,6 +23,7 @@
 #include "log.h"
 #include "pagemap.h"
 #include "tier.h"
+#include "tierlist.h"
 
 #define CLIENT_MAGIC 0x434c4e54u /* "CLNT" */
 #define TENANT_MAGIC 0x54454e54u /* "TENT" */
@@ -60,7 +61,7 @@ struct tenant {
 	int memfd;
 	uint8_t *base;
 	uint64_t size;
-	struct kvtd_pagemap pm;
+	uint16_t host_file; /* its arena's file in the host tier (kvtd_host_attach) */
 	uint64_t used_bytes;
 	uint64_t blocks;
 	unsigned nclients;
@@ -184,13 +185,17 @@ struct kvtd {
 	uint64_t epoch;
 	uint64_t start_ms;
 	uint64_t host_used;
+	/* The tiers in tiers.order, fastest first (tierlist.c); by id, NULL when not listed */
+	struct kvtd_tier tiers[KVTD_NTIERS];
+	uint32_t ntiers;
+	struct kvtd_tier *tier_at[KVTD_NTIERS];
 	struct tier_stats tier[KVTD_NTIERS];
 	struct kvt_metrics m;
 	gid_t admin_gid;
 	bool have_admin_gid;
 	bool watchdog;
 	uint8_t *msgbuf;
-	/* NVMe tier (placement.c) */
+	/* NVMe tier (nvme_place.c): its instance in d->tiers, NULL when not open */
 	struct kvt_tier *nvme;
 	const struct kvt_tier_ops *nvme_ops;
 	struct kvt_chain *nvme_chain, *raw_chain;
@@ -262,7 +267,7 @@ void kvtd_waiters_ready(struct kvtd *d, uint32_t w, uint32_t blk, int err);
  * False when the list is empty. */
 bool kvtd_ready_pop(struct kvtd *d, struct waiter *out);
 
-/* placement.c */
+/* placement.c (with tierlist.c, host_place.c, demote.c, promote.c, nvme_place.c) */
 int kvtd_place_init(struct kvtd *d);
 void kvtd_place_fini(struct kvtd *d);
 /* The geometry entry of (fp, t), made from l when new: its index (no reference taken), or
@@ -284,6 +289,9 @@ void kvtd_check_counts(struct kvtd *d);
 void kvtd_tenant_pinned(struct kvtd *d, struct tenant *t, int delta);
 /* Whether freed pages of t's arena go back to the host now (several tenants, none pinned). */
 bool kvtd_tenant_may_punch(const struct kvtd *d, const struct tenant *t);
+/* Tenant t's new arena (t->memfd, t->base, t->size) becomes a file of the host tier. 0 or
+ * -errno.  Its ranges go when the host tier closes (kvtd_place_fini). */
+int kvtd_host_attach(struct kvtd *d, struct tenant *t);
 /* Room for len bytes in t's arena, evicting (and demoting) as needed: offset or -errno. */
 int64_t kvtd_host_alloc(struct kvtd *d, struct tenant *t, uint32_t len);
 void kvtd_host_unalloc(struct kvtd *d, struct tenant *t, uint64_t off, uint32_t len);
@@ -304,6 +312,7 @@ void kvtd_blk_committed(struct kvtd *d, uint32_t i);
 void kvtd_blk_lru_update(struct kvtd *d, uint32_t i);
 /* Evicts the least recently used evictable host block (of only, if set). 0 or -ENOSPC. */
 int kvtd_evict_host_one(struct kvtd *d, const struct tenant *only);
+/* The watermark pass of every tier, down the list (tierlist.c). */
 void kvtd_watermarks(struct kvtd *d);
 /*
  * Brings block i up to the host for a get of client c: 0 when it is there now, 1 when the
@@ -384,8 +393,6 @@ void kvtd_gpu_unlease(struct kvtd *d, uint32_t i);
 int kvtd_gpu_to_host(struct kvtd *d, uint32_t i);
 /* Frees pool copies of blocks that are gone. */
 void kvtd_gpu_sweep(struct kvtd *d);
-/* Demotes above gpu.high_watermark down to gpu.low_watermark. */
-void kvtd_gpu_watermarks(struct kvtd *d);
 /* Runs queued promotions (host -> pool). */
 void kvtd_gpu_pump(struct kvtd *d);
 void kvtd_gpu_stats(struct kvtd *d, struct kvtd_gpu_stats *st, const char **uuid);

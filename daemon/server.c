@@ -237,7 +237,6 @@ static void tick(struct kvtd *d)
 	accept_resume(d);
 	admin_unthrottle(d);
 	kvtd_watermarks(d);
-	kvtd_gpu_watermarks(d);
 	if (d->check_counts)
 		kvtd_check_counts(d);
 #ifdef KVT_HAVE_SYSTEMD

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * tenants.c - tenants: one arena (memfd) per uid, so a client can only ever touch its own
- * tenant's data.  Which pages of an arena are used is the page map's (pagemap.c) and
+ * tenant's data.  Which pages of an arena are used is the host tier's (tiers/tier_host.c) and
  * placement's business; this file creates, finds and destroys the arenas.
  */
 #include <errno.h>
@@ -40,13 +40,15 @@ struct tenant *kvtd_tenant_get(struct kvtd *d, uint32_t uid)
 		t->base = NULL;
 		goto fail;
 	}
-	ret = kvtd_pagemap_init(&t->pm, t->size >> KVTD_PAGE_SHIFT);
-	if (ret < 0)
-		goto fail;
 	nt = realloc(d->tenants, (d->ntenants + 1) * sizeof(*nt));
 	if (!nt)
 		goto fail;
 	d->tenants = nt;
+	ret = kvtd_host_attach(d, t);
+	if (ret < 0) {
+		errno = -ret;
+		goto fail;
+	}
 	d->tenants[d->ntenants++] = t;
 	d->m.tenants = d->ntenants;
 	return t;
@@ -56,7 +58,6 @@ fail:
 		munmap(t->base, t->size);
 	if (t->memfd >= 0)
 		close(t->memfd);
-	kvtd_pagemap_fini(&t->pm);
 	free(t);
 	return NULL;
 }
@@ -86,7 +87,6 @@ void kvtd_tenants_fini(struct kvtd *d)
 		struct tenant *t = d->tenants[i];
 		munmap(t->base, t->size);
 		close(t->memfd);
-		kvtd_pagemap_fini(&t->pm);
 		t->magic = 0;
 		free(t);
 	}
