@@ -59,6 +59,7 @@ static struct kvtd *make(struct fx *f, const char *order, bool nvme)
 static void destroy(struct kvtd *d)
 {
 	kvtd_place_fini(d);
+	kvtd_waiters_fini(d);
 	for (uint32_t k = 0; k < d->ntenants; k++) {
 		munmap(d->tenants[k]->base, d->tenants[k]->size);
 		close(d->tenants[k]->memfd);
@@ -97,6 +98,7 @@ static int teardown(void **state)
 /* Opens the tiers and ends the (empty) NVMe recovery, as kvtd_run does. */
 static void start(struct kvtd *d)
 {
+	kvtd_waiters_init(d);
 	assert_int_equal(kvtd_place_init(d), 0);
 	assert_int_equal(kvtd_nvme_recover_start(d), 0);
 	assert_false(d->nvme_recovering);
@@ -254,6 +256,16 @@ static void test_demote_promote(void **state)
 	assert_int_equal(kvtd_promote(d, 12345, 7, kvtd_index_find(&d->ix, 2, ~2ull)), 1);
 	settle(d);
 	assert_int_equal(d->m.promotions_total, 1);
+	{ /* the waiting get is reported ready, for the operations layer to answer */
+		struct waiter w;
+
+		assert_true(kvtd_ready_pop(d, &w));
+		assert_int_equal(w.client_id, 12345);
+		assert_int_equal(w.user_data, 7);
+		assert_int_equal(w.blk, kvtd_index_find(&d->ix, 2, ~2ull));
+		assert_int_equal(w.err, 0);
+		assert_false(kvtd_ready_pop(d, &w));
+	}
 	assert_true(blk_of(d, 2)->on_nvme); /* inclusive: the NVMe copy stays */
 	check_bytes(d, 2);
 	assert_int_equal(kvtd_promote(d, 12345, 8, kvtd_index_find(&d->ix, 2, ~2ull)), 0);
