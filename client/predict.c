@@ -106,6 +106,7 @@ int pred_grow(struct kvt_pred *p, uint32_t need)
 	GROW(p->ntok, (size_t)cap * p->L, (size_t)p->cap * p->L);
 	GROW(p->res, words, oldw);
 	GROW(p->req, words, oldw);
+	GROW(p->req_until, (size_t)cap, (size_t)p->cap);
 	GROW(p->lm, (size_t)cap * p->QH, (size_t)p->cap * p->QH);
 	GROW(p->rscore, (size_t)cap * p->rows, (size_t)p->cap * p->rows);
 	GROW(p->state, (size_t)cap, (size_t)p->cap);
@@ -189,7 +190,11 @@ int kvt_pred_create(const struct kvt_pred_opts *o, struct kvt_pred **out)
 	p->acc = aligned_alloc(32, sizeof(float) * (p->G + 1) * p->rowbytes * 8);
 	p->base = malloc(sizeof(float) * p->G);
 	p->pred_ctx = calloc(p->L, sizeof(uint32_t));
-	if (!p->fkeys || !p->qf || !p->acc || !p->base || !p->pred_ctx)
+	p->plist = calloc(p->L, sizeof(*p->plist));
+	p->plist_n = calloc(p->L, sizeof(*p->plist_n));
+	p->plist_cap = calloc(p->L, sizeof(*p->plist_cap));
+	if (!p->fkeys || !p->qf || !p->acc || !p->base || !p->pred_ctx || !p->plist ||
+	    !p->plist_n || !p->plist_cap)
 		goto err;
 	if (opt.rope_theta > 0) {
 		p->rope = malloc(sizeof(float) * p->D);
@@ -226,6 +231,12 @@ void kvt_pred_destroy(struct kvt_pred *p)
 	free(p->req);
 	free(p->pred);
 	free(p->pred_ctx);
+	for (uint32_t l = 0; p->plist && l < p->L; l++)
+		free(p->plist[l]);
+	free(p->plist);
+	free(p->plist_n);
+	free(p->plist_cap);
+	free(p->req_until);
 	free(p->fkeys);
 	free(p->qf);
 	free(p->rope);

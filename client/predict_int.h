@@ -50,6 +50,13 @@ struct kvt_pred {
 	uint64_t *res, *req; /* [words] bitsets: resident, requested */
 	uint64_t *pred;	     /* [L][rows][words]: pending prediction */
 	uint32_t *pred_ctx;  /* [L]: context the prediction is for, 0 = none */
+	/* the pending predictions in rank order, for kvt_pred_prefetch_plan() */
+	uint32_t **plist;     /* [L] -> [rows][plist_n[l]], UINT32_MAX = empty slot */
+	uint32_t *plist_n;    /* [L]: blocks per row */
+	size_t *plist_cap;    /* [L]: entries allocated */
+	uint64_t *req_until;  /* [cap]: a planned request holds room up to this position */
+	uint64_t now_pos;     /* position of the last select, 0 = none (see pos_of) */
+	uint64_t room_blocks; /* planned requests outstanding at most, 0 = no limit */
 
 	/* scratch */
 	float *fkeys;	   /* [T+2][D] + [QH] */
@@ -154,6 +161,13 @@ static inline uint8_t *digest_at(const struct kvt_pred *p, uint32_t block, uint3
 static inline uint32_t dclass(const uint8_t *map, uint32_t d)
 {
 	return (map[d / 4] >> (2 * (d % 4))) & 3;
+}
+
+/* Position of (context, layer) in decode order: layer l of the step with context ctx comes
+ * after every layer of the step before. */
+static inline uint64_t pos_of(const struct kvt_pred *p, uint32_t ctx, uint32_t layer)
+{
+	return (uint64_t)ctx * p->L + layer;
 }
 
 /* predict.c */

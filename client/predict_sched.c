@@ -18,6 +18,11 @@ int kvt_pred_truncate(struct kvt_pred *p, uint32_t n_blocks)
 	}
 	memset(p->pred_ctx, 0, p->L * sizeof(*p->pred_ctx));
 	p->last_ctx = 0;
+	/* the predictions that planned requests served are gone, and decode order restarts */
+	for (uint32_t b = 0; b < n_blocks && b < p->cap; b++)
+		if (p->req_until[b] != UINT64_MAX)
+			p->req[b / 64] &= ~(1ull << (b % 64));
+	p->now_pos = 0;
 	return 0;
 }
 
@@ -107,6 +112,7 @@ int kvt_pred_select(struct kvt_pred *p, uint32_t layer, const uint16_t *q, uint3
 		}
 		p->pred_ctx[layer] = 0;
 	}
+	p->now_pos = pos_of(p, n_tokens, layer);
 	return (int)n;
 }
 
@@ -135,6 +141,14 @@ int kvt_pred_predict_next(struct kvt_pred *p, uint32_t layer, const uint16_t *q,
 	if (out && out_cap < (size_t)p->rows * n)
 		return fail(p, -ENOSPC, "predict_next: out holds %zu entries, %u rows x %u needed",
 			    out_cap, p->rows, n);
+	/* the rows are kept in rank order for kvt_pred_prefetch_plan() */
+	if ((size_t)p->rows * n > p->plist_cap[layer]) {
+		sel = realloc(p->plist[layer], sizeof(uint32_t) * p->rows * n);
+		if (!sel)
+			return fail(p, -ENOMEM, "predict_next: out of memory");
+		p->plist[layer] = sel;
+		p->plist_cap[layer] = (size_t)p->rows * n;
+	}
 	forced_range(p, nb, &s, &r);
 	if (q) {
 		/* score at the next step's context: a block that fills now counts */
@@ -145,13 +159,11 @@ int kvt_pred_predict_next(struct kvt_pred *p, uint32_t layer, const uint16_t *q,
 		for (uint32_t b = (n_tokens + p->T - 1) / p->T; b < nb; b++)
 			p->state[b] = 0;
 	}
-	sel = out ? out : NULL;
-	if (!sel) {
-		sel = malloc(sizeof(uint32_t) * p->rows * n);
-		if (!sel)
-			return fail(p, -ENOMEM, "predict_next: out of memory");
-	}
+	sel = p->plist[layer];
 	pred_choose(p, nb, n, sel);
+	p->plist_n[layer] = n;
+	if (out)
+		memcpy(out, sel, sizeof(uint32_t) * p->rows * n);
 	memset(p->pred + (size_t)layer * p->rows * p->words, 0,
 	       (size_t)p->rows * p->words * sizeof(uint64_t));
 	for (uint32_t row = 0; row < p->rows; row++) {
@@ -165,8 +177,6 @@ int kvt_pred_predict_next(struct kvt_pred *p, uint32_t layer, const uint16_t *q,
 		}
 	}
 	p->pred_ctx[layer] = ctx;
-	if (sel != out)
-		free(sel);
 	return (int)n;
 }
 
@@ -191,6 +201,7 @@ int kvt_pred_prefetch_list(struct kvt_pred *p, uint32_t *out, size_t out_cap)
 					uint32_t bit = (uint32_t)__builtin_ctzll(u);
 					out[n++] = (uint32_t)(w * 64 + bit);
 					p->req[w] |= 1ull << bit;
+					p->req_until[w * 64 + bit] = UINT64_MAX;
 					u &= u - 1;
 				}
 			} else {
@@ -203,6 +214,130 @@ int kvt_pred_prefetch_list(struct kvt_pred *p, uint32_t *out, size_t out_cap)
 	}
 	if (out)
 		p->cnt.requested += n;
+	return (int)n;
+}
+
+/* ---- the prefetch plan: budget against the room of the host tier ---- */
+
+int kvt_pred_set_room(struct kvt_pred *p, uint64_t room_bytes, uint64_t block_bytes,
+		      double fraction)
+{
+	double lim;
+
+	CHECK_HANDLE(p);
+	if (!(fraction >= 0 && fraction <= 1))
+		return fail(p, -EINVAL, "set_room: fraction %g is not in [0, 1]", fraction);
+	if (room_bytes && !block_bytes)
+		return fail(p, -EINVAL, "set_room: block_bytes is 0");
+	if (!room_bytes) {
+		p->room_blocks = 0;
+		return 0;
+	}
+	lim = floor((fraction > 0 ? fraction : 0.5) * (double)room_bytes / (double)block_bytes);
+	p->room_blocks = lim < 1 ? 1 : lim > (double)UINT32_MAX ? UINT32_MAX : (uint64_t)lim;
+	return 0;
+}
+
+/* A candidate of the plan: its best (rank, distance) over the pending rows holding it, and
+ * the last position that needs it. */
+struct pcand {
+	uint32_t rank, b;
+	uint64_t dist, until;
+};
+
+static int pcand_cmp(const void *x, const void *y)
+{
+	const struct pcand *a = x, *c = y;
+
+	if (a->rank != c->rank)
+		return a->rank < c->rank ? -1 : 1;
+	if (a->dist != c->dist)
+		return a->dist < c->dist ? -1 : 1;
+	return a->b < c->b ? -1 : a->b > c->b;
+}
+
+int kvt_pred_prefetch_plan(struct kvt_pred *p, uint32_t *out, size_t out_cap)
+{
+	struct pcand *pc;
+	uint32_t *slot; /* [cap]: index into pc + 1, 0 = not a candidate */
+	uint64_t outstanding = 0, avail;
+	size_t nc = 0, n;
+
+	CHECK_HANDLE(p);
+	/* requests whose last layer has passed hold no room any more */
+	for (size_t w = 0; w < p->words; w++) {
+		uint64_t u = p->req[w];
+		while (u) {
+			uint32_t b = (uint32_t)(w * 64) + (uint32_t)__builtin_ctzll(u);
+			if (p->req_until[b] != UINT64_MAX && p->req_until[b] <= p->now_pos) {
+				p->req[w] &= ~(1ull << (b % 64));
+				p->cnt.expired++;
+			}
+			u &= u - 1;
+		}
+		outstanding += (uint64_t)__builtin_popcountll(p->req[w]);
+	}
+	if (!p->room_blocks)
+		avail = UINT64_MAX;
+	else
+		avail = p->room_blocks > outstanding ? p->room_blocks - outstanding : 0;
+
+	pc = malloc(sizeof(*pc) * p->cap);
+	slot = calloc(p->cap, sizeof(*slot));
+	if (!pc || !slot) {
+		free(pc);
+		free(slot);
+		return fail(p, -ENOMEM, "prefetch_plan: out of memory");
+	}
+	for (uint32_t l = 0; l < p->L; l++) {
+		uint64_t pos;
+		uint32_t pn = p->plist_n[l];
+
+		if (!p->pred_ctx[l])
+			continue;
+		pos = pos_of(p, p->pred_ctx[l], l);
+		if (pos <= p->now_pos)
+			continue; /* its layer has passed: the step read what it needed */
+		for (uint32_t row = 0; row < p->rows; row++) {
+			const uint32_t *sel = p->plist[l] + (size_t)row * pn;
+			for (uint32_t i = 0; i < pn; i++) {
+				uint32_t b = sel[i];
+				struct pcand *c;
+
+				if (b >= p->cap ||
+				    (p->res[b / 64] | p->req[b / 64]) >> (b % 64) & 1)
+					continue;
+				if (!slot[b]) {
+					pc[nc] = (struct pcand){i, b, pos - p->now_pos, pos};
+					slot[b] = (uint32_t)++nc;
+					continue;
+				}
+				c = &pc[slot[b] - 1];
+				if (i < c->rank || (i == c->rank && pos - p->now_pos < c->dist)) {
+					c->rank = i;
+					c->dist = pos - p->now_pos;
+				}
+				if (pos > c->until)
+					c->until = pos;
+			}
+		}
+	}
+	qsort(pc, nc, sizeof(*pc), pcand_cmp);
+	n = nc < avail ? nc : (size_t)avail;
+	if (out) {
+		n = n < out_cap ? n : out_cap;
+		for (size_t i = 0; i < n; i++) {
+			uint32_t b = pc[i].b;
+			out[i] = b;
+			p->req[b / 64] |= 1ull << (b % 64);
+			p->req_until[b] = pc[i].until;
+		}
+		p->cnt.requested += n;
+		if (nc > avail)
+			p->cnt.deferred += nc - avail;
+	}
+	free(pc);
+	free(slot);
 	return (int)n;
 }
 
