@@ -224,13 +224,15 @@ KVT_PRED_API int kvt_pred_prefetch_list(struct kvt_pred *p, uint32_t *out, size_
  * (the daemon's host tier): room_bytes that this sequence may use there (kvt_stats()'s
  * host_capacity_bytes, or this sequence's share of it when several share the tier),
  * block_bytes that one block takes there (kvt_layout_block_bytes()), and the share of the room
- * that outstanding prefetches may hold, 0 < fraction <= 1 (0 = the default, 0.5).  The rest of
- * the room stays with the blocks that the current steps read, so that blocks prefetched on a
- * prediction that turns out wrong can only push out blocks that nothing predicted.
+ * that outstanding prefetches may hold, 0 < fraction <= 1 (0 = KVT_PRED_ROOM_DEFAULT, 0.75; keep
+ * it below the host tier's host.low_watermark, down to which the daemon evicts).  The rest of
+ * the room stays with the blocks that the current steps read: blocks prefetched on a
+ * prediction that turns out wrong displace at most that share of it.
  * At most floor(fraction * room_bytes / block_bytes) blocks (at least 1) are outstanding at
  * once; room_bytes = 0 removes the limit (the default).
  * Returns 0, or -EINVAL (block_bytes 0 with room_bytes > 0, fraction outside [0, 1]).
  */
+#define KVT_PRED_ROOM_DEFAULT 0.75
 KVT_PRED_API int kvt_pred_set_room(struct kvt_pred *p, uint64_t room_bytes, uint64_t block_bytes,
 				   double fraction);
 

@@ -233,7 +233,10 @@ int kvt_pred_set_room(struct kvt_pred *p, uint64_t room_bytes, uint64_t block_by
 		p->room_blocks = 0;
 		return 0;
 	}
-	lim = floor((fraction > 0 ? fraction : 0.5) * (double)room_bytes / (double)block_bytes);
+	/* 0.75: the most that kept prefetch at or above no prefetch at every host tier size of
+	 * the decode replay (1.0 lost: the daemon evicts down to host.low_watermark, 0.85) */
+	lim = floor((fraction > 0 ? fraction : KVT_PRED_ROOM_DEFAULT) * (double)room_bytes /
+		    (double)block_bytes);
 	p->room_blocks = lim < 1 ? 1 : lim > (double)UINT32_MAX ? UINT32_MAX : (uint64_t)lim;
 	return 0;
 }

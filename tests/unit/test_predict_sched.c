@@ -237,7 +237,7 @@ static void test_plan_budget_holds(void **state)
 	run_steps(10, 0.5, 5); /* floor(0.5 * 10) */
 	run_steps(7, 0.3, 2);  /* floor(2.1) */
 	run_steps(3, 0.1, 1);  /* at least one */
-	run_steps(16, 0, 8);   /* default fraction 0.5 */
+	run_steps(16, 0, 12);  /* default fraction 0.75 */
 }
 
 static void test_plan_unlimited_matches_model(void **state)
