@@ -37,8 +37,8 @@ struct opts {
 	uint32_t block;
 	double budget, host_frac[MAX_HOSTS], room_frac;
 	int n_host;
-	uint32_t margin, step_us, steps;
-	int json, unbudgeted;
+	uint32_t margin, step_us, steps, deadline_us;
+	int json, unbudgeted, deadline_set;
 };
 
 static double now_s(void)
@@ -193,9 +193,11 @@ static void run_mode(const struct opts *o, struct replay *rp, struct kvt_client 
 				if (plist[k] < nblk)
 					pkeys[m++] = keys[plist[k]];
 			}
-			/* in the plan's order: the daemon starts them first come, first served */
+			/* In the plan's order: the daemon starts them first come, first served.
+			 * One not started within the step's compute would only compete with the
+			 * next step's demand reads: the daemon drops it. */
 			if (m > 0)
-				kvt_prefetch(c, lid, pkeys, (size_t)m, 3, 0);
+				kvt_prefetch(c, lid, pkeys, (size_t)m, 3, o->deadline_us);
 			r->prefetched += (uint64_t)m;
 		}
 		stalls[st] = stall * 1e6;
@@ -312,6 +314,7 @@ int main(int argc, char **argv)
 					   {"unbudgeted", no_argument, NULL, 'u'},
 					   {"margin", required_argument, NULL, 'm'},
 					   {"step-us", required_argument, NULL, 's'},
+					   {"deadline-us", required_argument, NULL, 'D'},
 					   {"steps", required_argument, NULL, 'n'},
 					   {"json", no_argument, NULL, 'j'},
 					   {"help", no_argument, NULL, 'h'},
@@ -376,6 +379,10 @@ int main(int argc, char **argv)
 		case 'n':
 			o.steps = (uint32_t)atoi(optarg);
 			break;
+		case 'D':
+			o.deadline_us = (uint32_t)atoi(optarg);
+			o.deadline_set = 1;
+			break;
 		case 'j':
 			o.json = 1;
 			break;
@@ -397,6 +404,9 @@ int main(int argc, char **argv)
 			    "(kvt_pred_prefetch_list)\n"
 			    "  --margin N      extra blocks predicted per row (2)\n"
 			    "  --step-us N     compute time of a decode step, simulated (2000)\n"
+			    "  --deadline-us N prefetches not started within N us are dropped by "
+			    "the "
+			    "daemon (default: --step-us; 0 = never)\n"
 			    "  --steps N       decode steps (default: every query position)\n"
 			    "  --json          JSON output\n");
 			return 0;
@@ -410,6 +420,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	o.dump = argv[optind];
+	if (!o.deadline_set)
+		o.deadline_us = o.step_us;
 	{
 		char self[4000];
 		ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
@@ -485,7 +497,7 @@ int main(int argc, char **argv)
 			struct run_result *r = &res[m];
 			printf(
 			    "%s{\"mode\":\"%s\",\"block\":%u,\"budget\":%.3f,\"host_fraction\":%."
-			    "3f,\"host_bytes\":%llu,\"room_fraction\":%.3f,"
+			    "3f,\"host_bytes\":%llu,\"room_fraction\":%.3f,\"deadline_us\":%u,"
 			    "\"steps\":%llu,\"demand_gets\":%llu,\"served_from_host\":%.4f,"
 			    "\"stall_ms_total\":%.3f,\"stall_us_p50\":%.1f,\"stall_us_p99\":%.1f,"
 			    "\"nvme_reads\":%llu,\"prefetch_requests\":%llu,\"prefetch_useful\":%"
@@ -493,7 +505,7 @@ int main(int argc, char **argv)
 			    "\"prefetch_late\":%llu,\"prefetch_deferred\":%llu,"
 			    "\"prefetch_expired\":%llu,\"wrong_blocks\":%d}",
 			    m ? "," : "", r->mode, T, o.budget, r->host_frac,
-			    (unsigned long long)r->host_bytes, o.room_frac,
+			    (unsigned long long)r->host_bytes, o.room_frac, o.deadline_us,
 			    (unsigned long long)r->steps, (unsigned long long)r->gets,
 			    r->gets ? (double)r->host_hits / (double)r->gets : 0, r->stall_s * 1e3,
 			    r->stall_p50_us, r->stall_p99_us, (unsigned long long)r->promotions,
