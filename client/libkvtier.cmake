@@ -13,7 +13,8 @@ target_link_libraries(kvtier PRIVATE $<BUILD_INTERFACE:kvt_proto> Threads::Threa
 # The predictor's API (kvtier_predict.h) is part of the library: compiled in, not linked
 # from the static archive, so that its symbols are there even though kvtier.c calls none.
 if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/predict.c)
-	target_sources(kvtier PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/predict.c)
+	target_sources(kvtier PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/predict.c
+		${CMAKE_CURRENT_SOURCE_DIR}/predict_score.c ${CMAKE_CURRENT_SOURCE_DIR}/predict_sched.c)
 	target_link_libraries(kvtier PRIVATE m)
 endif()
 target_link_options(kvtier PRIVATE -Wl,--version-script=${CMAKE_CURRENT_SOURCE_DIR}/kvtier.map)
