@@ -81,7 +81,7 @@ struct kvt_llama_opts {
 	void (*after_lookup)(void *arg, uint32_t n_blocks);
 	void *after_lookup_arg;
 	/* Blocks per batch of gets of a restore (one round trip each; the next batches are read
-	 * while a batch is copied into the sequence's state).  0: 8 MiB of blocks (at most 256). */
+	 * while a batch is copied into the sequence's state).  0: 4 MiB of blocks (at most 256). */
 	uint32_t restore_batch;
 };
 
