@@ -772,8 +772,7 @@ static void state_shrink(const struct kvt_llama *kl, uint8_t *buf, uint32_t cell
  * reads a batch's NVMe records at once into its 64 MiB I/O buffer arena, past which it would
  * read into fresh memory), each asking first for the next batch to be prefetched, on a thread
  * of their own up to RESTORE_SLOTS batches ahead of the copies into the state: the disk
- * reads the next batches while one is copied.  4 MiB: on a 2-core VM, 8 and 16 MiB were
- * slower (the disk idles while a batch's last records are checked and copied).
+ * reads the next batches while one is copied (README "llama.cpp" has the measurements).
  */
 #define RESTORE_BATCH_BYTES  (4u << 20)
 #define RESTORE_BATCH_BLOCKS 256u
