@@ -24,7 +24,8 @@
  * else (not stored, cluster down, late, corrupt, no host room) is a miss.
  *
  * Threads: remote.threads I/O threads, each with its own struct kvt_remote (one connection
- * per node).  Lookups and gets go first; puts go in batches of up to PUT_BATCH, pipelined.
+ * per node).  Lookups and gets go first (with two threads or more, the first takes nothing
+ * else); puts go in batches of up to PUT_BATCH, pipelined.
  * The key on the wire is the tenant-salted internal key + layout fingerprint, so another
  * host with the same daemon.tenant_salt finds a block of the same uid and layout.
  */
@@ -267,13 +268,21 @@ static void *io_main(void *arg)
 	struct rthread *th = arg;
 	struct kvtd_remote *R = th->R;
 	uint64_t one = 1;
+	/* With several threads the first serves lookups and gets only: a batch of puts
+	 * never stands between a client and its answer. */
+	bool lookups_only = th == &R->th[0] && R->nth > 1;
 
+	/* The slot map (and connections to the nodes it asks) before the first request: a
+	 * lookup's deadline of a few ms leaves no room for it.  Failing here is no error: the
+	 * first request tries again. */
+	kvt_rc_refresh(kvt_remote_cluster(th->r), kvt_remote_now_ns() + R->put_ns);
+	snapshot(th);
 	pthread_mutex_lock(&R->mu);
 	for (;;) {
 		struct rjob *v[PUT_BATCH], *j;
 		unsigned n = 0;
 
-		while (!R->stop && !R->hi_head && !R->put_head)
+		while (!R->stop && !R->hi_head && (lookups_only || !R->put_head))
 			pthread_cond_wait(&R->cv, &R->mu);
 		if (R->stop)
 			break;
@@ -336,7 +345,8 @@ static void submit(struct kvtd_remote *R, struct rjob *j)
 	} else {
 		q_push(&R->hi_head, &R->hi_tail, j);
 	}
-	pthread_cond_signal(&R->cv);
+	/* every thread may be the one a job needs (thread 0 takes no puts) */
+	pthread_cond_broadcast(&R->cv);
 	pthread_mutex_unlock(&R->mu);
 }
 
