@@ -399,6 +399,8 @@ int kvtd_remote_fetch(struct kvtd *d, uint32_t client_id, uint64_t user_data, st
 		      uint64_t lo, uint64_t hi, uint64_t fp, uint32_t max_len);
 /* EV_REMOTE: completions of the I/O threads. */
 void kvtd_remote_event(struct kvtd *d);
+/* Brings the remote_* metrics the I/O threads count up to date in d->m. */
+void kvtd_remote_sync(struct kvtd *d);
 /* What kvtierctl shows (render.c): nodes merged over the threads' connections. */
 #define KVTD_REMOTE_NODES 64
 struct kvtd_remote_node {

@@ -180,8 +180,9 @@ static bool op_lease(struct kvtd *d, struct client *c, const struct kvt_sqe *s, 
 
 	c->gets++;
 	d->m.gets_total++;
-	if (i == KVTD_NIL && ret == -ENOENT && kvtd_remote_on(d)) {
-		/* In no local tier at all: maybe another host stored it (remote_place.c). */
+	if (i == KVTD_NIL && ret == -ENOENT && kvtd_remote_on(d) && !d->nvme_recovering) {
+		/* In no local tier at all: maybe another host stored it (remote_place.c).  Not
+		 * while NVMe records are recovered: installing a block is a put, refused then. */
 		struct layout_slot *l = &c->layouts[s->layout];
 		uint64_t lo, hi;
 

@@ -89,7 +89,7 @@ struct kvtd_remote {
 	struct rjob *done_head, *done_tail;
 	struct rjob *lk_head, *lk_tail; /* finished lookups, loop side */
 	uint32_t put_queued;
-	/* counters of the threads (under mu), copied into d->m by sync() */
+	/* counters of the threads (under mu), copied into d->m by kvtd_remote_sync() */
 	uint64_t puts, put_bytes, put_errors, corrupt, errors;
 	struct kvt_chain *chain, *raw; /* remote.codec; raw for blocks it refuses */
 	uint64_t lookup_ns, get_ns, put_ns;
@@ -322,10 +322,12 @@ bool kvtd_remote_on(const struct kvtd *d)
 	return d->remote != NULL;
 }
 
-static void sync_metrics(struct kvtd *d)
+void kvtd_remote_sync(struct kvtd *d)
 {
 	struct kvtd_remote *R = d->remote;
 
+	if (!R)
+		return;
 	pthread_mutex_lock(&R->mu);
 	d->m.remote_puts_total = R->puts;
 	d->m.remote_put_bytes_total = R->put_bytes;
@@ -519,7 +521,7 @@ void kvtd_remote_event(struct kvtd *d)
 		}
 		job_free(j);
 	}
-	sync_metrics(d);
+	kvtd_remote_sync(d);
 }
 
 bool kvtd_remote_view(struct kvtd *d, struct kvtd_remote_view *v)
@@ -529,7 +531,7 @@ bool kvtd_remote_view(struct kvtd *d, struct kvtd_remote_view *v)
 	memset(v, 0, sizeof(*v));
 	if (!R)
 		return false;
-	sync_metrics(d);
+	kvtd_remote_sync(d);
 	v->threads = R->nth;
 	pthread_mutex_lock(&R->mu);
 	v->queued = R->put_queued;
@@ -759,6 +761,11 @@ int kvtd_remote_fetch(struct kvtd *d, uint32_t client_id, uint64_t user_data, st
 }
 
 void kvtd_remote_event(struct kvtd *d)
+{
+	(void)d;
+}
+
+void kvtd_remote_sync(struct kvtd *d)
 {
 	(void)d;
 }

@@ -291,6 +291,8 @@ static void render_metric_fields(struct kvtd *d, struct sbuf *b)
 {
 	int first = 1;
 
+	kvtd_remote_sync(d);
+
 #define X(name, type, help)                                                                        \
 	sb_printf(b, "%s\"%s\":%" PRIu64, first ? "" : ",", #name, d->m.name);                     \
 	first = 0;
@@ -543,6 +545,7 @@ void render_metrics(struct kvtd *d, struct sbuf *b)
 	struct kvtd_gpu_stats g;
 	const char *uuid;
 
+	kvtd_remote_sync(d);
 	kvtd_gpu_stats(d, &g, &uuid);
 
 	kvtd_nvme_stats(d, &ns);
