@@ -61,6 +61,9 @@ struct rjob {
 	struct kvt_remote_key *keys;
 	uint32_t found, n, m;
 	int res;
+	/* lookup, get: the absolute deadline, from when the client asked (a job that waited
+	 * for a thread past it is a miss at once) */
+	uint64_t deadline;
 	/* get: the key, the owner, the largest block; after: raw/len or err */
 	struct kvt_remote_key key;
 	uint32_t tenant, uid, max_len, waiter, first_token;
@@ -185,7 +188,7 @@ static void run_puts(struct rthread *th, struct rjob **v, unsigned n)
 
 static void run_lookup(struct rthread *th, struct rjob *j)
 {
-	int got = kvt_remote_lookup(th->r, j->keys, j->m, kvt_remote_now_ns() + th->R->lookup_ns);
+	int got = kvt_remote_lookup(th->r, j->keys, j->m, j->deadline);
 
 	j->res = (int)j->found + (got > 0 ? got : 0);
 }
@@ -206,7 +209,7 @@ static void run_get(struct rthread *th, struct rjob *j)
 	j->err = -ENOENT;
 	if (!g.buf)
 		return;
-	kvt_remote_get(th->r, &g, 1, kvt_remote_now_ns() + R->get_ns);
+	kvt_remote_get(th->r, &g, 1, j->deadline);
 	if (g.res < 0) {
 		corrupt = g.res == -EBADMSG;
 		goto out;
@@ -274,8 +277,9 @@ static void *io_main(void *arg)
 
 	/* The slot map (and connections to the nodes it asks) before the first request: a
 	 * lookup's deadline of a few ms leaves no room for it.  Failing here is no error: the
-	 * first request tries again. */
-	kvt_rc_refresh(kvt_remote_cluster(th->r), kvt_remote_now_ns() + R->put_ns);
+	 * first request tries again.  Bounded as this thread's requests are. */
+	kvt_rc_refresh(kvt_remote_cluster(th->r),
+		       kvt_remote_now_ns() + (lookups_only ? R->get_ns : R->put_ns));
 	snapshot(th);
 	pthread_mutex_lock(&R->mu);
 	for (;;) {
@@ -415,6 +419,7 @@ int kvtd_remote_lookup(struct kvtd *d, uint32_t client_id, uint64_t user_data, u
 		j->keys[k].fingerprint = fp;
 	}
 	j->kind = RJ_LOOKUP;
+	j->deadline = kvt_remote_now_ns() + d->remote->lookup_ns;
 	j->client_id = client_id;
 	j->user_data = user_data;
 	j->found = found;
@@ -456,6 +461,7 @@ int kvtd_remote_fetch(struct kvtd *d, uint32_t client_id, uint64_t user_data, st
 		return -ENOENT;
 	}
 	j->kind = RJ_GET;
+	j->deadline = kvt_remote_now_ns() + d->remote->get_ns;
 	j->key = (struct kvt_remote_key){.key_lo = lo, .key_hi = hi, .fingerprint = fp};
 	j->tenant = kvtd_tenant_index(d, t);
 	j->uid = t->uid;

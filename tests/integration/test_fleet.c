@@ -11,19 +11,24 @@
  *                                         of its payload flipped) is a miss on B, never served
  *   test_fleet KVTIERD KVTIERCTL down     every cluster node killed: B's lookups and gets of
  *                                         A's blocks are misses, each within its deadline
- *   test_fleet KVTIERD KVTIERCTL demo     scripts/fleet.sh: the fleet scenario, saying what it
- *                                         does
+ *   test_fleet KVTIERD KVTIERCTL queue    (no cluster) a node that accepts connections and
+ *                                         never answers: puts are not held up, the write-behind
+ *                                         queue keeps remote.queue_max blocks and drops the rest,
+ *                                         counted; lookups of the rest are misses
+ *   test_fleet KVTIERD KVTIERCTL demo     the fleet scenario, saying what it does
  *
  * The demotion is asynchronous: the tests poll B's lookup (an event: the blocks became
  * visible), bounded, never sleep a fixed time.  Exit 77 without redis-server.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -62,27 +67,40 @@ static void log_setup(void *arg)
 }
 
 /* Host h (0 = A, 1 = B): kvtierd on its own socket and arena, the cluster as its remote. */
-static pid_t host_start(int h, const char *codec)
+/* Host h (0 = A, 1 = B): kvtierd on its own socket and arena, the cluster (or seeds) as its
+ * remote, and more "-o" options from extra (NULL-terminated, 8 at most). */
+static pid_t host_startx(int h, const char *codec, const char *seeds, const char *const *extra)
 {
 	char nodes[300], codec_opt[64];
-	const char *argv[] = {kvtierd, "-f",
-			      "-s",    sock[h],
-			      "-o",    "host.capacity=64MiB",
-			      "-o",    "daemon.log_level=warn",
-			      "-o",    "daemon.tenant_salt=5eed5eed", /* the fleet's: keys match */
-			      "-o",    nodes,
-			      "-o",    codec_opt,
-			      "-o",    "remote.lookup_timeout_us=2000",
-			      "-o",    "remote.get_timeout_us=50000",
-			      NULL};
+	const char *argv[40] = {
+	    kvtierd, "-f",
+	    "-s",    sock[h],
+	    "-o",    "host.capacity=64MiB",
+	    "-o",    "daemon.log_level=warn",
+	    "-o",    "daemon.tenant_salt=5eed5eed", /* the fleet's: keys match */
+	    "-o",    nodes,
+	    "-o",    codec_opt,
+	    "-o",    "remote.lookup_timeout_us=2000",
+	    "-o",    "remote.get_timeout_us=50000"};
+	size_t k = 18;
 
-	snprintf(nodes, sizeof(nodes), "remote.nodes=%s", cl.seeds);
+	for (; extra && *extra && k < 34; extra++) {
+		argv[k++] = "-o";
+		argv[k++] = *extra;
+	}
+	argv[k] = NULL;
+	snprintf(nodes, sizeof(nodes), "remote.nodes=%s", seeds ? seeds : cl.seeds);
 	snprintf(codec_opt, sizeof(codec_opt), "remote.codec=%s", codec);
 	unlink(sock[h]);
 	dpid[h] = kvt_test_daemon_start(argv, log_setup, logp[h]);
 	if (dpid[h] < 0)
 		dpid[h] = 0;
 	return dpid[h];
+}
+
+static pid_t host_start(int h, const char *codec)
+{
+	return host_startx(h, codec, NULL, NULL);
 }
 
 static void hosts_stop(void)
@@ -356,17 +374,66 @@ static void test_down(void)
 	kvt_close(b.c);
 }
 
+/*
+ * The write-behind never holds up a put: a remote that accepts connections and never answers
+ * keeps the put thread in its first request until remote.put_timeout_ms, so the queue holds
+ * remote.queue_max blocks and every later one is dropped, counted, while each put is
+ * answered at once from the host tier.
+ */
+static void test_queue(void)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t sl = sizeof(sa);
+	int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	char seeds[64];
+	const char *extra[] = {"remote.threads=2", "remote.queue_max=2",
+			       "remote.put_timeout_ms=10000", NULL};
+	struct host a = {0};
+	struct kvt_key keys[NBLK];
+	uint8_t *buf = NULL;
+	uint64_t t0;
+
+	CHECK(ls >= 0);
+	CHECK(bind(ls, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	CHECK(listen(ls, 64) == 0); /* connections complete in the backlog, never accepted */
+	CHECK(getsockname(ls, (struct sockaddr *)&sa, &sl) == 0);
+	snprintf(seeds, sizeof(seeds), "127.0.0.1:%u", ntohs(sa.sin_port));
+	CHECK(host_startx(0, "raw", seeds, extra) > 0);
+	CHECK(host_open(&a, 0) == 0);
+	kvt_test_make_keys(&layout, 11, keys, NBLK);
+	buf = malloc(a.bb);
+	t0 = now_ms();
+	for (int i = 0; i < 6; i++) {
+		kvt_test_fill(buf, a.bb, (uint64_t)i);
+		CHECK_EQ(kvt_put(a.c, a.lay, &keys[i], buf, a.bb), 0);
+	}
+	/* Far below the put deadline (10 s) the loop would have waited for. */
+	CHECK(now_ms() - t0 < 5000);
+	CHECK_EQ(status_num(0, "remote_puts_queued_total"), 2);
+	CHECK_EQ(status_num(0, "remote_put_dropped_total"), 4);
+	CHECK_EQ(status_num(0, "remote_queue"), 2);
+	/* The six are local; the rest of the prompt is asked of the silent node: a miss. */
+	CHECK_EQ(kvt_lookup(a.c, a.lay, keys, NBLK), 6);
+	CHECK_EQ(kvt_get(a.c, a.lay, &keys[NBLK - 1], buf, a.bb), -ENOENT);
+	CHECK_EQ(kvt_get(a.c, a.lay, &keys[0], buf, a.bb), (long long)a.bb);
+	free(buf);
+	kvt_close(a.c);
+	close(ls);
+}
+
 int main(int argc, char **argv)
 {
 	static const struct kvt_test_case tests[] = {
 	    {"fleet", test_fleet},
 	    {"corrupt", test_corrupt},
 	    {"down", test_down},
+	    {"queue", test_queue},
 	};
 	int fails;
 
 	if (argc < 4) {
-		fprintf(stderr, "usage: test_fleet KVTIERD KVTIERCTL fleet|corrupt|down|demo\n");
+		fprintf(stderr,
+			"usage: test_fleet KVTIERD KVTIERCTL fleet|corrupt|down|queue|demo\n");
 		return 2;
 	}
 	kvtierd = argv[1];
@@ -377,7 +444,7 @@ int main(int argc, char **argv)
 		snprintf(sock[h], sizeof(sock[h]), "%s/host%c.sock", dir, 'A' + h);
 		snprintf(logp[h], sizeof(logp[h]), "%s/host%c.log", dir, 'A' + h);
 	}
-	if (cluster_up() < 0) {
+	if (strcmp(argv[3], "queue") && cluster_up() < 0) {
 		fprintf(stderr, "test_fleet: the 6-node cluster did not start\n");
 		return 1;
 	}
