@@ -16,7 +16,8 @@
 # KVT_FLEET_LOOKUP_US (remote.lookup_timeout_us, default 50000: CI is a loaded 2-core machine;
 # the 2000 default is meant for a quiet host), KVT_FLEET_SETUP=0 (use build/ as it is: no
 # package install, no build).  Exit status 0 only
-# when host B found and verified the whole prompt and served it from the remote tier.
+# when host B found and verified the whole prompt and served it from the remote tier, and
+# both daemons stopped cleanly on SIGTERM.
 set -euo pipefail
 
 KVT_PROG=fleet.sh
@@ -25,7 +26,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 case ${1:-} in
 -h | --help)
-	sed -n '2,19s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+	sed -n '2,20s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 	exit 0
 	;;
 esac
@@ -47,6 +48,7 @@ done
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/kvtier-fleet.XXXXXX")
 pids=()
+declare -A hostpid
 cleanup()
 {
 	for p in "${pids[@]}"; do
@@ -119,6 +121,7 @@ start_host()
 		-o "remote.lookup_timeout_us=${KVT_FLEET_LOOKUP_US:-50000}" \
 		2>"$tmp/host$h.log" &
 	pids+=($!)
+	hostpid[$h]=$!
 	for ((i = 0; i < 100; i++)); do
 		[[ -S $sock ]] && break
 		kill -0 "${pids[-1]}" 2>/dev/null || {
@@ -160,5 +163,14 @@ kvt_log "host B: $hits blocks fetched from the cluster, checked, decoded and ins
 for h in A B; do
 	kvt_log "kvtierctl tiers, host $h"
 	"$ctl" --socket "$tmp/host$h.sock" tiers
+done
+for h in A B; do
+	kill -TERM "${hostpid[$h]}"
+	rc=0
+	wait "${hostpid[$h]}" || rc=$?
+	((rc == 0)) || {
+		sed 's/^/  | /' "$tmp/host$h.log" >&2
+		kvt_die "kvtierd of host $h exited with status $rc on SIGTERM"
+	}
 done
 kvt_log "fleet demo: the prompt computed on host A was served whole and bit-exact by host B"
