@@ -16,6 +16,10 @@
  *                                         queue keeps remote.queue_max blocks and drops the rest,
  *                                         counted; lookups of the rest are misses
  *   test_fleet KVTIERD KVTIERCTL demo     the fleet scenario, saying what it does
+ *   test_fleet KVTIERD KVTIERCTL latency  (a measurement, not a ctest) lookups of a 64-block
+ *                                         prefix through host B with every block remote,
+ *                                         beside the same lookups answered locally by host A:
+ *                                         p50 and p99 of each
  *
  * The demotion is asynchronous: the tests poll B's lookup (an event: the blocks became
  * visible), bounded, never sleep a fixed time.  Exit 77 without redis-server.
@@ -426,13 +430,82 @@ static void test_queue(void)
 	close(ls);
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* p50 and p99 of n lookups of keys[0..64) through host x, in us (want: found each time). */
+static int lookup_times(struct host *x, const struct kvt_key *keys, int want, double *p50,
+			double *p99)
+{
+	enum { N = 1000 };
+	uint64_t *t = malloc(N * sizeof(*t));
+	int bad = 0;
+
+	for (int i = 0; i < N; i++) {
+		uint64_t t0 = now_ns();
+
+		bad += kvt_lookup(x->c, x->lay, keys, 64) != want;
+		t[i] = now_ns() - t0;
+	}
+	qsort(t, N, sizeof(*t), cmp_u64);
+	*p50 = (double)t[N / 2] / 1e3;
+	*p99 = (double)t[N * 99 / 100] / 1e3;
+	free(t);
+	return bad;
+}
+
+static void test_latency(void)
+{
+	struct host a = {0}, b = {0};
+	struct kvt_key keys[64];
+	uint8_t *buf;
+	double a50, a99, b50, b99;
+	int bad;
+
+	CHECK(host_start(0, "raw") > 0);
+	CHECK(host_start(1, "raw") > 0);
+	CHECK(host_open(&a, 0) == 0);
+	CHECK(host_open(&b, 1) == 0);
+	kvt_test_make_keys(&layout, 64, keys, 64);
+	buf = malloc(a.bb);
+	for (int i = 0; i < 64; i++) {
+		kvt_test_fill(buf, a.bb, (uint64_t)i);
+		CHECK_EQ(kvt_put(a.c, a.lay, &keys[i], buf, a.bb), 0);
+	}
+	free(buf);
+	{
+		uint64_t t0 = now_ms();
+
+		while (kvt_lookup(b.c, b.lay, keys, 64) < 64 && now_ms() - t0 < VISIBLE_MS)
+			;
+	}
+	bad = lookup_times(&a, keys, 64, &a50, &a99);
+	bad += lookup_times(&b, keys, 64, &b50, &b99);
+	printf("lookup of a 64-block prefix, 1000 each, remote.lookup_timeout_us = 2000:\n"
+	       "  host A (all local):  p50 %.1f us  p99 %.1f us\n"
+	       "  host B (all remote): p50 %.1f us  p99 %.1f us  (%d lookups found less)\n",
+	       a50, a99, b50, b99, bad);
+	kvt_close(a.c);
+	kvt_close(b.c);
+}
+
 int main(int argc, char **argv)
 {
 	static const struct kvt_test_case tests[] = {
-	    {"fleet", test_fleet},
-	    {"corrupt", test_corrupt},
-	    {"down", test_down},
-	    {"queue", test_queue},
+	    {"fleet", test_fleet}, {"corrupt", test_corrupt}, {"down", test_down},
+	    {"queue", test_queue}, {"latency", test_latency},
 	};
 	int fails;
 
