@@ -15,6 +15,9 @@
  *                                         B's gets are exact or misses while it fails over,
  *                                         and every block is served within 5 s of the
  *                                         cluster's recovery
+ *   test_fleet KVTIERD KVTIERCTL auth     one plain Redis with a password: hosts with
+ *                                         remote.auth_file share blocks; a host without it
+ *                                         misses, never fails
  *   test_fleet KVTIERD KVTIERCTL queue    (no cluster) a node that accepts connections and
  *                                         never answers: puts are not held up, the write-behind
  *                                         queue keeps remote.queue_max blocks and drops the rest,
@@ -464,6 +467,57 @@ static void test_failover(void)
 	kvt_close(b.c);
 }
 
+static void test_auth(void)
+{
+	char authf[320], opt[340];
+	const char *extra[] = {opt, NULL};
+	struct host a = {0}, b = {0};
+	struct kvt_key keys[NBLK];
+	uint8_t *buf = NULL, *want = NULL;
+	redisReply *r;
+	FILE *f;
+
+	snprintf(authf, sizeof(authf), "%s/auth", dir);
+	snprintf(opt, sizeof(opt), "remote.auth_file=%s", authf);
+	f = fopen(authf, "w");
+	CHECK(f);
+	fputs("s3cret\n", f);
+	fclose(f);
+	r = rh_cmd(cl.port[0], "CONFIG SET requirepass s3cret");
+	CHECK(r && r->type == REDIS_REPLY_STATUS);
+	freeReplyObject(r);
+	CHECK(host_startx(0, "raw", NULL, extra) > 0);
+	CHECK(host_startx(1, "raw", NULL, NULL) > 0); /* no password */
+	CHECK(host_open(&a, 0) == 0);
+	CHECK(host_open(&b, 1) == 0);
+	kvt_test_make_keys(&layout, 17, keys, NBLK);
+	CHECK(put_prompt(&a, keys, 7000) == 0);
+	/* B is refused (NOAUTH): misses, never errors. */
+	buf = malloc(a.bb);
+	want = malloc(a.bb);
+	CHECK_EQ(kvt_lookup(b.c, b.lay, keys, NBLK), 0);
+	CHECK_EQ(kvt_get(b.c, b.lay, &keys[0], buf, a.bb), -ENOENT);
+	kvt_close(b.c);
+	b.c = NULL;
+	CHECK_EQ(kvt_test_daemon_stop(dpid[1]), 0);
+	dpid[1] = 0;
+	/* B with the password: A's blocks, bit-exact. */
+	CHECK(host_startx(1, "raw", NULL, extra) > 0);
+	CHECK(host_open(&b, 1) == 0);
+	CHECK_EQ(wait_visible(&b, keys, NBLK), NBLK);
+	for (int i = 0; i < NBLK; i++) {
+		kvt_test_fill(want, a.bb, 7000 + (uint64_t)i);
+		CHECK_EQ(kvt_get(b.c, b.lay, &keys[i], buf, a.bb), (long long)a.bb);
+		CHECK(memcmp(buf, want, a.bb) == 0);
+	}
+	CHECK_EQ(status_num(1, "remote_hits_total"), NBLK);
+	printf("auth: host B without the password missed, with it fetched all %d blocks\n", NBLK);
+	free(buf);
+	free(want);
+	kvt_close(a.c);
+	kvt_close(b.c);
+}
+
 /*
  * The write-behind never holds up a put: a remote that accepts connections and never answers
  * keeps the put thread in its first request until remote.put_timeout_ms, so the queue holds
@@ -586,13 +640,14 @@ int main(int argc, char **argv)
 {
 	static const struct kvt_test_case tests[] = {
 	    {"fleet", test_fleet},	 {"corrupt", test_corrupt}, {"down", test_down},
-	    {"failover", test_failover}, {"queue", test_queue},	    {"latency", test_latency},
+	    {"failover", test_failover}, {"auth", test_auth},	    {"queue", test_queue},
+	    {"latency", test_latency},
 	};
 	int fails;
 
 	if (argc < 4) {
 		fprintf(stderr, "usage: test_fleet KVTIERD KVTIERCTL "
-				"fleet|corrupt|down|failover|queue|latency|demo\n");
+				"fleet|corrupt|down|failover|auth|queue|latency|demo\n");
 		return 2;
 	}
 	kvtierd = argv[1];
@@ -603,7 +658,14 @@ int main(int argc, char **argv)
 		snprintf(sock[h], sizeof(sock[h]), "%s/host%c.sock", dir, 'A' + h);
 		snprintf(logp[h], sizeof(logp[h]), "%s/host%c.log", dir, 'A' + h);
 	}
-	if (strcmp(argv[3], "queue") && cluster_up() < 0) {
+	if (!strcmp(argv[3], "auth")) {
+		if (!rh_available())
+			return 77;
+		if (rh_start(&cl, 1, false, NULL) < 0) {
+			fprintf(stderr, "test_fleet: redis-server did not start\n");
+			return 1;
+		}
+	} else if (strcmp(argv[3], "queue") && cluster_up() < 0) {
 		fprintf(stderr, "test_fleet: the 6-node cluster did not start\n");
 		return 1;
 	}
@@ -612,9 +674,15 @@ int main(int argc, char **argv)
 		say("6-node Redis Cluster on loopback (3 masters, 3 replicas): %s\n", cl.seeds);
 		test_fleet_case(argc > 4 ? argv[4] : "fpx");
 	} else {
-		for (size_t k = 0; k < sizeof(tests) / sizeof(tests[0]); k++) {
-			if (!strcmp(argv[3], tests[k].name))
-				tests[k].fn();
+		size_t k = 0;
+
+		while (k < sizeof(tests) / sizeof(tests[0]) && strcmp(argv[3], tests[k].name))
+			k++;
+		if (k == sizeof(tests) / sizeof(tests[0])) {
+			fprintf(stderr, "test_fleet: no test called %s\n", argv[3]);
+			kvt_test_failures++;
+		} else {
+			tests[k].fn();
 		}
 	}
 	hosts_stop();
