@@ -15,6 +15,11 @@
  *                                         B's gets are exact or misses while it fails over,
  *                                         and every block is served within 5 s of the
  *                                         cluster's recovery
+ *   test_fleet KVTIERD KVTIERCTL delete   a block written behind to the cluster, deleted on
+ *                                         host A: A's get is a miss at once (never fetched
+ *                                         back), B's once A's DEL is acknowledged; a delete
+ *                                         on B of a block only remote there removes it too;
+ *                                         a re-put with other bytes is what B serves
  *   test_fleet KVTIERD KVTIERCTL auth     one plain Redis with a password: hosts with
  *                                         remote.auth_file share blocks; a host without it
  *                                         misses, never fails
@@ -394,6 +399,74 @@ static void test_down(void)
 	kvt_close(b.c);
 }
 
+/* Polls host h's acknowledged remote DELs until there are want. */
+static long long wait_deletes(int h, long long want)
+{
+	uint64_t t0 = now_ms();
+	long long n;
+
+	while ((n = status_num(h, "remote_deletes_total")) < want && now_ms() - t0 < VISIBLE_MS)
+		;
+	return n;
+}
+
+static void test_delete(void)
+{
+	struct host a = {0}, b = {0};
+	struct kvt_key keys[NBLK];
+	uint8_t *buf = NULL, *want = NULL;
+	char name[128];
+
+	CHECK(host_start(0, "raw") > 0);
+	CHECK(host_start(1, "raw") > 0);
+	CHECK(host_open(&a, 0) == 0);
+	CHECK(host_open(&b, 1) == 0);
+	kvt_test_make_keys(&layout, 21, keys, NBLK);
+	buf = malloc(a.bb);
+	want = malloc(a.bb);
+	kvt_test_fill(want, a.bb, 2100);
+	CHECK_EQ(kvt_put(a.c, a.lay, &keys[0], want, a.bb), 0);
+	CHECK_EQ(wait_visible(&b, keys, 1), 1); /* written behind: B's lookup sees it */
+	CHECK(find_key(name, sizeof(name)) > 0);
+
+	/* Deleted on A: never served again there, not even from the cluster. */
+	CHECK_EQ(kvt_delete(a.c, a.lay, &keys[0]), 0);
+	CHECK_EQ(kvt_get(a.c, a.lay, &keys[0], buf, a.bb), -ENOENT);
+	CHECK_EQ(kvt_lookup(a.c, a.lay, keys, 1), 0);
+	/* Once A's DEL is acknowledged, no host finds it. */
+	CHECK_EQ(wait_deletes(0, 1), 1);
+	CHECK_EQ(status_num(0, "remote_deleted_keys"), 0);
+	CHECK_EQ(kvt_lookup(b.c, b.lay, keys, 1), 0);
+	CHECK_EQ(kvt_get(b.c, b.lay, &keys[0], buf, b.bb), -ENOENT);
+	CHECK_EQ(kvt_get(a.c, a.lay, &keys[0], buf, a.bb), -ENOENT);
+	CHECK(find_key(name, sizeof(name)) < 0);
+	CHECK_EQ(status_num(1, "remote_hits_total"), 0);
+
+	/* Put again with other bytes: that is what B serves. */
+	kvt_test_fill(want, a.bb, 2200);
+	CHECK_EQ(kvt_put(a.c, a.lay, &keys[0], want, a.bb), 0);
+	CHECK_EQ(wait_visible(&b, keys, 1), 1);
+	CHECK_EQ(kvt_get(b.c, b.lay, &keys[0], buf, b.bb), (long long)b.bb);
+	CHECK(memcmp(buf, want, b.bb) == 0);
+
+	/* A delete on B of a key only the cluster holds for B: gone from the cluster too
+	 * (A still has its own copy: a delete is one host's, the fleet has no delete). */
+	kvt_test_fill(want, a.bb, 2300);
+	CHECK_EQ(kvt_put(a.c, a.lay, &keys[1], want, a.bb), 0);
+	CHECK_EQ(wait_visible(&b, keys, 2), 2);
+	CHECK_EQ(kvt_delete(b.c, b.lay, &keys[1]), -ENOENT);
+	CHECK_EQ(kvt_get(b.c, b.lay, &keys[1], buf, b.bb), -ENOENT);
+	CHECK_EQ(wait_deletes(1, 1), 1);
+	CHECK_EQ(kvt_get(b.c, b.lay, &keys[1], buf, b.bb), -ENOENT);
+	CHECK_EQ(kvt_get(a.c, a.lay, &keys[1], buf, a.bb), (long long)a.bb);
+	CHECK_EQ(status_num(0, "remote_delete_errors_total"), 0);
+	CHECK_EQ(status_num(1, "remote_delete_errors_total"), 0);
+	free(buf);
+	free(want);
+	kvt_close(a.c);
+	kvt_close(b.c);
+}
+
 /* Gets through B of the blocks not served yet: each exact or a miss; how many are served. */
 static int get_unserved(struct host *b, const struct kvt_key *keys, bool *served, uint8_t *buf,
 			uint8_t *want, int *wrong)
@@ -641,13 +714,13 @@ int main(int argc, char **argv)
 	static const struct kvt_test_case tests[] = {
 	    {"fleet", test_fleet},	 {"corrupt", test_corrupt}, {"down", test_down},
 	    {"failover", test_failover}, {"auth", test_auth},	    {"queue", test_queue},
-	    {"latency", test_latency},
+	    {"delete", test_delete},	 {"latency", test_latency},
 	};
 	int fails;
 
 	if (argc < 4) {
 		fprintf(stderr, "usage: test_fleet KVTIERD KVTIERCTL "
-				"fleet|corrupt|down|failover|auth|queue|latency|demo\n");
+				"fleet|corrupt|down|failover|auth|queue|delete|latency|demo\n");
 		return 2;
 	}
 	kvtierd = argv[1];
