@@ -27,7 +27,7 @@ if(TARGET kvt_tier_remote AND TARGET kvtierd)
 		${CMAKE_CURRENT_LIST_DIR}/redis_harness.c ${CMAKE_CURRENT_LIST_DIR}/harness.c)
 	target_include_directories(test_fleet PRIVATE ${CMAKE_CURRENT_LIST_DIR})
 	target_link_libraries(test_fleet PRIVATE kvtier PkgConfig::HIREDIS Threads::Threads)
-	foreach(s fleet corrupt down failover auth queue delete stop reshard)
+	foreach(s fleet corrupt down failover auth queue delete delete_down stop reshard)
 		kvt_add_test(remote_fleet_${s}
 			COMMAND $<TARGET_FILE:test_fleet> $<TARGET_FILE:kvtierd>
 				$<TARGET_FILE:kvtierctl> ${s}

@@ -20,6 +20,11 @@
  *                                         back), B's once A's DEL is acknowledged; a delete
  *                                         on B of a block only remote there removes it too;
  *                                         a re-put with other bytes is what B serves
+ *   test_fleet KVTIERD KVTIERCTL delete_down  the same delete while every node is stopped:
+ *                                         the DEL fails, A still never serves the key (it
+ *                                         stays fenced after the cluster is back), while B,
+ *                                         told nothing, is served the copy (put back as
+ *                                         if the DEL had missed it)
  *   test_fleet KVTIERD KVTIERCTL stop     the master holding most of A's blocks SIGSTOPped
  *                                         while B serves them: misses, each call within its
  *                                         deadline; every block served within 5 s of SIGCONT
@@ -469,6 +474,79 @@ static void test_delete(void)
 	CHECK_EQ(kvt_get(a.c, a.lay, &keys[1], buf, a.bb), (long long)a.bb);
 	CHECK_EQ(status_num(0, "remote_delete_errors_total"), 0);
 	CHECK_EQ(status_num(1, "remote_delete_errors_total"), 0);
+	free(buf);
+	free(want);
+	kvt_close(a.c);
+	kvt_close(b.c);
+}
+
+static void test_delete_down(void)
+{
+	static const char *const extra[] = {"remote.put_timeout_ms=200", NULL};
+	struct host a = {0}, b = {0};
+	struct kvt_key keys[NBLK];
+	uint8_t *buf = NULL, *want = NULL;
+	uint64_t t0;
+	long long r;
+	char name[128];
+	redisReply *val;
+	int port;
+
+	CHECK(host_startx(0, "raw", NULL, extra) > 0);
+	CHECK(host_start(1, "raw") > 0);
+	CHECK(host_open(&a, 0) == 0);
+	CHECK(host_open(&b, 1) == 0);
+	kvt_test_make_keys(&layout, 23, keys, NBLK);
+	buf = malloc(a.bb);
+	want = malloc(a.bb);
+	kvt_test_fill(want, a.bb, 2400);
+	CHECK_EQ(kvt_put(a.c, a.lay, &keys[0], want, a.bb), 0);
+	CHECK_EQ(wait_visible(&b, keys, 1), 1);
+	CHECK(rh_wait_synced(&cl, 20000) == 0);
+	port = find_key(name, sizeof(name));
+	CHECK(port > 0);
+	val = rh_cmd(port, "GET %s", name);
+	CHECK(val && val->type == REDIS_REPLY_STRING);
+	for (unsigned s = 0; s < cl.n; s++)
+		rh_node_signal(&cl, s, SIGSTOP);
+	CHECK_EQ(kvt_delete(a.c, a.lay, &keys[0]), 0);
+	CHECK_EQ(kvt_get(a.c, a.lay, &keys[0], buf, a.bb), -ENOENT);
+	/* The DEL fails (every node silent past remote.put_timeout_ms). */
+	t0 = now_ms();
+	while (status_num(0, "remote_delete_errors_total") < 1)
+		CHECK(now_ms() - t0 < VISIBLE_MS);
+	CHECK_EQ(status_num(0, "remote_deletes_total"), 0);
+	for (unsigned s = 0; s < cl.n; s++)
+		rh_node_signal(&cl, s, SIGCONT);
+	CHECK(rh_wait_healthy(&cl, FAULT_MAX_MS) == 0);
+	/* A DEL that timed out may still land when the node resumes: put the copy back as one
+	 * that it missed would be (the key's master may have changed: ask its node). */
+	{
+		const char *argv[] = {"SET", name, val->str};
+		size_t len[] = {3, strlen(name), val->len};
+		redisReply *w = NULL;
+
+		for (unsigned s = 0; s < cl.n && !(w && w->type == REDIS_REPLY_STATUS); s++) {
+			if (w)
+				freeReplyObject(w);
+			w = rh_is_master(&cl, s) ? rh_cmdargv(cl.port[s], 3, argv, len) : NULL;
+		}
+		CHECK(w && w->type == REDIS_REPLY_STATUS);
+		freeReplyObject(w);
+	}
+	freeReplyObject(val);
+	/* B (told nothing) is served the copy once its breakers close... */
+	t0 = now_ms();
+	while ((r = kvt_get(b.c, b.lay, &keys[0], buf, b.bb)) == -ENOENT)
+		CHECK(now_ms() - t0 <= RECOVERY_MS);
+	CHECK_EQ(r, (long long)b.bb);
+	CHECK(memcmp(buf, want, b.bb) == 0);
+	/* ...but A, which deleted it, never: fenced until remote.ttl after the delete. */
+	CHECK_EQ(kvt_get(a.c, a.lay, &keys[0], buf, a.bb), -ENOENT);
+	CHECK_EQ(kvt_lookup(a.c, a.lay, keys, 1), 0);
+	CHECK_EQ(status_num(0, "remote_deleted_keys"), 1);
+	CHECK(status_num(0, "remote_fenced_total") >= 2);
+	CHECK_EQ(status_num(0, "remote_hits_total"), 0);
 	free(buf);
 	free(want);
 	kvt_close(a.c);
@@ -935,18 +1013,19 @@ static void test_latency(void)
 int main(int argc, char **argv)
 {
 	static const struct kvt_test_case tests[] = {
-	    {"fleet", test_fleet},	 {"corrupt", test_corrupt}, {"down", test_down},
-	    {"failover", test_failover}, {"auth", test_auth},	    {"queue", test_queue},
-	    {"delete", test_delete},	 {"stop", test_stop},	    {"reshard", test_reshard},
+	    {"fleet", test_fleet},     {"corrupt", test_corrupt},
+	    {"down", test_down},       {"failover", test_failover},
+	    {"auth", test_auth},       {"queue", test_queue},
+	    {"delete", test_delete},   {"delete_down", test_delete_down},
+	    {"stop", test_stop},       {"reshard", test_reshard},
 	    {"latency", test_latency},
 	};
 	int fails;
 
 	if (argc < 4) {
-		fprintf(
-		    stderr,
-		    "usage: test_fleet KVTIERD KVTIERCTL "
-		    "fleet|corrupt|down|failover|auth|queue|delete|stop|reshard|latency|demo\n");
+		fprintf(stderr, "usage: test_fleet KVTIERD KVTIERCTL "
+				"fleet|corrupt|down|failover|auth|queue|delete|delete_down|stop|"
+				"reshard|latency|demo\n");
 		return 2;
 	}
 	kvtierd = argv[1];
