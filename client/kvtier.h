@@ -215,7 +215,10 @@ KVT_API int kvt_lease_release(struct kvt_client *c, struct kvt_lease *l);
  * again, across daemon restarts too), or -EAGAIN (nothing deleted; retry later) while the
  * daemon still recovers its NVMe records (`kvtierctl ping` says "recovering").  A leased
  * block disappears from lookups at once; its memory is freed when the last lease is
- * returned. */
+ * returned.  With a remote tier (remote.nodes) the remote copy is deleted too and this
+ * daemon never fetches the key remotely until that is done; other hosts of the fleet are
+ * not told, and a restart within remote.ttl of a failed remote delete forgets it (README,
+ * "Remote tier"). */
 KVT_API int kvt_delete(struct kvt_client *c, int layout, const struct kvt_key *key);
 
 /*

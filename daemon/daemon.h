@@ -384,6 +384,9 @@ bool kvtd_remote_on(const struct kvtd *d);
 /* Block i was just committed on the host: a copy of its bytes is queued for the remote
  * store (write-behind); dropped and counted when remote.queue_max blocks already wait. */
 void kvtd_remote_put(struct kvtd *d, uint32_t i);
+/* A delete of key (lo, hi, fp): its remote copy is deleted too (DEL, after any write-behind of
+ * it), and until that is acknowledged this host never fetches the key remotely. */
+void kvtd_remote_delete(struct kvtd *d, uint64_t lo, uint64_t hi, uint64_t fp);
 /* A lookup of client_id found its first found keys locally; the remote store is asked
  * about the next m (internal keys lohi[2j], lohi[2j+1], layout fp).  1: answered later
  * through kvtd_remote_lookup_pop; < 0: not asked (answer found now). */

@@ -415,6 +415,16 @@ static void op_delete(struct kvtd *d, struct client *c, const struct kvt_sqe *s,
 	int ret;
 	uint32_t i = find_ready(d, c, s, &ret);
 
+	if ((ret == 0 || ret == -ENOENT) && kvtd_remote_on(d) &&
+	    !(i == KVTD_NIL && d->nvme_recovering)) {
+		/* The remote copy too, local or not (a block that left the local tiers may be
+		 * there): no version of the key is served again (remote_place.c, the fence). */
+		struct layout_slot *l = &c->layouts[s->layout];
+		uint64_t lo, hi;
+
+		internal_key(d, c, l->fp, s->key_lo, s->key_hi, &lo, &hi);
+		kvtd_remote_delete(d, lo, hi, l->fp);
+	}
 	if (i == KVTD_NIL) {
 		/* Not recovered yet, maybe: a record of it may still be found by the scan, and a
 		 * fence kept in memory would die with the daemon.  Promise nothing: retry later,

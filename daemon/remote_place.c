@@ -8,8 +8,26 @@
  * evicted) into a job of a bounded queue (remote.queue_max blocks; beyond, the copy is
  * dropped and counted, the loop never waits).  An I/O thread encodes it with remote.codec
  * and stores it (SET NX EX remote.ttl).  So a prefix computed on one host is visible to the
- * others as soon as the write lands, not only when the local tiers evict it.  A block is
- * never removed remotely: a delete is local, and remote copies expire by TTL.
+ * others as soon as the write lands, not only when the local tiers evict it.
+ *
+ * Delete: kvt_delete's promise (no version of the key is served again) holds with the
+ * remote tier on.  A delete (kvtd_remote_delete) takes the key's queued write-behind off
+ * the queue and queues a DEL; a thread runs the DEL only once no other thread has a put of
+ * that key in flight, so the DEL comes after every write of the key this host started.
+ * Until the DEL is acknowledged the key is in the fence, a small set on the loop's side:
+ * this host never looks the key up or fetches it remotely, and a fetch that was already
+ * on its way when any delete came is not installed.  The fence entry goes when the DEL is
+ * acknowledged (and no re-put of the key is in flight), or remote.ttl after the delete
+ * when the DEL failed (any copy written before the delete has expired by then; with
+ * remote.ttl = 0 it stays until restart).  A key put again while fenced is written with
+ * SET without NX, so the new bytes replace an old copy that the DEL may have missed.
+ * The fence holds FENCE_MAX keys; a delete that finds it full still queues its DEL, and
+ * until that DEL is acknowledged this host fetches nothing remotely (lookups and gets of
+ * every key are misses); if such a DEL fails, nothing for remote.ttl.  Safe, never wrong.
+ * Fleet semantics: another host learns of no delete (it may serve the key from its own
+ * tiers), and one that puts the key later stores it again (SET NX: the first value
+ * written wins; keys are token-chain hashes, so a key's bytes are the model's KV of that
+ * prefix, the same on every host).
  *
  * Lookup: ops.c answers from the index up to its first miss; for the rest it calls
  * kvtd_remote_lookup(), an I/O thread runs one pipelined EXISTS run (stopping at the first
@@ -44,8 +62,17 @@
 #include "tier_remote.h"
 
 #define PUT_BATCH 16u
+#define FENCE_MAX 1024u
 
-enum { RJ_PUT, RJ_LOOKUP, RJ_GET };
+enum { RJ_PUT, RJ_LOOKUP, RJ_GET, RJ_DEL };
+
+/* A deleted key this host does not fetch remotely (loop side only). */
+struct fence {
+	uint64_t lo, hi, fp;
+	uint64_t expire_ns; /* when failed: gone then (UINT64_MAX: never) */
+	uint32_t pending;   /* DELs and replacing puts in flight */
+	bool failed;	    /* a DEL failed: the copy may be there until its TTL */
+};
 
 struct rjob {
 	struct rjob *next;
@@ -68,6 +95,9 @@ struct rjob {
 	struct kvt_remote_key key;
 	uint32_t tenant, uid, max_len, waiter, first_token;
 	int err;
+	/* get: R->del_gen when asked; put, del: comes back to the loop (the fence) */
+	uint64_t del_gen;
+	bool tracked;
 };
 
 struct rthread {
@@ -80,6 +110,9 @@ struct rthread {
 	struct kvt_rc_stats rc;
 	struct kvt_rc_node_info nodes[KVTD_REMOTE_NODES];
 	unsigned nnodes;
+	/* the puts this thread is writing (under R->mu): a DEL of one of them waits */
+	struct rjob *busy[PUT_BATCH];
+	unsigned nbusy;
 };
 
 struct kvtd_remote {
@@ -91,7 +124,13 @@ struct kvtd_remote {
 	struct rjob *put_head, *put_tail; /* write-behind */
 	struct rjob *done_head, *done_tail;
 	struct rjob *lk_head, *lk_tail; /* finished lookups, loop side */
-	uint32_t put_queued;
+	uint32_t put_queued, del_queued;
+	/* the fence (loop side): deleted keys not fetched remotely */
+	struct fence fence[FENCE_MAX];
+	unsigned nfence;
+	uint32_t untracked;	  /* DELs in flight of keys the full fence could not hold */
+	uint64_t deny_until_ns;	  /* a DEL of such a key failed: no remote fetch until then */
+	uint64_t del_gen, ttl_ns; /* deletes so far; remote.ttl (0: none) */
 	/* counters of the threads (under mu), copied into d->m by kvtd_remote_sync() */
 	uint64_t puts, put_bytes, put_errors, corrupt, errors;
 	struct kvt_chain *chain, *raw; /* remote.codec; raw for blocks it refuses */
@@ -139,7 +178,7 @@ static void run_puts(struct rthread *th, struct rjob **v, unsigned n)
 	struct kvtd_remote *R = th->R;
 	struct kvt_remote_put p[PUT_BATCH];
 	void *enc[PUT_BATCH] = {0};
-	unsigned k = 0;
+	unsigned k = 0, vi[PUT_BATCH];
 	uint64_t bytes = 0, errs = 0, ok = 0;
 
 	for (unsigned i = 0; i < n; i++) {
@@ -160,9 +199,11 @@ static void run_puts(struct rthread *th, struct rjob **v, unsigned n)
 		}
 		if (len < 0) {
 			free(enc[k]);
+			j->err = -EIO;
 			errs++;
 			continue;
 		}
+		vi[k] = i;
 		p[k] = j->put;
 		p[k].hdr.chain_id = kvt_chain_id(c);
 		p[k].hdr.payload_len = (uint32_t)len;
@@ -177,6 +218,7 @@ static void run_puts(struct rthread *th, struct rjob **v, unsigned n)
 			ok++;
 		else
 			errs++;
+		v[vi[i]]->err = p[i].res < 0 ? p[i].res : 0;
 		free(enc[i]);
 	}
 	pthread_mutex_lock(&R->mu);
@@ -184,6 +226,32 @@ static void run_puts(struct rthread *th, struct rjob **v, unsigned n)
 	R->put_bytes += bytes;
 	R->put_errors += errs;
 	pthread_mutex_unlock(&R->mu);
+}
+
+static void run_del(struct rthread *th, struct rjob *j)
+{
+	int res = -ETIMEDOUT;
+
+	kvt_remote_del(th->r, &j->key, &res, 1, kvt_remote_now_ns() + th->R->put_ns);
+	j->err = res;
+}
+
+/* Whether another thread is writing a put of j's key (under R->mu). */
+static bool put_in_flight(const struct kvtd_remote *R, const struct rthread *me,
+			  const struct rjob *j)
+{
+	for (unsigned t = 0; t < R->nth; t++) {
+		const struct rthread *th = &R->th[t];
+
+		for (unsigned k = 0; th != me && k < th->nbusy; k++) {
+			const struct kvt_remote_key *b = &th->busy[k]->key;
+
+			if (b->key_lo == j->key.key_lo && b->key_hi == j->key.key_hi &&
+			    b->fingerprint == j->key.fingerprint)
+				return true;
+		}
+	}
+	return false;
 }
 
 static void run_lookup(struct rthread *th, struct rjob *j)
@@ -291,22 +359,43 @@ static void *io_main(void *arg)
 		if (R->stop)
 			break;
 		j = q_pop(&R->hi_head, &R->hi_tail);
-		if (!j) {
-			while (n < PUT_BATCH && (v[n] = q_pop(&R->put_head, &R->put_tail)))
-				n++;
+		if (!j && R->put_head->kind == RJ_DEL) {
+			/* After every put of the key that another thread is writing. */
+			j = q_pop(&R->put_head, &R->put_tail);
+			R->del_queued--;
+			while (!R->stop && put_in_flight(R, th, j))
+				pthread_cond_wait(&R->cv, &R->mu);
+		} else if (!j) {
+			/* Puts up to the next DEL (which runs alone, after them). */
+			while (n < PUT_BATCH && R->put_head && R->put_head->kind == RJ_PUT)
+				v[n++] = q_pop(&R->put_head, &R->put_tail);
 			R->put_queued -= n;
+			memcpy(th->busy, v, n * sizeof(v[0]));
+			th->nbusy = n;
 		}
 		pthread_mutex_unlock(&R->mu);
 		if (j && j->kind == RJ_LOOKUP)
 			run_lookup(th, j);
+		else if (j && j->kind == RJ_DEL)
+			run_del(th, j);
 		else if (j)
 			run_get(th, j);
 		else
 			run_puts(th, v, n);
-		for (unsigned k = 0; k < n; k++)
-			job_free(v[k]);
 		snapshot(th);
 		pthread_mutex_lock(&R->mu);
+		th->nbusy = 0;
+		for (unsigned k = 0; k < n; k++) {
+			if (v[k]->tracked) { /* a re-put of a fenced key: the loop counts it */
+				free(v[k]->raw);
+				v[k]->raw = NULL;
+				q_push(&R->done_head, &R->done_tail, v[k]);
+			} else {
+				job_free(v[k]);
+			}
+		}
+		if (n)
+			pthread_cond_broadcast(&R->cv); /* a DEL may wait for these */
 		if (j)
 			q_push(&R->done_head, &R->done_tail, j);
 		/* puts too: the loop brings the metrics up to date */
@@ -340,6 +429,154 @@ void kvtd_remote_sync(struct kvtd *d)
 	d->m.remote_errors_total = R->errors;
 	d->m.remote_queue = R->put_queued;
 	pthread_mutex_unlock(&R->mu);
+	d->m.remote_deleted_keys = R->nfence;
+}
+
+/* The fence (loop side): the entry of key, or NULL. */
+static struct fence *fence_find(struct kvtd_remote *R, uint64_t lo, uint64_t hi, uint64_t fp)
+{
+	for (unsigned k = 0; k < R->nfence; k++) {
+		struct fence *f = &R->fence[k];
+
+		if (f->lo == lo && f->hi == hi && f->fp == fp)
+			return f;
+	}
+	return NULL;
+}
+
+static void fence_drop(struct kvtd_remote *R, struct fence *f)
+{
+	*f = R->fence[--R->nfence];
+}
+
+/* Entries whose failed DEL's TTL has passed: any copy written before the delete is gone. */
+static void fence_expire(struct kvtd_remote *R, uint64_t now)
+{
+	for (unsigned k = 0; k < R->nfence;) {
+		struct fence *f = &R->fence[k];
+
+		if (!f->pending && f->failed && now >= f->expire_ns)
+			fence_drop(R, f);
+		else
+			k++;
+	}
+}
+
+static uint64_t ttl_end(const struct kvtd_remote *R, uint64_t now)
+{
+	return R->ttl_ns ? now + R->ttl_ns : UINT64_MAX;
+}
+
+/* Whether this host may fetch key remotely now (false: counted as fenced). */
+static bool fetch_ok(struct kvtd *d, uint64_t lo, uint64_t hi, uint64_t fp)
+{
+	struct kvtd_remote *R = d->remote;
+	uint64_t now;
+
+	if (!R->nfence && !R->untracked && !R->deny_until_ns)
+		return true;
+	now = kvt_remote_now_ns();
+	if (R->deny_until_ns && now >= R->deny_until_ns)
+		R->deny_until_ns = 0;
+	fence_expire(R, now);
+	if (R->untracked || R->deny_until_ns || fence_find(R, lo, hi, fp)) {
+		d->m.remote_fenced_total++;
+		return false;
+	}
+	return true;
+}
+
+/* A DEL or a fenced key's re-put came back (loop side). */
+static void fence_ack(struct kvtd *d, struct rjob *j)
+{
+	struct kvtd_remote *R = d->remote;
+	struct fence *f = fence_find(R, j->key.key_lo, j->key.key_hi, j->key.fingerprint);
+	bool del = j->kind == RJ_DEL;
+
+	if (del && j->err < 0)
+		d->m.remote_delete_errors_total++;
+	else if (del)
+		d->m.remote_deletes_total++;
+	if (del && !j->tracked) { /* the fence was full */
+		R->untracked--;
+		if (j->err < 0)
+			R->deny_until_ns = ttl_end(R, kvt_remote_now_ns());
+		return;
+	}
+	if (!f)
+		return;
+	f->pending--;
+	if (del && j->err < 0) {
+		f->failed = true;
+		f->expire_ns = ttl_end(R, kvt_remote_now_ns());
+	}
+	if (!f->pending && !f->failed)
+		fence_drop(R, f);
+}
+
+void kvtd_remote_delete(struct kvtd *d, uint64_t lo, uint64_t hi, uint64_t fp)
+{
+	struct kvtd_remote *R = d->remote;
+	struct rjob *gone = NULL, *j, *del, **pp, *last = NULL;
+	struct fence *f;
+	bool queued = false;
+
+	if (!R)
+		return;
+	R->del_gen++; /* a fetch on its way is not installed */
+	f = fence_find(R, lo, hi, fp);
+	if (!f && R->nfence < FENCE_MAX) {
+		f = &R->fence[R->nfence++];
+		*f = (struct fence){.lo = lo, .hi = hi, .fp = fp};
+	}
+	del = calloc(1, sizeof(*del));
+	pthread_mutex_lock(&R->mu);
+	/* The key's write-behind still queued is not written at all. */
+	for (pp = &R->put_head; *pp;) {
+		struct rjob *q = *pp;
+
+		if (q->kind == RJ_PUT && q->key.key_lo == lo && q->key.key_hi == hi &&
+		    q->key.fingerprint == fp) {
+			*pp = q->next;
+			R->put_queued--;
+			q->next = gone;
+			gone = q;
+		} else {
+			last = q;
+			pp = &q->next;
+		}
+	}
+	R->put_tail = last;
+	if (del && R->del_queued < FENCE_MAX) {
+		del->kind = RJ_DEL;
+		del->key = (struct kvt_remote_key){.key_lo = lo, .key_hi = hi, .fingerprint = fp};
+		del->tracked = f != NULL;
+		q_push(&R->put_head, &R->put_tail, del);
+		R->del_queued++;
+		queued = true;
+		pthread_cond_broadcast(&R->cv);
+	}
+	pthread_mutex_unlock(&R->mu);
+	while ((j = gone)) {
+		gone = j->next;
+		if (j->tracked && f) /* a re-put of it, fenced before: never written */
+			f->pending--;
+		job_free(j);
+	}
+	if (!queued) {
+		free(del);
+		d->m.remote_delete_errors_total++;
+	}
+	if (f) {
+		f->failed = !queued;
+		f->pending += queued;
+		f->expire_ns = ttl_end(R, kvt_remote_now_ns());
+	} else if (queued) {
+		R->untracked++;
+	} else {
+		R->deny_until_ns = ttl_end(R, kvt_remote_now_ns());
+	}
+	d->m.remote_deleted_keys = R->nfence;
 }
 
 static void submit(struct kvtd_remote *R, struct rjob *j)
@@ -362,6 +599,7 @@ void kvtd_remote_put(struct kvtd *d, uint32_t i)
 	struct kvtd_blk *b = B(d, i);
 	const struct tenant *t = kvtd_tenant_of(d, b);
 	const struct kvt_codec_geom *g;
+	struct fence *f;
 	struct rjob *j;
 	bool full;
 
@@ -397,6 +635,13 @@ void kvtd_remote_put(struct kvtd *d, uint32_t i)
 	j->put.hdr.fingerprint = b->fingerprint;
 	j->put.hdr.raw_len = b->len;
 	j->put.hdr.tenant = t->uid;
+	j->key = (struct kvt_remote_key){b->key_lo, b->key_hi, b->fingerprint};
+	f = fence_find(R, b->key_lo, b->key_hi, b->fingerprint);
+	if (f) { /* put again after a delete: replaces what the DEL may have missed */
+		j->put.replace = true;
+		j->tracked = true;
+		f->pending++;
+	}
 	d->m.remote_puts_queued_total++;
 	submit(R, j);
 }
@@ -406,7 +651,14 @@ int kvtd_remote_lookup(struct kvtd *d, uint32_t client_id, uint64_t user_data, u
 {
 	struct rjob *j;
 
-	if (!d->remote || !m)
+	if (!d->remote)
+		return -ENOENT;
+	/* The suffix up to its first fenced (deleted) key: that one is a miss. */
+	for (uint32_t k = 0; k < m; k++) {
+		if (!fetch_ok(d, lohi[2 * k], lohi[2 * k + 1], fp))
+			m = k;
+	}
+	if (!m)
 		return -ENOENT;
 	j = calloc(1, sizeof(*j));
 	if (!j || !(j->keys = calloc(m, sizeof(*j->keys)))) {
@@ -450,11 +702,12 @@ int kvtd_remote_fetch(struct kvtd *d, uint32_t client_id, uint64_t user_data, st
 {
 	struct rjob *j;
 
-	if (!d->remote)
+	if (!d->remote || !fetch_ok(d, lo, hi, fp))
 		return -ENOENT;
 	j = calloc(1, sizeof(*j));
 	if (!j)
 		return -ENOENT;
+	j->del_gen = d->remote->del_gen;
 	j->waiter = kvtd_waiter_new(d, KVTD_NIL, client_id, user_data);
 	if (j->waiter == KVTD_NIL) {
 		free(j);
@@ -480,6 +733,9 @@ static int install(struct kvtd *d, struct rjob *j)
 
 	if (i != KVTD_NIL) /* put or fetched meanwhile: that one, if it is ready */
 		return B(d, i)->state == KVTD_BLK_READY ? (int)i : -ENOENT;
+	/* A delete since it was asked: the value read may be the deleted one. */
+	if (j->del_gen != d->remote->del_gen)
+		return -ENOENT;
 	off = kvtd_host_alloc(d, t, j->len);
 	if (off < 0)
 		return (int)off;
@@ -515,6 +771,11 @@ void kvtd_remote_event(struct kvtd *d)
 		if (j->kind == RJ_LOOKUP) {
 			d->m.remote_lookup_hit_blocks_total += (uint64_t)(j->res - (int)j->found);
 			q_push(&R->lk_head, &R->lk_tail, j);
+			continue;
+		}
+		if (j->kind != RJ_GET) { /* a DEL, a fenced key's re-put */
+			fence_ack(d, j);
+			job_free(j);
 			continue;
 		}
 		int i = j->err < 0 ? j->err : install(d, j);
@@ -603,6 +864,7 @@ int kvtd_remote_init(struct kvtd *d)
 	R->lookup_ns = (uint64_t)cf->remote_lookup_timeout_us * 1000;
 	R->get_ns = (uint64_t)cf->remote_get_timeout_us * 1000;
 	R->put_ns = (uint64_t)cf->remote_put_timeout_ms * 1000000;
+	R->ttl_ns = (uint64_t)cf->remote_ttl * 1000000000;
 	d->remote = R;
 	ret = kvt_chain_parse(cf->remote_codec, &R->chain);
 	if (ret < 0) {
@@ -741,6 +1003,11 @@ void kvtd_remote_put(struct kvtd *d, uint32_t i)
 {
 	(void)d;
 	(void)i;
+}
+
+void kvtd_remote_delete(struct kvtd *d, uint64_t lo, uint64_t hi, uint64_t fp)
+{
+	(void)d, (void)lo, (void)hi, (void)fp;
 }
 
 int kvtd_remote_lookup(struct kvtd *d, uint32_t client_id, uint64_t user_data, uint32_t found,

@@ -91,6 +91,11 @@
 	  "Remote values that failed a check: misses, never served")                               \
 	X(remote_errors_total, counter, "Remote requests the cluster failed (served as misses)")   \
 	X(remote_queue, gauge, "Blocks waiting to be written to the remote tier")                  \
+	X(remote_deletes_total, counter, "Remote copies of deleted keys removed (DEL answered)")   \
+	X(remote_delete_errors_total, counter,                                                     \
+	  "Remote DELs that failed or were not queued: the key stays fenced until its TTL")        \
+	X(remote_fenced_total, counter, "Remote fetches refused: the key was deleted here")        \
+	X(remote_deleted_keys, gauge, "Deleted keys this host never fetches remotely (the fence)") \
 	X(clients, gauge, "Clients connected")                                                     \
 	X(tenants, gauge, "Tenants (uids) with an arena")                                          \
 	X(leases, gauge, "Read leases held")                                                       \

@@ -159,12 +159,12 @@ int kvt_remote_put(struct kvt_remote *r, struct kvt_remote_put *v, unsigned n, u
 			c->arg[2].len[0] = sizeof(*h);
 			c->arg[2].p[1] = p->payload;
 			c->arg[2].len[1] = h->payload_len;
-			arg_set(&c->arg[3], "NX", 2);
-			c->argc = 4;
+			c->argc = 3;
+			if (!p->replace)
+				arg_set(&c->arg[c->argc++], "NX", 2);
 			if (r->ttl_s) {
-				arg_set(&c->arg[4], "EX", 2);
-				arg_set(&c->arg[5], r->ttl, strlen(r->ttl));
-				c->argc = 6;
+				arg_set(&c->arg[c->argc++], "EX", 2);
+				arg_set(&c->arg[c->argc++], r->ttl, strlen(r->ttl));
 			}
 		}
 		ret = kvt_rc_exec(r->rc, r->cmds, m, deadline);
@@ -193,6 +193,44 @@ int kvt_remote_put(struct kvt_remote *r, struct kvt_remote_put *v, unsigned n, u
 				r->st.put_errors++;
 			}
 			done += p->res >= 0;
+			kvt_rc_cmd_clear(c);
+		}
+	}
+	return done;
+}
+
+int kvt_remote_del(struct kvt_remote *r, const struct kvt_remote_key *keys, int *res, unsigned n,
+		   uint64_t deadline)
+{
+	int done = 0;
+
+	if (!r || r->magic != REMOTE_MAGIC || (n && (!keys || !res)))
+		return -EINVAL;
+	for (unsigned base = 0; base < n; base += REMOTE_BATCH) {
+		unsigned m = n - base < REMOTE_BATCH ? n - base : REMOTE_BATCH;
+		int ret;
+
+		for (unsigned i = 0; i < m; i++) {
+			struct kvt_rc_cmd *c = &r->cmds[i];
+
+			kvt_remote_key_name(&keys[base + i], r->names[i]);
+			memset(c, 0, sizeof(*c));
+			c->key_arg = 1;
+			arg_set(&c->arg[0], "DEL", 3);
+			arg_set(&c->arg[1], r->names[i], KVT_REMOTE_KEY_NAME - 1);
+			c->argc = 2;
+		}
+		ret = kvt_rc_exec(r->rc, r->cmds, m, deadline);
+		if (ret < 0)
+			return ret;
+		for (unsigned i = 0; i < m; i++) {
+			struct kvt_rc_cmd *c = &r->cmds[i];
+
+			/* An integer: how many it removed (0: not there, as good). */
+			res[base + i] = c->res < 0				? c->res
+					: c->reply->type == REDIS_REPLY_INTEGER ? 0
+										: -EPROTO;
+			done += res[base + i] == 0;
 			kvt_rc_cmd_clear(c);
 		}
 	}

@@ -26,6 +26,7 @@
 #ifndef KVT_TIER_REMOTE_H
 #define KVT_TIER_REMOTE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -60,6 +61,8 @@ struct kvt_remote_put {
 	struct kvt_record_hdr hdr;
 	const void *payload;
 	int res;
+	bool replace; /* SET without NX: overwrites a value stored before (a re-put after a
+		       * delete); res is then 0 when stored */
 };
 
 /* One block to fetch: key and buf/cap are the caller's (the payload is copied into buf
@@ -95,6 +98,12 @@ int kvt_remote_put(struct kvt_remote *r, struct kvt_remote_put *v, unsigned n,
 
 /* Fetches n blocks, pipelined.  Returns how many have res >= 0, or -EINVAL/-ENOMEM. */
 int kvt_remote_get(struct kvt_remote *r, struct kvt_remote_get *g, unsigned n,
+		   uint64_t deadline_ns);
+
+/* Deletes n keys (DEL, pipelined): res[i] 0 when the key is gone (deleted, or was not
+ * there), < 0 when the cluster failed (kvt_rc_exec's list).  Returns how many are 0, or
+ * -EINVAL/-ENOMEM. */
+int kvt_remote_del(struct kvt_remote *r, const struct kvt_remote_key *keys, int *res, unsigned n,
 		   uint64_t deadline_ns);
 
 /*

@@ -15,6 +15,23 @@
  *                                         B's gets are exact or misses while it fails over,
  *                                         and every block is served within 5 s of the
  *                                         cluster's recovery
+ *   test_fleet KVTIERD KVTIERCTL delete   a block written behind to the cluster, deleted on
+ *                                         host A: A's get is a miss at once (never fetched
+ *                                         back), B's once A's DEL is acknowledged; a delete
+ *                                         on B of a block only remote there removes it too;
+ *                                         a re-put with other bytes is what B serves
+ *   test_fleet KVTIERD KVTIERCTL delete_down  the same delete while every node is stopped:
+ *                                         the DEL fails, A still never serves the key (it
+ *                                         stays fenced after the cluster is back), while B,
+ *                                         told nothing, is served the copy (put back as
+ *                                         if the DEL had missed it)
+ *   test_fleet KVTIERD KVTIERCTL stop     the master holding most of A's blocks SIGSTOPped
+ *                                         while B serves them: misses, each call within its
+ *                                         deadline; every block served within 5 s of SIGCONT
+ *   test_fleet KVTIERD KVTIERCTL reshard  redis-cli --cluster reshard moves 2000 slots of
+ *                                         a master while A writes and B gets (each new block
+ *                                         through a lookup, then a remote get): no wrong
+ *                                         block, none late; after it, every block served
  *   test_fleet KVTIERD KVTIERCTL auth     one plain Redis with a password: hosts with
  *                                         remote.auth_file share blocks; a host without it
  *                                         misses, never fails
@@ -40,6 +57,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -394,6 +412,147 @@ static void test_down(void)
 	kvt_close(b.c);
 }
 
+/* Polls host h's acknowledged remote DELs until there are want. */
+static long long wait_deletes(int h, long long want)
+{
+	uint64_t t0 = now_ms();
+	long long n;
+
+	while ((n = status_num(h, "remote_deletes_total")) < want && now_ms() - t0 < VISIBLE_MS)
+		;
+	return n;
+}
+
+static void test_delete(void)
+{
+	struct host a = {0}, b = {0};
+	struct kvt_key keys[NBLK];
+	uint8_t *buf = NULL, *want = NULL;
+	char name[128];
+
+	CHECK(host_start(0, "raw") > 0);
+	CHECK(host_start(1, "raw") > 0);
+	CHECK(host_open(&a, 0) == 0);
+	CHECK(host_open(&b, 1) == 0);
+	kvt_test_make_keys(&layout, 21, keys, NBLK);
+	buf = malloc(a.bb);
+	want = malloc(a.bb);
+	kvt_test_fill(want, a.bb, 2100);
+	CHECK_EQ(kvt_put(a.c, a.lay, &keys[0], want, a.bb), 0);
+	CHECK_EQ(wait_visible(&b, keys, 1), 1); /* written behind: B's lookup sees it */
+	CHECK(find_key(name, sizeof(name)) > 0);
+
+	/* Deleted on A: never served again there, not even from the cluster. */
+	CHECK_EQ(kvt_delete(a.c, a.lay, &keys[0]), 0);
+	CHECK_EQ(kvt_get(a.c, a.lay, &keys[0], buf, a.bb), -ENOENT);
+	CHECK_EQ(kvt_lookup(a.c, a.lay, keys, 1), 0);
+	/* Once A's DEL is acknowledged, no host finds it. */
+	CHECK_EQ(wait_deletes(0, 1), 1);
+	CHECK_EQ(status_num(0, "remote_deleted_keys"), 0);
+	CHECK_EQ(kvt_lookup(b.c, b.lay, keys, 1), 0);
+	CHECK_EQ(kvt_get(b.c, b.lay, &keys[0], buf, b.bb), -ENOENT);
+	CHECK_EQ(kvt_get(a.c, a.lay, &keys[0], buf, a.bb), -ENOENT);
+	CHECK(find_key(name, sizeof(name)) < 0);
+	CHECK_EQ(status_num(1, "remote_hits_total"), 0);
+
+	/* Put again with other bytes: that is what B serves. */
+	kvt_test_fill(want, a.bb, 2200);
+	CHECK_EQ(kvt_put(a.c, a.lay, &keys[0], want, a.bb), 0);
+	CHECK_EQ(wait_visible(&b, keys, 1), 1);
+	CHECK_EQ(kvt_get(b.c, b.lay, &keys[0], buf, b.bb), (long long)b.bb);
+	CHECK(memcmp(buf, want, b.bb) == 0);
+
+	/* A delete on B of a key only the cluster holds for B: gone from the cluster too
+	 * (A still has its own copy: a delete is one host's, the fleet has no delete). */
+	kvt_test_fill(want, a.bb, 2300);
+	CHECK_EQ(kvt_put(a.c, a.lay, &keys[1], want, a.bb), 0);
+	CHECK_EQ(wait_visible(&b, keys, 2), 2);
+	CHECK_EQ(kvt_delete(b.c, b.lay, &keys[1]), -ENOENT);
+	CHECK_EQ(kvt_get(b.c, b.lay, &keys[1], buf, b.bb), -ENOENT);
+	CHECK_EQ(wait_deletes(1, 1), 1);
+	CHECK_EQ(kvt_get(b.c, b.lay, &keys[1], buf, b.bb), -ENOENT);
+	CHECK_EQ(kvt_get(a.c, a.lay, &keys[1], buf, a.bb), (long long)a.bb);
+	CHECK_EQ(status_num(0, "remote_delete_errors_total"), 0);
+	CHECK_EQ(status_num(1, "remote_delete_errors_total"), 0);
+	free(buf);
+	free(want);
+	kvt_close(a.c);
+	kvt_close(b.c);
+}
+
+static void test_delete_down(void)
+{
+	static const char *const extra[] = {"remote.put_timeout_ms=200", NULL};
+	struct host a = {0}, b = {0};
+	struct kvt_key keys[NBLK];
+	uint8_t *buf = NULL, *want = NULL;
+	uint64_t t0;
+	long long r;
+	char name[128];
+	redisReply *val;
+	int port;
+
+	CHECK(host_startx(0, "raw", NULL, extra) > 0);
+	CHECK(host_start(1, "raw") > 0);
+	CHECK(host_open(&a, 0) == 0);
+	CHECK(host_open(&b, 1) == 0);
+	kvt_test_make_keys(&layout, 23, keys, NBLK);
+	buf = malloc(a.bb);
+	want = malloc(a.bb);
+	kvt_test_fill(want, a.bb, 2400);
+	CHECK_EQ(kvt_put(a.c, a.lay, &keys[0], want, a.bb), 0);
+	CHECK_EQ(wait_visible(&b, keys, 1), 1);
+	CHECK(rh_wait_synced(&cl, 20000) == 0);
+	port = find_key(name, sizeof(name));
+	CHECK(port > 0);
+	val = rh_cmd(port, "GET %s", name);
+	CHECK(val && val->type == REDIS_REPLY_STRING);
+	for (unsigned s = 0; s < cl.n; s++)
+		rh_node_signal(&cl, s, SIGSTOP);
+	CHECK_EQ(kvt_delete(a.c, a.lay, &keys[0]), 0);
+	CHECK_EQ(kvt_get(a.c, a.lay, &keys[0], buf, a.bb), -ENOENT);
+	/* The DEL fails (every node silent past remote.put_timeout_ms). */
+	t0 = now_ms();
+	while (status_num(0, "remote_delete_errors_total") < 1)
+		CHECK(now_ms() - t0 < VISIBLE_MS);
+	CHECK_EQ(status_num(0, "remote_deletes_total"), 0);
+	for (unsigned s = 0; s < cl.n; s++)
+		rh_node_signal(&cl, s, SIGCONT);
+	CHECK(rh_wait_healthy(&cl, FAULT_MAX_MS) == 0);
+	/* A DEL that timed out may still land when the node resumes: put the copy back as one
+	 * that it missed would be (the key's master may have changed: ask its node). */
+	{
+		const char *argv[] = {"SET", name, val->str};
+		size_t len[] = {3, strlen(name), val->len};
+		redisReply *w = NULL;
+
+		for (unsigned s = 0; s < cl.n && !(w && w->type == REDIS_REPLY_STATUS); s++) {
+			if (w)
+				freeReplyObject(w);
+			w = rh_is_master(&cl, s) ? rh_cmdargv(cl.port[s], 3, argv, len) : NULL;
+		}
+		CHECK(w && w->type == REDIS_REPLY_STATUS);
+		freeReplyObject(w);
+	}
+	freeReplyObject(val);
+	/* B (told nothing) is served the copy once its breakers close... */
+	t0 = now_ms();
+	while ((r = kvt_get(b.c, b.lay, &keys[0], buf, b.bb)) == -ENOENT)
+		CHECK(now_ms() - t0 <= RECOVERY_MS);
+	CHECK_EQ(r, (long long)b.bb);
+	CHECK(memcmp(buf, want, b.bb) == 0);
+	/* ...but A, which deleted it, never: fenced until remote.ttl after the delete. */
+	CHECK_EQ(kvt_get(a.c, a.lay, &keys[0], buf, a.bb), -ENOENT);
+	CHECK_EQ(kvt_lookup(a.c, a.lay, keys, 1), 0);
+	CHECK_EQ(status_num(0, "remote_deleted_keys"), 1);
+	CHECK(status_num(0, "remote_fenced_total") >= 2);
+	CHECK_EQ(status_num(0, "remote_hits_total"), 0);
+	free(buf);
+	free(want);
+	kvt_close(a.c);
+	kvt_close(b.c);
+}
+
 /* Gets through B of the blocks not served yet: each exact or a miss; how many are served. */
 static int get_unserved(struct host *b, const struct kvt_key *keys, bool *served, uint8_t *buf,
 			uint8_t *want, int *wrong)
@@ -463,6 +622,221 @@ static void test_failover(void)
 	CHECK_EQ(wrong, 0);
 	free(buf);
 	free(want);
+	kvt_close(a.c);
+	kvt_close(b.c);
+}
+
+/* The master holding most kvt:* keys (its index), or -1. */
+static int busiest_master(void)
+{
+	int best = -1;
+	long long most = 0;
+
+	for (unsigned s = 0; s < cl.n; s++) {
+		redisReply *r = rh_cmd(cl.port[s], "DBSIZE");
+
+		if (r && r->type == REDIS_REPLY_INTEGER && rh_is_master(&cl, s) &&
+		    r->integer > most) {
+			most = r->integer;
+			best = (int)s;
+		}
+		if (r)
+			freeReplyObject(r);
+	}
+	return best;
+}
+
+/* Gets through B of keys[0..n) not served yet (block i's bytes: tag + i): each exact or a
+ * miss, within its deadline (else *over); how many are served. */
+static int get_served(struct host *b, const struct kvt_key *keys, int n, uint64_t tag, bool *served,
+		      int *wrong, int *over)
+{
+	uint8_t *buf = malloc(b->bb), *want = malloc(b->bb);
+	int got = 0;
+
+	for (int i = 0; i < n; i++) {
+		uint64_t t0 = now_ms();
+		ssize_t r;
+
+		if (served[i]) {
+			got++;
+			continue;
+		}
+		r = kvt_get(b->c, b->lay, &keys[i], buf, b->bb);
+		if (now_ms() - t0 > GET_US / 1000 + ALLOWANCE_MS)
+			(*over)++;
+		kvt_test_fill(want, b->bb, tag + (uint64_t)i);
+		if (r == (ssize_t)b->bb && !memcmp(buf, want, b->bb)) {
+			served[i] = true;
+			got++;
+		} else if (r != -ENOENT) {
+			fprintf(stderr, "block %d: get returned %zd%s\n", i, r,
+				r == (ssize_t)b->bb ? " with wrong bytes" : "");
+			(*wrong)++;
+		}
+	}
+	free(buf);
+	free(want);
+	return got;
+}
+
+static void test_stop(void)
+{
+	struct host a = {0}, b = {0};
+	struct kvt_key keys[NBLK];
+	bool served[NBLK] = {0};
+	int victim, wrong = 0, over = 0, during = 0, rounds = 0;
+	uint64_t t0;
+
+	CHECK(host_start(0, "raw") > 0);
+	CHECK(host_start(1, "raw") > 0);
+	CHECK(host_open(&a, 0) == 0);
+	CHECK(host_open(&b, 1) == 0);
+	kvt_test_make_keys(&layout, 31, keys, NBLK);
+	CHECK(put_prompt(&a, keys, 3000) == 0);
+	CHECK_EQ(wait_visible(&b, keys, NBLK), NBLK);
+	CHECK(rh_wait_synced(&cl, 20000) == 0);
+	victim = busiest_master();
+	CHECK(victim >= 0);
+	rh_node_signal(&cl, (unsigned)victim, SIGSTOP);
+	/* Stopped: its blocks are misses (B's gets meet a silent node, then an open breaker),
+	 * the others are served; every call within its deadline.  Until B has missed. */
+	t0 = now_ms();
+	do {
+		uint64_t t1 = now_ms();
+
+		during = get_served(&b, keys, NBLK, 3000, served, &wrong, &over);
+		CHECK(kvt_lookup(b.c, b.lay, keys, NBLK) >= 0);
+		if (now_ms() - t1 > LOOKUP_US / 1000 + ALLOWANCE_MS + NBLK * (GET_US / 1000))
+			over++;
+		rounds++;
+		CHECK(now_ms() - t0 < FAULT_MAX_MS);
+	} while (rounds < 3 || status_num(1, "remote_misses_total") == 0);
+	CHECK(during < NBLK); /* the stopped master's blocks were missed */
+	printf("stop: master %d stopped; host B served %d of %d blocks in %d rounds (%lld "
+	       "misses)\n",
+	       victim, during, NBLK, rounds, status_num(1, "remote_misses_total"));
+	rh_node_signal(&cl, (unsigned)victim, SIGCONT);
+	t0 = now_ms();
+	while (get_served(&b, keys, NBLK, 3000, served, &wrong, &over) < NBLK)
+		CHECK(now_ms() - t0 <= RECOVERY_MS);
+	printf("stop: every block served by host B %llu ms after SIGCONT\n",
+	       (unsigned long long)(now_ms() - t0));
+	CHECK_EQ(wrong, 0);
+	CHECK_EQ(over, 0);
+	CHECK(rh_wait_healthy(&cl, FAULT_MAX_MS) == 0);
+	kvt_close(a.c);
+	kvt_close(b.c);
+}
+
+#define NRESHARD 1536 /* 24 MiB on each host */
+
+static void test_reshard(void)
+{
+	static const char *const extra[] = {"remote.queue_max=1024", NULL};
+	struct host a = {0}, b = {0};
+	struct kvt_key keys[NRESHARD];
+	bool served[NRESHARD] = {0};
+	char from[64], to[64], addr[32], log[320];
+	int src, dst = -1, wrong = 0, over = 0, put = 64, status = 0, rounds = 0;
+	long long moved = 0;
+	uint8_t *buf;
+	pid_t pid;
+	uint64_t t0;
+
+	CHECK(host_startx(0, "raw", NULL, extra) > 0);
+	CHECK(host_start(1, "raw") > 0);
+	CHECK(host_open(&a, 0) == 0);
+	CHECK(host_open(&b, 1) == 0);
+	kvt_test_make_keys(&layout, 37, keys, NRESHARD);
+	buf = malloc(a.bb);
+	for (int i = 0; i < put; i++) {
+		kvt_test_fill(buf, a.bb, 9000 + (uint64_t)i);
+		CHECK_EQ(kvt_put(a.c, a.lay, &keys[i], buf, a.bb), 0);
+	}
+	t0 = now_ms();
+	while (kvt_lookup(b.c, b.lay, keys, put) < put && now_ms() - t0 < VISIBLE_MS)
+		;
+	src = busiest_master();
+	for (unsigned s = 0; s < cl.n && dst < 0; s++) {
+		if (rh_is_master(&cl, s) && (int)s != src)
+			dst = (int)s;
+	}
+	CHECK(src >= 0 && dst >= 0);
+	{
+		redisReply *r = rh_cmd(cl.port[src], "CLUSTER MYID");
+		redisReply *w = rh_cmd(cl.port[dst], "CLUSTER MYID");
+
+		CHECK(r && r->type == REDIS_REPLY_STRING && w && w->type == REDIS_REPLY_STRING);
+		snprintf(from, sizeof(from), "%s", r->str);
+		snprintf(to, sizeof(to), "%s", w->str);
+		freeReplyObject(r);
+		freeReplyObject(w);
+	}
+	snprintf(addr, sizeof(addr), "127.0.0.1:%d", cl.port[src]);
+	snprintf(log, sizeof(log), "%s/reshard.log", dir);
+	{
+		/* 2000 of its slots (and their keys) to another master, a few keys per
+		 * MIGRATE. */
+		const char *argv[] = {"redis-cli",
+				      "--cluster",
+				      "reshard",
+				      addr,
+				      "--cluster-from",
+				      from,
+				      "--cluster-to",
+				      to,
+				      "--cluster-slots",
+				      "2000",
+				      "--cluster-yes",
+				      "--cluster-pipeline",
+				      "4",
+				      NULL};
+
+		pid = rh_spawn(argv, log);
+		CHECK(pid > 0);
+	}
+	/* While slots move: A writes 8 more blocks (write-behind meets MOVED/ASK), B's
+	 * lookup waits until they are visible and its gets fetch them (bounded). */
+	for (t0 = now_ms();; rounds++) {
+		int from_blk = put;
+
+		CHECK(now_ms() - t0 < 120000);
+		for (int i = put; i < put + 8 && i < NRESHARD; i++) {
+			kvt_test_fill(buf, a.bb, 9000 + (uint64_t)i);
+			CHECK_EQ(kvt_put(a.c, a.lay, &keys[i], buf, a.bb), 0);
+		}
+		put = put + 8 < NRESHARD ? put + 8 : NRESHARD;
+		for (uint64_t t1 = now_ms();
+		     put > from_blk &&
+		     kvt_lookup(b.c, b.lay, keys + from_blk, put - from_blk) < put - from_blk &&
+		     now_ms() - t1 < VISIBLE_MS;)
+			;
+		get_served(&b, keys, put, 9000, served, &wrong, &over);
+		if (waitpid(pid, &status, WNOHANG) == pid)
+			break;
+	}
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	/* The hosts' requests met the migration: MOVED or ASK. */
+	for (int h = 0; h < 2; h++) {
+		moved += kvt_test_ctl_num(kvtierctl, sock[h], "tiers", "\"seeds\"", "moved");
+		moved += kvt_test_ctl_num(kvtierctl, sock[h], "tiers", "\"seeds\"", "ask");
+	}
+	CHECK(moved > 0);
+	for (int i = put; i < NRESHARD; i++) {
+		kvt_test_fill(buf, a.bb, 9000 + (uint64_t)i);
+		CHECK_EQ(kvt_put(a.c, a.lay, &keys[i], buf, a.bb), 0);
+	}
+	t0 = now_ms();
+	while (get_served(&b, keys, NRESHARD, 9000, served, &wrong, &over) < NRESHARD)
+		CHECK(now_ms() - t0 <= VISIBLE_MS);
+	printf("reshard: %d rounds while 2000 slots of master %d moved (%lld MOVED/ASK met by "
+	       "the hosts); all %d blocks served by host B\n",
+	       rounds, src, moved, NRESHARD);
+	CHECK_EQ(wrong, 0);
+	CHECK_EQ(over, 0);
+	CHECK_EQ(status_num(0, "remote_put_dropped_total"), 0);
+	free(buf);
 	kvt_close(a.c);
 	kvt_close(b.c);
 }
@@ -639,15 +1013,19 @@ static void test_latency(void)
 int main(int argc, char **argv)
 {
 	static const struct kvt_test_case tests[] = {
-	    {"fleet", test_fleet},	 {"corrupt", test_corrupt}, {"down", test_down},
-	    {"failover", test_failover}, {"auth", test_auth},	    {"queue", test_queue},
+	    {"fleet", test_fleet},     {"corrupt", test_corrupt},
+	    {"down", test_down},       {"failover", test_failover},
+	    {"auth", test_auth},       {"queue", test_queue},
+	    {"delete", test_delete},   {"delete_down", test_delete_down},
+	    {"stop", test_stop},       {"reshard", test_reshard},
 	    {"latency", test_latency},
 	};
 	int fails;
 
 	if (argc < 4) {
 		fprintf(stderr, "usage: test_fleet KVTIERD KVTIERCTL "
-				"fleet|corrupt|down|failover|auth|queue|latency|demo\n");
+				"fleet|corrupt|down|failover|auth|queue|delete|delete_down|stop|"
+				"reshard|latency|demo\n");
 		return 2;
 	}
 	kvtierd = argv[1];
