@@ -24,12 +24,7 @@ KVT_PROG=fleet.sh
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-case ${1:-} in
--h | --help)
-	sed -n '2,20s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
-	exit 0
-	;;
-esac
+kvt_help "$@"
 dump=${1:-$KVT_ROOT/tests/data/sympy_head640.kvd}
 [[ -r $dump ]] || kvt_die "cannot read $dump"
 dump=$(cd "$(dirname "$dump")" && pwd)/$(basename "$dump")

@@ -22,12 +22,7 @@ KVT_PROG=run.sh
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-case ${1:-} in
--h | --help)
-	sed -n '2,19s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
-	exit 0
-	;;
-esac
+kvt_help "$@"
 dumps=()
 if (($# == 0)); then
 	default_dumps=1
