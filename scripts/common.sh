@@ -37,6 +37,20 @@ kvt_usage()
 	awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "$0"
 }
 
+# Sets daemon, ctl and replay to the built kvtierd, kvtierctl and kvtier-replay; dies when one
+# was not built.
+kvt_built_tools()
+{
+	local b
+
+	daemon=$KVT_BUILD/daemon/kvtierd
+	ctl=$KVT_BUILD/client/kvtierctl
+	replay=$KVT_BUILD/bench/kvtier-replay
+	for b in "$daemon" "$ctl" "$replay"; do
+		[[ -x $b ]] || kvt_die "$b was not built"
+	done
+}
+
 # kvt_help "$@": prints the usage and exits 0 when the first argument is -h or --help.
 kvt_help()
 {

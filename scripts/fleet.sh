@@ -31,12 +31,7 @@ dump=$(cd "$(dirname "$dump")" && pwd)/$(basename "$dump")
 codec=${KVT_FLEET_CODEC:-fpx}
 
 [[ ${KVT_FLEET_SETUP:-1} == 0 ]] || kvt_setup
-daemon=$KVT_BUILD/daemon/kvtierd
-ctl=$KVT_BUILD/client/kvtierctl
-replay=$KVT_BUILD/bench/kvtier-replay
-for b in "$daemon" "$ctl" "$replay"; do
-	[[ -x $b ]] || kvt_die "$b was not built"
-done
+kvt_built_tools
 for p in redis-server redis-cli; do
 	command -v $p >/dev/null || kvt_die "$p not found (Debian: apt-get install redis-server)"
 done

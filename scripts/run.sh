@@ -37,12 +37,7 @@ done
 
 kvt_setup
 
-daemon=$KVT_BUILD/daemon/kvtierd
-ctl=$KVT_BUILD/client/kvtierctl
-replay=$KVT_BUILD/bench/kvtier-replay
-for b in "$daemon" "$ctl" "$replay"; do
-	[[ -x $b ]] || kvt_die "$b was not built"
-done
+kvt_built_tools
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/kvtier-run.XXXXXX")
 export KVTIER_SOCKET=$tmp/kvtier.sock
