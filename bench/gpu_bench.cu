@@ -31,23 +31,7 @@
 #include <string>
 #include <vector>
 
-#define CK(x)                                                                                      \
-	do {                                                                                       \
-		cudaError_t e_ = (x);                                                              \
-		if (e_ != cudaSuccess) {                                                           \
-			fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x,                  \
-				cudaGetErrorString(e_));                                           \
-			exit(1);                                                                   \
-		}                                                                                  \
-	} while (0)
-#define OK(x)                                                                                      \
-	do {                                                                                       \
-		int r_ = (x);                                                                      \
-		if (r_ < 0) {                                                                      \
-			fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, strerror(-r_));  \
-			exit(1);                                                                   \
-		}                                                                                  \
-	} while (0)
+#include "gpu_check.h"
 
 struct result {
 	std::string name, group, dir, mode;

@@ -30,23 +30,7 @@ extern "C" {
 #include "kvd.h"
 }
 
-#define CK(x)                                                                                      \
-	do {                                                                                       \
-		cudaError_t e_ = (x);                                                              \
-		if (e_ != cudaSuccess) {                                                           \
-			fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x,                  \
-				cudaGetErrorString(e_));                                           \
-			exit(1);                                                                   \
-		}                                                                                  \
-	} while (0)
-#define OK(x)                                                                                      \
-	do {                                                                                       \
-		int r_ = (int)(x);                                                                 \
-		if (r_ < 0) {                                                                      \
-			fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, strerror(-r_));  \
-			exit(1);                                                                   \
-		}                                                                                  \
-	} while (0)
+#include "gpu_check.h"
 
 static double median(std::vector<double> v)
 {

@@ -40,21 +40,17 @@ enum {
 	A_N = A_VL + KVT_ARG_LIST_LEN
 };
 
+/* clang-format off */
 static const struct kvt_argdef bq_args[A_N] = {
     {"k", 0.08, 1e-4, 16, 0},
     {"v", 0.04, 1e-4, 16, 0},
     {"sink", 4, 0, 1e9, 1},
     {"outl", 2, 0, BQ_MAXOUTL, 1},
     {"dup", 1, 0, 4, 0},
-    {"kl", 0, -4, 4, KVT_ARG_LIST},
-    {NULL, 0, -4, 4, KVT_ARG_LIST},
-    {NULL, 0, -4, 4, KVT_ARG_LIST},
-    {NULL, 0, -4, 4, KVT_ARG_LIST},
-    {"vl", 0, -4, 4, KVT_ARG_LIST},
-    {NULL, 0, -4, 4, KVT_ARG_LIST},
-    {NULL, 0, -4, 4, KVT_ARG_LIST},
-    {NULL, 0, -4, 4, KVT_ARG_LIST},
+    KVT_ARGDEF_LIST("kl", 0, -4, 4),
+    KVT_ARGDEF_LIST("vl", 0, -4, 4),
 };
+/* clang-format on */
 
 static int bq_parse(struct kvt_stage *st, const char *a)
 {
@@ -88,11 +84,7 @@ static float step_factor(const struct kvt_stage *st, const struct kvt_codec_geom
 	int isv = slab_is_v(g, s);
 	uint32_t layer = (uint32_t)(s / (2 * g->n_kv_heads));
 	const double *pt = &st->arg[isv ? A_VL : A_KL];
-	double x = g->n_layers > 1 ? (double)layer / (g->n_layers - 1) * (KVT_ARG_LIST_LEN - 1) : 0;
-	int i = (int)x;
-	double p = i >= KVT_ARG_LIST_LEN - 1 ? pt[KVT_ARG_LIST_LEN - 1]
-					     : pt[i] + (pt[i + 1] - pt[i]) * (x - i);
-	return (float)(st->arg[isv ? A_V : A_K] * exp2(p));
+	return (float)(st->arg[isv ? A_V : A_K] * exp2(kvt_arg_depth(pt, layer, g->n_layers)));
 }
 
 int kvt_bq_chain_is(const struct kvt_chain *c)

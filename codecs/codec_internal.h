@@ -206,6 +206,30 @@ int kvt_args_parse(struct kvt_stage *st, const struct kvt_argdef *defs, size_t n
 int kvt_args_canon(const struct kvt_stage *st, const struct kvt_argdef *defs, size_t n, char *buf,
 		   size_t len);
 
+/* The KVT_ARG_LIST_LEN defs of a list argument: `key` then KVT_ARG_LIST_LEN - 1 unnamed. */
+/* clang-format off */
+#define KVT_ARGDEF_LIST(key, def, min, max)					\
+	{key, def, min, max, KVT_ARG_LIST},					\
+	{NULL, def, min, max, KVT_ARG_LIST},					\
+	{NULL, def, min, max, KVT_ARG_LIST},					\
+	{NULL, def, min, max, KVT_ARG_LIST}
+/* clang-format on */
+_Static_assert(KVT_ARG_LIST_LEN == 4, "KVT_ARGDEF_LIST writes four defs");
+
+/*
+ * Value at a layer of a depth profile (a list argument, as uq's and bq's kl, vl): the list's
+ * points sit at equal steps of relative depth, first layer to last, and layers between two
+ * points interpolate, so one profile serves models of any depth.
+ */
+static inline double kvt_arg_depth(const double *prof, uint32_t layer, uint32_t n_layers)
+{
+	double u = n_layers > 1 ? (double)layer * (KVT_ARG_LIST_LEN - 1) / (n_layers - 1) : 0;
+	uint32_t j = (uint32_t)u;
+	if (j >= KVT_ARG_LIST_LEN - 1)
+		return prof[KVT_ARG_LIST_LEN - 1];
+	return prof[j] + (u - j) * (prof[j + 1] - prof[j]);
+}
+
 /* Stage i of a chain (NULL past the last). */
 const struct kvt_stage *kvt_chain_stage(const struct kvt_chain *c, unsigned i);
 

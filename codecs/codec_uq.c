@@ -23,7 +23,7 @@
  * dq=LAMBDA (0 = off) replaces rounding by dependent (trellis) quantization: two interleaved
  * quantizers chosen by a four-state machine on the indices' parity, the indices of a row
  * picked by a Viterbi search on distortion + LAMBDA x rate (see uq_dq_search()).
- * kl, vl: depth profiles of the key and value steps, in octaves (see layer_tilt()).
+ * kl, vl: depth profiles of the key and value steps, in octaves (see kvt_arg_depth()).
  * cx=1: each symbol's table also follows its channel's magnitude in the rows before it (see
  * ctx_row()); no side information.
  * kb=1: after step 1, every row goes to the coordinates of the chain's dictionary (dict.c:
@@ -74,31 +74,11 @@ static const struct kvt_argdef uq_args[A_N] = {
     {"dq", 0, 0, 8, 0},
     {"cx", 0, 0, 1, 1},
     {"kb", 0, 0, 1, 1},
-    {"kl", 0, -4, 4, KVT_ARG_LIST},
-    {NULL, 0, -4, 4, KVT_ARG_LIST},
-    {NULL, 0, -4, 4, KVT_ARG_LIST},
-    {NULL, 0, -4, 4, KVT_ARG_LIST},
-    {"vl", 0, -4, 4, KVT_ARG_LIST},
-    {NULL, 0, -4, 4, KVT_ARG_LIST},
-    {NULL, 0, -4, 4, KVT_ARG_LIST},
-    {NULL, 0, -4, 4, KVT_ARG_LIST},
+    KVT_ARGDEF_LIST("kl", 0, -4, 4),
+    KVT_ARGDEF_LIST("vl", 0, -4, 4),
 };
 
 _Static_assert(A_N <= KVT_CODEC_MAX_ARGS, "uq's arguments do not fit a stage");
-
-/*
- * Step multiplier (log2) of a layer from a depth profile (kl, vl): the list's points sit at
- * equal steps of relative depth, first layer to last, and layers between two points
- * interpolate, so one profile serves models of any depth.
- */
-static double layer_tilt(const double *prof, uint32_t layer, uint32_t n_layers)
-{
-	double u = n_layers > 1 ? (double)layer * (KVT_ARG_LIST_LEN - 1) / (n_layers - 1) : 0;
-	uint32_t j = (uint32_t)u;
-	if (j >= KVT_ARG_LIST_LEN - 1)
-		return prof[KVT_ARG_LIST_LEN - 1];
-	return prof[j] + (u - j) * (prof[j + 1] - prof[j]);
-}
 
 #define MU_DIV 8.0f /* mean grid: step / 8 */
 
@@ -474,7 +454,7 @@ static ssize_t uq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 		uint32_t layer = (uint32_t)(s / (2 * g->n_kv_heads));
 		float step =
 		    (float)(st->arg[isv ? A_V : A_K] * rms *
-			    exp2(layer_tilt(st->arg + (isv ? A_VL : A_KL), layer, g->n_layers)));
+			    exp2(kvt_arg_depth(st->arg + (isv ? A_VL : A_KL), layer, g->n_layers)));
 		if (!(step > 1e-6f))
 			step = 1e-6f;
 		/* qw's channel pairs are RoPE pairs: none in a dictionary's coordinates */

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# common.sh - set-up shared by scripts/run.sh and scripts/test.sh (sourced, never run).
+# common.sh - set-up shared by the scripts of scripts/ (sourced, never run).
 #
 # kvt_setup installs the Debian packages that are missing, then configures and builds the
 # tree into build/.  Everything a fresh Debian 12 machine needs goes through here: CI runs
@@ -28,6 +28,38 @@ kvt_die()
 {
 	kvt_log "error: $*"
 	exit 1
+}
+
+# Prints the running script's header comment (line 2 to the first line that is not a
+# comment, without its "# "): the script's usage.
+kvt_usage()
+{
+	awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "$0"
+}
+
+# Sets daemon, ctl and replay to the built kvtierd, kvtierctl and kvtier-replay; dies when one
+# was not built.
+kvt_built_tools()
+{
+	local b
+
+	daemon=$KVT_BUILD/daemon/kvtierd
+	ctl=$KVT_BUILD/client/kvtierctl
+	replay=$KVT_BUILD/bench/kvtier-replay
+	for b in "$daemon" "$ctl" "$replay"; do
+		[[ -x $b ]] || kvt_die "$b was not built"
+	done
+}
+
+# kvt_help "$@": prints the usage and exits 0 when the first argument is -h or --help.
+kvt_help()
+{
+	case ${1:-} in
+	-h | --help)
+		kvt_usage
+		exit 0
+		;;
+	esac
 }
 
 # Prints the packages of "$@" that dpkg does not have fully installed.

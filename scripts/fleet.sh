@@ -24,24 +24,14 @@ KVT_PROG=fleet.sh
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-case ${1:-} in
--h | --help)
-	sed -n '2,20s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
-	exit 0
-	;;
-esac
+kvt_help "$@"
 dump=${1:-$KVT_ROOT/tests/data/sympy_head640.kvd}
 [[ -r $dump ]] || kvt_die "cannot read $dump"
 dump=$(cd "$(dirname "$dump")" && pwd)/$(basename "$dump")
 codec=${KVT_FLEET_CODEC:-fpx}
 
 [[ ${KVT_FLEET_SETUP:-1} == 0 ]] || kvt_setup
-daemon=$KVT_BUILD/daemon/kvtierd
-ctl=$KVT_BUILD/client/kvtierctl
-replay=$KVT_BUILD/bench/kvtier-replay
-for b in "$daemon" "$ctl" "$replay"; do
-	[[ -x $b ]] || kvt_die "$b was not built"
-done
+kvt_built_tools
 for p in redis-server redis-cli; do
 	command -v $p >/dev/null || kvt_die "$p not found (Debian: apt-get install redis-server)"
 done

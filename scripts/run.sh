@@ -22,12 +22,7 @@ KVT_PROG=run.sh
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-case ${1:-} in
--h | --help)
-	sed -n '2,19s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
-	exit 0
-	;;
-esac
+kvt_help "$@"
 dumps=()
 if (($# == 0)); then
 	default_dumps=1
@@ -42,12 +37,7 @@ done
 
 kvt_setup
 
-daemon=$KVT_BUILD/daemon/kvtierd
-ctl=$KVT_BUILD/client/kvtierctl
-replay=$KVT_BUILD/bench/kvtier-replay
-for b in "$daemon" "$ctl" "$replay"; do
-	[[ -x $b ]] || kvt_die "$b was not built"
-done
+kvt_built_tools
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/kvtier-run.XXXXXX")
 export KVTIER_SOCKET=$tmp/kvtier.sock

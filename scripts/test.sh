@@ -15,21 +15,16 @@ KVT_PROG=test.sh
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-usage()
-{
-	sed -n '2,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
-}
-
 asan=1
 for arg in "$@"; do
 	case $arg in
 	--no-asan) asan=0 ;;
 	-h | --help)
-		usage
+		kvt_usage
 		exit 0
 		;;
 	*)
-		usage >&2
+		kvt_usage >&2
 		exit 2
 		;;
 	esac

@@ -1,0 +1,124 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvtier_llama_store.c - storing: the sequence's state -> blocks by position -> puts.
+ */
+#include "kvtier_llama_int.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <ggml-backend.h>
+/* ---------------------------------------------------------------------------------------
+ * Storing: the sequence's state -> blocks [from, to) by position.
+ */
+int kvtl_store(struct kvt_llama *kl, const struct kvt_key *keys, uint32_t from, uint32_t to,
+	       uint32_t n_tokens, uint32_t *stored)
+{
+	const uint32_t hd = kl->hd, nkv = kl->n_kv;
+	const size_t hb = (size_t)hd * kl->el, half = kl->layer_bytes / 2;
+	struct state_view sv;
+	uint32_t *cell_of = NULL;
+	uint8_t *st;
+	size_t len = 0;
+	int rc;
+
+	/* All there already (a full hit of a prompt of whole blocks stores only its last one):
+	 * spare the copy of the whole sequence's state. */
+	if (kvt_lookup(kl->c, kl->lay, keys + from, to - from) == (int)(to - from))
+		return 0;
+	len = llama_state_seq_get_size(kl->ctx, kl->seq);
+	if (kvtl_kbuf_reserve(&kl->state, len, kvtl_state_bytes(kl, llama_n_ctx(kl->ctx))) < 0)
+		return -ENOMEM;
+	st = kl->state.p;
+	if (!len || llama_state_seq_get_data(kl->ctx, st, len, kl->seq) != len) {
+		kvtl_fmt_err(kl->msg, sizeof(kl->msg), "llama_state_seq_get_data failed");
+		rc = -EIO;
+		goto out_st;
+	}
+	if ((rc = kvtl_parse_state(st, len, &sv, kl->msg, sizeof(kl->msg))) < 0)
+		goto out_st;
+	if (sv.cells != n_tokens || sv.n_layer != kl->fmt.n_layer || sv.k_type != kl->fmt.k_type ||
+	    sv.v_type != kl->fmt.v_type || sv.k_row != kl->fmt.k_row || sv.v_row != kl->fmt.v_row ||
+	    sv.v_trans != kl->fmt.v_trans) {
+		kvtl_fmt_err(kl->msg, sizeof(kl->msg),
+			     "sequence state of %u cells differs from the one learned at open",
+			     sv.cells);
+		rc = -EBADMSG;
+		goto out;
+	}
+	if (!(cell_of = malloc(n_tokens * sizeof(*cell_of)))) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	memset(cell_of, 0xff, n_tokens * sizeof(*cell_of));
+	for (uint32_t i = 0; i < sv.cells; i++) {
+		int32_t pos;
+		memcpy(&pos, sv.meta + (size_t)i * 12, 4);
+		if (pos < 0 || (uint32_t)pos >= n_tokens || cell_of[pos] != UINT32_MAX) {
+			kvtl_fmt_err(kl->msg, sizeof(kl->msg),
+				     "sequence state: position %d out of place", pos);
+			rc = -EBADMSG;
+			goto out;
+		}
+		cell_of[pos] = i;
+	}
+	for (uint32_t b = from; b < to; b++) {
+		struct kvt_reservation r;
+		rc = kvt_put_reserve(kl->c, kl->lay, &keys[b], kl->block_bytes, &r);
+		if (rc == -EEXIST)
+			continue;
+		if (rc < 0) {
+			kvtl_fmt_err(kl->msg, sizeof(kl->msg), "store block %u: %s", b,
+				     kvt_strerror(rc));
+			goto out;
+		}
+		for (uint32_t l = 0; l < sv.n_layer; l++) {
+			uint8_t *k = (uint8_t *)r.data + l * kl->layer_bytes, *v = k + half;
+			for (uint32_t t = 0; t < BT; t++) {
+				const uint32_t c = cell_of[b * BT + t];
+				for (uint32_t h = 0; h < nkv; h++) {
+					memcpy(k + ((size_t)h * BT + t) * hb,
+					       sv.k[l] + c * sv.k_row + h * hb, hb);
+					if (!sv.v_trans)
+						memcpy(v + ((size_t)h * BT + t) * hb,
+						       sv.v[l] + c * sv.v_row + h * hb, hb);
+				}
+			}
+			if (sv.v_trans) {
+				uint16_t *vd = (uint16_t *)(void *)v;
+				const uint16_t *vs = (const uint16_t *)(const void *)sv.v[l];
+				for (uint32_t h = 0; h < nkv; h++)
+					for (uint32_t t = 0; t < BT; t++) {
+						const uint32_t c = cell_of[b * BT + t];
+						for (uint32_t d = 0; d < hd; d++)
+							vd[((size_t)h * BT + t) * hd + d] =
+							    vs[((size_t)h * hd + d) * sv.cells + c];
+					}
+			}
+		}
+		if ((rc = kvt_put_commit_at(kl->c, &r, b * BT)) < 0 && rc != -EEXIST) {
+			kvtl_fmt_err(kl->msg, sizeof(kl->msg), "store block %u: %s", b,
+				     kvt_strerror(rc));
+			goto out;
+		}
+		(*stored)++;
+	}
+	rc = 0;
+out:
+	free(cell_of);
+	kvtl_view_free(&sv);
+out_st:
+	return rc;
+}
