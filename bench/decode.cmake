@@ -9,6 +9,7 @@ if(TARGET kvtier AND TARGET kvtierd)
 		get_filename_component(_name ${dump} NAME_WE)
 		kvt_add_test(decode_replay_${_name}
 			COMMAND $<TARGET_FILE:kvtier-decode-replay> --steps 64 --step-us 500
+				--host 0.25,0.5 --unbudgeted
 				--daemon $<TARGET_FILE:kvtierd> --ctl $<TARGET_FILE:kvtierctl> ${dump}
 			LABELS slow TIMEOUT 300)
 	endforeach()

@@ -43,49 +43,17 @@
 #ifndef KVTIER_H
 #define KVTIER_H
 
-#include <errno.h> /* the -E... codes this API returns */
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h> /* ssize_t */
 
+/* The types that cross process boundaries (layout, key, dtype, error codes, version) and
+ * the functions both sides compute from them (kvt_strerror, kvt_layout_*, kvt_key_chain). */
+#include "kvt_abi.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-#if defined(KVT_BUILDING_LIB)
-#define KVT_API __attribute__((visibility("default")))
-#else
-#define KVT_API
-#endif
-
-#define KVT_VERSION_MAJOR  0
-#define KVT_VERSION_MINOR  1
-#define KVT_VERSION_PATCH  0
-#define KVT_VERSION_NUMBER (KVT_VERSION_MAJOR * 10000 + KVT_VERSION_MINOR * 100 + KVT_VERSION_PATCH)
-
-/* Returns the library's version string, e.g. "0.1.0". */
-KVT_API const char *kvt_version(void);
-/* Returns KVT_VERSION_NUMBER of the library actually loaded. */
-KVT_API unsigned kvt_version_number(void);
-
-/* kvtier's own error codes, returned negated like errno values. */
-#define KVT_ERRNO_BASE 4096
-enum {
-	KVT_EVERSION = KVT_ERRNO_BASE, /* daemon speaks an incompatible protocol version */
-	KVT_ECORRUPT,		       /* a stored record failed its integrity check */
-	KVT_ENOLAYOUT,		       /* layout id not registered on this client */
-	KVT_EDAEMON,		       /* the daemon went away; reconnect */
-	KVT_EPROTOCOL,		       /* malformed message or ring entry */
-	KVT_ELIMIT,		       /* a configured limit was reached (clients, layouts, ...) */
-};
-
-/* Message for an error code (negative or positive). Never NULL; static storage. */
-KVT_API const char *kvt_strerror(int err);
-
-/* A block key: 128 bits, as computed by kvt_key_chain() or supplied by the engine. */
-struct kvt_key {
-	uint64_t lo, hi;
-};
 
 /* ---------------------------------------------------------------------------------------
  * Connection
@@ -127,67 +95,14 @@ KVT_API int kvt_connect(const struct kvt_connect_opts *o, struct kvt_client **ou
 KVT_API void kvt_close(struct kvt_client *c);
 
 /* ---------------------------------------------------------------------------------------
- * Layouts and keys
+ * Layouts (struct kvt_layout, its checks and fingerprint, and kvt_key_chain() are in kvt_abi.h)
  */
-#ifndef KVT_DTYPE_ENUM_DEFINED
-#define KVT_DTYPE_ENUM_DEFINED
-enum kvt_dtype {
-	KVT_DTYPE_FP16 = 1,
-	KVT_DTYPE_BF16 = 2,
-	KVT_DTYPE_FP8_E4M3 = 3,
-};
-#endif
-
-/* Order of a block's bytes: per layer, K then V ([head][token][dim] each), or V then K. */
-enum kvt_kv_order {
-	KVT_ORDER_K_THEN_V = 0,
-	KVT_ORDER_V_THEN_K = 1,
-};
-
-/*
- * One engine's KV geometry.  A block holds block_tokens tokens of K and V for all layers,
- * page-first: layer l's slice starts at l * kvt_layout_layer_bytes().  Blocks of layouts
- * with different fingerprints never share a key, so models and parallel ranks never mix.
- */
-struct kvt_layout {
-	uint32_t size; /* sizeof(struct kvt_layout) */
-	uint32_t n_layers;
-	uint32_t n_kv_heads;
-	uint32_t head_dim;
-	uint32_t block_tokens;
-	uint32_t dtype;	   /* enum kvt_dtype */
-	uint32_t kv_order; /* enum kvt_kv_order */
-	uint32_t rank;	   /* tensor/pipeline parallel rank of this process */
-	uint32_t world;	   /* number of ranks (1 when not parallel) */
-	char model_id[64]; /* NUL-terminated name of the model, e.g. "meta-llama/Llama-3.1-8B" */
-};
-
-/* Checks l; returns 0 or -EINVAL (zero or absurd dimensions, unknown dtype, bad size). */
-KVT_API int kvt_layout_check(const struct kvt_layout *l);
-/* Bytes of one block of l (0 if l is invalid). */
-KVT_API size_t kvt_layout_block_bytes(const struct kvt_layout *l);
-/* Bytes of one layer's K+V slice of a block (0 if l is invalid). */
-KVT_API size_t kvt_layout_layer_bytes(const struct kvt_layout *l);
-/* 64-bit fingerprint of every field of l (model id and rank included). 0 if invalid. */
-KVT_API uint64_t kvt_layout_fingerprint(const struct kvt_layout *l);
-
 /*
  * Registers l with the daemon for this client.  Returns a layout id (>= 0) to pass to the
  * other calls, -EINVAL for a bad layout, -KVT_ELIMIT when the client has too many layouts.
  * Registering the same layout twice returns the same id.
  */
 KVT_API int kvt_register_layout(struct kvt_client *c, const struct kvt_layout *l);
-
-/*
- * Chained block keys of a token sequence: key_i = H(key_{i-1}, tokens of block i,
- * fingerprint).  Writes one key per FULL block (n_tokens / block_tokens of them, at most
- * max_keys) and returns how many it wrote.  prev is the key of the block before tokens[0]
- * (NULL when tokens start the sequence).  Pure function of its inputs; same keys in every
- * process of every host for the same layout.
- */
-KVT_API int kvt_key_chain(uint64_t fingerprint, uint32_t block_tokens, const struct kvt_key *prev,
-			  const uint32_t *tokens, size_t n_tokens, struct kvt_key *keys,
-			  size_t max_keys);
 
 /* ---------------------------------------------------------------------------------------
  * Storing blocks

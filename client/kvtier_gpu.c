@@ -7,6 +7,9 @@
  * the pool's descriptor, batched GPU_OP messages reserve, commit, lease and release pool
  * blocks.  The host tier is reached through the client's public calls (reserve/commit,
  * lease/release), whose arena memory the library registers with CUDA once per mapping.
+ *
+ * This file: the device connection, the arena registration, open and close; put and get are
+ * in kvtier_gpu_copy.c (kvtier_gpu_internal.h).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -20,75 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "kvt_gpu.h"
-#include "kvt_proto.h"
-#include "kvtier.h"
-
-#define DEV_MAGIC    0x4b564456u /* "KVDV" */
-#define DEV_LAYOUTS  64
-#define DEV_REGS     8
-#define HOST_CHUNK   32u /* host-path blocks per copy round (pipelined with the next) */
-#define DEV_TIMEOUT  10000
-#define FLAG_TIMEOUT (30ll * 1000000000ll)
-
-struct dev_reg {
-	void *base;
-	size_t len;
-};
-
-/* One block of a call: where it is and what holds it. */
-enum { B_NONE = 0, B_GPU, B_GPUQ /* quantized in the pool */, B_HOST, B_DONE };
-
-static bool in_pool(uint8_t where)
-{
-	return where == B_GPU || where == B_GPUQ;
-}
-
-struct dev_blk {
-	uint8_t where;
-	uint64_t addr;	 /* pool or arena address of the kvtier block */
-	uint64_t handle; /* pool reservation/lease */
-	union {
-		struct kvt_reservation r;
-		struct kvt_lease l;
-	} u;
-};
-
-struct kvt_dev {
-	uint32_t magic;
-	struct kvt_client *c;
-	pthread_mutex_t lock;
-	int device;
-	unsigned flags;
-	char path[108];
-	int sock;
-	bool gpu_tier, tried;
-	unsigned bits; /* the pool's codec: 0 raw, 8 or 4 bits */
-	struct kvt_gpu_pool *pool;
-	uint64_t epoch;
-	struct kvt_gpu_ipc_desc desc;
-	unsigned reattaches;
-	struct kvt_gpu_engine *eng;
-	void *own_stream;
-	uint64_t *flag; /* pinned; the GPU writes increasing values after each copy round */
-	uint64_t seq;
-	struct dev_reg reg[DEV_REGS];
-	unsigned nreg;
-	struct kvt_layout layouts[DEV_LAYOUTS];
-	int host_id[DEV_LAYOUTS];
-	unsigned nlayouts;
-	uint8_t *msg; /* request and reply of one GPU_OP */
-	struct kvt_gpu_seg *segs;
-	size_t segcap;
-	struct dev_blk *blk;
-	size_t blkcap;
-	uint32_t *ids;
-	uint64_t *addrs;
-	struct kvt_gpu_qjob *jobs;
-	size_t njobs;
-	size_t idcap;
-	uint64_t gpu_puts, host_puts, gpu_gets, host_gets;
-};
+#include "kvtier_gpu_internal.h"
 
 KVT_API int kvt_dev_available(void)
 {
@@ -215,7 +150,7 @@ fail:
 }
 
 /* Makes sure the device connection is up (reconnecting after a daemon restart). */
-static void ensure_attached(struct kvt_dev *d)
+void kvtc_dev_ensure_attached(struct kvt_dev *d)
 {
 	if (d->sock < 0)
 		attach(d);
@@ -225,9 +160,9 @@ static void ensure_attached(struct kvt_dev *d)
  * One GPU_OP over n entries of req; results into res.  Returns 0 or the message-level error
  * (-KVT_EDAEMON: the daemon went away, nothing of this message happened in the new one).
  */
-static int gpu_op(struct kvt_dev *d, uint32_t op, const struct kvt_layout *l, uint32_t len,
-		  uint32_t tile_tokens, const struct kvt_gpu_op_req *req, uint32_t n,
-		  struct kvt_gpu_op_res *res)
+int kvtc_dev_gpu_op(struct kvt_dev *d, uint32_t op, const struct kvt_layout *l, uint32_t len,
+		    uint32_t tile_tokens, const struct kvt_gpu_op_req *req, uint32_t n,
+		    struct kvt_gpu_op_res *res)
 {
 	struct kvt_msg_gpu_op *m = (struct kvt_msg_gpu_op *)d->msg;
 	size_t mlen = sizeof(*m) + (size_t)n * sizeof(*req);
@@ -288,7 +223,7 @@ static int find_mapping(const void *p, void **base, size_t *len)
  * Makes [p, p + n) DMA-capable: the arena mapping holding it is registered with CUDA once.
  * A new mapping (the arena of a restarted daemon) is registered when first seen.
  */
-static int host_ready(struct kvt_dev *d, const void *p, size_t n)
+int kvtc_dev_host_ready(struct kvt_dev *d, const void *p, size_t n)
 {
 	void *base;
 	size_t len;
@@ -321,6 +256,7 @@ static int host_ready(struct kvt_dev *d, const void *p, size_t n)
 
 KVT_API void kvt_dev_close(struct kvt_dev *d)
 {
+	KVT_CHECK_MAGIC(d, DEV_MAGIC);
 	if (!d || d->magic != DEV_MAGIC)
 		return;
 	if (d->own_stream)
@@ -406,6 +342,7 @@ KVT_API int kvt_dev_layout(struct kvt_dev *d, const struct kvt_layout *l)
 {
 	int ret;
 
+	KVT_CHECK_MAGIC(d, DEV_MAGIC);
 	if (!d || d->magic != DEV_MAGIC || !l)
 		return -EINVAL;
 	pthread_mutex_lock(&d->lock);
@@ -434,6 +371,7 @@ KVT_API int kvt_dev_info(struct kvt_dev *d, struct kvt_dev_info *st)
 {
 	struct kvt_dev_info i;
 
+	KVT_CHECK_MAGIC(d, DEV_MAGIC);
 	if (!d || d->magic != DEV_MAGIC || !st || st->size < sizeof(uint32_t))
 		return -EINVAL;
 	memset(&i, 0, sizeof(i));
@@ -453,555 +391,4 @@ KVT_API int kvt_dev_info(struct kvt_dev *d, struct kvt_dev_info *st)
 	memcpy(st, &i, st->size < sizeof(i) ? st->size : sizeof(i));
 	st->size = i.size < st->size ? i.size : st->size;
 	return 0;
-}
-
-/* ---- put and get ------------------------------------------------------------------------- */
-
-static int grow(struct kvt_dev *d, size_t n, const struct kvt_gpu_paged_layout *pl)
-{
-	size_t segs = n * pl->n_layers * pl->n_kv * pl->pages_per_block;
-
-	if (n > d->blkcap) {
-		void *p = realloc(d->blk, n * sizeof(*d->blk));
-		if (!p)
-			return -ENOMEM;
-		d->blk = p;
-		d->blkcap = n;
-	}
-	if (n * pl->pages_per_block > d->idcap || n > d->idcap) {
-		size_t cap = n * pl->pages_per_block;
-		void *a = realloc(d->ids, cap * sizeof(*d->ids));
-		if (!a)
-			return -ENOMEM;
-		d->ids = a;
-		a = realloc(d->addrs, cap * sizeof(*d->addrs));
-		if (!a)
-			return -ENOMEM;
-		d->addrs = a;
-		d->idcap = cap;
-	}
-	if (segs > d->segcap) {
-		void *p = realloc(d->segs, segs * sizeof(*d->segs));
-		if (!p)
-			return -ENOMEM;
-		d->segs = p;
-		d->segcap = segs;
-	}
-	return 0;
-}
-
-/*
- * Queues the copies of the blocks [from, to) whose place is `where`: pages <-> their kvtier
- * block at blk[].addr.  put: pages are the source.  Returns the blocks queued or -errno.
- */
-static long queue_copy(struct kvt_dev *d, const struct kvt_gpu_paged_layout *pl,
-		       const uint32_t *ids, size_t from, size_t to, uint8_t where, bool put,
-		       void *stream)
-{
-	uint32_t ppb = pl->pages_per_block;
-	size_t m = 0;
-	long ns;
-	int ret;
-
-	for (size_t k = from; k < to; k++) {
-		if (d->blk[k].where != where)
-			continue;
-		memcpy(&d->ids[m * ppb], &ids[k * ppb], ppb * sizeof(*ids));
-		d->addrs[m] = d->blk[k].addr;
-		m++;
-	}
-	if (!m)
-		return 0;
-	ns = kvt_gpu_paged_segments(pl, d->ids, d->addrs, m, put ? KVT_GPU_D2H : KVT_GPU_H2D,
-				    d->segs, d->segcap);
-	if (ns < 0)
-		return ns;
-	ret = kvt_gpu_copy(d->eng, d->segs, (size_t)ns,
-			   where == B_GPU ? KVT_GPU_D2D : (put ? KVT_GPU_D2H : KVT_GPU_H2D),
-			   KVT_GPU_AUTO, stream);
-	return ret < 0 ? ret : (long)m;
-}
-
-/*
- * The quantized format of blocks in these pages, when the pool quantizes and the pages fit
- * the kernels: returns the tokens of one page (the tile), else 0 (blocks stay raw).
- */
-static unsigned page_plan(const struct kvt_dev *d, const struct kvt_layout *l,
-			  const struct kvt_gpu_paged_layout *pl, uint32_t bb, struct kvt_gpu_kvq *q)
-{
-	uint64_t row = (uint64_t)l->n_kv_heads * l->head_dim * 2;
-	unsigned gdt = l->dtype == KVT_DTYPE_FP16 ? KVT_GPU_FP16 : KVT_GPU_BF16;
-	uint64_t tt;
-
-	if (!d->bits || pl->n_kv != 2 || pl->n_layers != l->n_layers ||
-	    (l->dtype != KVT_DTYPE_FP16 && l->dtype != KVT_DTYPE_BF16) || pl->page_bytes % row ||
-	    pl->block_stride % 16 || pl->kv_stride % 16)
-		return 0;
-	for (uint32_t i = 0; i < pl->n_layers; i++) {
-		if (pl->layer_base[i] % 16)
-			return 0;
-	}
-	tt = pl->page_bytes / row;
-	if (kvt_gpu_kvq_plan(d->bits, gdt, l->n_kv_heads, l->head_dim, (unsigned)tt, l->n_layers,
-			     bb, q) < 0 ||
-	    q->pages_per_block != pl->pages_per_block)
-		return 0;
-	return (unsigned)tt;
-}
-
-/* Queues the (de)quantizing copies of the B_GPUQ blocks of [from, to): pages -> pool tiles
- * (put) or back.  Returns the blocks queued or -errno. */
-static long queue_quant(struct kvt_dev *d, const struct kvt_gpu_paged_layout *pl,
-			const struct kvt_gpu_kvq *q, const uint32_t *ids, size_t from, size_t to,
-			bool put, void *stream)
-{
-	uint32_t ppb = pl->pages_per_block;
-	size_t per = (size_t)pl->n_layers * 2 * ppb, nj = 0, m = 0;
-	int ret;
-
-	for (size_t k = from; k < to; k++)
-		m += d->blk[k].where == B_GPUQ;
-	if (!m)
-		return 0;
-	if (d->njobs < m * per) {
-		struct kvt_gpu_qjob *j = realloc(d->jobs, m * per * sizeof(*j));
-		if (!j)
-			return -ENOMEM;
-		d->jobs = j;
-		d->njobs = m * per;
-	}
-	for (size_t k = from; k < to; k++) {
-		if (d->blk[k].where != B_GPUQ)
-			continue;
-		for (uint32_t l = 0; l < pl->n_layers; l++) {
-			for (uint32_t kv = 0; kv < 2; kv++) {
-				for (uint32_t j = 0; j < ppb; j++, nj++) {
-					uint64_t page =
-					    pl->layer_base[l] + kv * pl->kv_stride +
-					    (uint64_t)ids[k * ppb + j] * pl->block_stride;
-					uint64_t tile =
-					    d->blk[k].addr + kvt_gpu_kvq_offset(q, l, kv, j);
-
-					d->jobs[nj].src = put ? page : tile;
-					d->jobs[nj].dst = put ? tile : page;
-					d->jobs[nj].kind = kv ? KVT_GPU_VALUES : KVT_GPU_KEYS;
-					d->jobs[nj].reserved = 0;
-				}
-			}
-		}
-	}
-	ret = put ? kvt_gpu_quantize(d->eng, &q->qp, d->jobs, nj, stream)
-		  : kvt_gpu_dequantize(d->eng, &q->qp, d->jobs, nj, stream);
-	return ret < 0 ? ret : (long)m;
-}
-
-/* Queues a flag write after the work on stream; returns the value to wait for. */
-static int fence(struct kvt_dev *d, void *stream, uint64_t *v)
-{
-	int ret = kvt_gpu_signal(d->eng, stream, d->flag, d->seq + 1);
-
-	if (ret < 0)
-		return ret;
-	*v = ++d->seq;
-	return 0;
-}
-
-static int check_args(struct kvt_dev *d, int layout, const struct kvt_dev_pages *p,
-		      const struct kvt_key *keys, const uint32_t *ids, size_t n,
-		      struct kvt_gpu_paged_layout *pl, uint32_t *bb)
-{
-	uint64_t b;
-
-	if (!d || d->magic != DEV_MAGIC || !p || p->size < sizeof(*p) || (n && (!keys || !ids)))
-		return -EINVAL;
-	if (layout < 0 || (unsigned)layout >= d->nlayouts)
-		return -KVT_ENOLAYOUT;
-	memset(pl, 0, sizeof(*pl));
-	pl->size = sizeof(*pl);
-	pl->n_layers = p->n_layers;
-	pl->layer_base = p->layer_base;
-	pl->page_bytes = p->page_bytes;
-	pl->block_stride = p->block_stride;
-	pl->kv_stride = p->kv_stride;
-	pl->n_kv = p->n_kv;
-	pl->pages_per_block = p->pages_per_block;
-	b = kvt_gpu_paged_block_bytes(pl);
-	if (!b || b > kvt_layout_block_bytes(&d->layouts[layout]))
-		return -EINVAL;
-	*bb = (uint32_t)b;
-	return 0;
-}
-
-/* GPU tier part of a put: reserve pool blocks, copy, wait, commit.  Blocks it could not
- * place stay B_NONE for the host tier. */
-static void put_gpu(struct kvt_dev *d, const struct kvt_layout *l,
-		    const struct kvt_gpu_paged_layout *pl, const struct kvt_key *keys,
-		    const uint32_t *ids, size_t n, uint32_t bb, void *stream)
-{
-	struct kvt_gpu_op_req req[64];
-	struct kvt_gpu_op_res res[64];
-	struct kvt_gpu_kvq q;
-	unsigned tt = 0;
-	uint64_t base;
-
-	for (size_t k0 = 0; k0 < n; k0 += 64) {
-		uint32_t m = (uint32_t)(n - k0 < 64 ? n - k0 : 64), nc = 0;
-		int ret;
-
-		ensure_attached(d);
-		if (!d->gpu_tier)
-			return;
-		base = (uint64_t)(uintptr_t)kvt_gpu_pool_base(d->pool);
-		tt = page_plan(d, l, pl, bb, &q);
-		for (uint32_t j = 0; j < m; j++)
-			req[j] = (struct kvt_gpu_op_req){keys[k0 + j].lo, keys[k0 + j].hi, 0};
-		ret = gpu_op(d, KVT_GPU_OP_RESERVE, l, bb, tt, req, m, res);
-		if (ret == -KVT_EDAEMON) {
-			ensure_attached(d);
-			if (!d->gpu_tier)
-				return;
-			base = (uint64_t)(uintptr_t)kvt_gpu_pool_base(d->pool);
-			tt = page_plan(d, l, pl, bb, &q);
-			ret = gpu_op(d, KVT_GPU_OP_RESERVE, l, bb, tt, req, m, res);
-		}
-		if (ret < 0)
-			return;
-		for (uint32_t j = 0; j < m; j++) {
-			struct dev_blk *b = &d->blk[k0 + j];
-
-			bool quant = res[j].flags & KVT_GPU_F_INT8;
-
-			if (res[j].res == -EEXIST) {
-				b->where = B_DONE;
-			} else if (res[j].res >= 0) {
-				/* An honest daemon quantizes only what we asked for, inside the
-				 * pool; anything else is aborted below and goes to the host. */
-				bool ok = quant ? tt && res[j].flags >> 16 == tt &&
-						      res[j].off + q.enc_bytes <= d->desc.bytes
-						: res[j].off + bb <= d->desc.bytes;
-				b->where = quant ? B_GPUQ : B_GPU;
-				b->addr = base + res[j].off;
-				b->handle = res[j].handle;
-				if (!ok)
-					b->addr = 0;
-			}
-		}
-		ret = 0;
-		for (uint32_t j = 0; j < m; j++) {
-			if (in_pool(d->blk[k0 + j].where) && !d->blk[k0 + j].addr)
-				ret = -KVT_EPROTOCOL;
-		}
-		if (ret >= 0)
-			ret = (int)queue_copy(d, pl, ids, k0, k0 + m, B_GPU, true, stream);
-		if (ret >= 0)
-			ret = (int)queue_quant(d, pl, &q, ids, k0, k0 + m, true, stream);
-		if (ret >= 0)
-			ret = kvt_gpu_stream_sync(stream);
-		for (uint32_t j = 0; j < m; j++) {
-			if (in_pool(d->blk[k0 + j].where))
-				req[nc++].handle = d->blk[k0 + j].handle;
-		}
-		if (!nc)
-			continue;
-		if (ret < 0) {
-			gpu_op(d, KVT_GPU_OP_ABORT, NULL, 0, 0, req, nc, res);
-			for (uint32_t j = 0; j < m; j++) {
-				if (in_pool(d->blk[k0 + j].where))
-					d->blk[k0 + j].where = B_NONE;
-			}
-			continue;
-		}
-		ret = gpu_op(d, KVT_GPU_OP_COMMIT, NULL, 0, 0, req, nc, res);
-		nc = 0;
-		for (uint32_t j = 0; j < m; j++) {
-			struct dev_blk *b = &d->blk[k0 + j];
-
-			if (!in_pool(b->where))
-				continue;
-			/* A commit lost to a daemon restart: store it again on the host. */
-			b->where = ret == 0 && res[nc].res == 0 ? B_DONE : B_NONE;
-			if (b->where == B_DONE)
-				d->gpu_puts++;
-			nc++;
-		}
-	}
-}
-
-static void host_finish(struct kvt_dev *d, size_t from, size_t to, bool put, int copy_err,
-			int *first_err)
-{
-	for (size_t k = from; k < to; k++) {
-		struct dev_blk *b = &d->blk[k];
-		int ret;
-
-		if (b->where != B_HOST)
-			continue;
-		if (put) {
-			ret = copy_err < 0 ? kvt_put_abort(d->c, &b->u.r)
-					   : kvt_put_commit(d->c, &b->u.r);
-			if (copy_err < 0)
-				ret = copy_err;
-			if (ret == 0)
-				d->host_puts++;
-		} else {
-			kvt_lease_release(d->c, &b->u.l);
-			ret = copy_err;
-			if (ret == 0)
-				d->host_gets++;
-		}
-		b->where = ret < 0 ? B_NONE : B_DONE;
-		if (ret < 0 && !*first_err)
-			*first_err = ret;
-	}
-}
-
-/*
- * Host tier part of a put or get for the blocks still B_NONE (put) or B_HOST-to-be (get),
- * HOST_CHUNK at a time: round k's copies run on the GPU while round k+1 reserves or leases,
- * and round k commits or releases once the flag says its copies are done.  For a get, *n
- * shrinks to the first miss.
- */
-static int host_path(struct kvt_dev *d, int hid, const struct kvt_gpu_paged_layout *pl,
-		     const struct kvt_key *keys, const uint32_t *ids, size_t *np, uint32_t bb,
-		     bool put, void *stream)
-{
-	size_t n = *np, prev_from = 0, prev_to = 0;
-	uint64_t prev_v = 0;
-	bool have_prev = false;
-	int first_err = 0, ret;
-
-	for (size_t k0 = 0; k0 < n; k0 += HOST_CHUNK) {
-		size_t k1 = n - k0 < HOST_CHUNK ? n : k0 + HOST_CHUNK;
-		int copy_err = 0;
-		uint64_t v = 0;
-
-		for (size_t k = k0; k < k1; k++) {
-			struct dev_blk *b = &d->blk[k];
-
-			if (b->where != B_NONE)
-				continue;
-			if (put) {
-				ret = kvt_put_reserve(d->c, hid, &keys[k], bb, &b->u.r);
-				if (ret == -EEXIST) {
-					b->where = B_DONE;
-					continue;
-				}
-				if (ret == 0) {
-					b->addr = (uint64_t)(uintptr_t)b->u.r.data;
-					ret = host_ready(d, b->u.r.data, bb);
-					if (ret < 0)
-						kvt_put_abort(d->c, &b->u.r);
-				}
-			} else {
-				ret = kvt_get_lease(d->c, hid, &keys[k], &b->u.l);
-				if (ret == 0 && b->u.l.len != bb) {
-					kvt_lease_release(d->c, &b->u.l);
-					ret = -ENOENT; /* stored with another geometry */
-				}
-				if (ret == 0) {
-					b->addr = (uint64_t)(uintptr_t)b->u.l.data;
-					ret = host_ready(d, b->u.l.data, bb);
-					if (ret < 0)
-						kvt_lease_release(d->c, &b->u.l);
-				}
-			}
-			if (ret < 0) {
-				if (!first_err)
-					first_err = ret;
-				k1 = k; /* stop here: later blocks are not needed (get) or
-					 * would fail alike (put) */
-				n = k;
-				break;
-			}
-			b->where = B_HOST;
-		}
-		ret = (int)queue_copy(d, pl, ids, k0, k1, B_HOST, put, stream);
-		if (ret >= 0)
-			ret = fence(d, stream, &v);
-		if (ret < 0)
-			copy_err = ret;
-		if (have_prev) {
-			int w = kvt_gpu_flag_wait(d->flag, prev_v, FLAG_TIMEOUT);
-			host_finish(d, prev_from, prev_to, put, w, &first_err);
-		}
-		if (copy_err < 0) {
-			/* Nothing of this round may be trusted: the stream is in an unknown
-			 * state, so wait for it before handing the memory back. */
-			kvt_gpu_stream_sync(stream);
-			host_finish(d, k0, k1, put, copy_err, &first_err);
-			have_prev = false;
-			n = k0;
-			break;
-		}
-		prev_from = k0;
-		prev_to = k1;
-		prev_v = v;
-		have_prev = true;
-	}
-	if (have_prev) {
-		int w = kvt_gpu_flag_wait(d->flag, prev_v, FLAG_TIMEOUT);
-		host_finish(d, prev_from, prev_to, put, w, &first_err);
-	}
-	*np = n;
-	return first_err;
-}
-
-/*
- * What put and get start with: checks the arguments, then takes d's lock and readies its
- * per-block state for n blocks.  Returns 1 with the lock held, 0 when there is nothing to do,
- * or -errno (lock not held).
- */
-static int op_begin(struct kvt_dev *d, int layout, const struct kvt_dev_pages *p,
-		    const struct kvt_key *keys, const uint32_t *ids, size_t n,
-		    struct kvt_gpu_paged_layout *pl, uint32_t *bb)
-{
-	int ret = check_args(d, layout, p, keys, ids, n, pl, bb);
-
-	if (ret < 0 || !n)
-		return ret;
-	if (n > INT32_MAX)
-		return -EINVAL;
-	pthread_mutex_lock(&d->lock);
-	ret = grow(d, n, pl);
-	if (ret < 0) {
-		pthread_mutex_unlock(&d->lock);
-		return ret;
-	}
-	for (size_t k = 0; k < n; k++)
-		d->blk[k].where = B_NONE;
-	return 1;
-}
-
-KVT_API int kvt_dev_put(struct kvt_dev *d, int layout, const struct kvt_dev_pages *p,
-			const struct kvt_key *keys, const uint32_t *ids, size_t n, unsigned flags,
-			void *stream)
-{
-	struct kvt_gpu_paged_layout pl;
-	size_t done = 0, nh;
-	uint32_t bb;
-	int ret;
-
-	ret = op_begin(d, layout, p, keys, ids, n, &pl, &bb);
-	if (ret <= 0)
-		return ret;
-	stream = stream ? stream : d->own_stream;
-	if (!((flags | d->flags) & KVT_DEV_HOST_ONLY))
-		put_gpu(d, &d->layouts[layout], &pl, keys, ids, n, bb, stream);
-	nh = n;
-	ret = host_path(d, d->host_id[layout], &pl, keys, ids, &nh, bb, true, stream);
-	for (size_t k = 0; k < n && d->blk[k].where == B_DONE; k++)
-		done++;
-	if (done || !ret)
-		ret = (int)done;
-	pthread_mutex_unlock(&d->lock);
-	return ret;
-}
-
-KVT_API int kvt_dev_get(struct kvt_dev *d, int layout, const struct kvt_dev_pages *p,
-			const struct kvt_key *keys, const uint32_t *ids, size_t n, unsigned flags,
-			void *stream)
-{
-	struct kvt_gpu_op_req req[64];
-	struct kvt_gpu_op_res res[64];
-	struct kvt_gpu_paged_layout pl;
-	struct kvt_gpu_kvq q;
-	unsigned tt = 0;
-	size_t nh, hits = 0;
-	bool gpu;
-	uint32_t bb;
-	int ret, gerr = 0;
-
-	ret = op_begin(d, layout, p, keys, ids, n, &pl, &bb);
-	if (ret <= 0)
-		return ret;
-	stream = stream ? stream : d->own_stream;
-	gpu = !((flags | d->flags) & KVT_DEV_HOST_ONLY);
-	if (gpu)
-		ensure_attached(d);
-	tt = page_plan(d, &d->layouts[layout], &pl, bb, &q);
-	/* Pool leases first: their copies run while the host part leases and copies. */
-	for (size_t k0 = 0; gpu && d->gpu_tier && k0 < n; k0 += 64) {
-		uint32_t m = (uint32_t)(n - k0 < 64 ? n - k0 : 64);
-		uint64_t base = (uint64_t)(uintptr_t)kvt_gpu_pool_base(d->pool);
-
-		for (uint32_t j = 0; j < m; j++)
-			req[j] = (struct kvt_gpu_op_req){keys[k0 + j].lo, keys[k0 + j].hi, 0};
-		ret = gpu_op(d, KVT_GPU_OP_LEASE, &d->layouts[layout], 0, 0, req, m, res);
-		if (ret == -KVT_EDAEMON && k0 == 0) {
-			ensure_attached(d);
-			if (!d->gpu_tier)
-				break;
-			base = (uint64_t)(uintptr_t)kvt_gpu_pool_base(d->pool);
-			ret = gpu_op(d, KVT_GPU_OP_LEASE, &d->layouts[layout], 0, 0, req, m, res);
-		}
-		if (ret < 0)
-			break; /* the host part finds them (or finds them gone) */
-		for (uint32_t j = 0; j < m; j++) {
-			struct dev_blk *b = &d->blk[k0 + j];
-
-			if (res[j].res == -ENOENT && k0 + j < n) {
-				/* A miss ends the prefix: later blocks are not needed. */
-				n = k0 + j;
-				continue;
-			}
-			if (k0 + j >= n && res[j].res >= 0) {
-				struct kvt_gpu_op_req rq = {0, 0, res[j].handle};
-				struct kvt_gpu_op_res rs;
-				gpu_op(d, KVT_GPU_OP_RELEASE, NULL, 0, 0, &rq, 1, &rs);
-				continue;
-			}
-			if (res[j].res >= 0 && !(res[j].flags & KVT_GPU_F_INT8) &&
-			    (uint32_t)res[j].res == bb && res[j].off + bb <= d->desc.bytes) {
-				b->where = B_GPU;
-				b->addr = base + res[j].off;
-				b->handle = res[j].handle;
-			} else if (res[j].res >= 0 && (res[j].flags & KVT_GPU_F_INT8) && tt &&
-				   res[j].flags >> 16 == tt && (uint32_t)res[j].res == bb &&
-				   res[j].off + q.enc_bytes <= d->desc.bytes) {
-				b->where = B_GPUQ;
-				b->addr = base + res[j].off;
-				b->handle = res[j].handle;
-			} else if (res[j].res >= 0) {
-				/* Another geometry, or tiles these pages cannot take: the host path
-				 * reads it (the daemon dequantizes it on the way down). */
-				struct kvt_gpu_op_req rq = {0, 0, res[j].handle};
-				struct kvt_gpu_op_res rs;
-				gpu_op(d, KVT_GPU_OP_RELEASE, NULL, 0, 0, &rq, 1, &rs);
-			}
-		}
-		ret = (int)queue_copy(d, &pl, ids, k0, k0 + m, B_GPU, false, stream);
-		if (ret >= 0)
-			ret = (int)queue_quant(d, &pl, &q, ids, k0, k0 + m, false, stream);
-		if (ret < 0 && !gerr)
-			gerr = ret;
-	}
-	nh = n;
-	ret = host_path(d, d->host_id[layout], &pl, keys, ids, &nh, bb, false, stream);
-	/* The pool part: wait for its copies, then give the leases back. */
-	if (kvt_gpu_stream_sync(stream) < 0 && !gerr)
-		gerr = -EIO;
-	for (size_t k0 = 0; k0 < n; k0 += 64) {
-		uint32_t m = (uint32_t)(n - k0 < 64 ? n - k0 : 64), nc = 0;
-
-		for (uint32_t j = 0; j < m; j++) {
-			struct dev_blk *b = &d->blk[k0 + j];
-
-			if (!in_pool(b->where))
-				continue;
-			req[nc++].handle = b->handle;
-			b->where = gerr ? B_NONE : B_DONE;
-			if (!gerr)
-				d->gpu_gets++;
-		}
-		if (nc)
-			gpu_op(d, KVT_GPU_OP_RELEASE, NULL, 0, 0, req, nc, res);
-	}
-	for (size_t k = 0; k < n && d->blk[k].where == B_DONE; k++)
-		hits++;
-	if (gerr && !hits)
-		ret = gerr;
-	else if (hits || !ret || ret == -ENOENT)
-		ret = (int)hits;
-	pthread_mutex_unlock(&d->lock);
-	return ret;
 }

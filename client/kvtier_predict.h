@@ -9,8 +9,10 @@
  * been evicted to NVMe, so evicted blocks can still be scored.  At each decode step the engine
  * passes a layer's queries to kvt_pred_select(), which returns the blocks that sparse attention
  * should read, always including the sink and recent blocks; kvt_pred_predict_next() turns the
- * same queries into the set predicted for the next step, and kvt_pred_prefetch_list() into the
- * blocks to ask the daemon for (those neither resident nor already asked for).
+ * same queries into the set predicted for the next step, and kvt_pred_prefetch_plan() into the
+ * blocks to ask the daemon for, best first, within a budget against the room of the host tier
+ * (kvt_pred_set_room()): prefetches hold a share of it, the rest stays with the blocks read
+ * (kvt_pred_prefetch_list(): every predicted block, no budget).
  *
  * Rows.  By default one selection is made per (layer, kv head) and shared by the query heads of
  * its GQA group (a fetched block serves all of them); with KVT_PRED_PER_Q_HEAD one selection is
@@ -107,7 +109,12 @@ struct kvt_pred_counters {
 	uint64_t hit;  /* of those, entries that the prediction contained */
 	uint64_t late; /* of the hits, entries whose block was not resident at selection */
 	uint64_t wasted;    /* predicted entries that the step's selection did not contain */
-	uint64_t requested; /* blocks handed out by kvt_pred_prefetch_list() */
+	uint64_t requested; /* blocks handed out by kvt_pred_prefetch_list() and _plan() */
+	/* kvt_pred_prefetch_plan(): blocks it held back because the budget was full (once per
+	 * call that held them), and requests it handed out that were still outstanding when the
+	 * last layer they were predicted for passed (never marked by kvt_pred_set_resident()) */
+	uint64_t deferred;
+	uint64_t expired;
 };
 
 struct kvt_pred;
@@ -152,8 +159,9 @@ KVT_PRED_API int kvt_pred_add_block_layer(struct kvt_pred *p, uint32_t block, ui
 KVT_PRED_API int kvt_pred_add_block(struct kvt_pred *p, uint32_t block, const uint16_t *k,
 				    uint32_t n_tokens);
 
-/* Forgets the digests of blocks >= n_blocks (sequence truncated, speculative tokens rejected)
- * and any pending prediction.  Returns 0. */
+/* Forgets the digests of blocks >= n_blocks (sequence truncated, speculative tokens rejected),
+ * any pending prediction and the requests of kvt_pred_prefetch_plan() (decode order starts
+ * again).  Returns 0. */
 KVT_PRED_API int kvt_pred_truncate(struct kvt_pred *p, uint32_t n_blocks);
 
 /*
@@ -195,8 +203,9 @@ KVT_PRED_API int kvt_pred_select(struct kvt_pred *p, uint32_t layer, const uint1
  * best budget + margin - forced blocks by score.  q == NULL reuses the scores of the last
  * kvt_pred_select() of this layer, which must have had the same n_tokens (else -EINVAL).
  * The prediction is kept until the next step's kvt_pred_select() of this layer, which scores
- * it, and is what kvt_pred_prefetch_list() asks for.  If out is not NULL, the rows are written
- * as by kvt_pred_select() (out_cap entries available).  Returns n per row, or -EINVAL, -ENOSPC.
+ * it, and is what kvt_pred_prefetch_plan() and _list() ask for.  If out is not NULL, the rows are
+ * written as by kvt_pred_select() (out_cap entries available).  Returns n per row, or -EINVAL,
+ * -ENOSPC.
  */
 KVT_PRED_API int kvt_pred_predict_next(struct kvt_pred *p, uint32_t layer, const uint16_t *q,
 				       uint32_t n_tokens, uint32_t budget, uint32_t margin,
@@ -209,6 +218,40 @@ KVT_PRED_API int kvt_pred_predict_next(struct kvt_pred *p, uint32_t layer, const
  * called for them.  Returns the count, or -ENOSPC (out_cap too small; nothing is marked).
  */
 KVT_PRED_API int kvt_pred_prefetch_list(struct kvt_pred *p, uint32_t *out, size_t out_cap);
+
+/*
+ * Sets the budget of kvt_pred_prefetch_plan() from the room of the tier that prefetches fill
+ * (the daemon's host tier): room_bytes that this sequence may use there (kvt_stats()'s
+ * host_capacity_bytes, or this sequence's share of it when several share the tier),
+ * block_bytes that one block takes there (kvt_layout_block_bytes()), and the share of the room
+ * that outstanding prefetches may hold, 0 < fraction <= 1 (0 = KVT_PRED_ROOM_DEFAULT, 0.75; keep
+ * it below the host tier's host.low_watermark, down to which the daemon evicts).  The rest of
+ * the room stays with the blocks that the current steps read: blocks prefetched on a
+ * prediction that turns out wrong displace at most that share of it.
+ * At most floor(fraction * room_bytes / block_bytes) blocks (at least 1) are outstanding at
+ * once; room_bytes = 0 removes the limit (the default).
+ * Returns 0, or -EINVAL (block_bytes 0 with room_bytes > 0, fraction outside [0, 1]).
+ */
+#define KVT_PRED_ROOM_DEFAULT 0.75
+KVT_PRED_API int kvt_pred_set_room(struct kvt_pred *p, uint64_t room_bytes, uint64_t block_bytes,
+				   double fraction);
+
+/*
+ * The prefetch request under the budget of kvt_pred_set_room(), best first.  Candidates are
+ * the blocks of the pending predictions of layers still to come, neither resident nor
+ * requested; a prediction whose layer has passed (a kvt_pred_select() of a later layer or
+ * step came since) is dropped.  They are ordered by their best rank in a predicted row
+ * (forced blocks first, then the chosen ones by decreasing score), then by layer distance
+ * from the last select (the nearest layer first: layer l of the step with context c is
+ * c * n_layers + l in decode order), then by block index.
+ * A block handed out is outstanding until kvt_pred_set_resident() is called for it or the
+ * last layer it was predicted for passes (then the step has read it, or does without it);
+ * the call hands out at most (limit - outstanding) blocks, and at most out_cap, marking them
+ * requested.  With out == NULL it only counts them.  Returns the count (0 when the budget
+ * is full), or -EINVAL.
+ * Call it after the kvt_pred_predict_next() of each layer, or once per step after the last.
+ */
+KVT_PRED_API int kvt_pred_prefetch_plan(struct kvt_pred *p, uint32_t *out, size_t out_cap);
 
 /* Tells the predictor whether a block is in the fastest tier (resident != 0) or not, and
  * clears its requested mark.  Blocks start non-resident.  Returns 0, -ERANGE. */

@@ -1,8 +1,11 @@
 # libkvtier.so: the client library (public header kvtier.h), with a SONAME and a version
 # script; only kvt_* symbols are exported.
-add_library(kvtier SHARED ${CMAKE_CURRENT_SOURCE_DIR}/kvtier.c)
+add_library(kvtier SHARED ${CMAKE_CURRENT_SOURCE_DIR}/kvtier.c ${CMAKE_CURRENT_SOURCE_DIR}/kvtier_conn.c
+	${CMAKE_CURRENT_SOURCE_DIR}/kvtier_batch.c)
+# kvtier.h includes proto/kvt_abi.h, installed beside it.
 target_include_directories(kvtier PUBLIC
 	$<BUILD_INTERFACE:${CMAKE_CURRENT_SOURCE_DIR}>
+	$<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/proto>
 	$<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
 target_compile_definitions(kvtier PRIVATE KVT_BUILDING_LIB _GNU_SOURCE)
 target_compile_options(kvtier PRIVATE -fvisibility=hidden)
@@ -10,7 +13,8 @@ target_link_libraries(kvtier PRIVATE $<BUILD_INTERFACE:kvt_proto> Threads::Threa
 # The predictor's API (kvtier_predict.h) is part of the library: compiled in, not linked
 # from the static archive, so that its symbols are there even though kvtier.c calls none.
 if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/predict.c)
-	target_sources(kvtier PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/predict.c)
+	target_sources(kvtier PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/predict.c
+		${CMAKE_CURRENT_SOURCE_DIR}/predict_score.c ${CMAKE_CURRENT_SOURCE_DIR}/predict_sched.c)
 	target_link_libraries(kvtier PRIVATE m)
 endif()
 target_link_options(kvtier PRIVATE -Wl,--version-script=${CMAKE_CURRENT_SOURCE_DIR}/kvtier.map)
@@ -21,7 +25,7 @@ if(NOT (KVT_FUZZ AND CMAKE_C_COMPILER_ID MATCHES "Clang"))
 endif()
 set_target_properties(kvtier PROPERTIES VERSION ${PROJECT_VERSION} SOVERSION ${PROJECT_VERSION_MAJOR}
 	LINK_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/kvtier.map
-	PUBLIC_HEADER "${CMAKE_CURRENT_SOURCE_DIR}/kvtier.h;${CMAKE_CURRENT_SOURCE_DIR}/kvtier_predict.h")
+	PUBLIC_HEADER "${CMAKE_CURRENT_SOURCE_DIR}/kvtier.h;${CMAKE_CURRENT_SOURCE_DIR}/kvtier_predict.h;${PROJECT_SOURCE_DIR}/proto/kvt_abi.h")
 
 # kvtierctl: the admin CLI.
 add_executable(kvtierctl ${CMAKE_CURRENT_SOURCE_DIR}/kvtierctl.c)

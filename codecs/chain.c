@@ -11,6 +11,7 @@
 #include <stdlib.h>
 
 #include "codec_internal.h"
+#include "kvt_check.h"
 
 const struct kvt_codec_ops *const kvt_codecs[] = {
     &kvt_codec_raw,
@@ -165,27 +166,32 @@ void kvt_chain_free(struct kvt_chain *c)
 {
 	if (!c)
 		return;
+	KVT_CHECK_MAGIC(c, CHAIN_MAGIC);
 	c->magic = 0;
 	free(c);
 }
 
 const char *kvt_chain_name(const struct kvt_chain *c)
 {
+	KVT_CHECK_MAGIC(c, CHAIN_MAGIC);
 	return c->name;
 }
 
 uint32_t kvt_chain_id(const struct kvt_chain *c)
 {
+	KVT_CHECK_MAGIC(c, CHAIN_MAGIC);
 	return c->id;
 }
 
 unsigned kvt_chain_flags(const struct kvt_chain *c)
 {
+	KVT_CHECK_MAGIC(c, CHAIN_MAGIC);
 	return c->flags;
 }
 
 int kvt_chain_set_dict(struct kvt_chain *c, const struct kvt_dict *d)
 {
+	KVT_CHECK_MAGIC(c, CHAIN_MAGIC);
 	if (!c || c->magic != CHAIN_MAGIC || !(c->flags & KVT_CODEC_DICT))
 		return -EINVAL;
 	for (unsigned i = 0; i < c->nst; i++)
@@ -205,6 +211,7 @@ int kvt_chain_set_dict(struct kvt_chain *c, const struct kvt_dict *d)
 int kvt_chain_usable(const struct kvt_chain *c, const struct kvt_codec_geom *g)
 {
 	int rc;
+	KVT_CHECK_MAGIC(c, CHAIN_MAGIC);
 	if (!c || c->magic != CHAIN_MAGIC)
 		return -EINVAL;
 	if ((c->flags & KVT_CODEC_KV) && kvt_geom_check(g))
@@ -232,6 +239,7 @@ size_t kvt_chain_max_encoded_size(const struct kvt_chain *c, const struct kvt_co
 {
 	size_t bound[KVT_CHAIN_MAX_STAGES + 1], raw = kvt_geom_block_bytes(g);
 
+	KVT_CHECK_MAGIC(c, CHAIN_MAGIC);
 	if (!raw || chain_bounds(c, g, raw, bound))
 		return 0;
 	return KVT_CHAIN_HDR_SIZE + bound[c->nst];
@@ -262,6 +270,7 @@ ssize_t kvt_chain_encode(const struct kvt_chain *c, const struct kvt_codec_geom 
 	const uint8_t *in = src;
 	ssize_t len = (ssize_t)n, rc;
 
+	KVT_CHECK_MAGIC(c, CHAIN_MAGIC);
 	if (!c || c->magic != CHAIN_MAGIC || !raw || n != raw)
 		return -EINVAL;
 	if (g->n_layers > 0xffff || g->n_kv_heads > 0xffff || g->block_tokens > 0xffff)
@@ -337,6 +346,7 @@ ssize_t kvt_chain_decode(const struct kvt_chain *c, const void *src, size_t n, v
 	const uint8_t *in;
 	ssize_t len, rc;
 
+	KVT_CHECK_MAGIC(c, CHAIN_MAGIC);
 	if (!c || c->magic != CHAIN_MAGIC)
 		return -EINVAL;
 	if (kvt_chain_peek(src, n, &id, &g, &raw) || id != c->id ||

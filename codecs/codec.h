@@ -29,26 +29,19 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+/* enum kvt_dtype: the element types, one definition for the codecs and the API. */
+#include "kvt_abi.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* Element types: the same values as kvtier.h's enum kvt_dtype (whichever header comes first
- * defines it). */
-#ifndef KVT_DTYPE_ENUM_DEFINED
-#define KVT_DTYPE_ENUM_DEFINED
-enum kvt_dtype {
-	KVT_DTYPE_FP16 = 1,
-	KVT_DTYPE_BF16 = 2,
-	KVT_DTYPE_FP8_E4M3 = 3, /* one byte an element */
-};
-#endif
 #define KVT_DTYPE_FP8 KVT_DTYPE_FP8_E4M3
 
 /* Geometry of a block.  Byte codecs ignore it; KV codecs require it. */
 struct kvt_codec_geom {
 	uint32_t n_layers, n_kv_heads, head_dim, block_tokens;
-	uint32_t dtype; /* enum kvt_codec_dtype */
+	uint32_t dtype; /* enum kvt_dtype */
 	uint32_t
 	    first_token; /* position in the sequence of the block's first token (sinks, RoPE) */
 };

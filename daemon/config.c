@@ -62,6 +62,7 @@ static const struct key keys[] = {
     {"gpu", "high_watermark", K_RATIO, F(gpu_high), "0.95", 0, 0},
     {"gpu", "low_watermark", K_RATIO, F(gpu_low), "0.85", 0, 0},
     {"gpu", "promote_on_get", K_BOOL, F(gpu_promote), "true", 0, 0},
+    {"tiers", "order", K_STR, F(tiers_order), "gpu,host,nvme", 0, 0},
 };
 #undef F
 
@@ -231,6 +232,65 @@ int kvtd_config_load(struct kvtd_config *c, const char *path, FILE *err)
 	return 0;
 }
 
+/*
+ * tiers.order: names of lower-case letters, digits and '_', comma-separated, each once, host
+ * among them (clients' blocks land there).  Which names are tiers, and which orders placement
+ * can move blocks along, the daemon checks when it builds the list (kvtd_tiers_init).
+ */
+static int check_order(const char *order, FILE *err)
+{
+	char seen[8][32];
+	unsigned n = 0;
+	bool host = false;
+
+	for (const char *p = order;;) {
+		size_t len = strcspn(p, ",");
+		const char *why = NULL;
+
+		while (len && p[len - 1] == ' ')
+			len--;
+		if (!len || len >= sizeof(seen[0]))
+			why = "an empty or overlong name";
+		for (size_t k = 0; !why && k < len; k++) {
+			if (!(p[k] >= 'a' && p[k] <= 'z') && !(p[k] >= '0' && p[k] <= '9') &&
+			    p[k] != '_')
+				why = "a name with a character other than a-z, 0-9, _";
+		}
+		for (unsigned k = 0; !why && k < n; k++) {
+			if (strlen(seen[k]) == len && !memcmp(seen[k], p, len))
+				why = "a tier named twice";
+		}
+		if (!why && n == sizeof(seen) / sizeof(seen[0]))
+			why = "more than 8 tiers";
+		if (why) {
+			if (err)
+				fprintf(
+				    err,
+				    "kvtierd: tiers.order = %s: %s (expected tier names, fastest "
+				    "first, e.g. gpu,host,nvme)\n",
+				    order, why);
+			return -EINVAL;
+		}
+		memcpy(seen[n], p, len);
+		seen[n][len] = 0;
+		host |= !strcmp(seen[n], "host");
+		n++;
+		p += strcspn(p, ",");
+		if (!*p)
+			break;
+		p++;
+		while (*p == ' ')
+			p++;
+	}
+	if (!host) {
+		if (err)
+			fprintf(err, "kvtierd: tiers.order = %s: the host tier must be listed\n",
+				order);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 int kvtd_config_validate(const struct kvtd_config *c, FILE *err)
 {
 	if (c->admin_reserved >= c->max_clients) {
@@ -286,6 +346,8 @@ int kvtd_config_validate(const struct kvtd_config *c, FILE *err)
 				c->host_codec);
 		return -EINVAL;
 	}
+	if (check_order(c->tiers_order, err) < 0)
+		return -EINVAL;
 	for (const char *p = c->tenant_salt; *p; p++) {
 		if (!strchr("0123456789abcdefABCDEF", *p)) {
 			if (err)

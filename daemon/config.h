@@ -62,6 +62,8 @@ struct kvtd_config {
 	double gpu_high;
 	double gpu_low;
 	bool gpu_promote; /* device gets that hit the host copy the block up to the GPU */
+	/* [tiers] */
+	char tiers_order[128]; /* tier names, fastest first (daemon/tierlist.c) */
 };
 
 /* Fills c with the built-in defaults. */

@@ -1,7 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * daemon.h - kvtierd's internal state, shared by server.c (loop, clients, requests, admin)
- * and placement.c (where blocks live: host arenas and NVMe, eviction, demotion, promotion).
+ * daemon.h - kvtierd's internal state (struct kvtd, clients, tenants), and the functions of
+ * the lower layers that the upper ones call: tenants (tenants.c), where blocks live and how
+ * they change (placement.c, block.c, gpu_place.c), the gets waiting for a promotion
+ * (waiters.c) and the codec workers (codec_pool.c).  The layers above (server.c,
+ * networking.c, admin.c, render.c, gpu_msgs.c, ops.c, holds.c) have a header each;
+ * docs/ARCHITECTURE.md lists who owns what.  Nothing here calls up into them.
  */
 #ifndef KVTD_DAEMON_H
 #define KVTD_DAEMON_H
@@ -17,8 +21,10 @@
 #include "kvt_pool.h"
 #include "kvt_proto.h"
 #include "kvt_shm.h"
+#include "log.h"
 #include "pagemap.h"
 #include "tier.h"
+#include "tierlist.h"
 
 #define CLIENT_MAGIC 0x434c4e54u /* "CLNT" */
 #define TENANT_MAGIC 0x54454e54u /* "TENT" */
@@ -56,7 +62,7 @@ struct tenant {
 	int memfd;
 	uint8_t *base;
 	uint64_t size;
-	struct kvtd_pagemap pm;
+	uint16_t host_file; /* its arena's file in the host tier (kvtd_host_attach) */
 	uint64_t used_bytes;
 	uint64_t blocks;
 	unsigned nclients;
@@ -77,9 +83,9 @@ struct layout_slot {
 	uint32_t geom; /* the geometry entry this slot holds a reference on (placement.c) */
 };
 
-struct admin_job; /* a listing that runs over several event-loop turns (server.c) */
+struct admin_job; /* a listing that runs over several event-loop turns (admin.c) */
 
-/* daemon.user_admin_rate: one bucket of admin commands per non-admin uid (server.c). */
+/* daemon.user_admin_rate: one bucket of admin commands per non-admin uid (admin.c). */
 #define KVTD_ADMIN_BUCKETS 64
 struct kvtd_admin_bucket {
 	uint32_t uid;
@@ -127,11 +133,14 @@ struct tier_stats {
 	uint64_t hits, misses, bytes_read, bytes_written;
 };
 
-/* A get waiting for its block to come up from NVMe. */
+/* A get waiting for its block to come up from NVMe (waiters.c): chained on the block while
+ * it waits, then on the readiness list with the outcome until ops.c answers it. */
 struct waiter {
 	uint32_t client_id;
 	uint32_t next;
 	uint64_t user_data;
+	uint32_t blk, gen; /* on the readiness list: the block, its generation then */
+	int32_t err;	   /* ...and the outcome: 0 (on the host now) or -errno */
 };
 
 /* A prefetch waiting for NVMe queue depth: highest priority first, FIFO within one. */
@@ -177,13 +186,17 @@ struct kvtd {
 	uint64_t epoch;
 	uint64_t start_ms;
 	uint64_t host_used;
+	/* The tiers in tiers.order, fastest first (tierlist.c); by id, NULL when not listed */
+	struct kvtd_tier tiers[KVTD_NTIERS];
+	uint32_t ntiers;
+	struct kvtd_tier *tier_at[KVTD_NTIERS];
 	struct tier_stats tier[KVTD_NTIERS];
 	struct kvt_metrics m;
 	gid_t admin_gid;
 	bool have_admin_gid;
 	bool watchdog;
 	uint8_t *msgbuf;
-	/* NVMe tier (placement.c) */
+	/* NVMe tier (nvme_place.c): its instance in d->tiers, NULL when not open */
 	struct kvt_tier *nvme;
 	const struct kvt_tier_ops *nvme_ops;
 	struct kvt_chain *nvme_chain, *raw_chain;
@@ -216,25 +229,46 @@ struct kvtd {
 	uint32_t ndying;
 	struct waiter *waiters;
 	uint32_t nwaiters, cap_waiters, free_waiter;
+	uint32_t ready_head, ready_tail; /* the readiness list (waiters.c), FIFO */
 	struct pf_ring pf[KVTD_PF_LEVELS];
 	uint32_t pf_inflight;
 	/* GPU tier (gpu_place.c); NULL when off or unavailable (gpu_err says why) */
 	struct kvtd_gpu *gpu;
 	int gpu_err;
-	/* Operators' view (server.c): wall-clock start, request latency histograms. */
+	/* Operators' view: wall-clock start, request latency histograms (ops.c, render.c). */
 	uint64_t start_unix;
 	uint64_t lat_bucket[KVTD_LAT_OPS][KVTD_LAT_BUCKETS]; /* non-cumulative */
 	uint64_t lat_count[KVTD_LAT_OPS], lat_sum_ns[KVTD_LAT_OPS];
 };
 
-uint64_t kvtd_now_ms(void);
+/* tenants.c: one arena per uid.  The tenant of uid, created on first use; NULL when its
+ * arena cannot be made (logged). */
 struct tenant *kvtd_tenant_get(struct kvtd *d, uint32_t uid);
 struct tenant *kvtd_tenant_of(struct kvtd *d, const struct kvtd_blk *b);
+/* t's index in d->tenants (what a block records). */
+uint32_t kvtd_tenant_index(struct kvtd *d, const struct tenant *t);
+/* Unmaps and frees every tenant's arena. */
+void kvtd_tenants_fini(struct kvtd *d);
 
-/* server.c: finishes a get that waited for a promotion (err = 0: lease the block now). */
-void kvtd_wake_lease(struct kvtd *d, uint32_t client_id, uint64_t user_data, uint32_t blk, int err);
+/*
+ * waiters.c: the gets waiting for a promotion, and the readiness list.  Placement chains a
+ * waiter on the block it promotes and, when the promotion ends, hands the chain to the
+ * readiness list with the outcome; ops.c (kvtd_ready_drain) answers the gets from there, on
+ * the same turn of the loop.  Nothing here calls another part of the daemon.
+ */
+void kvtd_waiters_init(struct kvtd *d);
+void kvtd_waiters_fini(struct kvtd *d);
+/* A waiter for (client_id, user_data) in front of chain next: its index, KVTD_NIL when out
+ * of memory. */
+uint32_t kvtd_waiter_new(struct kvtd *d, uint32_t next, uint32_t client_id, uint64_t user_data);
+/* The gets of chain w, waiting for block blk, are answered with err (0: on the host now):
+ * appended to the readiness list in chain order. */
+void kvtd_waiters_ready(struct kvtd *d, uint32_t w, uint32_t blk, int err);
+/* Takes the oldest entry off the readiness list into *out (its entry is free again).
+ * False when the list is empty. */
+bool kvtd_ready_pop(struct kvtd *d, struct waiter *out);
 
-/* placement.c */
+/* placement.c (with tierlist.c, host_place.c, demote.c, promote.c, nvme_place.c) */
 int kvtd_place_init(struct kvtd *d);
 void kvtd_place_fini(struct kvtd *d);
 /* The geometry entry of (fp, t), made from l when new: its index (no reference taken), or
@@ -256,6 +290,9 @@ void kvtd_check_counts(struct kvtd *d);
 void kvtd_tenant_pinned(struct kvtd *d, struct tenant *t, int delta);
 /* Whether freed pages of t's arena go back to the host now (several tenants, none pinned). */
 bool kvtd_tenant_may_punch(const struct kvtd *d, const struct tenant *t);
+/* Tenant t's new arena (t->memfd, t->base, t->size) becomes a file of the host tier. 0 or
+ * -errno.  Its ranges go when the host tier closes (kvtd_place_fini). */
+int kvtd_host_attach(struct kvtd *d, struct tenant *t);
 /* Room for len bytes in t's arena, evicting (and demoting) as needed: offset or -errno. */
 int64_t kvtd_host_alloc(struct kvtd *d, struct tenant *t, uint32_t len);
 void kvtd_host_unalloc(struct kvtd *d, struct tenant *t, uint64_t off, uint32_t len);
@@ -276,10 +313,12 @@ void kvtd_blk_committed(struct kvtd *d, uint32_t i);
 void kvtd_blk_lru_update(struct kvtd *d, uint32_t i);
 /* Evicts the least recently used evictable host block (of only, if set). 0 or -ENOSPC. */
 int kvtd_evict_host_one(struct kvtd *d, const struct tenant *only);
+/* The watermark pass of every tier, down the list (tierlist.c). */
 void kvtd_watermarks(struct kvtd *d);
 /*
  * Brings block i up to the host for a get of client c: 0 when it is there now, 1 when the
- * get waits (kvtd_wake_lease() finishes it), -errno when it cannot be served.
+ * get waits (a waiter: the answer comes through the readiness list, waiters.c), -errno when
+ * it cannot be served.
  */
 int kvtd_promote(struct kvtd *d, uint32_t client_id, uint64_t user_data, uint32_t i);
 /* Queues a prefetch of block i up to the host (priority 0..3, 3 first). */
@@ -291,6 +330,26 @@ void kvtd_prefetch_used(struct kvtd *d, uint32_t i);
 /* Writes an NVMe copy of every host block that has none. Returns how many were queued. */
 int kvtd_flush(struct kvtd *d);
 void kvtd_nvme_event(struct kvtd *d);
+
+/*
+ * block.c: the changes of a block's state that clients cause (a put's reservation and
+ * commit, leases, pins), so that the layers above placement never write struct kvtd_blk.
+ */
+/* New block i (kvtd_blk_insert) is reserved by client owner of tenant t: len bytes of
+ * layout fingerprint fp, at arena offset off, or only in the GPU pool when off < 0. */
+void kvtd_blk_reserved(struct kvtd *d, uint32_t i, struct tenant *t, uint32_t owner, uint64_t fp,
+		       uint32_t len, int64_t off);
+/* A put to the host committed block i (first_token: its first token's position, 0 if not
+ * told); it becomes READY (kvtd_blk_committed). */
+void kvtd_blk_commit_host(struct kvtd *d, uint32_t i, uint32_t first_token);
+/* A device put committed block i: READY, in the GPU pool only. */
+void kvtd_blk_commit_gpu(struct kvtd *d, uint32_t i);
+/* A lease of block i was granted (a hit, whichever tier serves it). */
+void kvtd_blk_lease(struct kvtd *d, uint32_t i);
+/* A lease of block i ended: a deleted block goes with its last one. */
+void kvtd_blk_unlease(struct kvtd *d, uint32_t i);
+/* Block i got a pin (pin) or lost one. */
+void kvtd_blk_pin(struct kvtd *d, uint32_t i, bool pin);
 
 /* codec_pool.c: run() on a worker thread, then done() on the loop thread. */
 struct kvtd_cjob {
@@ -335,8 +394,6 @@ void kvtd_gpu_unlease(struct kvtd *d, uint32_t i);
 int kvtd_gpu_to_host(struct kvtd *d, uint32_t i);
 /* Frees pool copies of blocks that are gone. */
 void kvtd_gpu_sweep(struct kvtd *d);
-/* Demotes above gpu.high_watermark down to gpu.low_watermark. */
-void kvtd_gpu_watermarks(struct kvtd *d);
 /* Runs queued promotions (host -> pool). */
 void kvtd_gpu_pump(struct kvtd *d);
 void kvtd_gpu_stats(struct kvtd *d, struct kvtd_gpu_stats *st, const char **uuid);

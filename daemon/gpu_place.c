@@ -5,21 +5,24 @@
  *
  * The block index (index.c) stays the one truth about a block; this file keeps a side table
  * of pool copies, one entry per block with a copy, validated by the block's generation (a
- * dropped block bumps it, and the entry is then freed by the next sweep or lookup), and its
- * own LRU list of the copies that may leave the GPU.
+ * dropped block bumps it, and the entry is then freed by the next sweep or lookup).  The
+ * copies that may leave the GPU are on the index's GPU LRU list (KVTD_TIER_GPU), the one LRU
+ * implementation every tier uses.  The tier itself (tiers/tier_gpu.c) is reached through its
+ * ops table only; this file is its entry in the tier list (kvtd_gpu_class), at the top.
  *
  * A block put by a device client lands in the pool only (on_host = 0, on_nvme = 0: placement.c
  * never sees it in its LRU lists).  Above gpu.high_watermark the least recently used copies
- * go down to the host arena, on the tier's own stream, until gpu.low_watermark; a block that
- * already has a host copy just loses its pool copy.  A device get of a block that is only on
+ * go down the tier list (the host tier takes them: kvtd_gpu_copy_down), on the tier's own
+ * stream, until gpu.low_watermark; a block with a copy in another tier just loses its pool
+ * copy.  A device get of a block that is only on
  * the host is served from the host and queues a copy up to the pool (promotion).
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon.h"
-#include "server.h"
+#include "log.h"
+#include "place_int.h"
 #include "tier_gpu.h"
 
 enum { ENT_FREE = 0, ENT_RESERVED, ENT_READY };
@@ -30,31 +33,27 @@ struct gpu_ent {
 	uint32_t len;	      /* bytes in the pool (encoded when quantized) */
 	struct kvt_gpu_kvq q; /* q.qp.bits = 0: raw */
 	uint32_t leases;
-	uint32_t prev, next; /* LRU, head = most recently used */
-	uint8_t state, in_lru;
+	uint32_t next; /* free list */
+	uint8_t state;
 };
 
 #define PROMO_CAP 4096u
 
 struct kvtd_gpu {
+	const struct kvt_tier_ops *ops;
 	struct kvt_tier *t;
 	struct kvt_gpu_ipc_desc desc;
 	char uuid[41];
 	struct gpu_ent *ents;
 	uint32_t nents, cap, free_head;
 	uint32_t *of_blk; /* block index -> entry, KVTD_NIL when none */
-	uint32_t lru_head, lru_tail;
-	void **reg; /* registered tenant arenas, by tenant index */
+	void **reg;	  /* registered tenant arenas, by tenant index */
 	uint32_t nreg;
 	struct {
 		uint32_t blk, gen;
 	} promo[PROMO_CAP];
 	uint32_t promo_head, promo_tail;
 	unsigned bits; /* gpu.codec: 0 raw, 8 int8, 4 int4 */
-	void *staging; /* device memory for dequantizing on the way down */
-	uint64_t staging_len;
-	struct kvt_gpu_qjob *jobs;
-	size_t njobs;
 	struct kvtd_gpu_stats st;
 };
 
@@ -63,36 +62,24 @@ static struct gpu_ent *E(struct kvtd_gpu *g, uint32_t e)
 	return &g->ents[e];
 }
 
-static void lru_unlink(struct kvtd_gpu *g, uint32_t e)
+/* Entry e leaves the GPU LRU list, where its block stands for it (when e is the block's). */
+static void lru_unlink(struct kvtd *d, uint32_t e)
 {
-	struct gpu_ent *x = E(g, e);
+	const struct gpu_ent *x = E(d->gpu, e);
 
-	if (!x->in_lru)
-		return;
-	if (x->prev != KVTD_NIL)
-		E(g, x->prev)->next = x->next;
-	else
-		g->lru_head = x->next;
-	if (x->next != KVTD_NIL)
-		E(g, x->next)->prev = x->prev;
-	else
-		g->lru_tail = x->prev;
-	x->in_lru = 0;
+	if (x->blk < d->ix.max && d->gpu->of_blk[x->blk] == e)
+		kvtd_lru_unlink(&d->ix, KVTD_TIER_GPU, x->blk);
 }
 
-static void lru_push(struct kvtd_gpu *g, uint32_t e)
+/* Entry e (its block's live one) becomes the most recently used. */
+static void lru_push(struct kvtd *d, uint32_t e)
 {
-	struct gpu_ent *x = E(g, e);
+	kvtd_lru_push(&d->ix, KVTD_TIER_GPU, E(d->gpu, e)->blk);
+}
 
-	lru_unlink(g, e);
-	x->prev = KVTD_NIL;
-	x->next = g->lru_head;
-	if (g->lru_head != KVTD_NIL)
-		E(g, g->lru_head)->prev = e;
-	else
-		g->lru_tail = e;
-	g->lru_head = e;
-	x->in_lru = 1;
+static bool in_lru(struct kvtd *d, uint32_t e)
+{
+	return kvtd_blk(&d->ix, E(d->gpu, e)->blk)->in_lru[KVTD_TIER_GPU];
 }
 
 /* Puts the entry where it belongs: in the LRU when its copy may leave the GPU. */
@@ -103,9 +90,9 @@ static void lru_fix(struct kvtd *d, uint32_t e)
 	const struct kvtd_blk *b = kvtd_blk(&d->ix, x->blk);
 
 	if (x->state == ENT_READY && !x->leases && !b->pins && b->state == KVTD_BLK_READY)
-		lru_push(g, e);
+		lru_push(d, e);
 	else
-		lru_unlink(g, e);
+		lru_unlink(d, e);
 }
 
 static void ent_free(struct kvtd *d, uint32_t e)
@@ -113,8 +100,8 @@ static void ent_free(struct kvtd *d, uint32_t e)
 	struct kvtd_gpu *g = d->gpu;
 	struct gpu_ent *x = E(g, e);
 
-	lru_unlink(g, e);
-	kvt_tier_gpu_ops.free(g->t, &x->loc);
+	lru_unlink(d, e);
+	g->ops->free(g->t, &x->loc);
 	if (x->state == ENT_READY)
 		g->st.blocks--;
 	if (x->blk < d->ix.max && g->of_blk[x->blk] == e)
@@ -149,7 +136,7 @@ static int ent_new(struct kvtd *d, uint32_t i, uint32_t len, uint32_t *out)
 	uint32_t e;
 	int ret;
 
-	ret = kvt_tier_gpu_ops.alloc(g->t, len, &loc);
+	ret = g->ops->alloc(g->t, len, &loc);
 	if (ret < 0)
 		return ret;
 	if (g->free_head != KVTD_NIL) {
@@ -161,7 +148,7 @@ static int ent_new(struct kvtd *d, uint32_t i, uint32_t len, uint32_t *out)
 			struct gpu_ent *n = realloc(g->ents, (size_t)ncap * sizeof(*n));
 
 			if (!n) {
-				kvt_tier_gpu_ops.free(g->t, &loc);
+				g->ops->free(g->t, &loc);
 				return -ENOMEM;
 			}
 			g->ents = n;
@@ -174,33 +161,34 @@ static int ent_new(struct kvtd *d, uint32_t i, uint32_t len, uint32_t *out)
 	E(g, e)->gen = kvtd_blk(&d->ix, i)->gen;
 	E(g, e)->loc = loc;
 	E(g, e)->len = len;
-	E(g, e)->prev = E(g, e)->next = KVTD_NIL;
+	E(g, e)->next = KVTD_NIL;
 	g->of_blk[i] = e;
 	*out = e;
 	return 0;
 }
 
-static void tier_log(void *arg, int level, const char *msg)
-{
-	(void)arg;
-	kvtd_log(level <= 3   ? KVTD_LOG_ERR
-		 : level == 4 ? KVTD_LOG_WARN
-			      : KVTD_LOG_INFO,
-		 "gpu tier: %s", msg);
-}
-
 int kvtd_gpu_init(struct kvtd *d)
 {
+	struct kvtd_tier *x = d->tier_at[KVTD_TIER_GPU];
+	const char *paths[2] = {d->cfg.gpu_device, NULL};
 	struct kvt_tier_conf tc = {0};
 	struct kvtd_gpu *g;
 	int ret;
 
 	if (!d->cfg.gpu_capacity)
 		return 0;
+	if (!x) {
+		kvtd_log(KVTD_LOG_WARN,
+			 "gpu.capacity = %llu but tiers.order = %s lists no gpu: no GPU tier",
+			 (unsigned long long)d->cfg.gpu_capacity, d->cfg.tiers_order);
+		d->gpu_err = -ENODEV;
+		return 0;
+	}
 	g = calloc(1, sizeof(*g));
 	if (!g)
 		return -ENOMEM;
-	g->free_head = g->lru_head = g->lru_tail = KVTD_NIL;
+	g->ops = x->cls->ops;
+	g->free_head = KVTD_NIL;
 	g->of_blk = malloc((size_t)d->ix.max * sizeof(uint32_t));
 	if (!g->of_blk) {
 		free(g);
@@ -209,10 +197,13 @@ int kvtd_gpu_init(struct kvtd *d)
 	memset(g->of_blk, 0xff, (size_t)d->ix.max * sizeof(uint32_t));
 	tc.name = "gpu";
 	tc.capacity_bytes = d->cfg.gpu_capacity;
-	tc.log = tier_log;
-	ret = kvt_tier_gpu_open(&tc, d->cfg.gpu_device, d->epoch, &g->t);
+	tc.log = kvtd_tier_log;
+	tc.log_arg = (void *)"gpu tier";
+	tc.paths = paths;
+	tc.epoch = d->epoch;
+	ret = g->ops->open(&tc, &g->t);
 	if (ret == 0)
-		ret = kvt_tier_gpu_export(g->t, &g->desc);
+		ret = g->ops->export_desc(g->t, &g->desc, sizeof(g->desc));
 	if (ret < 0) {
 		/* The host and NVMe tiers work without it: say so loudly and go on. */
 		kvtd_log(KVTD_LOG_WARN,
@@ -222,7 +213,7 @@ int kvtd_gpu_init(struct kvtd *d)
 					: "the GPU pool could not be created",
 			 strerror(-ret));
 		if (g->t)
-			kvt_tier_gpu_ops.close(g->t);
+			g->ops->close(g->t);
 		free(g->of_blk);
 		free(g);
 		d->gpu_err = ret;
@@ -231,6 +222,7 @@ int kvtd_gpu_init(struct kvtd *d)
 	kvt_gpu_uuid_format(g->desc.uuid, g->uuid);
 	g->bits = !strcmp(d->cfg.gpu_codec, "int8") ? 8 : !strcmp(d->cfg.gpu_codec, "int4") ? 4 : 0;
 	d->gpu = g;
+	x->t = g->t;
 	kvtd_log(KVTD_LOG_INFO, "gpu tier: %llu bytes on %s, epoch %llu",
 		 (unsigned long long)g->desc.bytes, g->uuid, (unsigned long long)d->epoch);
 	return 0;
@@ -244,11 +236,10 @@ void kvtd_gpu_fini(struct kvtd *d)
 		return;
 	for (uint32_t k = 0; k < g->nreg; k++) {
 		if (g->reg[k])
-			kvt_tier_gpu_unregister(g->t, g->reg[k]);
+			g->ops->mem_unregister(g->t, g->reg[k]);
 	}
-	kvt_gpu_dev_free(g->staging);
-	kvt_tier_gpu_ops.close(g->t);
-	free(g->jobs);
+	g->ops->close(g->t);
+	d->tier_at[KVTD_TIER_GPU]->t = NULL;
 	free(g->reg);
 	free(g->ents);
 	free(g->of_blk);
@@ -291,7 +282,7 @@ static int arena_ready(struct kvtd *d, const struct tenant *t, uint32_t ti)
 	}
 	if (g->reg[ti])
 		return 0;
-	ret = kvt_tier_gpu_register(g->t, t->base, t->size);
+	ret = g->ops->mem_register(g->t, t->base, t->size);
 	if (ret < 0) {
 		kvtd_log(KVTD_LOG_ERR, "gpu tier: cannot register the arena of uid %u: %s", t->uid,
 			 strerror(-ret));
@@ -302,72 +293,27 @@ static int arena_ready(struct kvtd *d, const struct tenant *t, uint32_t ti)
 	return 0;
 }
 
-/* Synchronous copy between pool entry e and host memory at p (dir D2H: pool -> host). */
+/* Synchronous copy between pool entry e and host memory at p (down: pool -> host, a
+ * quantized copy dequantized on the way). */
 static int pool_move(struct kvtd *d, uint32_t e, void *p, bool down)
 {
 	struct kvtd_gpu *g = d->gpu;
+	const struct gpu_ent *x = E(g, e);
 	struct kvt_tier_io io = {0};
 	int ret;
 
-	io.loc = E(g, e)->loc;
+	io.loc = x->loc;
 	io.buf = p;
-	io.len = E(g, e)->len;
-	ret = down ? kvt_tier_gpu_ops.read(g->t, &io) : kvt_tier_gpu_ops.write(g->t, &io);
+	io.len = x->len;
+	if (down && x->q.qp.bits) {
+		io.xform = &x->q;
+		io.len = (uint32_t)x->q.raw_bytes;
+	}
+	ret = down ? g->ops->read(g->t, &io) : g->ops->write(g->t, &io);
 	if (ret < 0)
 		return ret;
-	kvt_tier_gpu_ops.complete(g->t);
+	g->ops->complete(g->t);
 	return io.res < 0 ? io.res : 0;
-}
-
-/* Dequantizes pool entry e into the staging buffer and copies the raw block to host p. */
-static int dequant_down(struct kvtd *d, uint32_t e, void *p)
-{
-	struct kvtd_gpu *g = d->gpu;
-	struct gpu_ent *x = E(g, e);
-	uint64_t base = (uint64_t)(uintptr_t)kvt_tier_gpu_base(g->t) + x->loc.off;
-	size_t n = (size_t)x->q.n_layers * 2 * x->q.pages_per_block, k = 0;
-	void *stream = kvt_tier_gpu_stream(g->t);
-	struct kvt_gpu_seg seg;
-	int ret;
-
-	if (g->staging_len < x->q.raw_bytes) {
-		kvt_gpu_dev_free(g->staging);
-		g->staging = NULL;
-		g->staging_len = 0;
-		ret = kvt_gpu_dev_alloc(kvt_tier_gpu_device(g->t), x->q.raw_bytes, &g->staging);
-		if (ret < 0)
-			return ret;
-		g->staging_len = x->q.raw_bytes;
-	}
-	if (g->njobs < n) {
-		struct kvt_gpu_qjob *j = realloc(g->jobs, n * sizeof(*j));
-		if (!j)
-			return -ENOMEM;
-		g->jobs = j;
-		g->njobs = n;
-	}
-	for (unsigned l = 0; l < x->q.n_layers; l++) {
-		for (unsigned kv = 0; kv < 2; kv++) {
-			for (unsigned j = 0; j < x->q.pages_per_block; j++, k++) {
-				g->jobs[k].src = base + kvt_gpu_kvq_offset(&x->q, l, kv, j);
-				g->jobs[k].dst =
-				    (uint64_t)(uintptr_t)g->staging +
-				    ((uint64_t)(l * 2 + kv) * x->q.pages_per_block + j) *
-					x->q.raw_tile;
-				g->jobs[k].kind = kv ? KVT_GPU_VALUES : KVT_GPU_KEYS;
-				g->jobs[k].reserved = 0;
-			}
-		}
-	}
-	ret = kvt_gpu_dequantize(kvt_tier_gpu_engine(g->t), &x->q.qp, g->jobs, n, stream);
-	if (ret < 0)
-		return ret;
-	seg = (struct kvt_gpu_seg){(uint64_t)(uintptr_t)g->staging, (uint64_t)(uintptr_t)p,
-				   x->q.raw_bytes};
-	ret = kvt_gpu_copy(kvt_tier_gpu_engine(g->t), &seg, 1, KVT_GPU_D2H, KVT_GPU_DMA, stream);
-	if (ret < 0)
-		return ret;
-	return kvt_gpu_stream_sync(stream);
 }
 
 /* Gives block i (only in the pool, entry e) a host copy.  0 or -errno. */
@@ -392,10 +338,7 @@ static int copy_down(struct kvtd *d, uint32_t i, uint32_t e)
 		kvtd_host_unalloc(d, t, (uint64_t)off, len);
 		return -ESTALE;
 	}
-	if (E(d->gpu, e)->q.qp.bits)
-		ret = dequant_down(d, e, t->base + off);
-	else
-		ret = pool_move(d, e, t->base + off, true);
+	ret = pool_move(d, e, kvtd_host_at(d, t, (uint64_t)off), true);
 	if (ret < 0) {
 		kvtd_host_unalloc(d, t, (uint64_t)off, len);
 		return ret;
@@ -414,18 +357,24 @@ static int copy_down(struct kvtd *d, uint32_t i, uint32_t e)
 static int evict_one(struct kvtd *d)
 {
 	struct kvtd_gpu *g = d->gpu;
-	uint32_t e = g->lru_tail;
-	uint32_t i;
+	const struct kvtd_tier *x = d->tier_at[KVTD_TIER_GPU];
+	uint32_t i = d->ix.lru_tail[KVTD_TIER_GPU];
+	uint32_t e;
 	int ret;
 
-	if (e == KVTD_NIL)
+	if (i == KVTD_NIL)
 		return -ENOSPC;
-	i = E(g, e)->blk;
-	if (ent_of(d, i) != e)
-		return 0; /* stale: freed now, which made room */
+	e = ent_of(d, i);
+	if (e == KVTD_NIL) {
+		kvtd_lru_unlink(&d->ix, KVTD_TIER_GPU, i);
+		return 0;
+	}
 	g->st.evictions++;
-	if (!kvtd_blk(&d->ix, i)->on_host && !kvtd_blk(&d->ix, i)->on_nvme) {
-		ret = copy_down(d, i, e);
+	if (!kvtd_copy_elsewhere(d, i, x)) {
+		/* Down the list: the next tier takes a copy (the host: kvtd_gpu_copy_down). */
+		struct kvtd_tier *below = kvtd_tier_below(d, x);
+
+		ret = below && below->cls->take ? below->cls->take(d, i, false) : -ENOSPC;
 		if (ret < 0 && ent_of(d, i) == e) {
 			/* The host tier cannot take it: the block is lost, as host eviction
 			 * without NVMe loses blocks. */
@@ -440,29 +389,6 @@ static int evict_one(struct kvtd *d)
 	if (ent_of(d, i) == e)
 		ent_free(d, e);
 	return 0;
-}
-
-static uint64_t high_mark(const struct kvtd *d)
-{
-	return (uint64_t)(d->cfg.gpu_high * (double)d->gpu->desc.bytes);
-}
-
-void kvtd_gpu_watermarks(struct kvtd *d)
-{
-	struct kvt_tier_stats st;
-
-	if (!d->gpu)
-		return;
-	kvtd_gpu_sweep(d);
-	kvt_tier_gpu_ops.stats(d->gpu->t, &st);
-	if (st.used_bytes <= high_mark(d))
-		return;
-	uint64_t low = (uint64_t)(d->cfg.gpu_low * (double)d->gpu->desc.bytes);
-	while (st.used_bytes > low) {
-		if (evict_one(d) < 0)
-			break;
-		kvt_tier_gpu_ops.stats(d->gpu->t, &st);
-	}
 }
 
 void kvtd_gpu_sweep(struct kvtd *d)
@@ -566,7 +492,7 @@ int64_t kvtd_gpu_lease(struct kvtd *d, uint32_t i, uint32_t *flags)
 	d->gpu->st.hits++;
 	d->gpu->st.get_bytes += E(d->gpu, e)->len;
 	E(d->gpu, e)->leases++;
-	lru_unlink(d->gpu, e);
+	lru_unlink(d, e);
 	if (E(d->gpu, e)->q.qp.bits)
 		*flags = KVT_GPU_F_INT8 | (uint32_t)E(d->gpu, e)->q.qp.tokens << 16;
 	return (int64_t)E(d->gpu, e)->loc.off;
@@ -581,8 +507,8 @@ void kvtd_gpu_unlease(struct kvtd *d, uint32_t i)
 	E(d->gpu, e)->leases--;
 	lru_fix(d, e);
 	/* Most recently used now: move to the head. */
-	if (E(d->gpu, e)->in_lru)
-		lru_push(d->gpu, e);
+	if (in_lru(d, e))
+		lru_push(d, e);
 }
 
 int kvtd_gpu_to_host(struct kvtd *d, uint32_t i)
@@ -624,7 +550,7 @@ void kvtd_gpu_pump(struct kvtd *d)
 		/* A promotion takes free room only: it never pushes other blocks out. */
 		if (ent_new(d, i, b->len, &e) < 0)
 			continue;
-		if (pool_move(d, e, t->base + b->off, false) < 0) {
+		if (pool_move(d, e, kvtd_host_at(d, t, b->off), false) < 0) {
 			ent_free(d, e);
 			continue;
 		}
@@ -645,8 +571,56 @@ void kvtd_gpu_stats(struct kvtd *d, struct kvtd_gpu_stats *st, const char **uuid
 	if (!d->gpu)
 		return;
 	*st = d->gpu->st;
-	kvt_tier_gpu_ops.stats(d->gpu->t, &ts);
+	d->gpu->ops->stats(d->gpu->t, &ts);
 	st->capacity = d->gpu->desc.bytes;
 	st->used = ts.used_bytes;
 	*uuid = d->gpu->uuid;
 }
+
+int kvtd_gpu_copy_down(struct kvtd *d, uint32_t i, bool bg)
+{
+	uint32_t e = ent_of(d, i);
+
+	(void)bg;
+	if (e == KVTD_NIL || E(d->gpu, e)->state != ENT_READY)
+		return -ENOENT;
+	return copy_down(d, i, e);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * The GPU tier's entry in the tier list
+ */
+static bool gpu_has(struct kvtd *d, uint32_t i)
+{
+	return kvtd_gpu_has(d, i);
+}
+
+static void gpu_usage(struct kvtd *d, uint64_t *used, uint64_t *leaving, uint64_t *cap)
+{
+	struct kvt_tier_stats st;
+
+	d->gpu->ops->stats(d->gpu->t, &st);
+	*used = st.used_bytes;
+	*leaving = 0;
+	*cap = d->gpu->desc.bytes;
+}
+
+static int gpu_evict(struct kvtd *d, bool bg)
+{
+	(void)bg;
+	return evict_one(d);
+}
+
+const struct kvtd_tier_class kvtd_gpu_class = {
+    .name = "gpu",
+    .id = KVTD_TIER_GPU,
+    .ops = &kvt_tier_gpu_ops,
+    .high_off = offsetof(struct kvtd_config, gpu_high),
+    .low_off = offsetof(struct kvtd_config, gpu_low),
+    .open = NULL, /* kvtd_gpu_init, after the fork: a CUDA context does not survive it */
+    .has = gpu_has,
+    .tick = kvtd_gpu_sweep,
+    .usage = gpu_usage,
+    .evict_one = gpu_evict,
+    .take_from = -1,
+};

@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+/* index.c - the block index and its per-tier LRU lists (index.h). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +28,7 @@ int kvtd_index_init(struct kvtd_index *ix, uint32_t max_blocks)
 	ix->mask = nb - 1;
 	ix->max = max_blocks;
 	ix->free_head = KVTD_NIL;
-	for (int l = 0; l < 2; l++)
+	for (int l = 0; l < KVTD_NTIERS; l++)
 		ix->lru_head[l] = ix->lru_tail[l] = KVTD_NIL;
 	return 0;
 }
@@ -88,7 +89,7 @@ uint32_t kvtd_index_insert(struct kvtd_index *ix, uint64_t lo, uint64_t hi)
 	b->gen = gen;
 	b->key_lo = lo;
 	b->key_hi = hi;
-	for (int l = 0; l < 2; l++)
+	for (int l = 0; l < KVTD_NTIERS; l++)
 		b->lru_prev[l] = b->lru_next[l] = KVTD_NIL;
 	b->waiters = KVTD_NIL;
 	b->geom = KVTD_NIL;
@@ -156,8 +157,8 @@ void kvtd_index_remove(struct kvtd_index *ix, uint32_t i)
 	struct kvtd_blk *b = &ix->blk[i];
 
 	kvtd_index_unhash(ix, i);
-	kvtd_lru_unlink(ix, 0, i);
-	kvtd_lru_unlink(ix, 1, i);
+	for (int l = 0; l < KVTD_NTIERS; l++)
+		kvtd_lru_unlink(ix, l, i);
 	b->state = KVTD_BLK_FREE;
 	b->gen++;
 	b->next = ix->free_head;

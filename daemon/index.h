@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * index.h - the block index: a chained hash table over 128-bit internal keys, entries in
- * one array addressed by u32 index (stable across growth), and an LRU list of the blocks
- * that may be evicted.  Sized for index.max_blocks (1 M by default) without rehashing.
+ * one array addressed by u32 index (stable across growth), and per tier an LRU list of the
+ * blocks that may leave it.  Sized for index.max_blocks (1 M by default) without rehashing.
  */
 #ifndef KVTD_INDEX_H
 #define KVTD_INDEX_H
@@ -18,14 +18,17 @@ enum kvtd_blk_state {
 	KVTD_BLK_ZOMBIE,   /* deleted or evicted while leased; freed on the last release */
 };
 
-enum kvtd_tier_id { KVTD_TIER_HOST = 0, KVTD_TIER_NVME = 1, KVTD_NTIERS };
+/* The tiers placement knows (daemon/tierlist.c); their order comes from tiers.order.  Each has
+ * an LRU list here; host and NVMe copies are flagged in the block itself, GPU copies in
+ * gpu_place.c's side table. */
+enum kvtd_tier_id { KVTD_TIER_HOST = 0, KVTD_TIER_NVME = 1, KVTD_TIER_GPU = 2, KVTD_NTIERS };
 
 enum { KVTD_IO_NONE = 0, KVTD_IO_DEMOTE = 1, KVTD_IO_PROMOTE = 2, KVTD_IO_ENCODE = 3 };
 
 struct kvtd_blk {
 	uint64_t key_lo, key_hi; /* internal key: tenant salt and layout already mixed in */
 	uint32_t next;		 /* hash chain */
-	uint32_t lru_prev[2], lru_next[2]; /* per tier (enum kvtd_tier_id) */
+	uint32_t lru_prev[KVTD_NTIERS], lru_next[KVTD_NTIERS]; /* per tier (enum kvtd_tier_id) */
 	uint32_t gen; /* bumped on every reuse of the entry: stale handles fail */
 	uint32_t len;
 	uint32_t tenant;
@@ -33,8 +36,8 @@ struct kvtd_blk {
 	uint32_t pins;
 	uint32_t owner; /* client id holding the reservation */
 	uint8_t state;
-	uint8_t tier;	   /* fastest tier holding the data */
-	uint8_t in_lru[2]; /* per tier */
+	uint8_t tier;		     /* fastest tier holding the data */
+	uint8_t in_lru[KVTD_NTIERS]; /* per tier */
 	uint8_t hashed;
 	uint8_t on_host;    /* host arena copy at off */
 	uint8_t on_nvme;    /* NVMe record at nvme_* (written and complete) */
@@ -61,8 +64,9 @@ struct kvtd_index {
 	uint32_t free_head;
 	uint32_t *bucket;
 	uint32_t mask;
-	uint32_t count;			   /* entries in the hash */
-	uint32_t lru_head[2], lru_tail[2]; /* per tier; head = most recently used */
+	uint32_t count;					       /* entries in the hash */
+	uint32_t lru_head[KVTD_NTIERS], lru_tail[KVTD_NTIERS]; /* per tier; head = most recently
+								   used */
 };
 
 /* Returns 0 or -ENOMEM. */
@@ -76,7 +80,7 @@ uint32_t kvtd_index_insert(struct kvtd_index *ix, uint64_t lo, uint64_t hi);
 void kvtd_index_unhash(struct kvtd_index *ix, uint32_t i);
 /* Unhashes (if needed), unlinks from the LRU and frees the entry; its gen is bumped. */
 void kvtd_index_remove(struct kvtd_index *ix, uint32_t i);
-/* LRU list per tier (KVTD_TIER_HOST, KVTD_TIER_NVME). */
+/* The one LRU implementation: a list per tier (enum kvtd_tier_id) through the entries. */
 void kvtd_lru_push(struct kvtd_index *ix, int list, uint32_t i); /* as most recently used */
 void kvtd_lru_unlink(struct kvtd_index *ix, int list, uint32_t i);
 

@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "config.h"
-#include "kvtier.h"
+#include "kvt_abi.h" /* kvt_version, kvt_strerror */
 #include "server.h"
 
 static void usage(FILE *f)

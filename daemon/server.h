@@ -1,14 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * server.h - the kvtierd process: event loop, control socket, clients, tenants' arenas,
- * the host tier with its index, leases, pins and watermark LRU eviction.
+ * server.h - kvtierd as kvtierd.c (main) sees it: create, run and destroy the daemon, and
+ * the hooks main sets.  The daemon's parts have their own headers (daemon.h and the ones
+ * it names).
  */
 #ifndef KVTD_SERVER_H
 #define KVTD_SERVER_H
 
-#include <stdarg.h>
-
 #include "config.h"
+#include "log.h"
 
 struct kvtd;
 
@@ -25,9 +25,5 @@ extern void (*kvtd_on_ready)(void);
 /* SIGHUP: fills cfg with the configuration read again (0), or logs why not (-errno).  The
  * daemon applies what can change live and logs the rest.  NULL: SIGHUP is ignored. */
 extern int (*kvtd_reload)(struct kvtd_config *cfg);
-
-enum { KVTD_LOG_ERR = 0, KVTD_LOG_WARN, KVTD_LOG_INFO, KVTD_LOG_DEBUG };
-extern int kvtd_log_level;
-void kvtd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

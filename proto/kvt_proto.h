@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kvtier.h"
+#include "kvt_abi.h"
 
 #define KVT_MSG_MAGIC	  0x4d54564bu /* "KVTM" */
 #define KVT_PROTO_VERSION 1u
@@ -171,6 +171,62 @@ struct kvt_msg_admin {
 	uint32_t aflags;
 	uint64_t arg; /* BLOCKS: limit; EVICT: bytes (0 = all) */
 };
+
+/* The messages are an ABI between processes (proto/PROTOCOL.md): sizes and field offsets. */
+KVT_ABI_ASSERT(sizeof(struct kvt_msg_hdr) == 16 && offsetof(struct kvt_msg_hdr, version) == 4 &&
+		   offsetof(struct kvt_msg_hdr, type) == 6 &&
+		   offsetof(struct kvt_msg_hdr, len) == 8 &&
+		   offsetof(struct kvt_msg_hdr, flags) == 12,
+	       "kvt_msg_hdr is an ABI");
+KVT_ABI_ASSERT(sizeof(struct kvt_msg_hello) == 96 &&
+		   offsetof(struct kvt_msg_hello, lib_version) == 16 &&
+		   offsetof(struct kvt_msg_hello, want_admin) == 24 &&
+		   offsetof(struct kvt_msg_hello, name) == 32,
+	       "kvt_msg_hello is an ABI");
+KVT_ABI_ASSERT(sizeof(struct kvt_msg_hello_reply) == 48 &&
+		   offsetof(struct kvt_msg_hello_reply, res) == 16 &&
+		   offsetof(struct kvt_msg_hello_reply, epoch) == 24 &&
+		   offsetof(struct kvt_msg_hello_reply, arena_size) == 32 &&
+		   offsetof(struct kvt_msg_hello_reply, ring_size) == 40 &&
+		   offsetof(struct kvt_msg_hello_reply, daemon_version) == 44,
+	       "kvt_msg_hello_reply is an ABI");
+KVT_ABI_ASSERT(sizeof(struct kvt_msg_layout) == 116 &&
+		   offsetof(struct kvt_msg_layout, layout) == 16,
+	       "kvt_msg_layout is an ABI");
+KVT_ABI_ASSERT(sizeof(struct kvt_msg_result) == 24 && offsetof(struct kvt_msg_result, res) == 16,
+	       "kvt_msg_result is an ABI");
+KVT_ABI_ASSERT(sizeof(struct kvt_msg_stats) == 136 && offsetof(struct kvt_msg_stats, res) == 16 &&
+		   offsetof(struct kvt_msg_stats, puts) == 24 &&
+		   offsetof(struct kvt_msg_stats, prefetch_late) == 128,
+	       "kvt_msg_stats is an ABI");
+KVT_ABI_ASSERT(sizeof(struct kvt_msg_gpu_attach_reply) == 160 &&
+		   offsetof(struct kvt_msg_gpu_attach_reply, res) == 16 &&
+		   offsetof(struct kvt_msg_gpu_attach_reply, codec) == 20 &&
+		   offsetof(struct kvt_msg_gpu_attach_reply, capacity) == 24 &&
+		   offsetof(struct kvt_msg_gpu_attach_reply, desc) == 32,
+	       "kvt_msg_gpu_attach_reply is an ABI");
+KVT_ABI_ASSERT(sizeof(struct kvt_gpu_op_req) == 24 &&
+		   offsetof(struct kvt_gpu_op_req, key_hi) == 8 &&
+		   offsetof(struct kvt_gpu_op_req, handle) == 16,
+	       "kvt_gpu_op_req is an ABI");
+KVT_ABI_ASSERT(sizeof(struct kvt_msg_gpu_op) == 132 && offsetof(struct kvt_msg_gpu_op, op) == 16 &&
+		   offsetof(struct kvt_msg_gpu_op, n) == 20 &&
+		   offsetof(struct kvt_msg_gpu_op, len) == 24 &&
+		   offsetof(struct kvt_msg_gpu_op, tile_tokens) == 28 &&
+		   offsetof(struct kvt_msg_gpu_op, layout) == 32,
+	       "kvt_msg_gpu_op is an ABI");
+KVT_ABI_ASSERT(sizeof(struct kvt_gpu_op_res) == 24 && offsetof(struct kvt_gpu_op_res, flags) == 4 &&
+		   offsetof(struct kvt_gpu_op_res, off) == 8 &&
+		   offsetof(struct kvt_gpu_op_res, handle) == 16,
+	       "kvt_gpu_op_res is an ABI");
+KVT_ABI_ASSERT(sizeof(struct kvt_msg_gpu_op_reply) == 24 &&
+		   offsetof(struct kvt_msg_gpu_op_reply, res) == 16 &&
+		   offsetof(struct kvt_msg_gpu_op_reply, n) == 20,
+	       "kvt_msg_gpu_op_reply is an ABI");
+KVT_ABI_ASSERT(sizeof(struct kvt_msg_admin) == 32 && offsetof(struct kvt_msg_admin, cmd) == 16 &&
+		   offsetof(struct kvt_msg_admin, aflags) == 20 &&
+		   offsetof(struct kvt_msg_admin, arg) == 24,
+	       "kvt_msg_admin is an ABI");
 
 static inline void kvt_msg_init(struct kvt_msg_hdr *h, uint16_t type, uint32_t len)
 {

@@ -39,6 +39,15 @@ struct kvt_record_hdr {
 };
 
 _Static_assert(sizeof(struct kvt_record_hdr) == KVT_RECORD_HDR_SIZE, "record header is an ABI");
+_Static_assert(offsetof(struct kvt_record_hdr, version) == 4 &&
+		   offsetof(struct kvt_record_hdr, key_lo) == 8 &&
+		   offsetof(struct kvt_record_hdr, fingerprint) == 24 &&
+		   offsetof(struct kvt_record_hdr, seq) == 32 &&
+		   offsetof(struct kvt_record_hdr, raw_len) == 40 &&
+		   offsetof(struct kvt_record_hdr, chain_id) == 48 &&
+		   offsetof(struct kvt_record_hdr, tenant) == 52 &&
+		   offsetof(struct kvt_record_hdr, crc) == 60,
+	       "record header is an ABI");
 
 /* CRC-32C (Castagnoli); hardware instruction where the CPU has it. */
 uint32_t kvt_crc32c(uint32_t crc, const void *buf, size_t len);

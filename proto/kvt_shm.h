@@ -14,6 +14,7 @@
 #define KVT_SHM_H
 
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define KVT_SHM_MAGIC	 0x53545659u /* "YVTS" on disk: 'Y','V','T','S' little-endian */
@@ -46,6 +47,15 @@ struct kvt_shm_hdr {
 	uint8_t reserved[KVT_SHM_HDR_SIZE - 72];
 };
 _Static_assert(sizeof(struct kvt_shm_hdr) == KVT_SHM_HDR_SIZE, "shm header is an ABI");
+_Static_assert(offsetof(struct kvt_shm_hdr, hdr_size) == 8 &&
+		   offsetof(struct kvt_shm_hdr, total_size) == 16 &&
+		   offsetof(struct kvt_shm_hdr, sq_off) == 20 &&
+		   offsetof(struct kvt_shm_hdr, cq_off) == 32 &&
+		   offsetof(struct kvt_shm_hdr, scratch_off) == 44 &&
+		   offsetof(struct kvt_shm_hdr, arena_size) == 56 &&
+		   offsetof(struct kvt_shm_hdr, epoch) == 64 &&
+		   offsetof(struct kvt_shm_hdr, reserved) == 72,
+	       "shm header is an ABI");
 
 /*
  * Ring control block: producer index, consumer index and flags on separate cache lines so
@@ -57,6 +67,10 @@ struct kvt_ring_ctl {
 	_Alignas(KVT_CACHELINE) _Atomic uint32_t flags;
 };
 _Static_assert(sizeof(struct kvt_ring_ctl) == 3 * KVT_CACHELINE, "ring control is an ABI");
+_Static_assert(offsetof(struct kvt_ring_ctl, tail) == 0 &&
+		   offsetof(struct kvt_ring_ctl, head) == KVT_CACHELINE &&
+		   offsetof(struct kvt_ring_ctl, flags) == 2 * KVT_CACHELINE,
+	       "ring control is an ABI");
 
 /*
  * flags: KVT_RING_NEED_WAKEUP is set by the consumer before it sleeps; a producer that sees
@@ -96,6 +110,12 @@ struct kvt_sqe {
 	uint64_t reserved[2];
 };
 _Static_assert(sizeof(struct kvt_sqe) == 64, "sqe is an ABI");
+_Static_assert(offsetof(struct kvt_sqe, flags) == 1 && offsetof(struct kvt_sqe, layout) == 2 &&
+		   offsetof(struct kvt_sqe, len) == 4 && offsetof(struct kvt_sqe, user_data) == 8 &&
+		   offsetof(struct kvt_sqe, key_lo) == 16 &&
+		   offsetof(struct kvt_sqe, key_hi) == 24 &&
+		   offsetof(struct kvt_sqe, handle) == 32 && offsetof(struct kvt_sqe, arg) == 40,
+	       "sqe is an ABI");
 
 struct kvt_cqe {
 	uint64_t user_data;
@@ -105,6 +125,9 @@ struct kvt_cqe {
 	uint64_t handle; /* RESERVE/LEASE: handle for COMMIT/ABORT/RELEASE */
 };
 _Static_assert(sizeof(struct kvt_cqe) == 32, "cqe is an ABI");
+_Static_assert(offsetof(struct kvt_cqe, res) == 8 && offsetof(struct kvt_cqe, flags) == 12 &&
+		   offsetof(struct kvt_cqe, off) == 16 && offsetof(struct kvt_cqe, handle) == 24,
+	       "cqe is an ABI");
 
 #define KVT_LOOKUP_MAX	 4096u /* keys per LOOKUP */
 #define KVT_SCRATCH_SIZE (KVT_LOOKUP_MAX * 16u)

@@ -10,7 +10,9 @@
  *
  * Required: open, close, alloc, free, read, write, stats.
  * Optional (NULL when absent): event_fd, complete, submit, recover, flush, buf_alloc/buf_free,
- * settle, recovering.
+ * settle, recovering, recover_start; for memory tiers attach/detach, addr, discard; for
+ * device tiers mem_register/mem_unregister, export_desc.  The daemon keeps its tiers in one
+ * ordered list (daemon/tierlist.h, tiers.order) and reaches every tier through this table.
  *
  * Threading: a tier instance is driven from one thread (the event loop); it may run workers
  * of its own, but every callback it makes (done, recover's cb) runs on that thread.
@@ -52,6 +54,10 @@ struct kvt_tier_io {
 	void *arg;		/* caller's */
 	unsigned flags;		/* KVT_TIER_IO_* */
 	uintptr_t tier_priv[2]; /* the tier's, while it owns the request */
+	/* read(): how the tier decodes what it stores on the way out, in a form only that tier
+	 * knows (GPU tier: a struct kvt_gpu_kvq of a quantized block, dequantized on the device
+	 * into io->len raw bytes); NULL = the bytes as stored.  Tiers without it ignore it. */
+	const void *xform;
 };
 
 /* More requests follow at once: the tier may hold this one back until a request without
@@ -117,6 +123,7 @@ struct kvt_tier_conf {
 	void *log_arg;
 	unsigned verify_threads; /* NVMe: threads that check read records off the caller's
 				    thread (0 = one per 4 CPUs, 1 to 4) */
+	uint64_t epoch; /* GPU: goes into the exported descriptor (clients notice a new pool) */
 };
 
 #define KVT_TIER_F_NO_URING  0x1u /* use the pread/pwrite workers even if io_uring works */
@@ -167,6 +174,31 @@ struct kvt_tier_ops {
 	/* KVT_TIER_F_BG_RECOVER: starts the scan thread (after open(), so that a fork() may
 	 * come in between).  1 when it runs, 0 when there is nothing to scan, or -errno. */
 	int (*recover_start)(struct kvt_tier *t);
+
+	/*
+	 * Memory tiers (host RAM), whose bytes the daemon and its clients address directly.
+	 * attach(): a mapping of size bytes at base (fd: its memfd, or -1) becomes one file of
+	 * the tier, which alloc() then places ranges in: alloc() reads out->file on entry as
+	 * the file to allocate in (tiers without attach() choose the file themselves).  Returns
+	 * the file number or -errno.  detach(): the file's ranges are forgotten (the caller
+	 * unmaps it).  addr(): the address of loc's bytes, NULL for a loc not allocated.
+	 * discard(): gives the memory behind free ranges back to the system: the range loc if
+	 * loc->len (it must be free), else every free range of file loc->file.
+	 */
+	int (*attach)(struct kvt_tier *t, int fd, void *base, uint64_t size);
+	void (*detach)(struct kvt_tier *t, uint16_t file);
+	void *(*addr)(struct kvt_tier *t, const struct kvt_tier_loc *loc);
+	void (*discard)(struct kvt_tier *t, const struct kvt_tier_loc *loc);
+
+	/*
+	 * Device tiers (GPU).  mem_register(): host memory that read()/write() may move bytes
+	 * to and from directly (DMA), once per mapping; 0 or -errno.  export_desc(): the
+	 * descriptor other processes map the tier's memory with (GPU: struct kvt_gpu_ipc_desc,
+	 * len its size); 0 or -errno.
+	 */
+	int (*mem_register)(struct kvt_tier *t, void *base, uint64_t len);
+	void (*mem_unregister)(struct kvt_tier *t, void *base);
+	int (*export_desc)(struct kvt_tier *t, void *desc, size_t len);
 };
 
 /*

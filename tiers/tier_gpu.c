@@ -6,12 +6,12 @@
  * host memory for the daemon (demotion to the host tier, promotion from it).
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "nvme_alloc.h"
+#include "tier_common.h"
 #include "tier_gpu.h"
 
 #define GPU_TIER_MAGIC 0x55504754u /* "TGPU" */
@@ -27,26 +27,16 @@ struct kvt_tier {
 	struct nv_alloc al;
 	uint64_t capacity;
 	struct kvt_tier_stats st;
-	struct kvt_tier_io *done_head, *done_tail; /* completed, done() not yet run */
+	struct kvt_tier_doneq done; /* completed, done() not yet run */
 	void (*log)(void *arg, int level, const char *msg);
 	void *log_arg;
+	void *staging; /* device memory a quantized block is dequantized into on its way out */
+	uint64_t staging_len;
+	struct kvt_gpu_qjob *jobs;
+	size_t njobs;
 };
 
-static void tlog(struct kvt_tier *t, int level, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void tlog(struct kvt_tier *t, int level, const char *fmt, ...)
-{
-	char buf[256];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
-	if (t->log)
-		t->log(t->log_arg, level, buf);
-	else
-		fprintf(stderr, "tier_gpu: %s\n", buf);
-}
+#define tlog(t, level, ...) kvt_tier_log((t)->log, (t)->log_arg, "gpu", level, __VA_ARGS__)
 
 /* Ordinal of the device the operator named, or -ENODEV. */
 static int pick_device(const char *device)
@@ -74,6 +64,8 @@ static void gpu_close(struct kvt_tier *t)
 		return;
 	if (t->stream)
 		kvt_gpu_stream_sync(t->stream);
+	kvt_gpu_dev_free(t->staging);
+	free(t->jobs);
 	kvt_gpu_engine_destroy(t->eng);
 	kvt_gpu_stream_destroy(t->stream);
 	kvt_gpu_pool_close(t->pool);
@@ -82,11 +74,12 @@ static void gpu_close(struct kvt_tier *t)
 	free(t);
 }
 
-int kvt_tier_gpu_open(const struct kvt_tier_conf *conf, const char *device, uint64_t epoch,
-		      struct kvt_tier **out)
+/* conf->paths[0]: the device ("GPU-<uuid>", an ordinal, or NULL/"" for device 0). */
+static int gpu_open(const struct kvt_tier_conf *conf, struct kvt_tier **out)
 {
+	const char *device = conf && conf->paths ? conf->paths[0] : NULL;
 	struct kvt_gpu_engine_opts eo = {sizeof(eo), -1, 32ull << 20, 0, 0};
-	struct kvt_gpu_pool_opts po = {sizeof(po), 0, NULL, 0, epoch};
+	struct kvt_gpu_pool_opts po = {sizeof(po), 0, NULL, 0, conf ? conf->epoch : 0};
 	struct kvt_tier *t;
 	int ret;
 
@@ -136,51 +129,23 @@ fail:
 	return ret;
 }
 
-static int gpu_open(const struct kvt_tier_conf *conf, struct kvt_tier **out)
+static int gpu_export(struct kvt_tier *t, void *desc, size_t len)
 {
-	return kvt_tier_gpu_open(conf, conf && conf->paths ? conf->paths[0] : NULL, 0, out);
+	if (len != sizeof(struct kvt_gpu_ipc_desc))
+		return -EINVAL;
+	return kvt_gpu_pool_export(t->pool, desc);
 }
 
-int kvt_tier_gpu_export(struct kvt_tier *t, struct kvt_gpu_ipc_desc *d)
-{
-	return kvt_gpu_pool_export(t->pool, d);
-}
-
-int kvt_tier_gpu_register(struct kvt_tier *t, void *base, uint64_t len)
+static int gpu_register(struct kvt_tier *t, void *base, uint64_t len)
 {
 	(void)t;
 	return kvt_gpu_host_register(base, len);
 }
 
-void kvt_tier_gpu_unregister(struct kvt_tier *t, void *base)
+static void gpu_unregister(struct kvt_tier *t, void *base)
 {
 	(void)t;
 	kvt_gpu_host_unregister(base);
-}
-
-void kvt_tier_gpu_uuid(const struct kvt_tier *t, uint8_t uuid[KVT_GPU_UUID_LEN])
-{
-	memcpy(uuid, t->uuid, KVT_GPU_UUID_LEN);
-}
-
-void *kvt_tier_gpu_base(const struct kvt_tier *t)
-{
-	return kvt_gpu_pool_base(t->pool);
-}
-
-struct kvt_gpu_engine *kvt_tier_gpu_engine(const struct kvt_tier *t)
-{
-	return t->eng;
-}
-
-void *kvt_tier_gpu_stream(const struct kvt_tier *t)
-{
-	return t->stream;
-}
-
-int kvt_tier_gpu_device(const struct kvt_tier *t)
-{
-	return t->dev;
 }
 
 static int gpu_alloc(struct kvt_tier *t, uint32_t len, struct kvt_tier_loc *out)
@@ -216,34 +181,74 @@ static void gpu_free(struct kvt_tier *t, const struct kvt_tier_loc *loc)
 	t->st.records--;
 }
 
-static void queue_done(struct kvt_tier *t, struct kvt_tier_io *io)
+/* Dequantizes the block at dev (encoded as q says) into the staging buffer and copies the
+ * raw block to host memory at p. */
+static int dequant_down(struct kvt_tier *t, const struct kvt_gpu_kvq *q, uint64_t dev, void *p)
 {
-	io->tier_priv[0] = 0;
-	if (t->done_tail)
-		t->done_tail->tier_priv[0] = (uintptr_t)io;
-	else
-		t->done_head = io;
-	t->done_tail = io;
+	size_t n = (size_t)q->n_layers * 2 * q->pages_per_block, k = 0;
+	struct kvt_gpu_seg seg;
+	int ret;
+
+	if (t->staging_len < q->raw_bytes) {
+		kvt_gpu_dev_free(t->staging);
+		t->staging = NULL;
+		t->staging_len = 0;
+		ret = kvt_gpu_dev_alloc(t->dev, q->raw_bytes, &t->staging);
+		if (ret < 0)
+			return ret;
+		t->staging_len = q->raw_bytes;
+	}
+	if (t->njobs < n) {
+		struct kvt_gpu_qjob *j = realloc(t->jobs, n * sizeof(*j));
+		if (!j)
+			return -ENOMEM;
+		t->jobs = j;
+		t->njobs = n;
+	}
+	for (unsigned l = 0; l < q->n_layers; l++) {
+		for (unsigned kv = 0; kv < 2; kv++) {
+			for (unsigned j = 0; j < q->pages_per_block; j++, k++) {
+				t->jobs[k].src = dev + kvt_gpu_kvq_offset(q, l, kv, j);
+				t->jobs[k].dst =
+				    (uint64_t)(uintptr_t)t->staging +
+				    ((uint64_t)(l * 2 + kv) * q->pages_per_block + j) * q->raw_tile;
+				t->jobs[k].kind = kv ? KVT_GPU_VALUES : KVT_GPU_KEYS;
+				t->jobs[k].reserved = 0;
+			}
+		}
+	}
+	ret = kvt_gpu_dequantize(t->eng, &q->qp, t->jobs, n, t->stream);
+	if (ret < 0)
+		return ret;
+	seg = (struct kvt_gpu_seg){(uint64_t)(uintptr_t)t->staging, (uint64_t)(uintptr_t)p,
+				   q->raw_bytes};
+	return kvt_gpu_copy(t->eng, &seg, 1, KVT_GPU_D2H, KVT_GPU_DMA, t->stream);
 }
 
 static int move(struct kvt_tier *t, struct kvt_tier_io *io, enum kvt_gpu_dir dir)
 {
+	const struct kvt_gpu_kvq *q = dir == KVT_GPU_D2H ? io->xform : NULL;
 	uint64_t dev = (uint64_t)(uintptr_t)kvt_gpu_pool_base(t->pool) + io->loc.off;
 	struct kvt_gpu_seg s = {0, 0, io->len};
 	int ret;
 
-	if (!io->len || io->len > io->loc.len || io->loc.off + io->loc.len > t->capacity ||
+	if (!io->len || (!q && io->len > io->loc.len) || (q && io->len != q->raw_bytes) ||
+	    io->loc.off + io->loc.len > t->capacity ||
 	    nv_alloc_state(&t->al, io->loc.off >> GPU_PAGE_SHIFT, io->loc.len >> GPU_PAGE_SHIFT) !=
 		1)
 		return -EINVAL;
-	if (dir == KVT_GPU_D2H) {
-		s.src = dev;
-		s.dst = (uint64_t)(uintptr_t)io->buf;
+	if (q) {
+		ret = dequant_down(t, q, dev, io->buf);
 	} else {
-		s.src = (uint64_t)(uintptr_t)io->buf;
-		s.dst = dev;
+		if (dir == KVT_GPU_D2H) {
+			s.src = dev;
+			s.dst = (uint64_t)(uintptr_t)io->buf;
+		} else {
+			s.src = (uint64_t)(uintptr_t)io->buf;
+			s.dst = dev;
+		}
+		ret = kvt_gpu_copy(t->eng, &s, 1, dir, KVT_GPU_DMA, t->stream);
 	}
-	ret = kvt_gpu_copy(t->eng, &s, 1, dir, KVT_GPU_DMA, t->stream);
 	if (ret >= 0)
 		ret = kvt_gpu_stream_sync(t->stream);
 	io->res = ret < 0 ? ret : (int)io->len;
@@ -259,7 +264,7 @@ static int move(struct kvt_tier *t, struct kvt_tier_io *io, enum kvt_gpu_dir dir
 		t->st.bytes_written += io->len;
 		t->st.writes++;
 	}
-	queue_done(t, io);
+	kvt_tier_doneq_push(&t->done, io);
 	return 0;
 }
 
@@ -275,19 +280,7 @@ static int gpu_write(struct kvt_tier *t, struct kvt_tier_io *io)
 
 static int gpu_complete(struct kvt_tier *t)
 {
-	int n = 0;
-
-	while (t->done_head) {
-		struct kvt_tier_io *io = t->done_head;
-
-		t->done_head = (struct kvt_tier_io *)io->tier_priv[0];
-		if (!t->done_head)
-			t->done_tail = NULL;
-		if (io->done)
-			io->done(io);
-		n++;
-	}
-	return n;
+	return kvt_tier_doneq_run(&t->done);
 }
 
 static void gpu_stats(struct kvt_tier *t, struct kvt_tier_stats *st)
@@ -306,4 +299,7 @@ const struct kvt_tier_ops kvt_tier_gpu_ops = {
     .read = gpu_read,
     .stats = gpu_stats,
     .complete = gpu_complete,
+    .mem_register = gpu_register,
+    .mem_unregister = gpu_unregister,
+    .export_desc = gpu_export,
 };

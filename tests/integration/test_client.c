@@ -105,6 +105,43 @@ static struct kvt_client *client(int *lay)
  * successor, whose holds are numbered from scratch: the first hold of a fresh connection
  * gets the same handle on every daemon.
  */
+/* The daemon is SIGKILLed while a lease is held, and the client has made no call since:
+ * the release must still say the lease is void (-KVT_EDAEMON), not succeed on a ring that
+ * nobody reads; and so must a release while no daemon runs at all.  (Found by
+ * integration_crash_model: release is fire-and-forget, so it did not notice the hang-up.) */
+static void test_release_after_crash(void)
+{
+	struct kvt_layout l = small_layout();
+	size_t bb = kvt_layout_block_bytes(&l);
+	uint8_t *a = malloc(bb);
+	struct kvt_client *c = NULL;
+	struct kvt_lease l1, l2;
+	int lay;
+	pid_t pid = daemon_start();
+
+	CHECK(pid > 0 && a);
+	c = client(&lay);
+	CHECK(c);
+	kvt_test_fill(a, bb, 21);
+	CHECK_EQ(kvt_put(c, lay, &(struct kvt_key){21, 21}, a, bb), 0);
+	CHECK_EQ(kvt_get_lease(c, lay, &(struct kvt_key){21, 21}, &l1), 0);
+	pid = daemon_crash_restart(pid);
+	CHECK(pid > 0);
+	CHECK_EQ(kvt_lease_release(c, &l1), -KVT_EDAEMON);
+	/* The client goes on with the new daemon. */
+	CHECK_EQ(kvt_put(c, lay, &(struct kvt_key){22, 22}, a, bb), 0);
+	CHECK_EQ(kvt_get_lease(c, lay, &(struct kvt_key){22, 22}, &l2), 0);
+	CHECK_EQ(kill(pid, SIGKILL), 0);
+	CHECK_EQ(waitpid(pid, NULL, 0), pid);
+	pid = -1;
+	CHECK_EQ(kvt_lease_release(c, &l2), -KVT_EDAEMON);
+out:
+	kvt_close(c);
+	free(a);
+	if (pid > 0)
+		kvt_test_daemon_stop(pid);
+}
+
 static void test_restart_holds(void)
 {
 	struct kvt_layout l = small_layout();
@@ -388,6 +425,7 @@ out:
 static const struct kvt_test_case tests[] = {
     {"header_sketch", test_header_sketch},
     {"restart_holds", test_restart_holds},
+    {"release_after_crash", test_release_after_crash},
     {"restart_lookup", test_restart_lookup},
     {"batch", test_batch},
     {"peer_uid", test_peer_uid},

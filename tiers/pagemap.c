@@ -1,4 +1,8 @@
 /* SPDX-License-Identifier: MIT */
+/*
+ * pagemap.c - the host tier's page allocator (pagemap.h): one bit per 4 KiB page, lowest
+ * address first.
+ */
 #include <errno.h>
 #include <stdlib.h>
 
@@ -129,4 +133,13 @@ int kvtd_pagemap_free(struct kvtd_pagemap *m, uint64_t first, uint64_t n)
 	if (first < m->cursor)
 		m->cursor = first;
 	return 0;
+}
+
+int kvtd_pagemap_state(const struct kvtd_pagemap *m, uint64_t first, uint64_t n)
+{
+	if (!n || first >= m->npages || n > m->npages - first)
+		return -1;
+	if (range_is(m->bits, first, n, 1))
+		return 1;
+	return range_is(m->bits, first, n, 0) ? 0 : -1;
 }

@@ -28,6 +28,9 @@ void kvtd_pagemap_fini(struct kvtd_pagemap *m);
 int64_t kvtd_pagemap_alloc(struct kvtd_pagemap *m, uint64_t n);
 /* Frees pages [first, first + n); they must be in use (checked: returns -EINVAL if not). */
 int kvtd_pagemap_free(struct kvtd_pagemap *m, uint64_t first, uint64_t n);
+/* 1 when every page of [first, first + n) is in use, 0 when none is, -1 if mixed or out of
+ * range. */
+int kvtd_pagemap_state(const struct kvtd_pagemap *m, uint64_t first, uint64_t n);
 
 static inline uint64_t kvtd_pages(uint64_t bytes)
 {

@@ -1,0 +1,518 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libkvtier: batches (kvt_put_batch, kvt_get_batch, kvt_lookup_batch).  Many ring entries
+ * are pushed at once with one wake-up of the daemon, and completions are matched by
+ * user_data as they come back; a put copies each block while the daemon commits the ones
+ * before it, a get copies each block as its lease comes back.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kvtier_internal.h"
+
+/* Room for one more entry in the SQ?  -KVT_EPROTOCOL when the daemon's head is absurd. */
+static int sq_room(struct kvt_client *c)
+{
+	uint32_t pending = kvt_ring_pending(c->sq, c->sq_tail);
+
+	if (pending > c->sq_entries) {
+		c->broken = true;
+		return -KVT_EPROTOCOL;
+	}
+	return pending < c->sq_entries;
+}
+
+/* Writes one entry (its user_data set) without publishing it; the SQ must have room. */
+static void sq_push(struct kvt_client *c, const struct kvt_sqe *s)
+{
+	memcpy(&c->sqes[c->sq_tail & (c->sq_entries - 1)], s, sizeof(*s));
+	c->sq_tail++;
+}
+
+/* Publishes what sq_push() wrote and wakes the daemon if it sleeps: one wake-up a batch. */
+static void sq_publish(struct kvt_client *c)
+{
+	kvt_ring_publish(c->sq, c->sq_tail);
+	if (kvt_ring_needs_wakeup(c->sq)) {
+		uint64_t one = 1;
+		ssize_t w = write(c->sq_efd, &one, sizeof(one));
+		(void)w;
+	}
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Batches: many ring entries pushed at once, one wake-up, completions matched by
+ * user_data (they may come back out of order: a lease may wait for an NVMe read).
+ */
+enum { B_TODO, B_SENT, B_COPIED, B_DONE };
+
+struct batch {
+	struct kvt_client *c;
+	uint64_t ud0;	    /* user_data of entry i of the first phase: ud0 + i */
+	size_t n;	    /* entries */
+	size_t next;	    /* first entry of the first phase not yet pushed */
+	size_t *queue;	    /* entries whose second phase waits for room in the SQ */
+	size_t qhead, qlen; /* ring of n over queue */
+	size_t left;	    /* entries not B_DONE */
+	size_t inflight;    /* requests sent whose completion is still to come */
+	uint8_t *state;
+	int *status;
+};
+
+static int batch_init(struct batch *b, struct kvt_client *c, size_t n, int *status)
+{
+	memset(b, 0, sizeof(*b));
+	b->c = c;
+	b->n = b->left = n;
+	b->status = status;
+	b->state = calloc(n ? n : 1, 1);
+	b->queue = malloc((n ? n : 1) * sizeof(*b->queue));
+	if (!b->state || !b->queue) {
+		free(b->state);
+		free(b->queue);
+		return -ENOMEM;
+	}
+	/* Second-phase entries (commit, release) are ud0 + n + i. */
+	b->ud0 = c->next_ud + 1;
+	c->next_ud += 2 * (uint64_t)n;
+	return 0;
+}
+
+static void batch_free(struct batch *b)
+{
+	free(b->state);
+	free(b->queue);
+}
+
+static void batch_done(struct batch *b, size_t i, int res)
+{
+	b->status[i] = res;
+	b->state[i] = B_DONE;
+	b->left--;
+}
+
+/* Sends the queued second-phase requests the SQ has room for.  Returns 0 or -errno. */
+static int batch_send_second(struct batch *b, const struct kvt_sqe *second)
+{
+	struct kvt_client *c = b->c;
+	bool pushed = false;
+	int ret = 0;
+
+	while (b->qlen && (ret = sq_room(c)) > 0) {
+		size_t i = b->queue[b->qhead];
+		struct kvt_sqe s = second[i];
+
+		b->qhead = (b->qhead + 1) % b->n;
+		b->qlen--;
+		s.user_data = b->ud0 + b->n + i;
+		sq_push(c, &s);
+		pushed = true;
+		if (s.flags & KVT_SQE_F_NO_CQE)
+			batch_done(b, i, b->status[i]);
+		else
+			b->inflight++;
+	}
+	if (pushed)
+		sq_publish(c);
+	return ret < 0 ? ret : 0;
+}
+
+/*
+ * Runs a batch to the end.  first(b, i, sqe) fills entry i's first request; on its
+ * completion, reaped(b, i, cqe, sqe) either finishes the entry (batch_done) or fills a
+ * second request into sqe and returns 1 (queued, then sent as room allows; with
+ * KVT_SQE_F_NO_CQE the entry is done once sent).  When the daemon goes away or a wait times
+ * out, the entries not done get that error.  Called with c->lock held.
+ */
+static void batch_run(struct batch *b, void (*first)(struct batch *, size_t, struct kvt_sqe *),
+		      int (*reaped)(struct batch *, size_t, const struct kvt_cqe *,
+				    struct kvt_sqe *),
+		      struct kvt_sqe *second)
+{
+	struct kvt_client *c = b->c;
+	uint64_t start = mono_us();
+	bool asleep = false;
+	int ret = 0;
+
+	while (b->left) {
+		bool pushed = false;
+
+		/* Second phases first: they finish entries and free the daemon's holds. */
+		ret = batch_send_second(b, second);
+		while (ret >= 0 && b->next < b->n && (ret = sq_room(c)) > 0) {
+			struct kvt_sqe s;
+
+			memset(&s, 0, sizeof(s));
+			first(b, b->next, &s);
+			s.user_data = b->ud0 + b->next;
+			b->state[b->next++] = B_SENT;
+			b->inflight++;
+			sq_push(c, &s);
+			pushed = true;
+		}
+		if (pushed)
+			sq_publish(c);
+		if (ret < 0 || !b->left)
+			break;
+		struct kvt_cqe q;
+		int got = 0;
+		while ((ret = cq_pop(c, &q)) > 0) {
+			uint64_t k = q.user_data - b->ud0;
+
+			got++;
+			if (q.user_data < b->ud0 || k >= 2 * (uint64_t)b->n)
+				continue; /* of a request that timed out earlier */
+			size_t i = (size_t)(k % b->n);
+			/* Only the completion each entry waits for counts (a daemon may be
+			 * hostile and answer twice). */
+			if (b->state[i] != (k >= b->n ? B_COPIED : B_SENT))
+				continue;
+			b->inflight--;
+			if (k >= b->n) { /* the second phase's completion */
+				batch_done(b, i, q.res < 0 ? q.res : b->status[i]);
+				continue;
+			}
+			struct kvt_sqe none, *s2 = second ? &second[i] : &none;
+			memset(s2, 0, sizeof(*s2));
+			if (reaped(b, i, &q, s2) > 0 && second) {
+				b->state[i] = B_COPIED;
+				b->queue[(b->qhead + b->qlen++) % b->n] = i;
+				/* A commit goes out at once: the daemon commits this block
+				 * while we copy the next one.  Releases, which nobody waits
+				 * for, go out together once the completions at hand are
+				 * reaped (one publish and fence for all). */
+				if (!(s2->flags & KVT_SQE_F_NO_CQE) &&
+				    (ret = batch_send_second(b, second)) < 0)
+					break;
+			}
+		}
+		if (ret < 0)
+			break;
+		if (got) {
+			start = mono_us(); /* the timeout counts from the last progress */
+			if (asleep) {
+				kvt_ring_awake(c->cq);
+				asleep = false;
+			}
+			continue;
+		}
+		if ((b->qlen || b->next < b->n) && sq_room(c) > 0)
+			continue;
+		if (b->inflight) {
+			ret = kvtc_cq_wait(c, start, &asleep);
+			if (ret < 0)
+				break;
+			continue;
+		}
+		/* The SQ is full of releases, which post no completion to wait for: nudge the
+		 * daemon and let it run. */
+		uint64_t one = 1;
+		ssize_t w = write(c->sq_efd, &one, sizeof(one));
+		(void)w;
+		if (c->timeout_ms >= 0 && mono_us() - start > (uint64_t)c->timeout_ms * 1000) {
+			ret = -ETIMEDOUT;
+			break;
+		}
+		sched_yield();
+	}
+	if (asleep)
+		kvt_ring_awake(c->cq);
+	if (ret < 0) {
+		for (size_t i = 0; i < b->n; i++) {
+			if (b->state[i] != B_DONE)
+				batch_done(b, i, ret);
+		}
+	}
+}
+
+struct put_ctx {
+	struct batch b;
+	int layout;
+	const struct kvt_key *keys;
+	const void *const *data;
+	const uint32_t *pos;
+	size_t len;
+};
+
+static void put_first(struct batch *b, size_t i, struct kvt_sqe *s)
+{
+	struct put_ctx *p = (struct put_ctx *)b;
+
+	s->op = KVT_OP_RESERVE;
+	s->layout = (uint16_t)p->layout;
+	s->len = (uint32_t)p->len;
+	s->key_lo = p->keys[i].lo;
+	s->key_hi = p->keys[i].hi;
+}
+
+static int put_reaped(struct batch *b, size_t i, const struct kvt_cqe *q, struct kvt_sqe *s)
+{
+	struct put_ctx *p = (struct put_ctx *)b;
+	struct kvt_client *c = b->c;
+
+	if (q->res == -EEXIST) {
+		batch_done(b, i, 1); /* as kvt_put: already stored, nothing written */
+		return 0;
+	}
+	if (q->res < 0) {
+		batch_done(b, i, q->res);
+		return 0;
+	}
+	if ((size_t)q->res != p->len || check_extent(c, q->off, p->len) < 0) {
+		c->broken = true; /* a daemon that answers so is not to be trusted further */
+		batch_done(b, i, -KVT_EPROTOCOL);
+		return 0;
+	}
+	kvtc_populate(c, q->off, p->len);
+	kvtc_copy_block(c->arena + q->off, p->data[i], p->len);
+	s->op = KVT_OP_COMMIT;
+	s->handle = q->handle;
+	s->arg = !p->pos || p->pos[i] == KVT_POS_UNKNOWN ? 0 : (uint64_t)p->pos[i] + 1;
+	b->status[i] = 0;
+	return 1;
+}
+
+/* Arguments every batch call checks alike. */
+static int batch_args(struct kvt_client *c, int layout, const struct kvt_key *keys,
+		      const void *ptrs, size_t n)
+{
+	int ret = check_client(c);
+
+	if (ret < 0)
+		return ret;
+	if (n && (!keys || !ptrs))
+		return -EINVAL;
+	if (n > INT32_MAX)
+		return -E2BIG;
+	if (layout < 0 || (uint32_t)layout >= c->nlayouts)
+		return -KVT_ENOLAYOUT;
+	return 0;
+}
+
+/* Counts the entries with status >= 0. */
+static int batch_count(const int *status, size_t n)
+{
+	int k = 0;
+
+	for (size_t i = 0; i < n; i++)
+		k += status[i] >= 0;
+	return k;
+}
+
+/*
+ * Takes c->lock and reconnects a broken client first, as one request would.  A batch is
+ * not asked again of a restarted daemon (part of it may have been done), so a daemon that
+ * hung up since the last request is noticed here, before anything is sent.
+ */
+static int batch_lock(struct kvt_client *c)
+{
+	pthread_mutex_lock(&c->lock);
+	if (!c->broken && c->sock >= 0) {
+		struct pollfd p = {c->sock, POLLRDHUP, 0};
+
+		if (poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)))
+			c->broken = true;
+	}
+	if (c->broken && kvtc_reattach_locked(c) < 0) {
+		pthread_mutex_unlock(&c->lock);
+		return -KVT_EDAEMON;
+	}
+	return 0;
+}
+
+/*
+ * The two-step batch of kvt_put_batch and kvt_get_batch, its arguments checked: n entries
+ * into status (or a scratch array when NULL) through b, a batch of c not yet initialized.
+ * Returns how many entries succeeded, or a negative error of the batch as a whole.
+ */
+static int batch_exec(struct kvt_client *c, struct batch *b, size_t n, int *status,
+		      void (*first)(struct batch *, size_t, struct kvt_sqe *),
+		      int (*reaped)(struct batch *, size_t, const struct kvt_cqe *,
+				    struct kvt_sqe *))
+{
+	struct kvt_sqe *second = NULL;
+	int *st = status, ret;
+
+	if (!n)
+		return 0;
+	if (!st && !(st = malloc(n * sizeof(*st))))
+		return -ENOMEM;
+	second = malloc(n * sizeof(*second));
+	if (!second) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	ret = batch_lock(c);
+	if (ret < 0)
+		goto out;
+	ret = batch_init(b, c, n, st);
+	if (ret == 0) {
+		batch_run(b, first, reaped, second);
+		batch_free(b);
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (ret == 0)
+		ret = batch_count(st, n);
+out:
+	free(second);
+	if (st != status)
+		free(st);
+	return ret;
+}
+
+KVT_API int kvt_put_batch(struct kvt_client *c, int layout, const struct kvt_key *keys,
+			  const void *const *data, const uint32_t *first_token, size_t len,
+			  size_t n, int *status)
+{
+	struct put_ctx p = {
+	    .layout = layout, .keys = keys, .data = data, .pos = first_token, .len = len};
+	int ret = batch_args(c, layout, keys, data, n);
+
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
+	if (ret < 0)
+		return ret;
+	if (!len || len > kvt_layout_block_bytes(&c->layouts[layout]))
+		return -EINVAL;
+	if (len > UINT32_MAX)
+		return -E2BIG;
+	for (size_t i = 0; i < n; i++) {
+		if (!data[i])
+			return -EINVAL;
+	}
+	return batch_exec(c, &p.b, n, status, put_first, put_reaped);
+}
+
+struct get_ctx {
+	struct batch b;
+	int layout;
+	const struct kvt_key *keys;
+	void *const *bufs;
+	size_t cap;
+};
+
+static void get_first(struct batch *b, size_t i, struct kvt_sqe *s)
+{
+	struct get_ctx *g = (struct get_ctx *)b;
+
+	s->op = KVT_OP_LEASE;
+	s->layout = (uint16_t)g->layout;
+	s->key_lo = g->keys[i].lo;
+	s->key_hi = g->keys[i].hi;
+}
+
+static int get_reaped(struct batch *b, size_t i, const struct kvt_cqe *q, struct kvt_sqe *s)
+{
+	struct get_ctx *g = (struct get_ctx *)b;
+	struct kvt_client *c = b->c;
+
+	if (q->res < 0) {
+		batch_done(b, i, q->res);
+		return 0;
+	}
+	if (check_extent(c, q->off, (uint64_t)q->res) < 0) {
+		c->broken = true;
+		batch_done(b, i, -KVT_EPROTOCOL);
+		return 0;
+	}
+	if ((size_t)q->res > g->cap) {
+		b->status[i] = -ENOBUFS;
+	} else {
+		kvtc_populate(c, q->off, (uint64_t)q->res);
+		kvtc_copy_block(g->bufs[i], c->arena + q->off, (size_t)q->res);
+		b->status[i] = q->res;
+	}
+	/* The lease goes back without a completion: the ring keeps our order. */
+	s->op = KVT_OP_RELEASE;
+	s->flags = KVT_SQE_F_NO_CQE;
+	s->handle = q->handle;
+	return 1;
+}
+
+KVT_API int kvt_get_batch(struct kvt_client *c, int layout, const struct kvt_key *keys,
+			  void *const *bufs, size_t cap, size_t n, int *status)
+{
+	struct get_ctx g = {.layout = layout, .keys = keys, .bufs = bufs, .cap = cap};
+	int ret = batch_args(c, layout, keys, bufs, n);
+
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
+	if (ret < 0)
+		return ret;
+	for (size_t i = 0; i < n; i++) {
+		if (!bufs[i] && cap)
+			return -EINVAL;
+	}
+	return batch_exec(c, &g.b, n, status, get_first, get_reaped);
+}
+
+struct lookup_ctx {
+	struct batch b;
+	int layout;
+	size_t base; /* key index of this round's entry 0 */
+};
+
+static void lookup_first(struct batch *b, size_t i, struct kvt_sqe *s)
+{
+	struct lookup_ctx *l = (struct lookup_ctx *)b;
+
+	s->op = KVT_OP_LOOKUP;
+	s->layout = (uint16_t)l->layout;
+	s->len = 1;
+	s->arg = (uint64_t)i * sizeof(struct kvt_key); /* its key in the scratch area */
+}
+
+static int lookup_reaped(struct batch *b, size_t i, const struct kvt_cqe *q, struct kvt_sqe *s)
+{
+	(void)s;
+	batch_done(b, i, q->res < 0 ? q->res : q->res > 1 ? -KVT_EPROTOCOL : q->res);
+	return 0;
+}
+
+KVT_API int kvt_lookup_batch(struct kvt_client *c, int layout, const struct kvt_key *keys, size_t n,
+			     uint8_t *present)
+{
+	int *st = NULL, ret = batch_args(c, layout, keys, present, n), found = 0;
+
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
+	if (ret < 0)
+		return ret;
+	if (!n)
+		return 0;
+	st = malloc((n < KVT_LOOKUP_MAX ? n : KVT_LOOKUP_MAX) * sizeof(*st));
+	if (!st)
+		return -ENOMEM;
+	ret = batch_lock(c);
+	if (ret < 0)
+		goto out;
+	/* One entry per key, each naming its key in the scratch area: rounds of as many keys
+	 * as the scratch area holds. */
+	for (size_t done = 0; done < n && ret >= 0;) {
+		size_t m = n - done < KVT_LOOKUP_MAX ? n - done : KVT_LOOKUP_MAX;
+		struct lookup_ctx l = {.layout = layout, .base = done};
+
+		ret = batch_init(&l.b, c, m, st);
+		if (ret < 0)
+			break;
+		memcpy(c->scratch, keys + done, m * sizeof(*keys));
+		batch_run(&l.b, lookup_first, lookup_reaped, NULL);
+		batch_free(&l.b);
+		for (size_t i = 0; i < m && ret >= 0; i++) {
+			if (st[i] < 0) {
+				ret = st[i];
+			} else {
+				present[done + i] = (uint8_t)(st[i] > 0);
+				found += st[i] > 0;
+			}
+		}
+		done += m;
+	}
+	pthread_mutex_unlock(&c->lock);
+out:
+	free(st);
+	return ret < 0 ? ret : found;
+}
