@@ -21,6 +21,7 @@
 #include "kvt_record.h"
 #include "nvme_alloc.h"
 #include "tier.h"
+#include "tier_common.h"
 
 #include <liburing.h>
 #include <pthread.h>
@@ -320,9 +321,10 @@ static inline void nv_flush(struct kvt_tier *t)
 		t->eng->flush(t);
 }
 
+/* One log line through conf->log, or "kvtier nvme: ..." on stderr (tier_common.c). */
+#define nv_log(t, level, ...) kvt_tier_log((t)->log, (t)->log_arg, "nvme", level, __VA_ARGS__)
+
 /* tier_nvme.c */
-void nv_log(struct kvt_tier *t, int level, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
 struct nv_ext *nv_map_get(struct nv_map *m, uint64_t key);
 struct nv_ext *nv_map_add(struct nv_map *m, uint64_t key);
 void nv_map_del(struct nv_map *m, struct nv_ext *e);

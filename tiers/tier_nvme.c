@@ -41,8 +41,6 @@
 
 #include <errno.h>
 #include <poll.h>
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -52,20 +50,6 @@
 #include <unistd.h>
 
 static void nvme_close(struct kvt_tier *t);
-
-void nv_log(struct kvt_tier *t, int level, const char *fmt, ...)
-{
-	char msg[512];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	if (t->log)
-		t->log(t->log_arg, level, msg);
-	else
-		fprintf(stderr, "kvtier nvme: %s\n", msg);
-}
 
 struct nv_ext *nv_map_get(struct nv_map *m, uint64_t key)
 {
