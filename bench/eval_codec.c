@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "codec.h"
+#include "codec_bq.h"
 #include "kvd.h"
 
 int eval_codec_main(int argc, char **argv);
@@ -80,12 +81,18 @@ static const char *const default_chains[] = {
     "uq:k=0.3,v=0.127,dq=0.4,cx=1,kb=1," UQ_PROFILE,
     "uq:k=0.43,v=0.18,dq=0.4,cx=1,kb=1," UQ_PROFILE,
     "uq:k=0.6,v=0.25,dq=0.4,cx=1,kb=1," UQ_PROFILE,
+    /* fixed rate, decodes on a GPU (gpu/gpu_bq.cu) and at memory speed on a core */
+    "bq:k=0.02,v=0.01",
+    "bq:k=0.04,v=0.02",
+    "bq",
+    "bq:k=0.15,v=0.08",
+    "bq:k=0.3,v=0.15",
     NULL,
 };
 
 struct result {
 	char codec[160];
-	int lossless, ok;
+	int lossless, ok, gpu;
 	double ratio, err, kcos, vcos, enc_gbps, dec_gbps;
 	size_t dict_bytes; /* the chain's dictionary (0: none) */
 	double ratio_dict; /* raw / (records + the dictionary once) */
@@ -231,6 +238,7 @@ static int run_chain(struct evalctx *e, const char *spec, struct result *r, int 
 		return rc;
 	}
 	snprintf(r->codec, sizeof(r->codec), "%s", kvt_chain_name(c));
+	r->gpu = kvt_bq_chain_is(c); /* a GPU encoder and decoder: gpu/kvt_gpu_bq.h */
 	r->lossless = !!(kvt_chain_flags(c) & KVT_CODEC_LOSSLESS);
 	if (kvt_chain_flags(c) & KVT_CODEC_DICT) {
 		if (!e->dict) {
@@ -483,7 +491,8 @@ static void usage(FILE *f)
 	    "usage: kvtier-eval codec [options] DUMP.kvd\n"
 	    "  --codec SPEC         evaluate this chain (repeatable); default: the built-in list\n"
 	    "  --block N            tokens per block (default 64)\n"
-	    "  --pareto             print only the Pareto frontier (ratio up, err down)\n"
+	    "  --pareto             print only the Pareto frontier (ratio up, err down); chains\n"
+	    "                       a GPU decodes (\"gpu\") have their own frontier as well\n"
 	    "  --layer-err          also print each layer's err\n"
 	    "  --layer-err-kv       ... and each layer's err with decoded K alone, V alone\n"
 	    "  --json               JSON array of objects instead of a table\n"
@@ -508,7 +517,7 @@ static double since(const struct timespec *t0)
 static void print_header(void)
 {
 	printf("%-44s %8s %9s %8s %8s %9s %9s %s\n", "codec", "ratio", "err", "K cos", "V cos",
-	       "enc GB/s", "dec GB/s", "lossless");
+	       "enc GB/s", "dec GB/s", "lossless (gpu: also decodes on a GPU)");
 }
 
 static void print_table(const struct result *r, size_t n)
@@ -516,7 +525,9 @@ static void print_table(const struct result *r, size_t n)
 	for (size_t i = 0; i < n; i++) {
 		printf("%-44s %8.3f %9.5f %8.5f %8.5f %9.3f %9.3f %s", r[i].codec, r[i].ratio,
 		       r[i].err, r[i].kcos, r[i].vcos, r[i].enc_gbps, r[i].dec_gbps,
-		       r[i].lossless ? "yes" : "no");
+		       r[i].lossless ? "yes"
+		       : r[i].gpu    ? "no, gpu"
+				     : "no");
 		if (r[i].dict_bytes)
 			printf("  (dictionary %zu B: ratio %.3f with it counted once here)",
 			       r[i].dict_bytes, r[i].ratio_dict);
@@ -524,17 +535,53 @@ static void print_table(const struct result *r, size_t n)
 	}
 }
 
-static void print_json(const struct result *r, size_t n)
+/* memcpy_gbps: memcpy of the same blocks in the same run, per core, the speeds' yardstick */
+static void print_json(const struct result *r, size_t n, double memcpy_gbps)
 {
 	printf("[\n");
 	for (size_t i = 0; i < n; i++)
 		printf("  {\"codec\": \"%s\", \"ratio\": %.4f, \"err\": %.6f, \"k_cos\": %.6f, "
 		       "\"v_cos\": %.6f, \"encode_gbps\": %.4f, \"decode_gbps\": %.4f, "
-		       "\"lossless\": %s, \"dict_bytes\": %zu, \"ratio_incl_dict\": %.4f}%s\n",
+		       "\"memcpy_gbps\": %.4f, \"lossless\": %s, \"gpu\": %s, \"dict_bytes\": %zu, "
+		       "\"ratio_incl_dict\": %.4f}%s\n",
 		       r[i].codec, r[i].ratio, r[i].err, r[i].kcos, r[i].vcos, r[i].enc_gbps,
-		       r[i].dec_gbps, r[i].lossless ? "true" : "false", r[i].dict_bytes,
-		       r[i].ratio_dict, i + 1 < n ? "," : "");
+		       r[i].dec_gbps, memcpy_gbps, r[i].lossless ? "true" : "false",
+		       r[i].gpu ? "true" : "false", r[i].dict_bytes, r[i].ratio_dict,
+		       i + 1 < n ? "," : "");
 	printf("]\n");
+}
+
+/* memcpy of every block of the dump, per core (thread CPU time), as the chains are timed. */
+static double memcpy_gbps(const struct evalctx *e)
+{
+	const struct kvd *d = e->d;
+	struct kvt_codec_geom g = {d->n_layers, d->n_kv_heads,	d->head_dim,
+				   e->bt,	KVT_DTYPE_FP16, 0};
+	uint32_t nb = d->n_tokens / e->bt;
+	size_t raw = kvt_geom_block_bytes(&g);
+	uint8_t *blk = malloc(raw * nb), *dst = malloc(raw);
+	double t = 0;
+	int reps = 0;
+
+	if (!blk || !dst) {
+		free(blk);
+		free(dst);
+		return 0;
+	}
+	for (uint32_t b = 0; b < nb; b++)
+		kvd_block_io(d, d->k, d->v, b * e->bt, e->bt, (uint16_t *)(blk + b * raw), 1);
+	do {
+		for (uint32_t b = 0; b < nb; b++) {
+			double t0 = cpu_now();
+			memcpy(dst, blk + b * raw, raw);
+			__asm__ volatile("" : : "r"(dst) : "memory");
+			t += cpu_now() - t0;
+		}
+		reps++;
+	} while (t < 0.3 && reps < 500);
+	free(blk);
+	free(dst);
+	return (double)raw * nb * reps / t / 1e9;
 }
 
 static int cmp_ratio(const void *a, const void *b)
@@ -543,14 +590,18 @@ static int cmp_ratio(const void *a, const void *b)
 	return x->ratio < y->ratio ? -1 : x->ratio > y->ratio;
 }
 
-/* Keeps the results no other result beats on both ratio (higher) and err (lower). */
+/*
+ * Keeps the results no other result beats on both ratio (higher) and err (lower); a chain a
+ * GPU decodes ("gpu") only other such chains can beat, so the GPU frontier stays readable.
+ */
 static size_t pareto(struct result *r, size_t n)
 {
 	size_t k = 0;
 	for (size_t i = 0; i < n; i++) {
 		int dom = 0;
 		for (size_t j = 0; j < n && !dom; j++)
-			dom = j != i && r[j].ratio >= r[i].ratio && r[j].err <= r[i].err &&
+			dom = j != i && (r[j].gpu || !r[i].gpu) && r[j].ratio >= r[i].ratio &&
+			      r[j].err <= r[i].err &&
 			      (r[j].ratio > r[i].ratio || r[j].err < r[i].err);
 		if (!dom)
 			r[k++] = r[i];
@@ -720,16 +771,18 @@ int eval_codec_main(int argc, char **argv)
 	struct result ref[2];
 	if (run_chain(&e, "zstd:1", &ref[0], 0) || run_chain(&e, "lz4", &ref[1], 0))
 		goto out;
+	double mcpy = memcpy_gbps(&e);
 	if (!json && dict)
 		printf("# dictionary %016llx: %s, %zu bytes\n",
 		       (unsigned long long)kvt_dict_id(dict), dnote, kvt_dict_bytes(dict));
 	if (!json)
 		printf("# %s: %u layers, %u kv heads, %u tokens, head_dim %u, %u query positions; "
 		       "block %u tokens\n# same data, same run: zstd -1 ratio %.3f enc %.3f dec "
-		       "%.3f GB/s; lz4 ratio %.3f enc %.3f dec %.3f GB/s (per core)\n",
+		       "%.3f GB/s; lz4 ratio %.3f enc %.3f dec %.3f GB/s; memcpy %.3f GB/s (per "
+		       "core)\n",
 		       d.source, d.n_layers, d.n_kv_heads, d.n_tokens, d.head_dim, d.n_q_pos, bt,
 		       ref[0].ratio, ref[0].enc_gbps, ref[0].dec_gbps, ref[1].ratio,
-		       ref[1].enc_gbps, ref[1].dec_gbps);
+		       ref[1].enc_gbps, ref[1].dec_gbps, mcpy);
 	size_t nr = 0;
 	if (!json)
 		print_header();
@@ -755,7 +808,7 @@ int eval_codec_main(int argc, char **argv)
 	if (want_pareto)
 		nr = pareto(res, nr);
 	if (json)
-		print_json(res, nr);
+		print_json(res, nr, mcpy);
 	else if (want_pareto)
 		print_table(res, nr);
 	if (wdec) {

@@ -26,6 +26,7 @@ const struct kvt_codec_ops *const kvt_codecs[] = {
     &kvt_codec_fpx,
     &kvt_codec_lowrank,
     &kvt_codec_lsh,
+    &kvt_codec_bq,
     NULL,
 };
 
@@ -187,6 +188,11 @@ unsigned kvt_chain_flags(const struct kvt_chain *c)
 {
 	KVT_CHECK_MAGIC(c, CHAIN_MAGIC);
 	return c->flags;
+}
+
+const struct kvt_stage *kvt_chain_stage(const struct kvt_chain *c, unsigned i)
+{
+	return c && c->magic == CHAIN_MAGIC && i < c->nst ? &c->st[i] : NULL;
 }
 
 int kvt_chain_set_dict(struct kvt_chain *c, const struct kvt_dict *d)

@@ -206,6 +206,9 @@ int kvt_args_parse(struct kvt_stage *st, const struct kvt_argdef *defs, size_t n
 int kvt_args_canon(const struct kvt_stage *st, const struct kvt_argdef *defs, size_t n, char *buf,
 		   size_t len);
 
+/* Stage i of a chain (NULL past the last). */
+const struct kvt_stage *kvt_chain_stage(const struct kvt_chain *c, unsigned i);
+
 /* ---- geometry ------------------------------------------------------------------------- */
 
 /* Elements of one (layer, K or V, kv head) slab: block_tokens * head_dim. */
@@ -237,6 +240,6 @@ struct ZSTD_DCtx_s *kvt_zstd_dctx(void);
 
 extern const struct kvt_codec_ops kvt_codec_raw, kvt_codec_lz4, kvt_codec_lz4hc, kvt_codec_zstd,
     kvt_codec_shuffle, kvt_codec_rans, kvt_codec_kivi, kvt_codec_fp8, kvt_codec_uq, kvt_codec_fpx,
-    kvt_codec_lowrank, kvt_codec_lsh;
+    kvt_codec_lowrank, kvt_codec_lsh, kvt_codec_bq;
 
 #endif

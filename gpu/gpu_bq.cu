@@ -1,0 +1,720 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * gpu_bq.cu - the "bq" codec on the GPU (kvt_gpu_bq.h), bit-exact with codecs/codec_bq.c.
+ *
+ * Both directions run one CTA per (slab, block).  The arithmetic is bq_format.h's, shared
+ * with the CPU code: IEEE operations one at a time (no FMA contraction), statistics that do
+ * not depend on an order (extremes) or that one thread sums in channel order (the step).
+ *
+ * Encode: the slab is staged in shared memory as float; one thread per channel finds its
+ * extremes, one per row its duplicate, one per channel its bits and outliers, one per coded
+ * row packs the row.  Each slab lands in a fixed slot of the scratch; a second kernel sums the
+ * slab sizes into the record's offset table and header, a third moves the slabs into place.
+ * Decode: the slab's tables go to shared memory, then every thread decodes elements of coded
+ * rows (consecutive threads write consecutive channels), then outliers, sinks and duplicate
+ * rows are written.  Malformed records are flagged, and nothing is read or written outside
+ * the record and the block.
+ */
+#include <cuda_runtime.h>
+#include <cub/block/block_scan.cuh>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bq_format.h"
+#include "kvt_gpu_bq.h"
+
+#define BQ_THREADS    256
+#define BQ_MAX_ELEMS  24576u /* T x D of a slab the encoder stages in shared memory */
+#define BQ_MAX_D      1024u
+#define BQ_STAGE_HEAD 8u /* magic, slab count; then slab offsets */
+
+struct kvt_gpu_bq {
+	struct kvt_codec_geom g;
+	struct kvt_bq_params p;
+	uint32_t ns;
+	uint64_t slot;	 /* scratch bytes of one slab */
+	uint64_t head;	 /* stage head: magic, count, offsets */
+	uint64_t bound;	 /* largest record */
+	size_t enc_smem; /* dynamic shared memory of the encoder */
+	size_t dec_smem;
+};
+
+/* Kernel arguments, by value. */
+struct bq_kargs {
+	uint32_t L, H, D, T, ns, bf16;
+	uint64_t slot, head, bound, raw;
+	struct kvt_bq_params p;
+};
+
+__device__ __forceinline__ uint32_t d_ld16(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8;
+}
+
+__device__ __forceinline__ uint32_t d_ld32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+__device__ __forceinline__ void d_st16(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
+
+__device__ __forceinline__ void d_st32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+	p[2] = (uint8_t)(v >> 16);
+	p[3] = (uint8_t)(v >> 24);
+}
+
+__device__ __forceinline__ uint32_t d_sink_rows(uint32_t sink, uint32_t first, uint32_t T)
+{
+	if (sink <= first)
+		return 0;
+	uint32_t n = sink - first;
+	return n >= T ? T : n;
+}
+
+/* ---- encode ------------------------------------------------------------------------ */
+
+/* Shared memory of the encoder, carved from one dynamic buffer. */
+struct enc_smem {
+	float *x;	      /* [T][D] */
+	uint8_t *out;	      /* [T][D]: listed exact */
+	struct bq_ext *ext;   /* [D] */
+	struct bq_choice *ch; /* [D] */
+	float *lo, *inv, *r2, *full;
+	uint32_t *ooff;	     /* [D]: first outlier of each channel */
+	int32_t *ref, *crow; /* [T] */
+	uint8_t *first;	     /* [T] */
+};
+
+/* Rows of x and out are D + 1 apart in shared memory: a thread per row then reads its own
+ * bank, not the one bank of every row's channel c. */
+__device__ static void enc_carve(struct enc_smem *m, uint8_t *b, uint32_t T, uint32_t D)
+{
+	size_t e = (size_t)T * (D + 1), o = 0;
+#define CARVE(f, type, n)                                                                          \
+	do {                                                                                       \
+		o = (o + 15) & ~(size_t)15;                                                        \
+		m->f = (type *)(b + o);                                                            \
+		o += sizeof(type) * (n);                                                           \
+	} while (0)
+	CARVE(x, float, e);
+	CARVE(ext, struct bq_ext, D);
+	CARVE(ch, struct bq_choice, D);
+	CARVE(lo, float, D);
+	CARVE(inv, float, D);
+	CARVE(r2, float, D);
+	CARVE(full, float, D);
+	CARVE(ooff, uint32_t, D + 1);
+	CARVE(ref, int32_t, T);
+	CARVE(crow, int32_t, T);
+	CARVE(first, uint8_t, T);
+	CARVE(out, uint8_t, e);
+#undef CARVE
+}
+
+static size_t enc_smem_bytes(uint32_t T, uint32_t D)
+{
+	size_t e = (size_t)T * (D + 1), o = 0;
+#define ADD(type, n) o = ((o + 15) & ~(size_t)15) + sizeof(type) * (n)
+	ADD(float, e);
+	ADD(struct bq_ext, D);
+	ADD(struct bq_choice, D);
+	ADD(float, D);
+	ADD(float, D);
+	ADD(float, D);
+	ADD(float, D);
+	ADD(uint32_t, D + 1);
+	ADD(int32_t, T);
+	ADD(int32_t, T);
+	ADD(uint8_t, T);
+	ADD(uint8_t, e);
+#undef ADD
+	return o + 16;
+}
+
+/* One thread's channel scan over the rows [t0, T) not marked as duplicates (ref < 0). */
+__device__ static void enc_scan(struct bq_ext *e, const float *x, const int32_t *ref, uint32_t c,
+				uint32_t t0, uint32_t T, uint32_t LD)
+{
+	bq_ext_init(e);
+	for (uint32_t t = t0; t < T; t++) {
+		if (ref[t] >= 0)
+			continue;
+		float v = x[(size_t)t * LD + c];
+		if (!bq_codable(v))
+			continue;
+		if (e->n >= 3 && v >= e->lo[2] && v < e->hi[2]) {
+			e->n++;
+			continue;
+		}
+		bq_ext_add(e, v, (int)t);
+	}
+}
+
+__global__ void __launch_bounds__(BQ_THREADS)
+    bq_enc_slab_kernel(struct bq_kargs a, const void *const *src, const uint32_t *first_token,
+		       uint8_t *scratch, uint32_t *sizes)
+{
+	extern __shared__ __align__(16) uint8_t smem_raw[];
+	__shared__ float s_delta;
+	__shared__ uint32_t s_ndup, s_nout, s_bits;
+	const uint32_t s = blockIdx.x, blk = blockIdx.y, T = a.T, D = a.D, LD = D + 1,
+		       tid = threadIdx.x;
+	const int bf16 = (int)a.bf16;
+	const uint8_t *in = (const uint8_t *)src[blk] + (size_t)s * T * D * 2;
+	uint8_t *o = scratch + ((size_t)blk * a.ns + s) * a.slot;
+	const uint32_t nsink = d_sink_rows(a.p.sink, first_token[blk], T);
+	struct enc_smem m;
+
+	enc_carve(&m, smem_raw, T, D);
+	for (uint32_t i = tid; i < T * D; i += blockDim.x) {
+		uint32_t t = i / D, c = i - t * D;
+		m.x[(size_t)t * LD + c] = bq_ld(((const uint16_t *)in)[i], bf16);
+		m.out[(size_t)t * LD + c] = 0;
+	}
+	for (uint32_t t = tid; t < T; t += blockDim.x)
+		m.ref[t] = -1;
+	__syncthreads();
+	/* 1. the step from every row past the sinks */
+	for (uint32_t c = tid; c < D; c += blockDim.x) {
+		enc_scan(&m.ext[c], m.x, m.ref, c, nsink, T, LD);
+		m.r2[c] = bq_ext_range(&m.ext[c]);
+		m.full[c] = bq_ext_full(&m.ext[c]);
+	}
+	__syncthreads();
+	if (tid == 0) {
+		float sumsq = 0, maxr = 0;
+		for (uint32_t c = 0; c < D; c++) {
+			sumsq = BQ_ADD(sumsq, BQ_MUL(m.r2[c], m.r2[c]));
+			maxr = m.full[c] > maxr ? m.full[c] : maxr;
+		}
+		s_delta = bq_delta(a.p.f[s / a.H], sumsq, D, maxr); /* layer s / 2H, K or V */
+	}
+	__syncthreads();
+	const float delta = s_delta;
+	const float dup = a.p.dup;
+	const float eps = BQ_MUL(BQ_MUL(dup, delta), 0.5f);
+	/* 2. duplicates, as codec_bq.c: "first" rows match no earlier row; a later row repeats
+	 * the earliest first row it matches */
+	for (uint32_t t = tid; t < T; t += blockDim.x) {
+		m.first[t] = 1;
+		if (t < nsink)
+			continue;
+		for (uint32_t r = nsink; r < t && dup > 0; r++)
+			if (bq_rows_match(m.x + (size_t)r * LD, m.x + (size_t)t * LD, D, eps)) {
+				m.first[t] = 0;
+				break;
+			}
+	}
+	__syncthreads();
+	for (uint32_t t = tid; t < T; t += blockDim.x) {
+		if (t < nsink || m.first[t])
+			continue;
+		for (uint32_t r = nsink; r < t; r++)
+			if (m.first[r] &&
+			    bq_rows_match(m.x + (size_t)r * LD, m.x + (size_t)t * LD, D, eps)) {
+				m.ref[t] = (int32_t)r;
+				break;
+			}
+	}
+	__syncthreads();
+	if (tid == 0) {
+		uint32_t nd = 0, nc = 0;
+		for (uint32_t t = 0; t < T; t++) {
+			m.crow[t] = -1;
+			if (t >= nsink && m.ref[t] < 0)
+				m.crow[t] = (int32_t)nc++;
+			nd += m.ref[t] >= 0;
+		}
+		s_ndup = nd;
+	}
+	__syncthreads();
+	const uint32_t rows = T - nsink - s_ndup;
+	/* 3. bits and range of each channel over the coded rows; what is listed exact */
+	for (uint32_t c = tid; c < D; c += blockDim.x) {
+		struct bq_ext *e = &m.ext[c];
+		enc_scan(e, m.x, m.ref, c, nsink, T, LD);
+		struct bq_choice ch = bq_choose(e, delta, rows, a.p.maxoutl, bf16);
+		m.ch[c] = ch;
+		m.lo[c] = bq_ld(ch.lo, bf16);
+		struct bq_chan cp = bq_chan_params(delta, ch.bm >> 4, m.lo[c]);
+		m.inv[c] = cp.s > 0 ? BQ_DIV(1.0f, cp.s) : 0.0f;
+		uint32_t cnt = 0;
+		for (uint32_t t = nsink; t < T; t++) {
+			if (m.ref[t] >= 0)
+				continue;
+			int ex = !bq_codable(m.x[(size_t)t * LD + c]);
+			for (unsigned k = 0; k < ch.i; k++)
+				ex |= e->lot[k] == (int)t;
+			for (unsigned k = 0; k < ch.j; k++)
+				ex |= e->hit[k] == (int)t;
+			m.out[(size_t)t * LD + c] = (uint8_t)ex;
+			cnt += ex;
+		}
+		m.ooff[c] = cnt;
+	}
+	__syncthreads();
+	if (tid == 0) {
+		uint32_t tot = 0, bits = 0;
+		for (uint32_t c = 0; c < D; c++) {
+			uint32_t n = m.ooff[c];
+			m.ooff[c] = tot;
+			tot += n;
+			bits += m.ch[c].bm & 15;
+		}
+		m.ooff[D] = tot;
+		s_nout = tot;
+		s_bits = bits;
+	}
+	__syncthreads();
+	const uint32_t ndup = s_ndup, nout = s_nout, rb = (s_bits + 7) / 8;
+	const uint32_t rbytes = bq_ref_bytes(T);
+	/* layout of the slab, as codec_bq.c writes it */
+	const size_t o_bm = BQ_SLAB_HDR, o_lo = o_bm + D, o_sink = o_lo + 2 * (size_t)D,
+		     o_dmap = o_sink + (size_t)nsink * D * 2, o_refs = o_dmap + (T + 7) / 8,
+		     o_outl = o_refs + (size_t)ndup * rbytes, o_codes = o_outl + (size_t)nout * 6,
+		     total = o_codes + (size_t)rows * rb + BQ_PAD;
+	if (tid == 0) {
+		d_st32(o, bq_fbits(delta));
+		d_st16(o + 4, nsink);
+		d_st16(o + 6, ndup);
+		d_st32(o + 8, nout);
+		sizes[(size_t)blk * a.ns + s] = (uint32_t)total;
+		uint32_t nd = 0;
+		for (uint32_t t0 = 0; t0 < T; t0 += 8) {
+			uint32_t b = 0;
+			for (uint32_t t = t0; t < t0 + 8 && t < T; t++)
+				b |= (uint32_t)(m.ref[t] >= 0) << (t - t0);
+			o[o_dmap + t0 / 8] = (uint8_t)b;
+		}
+		for (uint32_t t = 0; t < T; t++)
+			if (m.ref[t] >= 0) {
+				if (rbytes == 1)
+					o[o_refs + nd] = (uint8_t)m.ref[t];
+				else
+					d_st16(o + o_refs + 2 * (size_t)nd, (uint32_t)m.ref[t]);
+				nd++;
+			}
+		for (uint32_t i = 0; i < BQ_PAD; i++)
+			o[total - BQ_PAD + i] = 0;
+	}
+	for (uint32_t c = tid; c < D; c += blockDim.x) {
+		o[o_bm + c] = (uint8_t)m.ch[c].bm;
+		d_st16(o + o_lo + 2 * (size_t)c, m.ch[c].lo);
+		/* this channel's outliers, rows in order; their codes are 0 */
+		uint32_t k = m.ooff[c];
+		for (uint32_t t = nsink; t < T; t++) {
+			size_t i = (size_t)t * D + c;
+			if (!m.out[(size_t)t * LD + c])
+				continue;
+			uint8_t *w = o + o_outl + 6 * (size_t)k++;
+			d_st32(w, c * T + t);
+			w[4] = in[2 * i];
+			w[5] = in[2 * i + 1];
+		}
+	}
+	for (uint32_t i = tid; i < nsink * D * 2; i += blockDim.x)
+		o[o_sink + i] = in[i];
+	__syncthreads();
+	/* codes: one thread per coded row */
+	for (uint32_t t = nsink + tid; t < T; t += blockDim.x) {
+		if (m.crow[t] < 0)
+			continue;
+		uint8_t *w = o + o_codes + (size_t)m.crow[t] * rb;
+		uint64_t acc = 0;
+		unsigned nb = 0;
+		for (uint32_t c = 0; c < D; c++) {
+			size_t i = (size_t)t * LD + c;
+			unsigned b = m.ch[c].bm & 15;
+			float v = m.out[i] ? m.lo[c] : m.x[i];
+			acc |= (uint64_t)bq_quant(v, m.lo[c], m.inv[c], b) << nb;
+			nb += b;
+			while (nb >= 8) {
+				*w++ = (uint8_t)acc;
+				acc >>= 8;
+				nb -= 8;
+			}
+		}
+		if (nb)
+			*w = (uint8_t)acc;
+	}
+}
+
+/* One thread per block: the slab offsets, the stage head and the chain header. */
+__global__ void bq_enc_head_kernel(struct bq_kargs a, const uint32_t *first_token,
+				   const uint32_t *sizes, void *const *dst, uint32_t *len,
+				   uint32_t n)
+{
+	uint32_t blk = blockIdx.x * blockDim.x + threadIdx.x;
+	if (blk >= n)
+		return;
+	uint8_t *d = (uint8_t *)dst[blk];
+	uint8_t *p = d + KVT_CHAIN_HDR_SIZE;
+	uint64_t off = a.head;
+	d_st32(p, BQ_MAGIC);
+	d_st32(p + 4, a.ns);
+	for (uint32_t s = 0; s < a.ns; s++) {
+		d_st32(p + 8 + 4 * s, (uint32_t)off);
+		off += sizes[(size_t)blk * a.ns + s];
+	}
+	d_st32(p + 8 + 4 * a.ns, (uint32_t)off);
+	d_st32(d, KVT_CHAIN_MAGIC);
+	d_st32(d + 4, a.p.chain_id);
+	d_st32(d + 8, (uint32_t)a.raw);
+	d_st32(d + 12, (uint32_t)off);
+	d_st16(d + 16, a.L);
+	d_st16(d + 18, a.H);
+	d_st16(d + 20, a.D);
+	d_st16(d + 22, a.T);
+	d[24] = a.bf16 ? KVT_DTYPE_BF16 : KVT_DTYPE_FP16;
+	d[25] = 1;
+	d_st16(d + 26, 0);
+	d_st32(d + 28, first_token[blk]);
+	len[blk] = (uint32_t)(off + KVT_CHAIN_HDR_SIZE);
+}
+
+/* Moves each slab from its scratch slot to its place in the record. */
+__global__ void __launch_bounds__(BQ_THREADS)
+    bq_enc_move_kernel(struct bq_kargs a, const uint8_t *scratch, const uint32_t *sizes,
+		       void *const *dst)
+{
+	const uint32_t s = blockIdx.x, blk = blockIdx.y;
+	const uint8_t *p = (const uint8_t *)dst[blk] + KVT_CHAIN_HDR_SIZE;
+	const uint8_t *from = scratch + ((size_t)blk * a.ns + s) * a.slot;
+	uint8_t *to = (uint8_t *)dst[blk] + KVT_CHAIN_HDR_SIZE + d_ld32(p + 8 + 4 * s);
+	uint32_t n = sizes[(size_t)blk * a.ns + s];
+	for (uint32_t i = threadIdx.x; i < n; i += blockDim.x)
+		to[i] = from[i];
+}
+
+/* ---- decode ------------------------------------------------------------------------ */
+
+typedef cub::BlockScan<uint32_t, BQ_THREADS> bq_scan;
+
+/* Bytes of the decoder's dynamic shared memory: channel tables, row tables, the codes. */
+static size_t dec_smem_bytes(uint32_t T, uint32_t D)
+{
+	return (size_t)D * 16 + 16 + (size_t)T * 8 + (size_t)T * ((D * BQ_MAXBITS + 7) / 8) +
+	       BQ_PAD + 16;
+}
+
+__global__ void __launch_bounds__(BQ_THREADS)
+    bq_dec_slab_kernel(struct bq_kargs a, const void *const *src, const uint32_t *len,
+		       void *const *dst, uint32_t *bad)
+{
+	extern __shared__ __align__(16) uint8_t smem_raw[];
+	__shared__ typename bq_scan::TempStorage scan_tmp;
+	__shared__ int s_bad;
+	__shared__ uint32_t s_nsink, s_ndup, s_nout, s_off, s_len, s_bits, s_seen;
+	__shared__ float s_delta;
+	const uint32_t s = blockIdx.x, blk = blockIdx.y, T = a.T, D = a.D, tid = threadIdx.x;
+	const int bf16 = (int)a.bf16;
+	const uint8_t *rec = (const uint8_t *)src[blk];
+	const uint64_t n = len[blk];
+	uint8_t *out = (uint8_t *)dst[blk] + (size_t)s * T * D * 2;
+	/* shared: per channel s, a, bit offset, mask; per row ref and coded index; the codes */
+	float *cs = (float *)smem_raw, *ca = cs + D;
+	uint32_t *boff = (uint32_t *)(ca + D), *mask = boff + D;
+	int32_t *ref = (int32_t *)(mask + D + 4), *crow = ref + T;
+	uint8_t *codes_sh = (uint8_t *)(crow + T);
+	const uint8_t *p = rec + KVT_CHAIN_HDR_SIZE;
+
+	/* 1. the record's header, the stage's, this slab's fixed fields */
+	if (tid == 0) {
+		/* past the length check, every field is read at once ('&', not '&&': the loads
+		 * need not wait on each other's compare) */
+		int ok = n >= KVT_CHAIN_HDR_SIZE + a.head;
+		if (ok)
+			ok = (d_ld32(rec) == KVT_CHAIN_MAGIC) & (d_ld32(rec + 4) == a.p.chain_id) &
+			     (d_ld32(rec + 8) == a.raw) &
+			     (d_ld32(rec + 12) == n - KVT_CHAIN_HDR_SIZE) &
+			     (d_ld16(rec + 16) == a.L) & (d_ld16(rec + 18) == a.H) &
+			     (d_ld16(rec + 20) == a.D) & (d_ld16(rec + 22) == a.T) &
+			     (rec[24] == (a.bf16 ? KVT_DTYPE_BF16 : KVT_DTYPE_FP16)) &
+			     (rec[25] == 1) & (d_ld16(rec + 26) == 0) & (d_ld32(p) == BQ_MAGIC) &
+			     (d_ld32(p + 4) == a.ns) & (d_ld32(p + 8) == a.head) &
+			     (d_ld32(p + 8 + 4 * a.ns) == n - KVT_CHAIN_HDR_SIZE);
+		uint32_t o0 = ok ? d_ld32(p + 8 + 4 * s) : 0, o1 = ok ? d_ld32(p + 12 + 4 * s) : 0;
+		ok = ok && o1 >= o0 && o1 <= n - KVT_CHAIN_HDR_SIZE &&
+		     o1 - o0 >= BQ_SLAB_HDR + 3 * D;
+		s_off = o0;
+		s_len = o1 - o0;
+		if (ok) {
+			const uint8_t *sl = p + o0;
+			s_delta = bq_bitsf(d_ld32(sl));
+			s_nsink = d_ld16(sl + 4);
+			s_ndup = d_ld16(sl + 6);
+			s_nout = d_ld32(sl + 8);
+			ok = s_nsink <= T && s_ndup <= T - s_nsink && isfinite(s_delta) &&
+			     s_delta >= 0 &&
+			     (uint64_t)s_nout <= (uint64_t)(T - s_nsink - s_ndup) * D;
+		}
+		s_bad = !ok;
+		s_seen = 0;
+	}
+	__syncthreads();
+	if (s_bad)
+		goto fail;
+	{
+		const uint8_t *sl = p + s_off, *bm = sl + BQ_SLAB_HDR, *lo = bm + D;
+		const uint32_t nsink = s_nsink, ndup = s_ndup, nout = s_nout;
+		const float delta = s_delta;
+		/* 2. channel tables: bit offsets by a block-wide scan, chunks of channels a thread
+		 */
+		{
+			uint32_t cpt = (D + BQ_THREADS - 1) / BQ_THREADS, c0 = tid * cpt, sum = 0,
+				 off;
+			for (uint32_t c = c0; c < c0 + cpt && c < D; c++)
+				sum += bm[c] & 15;
+			bq_scan(scan_tmp).ExclusiveSum(sum, off);
+			for (uint32_t c = c0; c < c0 + cpt && c < D; c++) {
+				uint32_t b = bm[c] & 15;
+				float l = bq_ld((uint16_t)d_ld16(lo + 2 * c), bf16);
+				if (!bq_codable(l))
+					s_bad = 1;
+				struct bq_chan cp = bq_chan_params(delta, bm[c] >> 4, l);
+				cs[c] = cp.s;
+				ca[c] = cp.a;
+				boff[c] = off;
+				mask[c] = (1u << b) - 1;
+				off += b;
+			}
+			if (c0 < D && c0 + cpt >= D)
+				s_bits = off; /* the thread with the last channel */
+		}
+		__syncthreads();
+		const uint32_t rb = (s_bits + 7) / 8, rows = T - nsink - ndup;
+		const size_t o_dmap = BQ_SLAB_HDR + 3 * (size_t)D + (size_t)nsink * D * 2,
+			     o_refs = o_dmap + (T + 7) / 8,
+			     o_outl = o_refs + (size_t)ndup * bq_ref_bytes(T),
+			     o_codes = o_outl + (size_t)nout * 6,
+			     want = o_codes + (size_t)rows * rb + BQ_PAD;
+		if (tid == 0 && want != s_len)
+			s_bad = 1;
+		__syncthreads();
+		if (s_bad)
+			goto fail;
+		/* 3. rows: coded index and duplicate index by a scan of (coded | dup << 16) */
+		{
+			const uint8_t *dmap = sl + o_dmap, *refs = sl + o_refs;
+			uint32_t rpt = (T + BQ_THREADS - 1) / BQ_THREADS, t0 = tid * rpt, sum = 0,
+				 off;
+			for (uint32_t t = t0; t < t0 + rpt && t < T; t++) {
+				uint32_t d = dmap[t / 8] >> (t % 8) & 1;
+				sum += d ? 1u << 16 : t >= nsink;
+			}
+			bq_scan(scan_tmp).ExclusiveSum(sum, off);
+			for (uint32_t t = t0; t < t0 + rpt && t < T; t++) {
+				uint32_t d = dmap[t / 8] >> (t % 8) & 1, nd = off >> 16;
+				ref[t] = -1;
+				crow[t] = -1;
+				if (d) {
+					if (t < nsink || nd >= ndup) {
+						s_bad = 1;
+					} else {
+						ref[t] =
+						    (int32_t)(bq_ref_bytes(T) == 1
+								  ? refs[nd]
+								  : d_ld16(refs + 2 * (size_t)nd));
+						atomicAdd(&s_seen, 1u);
+					}
+					off += 1u << 16;
+				} else if (t >= nsink) {
+					crow[t] = (int32_t)(off & 0xffff);
+					off++;
+				}
+			}
+			if (tid == 0 && T % 8 && dmap[T / 8] >> (T % 8))
+				s_bad = 1;
+			if (tid < BQ_PAD && sl[want - BQ_PAD + tid])
+				s_bad = 1;
+		}
+		__syncthreads();
+		if (tid == 0 && s_seen != ndup)
+			s_bad = 1;
+		for (uint32_t t = tid; t < T; t += blockDim.x) {
+			int32_t r = ref[t];
+			if (r >= 0 && ((uint32_t)r >= t || (uint32_t)r < nsink || ref[r] >= 0))
+				s_bad = 1;
+		}
+		const uint8_t *outl = sl + o_outl;
+		for (uint32_t i = tid; i < nout; i += blockDim.x) {
+			uint32_t k = d_ld32(outl + 6 * (size_t)i);
+			if (k >= T * D || crow[k % T] < 0 ||
+			    (i && k <= d_ld32(outl + 6 * (size_t)i - 6)))
+				s_bad = 1;
+		}
+		/* the codes into shared memory (coalesced bytes) */
+		const uint8_t *codes = sl + o_codes;
+		for (uint32_t i = tid; i < rows * rb + BQ_PAD; i += blockDim.x)
+			codes_sh[i] = codes[i];
+		__syncthreads();
+		if (s_bad)
+			goto fail;
+		/* 4. two channels a thread: sinks copied, coded rows decoded; 32-bit stores */
+		const uint8_t *sink = lo + 2 * (size_t)D;
+		for (uint32_t e2 = tid; e2 < T * D / 2; e2 += blockDim.x) {
+			uint32_t e = 2 * e2, t = e / D, c = e - t * D;
+			uint32_t v;
+			if (t < nsink) {
+				v = d_ld32(sink + 2 * (size_t)e);
+			} else if (crow[t] >= 0) {
+				const uint8_t *w = codes_sh + (size_t)crow[t] * rb;
+				uint32_t o0 = boff[c], o1 = boff[c + 1];
+				uint32_t q0 = (d_ld32(w + (o0 >> 3)) >> (o0 & 7)) & mask[c];
+				uint32_t q1 = (d_ld32(w + (o1 >> 3)) >> (o1 & 7)) & mask[c + 1];
+				struct bq_chan c0, c1;
+				c0.s = cs[c];
+				c0.a = ca[c];
+				c1.s = cs[c + 1];
+				c1.a = ca[c + 1];
+				v = (uint32_t)bq_st(bq_dequant(q0, c0), bf16) |
+				    (uint32_t)bq_st(bq_dequant(q1, c1), bf16) << 16;
+			} else {
+				continue;
+			}
+			*(uint32_t *)(out + 2 * (size_t)e) = v;
+		}
+		__syncthreads();
+		for (uint32_t i = tid; i < nout; i += blockDim.x) {
+			uint32_t k = d_ld32(outl + 6 * (size_t)i);
+			size_t e = (size_t)(k % T) * D + k / T;
+			*(uint16_t *)(out + 2 * e) = (uint16_t)d_ld16(outl + 6 * (size_t)i + 4);
+		}
+		__syncthreads();
+		for (uint32_t e2 = tid; e2 < T * D / 2; e2 += blockDim.x) {
+			uint32_t e = 2 * e2, t = e / D, c = e - t * D;
+			if (ref[t] >= 0)
+				*(uint32_t *)(out + 2 * (size_t)e) =
+				    *(const uint32_t *)(out + 2 * ((size_t)ref[t] * D + c));
+		}
+	}
+	return; /* bad[blk] was cleared before the launch; a failing slab sets it */
+fail:
+	if (tid == 0)
+		atomicOr(&bad[blk], 1u);
+}
+
+/* ---- host ---------------------------------------------------------------------------- */
+
+static struct bq_kargs kargs(const struct kvt_gpu_bq *b)
+{
+	struct bq_kargs a;
+	a.L = b->g.n_layers;
+	a.H = b->g.n_kv_heads;
+	a.D = b->g.head_dim;
+	a.T = b->g.block_tokens;
+	a.ns = b->ns;
+	a.bf16 = b->g.dtype == KVT_DTYPE_BF16;
+	a.slot = b->slot;
+	a.head = b->head;
+	a.bound = b->bound;
+	a.raw = 4ull * a.L * a.H * a.T * a.D;
+	a.p = b->p;
+	return a;
+}
+
+extern "C" int kvt_gpu_bq_new(const struct kvt_codec_geom *g, const struct kvt_bq_params *p,
+			      struct kvt_gpu_bq **out)
+{
+	*out = NULL;
+	/* kvt_geom_check()'s conditions, without linking the codecs */
+	if (!g || !g->n_layers || !g->n_kv_heads || !g->head_dim || g->head_dim % 2 ||
+	    !g->block_tokens || g->n_layers > 0xffff || g->n_kv_heads > 0xffff ||
+	    g->block_tokens > 0xffff ||
+	    (g->dtype != KVT_DTYPE_FP16 && g->dtype != KVT_DTYPE_BF16) ||
+	    4ull * g->n_layers * g->n_kv_heads * g->block_tokens * g->head_dim > (1ull << 31) ||
+	    !p || p->n_layers != g->n_layers || p->n_layers > KVT_BQ_MAX_LAYERS ||
+	    (size_t)g->block_tokens * g->head_dim > BQ_MAX_ELEMS || g->head_dim > BQ_MAX_D ||
+	    p->maxoutl > BQ_MAXOUTL || !(p->dup >= 0))
+		return -EINVAL;
+	struct kvt_gpu_bq *b = (struct kvt_gpu_bq *)calloc(1, sizeof(*b));
+	if (!b)
+		return -ENOMEM;
+	b->g = *g;
+	b->g.first_token = 0;
+	b->p = *p;
+	b->ns = 2 * g->n_layers * g->n_kv_heads;
+	b->slot = (bq_slab_bound(g->block_tokens, g->head_dim) + 15) & ~15ull;
+	b->head = BQ_STAGE_HEAD + 4ull * (b->ns + 1);
+	b->bound = KVT_CHAIN_HDR_SIZE + b->head +
+		   (uint64_t)b->ns * bq_slab_bound(g->block_tokens, g->head_dim);
+	b->enc_smem = enc_smem_bytes(g->block_tokens, g->head_dim);
+	b->dec_smem = dec_smem_bytes(g->block_tokens, g->head_dim);
+	*out = b;
+	return 0;
+}
+
+extern "C" void kvt_gpu_bq_free(struct kvt_gpu_bq *b)
+{
+	free(b);
+}
+
+extern "C" size_t kvt_gpu_bq_record_bound(const struct kvt_gpu_bq *b)
+{
+	return (size_t)b->bound;
+}
+
+extern "C" size_t kvt_gpu_bq_scratch_bytes(const struct kvt_gpu_bq *b, uint32_t n)
+{
+	/* the slab slots, then each slab's size */
+	return (size_t)n * b->ns * b->slot + (size_t)n * b->ns * 4;
+}
+
+static int launch_err(void)
+{
+	cudaError_t e = cudaGetLastError();
+	return e == cudaSuccess ? 0 : e == cudaErrorNoDevice ? -ENODEV : -EIO;
+}
+
+extern "C" int kvt_gpu_bq_encode(const struct kvt_gpu_bq *b, const void *const *src,
+				 const uint32_t *first_token, uint32_t n, void *const *dst,
+				 uint32_t *len, void *scratch, void *stream)
+{
+	if (!b || !src || !first_token || !dst || !len || !scratch || ((uintptr_t)scratch & 15))
+		return -EINVAL;
+	if (!n)
+		return 0;
+	if (n > 65535)
+		return -EINVAL;
+	cudaStream_t st = (cudaStream_t)stream;
+	struct bq_kargs a = kargs(b);
+	uint8_t *slots = (uint8_t *)scratch;
+	uint32_t *sizes = (uint32_t *)(slots + (size_t)n * b->ns * b->slot);
+	if (cudaFuncSetAttribute(bq_enc_slab_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				 (int)b->enc_smem) != cudaSuccess)
+		return launch_err() ? launch_err() : -EIO;
+	bq_enc_slab_kernel<<<dim3(b->ns, n), BQ_THREADS, b->enc_smem, st>>>(a, src, first_token,
+									    slots, sizes);
+	bq_enc_head_kernel<<<(n + 127) / 128, 128, 0, st>>>(a, first_token, sizes, dst, len, n);
+	bq_enc_move_kernel<<<dim3(b->ns, n), BQ_THREADS, 0, st>>>(a, slots, sizes, dst);
+	return launch_err();
+}
+
+extern "C" int kvt_gpu_bq_decode(const struct kvt_gpu_bq *b, const void *const *src,
+				 const uint32_t *len, uint32_t n, void *const *dst, uint32_t *bad,
+				 void *stream)
+{
+	if (!b || !src || !len || !dst || !bad)
+		return -EINVAL;
+	if (!n)
+		return 0;
+	if (n > 65535)
+		return -EINVAL;
+	cudaStream_t st = (cudaStream_t)stream;
+	if (cudaMemsetAsync(bad, 0, (size_t)n * 4, st) != cudaSuccess)
+		return -EIO;
+	if (cudaFuncSetAttribute(bq_dec_slab_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				 (int)b->dec_smem) != cudaSuccess)
+		return launch_err() ? launch_err() : -EIO;
+	bq_dec_slab_kernel<<<dim3(b->ns, n), BQ_THREADS, b->dec_smem, st>>>(kargs(b), src, len, dst,
+									    bad);
+	return launch_err();
+}
