@@ -2,7 +2,8 @@
 /*
  * kvt_half.h - fp16 and bf16 <-> float, the one scalar conversion of the project: the codecs
  * (codecs/kvmath.c), the predictor (client/predict.c), the GPU kernels' CPU reference
- * (gpu/gpu_ref.c) and the .kvd reader (bench/kvd.c) all call these.  Header-only, so that a
+ * (gpu/gpu_ref.c), the bq codec on the CPU and in CUDA (codecs/bq_format.h) and the .kvd
+ * reader (bench/kvd.c) all call these.  Header-only, so that a
  * per-element loop inlines them.
  *
  * Semantics are those of the x86 F16C instructions (and of the compiler's _Float16), so that
@@ -19,29 +20,41 @@
 #define KVT_HALF_H
 
 #include <stdint.h>
-#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-static inline uint32_t kvt_half_fbits(float f)
-{
-	uint32_t u;
+/* CUDA kernels use them too (codecs/bq_format.h).  No multiply feeds an add here, so nvcc
+ * has nothing to fuse: host and device give the same bits. */
+#if defined(__CUDACC__)
+#define KVT_HALF_FN static __host__ __device__ __forceinline__
+#else
+#define KVT_HALF_FN static inline
+#endif
 
-	memcpy(&u, &f, sizeof(u));
-	return u;
-}
-
-static inline float kvt_half_bitsf(uint32_t u)
-{
+union kvt_half_pun {
 	float f;
+	uint32_t u;
+};
 
-	memcpy(&f, &u, sizeof(f));
-	return f;
+KVT_HALF_FN uint32_t kvt_half_fbits(float f)
+{
+	union kvt_half_pun v;
+
+	v.f = f;
+	return v.u;
 }
 
-static inline float kvt_half_to_float(uint16_t h)
+KVT_HALF_FN float kvt_half_bitsf(uint32_t u)
+{
+	union kvt_half_pun v;
+
+	v.u = u;
+	return v.f;
+}
+
+KVT_HALF_FN float kvt_half_to_float(uint16_t h)
 {
 	uint32_t s = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
 
@@ -52,7 +65,7 @@ static inline float kvt_half_to_float(uint16_t h)
 	return kvt_half_bitsf(s | (e + 112) << 23 | m << 13);
 }
 
-static inline uint16_t kvt_float_to_half(float f)
+KVT_HALF_FN uint16_t kvt_float_to_half(float f)
 {
 	uint32_t u = kvt_half_fbits(f), sign = (u >> 16) & 0x8000, a = u & 0x7fffffffu;
 	uint16_t o;
@@ -78,12 +91,12 @@ static inline uint16_t kvt_float_to_half(float f)
 	return (uint16_t)(o | sign);
 }
 
-static inline float kvt_bf16_to_float(uint16_t h)
+KVT_HALF_FN float kvt_bf16_to_float(uint16_t h)
 {
 	return kvt_half_bitsf((uint32_t)h << 16);
 }
 
-static inline uint16_t kvt_float_to_bf16(float f)
+KVT_HALF_FN uint16_t kvt_float_to_bf16(float f)
 {
 	uint32_t u = kvt_half_fbits(f);
 
