@@ -6,7 +6,7 @@
  * the same disk), side by side in one run.
  *
  *   kvtier-llama-bench --kvtierd PATH --kvtierctl PATH --dir DIR [--tokens 2048,8192]
- *                      [--reps 3] [--threads N] MODEL.gguf...
+ *                      [--reps 3] [--warmup 1] [--threads N] MODEL.gguf...
  *
  * Per model and prompt length N (random token ids):
  *   recompute  prefill of all N tokens (no cache), in batches of 512: the TTFT to beat;
@@ -18,7 +18,10 @@
  *              cache: kvtier's NVMe reads bypass it too), load_file + evaluation of the rest;
  *   partial    a prompt sharing only the first half: kvtier restores that half (llama.cpp's
  *              file is of one whole sequence: it serves no other prompt).
- * Restore rows are medians of --reps runs; ratios are recompute TTFT / restore TTFT, and
+ * Restore rows are medians of --reps runs after --warmup runs that are not counted (the
+ * first restore of a process and of a daemon touches memory for the first time: the
+ * daemon's writable mapping of its arena, the client's batch buffers; printed apart, on
+ * stderr); ratios are recompute TTFT / restore TTFT, and
  * (cache ready) llama.cpp's load_file time / kvtier's lookup + restore time.
  * DIR must be on the disk to measure (not tmpfs: the NVMe tier opens O_DIRECT).
  */
@@ -157,7 +160,8 @@ static void drop_cache(const char *path)
 	}
 }
 
-static int bench_one(const char *path, struct llama_model *m, int n, int reps, int threads)
+static int bench_one(const char *path, struct llama_model *m, int n, int reps, int warmup,
+		     int threads)
 {
 	const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(m));
 	const uint32_t prefix =
@@ -166,7 +170,8 @@ static int bench_one(const char *path, struct llama_model *m, int n, int reps, i
 	struct kvt_llama_result r = {.size = sizeof(r)};
 	struct kvt_llama *kl = NULL;
 	llama_token *tok = malloc((size_t)n * sizeof(*tok) * 2), *half = tok + n;
-	double t_kv[16], t_ll[16], t_part[16], r_kv[16], r_ll[16], t_re, state_mib = 0;
+	double t_kv[17], t_ll[17], t_part[17], r_kv[17], r_ll[17], t_re, state_mib = 0;
+	double cold_kv = 0, cold_ll = 0;
 	char err[300] = "", file[600] = "";
 	int rc = -1;
 
@@ -211,7 +216,9 @@ static int bench_one(const char *path, struct llama_model *m, int n, int reps, i
 		goto out;
 	}
 	state_mib = (double)fsz / (1 << 20);
-	for (int i = 0; i < reps; i++) {
+	for (int i = -warmup; i < reps; i++) {
+		/* warm-up runs land in the last slot, not counted */
+		const int j = i < 0 ? 16 : i;
 		/* kvtier, from NVMe */
 		if (empty_host() < 0) {
 			fprintf(stderr, "kvtier-llama-bench: cannot empty the host tier\n");
@@ -222,8 +229,8 @@ static int bench_one(const char *path, struct llama_model *m, int n, int reps, i
 				r.n_restored, prefix, kvt_llama_last_message(kl));
 			goto out;
 		}
-		t_kv[i] = r.lookup_ms + r.restore_ms + r.eval_ms;
-		r_kv[i] = r.lookup_ms + r.restore_ms;
+		t_kv[j] = r.lookup_ms + r.restore_ms + r.eval_ms;
+		r_kv[j] = r.lookup_ms + r.restore_ms;
 		/* llama.cpp's file, from the disk */
 		llama_token *back = malloc((size_t)n * sizeof(*back));
 		size_t cnt = 0;
@@ -232,12 +239,12 @@ static int bench_one(const char *path, struct llama_model *m, int n, int reps, i
 		double t0 = now_ms();
 		size_t got =
 		    back ? llama_state_seq_load_file(ctx, file, 0, back, (size_t)n, &cnt) : 0;
-		r_ll[i] = now_ms() - t0;
+		r_ll[j] = now_ms() - t0;
 		int ev = got && cnt == prefix
 			     ? kvt_llama_eval(ctx, 0, tok + prefix, (size_t)(n - (int)prefix),
 					      (llama_pos)prefix, 512)
 			     : -1;
-		t_ll[i] = now_ms() - t0;
+		t_ll[j] = now_ms() - t0;
 		free(back);
 		if (ev < 0) {
 			fprintf(stderr, "kvtier-llama-bench: llama_state_seq_load_file failed\n");
@@ -250,7 +257,11 @@ static int bench_one(const char *path, struct llama_model *m, int n, int reps, i
 			fprintf(stderr, "kvtier-llama-bench: partial prefill failed\n");
 			goto out;
 		}
-		t_part[i] = r.lookup_ms + r.restore_ms + r.eval_ms;
+		t_part[j] = r.lookup_ms + r.restore_ms + r.eval_ms;
+		if (i == -warmup) {
+			cold_kv = r_kv[j];
+			cold_ll = r_ll[j];
+		}
 		/* the half prompt's own new blocks out again, so that each rep restores the same */
 		struct kvt_connect_opts co = {.size = sizeof(co), .socket_path = sock};
 		struct kvt_client *c;
@@ -281,10 +292,12 @@ static int bench_one(const char *path, struct llama_model *m, int n, int reps, i
 	       name, (double)llama_model_n_params(m) / 1e6, n, prefix, state_mib, t_re / kv,
 	       t_re / ll, rll / rkv, t_re / pa,
 	       n / 2 / KVT_LLAMA_BLOCK_TOKENS * KVT_LLAMA_BLOCK_TOKENS, n);
-	fprintf(stderr,
-		"  [%s N=%d: recompute %.0f ms; TTFT kvtier %.1f ms, llama.cpp file %.1f ms; cache "
-		"ready kvtier %.1f ms, llama.cpp file %.1f ms; partial %.1f ms; medians of %d]\n",
-		name, n, t_re, kv, ll, rkv, rll, pa, reps);
+	fprintf(
+	    stderr,
+	    "  [%s N=%d: recompute %.0f ms; TTFT kvtier %.1f ms, llama.cpp file %.1f ms; cache "
+	    "ready kvtier %.1f ms, llama.cpp file %.1f ms; partial %.1f ms; medians of %d; first "
+	    "(warm-up, not counted): cache ready kvtier %.1f ms, llama.cpp file %.1f ms]\n",
+	    name, n, t_re, kv, ll, rkv, rll, pa, reps, cold_kv, cold_ll);
 	fflush(stdout);
 	rc = 0;
 out:
@@ -299,15 +312,13 @@ out:
 
 int main(int argc, char **argv)
 {
-	static const struct option lo[] = {{"kvtierd", required_argument, NULL, 'd'},
-					   {"kvtierctl", required_argument, NULL, 'c'},
-					   {"dir", required_argument, NULL, 'D'},
-					   {"tokens", required_argument, NULL, 'n'},
-					   {"reps", required_argument, NULL, 'r'},
-					   {"threads", required_argument, NULL, 't'},
-					   {0}};
+	static const struct option lo[] = {
+	    {"kvtierd", required_argument, NULL, 'd'}, {"kvtierctl", required_argument, NULL, 'c'},
+	    {"dir", required_argument, NULL, 'D'},     {"tokens", required_argument, NULL, 'n'},
+	    {"reps", required_argument, NULL, 'r'},    {"threads", required_argument, NULL, 't'},
+	    {"warmup", required_argument, NULL, 'w'},  {0}};
 	char tokens[256] = "2048,8192";
-	int reps = 3, threads = 2, opt, status = 0;
+	int reps = 3, warmup = 1, threads = 2, opt, status = 0;
 
 	while ((opt = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (opt) {
@@ -329,15 +340,19 @@ int main(int argc, char **argv)
 		case 't':
 			threads = atoi(optarg);
 			break;
+		case 'w':
+			warmup = atoi(optarg);
+			break;
 		default:
 			return 2;
 		}
 	}
 	if (!kvtierd || !kvtierctl || !dir || optind >= argc || reps < 1 || reps > 16 ||
-	    threads < 1) {
-		fprintf(stderr,
-			"usage: kvtier-llama-bench --kvtierd PATH --kvtierctl PATH --dir DIR "
-			"[--tokens 2048,8192] [--reps 3] [--threads N] MODEL.gguf...\n");
+	    warmup < 0 || warmup > 4 || threads < 1) {
+		fprintf(
+		    stderr,
+		    "usage: kvtier-llama-bench --kvtierd PATH --kvtierctl PATH --dir DIR "
+		    "[--tokens 2048,8192] [--reps 3] [--warmup 1] [--threads N] MODEL.gguf...\n");
 		return 2;
 	}
 	llama_log_set(quiet_log, NULL);
@@ -370,7 +385,8 @@ int main(int argc, char **argv)
 		memcpy(list, tokens, sizeof(list));
 		for (char *save = NULL, *t = strtok_r(list, ",", &save); t;
 		     t = strtok_r(NULL, ",", &save)) {
-			if (daemon_start() < 0 || bench_one(argv[i], m, atoi(t), reps, threads) < 0)
+			if (daemon_start() < 0 ||
+			    bench_one(argv[i], m, atoi(t), reps, warmup, threads) < 0)
 				status = 1;
 			daemon_stop();
 		}

@@ -63,6 +63,15 @@ static const struct key keys[] = {
     {"gpu", "low_watermark", K_RATIO, F(gpu_low), "0.85", 0, 0},
     {"gpu", "promote_on_get", K_BOOL, F(gpu_promote), "true", 0, 0},
     {"tiers", "order", K_STR, F(tiers_order), "gpu,host,nvme", 0, 0},
+    {"remote", "nodes", K_STR, F(remote_nodes), "", 0, 0},
+    {"remote", "auth_file", K_STR, F(remote_auth_file), "", 0, 0},
+    {"remote", "ttl", K_U32, F(remote_ttl), "86400", 0, 1u << 30},
+    {"remote", "codec", K_STR, F(remote_codec), "raw", 0, 0},
+    {"remote", "lookup_timeout_us", K_U32, F(remote_lookup_timeout_us), "2000", 100, 10000000},
+    {"remote", "get_timeout_us", K_U32, F(remote_get_timeout_us), "50000", 100, 10000000},
+    {"remote", "put_timeout_ms", K_U32, F(remote_put_timeout_ms), "1000", 1, 600000},
+    {"remote", "threads", K_U32, F(remote_threads), "2", 1, 16},
+    {"remote", "queue_max", K_U32, F(remote_queue_max), "64", 1, 65536},
 };
 #undef F
 
@@ -348,6 +357,14 @@ int kvtd_config_validate(const struct kvtd_config *c, FILE *err)
 	}
 	if (check_order(c->tiers_order, err) < 0)
 		return -EINVAL;
+	if (!c->remote_nodes[0] && strstr(c->tiers_order, "remote")) {
+		if (err)
+			fprintf(err,
+				"kvtierd: tiers.order = %s lists remote, but remote.nodes is "
+				"empty (the cluster's seed nodes, host:port,...)\n",
+				c->tiers_order);
+		return -EINVAL;
+	}
 	for (const char *p = c->tenant_salt; *p; p++) {
 		if (!strchr("0123456789abcdefABCDEF", *p)) {
 			if (err)

@@ -64,6 +64,16 @@ struct kvtd_config {
 	bool gpu_promote; /* device gets that hit the host copy the block up to the GPU */
 	/* [tiers] */
 	char tiers_order[128]; /* tier names, fastest first (daemon/tierlist.c) */
+	/* [remote] (daemon/remote_place.c) */
+	char remote_nodes[1024];	   /* seed nodes "host:port,..."; "" = no remote tier */
+	char remote_auth_file[256];	   /* "" or a file: "password" or "user password" */
+	uint32_t remote_ttl;		   /* seconds a stored block lives (0: no TTL) */
+	char remote_codec[200];		   /* chain the values cross the network encoded with */
+	uint32_t remote_lookup_timeout_us; /* deadline of a lookup's remote part */
+	uint32_t remote_get_timeout_us;	   /* deadline of a get's remote fetch */
+	uint32_t remote_put_timeout_ms;	   /* deadline of a write-behind batch */
+	uint32_t remote_threads;	   /* I/O threads, one connection per node each */
+	uint32_t remote_queue_max;	   /* blocks waiting to be written; more are dropped */
 };
 
 /* Fills c with the built-in defaults. */

@@ -33,7 +33,7 @@
 #define DRAIN_BATCH  64
 #define ADMIN_CHUNK  32768
 
-enum ev_kind { EV_LISTEN = 1, EV_SOCK, EV_SQ, EV_TIMER, EV_SIGNAL, EV_TIER, EV_CODEC };
+enum ev_kind { EV_LISTEN = 1, EV_SOCK, EV_SQ, EV_TIMER, EV_SIGNAL, EV_TIER, EV_CODEC, EV_REMOTE };
 
 struct ev {
 	enum ev_kind kind;
@@ -232,6 +232,9 @@ struct kvtd {
 	uint32_t ready_head, ready_tail; /* the readiness list (waiters.c), FIFO */
 	struct pf_ring pf[KVTD_PF_LEVELS];
 	uint32_t pf_inflight;
+	/* Remote tier (remote_place.c); NULL when remote.nodes is empty */
+	struct kvtd_remote *remote;
+	struct ev remote_ev;
 	/* GPU tier (gpu_place.c); NULL when off or unavailable (gpu_err says why) */
 	struct kvtd_gpu *gpu;
 	int gpu_err;
@@ -364,6 +367,58 @@ unsigned kvtd_cpool_pending(const struct kvtd *d);
 int kvtd_cpool_event(struct kvtd *d);
 void kvtd_cpool_fini(struct kvtd *d); /* waits for every job and runs its done() */
 void kvtd_nvme_stats(struct kvtd *d, struct kvt_tier_stats *st);
+
+/*
+ * remote_place.c: the remote tier (Redis Cluster, issue 14), the bottom of the tier list when
+ * remote.nodes is set.  Its I/O runs on its own threads; answers come back through an
+ * eventfd (EV_REMOTE): fetched blocks are installed in the host tier and their gets put on
+ * the readiness list; lookups wait on their own list (kvtd_remote_lookup_pop).  A failure,
+ * timeout or bad value is a miss.  Every function is a no-op (or a miss) when it is off.
+ */
+/* Reads remote.* (chain, seeds, auth file): 0, or -errno (logged: the daemon does not start). */
+int kvtd_remote_init(struct kvtd *d);
+/* Starts the I/O threads (after any fork). 0 or -errno. */
+int kvtd_remote_start(struct kvtd *d);
+/* Stops the threads; gets still waiting see a miss.  Nothing when off. */
+void kvtd_remote_fini(struct kvtd *d);
+bool kvtd_remote_on(const struct kvtd *d);
+/* Block i was just committed on the host: a copy of its bytes is queued for the remote
+ * store (write-behind); dropped and counted when remote.queue_max blocks already wait. */
+void kvtd_remote_put(struct kvtd *d, uint32_t i);
+/* A lookup of client_id found its first found keys locally; the remote store is asked
+ * about the next m (internal keys lohi[2j], lohi[2j+1], layout fp).  1: answered later
+ * through kvtd_remote_lookup_pop; < 0: not asked (answer found now). */
+int kvtd_remote_lookup(struct kvtd *d, uint32_t client_id, uint64_t user_data, uint32_t found,
+		       uint32_t n, const uint64_t *lohi, uint32_t m, uint64_t fp);
+/* A finished lookup: its client, request, result (keys found from the first) and size. */
+bool kvtd_remote_lookup_pop(struct kvtd *d, uint32_t *client_id, uint64_t *user_data, int *res,
+			    uint32_t *n);
+/* A get of key (lo, hi, fp) of tenant t that no local tier has: fetched from the remote
+ * store (at most max_len bytes), installed in the host tier.  1: the get waits (answered
+ * through the readiness list); -ENOENT: not asked. */
+int kvtd_remote_fetch(struct kvtd *d, uint32_t client_id, uint64_t user_data, struct tenant *t,
+		      uint64_t lo, uint64_t hi, uint64_t fp, uint32_t max_len);
+/* EV_REMOTE: completions of the I/O threads. */
+void kvtd_remote_event(struct kvtd *d);
+/* Brings the remote_* metrics the I/O threads count up to date in d->m. */
+void kvtd_remote_sync(struct kvtd *d);
+/* What kvtierctl shows (render.c): nodes merged over the threads' connections. */
+#define KVTD_REMOTE_NODES 64
+struct kvtd_remote_node {
+	char addr[64];
+	unsigned slots;
+	bool connected, breaker_open;
+	uint64_t bytes_out, bytes_in, errors, breaker_trips;
+};
+struct kvtd_remote_view {
+	unsigned threads, nnodes;
+	bool standalone;
+	uint64_t queued; /* blocks waiting to be written */
+	uint64_t moved, ask, refreshes, timeouts, io_errors, proto_errors, breaker_fast_fails;
+	struct kvtd_remote_node nodes[KVTD_REMOTE_NODES];
+};
+/* Fills v (and brings the remote_* metrics up to date).  False when the tier is off. */
+bool kvtd_remote_view(struct kvtd *d, struct kvtd_remote_view *v);
 
 /* gpu_place.c: the GPU tier.  Every function is a no-op (or -ENODEV) when it is off. */
 struct kvtd_gpu_stats {

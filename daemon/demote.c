@@ -90,7 +90,7 @@ static void demote_done(struct kvt_tier_io *io)
  * layers x heads x tokens = len / 8, split within the codec's limits.  False when len is no
  * multiple of 8 or cannot be split (such a block cannot be demoted and is dropped).
  */
-static bool raw_geom_for(uint32_t len, struct kvt_codec_geom *g)
+bool kvtd_raw_geom_for(uint32_t len, struct kvt_codec_geom *g)
 {
 	uint32_t m, t, h;
 
@@ -127,7 +127,7 @@ static struct pend_io *demote_prepare(struct kvtd *d, uint32_t i, bool keep_host
 	struct kvt_codec_geom rg;
 
 	if (!g || kvt_geom_block_bytes(g) != b->len) {
-		if (!raw_geom_for(b->len, &rg)) {
+		if (!kvtd_raw_geom_for(b->len, &rg)) {
 			*err = -EINVAL;
 			return NULL;
 		}

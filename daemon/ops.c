@@ -13,6 +13,7 @@
 #include <xxhash.h>
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -113,6 +114,7 @@ static void op_commit(struct kvtd *d, struct client *c, const struct kvt_sqe *s,
 		 * that undo RoPE then take 0) */
 		kvtd_blk_commit_host(d, ho->blk,
 				     s->arg && s->arg <= UINT32_MAX ? (uint32_t)(s->arg - 1) : 0);
+		kvtd_remote_put(d, ho->blk); /* write-behind: other hosts see it soon */
 		c->puts++;
 		d->m.puts_total++;
 		d->m.put_bytes_total += b->len;
@@ -178,6 +180,20 @@ static bool op_lease(struct kvtd *d, struct client *c, const struct kvt_sqe *s, 
 
 	c->gets++;
 	d->m.gets_total++;
+	if (i == KVTD_NIL && ret == -ENOENT && kvtd_remote_on(d) && !d->nvme_recovering) {
+		/* In no local tier at all: maybe another host stored it (remote_place.c).  Not
+		 * while NVMe records are recovered: installing a block is a put, refused then. */
+		struct layout_slot *l = &c->layouts[s->layout];
+		uint64_t lo, hi;
+
+		internal_key(d, c, l->fp, s->key_lo, s->key_hi, &lo, &hi);
+		if (kvtd_index_find(&d->ix, lo, hi) == KVTD_NIL &&
+		    kvtd_remote_fetch(d, c->id, s->user_data, c->t, lo, hi, l->fp,
+				      l->block_bytes) == 1) {
+			d->tier[KVTD_TIER_HOST].misses++; /* as a promotion from NVMe */
+			return true;
+		}
+	}
 	if (i == KVTD_NIL) {
 		if (ret == -ENOENT)
 			count_miss(d, c);
@@ -276,12 +292,33 @@ static void kvtd_wake_lease(struct kvtd *d, uint32_t client_id, uint64_t user_da
 	post_cqe(d, c, &q);
 }
 
+/* Answers a lookup whose remote part ended: res keys found from the first, of n. */
+static void lookup_done(struct kvtd *d, uint32_t client_id, uint64_t user_data, int res, uint32_t n)
+{
+	struct client *c = client_by_id(d, client_id);
+	struct kvt_cqe q;
+
+	d->m.lookup_hit_blocks_total += (uint64_t)res;
+	d->m.lookup_miss_blocks_total += n - (uint32_t)res;
+	if (!c)
+		return;
+	memset(&q, 0, sizeof(q));
+	q.user_data = user_data;
+	q.res = res;
+	post_cqe(d, c, &q);
+}
+
 void kvtd_ready_drain(struct kvtd *d)
 {
 	struct waiter w;
+	uint32_t client_id, n;
+	uint64_t user_data;
+	int res;
 
 	while (kvtd_ready_pop(d, &w))
 		kvtd_wake_lease(d, w.client_id, w.user_data, w.blk, w.gen, w.err);
+	while (kvtd_remote_lookup_pop(d, &client_id, &user_data, &res, &n))
+		lookup_done(d, client_id, user_data, res, n);
 }
 
 static void op_release(struct kvtd *d, struct client *c, const struct kvt_sqe *s, struct kvt_cqe *q)
@@ -298,7 +335,35 @@ static void op_release(struct kvtd *d, struct client *c, const struct kvt_sqe *s
 	q->res = 0;
 }
 
-static void op_lookup(struct kvtd *d, struct client *c, const struct kvt_sqe *s, struct kvt_cqe *q)
+/*
+ * The keys [k, n) of a lookup that the local tiers missed from k on go to the remote tier:
+ * true when it answers later (kvtd_ready_drain).
+ */
+static bool lookup_remote(struct kvtd *d, struct client *c, const struct kvt_sqe *s,
+			  const struct layout_slot *l, uint32_t k, uint32_t n)
+{
+	uint64_t *lohi;
+	int ret;
+
+	if (!kvtd_remote_on(d))
+		return false;
+	lohi = malloc((size_t)(n - k) * 16);
+	if (!lohi)
+		return false;
+	for (uint32_t j = k; j < n; j++) {
+		uint64_t key[2];
+
+		memcpy(key, c->scratch + s->arg + (uint64_t)j * 16, 16);
+		internal_key(d, c, l->fp, key[0], key[1], &lohi[2 * (j - k)],
+			     &lohi[2 * (j - k) + 1]);
+	}
+	ret = kvtd_remote_lookup(d, c->id, s->user_data, k, n, lohi, n - k, l->fp);
+	free(lohi);
+	return ret == 1;
+}
+
+/* Returns true when the completion is deferred (the remote tier is asked). */
+static bool op_lookup(struct kvtd *d, struct client *c, const struct kvt_sqe *s, struct kvt_cqe *q)
 {
 	struct layout_slot *l;
 	uint64_t keys[2 * 64];
@@ -328,6 +393,8 @@ static void op_lookup(struct kvtd *d, struct client *c, const struct kvt_sqe *s,
 			i = kvtd_index_find(&d->ix, lo, hi);
 			if (i == KVTD_NIL || kvtd_blk(&d->ix, i)->state != KVTD_BLK_READY) {
 				ret = (int)(done + j);
+				if (lookup_remote(d, c, s, l, done + j, n))
+					return true;
 				goto out;
 			}
 		}
@@ -340,6 +407,7 @@ out:
 		d->m.lookup_miss_blocks_total += n - (uint32_t)ret;
 	}
 	q->res = ret;
+	return false;
 }
 
 static void op_delete(struct kvtd *d, struct client *c, const struct kvt_sqe *s, struct kvt_cqe *q)
@@ -475,8 +543,7 @@ static bool handle_sqe_op(struct kvtd *d, struct client *c, const struct kvt_sqe
 		op_release(d, c, s, q);
 		break;
 	case KVT_OP_LOOKUP:
-		op_lookup(d, c, s, q);
-		break;
+		return op_lookup(d, c, s, q);
 	case KVT_OP_DELETE:
 		op_delete(d, c, s, q);
 		break;

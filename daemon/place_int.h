@@ -78,6 +78,9 @@ int kvtd_nvme_alloc(struct kvtd *d, uint32_t len, struct kvt_tier_loc *loc);
 void kvtd_demote_forget(struct kvtd *d, struct kvtd_blk *b);
 /* Writes block i to NVMe (see demote.c).  0 or -errno (nothing changed). */
 int kvtd_demote(struct kvtd *d, uint32_t i, bool keep_host, bool raw);
+/* A geometry whose raw block is exactly len bytes (demote.c), for storing blocks raw that no
+ * layout geometry describes.  False when len cannot be split so. */
+bool kvtd_raw_geom_for(uint32_t len, struct kvt_codec_geom *g);
 /* The NVMe class's take: a block leaving the host tier is written down (or refused). */
 int kvtd_nvme_take(struct kvtd *d, uint32_t i, bool bg);
 void kvtd_pend_free(struct kvtd *d, struct pend_io *p);

@@ -448,11 +448,16 @@ int kvtd_place_init(struct kvtd *d)
 	ret = kvt_chain_parse("raw", &d->raw_chain);
 	if (ret < 0)
 		return ret;
-	return kvtd_tiers_init(d);
+	ret = kvtd_tiers_init(d);
+	if (ret < 0)
+		return ret;
+	return kvtd_remote_init(d);
 }
 
 void kvtd_place_fini(struct kvtd *d)
 {
+	/* The remote threads stop first: a fetched block is installed in the host tier. */
+	kvtd_remote_fini(d);
 	/* Codec jobs finish first: their done() may still write a record. */
 	kvtd_cpool_fini(d);
 	/* close() runs the callbacks of requests still in flight: d must be whole here. */

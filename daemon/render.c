@@ -189,9 +189,109 @@ static void render_gpu(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 }
 
 /* The counters of KVT_METRICS as JSON fields "name":value, comma-separated. */
+/* The remote tier: one row, then (detail) its nodes as every I/O thread's connections
+ * see them. */
+static void render_remote(struct kvtd *d, struct sbuf *b, bool json, bool detail)
+{
+	struct kvtd_remote_view *v = malloc(sizeof(*v));
+	uint64_t bin = 0, bout = 0;
+	unsigned up = 0, open = 0;
+
+	if (!v || !kvtd_remote_view(d, v)) {
+		free(v);
+		return;
+	}
+	for (unsigned k = 0; k < v->nnodes; k++) {
+		bin += v->nodes[k].bytes_in;
+		bout += v->nodes[k].bytes_out;
+		up += v->nodes[k].connected;
+		open += v->nodes[k].breaker_open;
+	}
+	if (json) {
+		sb_printf(
+		    b,
+		    ",{\"name\":\"remote\",\"nodes\":%u,\"connected\":%u,\"breakers_open\":%u,"
+		    "\"standalone\":%s,\"hits\":%" PRIu64 ",\"misses\":%" PRIu64
+		    ",\"codec\":\"%s\",\"puts\":%" PRIu64 ",\"put_dropped\":%" PRIu64
+		    ",\"queued\":%" PRIu64 ",\"bytes_out\":%" PRIu64 ",\"bytes_in\":%" PRIu64
+		    ",\"errors\":%" PRIu64 ",\"corrupt\":%" PRIu64,
+		    v->nnodes, up, open, v->standalone ? "true" : "false", d->m.remote_hits_total,
+		    d->m.remote_misses_total, d->cfg.remote_codec, d->m.remote_puts_total,
+		    d->m.remote_put_dropped_total, v->queued, bout, bin, d->m.remote_errors_total,
+		    d->m.remote_corrupt_total);
+		if (detail) {
+			sb_printf(b,
+				  ",\"seeds\":\"%s\",\"threads\":%u,\"ttl\":%u,"
+				  "\"lookup_timeout_us\":%u,\"moved\":%" PRIu64 ",\"ask\":%" PRIu64
+				  ",\"refreshes\":%" PRIu64 ",\"timeouts\":%" PRIu64
+				  ",\"io_errors\":%" PRIu64 ",\"proto_errors\":%" PRIu64
+				  ",\"breaker_fast_fails\":%" PRIu64 ",\"node_list\":[",
+				  d->cfg.remote_nodes, v->threads, d->cfg.remote_ttl,
+				  d->cfg.remote_lookup_timeout_us, v->moved, v->ask, v->refreshes,
+				  v->timeouts, v->io_errors, v->proto_errors,
+				  v->breaker_fast_fails);
+			for (unsigned k = 0; k < v->nnodes; k++) {
+				const struct kvtd_remote_node *n = &v->nodes[k];
+
+				sb_printf(b,
+					  "%s{\"addr\":\"%s\",\"slots\":%u,\"state\":\"%s\","
+					  "\"breaker\":\"%s\",\"bytes_out\":%" PRIu64
+					  ",\"bytes_in\":%" PRIu64 ",\"errors\":%" PRIu64
+					  ",\"breaker_trips\":%" PRIu64 "}",
+					  k ? "," : "", n->addr, n->slots,
+					  n->connected ? "connected" : "idle",
+					  n->breaker_open ? "open" : "closed", n->bytes_out,
+					  n->bytes_in, n->errors, n->breaker_trips);
+			}
+			sb_printf(b, "]");
+		}
+		sb_printf(b, "}");
+	} else {
+		char c1[32], c2[32];
+
+		sb_printf(b, "%-6s %12s %12s %10s %10" PRIu64 " %10" PRIu64 "  %s\n", "remote", "-",
+			  "-", "-", d->m.remote_hits_total, d->m.remote_misses_total,
+			  d->cfg.remote_codec);
+		if (detail) {
+			fmt_bytes(c1, sizeof(c1), bout);
+			fmt_bytes(c2, sizeof(c2), bin);
+			sb_printf(b,
+				  "       %s %u nodes (%u connected, %u breakers open), %u I/O "
+				  "threads  sent %s  received %s\n"
+				  "       puts %" PRIu64 "  dropped %" PRIu64 "  queued %" PRIu64
+				  "  errors %" PRIu64 "  corrupt %" PRIu64 "  moved %" PRIu64
+				  "  ask %" PRIu64 "  timeouts %" PRIu64 "\n",
+				  v->standalone ? "standalone," : "cluster,", v->nnodes, up, open,
+				  v->threads, c1, c2, d->m.remote_puts_total,
+				  d->m.remote_put_dropped_total, v->queued,
+				  d->m.remote_errors_total, d->m.remote_corrupt_total, v->moved,
+				  v->ask, v->timeouts);
+			for (unsigned k = 0; k < v->nnodes; k++) {
+				const struct kvtd_remote_node *n = &v->nodes[k];
+
+				fmt_bytes(c1, sizeof(c1), n->bytes_out);
+				fmt_bytes(c2, sizeof(c2), n->bytes_in);
+				sb_printf(b,
+					  "       node %-21s slots %5u  %-9s breaker %-6s sent %s  "
+					  "received %s  errors %" PRIu64 "\n",
+					  n->addr, n->slots, n->connected ? "connected" : "idle",
+					  n->breaker_open ? "open" : "closed", c1, c2, n->errors);
+			}
+			if (!v->nnodes)
+				sb_printf(b,
+					  "       node list empty: no request has reached the "
+					  "cluster yet (seeds %s)\n",
+					  d->cfg.remote_nodes);
+		}
+	}
+	free(v);
+}
+
 static void render_metric_fields(struct kvtd *d, struct sbuf *b)
 {
 	int first = 1;
+
+	kvtd_remote_sync(d);
 
 #define X(name, type, help)                                                                        \
 	sb_printf(b, "%s\"%s\":%" PRIu64, first ? "" : ",", #name, d->m.name);                     \
@@ -322,6 +422,7 @@ void render_tiers(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 	if (!d->nvme && !json && detail)
 		sb_printf(b, "(no NVMe tier configured: [nvme] enabled = false)\n");
 	render_gpu(d, b, json, detail);
+	render_remote(d, b, json, detail);
 }
 
 void render_status(struct kvtd *d, struct sbuf *b, bool json)
@@ -444,6 +545,7 @@ void render_metrics(struct kvtd *d, struct sbuf *b)
 	struct kvtd_gpu_stats g;
 	const char *uuid;
 
+	kvtd_remote_sync(d);
 	kvtd_gpu_stats(d, &g, &uuid);
 
 	kvtd_nvme_stats(d, &ns);

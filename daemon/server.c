@@ -353,6 +353,9 @@ int kvtd_run(struct kvtd *d)
 	ret = kvtd_nvme_recover_start(d);
 	if (ret < 0)
 		return ret;
+	ret = kvtd_remote_start(d);
+	if (ret < 0)
+		return ret;
 
 #ifdef KVT_HAVE_SYSTEMD
 	sd_notifyf(0, "READY=1\nSTATUS=serving on %s\nMAINPID=%d",
@@ -402,6 +405,9 @@ int kvtd_run(struct kvtd *d)
 				break;
 			case EV_TIER:
 				kvtd_nvme_event(d);
+				break;
+			case EV_REMOTE:
+				kvtd_remote_event(d);
 				break;
 			case EV_SIGNAL: {
 				struct signalfd_siginfo si;

@@ -46,11 +46,22 @@ static int parse_order(struct kvtd *d)
 
 		while (n && p[n - 1] == ' ')
 			n--;
+		/* The remote tier is keyed, not a class of the list (remote_place.c): it is
+		 * the bottom whenever remote.nodes is set, so it may only be named last. */
+		if (n == 6 && !memcmp(p, "remote", 6)) {
+			if (p[len]) {
+				kvtd_log(KVTD_LOG_ERR,
+					 "tiers.order = %s: remote must be the last tier",
+					 d->cfg.tiers_order);
+				return -EINVAL;
+			}
+			break;
+		}
 		c = kvtd_tier_class_find(p, n);
 		if (!c) {
 			kvtd_log(KVTD_LOG_ERR,
 				 "tiers.order = %s: no tier called %.*s (known: gpu, "
-				 "host, nvme)",
+				 "host, nvme, remote)",
 				 d->cfg.tiers_order, (int)n, p);
 			return -EINVAL;
 		}

@@ -55,7 +55,8 @@ uint32_t kvtd_waiter_new(struct kvtd *d, uint32_t next, uint32_t client_id, uint
 
 void kvtd_waiters_ready(struct kvtd *d, uint32_t w, uint32_t blk, int err)
 {
-	uint32_t gen = kvtd_blk(&d->ix, blk)->gen;
+	/* blk may be KVTD_NIL: a get of a block that never came to be (a remote miss) */
+	uint32_t gen = blk < d->ix.used ? kvtd_blk(&d->ix, blk)->gen : 0;
 
 	for (; w != KVTD_NIL; w = d->waiters[w].next) {
 		d->waiters[w].blk = blk;

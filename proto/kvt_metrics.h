@@ -76,6 +76,21 @@
 	X(prefetch_dropped_total, counter,                                                         \
 	  "Prefetch requests dropped: queue full or deadline passed")                              \
 	X(prefetch_resident_total, counter, "Prefetch requests for blocks already on the host")    \
+	X(remote_puts_queued_total, counter, "Committed blocks queued for the remote tier")        \
+	X(remote_put_dropped_total, counter,                                                       \
+	  "Blocks not written remotely: remote.queue_max blocks were waiting")                     \
+	X(remote_puts_total, counter, "Blocks stored in the remote tier (or already there)")       \
+	X(remote_put_bytes_total, counter, "Value bytes sent to the remote tier")                  \
+	X(remote_put_errors_total, counter, "Remote writes that failed (cluster down, timeout)")   \
+	X(remote_lookups_total, counter, "Lookups that asked the remote tier for their suffix")    \
+	X(remote_lookup_hit_blocks_total, counter, "Keys lookups found in the remote tier")        \
+	X(remote_gets_total, counter, "Gets fetched from the remote tier")                         \
+	X(remote_hits_total, counter, "Remote fetches installed in the host tier")                 \
+	X(remote_misses_total, counter, "Remote fetches that found nothing usable (a miss)")       \
+	X(remote_corrupt_total, counter,                                                           \
+	  "Remote values that failed a check: misses, never served")                               \
+	X(remote_errors_total, counter, "Remote requests the cluster failed (served as misses)")   \
+	X(remote_queue, gauge, "Blocks waiting to be written to the remote tier")                  \
 	X(clients, gauge, "Clients connected")                                                     \
 	X(tenants, gauge, "Tenants (uids) with an arena")                                          \
 	X(leases, gauge, "Read leases held")                                                       \

@@ -24,10 +24,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -61,6 +64,12 @@ struct state_view {
 	const uint8_t **v; /* n_layer: first V row (element row 0 when v_trans) */
 };
 
+/* A buffer kept between calls (see kbuf_reserve). */
+struct kbuf {
+	uint8_t *p;
+	size_t cap;
+};
+
 struct kvt_llama {
 	struct llama_context *ctx;
 	const struct llama_model *model;
@@ -77,6 +86,9 @@ struct kvt_llama {
 	struct state_view fmt; /* the shape learned at open (pointers unused) */
 	uint32_t n_kv, hd, el;
 	size_t block_bytes, layer_bytes;
+	struct kbuf state; /* a sequence state being built (restore) or read (store) */
+	struct kbuf stage; /* the batches of blocks being read */
+	uint32_t restore_batch;
 	char msg[256];
 };
 
@@ -131,6 +143,51 @@ int kvt_llama_backend_init(void)
 		ggml_backend_load_all();
 	llama_backend_init();
 	return ggml_backend_dev_count() ? (int)ggml_backend_dev_count() : -ENODEV;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Buffers kept between calls.  Memory touched for the first time costs a page fault per
+ * 4 KiB page (8 to 50 us each on a VM: more than copying the page), and a sequence state is
+ * tens to hundreds of MiB: the buffer a restore builds the state in (and a store reads it
+ * into), and the one its gets land in, are mapped once, on 2 MiB pages where the kernel has
+ * them, and kept until kvt_llama_close().  The state's grows by doubling, up to the state of
+ * the whole context (so at most the size of the context's KV cache).
+ */
+#define HUGE_PAGE (2u << 20)
+
+static void kbuf_free(struct kbuf *b)
+{
+	if (b->p)
+		munmap(b->p, b->cap);
+	b->p = NULL;
+	b->cap = 0;
+}
+
+/* Makes b hold at least n bytes (at most max, unless n is more); its contents are lost when
+ * it grows.  Returns 0 or -ENOMEM. */
+static int kbuf_reserve(struct kbuf *b, size_t n, size_t max)
+{
+	size_t cap = b->cap * 2 > n ? b->cap * 2 : n;
+	uint8_t *m, *a;
+
+	if (n <= b->cap)
+		return 0;
+	if (cap > max)
+		cap = max > n ? max : n;
+	cap = (cap + HUGE_PAGE - 1) & ~(size_t)(HUGE_PAGE - 1);
+	kbuf_free(b);
+	m = mmap(NULL, cap + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (m == MAP_FAILED)
+		return -ENOMEM;
+	a = (uint8_t *)(((uintptr_t)m + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
+	if (a > m)
+		munmap(m, (size_t)(a - m));
+	if (m + cap + HUGE_PAGE > a + cap)
+		munmap(a + cap, (size_t)(m + cap + HUGE_PAGE - (a + cap)));
+	madvise(a, cap, MADV_HUGEPAGE);
+	b->p = a;
+	b->cap = cap;
+	return 0;
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -440,6 +497,7 @@ int kvt_llama_open(struct llama_context *ctx, const struct kvt_llama_opts *o,
 	if (kl->n_batch > llama_n_batch(ctx))
 		kl->n_batch = llama_n_batch(ctx);
 	kl->flags = o->flags;
+	kl->restore_batch = o->restore_batch;
 	kl->timeout_ms = o->timeout_ms;
 	kl->after_lookup = o->after_lookup;
 	kl->after_lookup_arg = o->after_lookup_arg;
@@ -513,6 +571,8 @@ void kvt_llama_close(struct kvt_llama *kl)
 	if (!kl)
 		return;
 	kvt_close(kl->c);
+	kbuf_free(&kl->state);
+	kbuf_free(&kl->stage);
 	free(kl->sock);
 	free(kl);
 }
@@ -566,13 +626,33 @@ int kvt_llama_eval(struct llama_context *ctx, llama_seq_id seq, const llama_toke
 
 /* ---------------------------------------------------------------------------------------
  * Restoring: blocks -> a sequence state of nb * 64 cells at positions 0.. -> set_data.
+ *
+ * The state of `cells` cells (all in one stream) is a header with the cells' metadata, then
+ * per layer a 12-byte header and the K rows of all cells, then the same for V.  Each block
+ * read is copied to its place at once (the state's size is known from the lookup); when a
+ * block is missing the blocks before it are moved down to the state of fewer cells.
  */
+static size_t state_hdr_bytes(uint32_t cells)
+{
+	return 12 + 4 + (size_t)cells * 12 + 8;
+}
+
 static size_t state_bytes(const struct kvt_llama *kl, uint32_t cells)
 {
 	const struct state_view *f = &kl->fmt;
 	/* a V header is 12 bytes either way: type + row bytes, or type + element + n_embd */
-	size_t per_layer = 4 + 8 + cells * f->k_row + 4 + 8 + cells * f->v_row;
-	return 12 + 4 * (size_t)f->n_stream + (size_t)cells * 12 + 8 + f->n_layer * per_layer;
+	size_t per_layer = 12 + cells * f->k_row + 12 + cells * f->v_row;
+	return state_hdr_bytes(cells) + 4 * ((size_t)f->n_stream - 1) + f->n_layer * per_layer;
+}
+
+/* Where layer l's K (kv 0) or V (kv 1) data starts in a state of `cells` cells. */
+static size_t state_data_off(const struct kvt_llama *kl, uint32_t cells, int kv, uint32_t l)
+{
+	const struct state_view *f = &kl->fmt;
+	size_t off = state_hdr_bytes(cells);
+	if (kv)
+		off += f->n_layer * (12 + (size_t)cells * f->k_row);
+	return off + l * (12 + (size_t)cells * (kv ? f->v_row : f->k_row)) + 12;
 }
 
 static uint8_t *put32(uint8_t *p, uint32_t v)
@@ -587,13 +667,10 @@ static uint8_t *put64(uint8_t *p, uint64_t v)
 	return p + 8;
 }
 
-/* Builds the state of blocks[0..nb) (each block_bytes, page-first) into buf. */
-static void build_state(const struct kvt_llama *kl, const uint8_t *const *blocks, uint32_t nb,
-			uint8_t *buf)
+/* Writes everything of a state of `cells` cells but the K and V data. */
+static void state_headers(const struct kvt_llama *kl, uint8_t *buf, uint32_t cells)
 {
 	const struct state_view *f = &kl->fmt;
-	const uint32_t cells = nb * BT, hd = kl->hd, nkv = kl->n_kv;
-	const size_t hb = (size_t)hd * kl->el, half = kl->layer_bytes / 2;
 	uint8_t *p = buf;
 
 	p = put32(p, STATE_IO_MAGIC);
@@ -609,97 +686,254 @@ static void build_state(const struct kvt_llama *kl, const uint8_t *const *blocks
 	p = put32(p, f->n_layer);
 	for (int kv = 0; kv < 2; kv++) {
 		for (uint32_t l = 0; l < f->n_layer; l++) {
+			p = buf + state_data_off(kl, cells, kv, l) - 12;
 			p = put32(p, (uint32_t)(kv ? f->v_type : f->k_type));
 			if (kv && f->v_trans) {
 				p = put32(p, kl->el);
-				p = put32(p, nkv * hd);
+				put32(p, kl->n_kv * kl->hd);
 			} else {
-				p = put64(p, kv ? f->v_row : f->k_row);
+				put64(p, kv ? f->v_row : f->k_row);
 			}
-			for (uint32_t b = 0; b < nb; b++) {
-				const uint8_t *src = blocks[b] + l * kl->layer_bytes + kv * half;
-				if (kv && f->v_trans) {
-					/* [head][token][dim] -> row (head*hd + dim) of cells
-					 * elements */
-					for (uint32_t h = 0; h < nkv; h++)
-						for (uint32_t d = 0; d < hd; d++) {
-							uint16_t *dst =
-							    (uint16_t *)(void *)(p +
-										 (((size_t)h * hd +
-										   d) *
-										      cells +
-										  (size_t)b * BT) *
-										     2);
-							const uint16_t *s =
-							    (const uint16_t *)(const void *)src +
-							    (size_t)h * BT * hd + d;
-							for (uint32_t t = 0; t < BT; t++)
-								dst[t] = s[(size_t)t * hd];
-						}
-				} else {
-					/* [head][token][dim] -> per cell [head][dim] */
-					uint8_t *dst = p + (size_t)b * BT * f->k_row;
-					for (uint32_t t = 0; t < BT; t++)
-						for (uint32_t h = 0; h < nkv; h++)
-							memcpy(dst + t * f->k_row + h * hb,
-							       src + ((size_t)h * BT + t) * hb, hb);
-				}
-			}
-			p += (size_t)cells * (kv ? f->v_row : f->k_row);
 		}
 	}
+	/* the sequence's cells all go to its own stream; the others hold none */
+	p = buf + state_bytes(kl, cells) - 4 * ((size_t)f->n_stream - 1);
 	for (uint32_t s = 1; s < f->n_stream; s++)
-		p = put32(p, 0); /* the sequence's cells all go to its own stream */
+		p = put32(p, 0);
+}
+
+/* Copies block b (block_bytes, page-first) to its place in a state of `cells` cells. */
+static void state_put_block(const struct kvt_llama *kl, uint8_t *buf, uint32_t cells, uint32_t b,
+			    const uint8_t *blk)
+{
+	const struct state_view *f = &kl->fmt;
+	const uint32_t hd = kl->hd, nkv = kl->n_kv;
+	const size_t hb = (size_t)hd * kl->el, half = kl->layer_bytes / 2;
+
+	for (int kv = 0; kv < 2; kv++) {
+		for (uint32_t l = 0; l < f->n_layer; l++) {
+			const uint8_t *src = blk + l * kl->layer_bytes + kv * half;
+			uint8_t *p = buf + state_data_off(kl, cells, kv, l);
+			if (kv && f->v_trans) {
+				/* [head][token][dim] -> row (head*hd + dim) of cells elements */
+				for (uint32_t h = 0; h < nkv; h++)
+					for (uint32_t d = 0; d < hd; d++) {
+						uint16_t *dst =
+						    (uint16_t *)(void *)(p + (((size_t)h * hd + d) *
+										  cells +
+									      (size_t)b * BT) *
+										 2);
+						const uint16_t *s =
+						    (const uint16_t *)(const void *)src +
+						    (size_t)h * BT * hd + d;
+						for (uint32_t t = 0; t < BT; t++)
+							dst[t] = s[(size_t)t * hd];
+					}
+			} else {
+				/* [head][token][dim] -> per cell [head][dim] */
+				uint8_t *dst = p + (size_t)b * BT * f->k_row;
+				for (uint32_t t = 0; t < BT; t++)
+					for (uint32_t h = 0; h < nkv; h++)
+						memcpy(dst + t * f->k_row + h * hb,
+						       src + ((size_t)h * BT + t) * hb, hb);
+			}
+		}
+	}
+}
+
+/* Turns a state of `cells` cells whose first `keep` cells are filled into the state of
+ * those `keep` cells.  Every part moves down (or stays), in ascending order: no part is
+ * overwritten before it moved. */
+static void state_shrink(const struct kvt_llama *kl, uint8_t *buf, uint32_t cells, uint32_t keep)
+{
+	const struct state_view *f = &kl->fmt;
+
+	for (int kv = 0; kv < 2; kv++) {
+		const size_t row = kv ? f->v_row : f->k_row;
+		for (uint32_t l = 0; l < f->n_layer; l++) {
+			uint8_t *from = buf + state_data_off(kl, cells, kv, l),
+				*to = buf + state_data_off(kl, keep, kv, l);
+			if (kv && f->v_trans) {
+				/* rows of `cells` elements: the first `keep` of each */
+				for (uint32_t r = 0; r < kl->n_kv * kl->hd; r++)
+					memmove(to + (size_t)r * keep * kl->el,
+						from + (size_t)r * cells * kl->el,
+						(size_t)keep * kl->el);
+			} else {
+				memmove(to, from, (size_t)keep * row);
+			}
+		}
+	}
+	state_headers(kl, buf, keep);
+}
+
+/*
+ * The gets run in batches of at most RESTORE_BATCH_BYTES (one round trip each; the daemon
+ * reads a batch's NVMe records at once into its 64 MiB I/O buffer arena, past which it would
+ * read into fresh memory), each asking first for the next batch to be prefetched, on a thread
+ * of their own up to RESTORE_SLOTS batches ahead of the copies into the state: the disk
+ * reads the next batches while one is copied (README "llama.cpp" has the measurements).
+ */
+#define RESTORE_BATCH_BYTES  (4u << 20)
+#define RESTORE_BATCH_BLOCKS 256u
+#define RESTORE_SLOTS	     3
+
+struct fetch {
+	struct kvt_llama *kl;
+	const struct kvt_key *keys;
+	uint32_t nb, win, nwin;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	uint32_t fetched;  /* batches whose gets are done */
+	uint32_t consumed; /* batches copied into the state (their slot is free again) */
+	bool stop;	   /* the copies stopped: fetch no more */
+	int rc[RESTORE_SLOTS];
+	int *status; /* RESTORE_SLOTS * win */
+};
+
+static uint8_t *fetch_slot(const struct fetch *f, uint32_t k, uint32_t i)
+{
+	return f->kl->stage.p + ((size_t)(k % RESTORE_SLOTS) * f->win + i) * f->kl->block_bytes;
+}
+
+/* Gets batch k into its slot. */
+static void fetch_batch(struct fetch *f, uint32_t k)
+{
+	struct kvt_llama *kl = f->kl;
+	const uint32_t first = k * f->win, m = f->nb - first < f->win ? f->nb - first : f->win;
+	void *bufs[RESTORE_BATCH_BLOCKS];
+
+	for (uint32_t i = 0; i < m; i++)
+		bufs[i] = fetch_slot(f, k, i);
+	/* the disk starts on the next batch while the daemon finishes this one */
+	if (first + m < f->nb)
+		kvt_prefetch(kl->c, kl->lay, f->keys + first + m,
+			     f->nb - first - m < f->win ? f->nb - first - m : f->win, 3, 0);
+	f->rc[k % RESTORE_SLOTS] =
+	    kvt_get_batch(kl->c, kl->lay, f->keys + first, bufs, kl->block_bytes, m,
+			  f->status + (size_t)(k % RESTORE_SLOTS) * f->win);
+}
+
+static void *fetch_thread(void *arg)
+{
+	struct fetch *f = arg;
+
+	for (uint32_t k = 0; k < f->nwin; k++) {
+		pthread_mutex_lock(&f->mu);
+		while (!f->stop && k >= f->consumed + RESTORE_SLOTS)
+			pthread_cond_wait(&f->cv, &f->mu);
+		bool stop = f->stop;
+		pthread_mutex_unlock(&f->mu);
+		if (stop)
+			break;
+		fetch_batch(f, k);
+		pthread_mutex_lock(&f->mu);
+		f->fetched = k + 1;
+		pthread_cond_broadcast(&f->cv);
+		pthread_mutex_unlock(&f->mu);
+	}
+	return NULL;
 }
 
 /* Restores up to nb leading blocks; returns how many it did (the sequence then holds that
  * many * 64 cells), 0 on any failure (the sequence is empty then), with kl->msg and *why set.
- * The blocks are read in place (leases: no copy out of the arena), all of them held until
- * the state is built, so that the state describes exactly the blocks read whole. */
+ * Each block is copied to its place in the state as its batch comes in, in order, up to the
+ * first that failed: the state describes exactly the blocks read whole. */
 static uint32_t restore(struct kvt_llama *kl, const struct kvt_key *keys, uint32_t nb, int *why)
 {
-	struct kvt_lease *ls = calloc(nb, sizeof(*ls));
-	const uint8_t **blk = calloc(nb, sizeof(*blk));
-	uint8_t *st = NULL;
-	uint32_t got = 0, held;
-	size_t len = 0;
+	const uint32_t cells = nb * BT;
+	const size_t max = state_bytes(kl, llama_n_ctx(kl->ctx));
+	struct fetch f = {.kl = kl, .keys = keys, .nb = nb};
+	uint32_t got = 0;
+	pthread_t th;
+	bool threaded = false;
+	size_t len;
 
-	if (!ls || !blk) {
+	f.win = kl->restore_batch ? kl->restore_batch
+				  : (uint32_t)(RESTORE_BATCH_BYTES / kl->block_bytes);
+	if (f.win == 0)
+		f.win = 1;
+	if (f.win > RESTORE_BATCH_BLOCKS)
+		f.win = RESTORE_BATCH_BLOCKS;
+	if (f.win > nb)
+		f.win = nb;
+	f.nwin = (nb + f.win - 1) / f.win;
+	const uint32_t slots = f.nwin < RESTORE_SLOTS ? f.nwin : RESTORE_SLOTS;
+	f.status = calloc((size_t)RESTORE_SLOTS * f.win, sizeof(*f.status));
+	if (!f.status || kbuf_reserve(&kl->state, state_bytes(kl, cells), max) < 0 ||
+	    kbuf_reserve(&kl->stage, (size_t)slots * f.win * kl->block_bytes,
+			 (size_t)RESTORE_SLOTS * f.win * kl->block_bytes) < 0) {
+		free(f.status);
 		*why = -ENOMEM;
-		goto out;
+		return 0;
 	}
-	kvt_prefetch(kl->c, kl->lay, keys, nb, 3, 0); /* the NVMe reads overlap the copies */
-	for (; got < nb; got++) {
-		int rc = kvt_get_lease(kl->c, kl->lay, &keys[got], &ls[got]);
+	state_headers(kl, kl->state.p, cells);
+	pthread_mutex_init(&f.mu, NULL);
+	pthread_cond_init(&f.cv, NULL);
+	/* One batch: no thread.  Without a thread (it could not start) the batches take turns
+	 * with the copies. */
+	if (f.nwin > 1)
+		threaded = pthread_create(&th, NULL, fetch_thread, &f) == 0;
+	for (uint32_t k = 0; k < f.nwin; k++) {
+		const uint32_t first = k * f.win, m = nb - first < f.win ? nb - first : f.win;
+		const int *st = f.status + (size_t)(k % RESTORE_SLOTS) * f.win;
+		uint32_t ok = 0;
+		int rc;
+
+		if (threaded) {
+			pthread_mutex_lock(&f.mu);
+			while (f.fetched <= k)
+				pthread_cond_wait(&f.cv, &f.mu);
+			pthread_mutex_unlock(&f.mu);
+		} else {
+			fetch_batch(&f, k);
+		}
+		rc = f.rc[k % RESTORE_SLOTS];
 		if (rc < 0) {
-			fmt_err(kl->msg, sizeof(kl->msg), "block %u of %u: %s", got, nb,
-				kvt_strerror(rc));
+			fmt_err(kl->msg, sizeof(kl->msg), "blocks %u-%u of %u: %s", first,
+				first + m - 1, nb, kvt_strerror(rc));
 			*why = rc;
 			break;
 		}
-		if (ls[got].len != kl->block_bytes) {
-			fmt_err(kl->msg, sizeof(kl->msg),
-				"block %u: %zu bytes, the layout's blocks have %zu: not used", got,
-				ls[got].len, kl->block_bytes);
-			*why = -EBADMSG;
-			kvt_lease_release(kl->c, &ls[got]);
+		for (; ok < m && st[ok] == (int)kl->block_bytes; ok++)
+			state_put_block(kl, kl->state.p, cells, first + ok, fetch_slot(&f, k, ok));
+		got += ok;
+		if (ok < m) {
+			if (st[ok] >= 0 || st[ok] == -ENOBUFS) {
+				fmt_err(
+				    kl->msg, sizeof(kl->msg),
+				    "block %u: %s%d bytes, the layout's blocks have %zu: not used",
+				    got, st[ok] < 0 ? "more than " : "",
+				    st[ok] < 0 ? (int)kl->block_bytes : st[ok], kl->block_bytes);
+				*why = -EBADMSG;
+			} else {
+				fmt_err(kl->msg, sizeof(kl->msg), "block %u of %u: %s", got, nb,
+					kvt_strerror(st[ok]));
+				*why = st[ok];
+			}
 			break;
 		}
-		blk[got] = ls[got].data;
+		pthread_mutex_lock(&f.mu);
+		f.consumed = k + 1;
+		pthread_cond_broadcast(&f.cv);
+		pthread_mutex_unlock(&f.mu);
 	}
-	if (got && !(st = malloc(len = state_bytes(kl, got * BT))))
-		*why = -ENOMEM;
-	if (st)
-		build_state(kl, blk, got, st);
-out:
-	held = got;
-	for (uint32_t i = 0; ls && i < held; i++)
-		kvt_lease_release(kl->c, &ls[i]);
-	free(ls);
-	free(blk);
-	if (!st)
+	if (threaded) {
+		pthread_mutex_lock(&f.mu);
+		f.stop = true;
+		pthread_cond_broadcast(&f.cv);
+		pthread_mutex_unlock(&f.mu);
+		pthread_join(th, NULL);
+	}
+	pthread_cond_destroy(&f.cv);
+	pthread_mutex_destroy(&f.mu);
+	free(f.status);
+	if (got == 0)
 		return 0;
-	if (llama_state_seq_set_data(kl->ctx, st, len, kl->seq) != len ||
+	if (got < nb)
+		state_shrink(kl, kl->state.p, cells, got * BT);
+	len = state_bytes(kl, got * BT);
+	if (llama_state_seq_set_data(kl->ctx, kl->state.p, len, kl->seq) != len ||
 	    llama_memory_seq_pos_max(llama_get_memory(kl->ctx), kl->seq) !=
 		(llama_pos)(got * BT - 1)) {
 		llama_memory_seq_rm(llama_get_memory(kl->ctx), kl->seq, -1, -1);
@@ -708,7 +942,6 @@ out:
 		*why = -EIO;
 		got = 0;
 	}
-	free(st);
 	return got;
 }
 
@@ -730,9 +963,14 @@ static int store(struct kvt_llama *kl, const struct kvt_key *keys, uint32_t from
 	 * spare the copy of the whole sequence's state. */
 	if (kvt_lookup(kl->c, kl->lay, keys + from, to - from) == (int)(to - from))
 		return 0;
-	if (!(st = get_state(kl, &len))) {
+	len = llama_state_seq_get_size(kl->ctx, kl->seq);
+	if (kbuf_reserve(&kl->state, len, state_bytes(kl, llama_n_ctx(kl->ctx))) < 0)
+		return -ENOMEM;
+	st = kl->state.p;
+	if (!len || llama_state_seq_get_data(kl->ctx, st, len, kl->seq) != len) {
 		fmt_err(kl->msg, sizeof(kl->msg), "llama_state_seq_get_data failed");
-		return -EIO;
+		rc = -EIO;
+		goto out_st;
 	}
 	if ((rc = parse_state(st, len, &sv, kl->msg, sizeof(kl->msg))) < 0)
 		goto out_st;
@@ -807,7 +1045,6 @@ out:
 	free(cell_of);
 	view_free(&sv);
 out_st:
-	free(st);
 	return rc;
 }
 

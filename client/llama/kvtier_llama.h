@@ -80,6 +80,9 @@ struct kvt_llama_opts {
 	 * (tests evict a block there, to see the restore fall back). */
 	void (*after_lookup)(void *arg, uint32_t n_blocks);
 	void *after_lookup_arg;
+	/* Blocks per batch of gets of a restore (one round trip each; the next batches are read
+	 * while a batch is copied into the sequence's state).  0: 4 MiB of blocks (at most 256). */
+	uint32_t restore_batch;
 };
 
 /* flags: only restore, never store (a read-only consumer of a shared cache). */

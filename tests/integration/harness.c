@@ -2,6 +2,9 @@
 /*
  * harness.c - see harness.h.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* pipe2; the targets that link it pass it too */
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>

@@ -388,6 +388,46 @@ static void test_evicted_between_lookup_and_get(void)
 	CHECK_EQ(check_prefill(kl, ctx, ref, P, 300, 256, "after re-store"), 0);
 }
 
+/* Batches of one block (restore_batch 1): the gets run on a thread of their own, batches
+ * ahead of the copies into the state.  A full hit; then block 2 evicted after the lookup:
+ * the blocks read after it are not used, and the state shrinks to the two before it. */
+static void test_batches_of_one(void)
+{
+	char err[512] = "";
+	struct kvt_llama_opts o = {.size = sizeof(o),
+				   .socket_path = sock,
+				   .model_path = mA.path,
+				   .n_batch = N_BATCH,
+				   .err = err,
+				   .err_len = sizeof(err),
+				   .restore_batch = 1};
+	struct kvt_llama *k2 = NULL;
+	int rc;
+
+	kvt_llama_layout(kl, &evict_lay);
+	kvt_llama_close(kl);
+	kl = NULL;
+	llama_memory_seq_rm(llama_get_memory(ctx), 0, -1, -1);
+	CHECK_EQ(kvt_llama_open(ctx, &o, &k2), 0);
+	CHECK_EQ(check_prefill(k2, ctx, ref, P, 300, 256, "batches of one block"), 0);
+	kvt_llama_close(k2);
+	k2 = NULL;
+	llama_memory_seq_rm(llama_get_memory(ctx), 0, -1, -1);
+	o.after_lookup = evict_after_lookup;
+	evict_block = -1;
+	CHECK_EQ(kvt_llama_open(ctx, &o, &k2), 0);
+	CHECK_EQ(check_prefill(k2, ctx, ref, P, 300, 128,
+			       "batches of one block, block 2 evicted after the lookup"),
+		 0);
+	CHECK_EQ(evict_block, 2);
+	kvt_llama_close(k2);
+	llama_memory_seq_rm(llama_get_memory(ctx), 0, -1, -1);
+	kl = open_kl(ctx, &mA, NULL, err, sizeof(err), &rc);
+	if (!kl)
+		fprintf(stderr, "kvt_llama_open: %s\n", err);
+	CHECK(kl);
+}
+
 /* A block of the wrong size under a key of the layout: refused, never restored. */
 static void test_wrong_block_refused(void)
 {
@@ -592,9 +632,9 @@ int main(int argc, char **argv)
 	test_quantized_cache_refused();
 	/* Each test leaves kl open on ctx for the next; without it the rest cannot run. */
 	void (*const seq[])(void) = {test_full_and_partial_hit, test_evicted_between_lookup_and_get,
-				     test_wrong_block_refused,	test_other_geometry,
-				     test_v_transposed,		test_restart_nvme,
-				     test_daemon_down};
+				     test_batches_of_one,	test_wrong_block_refused,
+				     test_other_geometry,	test_v_transposed,
+				     test_restart_nvme,		test_daemon_down};
 	for (size_t i = 0; i < sizeof(seq) / sizeof(seq[0]); i++) {
 		if (i && !kl) {
 			fprintf(stderr, "no kvt_llama left: the remaining tests cannot run\n");

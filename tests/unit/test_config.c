@@ -78,6 +78,35 @@ static void test_bad_values(void **state)
 	assert_int_equal(kvtd_config_validate(&c, NULL), -EINVAL);
 }
 
+/* remote.*: off by default; values checked by the table; remote in tiers.order needs nodes. */
+static void test_remote(void **state)
+{
+	struct kvtd_config c;
+	char *msg = NULL;
+	size_t len = 0;
+	FILE *err = open_memstream(&msg, &len);
+
+	(void)state;
+	kvtd_config_defaults(&c);
+	assert_string_equal(c.remote_nodes, "");
+	assert_int_equal(c.remote_lookup_timeout_us, 2000);
+	assert_string_equal(c.remote_codec, "raw");
+	assert_int_equal(kvtd_config_set(&c, "remote.threads=0", err), -EINVAL);
+	assert_int_equal(kvtd_config_set(&c, "remote.threads=17", err), -EINVAL);
+	assert_int_equal(kvtd_config_set(&c, "remote.queue_max=0", err), -EINVAL);
+	assert_int_equal(kvtd_config_set(&c, "remote.lookup_timeout_us=10", err), -EINVAL);
+	assert_int_equal(kvtd_config_set(&c, "remote.ttl=soon", err), -EINVAL);
+	assert_int_equal(kvtd_config_set(&c, "tiers.order=gpu,host,nvme,remote", err), 0);
+	assert_int_equal(kvtd_config_validate(&c, err), -EINVAL); /* no remote.nodes */
+	fclose(err);
+	assert_non_null(strstr(msg, "remote.threads"));
+	assert_non_null(strstr(msg, "remote.nodes is empty"));
+	free(msg);
+	assert_int_equal(kvtd_config_set(&c, "remote.nodes=127.0.0.1:7000,127.0.0.1:7001", NULL),
+			 0);
+	assert_int_equal(kvtd_config_validate(&c, NULL), 0);
+}
+
 /* Every numeric key: the largest value it accepts must survive as that value (no wrap), and
  * one more is refused.  index.max_blocks=2^32 gave an index of size 0. */
 static void test_ranges(void **state)
@@ -150,7 +179,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_defaults),	    cmocka_unit_test(test_sizes),
 	    cmocka_unit_test(test_bad_values),	    cmocka_unit_test(test_ranges),
-	    cmocka_unit_test(test_file_round_trip),
+	    cmocka_unit_test(test_file_round_trip), cmocka_unit_test(test_remote),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -99,11 +99,30 @@ static void test_reuse(void **state)
 	free_daemon(d);
 }
 
+/* A get of a block that never came to be (a remote fetch that missed: no index entry) is
+ * reported with KVTD_NIL: it comes off the list as a miss, generation 0. */
+static void test_no_block(void **state)
+{
+	struct kvtd *d = new_daemon();
+	struct waiter w;
+
+	(void)state;
+	kvtd_waiters_ready(d, chain(d, 1, 5), KVTD_NIL, -ENOENT);
+	assert_true(kvtd_ready_pop(d, &w));
+	assert_int_equal(w.client_id, 5);
+	assert_int_equal(w.blk, KVTD_NIL);
+	assert_int_equal(w.gen, 0);
+	assert_int_equal(w.err, -ENOENT);
+	assert_false(kvtd_ready_pop(d, &w));
+	free_daemon(d);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_order_and_fields),
 	    cmocka_unit_test(test_reuse),
+	    cmocka_unit_test(test_no_block),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
