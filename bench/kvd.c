@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include "kvd.h"
+#include "../proto/kvt_half.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -211,17 +212,10 @@ int kvd_parse_range(const char *s, uint32_t *a, uint32_t *b)
 
 float kvd_half_to_float(uint16_t h)
 {
-	_Float16 f;
-
-	memcpy(&f, &h, 2);
-	return (float)f;
+	return kvt_half_to_float(h);
 }
 
 uint16_t kvd_float_to_half(float x)
 {
-	_Float16 f = (_Float16)x;
-	uint16_t h;
-
-	memcpy(&h, &f, 2);
-	return h;
+	return kvt_float_to_half(x);
 }

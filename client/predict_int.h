@@ -10,6 +10,7 @@
 #define KVT_PREDICT_INT_H
 
 #include "kvtier_predict.h"
+#include "../proto/kvt_half.h"
 
 #include <errno.h>
 #include <math.h>
@@ -78,43 +79,12 @@ struct kvt_pred {
 
 static inline float h2f(uint16_t h)
 {
-	uint32_t s = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff, u;
-	float f;
-
-	if (e == 0) {
-		/* zero or subnormal: m * 2^-24 */
-		f = (float)m * 5.9604644775390625e-08f;
-		return s ? -f : f;
-	}
-	if (e == 31)
-		u = s | 0x7f800000u | (m << 13);
-	else
-		u = s | ((e + 112) << 23) | (m << 13);
-	memcpy(&f, &u, 4);
-	return f;
+	return kvt_half_to_float(h);
 }
 
 static inline uint16_t f2h(float f)
 {
-	uint32_t u, s, e, m;
-
-	memcpy(&u, &f, 4);
-	s = (u >> 16) & 0x8000;
-	u &= 0x7fffffffu;
-	if (u >= 0x7f800000u) /* inf, nan */
-		return (uint16_t)(s | 0x7c00 | (u > 0x7f800000u ? 0x200 : 0));
-	if (u >= 0x477ff000u) /* rounds to >= 65520: overflow */
-		return (uint16_t)(s | 0x7c00);
-	if (u < 0x38800000u) { /* subnormal half, round to nearest even */
-		float a;
-		memcpy(&a, &u, 4);
-		return (uint16_t)(s | (uint32_t)lrintf(a * 16777216.0f));
-	}
-	e = (u >> 23) - 112;
-	m = u & 0x7fffff;
-	/* round to nearest even on the 13 dropped bits; a carry into e is correct */
-	m += 0xfff + ((m >> 13) & 1);
-	return (uint16_t)(s + ((e << 10) + (m >> 13)));
+	return kvt_float_to_half(f);
 }
 
 static inline float rt16(float f) /* round through fp16, as stored */

@@ -15,6 +15,8 @@
 
 #include <stdint.h>
 
+#include "../proto/kvt_half.h"
+
 #if defined(__CUDACC__)
 #define BQ_HD static __host__ __device__ __forceinline__
 #else
@@ -67,65 +69,37 @@ BQ_HD float bq_fine(unsigned m)
 #endif
 }
 
+/* The bit casts and fp16/bf16 conversions are the project's one (proto/kvt_half.h). */
 BQ_HD uint32_t bq_fbits(float f)
 {
-	union {
-		float f;
-		uint32_t u;
-	} v;
-	v.f = f;
-	return v.u;
+	return kvt_half_fbits(f);
 }
 
 BQ_HD float bq_bitsf(uint32_t u)
 {
-	union {
-		float f;
-		uint32_t u;
-	} v;
-	v.u = u;
-	return v.f;
+	return kvt_half_bitsf(u);
 }
 
 /* fp16 -> float, exact (NaN made quiet). */
 BQ_HD float bq_h2f(uint16_t h)
 {
-	uint32_t s = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
-	if (e == 0) /* zero or subnormal: m * 2^-24 is exact in float */
-		return bq_bitsf(s | bq_fbits(BQ_MUL((float)m, 0x1p-24f)));
-	if (e == 31)
-		return bq_bitsf(s | 0x7f800000u | (m << 13) | (m ? 0x400000u : 0));
-	return bq_bitsf(s | (e + 112) << 23 | m << 13);
+	return kvt_half_to_float(h);
 }
 
 /* float -> fp16, round to nearest even, overflow to inf (as F16C and __float2half_rn). */
 BQ_HD uint16_t bq_f2h(float f)
 {
-	uint32_t u = bq_fbits(f), sign = (u >> 16) & 0x8000, a = u & 0x7fffffffu;
-	uint16_t o;
-	if (a >= 0x47800000u) {
-		o = a > 0x7f800000u ? (uint16_t)(0x7e00 | ((a >> 13) & 0x3ff)) : (uint16_t)0x7c00;
-	} else if (a < 0x38800000u) {
-		o = (uint16_t)(bq_fbits(BQ_ADD(bq_bitsf(a), 0.5f)) - 0x3f000000u);
-	} else {
-		uint32_t odd = (a >> 13) & 1;
-		a += 0xc8000fffu + odd;
-		o = (uint16_t)(a >> 13);
-	}
-	return (uint16_t)(o | sign);
+	return kvt_float_to_half(f);
 }
 
 BQ_HD float bq_bf2f(uint16_t h)
 {
-	return bq_bitsf((uint32_t)h << 16);
+	return kvt_bf16_to_float(h);
 }
 
 BQ_HD uint16_t bq_f2bf(float f)
 {
-	uint32_t u = bq_fbits(f);
-	if ((u & 0x7fffffffu) > 0x7f800000u)
-		return (uint16_t)((u >> 16) | 0x40);
-	return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+	return kvt_float_to_bf16(f);
 }
 
 BQ_HD float bq_ld(uint16_t h, int bf16)

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "../proto/kvt_half.h"
 #include "codec_internal.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -12,68 +13,25 @@
 #define KVT_X86 1
 #endif
 
-static inline uint32_t fbits(float f)
-{
-	uint32_t u;
-	memcpy(&u, &f, 4);
-	return u;
-}
-
-static inline float bitsf(uint32_t u)
-{
-	float f;
-	memcpy(&f, &u, 4);
-	return f;
-}
-
+/* The scalar conversions are the project's one (proto/kvt_half.h), under the codecs' names. */
 float kvt_h2f(uint16_t h)
 {
-	uint32_t s = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
-
-	if (e == 0) /* zero or subnormal: m * 2^-24 is exact in float */
-		return bitsf(s | fbits((float)m * 0x1p-24f));
-	if (e == 31) /* inf, or NaN made quiet as the F16C instruction does */
-		return bitsf(s | 0x7f800000u | (m << 13) | (m ? 0x400000u : 0));
-	return bitsf(s | (e + 112) << 23 | m << 13);
+	return kvt_half_to_float(h);
 }
 
 uint16_t kvt_f2h(float f)
 {
-	uint32_t u = fbits(f), sign = (u >> 16) & 0x8000, a = u & 0x7fffffffu;
-	uint16_t o;
-
-	if (a >= 0x47800000u) { /* >= 65536, inf or NaN */
-		if (a > 0x7f800000u)
-			o = (uint16_t)(0x7e00 | ((a >> 13) & 0x3ff));
-		else
-			o = 0x7c00;
-	} else if (a < 0x38800000u) {
-		/*
-		 * Result is subnormal or zero: adding 0.5 (2^-1) lines the fp16 subnormal step
-		 * (2^-24) up with the float's last mantissa bit, so the float addition itself
-		 * rounds to nearest even.
-		 */
-		o = (uint16_t)(fbits(bitsf(a) + 0.5f) - 0x3f000000u);
-	} else {
-		uint32_t odd = (a >> 13) & 1;
-		a += 0xc8000fffu + odd; /* rebias exponent (-112 << 23) and round half to even */
-		o = (uint16_t)(a >> 13);
-	}
-	return (uint16_t)(o | sign);
+	return kvt_float_to_half(f);
 }
 
 float kvt_bf2f(uint16_t h)
 {
-	return bitsf((uint32_t)h << 16);
+	return kvt_bf16_to_float(h);
 }
 
 uint16_t kvt_f2bf(float f)
 {
-	uint32_t u = fbits(f);
-
-	if ((u & 0x7fffffffu) > 0x7f800000u)
-		return (uint16_t)((u >> 16) | 0x40);
-	return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+	return kvt_float_to_bf16(f);
 }
 
 static int force_scalar;

@@ -6,61 +6,31 @@
  * for tens of milliseconds if the loop encoded it.  Jobs carry two functions: run() on a
  * worker (pure computation on memory the job owns or that the loop keeps alive for it) and
  * done() back on the loop thread, which alone touches the daemon's state.  Completions are
- * announced through an eventfd in the loop's epoll set (EV_CODEC).
+ * announced through an eventfd in the loop's epoll set (EV_CODEC).  The threads, queue and
+ * eventfd are a kvt_pool (proto/kvt_pool.h); this file adds the daemon's side: done().
  */
 #include <errno.h>
-#include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
-#include <string.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "daemon.h"
+#include "kvt_pool.h"
 
 #define CPOOL_MAX_THREADS 8u
 
 struct kvtd_cpool {
-	pthread_t th[CPOOL_MAX_THREADS];
-	unsigned nth;
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	struct kvtd_cjob *q_head, *q_tail; /* waiting for a worker */
-	struct kvtd_cjob *done;		   /* finished, done() not run yet (LIFO) */
-	unsigned pending;		   /* submitted, done() not run yet (loop thread) */
-	bool stop;
-	int efd;
+	struct kvt_pool *pool;
+	unsigned pending; /* submitted, done() not run yet (loop thread) */
 };
 
-static void *cpool_main(void *arg)
+static int cjob_run(struct kvt_pool_job *pj)
 {
-	struct kvtd_cpool *p = arg;
+	struct kvtd_cjob *j = (struct kvtd_cjob *)((char *)pj - offsetof(struct kvtd_cjob, pool));
 
-	for (;;) {
-		struct kvtd_cjob *j;
-		uint64_t one = 1;
-
-		pthread_mutex_lock(&p->mu);
-		while (!p->stop && !p->q_head)
-			pthread_cond_wait(&p->cv, &p->mu);
-		j = p->q_head;
-		if (j) {
-			p->q_head = j->next;
-			if (!p->q_head)
-				p->q_tail = NULL;
-		}
-		pthread_mutex_unlock(&p->mu);
-		if (!j)
-			return NULL;
-		j->run(j);
-		pthread_mutex_lock(&p->mu);
-		j->next = p->done;
-		p->done = j;
-		pthread_mutex_unlock(&p->mu);
-		if (write(p->efd, &one, sizeof(one)) < 0) {
-			/* The counter cannot overflow with one write per job. */
-		}
-	}
+	j->run(j);
+	return KVT_POOL_DONE;
 }
 
 int kvtd_cpool_init(struct kvtd *d, unsigned nthreads)
@@ -75,22 +45,14 @@ int kvtd_cpool_init(struct kvtd *d, unsigned nthreads)
 	p = calloc(1, sizeof(*p));
 	if (!p)
 		return -ENOMEM;
-	p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (p->efd < 0) {
+	if (kvt_pool_create(nthreads, -1, &p->pool) < 0) {
 		free(p);
-		return -errno;
-	}
-	pthread_mutex_init(&p->mu, NULL);
-	pthread_cond_init(&p->cv, NULL);
-	for (unsigned i = 0; i < nthreads; i++) {
-		if (pthread_create(&p->th[i], NULL, cpool_main, p))
-			break;
-		p->nth++;
+		return -EAGAIN;
 	}
 	d->cpool_ev.kind = EV_CODEC;
 	d->cpool_ev.p = NULL;
 	ee.data.ptr = &d->cpool_ev;
-	if (!p->nth || epoll_ctl(d->ep, EPOLL_CTL_ADD, p->efd, &ee) < 0) {
+	if (epoll_ctl(d->ep, EPOLL_CTL_ADD, kvt_pool_event_fd(p->pool), &ee) < 0) {
 		d->cpool = p;
 		kvtd_cpool_fini(d);
 		return -EAGAIN;
@@ -108,16 +70,9 @@ void kvtd_cpool_submit(struct kvtd *d, struct kvtd_cjob *j)
 {
 	struct kvtd_cpool *p = d->cpool;
 
-	j->next = NULL;
 	p->pending++;
-	pthread_mutex_lock(&p->mu);
-	if (p->q_tail)
-		p->q_tail->next = j;
-	else
-		p->q_head = j;
-	p->q_tail = j;
-	pthread_mutex_unlock(&p->mu);
-	pthread_cond_signal(&p->cv);
+	j->pool.run = cjob_run;
+	kvt_pool_submit(p->pool, &j->pool);
 }
 
 unsigned kvtd_cpool_pending(const struct kvtd *d)
@@ -125,37 +80,21 @@ unsigned kvtd_cpool_pending(const struct kvtd *d)
 	return d->cpool ? d->cpool->pending : 0;
 }
 
+static void cjob_reaped(struct kvt_pool_job *pj, void *arg)
+{
+	struct kvtd *d = arg;
+	struct kvtd_cjob *j = (struct kvtd_cjob *)((char *)pj - offsetof(struct kvtd_cjob, pool));
+
+	d->cpool->pending--;
+	j->done(d, j);
+}
+
 int kvtd_cpool_event(struct kvtd *d)
 {
-	struct kvtd_cpool *p = d->cpool;
-	struct kvtd_cjob *j, *rev = NULL;
-	uint64_t v;
-	int n = 0;
-
-	if (!p)
+	if (!d->cpool)
 		return 0;
-	if (read(p->efd, &v, sizeof(v)) < 0) {
-		/* EAGAIN: nothing new; the list below is what counts. */
-	}
-	pthread_mutex_lock(&p->mu);
-	j = p->done;
-	p->done = NULL;
-	pthread_mutex_unlock(&p->mu);
-	/* Oldest first, as submitted. */
-	while (j) {
-		struct kvtd_cjob *next = j->next;
-
-		j->next = rev;
-		rev = j;
-		j = next;
-	}
-	while ((j = rev)) {
-		rev = j->next;
-		p->pending--;
-		j->done(d, j);
-		n++;
-	}
-	return n;
+	/* Oldest first, as they finished. */
+	return (int)kvt_pool_reap(d->cpool->pool, cjob_reaped, d);
 }
 
 void kvtd_cpool_fini(struct kvtd *d)
@@ -165,21 +104,13 @@ void kvtd_cpool_fini(struct kvtd *d)
 	if (!p)
 		return;
 	/* Every submitted job finishes and its done() runs: they own memory and blocks. */
-	while (p->pending && p->nth) {
+	while (p->pending) {
 		if (!kvtd_cpool_event(d))
 			usleep(1000);
 	}
-	pthread_mutex_lock(&p->mu);
-	p->stop = true;
-	pthread_cond_broadcast(&p->cv);
-	pthread_mutex_unlock(&p->mu);
-	for (unsigned i = 0; i < p->nth; i++)
-		pthread_join(p->th[i], NULL);
 	if (d->ep >= 0)
-		epoll_ctl(d->ep, EPOLL_CTL_DEL, p->efd, NULL);
-	close(p->efd);
-	pthread_mutex_destroy(&p->mu);
-	pthread_cond_destroy(&p->cv);
+		epoll_ctl(d->ep, EPOLL_CTL_DEL, kvt_pool_event_fd(p->pool), NULL);
+	kvt_pool_destroy(p->pool);
 	free(p);
 	d->cpool = NULL;
 }

@@ -18,6 +18,7 @@
 #include "config.h"
 #include "index.h"
 #include "kvt_metrics.h"
+#include "kvt_pool.h"
 #include "kvt_proto.h"
 #include "kvt_shm.h"
 #include "log.h"
@@ -355,7 +356,7 @@ void kvtd_blk_pin(struct kvtd *d, uint32_t i, bool pin);
 
 /* codec_pool.c: run() on a worker thread, then done() on the loop thread. */
 struct kvtd_cjob {
-	struct kvtd_cjob *next;
+	struct kvt_pool_job pool; /* codec_pool.c's */
 	void (*run)(struct kvtd_cjob *j);
 	void (*done)(struct kvtd *d, struct kvtd_cjob *j);
 };

@@ -5,85 +5,31 @@
  * output is bit-identical to theirs; the CPU codecs can use it to decode GPU-encoded tiles.
  */
 #include "kvt_gpu.h"
+#include "../proto/kvt_half.h"
 
 #include <errno.h>
 #include <math.h>
 #include <string.h>
 
+/* The conversions are the project's one (proto/kvt_half.h), under the GPU API's names. */
 uint16_t kvt_f32_to_f16(float f)
 {
-	uint32_t x, ax, sign, h, rem;
-
-	memcpy(&x, &f, sizeof(x));
-	sign = (x >> 16) & 0x8000u;
-	ax = x & 0x7fffffffu;
-	if (ax > 0x7f800000u)
-		return (uint16_t)(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));
-	if (ax >= 0x477ff000u) /* >= 65520 rounds to infinity */
-		return (uint16_t)(sign | 0x7c00u);
-	if (ax < 0x38800000u) { /* below 2^-14: a subnormal half, units of 2^-24 */
-		uint32_t e = ax >> 23, m = (ax & 0x7fffffu) | 0x800000u, shift, half;
-
-		if (ax < 0x33000000u) /* below 2^-25: rounds to zero */
-			return (uint16_t)sign;
-		shift = 126 - e;
-		half = 1u << (shift - 1);
-		h = m >> shift;
-		rem = m & ((1u << shift) - 1);
-		if (rem > half || (rem == half && (h & 1)))
-			h++;
-		return (uint16_t)(sign | h);
-	}
-	ax -= 0x38000000u; /* rebias the exponent from 127 to 15 */
-	h = ax >> 13;
-	rem = ax & 0x1fffu;
-	if (rem > 0x1000u || (rem == 0x1000u && (h & 1)))
-		h++;
-	return (uint16_t)(sign | h);
+	return kvt_float_to_half(f);
 }
 
 float kvt_f16_to_f32(uint16_t h)
 {
-	uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, x;
-	float f;
-
-	if (e == 0x1f) {
-		x = sign | 0x7f800000u | (m << 13);
-	} else if (e) {
-		x = sign | ((e + 112) << 23) | (m << 13);
-	} else if (m) {
-		/* subnormal: normalize the mantissa */
-		e = 113;
-		while (!(m & 0x400u)) {
-			m <<= 1;
-			e--;
-		}
-		x = sign | (e << 23) | ((m & 0x3ffu) << 13);
-	} else {
-		x = sign;
-	}
-	memcpy(&f, &x, sizeof(f));
-	return f;
+	return kvt_half_to_float(h);
 }
 
 uint16_t kvt_f32_to_bf16(float f)
 {
-	uint32_t x;
-
-	memcpy(&x, &f, sizeof(x));
-	if ((x & 0x7fffffffu) > 0x7f800000u)
-		return (uint16_t)((x >> 16) | 0x40u);
-	x += 0x7fffu + ((x >> 16) & 1u);
-	return (uint16_t)(x >> 16);
+	return kvt_float_to_bf16(f);
 }
 
 float kvt_bf16_to_f32(uint16_t h)
 {
-	uint32_t x = (uint32_t)h << 16;
-	float f;
-
-	memcpy(&f, &x, sizeof(f));
-	return f;
+	return kvt_bf16_to_float(h);
 }
 
 static float load_elem(const uint16_t *src, size_t i, int dtype)
