@@ -12,7 +12,8 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._clib import (CONNECT_CHECK_UID, _ConnectOpts, KeyLike, KVT_ENOLAYOUT, _Lease, _lib,
+from ._clib import (CONNECT_CHECK_UID, _ConnectOpts, KeyLike, KVT_EDAEMON, KVT_ENOLAYOUT, _Lease,
+                    _lib,
                     _LOOKUP_MAX, _MISSING, _Reservation, _Stats, _STATS_FIELDS)
 from ._errors import _check, KvtError
 from ._keys import (_arena_view, _as_bytes_view, key_chain, _keys_array, Layout, _shaped, _to_key,
@@ -90,7 +91,8 @@ class Lease:
     ``array`` is a read-only view of the block in the arena (no copy); the block cannot be
     evicted, moved or deleted until :meth:`release`.  As a context manager, ``with
     client.lease(lay, key) as view:`` yields the view and releases on exit.  The view must
-    not be used after release.
+    not be used after release.  Releasing a lease whose daemon has gone away does nothing
+    (the lease ended with the daemon; the next request says KVT_EDAEMON).
     """
 
     def __init__(self, client: "Client", lease: _Lease, array: np.ndarray) -> None:
@@ -113,7 +115,12 @@ class Lease:
             return
         h = self._client._handle()
         self.released = True
-        _check(_lib.kvt_lease_release(h, ctypes.byref(self._l)), "kvt_lease_release")
+        ret = _lib.kvt_lease_release(h, ctypes.byref(self._l))
+        # A lease of a daemon that went away died with it: nothing is left to return, and
+        # raising from the end of a ``with`` block would hide the error that matters (the
+        # next request's KVT_EDAEMON).
+        if ret != -KVT_EDAEMON:
+            _check(ret, "kvt_lease_release")
 
     def __enter__(self) -> np.ndarray:
         return self.array
