@@ -668,10 +668,26 @@ extern "C" size_t kvt_gpu_bq_scratch_bytes(const struct kvt_gpu_bq *b, uint32_t 
 	return (size_t)n * b->ns * b->slot + (size_t)n * b->ns * 4;
 }
 
+static int cuda_err(cudaError_t e)
+{
+	return e == cudaSuccess ? 0 : e == cudaErrorNoDevice ? -ENODEV : -EIO;
+}
+
 static int launch_err(void)
 {
-	cudaError_t e = cudaGetLastError();
-	return e == cudaSuccess ? 0 : e == cudaErrorNoDevice ? -ENODEV : -EIO;
+	return cuda_err(cudaGetLastError());
+}
+
+/* The dynamic shared memory a kernel needs: 0 or -errno (the error is also cleared, so that
+ * it is reported once, here, and not by the next launch_err()). */
+static int set_smem(const void *kernel, size_t bytes)
+{
+	cudaError_t e =
+	    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+	if (e == cudaSuccess)
+		return 0;
+	(void)cudaGetLastError();
+	return cuda_err(e);
 }
 
 extern "C" int kvt_gpu_bq_encode(const struct kvt_gpu_bq *b, const void *const *src,
@@ -688,9 +704,9 @@ extern "C" int kvt_gpu_bq_encode(const struct kvt_gpu_bq *b, const void *const *
 	struct bq_kargs a = kargs(b);
 	uint8_t *slots = (uint8_t *)scratch;
 	uint32_t *sizes = (uint32_t *)(slots + (size_t)n * b->ns * b->slot);
-	if (cudaFuncSetAttribute(bq_enc_slab_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-				 (int)b->enc_smem) != cudaSuccess)
-		return launch_err() ? launch_err() : -EIO;
+	int ret = set_smem((const void *)bq_enc_slab_kernel, b->enc_smem);
+	if (ret < 0)
+		return ret;
 	bq_enc_slab_kernel<<<dim3(b->ns, n), BQ_THREADS, b->enc_smem, st>>>(a, src, first_token,
 									    slots, sizes);
 	bq_enc_head_kernel<<<(n + 127) / 128, 128, 0, st>>>(a, first_token, sizes, dst, len, n);
@@ -711,9 +727,9 @@ extern "C" int kvt_gpu_bq_decode(const struct kvt_gpu_bq *b, const void *const *
 	cudaStream_t st = (cudaStream_t)stream;
 	if (cudaMemsetAsync(bad, 0, (size_t)n * 4, st) != cudaSuccess)
 		return -EIO;
-	if (cudaFuncSetAttribute(bq_dec_slab_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-				 (int)b->dec_smem) != cudaSuccess)
-		return launch_err() ? launch_err() : -EIO;
+	int ret = set_smem((const void *)bq_dec_slab_kernel, b->dec_smem);
+	if (ret < 0)
+		return ret;
 	bq_dec_slab_kernel<<<dim3(b->ns, n), BQ_THREADS, b->dec_smem, st>>>(kargs(b), src, len, dst,
 									    bad);
 	return launch_err();
