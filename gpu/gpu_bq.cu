@@ -186,7 +186,7 @@ __global__ void __launch_bounds__(BQ_THREADS)
 	for (uint32_t c = tid; c < D; c += blockDim.x) {
 		enc_scan(&m.ext[c], m.x, m.ref, c, nsink, T, LD);
 		m.r2[c] = bq_ext_range(&m.ext[c]);
-		m.full[c] = bq_ext_full(&m.ext[c]);
+		m.full[c] = bq_ext_full(&m.ext[c], bf16);
 	}
 	__syncthreads();
 	if (tid == 0) {
