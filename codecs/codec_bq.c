@@ -169,7 +169,7 @@ static void scratch_free(struct bq_scratch *s)
 	free(s->rs);
 }
 
-static int scratch_alloc(struct bq_scratch *s, uint32_t T, uint32_t D, int enc)
+static int scratch_alloc(struct bq_scratch *s, uint32_t T, uint32_t D, int enc, int rope)
 {
 	memset(s, 0, sizeof(*s));
 	s->x = enc ? malloc((size_t)T * D * sizeof(float)) : malloc(1);
@@ -192,8 +192,8 @@ static int scratch_alloc(struct bq_scratch *s, uint32_t T, uint32_t D, int enc)
 	s->nbad = malloc(D * sizeof(uint32_t));
 	s->topf = malloc(D * sizeof(float));
 	s->q = malloc(D * sizeof(uint32_t));
-	s->rc = malloc((size_t)T * (D / 2 + 1) * sizeof(float));
-	s->rs = malloc((size_t)T * (D / 2 + 1) * sizeof(float));
+	s->rc = malloc(rope ? (size_t)T * (D / 2 + 1) * sizeof(float) : 1);
+	s->rs = malloc(rope ? (size_t)T * (D / 2 + 1) * sizeof(float) : 1);
 	if (!s->rc || !s->rs || !s->out || !s->tlo || !s->thi || !s->nbad || !s->topf || !s->q ||
 	    !s->x || !s->ext || !s->ch || !s->inv || !s->lo || !s->cp || !s->byteoff || !s->shift ||
 	    !s->mask || !s->cs || !s->ca || !s->ref || !s->crow || !s->first) {
@@ -546,10 +546,10 @@ static ssize_t bq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 
 	if (kvt_geom_check(g) || n != kvt_geom_block_bytes(g))
 		return -EINVAL;
-	if (scratch_alloc(&sc, T, D, 1))
+	double rr = rope_ratio(st, D);
+	if (scratch_alloc(&sc, T, D, 1, rr > 0))
 		return -ENOMEM;
 	uint32_t nsink = sink_rows(g, st->arg[A_SINK]);
-	double rr = rope_ratio(st, D);
 	if (rr > 0)
 		rope_table(&sc, T, D, g->first_token, rr);
 	wb_init(&w, dst, cap);
@@ -835,7 +835,7 @@ static ssize_t bq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 	if (n < bq_head(ns) || ld32(src) != (rr > 0 ? BQ_MAGIC_ROPE : BQ_MAGIC) ||
 	    ld32(src + 4) != ns || ld32(src + 8) != bq_head(ns) || ld32(src + 8 + 4 * ns) != n)
 		return -EBADMSG;
-	if (scratch_alloc(&sc, T, D, 0))
+	if (scratch_alloc(&sc, T, D, 0, rr > 0))
 		return -ENOMEM;
 	int simd = kvt_simd_active() && D % 8 == 0;
 	for (size_t s = 0; s < ns && !rc; s++) {
