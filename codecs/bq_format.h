@@ -46,6 +46,22 @@
 #define BQ_PAD	     4u		 /* zero bytes after a slab's codes: 32-bit loads stay inside */
 #define BQ_MAGIC     0x31305142u /* "BQ01": the stage's first word */
 
+/* "BQ02": the same layout with the keys coded in their pre-RoPE frame (rope=theta) */
+#define BQ_MAGIC_ROPE 0x32305142u
+
+/* double operations (rope's angles), one IEEE operation each as above */
+#if defined(__CUDA_ARCH__)
+#define BQ_DMUL(a, b) __dmul_rn((a), (b))
+#define BQ_DADD(a, b) __dadd_rn((a), (b))
+#define BQ_DSUB(a, b) __dsub_rn((a), (b))
+#define BQ_D2F(a)     __double2float_rn(a)
+#else
+#define BQ_DMUL(a, b) ((a) * (b))
+#define BQ_DADD(a, b) ((a) + (b))
+#define BQ_DSUB(a, b) ((a) - (b))
+#define BQ_D2F(a)     ((float)(a))
+#endif
+
 /* Fine step multipliers 2^(-m/16), m = 0..15, as float literals (the same bits everywhere). */
 #define BQ_FINE_TABLE                                                                              \
 	{                                                                                          \
@@ -269,9 +285,11 @@ BQ_HD float bq_ext_range(const struct bq_ext *e)
 	return e->n ? BQ_SUB(e->hi[0], e->lo[0]) : 0.0f;
 }
 
-BQ_HD float bq_ext_full(const struct bq_ext *e)
+/* The full range from the smallest value rounded down to the element type (the range start
+ * bq_choose() takes): the values themselves unless they are not elements (rope's rotated keys). */
+BQ_HD float bq_ext_full(const struct bq_ext *e, int bf16)
 {
-	return e->n ? BQ_SUB(e->hi[0], e->lo[0]) : 0.0f;
+	return e->n ? BQ_SUB(e->hi[0], bq_ld(bq_round_down(e->lo[0], bf16), bf16)) : 0.0f;
 }
 
 /*
@@ -340,6 +358,98 @@ BQ_HD uint64_t bq_slab_bound(uint32_t T, uint32_t D)
 	uint64_t e = (uint64_t)T * D;
 	return BQ_SLAB_HDR + 3ull * D + 8 * e + (e * BQ_MAXBITS + 7) / 8 + (T + 7) / 8 + 2ull * T +
 	       BQ_PAD;
+}
+
+/*
+ * rope=theta: keys are coded in their pre-RoPE frame (rotate-half pairs (i, i + D/2), the
+ * frequency of pair i f_i = r^i with r = theta^(-2/D), position first_token + row).  The angles'
+ * cosines and sines come from double arithmetic one IEEE operation at a time, so the CPU and the
+ * GPU get the same floats: at the block's first position and at 1 a Cody-Waite reduction to
+ * [-pi/4, pi/4] and Taylor polynomials (bq_rope_cs()), then row by row the angle-addition
+ * recurrence (bq_rope_step()).  r is computed once on the host (pow) and handed to the GPU in
+ * kvt_bq_params.
+ */
+BQ_HD double bq_rope_freq(double r, unsigned i)
+{
+	double f = 1.0;
+	for (unsigned k = 0; k < i; k++)
+		f = BQ_DMUL(f, r);
+	return f;
+}
+
+BQ_HD void bq_rope_cs(double pos, double f, double *cs, double *sn)
+{
+	double a = BQ_DMUL(pos, f);
+	double k = floor(BQ_DADD(BQ_DMUL(a, 6.36619772367581382433e-01), 0.5)); /* 2/pi */
+	/* pi/2 in two parts (the first with 33 significant bits) */
+	double r = BQ_DSUB(BQ_DSUB(a, BQ_DMUL(k, 1.57079632673412561417e+00)),
+			   BQ_DMUL(k, 6.07710050650619224932e-11));
+	double z = BQ_DMUL(r, r);
+	double ps = 1.60590438368216145994e-10; /* 1/13! ... -1/3!: r + r z P(z) */
+	ps = BQ_DSUB(BQ_DMUL(ps, z), 2.50521083854417187751e-08);
+	ps = BQ_DADD(BQ_DMUL(ps, z), 2.75573192239858906526e-06);
+	ps = BQ_DSUB(BQ_DMUL(ps, z), 1.98412698412698412526e-04);
+	ps = BQ_DADD(BQ_DMUL(ps, z), 8.33333333333333321769e-03);
+	ps = BQ_DSUB(BQ_DMUL(ps, z), 1.66666666666666657415e-01);
+	double s = BQ_DADD(r, BQ_DMUL(BQ_DMUL(r, z), ps));
+	double pc = 2.08767569878680989792e-09; /* 1/12! ... -1/2!: 1 + z Q(z) */
+	pc = BQ_DSUB(BQ_DMUL(pc, z), 2.75573192239858906526e-07);
+	pc = BQ_DADD(BQ_DMUL(pc, z), 2.48015873015873015658e-05);
+	pc = BQ_DSUB(BQ_DMUL(pc, z), 1.38888888888888894189e-03);
+	pc = BQ_DADD(BQ_DMUL(pc, z), 4.16666666666666643537e-02);
+	pc = BQ_DSUB(BQ_DMUL(pc, z), 5.00000000000000000000e-01);
+	double c = BQ_DADD(1.0, BQ_DMUL(z, pc));
+	switch ((uint64_t)k & 3) {
+	case 0:
+		*cs = c;
+		*sn = s;
+		break;
+	case 1:
+		*cs = -s;
+		*sn = c;
+		break;
+	case 2:
+		*cs = -c;
+		*sn = -s;
+		break;
+	default:
+		*cs = s;
+		*sn = -c;
+		break;
+	}
+}
+
+/* (c, s) of the next position: the angle plus f, whose cosine and sine are (c1, s1). */
+BQ_HD void bq_rope_step(double *c, double *s, double c1, double s1)
+{
+	double x = *c, y = *s;
+	*c = BQ_DSUB(BQ_DMUL(x, c1), BQ_DMUL(y, s1));
+	*s = BQ_DADD(BQ_DMUL(y, c1), BQ_DMUL(x, s1));
+}
+
+/* Into the pre-RoPE frame (encoder) and back (decoder): a pair (a, b) of channels (i, i + D/2)
+ * rotated by the position's angle, one IEEE operation at a time. */
+BQ_HD void bq_unrope(float *a, float *b, float c, float s)
+{
+	float x = *a, y = *b;
+	*a = BQ_ADD(BQ_MUL(x, c), BQ_MUL(y, s));
+	*b = BQ_SUB(BQ_MUL(y, c), BQ_MUL(x, s));
+}
+
+BQ_HD void bq_rerope(float *a, float *b, float c, float s)
+{
+	float x = *a, y = *b;
+	*a = BQ_SUB(BQ_MUL(x, c), BQ_MUL(y, s));
+	*b = BQ_ADD(BQ_MUL(y, c), BQ_MUL(x, s));
+}
+
+/* Can a pair be rotated and coded?  Both finite and below BQ_HUGE / 2 (bf16) or 2^15 (fp16),
+ * so that the rotated pair stays codable and within the element type; else both are listed
+ * exact (in the RoPE frame, as the input has them). */
+BQ_HD int bq_pair_codable(float a, float b, int bf16)
+{
+	float m = bf16 ? 0x1p55f : 0x1p15f;
+	return a > -m && a < m && b > -m && b < m;
 }
 
 /* Bytes of one duplicate row's reference. */

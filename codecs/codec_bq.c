@@ -3,7 +3,7 @@
  * codec_bq.c - "bq": a fixed-rate quantizer with per-channel bit allocation, built to decode
  * at memory speed on a CPU core (AVX2) and on a GPU (gpu/gpu_bq.cu), all three bit-exact.
  *
- *   bq:k=STEP,v=STEP,sink=N,outl=0..2,dup=D,kl=P:P:P:P,vl=P:P:P:P
+ *   bq:k=STEP,v=STEP,sink=N,outl=0..2,dup=D,kl=P:P:P:P,vl=P:P:P:P,rope=THETA
  *
  * Per slab (layer, K or V, kv head; T tokens x D channels): the first N tokens of the
  * sequence are kept exact (4: attention sinks); a row within D x step/2 of an earlier row in
@@ -14,8 +14,11 @@
  * bits; the channel's step is then shrunk by a 4-bit factor 2^(-m/16) to fit its range
  * exactly.  Every row (token) of a slab has the same layout, so rows decode independently.
  * Error bound per element: s/2 <= delta/2 of its channel (plus fp16/bf16 output rounding),
- * (1 + D) x delta/2 in a duplicate row; inf, NaN and |x| >= 2^56 are listed exact.  Format:
- * codecs/CODECS.md ("bq").
+ * (1 + D) x delta/2 in a duplicate row; inf, NaN and |x| >= 2^56 are listed exact.
+ * rope=THETA (0: off) codes the keys in their pre-RoPE frame, where a token's key does not
+ * depend on its position (narrower ranges, and repeated tokens repeat their keys): the encoder
+ * rotates each key row back, the decoder forward (bq_format.h), so the bound above holds for
+ * each pair (i, i + D/2) in the L2 norm.  Format: codecs/CODECS.md ("bq").
  */
 #include <math.h>
 #include <stdlib.h>
@@ -37,7 +40,8 @@ enum {
 	A_DUP,
 	A_KL,
 	A_VL = A_KL + KVT_ARG_LIST_LEN,
-	A_N = A_VL + KVT_ARG_LIST_LEN
+	A_ROPE = A_VL + KVT_ARG_LIST_LEN,
+	A_N
 };
 
 /* clang-format off */
@@ -49,6 +53,7 @@ static const struct kvt_argdef bq_args[A_N] = {
     {"dup", 1, 0, 4, 0},
     KVT_ARGDEF_LIST("kl", 0, -4, 4),
     KVT_ARGDEF_LIST("vl", 0, -4, 4),
+    {"rope", 0, 0, 1e9, 0},
 };
 /* clang-format on */
 
@@ -87,6 +92,12 @@ static float step_factor(const struct kvt_stage *st, const struct kvt_codec_geom
 	return (float)(st->arg[isv ? A_V : A_K] * exp2(kvt_arg_depth(pt, layer, g->n_layers)));
 }
 
+/* theta^(-2/D) of rope=theta, 0 when off. */
+static double rope_ratio(const struct kvt_stage *st, uint32_t D)
+{
+	return st->arg[A_ROPE] > 0 ? pow(st->arg[A_ROPE], -2.0 / D) : 0.0;
+}
+
 int kvt_bq_chain_is(const struct kvt_chain *c)
 {
 	const struct kvt_stage *st = kvt_chain_stage(c, 0);
@@ -105,6 +116,7 @@ int kvt_bq_chain_params(const struct kvt_chain *c, const struct kvt_codec_geom *
 	p->maxoutl = (uint32_t)st->arg[A_OUTL];
 	p->dup = (float)st->arg[A_DUP];
 	p->n_layers = g->n_layers;
+	p->rope_r = rope_ratio(st, g->head_dim);
 	/* slab s is layer s / 2H, K or V by (s / H) & 1: its factor is f[s / H] */
 	for (size_t i = 0; i < 2 * (size_t)g->n_layers; i++)
 		p->f[i] = step_factor(st, g, i * g->n_kv_heads);
@@ -127,6 +139,8 @@ struct bq_scratch {
 	uint32_t *nbad;	  /* per channel: uncodable values */
 	float *topf;	  /* per channel: largest code */
 	uint32_t *q;	  /* one row's codes */
+	float *rc, *rs;	  /* rope: [T][D/2] cosines and sines of the block's positions */
+	int rope_ok;	  /* rc/rs hold the block's table */
 };
 
 static void scratch_free(struct bq_scratch *s)
@@ -151,9 +165,11 @@ static void scratch_free(struct bq_scratch *s)
 	free(s->nbad);
 	free(s->topf);
 	free(s->q);
+	free(s->rc);
+	free(s->rs);
 }
 
-static int scratch_alloc(struct bq_scratch *s, uint32_t T, uint32_t D, int enc)
+static int scratch_alloc(struct bq_scratch *s, uint32_t T, uint32_t D, int enc, int rope)
 {
 	memset(s, 0, sizeof(*s));
 	s->x = enc ? malloc((size_t)T * D * sizeof(float)) : malloc(1);
@@ -176,13 +192,35 @@ static int scratch_alloc(struct bq_scratch *s, uint32_t T, uint32_t D, int enc)
 	s->nbad = malloc(D * sizeof(uint32_t));
 	s->topf = malloc(D * sizeof(float));
 	s->q = malloc(D * sizeof(uint32_t));
-	if (!s->out || !s->tlo || !s->thi || !s->nbad || !s->topf || !s->q || !s->x || !s->ext ||
-	    !s->ch || !s->inv || !s->lo || !s->cp || !s->byteoff || !s->shift || !s->mask ||
-	    !s->cs || !s->ca || !s->ref || !s->crow || !s->first) {
+	s->rc = malloc(rope ? (size_t)T * (D / 2 + 1) * sizeof(float) : 1);
+	s->rs = malloc(rope ? (size_t)T * (D / 2 + 1) * sizeof(float) : 1);
+	if (!s->rc || !s->rs || !s->out || !s->tlo || !s->thi || !s->nbad || !s->topf || !s->q ||
+	    !s->x || !s->ext || !s->ch || !s->inv || !s->lo || !s->cp || !s->byteoff || !s->shift ||
+	    !s->mask || !s->cs || !s->ca || !s->ref || !s->crow || !s->first) {
 		scratch_free(s);
 		return -ENOMEM;
 	}
 	return 0;
+}
+
+/* The cosines and sines of positions first .. first + T - 1 (rope), once per block: the
+ * polynomials at first and at 1, then the recurrence (bq_format.h; gpu_bq.cu does the same). */
+static void rope_table(struct bq_scratch *sc, uint32_t T, uint32_t D, uint32_t first, double r)
+{
+	uint32_t h = D / 2;
+	if (sc->rope_ok)
+		return;
+	for (uint32_t i = 0; i < h; i++) {
+		double f = bq_rope_freq(r, i), c, s, c1, s1;
+		bq_rope_cs((double)first, f, &c, &s);
+		bq_rope_cs(1.0, f, &c1, &s1);
+		for (uint32_t t = 0; t < T; t++) {
+			sc->rc[(size_t)t * h + i] = BQ_D2F(c);
+			sc->rs[(size_t)t * h + i] = BQ_D2F(s);
+			bq_rope_step(&c, &s, c1, s1);
+		}
+	}
+	sc->rope_ok = 1;
 }
 
 /* Row t, channel c into the channel's extremes (or its count of uncodable values). */
@@ -336,19 +374,36 @@ quant_row_avx2(const float *row, const struct bq_scratch *sc, uint32_t D, uint32
  * follows it step for step.
  */
 static void enc_slab(struct wbuf *w, struct bq_scratch *sc, const uint8_t *in, uint32_t T,
-		     uint32_t D, uint32_t nsink, float f, float dup, unsigned maxoutl, int bf16)
+		     uint32_t D, uint32_t nsink, float f, float dup, unsigned maxoutl, int bf16,
+		     int rope)
 {
 	float *x = sc->x, sumsq = 0, maxr = 0;
 	uint32_t ndup = 0, ncoded = 0;
 	size_t nout = 0;
 
 	kvt_load_f32(x, in, (size_t)T * D, bf16 ? KVT_DTYPE_BF16 : KVT_DTYPE_FP16);
+	if (rope) {
+		/* keys into their pre-RoPE frame; a pair that cannot be rotated is listed exact
+		 * (NaN here: uncodable); no extremes are listed (the pair would have to be) */
+		uint32_t h = D / 2;
+		for (uint32_t t = nsink; t < T; t++) {
+			float *row = x + (size_t)t * D;
+			const float *rc = sc->rc + (size_t)t * h, *rs = sc->rs + (size_t)t * h;
+			for (uint32_t i = 0; i < h; i++) {
+				if (bq_pair_codable(row[i], row[i + h], bf16))
+					bq_unrope(&row[i], &row[i + h], rc[i], rs[i]);
+				else
+					row[i] = row[i + h] = NAN;
+			}
+		}
+		maxoutl = 0;
+	}
 	/* 1. the step, from every row past the sinks */
 	for (uint32_t t = 0; t < T; t++)
 		sc->ref[t] = -1;
 	scan_extremes(sc, nsink, T, D);
 	for (uint32_t c = 0; c < D; c++) {
-		float r = bq_ext_range(&sc->ext[c]), full = bq_ext_full(&sc->ext[c]);
+		float r = bq_ext_range(&sc->ext[c]), full = bq_ext_full(&sc->ext[c], bf16);
 		sumsq = BQ_ADD(sumsq, BQ_MUL(r, r));
 		maxr = full > maxr ? full : maxr;
 	}
@@ -491,18 +546,21 @@ static ssize_t bq_enc(const struct kvt_stage *st, const struct kvt_codec_geom *g
 
 	if (kvt_geom_check(g) || n != kvt_geom_block_bytes(g))
 		return -EINVAL;
-	if (scratch_alloc(&sc, T, D, 1))
+	double rr = rope_ratio(st, D);
+	if (scratch_alloc(&sc, T, D, 1, rr > 0))
 		return -ENOMEM;
 	uint32_t nsink = sink_rows(g, st->arg[A_SINK]);
+	if (rr > 0)
+		rope_table(&sc, T, D, g->first_token, rr);
 	wb_init(&w, dst, cap);
-	wb_u32(&w, BQ_MAGIC);
+	wb_u32(&w, rr > 0 ? BQ_MAGIC_ROPE : BQ_MAGIC);
 	wb_u32(&w, (uint32_t)ns);
 	uint8_t *offs = wb_reserve(&w, 4 * (ns + 1));
 	for (size_t s = 0; s < ns && !w.err; s++) {
 		st32(offs + 4 * s, (uint32_t)w.len);
 		enc_slab(&w, &sc, src + s * slab * 2, T, D, nsink, step_factor(st, g, s),
 			 (float)st->arg[A_DUP], (unsigned)st->arg[A_OUTL],
-			 g->dtype == KVT_DTYPE_BF16);
+			 g->dtype == KVT_DTYPE_BF16, rr > 0 && !slab_is_v(g, s));
 	}
 	if (!w.err)
 		st32(offs + 4 * ns, (uint32_t)w.len);
@@ -620,7 +678,89 @@ static void dec_rows_scalar(const struct bq_slab *s, const struct bq_scratch *sc
 	}
 }
 
+/*
+ * rope: every row past the sinks, coded or duplicate (decoded from the codes of the row it
+ * repeats), in the pre-RoPE frame, rotated to its own position (bq_rerope()).
+ */
+static void dec_rows_rope_scalar(const struct bq_slab *s, const struct bq_scratch *sc, uint32_t T,
+				 uint32_t D, int bf16, uint8_t *out)
+{
+	uint32_t h = D / 2;
+	for (uint32_t t = s->nsink; t < T; t++) {
+		int32_t cr = sc->crow[t] >= 0 ? sc->crow[t] : sc->crow[sc->ref[t]];
+		const uint8_t *row = s->codes + (size_t)cr * s->rb;
+		const float *rc = sc->rc + (size_t)t * h, *rs = sc->rs + (size_t)t * h;
+		uint8_t *o = out + (size_t)t * D * 2;
+		for (uint32_t i = 0; i < h; i++) {
+			uint32_t c = i + h;
+			uint32_t qa =
+			    (ld32(row + sc->byteoff[i]) >> sc->shift[i]) & (uint32_t)sc->mask[i];
+			uint32_t qb =
+			    (ld32(row + sc->byteoff[c]) >> sc->shift[c]) & (uint32_t)sc->mask[c];
+			float a = bq_dequant(qa, sc->cp[i]), b = bq_dequant(qb, sc->cp[c]);
+			bq_rerope(&a, &b, rc[i], rs[i]);
+			st16(o + 2 * i, bq_st(a, bf16));
+			st16(o + 2 * c, bq_st(b, bf16));
+		}
+	}
+}
+
 #ifdef BQ_X86
+/* Eight floats to fp16 or bf16 (round to nearest even) at o. */
+__attribute__((target("avx2,f16c"))) static inline void st8_avx2(uint8_t *o, __m256 v, int bf16)
+{
+	if (!bf16) {
+		_mm_storeu_si128((__m128i *)o,
+				 _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+	} else {
+		/* round to nearest even on the bits (no NaN: the inputs are finite and the sum of
+		 * two finite floats of this size is) */
+		__m256i u = _mm256_castps_si256(v);
+		__m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+		u = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd));
+		u = _mm256_srli_epi32(u, 16);
+		__m128i hh =
+		    _mm_packus_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
+		_mm_storeu_si128((__m128i *)o, hh);
+	}
+}
+
+/* Eight channels from c of a row of codes, dequantized. */
+__attribute__((target("avx2"))) static inline __m256
+deq8_avx2(const int *row, const struct bq_scratch *sc, uint32_t c)
+{
+	__m256i bo = _mm256_loadu_si256((const __m256i *)(sc->byteoff + c));
+	__m256i sh = _mm256_loadu_si256((const __m256i *)(sc->shift + c));
+	__m256i mk = _mm256_loadu_si256((const __m256i *)(sc->mask + c));
+	__m256i q = _mm256_i32gather_epi32(row, bo, 1);
+	q = _mm256_and_si256(_mm256_srlv_epi32(q, sh), mk);
+	__m256 s8 = _mm256_loadu_ps(sc->cs + c), a8 = _mm256_loadu_ps(sc->ca + c);
+	return _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(q), s8), a8);
+}
+
+/* dec_rows_rope_scalar() eight pairs at a time (D/2 a multiple of 8). */
+__attribute__((target("avx2,f16c"))) static void dec_rows_rope_avx2(const struct bq_slab *s,
+								    const struct bq_scratch *sc,
+								    uint32_t T, uint32_t D,
+								    int bf16, uint8_t *out)
+{
+	uint32_t h = D / 2;
+	for (uint32_t t = s->nsink; t < T; t++) {
+		int32_t cr = sc->crow[t] >= 0 ? sc->crow[t] : sc->crow[sc->ref[t]];
+		const int *row = (const int *)(s->codes + (size_t)cr * s->rb);
+		const float *rc = sc->rc + (size_t)t * h, *rs = sc->rs + (size_t)t * h;
+		uint8_t *o = out + (size_t)t * D * 2;
+		for (uint32_t i = 0; i < h; i += 8) {
+			__m256 a = deq8_avx2(row, sc, i), b = deq8_avx2(row, sc, i + h);
+			__m256 c8 = _mm256_loadu_ps(rc + i), s8 = _mm256_loadu_ps(rs + i);
+			__m256 ra = _mm256_sub_ps(_mm256_mul_ps(a, c8), _mm256_mul_ps(b, s8));
+			__m256 rb = _mm256_add_ps(_mm256_mul_ps(b, c8), _mm256_mul_ps(a, s8));
+			st8_avx2(o + 2 * i, ra, bf16);
+			st8_avx2(o + 2 * (i + h), rb, bf16);
+		}
+	}
+}
+
 __attribute__((target("avx2,f16c"))) static void dec_rows_avx2(const struct bq_slab *s,
 							       const struct bq_scratch *sc,
 							       uint32_t T, uint32_t D, int bf16,
@@ -661,6 +801,26 @@ __attribute__((target("avx2,f16c"))) static void dec_rows_avx2(const struct bq_s
 }
 #endif
 
+static void dec_rows(const struct bq_slab *s, const struct bq_scratch *sc, uint32_t T, uint32_t D,
+		     int bf16, int rope, int simd, uint8_t *out)
+{
+#ifdef BQ_X86
+	if (simd && rope && D % 16 == 0) {
+		dec_rows_rope_avx2(s, sc, T, D, bf16, out);
+		return;
+	}
+	if (simd && !rope) {
+		dec_rows_avx2(s, sc, T, D, bf16, out);
+		return;
+	}
+#endif
+	(void)simd;
+	if (rope)
+		dec_rows_rope_scalar(s, sc, T, D, bf16, out);
+	else
+		dec_rows_scalar(s, sc, T, D, bf16, out);
+}
+
 static ssize_t bq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g,
 		      const uint8_t *src, size_t n, uint8_t *dst, size_t cap)
 {
@@ -669,13 +829,13 @@ static ssize_t bq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 	int bf16 = g->dtype == KVT_DTYPE_BF16, rc = 0;
 	struct bq_scratch sc;
 
-	(void)st;
+	double rr = rope_ratio(st, D);
 	if (kvt_geom_check(g) || cap < raw)
 		return -EBADMSG;
-	if (n < bq_head(ns) || ld32(src) != BQ_MAGIC || ld32(src + 4) != ns ||
-	    ld32(src + 8) != bq_head(ns) || ld32(src + 8 + 4 * ns) != n)
+	if (n < bq_head(ns) || ld32(src) != (rr > 0 ? BQ_MAGIC_ROPE : BQ_MAGIC) ||
+	    ld32(src + 4) != ns || ld32(src + 8) != bq_head(ns) || ld32(src + 8 + 4 * ns) != n)
 		return -EBADMSG;
-	if (scratch_alloc(&sc, T, D, 0))
+	if (scratch_alloc(&sc, T, D, 0, rr > 0))
 		return -ENOMEM;
 	int simd = kvt_simd_active() && D % 8 == 0;
 	for (size_t s = 0; s < ns && !rc; s++) {
@@ -688,24 +848,21 @@ static ssize_t bq_dec(const struct kvt_stage *st, const struct kvt_codec_geom *g
 			break;
 		}
 		memcpy(out, sl.sink, (size_t)sl.nsink * D * 2);
-#ifdef BQ_X86
-		if (simd)
-			dec_rows_avx2(&sl, &sc, T, D, bf16, out);
-		else
-#endif
-			dec_rows_scalar(&sl, &sc, T, D, bf16, out);
+		int rope = rr > 0 && !slab_is_v(g, s);
+		if (rope)
+			rope_table(&sc, T, D, g->first_token, rr);
+		dec_rows(&sl, &sc, T, D, bf16, rope, simd, out);
 		for (uint32_t i = 0; i < sl.nout; i++) {
 			uint32_t k = ld32(sl.outl + 6 * (size_t)i);
 			memcpy(out + 2 * ((size_t)(k % T) * D + k / T), sl.outl + 6 * (size_t)i + 4,
 			       2);
 		}
-		/* duplicates copy their (outlier-patched) coded rows */
-		for (uint32_t t = sl.nsink; t < T; t++)
+		/* duplicates copy their (outlier-patched) coded rows (rope: decoded above) */
+		for (uint32_t t = sl.nsink; t < T && !rope; t++)
 			if (sc.ref[t] >= 0)
 				memcpy(out + (size_t)t * D * 2, out + (size_t)sc.ref[t] * D * 2,
 				       (size_t)D * 2);
 	}
-	(void)simd;
 	scratch_free(&sc);
 	return rc ? rc : (ssize_t)raw;
 }

@@ -27,6 +27,7 @@ struct kvt_bq_params {
 	float dup;	   /* duplicate rows within dup * step / 2 (0: none) */
 	uint32_t n_layers;
 	float f[2 * KVT_BQ_MAX_LAYERS]; /* step factor of layer l's keys (2l) and values (2l + 1) */
+	double rope_r; /* keys in the pre-RoPE frame: theta^(-2/head_dim) (rope=theta); 0: off */
 };
 
 /*

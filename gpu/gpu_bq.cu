@@ -13,7 +13,10 @@
  * Decode: the slab's tables go to shared memory, then every thread decodes elements of coded
  * rows (consecutive threads write consecutive channels), then outliers, sinks and duplicate
  * rows are written.  Malformed records are flagged, and nothing is read or written outside
- * the record and the block.
+ * the record and the block.  rope (p.rope_r > 0): in a key slab a thread per frequency runs
+ * codec_bq.c's angle recurrence down the rows; the encoder rotates the staged keys back as it
+ * goes, the decoder writes the angles to shared memory, then decodes pairs (i, i + D/2) and
+ * rotates them.
  */
 #include <cuda_runtime.h>
 #include <cub/block/block_scan.cuh>
@@ -69,6 +72,30 @@ __device__ __forceinline__ void d_st32(uint8_t *p, uint32_t v)
 	p[1] = (uint8_t)(v >> 8);
 	p[2] = (uint8_t)(v >> 16);
 	p[3] = (uint8_t)(v >> 24);
+}
+
+/* Is slab s of a rope plan a key slab (coded in the pre-RoPE frame)? */
+__device__ __forceinline__ int d_rope_slab(const struct bq_kargs &a, uint32_t s)
+{
+	return a.p.rope_r > 0 && !((s / a.H) & 1);
+}
+
+/* The block's cosines and sines, [T][D/2] from first (rope_table() of codec_bq.c): a thread per
+ * frequency.  The caller synchronises. */
+__device__ static void d_rope_table(float *rc, float *rs, uint32_t T, uint32_t D, uint32_t first,
+				    double r)
+{
+	uint32_t h = D / 2;
+	for (uint32_t i = threadIdx.x; i < h; i += blockDim.x) {
+		double f = bq_rope_freq(r, i), c, s, c1, s1;
+		bq_rope_cs((double)first, f, &c, &s);
+		bq_rope_cs(1.0, f, &c1, &s1);
+		for (uint32_t t = 0; t < T; t++) {
+			rc[(size_t)t * h + i] = BQ_D2F(c);
+			rs[(size_t)t * h + i] = BQ_D2F(s);
+			bq_rope_step(&c, &s, c1, s1);
+		}
+	}
 }
 
 __device__ __forceinline__ uint32_t d_sink_rows(uint32_t sink, uint32_t first, uint32_t T)
@@ -171,6 +198,7 @@ __global__ void __launch_bounds__(BQ_THREADS)
 	const uint8_t *in = (const uint8_t *)src[blk] + (size_t)s * T * D * 2;
 	uint8_t *o = scratch + ((size_t)blk * a.ns + s) * a.slot;
 	const uint32_t nsink = d_sink_rows(a.p.sink, first_token[blk], T);
+	const int rope = d_rope_slab(a, s);
 	struct enc_smem m;
 
 	enc_carve(&m, smem_raw, T, D);
@@ -182,11 +210,37 @@ __global__ void __launch_bounds__(BQ_THREADS)
 	for (uint32_t t = tid; t < T; t += blockDim.x)
 		m.ref[t] = -1;
 	__syncthreads();
+	if (rope) {
+		/* keys into their pre-RoPE frame, as codec_bq.c (the same angles: a thread per
+		 * frequency runs rope_table()'s recurrence down the rows); a pair that cannot be
+		 * rotated is NaN here (listed exact) */
+		const uint32_t h = D / 2;
+		for (uint32_t i = tid; i < h; i += blockDim.x) {
+			double f = bq_rope_freq(a.p.rope_r, i), c, sn, c1, s1;
+			bq_rope_cs((double)first_token[blk], f, &c, &sn);
+			bq_rope_cs(1.0, f, &c1, &s1);
+			for (uint32_t t = 0; t < T; t++) {
+				float *pa = &m.x[(size_t)t * LD + i],
+				      *pb = &m.x[(size_t)t * LD + i + h];
+				if (t >= nsink) {
+					if (bq_pair_codable(*pa, *pb, bf16)) {
+						bq_unrope(pa, pb, BQ_D2F(c), BQ_D2F(sn));
+					} else {
+						*pa = __int_as_float(0x7fc00000);
+						*pb = __int_as_float(0x7fc00000);
+					}
+				}
+				bq_rope_step(&c, &sn, c1, s1);
+			}
+		}
+		__syncthreads();
+	}
+	const unsigned maxoutl = rope ? 0u : a.p.maxoutl;
 	/* 1. the step from every row past the sinks */
 	for (uint32_t c = tid; c < D; c += blockDim.x) {
 		enc_scan(&m.ext[c], m.x, m.ref, c, nsink, T, LD);
 		m.r2[c] = bq_ext_range(&m.ext[c]);
-		m.full[c] = bq_ext_full(&m.ext[c]);
+		m.full[c] = bq_ext_full(&m.ext[c], bf16);
 	}
 	__syncthreads();
 	if (tid == 0) {
@@ -241,7 +295,7 @@ __global__ void __launch_bounds__(BQ_THREADS)
 	for (uint32_t c = tid; c < D; c += blockDim.x) {
 		struct bq_ext *e = &m.ext[c];
 		enc_scan(e, m.x, m.ref, c, nsink, T, LD);
-		struct bq_choice ch = bq_choose(e, delta, rows, a.p.maxoutl, bf16);
+		struct bq_choice ch = bq_choose(e, delta, rows, maxoutl, bf16);
 		m.ch[c] = ch;
 		m.lo[c] = bq_ld(ch.lo, bf16);
 		struct bq_chan cp = bq_chan_params(delta, ch.bm >> 4, m.lo[c]);
@@ -358,7 +412,7 @@ __global__ void bq_enc_head_kernel(struct bq_kargs a, const uint32_t *first_toke
 	uint8_t *d = (uint8_t *)dst[blk];
 	uint8_t *p = d + KVT_CHAIN_HDR_SIZE;
 	uint64_t off = a.head;
-	d_st32(p, BQ_MAGIC);
+	d_st32(p, a.p.rope_r > 0 ? BQ_MAGIC_ROPE : BQ_MAGIC);
 	d_st32(p + 4, a.ns);
 	for (uint32_t s = 0; s < a.ns; s++) {
 		d_st32(p + 8 + 4 * s, (uint32_t)off);
@@ -399,10 +453,11 @@ __global__ void __launch_bounds__(BQ_THREADS)
 typedef cub::BlockScan<uint32_t, BQ_THREADS> bq_scan;
 
 /* Bytes of the decoder's dynamic shared memory: channel tables, row tables, the codes. */
-static size_t dec_smem_bytes(uint32_t T, uint32_t D)
+static size_t dec_smem_bytes(uint32_t T, uint32_t D, int rope)
 {
-	return (size_t)D * 16 + 16 + (size_t)T * 8 + (size_t)T * ((D * BQ_MAXBITS + 7) / 8) +
-	       BQ_PAD + 16;
+	size_t codes = (size_t)T * ((D * BQ_MAXBITS + 7) / 8) + BQ_PAD;
+	return (size_t)D * 16 + 16 + (size_t)T * 8 + ((codes + 15) & ~(size_t)15) + 16 +
+	       (rope ? (size_t)T * (D / 2) * 8 : 0);
 }
 
 __global__ void __launch_bounds__(BQ_THREADS)
@@ -424,6 +479,12 @@ __global__ void __launch_bounds__(BQ_THREADS)
 	uint32_t *boff = (uint32_t *)(ca + D), *mask = boff + D;
 	int32_t *ref = (int32_t *)(mask + D + 4), *crow = ref + T;
 	uint8_t *codes_sh = (uint8_t *)(crow + T);
+	/* rope: the angles after the largest codes (16-byte aligned) */
+	const size_t codes_max = (size_t)T * ((D * BQ_MAXBITS + 7) / 8) + BQ_PAD;
+	float *rc =
+	    (float *)(smem_raw + (((size_t)(codes_sh - smem_raw) + codes_max + 15) & ~(size_t)15));
+	float *rs = rc + (size_t)T * (D / 2);
+	const int rope = d_rope_slab(a, s);
 	const uint8_t *p = rec + KVT_CHAIN_HDR_SIZE;
 
 	/* 1. the record's header, the stage's, this slab's fixed fields */
@@ -438,7 +499,8 @@ __global__ void __launch_bounds__(BQ_THREADS)
 			     (d_ld16(rec + 16) == a.L) & (d_ld16(rec + 18) == a.H) &
 			     (d_ld16(rec + 20) == a.D) & (d_ld16(rec + 22) == a.T) &
 			     (rec[24] == (a.bf16 ? KVT_DTYPE_BF16 : KVT_DTYPE_FP16)) &
-			     (rec[25] == 1) & (d_ld16(rec + 26) == 0) & (d_ld32(p) == BQ_MAGIC) &
+			     (rec[25] == 1) & (d_ld16(rec + 26) == 0) &
+			     (d_ld32(p) == (a.p.rope_r > 0 ? BQ_MAGIC_ROPE : BQ_MAGIC)) &
 			     (d_ld32(p + 4) == a.ns) & (d_ld32(p + 8) == a.head) &
 			     (d_ld32(p + 8 + 4 * a.ns) == n - KVT_CHAIN_HDR_SIZE);
 		uint32_t o0 = ok ? d_ld32(p + 8 + 4 * s) : 0, o1 = ok ? d_ld32(p + 12 + 4 * s) : 0;
@@ -555,9 +617,50 @@ __global__ void __launch_bounds__(BQ_THREADS)
 		const uint8_t *codes = sl + o_codes;
 		for (uint32_t i = tid; i < rows * rb + BQ_PAD; i += blockDim.x)
 			codes_sh[i] = codes[i];
+		if (rope)
+			d_rope_table(rc, rs, T, D, d_ld32(rec + 28), a.p.rope_r);
 		__syncthreads();
 		if (s_bad)
 			goto fail;
+		if (rope) {
+			/* 4'. pairs (i, i + D/2) of every row past the sinks, a duplicate from the
+			 * codes of the row it repeats, rotated to the row's position */
+			const uint8_t *sink = lo + 2 * (size_t)D;
+			const uint32_t h = D / 2;
+			for (uint32_t e = tid; e < T * h; e += blockDim.x) {
+				uint32_t t = e / h, i = e - t * h, c = i + h;
+				uint16_t va, vb;
+				if (t < nsink) {
+					va = (uint16_t)d_ld16(sink + 2 * ((size_t)t * D + i));
+					vb = (uint16_t)d_ld16(sink + 2 * ((size_t)t * D + c));
+				} else {
+					int32_t cr = crow[t] >= 0 ? crow[t] : crow[ref[t]];
+					const uint8_t *w = codes_sh + (size_t)cr * rb;
+					uint32_t o0 = boff[i], o1 = boff[c];
+					uint32_t q0 = (d_ld32(w + (o0 >> 3)) >> (o0 & 7)) & mask[i];
+					uint32_t q1 = (d_ld32(w + (o1 >> 3)) >> (o1 & 7)) & mask[c];
+					struct bq_chan c0, c1;
+					c0.s = cs[i];
+					c0.a = ca[i];
+					c1.s = cs[c];
+					c1.a = ca[c];
+					float fa = bq_dequant(q0, c0), fb = bq_dequant(q1, c1);
+					bq_rerope(&fa, &fb, rc[e], rs[e]);
+					va = bq_st(fa, bf16);
+					vb = bq_st(fb, bf16);
+				}
+				*(uint16_t *)(out + 2 * ((size_t)t * D + i)) = va;
+				*(uint16_t *)(out + 2 * ((size_t)t * D + c)) = vb;
+			}
+			__syncthreads();
+			for (uint32_t i = tid; i < nout; i += blockDim.x) {
+				uint32_t k = d_ld32(outl + 6 * (size_t)i);
+				size_t e = (size_t)(k % T) * D + k / T;
+				*(uint16_t *)(out + 2 * e) =
+				    (uint16_t)d_ld16(outl + 6 * (size_t)i + 4);
+			}
+			return;
+		}
 		/* 4. two channels a thread: sinks copied, coded rows decoded; 32-bit stores */
 		const uint8_t *sink = lo + 2 * (size_t)D;
 		for (uint32_t e2 = tid; e2 < T * D / 2; e2 += blockDim.x) {
@@ -633,7 +736,7 @@ extern "C" int kvt_gpu_bq_new(const struct kvt_codec_geom *g, const struct kvt_b
 	    4ull * g->n_layers * g->n_kv_heads * g->block_tokens * g->head_dim > (1ull << 31) ||
 	    !p || p->n_layers != g->n_layers || p->n_layers > KVT_BQ_MAX_LAYERS ||
 	    (size_t)g->block_tokens * g->head_dim > BQ_MAX_ELEMS || g->head_dim > BQ_MAX_D ||
-	    p->maxoutl > BQ_MAXOUTL || !(p->dup >= 0))
+	    p->maxoutl > BQ_MAXOUTL || !(p->dup >= 0) || !(p->rope_r >= 0) || !isfinite(p->rope_r))
 		return -EINVAL;
 	struct kvt_gpu_bq *b = (struct kvt_gpu_bq *)calloc(1, sizeof(*b));
 	if (!b)
@@ -647,7 +750,7 @@ extern "C" int kvt_gpu_bq_new(const struct kvt_codec_geom *g, const struct kvt_b
 	b->bound = KVT_CHAIN_HDR_SIZE + b->head +
 		   (uint64_t)b->ns * bq_slab_bound(g->block_tokens, g->head_dim);
 	b->enc_smem = enc_smem_bytes(g->block_tokens, g->head_dim);
-	b->dec_smem = dec_smem_bytes(g->block_tokens, g->head_dim);
+	b->dec_smem = dec_smem_bytes(g->block_tokens, g->head_dim, p->rope_r > 0);
 	*out = b;
 	return 0;
 }

@@ -7,7 +7,8 @@ if(TARGET kvt_codecs)
 		"lz4|lz4" "zstd|zstd:1" "shuffle_rans|shuffle+rans" "fpx|fpx" "kivi|kivi"
 		"kivi_rans|kivi:rot=1,sink=2,outl=0.02+rans" "fp8|fp8" "uq|uq:sink=2"
 		"uq_dq|uq:dq=0.4,sink=2,kl=0:1" "uq_kb|uq:kb=1,cx=1,dq=0.4,sink=2"
-		"lowrank|lowrank:r=4,b=4" "lsh|lsh" "bq|bq:sink=2")
+		"lowrank|lowrank:r=4,b=4" "lsh|lsh" "bq|bq:sink=2"
+		"bq_rope|bq:sink=2,rope=10000")
 	foreach(pair ${_kvt_codec_fuzz})
 		string(REPLACE "|" ";" parts "${pair}")
 		list(GET parts 0 tag)

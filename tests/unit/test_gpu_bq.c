@@ -4,7 +4,8 @@
  * exit 77 without a device): for real KV blocks (tests/data excerpt) and synthetic edge cases
  * (bf16, inf/NaN, constant, head_dim not a multiple of 8, one token, > 256 tokens), the GPU
  * encoder's records equal kvt_chain_encode()'s byte for byte, the GPU decoder's blocks equal
- * kvt_chain_decode()'s bit for bit, and a damaged record is flagged.
+ * kvt_chain_decode()'s bit for bit, and a damaged record is flagged; also with rope=theta
+ * (keys in the pre-RoPE frame, positions past 2^32).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -167,6 +168,8 @@ static const char *const chains[] = {
     "bq:sink=100,dup=2",
     "bq:dup=0,outl=1",
     "bq:k=0.1,v=0.05,kl=-0.5:0.5,vl=0.3:-0.3",
+    "bq:rope=10000",
+    "bq:k=0.04,v=0.02,dup=2,rope=500000",
 };
 
 static void test_real(void **state)
@@ -201,7 +204,7 @@ static void test_synthetic(void **state)
 		const struct kvt_codec_geom *g = &geoms[gi];
 		size_t raw = kvt_geom_block_bytes(g);
 		uint8_t *blocks[4];
-		uint32_t ft[4] = {0, 5, 64, 1000};
+		uint32_t ft[4] = {0, 5, 64, 4294967000u}; /* the last: rope past 2^32 */
 		int bf = g->dtype == KVT_DTYPE_BF16;
 		for (int k = 0; k < 4; k++) {
 			blocks[k] = malloc(raw);
@@ -221,6 +224,7 @@ static void test_synthetic(void **state)
 		}
 		compare("bq", g, blocks, ft, 4);
 		compare("bq:sink=70,k=0.01,v=0.3", g, blocks, ft, 4);
+		compare("bq:rope=10000", g, blocks, ft, 4);
 		for (int k = 0; k < 4; k++)
 			free(blocks[k]);
 	}
