@@ -305,6 +305,16 @@ ssize_t kvtc_decode(struct kvt_client *c, uint32_t id, const void *src, size_t n
 	return got == raw ? got : -EBADMSG;
 }
 
+const struct kvt_chain *kvtc_chain_get(struct kvt_client *c, uint32_t id)
+{
+	const struct kvt_chain *chain;
+
+	pthread_mutex_lock(&c->lock);
+	chain = kvtc_chain_locked(c, id, NULL);
+	pthread_mutex_unlock(&c->lock);
+	return chain;
+}
+
 /* The encoding buffer of the calling thread (a put encodes there, then copies the record
  * into the arena once the daemon has said how long it may be): kept between calls so that
  * a put does not fault in a fresh buffer each time; freed when the thread ends. */
@@ -342,7 +352,7 @@ static uint8_t *enc_buf(size_t need)
 }
 
 /* The chain layout's puts of len bytes are encoded with (NULL: stored raw). */
-static const struct kvt_chain *put_chain(struct kvt_client *c, int layout, size_t len)
+const struct kvt_chain *kvtc_put_chain(struct kvt_client *c, int layout, size_t len)
 {
 	const struct kvt_chain *chain = NULL;
 
@@ -356,8 +366,8 @@ static const struct kvt_chain *put_chain(struct kvt_client *c, int layout, size_
 
 /* A reservation of len bytes: the raw block (chain 0), or a record of chain that decodes to
  * raw_len bytes. */
-static int reserve_ex(struct kvt_client *c, int layout, const struct kvt_key *key, size_t len,
-		      uint32_t chain, size_t raw_len, struct kvt_reservation *r)
+int kvtc_reserve(struct kvt_client *c, int layout, const struct kvt_key *key, size_t len,
+		 uint32_t chain, size_t raw_len, struct kvt_reservation *r)
 {
 	struct kvt_sqe s;
 	struct kvt_cqe q;
@@ -390,7 +400,7 @@ KVT_API int kvt_put_reserve(struct kvt_client *c, int layout, const struct kvt_k
 			    struct kvt_reservation *r)
 {
 	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
-	return reserve_ex(c, layout, key, len, 0, 0, r);
+	return kvtc_reserve(c, layout, key, len, 0, 0, r);
 }
 
 /*
@@ -500,7 +510,7 @@ KVT_API int kvt_put_at(struct kvt_client *c, int layout, const struct kvt_key *k
 	if (check_client(c) < 0)
 		return -EINVAL;
 	for (int attempt = 0;;) {
-		const struct kvt_chain *chain = put_chain(c, layout, len);
+		const struct kvt_chain *chain = kvtc_put_chain(c, layout, len);
 		const void *src = data;
 		size_t n = len;
 
@@ -524,8 +534,8 @@ KVT_API int kvt_put_at(struct kvt_client *c, int layout, const struct kvt_key *k
 				n = (size_t)e;
 			}
 		}
-		ret = reserve_ex(c, layout, key, n, src == data ? 0 : kvt_chain_id(chain),
-				 src == data ? 0 : len, &r);
+		ret = kvtc_reserve(c, layout, key, n, src == data ? 0 : kvt_chain_id(chain),
+				   src == data ? 0 : len, &r);
 		if (ret == -ESTALE && !refreshed) {
 			/* The daemon names another chain for this layout now: ask which. */
 			refreshed = true;

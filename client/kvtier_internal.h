@@ -139,6 +139,14 @@ void kvtc_geom(const struct kvt_layout *l, uint32_t pos, struct kvt_codec_geom *
  * locked: c->lock is held. */
 ssize_t kvtc_decode(struct kvt_client *c, uint32_t id, const void *src, size_t n, void *dst,
 		    size_t cap, bool locked);
+/* The chain layout's puts of len bytes are encoded with (NULL: stored raw). */
+const struct kvt_chain *kvtc_put_chain(struct kvt_client *c, int layout, size_t len);
+/* The host chain of id (asked of the daemon when new), or NULL. */
+const struct kvt_chain *kvtc_chain_get(struct kvt_client *c, uint32_t id);
+/* A reservation of len bytes: the raw block (chain 0), or a record of chain decoding to
+ * raw_len bytes.  As kvt_put_reserve, and -ESTALE when the daemon wants another chain. */
+int kvtc_reserve(struct kvt_client *c, int layout, const struct kvt_key *key, size_t len,
+		 uint32_t chain, size_t raw_len, struct kvt_reservation *r);
 /* The raw length a stored form decodes to: n for raw, the record's for a chain, or -EBADMSG. */
 ssize_t kvtc_raw_len(uint32_t id, const void *src, size_t n);
 
