@@ -392,7 +392,7 @@ class Client:
         position in its sequence, for codecs that undo RoPE."""
         src = self._block_src(layout, data, partial)
         ck = _to_key(key)
-        pos = 0xFFFFFFFF if position is None else position  # KVT_POS_UNKNOWN
+        pos = 0xFFFFFFFF if position is None else _uint(position, 32, "position")
         return _check(_lib.kvt_put_at(self._handle(), self._lid(layout), ctypes.byref(ck), pos,
                                       src.ctypes.data, src.size), "kvt_put_at")
 
