@@ -9,10 +9,11 @@
  * For host.codec = raw and host.codec = C (default bq), a kvtierd of its own is started with
  * a host tier larger than the working set; one client (this thread) then puts every block
  * (kvt_put_at: the library encodes), gets every block (kvt_get: it decodes), and the memcpy
- * of the same blocks (src -> dst, dst -> out) is timed in between, R repetitions alternated,
- * medians reported.  GB/s are raw block bytes a second, whatever crosses.  The tier's own
- * account (kvtierctl's raw_bytes / stored_bytes) gives how many more blocks the same bytes of
- * RAM hold.  Single-threaded: a put's encode and a get's decode run in the caller's thread.
+ * of the same blocks (src -> dst, dst -> out) is timed in between; one warm-up pass (arena
+ * pages mapped), then R repetitions alternated between the two daemons, medians reported.  GB/s are
+ * raw block bytes a second, whatever crosses.  The tier's own account (kvtierctl's raw_bytes /
+ * stored_bytes) gives how many more blocks the same bytes of RAM hold.  Single-threaded: a put's
+ * encode and a get's decode run in the caller's thread.
  */
 #include <errno.h>
 #include <signal.h>
@@ -28,7 +29,7 @@
 #include "kvd.h"
 #include "kvtier.h"
 
-static char sock[300];
+static char socks[2][300];
 
 static double now_s(void)
 {
@@ -50,7 +51,7 @@ static double median(double *v, int n)
 	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-static pid_t daemon_start(const char *kvtierd, uint64_t cap, const char *chain)
+static pid_t daemon_start(const char *kvtierd, const char *sock, uint64_t cap, const char *chain)
 {
 	char h[64], c[160];
 	pid_t pid;
@@ -174,29 +175,31 @@ int main(int argc, char **argv)
 		ring[i] = blk[i % db]; /* the dump's blocks, tiled */
 	memset(dst, 1, (size_t)n * bb);
 	memset(out, 1, 64 * bb);
-	snprintf(sock, sizeof(sock), "%s/s", dir);
+	struct kvt_client *cl[2] = {NULL, NULL};
+	pid_t pids[2] = {-1, -1};
+	int lays[2] = {-1, -1};
+
+	for (int k = 0; k < 2; k++) {
+		struct kvt_connect_opts co = {.size = sizeof(co),
+					      .socket_path = socks[k],
+					      .name = "hostcodec-bench",
+					      .timeout_ms = 60000};
+
+		snprintf(socks[k], sizeof(socks[k]), "%s/s%d", dir, k);
+		pids[k] =
+		    daemon_start(argv[1], socks[k], 2 * (uint64_t)n * bb + (64u << 20), chains[k]);
+		if (pids[k] < 0 || kvt_connect(&co, &cl[k]) < 0 ||
+		    (lays[k] = kvt_register_layout(cl[k], &l)) < 0)
+			goto stop;
+	}
 	for (int rep = -1; rep < reps; rep++) {
 		for (int k = 0; k < 2; k++) {
-			struct kvt_connect_opts co = {.size = sizeof(co),
-						      .socket_path = sock,
-						      .name = "hostcodec-bench",
-						      .timeout_ms = 60000};
-			struct kvt_client *c = NULL;
-			pid_t pid =
-			    daemon_start(argv[1], 2 * (uint64_t)n * bb + (64u << 20), chains[k]);
 			struct res x;
-			int lay, rr = -1;
 
-			if (pid < 0)
-				goto out;
-			if (kvt_connect(&co, &c) == 0 && (lay = kvt_register_layout(c, &l)) >= 0)
-				rr = run(c, lay, ring, n, bb, T, dst, out, (uint32_t)(rep + 2), &x);
-			kvt_close(c);
-			kill(pid, SIGTERM);
-			waitpid(pid, NULL, 0);
-			if (rr < 0) {
+			if (run(cl[k], lays[k], ring, n, bb, T, dst, out, (uint32_t)(rep + 2), &x) <
+			    0) {
 				fprintf(stderr, "%s: a put or get failed\n", chains[k]);
-				goto out;
+				goto stop;
 			}
 			if (rep >= 0)
 				r[k][rep] = x;
@@ -223,7 +226,7 @@ int main(int argc, char **argv)
 	if (outp) {
 		FILE *f = fopen(outp, "w");
 		if (!f)
-			goto out;
+			goto stop;
 		fprintf(f,
 			"{\n  \"bench\": \"kvtier-hostcodec-bench\",\n  \"dump\": \"%s\",\n  "
 			"\"geometry\": [%u, %u, %u, %u],\n  \"block_bytes\": %zu,\n  \"blocks\": "
@@ -243,8 +246,15 @@ int main(int argc, char **argv)
 		fclose(f);
 	}
 	ret = 0;
-out:
-	unlink(sock);
+stop:
+	for (int k = 0; k < 2; k++) {
+		kvt_close(cl[k]);
+		if (pids[k] > 0) {
+			kill(pids[k], SIGTERM);
+			waitpid(pids[k], NULL, 0);
+		}
+		unlink(socks[k]);
+	}
 	rmdir(dir);
 	for (uint32_t b = 0; b < db; b++)
 		free(blk[b]);
