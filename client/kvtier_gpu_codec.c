@@ -82,6 +82,7 @@ static int staging(struct kvt_dev *d, uint32_t bb, size_t bound, const struct kv
 	size_t sb = plan ? kvt_gpu_bq_scratch_bytes(plan, HOST_CHUNK) : 0;
 	int ret = 0;
 
+	bound = (bound + 255) & ~(size_t)255; /* every slot aligned for the kernels' loads */
 	if (!d->q_harr && (ret = kvt_gpu_host_alloc(ARR_BYTES, (void **)&d->q_harr)) < 0)
 		return ret;
 	if (!d->q_arr && (ret = kvt_gpu_dev_alloc(d->device, ARR_BYTES, (void **)&d->q_arr)) < 0)
