@@ -13,6 +13,9 @@
  *                kvt_lease_decode, never wrong data
  *   config       host.codec that is no chain, or not a GPU-speed one, stops the daemon with
  *                a message that says so
+ *   raw_ring     a client of its own rings: a reservation naming a chain the daemon did not
+ *                name is -ESTALE, a commit of bytes that are not the announced record is
+ *                -EBADMSG and stores nothing, a true record is served
  *
  * usage: test_hostcodec KVTIERD KVTIERCTL [TEST...]
  */
@@ -24,13 +27,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "codec.h"
 #include "harness.h"
 #include "kvt_half.h"
+#include "kvt_proto.h"
+#include "kvt_ring.h"
 #include "kvtier.h"
 
 static const char *kvtierd, *kvtierctl;
@@ -477,9 +485,187 @@ static void config(void)
 	CHECK(log_has("not a codec chain"));
 }
 
+/* A hand-driven client: its socket, rings and arena. */
+struct raw {
+	int fd, fds[KVT_HELLO_NFDS];
+	uint8_t *ring, *arena;
+	size_t ring_size, arena_size;
+	struct kvt_ring_ctl *sq, *cq;
+	struct kvt_sqe *sqe;
+	struct kvt_cqe *cqe;
+	uint32_t sq_tail, cq_head, sq_n, cq_n;
+};
+
+static int raw_open(struct raw *r)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	struct kvt_msg_hello h;
+	struct kvt_msg_hello_reply rep;
+	union {
+		char buf[CMSG_SPACE(sizeof(int) * KVT_HELLO_NFDS)];
+		struct cmsghdr a;
+	} u;
+	struct iovec iov = {&rep, sizeof(rep)};
+	struct msghdr mh = {.msg_iov = &iov,
+			    .msg_iovlen = 1,
+			    .msg_control = u.buf,
+			    .msg_controllen = sizeof(u.buf)};
+	struct kvt_shm_hdr *sh;
+
+	memset(r, 0, sizeof(*r));
+	r->fd = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+	if (strlen(sock) >= sizeof(sa.sun_path))
+		return -1;
+	memcpy(sa.sun_path, sock, strlen(sock) + 1);
+	if (connect(r->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		return -1;
+	memset(&h, 0, sizeof(h));
+	kvt_msg_init(&h.h, KVT_MSG_HELLO, sizeof(h));
+	h.lib_version = KVT_VERSION_NUMBER;
+	if (send(r->fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h) ||
+	    recvmsg(r->fd, &mh, 0) != (ssize_t)sizeof(rep) || rep.res < 0)
+		return -1;
+	memcpy(r->fds, CMSG_DATA(CMSG_FIRSTHDR(&mh)), sizeof(r->fds));
+	r->ring_size = rep.ring_size;
+	r->arena_size = rep.arena_size;
+	r->ring = mmap(NULL, r->ring_size, PROT_READ | PROT_WRITE, MAP_SHARED, r->fds[0], 0);
+	r->arena = mmap(NULL, r->arena_size, PROT_READ | PROT_WRITE, MAP_SHARED, r->fds[1], 0);
+	if (r->ring == MAP_FAILED || r->arena == MAP_FAILED)
+		return -1;
+	sh = (struct kvt_shm_hdr *)r->ring;
+	r->sq = (struct kvt_ring_ctl *)(r->ring + sh->sq_off);
+	r->sqe = (struct kvt_sqe *)(r->ring + sh->sq_off + sizeof(*r->sq));
+	r->cq = (struct kvt_ring_ctl *)(r->ring + sh->cq_off);
+	r->cqe = (struct kvt_cqe *)(r->ring + sh->cq_off + sizeof(*r->cq));
+	r->sq_n = sh->sq_entries;
+	r->cq_n = sh->cq_entries;
+	return 0;
+}
+
+static void raw_close(struct raw *r)
+{
+	munmap(r->ring, r->ring_size);
+	munmap(r->arena, r->arena_size);
+	for (int i = 0; i < KVT_HELLO_NFDS; i++)
+		close(r->fds[i]);
+	close(r->fd);
+}
+
+/* One request, its completion waited for (the daemon's CQ tail, an event). */
+static int raw_call(struct raw *r, struct kvt_sqe *s, struct kvt_cqe *q)
+{
+	uint64_t one = 1;
+
+	s->user_data = r->sq_tail + 1;
+	r->sqe[r->sq_tail & (r->sq_n - 1)] = *s;
+	kvt_ring_publish(r->sq, ++r->sq_tail);
+	if (write(r->fds[2], &one, sizeof(one)) != sizeof(one))
+		return -1;
+	while (kvt_ring_tail(r->cq) == r->cq_head)
+		kvt_cpu_relax();
+	*q = r->cqe[r->cq_head & (r->cq_n - 1)];
+	kvt_ring_consume(r->cq, ++r->cq_head);
+	return q->res;
+}
+
+static void raw_ring(void)
+{
+	static uint16_t raw[BLOCK / 2], got[BLOCK / 2], want[BLOCK / 2];
+	static uint8_t rec[2 * BLOCK];
+	struct kvt_codec_geom g = {4, 4, 128, 32, KVT_DTYPE_FP16, 0};
+	struct kvt_msg_layout m;
+	struct kvt_msg_layout_reply lr;
+	struct kvt_chain *ch = NULL;
+	struct kvt_client *c = NULL;
+	struct kvt_sqe s;
+	struct kvt_cqe q;
+	struct kvt_key key = key_of(3);
+	struct raw r;
+	int lay = -1;
+	ssize_t n;
+	pid_t pid = start("host.codec=" BQ, "host.capacity=16MiB", NULL);
+
+	CHECK(pid > 0);
+	CHECK_EQ(kvt_chain_parse(BQ, &ch), 0);
+	CHECK_EQ(raw_open(&r), 0);
+	memset(&m, 0, sizeof(m));
+	kvt_msg_init(&m.h, KVT_MSG_LAYOUT, sizeof(m));
+	m.layout = lay_def;
+	CHECK_EQ(send(r.fd, &m, sizeof(m), 0), (ssize_t)sizeof(m));
+	CHECK_EQ(recv(r.fd, &lr, sizeof(lr), 0), (ssize_t)sizeof(lr));
+	CHECK_EQ(lr.h.type, KVT_MSG_LAYOUT_REPLY);
+	CHECK_EQ(lr.res, 0);
+	CHECK_EQ(lr.chain_id, kvt_chain_id(ch));
+	CHECK(strcmp(lr.chain, kvt_chain_name(ch)) == 0);
+	make_block(raw, 3);
+	n = kvt_chain_encode(ch, &g, raw, BLOCK, rec, sizeof(rec));
+	CHECK(n > 0);
+	/* a chain the daemon did not name for this layout */
+	memset(&s, 0, sizeof(s));
+	s.op = KVT_OP_RESERVE;
+	s.key_lo = key.lo;
+	s.key_hi = key.hi;
+	s.len = (uint32_t)n;
+	s.chain = lr.chain_id ^ 1;
+	s.raw_len = BLOCK;
+	CHECK_EQ(raw_call(&r, &s, &q), -ESTALE);
+	/* the right chain, but a record of another length than the block's: refused */
+	s.chain = lr.chain_id;
+	s.raw_len = BLOCK / 2;
+	CHECK_EQ(raw_call(&r, &s, &q), -EINVAL);
+	/* reserved for a record, filled with something else: the commit refuses it */
+	s.raw_len = BLOCK;
+	CHECK_EQ(raw_call(&r, &s, &q), (int)n);
+	memset(r.arena + q.off, 0x3c, (size_t)n);
+	memset(&s, 0, sizeof(s));
+	s.op = KVT_OP_COMMIT;
+	s.handle = q.handle;
+	CHECK_EQ(raw_call(&r, &s, &q), -EBADMSG);
+	c = client(&lay);
+	CHECK(c && lay >= 0);
+	CHECK_EQ(kvt_get(c, lay, &key, got, sizeof(got)), -ENOENT);
+	/* the record of another block's geometry (a foreign header) likewise */
+	memset(&s, 0, sizeof(s));
+	s.op = KVT_OP_RESERVE;
+	s.key_lo = key.lo;
+	s.key_hi = key.hi;
+	s.len = (uint32_t)n;
+	s.chain = lr.chain_id;
+	s.raw_len = BLOCK;
+	CHECK_EQ(raw_call(&r, &s, &q), (int)n);
+	memcpy(r.arena + q.off, rec, (size_t)n);
+	r.arena[q.off + 16] ^= 1; /* n_layers */
+	memset(&s, 0, sizeof(s));
+	s.op = KVT_OP_COMMIT;
+	s.handle = q.handle;
+	CHECK_EQ(raw_call(&r, &s, &q), -EBADMSG);
+	CHECK_EQ(kvt_get(c, lay, &key, got, sizeof(got)), -ENOENT);
+	/* the true record: stored, and served as the chain decodes it */
+	memset(&s, 0, sizeof(s));
+	s.op = KVT_OP_RESERVE;
+	s.key_lo = key.lo;
+	s.key_hi = key.hi;
+	s.len = (uint32_t)n;
+	s.chain = lr.chain_id;
+	s.raw_len = BLOCK;
+	CHECK_EQ(raw_call(&r, &s, &q), (int)n);
+	memcpy(r.arena + q.off, rec, (size_t)n);
+	memset(&s, 0, sizeof(s));
+	s.op = KVT_OP_COMMIT;
+	s.handle = q.handle;
+	CHECK_EQ(raw_call(&r, &s, &q), 0);
+	expect_block(ch, 3, KVT_POS_UNKNOWN, want);
+	CHECK_EQ(kvt_get(c, lay, &key, got, sizeof(got)), BLOCK);
+	CHECK(memcmp(got, want, BLOCK) == 0);
+	raw_close(&r);
+	kvt_close(c);
+	kvt_chain_free(ch);
+	CHECK_EQ(stop(pid), 0);
+}
+
 static const struct kvt_test_case tests[] = {
     {"roundtrip", roundtrip}, {"mixed", mixed},	  {"capacity", capacity},
-    {"corrupt", corrupt},     {"config", config},
+    {"corrupt", corrupt},     {"config", config}, {"raw_ring", raw_ring},
 };
 
 int main(int argc, char **argv)
