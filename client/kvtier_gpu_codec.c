@@ -8,8 +8,11 @@
  *   put: engine pages --D2D--> raw slot --bq encode--> record slot --D2H--> arena (reserved
  *        with the record's length, which the GPU tells first: one stream sync a round)
  *
- * The decoder writes a block contiguous, as the chain's record describes it; the engine's
- * pages are scattered, so one device-to-device copy (HBM speed, the engine's layout) follows.
+ * The decoder writes a block contiguous, as the chain's record describes it: where the engine
+ * keeps each block in one buffer of its own (n_layers = n_kv = pages_per_block = 1) that is
+ * the page itself, decoded (and encoded) in place; otherwise the pages are scattered, and one
+ * device-to-device copy (HBM speed, the engine's layout) follows the decode (precedes the
+ * encode).
  * Staging holds 2 rounds of HOST_CHUNK blocks, as the host path keeps 2 rounds in flight
  * (kvtier_gpu_copy.c): block k uses slot k % (2 * HOST_CHUNK).  A layout whose blocks the
  * kernels cannot take (kvt_gpu_bq_new refuses the geometry), or a build without CUDA, decodes
@@ -148,6 +151,18 @@ static int download_u32(struct kvt_dev *d, uint32_t off, uint32_t s0, uint32_t m
 	return kvt_gpu_copy(d->eng, &seg, 1, KVT_GPU_D2H, KVT_GPU_DMA, stream);
 }
 
+/* Block k's engine buffer when the pages are one contiguous block each (the kernels then code
+ * in place), else 0. */
+static uint64_t direct_addr(const struct kvt_gpu_paged_layout *pl, const uint32_t *ids, size_t k)
+{
+	uint64_t a;
+
+	if (pl->n_layers != 1 || pl->n_kv != 1 || pl->pages_per_block != 1)
+		return 0;
+	a = pl->layer_base[0] + (uint64_t)ids[k] * pl->block_stride;
+	return a % 16 ? 0 : a;
+}
+
 /* Queues the copies between the pages and the raw slots of the m blocks whose engine ids are
  * at d->ids and slot addresses at d->addrs (put: pages -> slots). */
 static int slots_pages(struct kvt_dev *d, const struct kvt_gpu_paged_layout *pl, size_t m, bool put,
@@ -170,7 +185,7 @@ int kvtc_devq_put_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 	struct kvt_gpu_seg segs[HOST_CHUNK];
 	struct kvt_gpu_bq *plan;
 	const struct kvt_chain *chain = kvtc_devq_put_plan(d, layout, bb, &plan);
-	uint32_t ppb = pl->pages_per_block, s0 = (uint32_t)(k0 % SLOTS), m = 0, *a;
+	uint32_t ppb = pl->pages_per_block, s0 = (uint32_t)(k0 % SLOTS), m = 0, nc = 0, *a;
 	uint64_t raw = (uint64_t)(uintptr_t)d->q_raw, enc = (uint64_t)(uintptr_t)d->q_enc;
 	size_t bound = d->q_bound, ns = 0;
 	int ret;
@@ -184,9 +199,13 @@ int kvtc_devq_put_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 		if (d->blk[k].where != B_NONE)
 			continue;
 		d->blk[k].qi = s0 + m;
-		memcpy(&d->ids[m * ppb], &ids[k * ppb], ppb * sizeof(*ids));
-		d->addrs[m] = raw + slot * bb;
-		d->q_harr[A_SRC + s0 + m] = raw + slot * bb;
+		if (direct_addr(pl, ids, k)) {
+			d->q_harr[A_SRC + s0 + m] = direct_addr(pl, ids, k);
+		} else {
+			memcpy(&d->ids[nc * ppb], &ids[k * ppb], ppb * sizeof(*ids));
+			d->addrs[nc++] = raw + slot * bb;
+			d->q_harr[A_SRC + s0 + m] = raw + slot * bb;
+		}
 		d->q_harr[A_DST + s0 + m] = enc + slot * bound;
 		a[A_FT + s0 + m] = 0; /* kvt_dev_put does not know positions: 0, as the daemon */
 		a[A_LEN + s0 + m] = 0;
@@ -194,7 +213,7 @@ int kvtc_devq_put_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 	}
 	if (!m)
 		return 0;
-	ret = slots_pages(d, pl, m, true, stream);
+	ret = nc ? slots_pages(d, pl, nc, true, stream) : 0;
 	if (ret >= 0)
 		ret = upload_arrays(d, s0, m, stream);
 	if (ret >= 0)
@@ -283,7 +302,7 @@ int kvtc_devq_get_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 {
 	struct kvt_gpu_seg segs[HOST_CHUNK];
 	struct kvt_gpu_bq *plan = d->bq[layout];
-	uint32_t ppb = pl->pages_per_block, s0 = (uint32_t)(k0 % SLOTS), m = 0, *a;
+	uint32_t ppb = pl->pages_per_block, s0 = (uint32_t)(k0 % SLOTS), m = 0, nc = 0, *a;
 	uint64_t raw = (uint64_t)(uintptr_t)d->q_raw, enc = (uint64_t)(uintptr_t)d->q_enc;
 	int ret;
 
@@ -302,10 +321,14 @@ int kvtc_devq_get_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 		if (b->where != B_HOSTE)
 			continue;
 		b->qi = s0 + m;
-		memcpy(&d->ids[m * ppb], &ids[k * ppb], ppb * sizeof(*ids));
-		d->addrs[m] = raw + slot * bb;
 		d->q_harr[A_SRC + s0 + m] = enc + slot * d->q_bound;
-		d->q_harr[A_DST + s0 + m] = raw + slot * bb;
+		if (direct_addr(pl, ids, k)) {
+			d->q_harr[A_DST + s0 + m] = direct_addr(pl, ids, k);
+		} else {
+			memcpy(&d->ids[nc * ppb], &ids[k * ppb], ppb * sizeof(*ids));
+			d->addrs[nc++] = raw + slot * bb;
+			d->q_harr[A_DST + s0 + m] = raw + slot * bb;
+		}
 		a[A_LEN + s0 + m] = (uint32_t)b->u.l.len;
 		a[A_BAD + s0 + m] = 1; /* until the decoder says otherwise */
 		a[A_FT + s0 + m] = 0;
@@ -319,8 +342,8 @@ int kvtc_devq_get_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 		ret = kvt_gpu_bq_decode(
 		    plan, (const void *const *)(d->q_arr + A_SRC + s0), u32s(d->q_arr) + A_LEN + s0,
 		    m, (void *const *)(d->q_arr + A_DST + s0), u32s(d->q_arr) + A_BAD + s0, stream);
-	if (ret >= 0)
-		ret = slots_pages(d, pl, m, false, stream);
+	if (ret >= 0 && nc)
+		ret = slots_pages(d, pl, nc, false, stream);
 	if (ret >= 0)
 		ret = download_u32(d, A_BAD, s0, m, stream);
 	if (ret >= 0)

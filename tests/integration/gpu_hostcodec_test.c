@@ -4,7 +4,9 @@
  * kvtierd: kvt_dev_get of blocks the CPU put encoded moves the records and decodes them on
  * the GPU into the engine's pages, which must equal the CPU's decode (kvt_get) bit for bit;
  * kvt_dev_put encodes on the GPU, and the stored records must be the CPU encoder's bytes, and
- * read back (GPU and CPU) to the same values.  Exits 77 (skipped) without a GPU.
+ * read back (GPU and CPU) to the same values; with vLLM pages (decoded into staging, then
+ * copied into the pages) and with one buffer per block (decoded in place).  Exits 77 (skipped)
+ * without a GPU.
  *
  * usage: gpu_hostcodec_test KVTIERD KVTIERCTL
  */
@@ -63,16 +65,26 @@ static pid_t start(void)
 	return pid;
 }
 
-/* Engine pages: NB engine blocks per layer, vLLM order [2][NB][page], one block a page. */
+/* Engine pages: NB engine blocks per layer, vLLM order [2][NB][page], one block a page; or
+ * (onebuf) one buffer per block, which the kernels decode into and encode from in place. */
 struct pages {
 	uint8_t *dev;
 	uint64_t base[L];
 	struct kvt_dev_pages p;
+	bool onebuf;
 };
 
 static int pages_init(struct pages *pg)
 {
 	uint64_t layer = 2ull * NB * PAGE;
+
+	if (pg->onebuf) {
+		if (kvt_gpu_dev_alloc(-1, NB * BLOCK, (void **)&pg->dev) < 0)
+			return -1;
+		pg->base[0] = (uint64_t)(uintptr_t)pg->dev;
+		pg->p = (struct kvt_dev_pages){sizeof(pg->p), 1, pg->base, BLOCK, BLOCK, 0, 1, 1};
+		return kvt_gpu_memset(pg->dev, 0, NB * BLOCK);
+	}
 
 	if (kvt_gpu_dev_alloc(-1, L * layer, (void **)&pg->dev) < 0)
 		return -1;
@@ -85,6 +97,9 @@ static int pages_init(struct pages *pg)
 /* Engine block id's pages <-> a kvtier block (page-first) in host memory. */
 static int pages_io(struct pages *pg, uint32_t id, uint8_t *blk, bool up)
 {
+	if (pg->onebuf)
+		return up ? kvt_gpu_memcpy(pg->dev + (size_t)id * BLOCK, blk, BLOCK)
+			  : kvt_gpu_memcpy(blk, pg->dev + (size_t)id * BLOCK, BLOCK);
 	for (int l = 0; l < L; l++)
 		for (int kv = 0; kv < 2; kv++) {
 			uint8_t *dv =
@@ -103,7 +118,7 @@ static struct kvt_key key_of(unsigned i)
 	return (struct kvt_key){0xd00d000000000000ull + i, 0x1234ull * (i + 7)};
 }
 
-static void gpu_hostcodec(void)
+static void run_pages(bool onebuf)
 {
 	static uint16_t raw[BLOCK / 2], cpu[BLOCK / 2], gpu[BLOCK / 2];
 	static uint8_t rec[2 * BLOCK];
@@ -115,7 +130,7 @@ static void gpu_hostcodec(void)
 	struct kvt_dev *dv = NULL;
 	struct kvt_chain *ch = NULL;
 	struct kvt_key keys[NB];
-	struct pages pg;
+	struct pages pg = {.onebuf = onebuf};
 	uint32_t ids[NB];
 	int lay, dl;
 	pid_t pid;
@@ -164,7 +179,7 @@ static void gpu_hostcodec(void)
 		CHECK_EQ(kvt_lease_release(c, &ls), 0);
 	}
 	/* and back through the GPU decoder: the CPU's values */
-	CHECK_EQ(kvt_gpu_memset(pg.dev, 0, L * 2ull * NB * PAGE), 0);
+	CHECK_EQ(kvt_gpu_memset(pg.dev, 0, onebuf ? NB * BLOCK : L * 2ull * NB * PAGE), 0);
 	CHECK_EQ(kvt_dev_get(dv, dl, &pg.p, keys, ids, NB, 0, NULL), NB);
 	for (unsigned k = 0; k < NB; k++) {
 		CHECK_EQ(kvt_get(c, lay, &keys[k], cpu, BLOCK), (ssize_t)BLOCK);
@@ -179,7 +194,18 @@ static void gpu_hostcodec(void)
 	cur = 0;
 }
 
-static const struct kvt_test_case tests[] = {{"gpu_hostcodec", gpu_hostcodec}};
+static void gpu_hostcodec(void)
+{
+	run_pages(false);
+}
+
+static void gpu_hostcodec_onebuf(void)
+{
+	run_pages(true);
+}
+
+static const struct kvt_test_case tests[] = {{"gpu_hostcodec", gpu_hostcodec},
+					     {"gpu_hostcodec_onebuf", gpu_hostcodec_onebuf}};
 
 int main(int argc, char **argv)
 {
@@ -199,6 +225,6 @@ int main(int argc, char **argv)
 	if (!mkdtemp(dir))
 		return 1;
 	snprintf(sock, sizeof(sock), "%s/kvtier.sock", dir);
-	ran = kvt_test_run_cases(tests, 1, argv + 3, argc > 3 ? argc - 3 : 0, &cur, NULL);
+	ran = kvt_test_run_cases(tests, 2, argv + 3, argc > 3 ? argc - 3 : 0, &cur, NULL);
 	return kvt_test_finish(dir, ran);
 }
