@@ -256,7 +256,18 @@ int kvtc_devq_put_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 	if (!ns)
 		return 0;
 	ret = kvt_gpu_copy(d->eng, segs, ns, KVT_GPU_D2H, KVT_GPU_AUTO, stream);
-	return ret < 0 ? ret : 0;
+	if (ret < 0) {
+		/* Nothing was copied down: committing would store whatever the arena held. */
+		kvt_gpu_stream_sync(stream);
+		for (size_t k = k0; k < k1; k++) {
+			if (d->blk[k].where == B_HOSTE) {
+				kvt_put_abort(d->c, &d->blk[k].u.r);
+				d->blk[k].where = B_NONE;
+			}
+		}
+		return ret;
+	}
+	return 0;
 }
 
 int kvtc_devq_get_prepare(struct kvt_dev *d, int layout, size_t k, uint32_t bb)
