@@ -1,7 +1,7 @@
 # kvtier-decode-replay: decode steps of a real dump with and without the prefetch predictor.
 if(TARGET kvtier AND TARGET kvtierd)
 	add_executable(kvtier-decode-replay ${CMAKE_CURRENT_SOURCE_DIR}/kvtier_decode_replay.c)
-	target_link_libraries(kvtier-decode-replay PRIVATE kvt_kvd kvtier m)
+	target_link_libraries(kvtier-decode-replay PRIVATE kvt_kvd kvtier kvt_codecs m)
 	target_compile_definitions(kvtier-decode-replay PRIVATE _GNU_SOURCE)
 	install(TARGETS kvtier-decode-replay RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 	file(GLOB _kvt_decode_dumps CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/tests/data/*q128*.kvd)

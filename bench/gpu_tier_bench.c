@@ -4,7 +4,18 @@
  * against pinned cudaMemcpy measured in the same run (DESIGN §9: >= 0.9x for >= 1 MiB blocks,
  * >= 0.8x for 64 KiB pages batched).
  *
- * usage: kvtier-gpu-tier-bench KVTIERD OUT.json [--mib N] [--reps R]
+ * usage: kvtier-gpu-tier-bench KVTIERD OUT.json [--mib N] [--reps R] [--host-codec CHAIN]
+ *                              [--llama32k] [--kvd FILE]
+ *
+ * --host-codec CHAIN  the daemon's host.codec (e.g. bq): the host path then moves records
+ *                     over PCIe and codes them on the GPU (issue 15's restore target); the
+ *                     GB/s are fp16 bytes delivered (block bytes / time), the ratios against
+ *                     pinned cudaMemcpy of the same bytes in the same run
+ * --llama32k          one workload instead: a 32K-token prefix of Llama-3-8B geometry (32
+ *                     layers, 8 KV heads, head_dim 128, fp16: 4 GiB) in vLLM pages of 16
+ *                     tokens, one page (2 MiB over all layers) per kvtier block
+ * --kvd FILE          with --llama32k: the pages hold real K/V, the dump's slabs tiled (else
+ *                     a byte pattern, which a codec would compress beyond any real ratio)
  *
  * Workloads (N MiB per repetition, engine blocks at shuffled ids):
  *   blocks_1mib   one 1 MiB device buffer per kvtier block (n_layers = n_kv = 1)
@@ -26,6 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kvd.h"
 #include "kvt_gpu.h"
 #include "kvtier.h"
 
@@ -51,17 +63,18 @@ static double median(double *v, int n)
 	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-static pid_t daemon_start(const char *kvtierd, uint64_t host, uint64_t gpu)
+static pid_t daemon_start(const char *kvtierd, uint64_t host, uint64_t gpu, const char *codec)
 {
-	char h[64], g[64];
+	char h[64], g[64], hc[128];
 	pid_t pid;
 
 	snprintf(h, sizeof(h), "host.capacity=%llu", (unsigned long long)host);
 	snprintf(g, sizeof(g), "gpu.capacity=%llu", (unsigned long long)gpu);
+	snprintf(hc, sizeof(hc), "host.codec=%s", codec);
 	unlink(sock);
 	pid = fork();
 	if (pid == 0) {
-		execl(kvtierd, kvtierd, "-f", "-s", sock, "-o", h, "-o", g, "-o",
+		execl(kvtierd, kvtierd, "-f", "-s", sock, "-o", h, "-o", g, "-o", hc, "-o",
 		      "daemon.log_level=warn", "-o", "gpu.promote_on_get=false", (char *)NULL);
 		_exit(127);
 	}
@@ -79,20 +92,70 @@ struct work {
 	const char *name;
 	struct kvt_layout l;
 	struct kvt_dev_pages p;
-	uint64_t layer_base[16];
+	uint64_t layer_base[32];
 	uint8_t *dev;
 	uint64_t block_bytes;
 	uint32_t nblocks;
 	uint32_t *ids;
 };
 
-static int work_init(struct work *w, const char *name, uint64_t total, bool pages)
+/* Fills w's pages with the dump's K and V: page (layer l, K or V) of engine block b holds the
+ * dump's [head][token][dim] slabs of layer l % its layers, heads and windows of tokens tiled. */
+static int fill_kvd(struct work *w, const char *path, uint32_t layers, uint32_t page_tokens)
+{
+	uint32_t H = w->l.n_kv_heads, D = w->l.head_dim, T = page_tokens;
+	uint64_t page = (uint64_t)H * T * D * 2;
+	uint16_t *buf = malloc(page);
+	struct kvd d;
+	int ret = kvd_load(path, &d);
+
+	if (ret < 0 || !buf || d.head_dim != D || d.n_tokens < T) {
+		fprintf(stderr, "%s: not a dump of head_dim %u with %u tokens\n", path, D, T);
+		free(buf);
+		return -1;
+	}
+	for (uint32_t b = 0; b < w->nblocks && ret >= 0; b++)
+		for (uint32_t l = 0; l < layers && ret >= 0; l++)
+			for (uint32_t kv = 0; kv < 2 && ret >= 0; kv++) {
+				uint32_t t0 = (b * T) % (d.n_tokens - T + 1);
+
+				for (uint32_t h = 0; h < H; h++)
+					for (uint32_t t = 0; t < T; t++)
+						memcpy(buf + ((size_t)h * T + t) * D,
+						       kvd_at(&d, kv ? d.v : d.k, l % d.n_layers,
+							      h % d.n_kv_heads, t0 + t),
+						       D * 2);
+				ret = kvt_gpu_memcpy((uint8_t *)(uintptr_t)(w->layer_base[l] +
+									    kv * w->p.kv_stride +
+									    b * w->p.block_stride),
+						     buf, page);
+			}
+	free(buf);
+	kvd_free(&d);
+	return ret < 0 ? -1 : 0;
+}
+
+static int work_init(struct work *w, const char *name, uint64_t total, int pages)
 {
 	uint64_t s = 88172645463325252ull;
 
 	memset(w, 0, sizeof(*w));
 	w->name = name;
-	if (pages) {
+	if (pages == 2) {
+		/* Llama-3-8B: 32 layers x 8 heads x 128 dims, vLLM pages of 16 tokens (32 KiB),
+		 * one page of every layer per 2 MiB kvtier block */
+		w->l = (struct kvt_layout){sizeof(w->l),   32, 8, 128, 16,
+					   KVT_DTYPE_FP16, 0,  0, 1,   "llama-3-8b"};
+		w->block_bytes = 2u << 20;
+		w->nblocks = (uint32_t)(total / w->block_bytes);
+		uint64_t page = 32u << 10, layer = 2ull * w->nblocks * page;
+		if (kvt_gpu_dev_alloc(-1, 32 * layer, (void **)&w->dev) < 0)
+			return -1;
+		for (int i = 0; i < 32; i++)
+			w->layer_base[i] = (uint64_t)(uintptr_t)w->dev + (uint64_t)i * layer;
+		w->p = (struct kvt_dev_pages){
+		    sizeof(w->p), 32, w->layer_base, page, page, w->nblocks * page, 2, 1};
+	} else if (pages) {
 		/* 16 layers x 8 heads x 128 dims x 32 tokens fp16: 64 KiB pages, 2 MiB blocks */
 		w->l = (struct kvt_layout){sizeof(w->l),   16, 8, 128, 32,
 					   KVT_DTYPE_FP16, 0,  0, 1,   "bench-64k"};
@@ -171,8 +234,9 @@ static int rep(struct kvt_client *c, struct kvt_dev *dv, int lay, struct work *w
 int main(int argc, char **argv)
 {
 	uint64_t mib = 1024;
-	int reps = 5;
-	const char *kvtierd, *outp;
+	int reps = 5, nwork = 2;
+	bool llama = false;
+	const char *kvtierd, *outp, *codec = "raw", *kvd = NULL;
 	char dir[64] = "/tmp/kvtier-gbench-XXXXXX";
 	double h2d_ceil, d2h_ceil, t0;
 	void *hbuf = NULL, *dbuf = NULL;
@@ -190,11 +254,25 @@ int main(int argc, char **argv)
 	}
 	kvtierd = argv[1];
 	outp = argv[2];
-	for (int i = 3; i + 1 < argc; i += 2) {
-		if (!strcmp(argv[i], "--mib"))
-			mib = strtoull(argv[i + 1], NULL, 0);
+	for (int i = 3; i < argc; i++) {
+		if (!strcmp(argv[i], "--llama32k"))
+			llama = true;
+		else if (i + 1 >= argc)
+			return 2;
+		else if (!strcmp(argv[i], "--mib"))
+			mib = strtoull(argv[++i], NULL, 0);
 		else if (!strcmp(argv[i], "--reps"))
-			reps = atoi(argv[i + 1]);
+			reps = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--host-codec"))
+			codec = argv[++i];
+		else if (!strcmp(argv[i], "--kvd"))
+			kvd = argv[++i];
+		else
+			return 2;
+	}
+	if (llama) {
+		mib = 4096; /* 32768 tokens x 32 layers x 2 x 8 heads x 128 x 2 bytes */
+		nwork = 1;
 	}
 	if (reps < 1 || reps > 100 || mib < 64)
 		return 2;
@@ -228,7 +306,7 @@ int main(int argc, char **argv)
 	if (!mkdtemp(dir))
 		return 1;
 	snprintf(sock, sizeof(sock), "%s/s", dir);
-	pid = daemon_start(kvtierd, total + (total / 2), total + (total / 2));
+	pid = daemon_start(kvtierd, total + (total / 2), total + (total / 2), codec);
 	if (pid < 0)
 		return 1;
 	struct kvt_connect_opts co = {
@@ -236,20 +314,25 @@ int main(int argc, char **argv)
 	struct kvt_dev_opts dopts = {sizeof(dopts), 0, sock, 0};
 	if (kvt_connect(&co, &c) < 0 || kvt_dev_open(c, &dopts, &dv) < 0)
 		goto done;
-	if (work_init(&w[0], "blocks_1mib", total, false) < 0 ||
-	    work_init(&w[1], "pages_64kib", total, true) < 0)
+	if (llama ? work_init(&w[0], "llama3_8b_32k", total, 2) < 0
+		  : (work_init(&w[0], "blocks_1mib", total, 0) < 0 ||
+		     work_init(&w[1], "pages_64kib", total, 1) < 0))
+		goto done;
+	if (kvd && llama && fill_kvd(&w[0], kvd, 32, 16) < 0)
 		goto done;
 	out = fopen(outp, "w");
 	if (!out)
 		goto done;
 	fprintf(out,
 		"{\n  \"bench\": \"kvtier-gpu-tier-bench\",\n  \"mib_per_rep\": %llu,\n  \"reps\": "
-		"%d,\n  \"ceiling_h2d_gbs\": %.2f,\n  \"ceiling_d2h_gbs\": %.2f,\n  \"results\": [",
-		(unsigned long long)mib, reps, h2d_ceil, d2h_ceil);
+		"%d,\n  \"host_codec\": \"%s\",\n  \"kvd\": \"%s\",\n  \"ceiling_h2d_gbs\": "
+		"%.2f,\n  \"ceiling_d2h_gbs\": %.2f,\n  \"results\": [",
+		(unsigned long long)mib, reps, codec, kvd ? kvd : "", h2d_ceil, d2h_ceil);
 	ret = 0;
-	for (int k = 0; k < 2; k++) {
+	for (int k = 0; k < nwork; k++) {
 		int lay = kvt_dev_layout(dv, &w[k].l);
-		for (int path = 0; path < 2; path++) {
+		/* the compressed host tier is a host path: the pool path is raw whatever */
+		for (int path = 0; path < (llama ? 1 : 2); path++) {
 			unsigned flags = path == 0 ? KVT_DEV_HOST_ONLY : 0;
 			double *tp = calloc((size_t)reps, sizeof(double));
 			double *tg = calloc((size_t)reps, sizeof(double));

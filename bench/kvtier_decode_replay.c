@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "codec.h"
 #include "kvd.h"
 #include "kvtier.h"
 
@@ -34,6 +35,7 @@
 
 struct opts {
 	const char *daemon, *ctl, *dump;
+	const char *host_codec; /* host.codec of the daemons (NULL: raw) */
 	uint32_t block;
 	double budget, host_frac[MAX_HOSTS], room_frac;
 	int n_host;
@@ -71,9 +73,10 @@ static int ctl(const struct opts *o, const char *cmd)
 
 static pid_t start_daemon(const struct opts *o, uint64_t host_bytes)
 {
-	char cap[64], paths[300];
+	char cap[64], paths[300], hc[200];
 	pid_t pid;
 
+	snprintf(hc, sizeof(hc), "host.codec=%s", o->host_codec ? o->host_codec : "raw");
 	snprintf(cap, sizeof(cap), "host.capacity=%lluMiB",
 		 (unsigned long long)((host_bytes + (1 << 20) - 1) >> 20));
 	snprintf(paths, sizeof(paths), "nvme.paths=%s/nvme0.slots", rundir);
@@ -83,7 +86,7 @@ static pid_t start_daemon(const struct opts *o, uint64_t host_bytes)
 		prctl(PR_SET_PDEATHSIG, SIGTERM);
 		execl(o->daemon, o->daemon, "-f", "-s", sockpath, "-o", cap, "-o",
 		      "nvme.enabled=true", "-o", paths, "-o", "nvme.capacity=512MiB", "-o",
-		      "daemon.log_level=warn", (char *)NULL);
+		      "daemon.log_level=warn", "-o", hc, (char *)NULL);
 		_exit(127);
 	}
 	for (int i = 0; i < 500; i++) {
@@ -114,6 +117,10 @@ struct replay {
 	uint32_t L, H, QH, D, T, nblk, P, steps;
 	size_t blk_b;
 	uint8_t *blocks; /* [nblk][blk_b] in the store's page-first order */
+	/* what a get must return: the blocks, or with a lossy host.codec the chain's own
+	 * decode of each (bit for bit) */
+	uint8_t *expect;
+	size_t stored_b; /* host bytes a block takes (its record's pages with a host.codec) */
 	uint16_t *kblk;	 /* [nblk][L][H][T][D]: keys as the predictor digests them */
 	uint32_t *tok;
 };
@@ -181,7 +188,7 @@ static void run_mode(const struct opts *o, struct replay *rp, struct kvt_client 
 			ssize_t g = kvt_get(c, lid, &keys[b], buf, blk_b);
 			stall += now_s() - t0;
 			r->gets++;
-			if (g != (ssize_t)blk_b || memcmp(buf, rp->blocks + b * blk_b, blk_b) != 0)
+			if (g != (ssize_t)blk_b || memcmp(buf, rp->expect + b * blk_b, blk_b) != 0)
 				r->wrong++;
 		}
 		if (mode != MODE_NONE) {
@@ -280,8 +287,7 @@ static int run_host(const struct opts *o, struct replay *rp, int hi, struct run_
 		kvt_pred_add_block(pred, b, rp->kblk + (size_t)b * L * H * T * D, T);
 	/* The budget: the host tier's room as the daemon reports it (one sequence here). */
 	if (kvt_stats(c, &st) < 0 ||
-	    kvt_pred_set_room(pred, st.host_capacity_bytes, kvt_layout_block_bytes(&lay),
-			      o->room_frac) < 0)
+	    kvt_pred_set_room(pred, st.host_capacity_bytes, rp->stored_b, o->room_frac) < 0)
 		goto out;
 
 	nres = 0;
@@ -317,6 +323,7 @@ int main(int argc, char **argv)
 					   {"deadline-us", required_argument, NULL, 'D'},
 					   {"steps", required_argument, NULL, 'n'},
 					   {"json", no_argument, NULL, 'j'},
+					   {"host-codec", required_argument, NULL, 'C'},
 					   {"help", no_argument, NULL, 'h'},
 					   {NULL, 0, NULL, 0}};
 	struct opts o = {.block = 64,
@@ -386,6 +393,9 @@ int main(int argc, char **argv)
 		case 'j':
 			o.json = 1;
 			break;
+		case 'C':
+			o.host_codec = optarg;
+			break;
 		case 'h':
 			printf(
 			    "usage: kvtier-decode-replay [options] DUMP.kvd\n"
@@ -408,6 +418,14 @@ int main(int argc, char **argv)
 			    "the "
 			    "daemon (default: --step-us; 0 = never)\n"
 			    "  --steps N       decode steps (default: every query position)\n"
+			    "  --host-codec C  the daemons' host.codec (a compressed host tier, "
+			    "e.g. "
+			    "bq): gets are\n"
+			    "                  checked against the chain's own decode of each "
+			    "block, "
+			    "the\n"
+			    "                  prefetch budget counts blocks at their records' "
+			    "size\n"
 			    "  --json          JSON output\n");
 			return 0;
 		default:
@@ -474,6 +492,36 @@ int main(int argc, char **argv)
 			}
 		}
 	}
+	/* A compressed host tier: a get returns the chain's decode of the block put (at first
+	 * token 0, as kvt_put tells none), and a block takes its record's pages. */
+	rp.expect = rp.blocks;
+	rp.stored_b = blk_b;
+	if (o.host_codec && strcmp(o.host_codec, "raw")) {
+		struct kvt_codec_geom g = {L, H, D, T, KVT_DTYPE_FP16, 0};
+		struct kvt_chain *ch = NULL;
+		size_t cap = 0, pages = 0;
+		uint8_t *rec = NULL;
+
+		if (kvt_chain_parse(o.host_codec, &ch) < 0 ||
+		    !(cap = kvt_chain_max_encoded_size(ch, &g)) || !(rec = malloc(cap)) ||
+		    !(rp.expect = malloc(blk_b * nblk))) {
+			fprintf(stderr, "kvtier-decode-replay: bad --host-codec %s\n",
+				o.host_codec);
+			goto out;
+		}
+		for (uint32_t b = 0; b < nblk; b++) {
+			ssize_t n =
+			    kvt_chain_encode(ch, &g, rp.blocks + b * blk_b, blk_b, rec, cap);
+
+			if (n < 0 || kvt_chain_decode(ch, rec, (size_t)n, rp.expect + b * blk_b,
+						      blk_b, NULL) != (ssize_t)blk_b)
+				goto out;
+			pages += ((size_t)n + 4095) / 4096;
+		}
+		rp.stored_b = pages * 4096 / nblk;
+		free(rec);
+		kvt_chain_free(ch);
+	}
 	rp.tok = malloc(sizeof(uint32_t) * d->n_tokens);
 	for (uint32_t t = 0; t < d->n_tokens; t++)
 		rp.tok[t] = d->tokens[t];
@@ -503,7 +551,8 @@ int main(int argc, char **argv)
 			    "\"nvme_reads\":%llu,\"prefetch_requests\":%llu,\"prefetch_useful\":%"
 			    "llu,"
 			    "\"prefetch_late\":%llu,\"prefetch_deferred\":%llu,"
-			    "\"prefetch_expired\":%llu,\"wrong_blocks\":%d}",
+			    "\"prefetch_expired\":%llu,\"wrong_blocks\":%d,\"host_codec\":\"%s\","
+			    "\"host_block_bytes\":%zu}",
 			    m ? "," : "", r->mode, T, o.budget, r->host_frac,
 			    (unsigned long long)r->host_bytes, o.room_frac, o.deadline_us,
 			    (unsigned long long)r->steps, (unsigned long long)r->gets,
@@ -512,7 +561,8 @@ int main(int argc, char **argv)
 			    (unsigned long long)r->prefetched,
 			    (unsigned long long)r->prefetch_useful,
 			    (unsigned long long)r->prefetch_late, (unsigned long long)r->deferred,
-			    (unsigned long long)r->expired, r->wrong);
+			    (unsigned long long)r->expired, r->wrong,
+			    o.host_codec ? o.host_codec : "raw", rp.stored_b);
 		}
 		printf("]\n");
 	} else {
@@ -544,6 +594,8 @@ int main(int argc, char **argv)
 			ret = 1;
 	}
 out:
+	if (rp.expect != rp.blocks)
+		free(rp.expect);
 	free(rp.blocks);
 	free(rp.kblk);
 	free(rp.tok);

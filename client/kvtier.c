@@ -253,21 +253,135 @@ void kvtc_copy_block(void *dst, const void *src, size_t n)
 	memcpy(dst, src, n);
 }
 
-KVT_API int kvt_put_reserve(struct kvt_client *c, int layout, const struct kvt_key *key, size_t len,
-			    struct kvt_reservation *r)
+/* ---------------------------------------------------------------------------------------
+ * The compressed host tier: puts encode with the layout's host chain, gets decode.
+ */
+void kvtc_geom(const struct kvt_layout *l, uint32_t pos, struct kvt_codec_geom *g)
+{
+	memset(g, 0, sizeof(*g));
+	g->n_layers = l->n_layers;
+	g->n_kv_heads = l->n_kv_heads;
+	g->head_dim = l->head_dim;
+	g->block_tokens = l->block_tokens;
+	g->dtype = l->dtype;
+	g->first_token = pos == KVT_POS_UNKNOWN ? 0 : pos;
+}
+
+ssize_t kvtc_raw_len(uint32_t id, const void *src, size_t n)
+{
+	uint32_t cid, raw;
+
+	if (!id)
+		return (ssize_t)n;
+	if (kvt_chain_peek(src, n, &cid, NULL, &raw) < 0 || cid != id)
+		return -EBADMSG;
+	return raw;
+}
+
+ssize_t kvtc_decode(struct kvt_client *c, uint32_t id, const void *src, size_t n, void *dst,
+		    size_t cap, bool locked)
+{
+	const struct kvt_chain *chain;
+	ssize_t raw = kvtc_raw_len(id, src, n), got;
+
+	if (raw < 0)
+		return raw;
+	if ((size_t)raw > cap)
+		return -ENOBUFS;
+	if (!id) {
+		kvtc_copy_block(dst, src, n);
+		return raw;
+	}
+	if (!locked)
+		pthread_mutex_lock(&c->lock);
+	chain = kvtc_chain_locked(c, id, NULL);
+	if (!locked)
+		pthread_mutex_unlock(&c->lock);
+	if (!chain)
+		return -EBADMSG; /* a chain we cannot decode: never guess */
+	got = kvt_chain_decode(chain, src, n, dst, cap, NULL);
+	if (got == -ENOMEM)
+		return got;
+	return got == raw ? got : -EBADMSG;
+}
+
+const struct kvt_chain *kvtc_chain_get(struct kvt_client *c, uint32_t id)
+{
+	const struct kvt_chain *chain;
+
+	pthread_mutex_lock(&c->lock);
+	chain = kvtc_chain_locked(c, id, NULL);
+	pthread_mutex_unlock(&c->lock);
+	return chain;
+}
+
+/* The encoding buffer of the calling thread (a put encodes there, then copies the record
+ * into the arena once the daemon has said how long it may be): kept between calls so that
+ * a put does not fault in a fresh buffer each time; freed when the thread ends. */
+static pthread_key_t enc_key;
+static pthread_once_t enc_once = PTHREAD_ONCE_INIT;
+static int enc_key_err;
+
+struct enc_buf {
+	size_t cap;
+	uint8_t data[];
+};
+
+static void enc_key_make(void)
+{
+	enc_key_err = pthread_key_create(&enc_key, free);
+}
+
+static uint8_t *enc_buf(size_t need)
+{
+	struct enc_buf *b;
+
+	if (pthread_once(&enc_once, enc_key_make) || enc_key_err)
+		return NULL;
+	b = pthread_getspecific(enc_key);
+	if (b && b->cap >= need)
+		return b->data;
+	free(b);
+	pthread_setspecific(enc_key, NULL);
+	b = malloc(sizeof(*b) + need);
+	if (!b)
+		return NULL;
+	b->cap = need;
+	pthread_setspecific(enc_key, b);
+	return b->data;
+}
+
+/* The chain layout's puts of len bytes are encoded with (NULL: stored raw). */
+const struct kvt_chain *kvtc_put_chain(struct kvt_client *c, int layout, size_t len)
+{
+	const struct kvt_chain *chain = NULL;
+
+	pthread_mutex_lock(&c->lock);
+	if (layout >= 0 && (uint32_t)layout < c->nlayouts &&
+	    len == kvt_layout_block_bytes(&c->layouts[layout]))
+		chain = c->put_chain[layout];
+	pthread_mutex_unlock(&c->lock);
+	return chain;
+}
+
+/* A reservation of len bytes: the raw block (chain 0), or a record of chain that decodes to
+ * raw_len bytes. */
+int kvtc_reserve(struct kvt_client *c, int layout, const struct kvt_key *key, size_t len,
+		 uint32_t chain, size_t raw_len, struct kvt_reservation *r)
 {
 	struct kvt_sqe s;
 	struct kvt_cqe q;
 	int ret = key_sqe(c, KVT_OP_RESERVE, layout, key, &s);
 
-	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	if (ret < 0)
 		return ret;
-	if (!r || !len || len > kvt_layout_block_bytes(&c->layouts[layout]))
+	if (!r || !len || (!chain && len > kvt_layout_block_bytes(&c->layouts[layout])))
 		return -EINVAL;
-	if (len > UINT32_MAX)
+	if (len > UINT32_MAX || raw_len > UINT32_MAX)
 		return -E2BIG;
 	s.len = (uint32_t)len;
+	s.chain = chain;
+	s.raw_len = (uint32_t)raw_len;
 	ret = submit(c, &s, &q);
 	if (ret < 0)
 		return ret;
@@ -280,6 +394,13 @@ KVT_API int kvt_put_reserve(struct kvt_client *c, int layout, const struct kvt_k
 	r->layout = layout;
 	r->key = *key;
 	return 0;
+}
+
+KVT_API int kvt_put_reserve(struct kvt_client *c, int layout, const struct kvt_key *key, size_t len,
+			    struct kvt_reservation *r)
+{
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
+	return kvtc_reserve(c, layout, key, len, 0, 0, r);
 }
 
 /*
@@ -380,30 +501,69 @@ KVT_API int kvt_put_at(struct kvt_client *c, int layout, const struct kvt_key *k
 		       uint32_t first_token, const void *data, size_t len)
 {
 	struct kvt_reservation r;
+	bool refreshed = false;
 	int ret;
 
 	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	if (!data && len)
 		return -EINVAL;
-	for (int attempt = 0;; attempt++) {
-		ret = kvt_put_reserve(c, layout, key, len, &r);
+	if (check_client(c) < 0)
+		return -EINVAL;
+	for (int attempt = 0;;) {
+		const struct kvt_chain *chain = kvtc_put_chain(c, layout, len);
+		const void *src = data;
+		size_t n = len;
+
+		if (chain) {
+			/* Encoded here, in the caller's thread: the daemon codes for no client. */
+			struct kvt_codec_geom g;
+			size_t cap;
+			uint8_t *buf;
+			ssize_t e;
+
+			kvtc_geom(&c->layouts[layout], first_token, &g);
+			cap = kvt_chain_max_encoded_size(chain, &g);
+			buf = cap ? enc_buf(cap) : NULL;
+			if (!buf)
+				return -ENOMEM;
+			e = kvt_chain_encode(chain, &g, data, len, buf, cap);
+			if (e == -ENOMEM)
+				return -ENOMEM;
+			if (e > 0) { /* else a block the chain refuses: stored raw */
+				src = buf;
+				n = (size_t)e;
+			}
+		}
+		ret = kvtc_reserve(c, layout, key, n, src == data ? 0 : kvt_chain_id(chain),
+				   src == data ? 0 : len, &r);
+		if (ret == -ESTALE && !refreshed) {
+			/* The daemon names another chain for this layout now: ask which. */
+			refreshed = true;
+			ret = kvtc_layout_refresh(c, layout);
+			if (ret < 0)
+				return ret;
+			continue;
+		}
 		if (ret == -EEXIST)
 			return 1;
 		if (ret < 0)
 			return ret;
-		kvtc_copy_block(r.data, data, len);
+		kvtc_copy_block(r.data, src, n);
 		ret = kvt_put_commit_at(c, &r, first_token);
 		/* The daemon restarted between reserve and commit: once more from the top. */
-		if (ret != -KVT_EDAEMON || attempt)
+		if (ret != -KVT_EDAEMON || attempt++)
 			return ret;
 	}
 }
+
+static int lease_release(struct kvt_client *c, struct kvt_lease *l, bool ask);
 
 KVT_API int kvt_get_lease(struct kvt_client *c, int layout, const struct kvt_key *key,
 			  struct kvt_lease *l)
 {
 	struct kvt_sqe s;
 	struct kvt_cqe q;
+	ssize_t raw;
 	int ret = key_sqe(c, KVT_OP_LEASE, layout, key, &s);
 
 	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
@@ -420,6 +580,15 @@ KVT_API int kvt_get_lease(struct kvt_client *c, int layout, const struct kvt_key
 	l->data = c->arena + q.off;
 	l->len = (size_t)ret;
 	l->handle = q.handle;
+	l->chain_id = q.flags;
+	l->reserved = 0;
+	raw = kvtc_raw_len(q.flags, l->data, l->len);
+	if (raw < 0) {
+		/* Not the record its chain makes: no lease on bytes nobody can read. */
+		lease_release(c, l, false);
+		return (int)raw;
+	}
+	l->raw_len = (size_t)raw;
 	return 0;
 }
 
@@ -447,6 +616,15 @@ KVT_API int kvt_lease_release(struct kvt_client *c, struct kvt_lease *l)
 	return lease_release(c, l, true);
 }
 
+KVT_API ssize_t kvt_lease_decode(struct kvt_client *c, const struct kvt_lease *l, void *buf,
+				 size_t cap)
+{
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
+	if (check_client(c) < 0 || !l || !l->data || (!buf && cap))
+		return -EINVAL;
+	return kvtc_decode(c, l->chain_id, l->data, l->len, buf, cap, false);
+}
+
 KVT_API ssize_t kvt_get(struct kvt_client *c, int layout, const struct kvt_key *key, void *buf,
 			size_t cap)
 {
@@ -459,12 +637,7 @@ KVT_API ssize_t kvt_get(struct kvt_client *c, int layout, const struct kvt_key *
 	ret = kvt_get_lease(c, layout, key, &l);
 	if (ret < 0)
 		return ret;
-	if (l.len > cap) {
-		lease_release(c, &l, false);
-		return -ENOBUFS;
-	}
-	kvtc_copy_block(buf, l.data, l.len);
-	ret = (ssize_t)l.len;
+	ret = kvtc_decode(c, l.chain_id, l.data, l.len, buf, cap, false);
 	lease_release(c, &l, false);
 	return ret;
 }

@@ -124,6 +124,15 @@ struct kvt_reservation {
  * prompt) is stored as it is and a get returns its own length; on NVMe it is kept only when
  * its length is a multiple of 8 bytes (else it is dropped when evicted, and counted).
  *
+ * Compressed host tier (host.codec = bq...; README "Compressed host tier"): kvt_put,
+ * kvt_put_at and kvt_put_batch encode a whole block (len == kvt_layout_block_bytes()) with
+ * the chain the daemon names for the layout, in the calling thread, and store that record;
+ * kvt_get and kvt_get_batch decode it into the caller's buffer and return the raw length,
+ * err within the chain's bound (the values are the chain's own decode of the block,
+ * bit for bit, whoever decodes it).  A partial block, a layout the chain cannot code, and
+ * every kvt_put_reserve() are stored raw: the host tier may hold both, each block keeps
+ * its own form, and reads never confuse them.
+ *
  * "Already stored": a key that is stored (or being stored) is success with nothing written
  * for the calls that store data (kvt_put returns 1, kvt_put_batch reports 1); the data is
  * not compared.  kvt_put_reserve() returns -EEXIST instead, because it has no reservation to
@@ -138,6 +147,10 @@ struct kvt_reservation {
  * is leased or pinned); -E2BIG when len exceeds the tier; -EINVAL for a len of 0 or longer
  * than the layout's block; -EAGAIN while the daemon is still recovering its NVMe records
  * after a start (kvtierctl status: recovering); -KVT_ENOLAYOUT.
+ *
+ * The reservation is always of the raw block, which is stored raw whatever host.codec says
+ * (zero copy leaves the library nothing to encode from): to store it compressed use
+ * kvt_put/kvt_put_batch, or kvt_dev_put from the GPU (encoded there).
  */
 KVT_API int kvt_put_reserve(struct kvt_client *c, int layout, const struct kvt_key *key, size_t len,
 			    struct kvt_reservation *r);
@@ -182,22 +195,30 @@ KVT_API int kvt_put_at(struct kvt_client *c, int layout, const struct kvt_key *k
 KVT_API int kvt_lookup(struct kvt_client *c, int layout, const struct kvt_key *keys, size_t n);
 
 /*
- * Copies the block of key into buf (cap bytes).  A block that lives only on NVMe is first
- * brought back to the host tier (the call then takes the time of that read).  Returns the
- * block's length; -ENOENT on a miss (also when a stored record failed its integrity check:
- * it is counted and never served); -ENOBUFS (nothing copied) when cap is smaller than the
- * block; -ENOSPC when the block is on NVMe and the host tier has no room it can free for it
- * (everything there leased or pinned): retry after releasing leases; -KVT_ELIMIT when this
- * tenant (uid) holds host.tenant_hold_max of the host tier pinned or leased already.
+ * Copies the block of key into buf (cap bytes), decoded when it is stored encoded (see
+ * "Compressed host tier"; -EBADMSG for a record that fails to decode).  A block that lives only on
+ * NVMe is first brought back to the host tier (the call then takes the time of that read).  Returns
+ * the block's length; -ENOENT on a miss (also when a stored record failed its integrity check: it
+ * is counted and never served); -ENOBUFS (nothing copied) when cap is smaller than the block;
+ * -ENOSPC when the block is on NVMe and the host tier has no room it can free for it (everything
+ * there leased or pinned): retry after releasing leases; -KVT_ELIMIT when this tenant (uid) holds
+ * host.tenant_hold_max of the host tier pinned or leased already.
  */
 KVT_API ssize_t kvt_get(struct kvt_client *c, int layout, const struct kvt_key *key, void *buf,
 			size_t cap);
 
 /* A read lease: the block stays in place and unchanged until released. */
 struct kvt_lease {
-	const void *data; /* the block in the arena, len bytes; read-only to the caller */
+	const void *data; /* the block as stored in the arena, len bytes; read-only */
 	size_t len;
 	uint64_t handle; /* opaque */
+	/* Since 0.2 (the compressed host tier): chain_id 0, data is the raw block (raw_len ==
+	 * len); else data is a record of that codec chain (codecs/CODECS.md "Record") and
+	 * raw_len the block's length once decoded: kvt_lease_decode() turns it into the
+	 * block. */
+	size_t raw_len;
+	uint32_t chain_id;
+	uint32_t reserved;
 };
 
 /*
@@ -210,6 +231,14 @@ KVT_API int kvt_get_lease(struct kvt_client *c, int layout, const struct kvt_key
 /* Returns the lease. Returns 0, or -EINVAL for a lease that is not held, -KVT_EDAEMON for a
  * lease of a daemon that has since restarted (it never acts on the new daemon). */
 KVT_API int kvt_lease_release(struct kvt_client *c, struct kvt_lease *l);
+/*
+ * Decodes a held lease's block into buf (cap bytes): a copy of a raw block, or the decode of
+ * an encoded one (with the chain the lease names; thread-safe, CPU).  Returns the raw length,
+ * -ENOBUFS (nothing written) when cap < l->raw_len, -EBADMSG for a record that is malformed
+ * or of a chain this library does not know (never wrong data), -EINVAL for a lease not held.
+ */
+KVT_API ssize_t kvt_lease_decode(struct kvt_client *c, const struct kvt_lease *l, void *buf,
+				 size_t cap);
 
 /* Deletes key from every tier.  Returns 0 or -ENOENT (either: no version of key is served
  * again, across daemon restarts too), or -EAGAIN (nothing deleted; retry later) while the

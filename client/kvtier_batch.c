@@ -238,6 +238,11 @@ struct put_ctx {
 	const void *const *data;
 	const uint32_t *pos;
 	size_t len;
+	/* compressed host tier: the layout's chain (NULL: raw), and each entry's record from
+	 * its reservation's request until its copy into the arena (NULL: sent raw) */
+	const struct kvt_chain *chain;
+	uint8_t **enc;
+	uint32_t *enc_len;
 };
 
 static void put_first(struct batch *b, size_t i, struct kvt_sqe *s)
@@ -249,33 +254,62 @@ static void put_first(struct batch *b, size_t i, struct kvt_sqe *s)
 	s->len = (uint32_t)p->len;
 	s->key_lo = p->keys[i].lo;
 	s->key_hi = p->keys[i].hi;
+	if (p->chain) {
+		/* Encoded while the daemon reserves the entries before it. */
+		struct kvt_codec_geom g;
+		size_t cap;
+		ssize_t e = -ENOMEM;
+
+		kvtc_geom(&b->c->layouts[p->layout], p->pos ? p->pos[i] : KVT_POS_UNKNOWN, &g);
+		cap = kvt_chain_max_encoded_size(p->chain, &g);
+		p->enc[i] = cap ? malloc(cap) : NULL;
+		if (p->enc[i])
+			e = kvt_chain_encode(p->chain, &g, p->data[i], p->len, p->enc[i], cap);
+		if (e <= 0) { /* the chain refuses it, or no memory: stored raw */
+			free(p->enc[i]);
+			p->enc[i] = NULL;
+			return;
+		}
+		p->enc_len[i] = (uint32_t)e;
+		s->len = (uint32_t)e;
+		s->chain = kvt_chain_id(p->chain);
+		s->raw_len = (uint32_t)p->len;
+	}
 }
 
 static int put_reaped(struct batch *b, size_t i, const struct kvt_cqe *q, struct kvt_sqe *s)
 {
 	struct put_ctx *p = (struct put_ctx *)b;
 	struct kvt_client *c = b->c;
+	const void *src = p->enc && p->enc[i] ? p->enc[i] : p->data[i];
+	size_t len = p->enc && p->enc[i] ? p->enc_len[i] : p->len;
+	int ret = 1;
 
 	if (q->res == -EEXIST) {
 		batch_done(b, i, 1); /* as kvt_put: already stored, nothing written */
-		return 0;
-	}
-	if (q->res < 0) {
+		ret = 0;
+	} else if (q->res < 0) {
 		batch_done(b, i, q->res);
-		return 0;
-	}
-	if ((size_t)q->res != p->len || check_extent(c, q->off, p->len) < 0) {
+		ret = 0;
+	} else if ((size_t)q->res != len || check_extent(c, q->off, len) < 0) {
 		c->broken = true; /* a daemon that answers so is not to be trusted further */
 		batch_done(b, i, -KVT_EPROTOCOL);
-		return 0;
+		ret = 0;
 	}
-	kvtc_populate(c, q->off, p->len);
-	kvtc_copy_block(c->arena + q->off, p->data[i], p->len);
+	if (!ret)
+		goto out;
+	kvtc_populate(c, q->off, len);
+	kvtc_copy_block(c->arena + q->off, src, len);
 	s->op = KVT_OP_COMMIT;
 	s->handle = q->handle;
 	s->arg = !p->pos || p->pos[i] == KVT_POS_UNKNOWN ? 0 : (uint64_t)p->pos[i] + 1;
 	b->status[i] = 0;
-	return 1;
+out:
+	if (p->enc) {
+		free(p->enc[i]);
+		p->enc[i] = NULL;
+	}
+	return ret;
 }
 
 /* Arguments every batch call checks alike. */
@@ -372,7 +406,7 @@ KVT_API int kvt_put_batch(struct kvt_client *c, int layout, const struct kvt_key
 {
 	struct put_ctx p = {
 	    .layout = layout, .keys = keys, .data = data, .pos = first_token, .len = len};
-	int ret = batch_args(c, layout, keys, data, n);
+	int *st = status, ret = batch_args(c, layout, keys, data, n);
 
 	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
 	if (ret < 0)
@@ -385,7 +419,40 @@ KVT_API int kvt_put_batch(struct kvt_client *c, int layout, const struct kvt_key
 		if (!data[i])
 			return -EINVAL;
 	}
-	return batch_exec(c, &p.b, n, status, put_first, put_reaped);
+	pthread_mutex_lock(&c->lock);
+	if (len == kvt_layout_block_bytes(&c->layouts[layout]))
+		p.chain = c->put_chain[layout];
+	pthread_mutex_unlock(&c->lock);
+	if (p.chain) {
+		p.enc = calloc(n, sizeof(*p.enc));
+		p.enc_len = calloc(n, sizeof(*p.enc_len));
+		st = status ? status : malloc(n * sizeof(*st));
+		if (!p.enc || !p.enc_len || !st) {
+			ret = -ENOMEM;
+			goto out;
+		}
+	}
+	ret = batch_exec(c, &p.b, n, st, put_first, put_reaped);
+	/* Entries the daemon refused for the chain (-ESTALE: it names another one for this
+	 * layout now): one by one, kvt_put_at asks which. */
+	for (size_t i = 0; ret >= 0 && p.chain && i < n; i++) {
+		if (st[i] == -ESTALE) {
+			st[i] = kvt_put_at(c, layout, &keys[i],
+					   first_token ? first_token[i] : KVT_POS_UNKNOWN, data[i],
+					   len);
+			ret += st[i] >= 0;
+		}
+	}
+out:
+	if (p.enc) {
+		for (size_t i = 0; i < n; i++)
+			free(p.enc[i]); /* entries a failed batch never reaped */
+	}
+	free(p.enc);
+	free(p.enc_len);
+	if (st != status)
+		free(st);
+	return ret;
 }
 
 struct get_ctx {
@@ -410,6 +477,7 @@ static int get_reaped(struct batch *b, size_t i, const struct kvt_cqe *q, struct
 {
 	struct get_ctx *g = (struct get_ctx *)b;
 	struct kvt_client *c = b->c;
+	ssize_t ret;
 
 	if (q->res < 0) {
 		batch_done(b, i, q->res);
@@ -420,13 +488,10 @@ static int get_reaped(struct batch *b, size_t i, const struct kvt_cqe *q, struct
 		batch_done(b, i, -KVT_EPROTOCOL);
 		return 0;
 	}
-	if ((size_t)q->res > g->cap) {
-		b->status[i] = -ENOBUFS;
-	} else {
-		kvtc_populate(c, q->off, (uint64_t)q->res);
-		kvtc_copy_block(g->bufs[i], c->arena + q->off, (size_t)q->res);
-		b->status[i] = q->res;
-	}
+	/* A raw block is copied, a record decoded (q->flags: its chain) with c->lock held. */
+	kvtc_populate(c, q->off, (uint64_t)q->res);
+	ret = kvtc_decode(c, q->flags, c->arena + q->off, (size_t)q->res, g->bufs[i], g->cap, true);
+	b->status[i] = (int)ret;
 	/* The lease goes back without a completion: the ring keeps our order. */
 	s->op = KVT_OP_RELEASE;
 	s->flags = KVT_SQE_F_NO_CQE;

@@ -363,6 +363,8 @@ KVT_API void kvt_close(struct kvt_client *c)
 		free(om);
 	}
 	free(c->spare_map);
+	for (uint32_t k = 0; k < c->nchains; k++)
+		kvt_chain_free(c->chains[k].chain);
 	pthread_mutex_destroy(&c->lock);
 	c->magic = 0;
 	free(c);
@@ -395,18 +397,75 @@ static int sock_call_locked(struct kvt_client *c, const void *req, size_t len, v
 	return h.type == want_type ? 0 : -KVT_EPROTOCOL;
 }
 
+const struct kvt_chain *kvtc_chain_locked(struct kvt_client *c, uint32_t id, const char *spec)
+{
+	struct kvt_msg_layout_reply r;
+	struct kvt_chain *chain;
+
+	if (!id)
+		return NULL;
+	for (uint32_t k = 0; k < c->nchains; k++) {
+		if (c->chains[k].id == id)
+			return c->chains[k].chain;
+	}
+	if (!spec) {
+		struct kvt_msg_chain m;
+
+		memset(&m, 0, sizeof(m));
+		kvt_msg_init(&m.h, KVT_MSG_CHAIN, sizeof(m));
+		m.chain_id = id;
+		if (sock_call_locked(c, &m, sizeof(m), &r, sizeof(r), KVT_MSG_LAYOUT_REPLY) < 0 ||
+		    r.res < 0 || r.chain_id != id)
+			return NULL;
+		r.chain[sizeof(r.chain) - 1] = 0;
+		spec = r.chain;
+	}
+	if (c->nchains == KVTC_MAX_CHAINS || kvt_chain_parse(spec, &chain) < 0)
+		return NULL;
+	/* Our codecs must name it as the daemon does: else our records would not be its
+	 * chain's (a library and a daemon of different codec versions). */
+	if (kvt_chain_id(chain) != id) {
+		kvt_chain_free(chain);
+		return NULL;
+	}
+	c->chains[c->nchains++] = (struct kvtc_chain_ent){id, chain};
+	return chain;
+}
+
+/* Registers l (again) with the daemon: its id, and the chain its puts use from now on. */
 static int layout_req_locked(struct kvt_client *c, const struct kvt_layout *l)
 {
 	struct kvt_msg_layout m;
-	struct kvt_msg_result r;
+	struct kvt_msg_layout_reply r;
 	int ret;
 
 	memset(&m, 0, sizeof(m));
 	kvt_msg_init(&m.h, KVT_MSG_LAYOUT, sizeof(m));
 	memcpy(&m.layout, l, sizeof(m.layout));
 	m.layout.size = sizeof(m.layout);
-	ret = sock_call_locked(c, &m, sizeof(m), &r, sizeof(r), KVT_MSG_RESULT);
-	return ret < 0 ? ret : r.res;
+	ret = sock_call_locked(c, &m, sizeof(m), &r, sizeof(r), KVT_MSG_LAYOUT_REPLY);
+	if (ret < 0)
+		return ret;
+	if (r.res >= 0 && r.res < 64) {
+		r.chain[sizeof(r.chain) - 1] = 0;
+		/* A chain we cannot make as the daemon does: our puts stay raw (correct, only
+		 * larger). */
+		c->put_chain[r.res] = kvtc_chain_locked(c, r.chain_id, r.chain);
+	}
+	return r.res;
+}
+
+int kvtc_layout_refresh(struct kvt_client *c, int layout)
+{
+	int ret;
+
+	pthread_mutex_lock(&c->lock);
+	if (c->broken && kvtc_reattach_locked(c) < 0)
+		ret = -KVT_EDAEMON;
+	else
+		ret = layout_req_locked(c, &c->layouts[layout]);
+	pthread_mutex_unlock(&c->lock);
+	return ret < 0 ? ret : ret == layout ? 0 : -KVT_EPROTOCOL;
 }
 
 KVT_API int kvt_register_layout(struct kvt_client *c, const struct kvt_layout *l)

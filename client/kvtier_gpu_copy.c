@@ -299,7 +299,7 @@ static void host_finish(struct kvt_dev *d, size_t from, size_t to, bool put, int
 		struct dev_blk *b = &d->blk[k];
 		int ret;
 
-		if (b->where != B_HOST)
+		if (b->where != B_HOST && b->where != B_HOSTE)
 			continue;
 		if (put) {
 			ret = copy_err < 0 ? kvt_put_abort(d->c, &b->u.r)
@@ -309,8 +309,11 @@ static void host_finish(struct kvt_dev *d, size_t from, size_t to, bool put, int
 			if (ret == 0)
 				d->host_puts++;
 		} else {
-			kvt_lease_release(d->c, &b->u.l);
 			ret = copy_err;
+			/* a record the GPU found malformed: its pages hold no block */
+			if (ret == 0 && b->where == B_HOSTE)
+				ret = kvtc_devq_get_check(d, k);
+			kvt_lease_release(d->c, &b->u.l);
 			if (ret == 0)
 				d->host_gets++;
 		}
@@ -326,10 +329,11 @@ static void host_finish(struct kvt_dev *d, size_t from, size_t to, bool put, int
  * and round k commits or releases once the flag says its copies are done.  For a get, *n
  * shrinks to the first miss.
  */
-static int host_path(struct kvt_dev *d, int hid, const struct kvt_gpu_paged_layout *pl,
+static int host_path(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_layout *pl,
 		     const struct kvt_key *keys, const uint32_t *ids, size_t *np, uint32_t bb,
 		     bool put, void *stream)
 {
+	int hid = d->host_id[layout];
 	size_t n = *np, prev_from = 0, prev_to = 0;
 	uint64_t prev_v = 0;
 	bool have_prev = false;
@@ -340,6 +344,12 @@ static int host_path(struct kvt_dev *d, int hid, const struct kvt_gpu_paged_layo
 		int copy_err = 0;
 		uint64_t v = 0;
 
+		/* Compressed host tier: encoded on the GPU, reserved at the records' lengths;
+		 * what it leaves B_NONE is stored raw below. */
+		if (put &&
+		    (ret = kvtc_devq_put_round(d, layout, pl, keys, ids, k0, k1, bb, stream)) < 0 &&
+		    !first_err)
+			first_err = ret;
 		for (size_t k = k0; k < k1; k++) {
 			struct dev_blk *b = &d->blk[k];
 
@@ -359,7 +369,14 @@ static int host_path(struct kvt_dev *d, int hid, const struct kvt_gpu_paged_layo
 				}
 			} else {
 				ret = kvt_get_lease(d->c, hid, &keys[k], &b->u.l);
-				if (ret == 0 && b->u.l.len != bb) {
+				if (ret == 0 && b->u.l.chain_id) {
+					/* a record: decoded on the GPU (or here) */
+					ret = kvtc_devq_get_prepare(d, layout, k, bb);
+					if (ret < 0)
+						kvt_lease_release(d->c, &b->u.l);
+					else
+						continue;
+				} else if (ret == 0 && b->u.l.len != bb) {
 					kvt_lease_release(d->c, &b->u.l);
 					ret = -ENOENT; /* stored with another geometry */
 				}
@@ -381,6 +398,8 @@ static int host_path(struct kvt_dev *d, int hid, const struct kvt_gpu_paged_layo
 			b->where = B_HOST;
 		}
 		ret = (int)queue_copy(d, pl, ids, k0, k1, B_HOST, put, stream);
+		if (ret >= 0 && !put)
+			ret = kvtc_devq_get_round(d, layout, pl, ids, k0, k1, bb, stream);
 		if (ret >= 0)
 			ret = fence(d, stream, &v);
 		if (ret < 0)
@@ -454,7 +473,7 @@ KVT_API int kvt_dev_put(struct kvt_dev *d, int layout, const struct kvt_dev_page
 	if (!((flags | d->flags) & KVT_DEV_HOST_ONLY))
 		put_gpu(d, &d->layouts[layout], &pl, keys, ids, n, bb, stream);
 	nh = n;
-	ret = host_path(d, d->host_id[layout], &pl, keys, ids, &nh, bb, true, stream);
+	ret = host_path(d, layout, &pl, keys, ids, &nh, bb, true, stream);
 	for (size_t k = 0; k < n && d->blk[k].where == B_DONE; k++)
 		done++;
 	if (done || !ret)
@@ -544,7 +563,7 @@ KVT_API int kvt_dev_get(struct kvt_dev *d, int layout, const struct kvt_dev_page
 			gerr = ret;
 	}
 	nh = n;
-	ret = host_path(d, d->host_id[layout], &pl, keys, ids, &nh, bb, false, stream);
+	ret = host_path(d, layout, &pl, keys, ids, &nh, bb, false, stream);
 	/* The pool part: wait for its copies, then give the leases back. */
 	if (kvt_gpu_stream_sync(stream) < 0 && !gerr)
 		gerr = -EIO;

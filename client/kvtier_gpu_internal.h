@@ -32,8 +32,9 @@ struct dev_reg {
 	size_t len;
 };
 
-/* One block of a call: where it is and what holds it. */
-enum { B_NONE = 0, B_GPU, B_GPUQ /* quantized in the pool */, B_HOST, B_DONE };
+/* One block of a call: where it is and what holds it.  B_HOSTE: on the host as a record of
+ * the compressed host tier, moved over PCIe as it is and coded on the GPU (kvtier_gpu_codec.c). */
+enum { B_NONE = 0, B_GPU, B_GPUQ /* quantized in the pool */, B_HOST, B_DONE, B_HOSTE };
 
 static inline bool in_pool(uint8_t where)
 {
@@ -42,6 +43,7 @@ static inline bool in_pool(uint8_t where)
 
 struct dev_blk {
 	uint8_t where;
+	uint32_t qi;	 /* B_HOSTE: its index in the round's codec batch (kvtier_gpu_codec.c) */
 	uint64_t addr;	 /* pool or arena address of the kvtier block */
 	uint64_t handle; /* pool reservation/lease */
 	union {
@@ -84,6 +86,19 @@ struct kvt_dev {
 	size_t njobs;
 	size_t idcap;
 	uint64_t gpu_puts, host_puts, gpu_gets, host_gets;
+	/* The compressed host tier on the GPU (kvtier_gpu_codec.c): a bq plan per layout, and
+	 * staging for 2 rounds of HOST_CHUNK blocks (records, raw blocks, the batch arrays). */
+	struct kvt_gpu_bq *bq[DEV_LAYOUTS];
+	uint32_t bq_id[DEV_LAYOUTS];
+	bool bq_tried[DEV_LAYOUTS];
+	size_t q_bb, q_bound;	/* raw block and record bytes the staging was made for */
+	uint8_t *q_raw, *q_enc; /* device: 2 * HOST_CHUNK slots each */
+	void *q_scratch;	/* device: the encoder's */
+	size_t q_scratch_len;
+	uint64_t *q_arr;  /* device: the batch arrays (struct q_arrays) */
+	uint64_t *q_harr; /* pinned host mirror of q_arr */
+	uint8_t *q_hraw;  /* pinned host: CPU-decoded blocks (no GPU plan) */
+	uint64_t gpu_encodes, gpu_decodes, cpu_decodes;
 };
 
 /* kvtier_gpu.c */
@@ -92,5 +107,26 @@ int kvtc_dev_gpu_op(struct kvt_dev *d, uint32_t op, const struct kvt_layout *l, 
 		    uint32_t tile_tokens, const struct kvt_gpu_op_req *req, uint32_t n,
 		    struct kvt_gpu_op_res *res);
 int kvtc_dev_host_ready(struct kvt_dev *d, const void *p, size_t n);
+
+/* kvtier_gpu_codec.c: the compressed host tier on the device paths */
+/* The chain d's puts of layout encode with on the GPU (its plan in *plan), or NULL. */
+const struct kvt_chain *kvtc_devq_put_plan(struct kvt_dev *d, int layout, uint32_t bb,
+					   struct kvt_gpu_bq **plan);
+/* Put round [k0, k1): the B_NONE blocks are copied from their pages, encoded on the GPU,
+ * reserved with their records' lengths and copied down (B_HOSTE), or found stored (B_DONE);
+ * those it cannot do stay B_NONE (stored raw).  0 or -errno. */
+int kvtc_devq_put_round(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_layout *pl,
+			const struct kvt_key *keys, const uint32_t *ids, size_t k0, size_t k1,
+			uint32_t bb, void *stream);
+/* Get: block k's lease holds a record (chain_id set, raw_len bb): decoded on the GPU
+ * (B_HOSTE, queued by kvtc_devq_get_round) or, without a plan, on the CPU into a pinned slot
+ * copied up as a raw block (B_HOST, addr set).  0 or -errno (the lease is kept). */
+int kvtc_devq_get_prepare(struct kvt_dev *d, int layout, size_t k, uint32_t bb);
+/* Queues round [k0, k1)'s B_HOSTE gets: records up, decoded, blocks into the pages. */
+int kvtc_devq_get_round(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_layout *pl,
+			const uint32_t *ids, size_t k0, size_t k1, uint32_t bb, void *stream);
+/* After round k's fence: 0, or -EBADMSG when the GPU found block k's record malformed. */
+int kvtc_devq_get_check(struct kvt_dev *d, size_t k);
+void kvtc_devq_free(struct kvt_dev *d);
 
 #endif /* KVTIER_GPU_INTERNAL_H */

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "codec.h"
 #include "kvt_check.h"
 #include "kvt_proto.h"
 #include "kvt_ring.h"
@@ -35,6 +36,14 @@ struct old_map {
 	void *p;
 	size_t n;
 	struct old_map *next;
+};
+
+/* A host chain this client met: parsed once, kept until kvt_close() (chains are immutable,
+ * so pointers to them stay valid and may be used outside c->lock). */
+#define KVTC_MAX_CHAINS 16
+struct kvtc_chain_ent {
+	uint32_t id;
+	struct kvt_chain *chain;
 };
 
 struct kvt_client {
@@ -58,6 +67,11 @@ struct kvt_client {
 	_Atomic uint64_t *populated; /* one bit per POPULATE_CHUNK of arena mapped here */
 	struct kvt_layout layouts[64];
 	uint32_t nlayouts;
+	/* The compressed host tier: per layout, the chain the daemon's LAYOUT reply named for
+	 * its puts (NULL: raw); the chains met so far, by id. */
+	const struct kvt_chain *put_chain[64];
+	struct kvtc_chain_ent chains[KVTC_MAX_CHAINS];
+	uint32_t nchains;
 	char path[108];
 	char name[64];
 	uint64_t epoch;
@@ -112,6 +126,29 @@ static inline int check_extent(const struct kvt_client *c, uint64_t off, uint64_
 
 /* kvtier_conn.c */
 int kvtc_reattach_locked(struct kvt_client *c);
+/* The host chain of id (spec: its spec, or NULL to ask the daemon for it): NULL for raw (0),
+ * or when it is unknown or cannot be parsed here.  Called with c->lock held. */
+const struct kvt_chain *kvtc_chain_locked(struct kvt_client *c, uint32_t id, const char *spec);
+/* Asks the daemon again which chain layout's puts use (after -ESTALE).  0 or -errno. */
+int kvtc_layout_refresh(struct kvt_client *c, int layout);
+/* kvtier.c: the compressed host tier (README "Compressed host tier") */
+/* The codec geometry of blocks of l, first token at pos (KVT_POS_UNKNOWN: 0). */
+void kvtc_geom(const struct kvt_layout *l, uint32_t pos, struct kvt_codec_geom *g);
+/* Decodes the stored form (n bytes at src, a record of chain id; 0: raw) into dst: the raw
+ * length, or -ENOBUFS (cap too small), -EBADMSG (malformed, or a chain not known here).
+ * locked: c->lock is held. */
+ssize_t kvtc_decode(struct kvt_client *c, uint32_t id, const void *src, size_t n, void *dst,
+		    size_t cap, bool locked);
+/* The chain layout's puts of len bytes are encoded with (NULL: stored raw). */
+const struct kvt_chain *kvtc_put_chain(struct kvt_client *c, int layout, size_t len);
+/* The host chain of id (asked of the daemon when new), or NULL. */
+const struct kvt_chain *kvtc_chain_get(struct kvt_client *c, uint32_t id);
+/* A reservation of len bytes: the raw block (chain 0), or a record of chain decoding to
+ * raw_len bytes.  As kvt_put_reserve, and -ESTALE when the daemon wants another chain. */
+int kvtc_reserve(struct kvt_client *c, int layout, const struct kvt_key *key, size_t len,
+		 uint32_t chain, size_t raw_len, struct kvt_reservation *r);
+/* The raw length a stored form decodes to: n for raw, the record's for a chain, or -EBADMSG. */
+ssize_t kvtc_raw_len(uint32_t id, const void *src, size_t n);
 
 /* kvtier.c */
 int kvtc_cq_wait(struct kvt_client *c, uint64_t start, bool *asleep);

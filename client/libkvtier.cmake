@@ -10,6 +10,10 @@ target_include_directories(kvtier PUBLIC
 target_compile_definitions(kvtier PRIVATE KVT_BUILDING_LIB _GNU_SOURCE)
 target_compile_options(kvtier PRIVATE -fvisibility=hidden)
 target_link_libraries(kvtier PRIVATE $<BUILD_INTERFACE:kvt_proto> Threads::Threads)
+# The compressed host tier: puts encode and gets decode in the caller's process with the
+# chain the daemon names (codecs/); the codecs' own symbols stay inside the library.
+target_link_libraries(kvtier PRIVATE $<BUILD_INTERFACE:kvt_codecs>)
+target_link_options(kvtier PRIVATE -Wl,--exclude-libs,libkvt_codecs.a)
 # The predictor's API (kvtier_predict.h) is part of the library: compiled in, not linked
 # from the static archive, so that its symbols are there even though kvtier.c calls none.
 if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/predict.c)

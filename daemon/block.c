@@ -15,6 +15,8 @@ void kvtd_blk_reserved(struct kvtd *d, uint32_t i, struct tenant *t, uint32_t ow
 	b->state = KVTD_BLK_RESERVED;
 	b->tier = KVTD_TIER_HOST;
 	b->len = len;
+	b->raw_len = len;
+	b->hchain = 0;
 	if (off >= 0)
 		b->off = (uint64_t)off;
 	b->tenant = kvtd_tenant_index(d, t);
@@ -22,6 +24,14 @@ void kvtd_blk_reserved(struct kvtd *d, uint32_t i, struct tenant *t, uint32_t ow
 	b->fingerprint = fp;
 	b->on_host = off >= 0;
 	kvtd_blk_geom(d, i);
+}
+
+void kvtd_blk_stored_form(struct kvtd *d, uint32_t i, uint32_t hchain, uint32_t raw_len)
+{
+	struct kvtd_blk *b = kvtd_blk(&d->ix, i);
+
+	b->hchain = hchain;
+	b->raw_len = hchain ? raw_len : b->len;
 }
 
 void kvtd_blk_commit_host(struct kvtd *d, uint32_t i, uint32_t first_token)

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "codec_bq.h"
 #include "config.h"
 #include "kvt_proto.h"
 
@@ -346,14 +347,27 @@ int kvtd_config_validate(const struct kvtd_config *c, FILE *err)
 			fprintf(err, "kvtierd: daemon.ring_entries must be a power of two\n");
 		return -EINVAL;
 	}
-	/* Clients read host blocks in place (leases), so the host tier stores them raw. */
+	/* Clients code host blocks on the paths an engine waits on (host_place.c): GPU-speed
+	 * chains only, i.e. raw or bq (a CUDA and an AVX2 coder, the same bytes). */
 	if (strcmp(c->host_codec, "raw") != 0) {
-		if (err)
-			fprintf(err,
-				"kvtierd: host.codec = %s: only raw is supported for the host tier "
-				"(compression applies on demotion: set nvme.codec)\n",
-				c->host_codec);
-		return -EINVAL;
+		struct kvt_chain *hc = NULL;
+		int r = kvt_chain_parse(c->host_codec, &hc);
+
+		if (r < 0 || kvt_bq_chain_is(hc) <= 0) {
+			if (err)
+				fprintf(
+				    err,
+				    "kvtierd: host.codec = %s: %s; the host tier takes raw or a "
+				    "bq chain such as bq or bq:k=0.04,v=0.02 (GPU-speed: encoded "
+				    "and decoded by the clients on the paths an engine waits "
+				    "on); slower chains belong in nvme.codec\n",
+				    c->host_codec,
+				    r < 0 ? "not a codec chain (codecs/CODECS.md)"
+					  : "not a GPU-speed chain");
+			kvt_chain_free(hc);
+			return -EINVAL;
+		}
+		kvt_chain_free(hc);
 	}
 	if (check_order(c->tiers_order, err) < 0)
 		return -EINVAL;

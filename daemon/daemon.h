@@ -81,6 +81,8 @@ struct layout_slot {
 	uint64_t fp;
 	uint32_t block_bytes;
 	uint32_t geom; /* the geometry entry this slot holds a reference on (placement.c) */
+	/* the host chain the LAYOUT reply named (kvtd_host_chain): what its puts may use */
+	const struct kvt_chain *hchain;
 };
 
 struct admin_job; /* a listing that runs over several event-loop turns (admin.c) */
@@ -200,7 +202,8 @@ struct kvtd {
 	struct kvt_tier *nvme;
 	const struct kvt_tier_ops *nvme_ops;
 	struct kvt_chain *nvme_chain, *raw_chain;
-	struct kvt_dict *nvme_dict; /* nvme.codec_dict, for a chain that needs one */
+	struct kvt_chain *host_chain; /* host.codec (host_place.c); NULL when raw */
+	struct kvt_dict *nvme_dict;   /* nvme.codec_dict, for a chain that needs one */
 	struct ev nvme_ev;
 	/* The NVMe recovery scan runs (placement.c): NVMe is not used, puts and deletes of keys
 	 * not in the index are refused (-EAGAIN). */
@@ -298,6 +301,20 @@ bool kvtd_tenant_may_punch(const struct kvtd *d, const struct tenant *t);
 int kvtd_host_attach(struct kvtd *d, struct tenant *t);
 /* Room for len bytes in t's arena, evicting (and demoting) as needed: offset or -errno. */
 int64_t kvtd_host_alloc(struct kvtd *d, struct tenant *t, uint32_t len);
+/*
+ * The compressed host tier (host_place.c).  kvtd_host_chain: the chain clients encode the
+ * blocks of layout geometry g with (NULL: raw), told them in the LAYOUT reply.  Today
+ * host.codec for every geometry that chain can code; the one place a per-layout choice
+ * (host.codec = auto) plugs in.  kvtd_host_chain_by_id: a host chain by id (NULL for 0 and
+ * unknown ids): the chains whose records the host tier may hold.
+ */
+int kvtd_host_chain_init(struct kvtd *d);
+void kvtd_host_chain_fini(struct kvtd *d);
+const struct kvt_chain *kvtd_host_chain(struct kvtd *d, const struct kvt_codec_geom *g);
+const struct kvt_chain *kvtd_host_chain_by_id(struct kvtd *d, uint32_t id);
+/* Checks the header of the record a client wrote into reserved block i's host extent against
+ * what its reservation announced (chain, raw length, geometry): 0 or -EBADMSG. */
+int kvtd_host_check_record(struct kvtd *d, uint32_t i);
 void kvtd_host_unalloc(struct kvtd *d, struct tenant *t, uint64_t off, uint32_t len);
 /* Forgets a block in every tier; waiting gets see a miss. */
 void kvtd_blk_drop(struct kvtd *d, uint32_t i);
@@ -342,6 +359,8 @@ void kvtd_nvme_event(struct kvtd *d);
  * layout fingerprint fp, at arena offset off, or only in the GPU pool when off < 0. */
 void kvtd_blk_reserved(struct kvtd *d, uint32_t i, struct tenant *t, uint32_t owner, uint64_t fp,
 		       uint32_t len, int64_t off);
+/* Reserved block i will hold a record of host chain hchain (0: raw) decoding to raw_len. */
+void kvtd_blk_stored_form(struct kvtd *d, uint32_t i, uint32_t hchain, uint32_t raw_len);
 /* A put to the host committed block i (first_token: its first token's position, 0 if not
  * told); it becomes READY (kvtd_blk_committed). */
 void kvtd_blk_commit_host(struct kvtd *d, uint32_t i, uint32_t first_token);

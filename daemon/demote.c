@@ -126,7 +126,12 @@ static struct pend_io *demote_prepare(struct kvtd *d, uint32_t i, bool keep_host
 
 	struct kvt_codec_geom rg;
 
-	if (!g || kvt_geom_block_bytes(g) != b->len) {
+	if (b->hchain) {
+		/* Its stored form is already a record (compressed host tier): kept as it is, in
+		 * a record of that chain, and installed as it is by a promotion (promote.c). */
+		g = NULL;
+		chain = d->raw_chain;
+	} else if (!g || kvt_geom_block_bytes(g) != b->len) {
 		if (!kvtd_raw_geom_for(b->len, &rg)) {
 			*err = -EINVAL;
 			return NULL;
@@ -135,13 +140,13 @@ static struct pend_io *demote_prepare(struct kvtd *d, uint32_t i, bool keep_host
 		chain = d->raw_chain;
 	}
 	/* a chain that cannot take this geometry (a dictionary of another model): raw */
-	if (raw || (chain != d->raw_chain && kvt_chain_usable(chain, g)))
+	if (raw || (chain != d->raw_chain && g && kvt_chain_usable(chain, g)))
 		chain = d->raw_chain;
 	*err = -ENOMEM;
 	p = calloc(1, sizeof(*p));
 	if (!p)
 		return NULL;
-	p->cap = KVT_RECORD_HDR_SIZE + kvt_chain_max_encoded_size(chain, g) + b->len;
+	p->cap = KVT_RECORD_HDR_SIZE + (g ? kvt_chain_max_encoded_size(chain, g) : 0) + b->len;
 	p->buf = d->nvme_ops->buf_alloc(d->nvme, (uint32_t)p->cap);
 	if (!p->buf) {
 		free(p);
@@ -153,7 +158,9 @@ static struct pend_io *demote_prepare(struct kvtd *d, uint32_t i, bool keep_host
 	p->kind = KVTD_IO_DEMOTE;
 	p->keep_host = keep_host;
 	p->chain = chain;
-	p->g = *g;
+	p->hchain = b->hchain;
+	if (g)
+		p->g = *g;
 	p->g.first_token = b->first_token;
 	p->src = kvtd_host_at(d, kvtd_tenant_of(d, b), b->off);
 	p->len = b->len;
@@ -173,6 +180,11 @@ static void demote_encode(struct pend_io *p)
 	size_t room = p->cap - KVT_RECORD_HDR_SIZE;
 	const struct kvt_chain *raw = p->d->raw_chain;
 
+	if (p->hchain) {
+		memcpy(out, p->src, p->len);
+		p->n = p->len;
+		return;
+	}
 	p->n = kvt_chain_encode(p->chain, &p->g, p->src, p->len, out, room);
 	if (p->n < 0 && p->chain != raw) {
 		/* A chain that refuses this block: the block is stored raw instead. */
@@ -204,9 +216,9 @@ static int demote_write(struct kvtd *d, uint32_t i, struct pend_io *p)
 	h->key_hi = b->key_hi;
 	h->fingerprint = b->fingerprint;
 	h->seq = ++d->seq;
-	h->raw_len = b->len;
+	h->raw_len = p->hchain ? b->raw_len : b->len;
 	h->payload_len = (uint32_t)p->n;
-	h->chain_id = kvt_chain_id(p->chain);
+	h->chain_id = p->hchain ? p->hchain : kvt_chain_id(p->chain);
 	h->tenant = t->uid;
 	kvt_record_seal(h, h + 1);
 	p->io.len = (uint32_t)(sizeof(*h) + (size_t)p->n);

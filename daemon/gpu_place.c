@@ -541,7 +541,8 @@ void kvtd_gpu_pump(struct kvtd *d)
 		if (i >= d->ix.used)
 			continue;
 		b = kvtd_blk(&d->ix, i);
-		if (b->gen != gen || b->state != KVTD_BLK_READY || !b->on_host ||
+		/* a record of the host chain stays on the host: device gets decode it there */
+		if (b->gen != gen || b->state != KVTD_BLK_READY || !b->on_host || b->hchain ||
 		    ent_of(d, i) != KVTD_NIL)
 			continue;
 		t = kvtd_tenant_of(d, b);

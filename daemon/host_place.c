@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec_bq.h"
 #include "place_int.h"
 #include "log.h"
 #include "tier_host.h"
@@ -203,6 +204,88 @@ void kvtd_host_unalloc(struct kvtd *d, struct tenant *t, uint64_t off, uint32_t 
 }
 
 /* ---------------------------------------------------------------------------------------
+ * The compressed host tier (README "Compressed host tier").  Clients encode their puts with
+ * the chain the daemon names for the layout and decode their gets; the daemon never codes
+ * host blocks, it only checks the record header at commit and keeps each block's chain
+ * (struct kvtd_blk.hchain), which the block keeps in every tier.
+ */
+
+/* A chain an engine may wait on: raw, or a bq chain (CPU AVX2 and CUDA coders, one stage;
+ * no dictionary).  Keep in step with config.c's message and README. */
+static bool host_chain_ok(const struct kvt_chain *c)
+{
+	return kvt_chain_id(c) == 0 || kvt_bq_chain_is(c) > 0;
+}
+
+int kvtd_host_chain_init(struct kvtd *d)
+{
+	struct kvt_chain *c;
+	int ret = kvt_chain_parse(d->cfg.host_codec, &c);
+
+	if (ret < 0) {
+		kvtd_log(KVTD_LOG_ERR, "host.codec = %s: not a codec chain (codecs/CODECS.md)",
+			 d->cfg.host_codec);
+		return ret;
+	}
+	if (!host_chain_ok(c)) {
+		kvtd_log(KVTD_LOG_ERR,
+			 "host.codec = %s: the host tier takes raw or a bq chain (GPU-speed, "
+			 "decoded on the path an engine waits on); slower chains belong in "
+			 "nvme.codec",
+			 d->cfg.host_codec);
+		kvt_chain_free(c);
+		return -EINVAL;
+	}
+	if (kvt_chain_id(c) == 0) {
+		kvt_chain_free(c);
+		c = NULL;
+	}
+	d->host_chain = c;
+	return 0;
+}
+
+void kvtd_host_chain_fini(struct kvtd *d)
+{
+	kvt_chain_free(d->host_chain);
+	d->host_chain = NULL;
+}
+
+const struct kvt_chain *kvtd_host_chain(struct kvtd *d, const struct kvt_codec_geom *g)
+{
+	/* A geometry the chain cannot code (bq's slab limits, fp8 elements) stays raw. */
+	if (!d->host_chain || !g || kvt_chain_usable(d->host_chain, g) < 0)
+		return NULL;
+	return d->host_chain;
+}
+
+const struct kvt_chain *kvtd_host_chain_by_id(struct kvtd *d, uint32_t id)
+{
+	if (id && d->host_chain && kvt_chain_id(d->host_chain) == id)
+		return d->host_chain;
+	return NULL;
+}
+
+int kvtd_host_check_record(struct kvtd *d, uint32_t i)
+{
+	const struct kvtd_blk *b = B(d, i);
+	const uint8_t *p = kvtd_host_at(d, kvtd_tenant_of(d, b), b->off);
+	const struct kvt_codec_geom *lg = kvtd_geom_of(d, i);
+	struct kvt_codec_geom g;
+	uint32_t id, raw_len;
+
+	/* Only the header: the client's own decoder checks the rest, and a record that lies
+	 * beyond its header hurts no one but its tenant (never the daemon: it decodes none). */
+	if (kvt_chain_peek(p, b->len, &id, &g, &raw_len) < 0 || id != b->hchain ||
+	    raw_len != b->raw_len || kvt_geom_block_bytes(&g) != raw_len)
+		return -EBADMSG;
+	if (lg && (g.n_layers != lg->n_layers || g.n_kv_heads != lg->n_kv_heads ||
+		   g.head_dim != lg->head_dim || g.block_tokens != lg->block_tokens ||
+		   g.dtype != lg->dtype))
+		return -EBADMSG;
+	return 0;
+}
+
+/* ---------------------------------------------------------------------------------------
  * The host tier's entry in the tier list
  */
 static int host_open(struct kvtd *d, struct kvtd_tier *x)
@@ -214,15 +297,20 @@ static int host_open(struct kvtd *d, struct kvtd_tier *x)
 	tc.capacity_bytes = d->cfg.host_capacity;
 	tc.log = kvtd_tier_log;
 	tc.log_arg = (void *)"host tier";
-	ret = x->cls->ops->open(&tc, &x->t);
+	ret = kvtd_host_chain_init(d);
 	if (ret < 0)
+		return ret;
+	ret = x->cls->ops->open(&tc, &x->t);
+	if (ret < 0) {
 		kvtd_log(KVTD_LOG_ERR, "cannot open the host tier: %s", kvt_strerror(ret));
+		kvtd_host_chain_fini(d);
+	}
 	return ret;
 }
 
 static void host_close(struct kvtd *d, struct kvtd_tier *x)
 {
-	(void)d;
+	kvtd_host_chain_fini(d);
 	x->cls->ops->close(x->t);
 	x->t = NULL;
 }

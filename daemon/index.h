@@ -56,6 +56,11 @@ struct kvtd_blk {
 	uint64_t atime; /* daemon clock (ms) of the last put/get */
 	uint64_t hits;
 	uint32_t first_token; /* position of the block's first token (0 if not told) */
+	/* The block's stored form, the same in every tier: hchain 0, the raw block of len
+	 * bytes; else len bytes of a record of host chain hchain (kvtd_host_chain) that
+	 * decodes to raw_len bytes.  Clients decode it; NVMe keeps it as it is. */
+	uint32_t hchain;
+	uint32_t raw_len;
 };
 
 struct kvtd_index {

@@ -311,8 +311,36 @@ reply:
 	 * peer closes it, or at daemon.handshake_timeout_ms. */
 }
 
+/* LAYOUT and CHAIN replies: res, and the host chain c (NULL: raw) its puts are encoded with. */
+static int send_layout_reply(int fd, int res, const struct kvt_chain *chain)
+{
+	struct kvt_msg_layout_reply r;
+
+	memset(&r, 0, sizeof(r));
+	kvt_msg_init(&r.h, KVT_MSG_LAYOUT_REPLY, sizeof(r));
+	r.res = res;
+	if (res >= 0 && chain) {
+		r.chain_id = kvt_chain_id(chain);
+		snprintf(r.chain, sizeof(r.chain), "%s", kvt_chain_name(chain));
+	}
+	if (res >= 0 && r.chain_id && strlen(kvt_chain_name(chain)) >= sizeof(r.chain))
+		r.chain_id = 0; /* a canonical name too long to send: the layout stays raw */
+	else if (res >= 0 && !r.chain_id)
+		snprintf(r.chain, sizeof(r.chain), "raw");
+	return sock_send(fd, &r, sizeof(r), NULL, 0);
+}
+
+void handle_chain(struct kvtd *d, struct client *c, const struct kvt_msg_chain *m)
+{
+	const struct kvt_chain *chain = kvtd_host_chain_by_id(d, m->chain_id);
+
+	if (send_layout_reply(c->sock, chain || !m->chain_id ? 0 : -ENOENT, chain) < 0)
+		client_kill(d, c, "reply failed");
+}
+
 void handle_layout(struct kvtd *d, struct client *c, const struct kvt_msg_layout *m)
 {
+	const struct kvt_chain *chain = NULL;
 	uint64_t fp;
 	int64_t geom;
 	int ret;
@@ -327,6 +355,9 @@ void handle_layout(struct kvtd *d, struct client *c, const struct kvt_msg_layout
 	fp = kvt_layout_fingerprint(&m->layout);
 	for (uint32_t i = 0; i < c->nlayouts; i++) {
 		if (c->layouts[i].fp == fp) {
+			/* asked again: the chain may have changed (kvtd_host_chain) */
+			c->layouts[i].hchain = kvtd_host_chain(d, &d->geoms[c->layouts[i].geom].g);
+			chain = c->layouts[i].hchain;
 			ret = (int)i;
 			goto out;
 		}
@@ -349,9 +380,10 @@ void handle_layout(struct kvtd *d, struct client *c, const struct kvt_msg_layout
 	c->layouts[c->nlayouts].geom = (uint32_t)geom;
 	c->layouts[c->nlayouts].fp = fp;
 	c->layouts[c->nlayouts].block_bytes = (uint32_t)kvt_layout_block_bytes(&m->layout);
+	c->layouts[c->nlayouts].hchain = chain = kvtd_host_chain(d, &d->geoms[geom].g);
 	ret = (int)c->nlayouts++;
 out:
-	if (send_result(c->sock, ret) < 0)
+	if (send_layout_reply(c->sock, ret, chain) < 0)
 		client_kill(d, c, "reply failed");
 }
 

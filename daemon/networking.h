@@ -22,6 +22,7 @@ void accept_clients(struct kvtd *d);
 void accept_resume(struct kvtd *d);
 void handle_hello(struct kvtd *d, struct client *c, const struct kvt_msg_hello *m);
 void handle_layout(struct kvtd *d, struct client *c, const struct kvt_msg_layout *m);
+void handle_chain(struct kvtd *d, struct client *c, const struct kvt_msg_chain *m);
 void handle_stats(struct kvtd *d, struct client *c);
 /* Sends one message (with nfds descriptors) without blocking: 0 or -errno. */
 int sock_send(int fd, const void *buf, size_t len, const int *fds, int nfds);

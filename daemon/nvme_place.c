@@ -83,6 +83,7 @@ int kvtd_nvme_alloc(struct kvtd *d, uint32_t len, struct kvt_tier_loc *loc)
 static int recover_cb(void *arg, const struct kvt_record_hdr *h, const struct kvt_tier_loc *loc)
 {
 	struct kvtd *d = arg;
+	const struct kvt_chain *hc;
 	struct tenant *t;
 	struct kvtd_blk *b;
 	uint32_t i;
@@ -93,12 +94,13 @@ static int recover_cb(void *arg, const struct kvt_record_hdr *h, const struct kv
 	}
 	/* written by a codec chain (or dictionary) this configuration does not have: no
 	 * decoder for it, drop it now rather than at its first read */
-	if (h->chain_id && h->chain_id != kvt_chain_id(d->nvme_chain)) {
+	hc = kvtd_host_chain_by_id(d, h->chain_id);
+	if (h->chain_id && h->chain_id != kvt_chain_id(d->nvme_chain) && !hc) {
 		d->m.nvme_recovery_dropped_foreign_total++;
 		return 1;
 	}
 	t = kvtd_tenant_get(d, h->tenant);
-	if (!t || h->raw_len > t->size) {
+	if (!t || h->raw_len > t->size || h->payload_len > t->size) {
 		d->m.nvme_recovery_dropped_unplaceable_total++;
 		return 1;
 	}
@@ -113,7 +115,11 @@ static int recover_cb(void *arg, const struct kvt_record_hdr *h, const struct kv
 			b->tenant = k;
 	}
 	b->state = KVTD_BLK_READY;
-	b->len = h->raw_len;
+	/* A record of a host chain is the block's stored form (demote.c): it stays encoded.
+	 * (With nvme.codec the host chain, a block put raw comes back encoded: the same.) */
+	b->len = hc ? h->payload_len : h->raw_len;
+	b->hchain = hc ? h->chain_id : 0;
+	b->raw_len = h->raw_len;
 	b->fingerprint = h->fingerprint;
 	b->atime = kvtd_now_ms();
 	b->nvme_off = loc->off;

@@ -55,7 +55,19 @@ static void op_reserve(struct kvtd *d, struct client *c, const struct kvt_sqe *s
 	ret = layout_of(c, s->layout, &l);
 	if (ret < 0)
 		goto out;
-	if (!s->len || s->len > l->block_bytes) {
+	if (s->chain) {
+		/* A record of the layout's host chain, of one whole block (chains code no
+		 * partial block).  Another chain: the client must ask LAYOUT again. */
+		if (!l->hchain || kvt_chain_id(l->hchain) != s->chain) {
+			ret = -ESTALE;
+			goto out;
+		}
+		if (s->raw_len != l->block_bytes || s->len < KVT_CHAIN_HDR_SIZE ||
+		    s->len > kvt_chain_max_encoded_size(l->hchain, &d->geoms[l->geom].g)) {
+			ret = -EINVAL;
+			goto out;
+		}
+	} else if (!s->len || s->len > l->block_bytes) {
 		ret = -EINVAL;
 		goto out;
 	}
@@ -79,6 +91,7 @@ static void op_reserve(struct kvtd *d, struct client *c, const struct kvt_sqe *s
 		goto out;
 	}
 	kvtd_blk_reserved(d, i, c->t, c->id, l->fp, s->len, off);
+	kvtd_blk_stored_form(d, i, s->chain, s->raw_len);
 	ret = hold_add(c, i, kvtd_blk(&d->ix, i)->gen, HOLD_RESERVE, &handle);
 	if (ret < 0) {
 		kvtd_blk_drop(d, i);
@@ -109,6 +122,13 @@ static void op_commit(struct kvtd *d, struct client *c, const struct kvt_sqe *s,
 	if (abort_it) {
 		kvtd_blk_drop(d, ho->blk);
 		d->m.aborts_total++;
+	} else if (b->hchain && kvtd_host_check_record(d, ho->blk) < 0) {
+		/* Not the record the reservation announced: never served. */
+		kvtd_blk_drop(d, ho->blk);
+		d->m.aborts_total++;
+		hold_put(c, ho);
+		q->res = -EBADMSG;
+		return;
 	} else {
 		/* arg: first token's position + 1, 0 when the client did not say (codecs
 		 * that undo RoPE then take 0) */
@@ -160,6 +180,7 @@ static void do_lease(struct kvtd *d, struct client *c, uint32_t i, struct kvt_cq
 	d->tier[KVTD_TIER_HOST].bytes_read += b->len;
 	q->off = b->off;
 	q->handle = handle;
+	q->flags = b->hchain; /* the client decodes a record of that chain */
 	q->res = (int32_t)b->len;
 }
 

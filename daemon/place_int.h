@@ -39,6 +39,7 @@ struct pend_io {
 	uint64_t dst_off;  /* promotion: arena extent decoded into */
 	struct tenant *t;  /* ...of this tenant */
 	uint64_t encoding; /* host bytes counted in d->host_encoding */
+	uint32_t hchain;   /* demotion: the block's record of this host chain, written as is */
 };
 
 #define PEND_OF_JOB(j) ((struct pend_io *)((char *)(j)-offsetof(struct pend_io, job)))

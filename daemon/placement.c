@@ -49,8 +49,16 @@ void kvtd_blk_account(struct kvtd *d, uint32_t i)
 	ch = a ^ b->acct;
 	if (!ch)
 		return;
-	if (ch & ACCT_HOST)
-		d->tier_nblocks[KVTD_TIER_HOST] += a & ACCT_HOST ? 1 : (uint64_t)-1;
+	if (ch & ACCT_HOST) {
+		uint64_t sign = a & ACCT_HOST ? 1 : (uint64_t)-1;
+
+		d->tier_nblocks[KVTD_TIER_HOST] += sign;
+		/* the compressed host tier's ratio (host_place.c): a block's stored form is fixed
+		 */
+		d->m.host_raw_bytes += sign * b->raw_len;
+		d->m.host_stored_bytes += sign * b->len;
+		d->m.host_encoded_blocks += b->hchain ? sign : 0;
+	}
 	if (ch & ACCT_NVME)
 		d->tier_nblocks[KVTD_TIER_NVME] += a & ACCT_NVME ? 1 : (uint64_t)-1;
 	if (ch & ACCT_HELD) {

@@ -53,6 +53,25 @@ static void install_finish(struct kvtd *d, uint32_t i, uint64_t off, size_t rec_
 	d->tier[KVTD_TIER_NVME].bytes_read += rec_bytes;
 }
 
+/* A block stored encoded (compressed host tier, demote.c): its record of the host chain comes
+ * back as it is; the clients decode it. */
+static int install_as_is(struct kvtd *d, uint32_t i, const struct kvt_record_hdr *h,
+			 const uint8_t *payload, size_t n)
+{
+	struct kvtd_blk *b = B(d, i);
+	struct tenant *t = kvtd_tenant_of(d, b);
+	int64_t off;
+
+	if (h->chain_id != b->hchain || h->payload_len != b->len || h->raw_len != b->raw_len)
+		return -EBADMSG;
+	off = kvtd_host_alloc(d, t, b->len);
+	if (off < 0)
+		return (int)off;
+	memcpy(kvtd_host_at(d, t, (uint64_t)off), payload, b->len);
+	install_finish(d, i, (uint64_t)off, n);
+	return 0;
+}
+
 /*
  * Decodes the record at rec (n bytes) into a new host extent of block i.  trusted: the
  * record is our own, still in memory (its crc may be salted by the tier meanwhile).  With p
@@ -75,7 +94,11 @@ static int install(struct kvtd *d, uint32_t i, const uint8_t *rec, size_t n, boo
 	if (!trusted && kvt_record_check(&h, rec + sizeof(h), n - sizeof(h)) < 0)
 		return -EBADMSG;
 	if (h.key_lo != b->key_lo || h.key_hi != b->key_hi || h.fingerprint != b->fingerprint ||
-	    h.raw_len != b->len || h.tenant != t->uid || h.payload_len > n - sizeof(h))
+	    h.tenant != t->uid || h.payload_len > n - sizeof(h))
+		return -EBADMSG;
+	if (b->hchain)
+		return install_as_is(d, i, &h, rec + sizeof(h), n);
+	if (h.raw_len != b->len)
 		return -EBADMSG;
 	if (h.chain_id == kvt_chain_id(d->nvme_chain))
 		chain = d->nvme_chain;

@@ -256,7 +256,9 @@ void kvtd_remote_put(struct kvtd *d, uint32_t i)
 	struct rjob *j;
 	bool full;
 
-	if (!R)
+	/* A block stored encoded (compressed host tier) is its clients' record: the remote
+	 * tier's values hold raw blocks, so it stays local (README "Compressed host tier"). */
+	if (!R || b->hchain)
 		return;
 	pthread_mutex_lock(&R->mu);
 	full = R->put_queued >= d->cfg.remote_queue_max;

@@ -367,7 +367,11 @@ void render_tiers(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 					  ",\"evictions\":%" PRIu64,
 					  hi, lo, rd, wr, ev);
 			if (detail && host)
-				sb_printf(b, ",\"tenants\":%u", d->ntenants);
+				sb_printf(b,
+					  ",\"tenants\":%u,\"encoded_blocks\":%" PRIu64
+					  ",\"raw_bytes\":%" PRIu64 ",\"stored_bytes\":%" PRIu64,
+					  d->ntenants, d->m.host_encoded_blocks,
+					  d->m.host_raw_bytes, d->m.host_stored_bytes);
 			if (detail && !host)
 				sb_printf(b,
 					  ",\"files\":%u,\"paths\":\"%s\",\"io_uring\":%s,"
@@ -400,6 +404,18 @@ void render_tiers(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 					  "       watermarks %.2f/%.2f  read %s  written %s  "
 					  "evictions %" PRIu64 "\n",
 					  lo, hi, c1, c2, ev);
+			}
+			if (detail && host) {
+				fmt_bytes(c1, sizeof(c1), d->m.host_raw_bytes);
+				fmt_bytes(c2, sizeof(c2), d->m.host_stored_bytes);
+				sb_printf(b,
+					  "       encoded blocks %" PRIu64 "  raw %s stored in %s"
+					  "  ratio %.2f\n",
+					  d->m.host_encoded_blocks, c1, c2,
+					  d->m.host_stored_bytes
+					      ? (double)d->m.host_raw_bytes /
+						    (double)d->m.host_stored_bytes
+					      : 1.0);
 			}
 			if (detail && !host)
 				sb_printf(

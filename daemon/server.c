@@ -113,6 +113,9 @@ static void client_sock_event(struct kvtd *d, struct client *c, uint32_t events)
 		case KVT_MSG_STATS:
 			handle_stats(d, c);
 			break;
+		case KVT_MSG_CHAIN:
+			handle_chain(d, c, (const struct kvt_msg_chain *)d->msgbuf);
+			break;
 		case KVT_MSG_ADMIN:
 			handle_admin(d, c, (const struct kvt_msg_admin *)d->msgbuf);
 			break;

@@ -29,6 +29,11 @@
 	X(deletes_total, counter, "Blocks deleted by clients")                                     \
 	X(evictions_total, counter, "Blocks evicted from the host tier")                           \
 	X(evicted_bytes_total, counter, "Bytes evicted from the host tier")                        \
+	X(host_encoded_blocks, gauge,                                                              \
+	  "Host tier blocks stored as records of the host chain (host.codec)")                     \
+	X(host_raw_bytes, gauge, "Bytes of the host tier's blocks decoded (raw)")                  \
+	X(host_stored_bytes, gauge,                                                                \
+	  "Bytes the host tier's blocks take as stored (records or raw)")                          \
 	X(enospc_total, counter, "Reservations refused for lack of evictable space")               \
 	X(connections_total, counter, "Client connections accepted")                               \
 	X(client_deaths_total, counter,                                                            \

@@ -33,6 +33,10 @@ size_t kvt_msg_size(uint16_t type)
 		return sizeof(struct kvt_msg_gpu_op);
 	case KVT_MSG_GPU_OP_REPLY:
 		return sizeof(struct kvt_msg_gpu_op_reply);
+	case KVT_MSG_LAYOUT_REPLY:
+		return sizeof(struct kvt_msg_layout_reply);
+	case KVT_MSG_CHAIN:
+		return sizeof(struct kvt_msg_chain);
 	default:
 		return 0;
 	}

@@ -15,12 +15,12 @@
 #include "kvt_abi.h"
 
 #define KVT_MSG_MAGIC	  0x4d54564bu /* "KVTM" */
-#define KVT_PROTO_VERSION 1u
-#define KVT_MSG_MAX	  65536u /* largest request; replies may be split (KVT_MSG_F_MORE) */
+#define KVT_PROTO_VERSION 2u	      /* 2: LAYOUT answered with the host chain; CHAIN */
+#define KVT_MSG_MAX	  65536u      /* largest request; replies may be split (KVT_MSG_F_MORE) */
 
 enum kvt_msg_type {
 	KVT_MSG_HELLO = 1,	 /* c→d kvt_msg_hello;  d→c kvt_msg_hello_reply (+ 4 fds) */
-	KVT_MSG_LAYOUT = 2,	 /* c→d kvt_msg_layout; d→c kvt_msg_result (res = layout id) */
+	KVT_MSG_LAYOUT = 2,	 /* c→d kvt_msg_layout; d→c kvt_msg_layout_reply (res = id) */
 	KVT_MSG_STATS = 3,	 /* c→d header only;    d→c kvt_msg_stats */
 	KVT_MSG_ADMIN = 4,	 /* c→d kvt_msg_admin;  d→c text, split with KVT_MSG_F_MORE */
 	KVT_MSG_RESULT = 5,	 /* d→c kvt_msg_result */
@@ -29,6 +29,8 @@ enum kvt_msg_type {
 	KVT_MSG_GPU_ATTACH_REPLY = 8,
 	KVT_MSG_GPU_OP = 9, /* c→d kvt_msg_gpu_op + n kvt_gpu_op_req; d→c kvt_msg_gpu_op_reply */
 	KVT_MSG_GPU_OP_REPLY = 10, /* d→c kvt_msg_gpu_op_reply + n kvt_gpu_op_res */
+	KVT_MSG_LAYOUT_REPLY = 11, /* d→c kvt_msg_layout_reply */
+	KVT_MSG_CHAIN = 12,	   /* c→d kvt_msg_chain;  d→c kvt_msg_layout_reply (res = 0) */
 	KVT_MSG_TYPE_MAX
 };
 
@@ -77,6 +79,31 @@ struct kvt_msg_layout {
 struct kvt_msg_result {
 	struct kvt_msg_hdr h;
 	int32_t res;
+	uint32_t pad;
+};
+
+/*
+ * Reply to LAYOUT (res: the layout id, or -errno) and to CHAIN (res: 0 or -ENOENT): the codec
+ * chain of the host tier for that layout, which the client encodes its puts with (README
+ * "Compressed host tier").  chain_id 0 is raw (store blocks as they are); otherwise `chain`
+ * is the chain's spec (NUL-terminated, kvt_chain_parse() grammar) and chain_id its
+ * kvt_chain_id().  The daemon may name another chain for the same layout later (a reserve
+ * with a chain it no longer takes answers -ESTALE: ask again with LAYOUT); blocks keep the
+ * chain they were stored with, which a lease's completion names (kvt_shm.h), and CHAIN turns
+ * such an id back into its spec.
+ */
+#define KVT_CHAIN_SPEC_MAX 64u
+struct kvt_msg_layout_reply {
+	struct kvt_msg_hdr h;
+	int32_t res;
+	uint32_t chain_id;
+	char chain[KVT_CHAIN_SPEC_MAX];
+};
+
+/* CHAIN: the spec of a host chain by its id (one a lease named). */
+struct kvt_msg_chain {
+	struct kvt_msg_hdr h;
+	uint32_t chain_id;
 	uint32_t pad;
 };
 
@@ -195,6 +222,13 @@ KVT_ABI_ASSERT(sizeof(struct kvt_msg_layout) == 116 &&
 	       "kvt_msg_layout is an ABI");
 KVT_ABI_ASSERT(sizeof(struct kvt_msg_result) == 24 && offsetof(struct kvt_msg_result, res) == 16,
 	       "kvt_msg_result is an ABI");
+KVT_ABI_ASSERT(sizeof(struct kvt_msg_layout_reply) == 88 &&
+		   offsetof(struct kvt_msg_layout_reply, res) == 16 &&
+		   offsetof(struct kvt_msg_layout_reply, chain_id) == 20 &&
+		   offsetof(struct kvt_msg_layout_reply, chain) == 24,
+	       "kvt_msg_layout_reply is an ABI");
+KVT_ABI_ASSERT(sizeof(struct kvt_msg_chain) == 24 && offsetof(struct kvt_msg_chain, chain_id) == 16,
+	       "kvt_msg_chain is an ABI");
 KVT_ABI_ASSERT(sizeof(struct kvt_msg_stats) == 136 && offsetof(struct kvt_msg_stats, res) == 16 &&
 		   offsetof(struct kvt_msg_stats, puts) == 24 &&
 		   offsetof(struct kvt_msg_stats, prefetch_late) == 128,

@@ -18,8 +18,8 @@
 #include <stdint.h>
 
 #define KVT_SHM_MAGIC	 0x53545659u /* "YVTS" on disk: 'Y','V','T','S' little-endian */
-#define KVT_SHM_VERSION	 1u
-#define KVT_SHM_COMPAT	 1u /* oldest version a reader of this layout must understand */
+#define KVT_SHM_VERSION	 2u	     /* 2: RESERVE names the chain of the bytes; LEASE answers it */
+#define KVT_SHM_COMPAT	 2u	     /* oldest version a reader of this layout must understand */
 #define KVT_SHM_HDR_SIZE 256u
 #define KVT_CACHELINE	 64u
 
@@ -81,10 +81,10 @@ _Static_assert(offsetof(struct kvt_ring_ctl, tail) == 0 &&
 /* Submission entry: one request. */
 enum kvt_op {
 	KVT_OP_NOP = 0,
-	KVT_OP_RESERVE = 1, /* key, len → off, handle */
+	KVT_OP_RESERVE = 1, /* key, len, chain, raw_len → off, handle */
 	KVT_OP_COMMIT = 2,  /* handle */
 	KVT_OP_ABORT = 3,   /* handle */
-	KVT_OP_LEASE = 4,   /* key → off, len (res), handle */
+	KVT_OP_LEASE = 4,   /* key → off, len (res), handle, flags = chain id */
 	KVT_OP_RELEASE = 5, /* handle */
 	KVT_OP_LOOKUP = 6,  /* len keys at scratch + arg → count (res) */
 	KVT_OP_DELETE = 7,  /* key */
@@ -107,20 +107,26 @@ struct kvt_sqe {
 	uint64_t key_hi;
 	uint64_t handle;
 	uint64_t arg; /* LOOKUP: byte offset inside scratch */
-	uint64_t reserved[2];
+	/* RESERVE: the codec chain of the len bytes the client will write (0: the raw block;
+	 * else the id of the layout's host chain, which the LAYOUT reply named, and the bytes
+	 * are that chain's record of a block of raw_len bytes) */
+	uint32_t chain;
+	uint32_t raw_len; /* RESERVE with a chain: the block's length decoded */
+	uint64_t reserved;
 };
 _Static_assert(sizeof(struct kvt_sqe) == 64, "sqe is an ABI");
 _Static_assert(offsetof(struct kvt_sqe, flags) == 1 && offsetof(struct kvt_sqe, layout) == 2 &&
 		   offsetof(struct kvt_sqe, len) == 4 && offsetof(struct kvt_sqe, user_data) == 8 &&
 		   offsetof(struct kvt_sqe, key_lo) == 16 &&
 		   offsetof(struct kvt_sqe, key_hi) == 24 &&
-		   offsetof(struct kvt_sqe, handle) == 32 && offsetof(struct kvt_sqe, arg) == 40,
+		   offsetof(struct kvt_sqe, handle) == 32 && offsetof(struct kvt_sqe, arg) == 40 &&
+		   offsetof(struct kvt_sqe, chain) == 48 && offsetof(struct kvt_sqe, raw_len) == 52,
 	       "sqe is an ABI");
 
 struct kvt_cqe {
 	uint64_t user_data;
-	int32_t res; /* >= 0 or -errno */
-	uint32_t flags;
+	int32_t res;	 /* >= 0 or -errno */
+	uint32_t flags;	 /* LEASE: chain id of the block's bytes (0: raw; else a record of it) */
 	uint64_t off;	 /* RESERVE/LEASE: byte offset of the block in the arena */
 	uint64_t handle; /* RESERVE/LEASE: handle for COMMIT/ABORT/RELEASE */
 };

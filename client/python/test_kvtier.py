@@ -48,7 +48,7 @@ def _wait_connectable(path, proc, timeout=10.0):
 
 
 class _Daemon:
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, opts=()):
         exe = _daemon_path()
         if not os.access(exe, os.X_OK):
             pytest.fail(f"kvtierd not found at {exe} (set KVTIER_BIN_DIR)")
@@ -56,7 +56,8 @@ class _Daemon:
         self.logpath = tmp_path / "kvtierd.log"
         self.log = open(self.logpath, "wb")
         self.proc = subprocess.Popen(
-            [exe, "-f", "-s", self.sock, "-o", f"host.capacity={CAPACITY >> 20}MiB"],
+            [exe, "-f", "-s", self.sock, "-o", f"host.capacity={CAPACITY >> 20}MiB"] +
+            [a for o in opts for a in ("-o", o)],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp_path)
         if not _wait_connectable(self.sock, self.proc):
             self.stop()

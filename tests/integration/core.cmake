@@ -67,3 +67,13 @@ target_compile_definitions(test_tenants PRIVATE _GNU_SOURCE)
 kvt_add_test(integration_tenants
 	COMMAND $<TARGET_FILE:test_tenants> $<TARGET_FILE:kvtierd> $<TARGET_FILE:kvtierctl>
 	LABELS fast reliability TIMEOUT 600)
+
+# The compressed host tier (host.codec = bq): clients encode puts and decode gets, leases
+# hold records, raw and encoded blocks side by side, through NVMe and a restart.
+add_executable(test_hostcodec ${PROJECT_SOURCE_DIR}/tests/integration/test_hostcodec.c
+	${PROJECT_SOURCE_DIR}/tests/integration/harness.c)
+target_link_libraries(test_hostcodec PRIVATE kvtier kvt_codecs m)
+target_compile_definitions(test_hostcodec PRIVATE _GNU_SOURCE)
+kvt_add_test(integration_hostcodec
+	COMMAND $<TARGET_FILE:test_hostcodec> $<TARGET_FILE:kvtierd> $<TARGET_FILE:kvtierctl>
+	LABELS fast TIMEOUT 300)

@@ -12,3 +12,15 @@ if(TARGET kvtier AND TARGET kvt_gpu AND TARGET kvtierd)
 		COMMAND $<TARGET_FILE:gpu_tier_test> $<TARGET_FILE:kvtierd> $<TARGET_FILE:kvtierctl> gpu
 		LABELS gpu TIMEOUT 300)
 endif()
+
+# The device API over the compressed host tier (host.codec = bq): records decoded on the GPU
+# into the pages, encoded there by kvt_dev_put; compared with the CPU codec bit for bit.
+if(TARGET kvtier AND TARGET kvt_gpu AND TARGET kvtierd)
+	add_executable(gpu_hostcodec_test ${PROJECT_SOURCE_DIR}/tests/integration/gpu_hostcodec_test.c
+		${PROJECT_SOURCE_DIR}/tests/integration/harness.c)
+	target_link_libraries(gpu_hostcodec_test PRIVATE kvtier kvt_proto kvt_gpu kvt_codecs m)
+	target_compile_definitions(gpu_hostcodec_test PRIVATE _GNU_SOURCE)
+	kvt_add_test(gpu_hostcodec
+		COMMAND $<TARGET_FILE:gpu_hostcodec_test> $<TARGET_FILE:kvtierd> $<TARGET_FILE:kvtierctl>
+		LABELS gpu TIMEOUT 300)
+endif()

@@ -125,7 +125,9 @@ static void test_messages(void **state)
 	assert_int_equal(kvt_msg_check(&h, sizeof(h)), 0);
 	assert_int_equal(kvt_msg_check(&h, 3), -KVT_EPROTOCOL);		    /* truncated */
 	assert_int_equal(kvt_msg_check(&h, sizeof(h) - 1), -KVT_EPROTOCOL); /* len mismatch */
-	h.h.version = 2;
+	h.h.version = KVT_PROTO_VERSION + 1;
+	assert_int_equal(kvt_msg_check(&h, sizeof(h)), -KVT_EVERSION);
+	h.h.version = KVT_PROTO_VERSION - 1; /* 1: before the compressed host tier */
 	assert_int_equal(kvt_msg_check(&h, sizeof(h)), -KVT_EVERSION);
 	h.h.version = KVT_PROTO_VERSION;
 	h.h.type = 99;

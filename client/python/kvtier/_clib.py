@@ -65,7 +65,8 @@ class _Reservation(ctypes.Structure):
 
 class _Lease(ctypes.Structure):
     _fields_ = [("data", ctypes.c_void_p), ("len", ctypes.c_size_t),
-                ("handle", ctypes.c_uint64)]
+                ("handle", ctypes.c_uint64), ("raw_len", ctypes.c_size_t),
+                ("chain_id", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
 
 
 _STATS_FIELDS = ("puts", "gets", "hits", "misses", "lookups", "host_capacity_bytes",
@@ -130,12 +131,16 @@ def _load() -> ctypes.CDLL:
         "kvt_put_abort": (ctypes.c_int, [c_client, P(_Reservation)]),
         "kvt_put": (ctypes.c_int, [c_client, ctypes.c_int, P(_Key), ctypes.c_void_p,
                                    ctypes.c_size_t]),
+        "kvt_put_at": (ctypes.c_int, [c_client, ctypes.c_int, P(_Key), ctypes.c_uint32,
+                                      ctypes.c_void_p, ctypes.c_size_t]),
         "kvt_lookup": (ctypes.c_int, [c_client, ctypes.c_int, ctypes.c_void_p,
                                       ctypes.c_size_t]),
         "kvt_get": (ctypes.c_ssize_t, [c_client, ctypes.c_int, P(_Key), ctypes.c_void_p,
                                        ctypes.c_size_t]),
         "kvt_get_lease": (ctypes.c_int, [c_client, ctypes.c_int, P(_Key), P(_Lease)]),
         "kvt_lease_release": (ctypes.c_int, [c_client, P(_Lease)]),
+        "kvt_lease_decode": (ctypes.c_ssize_t, [c_client, P(_Lease), ctypes.c_void_p,
+                                                ctypes.c_size_t]),
         "kvt_delete": (ctypes.c_int, [c_client, ctypes.c_int, P(_Key)]),
         "kvt_pin": (ctypes.c_int, [c_client, ctypes.c_int, P(_Key)]),
         "kvt_unpin": (ctypes.c_int, [c_client, ctypes.c_int, P(_Key)]),

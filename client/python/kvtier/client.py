@@ -88,8 +88,12 @@ class Reservation:
 class Lease:
     """A read lease on a stored block (``struct kvt_lease``).
 
-    ``array`` is a read-only view of the block in the arena (no copy); the block cannot be
-    evicted, moved or deleted until :meth:`release`.  As a context manager, ``with
+    ``array`` is a read-only view of the block as stored in the arena (no copy); the block
+    cannot be evicted, moved or deleted until :meth:`release`.  With a compressed host tier
+    (``host.codec = bq``) a block may be stored as a record of a codec chain: then
+    ``encoded`` is true, ``chain_id`` names the chain, ``array`` is the record's bytes (flat
+    uint8) and :meth:`decode` gives the block (``raw_len`` bytes); for a raw block
+    :meth:`decode` is a copy.  As a context manager, ``with
     client.lease(lay, key) as view:`` yields the view and releases on exit.  The view must
     not be used after release.  Releasing a lease whose daemon has gone away does nothing
     (the lease ended with the daemon; the next request says KVT_EDAEMON).
@@ -109,6 +113,35 @@ class Lease:
 
     def _closed(self) -> None:
         pass
+
+    @property
+    def chain_id(self) -> int:
+        """Codec chain of the stored bytes: 0 for a raw block."""
+        return int(self._l.chain_id)
+
+    @property
+    def encoded(self) -> bool:
+        return self._l.chain_id != 0
+
+    @property
+    def raw_len(self) -> int:
+        """Bytes of the block once decoded."""
+        return int(self._l.raw_len)
+
+    def decode(self, out: Optional[np.ndarray] = None, dtype: Any = None,
+               shape: Any = None) -> np.ndarray:
+        """The block, decoded (``kvt_lease_decode``): into ``out`` (writable, C-contiguous;
+        the returned array views its first ``raw_len`` bytes) or a new array; flat uint8 or
+        viewed as ``dtype``/``shape``.  KvtError(EBADMSG) for a record that fails to decode,
+        KvtError(ENOBUFS) when ``out`` is too small."""
+        h = self._client._handle()
+        if self.released:
+            raise KvtError(_errno.EINVAL, "decode: the lease was released")
+        dst = (_as_bytes_view(out, writable=True) if out is not None
+               else np.empty(self.raw_len, dtype=np.uint8))
+        n = _lib.kvt_lease_decode(h, ctypes.byref(self._l), dst.ctypes.data, dst.size)
+        _check(n, "kvt_lease_decode")
+        return _shaped(dst[:n], dtype, shape)
 
     def release(self) -> None:
         if self.released:
@@ -349,26 +382,19 @@ class Client:
     def put(self, layout: LayoutLike, key: KeyLike, data: Union[np.ndarray, bytes],
             position: Optional[int] = None, partial: bool = False) -> int:
         """Stores ``data`` (a C-contiguous numpy array of any numeric dtype, or a bytes-like
-        object) of the layout's block_bytes under ``key``: reserve, one copy into the arena,
-        commit.  Returns 0 when stored, 1 when the key was already stored (nothing written).
+        object) of the layout's block_bytes under ``key`` (kvt_put_at: one copy into the
+        arena, or with a compressed host tier the block encoded in this process and its
+        record copied).  Returns 0 when stored, 1 when the key was already stored (nothing
+        written).
         ``partial=True`` accepts a shorter block (the last, partial block of a prompt);
         anything else of the wrong size or type raises ValueError/TypeError before any
         request.  Raises KvtError otherwise.  ``position``: the block's first token's
         position in its sequence, for codecs that undo RoPE."""
         src = self._block_src(layout, data, partial)
-        try:
-            res = self.reserve(layout, key, src.size)
-        except KvtError as e:
-            if e.code == _errno.EEXIST:
-                return 1
-            raise
-        try:
-            np.copyto(res.array, src, casting="no")
-        except BaseException:
-            res.abort()
-            raise
-        res.commit(position)
-        return 0
+        ck = _to_key(key)
+        pos = 0xFFFFFFFF if position is None else _uint(position, 32, "position")
+        return _check(_lib.kvt_put_at(self._handle(), self._lid(layout), ctypes.byref(ck), pos,
+                                      src.ctypes.data, src.size), "kvt_put_at")
 
     def put_copy(self, layout: LayoutLike, key: KeyLike, data: Union[np.ndarray, bytes],
                  partial: bool = False) -> int:
@@ -483,10 +509,14 @@ class Client:
             if n != -_errno.ENOBUFS:
                 _check(n, "kvt_get")
                 return _shaped(buf[:n], dtype, shape)
-        # Length unknown (or larger than a layout block): read it in place under a lease.
+        # Length unknown (or larger than a layout block): read it under a lease (decoded
+        # when it is stored encoded).
         try:
-            with self.lease(lid, ck) as view:
-                return _shaped(view.copy(), dtype, shape)
+            ls = self.lease(lid, ck)
+            try:
+                return ls.decode(dtype=dtype, shape=shape)
+            finally:
+                ls.release()
         except KvtError as e:
             if e.code == _errno.ENOENT:
                 return None
@@ -495,15 +525,17 @@ class Client:
     def lease(self, layout: LayoutLike, key: KeyLike, dtype: Any = None,
               shape: Any = None) -> Lease:
         """Borrows a stored block in place: returns a :class:`Lease` whose ``array`` is a
-        read-only numpy view of the arena (flat uint8, or ``dtype``/``shape``).  Use it as a
+        read-only numpy view of the arena (flat uint8, or ``dtype``/``shape``; a block
+        stored encoded is its record, flat uint8: use :meth:`Lease.decode`).  Use it as a
         context manager.  Raises KvtError(ENOENT) on a miss."""
         ck = _to_key(key)
         ls = _Lease()
         _check(_lib.kvt_get_lease(self._handle(), self._lid(layout), ctypes.byref(ck),
                                   ctypes.byref(ls)), "kvt_get_lease")
         try:
-            view = _shaped(_arena_view(ls.data, ls.len, readonly=True, keep=self._conn),
-                           dtype, shape)
+            view = _arena_view(ls.data, ls.len, readonly=True, keep=self._conn)
+            if not ls.chain_id:
+                view = _shaped(view, dtype, shape)
         except Exception:
             _lib.kvt_lease_release(self._c, ctypes.byref(ls))
             raise

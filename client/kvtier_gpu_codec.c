@@ -1,0 +1,368 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libkvtier's device API over the compressed host tier (README "Compressed host tier"): a
+ * block stored as a record of a bq chain crosses PCIe as that record and is coded on the GPU
+ * (gpu/kvt_gpu_bq.h).
+ *
+ *   get: record (arena) --H2D--> staging slot --bq decode--> raw slot --D2D--> engine pages
+ *   put: engine pages --D2D--> raw slot --bq encode--> record slot --D2H--> arena (reserved
+ *        with the record's length, which the GPU tells first: one stream sync a round)
+ *
+ * The decoder writes a block contiguous, as the chain's record describes it: where the engine
+ * keeps each block in one buffer of its own (n_layers = n_kv = pages_per_block = 1) that is
+ * the page itself, decoded (and encoded) in place; otherwise the pages are scattered, and one
+ * device-to-device copy (HBM speed, the engine's layout) follows the decode (precedes the
+ * encode).
+ * Staging holds 2 rounds of HOST_CHUNK blocks, as the host path keeps 2 rounds in flight
+ * (kvtier_gpu_copy.c): block k uses slot k % (2 * HOST_CHUNK).  A layout whose blocks the
+ * kernels cannot take (kvt_gpu_bq_new refuses the geometry), or a build without CUDA, decodes
+ * on the CPU into a pinned slot that is copied up as a raw block, and stores its puts raw.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec_bq.h"
+#include "kvt_gpu_bq.h"
+#include "kvtier_gpu_internal.h"
+#include "kvtier_internal.h"
+
+#define SLOTS (2u * HOST_CHUNK)
+
+/* The batch arrays in q_arr (device) and q_harr (pinned mirror), by slot index. */
+#define A_SRC	  0u	      /* u64 device pointers */
+#define A_DST	  SLOTS	      /* u64 device pointers */
+#define A_U32	  (2 * SLOTS) /* then u32 arrays: */
+#define A_LEN	  0u	      /* record lengths */
+#define A_BAD	  SLOTS	      /* decoder's flags */
+#define A_FT	  (2 * SLOTS) /* first tokens */
+#define ARR_BYTES (2 * SLOTS * 8 + 3 * SLOTS * 4)
+
+static uint32_t *u32s(uint64_t *arr)
+{
+	return (uint32_t *)(arr + A_U32);
+}
+
+void kvtc_devq_free(struct kvt_dev *d)
+{
+	for (unsigned k = 0; k < DEV_LAYOUTS; k++)
+		kvt_gpu_bq_free(d->bq[k]);
+	kvt_gpu_dev_free(d->q_raw);
+	kvt_gpu_dev_free(d->q_enc);
+	kvt_gpu_dev_free(d->q_scratch);
+	kvt_gpu_dev_free(d->q_arr);
+	kvt_gpu_host_free(d->q_harr);
+	kvt_gpu_host_free(d->q_hraw);
+}
+
+/* The GPU plan of layout for chain (a bq chain), made once per chain; NULL if none fits. */
+static struct kvt_gpu_bq *plan_of(struct kvt_dev *d, int layout, const struct kvt_chain *chain)
+{
+	struct kvt_codec_geom g;
+	struct kvt_bq_params p;
+
+	if (!chain || kvt_bq_chain_is(chain) <= 0)
+		return NULL;
+	if (d->bq_id[layout] != kvt_chain_id(chain)) {
+		kvt_gpu_bq_free(d->bq[layout]);
+		d->bq[layout] = NULL;
+		d->bq_tried[layout] = false;
+		d->bq_id[layout] = kvt_chain_id(chain);
+	}
+	if (!d->bq_tried[layout]) {
+		d->bq_tried[layout] = true;
+		kvtc_geom(&d->layouts[layout], 0, &g);
+		if (kvt_bq_chain_params(chain, &g, &p) < 0 ||
+		    kvt_gpu_bq_new(&g, &p, &d->bq[layout]) < 0)
+			d->bq[layout] = NULL;
+	}
+	return d->bq[layout];
+}
+
+/* Staging for blocks of bb bytes and records of bound bytes (plan: NULL for the CPU path). */
+static int staging(struct kvt_dev *d, uint32_t bb, size_t bound, const struct kvt_gpu_bq *plan)
+{
+	size_t sb = plan ? kvt_gpu_bq_scratch_bytes(plan, HOST_CHUNK) : 0;
+	int ret = 0;
+
+	bound = (bound + 255) & ~(size_t)255; /* every slot aligned for the kernels' loads */
+	if (!d->q_harr && (ret = kvt_gpu_host_alloc(ARR_BYTES, (void **)&d->q_harr)) < 0)
+		return ret;
+	if (!d->q_arr && (ret = kvt_gpu_dev_alloc(d->device, ARR_BYTES, (void **)&d->q_arr)) < 0)
+		return ret;
+	if (d->q_bb < bb || d->q_bound < bound) {
+		kvt_gpu_dev_free(d->q_raw);
+		kvt_gpu_dev_free(d->q_enc);
+		kvt_gpu_host_free(d->q_hraw);
+		d->q_raw = d->q_enc = d->q_hraw = NULL;
+		d->q_bb = d->q_bound = 0;
+		if ((ret = kvt_gpu_dev_alloc(d->device, SLOTS * (size_t)bb, (void **)&d->q_raw)) <
+			0 ||
+		    (ret = kvt_gpu_dev_alloc(d->device, SLOTS * bound, (void **)&d->q_enc)) < 0 ||
+		    (ret = kvt_gpu_host_alloc(SLOTS * (size_t)bb, (void **)&d->q_hraw)) < 0)
+			return ret;
+		d->q_bb = bb;
+		d->q_bound = bound;
+	}
+	if (d->q_scratch_len < sb) {
+		kvt_gpu_dev_free(d->q_scratch);
+		d->q_scratch = NULL;
+		d->q_scratch_len = 0;
+		if ((ret = kvt_gpu_dev_alloc(d->device, sb, &d->q_scratch)) < 0)
+			return ret;
+		d->q_scratch_len = sb;
+	}
+	return 0;
+}
+
+const struct kvt_chain *kvtc_devq_put_plan(struct kvt_dev *d, int layout, uint32_t bb,
+					   struct kvt_gpu_bq **plan)
+{
+	const struct kvt_chain *chain = kvtc_put_chain(d->c, d->host_id[layout], bb);
+
+	*plan = plan_of(d, layout, chain);
+	if (!*plan || staging(d, bb, kvt_gpu_bq_record_bound(*plan), *plan) < 0)
+		return NULL;
+	return chain;
+}
+
+/* Uploads the batch arrays of indices [s0, s0 + m) (what is set of them). */
+static int upload_arrays(struct kvt_dev *d, uint32_t s0, uint32_t m, void *stream)
+{
+	uint64_t h = (uint64_t)(uintptr_t)d->q_harr, g = (uint64_t)(uintptr_t)d->q_arr;
+	uint64_t u = A_U32 * 8;
+	struct kvt_gpu_seg segs[4] = {
+	    {h + (A_SRC + s0) * 8, g + (A_SRC + s0) * 8, m * 8ull},
+	    {h + (A_DST + s0) * 8, g + (A_DST + s0) * 8, m * 8ull},
+	    {h + u + (A_LEN + s0) * 4, g + u + (A_LEN + s0) * 4, m * 4ull},
+	    {h + u + (A_FT + s0) * 4, g + u + (A_FT + s0) * 4, m * 4ull},
+	};
+
+	return kvt_gpu_copy(d->eng, segs, 4, KVT_GPU_H2D, KVT_GPU_DMA, stream);
+}
+
+/* Downloads the u32 array at off (A_LEN or A_BAD), indices [s0, s0 + m). */
+static int download_u32(struct kvt_dev *d, uint32_t off, uint32_t s0, uint32_t m, void *stream)
+{
+	uint64_t u = A_U32 * 8 + (off + s0) * 4ull;
+	struct kvt_gpu_seg seg = {(uint64_t)(uintptr_t)d->q_arr + u,
+				  (uint64_t)(uintptr_t)d->q_harr + u, m * 4ull};
+
+	return kvt_gpu_copy(d->eng, &seg, 1, KVT_GPU_D2H, KVT_GPU_DMA, stream);
+}
+
+/* Block k's engine buffer when the pages are one contiguous block each (the kernels then code
+ * in place), else 0. */
+static uint64_t direct_addr(const struct kvt_gpu_paged_layout *pl, const uint32_t *ids, size_t k)
+{
+	uint64_t a;
+
+	if (pl->n_layers != 1 || pl->n_kv != 1 || pl->pages_per_block != 1)
+		return 0;
+	a = pl->layer_base[0] + (uint64_t)ids[k] * pl->block_stride;
+	return a % 16 ? 0 : a;
+}
+
+/* Queues the copies between the pages and the raw slots of the m blocks whose engine ids are
+ * at d->ids and slot addresses at d->addrs (put: pages -> slots). */
+static int slots_pages(struct kvt_dev *d, const struct kvt_gpu_paged_layout *pl, size_t m, bool put,
+		       void *stream)
+{
+	long ns = kvt_gpu_paged_segments(pl, d->ids, d->addrs, m, put ? KVT_GPU_D2H : KVT_GPU_H2D,
+					 d->segs, d->segcap);
+	int ret;
+
+	if (ns < 0)
+		return (int)ns;
+	ret = kvt_gpu_copy(d->eng, d->segs, (size_t)ns, KVT_GPU_D2D, KVT_GPU_AUTO, stream);
+	return ret < 0 ? ret : 0;
+}
+
+int kvtc_devq_put_round(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_layout *pl,
+			const struct kvt_key *keys, const uint32_t *ids, size_t k0, size_t k1,
+			uint32_t bb, void *stream)
+{
+	struct kvt_gpu_seg segs[HOST_CHUNK];
+	struct kvt_gpu_bq *plan;
+	const struct kvt_chain *chain = kvtc_devq_put_plan(d, layout, bb, &plan);
+	uint32_t ppb = pl->pages_per_block, s0 = (uint32_t)(k0 % SLOTS), m = 0, nc = 0, *a;
+	uint64_t raw = (uint64_t)(uintptr_t)d->q_raw, enc = (uint64_t)(uintptr_t)d->q_enc;
+	size_t bound = d->q_bound, ns = 0;
+	int ret;
+
+	if (!chain)
+		return 0; /* stored raw */
+	a = u32s(d->q_harr);
+	for (size_t k = k0; k < k1; k++) {
+		uint64_t slot = k % SLOTS;
+
+		if (d->blk[k].where != B_NONE)
+			continue;
+		d->blk[k].qi = s0 + m;
+		if (direct_addr(pl, ids, k)) {
+			d->q_harr[A_SRC + s0 + m] = direct_addr(pl, ids, k);
+		} else {
+			memcpy(&d->ids[nc * ppb], &ids[k * ppb], ppb * sizeof(*ids));
+			d->addrs[nc++] = raw + slot * bb;
+			d->q_harr[A_SRC + s0 + m] = raw + slot * bb;
+		}
+		d->q_harr[A_DST + s0 + m] = enc + slot * bound;
+		a[A_FT + s0 + m] = 0; /* kvt_dev_put does not know positions: 0, as the daemon */
+		a[A_LEN + s0 + m] = 0;
+		m++;
+	}
+	if (!m)
+		return 0;
+	ret = nc ? slots_pages(d, pl, nc, true, stream) : 0;
+	if (ret >= 0)
+		ret = upload_arrays(d, s0, m, stream);
+	if (ret >= 0)
+		ret = kvt_gpu_bq_encode(plan, (const void *const *)(d->q_arr + A_SRC + s0),
+					u32s(d->q_arr) + A_FT + s0, m,
+					(void *const *)(d->q_arr + A_DST + s0),
+					u32s(d->q_arr) + A_LEN + s0, d->q_scratch, stream);
+	if (ret >= 0)
+		ret = download_u32(d, A_LEN, s0, m, stream);
+	if (ret >= 0)
+		ret = kvt_gpu_stream_sync(stream); /* the lengths decide the reservations */
+	if (ret < 0)
+		return ret;
+	for (size_t k = k0; k < k1; k++) {
+		struct dev_blk *b = &d->blk[k];
+		uint32_t len;
+
+		if (b->where != B_NONE)
+			continue;
+		len = a[A_LEN + b->qi];
+		if (len < KVT_CHAIN_HDR_SIZE || len > bound)
+			continue; /* stored raw by the caller's loop */
+		ret = kvtc_reserve(d->c, d->host_id[layout], &keys[k], len, kvt_chain_id(chain), bb,
+				   &b->u.r);
+		if (ret == -EEXIST) {
+			b->where = B_DONE;
+			continue;
+		}
+		if (ret < 0)
+			continue; /* the raw path meets the same answer, or stores it raw */
+		if (kvtc_dev_host_ready(d, b->u.r.data, len) < 0) {
+			kvt_put_abort(d->c, &b->u.r);
+			continue;
+		}
+		b->addr = (uint64_t)(uintptr_t)b->u.r.data;
+		b->where = B_HOSTE;
+		segs[ns++] = (struct kvt_gpu_seg){enc + (k % SLOTS) * bound, b->addr, len};
+		d->gpu_encodes++;
+	}
+	if (!ns)
+		return 0;
+	ret = kvt_gpu_copy(d->eng, segs, ns, KVT_GPU_D2H, KVT_GPU_AUTO, stream);
+	if (ret < 0) {
+		/* Nothing was copied down: committing would store whatever the arena held. */
+		kvt_gpu_stream_sync(stream);
+		for (size_t k = k0; k < k1; k++) {
+			if (d->blk[k].where == B_HOSTE) {
+				kvt_put_abort(d->c, &d->blk[k].u.r);
+				d->blk[k].where = B_NONE;
+			}
+		}
+		return ret;
+	}
+	return 0;
+}
+
+int kvtc_devq_get_prepare(struct kvt_dev *d, int layout, size_t k, uint32_t bb)
+{
+	struct dev_blk *b = &d->blk[k];
+	const struct kvt_chain *chain = kvtc_chain_get(d->c, b->u.l.chain_id);
+	struct kvt_gpu_bq *plan = plan_of(d, layout, chain);
+	uint8_t *slot;
+	ssize_t got;
+	int ret;
+
+	if (b->u.l.raw_len != bb)
+		return -ENOENT; /* stored with another geometry */
+	if (plan) {
+		ret = staging(d, bb, kvt_gpu_bq_record_bound(plan), plan);
+		if (ret < 0)
+			return ret;
+		if (b->u.l.len > d->q_bound)
+			return -EBADMSG;
+		ret = kvtc_dev_host_ready(d, b->u.l.data, b->u.l.len);
+		if (ret < 0)
+			return ret;
+		b->addr = (uint64_t)(uintptr_t)b->u.l.data;
+		b->where = B_HOSTE;
+		return 0;
+	}
+	/* No GPU decoder for it: decoded here into a pinned slot, copied up as a raw block. */
+	ret = staging(d, bb, d->q_bound ? d->q_bound : 1, NULL);
+	if (ret < 0)
+		return ret;
+	slot = d->q_hraw + (k % SLOTS) * (size_t)bb;
+	got = kvt_lease_decode(d->c, &b->u.l, slot, bb);
+	if (got != (ssize_t)bb)
+		return got < 0 ? (int)got : -EBADMSG;
+	b->addr = (uint64_t)(uintptr_t)slot;
+	b->where = B_HOST;
+	d->cpu_decodes++;
+	return 0;
+}
+
+int kvtc_devq_get_round(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_layout *pl,
+			const uint32_t *ids, size_t k0, size_t k1, uint32_t bb, void *stream)
+{
+	struct kvt_gpu_seg segs[HOST_CHUNK];
+	struct kvt_gpu_bq *plan = d->bq[layout];
+	uint32_t ppb = pl->pages_per_block, s0 = (uint32_t)(k0 % SLOTS), m = 0, nc = 0, *a;
+	uint64_t raw = (uint64_t)(uintptr_t)d->q_raw, enc = (uint64_t)(uintptr_t)d->q_enc;
+	int ret;
+
+	for (size_t k = k0; k < k1; k++)
+		m += d->blk[k].where == B_HOSTE;
+	if (!m)
+		return 0;
+	if (!plan)
+		return -EINVAL;
+	a = u32s(d->q_harr);
+	m = 0;
+	for (size_t k = k0; k < k1; k++) {
+		struct dev_blk *b = &d->blk[k];
+		uint64_t slot = k % SLOTS;
+
+		if (b->where != B_HOSTE)
+			continue;
+		b->qi = s0 + m;
+		d->q_harr[A_SRC + s0 + m] = enc + slot * d->q_bound;
+		if (direct_addr(pl, ids, k)) {
+			d->q_harr[A_DST + s0 + m] = direct_addr(pl, ids, k);
+		} else {
+			memcpy(&d->ids[nc * ppb], &ids[k * ppb], ppb * sizeof(*ids));
+			d->addrs[nc++] = raw + slot * bb;
+			d->q_harr[A_DST + s0 + m] = raw + slot * bb;
+		}
+		a[A_LEN + s0 + m] = (uint32_t)b->u.l.len;
+		a[A_BAD + s0 + m] = 1; /* until the decoder says otherwise */
+		a[A_FT + s0 + m] = 0;
+		segs[m] = (struct kvt_gpu_seg){b->addr, enc + slot * d->q_bound, b->u.l.len};
+		m++;
+	}
+	ret = kvt_gpu_copy(d->eng, segs, m, KVT_GPU_H2D, KVT_GPU_AUTO, stream);
+	if (ret >= 0)
+		ret = upload_arrays(d, s0, m, stream);
+	if (ret >= 0)
+		ret = kvt_gpu_bq_decode(
+		    plan, (const void *const *)(d->q_arr + A_SRC + s0), u32s(d->q_arr) + A_LEN + s0,
+		    m, (void *const *)(d->q_arr + A_DST + s0), u32s(d->q_arr) + A_BAD + s0, stream);
+	if (ret >= 0 && nc)
+		ret = slots_pages(d, pl, nc, false, stream);
+	if (ret >= 0)
+		ret = download_u32(d, A_BAD, s0, m, stream);
+	if (ret >= 0)
+		d->gpu_decodes += m;
+	return ret < 0 ? ret : 0;
+}
+
+int kvtc_devq_get_check(struct kvt_dev *d, size_t k)
+{
+	return u32s(d->q_harr)[A_BAD + d->blk[k].qi] ? -EBADMSG : 0;
+}
