@@ -72,6 +72,11 @@ static const struct key keys[] = {
     {"remote", "put_timeout_ms", K_U32, F(remote_put_timeout_ms), "1000", 1, 600000},
     {"remote", "threads", K_U32, F(remote_threads), "2", 1, 16},
     {"remote", "queue_max", K_U32, F(remote_queue_max), "64", 1, 65536},
+    /* codec = auto (daemon/codec_auto.c): calibrations, error budgets, the disk's speed */
+    {"daemon", "state_dir", K_STR, F(state_dir), "/var/lib/kvtier", 0, 0},
+    {"host", "max_err", K_RATIO, F(host_max_err), "0.02", 0, 0},
+    {"nvme", "max_err", K_RATIO, F(nvme_max_err), "0.02", 0, 0},
+    {"nvme", "bandwidth", K_SIZE, F(nvme_bandwidth), "0", 0, 1ull << 40},
 };
 #undef F
 
@@ -347,7 +352,7 @@ int kvtd_config_validate(const struct kvtd_config *c, FILE *err)
 		return -EINVAL;
 	}
 	/* Clients read host blocks in place (leases), so the host tier stores them raw. */
-	if (strcmp(c->host_codec, "raw") != 0) {
+	if (strcmp(c->host_codec, "raw") != 0 && strcmp(c->host_codec, "auto") != 0) {
 		if (err)
 			fprintf(err,
 				"kvtierd: host.codec = %s: only raw is supported for the host tier "

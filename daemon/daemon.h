@@ -165,6 +165,7 @@ struct geom_slot {
 	uint32_t refs;	 /* client layout slots and blocks */
 	uint32_t next;	 /* hash chain, or the free list */
 	struct kvt_codec_geom g;
+	char model[64]; /* the layout's model_id (codec = auto shows it) */
 };
 
 /* Request kinds timed in kvtier_request_duration_seconds, and its bucket count. */
@@ -207,6 +208,7 @@ struct kvtd {
 	bool nvme_recovering;
 	uint64_t nvme_install_bad; /* records that passed the tier's check, failed ours */
 	struct kvtd_cpool *cpool;  /* codec workers (codec_pool.c), NULL = codecs run inline */
+	struct kvtd_auto *autoc;   /* codec = auto: calibrations, choices (codec_auto.c) */
 	struct ev cpool_ev;
 	uint64_t host_encoding; /* host bytes of blocks being encoded for demotion */
 	uint64_t seq;
