@@ -32,6 +32,7 @@
 #include "codec_bq.h"
 #include "daemon.h"
 #include "kveval.h"
+#include "kvt_record.h"
 #include "place_int.h"
 #include "render.h"
 
@@ -112,6 +113,15 @@ struct auto_model {
 	size_t dict_len;
 };
 
+/* A block of the sample that only NVMe holds: its record, read and decoded on the thread. */
+struct cal_rec {
+	uint64_t key_lo, key_hi, off;
+	uint32_t len, idx; /* the record's slot bytes; its place in the sample */
+	uint16_t file;
+};
+
+#define CAL_MAX_CHAINS 64
+
 struct cal_job {
 	struct kvt_pool_job pj;
 	uint32_t client_id;
@@ -125,6 +135,13 @@ struct cal_job {
 	uint32_t *first; /* their first_token */
 	uint32_t ntrain, neval;
 	char bw_path[1024]; /* first NVMe file ("" none) */
+	/* blocks read from NVMe: the files (nvme.paths, in order), the records, and the
+	 * chains that may have written them (alive until the daemon stops) */
+	char nv_paths[KVTD_MAX_NVME_PATHS][256];
+	struct cal_rec *recs;
+	uint32_t nrecs;
+	const struct kvt_chain *chains[CAL_MAX_CHAINS];
+	unsigned nchains;
 	bool bw_direct;
 	char file[512];
 	/* progress, read by the loop */
@@ -188,7 +205,9 @@ int kvtd_auto_choose(const struct kvtd_auto_row *rows, unsigned n, enum kvtd_tie
 		if (tier != KVTD_TIER_NVME &&
 		    (!(r->flags & KVTD_AUTO_GPU) || (r->flags & KVTD_AUTO_DICT)))
 			continue;
-		if (tier == KVTD_TIER_NVME && bw > 0 && speed * 1e9 * threads < bw * r->ratio)
+		/* raw is a copy, not a codec job: it keeps up with any disk */
+		if (tier == KVTD_TIER_NVME && bw > 0 && strcmp(r->spec, "raw") &&
+		    speed * 1e9 * threads < bw * r->ratio)
 			continue;
 		if (best < 0 || r->ratio > rows[best].ratio ||
 		    (r->ratio == rows[best].ratio && r->err < rows[best].err))
@@ -740,6 +759,85 @@ out:
 	return ret;
 }
 
+/* Reads and decodes record r into its sample slot.  0, or -errno (the block is left out). */
+static int cal_read_rec(struct cal_job *j, const struct cal_rec *r)
+{
+	struct kvt_record_hdr h;
+	const struct kvt_chain *c = NULL;
+	uint8_t *buf = malloc(r->len);
+	int fd = -1, ret = -ENOMEM;
+
+	if (!buf)
+		goto out;
+	ret = -EIO;
+	if (r->file >= KVTD_MAX_NVME_PATHS || !j->nv_paths[r->file][0])
+		goto out;
+	fd = open(j->nv_paths[r->file], O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || pread(fd, buf, r->len, (off_t)r->off) != (ssize_t)r->len)
+		goto out;
+	/*
+	 * The slot may have been freed and written again since: the record must be this
+	 * block's and decode.  Its CRC is salted per file by the tier (tiers/nvme_super.c), so
+	 * only the header is checked here: a torn record that still decoded would skew the
+	 * sample a little, and nothing read here is ever served.
+	 */
+	ret = -EBADMSG;
+	memcpy(&h, buf, sizeof(h));
+	if (r->len < sizeof(h) || kvt_record_check_hdr(&h, r->len - sizeof(h)) < 0 ||
+	    h.key_lo != r->key_lo || h.key_hi != r->key_hi || h.fingerprint != j->fp ||
+	    h.raw_len != j->raw)
+		goto out;
+	for (unsigned i = 0; i < j->nchains && !c; i++) {
+		if (kvt_chain_id(j->chains[i]) == h.chain_id)
+			c = j->chains[i];
+	}
+	struct kvt_codec_geom rg;
+
+	if (!c || kvt_chain_decode(c, buf + sizeof(h), h.payload_len, blk_at(j, r->idx), j->raw,
+				   &rg) != (ssize_t)j->raw)
+		goto out;
+	/* after a restart the daemon no longer knows where the block stood; its record does */
+	j->first[r->idx] = rg.first_token;
+	ret = 0;
+out:
+	if (fd >= 0)
+		close(fd);
+	free(buf);
+	return ret;
+}
+
+/* Reads the sample's NVMe blocks; those that cannot be read are left out (the sample is
+ * compacted).  0, or -ENODATA when fewer than CAL_MIN_BLOCKS remain. */
+static int cal_read_nvme(struct cal_job *j)
+{
+	uint32_t n = j->ntrain + j->neval, keep = 0;
+	uint8_t *bad = calloc(n ? n : 1, 1);
+
+	if (!bad)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < j->nrecs && !atomic_load(&j->cancel); i++)
+		bad[j->recs[i].idx] = cal_read_rec(j, &j->recs[i]) < 0;
+	for (uint32_t i = 0; i < n; i++) {
+		if (bad[i])
+			continue;
+		if (keep != i) {
+			memcpy(blk_at(j, keep), blk_at(j, i), j->raw);
+			j->first[keep] = j->first[i];
+		}
+		keep++;
+	}
+	free(bad);
+	j->ntrain = j->neval = keep / 2;
+	if (keep < CAL_MIN_BLOCKS) {
+		snprintf(j->msg, sizeof(j->msg),
+			 "too few blocks: %u of the records read from NVMe could not be used, %u "
+			 "blocks remain, at least %u are needed",
+			 n - keep, keep, CAL_MIN_BLOCKS);
+		return -ENODATA;
+	}
+	return 0;
+}
+
 static int cal_run(struct kvt_pool_job *pj)
 {
 	struct cal_job *j = (struct cal_job *)pj;
@@ -749,6 +847,9 @@ static int cal_run(struct kvt_pool_job *pj)
 	int ret;
 
 	atomic_store(&j->steps, (unsigned)NCAND + 2);
+	ret = j->nrecs ? cal_read_nvme(j) : 0;
+	if (ret)
+		goto out;
 	ret = kvt_dict_trainer_new(&g, 10000, &t);
 	for (unsigned i = 0; !ret && i < j->ntrain; i++) {
 		g.first_token = j->first[train_i(i)];
@@ -794,6 +895,7 @@ static void job_free(struct cal_job *j)
 		return;
 	free(j->blocks);
 	free(j->first);
+	free(j->recs);
 	free(j->dict_buf);
 	free(j);
 }
@@ -806,13 +908,15 @@ struct fp_count {
 	uint32_t n;
 };
 
-/* Is block i a whole, readable host block of a known geometry? */
+/* Is block i a whole block of a known geometry, in RAM or in an NVMe record not being
+ * moved? */
 static const struct kvt_codec_geom *usable_blk(struct kvtd *d, uint32_t i)
 {
 	struct kvtd_blk *b = B(d, i);
 	const struct kvt_codec_geom *g;
 
-	if (b->state != KVTD_BLK_READY || !b->on_host)
+	if (b->state != KVTD_BLK_READY ||
+	    !(b->on_host || (b->on_nvme && b->io == KVTD_IO_NONE && nvme_on(d))))
 		return NULL;
 	g = kvtd_geom_of(d, i);
 	if (!g || kvt_geom_check(g) < 0 || kvt_geom_block_bytes(g) != b->len)
@@ -825,6 +929,35 @@ static const char *blk_model(struct kvtd *d, uint32_t i)
 	uint32_t g = B(d, i)->geom;
 
 	return g != KVTD_NIL && d->geoms ? d->geoms[g].model : "";
+}
+
+/* What the thread needs to read records: the files, and every chain that may have written one
+ * (they live until the daemon stops). */
+static void cal_nvme_setup(struct kvtd *d, struct cal_job *j)
+{
+	struct kvtd_auto *a = d->autoc;
+	char buf[sizeof(d->cfg.nvme_paths)], *save, *tok;
+	unsigned n = 0;
+
+	snprintf(buf, sizeof(buf), "%s", d->cfg.nvme_paths);
+	for (tok = strtok_r(buf, ",", &save); tok && n < KVTD_MAX_NVME_PATHS;
+	     tok = strtok_r(NULL, ",", &save)) {
+		while (*tok == ' ')
+			tok++;
+		if (*tok)
+			snprintf(j->nv_paths[n++], sizeof(j->nv_paths[0]), "%s", tok);
+	}
+	j->chains[j->nchains++] = d->raw_chain;
+	if (d->nvme_chain)
+		j->chains[j->nchains++] = d->nvme_chain;
+	for (unsigned i = 0; i < a->n + a->nold; i++) {
+		const struct auto_model *m = i < a->n ? &a->m[i] : &a->old[i - a->n];
+
+		for (unsigned r = 0; m->chain && r < m->nrows && j->nchains < CAL_MAX_CHAINS; r++) {
+			if (m->chain[r])
+				j->chains[j->nchains++] = m->chain[r];
+		}
+	}
 }
 
 /* The layout of model ("": any) with the most usable blocks (0: none); *count its count. */
@@ -902,8 +1035,9 @@ int kvtd_auto_calibrate(struct kvtd *d, struct client *c, uint64_t fp, const cha
 		if (!fp) {
 			sb_printf(
 			    b,
-			    "nothing to calibrate on: no layout%s%s%s has whole blocks in the "
-			    "host tier (the calibration reads raw blocks the daemon holds)\n",
+			    "nothing to calibrate on: no layout%s%s%s of a registered model has "
+			    "whole blocks in RAM or on NVMe (the calibration reads blocks the "
+			    "daemon holds)\n",
 			    model[0] ? " of model '" : "", model, model[0] ? "'" : "");
 			return -ENODATA;
 		}
@@ -916,9 +1050,9 @@ int kvtd_auto_calibrate(struct kvtd *d, struct client *c, uint64_t fp, const cha
 	if (have < CAL_MIN_BLOCKS) {
 		sb_printf(b,
 			  "too few blocks to calibrate layout %016" PRIx64
-			  ": the host tier holds %u whole blocks of it, at least %u are needed "
-			  "(half fit the dictionary, half measure the chains); put more of the "
-			  "model's blocks first\n",
+			  ": the daemon holds %u whole blocks of it (in RAM or on NVMe), at least "
+			  "%u are needed (half fit the dictionary, half measure the chains); put "
+			  "more of the model's blocks first\n",
 			  fp, have, CAL_MIN_BLOCKS);
 		return -ENODATA;
 	}
@@ -933,7 +1067,8 @@ int kvtd_auto_calibrate(struct kvtd *d, struct client *c, uint64_t fp, const cha
 	take &= ~1u; /* as many to fit as to measure */
 	stride = have / take;
 	j = calloc(1, sizeof(*j));
-	if (!j || !(j->blocks = malloc(raw * take)) || !(j->first = calloc(take, 4))) {
+	if (!j || !(j->blocks = malloc(raw * take)) || !(j->first = calloc(take, 4)) ||
+	    !(j->recs = calloc(take, sizeof(*j->recs)))) {
 		job_free(j);
 		sb_printf(b, "out of memory for %u blocks of %zu bytes\n", take, raw);
 		return -ENOMEM;
@@ -955,10 +1090,19 @@ int kvtd_auto_calibrate(struct kvtd *d, struct client *c, uint64_t fp, const cha
 			continue;
 		if (seen++ % stride)
 			continue;
-		memcpy(blk_at(j, k), kvtd_host_at(d, kvtd_tenant_of(d, bk), bk->off), raw);
-		j->first[k++] = bk->first_token;
+		j->first[k] = bk->first_token;
+		if (bk->on_host) {
+			memcpy(blk_at(j, k++), kvtd_host_at(d, kvtd_tenant_of(d, bk), bk->off),
+			       raw);
+			continue;
+		}
+		/* only on NVMe: its record is read and decoded on the calibration thread */
+		j->recs[j->nrecs++] = (struct cal_rec){bk->key_lo,   bk->key_hi, bk->nvme_off,
+						       bk->nvme_len, k++,	 bk->nvme_file};
 	}
 	j->ntrain = j->neval = k / 2;
+	if (j->nrecs)
+		cal_nvme_setup(d, j);
 	if (d->nvme && !d->cfg.nvme_bandwidth) {
 		snprintf(j->bw_path, sizeof(j->bw_path), "%s", d->cfg.nvme_paths);
 		j->bw_path[strcspn(j->bw_path, ",")] = 0;

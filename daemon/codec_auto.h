@@ -53,7 +53,8 @@ struct kvtd_auto_row {
  * <= max_err that fits tier: KVTD_TIER_HOST and KVTD_TIER_GPU: KVTD_AUTO_GPU and not
  * KVTD_AUTO_DICT (a client codes the host tier's blocks and has no dictionary); KVTD_TIER_NVME:
  * threads x min(encode, decode speed) >= bw x ratio, i.e. the codec threads keep up with the
- * disk reading (or writing) records at bw bytes a second (bw <= 0: no speed condition).
+ * disk reading (or writing) records at bw bytes a second (bw <= 0: no speed condition; raw,
+ * a copy, always fits).
  * Returns the row's index, or -1 when none qualifies.
  */
 int kvtd_auto_choose(const struct kvtd_auto_row *rows, unsigned n, enum kvtd_tier_id tier,

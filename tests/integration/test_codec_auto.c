@@ -177,6 +177,10 @@ static void test_too_few(void)
 	out = ctl(&rc, "calibrate 2>&1");
 	CHECK(rc == 1 && out && strstr(out, "too few blocks") && strstr(out, "holds 5 whole"));
 	free(out);
+	/* a fingerprint no block has */
+	out = ctl(&rc, "calibrate 0123456789abcdef 2>&1");
+	CHECK(rc == 1 && out && strstr(out, "0123456789abcdef") && strstr(out, "holds 0 whole"));
+	free(out);
 	out = ctl(&rc, "calibrate no-such-model 2>&1");
 	CHECK(rc == 1 && out && strstr(out, "of model 'no-such-model'"));
 	free(out);
@@ -292,6 +296,55 @@ static void test_calibrate_pick(void)
 	free(got);
 }
 
+/*
+ * Blocks that only NVMe holds are calibrated on too (their records read and decoded), also
+ * after a restart, when the daemon knows their positions only from the records.
+ */
+static void test_from_nvme(void)
+{
+	const char *args[] = {"-o", state_opt,	      "-o", "nvme.enabled=true",
+			      "-o", nvme_opt,	      "-o", "nvme.capacity=64MiB",
+			      "-o", "nvme.codec=fpx", "-o", "nvme.codec_threads=0"};
+	int rc;
+	char *out;
+
+	unlink(nvme_opt + strlen("nvme.paths="));
+	pid_t pid = daemon_start("4MiB", args[0], args[1], args[2], args[3], args[4], args[5],
+				 args[6], args[7], args[8], args[9], args[10], args[11], NULL);
+	CHECK(pid > 0);
+	struct kvt_client *c = kvt_test_connect(sock, "test", 5000);
+	CHECK(c);
+	int lay = kvt_register_layout(c, &lay_model);
+	put_range(c, lay, 0, 16);
+	out = ctl(&rc, "evict --all");
+	free(out);
+	CHECK_EQ(kvt_test_ctl_num(kvtierctl, sock, "status", "\"name\":\"host\"", "blocks"), 0);
+	out = ctl(&rc, "--json calibrate");
+	CHECK(rc == 0 && out && strstr(out, "\"blocks_dict\":8,\"blocks_measured\":8"));
+	/* uq undoes RoPE at each block's position: its ratio tells whether positions held */
+	double uq1 = json_dbl(out, "{\"codec\":\"uq\"", "ratio");
+	free(out);
+	kvt_close(c);
+	CHECK_EQ(daemon_stop(pid), 0);
+	/* again after a restart: the records are recovered; a client registers the layout */
+	pid = daemon_start("4MiB", args[0], args[1], args[2], args[3], args[4], args[5], args[6],
+			   args[7], args[8], args[9], args[10], args[11], NULL);
+	CHECK(pid > 0);
+	c = kvt_test_connect(sock, "test", 5000);
+	CHECK(c);
+	lay = kvt_register_layout(c, &lay_model);
+	CHECK_EQ(kvt_lookup(c, lay, keys, 16), 16);
+	out = ctl(&rc, "--json calibrate sympy-l1h0");
+	CHECK(rc == 0 && out && strstr(out, "\"blocks_dict\":8,\"blocks_measured\":8"));
+	/* the same blocks at the positions their records tell: the same ratio */
+	double uq2 = json_dbl(out, "{\"codec\":\"uq\"", "ratio");
+	printf("uq ratio on the NVMe blocks: %.4f, after a restart %.4f\n", uq1, uq2);
+	CHECK(uq1 > 1 && uq1 == uq2);
+	free(out);
+	kvt_close(c);
+	CHECK_EQ(daemon_stop(pid), 0);
+}
+
 /* Copies src to dst; 0 or -1. */
 static int copy_file(const char *src, const char *dst, long flip_at)
 {
@@ -366,6 +419,7 @@ static void test_corrupt_file(void)
 static const struct kvt_test_case tests[] = {
     {"too_few", test_too_few},
     {"calibrate_pick", test_calibrate_pick},
+    {"from_nvme", test_from_nvme},
     {"corrupt_file", test_corrupt_file},
 };
 
