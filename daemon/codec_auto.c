@@ -168,7 +168,7 @@ struct kvtd_auto {
 	struct kvt_pool *pool;
 	struct ev ev;
 	struct cal_job *job;
-	char bad[1024]; /* the last calibration file refused at start ("" none) */
+	char bad[2048]; /* the calibration files refused at start ("" none) */
 };
 
 bool kvtd_auto_is(const char *spec)
@@ -603,7 +603,13 @@ int kvtd_auto_init(struct kvtd *d)
 				 "%s: %s; ignored: layout %016" PRIx64
 				 " is uncalibrated (run kvtierctl calibrate again)",
 				 path, why, fp);
-			snprintf(a->bad, sizeof(a->bad), "%s: %s", path, why);
+			{
+				size_t l = strlen(a->bad);
+
+				/* every refused file, as long as the line holds them */
+				snprintf(a->bad + l, sizeof(a->bad) - l, "%s%s: %s", l ? "; " : "",
+					 path, why);
+			}
 			continue;
 		}
 		kvtd_log(KVTD_LOG_INFO, "calibration of %s (layout %016" PRIx64 ") loaded from %s",
@@ -1154,6 +1160,19 @@ static double pick_err(const struct auto_model *m, enum kvtd_tier_id t)
 	return m->pick[t] >= 0 ? m->rows[m->pick[t]].err : 0;
 }
 
+/* s as the inside of a JSON string (paths and messages come from the configuration). */
+static void json_esc(struct sbuf *b, const char *s)
+{
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			sb_printf(b, "\\%c", *p);
+		else if (*p < 0x20)
+			sb_printf(b, "\\u%04x", *p);
+		else
+			sb_printf(b, "%c", *p);
+	}
+}
+
 /* The table of a calibration, as `kvtierctl calibrate` prints it. */
 static void render_model(struct kvtd *d, struct sbuf *b, bool json, const struct auto_model *m,
 			 const char *file)
@@ -1165,14 +1184,16 @@ static void render_model(struct kvtd *d, struct sbuf *b, bool json, const struct
 			  "{\"layout\":\"%016" PRIx64 "\",\"model\":\"%s\",\"n_layers\":%u,"
 			  "\"n_kv_heads\":%u,\"head_dim\":%u,\"block_tokens\":%u,"
 			  "\"blocks_dict\":%u,\"blocks_measured\":%u,\"dict_bytes\":%zu,"
-			  "\"nvme_bandwidth\":%.0f,\"nvme_bandwidth_measured\":%s,\"file\":\"%s\","
+			  "\"nvme_bandwidth\":%.0f,\"nvme_bandwidth_measured\":%s,"
 			  "\"host_max_err\":%g,\"nvme_max_err\":%g,\"host_pick\":\"%s\","
-			  "\"nvme_pick\":\"%s\",\"chains\":[",
+			  "\"nvme_pick\":\"%s\",\"file\":\"",
 			  m->fp, m->model, m->g.n_layers, m->g.n_kv_heads, m->g.head_dim,
 			  m->g.block_tokens, m->ntrain, m->neval, m->dict_len, bw,
-			  d->cfg.nvme_bandwidth ? "false" : "true", file, d->cfg.host_max_err,
+			  d->cfg.nvme_bandwidth ? "false" : "true", d->cfg.host_max_err,
 			  d->cfg.nvme_max_err, pick_name(m, KVTD_TIER_HOST),
 			  pick_name(m, KVTD_TIER_NVME));
+		json_esc(b, file);
+		sb_printf(b, "\",\"chains\":[");
 	} else {
 		sb_printf(
 		    b,
@@ -1361,11 +1382,10 @@ void kvtd_auto_render(struct kvtd *d, struct sbuf *b, bool json, enum kvtd_tier_
 	if (a->bad[0]) {
 		if (json) {
 			sb_printf(b, ",\"calibration_error\":\"");
-			for (const char *p = a->bad; *p; p++)
-				sb_printf(b, "%s%c", *p == '"' || *p == '\\' ? "\\" : "", *p);
+			json_esc(b, a->bad);
 			sb_printf(b, "\"");
 		} else {
-			sb_printf(b, "       calibration file refused: %s\n", a->bad);
+			sb_printf(b, "       calibration files refused: %s\n", a->bad);
 		}
 	}
 }

@@ -236,6 +236,13 @@ static void test_calibrate_pick(void)
 	CHECK(json_dbl(out, row, "err") <= 0.03);
 	CHECK(strstr(out + (strstr(out, row) - out), "\"gpu\":true") != NULL);
 	free(out);
+	/* valid JSON, both */
+	out = kvt_test_sh(&rc,
+			  "%s --socket %s --json tiers | /usr/bin/python3 -c 'import json,sys; "
+			  "t = json.load(sys.stdin); print(t[1][\"models\"][0][\"codec\"])'",
+			  kvtierctl, sock);
+	CHECK(rc == 0 && out && !strncmp(out, spec, strlen(spec)));
+	free(out);
 	/* kvtierctl tiers: the choice and its err under each tier */
 	out = ctl(&rc, "--json tiers");
 	CHECK(rc == 0 && out);
@@ -399,10 +406,19 @@ static void test_corrupt_file(void)
 				 "-o", "nvme.capacity=64MiB", "-o", "nvme.codec=auto", NULL);
 	CHECK(pid > 0);
 	out = ctl(&rc, "tiers");
-	CHECK(rc == 0 && out && strstr(out, "calibration file refused"));
+	CHECK(rc == 0 && out && strstr(out, "calibration files refused"));
+	CHECK(out && strstr(out, "checksum mismatch") && strstr(out, "not the one of its name"));
 	CHECK(out && !strstr(out, "model sympy-l1h0"));
 	CHECK(out && strstr(out, "uncalibrated models: fpx"));
 	printf("%s", out ? out : "");
+	free(out);
+	/* the same as JSON, valid */
+	out = kvt_test_sh(&rc,
+			  "%s --socket %s --json tiers | /usr/bin/python3 -c 'import json,sys; "
+			  "print(json.load(sys.stdin)[0][\"calibration_error\"])'",
+			  kvtierctl, sock);
+	CHECK(rc == 0 && out && strstr(out, "not the one of its name") &&
+	      strstr(out, "checksum mismatch"));
 	free(out);
 	/* nothing lost: the files are as they were */
 	CHECK_EQ(stat(good, &st1), 0);
