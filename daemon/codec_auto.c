@@ -853,6 +853,12 @@ static int cal_run(struct kvt_pool_job *pj)
 	int ret;
 
 	atomic_store(&j->steps, (unsigned)NCAND + 2);
+	/* Test hook: KVTIER_TEST_CALIBRATE_GATE=FILE holds the calibration here until FILE
+	 * exists, so that a test sees the daemon serve while one runs (an event, no timing). */
+	const char *gate = getenv("KVTIER_TEST_CALIBRATE_GATE");
+
+	while (gate && *gate && access(gate, F_OK) != 0 && !atomic_load(&j->cancel))
+		usleep(1000);
 	ret = j->nrecs ? cal_read_nvme(j) : 0;
 	if (ret)
 		goto out;

@@ -352,6 +352,72 @@ static void test_from_nvme(void)
 	CHECK_EQ(daemon_stop(pid), 0);
 }
 
+/*
+ * A calibration runs beside the daemon's work: while it is held (test hook), clients are
+ * served, tiers shows it, a second one is refused as busy; then it ends and answers.
+ */
+static void test_in_background(void)
+{
+	char gate[300], outf[300];
+	int rc;
+	char *out;
+
+	snprintf(gate, sizeof(gate), "%s/cal.gate", dir);
+	snprintf(outf, sizeof(outf), "%s/cal.out", dir);
+	unlink(gate);
+	unlink(outf);
+	setenv("KVTIER_TEST_CALIBRATE_GATE", gate, 1);
+	pid_t pid = daemon_start("8MiB", "-o", state_opt, NULL);
+	unsetenv("KVTIER_TEST_CALIBRATE_GATE");
+	CHECK(pid > 0);
+	struct kvt_client *c = kvt_test_connect(sock, "test", 5000);
+	CHECK(c);
+	int lay = kvt_register_layout(c, &lay_model);
+	put_range(c, lay, 0, 16);
+	/* in the background, its output in a file (not this shell's pipe, which would wait) */
+	out = kvt_test_sh(&rc,
+			  "(%s --socket %s calibrate > %s 2>&1; echo \"exit $?\" >> %s) "
+			  "</dev/null >/dev/null 2>&1 &",
+			  kvtierctl, sock, outf, outf);
+	free(out);
+	/* it has started once tiers shows it */
+	for (;;) {
+		out = ctl(&rc, "tiers");
+		CHECK(rc == 0 && out);
+		if (strstr(out, "calibrating layout"))
+			break;
+		free(out);
+		usleep(1000);
+	}
+	free(out);
+	/* the loop serves meanwhile */
+	uint16_t *b = malloc(bb);
+	put_range(c, lay, 16, 20);
+	for (uint32_t i = 0; i < 20; i++) {
+		CHECK_EQ(kvt_get(c, lay, &keys[i], b, bb), (ssize_t)bb);
+		CHECK(!memcmp(b, blks + i * bb / 2, bb));
+	}
+	free(b);
+	out = ctl(&rc, "calibrate 2>&1");
+	CHECK(rc == 1 && out && strstr(out, "is running"));
+	free(out);
+	/* released: the first one answers with its table */
+	FILE *g = fopen(gate, "w");
+	CHECK(g);
+	fclose(g);
+	for (;;) {
+		out = kvt_test_sh(&rc, "cat %s", outf);
+		if (out && strstr(out, "exit "))
+			break;
+		free(out);
+		usleep(1000);
+	}
+	CHECK(strstr(out, "exit 0") && strstr(out, "nvme auto (max_err"));
+	free(out);
+	kvt_close(c);
+	CHECK_EQ(daemon_stop(pid), 0);
+}
+
 /* Copies src to dst; 0 or -1. */
 static int copy_file(const char *src, const char *dst, long flip_at)
 {
@@ -433,9 +499,8 @@ static void test_corrupt_file(void)
 }
 
 static const struct kvt_test_case tests[] = {
-    {"too_few", test_too_few},
-    {"calibrate_pick", test_calibrate_pick},
-    {"from_nvme", test_from_nvme},
+    {"too_few", test_too_few},		 {"calibrate_pick", test_calibrate_pick},
+    {"from_nvme", test_from_nvme},	 {"in_background", test_in_background},
     {"corrupt_file", test_corrupt_file},
 };
 
