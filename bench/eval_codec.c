@@ -21,6 +21,7 @@
 #include "codec.h"
 #include "codec_bq.h"
 #include "kvd.h"
+#include "kveval.h"
 
 int eval_codec_main(int argc, char **argv);
 int eval_dict_main(int argc, char **argv);
@@ -121,56 +122,34 @@ static void to_float(float *dst, const uint16_t *src, size_t n)
 		dst[i] = kvd_half_to_float(src[i]);
 }
 
-/* Attention outputs of every (layer, query head, query position) with keys k and values v. */
+/* Attention outputs of every (layer, query head, query position) with keys k and values v
+ * (the metric's code is codecs/kveval.c, shared with the daemon's calibration). */
 static void attention(const struct kvd *d, const float *k, const float *v, float *o)
 {
 	uint32_t D = d->head_dim, T = d->n_tokens, P = d->n_q_pos,
 		 grp = d->n_q_heads / d->n_kv_heads;
-	float *s = malloc(T * sizeof(float));
-	double *acc = malloc(D * sizeof(double));
-	float q[1024];
-	const float scale = 1.0f / sqrtf((float)D);
+	float *q = malloc((size_t)P * D * sizeof(float));
+	uint32_t *ctx = malloc(P * sizeof(uint32_t));
 
+	if (!q || !ctx)
+		goto out;
+	for (uint32_t p = 0; p < P; p++)
+		ctx[p] = T - P + p + 1; /* causal */
 	for (uint32_t l = 0; l < d->n_layers; l++)
 		for (uint32_t j = 0; j < d->n_q_heads; j++) {
 			uint32_t h = j / grp;
 			const float *kb = k + ((size_t)l * d->n_kv_heads + h) * T * D;
 			const float *vb = v + ((size_t)l * d->n_kv_heads + h) * T * D;
-			for (uint32_t p = 0; p < P; p++) {
-				const uint16_t *qq =
-				    d->q + (((size_t)l * d->n_q_heads + j) * P + p) * D;
-				uint32_t t = T - P + p;
-				float mx = -INFINITY;
-				for (uint32_t i = 0; i < D; i++)
-					q[i] = kvd_half_to_float(qq[i]) * scale;
-				for (uint32_t i = 0; i <= t; i++) {
-					const float *kr = kb + (size_t)i * D;
-					float a = 0;
-					for (uint32_t e = 0; e < D; e++)
-						a += q[e] * kr[e];
-					s[i] = a;
-					mx = a > mx ? a : mx;
-				}
-				double sum = 0;
-				for (uint32_t i = 0; i <= t; i++) {
-					s[i] = expf(s[i] - mx);
-					sum += s[i];
-				}
-				for (uint32_t e = 0; e < D; e++)
-					acc[e] = 0;
-				for (uint32_t i = 0; i <= t; i++) {
-					const float *vr = vb + (size_t)i * D;
-					float w = s[i];
-					for (uint32_t e = 0; e < D; e++)
-						acc[e] += w * vr[e];
-				}
-				float *out = o + (((size_t)l * d->n_q_heads + j) * P + p) * D;
-				for (uint32_t e = 0; e < D; e++)
-					out[e] = (float)(acc[e] / sum);
-			}
+			const uint16_t *qq = d->q + ((size_t)l * d->n_q_heads + j) * P * D;
+
+			for (size_t i = 0; i < (size_t)P * D; i++)
+				q[i] = kvd_half_to_float(qq[i]);
+			kvt_eval_attention(q, P, ctx, kb, vb, T, D,
+					   o + ((size_t)l * d->n_q_heads + j) * P * D);
 		}
-	free(s);
-	free(acc);
+out:
+	free(q);
+	free(ctx);
 }
 
 /* err of the whole dump; per_layer (if not NULL) receives each layer's share of the mean. */

@@ -33,6 +33,11 @@ static void usage(FILE *f)
 		   "                      SIZE as in the configuration: 1MiB, 64K, 4096\n"
 		   "  writeback           copy host blocks down to NVMe; deletes nothing (admin)\n"
 		   "  flush               deprecated name of writeback\n"
+		   "  calibrate [LAYOUT | MODEL]   (admin) fit a model's dictionary and\n"
+		   "                      measure the codec chains on blocks the daemon holds,\n"
+		   "                      for codec = auto; LAYOUT: a fingerprint (16 hex\n"
+		   "                      digits), MODEL: a model_id; default: the layout with\n"
+		   "                      the most host blocks.  Waits for the table\n"
 		   "options:\n"
 		   "  -s, --socket PATH   daemon socket (default: $KVTIER_SOCKET, "
 		   "/run/kvtier/kvtier.sock,\n"
@@ -97,8 +102,11 @@ static int fail(int status, int code, const char *fmt, ...)
  * Returns 0, or 1 after reporting a failure to talk to it or the daemon's refusal (its
  * message, or its error's).
  */
-static int admin(const char *path, uint32_t cmd, uint64_t arg, uint32_t aflags, char **out)
+static int admin(const char *path, uint32_t cmd, uint64_t arg, uint32_t aflags, const char *extra,
+		 char **out)
 {
+	char msg[sizeof(struct kvt_msg_admin) + 64];
+	size_t elen = extra ? strlen(extra) + 1 : 0, mlen = sizeof(struct kvt_msg_admin) + elen;
 	static char buf[KVT_MSG_MAX + 64];
 	struct kvt_msg_hello h;
 	struct kvt_msg_admin a;
@@ -117,13 +125,20 @@ static int admin(const char *path, uint32_t cmd, uint64_t arg, uint32_t aflags, 
 	h.pid = (uint32_t)getpid();
 	h.want_admin = 1;
 	snprintf(h.name, sizeof(h.name), "kvtierctl");
+	if (elen > 64) {
+		close(fd);
+		return fail(2, -EINVAL, "'%s': a model name has at most 63 bytes", extra);
+	}
 	memset(&a, 0, sizeof(a));
-	kvt_msg_init(&a.h, KVT_MSG_ADMIN, sizeof(a));
+	kvt_msg_init(&a.h, KVT_MSG_ADMIN, (uint32_t)mlen);
 	a.cmd = cmd;
 	a.aflags = aflags;
 	a.arg = arg;
+	memcpy(msg, &a, sizeof(a));
+	if (elen)
+		memcpy(msg + sizeof(a), extra, elen);
 	if (send(fd, &h, sizeof(h), MSG_NOSIGNAL) != sizeof(h) ||
-	    send(fd, &a, sizeof(a), MSG_NOSIGNAL) != sizeof(a)) {
+	    send(fd, msg, mlen, MSG_NOSIGNAL) != (ssize_t)mlen) {
 		ret = -errno;
 		close(fd);
 		return fail(1, ret, "send: %s", strerror(-ret));
@@ -138,7 +153,8 @@ static int admin(const char *path, uint32_t cmd, uint64_t arg, uint32_t aflags, 
 		struct pollfd p = {fd, POLLIN, 0};
 		struct kvt_msg_hdr mh;
 
-		if (poll(&p, 1, 10000) <= 0) {
+		/* a calibration answers when it is done (its progress: kvtierctl tiers) */
+		if (poll(&p, 1, cmd == KVT_ADMIN_CALIBRATE ? -1 : 10000) <= 0) {
 			ret = fail(1, -ETIMEDOUT, "no answer from kvtierd");
 			goto out;
 		}
@@ -196,7 +212,7 @@ static int ping(const char *path)
 {
 	char *out;
 	const char *rec, *up, *ver;
-	int ret = admin(path, KVT_ADMIN_STATUS, 0, KVT_ADMIN_F_JSON, &out);
+	int ret = admin(path, KVT_ADMIN_STATUS, 0, KVT_ADMIN_F_JSON, NULL, &out);
 	bool recovering;
 	char version[64] = "";
 
@@ -229,15 +245,17 @@ int main(int argc, char **argv)
 		const char *name;
 		uint32_t cmd;
 	} cmds[] = {
-	    {"status", KVT_ADMIN_STATUS},   {"tiers", KVT_ADMIN_TIERS},
-	    {"blocks", KVT_ADMIN_BLOCKS},   {"clients", KVT_ADMIN_CLIENTS},
-	    {"metrics", KVT_ADMIN_METRICS}, {"evict", KVT_ADMIN_EVICT},
-	    {"writeback", KVT_ADMIN_FLUSH}, {"flush", KVT_ADMIN_FLUSH},
-	    {"config", KVT_ADMIN_CONFIG},   {"ping", 0},
+	    {"status", KVT_ADMIN_STATUS},	{"tiers", KVT_ADMIN_TIERS},
+	    {"blocks", KVT_ADMIN_BLOCKS},	{"clients", KVT_ADMIN_CLIENTS},
+	    {"metrics", KVT_ADMIN_METRICS},	{"evict", KVT_ADMIN_EVICT},
+	    {"writeback", KVT_ADMIN_FLUSH},	{"flush", KVT_ADMIN_FLUSH},
+	    {"config", KVT_ADMIN_CONFIG},	{"ping", 0},
+	    {"calibrate", KVT_ADMIN_CALIBRATE},
 	};
 	const char *sock_opt = NULL, *name;
 	char path[108], *out = NULL;
 	uint64_t arg = 0;
+	const char *extra = NULL;
 	int opt, ret, found = -1;
 	bool have_limit = false, have_bytes = false, all = false;
 
@@ -277,11 +295,20 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (optind != argc - 1) {
+	if (optind != argc - 1 && !(optind == argc - 2 && !strcmp(argv[optind], "calibrate"))) {
 		usage(stderr);
 		return 2;
 	}
 	name = argv[optind];
+	if (optind == argc - 2) {
+		const char *t = argv[optind + 1];
+
+		/* 16 hex digits: a layout fingerprint, as kvtierctl tiers shows it */
+		if (strlen(t) == 16 && strspn(t, "0123456789abcdefABCDEF") == 16)
+			arg = strtoull(t, NULL, 16);
+		else
+			extra = t;
+	}
 	for (int i = 0; i < (int)(sizeof(cmds) / sizeof(cmds[0])); i++) {
 		if (!strcmp(name, cmds[i].name))
 			found = i;
@@ -310,7 +337,7 @@ int main(int argc, char **argv)
 		return fail(1, ret, "no socket path: %s", kvt_strerror(ret));
 	if (!cmds[found].cmd)
 		return ping(path);
-	ret = admin(path, cmds[found].cmd, arg, json ? KVT_ADMIN_F_JSON : 0, &out);
+	ret = admin(path, cmds[found].cmd, arg, json ? KVT_ADMIN_F_JSON : 0, extra, &out);
 	if (ret)
 		return ret;
 	fputs(out ? out : "", stdout);

@@ -12,6 +12,7 @@
 #include <sys/epoll.h>
 
 #include "admin.h"
+#include "codec_auto.h"
 #include "daemon.h"
 #include "networking.h"
 #include "render.h"
@@ -226,6 +227,35 @@ void handle_admin(struct kvtd *d, struct client *c, const struct kvt_msg_admin *
 	case KVT_ADMIN_CONFIG:
 		render_config(d, &b, json);
 		break;
+	case KVT_ADMIN_CALIBRATE:
+		if (!c->admin) {
+			ret = -EPERM;
+			sb_printf(&b, "permission denied: calibrate needs root or group '%s'\n",
+				  d->cfg.admin_group);
+			break;
+		}
+		/* a model name may follow the message (kvtierctl calibrate MODEL) */
+		char model[64] = "";
+		size_t extra = m->h.len - sizeof(*m);
+
+		if (extra && extra < sizeof(model) && !((const char *)(m + 1))[extra - 1])
+			memcpy(model, m + 1, extra);
+		else if (extra) {
+			ret = -EINVAL;
+			sb_printf(&b, "calibrate: a model name of 1 to 63 bytes\n");
+			break;
+		}
+		ret = kvtd_auto_calibrate(d, c, m->arg, model, json, &b);
+		if (ret == 1) {
+			/* Replies when the calibration ends (admin_reply); its next request
+			 * waits for that reply: no reading from it meanwhile. */
+			struct epoll_event ee = {.events = EPOLLRDHUP, .data.ptr = &c->sock_ev};
+
+			epoll_ctl(d->ep, EPOLL_CTL_MOD, c->sock, &ee);
+			free(b.p);
+			return;
+		}
+		break;
 	case KVT_ADMIN_EVICT:
 	case KVT_ADMIN_FLUSH:
 		if (!c->admin) {
@@ -295,6 +325,15 @@ static void admin_send(struct kvtd *d, struct client *c, struct sbuf *sb, int re
 		}
 		off += n;
 	} while (off < b.len);
+}
+
+void admin_reply(struct kvtd *d, struct client *c, struct sbuf *b, int ret)
+{
+	struct epoll_event ee = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &c->sock_ev};
+
+	admin_send(d, c, b, ret);
+	if (!c->dead && !c->job && !c->throttled)
+		epoll_ctl(d->ep, EPOLL_CTL_MOD, c->sock, &ee);
 }
 
 /* Reads the sockets of connections held back by daemon.user_admin_rate again. */

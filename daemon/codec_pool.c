@@ -15,6 +15,7 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include "codec_auto.h"
 #include "daemon.h"
 #include "kvt_pool.h"
 
@@ -91,10 +92,13 @@ static void cjob_reaped(struct kvt_pool_job *pj, void *arg)
 
 int kvtd_cpool_event(struct kvtd *d)
 {
+	/* A calibration's end comes through the same event kind (codec_auto.c). */
+	int n = kvtd_auto_event(d);
+
 	if (!d->cpool)
-		return 0;
+		return n;
 	/* Oldest first, as they finished. */
-	return (int)kvt_pool_reap(d->cpool->pool, cjob_reaped, d);
+	return n + (int)kvt_pool_reap(d->cpool->pool, cjob_reaped, d);
 }
 
 void kvtd_cpool_fini(struct kvtd *d)

@@ -36,10 +36,13 @@ static const struct key keys[] = {
     {"daemon", "log_level", K_LOGLEVEL, F(log_level), "info", 0, 0},
     {"daemon", "admin_group", K_STR, F(admin_group), "kvtier-admin", 0, 0},
     {"daemon", "tenant_salt", K_STR, F(tenant_salt), "", 0, 0},
+    /* calibrations of codec = auto (daemon/codec_auto.c) */
+    {"daemon", "state_dir", K_STR, F(state_dir), "/var/lib/kvtier", 0, 0},
     {"host", "capacity", K_SIZE, F(host_capacity), "1GiB", 1u << 20, 1ull << 46},
     {"host", "high_watermark", K_RATIO, F(host_high), "0.95", 0, 0},
     {"host", "low_watermark", K_RATIO, F(host_low), "0.85", 0, 0},
     {"host", "codec", K_STR, F(host_codec), "raw", 0, 0},
+    {"host", "max_err", K_RATIO, F(host_max_err), "0.02", 0, 0}, /* codec = auto's budget */
     {"host", "tenant_hold_max", K_RATIO, F(host_hold_max), "0.5", 0, 0},
     /* The index numbers blocks with 32 bits and sizes its hash table in powers of two. */
     {"index", "max_blocks", K_U64, F(max_blocks), "1048576", 1024, 1ull << 31},
@@ -55,6 +58,9 @@ static const struct key keys[] = {
     {"nvme", "codec", K_STR, F(nvme_codec), "raw", 0, 0},
     {"nvme", "codec_threads", K_U32, F(nvme_codec_threads), "2", 0, 8},
     {"nvme", "codec_dict", K_STR, F(nvme_codec_dict), "", 0, 0},
+    {"nvme", "max_err", K_RATIO, F(nvme_max_err), "0.02", 0, 0}, /* codec = auto's budget */
+    /* the disk's read bandwidth for codec = auto's speed rule (0: measured at calibration) */
+    {"nvme", "bandwidth", K_SIZE, F(nvme_bandwidth), "0", 0, 1ull << 40},
     {"nvme", "high_watermark", K_RATIO, F(nvme_high), "0.95", 0, 0},
     {"nvme", "low_watermark", K_RATIO, F(nvme_low), "0.85", 0, 0},
     {"gpu", "device", K_STR, F(gpu_device), "", 0, 0},
@@ -349,7 +355,7 @@ int kvtd_config_validate(const struct kvtd_config *c, FILE *err)
 	}
 	/* Clients code host blocks on the paths an engine waits on (host_place.c): GPU-speed
 	 * chains only, i.e. raw or bq (a CUDA and an AVX2 coder, the same bytes). */
-	if (strcmp(c->host_codec, "raw") != 0) {
+	if (strcmp(c->host_codec, "raw") != 0 && strcmp(c->host_codec, "auto") != 0) {
 		struct kvt_chain *hc = NULL;
 		int r = kvt_chain_parse(c->host_codec, &hc);
 
@@ -357,7 +363,8 @@ int kvtd_config_validate(const struct kvtd_config *c, FILE *err)
 			if (err)
 				fprintf(
 				    err,
-				    "kvtierd: host.codec = %s: %s; the host tier takes raw or a "
+				    "kvtierd: host.codec = %s: %s; the host tier takes raw, auto "
+				    "or a "
 				    "bq chain such as bq or bq:k=0.04,v=0.02 (GPU-speed: encoded "
 				    "and decoded by the clients on the paths an engine waits "
 				    "on); slower chains belong in nvme.codec\n",

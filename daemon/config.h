@@ -74,6 +74,11 @@ struct kvtd_config {
 	uint32_t remote_put_timeout_ms;	   /* deadline of a write-behind batch */
 	uint32_t remote_threads;	   /* I/O threads, one connection per node each */
 	uint32_t remote_queue_max;	   /* blocks waiting to be written; more are dropped */
+	/* codec = auto (daemon/codec_auto.c) */
+	char state_dir[200];	 /* [daemon] calibrations live here */
+	double host_max_err;	 /* [host] err budget of auto */
+	double nvme_max_err;	 /* [nvme] err budget of auto */
+	uint64_t nvme_bandwidth; /* [nvme] bytes/s auto's chains must sustain; 0: measured */
 };
 
 /* Fills c with the built-in defaults. */

@@ -167,6 +167,7 @@ struct geom_slot {
 	uint32_t refs;	 /* client layout slots and blocks */
 	uint32_t next;	 /* hash chain, or the free list */
 	struct kvt_codec_geom g;
+	char model[64]; /* the layout's model_id (codec = auto shows it) */
 };
 
 /* Request kinds timed in kvtier_request_duration_seconds, and its bucket count. */
@@ -210,6 +211,7 @@ struct kvtd {
 	bool nvme_recovering;
 	uint64_t nvme_install_bad; /* records that passed the tier's check, failed ours */
 	struct kvtd_cpool *cpool;  /* codec workers (codec_pool.c), NULL = codecs run inline */
+	struct kvtd_auto *autoc;   /* codec = auto: calibrations, choices (codec_auto.c) */
 	struct ev cpool_ev;
 	uint64_t host_encoding; /* host bytes of blocks being encoded for demotion */
 	uint64_t seq;
@@ -310,7 +312,8 @@ int64_t kvtd_host_alloc(struct kvtd *d, struct tenant *t, uint32_t len);
  */
 int kvtd_host_chain_init(struct kvtd *d);
 void kvtd_host_chain_fini(struct kvtd *d);
-const struct kvt_chain *kvtd_host_chain(struct kvtd *d, const struct kvt_codec_geom *g);
+const struct kvt_chain *kvtd_host_chain(struct kvtd *d, uint64_t fp,
+					const struct kvt_codec_geom *g);
 const struct kvt_chain *kvtd_host_chain_by_id(struct kvtd *d, uint32_t id);
 /* Checks the header of the record a client wrote into reserved block i's host extent against
  * what its reservation announced (chain, raw length, geometry): 0 or -EBADMSG. */

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec_auto.h"
 #include "kvt_record.h"
 #include "place_int.h"
 #include "log.h"
@@ -121,11 +122,13 @@ static struct pend_io *demote_prepare(struct kvtd *d, uint32_t i, bool keep_host
 {
 	struct kvtd_blk *b = B(d, i);
 	const struct kvt_codec_geom *g = kvtd_geom_of(d, i);
-	const struct kvt_chain *chain = d->nvme_chain;
+	const struct kvt_chain *chain = kvtd_auto_nvme_chain(d, b->fingerprint);
 	struct pend_io *p;
 
 	struct kvt_codec_geom rg;
 
+	if (!chain)
+		chain = d->nvme_chain;
 	if (b->hchain) {
 		/* Its stored form is already a record (compressed host tier): kept as it is, in
 		 * a record of that chain, and installed as it is by a promotion (promote.c). */

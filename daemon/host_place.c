@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec_auto.h"
 #include "codec_bq.h"
 #include "place_int.h"
 #include "log.h"
@@ -220,7 +221,14 @@ static bool host_chain_ok(const struct kvt_chain *c)
 int kvtd_host_chain_init(struct kvtd *d)
 {
 	struct kvt_chain *c;
-	int ret = kvt_chain_parse(d->cfg.host_codec, &c);
+	int ret;
+
+	/* host.codec = auto: each calibrated model's choice (codec_auto.c), raw until then */
+	if (kvtd_auto_is(d->cfg.host_codec)) {
+		d->host_chain = NULL;
+		return 0;
+	}
+	ret = kvt_chain_parse(d->cfg.host_codec, &c);
 
 	if (ret < 0) {
 		kvtd_log(KVTD_LOG_ERR, "host.codec = %s: not a codec chain (codecs/CODECS.md)",
@@ -250,19 +258,33 @@ void kvtd_host_chain_fini(struct kvtd *d)
 	d->host_chain = NULL;
 }
 
-const struct kvt_chain *kvtd_host_chain(struct kvtd *d, const struct kvt_codec_geom *g)
+const struct kvt_chain *kvtd_host_chain(struct kvtd *d, uint64_t fp, const struct kvt_codec_geom *g)
 {
+	const struct kvt_chain *c = d->host_chain;
+
+	if (kvtd_auto_is(d->cfg.host_codec)) {
+		c = kvtd_auto_chain_for(d, KVTD_TIER_HOST, fp);
+		if (c && !host_chain_ok(c))
+			c = NULL;
+	}
 	/* A geometry the chain cannot code (bq's slab limits, fp8 elements) stays raw. */
-	if (!d->host_chain || !g || kvt_chain_usable(d->host_chain, g) < 0)
+	if (!c || !g || kvt_chain_id(c) == 0 || kvt_chain_usable(c, g) < 0)
 		return NULL;
-	return d->host_chain;
+	return c;
 }
 
 const struct kvt_chain *kvtd_host_chain_by_id(struct kvtd *d, uint32_t id)
 {
-	if (id && d->host_chain && kvt_chain_id(d->host_chain) == id)
+	const struct kvt_chain *c;
+
+	if (!id)
+		return NULL;
+	if (d->host_chain && kvt_chain_id(d->host_chain) == id)
 		return d->host_chain;
-	return NULL;
+	/* host.codec = auto: a chain some calibration chose (or chose before a newer one),
+	 * so that blocks stored under an earlier choice stay readable */
+	c = kvtd_auto_is(d->cfg.host_codec) ? kvtd_auto_chain_by_id(d, id) : NULL;
+	return c && host_chain_ok(c) ? c : NULL;
 }
 
 int kvtd_host_check_record(struct kvtd *d, uint32_t i)

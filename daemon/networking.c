@@ -356,7 +356,8 @@ void handle_layout(struct kvtd *d, struct client *c, const struct kvt_msg_layout
 	for (uint32_t i = 0; i < c->nlayouts; i++) {
 		if (c->layouts[i].fp == fp) {
 			/* asked again: the chain may have changed (kvtd_host_chain) */
-			c->layouts[i].hchain = kvtd_host_chain(d, &d->geoms[c->layouts[i].geom].g);
+			c->layouts[i].hchain =
+			    kvtd_host_chain(d, fp, &d->geoms[c->layouts[i].geom].g);
 			chain = c->layouts[i].hchain;
 			ret = (int)i;
 			goto out;
@@ -380,7 +381,7 @@ void handle_layout(struct kvtd *d, struct client *c, const struct kvt_msg_layout
 	c->layouts[c->nlayouts].geom = (uint32_t)geom;
 	c->layouts[c->nlayouts].fp = fp;
 	c->layouts[c->nlayouts].block_bytes = (uint32_t)kvt_layout_block_bytes(&m->layout);
-	c->layouts[c->nlayouts].hchain = chain = kvtd_host_chain(d, &d->geoms[geom].g);
+	c->layouts[c->nlayouts].hchain = chain = kvtd_host_chain(d, fp, &d->geoms[geom].g);
 	ret = (int)c->nlayouts++;
 out:
 	if (send_layout_reply(c->sock, ret, chain) < 0)

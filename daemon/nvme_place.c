@@ -16,6 +16,7 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include "codec_auto.h"
 #include "kvt_record.h"
 #include "place_int.h"
 #include "log.h"
@@ -95,7 +96,8 @@ static int recover_cb(void *arg, const struct kvt_record_hdr *h, const struct kv
 	/* written by a codec chain (or dictionary) this configuration does not have: no
 	 * decoder for it, drop it now rather than at its first read */
 	hc = kvtd_host_chain_by_id(d, h->chain_id);
-	if (h->chain_id && h->chain_id != kvt_chain_id(d->nvme_chain) && !hc) {
+	if (h->chain_id && h->chain_id != kvt_chain_id(d->nvme_chain) && !hc &&
+	    !kvtd_auto_chain_by_id(d, h->chain_id)) {
 		d->m.nvme_recovery_dropped_foreign_total++;
 		return 1;
 	}
@@ -237,7 +239,10 @@ static int nvme_open(struct kvtd *d, struct kvtd_tier *x)
 
 	if (!d->cfg.nvme_enabled)
 		return 0;
-	ret = kvt_chain_parse(d->cfg.nvme_codec, &d->nvme_chain);
+	/* auto: the default chain here; a calibrated model's own (codec_auto.c) per block */
+	ret = kvt_chain_parse(kvtd_auto_is(d->cfg.nvme_codec) ? KVTD_AUTO_NVME_DEFAULT
+							      : d->cfg.nvme_codec,
+			      &d->nvme_chain);
 	if (ret < 0) {
 		kvtd_log(KVTD_LOG_ERR, "nvme.codec = %s: not a codec chain (see codecs/CODECS.md)",
 			 d->cfg.nvme_codec);

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec_auto.h"
 #include "kvt_record.h"
 #include "place_int.h"
 #include "log.h"
@@ -330,6 +331,7 @@ int64_t kvtd_geom_note(struct kvtd *d, struct tenant *t, uint64_t fp, const stru
 	 * codecs that keep sink tokens exact keep each block's first tokens: safe, not free. */
 	x->g.first_token = 0;
 	x->fp = fp;
+	memcpy(x->model, l->model_id, sizeof(x->model) - 1);
 	h = geom_hash(d, fp, ti);
 	x->next = d->geom_bucket[h];
 	d->geom_bucket[h] = g;
@@ -459,6 +461,9 @@ int kvtd_place_init(struct kvtd *d)
 	ret = kvtd_tiers_init(d);
 	if (ret < 0)
 		return ret;
+	ret = kvtd_auto_init(d);
+	if (ret < 0)
+		return ret;
 	return kvtd_remote_init(d);
 }
 
@@ -466,7 +471,8 @@ void kvtd_place_fini(struct kvtd *d)
 {
 	/* The remote threads stop first: a fetched block is installed in the host tier. */
 	kvtd_remote_fini(d);
-	/* Codec jobs finish first: their done() may still write a record. */
+	/* A calibration stops; codec jobs finish: their done() may still write a record. */
+	kvtd_auto_fini(d);
 	kvtd_cpool_fini(d);
 	/* close() runs the callbacks of requests still in flight: d must be whole here. */
 	kvtd_tiers_fini(d);

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "codec_auto.h"
 #include "kvt_record.h"
 #include "place_int.h"
 #include "log.h"
@@ -104,7 +105,7 @@ static int install(struct kvtd *d, uint32_t i, const uint8_t *rec, size_t n, boo
 		chain = d->nvme_chain;
 	else if (h.chain_id == 0)
 		chain = d->raw_chain;
-	else
+	else if (!(chain = kvtd_auto_chain_by_id(d, h.chain_id)))
 		return -EBADMSG; /* made by a chain this configuration does not know */
 	off = kvtd_host_alloc(d, t, b->len);
 	if (off < 0)

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec_auto.h"
 #include "daemon.h"
 #include "ops.h"
 #include "render.h"
@@ -388,6 +389,8 @@ void render_tiers(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 			if (detail && !host && d->nvme_dict)
 				sb_printf(b, ",\"codec_dict\":\"%016" PRIx64 "\"",
 					  kvt_dict_id(d->nvme_dict));
+			if (detail)
+				kvtd_auto_render(d, b, true, t);
 			sb_printf(b, "}");
 		} else {
 			char c1[32], c2[32];
@@ -433,6 +436,8 @@ void render_tiers(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 			if (detail && !host && d->nvme_dict)
 				sb_printf(b, "       dictionary %016" PRIx64 " (%s)\n",
 					  kvt_dict_id(d->nvme_dict), d->cfg.nvme_codec_dict);
+			if (detail)
+				kvtd_auto_render(d, b, false, t);
 		}
 	}
 	if (!d->nvme && !json && detail)

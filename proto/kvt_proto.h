@@ -187,6 +187,7 @@ enum kvt_admin_cmd {
 	KVT_ADMIN_EVICT = 6,
 	KVT_ADMIN_FLUSH = 7, /* kvtierctl writeback: copy host blocks down to NVMe */
 	KVT_ADMIN_CONFIG = 8,
+	KVT_ADMIN_CALIBRATE = 9, /* kvtierctl calibrate: arg = layout fingerprint (0: busiest) */
 	KVT_ADMIN_MAX
 };
 
@@ -196,7 +197,7 @@ struct kvt_msg_admin {
 	struct kvt_msg_hdr h;
 	uint32_t cmd;
 	uint32_t aflags;
-	uint64_t arg; /* BLOCKS: limit; EVICT: bytes (0 = all) */
+	uint64_t arg; /* BLOCKS: limit; EVICT: bytes (0 = all); CALIBRATE: layout (0 = busiest) */
 };
 
 /* The messages are an ABI between processes (proto/PROTOCOL.md): sizes and field offsets. */

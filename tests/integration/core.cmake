@@ -77,3 +77,13 @@ target_compile_definitions(test_hostcodec PRIVATE _GNU_SOURCE)
 kvt_add_test(integration_hostcodec
 	COMMAND $<TARGET_FILE:test_hostcodec> $<TARGET_FILE:kvtierd> $<TARGET_FILE:kvtierctl>
 	LABELS fast TIMEOUT 300)
+
+# codec = auto: kvtierctl calibrate on held blocks, the choice within its err budget after a
+# round trip through NVMe (real queries of tests/data), restart, damaged calibration files.
+add_executable(test_codec_auto ${PROJECT_SOURCE_DIR}/tests/integration/test_codec_auto.c
+	${PROJECT_SOURCE_DIR}/tests/integration/harness.c)
+target_link_libraries(test_codec_auto PRIVATE kvtier kvt_codecs kvt_kvd m)
+target_compile_definitions(test_codec_auto PRIVATE _GNU_SOURCE)
+kvt_add_test(integration_codec_auto
+	COMMAND $<TARGET_FILE:test_codec_auto> $<TARGET_FILE:kvtierd> $<TARGET_FILE:kvtierctl>
+	LABELS fast TIMEOUT 600)

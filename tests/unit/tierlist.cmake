@@ -10,3 +10,10 @@ if(CMOCKA_FOUND)
 	target_compile_definitions(test_tier_host PRIVATE _GNU_SOURCE)
 	kvt_add_test(unit_tier_host COMMAND $<TARGET_FILE:test_tier_host> LABELS unit fast)
 endif()
+
+# codec = auto's choice rule (daemon/codec_auto.c).
+if(CMOCKA_FOUND)
+	add_executable(test_codec_auto_pick ${PROJECT_SOURCE_DIR}/tests/unit/test_codec_auto.c)
+	target_link_libraries(test_codec_auto_pick PRIVATE kvtd_core PkgConfig::CMOCKA)
+	kvt_add_test(unit_codec_auto COMMAND $<TARGET_FILE:test_codec_auto_pick> LABELS unit fast)
+endif()
