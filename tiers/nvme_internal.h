@@ -180,8 +180,10 @@ struct kvt_tier {
 	bool fixed_files;
 	struct io_uring ring;
 	unsigned unsubmitted;
-	/* Reads held back (KVT_TIER_IO_MORE) that follow each other on disk: one request when
-	 * they go (nvme_uring.c, run_emit). */
+	/* Reads held back (KVT_TIER_IO_MORE) until the flush (at most qd), and a run of them
+	 * that follow each other on disk: one request when they go (nvme_uring.c). */
+	struct kvt_tier_io **held;
+	unsigned nheld;
 	struct kvt_tier_io *run_head, *run_tail;
 	unsigned run_n;
 	uint32_t run_bytes;

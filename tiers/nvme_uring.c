@@ -70,15 +70,17 @@ static int uring_setup(struct kvt_tier *t)
 			       "raise LimitMEMLOCK=); I/O through the rest is a little slower",
 			       t->arena_reg, t->arena_bytes);
 	}
+	/* Without it reads go to the device one by one, unmerged. */
+	t->held = calloc(t->qd, sizeof(*t->held));
 	t->uring = true;
 	return 0;
 }
 
-static void run_emit(struct kvt_tier *t);
+static void held_emit(struct kvt_tier *t);
 
 static void uring_flush(struct kvt_tier *t)
 {
-	run_emit(t);
+	held_emit(t);
 	if (t->unsubmitted) {
 		int r = io_uring_submit(&t->ring);
 
@@ -144,9 +146,10 @@ static void prep_one(struct kvt_tier *t, struct kvt_tier_io *io)
 }
 
 /*
- * Merged reads.  Reads held back (KVT_TIER_IO_MORE) whose records follow each other in one
- * file are collected in t->run and go to the device as one request: one read (fixed buffer
- * when their buffers follow each other too) or one readv.  Each record is still checked on
+ * Merged reads.  Reads held back (KVT_TIER_IO_MORE) wait in t->held until the flush, which
+ * sorts them by place on disk; those whose records follow each other in one file are
+ * collected in t->run and go to the device as one request: one read (fixed buffer when their
+ * buffers follow each other too) or one readv.  Each record is still checked on
  * its own when the merged read completes (nv_verify_async / nv_finish), so a corrupt record
  * fails only its own request.  A merged read that fails or comes back short is not trusted
  * for anything it did not cover: those requests are read again one by one, so an I/O error
@@ -238,20 +241,42 @@ static void run_emit(struct kvt_tier *t)
 	t->run_bytes = 0;
 }
 
+static int by_place(const void *a, const void *b)
+{
+	const struct kvt_tier_io *x = *(struct kvt_tier_io *const *)a;
+	const struct kvt_tier_io *y = *(struct kvt_tier_io *const *)b;
+
+	if (x->loc.file != y->loc.file)
+		return x->loc.file < y->loc.file ? -1 : 1;
+	return x->loc.off < y->loc.off ? -1 : x->loc.off > y->loc.off;
+}
+
+/* The held reads in the order of their places on disk, in runs. */
+static void held_emit(struct kvt_tier *t)
+{
+	if (!t->nheld)
+		return;
+	qsort(t->held, t->nheld, sizeof(*t->held), by_place);
+	for (unsigned k = 0; k < t->nheld; k++) {
+		if (!run_follows(t, t->held[k]))
+			run_emit(t);
+		run_add(t, t->held[k]);
+	}
+	t->nheld = 0;
+	run_emit(t);
+}
+
 static void uring_start(struct kvt_tier *t, struct kvt_tier_io *io, bool more)
 {
 	io->res = 0;
 	io->tier_priv[0] |= 1u << RQ_PEND_SHIFT;
-	if (rq_op(io) == RQ_READ && run_follows(t, io)) {
-		run_add(t, io);
-	} else {
-		/* Requests reach the device in the order they came. */
-		run_emit(t);
-		if (rq_op(io) == RQ_READ && more)
-			run_add(t, io);
-		else
-			prep_one(t, io);
-	}
+	/* A read waits for the flush (at most the queue depth of them: each is in flight);
+	 * reads never overlap a write or an invalidation of their extent, so their order
+	 * against those does not matter. */
+	if (rq_op(io) == RQ_READ && t->held && t->nheld < t->qd)
+		t->held[t->nheld++] = io;
+	else
+		prep_one(t, io);
 	if (!more)
 		uring_flush(t);
 }
@@ -343,6 +368,8 @@ static bool uring_wait(struct kvt_tier *t)
 
 static void uring_stop(struct kvt_tier *t)
 {
+	free(t->held);
+	t->held = NULL;
 	io_uring_queue_exit(&t->ring);
 }
 

@@ -805,7 +805,8 @@ static void test_corrupt_read_pieces(void **state)
  * of different sizes (one page, not a page multiple, partial last pages, 1 byte), a corrupt
  * payload byte and a corrupt header in the middle of a merged read fail those two blocks
  * only, never hand out wrong bytes, and the blocks around them are exact.  Buffers that
- * follow each other (one read) and buffers with gaps between them (one readv).  Then the
+ * follow each other (one read), buffers with gaps between them (one readv), and reads asked
+ * in reverse order (sorted by place before they go).  Then the
  * file is cut in the middle of a record: the merged read comes back short, what it covered
  * is served, each record after the cut is read again on its own and fails alone.  The pread
  * engine (no merging) gives the same answers.
@@ -835,7 +836,9 @@ static void test_merged_reads(void **state)
 		}
 		corrupt_byte(loc[bad_payload].off + 64 + plen[bad_payload] / 2);
 		corrupt_byte(loc[bad_header].off + 24);
-		for (int gaps = 0; gaps < 2; gaps++) {
+		for (int pass = 0; pass < 3; pass++) {
+			/* buffers one after the other, with gaps, then reads asked in reverse */
+			const bool gaps = pass == 1, rev = pass == 2;
 			uint64_t merged0;
 
 			ops->stats(t, &st);
@@ -851,8 +854,9 @@ static void test_merged_reads(void **state)
 				w[i].io.len = loc[i].len;
 				w[i].io.done = on_done;
 				w[i].io.flags = KVT_TIER_IO_MORE;
-				assert_int_equal(ops->read(t, &w[i].io), 0);
 			}
+			for (unsigned k = 0; k < MR_N; k++)
+				assert_int_equal(ops->read(t, &w[rev ? MR_N - 1 - k : k].io), 0);
 			assert_int_equal(ops->submit(t), 0);
 			wait_all(t, w, MR_N);
 			for (unsigned i = 0; i < MR_N; i++) {
