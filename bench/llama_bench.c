@@ -37,19 +37,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "harness.h"
 #include "kvtier.h"
 #include "kvtier_llama.h"
 
 static const char *kvtierd, *kvtierctl, *dir;
 static char sock[512];
 static pid_t daemon_pid;
-
-static void quiet_log(enum ggml_log_level level, const char *text, void *user)
-{
-	(void)user;
-	if (level == GGML_LOG_LEVEL_ERROR)
-		fputs(text, stderr);
-}
 
 static double now_ms(void)
 {
@@ -60,10 +54,8 @@ static double now_ms(void)
 
 static void daemon_stop(void)
 {
-	if (daemon_pid > 0) {
-		kill(daemon_pid, SIGTERM);
-		waitpid(daemon_pid, NULL, 0);
-	}
+	if (daemon_pid > 0)
+		kvt_test_daemon_stop(daemon_pid);
 	daemon_pid = 0;
 }
 
@@ -81,27 +73,33 @@ static int daemon_start(void)
 	char nvme[600];
 	snprintf(sock, sizeof(sock), "%s/kvtier.sock", dir);
 	snprintf(nvme, sizeof(nvme), "nvme.paths=%s/kvtier-bench.slots", dir);
+	const char *argv[] = {kvtierd, "-f",
+			      "-s",    sock,
+			      "-o",    "host.capacity=2GiB",
+			      "-o",    "daemon.log_level=warn",
+			      "-o",    "nvme.enabled=true",
+			      "-o",    nvme,
+			      "-o",    "nvme.capacity=4GiB",
+			      NULL};
+
 	unlink(sock);
 	unlink(nvme + strlen("nvme.paths="));
-	daemon_pid = fork();
-	if (daemon_pid == 0) {
-		execl(kvtierd, kvtierd, "-f", "-s", sock, "-o", "host.capacity=2GiB", "-o",
-		      "daemon.log_level=warn", "-o", "nvme.enabled=true", "-o", nvme, "-o",
-		      "nvme.capacity=4GiB", (char *)NULL);
-		_exit(127);
+	daemon_pid = kvt_test_daemon_start(argv, NULL, NULL); /* serving: kvtierd --ready-fd */
+	if (daemon_pid <= 0) {
+		fprintf(stderr, "kvtier-llama-bench: kvtierd did not start\n");
+		daemon_pid = 0;
+		return -1;
 	}
-	for (int i = 0; i < 6000; i++) {
-		struct stat st;
-		/* serving, and done reading its (empty) NVMe tier: puts are refused until then */
-		if (stat(sock, &st) == 0 && ctl("ping | grep -q \"^ok\"") == 0)
-			return 0;
-		if (waitpid(daemon_pid, NULL, WNOHANG) == daemon_pid)
-			break;
+	/* done reading its (empty) NVMe tier: puts are refused until then */
+	while (ctl("ping | grep -q \"^ok\"") != 0) {
+		if (waitpid(daemon_pid, NULL, WNOHANG) == daemon_pid) {
+			fprintf(stderr, "kvtier-llama-bench: kvtierd exited\n");
+			daemon_pid = 0;
+			return -1;
+		}
 		usleep(10000);
 	}
-	fprintf(stderr, "kvtier-llama-bench: kvtierd did not start\n");
-	daemon_pid = 0;
-	return -1;
+	return 0;
 }
 
 /* Blocks in the host tier (the first tier of `kvtierctl --json status`), or -1. */
@@ -355,7 +353,7 @@ int main(int argc, char **argv)
 		    "[--tokens 2048,8192] [--reps 3] [--warmup 1] [--threads N] MODEL.gguf...\n");
 		return 2;
 	}
-	llama_log_set(quiet_log, NULL);
+	kvt_llama_log_errors_only(0);
 	if (kvt_llama_backend_init() < 0)
 		return 1;
 	atexit(daemon_stop);

@@ -353,6 +353,9 @@ void kvtd_prefetch_used(struct kvtd *d, uint32_t i);
 /* Writes an NVMe copy of every host block that has none. Returns how many were queued. */
 int kvtd_flush(struct kvtd *d);
 void kvtd_nvme_event(struct kvtd *d);
+/* Sends the NVMe reads held back in this pass of the loop (promote.c reads with
+ * KVT_TIER_IO_MORE, so that records that follow each other on disk are read as one). */
+void kvtd_nvme_submit(struct kvtd *d);
 
 /*
  * block.c: the changes of a block's state that clients cause (a put's reservation and

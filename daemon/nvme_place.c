@@ -400,6 +400,12 @@ void kvtd_nvme_event(struct kvtd *d)
 		recovery_poll(d);
 }
 
+void kvtd_nvme_submit(struct kvtd *d)
+{
+	if (d->nvme && d->nvme_ops->submit)
+		d->nvme_ops->submit(d->nvme);
+}
+
 void kvtd_nvme_stats(struct kvtd *d, struct kvt_tier_stats *st)
 {
 	memset(st, 0, sizeof(*st));

@@ -73,13 +73,34 @@ static int install_as_is(struct kvtd *d, uint32_t i, const struct kvt_record_hdr
 	return 0;
 }
 
+/* How much of a record install() must check itself. */
+enum rec_check {
+	REC_OURS,     /* our own, still in memory (its crc may be salted by the tier meanwhile) */
+	REC_CHECKED,  /* read, the tier checked its CRC */
+	REC_UNCHECKED /* read with KVT_TIER_IO_NOVERIFY: its CRC is checked here */
+};
+
+/* True when the payload pl (n bytes) is the raw chain's (id 0) frame of a len-byte block
+ * (codecs/CODECS.md "Record": the checks kvt_chain_decode makes before its copy), so that
+ * the block is the len bytes after the frame. */
+static bool raw_frame_ok(const struct kvt_chain *chain, const uint8_t *pl, uint32_t n, uint32_t len)
+{
+	uint32_t id, raw, enc;
+
+	if (kvt_chain_id(chain) != 0 || n != KVT_CHAIN_HDR_SIZE + (uint64_t)len ||
+	    kvt_chain_peek(pl, n, &id, NULL, &raw) < 0 || id != 0)
+		return false;
+	memcpy(&enc, pl + 12, sizeof(enc));
+	return raw == len && enc == len && pl[25] == 1; /* encoded length, one stage */
+}
+
 /*
- * Decodes the record at rec (n bytes) into a new host extent of block i.  trusted: the
- * record is our own, still in memory (its crc may be salted by the tier meanwhile).  With p
- * and codec workers, a non-raw record is decoded on a worker: returns 1, and p's job
- * finishes the promotion.  Returns 0, -EBADMSG for a record that is not block i's, or -errno.
+ * Decodes the record at rec (n bytes) into a new host extent of block i.  A raw record read
+ * unchecked is checked while it is copied (kvt_crc32c_copy: one pass over it).  With p and
+ * codec workers, a non-raw record is decoded on a worker: returns 1, and p's job finishes
+ * the promotion.  Returns 0, -EBADMSG for a record that is not block i's, or -errno.
  */
-static int install(struct kvtd *d, uint32_t i, const uint8_t *rec, size_t n, bool trusted,
+static int install(struct kvtd *d, uint32_t i, const uint8_t *rec, size_t n, enum rec_check chk,
 		   struct pend_io *p)
 {
 	struct kvtd_blk *b = B(d, i);
@@ -92,13 +113,18 @@ static int install(struct kvtd *d, uint32_t i, const uint8_t *rec, size_t n, boo
 	if (n < sizeof(h))
 		return -EBADMSG;
 	memcpy(&h, rec, sizeof(h));
-	if (!trusted && kvt_record_check(&h, rec + sizeof(h), n - sizeof(h)) < 0)
+	if (chk == REC_UNCHECKED && kvt_record_check_hdr(&h, n - sizeof(h)) < 0)
 		return -EBADMSG;
 	if (h.key_lo != b->key_lo || h.key_hi != b->key_hi || h.fingerprint != b->fingerprint ||
 	    h.tenant != t->uid || h.payload_len > n - sizeof(h))
 		return -EBADMSG;
-	if (b->hchain)
+	if (b->hchain) {
+		/* kept encoded: checked whole, then copied as it is */
+		if (chk == REC_UNCHECKED &&
+		    kvt_record_check(&h, rec + sizeof(h), n - sizeof(h)) < 0)
+			return -EBADMSG;
 		return install_as_is(d, i, &h, rec + sizeof(h), n);
+	}
 	if (h.raw_len != b->len)
 		return -EBADMSG;
 	if (h.chain_id == kvt_chain_id(d->nvme_chain))
@@ -107,9 +133,29 @@ static int install(struct kvtd *d, uint32_t i, const uint8_t *rec, size_t n, boo
 		chain = d->raw_chain;
 	else if (!(chain = kvtd_auto_chain_by_id(d, h.chain_id)))
 		return -EBADMSG; /* made by a chain this configuration does not know */
+	if (chk == REC_UNCHECKED && !raw_frame_ok(chain, rec + sizeof(h), h.payload_len, b->len)) {
+		/* not a raw block: checked whole before it is decoded */
+		if (kvt_record_check(&h, rec + sizeof(h), n - sizeof(h)) < 0)
+			return -EBADMSG;
+		chk = REC_CHECKED;
+	}
 	off = kvtd_host_alloc(d, t, b->len);
 	if (off < 0)
 		return (int)off;
+	if (chk == REC_UNCHECKED) {
+		/* The raw chain's decode is its frame's checks and a copy: here the copy also
+		 * checks the CRC. */
+		const uint8_t *pl = rec + sizeof(h);
+		uint32_t crc = kvt_crc32c(kvt_record_hdr_crc(&h), pl, KVT_CHAIN_HDR_SIZE);
+
+		if (kvt_crc32c_copy(crc, kvtd_host_at(d, t, (uint64_t)off), pl + KVT_CHAIN_HDR_SIZE,
+				    b->len) != h.crc) {
+			kvtd_host_unalloc(d, t, (uint64_t)off, b->len);
+			return -EBADMSG;
+		}
+		install_finish(d, i, (uint64_t)off, n);
+		return 0;
+	}
 	if (p && d->cpool && chain != d->raw_chain) {
 		p->chain = chain;
 		p->src = rec + sizeof(h);
@@ -217,9 +263,11 @@ static void promote_done(struct kvt_tier_io *io)
 	if (p->prefetch)
 		d->pf_inflight--;
 	if (alive) {
-		/* The tier checked the CRC; install() still checks key, layout and length. */
+		/* install() checks key, layout and length, and the CRC when the tier did not. */
 		if (!err)
-			err = install(d, i, p->buf, (size_t)io->res, true, p);
+			err = install(
+			    d, i, p->buf, (size_t)io->res,
+			    io->flags & KVT_TIER_IO_NOVERIFY ? REC_UNCHECKED : REC_CHECKED, p);
 		if (err == 1)
 			return; /* decoding on a codec worker: decode_done() finishes */
 		promote_finish(d, p, err, from_read);
@@ -265,6 +313,13 @@ static int start_read(struct kvtd *d, uint32_t i, bool prefetch)
 	p->io.len = b->nvme_len;
 	p->io.done = promote_done;
 	p->io.arg = p;
+	/* Held back until the loop's pass ends (kvtd_nvme_submit): the reads of records that
+	 * follow each other on disk go to the device as one. */
+	p->io.flags = KVT_TIER_IO_MORE;
+	/* Raw records are checked while install() copies them, not by the tier before (a
+	 * record that turns out not raw is checked whole there). */
+	if (kvt_chain_id(d->nvme_chain) == 0 && !b->hchain)
+		p->io.flags |= KVT_TIER_IO_NOVERIFY;
 	ret = d->nvme_ops->read(d->nvme, &p->io);
 	if (ret < 0) {
 		d->nvme_ops->buf_free(d->nvme, p->buf);
@@ -290,7 +345,7 @@ int kvtd_nvme_promote(struct kvtd *d, uint32_t client_id, uint64_t user_data, ui
 	if (b->io == KVTD_IO_DEMOTE) {
 		/* Still in memory: the record being written is the block. */
 		struct pend_io *p = b->pend;
-		ret = install(d, i, p->buf, p->io.len, true, NULL);
+		ret = install(d, i, p->buf, p->io.len, REC_OURS, NULL);
 		if (ret == -EBADMSG) {
 			kvtd_blk_drop(d, i);
 			return -ENOENT;

@@ -386,6 +386,8 @@ void render_tiers(struct kvtd *d, struct sbuf *b, bool json, bool detail)
 					  ns.write_errors, d->m.nvme_recovered_total);
 			if (detail && !host)
 				render_recovery(d, b, true, ns.lost_bytes);
+			if (detail && !host)
+				sb_printf(b, ",\"merged_reads\":%" PRIu64, ns.merged_reads);
 			if (detail && !host && d->nvme_dict)
 				sb_printf(b, ",\"codec_dict\":\"%016" PRIx64 "\"",
 					  kvt_dict_id(d->nvme_dict));

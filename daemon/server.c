@@ -380,6 +380,7 @@ int kvtd_run(struct kvtd *d)
 			timeout = (int)d->cfg.tick_ms;
 		else if (now_us() - last_work > 2)
 			sched_yield(); /* polling: let a client that shares this core run */
+		kvtd_nvme_submit(d);   /* the reads this pass started, merged where they can be */
 		n = epoll_wait(d->ep, evs, 64, timeout);
 		if (n < 0 && errno != EINTR)
 			return -errno;

@@ -173,6 +173,50 @@ __attribute__((target("sse4.2"))) uint32_t kvt_crc32c_hw(uint32_t crc, const voi
 	}
 	return ~(uint32_t)hw_run(c, p, len);
 }
+
+/* kvt_crc32c_hw that also stores what it reads to dst. */
+uint32_t kvt_crc32c_copy_hw(uint32_t crc, void *dst, const void *src, size_t len);
+__attribute__((target("sse4.2"))) uint32_t kvt_crc32c_copy_hw(uint32_t crc, void *dst,
+							      const void *src, size_t len)
+{
+	const unsigned char *p = src;
+	unsigned char *q = dst;
+	uint64_t c = ~crc;
+
+	while (len && ((uintptr_t)p & 7)) {
+		*q++ = *p;
+		c = _mm_crc32_u8((uint32_t)c, *p++);
+		len--;
+	}
+	if (len >= 3 * HW_STRIDE && hw_tables_ready()) {
+		while (len >= 3 * HW_STRIDE) {
+			uint64_t c1 = 0, c2 = 0;
+			const unsigned char *p1 = p + HW_STRIDE, *p2 = p + 2 * HW_STRIDE;
+			unsigned char *q1 = q + HW_STRIDE, *q2 = q + 2 * HW_STRIDE;
+
+			for (unsigned i = 0; i < HW_STRIDE; i += 8) {
+				uint64_t a, b, d;
+
+				memcpy(&a, p + i, 8);
+				memcpy(&b, p1 + i, 8);
+				memcpy(&d, p2 + i, 8);
+				memcpy(q + i, &a, 8);
+				memcpy(q1 + i, &b, 8);
+				memcpy(q2 + i, &d, 8);
+				c = _mm_crc32_u64(c, a);
+				c1 = _mm_crc32_u64(c1, b);
+				c2 = _mm_crc32_u64(c2, d);
+			}
+			c = hw_shift(hw_shift2, (uint32_t)c) ^ hw_shift(hw_shift1, (uint32_t)c1) ^
+			    (uint32_t)c2;
+			p += 3 * HW_STRIDE;
+			q += 3 * HW_STRIDE;
+			len -= 3 * HW_STRIDE;
+		}
+	}
+	memcpy(q, p, len);
+	return ~(uint32_t)hw_run(c, p, len);
+}
 #endif
 
 typedef uint32_t (*crc_fn)(uint32_t, const void *, size_t);
@@ -190,7 +234,7 @@ int kvt_crc32c_hw_available(void)
 #endif
 }
 
-uint32_t kvt_crc32c(uint32_t crc, const void *buf, size_t len)
+static crc_fn crc_pick(void)
 {
 	crc_fn f = __atomic_load_n(&crc_impl, __ATOMIC_RELAXED);
 
@@ -205,7 +249,22 @@ uint32_t kvt_crc32c(uint32_t crc, const void *buf, size_t len)
 		/* Racing initialisers store the same pointer: harmless. */
 		__atomic_store_n(&crc_impl, f, __ATOMIC_RELAXED);
 	}
-	return f(crc, buf, len);
+	return f;
+}
+
+uint32_t kvt_crc32c(uint32_t crc, const void *buf, size_t len)
+{
+	return crc_pick()(crc, buf, len);
+}
+
+uint32_t kvt_crc32c_copy(uint32_t crc, void *dst, const void *src, size_t len)
+{
+#if defined(__x86_64__)
+	if (crc_pick() == kvt_crc32c_hw)
+		return kvt_crc32c_copy_hw(crc, dst, src, len);
+#endif
+	memcpy(dst, src, len);
+	return kvt_crc32c(crc, src, len);
 }
 
 /*

@@ -52,6 +52,10 @@ _Static_assert(offsetof(struct kvt_record_hdr, version) == 4 &&
 /* CRC-32C (Castagnoli); hardware instruction where the CPU has it. */
 uint32_t kvt_crc32c(uint32_t crc, const void *buf, size_t len);
 
+/* Copies len bytes from src to dst (not overlapping) and returns kvt_crc32c(crc, src, len):
+ * one pass over src instead of two (checking a record while it is copied out). */
+uint32_t kvt_crc32c_copy(uint32_t crc, void *dst, const void *src, size_t len);
+
 /*
  * CRC-32C of A followed by B, from crc_a = kvt_crc32c(0, A), crc_b = kvt_crc32c(0, B) and the
  * length of B: lets several threads check pieces of one record and merge their results.

@@ -49,6 +49,10 @@
  * more than the CRC of one piece; from here on the record is cut in two or more. */
 #define NV_VERIFY_MIN (512u << 10)
 #define NV_VPIECE     (256u << 10) /* a record is checked in pieces of at least this size */
+/* Reads of records that follow each other on disk go to the device as one request of at
+ * most this many records and bytes (nvme_uring.c). */
+#define NV_MERGE_MAX_IOS   64u
+#define NV_MERGE_MAX_BYTES (8u << 20)
 
 /* On-disk superblock, little-endian, first 64 bytes of page 0. */
 struct nv_sb {
@@ -176,6 +180,13 @@ struct kvt_tier {
 	bool fixed_files;
 	struct io_uring ring;
 	unsigned unsubmitted;
+	/* Reads held back (KVT_TIER_IO_MORE) until the flush (at most qd), and a run of them
+	 * that follow each other on disk: one request when they go (nvme_uring.c). */
+	struct kvt_tier_io **held;
+	unsigned nheld;
+	struct kvt_tier_io *run_head, *run_tail;
+	unsigned run_n;
+	uint32_t run_bytes;
 
 	char *arena;
 	size_t arena_bytes;

@@ -9,6 +9,7 @@
 #include "nvme_internal.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <sys/uio.h>
 #include <syslog.h>
 
@@ -69,12 +70,17 @@ static int uring_setup(struct kvt_tier *t)
 			       "raise LimitMEMLOCK=); I/O through the rest is a little slower",
 			       t->arena_reg, t->arena_bytes);
 	}
+	/* Without it reads go to the device one by one, unmerged. */
+	t->held = calloc(t->qd, sizeof(*t->held));
 	t->uring = true;
 	return 0;
 }
 
+static void held_emit(struct kvt_tier *t);
+
 static void uring_flush(struct kvt_tier *t)
 {
+	held_emit(t);
 	if (t->unsubmitted) {
 		int r = io_uring_submit(&t->ring);
 
@@ -97,7 +103,8 @@ static struct io_uring_sqe *uring_sqe(struct kvt_tier *t)
 	return sqe;
 }
 
-static void uring_start(struct kvt_tier *t, struct kvt_tier_io *io, bool more)
+/* One request, one submission entry (or two: a write and its linked fdatasync). */
+static void prep_one(struct kvt_tier *t, struct kvt_tier_io *io)
 {
 	struct nv_file *f = &t->files[io->loc.file];
 	bool wr = rq_op(io) != RQ_READ;
@@ -125,7 +132,6 @@ static void uring_start(struct kvt_tier *t, struct kvt_tier_io *io, bool more)
 	if (t->fixed_files)
 		sqe->flags |= IOSQE_FIXED_FILE;
 	io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)io | 1);
-	io->tier_priv[0] |= 1u << RQ_PEND_SHIFT;
 	t->unsubmitted++;
 	if (sync) {
 		sqe->flags |= IOSQE_IO_LINK;
@@ -137,9 +143,176 @@ static void uring_start(struct kvt_tier *t, struct kvt_tier_io *io, bool more)
 		io->tier_priv[0] += 1u << RQ_PEND_SHIFT;
 		t->unsubmitted++;
 	}
+}
+
+/*
+ * Merged reads.  Reads held back (KVT_TIER_IO_MORE) wait in t->held until the flush, which
+ * sorts them by place on disk; those whose records follow each other in one file are
+ * collected in t->run and go to the device as one request: one read (fixed buffer when their
+ * buffers follow each other too) or one readv.  Each record is still checked on
+ * its own when the merged read completes (nv_verify_async / nv_finish), so a corrupt record
+ * fails only its own request.  A merged read that fails or comes back short is not trusted
+ * for anything it did not cover: those requests are read again one by one, so an I/O error
+ * fails exactly the records it touches.  The run's requests are linked through
+ * tier_priv[1] (no list holds a request between start and completion).
+ */
+struct nv_merged {
+	struct kvt_tier_io *first;
+	unsigned n;
+	uint32_t bytes;
+	struct iovec iov[];
+};
+
+static struct kvt_tier_io *run_next(const struct kvt_tier_io *io)
+{
+	return (struct kvt_tier_io *)io->tier_priv[1];
+}
+
+static bool run_follows(const struct kvt_tier *t, const struct kvt_tier_io *io)
+{
+	const struct kvt_tier_io *l = t->run_tail;
+
+	return t->run_n && t->run_n < NV_MERGE_MAX_IOS && io->loc.file == l->loc.file &&
+	       io->loc.off == l->loc.off + rq_xfer(l) &&
+	       t->run_bytes + rq_xfer(io) <= NV_MERGE_MAX_BYTES;
+}
+
+static void run_add(struct kvt_tier *t, struct kvt_tier_io *io)
+{
+	io->tier_priv[1] = 0;
+	if (t->run_n)
+		t->run_tail->tier_priv[1] = (uintptr_t)io;
+	else
+		t->run_head = io;
+	t->run_tail = io;
+	t->run_n++;
+	t->run_bytes += rq_xfer(io);
+}
+
+/* Hands the collected run to the ring. */
+static void run_emit(struct kvt_tier *t)
+{
+	struct kvt_tier_io *io = t->run_head, *next;
+	struct io_uring_sqe *sqe;
+	struct nv_merged *m;
+	bool contig = true;
+	char *end;
+	int fd;
+
+	if (!t->run_n)
+		return;
+	t->run_head = t->run_tail = NULL;
+	m = t->run_n > 1 ? malloc(sizeof(*m) + t->run_n * sizeof(struct iovec)) : NULL;
+	if (!m) {
+		/* One request, or no memory for the merge: each on its own. */
+		for (; io; io = next) {
+			next = run_next(io);
+			prep_one(t, io);
+		}
+		t->run_n = 0;
+		t->run_bytes = 0;
+		return;
+	}
+	m->first = io;
+	m->n = t->run_n;
+	m->bytes = t->run_bytes;
+	end = io->buf;
+	for (unsigned k = 0; io; io = run_next(io), k++) {
+		m->iov[k].iov_base = io->buf;
+		m->iov[k].iov_len = rq_xfer(io);
+		contig = contig && (char *)io->buf == end;
+		end = (char *)io->buf + rq_xfer(io);
+	}
+	io = m->first;
+	fd = t->fixed_files ? (int)io->loc.file : t->files[io->loc.file].fd;
+	sqe = uring_sqe(t);
+	if (contig && buf_fixed(t, io->buf, m->bytes))
+		io_uring_prep_read_fixed(sqe, fd, io->buf, m->bytes, io->loc.off, 0);
+	else if (contig)
+		io_uring_prep_read(sqe, fd, io->buf, m->bytes, io->loc.off);
+	else
+		io_uring_prep_readv(sqe, fd, m->iov, m->n, io->loc.off);
+	if (t->fixed_files)
+		sqe->flags |= IOSQE_FIXED_FILE;
+	io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)m | 4);
+	t->unsubmitted++;
+	t->st.merged_reads += t->run_n - 1;
+	t->run_n = 0;
+	t->run_bytes = 0;
+}
+
+static int by_place(const void *a, const void *b)
+{
+	const struct kvt_tier_io *x = *(struct kvt_tier_io *const *)a;
+	const struct kvt_tier_io *y = *(struct kvt_tier_io *const *)b;
+
+	if (x->loc.file != y->loc.file)
+		return x->loc.file < y->loc.file ? -1 : 1;
+	return x->loc.off < y->loc.off ? -1 : x->loc.off > y->loc.off;
+}
+
+/* The held reads in the order of their places on disk, in runs. */
+static void held_emit(struct kvt_tier *t)
+{
+	if (!t->nheld)
+		return;
+	qsort(t->held, t->nheld, sizeof(*t->held), by_place);
+	for (unsigned k = 0; k < t->nheld; k++) {
+		if (!run_follows(t, t->held[k]))
+			run_emit(t);
+		run_add(t, t->held[k]);
+	}
+	t->nheld = 0;
+	run_emit(t);
+}
+
+static void uring_start(struct kvt_tier *t, struct kvt_tier_io *io, bool more)
+{
 	io->res = 0;
+	io->tier_priv[0] |= 1u << RQ_PEND_SHIFT;
+	/* A read waits for the flush (at most the queue depth of them: each is in flight);
+	 * reads never overlap a write or an invalidation of their extent, so their order
+	 * against those does not matter. */
+	if (rq_op(io) == RQ_READ && t->held && t->nheld < t->qd)
+		t->held[t->nheld++] = io;
+	else
+		prep_one(t, io);
 	if (!more)
 		uring_flush(t);
+}
+
+/* One read request's part is done (res: bytes or -errno of its own read): finish it, or
+ * hand it to the verifiers. */
+static void read_part_done(struct kvt_tier *t, struct kvt_tier_io *io, int *n)
+{
+	io->tier_priv[0] -= 1u << RQ_PEND_SHIFT;
+	if (io->tier_priv[0] & RQ_PEND_MASK)
+		return;
+	if (io->res >= 0 && nv_verify_async(t, io))
+		return;
+	nv_finish(t, io, io->res);
+	(*n)++;
+}
+
+static void merged_done(struct kvt_tier *t, struct nv_merged *m, int res, int *n)
+{
+	struct kvt_tier_io *io = m->first, *next;
+	uint64_t upto = 0;
+
+	free(m);
+	for (; io; io = next) {
+		next = run_next(io);
+		io->tier_priv[1] = 0;
+		upto += rq_xfer(io);
+		if (res >= 0 && (uint64_t)res >= upto) {
+			io->res = (int)io->len;
+			read_part_done(t, io, n);
+		} else {
+			/* Not covered: read it again on its own, for its own answer. */
+			t->st.merged_retries++;
+			prep_one(t, io);
+		}
+	}
 }
 
 static void uring_reap(struct kvt_tier *t, int *n)
@@ -152,6 +325,10 @@ static void uring_reap(struct kvt_tier *t, int *n)
 		int res = cqe->res;
 
 		io_uring_cqe_seen(&t->ring, cqe);
+		if ((ud & 7) == 4) {
+			merged_done(t, (struct nv_merged *)(uintptr_t)(ud & ~7ull), res, n);
+			continue;
+		}
 		if ((ud & 7) == 1) {
 			uint32_t want = rq_xfer(io);
 
@@ -159,10 +336,12 @@ static void uring_reap(struct kvt_tier *t, int *n)
 		} else if (res < 0 && io->res >= 0) {
 			io->res = res;
 		}
+		if (rq_op(io) == RQ_READ) {
+			read_part_done(t, io, n);
+			continue;
+		}
 		io->tier_priv[0] -= 1u << RQ_PEND_SHIFT;
 		if (io->tier_priv[0] & RQ_PEND_MASK)
-			continue;
-		if (rq_op(io) == RQ_READ && io->res >= 0 && nv_verify_async(t, io))
 			continue;
 		nv_finish(t, io, io->res);
 		(*n)++;
@@ -189,6 +368,8 @@ static bool uring_wait(struct kvt_tier *t)
 
 static void uring_stop(struct kvt_tier *t)
 {
+	free(t->held);
+	t->held = NULL;
 	io_uring_queue_exit(&t->ring);
 }
 

@@ -15,12 +15,15 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-/* Removes the salt and checks the record just read: io->len or -EBADMSG. */
+/* Removes the salt and checks the record just read (KVT_TIER_IO_NOVERIFY: the caller does):
+ * io->len or -EBADMSG. */
 int nv_read_verify(const struct kvt_tier *t, struct kvt_tier_io *io)
 {
 	struct kvt_record_hdr *h = io->buf;
 
 	h->crc ^= t->files[io->loc.file].salt;
+	if (io->flags & KVT_TIER_IO_NOVERIFY)
+		return (int)io->len; /* the caller checks the CRC */
 	if (kvt_record_check(h, (char *)io->buf + KVT_RECORD_HDR_SIZE,
 			     io->len - KVT_RECORD_HDR_SIZE) < 0)
 		return -EBADMSG;
@@ -80,7 +83,7 @@ struct nv_vjob *nv_vjob_make(struct kvt_tier *t, struct kvt_tier_io *io, unsigne
 	uint32_t plen, step, off = 0;
 	unsigned n;
 
-	if (!t->nvthreads || io->len < NV_VERIFY_MIN)
+	if (!t->nvthreads || io->len < NV_VERIFY_MIN || (io->flags & KVT_TIER_IO_NOVERIFY))
 		return NULL;
 	h->crc ^= t->files[io->loc.file].salt;
 	if (kvt_record_check_hdr(h, io->len - KVT_RECORD_HDR_SIZE) < 0 ||

@@ -63,6 +63,11 @@ struct kvt_tier_io {
 /* More requests follow at once: the tier may hold this one back until a request without
  * this flag, submit() or complete() (batched submission, like MSG_MORE). */
 #define KVT_TIER_IO_MORE 0x1u
+/* read(), NVMe: the tier does not check the record's CRC (it still takes its salt off the
+ * header's crc field): the caller checks it, e.g. while it copies the payload
+ * (kvt_crc32c_copy), and treats a mismatch as corruption.  One pass over the payload
+ * instead of two. */
+#define KVT_TIER_IO_NOVERIFY 0x2u
 
 /* Operations passed to kvt_tier_conf.io_hook. */
 enum kvt_tier_op {
@@ -95,6 +100,10 @@ struct kvt_tier_stats {
 	uint64_t scan_unreadable; /* a read error at open (also in read_errors) */
 	uint64_t cut_records;	  /* their end was cut off a truncated file */
 	uint64_t lost_bytes;	  /* record area missing from a truncated file (records unknown) */
+	/* Reads merged into the read of the record before them on disk (one request for both),
+	 * and reads done again on their own after a merged read failed or came back short. */
+	uint64_t merged_reads;
+	uint64_t merged_retries;
 };
 
 #define KVT_TIER_ST_URING	0x1u /* io_uring; else pread/pwrite workers */

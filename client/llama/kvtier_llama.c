@@ -76,6 +76,17 @@ int kvt_llama_backend_init(void)
 	return ggml_backend_dev_count() ? (int)ggml_backend_dev_count() : -ENODEV;
 }
 
+static void log_cb(enum ggml_log_level level, const char *text, void *user)
+{
+	if (user || level == GGML_LOG_LEVEL_ERROR)
+		fputs(text, stderr);
+}
+
+void kvt_llama_log_errors_only(int verbose)
+{
+	llama_log_set(log_cb, verbose ? (void *)1 : NULL);
+}
+
 /* ---------------------------------------------------------------------------------------
  * Buffers kept between calls.  Memory touched for the first time costs a page fault per
  * 4 KiB page (8 to 50 us each on a VM: more than copying the page), and a sequence state is

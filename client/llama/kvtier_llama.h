@@ -62,6 +62,10 @@ struct kvt_llama;
  */
 int kvt_llama_backend_init(void);
 
+/* Routes libllama's and ggml's log: with verbose 0 only their errors reach stderr (loading
+ * a model otherwise prints hundreds of lines), with 1 everything. */
+void kvt_llama_log_errors_only(int verbose);
+
 struct kvt_llama_opts {
 	uint32_t size;		 /* sizeof(struct kvt_llama_opts) */
 	const char *socket_path; /* kvtierd's socket; NULL: kvt_connect's default */

@@ -23,13 +23,6 @@
 
 static int verbose;
 
-static void log_cb(enum ggml_log_level level, const char *text, void *user)
-{
-	(void)user;
-	if (verbose || level == GGML_LOG_LEVEL_ERROR)
-		fputs(text, stderr);
-}
-
 static double now_ms(void)
 {
 	struct timespec ts;
@@ -160,7 +153,7 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	llama_log_set(log_cb, NULL);
+	kvt_llama_log_errors_only(verbose);
 	if (kvt_llama_backend_init() < 0) {
 		fprintf(stderr, "kvtier-llama: ggml found no backend beside libllama\n");
 		return 1;

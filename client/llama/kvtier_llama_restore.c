@@ -21,11 +21,11 @@
 
 #include <ggml-backend.h>
 /*
- * The gets run in batches of at most RESTORE_BATCH_BYTES (one round trip each; the daemon
- * reads a batch's NVMe records at once into its 64 MiB I/O buffer arena, past which it would
- * read into fresh memory), each asking first for the next batch to be prefetched, on a thread
- * of their own up to RESTORE_SLOTS batches ahead of the copies into the state: the disk
- * reads the next batches while one is copied (README "llama.cpp" has the measurements).
+ * The gets run in batches of at most RESTORE_BATCH_BYTES (one round trip each), on a thread
+ * of their own up to RESTORE_SLOTS batches ahead of the copies into the state; before the
+ * first, the whole prefix is prefetched (one call), so that the daemon keeps its disk
+ * reading ahead of the batches even while this process waits for a core on a loaded
+ * machine (README "llama.cpp" has the measurements).
  */
 #define RESTORE_BATCH_BYTES  (4u << 20)
 #define RESTORE_BATCH_BLOCKS 256u
@@ -58,10 +58,6 @@ static void fetch_batch(struct fetch *f, uint32_t k)
 
 	for (uint32_t i = 0; i < m; i++)
 		bufs[i] = fetch_slot(f, k, i);
-	/* the disk starts on the next batch while the daemon finishes this one */
-	if (first + m < f->nb)
-		kvt_prefetch(kl->c, kl->lay, f->keys + first + m,
-			     f->nb - first - m < f->win ? f->nb - first - m : f->win, 3, 0);
 	f->rc[k % RESTORE_SLOTS] =
 	    kvt_get_batch(kl->c, kl->lay, f->keys + first, bufs, kl->block_bytes, m,
 			  f->status + (size_t)(k % RESTORE_SLOTS) * f->win);
@@ -124,9 +120,12 @@ uint32_t kvtl_restore(struct kvt_llama *kl, const struct kvt_key *keys, uint32_t
 	pthread_mutex_init(&f.mu, NULL);
 	pthread_cond_init(&f.cv, NULL);
 	/* One batch: no thread.  Without a thread (it could not start) the batches take turns
-	 * with the copies. */
-	if (f.nwin > 1)
+	 * with the copies.  Several: the daemon reads the whole prefix ahead of the batches, so
+	 * its disk goes on while this process waits for a core (fire and forget). */
+	if (f.nwin > 1) {
+		kvt_prefetch(kl->c, kl->lay, keys, nb, 3, 0);
 		threaded = pthread_create(&th, NULL, fetch_thread, &f) == 0;
+	}
 	for (uint32_t k = 0; k < f.nwin; k++) {
 		const uint32_t first = k * f.win, m = nb - first < f.win ? nb - first : f.win;
 		const int *st = f.status + (size_t)(k % RESTORE_SLOTS) * f.win;

@@ -271,6 +271,17 @@ void kvtl_state_headers(const struct kvt_llama *kl, uint8_t *buf, uint32_t cells
 }
 
 /* Copies block b (block_bytes, page-first) to its place in a state of `cells` cells. */
+/* [head][token][dim] rows of one block -> per cell [head][dim]; hb: bytes of one head's
+ * row.  Inlined for the common head sizes: a constant-size memcpy becomes a few vector
+ * moves instead of a call per 64-256 bytes. */
+static inline __attribute__((always_inline)) void rows_to_cells(uint8_t *dst, const uint8_t *src,
+								uint32_t nkv, size_t row, size_t hb)
+{
+	for (uint32_t t = 0; t < BT; t++)
+		for (uint32_t h = 0; h < nkv; h++)
+			memcpy(dst + t * row + h * hb, src + ((size_t)h * BT + t) * hb, hb);
+}
+
 void kvtl_state_put_block(const struct kvt_llama *kl, uint8_t *buf, uint32_t cells, uint32_t b,
 			  const uint8_t *blk)
 {
@@ -300,10 +311,19 @@ void kvtl_state_put_block(const struct kvt_llama *kl, uint8_t *buf, uint32_t cel
 			} else {
 				/* [head][token][dim] -> per cell [head][dim] */
 				uint8_t *dst = p + (size_t)b * BT * f->k_row;
-				for (uint32_t t = 0; t < BT; t++)
-					for (uint32_t h = 0; h < nkv; h++)
-						memcpy(dst + t * f->k_row + h * hb,
-						       src + ((size_t)h * BT + t) * hb, hb);
+				switch (hb) {
+				case 64:
+					rows_to_cells(dst, src, nkv, f->k_row, 64);
+					break;
+				case 128:
+					rows_to_cells(dst, src, nkv, f->k_row, 128);
+					break;
+				case 256:
+					rows_to_cells(dst, src, nkv, f->k_row, 256);
+					break;
+				default:
+					rows_to_cells(dst, src, nkv, f->k_row, hb);
+				}
 			}
 		}
 	}

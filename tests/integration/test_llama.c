@@ -42,38 +42,22 @@ static const char *kvtierd, *kvtierctl, *python, *writer;
 static char dir[256], sock[300], nvme_opt[320];
 static pid_t daemon_pid;
 
-static void quiet_log(enum ggml_log_level level, const char *text, void *user)
-{
-	(void)user;
-	if (level == GGML_LOG_LEVEL_ERROR)
-		fputs(text, stderr);
-}
-
 static pid_t daemon_start(void)
 {
+	const char *argv[] = {kvtierd, "-f",
+			      "-s",    sock,
+			      "-o",    "host.capacity=64MiB",
+			      "-o",    "daemon.log_level=warn",
+			      "-o",    "nvme.enabled=true",
+			      "-o",    nvme_opt,
+			      "-o",    "nvme.capacity=64MiB",
+			      NULL};
 	pid_t pid;
 
 	unlink(sock);
-	pid = fork();
-	if (pid == 0) {
-		execl(kvtierd, kvtierd, "-f", "-s", sock, "-o", "host.capacity=64MiB", "-o",
-		      "daemon.log_level=warn", "-o", "nvme.enabled=true", "-o", nvme_opt, "-o",
-		      "nvme.capacity=64MiB", (char *)NULL);
-		_exit(127);
-	}
-	/* Ready when the socket exists (kvtierd creates it once it serves). */
-	for (int i = 0; i < 3000; i++) {
-		struct stat st;
-		int ws;
-		if (stat(sock, &st) == 0)
-			return daemon_pid = pid;
-		if (waitpid(pid, &ws, WNOHANG) == pid)
-			return -1;
-		usleep(10000);
-	}
-	kill(pid, SIGKILL);
-	waitpid(pid, NULL, 0);
-	return -1;
+	pid = kvt_test_daemon_start(argv, NULL, NULL); /* serving: kvtierd --ready-fd */
+	daemon_pid = pid > 0 ? pid : 0;
+	return pid;
 }
 
 static void daemon_stop(void)
@@ -606,7 +590,7 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	atexit(daemon_stop); /* also when a check ends the program early */
-	llama_log_set(quiet_log, NULL);
+	kvt_llama_log_errors_only(0);
 	if (kvt_llama_backend_init() < 0) {
 		fprintf(stderr, "ggml has no backend\n");
 		return 1;

@@ -58,6 +58,37 @@ static void test_crc_hw_equals_sw(void **state)
 	free(buf);
 }
 
+/* kvt_crc32c_copy: the CRC of kvt_crc32c_sw and an exact copy, not a byte more, for any
+ * length and alignment of source and destination (both paths of the three-chain loop). */
+static void test_crc_copy(void **state)
+{
+	unsigned char *src = malloc(70000), *dst = malloc(70100);
+	unsigned seed = 777;
+
+	assert_non_null(src);
+	assert_non_null(dst);
+	for (size_t i = 0; i < 70000; i++)
+		src[i] = (unsigned char)rand_r(&seed);
+	for (int i = 0; i < 1000; i++) {
+		size_t so = (size_t)rand_r(&seed) % 64, doff = (size_t)rand_r(&seed) % 64,
+		       len = (size_t)rand_r(&seed) % (i < 200 ? 69000 : 4100);
+		uint32_t init = (uint32_t)rand_r(&seed);
+
+		if (i == 0)
+			len = 65536;
+		memset(dst, 0xa5, 70100);
+		assert_int_equal(kvt_crc32c_copy(init, dst + doff, src + so, len),
+				 kvt_crc32c_sw(init, src + so, len));
+		assert_memory_equal(dst + doff, src + so, len);
+		for (size_t k = 0; k < doff; k++)
+			assert_int_equal(dst[k], 0xa5);
+		for (size_t k = doff + len; k < 70100; k++)
+			assert_int_equal(dst[k], 0xa5);
+	}
+	free(src);
+	free(dst);
+}
+
 /* Merged CRCs of pieces equal the CRC of the whole, for any split (including empty pieces). */
 static void test_crc_combine(void **state)
 {
@@ -176,6 +207,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_crc_vectors),
 	    cmocka_unit_test(test_crc_hw_equals_sw),
+	    cmocka_unit_test(test_crc_copy),
 	    cmocka_unit_test(test_crc_combine),
 	    cmocka_unit_test(test_seal_check),
 	    cmocka_unit_test(test_every_bit_flip_detected),

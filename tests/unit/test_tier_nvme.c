@@ -799,6 +799,127 @@ static void test_corrupt_read_pieces(void **state)
 	}
 }
 
+/*
+ * Reads held back (KVT_TIER_IO_MORE) of records that follow each other on disk go to the
+ * device as one request (io_uring engine).  Each record is still checked on its own: records
+ * of different sizes (one page, not a page multiple, partial last pages, 1 byte), a corrupt
+ * payload byte and a corrupt header in the middle of a merged read fail those two blocks
+ * only, never hand out wrong bytes, and the blocks around them are exact.  Buffers that
+ * follow each other (one read), buffers with gaps between them (one readv), and reads asked
+ * in reverse order (sorted by place before they go).  Then the
+ * file is cut in the middle of a record: the merged read comes back short, what it covered
+ * is served, each record after the cut is read again on its own and fails alone.  The pread
+ * engine (no merging) gives the same answers.
+ */
+#define MR_N 12
+static void test_merged_reads(void **state)
+{
+	static const uint32_t plen[MR_N] = {100000, 4032,  1,	 300000, 8192,	4096 * 3 - 64,
+					    12345,  70000, 4033, 65536,	 20000, 777};
+	const unsigned bad_payload = 4, bad_header = 7;
+
+	for (int eng = 0; eng < 2; eng++) {
+		struct kvt_tier *t = open_tier(eng ? KVT_TIER_F_NO_URING : 0, 32 << 20, NULL);
+		struct kvt_tier_loc loc[MR_N];
+		struct kvt_tier_stats st;
+		struct waiter w[MR_N];
+		void *buf[MR_N], *gap[MR_N];
+
+		for (unsigned i = 0; i < MR_N; i++) {
+			assert_int_equal(put_rec(t, i, 1, plen[i], &loc[i]),
+					 (int)(KVT_RECORD_HDR_SIZE + plen[i]));
+			/* one after the other on disk: what makes the reads mergeable */
+			if (i)
+				assert_int_equal(loc[i].off,
+						 loc[i - 1].off +
+						     (loc[i - 1].len + 4095) / 4096 * 4096);
+		}
+		corrupt_byte(loc[bad_payload].off + 64 + plen[bad_payload] / 2);
+		corrupt_byte(loc[bad_header].off + 24);
+		for (int pass = 0; pass < 3; pass++) {
+			/* buffers one after the other, with gaps, then reads asked in reverse */
+			const bool gaps = pass == 1, rev = pass == 2;
+			uint64_t merged0;
+
+			ops->stats(t, &st);
+			merged0 = st.merged_reads;
+			memset(w, 0, sizeof(w));
+			for (unsigned i = 0; i < MR_N; i++) {
+				buf[i] = ops->buf_alloc(t, loc[i].len);
+				gap[i] = gaps ? ops->buf_alloc(t, 4096) : NULL;
+				assert_non_null(buf[i]);
+				memset(buf[i], 0xee, loc[i].len);
+				w[i].io.loc = loc[i];
+				w[i].io.buf = buf[i];
+				w[i].io.len = loc[i].len;
+				w[i].io.done = on_done;
+				w[i].io.flags = KVT_TIER_IO_MORE;
+			}
+			for (unsigned k = 0; k < MR_N; k++)
+				assert_int_equal(ops->read(t, &w[rev ? MR_N - 1 - k : k].io), 0);
+			assert_int_equal(ops->submit(t), 0);
+			wait_all(t, w, MR_N);
+			for (unsigned i = 0; i < MR_N; i++) {
+				if (i == bad_payload || i == bad_header) {
+					assert_int_equal(w[i].io.res, -EBADMSG);
+				} else {
+					void *want = make_rec(t, i, 1, plen[i]);
+
+					assert_int_equal(w[i].io.res, (int)loc[i].len);
+					assert_memory_equal(buf[i], want, loc[i].len);
+					ops->buf_free(t, want);
+				}
+				ops->buf_free(t, buf[i]);
+				if (gap[i])
+					ops->buf_free(t, gap[i]);
+			}
+			ops->stats(t, &st);
+			/* the queue depth (8) cuts the 12 reads in two runs, at most */
+			if (!eng)
+				assert_true(st.merged_reads - merged0 >= MR_N - 2);
+			else
+				assert_int_equal(st.merged_reads, 0);
+			assert_int_equal(st.read_errors, 0);
+		}
+		/* Cut the file in the middle of record 9: a short merged read. */
+		assert_int_equal(truncate(path_a, (off_t)(loc[9].off + 4096)), 0);
+		memset(w, 0, sizeof(w));
+		for (unsigned i = 0; i < MR_N; i++) {
+			buf[i] = ops->buf_alloc(t, loc[i].len);
+			memset(buf[i], 0xee, loc[i].len);
+			w[i].io.loc = loc[i];
+			w[i].io.buf = buf[i];
+			w[i].io.len = loc[i].len;
+			w[i].io.done = on_done;
+			w[i].io.flags = KVT_TIER_IO_MORE;
+			assert_int_equal(ops->read(t, &w[i].io), 0);
+		}
+		assert_int_equal(ops->submit(t), 0);
+		wait_all(t, w, MR_N);
+		for (unsigned i = 0; i < MR_N; i++) {
+			if (i == bad_payload || i == bad_header) {
+				assert_int_equal(w[i].io.res, -EBADMSG);
+			} else if (i >= 9) {
+				assert_true(w[i].io.res < 0);
+				assert_int_not_equal(w[i].io.res, -EBADMSG);
+			} else {
+				void *want = make_rec(t, i, 1, plen[i]);
+
+				assert_int_equal(w[i].io.res, (int)loc[i].len);
+				assert_memory_equal(buf[i], want, loc[i].len);
+				ops->buf_free(t, want);
+			}
+			ops->buf_free(t, buf[i]);
+		}
+		ops->stats(t, &st);
+		if (!eng)
+			assert_true(st.merged_retries >= MR_N - 9);
+		assert_int_equal(st.read_errors, MR_N - 9);
+		ops->close(t);
+		teardown(state);
+	}
+}
+
 /* A raw block whose payload embeds a well-formed record must never surface as a record,
  * even once its own header is gone (freed, partly overwritten). */
 static void test_embedded_record_rejected(void **state)
@@ -1396,6 +1517,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test_teardown(test_torn_and_corrupt, teardown),
 	    cmocka_unit_test_teardown(test_corrupt_read_engines, teardown),
 	    cmocka_unit_test_teardown(test_corrupt_read_pieces, teardown),
+	    cmocka_unit_test_teardown(test_merged_reads, teardown),
 	    cmocka_unit_test_teardown(test_embedded_record_rejected, teardown),
 	    cmocka_unit_test_teardown(test_eio, teardown),
 	    cmocka_unit_test_teardown(test_enospc, teardown),
