@@ -117,8 +117,10 @@ struct enc_smem {
 	struct bq_choice *ch; /* [D] */
 	float *lo, *inv, *r2, *full;
 	uint32_t *ooff;	     /* [D]: first outlier of each channel */
+	uint32_t *boff;	     /* [D + 1]: bit offset of each channel's code in a row */
 	int32_t *ref, *crow; /* [T] */
 	uint8_t *first;	     /* [T] */
+	uint16_t *tok;	     /* [T]: the token row of each coded row */
 };
 
 /* Rows of x and out are D + 1 apart in shared memory: a thread per row then reads its own
@@ -140,9 +142,11 @@ __device__ static void enc_carve(struct enc_smem *m, uint8_t *b, uint32_t T, uin
 	CARVE(r2, float, D);
 	CARVE(full, float, D);
 	CARVE(ooff, uint32_t, D + 1);
+	CARVE(boff, uint32_t, D + 1);
 	CARVE(ref, int32_t, T);
 	CARVE(crow, int32_t, T);
 	CARVE(first, uint8_t, T);
+	CARVE(tok, uint16_t, T);
 	CARVE(out, uint8_t, e);
 #undef CARVE
 }
@@ -159,9 +163,11 @@ static size_t enc_smem_bytes(uint32_t T, uint32_t D)
 	ADD(float, D);
 	ADD(float, D);
 	ADD(uint32_t, D + 1);
+	ADD(uint32_t, D + 1);
 	ADD(int32_t, T);
 	ADD(int32_t, T);
 	ADD(uint8_t, T);
+	ADD(uint16_t, T);
 	ADD(uint8_t, e);
 #undef ADD
 	return o + 16;
@@ -184,6 +190,30 @@ __device__ static void enc_scan(struct bq_ext *e, const float *x, const int32_t 
 		}
 		bq_ext_add(e, v, (int)t);
 	}
+}
+
+/* Exclusive prefix sum of v over the CTA's threads in thread order (integers: any order of
+ * additions gives the same sums); *total gets the sum of all.  Every thread calls it. */
+__device__ static uint32_t blk_scan(uint32_t v, uint32_t *total)
+{
+	__shared__ uint32_t warp_sum[BQ_THREADS / 32];
+	const uint32_t lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+	uint32_t incl = v;
+	for (uint32_t k = 1; k < 32; k <<= 1) {
+		uint32_t y = __shfl_up_sync(0xffffffffu, incl, k);
+		incl += lane >= k ? y : 0;
+	}
+	if (lane == 31)
+		warp_sum[w] = incl;
+	__syncthreads();
+	uint32_t before = 0, all = 0;
+	for (uint32_t i = 0; i < BQ_THREADS / 32; i++) {
+		before += i < w ? warp_sum[i] : 0;
+		all += warp_sum[i];
+	}
+	__syncthreads(); /* warp_sum is the next call's */
+	*total = all;
+	return before + incl - v;
 }
 
 __global__ void __launch_bounds__(BQ_THREADS)
@@ -240,14 +270,28 @@ __global__ void __launch_bounds__(BQ_THREADS)
 	/* 1. the step from every row past the sinks */
 	for (uint32_t c = tid; c < D; c += blockDim.x) {
 		enc_scan(&m.ext[c], m.x, m.ref, c, nsink, T, LD);
-		m.r2[c] = bq_ext_range(&m.ext[c]);
+		float r = bq_ext_range(&m.ext[c]);
+		m.r2[c] = BQ_MUL(r, r);
 		m.full[c] = bq_ext_full(&m.ext[c], bf16);
 	}
 	__syncthreads();
 	if (tid == 0) {
 		float sumsq = 0, maxr = 0;
-		for (uint32_t c = 0; c < D; c++) {
-			sumsq = BQ_ADD(sumsq, BQ_MUL(m.r2[c], m.r2[c]));
+		/* in channel order, as codec_bq.c; four squares a load */
+		uint32_t c = 0;
+		for (; c + 4 <= D; c += 4) {
+			float4 q = *(const float4 *)(m.r2 + c), f = *(const float4 *)(m.full + c);
+			sumsq = BQ_ADD(sumsq, q.x);
+			sumsq = BQ_ADD(sumsq, q.y);
+			sumsq = BQ_ADD(sumsq, q.z);
+			sumsq = BQ_ADD(sumsq, q.w);
+			maxr = f.x > maxr ? f.x : maxr;
+			maxr = f.y > maxr ? f.y : maxr;
+			maxr = f.z > maxr ? f.z : maxr;
+			maxr = f.w > maxr ? f.w : maxr;
+		}
+		for (; c < D; c++) {
+			sumsq = BQ_ADD(sumsq, m.r2[c]);
 			maxr = m.full[c] > maxr ? m.full[c] : maxr;
 		}
 		s_delta = bq_delta(a.p.f[s / a.H], sumsq, D, maxr); /* layer s / 2H, K or V */
@@ -280,15 +324,34 @@ __global__ void __launch_bounds__(BQ_THREADS)
 			}
 	}
 	__syncthreads();
-	if (tid == 0) {
-		uint32_t nd = 0, nc = 0;
-		for (uint32_t t = 0; t < T; t++) {
+	/* coded row indexes and the duplicates' references, by a scan over chunks of rows
+	 * (coded count | duplicate count << 16) */
+	const uint32_t rbytes = bq_ref_bytes(T);
+	const size_t o_dmap = BQ_SLAB_HDR + 3 * (size_t)D + (size_t)nsink * D * 2,
+		     o_refs = o_dmap + (T + 7) / 8;
+	{
+		const uint32_t rpt = (T + BQ_THREADS - 1) / BQ_THREADS, t0 = tid * rpt;
+		uint32_t cnt = 0, tot;
+		for (uint32_t t = t0; t < t0 + rpt && t < T; t++)
+			cnt += m.ref[t] >= 0 ? 1u << 16 : t >= nsink;
+		uint32_t off = blk_scan(cnt, &tot);
+		for (uint32_t t = t0; t < t0 + rpt && t < T; t++) {
 			m.crow[t] = -1;
-			if (t >= nsink && m.ref[t] < 0)
-				m.crow[t] = (int32_t)nc++;
-			nd += m.ref[t] >= 0;
+			if (m.ref[t] >= 0) {
+				uint32_t nd = off >> 16;
+				if (rbytes == 1)
+					o[o_refs + nd] = (uint8_t)m.ref[t];
+				else
+					d_st16(o + o_refs + 2 * (size_t)nd, (uint32_t)m.ref[t]);
+				off += 1u << 16;
+			} else if (t >= nsink) {
+				m.crow[t] = (int32_t)(off & 0xffff);
+				m.tok[off & 0xffff] = (uint16_t)t;
+				off++;
+			}
 		}
-		s_ndup = nd;
+		if (tid == 0)
+			s_ndup = tot >> 16;
 	}
 	__syncthreads();
 	const uint32_t rows = T - nsink - s_ndup;
@@ -316,24 +379,31 @@ __global__ void __launch_bounds__(BQ_THREADS)
 		m.ooff[c] = cnt;
 	}
 	__syncthreads();
-	if (tid == 0) {
-		uint32_t tot = 0, bits = 0;
-		for (uint32_t c = 0; c < D; c++) {
-			uint32_t n = m.ooff[c];
-			m.ooff[c] = tot;
-			tot += n;
-			bits += m.ch[c].bm & 15;
+	/* each channel's first outlier and code bit: a scan of (outliers | bits << 16) over
+	 * chunks of channels (outliers <= 24576 and bits <= 15360 a slab: no carry between) */
+	{
+		const uint32_t cpt = (D + BQ_THREADS - 1) / BQ_THREADS, c0 = tid * cpt;
+		uint32_t v = 0, tot;
+		for (uint32_t c = c0; c < c0 + cpt && c < D; c++)
+			v += m.ooff[c] | (m.ch[c].bm & 15) << 16;
+		uint32_t off = blk_scan(v, &tot);
+		for (uint32_t c = c0; c < c0 + cpt && c < D; c++) {
+			uint32_t x = m.ooff[c] | (m.ch[c].bm & 15) << 16;
+			m.ooff[c] = off & 0xffff;
+			m.boff[c] = off >> 16;
+			off += x;
 		}
-		m.ooff[D] = tot;
-		s_nout = tot;
-		s_bits = bits;
+		if (tid == 0) {
+			m.ooff[D] = tot & 0xffff;
+			m.boff[D] = tot >> 16;
+			s_nout = tot & 0xffff;
+			s_bits = tot >> 16;
+		}
 	}
 	__syncthreads();
 	const uint32_t ndup = s_ndup, nout = s_nout, rb = (s_bits + 7) / 8;
-	const uint32_t rbytes = bq_ref_bytes(T);
 	/* layout of the slab, as codec_bq.c writes it */
 	const size_t o_bm = BQ_SLAB_HDR, o_lo = o_bm + D, o_sink = o_lo + 2 * (size_t)D,
-		     o_dmap = o_sink + (size_t)nsink * D * 2, o_refs = o_dmap + (T + 7) / 8,
 		     o_outl = o_refs + (size_t)ndup * rbytes, o_codes = o_outl + (size_t)nout * 6,
 		     total = o_codes + (size_t)rows * rb + BQ_PAD;
 	if (tid == 0) {
@@ -342,23 +412,14 @@ __global__ void __launch_bounds__(BQ_THREADS)
 		d_st16(o + 6, ndup);
 		d_st32(o + 8, nout);
 		sizes[(size_t)blk * a.ns + s] = (uint32_t)total;
-		uint32_t nd = 0;
-		for (uint32_t t0 = 0; t0 < T; t0 += 8) {
-			uint32_t b = 0;
-			for (uint32_t t = t0; t < t0 + 8 && t < T; t++)
-				b |= (uint32_t)(m.ref[t] >= 0) << (t - t0);
-			o[o_dmap + t0 / 8] = (uint8_t)b;
-		}
-		for (uint32_t t = 0; t < T; t++)
-			if (m.ref[t] >= 0) {
-				if (rbytes == 1)
-					o[o_refs + nd] = (uint8_t)m.ref[t];
-				else
-					d_st16(o + o_refs + 2 * (size_t)nd, (uint32_t)m.ref[t]);
-				nd++;
-			}
 		for (uint32_t i = 0; i < BQ_PAD; i++)
 			o[total - BQ_PAD + i] = 0;
+	}
+	for (uint32_t t0 = tid * 8; t0 < T; t0 += blockDim.x * 8) { /* a byte of the map each */
+		uint32_t b = 0;
+		for (uint32_t t = t0; t < t0 + 8 && t < T; t++)
+			b |= (uint32_t)(m.ref[t] >= 0) << (t - t0);
+		o[o_dmap + t0 / 8] = (uint8_t)b;
 	}
 	for (uint32_t c = tid; c < D; c += blockDim.x) {
 		o[o_bm + c] = (uint8_t)m.ch[c].bm;
@@ -378,52 +439,73 @@ __global__ void __launch_bounds__(BQ_THREADS)
 	for (uint32_t i = tid; i < nsink * D * 2; i += blockDim.x)
 		o[o_sink + i] = in[i];
 	__syncthreads();
-	/* codes: one thread per coded row */
-	for (uint32_t t = nsink + tid; t < T; t += blockDim.x) {
-		if (m.crow[t] < 0)
-			continue;
-		uint8_t *w = o + o_codes + (size_t)m.crow[t] * rb;
-		uint64_t acc = 0;
-		unsigned nb = 0;
-		for (uint32_t c = 0; c < D; c++) {
-			size_t i = (size_t)t * LD + c;
-			unsigned b = m.ch[c].bm & 15;
-			float v = m.out[i] ? m.lo[c] : m.x[i];
-			acc |= (uint64_t)bq_quant(v, m.lo[c], m.inv[c], b) << nb;
-			nb += b;
-			while (nb >= 8) {
-				*w++ = (uint8_t)acc;
-				acc >>= 8;
-				nb -= 8;
-			}
+	/* codes: a thread per 32-bit word of a coded row (all rows at once): the channels whose
+	 * bits fall in the word, found by a binary search of the bit offsets, quantized and
+	 * shifted into it; only the row's own bytes are written */
+	const uint32_t words = (rb + 3) / 4;
+	for (uint32_t i = tid; i < rows * words; i += blockDim.x) {
+		const uint32_t cr = i / words, k = i - cr * words, w0 = 32 * k;
+		const uint32_t t = m.tok[cr];
+		/* the first channel ending past the word's start */
+		uint32_t c = 0, hi_c = D;
+		while (c < hi_c) {
+			uint32_t mid = (c + hi_c) / 2;
+			if (m.boff[mid + 1] > w0)
+				hi_c = mid;
+			else
+				c = mid + 1;
 		}
-		if (nb)
-			*w = (uint8_t)acc;
+		uint32_t word = 0;
+		for (; c < D && m.boff[c] < w0 + 32; c++) {
+			unsigned b = m.ch[c].bm & 15;
+			if (!b)
+				continue;
+			size_t e = (size_t)t * LD + c;
+			float v = m.out[e] ? m.lo[c] : m.x[e];
+			uint32_t q = bq_quant(v, m.lo[c], m.inv[c], b);
+			int sh = (int)m.boff[c] - (int)w0;
+			word |= sh >= 0 ? q << sh : q >> -sh;
+		}
+		uint8_t *w = o + o_codes + (size_t)cr * rb + 4 * (size_t)k;
+		for (uint32_t j = 0; j < 4 && 4 * k + j < rb; j++)
+			w[j] = (uint8_t)(word >> 8 * j);
 	}
 }
 
-/* One thread per block: the slab offsets, the stage head and the chain header. */
+/* A warp per block: the slab offsets (a warp scan of the sizes, 32 slabs a round), the stage
+ * head and the chain header. */
 __global__ void bq_enc_head_kernel(struct bq_kargs a, const uint32_t *first_token,
 				   const uint32_t *sizes, void *const *dst, uint32_t *len,
 				   uint32_t n)
 {
-	uint32_t blk = blockIdx.x * blockDim.x + threadIdx.x;
+	const uint32_t lane = threadIdx.x & 31,
+		       blk = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
 	if (blk >= n)
-		return;
+		return; /* the whole warp */
 	uint8_t *d = (uint8_t *)dst[blk];
 	uint8_t *p = d + KVT_CHAIN_HDR_SIZE;
-	uint64_t off = a.head;
+	uint32_t off = (uint32_t)a.head; /* u32 offsets, as the format has them */
+	for (uint32_t s0 = 0; s0 < a.ns; s0 += 32) {
+		const uint32_t s = s0 + lane;
+		const uint32_t v = s < a.ns ? sizes[(size_t)blk * a.ns + s] : 0;
+		uint32_t incl = v;
+		for (uint32_t k = 1; k < 32; k <<= 1) {
+			uint32_t y = __shfl_up_sync(0xffffffffu, incl, k);
+			incl += lane >= k ? y : 0;
+		}
+		if (s < a.ns)
+			d_st32(p + 8 + 4 * (size_t)s, off + incl - v);
+		off += __shfl_sync(0xffffffffu, incl, 31);
+	}
+	if (lane)
+		return;
 	d_st32(p, a.p.rope_r > 0 ? BQ_MAGIC_ROPE : BQ_MAGIC);
 	d_st32(p + 4, a.ns);
-	for (uint32_t s = 0; s < a.ns; s++) {
-		d_st32(p + 8 + 4 * s, (uint32_t)off);
-		off += sizes[(size_t)blk * a.ns + s];
-	}
-	d_st32(p + 8 + 4 * a.ns, (uint32_t)off);
+	d_st32(p + 8 + 4 * (size_t)a.ns, off);
 	d_st32(d, KVT_CHAIN_MAGIC);
 	d_st32(d + 4, a.p.chain_id);
 	d_st32(d + 8, (uint32_t)a.raw);
-	d_st32(d + 12, (uint32_t)off);
+	d_st32(d + 12, off);
 	d_st16(d + 16, a.L);
 	d_st16(d + 18, a.H);
 	d_st16(d + 20, a.D);
@@ -432,7 +514,7 @@ __global__ void bq_enc_head_kernel(struct bq_kargs a, const uint32_t *first_toke
 	d[25] = 1;
 	d_st16(d + 26, 0);
 	d_st32(d + 28, first_token[blk]);
-	len[blk] = (uint32_t)(off + KVT_CHAIN_HDR_SIZE);
+	len[blk] = off + KVT_CHAIN_HDR_SIZE;
 }
 
 /* Moves each slab from its scratch slot to its place in the record. */
@@ -1123,7 +1205,7 @@ extern "C" int kvt_gpu_bq_encode(const struct kvt_gpu_bq *b, const void *const *
 		return ret;
 	bq_enc_slab_kernel<<<dim3(b->ns, n), BQ_THREADS, b->enc_smem, st>>>(a, src, first_token,
 									    slots, sizes);
-	bq_enc_head_kernel<<<(n + 127) / 128, 128, 0, st>>>(a, first_token, sizes, dst, len, n);
+	bq_enc_head_kernel<<<(n + 3) / 4, 128, 0, st>>>(a, first_token, sizes, dst, len, n);
 	bq_enc_move_kernel<<<dim3(b->ns, n), BQ_THREADS, 0, st>>>(a, slots, sizes, dst);
 	return launch_err();
 }
