@@ -301,29 +301,37 @@ __global__ void __launch_bounds__(BQ_THREADS)
 	const float dup = a.p.dup;
 	const float eps = BQ_MUL(BQ_MUL(dup, delta), 0.5f);
 	/* 2. duplicates, as codec_bq.c: "first" rows match no earlier row; a later row repeats
-	 * the earliest first row it matches */
-	for (uint32_t t = tid; t < T; t += blockDim.x) {
+	 * the earliest first row it matches.  A thread per pair of rows (r < t past the sinks),
+	 * twice: first the rows that match an earlier one, then the earliest first row each of
+	 * those matches (atomicMin; 0x7fffffff: none, the row is then coded) */
+	for (uint32_t t = tid; t < T; t += blockDim.x)
 		m.first[t] = 1;
-		if (t < nsink)
-			continue;
-		for (uint32_t r = nsink; r < t && dup > 0; r++)
-			if (bq_rows_match(m.x + (size_t)r * LD, m.x + (size_t)t * LD, D, eps)) {
-				m.first[t] = 0;
-				break;
-			}
-	}
 	__syncthreads();
-	for (uint32_t t = tid; t < T; t += blockDim.x) {
-		if (t < nsink || m.first[t])
-			continue;
-		for (uint32_t r = nsink; r < t; r++)
-			if (m.first[r] &&
-			    bq_rows_match(m.x + (size_t)r * LD, m.x + (size_t)t * LD, D, eps)) {
-				m.ref[t] = (int32_t)r;
-				break;
-			}
+	if (dup > 0) {
+		const uint32_t nr = T - nsink, np = nr * nr; /* T <= 12288: no overflow */
+		for (uint32_t i = tid; i < np; i += blockDim.x) {
+			const uint32_t t = nsink + i / nr, r = nsink + i % nr;
+			if (r < t && m.first[t] &&
+			    bq_rows_match(m.x + (size_t)r * LD, m.x + (size_t)t * LD, D, eps))
+				m.first[t] = 0; /* every writer writes the same */
+		}
+		__syncthreads();
+		for (uint32_t t = nsink + tid; t < T; t += blockDim.x)
+			if (!m.first[t])
+				m.ref[t] = 0x7fffffff;
+		__syncthreads();
+		for (uint32_t i = tid; i < np; i += blockDim.x) {
+			const uint32_t t = nsink + i / nr, r = nsink + i % nr;
+			if (r < t && !m.first[t] && m.first[r] && m.ref[t] > (int32_t)r &&
+			    bq_rows_match(m.x + (size_t)r * LD, m.x + (size_t)t * LD, D, eps))
+				atomicMin(&m.ref[t], (int32_t)r);
+		}
+		__syncthreads();
+		for (uint32_t t = nsink + tid; t < T; t += blockDim.x)
+			if (m.ref[t] == 0x7fffffff)
+				m.ref[t] = -1;
+		__syncthreads();
 	}
-	__syncthreads();
 	/* coded row indexes and the duplicates' references, by a scan over chunks of rows
 	 * (coded count | duplicate count << 16) */
 	const uint32_t rbytes = bq_ref_bytes(T);
