@@ -2,21 +2,24 @@
 /*
  * gpu_bq.cu - the "bq" codec on the GPU (kvt_gpu_bq.h), bit-exact with codecs/codec_bq.c.
  *
- * Both directions run one CTA per (slab, block).  The arithmetic is bq_format.h's, shared
- * with the CPU code: IEEE operations one at a time (no FMA contraction), statistics that do
- * not depend on an order (extremes) or that one thread sums in channel order (the step).
+ * The arithmetic is bq_format.h's, shared with the CPU code: IEEE operations one at a time (no
+ * FMA contraction), statistics that do not depend on an order (extremes, integer sums) or that
+ * one thread sums in channel order (the step).
  *
- * Encode: the slab is staged in shared memory as float; one thread per channel finds its
- * extremes, one per row its duplicate, one per channel its bits and outliers, one per coded
- * row packs the row.  Each slab lands in a fixed slot of the scratch; a second kernel sums the
- * slab sizes into the record's offset table and header, a third moves the slabs into place.
- * Decode: the slab's tables go to shared memory, then every thread decodes elements of coded
- * rows (consecutive threads write consecutive channels), then outliers, sinks and duplicate
- * rows are written.  Malformed records are flagged, and nothing is read or written outside
- * the record and the block.  rope (p.rope_r > 0): in a key slab a thread per frequency runs
- * codec_bq.c's angle recurrence down the rows; the encoder rotates the staged keys back as it
- * goes, the decoder writes the angles to shared memory, then decodes pairs (i, i + D/2) and
- * rotates them.
+ * Encode, one CTA per (slab, block): the slab is staged in shared memory as float; a thread per
+ * channel finds its extremes, a thread per pair of rows decides the duplicates, a thread per
+ * channel its bits and outliers, block scans place them, a thread per 32-bit word of the coded
+ * rows packs the codes.  Each slab lands in a fixed slot of the scratch; a second kernel (a
+ * warp a block) sums the slab sizes into the record's offset table and header, a third moves
+ * the slabs into place.
+ * Decode, a warp per slab (bq_dec_warp_kernel, described above it): checks as codec_bq.c's
+ * parse_slab(), then each lane decodes a pair of channels down the rows (coalesced stores),
+ * then the exact list and the duplicate rows; into contiguous blocks or engine pages.  The
+ * previous one-CTA-a-slab decoder (bq_dec_slab_kernel) is kept as the bench's baseline.
+ * Malformed records are flagged, and nothing is read or written outside the record and the
+ * block.  rope (p.rope_r > 0): in a key slab codec_bq.c's angle recurrence runs down the rows,
+ * a thread (encoder) or a lane (decoder) per frequency; the encoder rotates the staged keys
+ * back, the decoder rotates each decoded pair (i, i + D/2) forward.
  */
 #include <cuda_runtime.h>
 #include <cub/block/block_scan.cuh>
