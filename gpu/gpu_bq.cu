@@ -30,11 +30,14 @@
 #include "bq_format.h"
 #include "kvt_gpu_bq.h"
 
-#define BQ_THREADS    256
-#define BQ_MAX_ELEMS  24576u /* T x D of a slab the encoder stages in shared memory */
-#define BQ_MAX_D      1024u
-#define BQ_STAGE_HEAD 8u      /* magic, slab count; then slab offsets */
-#define BQ_SMEM_MAX   232448u /* shared memory a CTA may have on sm_90 (227 KiB) */
+/* the encoder's CTA: a small slab (16 x 128) keeps 128 threads busy, and twice the CTAs of
+ * 256 fit an SM; BQ_THREADS: the other kernels' */
+#define BQ_ENC_THREADS 128
+#define BQ_THREADS     256
+#define BQ_MAX_ELEMS   24576u /* T x D of a slab the encoder stages in shared memory */
+#define BQ_MAX_D       1024u
+#define BQ_STAGE_HEAD  8u      /* magic, slab count; then slab offsets */
+#define BQ_SMEM_MAX    232448u /* shared memory a CTA may have on sm_90 (227 KiB) */
 
 struct kvt_gpu_bq {
 	struct kvt_codec_geom g;
@@ -199,7 +202,7 @@ __device__ static void enc_scan(struct bq_ext *e, const float *x, const int32_t 
  * additions gives the same sums); *total gets the sum of all.  Every thread calls it. */
 __device__ static uint32_t blk_scan(uint32_t v, uint32_t *total)
 {
-	__shared__ uint32_t warp_sum[BQ_THREADS / 32];
+	__shared__ uint32_t warp_sum[BQ_ENC_THREADS / 32];
 	const uint32_t lane = threadIdx.x & 31, w = threadIdx.x >> 5;
 	uint32_t incl = v;
 	for (uint32_t k = 1; k < 32; k <<= 1) {
@@ -210,7 +213,7 @@ __device__ static uint32_t blk_scan(uint32_t v, uint32_t *total)
 		warp_sum[w] = incl;
 	__syncthreads();
 	uint32_t before = 0, all = 0;
-	for (uint32_t i = 0; i < BQ_THREADS / 32; i++) {
+	for (uint32_t i = 0; i < BQ_ENC_THREADS / 32; i++) {
 		before += i < w ? warp_sum[i] : 0;
 		all += warp_sum[i];
 	}
@@ -219,7 +222,7 @@ __device__ static uint32_t blk_scan(uint32_t v, uint32_t *total)
 	return before + incl - v;
 }
 
-__global__ void __launch_bounds__(BQ_THREADS)
+__global__ void __launch_bounds__(BQ_ENC_THREADS)
     bq_enc_slab_kernel(struct bq_kargs a, const void *const *src, const uint32_t *first_token,
 		       uint8_t *scratch, uint32_t *sizes)
 {
@@ -341,7 +344,7 @@ __global__ void __launch_bounds__(BQ_THREADS)
 	const size_t o_dmap = BQ_SLAB_HDR + 3 * (size_t)D + (size_t)nsink * D * 2,
 		     o_refs = o_dmap + (T + 7) / 8;
 	{
-		const uint32_t rpt = (T + BQ_THREADS - 1) / BQ_THREADS, t0 = tid * rpt;
+		const uint32_t rpt = (T + BQ_ENC_THREADS - 1) / BQ_ENC_THREADS, t0 = tid * rpt;
 		uint32_t cnt = 0, tot;
 		for (uint32_t t = t0; t < t0 + rpt && t < T; t++)
 			cnt += m.ref[t] >= 0 ? 1u << 16 : t >= nsink;
@@ -393,7 +396,7 @@ __global__ void __launch_bounds__(BQ_THREADS)
 	/* each channel's first outlier and code bit: a scan of (outliers | bits << 16) over
 	 * chunks of channels (outliers <= 24576 and bits <= 15360 a slab: no carry between) */
 	{
-		const uint32_t cpt = (D + BQ_THREADS - 1) / BQ_THREADS, c0 = tid * cpt;
+		const uint32_t cpt = (D + BQ_ENC_THREADS - 1) / BQ_ENC_THREADS, c0 = tid * cpt;
 		uint32_t v = 0, tot;
 		for (uint32_t c = c0; c < c0 + cpt && c < D; c++)
 			v += m.ooff[c] | (m.ch[c].bm & 15) << 16;
@@ -1214,8 +1217,8 @@ extern "C" int kvt_gpu_bq_encode(const struct kvt_gpu_bq *b, const void *const *
 	int ret = set_smem((const void *)bq_enc_slab_kernel, b->enc_smem);
 	if (ret < 0)
 		return ret;
-	bq_enc_slab_kernel<<<dim3(b->ns, n), BQ_THREADS, b->enc_smem, st>>>(a, src, first_token,
-									    slots, sizes);
+	bq_enc_slab_kernel<<<dim3(b->ns, n), BQ_ENC_THREADS, b->enc_smem, st>>>(a, src, first_token,
+										slots, sizes);
 	bq_enc_head_kernel<<<(n + 3) / 4, 128, 0, st>>>(a, first_token, sizes, dst, len, n);
 	bq_enc_move_kernel<<<dim3(b->ns, n), BQ_THREADS, 0, st>>>(a, slots, sizes, dst);
 	return launch_err();
