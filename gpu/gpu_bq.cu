@@ -239,10 +239,14 @@ __global__ void __launch_bounds__(BQ_ENC_THREADS)
 	struct enc_smem m;
 
 	enc_carve(&m, smem_raw, T, D);
-	for (uint32_t i = tid; i < T * D; i += blockDim.x) {
-		uint32_t t = i / D, c = i - t * D;
-		m.x[(size_t)t * LD + c] = bq_ld(((const uint16_t *)in)[i], bf16);
+	/* two elements a 32-bit load (blocks are 4-byte aligned, D is even), several in flight */
+#pragma unroll 4
+	for (uint32_t i = tid; i < T * D / 2; i += blockDim.x) {
+		const uint32_t v = ((const uint32_t *)in)[i], t = 2 * i / D, c = 2 * i - t * D;
+		m.x[(size_t)t * LD + c] = bq_ld((uint16_t)v, bf16);
+		m.x[(size_t)t * LD + c + 1] = bq_ld((uint16_t)(v >> 16), bf16);
 		m.out[(size_t)t * LD + c] = 0;
+		m.out[(size_t)t * LD + c + 1] = 0;
 	}
 	for (uint32_t t = tid; t < T; t += blockDim.x)
 		m.ref[t] = -1;
@@ -541,6 +545,7 @@ __global__ void __launch_bounds__(BQ_THREADS)
 	const uint8_t *from = scratch + ((size_t)blk * a.ns + s) * a.slot;
 	uint8_t *to = (uint8_t *)dst[blk] + KVT_CHAIN_HDR_SIZE + d_ld32(p + 8 + 4 * s);
 	uint32_t n = sizes[(size_t)blk * a.ns + s];
+#pragma unroll 4
 	for (uint32_t i = threadIdx.x; i < n; i += blockDim.x)
 		to[i] = from[i];
 }
