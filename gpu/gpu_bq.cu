@@ -372,11 +372,12 @@ __global__ void __launch_bounds__(BQ_ENC_THREADS)
 			s_ndup = tot >> 16;
 	}
 	__syncthreads();
-	const uint32_t rows = T - nsink - s_ndup;
+	const uint32_t ndup_ = s_ndup, rows = T - nsink - ndup_;
 	/* 3. bits and range of each channel over the coded rows; what is listed exact */
 	for (uint32_t c = tid; c < D; c += blockDim.x) {
 		struct bq_ext *e = &m.ext[c];
-		enc_scan(e, m.x, m.ref, c, nsink, T, LD);
+		if (ndup_) /* else the first scan's rows were these */
+			enc_scan(e, m.x, m.ref, c, nsink, T, LD);
 		struct bq_choice ch = bq_choose(e, delta, rows, maxoutl, bf16);
 		m.ch[c] = ch;
 		m.lo[c] = bq_ld(ch.lo, bf16);
