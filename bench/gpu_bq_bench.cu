@@ -12,7 +12,10 @@
  * written per second: the copy moves 2 x raw; encode reads raw and writes the records; decode
  * reads the records and writes raw.  Each is the median of --reps timed repetitions (CUDA
  * events) after a warm-up.  The records the GPU made are checked against the CPU encoder, and
- * the GPU's decode against the CPU's, on the first blocks, before anything is timed.
+ * the GPU's decode against the CPU's, on the first blocks, before anything is timed.  Decoders
+ * timed: kvt_gpu_bq_decode() (a warp a slab), kvt_gpu_bq_decode_paged() into scattered pages
+ * of 16 tokens (of T when T is not a multiple of 16), and the previous one-CTA-a-slab
+ * kvt_gpu_bq_decode_cta() as the baseline; each one's output is checked equal to the first's.
  */
 #include <cuda_runtime.h>
 #include <errno.h>
@@ -135,6 +138,17 @@ int main(int argc, char **argv)
 	CK(cudaMalloc(&dft, n * 4));
 	CK(cudaMalloc(&dlen, n * 4));
 	CK(cudaMalloc(&dbad, n * 4));
+	/* engine pages of P tokens ([P][H][D]), scattered: the page array in reverse order */
+	const uint32_t ppb = T % 16 == 0 ? T / 16 : 1, P = T / ppb;
+	const size_t npages = (size_t)n * L * 2 * ppb, page_bytes = (size_t)P * H * D * 2;
+	uint8_t *dpages;
+	void **dpp;
+	CK(cudaMalloc(&dpages, npages * page_bytes));
+	CK(cudaMalloc(&dpp, npages * sizeof(void *)));
+	std::vector<void *> hpp(npages);
+	for (size_t j = 0; j < npages; j++)
+		hpp[j] = dpages + (npages - 1 - j) * page_bytes;
+	CK(cudaMemcpy(dpp, hpp.data(), npages * sizeof(void *), cudaMemcpyHostToDevice));
 	std::vector<void *> hs(n), hr(n), hd(n);
 	std::vector<uint32_t> ft(n), len(n), bad(n);
 	for (uint32_t b = 0; b < n; b++) {
@@ -181,10 +195,52 @@ int main(int argc, char **argv)
 		}
 	}
 
+	/* the baseline and the paged decoder give the same blocks as kvt_gpu_bq_decode() */
+	{
+		std::vector<uint8_t> a((size_t)n * raw), bb((size_t)n * raw),
+		    pg(npages * page_bytes);
+		CK(cudaMemcpy(a.data(), ddec, (size_t)n * raw, cudaMemcpyDeviceToHost));
+		CK(cudaMemset(ddec, 0xa5, (size_t)n * raw));
+		OK(kvt_gpu_bq_decode_cta(bq, (const void *const *)drp, dlen, n, ddp, dbad, NULL));
+		OK(kvt_gpu_bq_decode_paged(bq, (const void *const *)drp, dlen, n, dpp, ppb, dbad,
+					   NULL));
+		CK(cudaDeviceSynchronize());
+		CK(cudaMemcpy(bb.data(), ddec, (size_t)n * raw, cudaMemcpyDeviceToHost));
+		CK(cudaMemcpy(pg.data(), dpages, npages * page_bytes, cudaMemcpyDeviceToHost));
+		CK(cudaMemcpy(bad.data(), dbad, n * 4, cudaMemcpyDeviceToHost));
+		if (memcmp(a.data(), bb.data(), (size_t)n * raw)) {
+			fprintf(stderr, "kvt_gpu_bq_decode_cta and kvt_gpu_bq_decode differ\n");
+			return 1;
+		}
+		for (uint32_t b = 0; b < n; b++) {
+			if (bad[b]) {
+				fprintf(stderr, "block %u: the paged decoder refused it\n", b);
+				return 1;
+			}
+			for (uint32_t lk = 0; lk < 2 * L; lk++)
+				for (uint32_t hh = 0; hh < H; hh++)
+					for (uint32_t t = 0; t < T; t++) {
+						size_t j = ((size_t)b * 2 * L + lk) * ppb + t / P;
+						const uint8_t *pr =
+						    pg.data() + (npages - 1 - j) * page_bytes +
+						    ((size_t)(t % P) * H + hh) * D * 2;
+						const uint8_t *cr =
+						    a.data() + (size_t)b * raw +
+						    (((size_t)lk * H + hh) * T + t) * D * 2;
+						if (memcmp(pr, cr, (size_t)D * 2)) {
+							fprintf(stderr,
+								"block %u: paged decode differs\n",
+								b);
+							return 1;
+						}
+					}
+		}
+	}
+
 	cudaEvent_t e0, e1;
 	CK(cudaEventCreate(&e0));
 	CK(cudaEventCreate(&e1));
-	std::vector<double> tc, te, td;
+	std::vector<double> tc, te, td, tp, tb;
 	for (unsigned r = 0; r <= reps; r++) {
 		float ms;
 		CK(cudaEventRecord(e0));
@@ -209,6 +265,21 @@ int main(int argc, char **argv)
 		CK(cudaEventElapsedTime(&ms, e0, e1));
 		if (r)
 			td.push_back(ms / 1e3);
+		CK(cudaEventRecord(e0));
+		OK(kvt_gpu_bq_decode_paged(bq, (const void *const *)drp, dlen, n, dpp, ppb, dbad,
+					   NULL));
+		CK(cudaEventRecord(e1));
+		CK(cudaEventSynchronize(e1));
+		CK(cudaEventElapsedTime(&ms, e0, e1));
+		if (r)
+			tp.push_back(ms / 1e3);
+		CK(cudaEventRecord(e0));
+		OK(kvt_gpu_bq_decode_cta(bq, (const void *const *)drp, dlen, n, ddp, dbad, NULL));
+		CK(cudaEventRecord(e1));
+		CK(cudaEventSynchronize(e1));
+		CK(cudaEventElapsedTime(&ms, e0, e1));
+		if (r)
+			tb.push_back(ms / 1e3);
 	}
 	CK(cudaGetLastError());
 	struct cudaDeviceProp prop;
@@ -217,18 +288,25 @@ int main(int argc, char **argv)
 	CK(cudaGetDeviceProperties(&prop, dev));
 	double rawb = (double)n * raw;
 	double copy = 2 * rawb / median(tc) / 1e9, enc = (rawb + rec_bytes) / median(te) / 1e9,
-	       decg = (rawb + rec_bytes) / median(td) / 1e9;
-	char json[2048];
+	       decg = (rawb + rec_bytes) / median(td) / 1e9,
+	       decp = (rawb + rec_bytes) / median(tp) / 1e9,
+	       decb = (rawb + rec_bytes) / median(tb) / 1e9;
+	char json[4096];
 	snprintf(
 	    json, sizeof(json),
 	    "{\"bench\": \"gpu_bq\", \"device\": \"%s\", \"chain\": \"%s\", \"geom\": [%u, %u, "
 	    "%u, %u], \"kvd\": \"%s\", \"blocks\": %u, \"block_bytes\": %zu, \"ratio\": %.4f, "
 	    "\"reps\": %u, \"d2d_copy_gbs\": %.1f, \"encode_gbs\": %.1f, \"decode_gbs\": "
-	    "%.1f, \"encode_vs_copy\": %.3f, \"decode_vs_copy\": %.3f, \"bytes\": \"read + "
-	    "written; copy 2 x raw, encode raw + records, decode records + raw\", "
-	    "\"checked_vs_cpu_blocks\": %u}\n",
+	    "%.1f, \"encode_vs_copy\": %.3f, \"decode_vs_copy\": %.3f, \"decode_paged_gbs\": "
+	    "%.1f, \"decode_paged_vs_copy\": %.3f, \"paged_tokens_a_page\": %u, "
+	    "\"decode_cta_gbs\": %.1f, \"decode_cta_vs_copy\": %.3f, \"median_ms\": {\"copy\": "
+	    "%.4f, \"encode\": %.4f, \"decode\": %.4f, \"decode_paged\": %.4f, "
+	    "\"decode_cta\": %.4f}, \"bytes\": \"read + written; copy 2 x raw, encode raw + "
+	    "records, decode records + raw\", \"checked_vs_cpu_blocks\": %u}\n",
 	    prop.name, kvt_chain_name(c), L, H, D, T, kvd_path, n, raw, rawb / rec_bytes, reps,
-	    copy, enc, decg, enc / copy, decg / copy, std::min(n, 8u));
+	    copy, enc, decg, enc / copy, decg / copy, decp, decp / copy, P, decb, decb / copy,
+	    median(tc) * 1e3, median(te) * 1e3, median(td) * 1e3, median(tp) * 1e3,
+	    median(tb) * 1e3, std::min(n, 8u));
 	fputs(json, stdout);
 	if (out) {
 		FILE *f = fopen(out, "w");

@@ -51,3 +51,18 @@ int kvt_gpu_bq_decode(const struct kvt_gpu_bq *b, const void *const *src, const 
 	(void)b, (void)src, (void)len, (void)n, (void)dst, (void)bad, (void)stream;
 	return -ENODEV;
 }
+
+int kvt_gpu_bq_decode_paged(const struct kvt_gpu_bq *b, const void *const *src, const uint32_t *len,
+			    uint32_t n, void *const *pages, uint32_t ppb, uint32_t *bad,
+			    void *stream)
+{
+	(void)b, (void)src, (void)len, (void)n, (void)pages, (void)ppb, (void)bad, (void)stream;
+	return -ENODEV;
+}
+
+int kvt_gpu_bq_decode_cta(const struct kvt_gpu_bq *b, const void *const *src, const uint32_t *len,
+			  uint32_t n, void *const *dst, uint32_t *bad, void *stream)
+{
+	(void)b, (void)src, (void)len, (void)n, (void)dst, (void)bad, (void)stream;
+	return -ENODEV;
+}

@@ -28,7 +28,8 @@ struct kvt_gpu_bq;
 /*
  * A plan for blocks of geometry g (fp16 or bf16; first_token per call) and the chain
  * parameters p (kvt_bq_chain_params()).  -EINVAL if a slab does not fit the kernels (T x D
- * above 24576 elements, or head_dim above 1024), -ENOMEM.  Free with kvt_gpu_bq_free().
+ * above 24576 elements, head_dim above 1024, or the encoder's shared memory above 227 KiB:
+ * thousands of tokens of a small head_dim), -ENOMEM.  Free with kvt_gpu_bq_free().
  */
 int kvt_gpu_bq_new(const struct kvt_codec_geom *g, const struct kvt_bq_params *p,
 		   struct kvt_gpu_bq **out);
@@ -57,6 +58,24 @@ int kvt_gpu_bq_encode(const struct kvt_gpu_bq *b, const void *const *src,
  */
 int kvt_gpu_bq_decode(const struct kvt_gpu_bq *b, const void *const *src, const uint32_t *len,
 		      uint32_t n, void *const *dst, uint32_t *bad, void *stream);
+
+/*
+ * kvt_gpu_bq_decode() straight into engine pages, without a staging block: the rows of layer
+ * l, K (kv 0) or V (kv 1), of block i go to the ppb pages
+ *   pages[((i * L + l) * 2 + kv) * ppb + j],  j = 0 .. ppb - 1  (a device array)
+ * of P = T / ppb tokens each, laid out [P][H][head_dim] (kvt_gpu_paged_layout's pages):
+ * token t, head h, channel d at element ((t % P) * H + h) * head_dim + d of page t / P.  ppb
+ * must divide T (-EINVAL); pages 4-byte aligned.  A bad record's pages are undefined, nothing
+ * else is written.  The values are kvt_gpu_bq_decode()'s.
+ */
+int kvt_gpu_bq_decode_paged(const struct kvt_gpu_bq *b, const void *const *src, const uint32_t *len,
+			    uint32_t n, void *const *pages, uint32_t ppb, uint32_t *bad,
+			    void *stream);
+
+/* The previous decoder (one CTA a slab), the same results: the baseline that
+ * kvtier-gpu-bq-bench times beside kvt_gpu_bq_decode(), and test_gpu_bq checks. */
+int kvt_gpu_bq_decode_cta(const struct kvt_gpu_bq *b, const void *const *src, const uint32_t *len,
+			  uint32_t n, void *const *dst, uint32_t *bad, void *stream);
 
 #ifdef __cplusplus
 }
