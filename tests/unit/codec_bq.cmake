@@ -23,3 +23,13 @@ if(TARGET kvtier-eval AND TARGET kvt_codecs)
 	set_tests_properties(eval_codec_bq_gpu_mark PROPERTIES PASS_REGULAR_EXPRESSION
 		"\"codec\": \"fpx\"[^\n]*\"memcpy_gbps\": [0-9.]+, \"lossless\": true, \"gpu\": false[^\n]*\n[^\n]*\"codec\": \"bq\"[^\n]*\"gpu\": true")
 endif()
+# The CUDA kernels' source on the CPU (gpu/emu: host threads for a warp's lanes and a CTA's
+# threads) against the CPU codec, so that a kernel change is checked where no GPU is: every
+# decoder path, damaged records, the encoder byte for byte.  Not in the sanitizer build (the
+# emulation links the libraries without the sanitizers' runtime).
+find_program(KVT_GXX NAMES g++)
+if(NOT KVT_SANITIZE AND KVT_GXX AND TARGET kvt_codecs AND TARGET kvt_kvd)
+	kvt_add_test(gpu_bq_emu
+		COMMAND sh ${PROJECT_SOURCE_DIR}/gpu/emu/run_emu.sh ${CMAKE_BINARY_DIR}
+		LABELS codec TIMEOUT 1200)
+endif()
