@@ -9,7 +9,9 @@
 # Needs: the Debian build dependencies as .debs in .devdeps/ (scripts/device_setup.sh makes
 # them where apt works), the trained model in .devdata/kvmodel for the round trip (the
 # project's development model, not in the repository), and $OUT for the results.
-# SKIP_CTEST=1 skips the ctest part; NO_BENCH=1 the bench; BENCH_TIMEOUT (s, default 330).
+# SKIP_CTEST=1 skips the ctest part; NO_BENCH=1 the benches; NO_CODEC_BENCH=1 the issue-15
+# benches (bq kernels against a device copy; restore and offload through the compressed host
+# tier against pinned cudaMemcpy, 32K tokens of Llama-3-8B geometry); BENCH_TIMEOUT (s, 330).
 export PYTHONUNBUFFERED=1
 T0=$(date +%s)
 nvidia-smi --query-gpu=name,memory.total,pcie.link.gen.current,pcie.link.width.current,driver_version --format=csv | tee $OUT/gpu.txt
@@ -24,6 +26,21 @@ export KVTIER_LIB=$PWD/$B/client/libkvtier.so KVTIER_BIN_DIR=$PWD/$B/daemon
 timeout 150 python3 -m pytest -q -p no:cacheprovider -rs -m gpu client/python/test_hf.py client/python/test_kvtier_gpu.py > $OUT/pytest.txt 2>&1; echo "pytest rc=$?"; tail -15 $OUT/pytest.txt
 echo "== pytest after $(( $(date +%s) - T0 )) s"
 [ -n "${NO_BENCH:-}" ] && exit 0
+if [ -z "${NO_CODEC_BENCH:-}" ]; then
+	K=tests/data/sympy_head640.kvd
+	bq_bench() { # NAME ARGS...
+		local n=$1; shift
+		timeout 120 $B/bench/kvtier-gpu-bq-bench --kvd $K "$@" --mib 1024 --reps 10 --out $OUT/gpu_bq_$n.json > $OUT/gpu_bq_$n.log 2>&1; echo "gpu_bq $n rc=$?"; tail -4 $OUT/gpu_bq_$n.log
+	}
+	bq_bench v2 --geom 32,8,128,16
+	bq_bench v2_t64 --geom 32,8,128,64
+	bq_bench v2_rope --geom 32,8,128,16 --chain bq:k=0.1,v=0.038,dup=4,rope=10000
+	for c in raw bq; do
+		hc=""; [ $c = bq ] && hc="--host-codec bq"
+		timeout 180 $B/bench/kvtier-gpu-tier-bench $B/daemon/kvtierd $OUT/gpu_tier_llama32k_$c.json --llama32k --kvd $K $hc --reps 5 > $OUT/gpu_tier_$c.log 2>&1; echo "gpu_tier $c rc=$?"; tail -4 $OUT/gpu_tier_$c.log
+	done
+	echo "== codec benches after $(( $(date +%s) - T0 )) s"
+fi
 timeout ${BENCH_TIMEOUT:-330} python3 bench/hf_roundtrip.py --build $B --model .devdata/kvmodel --out $OUT "$@" > $OUT/bench.log 2>&1
 echo "bench rc=$?"; grep -v "^  name=" $OUT/bench.log | tail -45
 echo "== bench after $(( $(date +%s) - T0 )) s"
