@@ -147,6 +147,7 @@ static void settle(struct kvtd *d)
 				kvtd_blk(&d->ix, i)->io != KVTD_IO_NONE;
 		if (!busy)
 			return;
+		kvtd_nvme_submit(d); /* what the loop does at the end of each pass (server.c) */
 		p.fd = d->nvme_ops->event_fd(d->nvme);
 		p.events = POLLIN;
 		assert_int_equal(poll(&p, 1, 30000), 1); /* 30 s: a hang fails, never a race */
