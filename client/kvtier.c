@@ -106,7 +106,19 @@ static int wait_cqe(struct kvt_client *c, uint64_t ud, struct kvt_cqe *out)
  * Submits one entry and, unless it carries KVT_SQE_F_NO_CQE, waits for its completion.
  * Called with c->lock held.
  */
-static int submit_locked(struct kvt_client *c, struct kvt_sqe *s, struct kvt_cqe *q)
+static void sq_publish_locked(struct kvt_client *c)
+{
+	kvt_ring_publish(c->sq, c->sq_tail);
+	if (kvt_ring_needs_wakeup(c->sq)) {
+		uint64_t one = 1;
+		ssize_t w = write(c->sq_efd, &one, sizeof(one));
+		(void)w;
+	}
+}
+
+/* Puts one request on the ring; publish: the daemon sees it now (else at the next publish;
+ * kvt_prefetch publishes a whole prefix at once, so that its reads arrive together). */
+static int sq_put_locked(struct kvt_client *c, struct kvt_sqe *s, bool publish)
 {
 	uint64_t start = mono_us();
 
@@ -123,6 +135,7 @@ static int submit_locked(struct kvt_client *c, struct kvt_sqe *s, struct kvt_cqe
 			c->broken = true;
 			return -KVT_EPROTOCOL;
 		}
+		kvt_ring_publish(c->sq, c->sq_tail); /* what is queued unpublished, first */
 		uint64_t one = 1;
 		ssize_t w = write(c->sq_efd, &one, sizeof(one));
 		(void)w;
@@ -132,12 +145,17 @@ static int submit_locked(struct kvt_client *c, struct kvt_sqe *s, struct kvt_cqe
 	}
 	memcpy(&c->sqes[c->sq_tail & (c->sq_entries - 1)], s, sizeof(*s));
 	c->sq_tail++;
-	kvt_ring_publish(c->sq, c->sq_tail);
-	if (kvt_ring_needs_wakeup(c->sq)) {
-		uint64_t one = 1;
-		ssize_t w = write(c->sq_efd, &one, sizeof(one));
-		(void)w;
-	}
+	if (publish)
+		sq_publish_locked(c);
+	return 0;
+}
+
+static int submit_locked(struct kvt_client *c, struct kvt_sqe *s, struct kvt_cqe *q)
+{
+	int ret = sq_put_locked(c, s, true);
+
+	if (ret < 0)
+		return ret;
 	if (s->flags & KVT_SQE_F_NO_CQE)
 		return 0;
 	return wait_cqe(c, s->user_data, q);
@@ -742,18 +760,24 @@ KVT_API int kvt_prefetch(struct kvt_client *c, int layout, const struct kvt_key 
 		return -EINVAL;
 	if (n > INT32_MAX)
 		return -E2BIG;
-	for (i = 0; i < n; i++) {
+	/* All on the ring, then published once: the daemon takes the prefix in one pass and
+	 * reads the records that follow each other on disk as one. */
+	pthread_mutex_lock(&c->lock);
+	for (i = 0, ret = 0; i < n; i++) {
 		struct kvt_sqe s;
 
 		ret = key_sqe(c, KVT_OP_PREFETCH, layout, &keys[i], &s);
 		if (ret < 0)
-			return i ? (int)i : ret;
+			break;
 		s.flags = KVT_SQE_F_NO_CQE;
 		s.len = priority > 3 ? 3 : priority;
 		s.arg = deadline_us;
-		ret = submit(c, &s, NULL);
+		ret = sq_put_locked(c, &s, false);
 		if (ret < 0)
-			return i ? (int)i : ret;
+			break;
 	}
-	return (int)n;
+	if (i)
+		sq_publish_locked(c);
+	pthread_mutex_unlock(&c->lock);
+	return i ? (int)i : (n ? ret : 0);
 }

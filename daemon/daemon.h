@@ -237,6 +237,7 @@ struct kvtd {
 	uint32_t ready_head, ready_tail; /* the readiness list (waiters.c), FIFO */
 	struct pf_ring pf[KVTD_PF_LEVELS];
 	uint32_t pf_inflight;
+	uint64_t pf_bytes; /* ... and their records' bytes */
 	/* Remote tier (remote_place.c); NULL when remote.nodes is empty */
 	struct kvtd_remote *remote;
 	struct ev remote_ev;

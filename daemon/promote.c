@@ -260,8 +260,10 @@ static void promote_done(struct kvt_tier_io *io)
 	int err = io->res < 0 ? io->res : 0;
 	bool from_read = err < 0;
 
-	if (p->prefetch)
+	if (p->prefetch) {
 		d->pf_inflight--;
+		d->pf_bytes -= p->io.len;
+	}
 	if (alive) {
 		/* install() checks key, layout and length, and the CRC when the tier did not. */
 		if (!err)
@@ -329,8 +331,10 @@ static int start_read(struct kvtd *d, uint32_t i, bool prefetch)
 	}
 	b->pend = p;
 	b->io = KVTD_IO_PROMOTE;
-	if (prefetch)
+	if (prefetch) {
 		d->pf_inflight++;
+		d->pf_bytes += p->io.len;
+	}
 	kvtd_blk_lru_update(d, i);
 	return 0;
 }
@@ -437,18 +441,36 @@ static bool prefetch_room(struct kvtd *d, const struct kvtd_blk *b)
 	return tail != KVTD_NIL && B(d, tail)->atime + PREFETCH_PROTECT_MS < kvtd_now_ms();
 }
 
+/*
+ * Prefetches in flight: a quarter of the queue depth, so that demand reads never queue
+ * behind them.  The tier's depth counts requests at the device, and the reads of records
+ * that follow each other on disk go as one of up to 8 MiB: a quarter of the depth is that
+ * many such requests (PF_SLOT_BYTES each), and PF_SLOT_RECS records each.  Counted in
+ * records only, a prefix of small blocks (256 KiB) was read 2 MiB at a time, one request
+ * at the device.  The pread engine merges nothing: its depth counts records.
+ */
+#define PF_SLOT_BYTES (8ull << 20)
+#define PF_SLOT_RECS  16u
+
+static bool prefetch_slot(const struct kvtd *d)
+{
+	uint32_t q = d->cfg.nvme_queue_depth / 4 ? d->cfg.nvme_queue_depth / 4 : 1;
+
+	if (!d->cfg.nvme_io_uring)
+		return d->pf_inflight < q; /* the pread engine: the depth counts records */
+	return d->pf_inflight < q * PF_SLOT_RECS && d->pf_bytes < q * PF_SLOT_BYTES;
+}
+
 void kvtd_prefetch_pump(struct kvtd *d)
 {
-	/* Demand reads never queue behind prefetches: these get a quarter of the depth. */
-	uint32_t limit = d->cfg.nvme_queue_depth / 4 ? d->cfg.nvme_queue_depth / 4 : 1;
 	uint64_t now = 0;
 
 	if (!d->nvme)
 		return;
-	for (int lvl = KVTD_PF_LEVELS - 1; lvl >= 0 && d->pf_inflight < limit; lvl--) {
+	for (int lvl = KVTD_PF_LEVELS - 1; lvl >= 0 && prefetch_slot(d); lvl--) {
 		struct pf_ring *r = &d->pf[lvl];
 
-		while (r->head != r->tail && d->pf_inflight < limit) {
+		while (r->head != r->tail && prefetch_slot(d)) {
 			struct pf_item it = r->items[r->head % KVTD_PF_CAP];
 			struct kvtd_blk *b;
 

@@ -180,10 +180,17 @@ struct kvt_tier {
 	bool fixed_files;
 	struct io_uring ring;
 	unsigned unsubmitted;
-	/* Reads held back (KVT_TIER_IO_MORE) until the flush (at most qd), and a run of them
-	 * that follow each other on disk: one request when they go (nvme_uring.c). */
+	/* Reads held back (KVT_TIER_IO_MORE) until the flush, and a run of them that follow
+	 * each other on disk: one request when they go (nvme_uring.c).  In io_uring mode the
+	 * queue depth counts requests at the device (nreq; a merged read is one), not records:
+	 * up to held_cap reads wait here while the device has qd requests, so that the next
+	 * runs are whole when a slot frees.  They go in the order of their places, from
+	 * where the last one ended (scan_file/scan_off), wrapping round: none waits forever. */
 	struct kvt_tier_io **held;
-	unsigned nheld;
+	unsigned nheld, held_cap;
+	unsigned nreq;
+	unsigned scan_file;
+	uint64_t scan_off;
 	struct kvt_tier_io *run_head, *run_tail;
 	unsigned run_n;
 	uint32_t run_bytes;
@@ -195,6 +202,7 @@ struct kvt_tier {
 	uint32_t *arena_len;
 
 	unsigned inflight;
+	unsigned rd_inflight; /* the reads among them */
 	struct nv_list backlog;
 	struct nv_list done_now;
 	struct nv_list deferred; /* completed while alloc() waited: done() runs in complete() */
@@ -299,6 +307,29 @@ static inline unsigned rq_op(const struct kvt_tier_io *io)
 static inline uint32_t rq_xfer(const struct kvt_tier_io *io)
 {
 	return (uint32_t)round_up(io->len, NV_PAGE);
+}
+
+/* Whether a request may start now (or waits in the backlog).  The pread engine: qd
+ * records.  io_uring: qd writes and invalidations; reads up to held_cap, since the engine
+ * holds them until the device has a slot (nvme_uring.c). */
+static inline bool nv_room(const struct kvt_tier *t, const struct kvt_tier_io *io)
+{
+	if (!t->held_cap)
+		return t->inflight < t->qd;
+	if (rq_op(io) == RQ_READ)
+		return t->rd_inflight < t->held_cap;
+	return t->inflight - t->rd_inflight < t->qd;
+}
+
+/* A started request leaves the count of those in flight. */
+static inline void nv_unstart(struct kvt_tier *t, struct kvt_tier_io *io)
+{
+	if (!(io->tier_priv[0] & RQ_STARTED))
+		return;
+	io->tier_priv[0] &= ~(uintptr_t)RQ_STARTED;
+	t->inflight--;
+	if (rq_op(io) == RQ_READ)
+		t->rd_inflight--;
 }
 
 /*

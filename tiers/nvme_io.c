@@ -63,12 +63,14 @@ void nv_start(struct kvt_tier *t, struct kvt_tier_io *io, bool more)
 	bool wr = rq_op(io) != RQ_READ;
 	int r;
 
-	if (t->inflight >= t->qd) {
+	if (!nv_room(t, io)) {
 		nv_list_add(&t->backlog, io);
 		return;
 	}
 	io->tier_priv[0] |= RQ_STARTED;
 	t->inflight++;
+	if (!wr)
+		t->rd_inflight++;
 	r = hook(t, wr ? KVT_TIER_OP_WRITE : KVT_TIER_OP_READ, io->loc.off, len);
 	if (r < 0) {
 		finish_early(t, io, r);
@@ -122,8 +124,7 @@ void nv_finish(struct kvt_tier *t, struct kvt_tier_io *io, int res)
 	struct nv_file *f = &t->files[io->loc.file];
 	struct nv_ext *e;
 
-	if (io->tier_priv[0] & RQ_STARTED)
-		t->inflight--;
+	nv_unstart(t, io);
 	if (res >= 0 && ferr)
 		res = -ferr;
 	if (op == RQ_INVAL) {
@@ -233,7 +234,7 @@ static void reap_all(struct kvt_tier *t, int *n)
 		nv_finish(t, io, io->res);
 		(*n)++;
 	}
-	while (t->backlog.head && t->inflight < t->qd)
+	while (t->backlog.head && nv_room(t, t->backlog.head))
 		nv_start(t, nv_list_pop(&t->backlog), true);
 	t->eng->flush(t);
 }

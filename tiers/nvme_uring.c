@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/uio.h>
 #include <syslog.h>
 
@@ -70,8 +71,9 @@ static int uring_setup(struct kvt_tier *t)
 			       "raise LimitMEMLOCK=); I/O through the rest is a little slower",
 			       t->arena_reg, t->arena_bytes);
 	}
-	/* Without it reads go to the device one by one, unmerged. */
-	t->held = calloc(t->qd, sizeof(*t->held));
+	/* Without it reads go to the device one by one, unmerged, qd records at a time. */
+	t->held = calloc((size_t)t->qd * NV_MERGE_MAX_IOS, sizeof(*t->held));
+	t->held_cap = t->held ? t->qd * NV_MERGE_MAX_IOS : 0;
 	t->uring = true;
 	return 0;
 }
@@ -133,6 +135,7 @@ static void prep_one(struct kvt_tier *t, struct kvt_tier_io *io)
 		sqe->flags |= IOSQE_FIXED_FILE;
 	io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)io | 1);
 	t->unsubmitted++;
+	t->nreq++;
 	if (sync) {
 		sqe->flags |= IOSQE_IO_LINK;
 		sqe = uring_sqe(t);
@@ -236,6 +239,7 @@ static void run_emit(struct kvt_tier *t)
 		sqe->flags |= IOSQE_FIXED_FILE;
 	io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)m | 4);
 	t->unsubmitted++;
+	t->nreq++;
 	t->st.merged_reads += t->run_n - 1;
 	t->run_n = 0;
 	t->run_bytes = 0;
@@ -251,19 +255,48 @@ static int by_place(const void *a, const void *b)
 	return x->loc.off < y->loc.off ? -1 : x->loc.off > y->loc.off;
 }
 
-/* The held reads in the order of their places on disk, in runs. */
+/*
+ * The held reads in the order of their places on disk, in runs, while the device has
+ * fewer than qd requests; the rest stay held for the next flush (a completion frees a
+ * slot).  The runs go from where the last one ended, wrapping round to the start of the
+ * disk, so that a read behind the others is reached at the next turn.
+ */
 static void held_emit(struct kvt_tier *t)
 {
-	if (!t->nheld)
+	unsigned n = t->nheld, k0 = 0, j;
+
+	if (!n || t->nreq >= t->qd)
 		return;
-	qsort(t->held, t->nheld, sizeof(*t->held), by_place);
-	for (unsigned k = 0; k < t->nheld; k++) {
-		if (!run_follows(t, t->held[k]))
+	qsort(t->held, n, sizeof(*t->held), by_place);
+	while (k0 < n &&
+	       (t->held[k0]->loc.file < t->scan_file ||
+		(t->held[k0]->loc.file == t->scan_file && t->held[k0]->loc.off < t->scan_off)))
+		k0++;
+	for (j = 0; j < n; j++) {
+		struct kvt_tier_io *io = t->held[(k0 + j) % n];
+
+		if (!run_follows(t, io)) {
 			run_emit(t);
-		run_add(t, t->held[k]);
+			if (t->nreq >= t->qd)
+				break;
+		}
+		run_add(t, io);
+		t->scan_file = io->loc.file;
+		t->scan_off = io->loc.off + rq_xfer(io);
 	}
-	t->nheld = 0;
 	run_emit(t);
+	/* Keep the n - j reads not sent: the circular range from (k0 + j) % n, at the front
+	 * (their order does not matter, the next flush sorts them). */
+	if (j < n) {
+		unsigned from = (k0 + j) % n, m = n - j;
+		struct kvt_tier_io **h = t->held;
+
+		if (from + m <= n)
+			memmove(h, h + from, m * sizeof(*h));
+		else /* [0, from + m - n) stays; [from, n) comes right after it */
+			memmove(h + (from + m - n), h + from, (n - from) * sizeof(*h));
+	}
+	t->nheld = n - j;
 }
 
 static void uring_start(struct kvt_tier *t, struct kvt_tier_io *io, bool more)
@@ -273,7 +306,7 @@ static void uring_start(struct kvt_tier *t, struct kvt_tier_io *io, bool more)
 	/* A read waits for the flush (at most the queue depth of them: each is in flight);
 	 * reads never overlap a write or an invalidation of their extent, so their order
 	 * against those does not matter. */
-	if (rq_op(io) == RQ_READ && t->held && t->nheld < t->qd)
+	if (rq_op(io) == RQ_READ && t->held && t->nheld < t->held_cap)
 		t->held[t->nheld++] = io;
 	else
 		prep_one(t, io);
@@ -325,6 +358,8 @@ static void uring_reap(struct kvt_tier *t, int *n)
 		int res = cqe->res;
 
 		io_uring_cqe_seen(&t->ring, cqe);
+		if ((ud & 7) == 4 || (ud & 7) == 1)
+			t->nreq--;
 		if ((ud & 7) == 4) {
 			merged_done(t, (struct nv_merged *)(uintptr_t)(ud & ~7ull), res, n);
 			continue;
@@ -370,6 +405,7 @@ static void uring_stop(struct kvt_tier *t)
 {
 	free(t->held);
 	t->held = NULL;
+	t->held_cap = 0;
 	io_uring_queue_exit(&t->ring);
 }
 

@@ -158,10 +158,7 @@ bool nv_verify_async(struct kvt_tier *t, struct kvt_tier_io *io)
 
 	if (!j)
 		return false;
-	if (io->tier_priv[0] & RQ_STARTED) {
-		io->tier_priv[0] &= ~(uintptr_t)RQ_STARTED;
-		t->inflight--;
-	}
+	nv_unstart(t, io);
 	t->verifying++;
 	nv_vjob_queue(t, j, 0);
 	return true;

@@ -1614,6 +1614,11 @@ static void test_memlock_nonroot(void)
 	memlock_round(2 << 20);
 }
 
+static long long nvme_tier_num(const char *name)
+{
+	return kvt_test_ctl_num(kvtierctl, sock, "tiers", "\"name\":\"nvme\"", name);
+}
+
 /* Prefetch brings NVMe blocks up ahead of gets; useful and wasted ones are counted. */
 static void test_nvme_prefetch(void)
 {
@@ -1651,6 +1656,42 @@ static void test_nvme_prefetch(void)
 	wait_metric("promotions_total", true, prom0 + 30);
 	free(ctl(&rc, "evict --all"));
 	CHECK_EQ(status_metric("prefetch_wasted_total"), 10);
+	kvt_close(c);
+	CHECK_EQ(daemon_stop(pid), 0);
+	unlink(nvme_path_opt + strlen("nvme.paths="));
+}
+
+/*
+ * A prefix prefetched at once is read as one request: 40 blocks written back one after the
+ * other (kvtierctl writeback: in the order they were stored) are read in one merged read.
+ * Prefetches in flight are limited by requests at the device, not by records; it was 8
+ * records (a quarter of the queue depth) at a time: 35 merged at most.
+ */
+static void test_nvme_prefetch_merged(void)
+{
+	enum { N = 40 };
+	struct kvt_layout l = small_layout();
+	size_t bb = kvt_layout_block_bytes(&l);
+	struct kvt_key keys[N];
+	int wrong, rc;
+	pid_t pid = daemon_start("16MiB", NVME_ARGS, NULL);
+
+	CHECK(pid > 0);
+	struct kvt_client *c = connect_ok();
+	int lay = kvt_register_layout(c, &l);
+	kvt_test_make_keys(&l, 83, keys, N);
+	put_all(c, lay, keys, N, bb, 8100); /* 2.5 MiB: no demotion before the writeback */
+	free(ctl(&rc, "writeback"));
+	wait_metric("demotions_total", true, N);
+	free(ctl(&rc, "evict --all"));
+	CHECK_EQ(status_metric("blocks"), 0);
+	long long prom0 = status_metric("promotions_total");
+	long long merged0 = nvme_tier_num("merged_reads");
+	CHECK_EQ(kvt_prefetch(c, lay, keys, N, 3, 0), N);
+	wait_metric("promotions_total", true, prom0 + N);
+	CHECK_EQ(nvme_tier_num("merged_reads") - merged0, N - 1);
+	CHECK_EQ(check_all(c, lay, keys, N, bb, 8100, &wrong), N);
+	CHECK_EQ(wrong, 0);
 	kvt_close(c);
 	CHECK_EQ(daemon_stop(pid), 0);
 	unlink(nvme_path_opt + strlen("nvme.paths="));
@@ -1734,6 +1775,7 @@ static const struct kvt_test_case tests[] = {
     {"nvme_corruption", test_nvme_corruption},
     {"nvme_faults", test_nvme_faults},
     {"nvme_prefetch", test_nvme_prefetch},
+    {"nvme_prefetch_merged", test_nvme_prefetch_merged},
     {"signals", test_signals},
     {"nvme_partial_blocks", test_nvme_partial_blocks},
     {"nvme_codec_threads", test_nvme_codec_threads},

@@ -874,7 +874,7 @@ static void test_merged_reads(void **state)
 					ops->buf_free(t, gap[i]);
 			}
 			ops->stats(t, &st);
-			/* the queue depth (8) cuts the 12 reads in two runs, at most */
+			/* one run, or two: the depth (8) counts requests, not records */
 			if (!eng)
 				assert_true(st.merged_reads - merged0 >= MR_N - 2);
 			else
@@ -918,6 +918,69 @@ static void test_merged_reads(void **state)
 		ops->close(t);
 		teardown(state);
 	}
+}
+
+/*
+ * The queue depth counts requests at the device, not records (io_uring engine): 48 held
+ * reads of records that follow each other on disk, with a depth of 8, go as one merged read
+ * (it was 8 records at a time, the rest waiting in the backlog, so that a restore's reads
+ * were cut in runs of the depth).  Then reads that merge with nothing (every other record,
+ * asked in reverse order): more than the depth of them wait in the tier, go as slots free,
+ * and each comes back exact.
+ */
+#define MQ_N 48
+static void test_merged_reads_past_depth(void **state)
+{
+	struct kvt_tier *t = open_tier(0, 32 << 20, NULL);
+	struct kvt_tier_loc loc[MQ_N];
+	struct kvt_tier_stats st;
+	struct waiter w[MQ_N];
+	void *buf[MQ_N];
+	uint64_t merged0;
+
+	for (unsigned i = 0; i < MQ_N; i++) {
+		assert_int_equal(put_rec(t, i, 1, 4032 - i, &loc[i]),
+				 (int)(KVT_RECORD_HDR_SIZE + 4032 - i));
+		if (i)
+			assert_int_equal(loc[i].off, loc[i - 1].off + 4096);
+	}
+	for (int pass = 0; pass < 2; pass++) {
+		/* pass 0: all, in order; pass 1: every other one, last first */
+		unsigned n = pass ? MQ_N / 2 : MQ_N;
+
+		ops->stats(t, &st);
+		merged0 = st.merged_reads;
+		memset(w, 0, sizeof(w));
+		for (unsigned k = 0; k < n; k++) {
+			unsigned i = pass ? MQ_N - 2 - 2 * k : k;
+
+			buf[k] = ops->buf_alloc(t, loc[i].len);
+			assert_non_null(buf[k]);
+			memset(buf[k], 0xee, loc[i].len);
+			w[k].io.loc = loc[i];
+			w[k].io.buf = buf[k];
+			w[k].io.len = loc[i].len;
+			w[k].io.done = on_done;
+			w[k].io.flags = KVT_TIER_IO_MORE;
+			assert_int_equal(ops->read(t, &w[k].io), 0);
+		}
+		assert_int_equal(ops->submit(t), 0);
+		wait_all(t, w, (int)n);
+		for (unsigned k = 0; k < n; k++) {
+			unsigned i = pass ? MQ_N - 2 - 2 * k : k;
+			void *want = make_rec(t, i, 1, 4032 - i);
+
+			assert_int_equal(w[k].io.res, (int)loc[i].len);
+			assert_memory_equal(buf[k], want, loc[i].len);
+			ops->buf_free(t, want);
+			ops->buf_free(t, buf[k]);
+		}
+		ops->stats(t, &st);
+		assert_int_equal(st.merged_reads - merged0, pass ? 0 : MQ_N - 1);
+		assert_int_equal(st.read_errors, 0);
+	}
+	ops->close(t);
+	teardown(state);
 }
 
 /* A raw block whose payload embeds a well-formed record must never surface as a record,
@@ -1518,6 +1581,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test_teardown(test_corrupt_read_engines, teardown),
 	    cmocka_unit_test_teardown(test_corrupt_read_pieces, teardown),
 	    cmocka_unit_test_teardown(test_merged_reads, teardown),
+	    cmocka_unit_test_teardown(test_merged_reads_past_depth, teardown),
 	    cmocka_unit_test_teardown(test_embedded_record_rejected, teardown),
 	    cmocka_unit_test_teardown(test_eio, teardown),
 	    cmocka_unit_test_teardown(test_enospc, teardown),
