@@ -234,6 +234,8 @@ static void run(const char *spec, const kvt_codec_geom &g0, const uint8_t *blk, 
 	kvt_chain_free(c);
 }
 
+#include "emu_blocks.h"
+
 int main()
 {
 	const char *chains[] = {"bq",
@@ -257,37 +259,8 @@ int main()
 		for (auto ch : chains)
 			run(ch, g, (uint8_t *)blk.data(), b == 1 ? 4 : 1);
 	}
-	kvt_codec_geom geoms[] = {
-	    {2, 2, 128, 64, KVT_DTYPE_BF16, 0},	 {1, 1, 6, 3, KVT_DTYPE_FP16, 0},
-	    {1, 3, 10, 1, KVT_DTYPE_FP16, 0},	 {1, 1, 64, 300, KVT_DTYPE_FP16, 0},
-	    {1, 1, 96, 33, KVT_DTYPE_FP16, 0},	 {2, 1, 6, 37, KVT_DTYPE_BF16, 0},
-	    {1, 1, 1024, 24, KVT_DTYPE_BF16, 0}, {1, 1, 4, 700, KVT_DTYPE_FP16, 0}};
-	uint32_t fts[4] = {0, 5, 64, 4294967000u};
-	for (auto g : geoms) {
-		size_t raw = kvt_geom_block_bytes(&g);
-		int bf = g.dtype == KVT_DTYPE_BF16;
-		for (int k = 0; k < 4; k++) {
-			std::vector<uint8_t> blk(raw);
-			for (size_t i = 0; i < raw / 2; i++) {
-				float v = k == 0   ? 0.0f
-					  : k == 1 ? 2.5f
-						   : (float)((int)(rnd() % 2001) - 1000) / 300.0f *
-							 (float)(1 + i % 5);
-				st16(blk.data() + 2 * i, bf ? kvt_f2bf(v) : kvt_f2h(v));
-			}
-			if (k == 3) {
-				st16(blk.data(), bf ? 0x7f80 : 0x7c00);
-				st16(blk.data() + raw - 2, bf ? 0xffc1 : 0xfe01);
-				if (bf && raw > 8)
-					st16(blk.data() + 6, 0x5f90);
-			}
-			g.first_token = fts[k];
-			run("bq", g, blk.data(), 3);
-			run("bq:sink=70,k=0.01,v=0.3", g, blk.data(), 0);
-			run("bq:rope=10000", g, blk.data(), 3);
-			run("bq:k=0.2,v=0.1,dup=4,outl=2,rope=500000", g, blk.data(), 2);
-		}
-	}
+	emu_synthetic_blocks(
+	    rnd, [](const char *ch, kvt_codec_geom g, uint8_t *b, int dmg) { run(ch, g, b, dmg); });
 	printf("checked %d decodes (%d refused by the CPU), %d failures\n", checked, refused,
 	       fails);
 	return fails != 0;
