@@ -39,29 +39,10 @@
 
 #include "kvd.h"
 #include "kvt_gpu.h"
+#include "bench_time.h"
 #include "kvtier.h"
 
 static char sock[300];
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), cmp_d);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 static pid_t daemon_start(const char *kvtierd, uint64_t host, uint64_t gpu, const char *codec)
 {
@@ -205,18 +186,18 @@ static int rep(struct kvt_client *c, struct kvt_dev *dv, int lay, struct work *w
 
 	for (uint32_t i = 0; i < w->nblocks; i++)
 		keys[i] = (struct kvt_key){(uint64_t)tag << 32 | i, 0x1234 + tag};
-	t0 = now_s();
+	t0 = kvt_bench_now_s();
 	ret = kvt_dev_put(dv, lay, &w->p, keys, w->ids, w->nblocks, flags, NULL);
-	*tp = now_s() - t0;
+	*tp = kvt_bench_now_s() - t0;
 	if (ret != (int)w->nblocks) {
 		fprintf(stderr, "%s put: %d (%s)\n", w->name, ret,
 			ret < 0 ? kvt_strerror(ret) : "");
 		free(keys);
 		return -1;
 	}
-	t0 = now_s();
+	t0 = kvt_bench_now_s();
 	ret = kvt_dev_get(dv, lay, &w->p, keys, w->ids, w->nblocks, flags, NULL);
-	*tg = now_s() - t0;
+	*tg = kvt_bench_now_s() - t0;
 	if (ret != (int)w->nblocks) {
 		fprintf(stderr, "%s get: %d (%s)\n", w->name, ret,
 			ret < 0 ? kvt_strerror(ret) : "");
@@ -290,15 +271,15 @@ int main(int argc, char **argv)
 	double *ch = calloc((size_t)reps, sizeof(double)),
 	       *cd = calloc((size_t)reps, sizeof(double));
 	for (int r = 0; r < reps; r++) {
-		t0 = now_s();
+		t0 = kvt_bench_now_s();
 		kvt_gpu_memcpy(dbuf, hbuf, total);
-		ch[r] = (double)total / (now_s() - t0) / 1e9;
-		t0 = now_s();
+		ch[r] = (double)total / (kvt_bench_now_s() - t0) / 1e9;
+		t0 = kvt_bench_now_s();
 		kvt_gpu_memcpy(hbuf, dbuf, total);
-		cd[r] = (double)total / (now_s() - t0) / 1e9;
+		cd[r] = (double)total / (kvt_bench_now_s() - t0) / 1e9;
 	}
-	h2d_ceil = median(ch, reps);
-	d2h_ceil = median(cd, reps);
+	h2d_ceil = kvt_bench_median(ch, reps);
+	d2h_ceil = kvt_bench_median(cd, reps);
 	kvt_gpu_host_free(hbuf);
 	kvt_gpu_dev_free(dbuf);
 	printf("ceilings: pinned cudaMemcpy H2D %.1f GB/s, D2H %.1f GB/s\n", h2d_ceil, d2h_ceil);
@@ -350,8 +331,8 @@ int main(int argc, char **argv)
 					tg[r] = bytes / b / 1e9;
 				}
 			}
-			p = median(tp, reps);
-			g = median(tg, reps);
+			p = kvt_bench_median(tp, reps);
+			g = kvt_bench_median(tg, reps);
 			printf(
 			    "%-12s %-4s put %7.1f GB/s (%.3f x D2H)  get %7.1f GB/s (%.3f x H2D)\n",
 			    w[k].name, path ? "gpu" : "host", p, p / d2h_ceil, g, g / h2d_ceil);

@@ -27,29 +27,10 @@
 #include <unistd.h>
 
 #include "kvd.h"
+#include "bench_time.h"
 #include "kvtier.h"
 
 static char socks[2][300];
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), cmp_d);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 static pid_t daemon_start(const char *kvtierd, const char *sock, uint64_t cap, const char *chain)
 {
@@ -88,33 +69,33 @@ static int run(struct kvt_client *c, int lay, uint8_t *const *blk, uint32_t n, s
 	struct kvt_stats st = {.size = sizeof(st)};
 	double t0, bytes = (double)n * (double)bb;
 
-	t0 = now_s();
+	t0 = kvt_bench_now_s();
 	for (uint32_t i = 0; i < n; i++) {
 		struct kvt_key k = {(uint64_t)tag << 32 | i, 0xbeef};
 
 		if (kvt_put_at(c, lay, &k, i * T, blk[i], bb) < 0)
 			return -1;
 	}
-	r->put = bytes / (now_s() - t0) / 1e9;
+	r->put = bytes / (kvt_bench_now_s() - t0) / 1e9;
 	if (kvt_stats(c, &st) < 0)
 		return -1;
 	r->used = st.host_used_bytes;
-	t0 = now_s();
+	t0 = kvt_bench_now_s();
 	for (uint32_t i = 0; i < n; i++)
 		memcpy(dst + (size_t)i * bb, blk[i], bb);
-	r->mput = bytes / (now_s() - t0) / 1e9;
-	t0 = now_s();
+	r->mput = bytes / (kvt_bench_now_s() - t0) / 1e9;
+	t0 = kvt_bench_now_s();
 	for (uint32_t i = 0; i < n; i++) {
 		struct kvt_key k = {(uint64_t)tag << 32 | i, 0xbeef};
 
 		if (kvt_get(c, lay, &k, out + (size_t)(i % 64) * bb, bb) != (ssize_t)bb)
 			return -1;
 	}
-	r->get = bytes / (now_s() - t0) / 1e9;
-	t0 = now_s();
+	r->get = bytes / (kvt_bench_now_s() - t0) / 1e9;
+	t0 = kvt_bench_now_s();
 	for (uint32_t i = 0; i < n; i++)
 		memcpy(out + (size_t)(i % 64) * bb, dst + (size_t)i * bb, bb);
-	r->mget = bytes / (now_s() - t0) / 1e9;
+	r->mget = bytes / (kvt_bench_now_s() - t0) / 1e9;
 	for (uint32_t i = 0; i < n; i++) {
 		struct kvt_key k = {(uint64_t)tag << 32 | i, 0xbeef};
 
@@ -215,7 +196,7 @@ int main(int argc, char **argv)
 				       : f == 2 ? r[k][i].mput
 				       : f == 3 ? r[k][i].mget
 						: (double)r[k][i].used;
-			v[k][f] = median(a, reps);
+			v[k][f] = kvt_bench_median(a, reps);
 		}
 		printf("%-24s put %6.2f GB/s (%.3f x memcpy %.2f)  get %6.2f GB/s (%.3f x memcpy "
 		       "%.2f)  host bytes %.0f\n",

@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "bench_time.h"
 #include "kvtier.h"
 #include "kvtier_llama.h"
 
@@ -133,18 +134,6 @@ static void on_signal(int sig)
 		kill(daemon_pid, SIGTERM);
 	signal(sig, SIG_DFL);
 	raise(sig);
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), cmp_d);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 /* Drops a file from the page cache, so that loading it reads the disk. */
@@ -281,8 +270,9 @@ static int bench_one(const char *path, struct llama_model *m, int n, int reps, i
 			kvt_close(c);
 		}
 	}
-	double kv = median(t_kv, reps), ll = median(t_ll, reps), pa = median(t_part, reps);
-	double rkv = median(r_kv, reps), rll = median(r_ll, reps);
+	double kv = kvt_bench_median(t_kv, reps), ll = kvt_bench_median(t_ll, reps),
+	       pa = kvt_bench_median(t_part, reps);
+	double rkv = kvt_bench_median(r_kv, reps), rll = kvt_bench_median(r_ll, reps);
 	char name[64] = "";
 	llama_model_meta_val_str(m, "general.name", name, sizeof(name));
 	printf("| %s (%.0f M) | %d | %u | %.1f | **%.1f x** | %.1f x | **%.2f x** | %.1f x (%d of "
