@@ -11,7 +11,7 @@ KVT_BUILD=${KVT_BUILD:-$KVT_ROOT/build}
 # Why each package is here: README.md, "Dependencies and why".  make and libc6-dev are only
 # Recommends of cmake and gcc, which --no-install-recommends would leave out.
 KVT_PACKAGES=(
-	gcc libc6-dev make cmake pkg-config
+	gcc g++ libc6-dev make cmake pkg-config
 	liburing-dev liblz4-dev libzstd-dev libinih-dev libxxhash-dev libsystemd-dev libhiredis-dev
 	libcmocka-dev
 	clang-14 libclang-rt-14-dev
