@@ -4,9 +4,9 @@
  * kvtierd: kvt_dev_get of blocks the CPU put encoded moves the records and decodes them on
  * the GPU into the engine's pages, which must equal the CPU's decode (kvt_get) bit for bit;
  * kvt_dev_put encodes on the GPU, and the stored records must be the CPU encoder's bytes, and
- * read back (GPU and CPU) to the same values; with vLLM pages (decoded into staging, then
- * copied into the pages) and with one buffer per block (decoded in place).  Exits 77 (skipped)
- * without a GPU.
+ * read back (GPU and CPU) to the same values; with vLLM pages of a whole block and of half a
+ * block (decoded straight into the pages), and with one buffer per block (decoded in place).  Exits
+ * 77 (skipped) without a GPU.
  *
  * usage: gpu_hostcodec_test KVTIERD KVTIERCTL
  */
@@ -65,13 +65,15 @@ static pid_t start(void)
 	return pid;
 }
 
-/* Engine pages: NB engine blocks per layer, vLLM order [2][NB][page], one block a page; or
- * (onebuf) one buffer per block, which the kernels decode into and encode from in place. */
+/* Engine pages: NB * ppb engine blocks per layer, vLLM order [2][NB * ppb][page], ppb pages
+ * a kvtier block; or (onebuf) one buffer per block, which the kernels decode into and encode
+ * from in place. */
 struct pages {
 	uint8_t *dev;
 	uint64_t base[L];
 	struct kvt_dev_pages p;
 	bool onebuf;
+	uint32_t ppb;
 };
 
 static int pages_init(struct pages *pg)
@@ -90,26 +92,30 @@ static int pages_init(struct pages *pg)
 		return -1;
 	for (int i = 0; i < L; i++)
 		pg->base[i] = (uint64_t)(uintptr_t)pg->dev + (uint64_t)i * layer;
-	pg->p = (struct kvt_dev_pages){sizeof(pg->p), L, pg->base, PAGE, PAGE, NB * PAGE, 2, 1};
+	pg->p = (struct kvt_dev_pages){sizeof(pg->p),  L,	  pg->base, PAGE / pg->ppb,
+				       PAGE / pg->ppb, NB * PAGE, 2,	    pg->ppb};
 	return kvt_gpu_memset(pg->dev, 0, L * layer);
 }
 
-/* Engine block id's pages <-> a kvtier block (page-first) in host memory. */
-static int pages_io(struct pages *pg, uint32_t id, uint8_t *blk, bool up)
+/* The pages of engine blocks id[0 .. ppb - 1] <-> a kvtier block (page-first) in host memory. */
+static int pages_io(struct pages *pg, const uint32_t *id, uint8_t *blk, bool up)
 {
-	if (pg->onebuf)
-		return up ? kvt_gpu_memcpy(pg->dev + (size_t)id * BLOCK, blk, BLOCK)
-			  : kvt_gpu_memcpy(blk, pg->dev + (size_t)id * BLOCK, BLOCK);
-	for (int l = 0; l < L; l++)
-		for (int kv = 0; kv < 2; kv++) {
-			uint8_t *dv =
-			    (uint8_t *)(uintptr_t)(pg->base[l] + kv * NB * PAGE + id * PAGE);
-			uint8_t *h = blk + ((size_t)l * 2 + kv) * PAGE;
-			int r = up ? kvt_gpu_memcpy(dv, h, PAGE) : kvt_gpu_memcpy(h, dv, PAGE);
+	uint64_t pb = PAGE / pg->ppb;
 
-			if (r < 0)
-				return r;
-		}
+	if (pg->onebuf)
+		return up ? kvt_gpu_memcpy(pg->dev + (size_t)id[0] * BLOCK, blk, BLOCK)
+			  : kvt_gpu_memcpy(blk, pg->dev + (size_t)id[0] * BLOCK, BLOCK);
+	for (int l = 0; l < L; l++)
+		for (int kv = 0; kv < 2; kv++)
+			for (uint32_t j = 0; j < pg->ppb; j++) {
+				uint8_t *dv = (uint8_t *)(uintptr_t)(pg->base[l] + kv * NB * PAGE +
+								     id[j] * pb);
+				uint8_t *h = blk + ((size_t)l * 2 + kv) * PAGE + j * pb;
+				int r = up ? kvt_gpu_memcpy(dv, h, pb) : kvt_gpu_memcpy(h, dv, pb);
+
+				if (r < 0)
+					return r;
+			}
 	return 0;
 }
 
@@ -118,7 +124,7 @@ static struct kvt_key key_of(unsigned i)
 	return (struct kvt_key){0xd00d000000000000ull + i, 0x1234ull * (i + 7)};
 }
 
-static void run_pages(bool onebuf)
+static void run_pages(bool onebuf, uint32_t ppb)
 {
 	static uint16_t raw[BLOCK / 2], cpu[BLOCK / 2], gpu[BLOCK / 2];
 	static uint8_t rec[2 * BLOCK];
@@ -130,8 +136,8 @@ static void run_pages(bool onebuf)
 	struct kvt_dev *dv = NULL;
 	struct kvt_chain *ch = NULL;
 	struct kvt_key keys[NB];
-	struct pages pg = {.onebuf = onebuf};
-	uint32_t ids[NB];
+	struct pages pg = {.onebuf = onebuf, .ppb = ppb};
+	uint32_t ids[NB * 2];
 	int lay, dl;
 	pid_t pid;
 
@@ -148,21 +154,22 @@ static void run_pages(bool onebuf)
 	/* get: blocks the CPU put (records of bq), restored into shuffled engine blocks */
 	for (unsigned k = 0; k < NB; k++) {
 		keys[k] = key_of(k);
-		ids[k] = (k * 7 + 3) % NB;
+		for (uint32_t j = 0; j < ppb; j++) /* shuffled engine blocks */
+			ids[k * ppb + j] = ((k * ppb + j) * 7 + 3) % (NB * ppb);
 		make_block(raw, k);
 		CHECK_EQ(kvt_put(c, lay, &keys[k], raw, BLOCK), 0);
 	}
 	CHECK_EQ(kvt_dev_get(dv, dl, &pg.p, keys, ids, NB, 0, NULL), NB);
 	for (unsigned k = 0; k < NB; k++) {
 		CHECK_EQ(kvt_get(c, lay, &keys[k], cpu, BLOCK), (ssize_t)BLOCK);
-		CHECK_EQ(pages_io(&pg, ids[k], (uint8_t *)gpu, false), 0);
+		CHECK_EQ(pages_io(&pg, &ids[k * ppb], (uint8_t *)gpu, false), 0);
 		CHECK(memcmp(cpu, gpu, BLOCK) == 0);
 	}
 	/* put: encoded on the GPU; the records are the CPU encoder's, byte for byte */
 	for (unsigned k = 0; k < NB; k++) {
 		keys[k] = key_of(1000 + k);
 		make_block(raw, 1000 + k);
-		CHECK_EQ(pages_io(&pg, ids[k], (uint8_t *)raw, true), 0);
+		CHECK_EQ(pages_io(&pg, &ids[k * ppb], (uint8_t *)raw, true), 0);
 	}
 	CHECK_EQ(kvt_dev_put(dv, dl, &pg.p, keys, ids, NB, 0, NULL), NB);
 	for (unsigned k = 0; k < NB; k++) {
@@ -183,7 +190,7 @@ static void run_pages(bool onebuf)
 	CHECK_EQ(kvt_dev_get(dv, dl, &pg.p, keys, ids, NB, 0, NULL), NB);
 	for (unsigned k = 0; k < NB; k++) {
 		CHECK_EQ(kvt_get(c, lay, &keys[k], cpu, BLOCK), (ssize_t)BLOCK);
-		CHECK_EQ(pages_io(&pg, ids[k], (uint8_t *)gpu, false), 0);
+		CHECK_EQ(pages_io(&pg, &ids[k * ppb], (uint8_t *)gpu, false), 0);
 		CHECK(memcmp(cpu, gpu, BLOCK) == 0);
 	}
 	kvt_gpu_dev_free(pg.dev);
@@ -196,15 +203,21 @@ static void run_pages(bool onebuf)
 
 static void gpu_hostcodec(void)
 {
-	run_pages(false);
+	run_pages(false, 1);
+}
+
+static void gpu_hostcodec_halfpages(void)
+{
+	run_pages(false, 2);
 }
 
 static void gpu_hostcodec_onebuf(void)
 {
-	run_pages(true);
+	run_pages(true, 1);
 }
 
 static const struct kvt_test_case tests[] = {{"gpu_hostcodec", gpu_hostcodec},
+					     {"gpu_hostcodec_halfpages", gpu_hostcodec_halfpages},
 					     {"gpu_hostcodec_onebuf", gpu_hostcodec_onebuf}};
 
 int main(int argc, char **argv)
@@ -225,6 +238,6 @@ int main(int argc, char **argv)
 	if (!mkdtemp(dir))
 		return 1;
 	snprintf(sock, sizeof(sock), "%s/kvtier.sock", dir);
-	ran = kvt_test_run_cases(tests, 2, argv + 3, argc > 3 ? argc - 3 : 0, &cur, NULL);
+	ran = kvt_test_run_cases(tests, 3, argv + 3, argc > 3 ? argc - 3 : 0, &cur, NULL);
 	return kvt_test_finish(dir, ran);
 }
