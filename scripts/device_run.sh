@@ -11,7 +11,8 @@
 # project's development model, not in the repository), and $OUT for the results.
 # SKIP_CTEST=1 skips the ctest part; NO_BENCH=1 the benches; NO_CODEC_BENCH=1 the issue-15
 # benches (bq kernels against a device copy; restore and offload through the compressed host
-# tier against pinned cudaMemcpy, 32K tokens of Llama-3-8B geometry); BENCH_TIMEOUT (s, 330).
+# tier against pinned cudaMemcpy, 32K tokens of Llama-3-8B geometry); NO_HF=1 the Hugging Face
+# bench; BENCH_TIMEOUT (s, 330).
 export PYTHONUNBUFFERED=1
 T0=$(date +%s)
 nvidia-smi --query-gpu=name,memory.total,pcie.link.gen.current,pcie.link.width.current,driver_version --format=csv | tee $OUT/gpu.txt
@@ -41,6 +42,7 @@ if [ -z "${NO_CODEC_BENCH:-}" ]; then
 	done
 	echo "== codec benches after $(( $(date +%s) - T0 )) s"
 fi
+[ -n "${NO_HF:-}" ] && exit 0
 timeout ${BENCH_TIMEOUT:-330} python3 bench/hf_roundtrip.py --build $B --model .devdata/kvmodel --out $OUT "$@" > $OUT/bench.log 2>&1
 echo "bench rc=$?"; grep -v "^  name=" $OUT/bench.log | tail -45
 echo "== bench after $(( $(date +%s) - T0 )) s"
