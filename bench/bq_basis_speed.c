@@ -15,9 +15,8 @@
  *            times an int16 basis, as the decoder does.
  * Eight (layer, head) bases in turn, as the eight key slabs of a block have.
  *
- * Build and run (not part of the CMake build; it prints GB/s and the ratio to memcpy of the same
- * run):
- *   cc -O2 -o /tmp/bq_basis_speed bench/bq_basis_speed.c && /tmp/bq_basis_speed
+ * Run (built as build/bench/bq-basis-speed; it prints GB/s and the ratio to memcpy of the same
+ * run):  build/bench/bq-basis-speed
  */
 #define _GNU_SOURCE
 #include <immintrin.h>
