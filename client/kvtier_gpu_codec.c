@@ -8,14 +8,11 @@
  *   put: engine pages --D2D--> raw slot --bq encode--> record slot --D2H--> arena (reserved
  *        with the record's length, which the GPU tells first: one stream sync a round)
  *
- * Where the engine keeps each block in one buffer of its own (n_layers = n_kv =
- * pages_per_block = 1) that buffer is the block itself, decoded (and encoded) in place.  Where
- * its pages hold [tokens][heads][head_dim] of one layer's K or V each (vLLM, SGLang; n_kv = 2,
- * every layer of the block), the decoder writes the rows straight into those pages
- * (kvt_gpu_bq_decode_paged: the page addresses go up with the batch arrays).  Any other
- * layout gets the block decoded contiguous into a raw slot, and one device-to-device copy
- * (HBM speed, the engine's layout) follows the decode; puts always copy the pages into a raw
- * slot first (the encoder reads a contiguous block).
+ * The decoder writes a block contiguous, as the chain's record describes it: where the engine
+ * keeps each block in one buffer of its own (n_layers = n_kv = pages_per_block = 1) that is
+ * the page itself, decoded (and encoded) in place; otherwise the pages are scattered, and one
+ * device-to-device copy (HBM speed, the engine's layout) follows the decode (precedes the
+ * encode).
  * Staging holds 2 rounds of HOST_CHUNK blocks, as the host path keeps 2 rounds in flight
  * (kvtier_gpu_copy.c): block k uses slot k % (2 * HOST_CHUNK).  A layout whose blocks the
  * kernels cannot take (kvt_gpu_bq_new refuses the geometry), or a build without CUDA, decodes
@@ -56,8 +53,6 @@ void kvtc_devq_free(struct kvt_dev *d)
 	kvt_gpu_dev_free(d->q_arr);
 	kvt_gpu_host_free(d->q_harr);
 	kvt_gpu_host_free(d->q_hraw);
-	kvt_gpu_dev_free(d->q_pages);
-	kvt_gpu_host_free(d->q_hpages);
 }
 
 /* The GPU plan of layout for chain (a bq chain), made once per chain; NULL if none fits. */
@@ -313,55 +308,6 @@ int kvtc_devq_get_prepare(struct kvt_dev *d, int layout, size_t k, uint32_t bb)
 	return 0;
 }
 
-/* Page addresses per block when the decoder can write layout's blocks straight into pl's
- * pages (each page one layer's K or V of T / ppb tokens, [tokens][heads][head_dim]), else 0. */
-static size_t paged_per_block(const struct kvt_dev *d, int layout,
-			      const struct kvt_gpu_paged_layout *pl)
-{
-	const struct kvt_layout *l = &d->layouts[layout];
-	uint32_t ppb = pl->pages_per_block;
-	uint64_t align = pl->block_stride | pl->kv_stride;
-
-	if (pl->n_kv != 2 || pl->n_layers != l->n_layers || !ppb || l->block_tokens % ppb ||
-	    pl->page_bytes != (uint64_t)(l->block_tokens / ppb) * l->n_kv_heads * l->head_dim * 2)
-		return 0;
-	for (uint32_t i = 0; i < pl->n_layers; i++)
-		align |= pl->layer_base[i];
-	return align % 4 ? 0 : (size_t)pl->n_layers * 2 * ppb;
-}
-
-/* The page-address arrays for per entries a slot. */
-static int pages_staging(struct kvt_dev *d, size_t per)
-{
-	int ret;
-
-	if (d->q_pages_per >= per)
-		return 0;
-	kvt_gpu_dev_free(d->q_pages);
-	kvt_gpu_host_free(d->q_hpages);
-	d->q_pages = d->q_hpages = NULL;
-	d->q_pages_per = 0;
-	if ((ret = kvt_gpu_dev_alloc(d->device, SLOTS * per * 8, (void **)&d->q_pages)) < 0 ||
-	    (ret = kvt_gpu_host_alloc(SLOTS * per * 8, (void **)&d->q_hpages)) < 0)
-		return ret;
-	d->q_pages_per = per;
-	return 0;
-}
-
-/* Fills slot q's page addresses for engine block ids[0 .. ppb - 1], in the order
- * kvt_gpu_bq_decode_paged() reads them (layer, K/V, page). */
-static void paged_addrs(struct kvt_dev *d, const struct kvt_gpu_paged_layout *pl, uint32_t q,
-			const uint32_t *ids)
-{
-	uint64_t *o = d->q_hpages + (size_t)q * d->q_pages_per;
-
-	for (uint32_t l = 0; l < pl->n_layers; l++)
-		for (uint32_t kv = 0; kv < 2; kv++)
-			for (uint32_t j = 0; j < pl->pages_per_block; j++)
-				*o++ = pl->layer_base[l] + kv * pl->kv_stride +
-				       (uint64_t)ids[j] * pl->block_stride;
-}
-
 int kvtc_devq_get_round(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_layout *pl,
 			const uint32_t *ids, size_t k0, size_t k1, uint32_t bb, void *stream)
 {
@@ -369,7 +315,6 @@ int kvtc_devq_get_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 	struct kvt_gpu_bq *plan = d->bq[layout];
 	uint32_t ppb = pl->pages_per_block, s0 = (uint32_t)(k0 % SLOTS), m = 0, nc = 0, *a;
 	uint64_t raw = (uint64_t)(uintptr_t)d->q_raw, enc = (uint64_t)(uintptr_t)d->q_enc;
-	size_t per;
 	int ret;
 
 	for (size_t k = k0; k < k1; k++)
@@ -378,9 +323,6 @@ int kvtc_devq_get_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 		return 0;
 	if (!plan)
 		return -EINVAL;
-	per = paged_per_block(d, layout, pl);
-	if (per && pages_staging(d, per) < 0)
-		per = 0; /* no room for the addresses: decoded into the raw slots */
 	a = u32s(d->q_harr);
 	m = 0;
 	for (size_t k = k0; k < k1; k++) {
@@ -391,9 +333,7 @@ int kvtc_devq_get_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 			continue;
 		b->qi = s0 + m;
 		d->q_harr[A_SRC + s0 + m] = enc + slot * d->q_bound;
-		if (per) {
-			paged_addrs(d, pl, s0 + m, &ids[k * ppb]);
-		} else if (direct_addr(pl, ids, k)) {
+		if (direct_addr(pl, ids, k)) {
 			d->q_harr[A_DST + s0 + m] = direct_addr(pl, ids, k);
 		} else {
 			memcpy(&d->ids[nc * ppb], &ids[k * ppb], ppb * sizeof(*ids));
@@ -409,22 +349,10 @@ int kvtc_devq_get_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 	ret = kvt_gpu_copy(d->eng, segs, m, KVT_GPU_H2D, KVT_GPU_AUTO, stream);
 	if (ret >= 0)
 		ret = upload_arrays(d, s0, m, stream);
-	if (ret >= 0 && per) {
-		struct kvt_gpu_seg seg = {(uint64_t)(uintptr_t)(d->q_hpages + s0 * per),
-					  (uint64_t)(uintptr_t)(d->q_pages + s0 * per),
-					  m * per * 8};
-
-		ret = kvt_gpu_copy(d->eng, &seg, 1, KVT_GPU_H2D, KVT_GPU_DMA, stream);
-		if (ret >= 0)
-			ret = kvt_gpu_bq_decode_paged(
-			    plan, (const void *const *)(d->q_arr + A_SRC + s0),
-			    u32s(d->q_arr) + A_LEN + s0, m, (void *const *)(d->q_pages + s0 * per),
-			    ppb, u32s(d->q_arr) + A_BAD + s0, stream);
-	} else if (ret >= 0) {
+	if (ret >= 0)
 		ret = kvt_gpu_bq_decode(
 		    plan, (const void *const *)(d->q_arr + A_SRC + s0), u32s(d->q_arr) + A_LEN + s0,
 		    m, (void *const *)(d->q_arr + A_DST + s0), u32s(d->q_arr) + A_BAD + s0, stream);
-	}
 	if (ret >= 0 && nc)
 		ret = slots_pages(d, pl, nc, false, stream);
 	if (ret >= 0)

@@ -95,11 +95,9 @@ struct kvt_dev {
 	uint8_t *q_raw, *q_enc; /* device: 2 * HOST_CHUNK slots each */
 	void *q_scratch;	/* device: the encoder's */
 	size_t q_scratch_len;
-	uint64_t *q_arr;	      /* device: the batch arrays (struct q_arrays) */
-	uint64_t *q_harr;	      /* pinned host mirror of q_arr */
-	uint8_t *q_hraw;	      /* pinned host: CPU-decoded blocks (no GPU plan) */
-	uint64_t *q_pages, *q_hpages; /* device + pinned: page addresses, paged decode */
-	size_t q_pages_per;	      /* entries per slot the two were made for */
+	uint64_t *q_arr;  /* device: the batch arrays (struct q_arrays) */
+	uint64_t *q_harr; /* pinned host mirror of q_arr */
+	uint8_t *q_hraw;  /* pinned host: CPU-decoded blocks (no GPU plan) */
 	uint64_t gpu_encodes, gpu_decodes, cpu_decodes;
 };
 

@@ -5,7 +5,8 @@
  * the GPU into the engine's pages, which must equal the CPU's decode (kvt_get) bit for bit;
  * kvt_dev_put encodes on the GPU, and the stored records must be the CPU encoder's bytes, and
  * read back (GPU and CPU) to the same values; with vLLM pages of a whole block and of half a
- * block (decoded straight into the pages), and with one buffer per block (decoded in place).  Exits
+ * block (decoded into staging, then copied into the pages), and with one buffer per block
+ * (decoded in place).  Exits
  * 77 (skipped) without a GPU.
  *
  * usage: gpu_hostcodec_test KVTIERD KVTIERCTL
