@@ -22,9 +22,12 @@
  * first restore of a process and of a daemon touches memory for the first time: the
  * daemon's writable mapping of its arena, the client's batch buffers; printed apart, on
  * stderr); ratios are recompute TTFT / restore TTFT, and
- * (cache ready) llama.cpp's load_file time / kvtier's lookup + restore time.
+ * (cache ready) llama.cpp's load_file time / kvtier's lookup + restore time.  Where kvtier's
+ * restore went (kvt_llama_result: waiting for the blocks, copying them into llama.cpp's
+ * state, llama_state_seq_set_data) and kvtierd's CPU time during it are printed on stderr.
  * DIR must be on the disk to measure (not tmpfs: the NVMe tier opens O_DIRECT).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -51,6 +54,33 @@ static double now_ms(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* CPU time kvtierd has used so far, all its threads (ms), or 0. */
+static double daemon_cpu_ms(void)
+{
+	char path[300];
+	unsigned long long ns, total = 0;
+	struct dirent *e;
+	DIR *td;
+
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)daemon_pid);
+	if (daemon_pid <= 0 || !(td = opendir(path)))
+		return 0;
+	while ((e = readdir(td))) {
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/task/%.20s/schedstat", (int)daemon_pid,
+			 e->d_name);
+		FILE *f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fscanf(f, "%llu", &ns) == 1)
+			total += ns;
+		fclose(f);
+	}
+	closedir(td);
+	return (double)total / 1e6;
 }
 
 static void daemon_stop(void)
@@ -158,6 +188,7 @@ static int bench_one(const char *path, struct llama_model *m, int n, int reps, i
 	struct kvt_llama *kl = NULL;
 	llama_token *tok = malloc((size_t)n * sizeof(*tok) * 2), *half = tok + n;
 	double t_kv[17], t_ll[17], t_part[17], r_kv[17], r_ll[17], t_re, state_mib = 0;
+	double ph[5][17]; /* kvtier's restore: lookup, wait, copy, set_data, daemon CPU */
 	double cold_kv = 0, cold_ll = 0;
 	char err[300] = "", file[600] = "";
 	int rc = -1;
@@ -211,6 +242,7 @@ static int bench_one(const char *path, struct llama_model *m, int n, int reps, i
 			fprintf(stderr, "kvtier-llama-bench: cannot empty the host tier\n");
 			goto out;
 		}
+		double dcpu = daemon_cpu_ms();
 		if (kvt_llama_prefill(kl, tok, (size_t)n, &r) < 0 || r.n_restored != prefix) {
 			fprintf(stderr, "kvtier-llama-bench: restored %u of %u (%s)\n",
 				r.n_restored, prefix, kvt_llama_last_message(kl));
@@ -218,6 +250,11 @@ static int bench_one(const char *path, struct llama_model *m, int n, int reps, i
 		}
 		t_kv[j] = r.lookup_ms + r.restore_ms + r.eval_ms;
 		r_kv[j] = r.lookup_ms + r.restore_ms;
+		ph[0][j] = r.lookup_ms;
+		ph[1][j] = r.restore_wait_ms;
+		ph[2][j] = r.restore_copy_ms;
+		ph[3][j] = r.restore_set_ms;
+		ph[4][j] = daemon_cpu_ms() - dcpu;
 		/* llama.cpp's file, from the disk */
 		llama_token *back = malloc((size_t)n * sizeof(*back));
 		size_t cnt = 0;
@@ -273,6 +310,9 @@ static int bench_one(const char *path, struct llama_model *m, int n, int reps, i
 	double kv = kvt_bench_median(t_kv, reps), ll = kvt_bench_median(t_ll, reps),
 	       pa = kvt_bench_median(t_part, reps);
 	double rkv = kvt_bench_median(r_kv, reps), rll = kvt_bench_median(r_ll, reps);
+	double phm[5];
+	for (int p = 0; p < 5; p++)
+		phm[p] = kvt_bench_median(ph[p], reps);
 	char name[64] = "";
 	llama_model_meta_val_str(m, "general.name", name, sizeof(name));
 	printf("| %s (%.0f M) | %d | %u | %.1f | **%.1f x** | %.1f x | **%.2f x** | %.1f x (%d of "
@@ -286,6 +326,11 @@ static int bench_one(const char *path, struct llama_model *m, int n, int reps, i
 	    "ready kvtier %.1f ms, llama.cpp file %.1f ms; partial %.1f ms; medians of %d; first "
 	    "(warm-up, not counted): cache ready kvtier %.1f ms, llama.cpp file %.1f ms]\n",
 	    name, n, t_re, kv, ll, rkv, rll, pa, reps, cold_kv, cold_ll);
+	fprintf(stderr,
+		"  [%s N=%d: kvtier restore phases, medians: lookup %.1f ms, waiting for the "
+		"blocks %.1f ms, copying them into the state %.1f ms, llama_state_seq_set_data "
+		"%.1f ms; kvtierd's CPU time during the prefill %.1f ms]\n",
+		name, n, phm[0], phm[1], phm[2], phm[3], phm[4]);
 	fflush(stdout);
 	rc = 0;
 out:

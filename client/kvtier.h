@@ -309,6 +309,16 @@ KVT_API int kvt_get_batch(struct kvt_client *c, int layout, const struct kvt_key
 			  void *const *bufs, size_t cap, size_t n, int *status);
 
 /*
+ * Leases the blocks of keys[0..n), as kvt_get_lease does each (no copy: leases[i].data points
+ * into the arena), for one round trip: status[i] is 0 with leases[i] held, or the error of
+ * kvt_get_lease (-ENOENT, -ENOSPC, ...) with leases[i].data NULL.  Returns how many are
+ * leased; each of them must be given back with kvt_lease_release (also when others failed).
+ * Since 0.2 (symbol version KVTIER_0.7).
+ */
+KVT_API int kvt_get_lease_batch(struct kvt_client *c, int layout, const struct kvt_key *keys,
+				struct kvt_lease *leases, size_t n, int *status);
+
+/*
  * Which of keys[0..n) are stored: present[i] = 1 or 0, each key on its own (kvt_lookup
  * stops at the first miss).  Returns how many are present, or -errno (then present[] is
  * partly written).  Does not change LRU order.

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * libkvtier: batches (kvt_put_batch, kvt_get_batch, kvt_lookup_batch).  Many ring entries
- * are pushed at once with one wake-up of the daemon, and completions are matched by
+ * libkvtier: batches (kvt_put_batch, kvt_get_batch, kvt_get_lease_batch, kvt_lookup_batch).  Many
+ * ring entries are pushed at once with one wake-up of the daemon, and completions are matched by
  * user_data as they come back; a put copies each block while the daemon commits the ones
  * before it, a get copies each block as its lease comes back.
  */
@@ -513,6 +513,74 @@ KVT_API int kvt_get_batch(struct kvt_client *c, int layout, const struct kvt_key
 			return -EINVAL;
 	}
 	return batch_exec(c, &g.b, n, status, get_first, get_reaped);
+}
+
+struct lease_ctx {
+	struct batch b;
+	int layout;
+	const struct kvt_key *keys;
+	struct kvt_lease *leases;
+};
+
+static void lease_first(struct batch *b, size_t i, struct kvt_sqe *s)
+{
+	struct lease_ctx *g = (struct lease_ctx *)b;
+
+	s->op = KVT_OP_LEASE;
+	s->layout = (uint16_t)g->layout;
+	s->key_lo = g->keys[i].lo;
+	s->key_hi = g->keys[i].hi;
+}
+
+static int lease_reaped(struct batch *b, size_t i, const struct kvt_cqe *q, struct kvt_sqe *s)
+{
+	struct lease_ctx *g = (struct lease_ctx *)b;
+	struct kvt_client *c = b->c;
+	struct kvt_lease *l = &g->leases[i];
+	ssize_t raw;
+
+	if (q->res < 0) {
+		batch_done(b, i, q->res);
+		return 0;
+	}
+	if (check_extent(c, q->off, (uint64_t)q->res) < 0) {
+		c->broken = true;
+		batch_done(b, i, -KVT_EPROTOCOL);
+		return 0;
+	}
+	kvtc_populate(c, q->off, (uint64_t)q->res);
+	raw = kvtc_raw_len(q->flags, c->arena + q->off, (size_t)q->res);
+	if (raw < 0) {
+		/* Not the record its chain makes (as kvt_get_lease): no lease on bytes nobody
+		 * can read; it goes back without a completion. */
+		b->status[i] = (int)raw;
+		s->op = KVT_OP_RELEASE;
+		s->flags = KVT_SQE_F_NO_CQE;
+		s->handle = q->handle;
+		return 1;
+	}
+	l->data = c->arena + q->off;
+	l->len = (size_t)q->res;
+	l->handle = q->handle;
+	l->raw_len = (size_t)raw;
+	l->chain_id = q->flags;
+	l->reserved = 0;
+	batch_done(b, i, 0);
+	return 0;
+}
+
+KVT_API int kvt_get_lease_batch(struct kvt_client *c, int layout, const struct kvt_key *keys,
+				struct kvt_lease *leases, size_t n, int *status)
+{
+	struct lease_ctx g = {.layout = layout, .keys = keys, .leases = leases};
+	int ret = batch_args(c, layout, keys, leases, n);
+
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
+	if (ret < 0)
+		return ret;
+	for (size_t i = 0; i < n; i++)
+		leases[i].data = NULL;
+	return batch_exec(c, &g.b, n, status, lease_first, lease_reaped);
 }
 
 struct lookup_ctx {

@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 #include <ggml-backend.h>
-static double now_ms(void)
+double kvtl_now_ms(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -432,7 +432,7 @@ int kvt_llama_prefill(struct kvt_llama *kl, const llama_token *tokens, size_t n,
 	nb_max = (uint32_t)((n - 1) / BT); /* at least one token left to evaluate */
 	llama_memory_seq_rm(llama_get_memory(kl->ctx), kl->seq, -1, -1);
 
-	t0 = now_ms();
+	t0 = kvtl_now_ms();
 	if ((rc = try_connect(kl)) < 0) {
 		r.kvtier = rc;
 	} else if (nb_all) {
@@ -460,27 +460,31 @@ int kvt_llama_prefill(struct kvt_llama *kl, const llama_token *tokens, size_t n,
 		}
 	}
 	r.n_cached = hit * BT;
-	r.lookup_ms = now_ms() - t0;
+	r.lookup_ms = kvtl_now_ms() - t0;
 
 	if (hit && kl->after_lookup)
 		kl->after_lookup(kl->after_lookup_arg, hit);
-	t0 = now_ms();
+	t0 = kvtl_now_ms();
+	kl->ph_wait = kl->ph_copy = kl->ph_set = 0;
 	if (hit)
 		done = kvtl_restore(kl, keys, hit, &r.kvtier);
 	r.n_restored = done * BT;
-	r.restore_ms = now_ms() - t0;
+	r.restore_ms = kvtl_now_ms() - t0;
+	r.restore_wait_ms = kl->ph_wait;
+	r.restore_copy_ms = kl->ph_copy;
+	r.restore_set_ms = kl->ph_set;
 	if (r.kvtier == -KVT_EDAEMON)
 		drop_client(kl);
 
-	t0 = now_ms();
+	t0 = kvtl_now_ms();
 	rc = kvt_llama_eval(kl->ctx, kl->seq, tokens + r.n_restored, n - r.n_restored,
 			    (llama_pos)r.n_restored, kl->n_batch);
-	r.eval_ms = now_ms() - t0;
+	r.eval_ms = kvtl_now_ms() - t0;
 	if (rc < 0)
 		goto out;
 	r.n_evaluated = (uint32_t)n - r.n_restored;
 
-	t0 = now_ms();
+	t0 = kvtl_now_ms();
 	if (kl->c && keys && !(kl->flags & KVT_LLAMA_NO_STORE) && nb_all > done) {
 		int s = kvtl_store(kl, keys, done, nb_all, (uint32_t)n, &r.blocks_stored);
 		if (s < 0 && r.kvtier == 0)
@@ -488,7 +492,7 @@ int kvt_llama_prefill(struct kvt_llama *kl, const llama_token *tokens, size_t n,
 		if (s == -KVT_EDAEMON)
 			drop_client(kl);
 	}
-	r.store_ms = now_ms() - t0;
+	r.store_ms = kvtl_now_ms() - t0;
 	rc = 0;
 out:
 	free(keys);

@@ -84,8 +84,9 @@ struct kvt_llama_opts {
 	 * (tests evict a block there, to see the restore fall back). */
 	void (*after_lookup)(void *arg, uint32_t n_blocks);
 	void *after_lookup_arg;
-	/* Blocks per batch of gets of a restore (one round trip each; the next batches are read
-	 * while a batch is copied into the sequence's state).  0: 4 MiB of blocks (at most 256). */
+	/* Blocks per batch of leases of a restore (one round trip each; the daemon reads the
+	 * next 8 MiB from NVMe while a batch is copied into the sequence's state).  0: 4 MiB of
+	 * blocks (at most 256). */
 	uint32_t restore_batch;
 };
 
@@ -119,6 +120,10 @@ struct kvt_llama_result {
 				 * -KVT_EDAEMON, -ENOENT (a block gone between lookup and get),
 				 * -EBADMSG (a block or state that failed its checks), ... */
 	double lookup_ms, restore_ms, eval_ms, store_ms;
+	/* Where restore_ms went (0 without a restore): waiting for the blocks (wait_ms: the
+	 * daemon's reads from NVMe that were not done ahead), copying them from the daemon's
+	 * arena into llama.cpp's state layout (copy_ms), llama_state_seq_set_data (set_ms). */
+	double restore_wait_ms, restore_copy_ms, restore_set_ms;
 };
 
 /*

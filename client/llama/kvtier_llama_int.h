@@ -4,7 +4,7 @@
  *
  *   kvtier_llama.c          versions, backend, buffers, opening, evaluating, kvt_llama_prefill
  *   kvtier_llama_state.c    llama.cpp's sequence state: parsing one, building one of n cells
- *   kvtier_llama_restore.c  restoring: batched gets -> a state -> llama_state_seq_set_data
+ *   kvtier_llama_restore.c  restoring: leased blocks -> a state -> llama_state_seq_set_data
  *   kvtier_llama_store.c    storing: the sequence's state -> blocks -> puts
  */
 #ifndef KVTIER_LLAMA_INT_H
@@ -65,13 +65,17 @@ struct kvt_llama {
 	uint32_t n_kv, hd, el;
 	size_t block_bytes, layer_bytes;
 	struct kbuf state; /* a sequence state being built (restore) or read (store) */
-	struct kbuf stage; /* the batches of blocks being read */
+	struct kbuf stage; /* a block decoded (compressed host tier) */
 	uint32_t restore_batch;
+	double ph_wait, ph_copy, ph_set; /* the last restore's phases (ms) */
 	char msg[256];
 };
 
 /* snprintf into buf (if any). */
 void __attribute__((format(printf, 3, 4))) kvtl_fmt_err(char *buf, size_t len, const char *f, ...);
+
+/* kvtier_llama.c: the monotonic clock in milliseconds. */
+double kvtl_now_ms(void);
 
 /* kvtier_llama.c: makes b hold at least n bytes (at most max, unless n is more); its contents
  * are lost when it grows.  Returns 0 or -ENOMEM. */
