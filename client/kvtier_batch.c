@@ -455,22 +455,51 @@ out:
 	return ret;
 }
 
-struct get_ctx {
+/* Gets and leases: one LEASE a key; the block's arena extent checked when it comes. */
+struct lease_keys {
 	struct batch b;
 	int layout;
 	const struct kvt_key *keys;
+};
+
+struct get_ctx {
+	struct lease_keys k;
 	void *const *bufs;
 	size_t cap;
 };
 
-static void get_first(struct batch *b, size_t i, struct kvt_sqe *s)
+struct lease_ctx {
+	struct lease_keys k;
+	struct kvt_lease *leases;
+};
+
+static void lease_first(struct batch *b, size_t i, struct kvt_sqe *s)
 {
-	struct get_ctx *g = (struct get_ctx *)b;
+	struct lease_keys *g = (struct lease_keys *)b;
 
 	s->op = KVT_OP_LEASE;
 	s->layout = (uint16_t)g->layout;
 	s->key_lo = g->keys[i].lo;
 	s->key_hi = g->keys[i].hi;
+}
+
+/* true when LEASE completion q of entry i gave a block inside the arena (its pages populated);
+ * else entry i is done with the error. */
+static bool lease_granted(struct batch *b, size_t i, const struct kvt_cqe *q)
+{
+	struct kvt_client *c = b->c;
+
+	if (q->res < 0) {
+		batch_done(b, i, q->res);
+		return false;
+	}
+	if (check_extent(c, q->off, (uint64_t)q->res) < 0) {
+		c->broken = true;
+		batch_done(b, i, -KVT_EPROTOCOL);
+		return false;
+	}
+	kvtc_populate(c, q->off, (uint64_t)q->res);
+	return true;
 }
 
 static int get_reaped(struct batch *b, size_t i, const struct kvt_cqe *q, struct kvt_sqe *s)
@@ -479,17 +508,9 @@ static int get_reaped(struct batch *b, size_t i, const struct kvt_cqe *q, struct
 	struct kvt_client *c = b->c;
 	ssize_t ret;
 
-	if (q->res < 0) {
-		batch_done(b, i, q->res);
+	if (!lease_granted(b, i, q))
 		return 0;
-	}
-	if (check_extent(c, q->off, (uint64_t)q->res) < 0) {
-		c->broken = true;
-		batch_done(b, i, -KVT_EPROTOCOL);
-		return 0;
-	}
 	/* A raw block is copied, a record decoded (q->flags: its chain) with c->lock held. */
-	kvtc_populate(c, q->off, (uint64_t)q->res);
 	ret = kvtc_decode(c, q->flags, c->arena + q->off, (size_t)q->res, g->bufs[i], g->cap, true);
 	b->status[i] = (int)ret;
 	/* The lease goes back without a completion: the ring keeps our order. */
@@ -502,7 +523,7 @@ static int get_reaped(struct batch *b, size_t i, const struct kvt_cqe *q, struct
 KVT_API int kvt_get_batch(struct kvt_client *c, int layout, const struct kvt_key *keys,
 			  void *const *bufs, size_t cap, size_t n, int *status)
 {
-	struct get_ctx g = {.layout = layout, .keys = keys, .bufs = bufs, .cap = cap};
+	struct get_ctx g = {.k = {.layout = layout, .keys = keys}, .bufs = bufs, .cap = cap};
 	int ret = batch_args(c, layout, keys, bufs, n);
 
 	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
@@ -512,24 +533,7 @@ KVT_API int kvt_get_batch(struct kvt_client *c, int layout, const struct kvt_key
 		if (!bufs[i] && cap)
 			return -EINVAL;
 	}
-	return batch_exec(c, &g.b, n, status, get_first, get_reaped);
-}
-
-struct lease_ctx {
-	struct batch b;
-	int layout;
-	const struct kvt_key *keys;
-	struct kvt_lease *leases;
-};
-
-static void lease_first(struct batch *b, size_t i, struct kvt_sqe *s)
-{
-	struct lease_ctx *g = (struct lease_ctx *)b;
-
-	s->op = KVT_OP_LEASE;
-	s->layout = (uint16_t)g->layout;
-	s->key_lo = g->keys[i].lo;
-	s->key_hi = g->keys[i].hi;
+	return batch_exec(c, &g.k.b, n, status, lease_first, get_reaped);
 }
 
 static int lease_reaped(struct batch *b, size_t i, const struct kvt_cqe *q, struct kvt_sqe *s)
@@ -539,16 +543,8 @@ static int lease_reaped(struct batch *b, size_t i, const struct kvt_cqe *q, stru
 	struct kvt_lease *l = &g->leases[i];
 	ssize_t raw;
 
-	if (q->res < 0) {
-		batch_done(b, i, q->res);
+	if (!lease_granted(b, i, q))
 		return 0;
-	}
-	if (check_extent(c, q->off, (uint64_t)q->res) < 0) {
-		c->broken = true;
-		batch_done(b, i, -KVT_EPROTOCOL);
-		return 0;
-	}
-	kvtc_populate(c, q->off, (uint64_t)q->res);
 	raw = kvtc_raw_len(q->flags, c->arena + q->off, (size_t)q->res);
 	if (raw < 0) {
 		/* Not the record its chain makes (as kvt_get_lease): no lease on bytes nobody
@@ -572,7 +568,7 @@ static int lease_reaped(struct batch *b, size_t i, const struct kvt_cqe *q, stru
 KVT_API int kvt_get_lease_batch(struct kvt_client *c, int layout, const struct kvt_key *keys,
 				struct kvt_lease *leases, size_t n, int *status)
 {
-	struct lease_ctx g = {.layout = layout, .keys = keys, .leases = leases};
+	struct lease_ctx g = {.k = {.layout = layout, .keys = keys}, .leases = leases};
 	int ret = batch_args(c, layout, keys, leases, n);
 
 	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
@@ -580,7 +576,7 @@ KVT_API int kvt_get_lease_batch(struct kvt_client *c, int layout, const struct k
 		return ret;
 	for (size_t i = 0; i < n; i++)
 		leases[i].data = NULL;
-	return batch_exec(c, &g.b, n, status, lease_first, lease_reaped);
+	return batch_exec(c, &g.k.b, n, status, lease_first, lease_reaped);
 }
 
 struct lookup_ctx {
