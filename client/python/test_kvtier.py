@@ -700,3 +700,15 @@ def test_batches(client):
     assert ei.value.code == kvtier.KVT_ENOLAYOUT
     assert client.lookup_batch(lay, []).size == 0
     assert client.put_batch(lay, [], np.zeros((0, lay.block_bytes), np.uint8)).size == 0
+    # Leases: the stored bytes in place, misses as None, each released on its own.
+    ls, st = client.lease_batch(lay, [keys[3], miss[0], keys[5]])
+    assert list(st) == [0, -errno.ENOENT, 0] and ls[1] is None
+    assert (ls[0].array.view(np.float16).reshape(blocks[3].shape) == blocks[3]).all()
+    assert (ls[2].decode().view(np.float16).reshape(blocks[5].shape) == blocks[5]).all()
+    assert not ls[0].array.flags.writeable
+    assert client.delete(lay, keys[3]) and not client.contains(lay, keys[3])  # the view lives on
+    assert (ls[0].array.view(np.float16).reshape(blocks[3].shape) == blocks[3]).all()
+    for x in (ls[0], ls[2]):
+        x.release()
+    ls, st = client.lease_batch(lay, [])
+    assert ls == [] and st.size == 0

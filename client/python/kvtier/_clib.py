@@ -155,6 +155,9 @@ def _load() -> ctypes.CDLL:
                                          ctypes.c_void_p]),
         "kvt_lookup_batch": (ctypes.c_int, [c_client, ctypes.c_int, ctypes.c_void_p,
                                             ctypes.c_size_t, ctypes.c_void_p]),
+        "kvt_get_lease_batch": (ctypes.c_int, [c_client, ctypes.c_int, ctypes.c_void_p,
+                                               ctypes.c_void_p, ctypes.c_size_t,
+                                               ctypes.c_void_p]),
     }
     for name, (res, args) in sigs.items():
         fn = getattr(lib, name, None)

@@ -8,7 +8,7 @@ import ctypes
 import errno as _errno
 import os
 import weakref
-from typing import Any, Iterable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -542,6 +542,46 @@ class Client:
         lease = Lease(self, ls, view)
         self._holds.add(lease)
         return lease
+
+    def lease_batch(self, layout: LayoutLike, keys: Union[np.ndarray, Iterable[KeyLike]]
+                    ) -> Tuple[List[Optional[Lease]], np.ndarray]:
+        """Leases many blocks for one round trip to the daemon (kvt_get_lease_batch), as
+        :meth:`lease` does each.  Returns ``(leases, status)``: ``leases[i]`` is a
+        :class:`Lease` (flat uint8 view) or ``None``, ``status[i]`` 0 or the block's error
+        (``-errno.ENOENT`` for a miss).  Every lease must be released (also when others
+        missed); a failure of the call as a whole releases what it leased and raises."""
+        self._need("kvt_get_lease_batch")
+        arr = _keys_array(keys)
+        n = arr.size
+        raw = (_Lease * max(n, 1))()
+        status = np.zeros(n, dtype=np.int32)
+        got = _lib.kvt_get_lease_batch(self._handle(), self._lid(layout), arr.ctypes.data,
+                                       raw, n, status.ctypes.data)
+        if got < 0:
+            for i in range(n):
+                if raw[i].data:
+                    _lib.kvt_lease_release(self._c, ctypes.byref(raw[i]))
+            _check(got, "kvt_get_lease_batch")
+        out: List[Optional[Lease]] = []
+        try:
+            for i in range(n):
+                if status[i] < 0:
+                    out.append(None)
+                    continue
+                ls = _Lease.from_buffer_copy(raw[i])
+                view = _arena_view(ls.data, ls.len, readonly=True, keep=self._conn)
+                lease = Lease(self, ls, view)
+                self._holds.add(lease)
+                out.append(lease)
+        except Exception:
+            for i in range(len(out), n):
+                if status[i] >= 0:
+                    _lib.kvt_lease_release(self._c, ctypes.byref(raw[i]))
+            for lease in out:
+                if lease is not None:
+                    lease.release()
+            raise
+        return out, status
 
     # -- management ------------------------------------------------------------------------
     def delete(self, layout: LayoutLike, key: KeyLike) -> bool:
