@@ -140,13 +140,16 @@ static bool hw_tables_ready(void)
 	return false;
 }
 
-uint32_t kvt_crc32c_hw(uint32_t crc, const void *buf, size_t len);
-__attribute__((target("sse4.2"))) uint32_t kvt_crc32c_hw(uint32_t crc, const void *buf, size_t len)
+/* The hardware CRC over src, storing what it reads to dst too when dst is not NULL (inlined
+ * into both callers below, so the test on dst costs nothing). */
+__attribute__((target("sse4.2"), always_inline)) static inline uint32_t
+hw_crc(uint32_t crc, unsigned char *q, const unsigned char *p, size_t len)
 {
-	const unsigned char *p = buf;
 	uint64_t c = ~crc;
 
 	while (len && ((uintptr_t)p & 7)) {
+		if (q)
+			*q++ = *p;
 		c = _mm_crc32_u8((uint32_t)c, *p++);
 		len--;
 	}
@@ -161,6 +164,11 @@ __attribute__((target("sse4.2"))) uint32_t kvt_crc32c_hw(uint32_t crc, const voi
 				memcpy(&a, p + i, 8);
 				memcpy(&b, p1 + i, 8);
 				memcpy(&d, p2 + i, 8);
+				if (q) {
+					memcpy(q + i, &a, 8);
+					memcpy(q + HW_STRIDE + i, &b, 8);
+					memcpy(q + 2 * HW_STRIDE + i, &d, 8);
+				}
 				c = _mm_crc32_u64(c, a);
 				c1 = _mm_crc32_u64(c1, b);
 				c2 = _mm_crc32_u64(c2, d);
@@ -168,10 +176,20 @@ __attribute__((target("sse4.2"))) uint32_t kvt_crc32c_hw(uint32_t crc, const voi
 			c = hw_shift(hw_shift2, (uint32_t)c) ^ hw_shift(hw_shift1, (uint32_t)c1) ^
 			    (uint32_t)c2;
 			p += 3 * HW_STRIDE;
+			if (q)
+				q += 3 * HW_STRIDE;
 			len -= 3 * HW_STRIDE;
 		}
 	}
+	if (q)
+		memcpy(q, p, len);
 	return ~(uint32_t)hw_run(c, p, len);
+}
+
+uint32_t kvt_crc32c_hw(uint32_t crc, const void *buf, size_t len);
+__attribute__((target("sse4.2"))) uint32_t kvt_crc32c_hw(uint32_t crc, const void *buf, size_t len)
+{
+	return hw_crc(crc, NULL, buf, len);
 }
 
 /* kvt_crc32c_hw that also stores what it reads to dst. */
@@ -179,43 +197,7 @@ uint32_t kvt_crc32c_copy_hw(uint32_t crc, void *dst, const void *src, size_t len
 __attribute__((target("sse4.2"))) uint32_t kvt_crc32c_copy_hw(uint32_t crc, void *dst,
 							      const void *src, size_t len)
 {
-	const unsigned char *p = src;
-	unsigned char *q = dst;
-	uint64_t c = ~crc;
-
-	while (len && ((uintptr_t)p & 7)) {
-		*q++ = *p;
-		c = _mm_crc32_u8((uint32_t)c, *p++);
-		len--;
-	}
-	if (len >= 3 * HW_STRIDE && hw_tables_ready()) {
-		while (len >= 3 * HW_STRIDE) {
-			uint64_t c1 = 0, c2 = 0;
-			const unsigned char *p1 = p + HW_STRIDE, *p2 = p + 2 * HW_STRIDE;
-			unsigned char *q1 = q + HW_STRIDE, *q2 = q + 2 * HW_STRIDE;
-
-			for (unsigned i = 0; i < HW_STRIDE; i += 8) {
-				uint64_t a, b, d;
-
-				memcpy(&a, p + i, 8);
-				memcpy(&b, p1 + i, 8);
-				memcpy(&d, p2 + i, 8);
-				memcpy(q + i, &a, 8);
-				memcpy(q1 + i, &b, 8);
-				memcpy(q2 + i, &d, 8);
-				c = _mm_crc32_u64(c, a);
-				c1 = _mm_crc32_u64(c1, b);
-				c2 = _mm_crc32_u64(c2, d);
-			}
-			c = hw_shift(hw_shift2, (uint32_t)c) ^ hw_shift(hw_shift1, (uint32_t)c1) ^
-			    (uint32_t)c2;
-			p += 3 * HW_STRIDE;
-			q += 3 * HW_STRIDE;
-			len -= 3 * HW_STRIDE;
-		}
-	}
-	memcpy(q, p, len);
-	return ~(uint32_t)hw_run(c, p, len);
+	return hw_crc(crc, dst, src, len);
 }
 #endif
 
