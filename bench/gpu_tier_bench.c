@@ -135,7 +135,7 @@ static int work_init(struct work *w, const char *name, uint64_t total, int pages
 		for (int i = 0; i < 32; i++)
 			w->layer_base[i] = (uint64_t)(uintptr_t)w->dev + (uint64_t)i * layer;
 		w->p = (struct kvt_dev_pages){
-		    sizeof(w->p), 32, w->layer_base, page, page, w->nblocks * page, 2, 1};
+		    sizeof(w->p), 32, w->layer_base, page, page, w->nblocks * page, 2, 1, 0};
 	} else if (pages) {
 		/* 16 layers x 8 heads x 128 dims x 32 tokens fp16: 64 KiB pages, 2 MiB blocks */
 		w->l = (struct kvt_layout){sizeof(w->l),   16, 8, 128, 32,
@@ -148,7 +148,7 @@ static int work_init(struct work *w, const char *name, uint64_t total, int pages
 		for (int i = 0; i < 16; i++)
 			w->layer_base[i] = (uint64_t)(uintptr_t)w->dev + (uint64_t)i * layer;
 		w->p = (struct kvt_dev_pages){
-		    sizeof(w->p), 16, w->layer_base, page, page, w->nblocks * page, 2, 1};
+		    sizeof(w->p), 16, w->layer_base, page, page, w->nblocks * page, 2, 1, 0};
 	} else {
 		/* 16 layers x 8 heads x 128 dims x 16 tokens fp16: 1 MiB blocks, one buffer each */
 		w->l = (struct kvt_layout){sizeof(w->l),   16, 8, 128, 16,
@@ -159,7 +159,7 @@ static int work_init(struct work *w, const char *name, uint64_t total, int pages
 			return -1;
 		w->layer_base[0] = (uint64_t)(uintptr_t)w->dev;
 		w->p = (struct kvt_dev_pages){
-		    sizeof(w->p), 1, w->layer_base, w->block_bytes, w->block_bytes, 0, 1, 1};
+		    sizeof(w->p), 1, w->layer_base, w->block_bytes, w->block_bytes, 0, 1, 1, 0};
 	}
 	kvt_gpu_memset(w->dev, 0x5a, w->block_bytes * w->nblocks);
 	w->ids = malloc(w->nblocks * sizeof(*w->ids));

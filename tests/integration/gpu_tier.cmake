@@ -24,3 +24,16 @@ if(TARGET kvtier AND TARGET kvt_gpu AND TARGET kvtierd)
 		COMMAND $<TARGET_FILE:gpu_hostcodec_test> $<TARGET_FILE:kvtierd> $<TARGET_FILE:kvtierctl>
 		LABELS gpu TIMEOUT 300)
 endif()
+
+# Token-major engine pages (kvt_dev_pages.page_heads): stored in the layout's order, through
+# the raw host tier, the compressed host tier and the GPU pool; compared with a transposition
+# done on the CPU.
+if(TARGET kvtier AND TARGET kvt_gpu AND TARGET kvtierd)
+	add_executable(gpu_pageorder_test ${PROJECT_SOURCE_DIR}/tests/integration/gpu_pageorder_test.c
+		${PROJECT_SOURCE_DIR}/tests/integration/harness.c)
+	target_link_libraries(gpu_pageorder_test PRIVATE kvtier kvt_proto kvt_gpu kvt_codecs m)
+	target_compile_definitions(gpu_pageorder_test PRIVATE _GNU_SOURCE)
+	kvt_add_test(gpu_pageorder
+		COMMAND $<TARGET_FILE:gpu_pageorder_test> $<TARGET_FILE:kvtierd> $<TARGET_FILE:kvtierctl>
+		LABELS gpu TIMEOUT 300)
+endif()
