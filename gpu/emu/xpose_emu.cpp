@@ -35,7 +35,9 @@ static bool kvt_engine_ok(const kvt_gpu_engine *e)
 	return e != nullptr;
 }
 struct kvt_dev_guard {
-	explicit kvt_dev_guard(int) {}
+	explicit kvt_dev_guard(int)
+	{
+	}
 };
 #define KVT_CU(call)                                                                               \
 	do {                                                                                       \
@@ -133,13 +135,14 @@ static void run(const geo &g, uint32_t ctas)
 				for (uint32_t h = 0; h < g.H; h++)
 					for (uint64_t t = 0; t < T; t++) {
 						uint32_t id = ids[i * g.ppb + t / g.P];
-						const uint8_t *src =
-						    E + l * layer + k * pl.kv_stride +
-						    id * pl.block_stride +
-						    ((t % g.P) * g.H + h) * row;
+						const uint8_t *src = E + l * layer +
+								     k * pl.kv_stride +
+								     id * pl.block_stride +
+								     ((t % g.P) * g.H + h) * row;
 						uint8_t *dst =
 						    want.data() + g.mis_blk + i * bb +
-						    (((uint64_t)l * g.n_kv + k) * g.H + h) * T * row +
+						    (((uint64_t)l * g.n_kv + k) * g.H + h) * T *
+							row +
 						    t * row;
 						memcpy(dst, src, row);
 					}
@@ -186,19 +189,19 @@ int main()
 {
 	static const geo gs[] = {
 	    // L n_kv H   D elt  P ppb NB  fi  mis
-	    {1, 1, 1, 1, 1, 1, 1, 1, false, 0, 0},	   // all ones: 1-byte rows
-	    {2, 2, 3, 5, 2, 7, 3, 4, false, 0, 0},	   // 10-byte rows: 2-byte accesses
-	    {1, 2, 5, 6, 1, 3, 2, 3, true, 0, 0},	   // fp8, 6-byte rows, FlashInfer
-	    {3, 2, 8, 128, 2, 16, 1, 5, false, 0, 0},	   // Llama-like, 16-byte accesses
-	    {2, 2, 8, 128, 2, 16, 1, 5, false, 16, 48},	   // offset by 16: still 16 bytes
-	    {2, 2, 4, 64, 2, 16, 4, 3, false, 8, 0},	   // 8-byte accesses
-	    {2, 2, 4, 64, 2, 16, 4, 3, true, 0, 4},	   // 4-byte accesses
-	    {2, 2, 4, 64, 2, 16, 4, 3, false, 2, 0},	   // 2-byte accesses
-	    {1, 2, 4, 64, 1, 16, 4, 3, false, 1, 0},	   // 1-byte accesses
-	    {2, 2, 1, 128, 2, 1, 5, 3, false, 0, 0},	   // one head, one-token pages
-	    {2, 2, 32, 64, 2, 2, 2, 2, true, 0, 0},	   // many heads
-	    {32, 2, 2, 4, 2, 2, 2, 32, false, 0, 0},	   // 4096 jobs: 3 launches
-	    {3, 1, 3, 96, 2, 5, 3, 4, false, 0, 0},	   // one kv tensor
+	    {1, 1, 1, 1, 1, 1, 1, 1, false, 0, 0},	// all ones: 1-byte rows
+	    {2, 2, 3, 5, 2, 7, 3, 4, false, 0, 0},	// 10-byte rows: 2-byte accesses
+	    {1, 2, 5, 6, 1, 3, 2, 3, true, 0, 0},	// fp8, 6-byte rows, FlashInfer
+	    {3, 2, 8, 128, 2, 16, 1, 5, false, 0, 0},	// Llama-like, 16-byte accesses
+	    {2, 2, 8, 128, 2, 16, 1, 5, false, 16, 48}, // offset by 16: still 16 bytes
+	    {2, 2, 4, 64, 2, 16, 4, 3, false, 8, 0},	// 8-byte accesses
+	    {2, 2, 4, 64, 2, 16, 4, 3, true, 0, 4},	// 4-byte accesses
+	    {2, 2, 4, 64, 2, 16, 4, 3, false, 2, 0},	// 2-byte accesses
+	    {1, 2, 4, 64, 1, 16, 4, 3, false, 1, 0},	// 1-byte accesses
+	    {2, 2, 1, 128, 2, 1, 5, 3, false, 0, 0},	// one head, one-token pages
+	    {2, 2, 32, 64, 2, 2, 2, 2, true, 0, 0},	// many heads
+	    {32, 2, 2, 4, 2, 2, 2, 32, false, 0, 0},	// 4096 jobs: 3 launches
+	    {3, 1, 3, 96, 2, 5, 3, 4, false, 0, 0},	// one kv tensor
 	};
 	for (const geo &g : gs)
 		for (uint32_t ctas : {1u, 3u, 1000u})
