@@ -306,6 +306,10 @@ int kvt_gpu_bq_decode_paged(const struct kvt_gpu_bq *b, const void *const *src, 
 	for (uint32_t i = 0; i < n; i++) {
 		const uint32_t P = T / ppb;
 
+		/* the kernel's rule: pages 4-byte aligned */
+		for (uint32_t j = 0; j < L * 2 * ppb; j++)
+			if ((uintptr_t)pages[i * L * 2 * ppb + j] % 4)
+				abort();
 		bad[i] =
 		    kvt_chain_decode(b->chain, src[i], len[i], tmp, b->bb, NULL) != (ssize_t)b->bb;
 		if (bad[i])

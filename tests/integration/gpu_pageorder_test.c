@@ -8,7 +8,8 @@
  * the compressed host tier (host.codec = bq), whose records must be the CPU encoder's bytes of
  * the transposed block.  Blocks of one page and of two pages per layer and K/V; blocks a CPU
  * put restored into pages; page_heads 0, and a caller's older struct size, store the pages as
- * they are (as before); page_heads that do not fit the layout are -EINVAL.  Exits 77
+ * they are (as before); page_heads that do not fit the layout are -EINVAL; pages only 2-byte
+ * aligned (the bq get then decodes into a slot and scatters it).  Exits 77
  * (skipped) without a GPU.
  *
  * usage: gpu_pageorder_test KVTIERD [KVTIERCTL] [TEST...]
@@ -129,7 +130,9 @@ static pid_t start(enum mode m)
 	return pid;
 }
 
-static void run(enum mode m, uint32_t pages_per_block)
+/* mis: bytes the engine's tensors start past an aligned address (2: pages only 2-byte
+ * aligned, so the bq get decodes into a slot and scatters instead of the paged decoder) */
+static void run(enum mode m, uint32_t pages_per_block, unsigned mis)
 {
 	struct kvt_layout l = {sizeof(l), L, H, D, T, KVT_DTYPE_FP16, 0, 0, 1, "gpu-pageorder"};
 	struct kvt_connect_opts co = {sizeof(co), sock, "gpu_pageorder_test", 0, 0, 0};
@@ -144,7 +147,7 @@ static void run(enum mode m, uint32_t pages_per_block)
 	struct kvt_chain *ch = NULL;
 	struct kvt_dev_pages p;
 	uint64_t base[L], layer;
-	uint8_t *dev = NULL;
+	uint8_t *dev = NULL, *pgs;
 	int lay, dl;
 	pid_t pid;
 
@@ -171,14 +174,15 @@ static void run(enum mode m, uint32_t pages_per_block)
 	CHECK_EQ(kvt_dev_open(c, &dopt, &dv), 0);
 	dl = kvt_dev_layout(dv, &l);
 	CHECK(dl >= 0);
-	CHECK_EQ(kvt_gpu_dev_alloc(-1, L * layer, (void **)&dev), 0);
+	CHECK_EQ(kvt_gpu_dev_alloc(-1, L * layer + 16, (void **)&dev), 0);
+	pgs = dev + mis;
 	for (int i = 0; i < L; i++)
-		base[i] = (uint64_t)(uintptr_t)dev + i * layer;
+		base[i] = (uint64_t)(uintptr_t)pgs + i * layer;
 	p = (struct kvt_dev_pages){sizeof(p), L, base, page, page, ne * page, 2, ppb, H};
 
 	/* put: stored in the layout's order */
 	fill_engine(eng, 1);
-	CHECK_EQ(kvt_gpu_memcpy(dev, eng, L * layer), 0);
+	CHECK_EQ(kvt_gpu_memcpy(pgs, eng, L * layer), 0);
 	for (unsigned k = 0; k < NB; k++)
 		keys[k] = key_of(k);
 	CHECK_EQ(kvt_dev_put(dv, dl, &p, keys, ids, NB, 0, NULL), NB);
@@ -206,7 +210,7 @@ static void run(enum mode m, uint32_t pages_per_block)
 	}
 
 	/* get: the pages back (bq: the CPU decoder's values, got); other engine blocks kept */
-	CHECK_EQ(kvt_gpu_memset(dev, 0, L * layer), 0);
+	CHECK_EQ(kvt_gpu_memset(pgs, 0, L * layer), 0);
 	CHECK_EQ(kvt_dev_get(dv, dl, &p, keys, ids, NB, 0, NULL), NB);
 	CHECK_EQ(kvt_dev_info(dv, &info), 0);
 	CHECK_EQ(m == POOL ? info.gpu_gets : info.host_gets, NB);
@@ -219,7 +223,7 @@ static void run(enum mode m, uint32_t pages_per_block)
 				CHECK(!memcmp(page_at(eng2, x / 2, x % 2, ids[i]),
 					      page_at(eng, x / 2, x % 2, ids[i]), page));
 	}
-	CHECK_EQ(kvt_gpu_memcpy(eng, dev, L * layer), 0);
+	CHECK_EQ(kvt_gpu_memcpy(eng, pgs, L * layer), 0);
 	CHECK(memcmp(eng, eng2, L * layer) == 0);
 
 	/* blocks a CPU put (in the layout's order) come back into the pages */
@@ -230,17 +234,17 @@ static void run(enum mode m, uint32_t pages_per_block)
 		CHECK_EQ(kvt_put(c, lay, &keys[k], want + k * BLOCK, BLOCK), 0);
 		CHECK_EQ(kvt_get(c, lay, &keys[k], got + k * BLOCK, BLOCK), (ssize_t)BLOCK);
 	}
-	CHECK_EQ(kvt_gpu_memset(dev, 0, L * layer), 0);
+	CHECK_EQ(kvt_gpu_memset(pgs, 0, L * layer), 0);
 	CHECK_EQ(kvt_dev_get(dv, dl, &p, keys, ids, NB, 0, NULL), NB);
 	memset(eng2, 0, L * layer);
 	for (unsigned k = 0; k < NB; k++)
 		to_pages(got + k * BLOCK, &ids[k * ppb], eng2);
-	CHECK_EQ(kvt_gpu_memcpy(eng, dev, L * layer), 0);
+	CHECK_EQ(kvt_gpu_memcpy(eng, pgs, L * layer), 0);
 	CHECK(memcmp(eng, eng2, L * layer) == 0);
 
 	/* page_heads 0, and the struct's former size: the pages as they are, as before */
 	fill_engine(eng, 3);
-	CHECK_EQ(kvt_gpu_memcpy(dev, eng, L * layer), 0);
+	CHECK_EQ(kvt_gpu_memcpy(pgs, eng, L * layer), 0);
 	for (unsigned k = 0; k < NB; k++)
 		keys[k] = key_of(200 + k);
 	p.page_heads = 0;
@@ -289,38 +293,53 @@ static void run(enum mode m, uint32_t pages_per_block)
 
 static void pageorder_raw(void)
 {
-	run(RAW, 1);
+	run(RAW, 1, 0);
 }
 
 static void pageorder_raw_halfpages(void)
 {
-	run(RAW, 2);
+	run(RAW, 2, 0);
+}
+
+static void pageorder_raw_unaligned(void)
+{
+	run(RAW, 2, 2);
 }
 
 static void pageorder_bq(void)
 {
-	run(BQ, 1);
+	run(BQ, 1, 0);
 }
 
 static void pageorder_bq_halfpages(void)
 {
-	run(BQ, 2);
+	run(BQ, 2, 0);
+}
+
+static void pageorder_bq_unaligned(void)
+{
+	run(BQ, 2, 2);
 }
 
 static void pageorder_pool(void)
 {
-	run(POOL, 1);
+	run(POOL, 1, 0);
 }
 
 static void pageorder_pool_halfpages(void)
 {
-	run(POOL, 2);
+	run(POOL, 2, 0);
 }
 
 static const struct kvt_test_case tests[] = {
-    {"pageorder_raw", pageorder_raw},	{"pageorder_raw_halfpages", pageorder_raw_halfpages},
-    {"pageorder_bq", pageorder_bq},	{"pageorder_bq_halfpages", pageorder_bq_halfpages},
-    {"pageorder_pool", pageorder_pool}, {"pageorder_pool_halfpages", pageorder_pool_halfpages}};
+    {"pageorder_raw", pageorder_raw},
+    {"pageorder_raw_halfpages", pageorder_raw_halfpages},
+    {"pageorder_raw_unaligned", pageorder_raw_unaligned},
+    {"pageorder_bq", pageorder_bq},
+    {"pageorder_bq_halfpages", pageorder_bq_halfpages},
+    {"pageorder_bq_unaligned", pageorder_bq_unaligned},
+    {"pageorder_pool", pageorder_pool},
+    {"pageorder_pool_halfpages", pageorder_pool_halfpages}};
 
 int main(int argc, char **argv)
 {
