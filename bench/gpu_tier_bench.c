@@ -16,6 +16,10 @@
  *                     tokens, one page (2 MiB over all layers) per kvtier block
  * --kvd FILE          with --llama32k: the pages hold real K/V, the dump's slabs tiled (else
  *                     a byte pattern, which a codec would compress beyond any real ratio)
+ * --page-heads        with --llama32k: the pages are token-major as vLLM's ([16][8][128])
+ *                     and kvt_dev_pages.page_heads = 8 stores blocks in the layout's order
+ *                     (the transposing path); without it the pages are filled head-major
+ *                     and stored as they are
  *
  * Workloads (N MiB per repetition, engine blocks at shuffled ids):
  *   blocks_1mib   one 1 MiB device buffer per kvtier block (n_layers = n_kv = 1)
@@ -69,6 +73,8 @@ static pid_t daemon_start(const char *kvtierd, uint64_t host, uint64_t gpu, cons
 	return -1;
 }
 
+static uint32_t page_heads; /* --page-heads: kvt_dev_pages.page_heads of --llama32k */
+
 struct work {
 	const char *name;
 	struct kvt_layout l;
@@ -102,7 +108,9 @@ static int fill_kvd(struct work *w, const char *path, uint32_t layers, uint32_t 
 
 				for (uint32_t h = 0; h < H; h++)
 					for (uint32_t t = 0; t < T; t++)
-						memcpy(buf + ((size_t)h * T + t) * D,
+						memcpy(buf + (page_heads ? (size_t)t * H + h
+									 : (size_t)h * T + t) *
+								 D,
 						       kvd_at(&d, kv ? d.v : d.k, l % d.n_layers,
 							      h % d.n_kv_heads, t0 + t),
 						       D * 2);
@@ -135,7 +143,8 @@ static int work_init(struct work *w, const char *name, uint64_t total, int pages
 		for (int i = 0; i < 32; i++)
 			w->layer_base[i] = (uint64_t)(uintptr_t)w->dev + (uint64_t)i * layer;
 		w->p = (struct kvt_dev_pages){
-		    sizeof(w->p), 32, w->layer_base, page, page, w->nblocks * page, 2, 1};
+		    sizeof(w->p), 32, w->layer_base, page, page, w->nblocks * page, 2, 1,
+		    page_heads};
 	} else if (pages) {
 		/* 16 layers x 8 heads x 128 dims x 32 tokens fp16: 64 KiB pages, 2 MiB blocks */
 		w->l = (struct kvt_layout){sizeof(w->l),   16, 8, 128, 32,
@@ -148,7 +157,7 @@ static int work_init(struct work *w, const char *name, uint64_t total, int pages
 		for (int i = 0; i < 16; i++)
 			w->layer_base[i] = (uint64_t)(uintptr_t)w->dev + (uint64_t)i * layer;
 		w->p = (struct kvt_dev_pages){
-		    sizeof(w->p), 16, w->layer_base, page, page, w->nblocks * page, 2, 1};
+		    sizeof(w->p), 16, w->layer_base, page, page, w->nblocks * page, 2, 1, 0};
 	} else {
 		/* 16 layers x 8 heads x 128 dims x 16 tokens fp16: 1 MiB blocks, one buffer each */
 		w->l = (struct kvt_layout){sizeof(w->l),   16, 8, 128, 16,
@@ -159,7 +168,7 @@ static int work_init(struct work *w, const char *name, uint64_t total, int pages
 			return -1;
 		w->layer_base[0] = (uint64_t)(uintptr_t)w->dev;
 		w->p = (struct kvt_dev_pages){
-		    sizeof(w->p), 1, w->layer_base, w->block_bytes, w->block_bytes, 0, 1, 1};
+		    sizeof(w->p), 1, w->layer_base, w->block_bytes, w->block_bytes, 0, 1, 1, 0};
 	}
 	kvt_gpu_memset(w->dev, 0x5a, w->block_bytes * w->nblocks);
 	w->ids = malloc(w->nblocks * sizeof(*w->ids));
@@ -238,6 +247,8 @@ int main(int argc, char **argv)
 	for (int i = 3; i < argc; i++) {
 		if (!strcmp(argv[i], "--llama32k"))
 			llama = true;
+		else if (!strcmp(argv[i], "--page-heads"))
+			page_heads = 8;
 		else if (i + 1 >= argc)
 			return 2;
 		else if (!strcmp(argv[i], "--mib"))
@@ -251,6 +262,8 @@ int main(int argc, char **argv)
 		else
 			return 2;
 	}
+	if (page_heads && !llama)
+		return 2;
 	if (llama) {
 		mib = 4096; /* 32768 tokens x 32 layers x 2 x 8 heads x 128 x 2 bytes */
 		nwork = 1;
@@ -306,9 +319,10 @@ int main(int argc, char **argv)
 		goto done;
 	fprintf(out,
 		"{\n  \"bench\": \"kvtier-gpu-tier-bench\",\n  \"mib_per_rep\": %llu,\n  \"reps\": "
-		"%d,\n  \"host_codec\": \"%s\",\n  \"kvd\": \"%s\",\n  \"ceiling_h2d_gbs\": "
-		"%.2f,\n  \"ceiling_d2h_gbs\": %.2f,\n  \"results\": [",
-		(unsigned long long)mib, reps, codec, kvd ? kvd : "", h2d_ceil, d2h_ceil);
+		"%d,\n  \"host_codec\": \"%s\",\n  \"kvd\": \"%s\",\n  \"page_heads\": %u,\n  "
+		"\"ceiling_h2d_gbs\": %.2f,\n  \"ceiling_d2h_gbs\": %.2f,\n  \"results\": [",
+		(unsigned long long)mib, reps, codec, kvd ? kvd : "", page_heads, h2d_ceil,
+		d2h_ceil);
 	ret = 0;
 	for (int k = 0; k < nwork; k++) {
 		int lay = kvt_dev_layout(dv, &w[k].l);

@@ -374,9 +374,16 @@ KVT_API int kvt_stats(struct kvt_client *c, struct kvt_stats *st);
  * Daemon restarts: the next call reconnects, maps the new pool (its descriptor carries a
  * higher epoch) and unmaps the old one; blocks of the old daemon's pool are gone.
  *
- * Block bytes: a block stored by kvt_dev_put() holds, per layer, the K pages then the V
- * pages of its engine blocks as the engine keeps them ([block_size][heads][dim] each), i.e.
- * offset(layer l, kv k, page j) = ((l * n_kv + k) * pages_per_block + j) * page_bytes.
+ * Block bytes: by default (page_heads 0) a block stored by kvt_dev_put() holds, per layer,
+ * the K pages then the V pages of its engine blocks byte for byte as the engine keeps them,
+ * i.e. offset(layer l, kv k, page j) = ((l * n_kv + k) * pages_per_block + j) * page_bytes.
+ * That is the layout's own order ([head][token][dim] per layer and K/V, proto/kvt_abi.h) only
+ * for head-major pages (kvtier.hf passes one page per head).  Token-major pages
+ * ([block_size][heads][dim]: vLLM, SGLang, FlashInfer) set page_heads = heads: the library
+ * then stores each block in the layout's order (a transposing gather on the GPU before the
+ * copy down, the scatter after the copy up), so that CPU readers (kvt_get), the bq host codec
+ * and other engines see the bytes the layout declares.  Pages are not transposed in place:
+ * the engine's own tensors keep their order.
  *
  * Threads: one struct kvt_dev serializes its calls (an internal lock); open one per thread
  * for parallel copies.  Without CUDA support in the library, or without a GPU, every
@@ -399,6 +406,14 @@ struct kvt_dev_pages {
 	uint64_t kv_stride;	    /* bytes from a page's K to its V */
 	uint32_t n_kv;		    /* 2 (K and V) or 1 */
 	uint32_t pages_per_block;   /* engine blocks per kvtier block, >= 1 */
+	/* Added last: a caller built before it passes the smaller size, read as 0.  0 or 1: pages
+	 * are stored byte for byte (above); H > 1, a page is [block_size][H][head_dim]
+	 * (token-major) and blocks are stored in the layout's [head][token][dim] order.  Then H
+	 * must be the layout's n_kv_heads, page_bytes = block_size * H * head_dim * element size,
+	 * block_size * pages_per_block = the layout's block_tokens, n_kv = 2 with K at layer_base,
+	 * the layout's kv_order K_THEN_V and n_layers its n_layers: -EINVAL otherwise.  A GPU pool
+	 * that quantizes (gpu.codec int8/int4) keeps such blocks raw. */
+	uint32_t page_heads;
 };
 
 struct kvt_dev_opts {

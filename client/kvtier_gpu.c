@@ -275,6 +275,7 @@ KVT_API void kvt_dev_close(struct kvt_dev *d)
 	free(d->ids);
 	free(d->addrs);
 	free(d->jobs);
+	free(d->xjobs);
 	kvtc_devq_free(d);
 	d->magic = 0;
 	free(d);

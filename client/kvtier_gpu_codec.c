@@ -12,7 +12,10 @@
  * keeps each block in one buffer of its own (n_layers = n_kv = pages_per_block = 1) that is
  * the page itself, decoded (and encoded) in place; otherwise the pages are scattered, and one
  * device-to-device copy (HBM speed, the engine's layout) follows the decode (precedes the
- * encode).
+ * encode).  Token-major pages (kvt_dev_pages.page_heads): the put's copy is gpu/'s transposing
+ * gather (kvt_gpu_xpose) into the raw slot, so the encoder codes the layout's order; the get
+ * decodes straight into the pages (kvt_gpu_bq_decode_paged, which writes token-major), or,
+ * for pages not 4-byte aligned, into the raw slot and scatters it.
  * Staging holds 2 rounds of HOST_CHUNK blocks, as the host path keeps 2 rounds in flight
  * (kvtier_gpu_copy.c): block k uses slot k % (2 * HOST_CHUNK).  A layout whose blocks the
  * kernels cannot take (kvt_gpu_bq_new refuses the geometry), or a build without CUDA, decodes
@@ -27,7 +30,7 @@
 #include "kvtier_gpu_internal.h"
 #include "kvtier_internal.h"
 
-#define SLOTS (2u * HOST_CHUNK)
+#define SLOTS DEV_SLOTS
 
 /* The batch arrays in q_arr (device) and q_harr (pinned mirror), by slot index. */
 #define A_SRC	  0u	      /* u64 device pointers */
@@ -53,6 +56,8 @@ void kvtc_devq_free(struct kvt_dev *d)
 	kvt_gpu_dev_free(d->q_arr);
 	kvt_gpu_host_free(d->q_harr);
 	kvt_gpu_host_free(d->q_hraw);
+	kvt_gpu_dev_free(d->q_pages);
+	kvt_gpu_host_free(d->q_hpages);
 }
 
 /* The GPU plan of layout for chain (a bq chain), made once per chain; NULL if none fits. */
@@ -151,13 +156,14 @@ static int download_u32(struct kvt_dev *d, uint32_t off, uint32_t s0, uint32_t m
 	return kvt_gpu_copy(d->eng, &seg, 1, KVT_GPU_D2H, KVT_GPU_DMA, stream);
 }
 
-/* Block k's engine buffer when the pages are one contiguous block each (the kernels then code
- * in place), else 0. */
-static uint64_t direct_addr(const struct kvt_gpu_paged_layout *pl, const uint32_t *ids, size_t k)
+/* Block k's engine buffer when the pages are one contiguous block each, in the layout's order
+ * (the kernels then code in place), else 0. */
+static uint64_t direct_addr(const struct kvt_dev *d, const struct kvt_gpu_paged_layout *pl,
+			    const uint32_t *ids, size_t k)
 {
 	uint64_t a;
 
-	if (pl->n_layers != 1 || pl->n_kv != 1 || pl->pages_per_block != 1)
+	if (d->xp_heads || pl->n_layers != 1 || pl->n_kv != 1 || pl->pages_per_block != 1)
 		return 0;
 	a = pl->layer_base[0] + (uint64_t)ids[k] * pl->block_stride;
 	return a % 16 ? 0 : a;
@@ -168,10 +174,13 @@ static uint64_t direct_addr(const struct kvt_gpu_paged_layout *pl, const uint32_
 static int slots_pages(struct kvt_dev *d, const struct kvt_gpu_paged_layout *pl, size_t m, bool put,
 		       void *stream)
 {
-	long ns = kvt_gpu_paged_segments(pl, d->ids, d->addrs, m, put ? KVT_GPU_D2H : KVT_GPU_H2D,
-					 d->segs, d->segcap);
+	long ns;
 	int ret;
 
+	if (d->xp_heads) /* token-major pages: the slots hold the layout's order */
+		return kvtc_dev_xpose(d, pl, d->addrs, m, put, stream);
+	ns = kvt_gpu_paged_segments(pl, d->ids, d->addrs, m, put ? KVT_GPU_D2H : KVT_GPU_H2D,
+				    d->segs, d->segcap);
 	if (ns < 0)
 		return (int)ns;
 	ret = kvt_gpu_copy(d->eng, d->segs, (size_t)ns, KVT_GPU_D2D, KVT_GPU_AUTO, stream);
@@ -199,8 +208,8 @@ int kvtc_devq_put_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 		if (d->blk[k].where != B_NONE)
 			continue;
 		d->blk[k].qi = s0 + m;
-		if (direct_addr(pl, ids, k)) {
-			d->q_harr[A_SRC + s0 + m] = direct_addr(pl, ids, k);
+		if (direct_addr(d, pl, ids, k)) {
+			d->q_harr[A_SRC + s0 + m] = direct_addr(d, pl, ids, k);
 		} else {
 			memcpy(&d->ids[nc * ppb], &ids[k * ppb], ppb * sizeof(*ids));
 			d->addrs[nc++] = raw + slot * bb;
@@ -315,10 +324,20 @@ int kvtc_devq_get_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 	struct kvt_gpu_bq *plan = d->bq[layout];
 	uint32_t ppb = pl->pages_per_block, s0 = (uint32_t)(k0 % SLOTS), m = 0, nc = 0, *a;
 	uint64_t raw = (uint64_t)(uintptr_t)d->q_raw, enc = (uint64_t)(uintptr_t)d->q_enc;
+	bool paged = d->xp_heads && d->q_per; /* token-major pages: the paged decoder */
 	int ret;
 
-	for (size_t k = k0; k < k1; k++)
-		m += d->blk[k].where == B_HOSTE;
+	for (size_t k = k0; k < k1; k++) {
+		if (d->blk[k].where != B_HOSTE)
+			continue;
+		m++;
+		/* the paged decoder stores 4 bytes at a time */
+		for (uint32_t l = 0; paged && l < pl->n_layers; l++)
+			for (uint32_t j = 0; paged && j < ppb; j++)
+				paged = !((pl->layer_base[l] | pl->kv_stride |
+					   (uint64_t)ids[k * ppb + j] * pl->block_stride) &
+					  3);
+	}
 	if (!m)
 		return 0;
 	if (!plan)
@@ -333,8 +352,19 @@ int kvtc_devq_get_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 			continue;
 		b->qi = s0 + m;
 		d->q_harr[A_SRC + s0 + m] = enc + slot * d->q_bound;
-		if (direct_addr(pl, ids, k)) {
-			d->q_harr[A_DST + s0 + m] = direct_addr(pl, ids, k);
+		d->q_harr[A_DST + s0 + m] = raw + slot * bb;
+		if (paged) {
+			/* token-major pages: decoded straight into them */
+			struct kvt_gpu_xgeom x;
+
+			if (kvt_gpu_xpose_jobs(pl, d->xp_heads, d->xp_row, &ids[k * ppb],
+					       &d->q_harr[A_DST + s0 + m], 1, &x, d->xjobs,
+					       d->xjcap) != (long)d->q_per)
+				return -EINVAL;
+			for (size_t j = 0; j < d->q_per; j++)
+				d->q_hpages[(s0 + m) * d->q_per + j] = d->xjobs[j].page;
+		} else if (direct_addr(d, pl, ids, k)) {
+			d->q_harr[A_DST + s0 + m] = direct_addr(d, pl, ids, k);
 		} else {
 			memcpy(&d->ids[nc * ppb], &ids[k * ppb], ppb * sizeof(*ids));
 			d->addrs[nc++] = raw + slot * bb;
@@ -349,10 +379,24 @@ int kvtc_devq_get_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 	ret = kvt_gpu_copy(d->eng, segs, m, KVT_GPU_H2D, KVT_GPU_AUTO, stream);
 	if (ret >= 0)
 		ret = upload_arrays(d, s0, m, stream);
-	if (ret >= 0)
+	if (ret >= 0 && paged) {
+		uint64_t off = (uint64_t)s0 * d->q_per * 8;
+		struct kvt_gpu_seg seg = {(uint64_t)(uintptr_t)d->q_hpages + off,
+					  (uint64_t)(uintptr_t)d->q_pages + off,
+					  (uint64_t)m * d->q_per * 8};
+
+		ret = kvt_gpu_copy(d->eng, &seg, 1, KVT_GPU_H2D, KVT_GPU_DMA, stream);
+		if (ret >= 0)
+			ret = kvt_gpu_bq_decode_paged(
+			    plan, (const void *const *)(d->q_arr + A_SRC + s0),
+			    u32s(d->q_arr) + A_LEN + s0, m,
+			    (void *const *)(d->q_pages + (size_t)s0 * d->q_per), ppb,
+			    u32s(d->q_arr) + A_BAD + s0, stream);
+	} else if (ret >= 0) {
 		ret = kvt_gpu_bq_decode(
 		    plan, (const void *const *)(d->q_arr + A_SRC + s0), u32s(d->q_arr) + A_LEN + s0,
 		    m, (void *const *)(d->q_arr + A_DST + s0), u32s(d->q_arr) + A_BAD + s0, stream);
+	}
 	if (ret >= 0 && nc)
 		ret = slots_pages(d, pl, nc, false, stream);
 	if (ret >= 0)
@@ -365,4 +409,25 @@ int kvtc_devq_get_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 int kvtc_devq_get_check(struct kvt_dev *d, size_t k)
 {
 	return u32s(d->q_harr)[A_BAD + d->blk[k].qi] ? -EBADMSG : 0;
+}
+
+int kvtc_devq_xp_ready(struct kvt_dev *d, const struct kvt_gpu_paged_layout *pl, uint32_t bb)
+{
+	size_t per = (size_t)pl->n_layers * pl->n_kv * pl->pages_per_block;
+	int ret = staging(d, bb, d->q_bound ? d->q_bound : 1, NULL);
+
+	if (ret < 0)
+		return ret;
+	if (d->q_per < per) {
+		kvt_gpu_dev_free(d->q_pages);
+		kvt_gpu_host_free(d->q_hpages);
+		d->q_pages = d->q_hpages = NULL;
+		d->q_per = 0;
+		if ((ret = kvt_gpu_dev_alloc(d->device, SLOTS * per * 8, (void **)&d->q_pages)) <
+			0 ||
+		    (ret = kvt_gpu_host_alloc(SLOTS * per * 8, (void **)&d->q_hpages)) < 0)
+			return ret;
+	}
+	d->q_per = per; /* the arrays may be larger: a slot's stride is this call's */
+	return 0;
 }

@@ -4,7 +4,9 @@
  * pool first, device to device, and the rest through the host tier's reserve/commit or
  * lease/release, HOST_CHUNK blocks a round so that one round's copies run on the GPU while
  * the next round talks to the daemon.  A pool holding quantized blocks (gpu.codec int8/int4)
- * is written and read through gpu/'s quantization kernels.
+ * is written and read through gpu/'s quantization kernels.  Token-major pages (page_heads)
+ * move through gpu/'s transposing kernel: straight into (out of) pool blocks, and through a
+ * device slot a block (kvtier_gpu_codec.c's q_raw) on the way to (from) the host arena.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -52,7 +54,55 @@ static int grow(struct kvt_dev *d, size_t n, const struct kvt_gpu_paged_layout *
 		d->segs = p;
 		d->segcap = segs;
 	}
+	if (d->xp_heads) {
+		size_t xj = (size_t)DEV_ROUND * pl->n_layers * pl->n_kv * pl->pages_per_block;
+
+		if (xj > d->xjcap) {
+			void *p = realloc(d->xjobs, xj * sizeof(*d->xjobs));
+			if (!p)
+				return -ENOMEM;
+			d->xjobs = p;
+			d->xjcap = xj;
+		}
+	}
 	return 0;
+}
+
+int kvtc_dev_xpose(struct kvt_dev *d, const struct kvt_gpu_paged_layout *pl, const uint64_t *blk,
+		   size_t m, bool put, void *stream)
+{
+	struct kvt_gpu_xgeom x;
+	long nj =
+	    kvt_gpu_xpose_jobs(pl, d->xp_heads, d->xp_row, d->ids, blk, m, &x, d->xjobs, d->xjcap);
+	int ret;
+
+	if (nj < 0)
+		return (int)nj;
+	ret = kvt_gpu_xpose(d->eng, &x, d->xjobs, (size_t)nj, !put, stream);
+	return ret < 0 ? ret : 0;
+}
+
+/* queue_copy for token-major pages: pool blocks are gathered into (scattered from) directly;
+ * host blocks through their device slot (block k: q_raw slot k % DEV_SLOTS), which the round's
+ * DMA copies down (put, after the gather) or up (get, before the scatter). */
+static int queue_xpose(struct kvt_dev *d, const struct kvt_gpu_paged_layout *pl,
+		       const uint64_t *slot, size_t m, uint8_t where, bool put, void *stream)
+{
+	uint64_t bb = kvt_gpu_paged_block_bytes(pl);
+	int ret;
+
+	if (where == B_GPU)
+		return kvtc_dev_xpose(d, pl, d->addrs, m, put, stream);
+	for (size_t i = 0; i < m; i++)
+		d->segs[i] = put ? (struct kvt_gpu_seg){slot[i], d->addrs[i], bb}
+				 : (struct kvt_gpu_seg){d->addrs[i], slot[i], bb};
+	if (put && (ret = kvtc_dev_xpose(d, pl, slot, m, true, stream)) < 0)
+		return ret;
+	ret =
+	    kvt_gpu_copy(d->eng, d->segs, m, put ? KVT_GPU_D2H : KVT_GPU_H2D, KVT_GPU_AUTO, stream);
+	if (ret >= 0 && !put)
+		ret = kvtc_dev_xpose(d, pl, slot, m, false, stream);
+	return ret < 0 ? ret : 0;
 }
 
 /*
@@ -64,19 +114,28 @@ static long queue_copy(struct kvt_dev *d, const struct kvt_gpu_paged_layout *pl,
 		       void *stream)
 {
 	uint32_t ppb = pl->pages_per_block;
+	uint64_t slot[DEV_ROUND];
 	size_t m = 0;
 	long ns;
 	int ret;
 
+	if (to - from > DEV_ROUND)
+		return -EINVAL;
 	for (size_t k = from; k < to; k++) {
 		if (d->blk[k].where != where)
 			continue;
 		memcpy(&d->ids[m * ppb], &ids[k * ppb], ppb * sizeof(*ids));
 		d->addrs[m] = d->blk[k].addr;
+		slot[m] =
+		    (uint64_t)(uintptr_t)d->q_raw + (k % DEV_SLOTS) * kvt_gpu_paged_block_bytes(pl);
 		m++;
 	}
 	if (!m)
 		return 0;
+	if (d->xp_heads) {
+		ret = queue_xpose(d, pl, slot, m, where, put, stream);
+		return ret < 0 ? ret : (long)m;
+	}
 	ns = kvt_gpu_paged_segments(pl, d->ids, d->addrs, m, put ? KVT_GPU_D2H : KVT_GPU_H2D,
 				    d->segs, d->segcap);
 	if (ns < 0)
@@ -98,7 +157,7 @@ static unsigned page_plan(const struct kvt_dev *d, const struct kvt_layout *l,
 	unsigned gdt = l->dtype == KVT_DTYPE_FP16 ? KVT_GPU_FP16 : KVT_GPU_BF16;
 	uint64_t tt;
 
-	if (!d->bits || pl->n_kv != 2 || pl->n_layers != l->n_layers ||
+	if (!d->bits || d->xp_heads || pl->n_kv != 2 || pl->n_layers != l->n_layers ||
 	    (l->dtype != KVT_DTYPE_FP16 && l->dtype != KVT_DTYPE_BF16) || pl->page_bytes % row ||
 	    pl->block_stride % 16 || pl->kv_stride % 16)
 		return 0;
@@ -171,13 +230,29 @@ static int fence(struct kvt_dev *d, void *stream, uint64_t *v)
 	return 0;
 }
 
+/* Token-major pages (page_heads H > 1) must be exactly the layout's blocks, split by tokens:
+ * returns the bytes of one head's row, or 0 when they are not. */
+static uint32_t xp_row_bytes(const struct kvt_layout *l, const struct kvt_gpu_paged_layout *pl,
+			     uint32_t h)
+{
+	uint64_t row = (uint64_t)l->head_dim * (l->dtype == KVT_DTYPE_FP8_E4M3 ? 1 : 2);
+
+	if (h != l->n_kv_heads || pl->n_kv != 2 || pl->n_layers != l->n_layers ||
+	    l->kv_order != KVT_ORDER_K_THEN_V || !row || row > UINT32_MAX ||
+	    pl->page_bytes % (h * row) ||
+	    pl->page_bytes / (h * row) * pl->pages_per_block != l->block_tokens)
+		return 0;
+	return (uint32_t)row;
+}
+
 static int check_args(struct kvt_dev *d, int layout, const struct kvt_dev_pages *p,
 		      const struct kvt_key *keys, const uint32_t *ids, size_t n,
-		      struct kvt_gpu_paged_layout *pl, uint32_t *bb)
+		      struct kvt_gpu_paged_layout *pl, uint32_t *bb, uint32_t *xh, uint32_t *xrow)
 {
+	size_t old = offsetof(struct kvt_dev_pages, page_heads);
 	uint64_t b;
 
-	if (!d || d->magic != DEV_MAGIC || !p || p->size < sizeof(*p) || (n && (!keys || !ids)))
+	if (!d || d->magic != DEV_MAGIC || !p || p->size < old || (n && (!keys || !ids)))
 		return -EINVAL;
 	if (layout < 0 || (unsigned)layout >= d->nlayouts)
 		return -KVT_ENOLAYOUT;
@@ -194,6 +269,15 @@ static int check_args(struct kvt_dev *d, int layout, const struct kvt_dev_pages 
 	if (!b || b > kvt_layout_block_bytes(&d->layouts[layout]))
 		return -EINVAL;
 	*bb = (uint32_t)b;
+	*xh = p->size >= old + sizeof(p->page_heads) ? p->page_heads : 0;
+	*xrow = 0;
+	if (*xh > 1) {
+		*xrow = xp_row_bytes(&d->layouts[layout], pl, *xh);
+		if (!*xrow)
+			return -EINVAL;
+	} else {
+		*xh = 0; /* one head: token-major is head-major */
+	}
 	return 0;
 }
 
@@ -339,6 +423,10 @@ static int host_path(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_l
 	bool have_prev = false;
 	int first_err = 0, ret;
 
+	if (d->xp_heads && n && (ret = kvtc_devq_xp_ready(d, pl, bb)) < 0) {
+		*np = 0;
+		return ret;
+	}
 	for (size_t k0 = 0; k0 < n; k0 += HOST_CHUNK) {
 		size_t k1 = n - k0 < HOST_CHUNK ? n : k0 + HOST_CHUNK;
 		int copy_err = 0;
@@ -439,13 +527,16 @@ static int op_begin(struct kvt_dev *d, int layout, const struct kvt_dev_pages *p
 		    const struct kvt_key *keys, const uint32_t *ids, size_t n,
 		    struct kvt_gpu_paged_layout *pl, uint32_t *bb)
 {
-	int ret = check_args(d, layout, p, keys, ids, n, pl, bb);
+	uint32_t xh, xrow;
+	int ret = check_args(d, layout, p, keys, ids, n, pl, bb, &xh, &xrow);
 
 	if (ret < 0 || !n)
 		return ret;
 	if (n > INT32_MAX)
 		return -EINVAL;
 	pthread_mutex_lock(&d->lock);
+	d->xp_heads = xh;
+	d->xp_row = xrow;
 	ret = grow(d, n, pl);
 	if (ret < 0) {
 		pthread_mutex_unlock(&d->lock);

@@ -24,6 +24,8 @@
 #define DEV_LAYOUTS  64
 #define DEV_REGS     8
 #define HOST_CHUNK   32u /* host-path blocks per copy round (pipelined with the next) */
+#define DEV_SLOTS    (2u * HOST_CHUNK) /* device staging slots: 2 rounds in flight */
+#define DEV_ROUND    64u	       /* blocks of one GPU_OP round (the pool part) */
 #define DEV_TIMEOUT  10000
 #define FLAG_TIMEOUT (30ll * 1000000000ll)
 
@@ -86,6 +88,12 @@ struct kvt_dev {
 	size_t njobs;
 	size_t idcap;
 	uint64_t gpu_puts, host_puts, gpu_gets, host_gets;
+	/* The call's token-major pages (kvt_dev_pages.page_heads > 1; xp_heads 0 otherwise): its
+	 * blocks are moved by gpu/'s transposing kernel (kvt_gpu_xpose), host blocks through the
+	 * device slots q_raw. */
+	uint32_t xp_heads, xp_row;
+	struct kvt_gpu_xjob *xjobs; /* DEV_ROUND blocks' worth */
+	size_t xjcap;
 	/* The compressed host tier on the GPU (kvtier_gpu_codec.c): a bq plan per layout, and
 	 * staging for 2 rounds of HOST_CHUNK blocks (records, raw blocks, the batch arrays). */
 	struct kvt_gpu_bq *bq[DEV_LAYOUTS];
@@ -95,9 +103,12 @@ struct kvt_dev {
 	uint8_t *q_raw, *q_enc; /* device: 2 * HOST_CHUNK slots each */
 	void *q_scratch;	/* device: the encoder's */
 	size_t q_scratch_len;
-	uint64_t *q_arr;  /* device: the batch arrays (struct q_arrays) */
-	uint64_t *q_harr; /* pinned host mirror of q_arr */
-	uint8_t *q_hraw;  /* pinned host: CPU-decoded blocks (no GPU plan) */
+	uint64_t *q_arr;	      /* device: the batch arrays (struct q_arrays) */
+	uint64_t *q_harr;	      /* pinned host mirror of q_arr */
+	uint8_t *q_hraw;	      /* pinned host: CPU-decoded blocks (no GPU plan) */
+	uint64_t *q_pages, *q_hpages; /* device, pinned mirror: kvt_gpu_bq_decode_paged's page
+				       * pointers, q_per a slot (token-major pages) */
+	size_t q_per;
 	uint64_t gpu_encodes, gpu_decodes, cpu_decodes;
 };
 
@@ -128,5 +139,13 @@ int kvtc_devq_get_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 /* After round k's fence: 0, or -EBADMSG when the GPU found block k's record malformed. */
 int kvtc_devq_get_check(struct kvt_dev *d, size_t k);
 void kvtc_devq_free(struct kvt_dev *d);
+/* Token-major pages: readies the device slots (and the paged decoder's pointer arrays) for
+ * blocks of bb bytes in layout pl, before a call's host part queues anything.  0 or -errno. */
+int kvtc_devq_xp_ready(struct kvt_dev *d, const struct kvt_gpu_paged_layout *pl, uint32_t bb);
+/* Token-major pages: queues the moves between the pages of the m blocks whose engine ids are
+ * at d->ids and the blocks at blk[i] (device memory: a pool block or a staging slot), by the
+ * transposing kernel; put: pages -> blocks.  0 or -errno. */
+int kvtc_dev_xpose(struct kvt_dev *d, const struct kvt_gpu_paged_layout *pl, const uint64_t *blk,
+		   size_t m, bool put, void *stream);
 
 #endif /* KVTIER_GPU_INTERNAL_H */

@@ -248,3 +248,65 @@ uint64_t kvt_gpu_kvq_offset(const struct kvt_gpu_kvq *q, unsigned layer, unsigne
 	return (uint64_t)layer * ppb * (q->k_bytes + q->v_bytes) + (kv ? ppb * q->k_bytes : 0) +
 	       (uint64_t)page * (kv ? q->v_bytes : q->k_bytes);
 }
+
+/* ---- token-major pages <-> ABI-order blocks ------------------------------------------------ */
+
+int kvt_gpu_xpose_unit(const struct kvt_gpu_xgeom *x, const struct kvt_gpu_xjob *jobs, size_t n)
+{
+	uint64_t any;
+	unsigned w = 16;
+
+	if (!x || !x->heads || !x->tokens || !x->row_bytes || x->reserved ||
+	    x->head_stride < (uint64_t)x->tokens * x->row_bytes ||
+	    (uint64_t)x->tokens * x->heads * x->row_bytes >= (1ull << 31) || (n && !jobs))
+		return -EINVAL;
+	any = x->row_bytes | x->head_stride;
+	for (size_t i = 0; i < n; i++) {
+		if (!jobs[i].page || !jobs[i].blk)
+			return -EINVAL;
+		any |= jobs[i].page | jobs[i].blk;
+	}
+	while (w > 1 && (any & (w - 1)))
+		w >>= 1;
+	return (int)w;
+}
+
+long kvt_gpu_xpose_jobs(const struct kvt_gpu_paged_layout *l, uint32_t heads, uint32_t row_bytes,
+			const uint32_t *ids, const uint64_t *addr, size_t nblocks,
+			struct kvt_gpu_xgeom *x, struct kvt_gpu_xjob *jobs, size_t cap)
+{
+	uint64_t block_bytes = kvt_gpu_paged_block_bytes(l), hr = (uint64_t)heads * row_bytes, p;
+	size_t per_block, n = 0;
+
+	if (!block_bytes || !hr || !x || l->page_bytes % hr ||
+	    (nblocks && (!ids || !addr || !jobs)))
+		return -EINVAL;
+	p = l->page_bytes / hr;
+	if (p > UINT32_MAX)
+		return -EINVAL;
+	memset(x, 0, sizeof(*x));
+	x->heads = heads;
+	x->tokens = (uint32_t)p;
+	x->row_bytes = row_bytes;
+	x->head_stride = (uint64_t)l->pages_per_block * p * row_bytes;
+	per_block = (size_t)l->n_layers * l->n_kv * l->pages_per_block;
+	if (nblocks > cap / per_block)
+		return -ENOSPC;
+	for (size_t i = 0; i < nblocks; i++) {
+		for (uint32_t layer = 0; layer < l->n_layers; layer++) {
+			for (uint32_t k = 0; k < l->n_kv; k++) {
+				uint64_t slab = addr[i] + ((uint64_t)layer * l->n_kv + k) *
+							      l->pages_per_block * l->page_bytes;
+
+				for (uint32_t j = 0; j < l->pages_per_block; j++) {
+					jobs[n].page = l->layer_base[layer] + k * l->kv_stride +
+						       (uint64_t)ids[i * l->pages_per_block + j] *
+							   l->block_stride;
+					jobs[n].blk = slab + (uint64_t)j * p * row_bytes;
+					n++;
+				}
+			}
+		}
+	}
+	return (long)n;
+}

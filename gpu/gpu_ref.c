@@ -194,3 +194,26 @@ int kvt_gpu_ref_dequantize(const struct kvt_gpu_qparams *p, enum kvt_gpu_kv kind
 	}
 	return 0;
 }
+
+int kvt_gpu_ref_xpose(const struct kvt_gpu_xgeom *x, const struct kvt_gpu_xjob *jobs, size_t n,
+		      int to_pages)
+{
+	if (kvt_gpu_xpose_unit(x, jobs, n) < 0)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		for (uint32_t t = 0; t < x->tokens; t++) {
+			for (uint32_t h = 0; h < x->heads; h++) {
+				uint8_t *pg = (uint8_t *)(uintptr_t)jobs[i].page +
+					      ((size_t)t * x->heads + h) * x->row_bytes;
+				uint8_t *bk = (uint8_t *)(uintptr_t)jobs[i].blk +
+					      h * x->head_stride + (size_t)t * x->row_bytes;
+
+				if (to_pages)
+					memcpy(pg, bk, x->row_bytes);
+				else
+					memcpy(bk, pg, x->row_bytes);
+			}
+		}
+	}
+	return 0;
+}

@@ -157,3 +157,9 @@ int kvt_gpu_dequantize(struct kvt_gpu_engine *e, const struct kvt_gpu_qparams *p
 {
 	return -ENODEV;
 }
+
+int kvt_gpu_xpose(struct kvt_gpu_engine *e, const struct kvt_gpu_xgeom *x,
+		  const struct kvt_gpu_xjob *jobs, size_t n, int to_pages, void *stream)
+{
+	return -ENODEV;
+}

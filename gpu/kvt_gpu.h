@@ -250,6 +250,54 @@ long kvt_gpu_paged_segments(const struct kvt_gpu_paged_layout *l, const uint32_t
  * Returns the new count. */
 size_t kvt_gpu_seg_coalesce(struct kvt_gpu_seg *segs, size_t n);
 
+/* ---- token-major pages <-> blocks in the layout's order ------------------------------------
+ * Engines that keep a page token-major, [P tokens][H heads][row bytes] (vLLM, SGLang,
+ * FlashInfer; row = head_dim * element size), hold a block's tokens in an order the layout ABI
+ * does not declare: per layer, K then V, each [head][token][dim] (proto/kvt_abi.h).  These
+ * calls move pages to and from blocks in the ABI's order: page j of a block's K (or V) slab of
+ * one layer holds the slab's tokens j*P .. j*P+P-1, and
+ *   page byte  (t * H + h) * row + c   <->   slab byte  h * head_stride + (j * P + t) * row + c
+ * with head_stride = pages_per_block * P * row.  One job is one page and the place of its
+ * first token's head-0 row in the slab (slab + j * P * row). */
+struct kvt_gpu_xgeom {
+	uint32_t heads;	      /* H, >= 1 */
+	uint32_t tokens;      /* P: tokens of one page, >= 1 */
+	uint32_t row_bytes;   /* head_dim * element size, >= 1 */
+	uint32_t reserved;    /* 0 */
+	uint64_t head_stride; /* bytes from head h to h + 1 in the slab, >= tokens * row_bytes */
+};
+
+struct kvt_gpu_xjob {
+	uint64_t page; /* the page: device memory */
+	uint64_t blk;  /* head 0, first token of the page, in the slab: device memory */
+};
+
+/* [host] The jobs for nblocks kvtier blocks of paged layout l whose pages hold `heads` heads
+ * of row_bytes each (page_bytes = P * heads * row_bytes): engine blocks ids[i * ppb + j] <->
+ * the block at addr[i], per layer K (kv 0, at layer_base) then V.  Fills *x and writes
+ * nblocks * n_layers * n_kv * ppb jobs (page order) into jobs (cap entries).  Returns the
+ * number written, -ENOSPC when cap is too small, -EINVAL when the pages do not split so. */
+long kvt_gpu_xpose_jobs(const struct kvt_gpu_paged_layout *l, uint32_t heads, uint32_t row_bytes,
+			const uint32_t *ids, const uint64_t *addr, size_t nblocks,
+			struct kvt_gpu_xgeom *x, struct kvt_gpu_xjob *jobs, size_t cap);
+
+/* Queues the n jobs on stream: to_pages 0 gathers pages into their slabs (token-major ->
+ * head-major), 1 scatters slabs into pages.  Jobs must not overlap each other's destination;
+ * the jobs array is read before the call returns (passed by value, as the copy kernels' lists).
+ * Moves 16, 8, 4, 2 or 1 bytes per access, the widest that row_bytes, head_stride and every
+ * address allow.  Returns kernel launches enqueued (>= 0) or -EINVAL/-EIO/-ENODEV. */
+int kvt_gpu_xpose(struct kvt_gpu_engine *e, const struct kvt_gpu_xgeom *x,
+		  const struct kvt_gpu_xjob *jobs, size_t n, int to_pages, void *stream);
+
+/* [host] The access width kvt_gpu_xpose() uses for these jobs (16, 8, 4, 2 or 1 bytes), or
+ * -EINVAL for parameters it refuses (zero sizes, reserved set, head_stride below a page's
+ * tokens, a page of 2 GiB or more, jobs without addresses). */
+int kvt_gpu_xpose_unit(const struct kvt_gpu_xgeom *x, const struct kvt_gpu_xjob *jobs, size_t n);
+
+/* [host] The same on host memory (the reference of the tests). 0 or -EINVAL. */
+int kvt_gpu_ref_xpose(const struct kvt_gpu_xgeom *x, const struct kvt_gpu_xjob *jobs, size_t n,
+		      int to_pages);
+
 /* ---- KIVI-style quantization ---------------------------------------------------------------
  * One tile is one page of K or V: [tokens][heads][head_dim] elements of fp16 or bf16.
  * Keys are quantized per channel over groups of k_group tokens, values per token over groups

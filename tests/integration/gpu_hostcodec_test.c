@@ -85,7 +85,8 @@ static int pages_init(struct pages *pg)
 		if (kvt_gpu_dev_alloc(-1, NB * BLOCK, (void **)&pg->dev) < 0)
 			return -1;
 		pg->base[0] = (uint64_t)(uintptr_t)pg->dev;
-		pg->p = (struct kvt_dev_pages){sizeof(pg->p), 1, pg->base, BLOCK, BLOCK, 0, 1, 1};
+		pg->p =
+		    (struct kvt_dev_pages){sizeof(pg->p), 1, pg->base, BLOCK, BLOCK, 0, 1, 1, 0};
 		return kvt_gpu_memset(pg->dev, 0, NB * BLOCK);
 	}
 
@@ -93,8 +94,8 @@ static int pages_init(struct pages *pg)
 		return -1;
 	for (int i = 0; i < L; i++)
 		pg->base[i] = (uint64_t)(uintptr_t)pg->dev + (uint64_t)i * layer;
-	pg->p = (struct kvt_dev_pages){sizeof(pg->p),  L,	  pg->base, PAGE / pg->ppb,
-				       PAGE / pg->ppb, NB * PAGE, 2,	    pg->ppb};
+	pg->p = (struct kvt_dev_pages){
+	    sizeof(pg->p), L, pg->base, PAGE / pg->ppb, PAGE / pg->ppb, NB * PAGE, 2, pg->ppb, 0};
 	return kvt_gpu_memset(pg->dev, 0, L * layer);
 }
 

@@ -332,7 +332,7 @@ static int pages_init(struct pages *pg)
 	for (int i = 0; i < 4; i++)
 		pg->base[i] = (uint64_t)(uintptr_t)pg->dev + (uint64_t)i * pg->layer_bytes;
 	pg->p = (struct kvt_dev_pages){sizeof(pg->p),	      4, pg->base, pg->page, pg->page,
-				       NUM_BLOCKS * pg->page, 2, 1};
+				       NUM_BLOCKS * pg->page, 2, 1,	   0};
 	return kvt_gpu_memset(pg->dev, 0, 4 * pg->layer_bytes);
 }
 

@@ -326,6 +326,72 @@ static void test_paged_segments(void **state)
 	assert_int_equal(kvt_gpu_paged_block_bytes(&l), 0);
 }
 
+/* Token-major pages -> ABI-order blocks (kvt_gpu_xpose_jobs + kvt_gpu_ref_xpose) against the
+ * layout's definition, element by element; then back; and the parameters refused. */
+static void test_xpose_ref(void **state)
+{
+	enum { L = 2, H = 3, D = 5, P = 3, PPB = 2, NE = 6, NB = 2, T = P * PPB };
+	static uint16_t eng[L][2][NE][P][H][D], blk[NB][L][2][H][T][D], back[L][2][NE][P][H][D];
+	uint64_t bases[L], addr[NB];
+	uint32_t ids[NB * PPB] = {4, 1, 0, 5};
+	struct kvt_gpu_paged_layout l = {sizeof(l),	     L, bases, P * H * D * 2, P * H * D * 2,
+					 NE * P * H * D * 2, 2, PPB};
+	struct kvt_gpu_xjob jobs[NB * L * 2 * PPB];
+	struct kvt_gpu_xgeom x;
+	uint16_t v = 1;
+
+	for (int i = 0; i < L; i++)
+		bases[i] = (uint64_t)(uintptr_t)eng[i];
+	for (int i = 0; i < NB; i++)
+		addr[i] = (uint64_t)(uintptr_t)blk[i];
+	for (size_t i = 0; i < sizeof(eng) / 2; i++)
+		(&eng[0][0][0][0][0][0])[i] = v++;
+	assert_int_equal(kvt_gpu_xpose_jobs(&l, H, D * 2, ids, addr, NB, &x, jobs, 15), -ENOSPC);
+	assert_int_equal(kvt_gpu_xpose_jobs(&l, H, D * 2, ids, addr, NB, &x, jobs, 16), 16);
+	assert_int_equal(x.tokens, P);
+	assert_int_equal(x.head_stride, T * D * 2);
+	assert_int_equal(kvt_gpu_xpose_unit(&x, jobs, 16), 2);
+	assert_int_equal(kvt_gpu_ref_xpose(&x, jobs, 16, 0), 0);
+	for (int b = 0; b < NB; b++)
+		for (int i = 0; i < L; i++)
+			for (int k = 0; k < 2; k++)
+				for (int h = 0; h < H; h++)
+					for (int t = 0; t < T; t++)
+						for (int d = 0; d < D; d++)
+							assert_int_equal(
+							    blk[b][i][k][h][t][d],
+							    eng[i][k][ids[b * PPB + t / P]][t % P]
+							       [h][d]);
+	for (int i = 0; i < L; i++)
+		bases[i] = (uint64_t)(uintptr_t)back[i];
+	assert_int_equal(kvt_gpu_xpose_jobs(&l, H, D * 2, ids, addr, NB, &x, jobs, 16), 16);
+	assert_int_equal(kvt_gpu_ref_xpose(&x, jobs, 16, 1), 0);
+	for (int b = 0; b < NB * PPB; b++)
+		for (int i = 0; i < L; i++)
+			for (int k = 0; k < 2; k++)
+				assert_memory_equal(back[i][k][ids[b]], eng[i][k][ids[b]],
+						    sizeof(back[0][0][0]));
+	/* pages that do not split into heads x rows; bad parameters */
+	assert_int_equal(kvt_gpu_xpose_jobs(&l, 4, D * 2, ids, addr, NB, &x, jobs, 16), -EINVAL);
+	assert_int_equal(kvt_gpu_xpose_jobs(&l, H, 0, ids, addr, NB, &x, jobs, 16), -EINVAL);
+	x.reserved = 1;
+	assert_int_equal(kvt_gpu_xpose_unit(&x, jobs, 16), -EINVAL);
+	x.reserved = 0;
+	x.head_stride = P * D * 2 - 1;
+	assert_int_equal(kvt_gpu_ref_xpose(&x, jobs, 16, 0), -EINVAL);
+	x.head_stride = T * D * 2;
+	jobs[3].blk = 0;
+	assert_int_equal(kvt_gpu_xpose_unit(&x, jobs, 16), -EINVAL);
+	/* the access width follows the addresses */
+	jobs[3].blk = 0x1008;
+	x.row_bytes = 32;
+	x.head_stride = 4096;
+	assert_int_equal(kvt_gpu_xpose_unit(&x, &jobs[3], 1), jobs[3].page % 8 ? 2 : 8);
+	/* no engine: the stub's -ENODEV, the CUDA build's -EINVAL */
+	assert_true(kvt_gpu_xpose(NULL, &x, jobs, 1, 0, NULL) < 0);
+	(void)state;
+}
+
 static void test_coalesce(void **state)
 {
 	struct kvt_gpu_seg s[] = {
@@ -395,6 +461,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_q_params),
 	    cmocka_unit_test(test_paged_segments),
 	    cmocka_unit_test(test_coalesce),
+	    cmocka_unit_test(test_xpose_ref),
 	    cmocka_unit_test(test_uuid),
 	    cmocka_unit_test(test_flags),
 	    cmocka_unit_test(test_no_gpu),

@@ -24,7 +24,7 @@ class _DevPages(ctypes.Structure):
                 ("layer_base", ctypes.POINTER(ctypes.c_uint64)),
                 ("page_bytes", ctypes.c_uint64), ("block_stride", ctypes.c_uint64),
                 ("kv_stride", ctypes.c_uint64), ("n_kv", ctypes.c_uint32),
-                ("pages_per_block", ctypes.c_uint32)]
+                ("pages_per_block", ctypes.c_uint32), ("page_heads", ctypes.c_uint32)]
 
 
 class _DevOpts(ctypes.Structure):
@@ -84,27 +84,38 @@ class DevPages:
 
     ``layer_ptrs``: one device address per layer (``tensor.data_ptr()``); ``page_bytes``:
     bytes of one engine block's K (or V) in one layer; ``block_stride``: bytes between engine
-    blocks; ``kv_stride``: bytes from a page's K to its V; ``n_kv``: 2, or 1 for one buffer.
+    blocks; ``kv_stride``: bytes from a page's K to its V; ``n_kv``: 2, or 1 for one buffer;
+    ``page_heads``: 0 to store pages byte for byte, or H when a page is token-major
+    ``[block_size][H][dim]``: blocks are then stored in the layout's ``[head][token][dim]``
+    order (``struct kvt_dev_pages``, client/kvtier.h).
     """
 
     def __init__(self, layer_ptrs: Sequence[int], page_bytes: int, block_stride: int,
-                 kv_stride: int, n_kv: int = 2, pages_per_block: int = 1) -> None:
+                 kv_stride: int, n_kv: int = 2, pages_per_block: int = 1,
+                 page_heads: int = 0) -> None:
         self._bases = (ctypes.c_uint64 * len(layer_ptrs))(*[int(p) for p in layer_ptrs])
         self._c = _DevPages(ctypes.sizeof(_DevPages), len(layer_ptrs), self._bases,
-                            page_bytes, block_stride, kv_stride, n_kv, pages_per_block)
+                            page_bytes, block_stride, kv_stride, n_kv, pages_per_block,
+                            page_heads)
 
     @classmethod
-    def vllm(cls, kv_caches: Sequence[Any], pages_per_block: int = 1) -> "DevPages":
+    def vllm(cls, kv_caches: Sequence[Any], pages_per_block: int = 1,
+             abi_order: bool = False) -> "DevPages":
         """From vLLM's per-layer tensors of shape [2, num_blocks, block_size, heads, dim]
         (contiguous, on the GPU; torch tensors or anything with ``data_ptr()``, ``shape``
-        and ``element_size()``)."""
+        and ``element_size()``).  ``abi_order``: store blocks in the layout's
+        ``[head][token][dim]`` order (``page_heads = heads``), as CPU readers and the bq host
+        codec expect; off, the pages are stored as they are (token-major)."""
         t = kv_caches[0]
         two, num_blocks = int(t.shape[0]), int(t.shape[1])
         if two != 2:
             raise KvtError(_errno.EINVAL, "vllm pages: first dimension must be 2 (K, V)")
+        if abi_order and len(t.shape) != 5:
+            raise KvtError(_errno.EINVAL, "vllm pages: abi_order needs [2, blocks, size, heads,"
+                           " dim] tensors")
         page = int(t.numel() // (2 * num_blocks)) * int(t.element_size())
         return cls([x.data_ptr() for x in kv_caches], page, page, num_blocks * page, 2,
-                   pages_per_block)
+                   pages_per_block, int(t.shape[3]) if abi_order else 0)
 
 
 def _stream_arg(stream: Any) -> Optional[int]:
