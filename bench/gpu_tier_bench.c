@@ -5,7 +5,7 @@
  * >= 0.8x for 64 KiB pages batched).
  *
  * usage: kvtier-gpu-tier-bench KVTIERD OUT.json [--mib N] [--reps R] [--host-codec CHAIN]
- *                              [--llama32k] [--kvd FILE]
+ *                              [--llama32k [--kvd FILE] [--page-heads] [--ppb N]]
  *
  * --host-codec CHAIN  the daemon's host.codec (e.g. bq): the host path then moves records
  *                     over PCIe and codes them on the GPU (issue 15's restore target); the
@@ -20,6 +20,11 @@
  *                     and kvt_dev_pages.page_heads = 8 stores blocks in the layout's order
  *                     (the transposing path); without it the pages are filled head-major
  *                     and stored as they are
+ * --ppb N             with --llama32k --page-heads: N vLLM pages (16 tokens each) per kvtier
+ *                     block, i.e. blocks of 16 N tokens (2 N MiB), as an engine with 16-token
+ *                     pages and kvtier blocks of 64 tokens (N = 4) runs; default 1. A block's
+ *                     pages are N pages at shuffled ids, so its rows are N windows of the
+ *                     dump, not one run of 16 N tokens
  *
  * Workloads (N MiB per repetition, engine blocks at shuffled ids):
  *   blocks_1mib   one 1 MiB device buffer per kvtier block (n_layers = n_kv = 1)
@@ -74,6 +79,7 @@ static pid_t daemon_start(const char *kvtierd, uint64_t host, uint64_t gpu, cons
 }
 
 static uint32_t page_heads; /* --page-heads: kvt_dev_pages.page_heads of --llama32k */
+static uint32_t ppb = 1;    /* --ppb: vLLM pages per kvtier block of --llama32k */
 
 struct work {
 	const char *name;
@@ -83,6 +89,7 @@ struct work {
 	uint8_t *dev;
 	uint64_t block_bytes;
 	uint32_t nblocks;
+	uint32_t npages; /* engine blocks: nblocks * pages_per_block */
 	uint32_t *ids;
 };
 
@@ -101,7 +108,7 @@ static int fill_kvd(struct work *w, const char *path, uint32_t layers, uint32_t 
 		free(buf);
 		return -1;
 	}
-	for (uint32_t b = 0; b < w->nblocks && ret >= 0; b++)
+	for (uint32_t b = 0; b < w->npages && ret >= 0; b++)
 		for (uint32_t l = 0; l < layers && ret >= 0; l++)
 			for (uint32_t kv = 0; kv < 2 && ret >= 0; kv++) {
 				uint32_t t0 = (b * T) % (d.n_tokens - T + 1);
@@ -132,19 +139,19 @@ static int work_init(struct work *w, const char *name, uint64_t total, int pages
 	w->name = name;
 	if (pages == 2) {
 		/* Llama-3-8B: 32 layers x 8 heads x 128 dims, vLLM pages of 16 tokens (32 KiB),
-		 * one page of every layer per 2 MiB kvtier block */
-		w->l = (struct kvt_layout){sizeof(w->l),   32, 8, 128, 16,
+		 * ppb pages of every layer per kvtier block (2 MiB each) */
+		w->l = (struct kvt_layout){sizeof(w->l),   32, 8, 128, 16 * ppb,
 					   KVT_DTYPE_FP16, 0,  0, 1,   "llama-3-8b"};
-		w->block_bytes = 2u << 20;
+		w->block_bytes = (2ull << 20) * ppb;
 		w->nblocks = (uint32_t)(total / w->block_bytes);
-		uint64_t page = 32u << 10, layer = 2ull * w->nblocks * page;
+		w->npages = w->nblocks * ppb;
+		uint64_t page = 32u << 10, layer = 2ull * w->npages * page;
 		if (kvt_gpu_dev_alloc(-1, 32 * layer, (void **)&w->dev) < 0)
 			return -1;
 		for (int i = 0; i < 32; i++)
 			w->layer_base[i] = (uint64_t)(uintptr_t)w->dev + (uint64_t)i * layer;
-		w->p = (struct kvt_dev_pages){
-		    sizeof(w->p), 32, w->layer_base, page, page, w->nblocks * page, 2, 1,
-		    page_heads};
+		w->p = (struct kvt_dev_pages){sizeof(w->p),	32, w->layer_base, page,      page,
+					      w->npages * page, 2,  ppb,	   page_heads};
 	} else if (pages) {
 		/* 16 layers x 8 heads x 128 dims x 32 tokens fp16: 64 KiB pages, 2 MiB blocks */
 		w->l = (struct kvt_layout){sizeof(w->l),   16, 8, 128, 32,
@@ -170,11 +177,13 @@ static int work_init(struct work *w, const char *name, uint64_t total, int pages
 		w->p = (struct kvt_dev_pages){
 		    sizeof(w->p), 1, w->layer_base, w->block_bytes, w->block_bytes, 0, 1, 1, 0};
 	}
+	if (!w->npages)
+		w->npages = w->nblocks;
 	kvt_gpu_memset(w->dev, 0x5a, w->block_bytes * w->nblocks);
-	w->ids = malloc(w->nblocks * sizeof(*w->ids));
-	for (uint32_t i = 0; i < w->nblocks; i++)
+	w->ids = malloc(w->npages * sizeof(*w->ids));
+	for (uint32_t i = 0; i < w->npages; i++)
 		w->ids[i] = i;
-	for (uint32_t i = w->nblocks - 1; i > 0; i--) {
+	for (uint32_t i = w->npages - 1; i > 0; i--) {
 		s ^= s << 13;
 		s ^= s >> 7;
 		s ^= s << 17;
@@ -259,10 +268,15 @@ int main(int argc, char **argv)
 			codec = argv[++i];
 		else if (!strcmp(argv[i], "--kvd"))
 			kvd = argv[++i];
+		else if (!strcmp(argv[i], "--ppb"))
+			ppb = (uint32_t)atoi(argv[++i]);
 		else
 			return 2;
 	}
-	if (page_heads && !llama)
+	if ((page_heads || ppb != 1) && !llama)
+		return 2;
+	/* several head-major pages in a row are no block of the layout's order */
+	if (ppb < 1 || ppb > 16 || 2048 % ppb || (ppb > 1 && !page_heads))
 		return 2;
 	if (llama) {
 		mib = 4096; /* 32768 tokens x 32 layers x 2 x 8 heads x 128 x 2 bytes */
@@ -320,8 +334,9 @@ int main(int argc, char **argv)
 	fprintf(out,
 		"{\n  \"bench\": \"kvtier-gpu-tier-bench\",\n  \"mib_per_rep\": %llu,\n  \"reps\": "
 		"%d,\n  \"host_codec\": \"%s\",\n  \"kvd\": \"%s\",\n  \"page_heads\": %u,\n  "
-		"\"ceiling_h2d_gbs\": %.2f,\n  \"ceiling_d2h_gbs\": %.2f,\n  \"results\": [",
-		(unsigned long long)mib, reps, codec, kvd ? kvd : "", page_heads, h2d_ceil,
+		"\"pages_per_block\": %u,\n  \"ceiling_h2d_gbs\": %.2f,\n  \"ceiling_d2h_gbs\": "
+		"%.2f,\n  \"results\": [",
+		(unsigned long long)mib, reps, codec, kvd ? kvd : "", page_heads, ppb, h2d_ceil,
 		d2h_ceil);
 	ret = 0;
 	for (int k = 0; k < nwork; k++) {

@@ -36,9 +36,13 @@ if [ -z "${NO_CODEC_BENCH:-}" ]; then
 	bq_bench v2 --geom 32,8,128,16
 	bq_bench v2_t64 --geom 32,8,128,64
 	bq_bench v2_rope --geom 32,8,128,16 --chain bq:k=0.1,v=0.038,dup=4,rope=10000
-	for c in raw bq; do
-		hc=""; [ $c = bq ] && hc="--host-codec bq"
-		timeout 180 $B/bench/kvtier-gpu-tier-bench $B/daemon/kvtierd $OUT/gpu_tier_llama32k_$c.json --llama32k --kvd $K $hc --reps 5 > $OUT/gpu_tier_$c.log 2>&1; echo "gpu_tier $c rc=$?"; tail -4 $OUT/gpu_tier_$c.log
+	# raw and bq as stored (head-major pages), then token-major vLLM pages through the
+	# transposing path (--page-heads), and 64-token kvtier blocks of 4 such pages (--ppb 4)
+	for v in raw bq raw_ph bq_ph bq_ph_ppb4; do
+		a=""; case $v in bq*) a="--host-codec bq";; esac
+		case $v in *_ph*) a="$a --page-heads";; esac
+		case $v in *ppb4) a="$a --ppb 4";; esac
+		timeout 180 $B/bench/kvtier-gpu-tier-bench $B/daemon/kvtierd $OUT/gpu_tier_llama32k_$v.json --llama32k --kvd $K $a --reps 5 > $OUT/gpu_tier_$v.log 2>&1; echo "gpu_tier $v rc=$?"; tail -4 $OUT/gpu_tier_$v.log
 	done
 	echo "== codec benches after $(( $(date +%s) - T0 )) s"
 fi
