@@ -222,6 +222,12 @@ static void batch_run(struct batch *b, void (*first)(struct batch *, size_t, str
 			b->inflight++;
 			sq_push(c, &s);
 			pushed = true;
+			/* The first entry goes out at once: the daemon works on it while we
+			 * write the others. */
+			if (b->next == 1) {
+				sq_publish(c);
+				pushed = false;
+			}
 		}
 		if (pushed)
 			sq_publish(c);
