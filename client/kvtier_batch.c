@@ -16,18 +16,6 @@
 
 #include "kvtier_internal.h"
 
-/* Room for one more entry in the SQ?  -KVT_EPROTOCOL when the daemon's head is absurd. */
-static int sq_room(struct kvt_client *c)
-{
-	uint32_t pending = kvt_ring_pending(c->sq, c->sq_tail);
-
-	if (pending > c->sq_entries) {
-		c->broken = true;
-		return -KVT_EPROTOCOL;
-	}
-	return pending < c->sq_entries;
-}
-
 /* Writes one entry (its user_data set) without publishing it; the SQ must have room. */
 static void sq_push(struct kvt_client *c, const struct kvt_sqe *s)
 {
@@ -61,22 +49,99 @@ struct batch {
 	size_t qhead, qlen; /* ring of n over queue */
 	size_t left;	    /* entries not B_DONE */
 	size_t inflight;    /* requests sent whose completion is still to come */
+	size_t reaped;	    /* completions of this batch that came back */
+	int failed;	    /* the error that ended the batch early, or 0 */
 	uint8_t *state;
 	int *status;
+	bool heap; /* state and queue were allocated (else the caller's room) */
+	/* The daemon's SQ head and CQ tail as last read.  While the daemon works on the ring,
+	 * every read of them is a cache miss: they are read again only once what the last
+	 * read allowed is used up (sq_room, batch_cq_pop). */
+	uint32_t sq_head, cq_tail;
+	bool unconsumed; /* completions popped whose slots are not given back yet */
 };
 
-static int batch_init(struct batch *b, struct kvt_client *c, size_t n, int *status)
+/* Room for one more entry in the SQ?  -KVT_EPROTOCOL when the daemon's head is absurd. */
+static int sq_room(struct batch *b)
+{
+	struct kvt_client *c = b->c;
+	uint32_t pending = c->sq_tail - b->sq_head;
+
+	if (pending < c->sq_entries)
+		return 1;
+	pending = kvt_ring_pending(c->sq, c->sq_tail);
+	if (pending > c->sq_entries) {
+		c->broken = true;
+		return -KVT_EPROTOCOL;
+	}
+	b->sq_head = c->sq_tail - pending;
+	return pending < c->sq_entries;
+}
+
+/*
+ * cq_pop() for a batch: the next completion into *q (1), none (0), or -KVT_EPROTOCOL when
+ * the daemon's tail is out of range.  The slots go back to the daemon together
+ * (batch_cq_consume), before the batch waits or ends.
+ */
+static int batch_cq_pop(struct batch *b, struct kvt_cqe *q)
+{
+	struct kvt_client *c = b->c;
+
+	if (b->cq_tail == c->cq_head) {
+		uint32_t tail = kvt_ring_tail(c->cq);
+
+		if (tail == c->cq_head)
+			return 0;
+		if (tail - c->cq_head > c->cq_entries) {
+			c->broken = true;
+			return -KVT_EPROTOCOL;
+		}
+		b->cq_tail = tail;
+	}
+	memcpy(q, &c->cqes[c->cq_head & (c->cq_entries - 1)], sizeof(*q));
+	c->cq_head++;
+	b->unconsumed = true;
+	return 1;
+}
+
+static void batch_cq_consume(struct batch *b)
+{
+	if (b->unconsumed) {
+		kvt_ring_consume(b->c->cq, b->c->cq_head);
+		b->unconsumed = false;
+	}
+}
+
+/* Batches of up to this many entries keep their bookkeeping on the stack. */
+#define BATCH_SMALL 64
+
+struct batch_room {
+	uint8_t state[BATCH_SMALL];
+	size_t queue[BATCH_SMALL];
+};
+
+static int batch_init(struct batch *b, struct kvt_client *c, size_t n, int *status,
+		      struct batch_room *room)
 {
 	memset(b, 0, sizeof(*b));
 	b->c = c;
 	b->n = b->left = n;
 	b->status = status;
-	b->state = calloc(n ? n : 1, 1);
-	b->queue = malloc((n ? n : 1) * sizeof(*b->queue));
-	if (!b->state || !b->queue) {
-		free(b->state);
-		free(b->queue);
-		return -ENOMEM;
+	b->cq_tail = c->cq_head;
+	b->sq_head = c->sq_tail - c->sq_entries; /* read at the first sq_room() */
+	if (room && n <= BATCH_SMALL) {
+		memset(room->state, 0, n);
+		b->state = room->state;
+		b->queue = room->queue;
+	} else {
+		b->heap = true;
+		b->state = calloc(n ? n : 1, 1);
+		b->queue = malloc((n ? n : 1) * sizeof(*b->queue));
+		if (!b->state || !b->queue) {
+			free(b->state);
+			free(b->queue);
+			return -ENOMEM;
+		}
 	}
 	/* Second-phase entries (commit, release) are ud0 + n + i. */
 	b->ud0 = c->next_ud + 1;
@@ -86,8 +151,10 @@ static int batch_init(struct batch *b, struct kvt_client *c, size_t n, int *stat
 
 static void batch_free(struct batch *b)
 {
-	free(b->state);
-	free(b->queue);
+	if (b->heap) {
+		free(b->state);
+		free(b->queue);
+	}
 }
 
 static void batch_done(struct batch *b, size_t i, int res)
@@ -104,7 +171,7 @@ static int batch_send_second(struct batch *b, const struct kvt_sqe *second)
 	bool pushed = false;
 	int ret = 0;
 
-	while (b->qlen && (ret = sq_room(c)) > 0) {
+	while (b->qlen && (ret = sq_room(b)) > 0) {
 		size_t i = b->queue[b->qhead];
 		struct kvt_sqe s = second[i];
 
@@ -145,7 +212,7 @@ static void batch_run(struct batch *b, void (*first)(struct batch *, size_t, str
 
 		/* Second phases first: they finish entries and free the daemon's holds. */
 		ret = batch_send_second(b, second);
-		while (ret >= 0 && b->next < b->n && (ret = sq_room(c)) > 0) {
+		while (ret >= 0 && b->next < b->n && (ret = sq_room(b)) > 0) {
 			struct kvt_sqe s;
 
 			memset(&s, 0, sizeof(s));
@@ -155,6 +222,12 @@ static void batch_run(struct batch *b, void (*first)(struct batch *, size_t, str
 			b->inflight++;
 			sq_push(c, &s);
 			pushed = true;
+			/* The first entry goes out at once: the daemon works on it while we
+			 * write the others. */
+			if (b->next == 1) {
+				sq_publish(c);
+				pushed = false;
+			}
 		}
 		if (pushed)
 			sq_publish(c);
@@ -162,7 +235,7 @@ static void batch_run(struct batch *b, void (*first)(struct batch *, size_t, str
 			break;
 		struct kvt_cqe q;
 		int got = 0;
-		while ((ret = cq_pop(c, &q)) > 0) {
+		while ((ret = batch_cq_pop(b, &q)) > 0) {
 			uint64_t k = q.user_data - b->ud0;
 
 			got++;
@@ -174,6 +247,7 @@ static void batch_run(struct batch *b, void (*first)(struct batch *, size_t, str
 			if (b->state[i] != (k >= b->n ? B_COPIED : B_SENT))
 				continue;
 			b->inflight--;
+			b->reaped++;
 			if (k >= b->n) { /* the second phase's completion */
 				batch_done(b, i, q.res < 0 ? q.res : b->status[i]);
 				continue;
@@ -192,6 +266,7 @@ static void batch_run(struct batch *b, void (*first)(struct batch *, size_t, str
 					break;
 			}
 		}
+		batch_cq_consume(b);
 		if (ret < 0)
 			break;
 		if (got) {
@@ -202,7 +277,7 @@ static void batch_run(struct batch *b, void (*first)(struct batch *, size_t, str
 			}
 			continue;
 		}
-		if ((b->qlen || b->next < b->n) && sq_room(c) > 0)
+		if ((b->qlen || b->next < b->n) && sq_room(b) > 0)
 			continue;
 		if (b->inflight) {
 			ret = kvtc_cq_wait(c, start, &asleep);
@@ -221,9 +296,11 @@ static void batch_run(struct batch *b, void (*first)(struct batch *, size_t, str
 		}
 		sched_yield();
 	}
+	batch_cq_consume(b);
 	if (asleep)
 		kvt_ring_awake(c->cq);
 	if (ret < 0) {
+		b->failed = ret;
 		for (size_t i = 0; i < b->n; i++) {
 			if (b->state[i] != B_DONE)
 				batch_done(b, i, ret);
@@ -260,6 +337,8 @@ static void put_first(struct batch *b, size_t i, struct kvt_sqe *s)
 		size_t cap;
 		ssize_t e = -ENOMEM;
 
+		free(p->enc[i]); /* of a first try that never came back (batch_exec) */
+		p->enc[i] = NULL;
 		kvtc_geom(&b->c->layouts[p->layout], p->pos ? p->pos[i] : KVT_POS_UNKNOWN, &g);
 		cap = kvt_chain_max_encoded_size(p->chain, &g);
 		p->enc[i] = cap ? malloc(cap) : NULL;
@@ -340,14 +419,15 @@ static int batch_count(const int *status, size_t n)
 }
 
 /*
- * Takes c->lock and reconnects a broken client first, as one request would.  A batch is
- * not asked again of a restarted daemon (part of it may have been done), so a daemon that
- * hung up since the last request is noticed here, before anything is sent.
+ * Takes c->lock and reconnects a broken client first, as one request would.  ask: a daemon
+ * that hung up since the last request is noticed here, before anything is sent (a system
+ * call); kvt_put_batch and kvt_get_batch do without, and learn it from a batch of which
+ * nothing came back (batch_exec).
  */
-static int batch_lock(struct kvt_client *c)
+static int batch_lock(struct kvt_client *c, bool ask)
 {
 	pthread_mutex_lock(&c->lock);
-	if (!c->broken && c->sock >= 0) {
+	if (ask && !c->broken && c->sock >= 0) {
 		struct pollfd p = {c->sock, POLLRDHUP, 0};
 
 		if (poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)))
@@ -364,38 +444,53 @@ static int batch_lock(struct kvt_client *c)
  * The two-step batch of kvt_put_batch and kvt_get_batch, its arguments checked: n entries
  * into status (or a scratch array when NULL) through b, a batch of c not yet initialized.
  * Returns how many entries succeeded, or a negative error of the batch as a whole.
+ *
+ * A batch is not asked again of a restarted daemon when part of it may have been done.  But
+ * when the daemon was found gone and not one completion of the batch came back, only first
+ * steps (reservations, leases) reached it, which a daemon that went away voids: the batch
+ * goes once to its successor, as one RESERVE or LEASE would.  That is how a batch learns of
+ * a daemon that hung up since the last request, without a system call to ask first.
  */
 static int batch_exec(struct kvt_client *c, struct batch *b, size_t n, int *status,
 		      void (*first)(struct batch *, size_t, struct kvt_sqe *),
 		      int (*reaped)(struct batch *, size_t, const struct kvt_cqe *,
 				    struct kvt_sqe *))
 {
-	struct kvt_sqe *second = NULL;
-	int *st = status, ret;
+	struct kvt_sqe small[BATCH_SMALL], *second = small;
+	struct batch_room room;
+	int small_st[BATCH_SMALL], *st = status, ret;
+	bool again;
 
 	if (!n)
 		return 0;
-	if (!st && !(st = malloc(n * sizeof(*st))))
+	if (!st)
+		st = n <= BATCH_SMALL ? small_st : malloc(n * sizeof(*st));
+	if (!st)
 		return -ENOMEM;
-	second = malloc(n * sizeof(*second));
-	if (!second) {
+	if (n > BATCH_SMALL && !(second = malloc(n * sizeof(*second)))) {
 		ret = -ENOMEM;
 		goto out;
 	}
-	ret = batch_lock(c);
+	ret = batch_lock(c, false);
 	if (ret < 0)
 		goto out;
-	ret = batch_init(b, c, n, st);
-	if (ret == 0) {
+	for (int tries = 0;; tries++) {
+		ret = batch_init(b, c, n, st, &room);
+		if (ret < 0)
+			break;
 		batch_run(b, first, reaped, second);
 		batch_free(b);
+		again = !tries && b->failed == -KVT_EDAEMON && !b->reaped;
+		if (!again || kvtc_reattach_locked(c) < 0)
+			break;
 	}
 	pthread_mutex_unlock(&c->lock);
 	if (ret == 0)
 		ret = batch_count(st, n);
 out:
-	free(second);
-	if (st != status)
+	if (second != small)
+		free(second);
+	if (st != status && st != small_st)
 		free(st);
 	return ret;
 }
@@ -615,7 +710,7 @@ KVT_API int kvt_lookup_batch(struct kvt_client *c, int layout, const struct kvt_
 	st = malloc((n < KVT_LOOKUP_MAX ? n : KVT_LOOKUP_MAX) * sizeof(*st));
 	if (!st)
 		return -ENOMEM;
-	ret = batch_lock(c);
+	ret = batch_lock(c, true);
 	if (ret < 0)
 		goto out;
 	/* One entry per key, each naming its key in the scratch area: rounds of as many keys
@@ -624,7 +719,7 @@ KVT_API int kvt_lookup_batch(struct kvt_client *c, int layout, const struct kvt_
 		size_t m = n - done < KVT_LOOKUP_MAX ? n - done : KVT_LOOKUP_MAX;
 		struct lookup_ctx l = {.layout = layout, .base = done};
 
-		ret = batch_init(&l.b, c, m, st);
+		ret = batch_init(&l.b, c, m, st, NULL);
 		if (ret < 0)
 			break;
 		memcpy(c->scratch, keys + done, m * sizeof(*keys));
