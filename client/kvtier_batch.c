@@ -88,14 +88,12 @@ static int batch_cq_pop(struct batch *b, struct kvt_cqe *q)
 	struct kvt_client *c = b->c;
 
 	if (b->cq_tail == c->cq_head) {
-		uint32_t tail = kvt_ring_tail(c->cq);
+		uint32_t tail;
 
+		if (cq_tail_read(c, &tail) < 0)
+			return -KVT_EPROTOCOL;
 		if (tail == c->cq_head)
 			return 0;
-		if (tail - c->cq_head > c->cq_entries) {
-			c->broken = true;
-			return -KVT_EPROTOCOL;
-		}
 		b->cq_tail = tail;
 	}
 	memcpy(q, &c->cqes[c->cq_head & (c->cq_entries - 1)], sizeof(*q));

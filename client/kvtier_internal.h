@@ -89,18 +89,28 @@ static inline uint64_t mono_us(void)
 	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
+/* The daemon's CQ tail, read now: 0 with *tail set, or -KVT_EPROTOCOL (the client is broken
+ * then) when it is out of range. */
+static inline int cq_tail_read(struct kvt_client *c, uint32_t *tail)
+{
+	*tail = kvt_ring_tail(c->cq);
+	if (*tail - c->cq_head > c->cq_entries) {
+		c->broken = true;
+		return -KVT_EPROTOCOL;
+	}
+	return 0;
+}
+
 /* Takes the next completion off the CQ into *q.  Returns 1, 0 when there is none, or
  * -KVT_EPROTOCOL when the daemon's tail is out of range. */
 static inline int cq_pop(struct kvt_client *c, struct kvt_cqe *q)
 {
-	uint32_t tail = kvt_ring_tail(c->cq);
+	uint32_t tail;
 
+	if (cq_tail_read(c, &tail) < 0)
+		return -KVT_EPROTOCOL;
 	if (tail == c->cq_head)
 		return 0;
-	if (tail - c->cq_head > c->cq_entries) {
-		c->broken = true;
-		return -KVT_EPROTOCOL;
-	}
 	memcpy(q, &c->cqes[c->cq_head & (c->cq_entries - 1)], sizeof(*q));
 	c->cq_head++;
 	kvt_ring_consume(c->cq, c->cq_head);
