@@ -126,8 +126,9 @@ static long queue_copy(struct kvt_dev *d, const struct kvt_gpu_paged_layout *pl,
 			continue;
 		memcpy(&d->ids[m * ppb], &ids[k * ppb], ppb * sizeof(*ids));
 		d->addrs[m] = d->blk[k].addr;
-		slot[m] =
-		    (uint64_t)(uintptr_t)d->q_raw + (k % DEV_SLOTS) * kvt_gpu_paged_block_bytes(pl);
+		if (d->xp_heads)
+			slot[m] = (uint64_t)(uintptr_t)d->q_raw +
+				  (k % DEV_SLOTS) * kvt_gpu_paged_block_bytes(pl);
 		m++;
 	}
 	if (!m)
@@ -287,14 +288,14 @@ static void put_gpu(struct kvt_dev *d, const struct kvt_layout *l,
 		    const struct kvt_gpu_paged_layout *pl, const struct kvt_key *keys,
 		    const uint32_t *ids, size_t n, uint32_t bb, void *stream)
 {
-	struct kvt_gpu_op_req req[64];
-	struct kvt_gpu_op_res res[64];
+	struct kvt_gpu_op_req req[DEV_ROUND];
+	struct kvt_gpu_op_res res[DEV_ROUND];
 	struct kvt_gpu_kvq q;
 	unsigned tt = 0;
 	uint64_t base;
 
-	for (size_t k0 = 0; k0 < n; k0 += 64) {
-		uint32_t m = (uint32_t)(n - k0 < 64 ? n - k0 : 64), nc = 0;
+	for (size_t k0 = 0; k0 < n; k0 += DEV_ROUND) {
+		uint32_t m = (uint32_t)(n - k0 < DEV_ROUND ? n - k0 : DEV_ROUND), nc = 0;
 		int ret;
 
 		kvtc_dev_ensure_attached(d);
@@ -577,8 +578,8 @@ KVT_API int kvt_dev_get(struct kvt_dev *d, int layout, const struct kvt_dev_page
 			const struct kvt_key *keys, const uint32_t *ids, size_t n, unsigned flags,
 			void *stream)
 {
-	struct kvt_gpu_op_req req[64];
-	struct kvt_gpu_op_res res[64];
+	struct kvt_gpu_op_req req[DEV_ROUND];
+	struct kvt_gpu_op_res res[DEV_ROUND];
 	struct kvt_gpu_paged_layout pl;
 	struct kvt_gpu_kvq q;
 	unsigned tt = 0;
@@ -597,8 +598,8 @@ KVT_API int kvt_dev_get(struct kvt_dev *d, int layout, const struct kvt_dev_page
 		kvtc_dev_ensure_attached(d);
 	tt = page_plan(d, &d->layouts[layout], &pl, bb, &q);
 	/* Pool leases first: their copies run while the host part leases and copies. */
-	for (size_t k0 = 0; gpu && d->gpu_tier && k0 < n; k0 += 64) {
-		uint32_t m = (uint32_t)(n - k0 < 64 ? n - k0 : 64);
+	for (size_t k0 = 0; gpu && d->gpu_tier && k0 < n; k0 += DEV_ROUND) {
+		uint32_t m = (uint32_t)(n - k0 < DEV_ROUND ? n - k0 : DEV_ROUND);
 		uint64_t base = (uint64_t)(uintptr_t)kvt_gpu_pool_base(d->pool);
 
 		for (uint32_t j = 0; j < m; j++)
@@ -658,8 +659,8 @@ KVT_API int kvt_dev_get(struct kvt_dev *d, int layout, const struct kvt_dev_page
 	/* The pool part: wait for its copies, then give the leases back. */
 	if (kvt_gpu_stream_sync(stream) < 0 && !gerr)
 		gerr = -EIO;
-	for (size_t k0 = 0; k0 < n; k0 += 64) {
-		uint32_t m = (uint32_t)(n - k0 < 64 ? n - k0 : 64), nc = 0;
+	for (size_t k0 = 0; k0 < n; k0 += DEV_ROUND) {
+		uint32_t m = (uint32_t)(n - k0 < DEV_ROUND ? n - k0 : DEV_ROUND), nc = 0;
 
 		for (uint32_t j = 0; j < m; j++) {
 			struct dev_blk *b = &d->blk[k0 + j];
