@@ -6,7 +6,14 @@
  *
  *   get: record (arena) --H2D--> staging slot --bq decode--> raw slot --D2D--> engine pages
  *   put: engine pages --D2D--> raw slot --bq encode--> record slot --D2H--> arena (reserved
- *        with the record's length, which the GPU tells first: one stream sync a round)
+ *        with the record's length, which the GPU tells first through a flag)
+ *
+ * The coding runs on a stream of its own (d->q_stream) beside the call's, which carries the
+ * records over PCIe: a get's round k decodes while round k+1's records go up; a put's round
+ * k+1 encodes while round k's records are reserved and go down.  Events order the two where
+ * they share slots (a round reuses the slots of the round before the last); measured on an
+ * H100, the put went from 0.72 x to 0.97 x pinned cudaMemcpy when it stopped waiting for each
+ * round's encode with the bus idle.
  *
  * The decoder writes a block contiguous, as the chain's record describes it: where the engine
  * keeps each block in one buffer of its own (n_layers = n_kv = pages_per_block = 1) that is
@@ -48,6 +55,14 @@ static uint32_t *u32s(uint64_t *arr)
 
 void kvtc_devq_free(struct kvt_dev *d)
 {
+	if (d->q_stream)
+		kvt_gpu_stream_sync(d->q_stream);
+	for (unsigned p = 0; p < 2; p++) {
+		kvt_gpu_event_destroy(d->q_ev_s[p]);
+		kvt_gpu_event_destroy(d->q_ev_c[p]);
+	}
+	kvt_gpu_event_destroy(d->q_ev_h);
+	kvt_gpu_stream_destroy(d->q_stream);
 	for (unsigned k = 0; k < DEV_LAYOUTS; k++)
 		kvt_gpu_bq_free(d->bq[k]);
 	kvt_gpu_dev_free(d->q_raw);
@@ -108,6 +123,24 @@ static int staging(struct kvt_dev *d, uint32_t bb, size_t bound, const struct kv
 			return ret;
 		d->q_bb = bb;
 		d->q_bound = bound;
+	}
+	if (plan && !d->q_stream) {
+		void *ev[5] = {NULL};
+
+		for (unsigned i = 0; i < 5 && ret >= 0; i++)
+			ret = kvt_gpu_event_create(&ev[i]);
+		if (ret >= 0)
+			ret = kvt_gpu_stream_create(&d->q_stream);
+		if (ret < 0) {
+			for (unsigned i = 0; i < 5; i++)
+				kvt_gpu_event_destroy(ev[i]);
+			return ret;
+		}
+		d->q_ev_s[0] = ev[0];
+		d->q_ev_s[1] = ev[1];
+		d->q_ev_c[0] = ev[2];
+		d->q_ev_c[1] = ev[3];
+		d->q_ev_h = ev[4];
 	}
 	if (d->q_scratch_len < sb) {
 		kvt_gpu_dev_free(d->q_scratch);
@@ -187,20 +220,50 @@ static int slots_pages(struct kvt_dev *d, const struct kvt_gpu_paged_layout *pl,
 	return ret < 0 ? ret : 0;
 }
 
-int kvtc_devq_put_round(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_layout *pl,
-			const struct kvt_key *keys, const uint32_t *ids, size_t k0, size_t k1,
-			uint32_t bb, void *stream)
+/* The round at k0's parity: which of the two sets of slots it uses. */
+static unsigned parity(size_t k0)
 {
-	struct kvt_gpu_seg segs[HOST_CHUNK];
+	return (unsigned)(k0 / HOST_CHUNK) & 1u;
+}
+
+/* Queues the codec stream's fence: d->flag[1] reaches the returned value once the work
+ * queued on it so far is done. */
+static int qfence(struct kvt_dev *d, uint64_t *v)
+{
+	int ret = kvt_gpu_signal(d->eng, d->q_stream, &d->flag[1], d->q_seq + 1);
+
+	if (ret < 0)
+		return ret;
+	*v = ++d->q_seq;
+	return 0;
+}
+
+int kvtc_devq_put_encode(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_layout *pl,
+			 const uint32_t *ids, size_t k0, size_t k1, uint32_t bb, void *stream)
+{
 	struct kvt_gpu_bq *plan;
 	const struct kvt_chain *chain = kvtc_devq_put_plan(d, layout, bb, &plan);
 	uint32_t ppb = pl->pages_per_block, s0 = (uint32_t)(k0 % SLOTS), m = 0, nc = 0, *a;
 	uint64_t raw = (uint64_t)(uintptr_t)d->q_raw, enc = (uint64_t)(uintptr_t)d->q_enc;
-	size_t bound = d->q_bound, ns = 0;
-	int ret;
+	unsigned p = parity(k0);
+	void *cs = d->q_stream;
+	int ret = 0;
 
+	d->q_m[p] = 0;
+	d->q_v[p] = 0;
 	if (!chain)
 		return 0; /* stored raw */
+	if (k0 == 0) {
+		/* the call's first round: the codec stream reads the pages after the work the
+		 * caller queued before the call */
+		for (unsigned i = 0; i < 2 && ret >= 0; i++)
+			ret = kvt_gpu_event_record(d->q_ev_s[i], stream);
+	}
+	/* its slots were last copied down by the round before the last */
+	if (ret >= 0)
+		ret = kvt_gpu_stream_wait(cs, d->q_ev_s[p]);
+	if (ret < 0)
+		return ret;
 	a = u32s(d->q_harr);
 	for (size_t k = k0; k < k1; k++) {
 		uint64_t slot = k % SLOTS;
@@ -215,27 +278,51 @@ int kvtc_devq_put_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 			d->addrs[nc++] = raw + slot * bb;
 			d->q_harr[A_SRC + s0 + m] = raw + slot * bb;
 		}
-		d->q_harr[A_DST + s0 + m] = enc + slot * bound;
+		d->q_harr[A_DST + s0 + m] = enc + slot * d->q_bound;
 		a[A_FT + s0 + m] = 0; /* kvt_dev_put does not know positions: 0, as the daemon */
 		a[A_LEN + s0 + m] = 0;
 		m++;
 	}
 	if (!m)
 		return 0;
-	ret = nc ? slots_pages(d, pl, nc, true, stream) : 0;
+	ret = nc ? slots_pages(d, pl, nc, true, cs) : 0;
 	if (ret >= 0)
-		ret = upload_arrays(d, s0, m, stream);
+		ret = upload_arrays(d, s0, m, cs);
 	if (ret >= 0)
 		ret = kvt_gpu_bq_encode(plan, (const void *const *)(d->q_arr + A_SRC + s0),
 					u32s(d->q_arr) + A_FT + s0, m,
 					(void *const *)(d->q_arr + A_DST + s0),
-					u32s(d->q_arr) + A_LEN + s0, d->q_scratch, stream);
+					u32s(d->q_arr) + A_LEN + s0, d->q_scratch, cs);
 	if (ret >= 0)
-		ret = download_u32(d, A_LEN, s0, m, stream);
+		ret = download_u32(d, A_LEN, s0, m, cs);
 	if (ret >= 0)
-		ret = kvt_gpu_stream_sync(stream); /* the lengths decide the reservations */
-	if (ret < 0)
+		ret = qfence(d, &d->q_v[p]);
+	if (ret < 0) {
+		kvt_gpu_stream_sync(cs); /* nothing of it is used: the blocks go raw */
 		return ret;
+	}
+	d->q_chain[p] = chain;
+	d->q_m[p] = m;
+	return 0;
+}
+
+int kvtc_devq_put_store(struct kvt_dev *d, int layout, const struct kvt_key *keys, size_t k0,
+			size_t k1, uint32_t bb, void *stream)
+{
+	struct kvt_gpu_seg segs[HOST_CHUNK];
+	unsigned p = parity(k0);
+	const struct kvt_chain *chain = d->q_chain[p];
+	uint64_t enc = (uint64_t)(uintptr_t)d->q_enc;
+	size_t bound = d->q_bound, ns = 0;
+	uint32_t *a = u32s(d->q_harr);
+	int ret;
+
+	if (!d->q_m[p])
+		return 0;
+	d->q_m[p] = 0;
+	ret = kvt_gpu_flag_wait(&d->flag[1], d->q_v[p], FLAG_TIMEOUT);
+	if (ret < 0)
+		return ret; /* the lengths decide the reservations: stored raw */
 	for (size_t k = k0; k < k1; k++) {
 		struct dev_blk *b = &d->blk[k];
 		uint32_t len;
@@ -277,6 +364,25 @@ int kvtc_devq_put_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 		return ret;
 	}
 	return 0;
+}
+
+int kvtc_devq_round_end(struct kvt_dev *d, size_t k0, void *stream)
+{
+	return d->q_stream ? kvt_gpu_event_record(d->q_ev_s[parity(k0)], stream) : 0;
+}
+
+int kvtc_devq_round_begin(struct kvt_dev *d, size_t k0, void *stream)
+{
+	return d->q_stream ? kvt_gpu_stream_wait(stream, d->q_ev_c[parity(k0)]) : 0;
+}
+
+int kvtc_devq_wait(struct kvt_dev *d, size_t k0)
+{
+	unsigned p = parity(k0);
+
+	if (!d->q_stream || !d->q_v[p])
+		return 0;
+	return kvt_gpu_flag_wait(&d->flag[1], d->q_v[p], FLAG_TIMEOUT);
 }
 
 int kvtc_devq_get_prepare(struct kvt_dev *d, int layout, size_t k, uint32_t bb)
@@ -325,8 +431,11 @@ int kvtc_devq_get_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 	uint32_t ppb = pl->pages_per_block, s0 = (uint32_t)(k0 % SLOTS), m = 0, nc = 0, *a;
 	uint64_t raw = (uint64_t)(uintptr_t)d->q_raw, enc = (uint64_t)(uintptr_t)d->q_enc;
 	bool paged = d->xp_heads && d->q_per; /* token-major pages: the paged decoder */
+	unsigned p = parity(k0);
+	void *cs = d->q_stream;
 	int ret;
 
+	d->q_v[p] = 0;
 	for (size_t k = k0; k < k1; k++) {
 		if (d->blk[k].where != B_HOSTE)
 			continue;
@@ -340,7 +449,7 @@ int kvtc_devq_get_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 	}
 	if (!m)
 		return 0;
-	if (!plan)
+	if (!plan || !cs)
 		return -EINVAL;
 	a = u32s(d->q_harr);
 	m = 0;
@@ -376,34 +485,47 @@ int kvtc_devq_get_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 		segs[m] = (struct kvt_gpu_seg){b->addr, enc + slot * d->q_bound, b->u.l.len};
 		m++;
 	}
+	/* the records up on the call's stream; decoded on the codec stream once they are there,
+	 * while the next round's go up */
 	ret = kvt_gpu_copy(d->eng, segs, m, KVT_GPU_H2D, KVT_GPU_AUTO, stream);
 	if (ret >= 0)
-		ret = upload_arrays(d, s0, m, stream);
+		ret = kvt_gpu_event_record(d->q_ev_h, stream);
+	if (ret >= 0)
+		ret = kvt_gpu_stream_wait(cs, d->q_ev_h);
+	if (ret >= 0)
+		ret = upload_arrays(d, s0, m, cs);
 	if (ret >= 0 && paged) {
 		uint64_t off = (uint64_t)s0 * d->q_per * 8;
 		struct kvt_gpu_seg seg = {(uint64_t)(uintptr_t)d->q_hpages + off,
 					  (uint64_t)(uintptr_t)d->q_pages + off,
 					  (uint64_t)m * d->q_per * 8};
 
-		ret = kvt_gpu_copy(d->eng, &seg, 1, KVT_GPU_H2D, KVT_GPU_DMA, stream);
+		ret = kvt_gpu_copy(d->eng, &seg, 1, KVT_GPU_H2D, KVT_GPU_DMA, cs);
 		if (ret >= 0)
 			ret = kvt_gpu_bq_decode_paged(
 			    plan, (const void *const *)(d->q_arr + A_SRC + s0),
 			    u32s(d->q_arr) + A_LEN + s0, m,
 			    (void *const *)(d->q_pages + (size_t)s0 * d->q_per), ppb,
-			    u32s(d->q_arr) + A_BAD + s0, stream);
+			    u32s(d->q_arr) + A_BAD + s0, cs);
 	} else if (ret >= 0) {
 		ret = kvt_gpu_bq_decode(
 		    plan, (const void *const *)(d->q_arr + A_SRC + s0), u32s(d->q_arr) + A_LEN + s0,
-		    m, (void *const *)(d->q_arr + A_DST + s0), u32s(d->q_arr) + A_BAD + s0, stream);
+		    m, (void *const *)(d->q_arr + A_DST + s0), u32s(d->q_arr) + A_BAD + s0, cs);
 	}
 	if (ret >= 0 && nc)
-		ret = slots_pages(d, pl, nc, false, stream);
+		ret = slots_pages(d, pl, nc, false, cs);
 	if (ret >= 0)
-		ret = download_u32(d, A_BAD, s0, m, stream);
+		ret = download_u32(d, A_BAD, s0, m, cs);
 	if (ret >= 0)
-		d->gpu_decodes += m;
-	return ret < 0 ? ret : 0;
+		ret = qfence(d, &d->q_v[p]);
+	if (ret >= 0)
+		ret = kvt_gpu_event_record(d->q_ev_c[p], cs);
+	if (ret < 0) {
+		kvt_gpu_stream_sync(cs); /* the caller gives the round up */
+		return ret;
+	}
+	d->gpu_decodes += m;
+	return 0;
 }
 
 int kvtc_devq_get_check(struct kvt_dev *d, size_t k)

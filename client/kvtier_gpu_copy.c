@@ -408,20 +408,141 @@ static void host_finish(struct kvt_dev *d, size_t from, size_t to, bool put, int
 	}
 }
 
-/*
- * Host tier part of a put or get for the blocks still B_NONE (put) or B_HOST-to-be (get),
- * HOST_CHUNK at a time: round k's copies run on the GPU while round k+1 reserves or leases,
- * and round k commits or releases once the flag says its copies are done.  For a get, *n
- * shrinks to the first miss.
- */
-static int host_path(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_layout *pl,
-		     const struct kvt_key *keys, const uint32_t *ids, size_t *np, uint32_t bb,
-		     bool put, void *stream)
+/* The previous round of a host path: its copies are fenced at v; finished once they land. */
+struct round {
+	size_t from, to;
+	uint64_t v;
+	bool have;
+};
+
+/* Waits for the previous round's copies (and its coding on the codec stream), then commits or
+ * releases its blocks. */
+static void finish_prev(struct kvt_dev *d, struct round *prev, bool put, int *first_err)
 {
+	int w;
+
+	if (!prev->have)
+		return;
+	w = kvt_gpu_flag_wait(d->flag, prev->v, FLAG_TIMEOUT);
+	if (w == 0)
+		w = kvtc_devq_wait(d, prev->from);
+	host_finish(d, prev->from, prev->to, put, w, first_err);
+	prev->have = false;
+}
+
+/*
+ * Queues round [k0, *k1)'s copies of its B_HOST blocks (and, for a get, its records' round)
+ * and fences them; then finishes the previous round and makes this one the previous.  A copy
+ * that could not be queued finishes this round as failed and returns it (the caller stops).
+ */
+static int close_round(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_layout *pl,
+		       const uint32_t *ids, size_t k0, size_t k1, uint32_t bb, bool put,
+		       void *stream, struct round *prev, int *first_err)
+{
+	uint64_t v = 0;
+	/* a get round's slots were last decoded into by the round before the last */
+	int ret = put ? 0 : kvtc_devq_round_begin(d, k0, stream);
+
+	if (ret >= 0)
+		ret = (int)queue_copy(d, pl, ids, k0, k1, B_HOST, put, stream);
+	if (ret >= 0 && !put)
+		ret = kvtc_devq_get_round(d, layout, pl, ids, k0, k1, bb, stream);
+	if (ret >= 0)
+		ret = fence(d, stream, &v);
+	if (ret >= 0)
+		ret = kvtc_devq_round_end(d, k0, stream);
+	finish_prev(d, prev, put, first_err);
+	if (ret < 0) {
+		/* Nothing of this round may be trusted: the stream is in an unknown state, so
+		 * wait for it before handing the memory back. */
+		kvt_gpu_stream_sync(stream);
+		host_finish(d, k0, k1, put, ret, first_err);
+		return ret;
+	}
+	*prev = (struct round){k0, k1, v, true};
+	return 0;
+}
+
+/*
+ * Host tier part of a put for the blocks still B_NONE, HOST_CHUNK at a time: round k+1 is
+ * encoded on the codec stream (compressed host tier) while round k's records and raw blocks
+ * are reserved and copied down, and round k-1 commits once the flag says its copies are done.
+ */
+static int host_put(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_layout *pl,
+		    const struct kvt_key *keys, const uint32_t *ids, size_t n, uint32_t bb,
+		    void *stream)
+{
+	struct round prev = {0};
 	int hid = d->host_id[layout];
-	size_t n = *np, prev_from = 0, prev_to = 0;
-	uint64_t prev_v = 0;
-	bool have_prev = false;
+	int first_err = 0, ret;
+
+	if (d->xp_heads && n && (ret = kvtc_devq_xp_ready(d, pl, bb)) < 0)
+		return ret;
+	for (size_t k0 = 0; k0 < n; k0 += HOST_CHUNK) {
+		size_t k1 = n - k0 < HOST_CHUNK ? n : k0 + HOST_CHUNK;
+
+		/* what is left B_NONE by the encode and the store is stored raw below */
+		if (k0 == 0 &&
+		    (ret = kvtc_devq_put_encode(d, layout, pl, ids, k0, k1, bb, stream)) < 0 &&
+		    !first_err)
+			first_err = ret;
+		if (k1 < n &&
+		    (ret = kvtc_devq_put_encode(d, layout, pl, ids, k1,
+						n - k1 < HOST_CHUNK ? n : k1 + HOST_CHUNK, bb,
+						stream)) < 0 &&
+		    !first_err)
+			first_err = ret;
+		if ((ret = kvtc_devq_put_store(d, layout, keys, k0, k1, bb, stream)) < 0 &&
+		    !first_err)
+			first_err = ret;
+		for (size_t k = k0; k < k1; k++) {
+			struct dev_blk *b = &d->blk[k];
+
+			if (b->where != B_NONE)
+				continue;
+			ret = kvt_put_reserve(d->c, hid, &keys[k], bb, &b->u.r);
+			if (ret == -EEXIST) {
+				b->where = B_DONE;
+				continue;
+			}
+			if (ret == 0) {
+				b->addr = (uint64_t)(uintptr_t)b->u.r.data;
+				ret = kvtc_dev_host_ready(d, b->u.r.data, bb);
+				if (ret < 0)
+					kvt_put_abort(d->c, &b->u.r);
+			}
+			if (ret < 0) {
+				if (!first_err)
+					first_err = ret;
+				k1 = k; /* later blocks would fail alike */
+				n = k;
+				break;
+			}
+			b->where = B_HOST;
+		}
+		if (close_round(d, layout, pl, ids, k0, k1, bb, true, stream, &prev, &first_err) <
+		    0)
+			break;
+	}
+	finish_prev(d, &prev, true, &first_err);
+	/* a round encoded ahead of a stop must not read the pages after the call */
+	if (d->q_stream)
+		kvt_gpu_stream_sync(d->q_stream);
+	return first_err;
+}
+
+/*
+ * Host tier part of a get, HOST_CHUNK at a time: round k's copies (and records' decode) run
+ * on the GPU while round k+1 leases, and round k releases once the flags say its copies are
+ * done.  *n shrinks to the first miss.
+ */
+static int host_get(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_layout *pl,
+		    const struct kvt_key *keys, const uint32_t *ids, size_t *np, uint32_t bb,
+		    void *stream)
+{
+	struct round prev = {0};
+	int hid = d->host_id[layout];
+	size_t n = *np;
 	int first_err = 0, ret;
 
 	if (d->xp_heads && n && (ret = kvtc_devq_xp_ready(d, pl, bb)) < 0) {
@@ -430,91 +551,46 @@ static int host_path(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_l
 	}
 	for (size_t k0 = 0; k0 < n; k0 += HOST_CHUNK) {
 		size_t k1 = n - k0 < HOST_CHUNK ? n : k0 + HOST_CHUNK;
-		int copy_err = 0;
-		uint64_t v = 0;
 
-		/* Compressed host tier: encoded on the GPU, reserved at the records' lengths;
-		 * what it leaves B_NONE is stored raw below. */
-		if (put &&
-		    (ret = kvtc_devq_put_round(d, layout, pl, keys, ids, k0, k1, bb, stream)) < 0 &&
-		    !first_err)
-			first_err = ret;
 		for (size_t k = k0; k < k1; k++) {
 			struct dev_blk *b = &d->blk[k];
 
 			if (b->where != B_NONE)
-				continue;
-			if (put) {
-				ret = kvt_put_reserve(d->c, hid, &keys[k], bb, &b->u.r);
-				if (ret == -EEXIST) {
-					b->where = B_DONE;
-					continue;
-				}
-				if (ret == 0) {
-					b->addr = (uint64_t)(uintptr_t)b->u.r.data;
-					ret = kvtc_dev_host_ready(d, b->u.r.data, bb);
-					if (ret < 0)
-						kvt_put_abort(d->c, &b->u.r);
-				}
-			} else {
-				ret = kvt_get_lease(d->c, hid, &keys[k], &b->u.l);
-				if (ret == 0 && b->u.l.chain_id) {
-					/* a record: decoded on the GPU (or here) */
-					ret = kvtc_devq_get_prepare(d, layout, k, bb);
-					if (ret < 0)
-						kvt_lease_release(d->c, &b->u.l);
-					else
-						continue;
-				} else if (ret == 0 && b->u.l.len != bb) {
+				continue; /* from the GPU tier */
+			ret = kvt_get_lease(d->c, hid, &keys[k], &b->u.l);
+			if (ret == 0 && b->u.l.chain_id) {
+				/* a record: decoded on the GPU (or here) */
+				ret = kvtc_devq_get_prepare(d, layout, k, bb);
+				if (ret < 0)
 					kvt_lease_release(d->c, &b->u.l);
-					ret = -ENOENT; /* stored with another geometry */
-				}
-				if (ret == 0) {
-					b->addr = (uint64_t)(uintptr_t)b->u.l.data;
-					ret = kvtc_dev_host_ready(d, b->u.l.data, bb);
-					if (ret < 0)
-						kvt_lease_release(d->c, &b->u.l);
-				}
+				else
+					continue;
+			} else if (ret == 0 && b->u.l.len != bb) {
+				kvt_lease_release(d->c, &b->u.l);
+				ret = -ENOENT; /* stored with another geometry */
+			}
+			if (ret == 0) {
+				b->addr = (uint64_t)(uintptr_t)b->u.l.data;
+				ret = kvtc_dev_host_ready(d, b->u.l.data, bb);
+				if (ret < 0)
+					kvt_lease_release(d->c, &b->u.l);
 			}
 			if (ret < 0) {
 				if (!first_err)
 					first_err = ret;
-				k1 = k; /* stop here: later blocks are not needed (get) or
-					 * would fail alike (put) */
+				k1 = k; /* stop here: later blocks are not needed */
 				n = k;
 				break;
 			}
 			b->where = B_HOST;
 		}
-		ret = (int)queue_copy(d, pl, ids, k0, k1, B_HOST, put, stream);
-		if (ret >= 0 && !put)
-			ret = kvtc_devq_get_round(d, layout, pl, ids, k0, k1, bb, stream);
-		if (ret >= 0)
-			ret = fence(d, stream, &v);
-		if (ret < 0)
-			copy_err = ret;
-		if (have_prev) {
-			int w = kvt_gpu_flag_wait(d->flag, prev_v, FLAG_TIMEOUT);
-			host_finish(d, prev_from, prev_to, put, w, &first_err);
-		}
-		if (copy_err < 0) {
-			/* Nothing of this round may be trusted: the stream is in an unknown
-			 * state, so wait for it before handing the memory back. */
-			kvt_gpu_stream_sync(stream);
-			host_finish(d, k0, k1, put, copy_err, &first_err);
-			have_prev = false;
+		if (close_round(d, layout, pl, ids, k0, k1, bb, false, stream, &prev, &first_err) <
+		    0) {
 			n = k0;
 			break;
 		}
-		prev_from = k0;
-		prev_to = k1;
-		prev_v = v;
-		have_prev = true;
 	}
-	if (have_prev) {
-		int w = kvt_gpu_flag_wait(d->flag, prev_v, FLAG_TIMEOUT);
-		host_finish(d, prev_from, prev_to, put, w, &first_err);
-	}
+	finish_prev(d, &prev, false, &first_err);
 	*np = n;
 	return first_err;
 }
@@ -565,7 +641,7 @@ KVT_API int kvt_dev_put(struct kvt_dev *d, int layout, const struct kvt_dev_page
 	if (!((flags | d->flags) & KVT_DEV_HOST_ONLY))
 		put_gpu(d, &d->layouts[layout], &pl, keys, ids, n, bb, stream);
 	nh = n;
-	ret = host_path(d, layout, &pl, keys, ids, &nh, bb, true, stream);
+	ret = host_put(d, layout, &pl, keys, ids, nh, bb, stream);
 	for (size_t k = 0; k < n && d->blk[k].where == B_DONE; k++)
 		done++;
 	if (done || !ret)
@@ -655,7 +731,7 @@ KVT_API int kvt_dev_get(struct kvt_dev *d, int layout, const struct kvt_dev_page
 			gerr = ret;
 	}
 	nh = n;
-	ret = host_path(d, layout, &pl, keys, ids, &nh, bb, false, stream);
+	ret = host_get(d, layout, &pl, keys, ids, &nh, bb, stream);
 	/* The pool part: wait for its copies, then give the leases back. */
 	if (kvt_gpu_stream_sync(stream) < 0 && !gerr)
 		gerr = -EIO;

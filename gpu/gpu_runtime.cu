@@ -395,6 +395,50 @@ out:
 	return ret;
 }
 
+int kvt_gpu_event_create(void **out)
+{
+	cudaEvent_t ev = NULL;
+	int ret = 0;
+
+	if (!out)
+		return -EINVAL;
+	*out = NULL;
+	if (!kvt_gpu_available())
+		return -ENODEV;
+	KVT_CU(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+	*out = (void *)ev;
+out:
+	return ret;
+}
+
+void kvt_gpu_event_destroy(void *ev)
+{
+	if (ev)
+		cudaEventDestroy((cudaEvent_t)ev);
+}
+
+int kvt_gpu_event_record(void *ev, void *stream)
+{
+	int ret = 0;
+
+	if (!ev)
+		return -EINVAL;
+	KVT_CU(cudaEventRecord((cudaEvent_t)ev, (cudaStream_t)stream));
+out:
+	return ret;
+}
+
+int kvt_gpu_stream_wait(void *stream, void *ev)
+{
+	int ret = 0;
+
+	if (!ev)
+		return -EINVAL;
+	KVT_CU(cudaStreamWaitEvent((cudaStream_t)stream, (cudaEvent_t)ev, 0));
+out:
+	return ret;
+}
+
 /* ---- engine ----------------------------------------------------------------------------- */
 
 void kvt_gpu_engine_destroy(struct kvt_gpu_engine *e)

@@ -124,6 +124,27 @@ int kvt_gpu_set_device(int ordinal)
 	return -ENODEV;
 }
 
+int kvt_gpu_event_create(void **out)
+{
+	if (out)
+		*out = NULL;
+	return -ENODEV;
+}
+
+void kvt_gpu_event_destroy(void *ev)
+{
+}
+
+int kvt_gpu_event_record(void *ev, void *stream)
+{
+	return -ENODEV;
+}
+
+int kvt_gpu_stream_wait(void *stream, void *ev)
+{
+	return -ENODEV;
+}
+
 int kvt_gpu_engine_create(const struct kvt_gpu_engine_opts *o, struct kvt_gpu_engine **out)
 {
 	if (out)

@@ -128,6 +128,13 @@ int kvt_gpu_stream_create(void **out); /* non-blocking stream on the current dev
 void kvt_gpu_stream_destroy(void *stream);
 int kvt_gpu_stream_sync(void *stream);
 int kvt_gpu_set_device(int ordinal);
+/* Order between two streams without a host wait: kvt_gpu_stream_wait(s, ev) makes the work
+ * queued on s afterwards wait for the work queued before the last kvt_gpu_event_record(ev, ...)
+ * (an event never recorded: no wait).  Events are made without timing, on the current device. */
+int kvt_gpu_event_create(void **out);
+void kvt_gpu_event_destroy(void *ev);
+int kvt_gpu_event_record(void *ev, void *stream);
+int kvt_gpu_stream_wait(void *stream, void *ev);
 
 /* ---- copy engine --------------------------------------------------------------------------- */
 
