@@ -194,28 +194,41 @@ static int work_init(struct work *w, const char *name, uint64_t total, int pages
 	return 0;
 }
 
-/* One put + get of every block of w on path (flags); times in *tp, *tg. 0 or -1. */
+/* The device API's time waiting for the GPU so far, s (kvt_dev_info). */
+static double dev_wait_s(struct kvt_dev *dv)
+{
+	struct kvt_dev_info i = {.size = sizeof(i)};
+
+	return kvt_dev_info(dv, &i) == 0 ? (double)i.wait_ns / 1e9 : 0;
+}
+
+/* One put + get of every block of w on path (flags); times in *tp, *tg, and the shares of
+ * them spent waiting for the GPU in *wp, *wg. 0 or -1. */
 static int rep(struct kvt_client *c, struct kvt_dev *dv, int lay, struct work *w, unsigned flags,
-	       uint32_t tag, double *tp, double *tg)
+	       uint32_t tag, double *tp, double *tg, double *wp, double *wg)
 {
 	struct kvt_key *keys = malloc(w->nblocks * sizeof(*keys));
 	int ret;
-	double t0;
+	double t0, w0;
 
 	for (uint32_t i = 0; i < w->nblocks; i++)
 		keys[i] = (struct kvt_key){(uint64_t)tag << 32 | i, 0x1234 + tag};
+	w0 = dev_wait_s(dv);
 	t0 = kvt_bench_now_s();
 	ret = kvt_dev_put(dv, lay, &w->p, keys, w->ids, w->nblocks, flags, NULL);
 	*tp = kvt_bench_now_s() - t0;
+	*wp = (dev_wait_s(dv) - w0) / *tp;
 	if (ret != (int)w->nblocks) {
 		fprintf(stderr, "%s put: %d (%s)\n", w->name, ret,
 			ret < 0 ? kvt_strerror(ret) : "");
 		free(keys);
 		return -1;
 	}
+	w0 = dev_wait_s(dv);
 	t0 = kvt_bench_now_s();
 	ret = kvt_dev_get(dv, lay, &w->p, keys, w->ids, w->nblocks, flags, NULL);
 	*tg = kvt_bench_now_s() - t0;
+	*wg = (dev_wait_s(dv) - w0) / *tg;
 	if (ret != (int)w->nblocks) {
 		fprintf(stderr, "%s get: %d (%s)\n", w->name, ret,
 			ret < 0 ? kvt_strerror(ret) : "");
@@ -346,34 +359,49 @@ int main(int argc, char **argv)
 			unsigned flags = path == 0 ? KVT_DEV_HOST_ONLY : 0;
 			double *tp = calloc((size_t)reps, sizeof(double));
 			double *tg = calloc((size_t)reps, sizeof(double));
-			double bytes = (double)w[k].nblocks * (double)w[k].block_bytes, p, g;
+			double *wp = calloc((size_t)reps, sizeof(double));
+			double *wg = calloc((size_t)reps, sizeof(double));
+			double bytes = (double)w[k].nblocks * (double)w[k].block_bytes, p, g, pw,
+			       gw;
 
 			for (int r = -1; r < reps; r++) {
-				double a, b;
+				double a, b, x, y;
 				if (rep(c, dv, lay, &w[k], flags,
-					(uint32_t)(k * 1000 + path * 100 + r + 1), &a, &b) < 0) {
+					(uint32_t)(k * 1000 + path * 100 + r + 1), &a, &b, &x,
+					&y) < 0) {
 					ret = 1;
 					break;
 				}
 				if (r >= 0) {
 					tp[r] = bytes / a / 1e9;
 					tg[r] = bytes / b / 1e9;
+					wp[r] = x;
+					wg[r] = y;
 				}
 			}
 			p = kvt_bench_median(tp, reps);
 			g = kvt_bench_median(tg, reps);
+			pw = kvt_bench_median(wp, reps);
+			gw = kvt_bench_median(wg, reps);
+			/* waiting: the share of a call's time its thread waited for the GPU (the
+			 * rest: this process and the daemon, e.g. reservations and leases) */
 			printf(
-			    "%-12s %-4s put %7.1f GB/s (%.3f x D2H)  get %7.1f GB/s (%.3f x H2D)\n",
-			    w[k].name, path ? "gpu" : "host", p, p / d2h_ceil, g, g / h2d_ceil);
+			    "%-12s %-4s put %7.1f GB/s (%.3f x D2H)  get %7.1f GB/s (%.3f x H2D)  "
+			    "waiting %.0f %% / %.0f %%\n",
+			    w[k].name, path ? "gpu" : "host", p, p / d2h_ceil, g, g / h2d_ceil,
+			    100 * pw, 100 * gw);
 			fprintf(out,
 				"%s\n    {\"workload\": \"%s\", \"path\": \"%s\", \"block_bytes\": "
 				"%llu, \"blocks\": %u, \"put_gbs\": %.2f, \"put_ratio\": %.3f, "
-				"\"get_gbs\": %.2f, \"get_ratio\": %.3f}",
+				"\"get_gbs\": %.2f, \"get_ratio\": %.3f, \"put_waiting\": %.3f, "
+				"\"get_waiting\": %.3f}",
 				k || path ? "," : "", w[k].name, path ? "gpu_pool" : "host_arena",
 				(unsigned long long)w[k].block_bytes, w[k].nblocks, p, p / d2h_ceil,
-				g, g / h2d_ceil);
+				g, g / h2d_ceil, pw, gw);
 			free(tp);
 			free(tg);
+			free(wp);
+			free(wg);
 		}
 	}
 	fprintf(out, "\n  ]\n}\n");

@@ -473,6 +473,12 @@ struct kvt_dev_info {
 	char uuid[41];	     /* "GPU-..." of the pool's device ("" when none) */
 	uint32_t reattaches; /* pools mapped after a daemon restart */
 	uint64_t gpu_puts, host_puts, gpu_gets, host_gets; /* blocks, by where they went */
+	/* Time the calls spent waiting for the GPU (copies, coding), ns: against a call's own
+	 * time, it tells a call bound by the bus or the GPU from one bound by this process or the
+	 * daemon.  Blocks of the compressed host tier encoded and decoded on the GPU, and
+	 * decoded on the CPU (a layout the GPU codec does not take). */
+	uint64_t wait_ns;
+	uint64_t gpu_encodes, gpu_decodes, cpu_decodes;
 };
 
 /* Fills st (st->size must be set).  Returns 0 or -EINVAL. */

@@ -223,6 +223,36 @@ static int find_mapping(const void *p, void **base, size_t *len)
  * Makes [p, p + n) DMA-capable: the arena mapping holding it is registered with CUDA once.
  * A new mapping (the arena of a restarted daemon) is registered when first seen.
  */
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int kvtc_dev_flag_wait(struct kvt_dev *d, const uint64_t *flag, uint64_t v)
+{
+	uint64_t t0;
+	int ret;
+
+	if (kvt_gpu_flag_done(flag, v))
+		return 0;
+	t0 = mono_ns();
+	ret = kvt_gpu_flag_wait(flag, v, FLAG_TIMEOUT);
+	d->wait_ns += mono_ns() - t0;
+	return ret;
+}
+
+int kvtc_dev_stream_sync(struct kvt_dev *d, void *stream)
+{
+	uint64_t t0 = mono_ns();
+	int ret = kvt_gpu_stream_sync(stream);
+
+	d->wait_ns += mono_ns() - t0;
+	return ret;
+}
+
 int kvtc_dev_host_ready(struct kvt_dev *d, const void *p, size_t n)
 {
 	void *base;
@@ -389,6 +419,10 @@ KVT_API int kvt_dev_info(struct kvt_dev *d, struct kvt_dev_info *st)
 	i.host_puts = d->host_puts;
 	i.gpu_gets = d->gpu_gets;
 	i.host_gets = d->host_gets;
+	i.wait_ns = d->wait_ns;
+	i.gpu_encodes = d->gpu_encodes;
+	i.gpu_decodes = d->gpu_decodes;
+	i.cpu_decodes = d->cpu_decodes;
 	pthread_mutex_unlock(&d->lock);
 	memcpy(st, &i, st->size < sizeof(i) ? st->size : sizeof(i));
 	st->size = i.size < st->size ? i.size : st->size;

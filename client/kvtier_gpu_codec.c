@@ -320,7 +320,7 @@ int kvtc_devq_put_store(struct kvt_dev *d, int layout, const struct kvt_key *key
 	if (!d->q_m[p])
 		return 0;
 	d->q_m[p] = 0;
-	ret = kvt_gpu_flag_wait(&d->flag[1], d->q_v[p], FLAG_TIMEOUT);
+	ret = kvtc_dev_flag_wait(d, &d->flag[1], d->q_v[p]);
 	if (ret < 0)
 		return ret; /* the lengths decide the reservations: stored raw */
 	for (size_t k = k0; k < k1; k++) {
@@ -382,7 +382,7 @@ int kvtc_devq_wait(struct kvt_dev *d, size_t k0)
 
 	if (!d->q_stream || !d->q_v[p])
 		return 0;
-	return kvt_gpu_flag_wait(&d->flag[1], d->q_v[p], FLAG_TIMEOUT);
+	return kvtc_dev_flag_wait(d, &d->flag[1], d->q_v[p]);
 }
 
 int kvtc_devq_get_prepare(struct kvt_dev *d, int layout, size_t k, uint32_t bb)

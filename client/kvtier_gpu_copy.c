@@ -346,7 +346,7 @@ static void put_gpu(struct kvt_dev *d, const struct kvt_layout *l,
 		if (ret >= 0)
 			ret = (int)queue_quant(d, pl, &q, ids, k0, k0 + m, true, stream);
 		if (ret >= 0)
-			ret = kvt_gpu_stream_sync(stream);
+			ret = kvtc_dev_stream_sync(d, stream);
 		for (uint32_t j = 0; j < m; j++) {
 			if (in_pool(d->blk[k0 + j].where))
 				req[nc++].handle = d->blk[k0 + j].handle;
@@ -423,7 +423,7 @@ static void finish_prev(struct kvt_dev *d, struct round *prev, bool put, int *fi
 
 	if (!prev->have)
 		return;
-	w = kvt_gpu_flag_wait(d->flag, prev->v, FLAG_TIMEOUT);
+	w = kvtc_dev_flag_wait(d, d->flag, prev->v);
 	if (w == 0)
 		w = kvtc_devq_wait(d, prev->from);
 	host_finish(d, prev->from, prev->to, put, w, first_err);
@@ -527,7 +527,7 @@ static int host_put(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_la
 	finish_prev(d, &prev, true, &first_err);
 	/* a round encoded ahead of a stop must not read the pages after the call */
 	if (d->q_stream)
-		kvt_gpu_stream_sync(d->q_stream);
+		kvtc_dev_stream_sync(d, d->q_stream);
 	return first_err;
 }
 
@@ -733,7 +733,7 @@ KVT_API int kvt_dev_get(struct kvt_dev *d, int layout, const struct kvt_dev_page
 	nh = n;
 	ret = host_get(d, layout, &pl, keys, ids, &nh, bb, stream);
 	/* The pool part: wait for its copies, then give the leases back. */
-	if (kvt_gpu_stream_sync(stream) < 0 && !gerr)
+	if (kvtc_dev_stream_sync(d, stream) < 0 && !gerr)
 		gerr = -EIO;
 	for (size_t k0 = 0; k0 < n; k0 += DEV_ROUND) {
 		uint32_t m = (uint32_t)(n - k0 < DEV_ROUND ? n - k0 : DEV_ROUND), nc = 0;

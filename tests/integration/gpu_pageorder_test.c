@@ -188,6 +188,7 @@ static void run(enum mode m, uint32_t pages_per_block, unsigned mis)
 	CHECK_EQ(kvt_dev_put(dv, dl, &p, keys, ids, NB, 0, NULL), NB);
 	CHECK_EQ(kvt_dev_info(dv, &info), 0);
 	CHECK_EQ(m == POOL ? info.gpu_puts : info.host_puts, NB);
+	CHECK_EQ(info.gpu_encodes, m == BQ ? NB : 0); /* bq: every block coded on the GPU */
 	for (unsigned k = 0; k < NB; k++) {
 		uint8_t *w = want + k * BLOCK;
 
@@ -214,6 +215,8 @@ static void run(enum mode m, uint32_t pages_per_block, unsigned mis)
 	CHECK_EQ(kvt_dev_get(dv, dl, &p, keys, ids, NB, 0, NULL), NB);
 	CHECK_EQ(kvt_dev_info(dv, &info), 0);
 	CHECK_EQ(m == POOL ? info.gpu_gets : info.host_gets, NB);
+	CHECK_EQ(info.gpu_decodes, m == BQ ? NB : 0);
+	CHECK_EQ(info.cpu_decodes, 0);
 	memset(eng2, 0, L * layer);
 	for (unsigned k = 0; k < NB; k++)
 		to_pages(m == BQ ? got + k * BLOCK : want + k * BLOCK, &ids[k * ppb], eng2);

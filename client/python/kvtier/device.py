@@ -32,7 +32,8 @@ class _DevOpts(ctypes.Structure):
                 ("socket_path", ctypes.c_char_p), ("flags", ctypes.c_uint32)]
 
 
-_DEV_COUNTS = ("gpu_puts", "host_puts", "gpu_gets", "host_gets")
+_DEV_COUNTS = ("gpu_puts", "host_puts", "gpu_gets", "host_gets", "wait_ns", "gpu_encodes",
+               "gpu_decodes", "cpu_decodes")
 
 
 class _DevInfo(ctypes.Structure):
