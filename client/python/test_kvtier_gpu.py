@@ -79,9 +79,12 @@ class _FakeTensor:
 def test_devpages_vllm_abi_order():
     import ctypes
     kv = [_FakeTensor((2, 10, 16, 8, 128), 0x10000 * (i + 1)) for i in range(3)]
-    p = kvtier.DevPages.vllm(kv)
-    assert p._c.size == ctypes.sizeof(p._c) and p._c.page_heads == 0
+    p = kvtier.DevPages.vllm(kv)  # 5-D: the layout's order by default
+    assert p._c.size == ctypes.sizeof(p._c) and p._c.page_heads == 8
     assert p._c.page_bytes == 16 * 8 * 128 * 2 and p._c.kv_stride == 10 * p._c.page_bytes
+    assert kvtier.DevPages.vllm(kv, abi_order=False)._c.page_heads == 0
+    flat = [_FakeTensor((2, 10, 16 * 8 * 128), 1)]
+    assert kvtier.DevPages.vllm(flat)._c.page_heads == 0  # heads unknown: as they are
     p = kvtier.DevPages.vllm(kv, pages_per_block=2, abi_order=True)
     assert p._c.page_heads == 8 and p._c.pages_per_block == 2
     with pytest.raises(kvtier.KvtError):

@@ -101,16 +101,20 @@ class DevPages:
 
     @classmethod
     def vllm(cls, kv_caches: Sequence[Any], pages_per_block: int = 1,
-             abi_order: bool = False) -> "DevPages":
+             abi_order: Optional[bool] = None) -> "DevPages":
         """From vLLM's per-layer tensors of shape [2, num_blocks, block_size, heads, dim]
         (contiguous, on the GPU; torch tensors or anything with ``data_ptr()``, ``shape``
         and ``element_size()``).  ``abi_order``: store blocks in the layout's
         ``[head][token][dim]`` order (``page_heads = heads``), as CPU readers and the bq host
-        codec expect; off, the pages are stored as they are (token-major)."""
+        codec expect; False: the pages are stored as they are (token-major).  Default: on
+        for tensors of that 5-D shape, off for others (flattened pages, where the heads
+        cannot be told)."""
         t = kv_caches[0]
         two, num_blocks = int(t.shape[0]), int(t.shape[1])
         if two != 2:
             raise KvtError(_errno.EINVAL, "vllm pages: first dimension must be 2 (K, V)")
+        if abi_order is None:
+            abi_order = len(t.shape) == 5
         if abi_order and len(t.shape) != 5:
             raise KvtError(_errno.EINVAL, "vllm pages: abi_order needs [2, blocks, size, heads,"
                            " dim] tensors")
