@@ -508,6 +508,14 @@ KVT_API int kvt_put_abort(struct kvt_client *c, struct kvt_reservation *r)
 	return finish(c, r, KVT_OP_ABORT, KVT_POS_UNKNOWN);
 }
 
+KVT_API int kvt_put_encodes(struct kvt_client *c, int layout)
+{
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
+	if (check_client(c) < 0 || layout < 0 || (uint32_t)layout >= c->nlayouts)
+		return -EINVAL;
+	return kvtc_put_chain(c, layout, kvt_layout_block_bytes(&c->layouts[layout])) != NULL;
+}
+
 KVT_API int kvt_put(struct kvt_client *c, int layout, const struct kvt_key *key, const void *data,
 		    size_t len)
 {

@@ -239,6 +239,15 @@ KVT_API int kvt_lease_release(struct kvt_client *c, struct kvt_lease *l);
  */
 KVT_API ssize_t kvt_lease_decode(struct kvt_client *c, const struct kvt_lease *l, void *buf,
 				 size_t cap);
+/*
+ * Does the host tier code this layout's whole blocks (host.codec names a chain for it)?
+ * Returns 1 when kvt_put, kvt_put_at and kvt_put_batch of a whole block store a record (as
+ * the library last learnt from the daemon), 0 when they store the raw block, -EINVAL for a
+ * layout id not registered.  An engine that fills blocks in place with kvt_put_reserve
+ * (always raw) asks this to hand whole blocks to kvt_put_at instead, so that its host tier
+ * holds them compressed.
+ */
+KVT_API int kvt_put_encodes(struct kvt_client *c, int layout);
 
 /* Deletes key from every tier.  Returns 0 or -ENOENT (either: no version of key is served
  * again, across daemon restarts too), or -EAGAIN (nothing deleted; retry later) while the

@@ -5,7 +5,9 @@
  *   kvtier-llama [options] MODEL.gguf PROMPT-FILE...
  *
  * For each prompt file: restores its longest cached prefix from kvtierd, evaluates the rest,
- * stores the new 64-token blocks, picks the first token (greedy) and reports the time to it.
+ * stores the new 64-token blocks, picks the first token (greedy) and reports the time to it;
+ * with --predict N, N tokens in all are generated greedily after the prompt and printed (ids),
+ * so that a run with a restored cache can be compared with one that evaluated everything.
  * A first run prefills and stores; a second run with the same prefix restores.  A model
  * without a vocabulary (tokenizer "none", as client/llama/gguf_writer.py writes) reads the
  * file's bytes as token ids; a model with one tokenizes the text.
@@ -42,8 +44,39 @@ static void usage(FILE *f)
 	    "  -t, --threads N      CPU threads (default: one per CPU)\n"
 	    "      --no-kvtier      evaluate everything, use no kvtier (the baseline)\n"
 	    "      --no-store       restore only, store nothing\n"
+	    "  -n, --predict N      generate N tokens (greedy) after each prompt, print their ids\n"
 	    "  -v, --verbose        llama.cpp's own log\n"
 	    "  -h, --help\n");
+}
+
+/* Greedy generation after a prompt of n tokens whose next token is first: n_gen tokens in
+ * all, printed as ids; the generated tokens are then dropped from the sequence. */
+static int generate(struct llama_context *ctx, llama_token first, size_t n, uint32_t n_gen,
+		    int n_vocab, uint32_t n_batch, const char *name)
+{
+	llama_token t = first;
+	int rc = 0;
+
+	printf("%s: generated %u:", name, n_gen);
+	for (uint32_t j = 0; j < n_gen; j++) {
+		printf(" %d", t);
+		if (j + 1 == n_gen)
+			break;
+		if ((rc = kvt_llama_eval(ctx, 0, &t, 1, (llama_pos)(n + j), n_batch)) < 0) {
+			fprintf(stderr, "\nkvtier-llama: %s: generation failed: %s\n", name,
+				kvt_strerror(rc));
+			break;
+		}
+		const float *lg = llama_get_logits_ith(ctx, -1);
+		int best = 0;
+		for (int v = 1; v < n_vocab; v++)
+			if (lg[v] > lg[best])
+				best = v;
+		t = best;
+	}
+	printf("\n");
+	llama_memory_seq_rm(llama_get_memory(ctx), 0, (llama_pos)n, -1);
+	return rc;
 }
 
 /* The prompt's tokens: bytes for a vocabulary-less model, else llama_tokenize. */
@@ -106,11 +139,12 @@ int main(int argc, char **argv)
 					   {"threads", required_argument, NULL, 't'},
 					   {"no-kvtier", no_argument, NULL, 'K'},
 					   {"no-store", no_argument, NULL, 'S'},
+					   {"predict", required_argument, NULL, 'n'},
 					   {"verbose", no_argument, NULL, 'v'},
 					   {"help", no_argument, NULL, 'h'},
 					   {0}};
 	const char *sock = NULL;
-	long n_ctx = 0, n_batch = 512, threads = 0;
+	long n_ctx = 0, n_batch = 512, threads = 0, predict = 0;
 	int no_kvtier = 0, no_store = 0, opt, status = 0;
 	struct llama_model *model = NULL;
 	struct llama_context *ctx = NULL;
@@ -118,7 +152,7 @@ int main(int argc, char **argv)
 	llama_token **prompts = NULL;
 	size_t *lens = NULL, longest = 0;
 
-	while ((opt = getopt_long(argc, argv, "s:c:b:t:vh", lo, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "s:c:b:t:n:vh", lo, NULL)) != -1) {
 		switch (opt) {
 		case 's':
 			sock = optarg;
@@ -138,6 +172,9 @@ int main(int argc, char **argv)
 		case 'S':
 			no_store = 1;
 			break;
+		case 'n':
+			predict = strtol(optarg, NULL, 10);
+			break;
 		case 'v':
 			verbose = 1;
 			break;
@@ -149,7 +186,8 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (argc - optind < 2 || n_ctx < 0 || n_batch <= 0 || threads < 0) {
+	if (argc - optind < 2 || n_ctx < 0 || n_batch <= 0 || threads < 0 || predict < 0 ||
+	    predict > 65536) {
 		usage(stderr);
 		return 2;
 	}
@@ -181,7 +219,7 @@ int main(int argc, char **argv)
 			longest = lens[i];
 	}
 	struct llama_context_params cp = llama_context_default_params();
-	cp.n_ctx = (uint32_t)(n_ctx ? n_ctx : (long)(longest + 255) / 256 * 256);
+	cp.n_ctx = (uint32_t)(n_ctx ? n_ctx : (long)(longest + predict + 255) / 256 * 256);
 	cp.n_batch = cp.n_ubatch = (uint32_t)n_batch;
 	cp.n_seq_max = 1;
 	/* ggml's default of 4 threads spins on a 2-core machine: one per core. */
@@ -245,6 +283,11 @@ int main(int argc, char **argv)
 		if (kl && r.kvtier)
 			printf(" [kvtier: %s]", kvt_llama_last_message(kl));
 		printf("\n");
+		if (predict > 0 && generate(ctx, best, lens[i], (uint32_t)predict, n_vocab,
+					    (uint32_t)n_batch, argv[optind + 1 + i]) < 0) {
+			status = 1;
+			break;
+		}
 		fflush(stdout);
 	}
 out:

@@ -21,16 +21,20 @@
 
 #include <ggml-backend.h>
 /* ---------------------------------------------------------------------------------------
- * Storing: the sequence's state -> blocks [from, to) by position.
+ * Storing: the sequence's state -> blocks [from, to) by position.  Each block is filled in
+ * place in the host arena (kvt_put_reserve, zero copy), or, where the host tier codes the
+ * layout's blocks (host.codec), in a buffer handed to kvt_put_at, which encodes it in this
+ * thread: a reservation is always stored raw.
  */
 int kvtl_store(struct kvt_llama *kl, const struct kvt_key *keys, uint32_t from, uint32_t to,
 	       uint32_t n_tokens, uint32_t *stored)
 {
 	const uint32_t hd = kl->hd, nkv = kl->n_kv;
 	const size_t hb = (size_t)hd * kl->el, half = kl->layer_bytes / 2;
+	const bool enc = kvt_put_encodes(kl->c, kl->lay) == 1;
 	struct state_view sv;
 	uint32_t *cell_of = NULL;
-	uint8_t *st;
+	uint8_t *st, *blk = NULL;
 	size_t len = 0;
 	int rc;
 
@@ -58,7 +62,8 @@ int kvtl_store(struct kvt_llama *kl, const struct kvt_key *keys, uint32_t from, 
 		rc = -EBADMSG;
 		goto out;
 	}
-	if (!(cell_of = malloc(n_tokens * sizeof(*cell_of)))) {
+	if (!(cell_of = malloc(n_tokens * sizeof(*cell_of))) ||
+	    (enc && !(blk = malloc(kl->block_bytes)))) {
 		rc = -ENOMEM;
 		goto out;
 	}
@@ -76,16 +81,21 @@ int kvtl_store(struct kvt_llama *kl, const struct kvt_key *keys, uint32_t from, 
 	}
 	for (uint32_t b = from; b < to; b++) {
 		struct kvt_reservation r;
-		rc = kvt_put_reserve(kl->c, kl->lay, &keys[b], kl->block_bytes, &r);
-		if (rc == -EEXIST)
-			continue;
-		if (rc < 0) {
-			kvtl_fmt_err(kl->msg, sizeof(kl->msg), "store block %u: %s", b,
-				     kvt_strerror(rc));
-			goto out;
+		uint8_t *dst = blk;
+
+		if (!enc) {
+			rc = kvt_put_reserve(kl->c, kl->lay, &keys[b], kl->block_bytes, &r);
+			if (rc == -EEXIST)
+				continue;
+			if (rc < 0) {
+				kvtl_fmt_err(kl->msg, sizeof(kl->msg), "store block %u: %s", b,
+					     kvt_strerror(rc));
+				goto out;
+			}
+			dst = r.data;
 		}
 		for (uint32_t l = 0; l < sv.n_layer; l++) {
-			uint8_t *k = (uint8_t *)r.data + l * kl->layer_bytes, *v = k + half;
+			uint8_t *k = dst + l * kl->layer_bytes, *v = k + half;
 			for (uint32_t t = 0; t < BT; t++) {
 				const uint32_t c = cell_of[b * BT + t];
 				for (uint32_t h = 0; h < nkv; h++) {
@@ -108,15 +118,19 @@ int kvtl_store(struct kvt_llama *kl, const struct kvt_key *keys, uint32_t from, 
 					}
 			}
 		}
-		if ((rc = kvt_put_commit_at(kl->c, &r, b * BT)) < 0 && rc != -EEXIST) {
+		rc = enc ? kvt_put_at(kl->c, kl->lay, &keys[b], b * BT, blk, kl->block_bytes)
+			 : kvt_put_commit_at(kl->c, &r, b * BT);
+		if (rc < 0 && rc != -EEXIST) {
 			kvtl_fmt_err(kl->msg, sizeof(kl->msg), "store block %u: %s", b,
 				     kvt_strerror(rc));
 			goto out;
 		}
-		(*stored)++;
+		if (rc == 0)
+			(*stored)++; /* else stored meanwhile (kvt_put_at: 1) */
 	}
 	rc = 0;
 out:
+	free(blk);
 	free(cell_of);
 	kvtl_view_free(&sv);
 out_st:

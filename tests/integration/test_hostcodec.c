@@ -324,6 +324,9 @@ static void mixed(void)
 	CHECK(pid > 0);
 	c = client(&lay);
 	CHECK(c && lay >= 0);
+	/* whole blocks of the layout are coded (kvt_put_reserve's too would not be) */
+	CHECK_EQ(kvt_put_encodes(c, lay), 1);
+	CHECK_EQ(kvt_put_encodes(c, lay + 7), -EINVAL);
 	for (unsigned k = 0; k < 24; k++) {
 		struct kvt_key key = key_of(k);
 		struct kvt_reservation r;
@@ -375,6 +378,7 @@ static void mixed(void)
 	CHECK(pid > 0);
 	c = client(&lay);
 	CHECK(c && lay >= 0);
+	CHECK_EQ(kvt_put_encodes(c, lay), 0);
 	for (unsigned k = 0; k < 24; k++) {
 		static uint16_t got[BLOCK / 2];
 		struct kvt_key key = key_of(k);

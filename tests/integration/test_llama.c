@@ -568,17 +568,15 @@ static void test_daemon_down(void)
 	CHECK_EQ(check_prefill(kl, ctx, ref, P, 300, 256, "daemon back"), 0);
 }
 
-/* A compressed host tier (host.codec = bq) and blocks another client stored with
- * kvt_put_batch (encoded by the chain; this library's own zero-copy puts stay raw): the leased
+/* A compressed host tier (host.codec = bq): the library hands whole blocks to kvt_put_at,
+ * which encodes them (a reservation filled in place would be stored raw), and the leased
  * blocks are records, decoded before they go into the state.  bq is lossy: the logits are
  * within its error of one full prefill (copied as they are, the records would be garbage). */
 static void test_compressed_host(void)
 {
 	static llama_token S[300];
 	struct kvt_llama_result r = {.size = sizeof(r)};
-	struct kvt_layout lay;
-	struct kvt_key keys[4];
-	int st[4], rc;
+	int rc;
 	char cmd[600];
 
 	daemon_stop();
@@ -588,32 +586,6 @@ static void test_compressed_host(void)
 	fill(S, 300, seed + 9);
 	CHECK_EQ(kvt_llama_prefill(kl, S, 300, &r), 0);
 	CHECK_EQ(r.blocks_stored, 4);
-	/* The blocks back out, and in again through a batch put, which encodes. */
-	struct kvt_client *c = kvt_test_connect(sock, "encoder", 5000);
-	CHECK(c);
-	if (!c)
-		return;
-	kvt_llama_layout(kl, &lay);
-	kvt_key_chain(kvt_layout_fingerprint(&lay), KVT_LLAMA_BLOCK_TOKENS, NULL,
-		      (const uint32_t *)S, 256, keys, 4);
-	const size_t bb = kvt_layout_block_bytes(&lay);
-	int l = kvt_register_layout(c, &lay);
-	uint8_t *blocks = malloc(4 * bb);
-	void *bufs[4];
-	const void *data[4];
-	CHECK(l >= 0 && blocks);
-	for (int i = 0; blocks && i < 4; i++) {
-		bufs[i] = blocks + i * bb;
-		data[i] = bufs[i];
-	}
-	if (blocks && l >= 0) {
-		CHECK_EQ(kvt_get_batch(c, l, keys, bufs, bb, 4, st), 4);
-		for (int i = 0; i < 4; i++)
-			CHECK_EQ(kvt_delete(c, l, &keys[i]), 0);
-		CHECK_EQ(kvt_put_batch(c, l, keys, data, NULL, bb, 4, st), 4);
-	}
-	free(blocks);
-	kvt_close(c);
 	snprintf(cmd, sizeof(cmd), "%s -s %s --json tiers", kvtierctl, sock);
 	char *out = kvt_test_run(&rc, cmd);
 	long long enc = rc == 0 && out ? kvt_test_json_num(out, "encoded_blocks") : -1;

@@ -1,7 +1,8 @@
 #!/bin/sh
 # test_llama_driver.sh - kvtier-llama end to end: a first run prefills and stores, a second
 # run with the same prompt restores, a prompt sharing a prefix restores that prefix, and the
-# first token is the one evaluating without kvtier gives.
+# first token (and, with --predict, the tokens generated after it) are those evaluating without
+# kvtier gives.
 #   test_llama_driver.sh KVTIER-LLAMA KVTIERD PYTHON3 GGUF_WRITER.py
 set -eu
 drv=$1 kvtierd=$2 py=$3 writer=$4
@@ -33,8 +34,8 @@ head -c 200 "$dir/a.txt" >"$dir/b.txt"
 printf 'another ending of the same prefix' >>"$dir/b.txt"
 
 "$drv" -s "$dir/sock" -t 2 "$dir/m.gguf" "$dir/a.txt" | tee "$dir/1"
-"$drv" -s "$dir/sock" -t 2 "$dir/m.gguf" "$dir/a.txt" "$dir/b.txt" | tee "$dir/2"
-"$drv" --no-kvtier -t 2 "$dir/m.gguf" "$dir/a.txt" | tee "$dir/3"
+"$drv" -s "$dir/sock" -t 2 -n 12 "$dir/m.gguf" "$dir/a.txt" "$dir/b.txt" | tee "$dir/2"
+"$drv" --no-kvtier -t 2 -n 12 "$dir/m.gguf" "$dir/a.txt" | tee "$dir/3"
 grep -q 'a.txt: 400 tokens, restored 0, evaluated 400, stored 6 blocks' "$dir/1" || fail "first run did not store"
 grep -q 'a.txt: 400 tokens, restored 384, evaluated 16, stored 0 blocks' "$dir/2" || fail "second run did not restore"
 grep -q 'b.txt: 233 tokens, restored 192, evaluated 41, stored 0 blocks' "$dir/2" || fail "shared prefix not restored"
@@ -43,6 +44,11 @@ t1=$(sed -n 's/.*a.txt.*first token \([0-9]*\).*/\1/p' "$dir/1")
 t2=$(sed -n 's/.*a.txt.*first token \([0-9]*\).*/\1/p' "$dir/2")
 t3=$(sed -n 's/.*a.txt.*first token \([0-9]*\).*/\1/p' "$dir/3")
 [ -n "$t1" ] && [ "$t1" = "$t2" ] && [ "$t1" = "$t3" ] || fail "first tokens differ: $t1 $t2 $t3"
+# --predict: the tokens generated after a restored prefix are those without kvtier (raw tier)
+g2=$(grep 'a.txt: generated 12:' "$dir/2")
+g3=$(grep 'a.txt: generated 12:' "$dir/3")
+[ -n "$g2" ] && [ "$g2" = "$g3" ] || fail "generated tokens differ: '$g2' '$g3'"
+[ "$(echo "$g2" | wc -w)" -eq 15 ] || fail "not 12 tokens: $g2"
 # A daemon that is not there: the driver evaluates and says why kvtier was not used.
 kill "$pid"
 wait "$pid" || true
