@@ -30,6 +30,7 @@ def smooth_block(lay, seed):
 def test_roundtrip_encoded(bq_client):
     c = bq_client
     lay = small_layout(c)
+    assert c.put_encodes(lay) is True
     keys = kvtier.key_chain(lay, np.arange(8 * lay.block_tokens, dtype=np.uint32))
     blocks = [smooth_block(lay, i) for i in range(8)]
     for k, b in zip(keys[:4], blocks[:4]):

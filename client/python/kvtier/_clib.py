@@ -158,6 +158,7 @@ def _load() -> ctypes.CDLL:
         "kvt_get_lease_batch": (ctypes.c_int, [c_client, ctypes.c_int, ctypes.c_void_p,
                                                ctypes.c_void_p, ctypes.c_size_t,
                                                ctypes.c_void_p]),
+        "kvt_put_encodes": (ctypes.c_int, [c_client, ctypes.c_int]),
     }
     for name, (res, args) in sigs.items():
         fn = getattr(lib, name, None)

@@ -298,6 +298,14 @@ class Client:
                 break
         return total
 
+    def put_encodes(self, layout: LayoutLike) -> bool:
+        """Whether the host tier codes this layout's whole blocks (``host.codec``): puts of a
+        whole block then store a record, ``put_reserve`` still stores raw
+        (kvt_put_encodes)."""
+        self._need("kvt_put_encodes")
+        return bool(_check(_lib.kvt_put_encodes(self._handle(), self._lid(layout)),
+                           "kvt_put_encodes"))
+
     def prefetch(self, layout: LayoutLike, keys: Union[np.ndarray, Iterable[KeyLike]],
                  priority: int = 0, deadline_us: int = 0) -> int:
         """Asks the daemon to bring blocks up to the host tier ahead of a get (fire and
