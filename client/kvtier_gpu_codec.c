@@ -57,10 +57,8 @@ void kvtc_devq_free(struct kvt_dev *d)
 {
 	if (d->q_stream)
 		kvt_gpu_stream_sync(d->q_stream);
-	for (unsigned p = 0; p < 2; p++) {
+	for (unsigned p = 0; p < 2; p++)
 		kvt_gpu_event_destroy(d->q_ev_s[p]);
-		kvt_gpu_event_destroy(d->q_ev_c[p]);
-	}
 	kvt_gpu_event_destroy(d->q_ev_h);
 	kvt_gpu_stream_destroy(d->q_stream);
 	for (unsigned k = 0; k < DEV_LAYOUTS; k++)
@@ -125,22 +123,20 @@ static int staging(struct kvt_dev *d, uint32_t bb, size_t bound, const struct kv
 		d->q_bound = bound;
 	}
 	if (plan && !d->q_stream) {
-		void *ev[5] = {NULL};
+		void *ev[3] = {NULL};
 
-		for (unsigned i = 0; i < 5 && ret >= 0; i++)
+		for (unsigned i = 0; i < 3 && ret >= 0; i++)
 			ret = kvt_gpu_event_create(&ev[i]);
 		if (ret >= 0)
 			ret = kvt_gpu_stream_create(&d->q_stream);
 		if (ret < 0) {
-			for (unsigned i = 0; i < 5; i++)
+			for (unsigned i = 0; i < 3; i++)
 				kvt_gpu_event_destroy(ev[i]);
 			return ret;
 		}
 		d->q_ev_s[0] = ev[0];
 		d->q_ev_s[1] = ev[1];
-		d->q_ev_c[0] = ev[2];
-		d->q_ev_c[1] = ev[3];
-		d->q_ev_h = ev[4];
+		d->q_ev_h = ev[2];
 	}
 	if (d->q_scratch_len < sb) {
 		kvt_gpu_dev_free(d->q_scratch);
@@ -371,11 +367,6 @@ int kvtc_devq_round_end(struct kvt_dev *d, size_t k0, void *stream)
 	return d->q_stream ? kvt_gpu_event_record(d->q_ev_s[parity(k0)], stream) : 0;
 }
 
-int kvtc_devq_round_begin(struct kvt_dev *d, size_t k0, void *stream)
-{
-	return d->q_stream ? kvt_gpu_stream_wait(stream, d->q_ev_c[parity(k0)]) : 0;
-}
-
 int kvtc_devq_wait(struct kvt_dev *d, size_t k0)
 {
 	unsigned p = parity(k0);
@@ -518,8 +509,6 @@ int kvtc_devq_get_round(struct kvt_dev *d, int layout, const struct kvt_gpu_page
 		ret = download_u32(d, A_BAD, s0, m, cs);
 	if (ret >= 0)
 		ret = qfence(d, &d->q_v[p]);
-	if (ret >= 0)
-		ret = kvt_gpu_event_record(d->q_ev_c[p], cs);
 	if (ret < 0) {
 		kvt_gpu_stream_sync(cs); /* the caller gives the round up */
 		return ret;

@@ -440,11 +440,8 @@ static int close_round(struct kvt_dev *d, int layout, const struct kvt_gpu_paged
 		       void *stream, struct round *prev, int *first_err)
 {
 	uint64_t v = 0;
-	/* a get round's slots were last decoded into by the round before the last */
-	int ret = put ? 0 : kvtc_devq_round_begin(d, k0, stream);
+	int ret = (int)queue_copy(d, pl, ids, k0, k1, B_HOST, put, stream);
 
-	if (ret >= 0)
-		ret = (int)queue_copy(d, pl, ids, k0, k1, B_HOST, put, stream);
 	if (ret >= 0 && !put)
 		ret = kvtc_devq_get_round(d, layout, pl, ids, k0, k1, bb, stream);
 	if (ret >= 0)

@@ -114,10 +114,13 @@ struct kvt_dev {
 	 * which moves the records over PCIe, so that one round's coding overlaps another
 	 * round's copy.  Rounds alternate between two sets of slots (parity p = round % 2):
 	 * q_ev_s[p] is recorded on the call's stream after the copies of the last round of
-	 * parity p, q_ev_c[p] on the codec stream after its coding, q_ev_h after a get round's
-	 * records are up; the codec stream's fence is d->flag[1], whose value q_v[p] says that
-	 * round p's coding is done.  q_chain, q_m: a put round's chain and blocks encoded. */
-	void *q_stream, *q_ev_s[2], *q_ev_c[2], *q_ev_h;
+	 * parity p (a put encodes the round after next while they may still run), q_ev_h after
+	 * a get round's records are up; the codec stream's fence is d->flag[1], whose value
+	 * q_v[p] says that round p's coding is done.  (A get round's decode needs no event
+	 * before the round after next reuses its slots: the host waits for each round before it
+	 * queues the round after the next.)  q_chain, q_m: a put round's chain and blocks
+	 * encoded. */
+	void *q_stream, *q_ev_s[2], *q_ev_h;
 	uint64_t q_v[2], q_seq;
 	const struct kvt_chain *q_chain[2];
 	uint32_t q_m[2];
@@ -152,18 +155,15 @@ int kvtc_devq_put_store(struct kvt_dev *d, int layout, const struct kvt_key *key
 /* After a round's copies are queued on the call's stream: the codec stream's later rounds
  * of the same parity (which reuse its slots) wait for them. */
 int kvtc_devq_round_end(struct kvt_dev *d, size_t k0, void *stream);
-/* Before a get round's copies are queued on the call's stream: they wait for the decode of
- * the round before the last (same slots). */
-int kvtc_devq_round_begin(struct kvt_dev *d, size_t k0, void *stream);
 /* Waits until the coding of the round at k0 (if any was queued) is done: 0 or -errno. */
 int kvtc_devq_wait(struct kvt_dev *d, size_t k0);
 /* Get: block k's lease holds a record (chain_id set, raw_len bb): decoded on the GPU
  * (B_HOSTE, queued by kvtc_devq_get_round) or, without a plan, on the CPU into a pinned slot
  * copied up as a raw block (B_HOST, addr set).  0 or -errno (the lease is kept). */
 int kvtc_devq_get_prepare(struct kvt_dev *d, int layout, size_t k, uint32_t bb);
-/* Queues round [k0, k1)'s B_HOSTE gets: records up on the call's stream (after the decode of
- * the round before the last, whose slots it reuses), decoded into the pages on the codec
- * stream; kvtc_devq_wait says when that is done. */
+/* Queues round [k0, k1)'s B_HOSTE gets: records up on the call's stream, decoded into the
+ * pages on the codec stream; kvtc_devq_wait says when that is done (the caller waits for it
+ * before it queues the round after the next, which reuses the slots). */
 int kvtc_devq_get_round(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_layout *pl,
 			const uint32_t *ids, size_t k0, size_t k1, uint32_t bb, void *stream);
 /* After round k's fence: 0, or -EBADMSG when the GPU found block k's record malformed. */

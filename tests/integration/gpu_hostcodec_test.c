@@ -26,7 +26,13 @@
 #include "kvt_half.h"
 #include "kvtier.h"
 
-enum { L = 4, H = 8, D = 128, T = 16, NB = 40 /* > 1 round of HOST_CHUNK */ };
+enum {
+	L = 4,
+	H = 8,
+	D = 128,
+	T = 16,
+	NB = 72 /* > 2 rounds of HOST_CHUNK: the third reuses the first one's slots */
+};
 #define PAGE  ((uint64_t)T * H * D * 2)
 #define BLOCK ((size_t)L * 2 * PAGE)
 
@@ -121,6 +127,30 @@ static int pages_io(struct pages *pg, const uint32_t *id, uint8_t *blk, bool up)
 	return 0;
 }
 
+/* The copies that write kvtier block blk (page-first, host memory) into the pages of engine
+ * blocks id[0 .. ppb - 1], into segs; returns their number. */
+static size_t pages_segs(const struct pages *pg, const uint32_t *id, const uint8_t *blk,
+			 struct kvt_gpu_seg *segs)
+{
+	uint64_t pb = PAGE / pg->ppb;
+	size_t n = 0;
+
+	if (pg->onebuf) {
+		segs[0] = (struct kvt_gpu_seg){
+		    (uint64_t)(uintptr_t)blk,
+		    (uint64_t)(uintptr_t)(pg->dev + (size_t)id[0] * BLOCK), BLOCK};
+		return 1;
+	}
+	for (int l = 0; l < L; l++)
+		for (int kv = 0; kv < 2; kv++)
+			for (uint32_t j = 0; j < pg->ppb; j++)
+				segs[n++] = (struct kvt_gpu_seg){
+				    (uint64_t)(uintptr_t)(blk + ((size_t)l * 2 + kv) * PAGE +
+							  j * pb),
+				    pg->base[l] + kv * NB * PAGE + id[j] * pb, pb};
+	return n;
+}
+
 static struct kvt_key key_of(unsigned i)
 {
 	return (struct kvt_key){0xd00d000000000000ull + i, 0x1234ull * (i + 7)};
@@ -167,13 +197,33 @@ static void run_pages(bool onebuf, uint32_t ppb)
 		CHECK_EQ(pages_io(&pg, &ids[k * ppb], (uint8_t *)gpu, false), 0);
 		CHECK(memcmp(cpu, gpu, BLOCK) == 0);
 	}
-	/* put: encoded on the GPU; the records are the CPU encoder's, byte for byte */
-	for (unsigned k = 0; k < NB; k++) {
-		keys[k] = key_of(1000 + k);
-		make_block(raw, 1000 + k);
-		CHECK_EQ(pages_io(&pg, &ids[k * ppb], (uint8_t *)raw, true), 0);
+	/* put: encoded on the GPU; the records are the CPU encoder's, byte for byte.  The pages
+	 * are written by copies queued on the caller's stream just before the call, as an
+	 * engine's kernels would: the put must read them after those copies. */
+	{
+		struct kvt_gpu_engine *eng = NULL;
+		void *st = NULL;
+		uint8_t *host = NULL;
+		struct kvt_gpu_seg *segs = calloc((size_t)NB * L * 2 * ppb, sizeof(*segs));
+		size_t ns = 0;
+
+		CHECK(segs);
+		CHECK_EQ(kvt_gpu_engine_create(NULL, &eng), 0);
+		CHECK_EQ(kvt_gpu_stream_create(&st), 0);
+		CHECK_EQ(kvt_gpu_host_alloc((size_t)NB * BLOCK, (void **)&host), 0);
+		for (unsigned k = 0; segs && host && k < NB; k++) {
+			keys[k] = key_of(1000 + k);
+			make_block((uint16_t *)(void *)(host + (size_t)k * BLOCK), 1000 + k);
+			ns += pages_segs(&pg, &ids[k * ppb], host + (size_t)k * BLOCK, segs + ns);
+		}
+		CHECK(kvt_gpu_copy(eng, segs, ns, KVT_GPU_H2D, KVT_GPU_DMA, st) >= 0);
+		CHECK_EQ(kvt_dev_put(dv, dl, &pg.p, keys, ids, NB, 0, st), NB);
+		CHECK_EQ(kvt_gpu_stream_sync(st), 0);
+		kvt_gpu_host_free(host);
+		kvt_gpu_stream_destroy(st);
+		kvt_gpu_engine_destroy(eng);
+		free(segs);
 	}
-	CHECK_EQ(kvt_dev_put(dv, dl, &pg.p, keys, ids, NB, 0, NULL), NB);
 	for (unsigned k = 0; k < NB; k++) {
 		struct kvt_lease ls;
 		ssize_t n;

@@ -39,8 +39,9 @@ if(TARGET kvtier AND TARGET kvt_gpu AND TARGET kvtierd)
 endif()
 
 # The device API's own logic without a GPU: the client's device files compiled into the tests
-# above with gpu/emu/gpu_host_emu.c in place of gpu/ (host memory, work done as it is queued,
-# the CPU codec for bq; no GPU tier), through a real kvtierd.  Checks which blocks go where,
+# above with gpu/emu/gpu_host_emu.c in place of gpu/ (host memory, work done as it is queued
+# or, in the *_async variants, later and interleaved between streams; the CPU codec for bq;
+# no GPU tier), through a real kvtierd.  Checks which blocks go where,
 # slots, batch arrays and byte order, not the kernels (gpu/emu/run_emu.sh) nor CUDA.
 if(TARGET kvtier AND TARGET kvt_gpu AND TARGET kvtierd)
 	set(_kvt_emu_src ${PROJECT_SOURCE_DIR}/tests/integration/harness.c
@@ -60,5 +61,14 @@ if(TARGET kvtier AND TARGET kvt_gpu AND TARGET kvtierd)
 		kvt_add_test(gpu_${_t}_emu
 			COMMAND $<TARGET_FILE:gpu_${_t}_emu> $<TARGET_FILE:kvtierd> $<TARGET_FILE:kvtierctl>
 			LABELS fast TIMEOUT 300)
+		# The same with the queued work run later, on a thread of its own, streams
+		# interleaved as the seeds pick (gpu/emu/gpu_host_emu.c, KVT_EMU_ASYNC): checks the
+		# events and waits between the caller's stream and the codec stream.
+		foreach(_seed 1 2)
+			kvt_add_test(gpu_${_t}_emu_async${_seed}
+				COMMAND $<TARGET_FILE:gpu_${_t}_emu> $<TARGET_FILE:kvtierd>
+					$<TARGET_FILE:kvtierctl>
+				ENVIRONMENT KVT_EMU_ASYNC=${_seed} LABELS fast TIMEOUT 300)
+		endforeach()
 	endforeach()
 endif()
