@@ -488,6 +488,11 @@ struct kvt_dev_info {
 	 * decoded on the CPU (a layout the GPU codec does not take). */
 	uint64_t wait_ns;
 	uint64_t gpu_encodes, gpu_decodes, cpu_decodes;
+	/* Of the host tier's part of the calls, ns: asking the daemon (reservations, leases,
+	 * commits, releases; a lease's CPU decode where the GPU cannot decode it) and queueing
+	 * work on the GPU (copies, coding, with their batch arrays).  The rest of a call beside
+	 * wait_ns is the GPU tier's part and bookkeeping. */
+	uint64_t daemon_ns, queue_ns;
 };
 
 /* Fills st (st->size must be set).  Returns 0 or -EINVAL. */

@@ -223,7 +223,7 @@ static int find_mapping(const void *p, void **base, size_t *len)
  * Makes [p, p + n) DMA-capable: the arena mapping holding it is registered with CUDA once.
  * A new mapping (the arena of a restarted daemon) is registered when first seen.
  */
-static uint64_t mono_ns(void)
+uint64_t kvtc_dev_clock(void)
 {
 	struct timespec ts;
 
@@ -238,18 +238,18 @@ int kvtc_dev_flag_wait(struct kvt_dev *d, const uint64_t *flag, uint64_t v)
 
 	if (kvt_gpu_flag_done(flag, v))
 		return 0;
-	t0 = mono_ns();
+	t0 = kvtc_dev_clock();
 	ret = kvt_gpu_flag_wait(flag, v, FLAG_TIMEOUT);
-	d->wait_ns += mono_ns() - t0;
+	d->wait_ns += kvtc_dev_clock() - t0;
 	return ret;
 }
 
 int kvtc_dev_stream_sync(struct kvt_dev *d, void *stream)
 {
-	uint64_t t0 = mono_ns();
+	uint64_t t0 = kvtc_dev_clock();
 	int ret = kvt_gpu_stream_sync(stream);
 
-	d->wait_ns += mono_ns() - t0;
+	d->wait_ns += kvtc_dev_clock() - t0;
 	return ret;
 }
 
@@ -423,6 +423,8 @@ KVT_API int kvt_dev_info(struct kvt_dev *d, struct kvt_dev_info *st)
 	i.gpu_encodes = d->gpu_encodes;
 	i.gpu_decodes = d->gpu_decodes;
 	i.cpu_decodes = d->cpu_decodes;
+	i.daemon_ns = d->daemon_ns;
+	i.queue_ns = d->queue_ns;
 	pthread_mutex_unlock(&d->lock);
 	memcpy(st, &i, st->size < sizeof(i) ? st->size : sizeof(i));
 	st->size = i.size < st->size ? i.size : st->size;

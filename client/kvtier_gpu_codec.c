@@ -311,6 +311,7 @@ int kvtc_devq_put_store(struct kvt_dev *d, int layout, const struct kvt_key *key
 	uint64_t enc = (uint64_t)(uintptr_t)d->q_enc;
 	size_t bound = d->q_bound, ns = 0;
 	uint32_t *a = u32s(d->q_harr);
+	uint64_t t;
 	int ret;
 
 	if (!d->q_m[p])
@@ -319,6 +320,7 @@ int kvtc_devq_put_store(struct kvt_dev *d, int layout, const struct kvt_key *key
 	ret = kvtc_dev_flag_wait(d, &d->flag[1], d->q_v[p]);
 	if (ret < 0)
 		return ret; /* the lengths decide the reservations: stored raw */
+	t = kvtc_dev_clock();
 	for (size_t k = k0; k < k1; k++) {
 		struct dev_blk *b = &d->blk[k];
 		uint32_t len;
@@ -345,9 +347,12 @@ int kvtc_devq_put_store(struct kvt_dev *d, int layout, const struct kvt_key *key
 		segs[ns++] = (struct kvt_gpu_seg){enc + (k % SLOTS) * bound, b->addr, len};
 		d->gpu_encodes++;
 	}
+	d->daemon_ns += kvtc_dev_clock() - t;
 	if (!ns)
 		return 0;
+	t = kvtc_dev_clock();
 	ret = kvt_gpu_copy(d->eng, segs, ns, KVT_GPU_D2H, KVT_GPU_AUTO, stream);
+	d->queue_ns += kvtc_dev_clock() - t;
 	if (ret < 0) {
 		/* Nothing was copied down: committing would store whatever the arena held. */
 		kvt_gpu_stream_sync(stream);

@@ -423,10 +423,14 @@ static void finish_prev(struct kvt_dev *d, struct round *prev, bool put, int *fi
 
 	if (!prev->have)
 		return;
+	uint64_t t;
+
 	w = kvtc_dev_flag_wait(d, d->flag, prev->v);
 	if (w == 0)
 		w = kvtc_devq_wait(d, prev->from);
+	t = kvtc_dev_clock();
 	host_finish(d, prev->from, prev->to, put, w, first_err);
+	d->daemon_ns += kvtc_dev_clock() - t;
 	prev->have = false;
 }
 
@@ -439,7 +443,7 @@ static int close_round(struct kvt_dev *d, int layout, const struct kvt_gpu_paged
 		       const uint32_t *ids, size_t k0, size_t k1, uint32_t bb, bool put,
 		       void *stream, struct round *prev, int *first_err)
 {
-	uint64_t v = 0;
+	uint64_t v = 0, t = kvtc_dev_clock();
 	int ret = (int)queue_copy(d, pl, ids, k0, k1, B_HOST, put, stream);
 
 	if (ret >= 0 && !put)
@@ -448,6 +452,7 @@ static int close_round(struct kvt_dev *d, int layout, const struct kvt_gpu_paged
 		ret = fence(d, stream, &v);
 	if (ret >= 0)
 		ret = kvtc_devq_round_end(d, k0, stream);
+	d->queue_ns += kvtc_dev_clock() - t;
 	finish_prev(d, prev, put, first_err);
 	if (ret < 0) {
 		/* Nothing of this round may be trusted: the stream is in an unknown state, so
@@ -477,6 +482,7 @@ static int host_put(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_la
 		return ret;
 	for (size_t k0 = 0; k0 < n; k0 += HOST_CHUNK) {
 		size_t k1 = n - k0 < HOST_CHUNK ? n : k0 + HOST_CHUNK;
+		uint64_t t = kvtc_dev_clock();
 
 		/* what is left B_NONE by the encode and the store is stored raw below */
 		if (k0 == 0 &&
@@ -489,9 +495,11 @@ static int host_put(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_la
 						stream)) < 0 &&
 		    !first_err)
 			first_err = ret;
+		d->queue_ns += kvtc_dev_clock() - t;
 		if ((ret = kvtc_devq_put_store(d, layout, keys, k0, k1, bb, stream)) < 0 &&
 		    !first_err)
 			first_err = ret;
+		t = kvtc_dev_clock();
 		for (size_t k = k0; k < k1; k++) {
 			struct dev_blk *b = &d->blk[k];
 
@@ -517,6 +525,7 @@ static int host_put(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_la
 			}
 			b->where = B_HOST;
 		}
+		d->daemon_ns += kvtc_dev_clock() - t;
 		if (close_round(d, layout, pl, ids, k0, k1, bb, true, stream, &prev, &first_err) <
 		    0)
 			break;
@@ -548,6 +557,7 @@ static int host_get(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_la
 	}
 	for (size_t k0 = 0; k0 < n; k0 += HOST_CHUNK) {
 		size_t k1 = n - k0 < HOST_CHUNK ? n : k0 + HOST_CHUNK;
+		uint64_t t = kvtc_dev_clock();
 
 		for (size_t k = k0; k < k1; k++) {
 			struct dev_blk *b = &d->blk[k];
@@ -581,6 +591,7 @@ static int host_get(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_la
 			}
 			b->where = B_HOST;
 		}
+		d->daemon_ns += kvtc_dev_clock() - t;
 		if (close_round(d, layout, pl, ids, k0, k1, bb, false, stream, &prev, &first_err) <
 		    0) {
 			n = k0;

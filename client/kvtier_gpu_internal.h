@@ -88,7 +88,8 @@ struct kvt_dev {
 	size_t njobs;
 	size_t idcap;
 	uint64_t gpu_puts, host_puts, gpu_gets, host_gets;
-	uint64_t wait_ns; /* in the waits below */
+	uint64_t wait_ns;	      /* in the waits below */
+	uint64_t daemon_ns, queue_ns; /* kvt_dev_info's */
 	/* The call's token-major pages (kvt_dev_pages.page_heads > 1; xp_heads 0 otherwise): its
 	 * blocks are moved by gpu/'s transposing kernel (kvt_gpu_xpose), host blocks through the
 	 * device slots q_raw. */
@@ -133,6 +134,8 @@ int kvtc_dev_gpu_op(struct kvt_dev *d, uint32_t op, const struct kvt_layout *l, 
 		    uint32_t tile_tokens, const struct kvt_gpu_op_req *req, uint32_t n,
 		    struct kvt_gpu_op_res *res);
 int kvtc_dev_host_ready(struct kvt_dev *d, const void *p, size_t n);
+/* CLOCK_MONOTONIC, ns */
+uint64_t kvtc_dev_clock(void);
 /* kvt_gpu_flag_wait (FLAG_TIMEOUT) and kvt_gpu_stream_sync, their time counted in wait_ns */
 int kvtc_dev_flag_wait(struct kvt_dev *d, const uint64_t *flag, uint64_t v);
 int kvtc_dev_stream_sync(struct kvt_dev *d, void *stream);

@@ -195,6 +195,7 @@ static void run(enum mode m, uint32_t pages_per_block, unsigned mis)
 	CHECK_EQ(kvt_dev_info(dv, &info), 0);
 	CHECK_EQ(m == POOL ? info.gpu_puts : info.host_puts, NB);
 	CHECK_EQ(info.gpu_encodes, m == BQ ? NB : 0); /* bq: every block coded on the GPU */
+	CHECK(m == POOL || (info.daemon_ns > 0 && info.queue_ns > 0)); /* the host path's time */
 	for (unsigned k = 0; k < NB; k++) {
 		uint8_t *w = want + k * BLOCK;
 

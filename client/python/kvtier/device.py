@@ -33,7 +33,7 @@ class _DevOpts(ctypes.Structure):
 
 
 _DEV_COUNTS = ("gpu_puts", "host_puts", "gpu_gets", "host_gets", "wait_ns", "gpu_encodes",
-               "gpu_decodes", "cpu_decodes")
+               "gpu_decodes", "cpu_decodes", "daemon_ns", "queue_ns")
 
 
 class _DevInfo(ctypes.Structure):
