@@ -426,7 +426,9 @@ static void finish_prev(struct kvt_dev *d, struct round *prev, bool put, int *fi
 	uint64_t t;
 
 	w = kvtc_dev_flag_wait(d, d->flag, prev->v);
-	if (w == 0)
+	/* a get round's decode (a put round's encode was waited for before its store; its
+	 * parity's fence is by now the round after next's, which must not be waited for here) */
+	if (w == 0 && !put)
 		w = kvtc_devq_wait(d, prev->from);
 	t = kvtc_dev_clock();
 	host_finish(d, prev->from, prev->to, put, w, first_err);
