@@ -360,7 +360,7 @@ KVT_API int kvt_dev_open(struct kvt_client *c, const struct kvt_dev_opts *o, str
 	ret = kvt_gpu_host_alloc(64, (void **)&d->flag);
 	if (ret < 0)
 		goto fail;
-	*d->flag = 0;
+	memset(d->flag, 0, 64); /* flag[0]: the copies' fence, flag[1]: the codec stream's */
 	if (!(d->flags & KVT_DEV_HOST_ONLY))
 		attach(d); /* no daemon GPU tier is not an error: the host tier serves */
 	*out = d;

@@ -295,6 +295,8 @@ int kvt_gpu_host_unregister(void *addr)
 int kvt_gpu_host_alloc(size_t len, void **out)
 {
 	*out = malloc(len ? len : 1);
+	if (*out) /* pinned memory is not zeroed either: garbage, as kvt_gpu_dev_alloc's */
+		memset(*out, 0xcd, len);
 	return *out ? 0 : -ENOMEM;
 }
 
