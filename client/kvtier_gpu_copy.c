@@ -541,8 +541,8 @@ static int host_put(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_la
 
 /*
  * Host tier part of a get, HOST_CHUNK at a time: round k's copies (and records' decode) run
- * on the GPU while round k+1 leases, and round k releases once the flags say its copies are
- * done.  *n shrinks to the first miss.
+ * on the GPU while round k+1 leases (one kvt_get_lease_batch a round), and round k releases
+ * once the flags say its copies are done.  *n shrinks to the first miss.
  */
 static int host_get(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_layout *pl,
 		    const struct kvt_key *keys, const uint32_t *ids, size_t *np, uint32_t bb,
@@ -559,14 +559,36 @@ static int host_get(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_la
 	}
 	for (size_t k0 = 0; k0 < n; k0 += HOST_CHUNK) {
 		size_t k1 = n - k0 < HOST_CHUNK ? n : k0 + HOST_CHUNK;
+		struct kvt_key rk[HOST_CHUNK];
+		struct kvt_lease rl[HOST_CHUNK];
+		int rs[HOST_CHUNK], bret;
+		size_t ri[HOST_CHUNK], nr = 0;
 		uint64_t t = kvtc_dev_clock();
+		bool stop = false;
 
+		/* the round's leases for one round trip (those the GPU tier has not served) */
 		for (size_t k = k0; k < k1; k++) {
-			struct dev_blk *b = &d->blk[k];
+			if (d->blk[k].where == B_NONE) {
+				ri[nr] = k;
+				rk[nr++] = keys[k];
+			}
+		}
+		bret = nr ? kvt_get_lease_batch(d->c, hid, rk, rl, nr, rs) : 0;
+		for (size_t i = 0; i < nr; i++) {
+			struct dev_blk *b = &d->blk[ri[i]];
+			size_t k = ri[i];
 
-			if (b->where != B_NONE)
-				continue; /* from the GPU tier */
-			ret = kvt_get_lease(d->c, hid, &keys[k], &b->u.l);
+			if (stop) { /* past a miss: not needed */
+				if (rl[i].data)
+					kvt_lease_release(d->c, &rl[i]);
+				continue;
+			}
+			if (!rl[i].data) { /* its error, or the batch's */
+				ret = bret < 0 ? bret : rs[i] < 0 ? rs[i] : -EIO;
+			} else {
+				b->u.l = rl[i];
+				ret = 0;
+			}
 			if (ret == 0 && b->u.l.chain_id) {
 				/* a record: decoded on the GPU (or here) */
 				ret = kvtc_devq_get_prepare(d, layout, k, bb);
@@ -589,7 +611,8 @@ static int host_get(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_la
 					first_err = ret;
 				k1 = k; /* stop here: later blocks are not needed */
 				n = k;
-				break;
+				stop = true;
+				continue;
 			}
 			b->where = B_HOST;
 		}
