@@ -642,6 +642,11 @@ KVT_API int kvt_lease_release(struct kvt_client *c, struct kvt_lease *l)
 	return lease_release(c, l, true);
 }
 
+int kvtc_lease_release_quiet(struct kvt_client *c, struct kvt_lease *l)
+{
+	return lease_release(c, l, false);
+}
+
 KVT_API ssize_t kvt_lease_decode(struct kvt_client *c, const struct kvt_lease *l, void *buf,
 				 size_t cap)
 {

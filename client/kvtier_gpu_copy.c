@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "kvtier_gpu_internal.h"
+#include "kvtier_internal.h"
 
 /* ---- put and get ------------------------------------------------------------------------- */
 
@@ -398,7 +399,7 @@ static void host_finish(struct kvt_dev *d, size_t from, size_t to, bool put, int
 			/* a record the GPU found malformed: its pages hold no block */
 			if (ret == 0 && b->where == B_HOSTE)
 				ret = kvtc_devq_get_check(d, k);
-			kvt_lease_release(d->c, &b->u.l);
+			kvtc_lease_release_quiet(d->c, &b->u.l);
 			if (ret == 0)
 				d->host_gets++;
 		}
@@ -580,7 +581,7 @@ static int host_get(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_la
 
 			if (stop) { /* past a miss: not needed */
 				if (rl[i].data)
-					kvt_lease_release(d->c, &rl[i]);
+					kvtc_lease_release_quiet(d->c, &rl[i]);
 				continue;
 			}
 			if (!rl[i].data) { /* its error, or the batch's */
@@ -593,18 +594,18 @@ static int host_get(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_la
 				/* a record: decoded on the GPU (or here) */
 				ret = kvtc_devq_get_prepare(d, layout, k, bb);
 				if (ret < 0)
-					kvt_lease_release(d->c, &b->u.l);
+					kvtc_lease_release_quiet(d->c, &b->u.l);
 				else
 					continue;
 			} else if (ret == 0 && b->u.l.len != bb) {
-				kvt_lease_release(d->c, &b->u.l);
+				kvtc_lease_release_quiet(d->c, &b->u.l);
 				ret = -ENOENT; /* stored with another geometry */
 			}
 			if (ret == 0) {
 				b->addr = (uint64_t)(uintptr_t)b->u.l.data;
 				ret = kvtc_dev_host_ready(d, b->u.l.data, bb);
 				if (ret < 0)
-					kvt_lease_release(d->c, &b->u.l);
+					kvtc_lease_release_quiet(d->c, &b->u.l);
 			}
 			if (ret < 0) {
 				if (!first_err)

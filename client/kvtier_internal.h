@@ -149,6 +149,10 @@ void kvtc_geom(const struct kvt_layout *l, uint32_t pos, struct kvt_codec_geom *
  * locked: c->lock is held. */
 ssize_t kvtc_decode(struct kvt_client *c, uint32_t id, const void *src, size_t n, void *dst,
 		    size_t cap, bool locked);
+/* kvt_lease_release without asking the socket first whether the daemon is still there (a
+ * system call): for leases the library took a moment ago and whose release it ignores, as
+ * kvt_get does; a hold of a previous daemon is still never released on its successor. */
+int kvtc_lease_release_quiet(struct kvt_client *c, struct kvt_lease *l);
 /* The chain layout's puts of len bytes are encoded with (NULL: stored raw). */
 const struct kvt_chain *kvtc_put_chain(struct kvt_client *c, int layout, size_t len);
 /* The host chain of id (asked of the daemon when new), or NULL. */
