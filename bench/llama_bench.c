@@ -6,7 +6,8 @@
  * the same disk), side by side in one run.
  *
  *   kvtier-llama-bench --kvtierd PATH --kvtierctl PATH --dir DIR [--tokens 2048,8192]
- *                      [--reps 3] [--warmup 1] [--threads N] MODEL.gguf...
+ *                      [--reps 3] [--warmup 1] [--threads N] [--host-codec CHAIN]
+ *                      [--restore-threads N] MODEL.gguf...
  *
  * Per model and prompt length N (random token ids):
  *   recompute  prefill of all N tokens (no cache), in batches of 512: the TTFT to beat;
@@ -26,6 +27,10 @@
  * restore went (kvt_llama_result: waiting for the blocks, copying them into llama.cpp's
  * state, llama_state_seq_set_data) and kvtierd's CPU time during it are printed on stderr.
  * DIR must be on the disk to measure (not tmpfs: the NVMe tier opens O_DIRECT).
+ * --host-codec CHAIN: the daemon's host.codec (a bq chain): llama.cpp's blocks are stored as
+ * its records (kvt_put_encodes), demoted to NVMe as they are and decoded on the restore, so
+ * that the restore reads the chain's ratio fewer bytes (lossy: the tokens are compared in
+ * bench/llama_greedy.py).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -46,6 +51,8 @@
 #include "kvtier_llama.h"
 
 static const char *kvtierd, *kvtierctl, *dir;
+static const char *host_codec = "raw"; /* --host-codec: the daemon's host.codec */
+static uint32_t restore_threads;       /* --restore-threads: kvt_llama_opts' (0: default) */
 static char sock[512];
 static pid_t daemon_pid;
 
@@ -101,8 +108,9 @@ static int ctl(const char *args)
 /* kvtierd with a 2 GiB host tier and a 4 GiB NVMe tier in dir, fresh each model. */
 static int daemon_start(void)
 {
-	char nvme[600];
+	char nvme[600], hc[300];
 	snprintf(sock, sizeof(sock), "%s/kvtier.sock", dir);
+	snprintf(hc, sizeof(hc), "host.codec=%s", host_codec);
 	snprintf(nvme, sizeof(nvme), "nvme.paths=%s/kvtier-bench.slots", dir);
 	const char *argv[] = {kvtierd, "-f",
 			      "-s",    sock,
@@ -111,6 +119,7 @@ static int daemon_start(void)
 			      "-o",    "nvme.enabled=true",
 			      "-o",    nvme,
 			      "-o",    "nvme.capacity=4GiB",
+			      "-o",    hc,
 			      NULL};
 
 	unlink(sock);
@@ -214,7 +223,8 @@ static int bench_one(const char *path, struct llama_model *m, int n, int reps, i
 				   .n_batch = 512,
 				   .timeout_ms = 60000,
 				   .err = err,
-				   .err_len = sizeof(err)};
+				   .err_len = sizeof(err),
+				   .restore_threads = restore_threads};
 	if (kvt_llama_open(ctx, &o, &kl) < 0) {
 		fprintf(stderr, "kvtier-llama-bench: %s\n", err);
 		goto out;
@@ -345,11 +355,16 @@ out:
 
 int main(int argc, char **argv)
 {
-	static const struct option lo[] = {
-	    {"kvtierd", required_argument, NULL, 'd'}, {"kvtierctl", required_argument, NULL, 'c'},
-	    {"dir", required_argument, NULL, 'D'},     {"tokens", required_argument, NULL, 'n'},
-	    {"reps", required_argument, NULL, 'r'},    {"threads", required_argument, NULL, 't'},
-	    {"warmup", required_argument, NULL, 'w'},  {0}};
+	static const struct option lo[] = {{"kvtierd", required_argument, NULL, 'd'},
+					   {"kvtierctl", required_argument, NULL, 'c'},
+					   {"dir", required_argument, NULL, 'D'},
+					   {"tokens", required_argument, NULL, 'n'},
+					   {"reps", required_argument, NULL, 'r'},
+					   {"threads", required_argument, NULL, 't'},
+					   {"warmup", required_argument, NULL, 'w'},
+					   {"host-codec", required_argument, NULL, 'H'},
+					   {"restore-threads", required_argument, NULL, 'R'},
+					   {0}};
 	char tokens[256] = "2048,8192";
 	int reps = 3, warmup = 1, threads = 2, opt, status = 0;
 
@@ -375,6 +390,12 @@ int main(int argc, char **argv)
 			break;
 		case 'w':
 			warmup = atoi(optarg);
+			break;
+		case 'H':
+			host_codec = optarg;
+			break;
+		case 'R':
+			restore_threads = (uint32_t)atoi(optarg);
 			break;
 		default:
 			return 2;

@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -264,8 +265,9 @@ int kvt_llama_open(struct llama_context *ctx, const struct kvt_llama_opts *o,
 	uint32_t digest = 0;
 	int rc;
 
-	if (!ctx || !o || o->size < sizeof(*o) || !out || (!o->model_path && !o->model_id) ||
-	    o->seq_id < 0) {
+	/* the struct as it was before restore_threads is accepted too */
+	if (!ctx || !o || o->size < offsetof(struct kvt_llama_opts, restore_threads) || !out ||
+	    (!o->model_path && !o->model_id) || o->seq_id < 0) {
 		kvtl_fmt_err(err, el, "invalid arguments");
 		return -EINVAL;
 	}
@@ -286,6 +288,15 @@ int kvt_llama_open(struct llama_context *ctx, const struct kvt_llama_opts *o,
 		kl->n_batch = llama_n_batch(ctx);
 	kl->flags = o->flags;
 	kl->restore_batch = o->restore_batch;
+	if (o->size >= offsetof(struct kvt_llama_opts, restore_threads) + sizeof(uint32_t) &&
+	    o->restore_threads) {
+		kl->restore_threads = o->restore_threads;
+	} else {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		kl->restore_threads = n > 0 ? (uint32_t)n : 1;
+	}
+	if (kl->restore_threads > KVTL_RESTORE_THREADS)
+		kl->restore_threads = KVTL_RESTORE_THREADS;
 	kl->timeout_ms = o->timeout_ms;
 	kl->after_lookup = o->after_lookup;
 	kl->after_lookup_arg = o->after_lookup_arg;
@@ -361,6 +372,8 @@ void kvt_llama_close(struct kvt_llama *kl)
 	kvt_close(kl->c);
 	kbuf_free(&kl->state);
 	kbuf_free(&kl->stage);
+	for (unsigned i = 0; i < KVTL_RESTORE_THREADS - 1; i++)
+		kbuf_free(&kl->stages[i]);
 	free(kl->sock);
 	free(kl);
 }

@@ -42,6 +42,9 @@ struct state_view {
 	const uint8_t **v; /* n_layer: first V row (element row 0 when v_trans) */
 };
 
+/* Most threads a restore copies with (kvt_llama_opts.restore_threads). */
+#define KVTL_RESTORE_THREADS 8u
+
 /* A buffer kept between calls (see kbuf_reserve). */
 struct kbuf {
 	uint8_t *p;
@@ -66,7 +69,8 @@ struct kvt_llama {
 	size_t block_bytes, layer_bytes;
 	struct kbuf state; /* a sequence state being built (restore) or read (store) */
 	struct kbuf stage; /* a block decoded (compressed host tier) */
-	uint32_t restore_batch;
+	struct kbuf stages[KVTL_RESTORE_THREADS - 1]; /* the other restore threads' */
+	uint32_t restore_batch, restore_threads;
 	double ph_wait, ph_copy, ph_set; /* the last restore's phases (ms) */
 	char msg[256];
 };

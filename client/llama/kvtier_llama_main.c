@@ -133,16 +133,12 @@ out:
 
 int main(int argc, char **argv)
 {
-	static const struct option lo[] = {{"socket", required_argument, NULL, 's'},
-					   {"ctx", required_argument, NULL, 'c'},
-					   {"batch", required_argument, NULL, 'b'},
-					   {"threads", required_argument, NULL, 't'},
-					   {"no-kvtier", no_argument, NULL, 'K'},
-					   {"no-store", no_argument, NULL, 'S'},
-					   {"predict", required_argument, NULL, 'n'},
-					   {"verbose", no_argument, NULL, 'v'},
-					   {"help", no_argument, NULL, 'h'},
-					   {0}};
+	static const struct option lo[] = {
+	    {"socket", required_argument, NULL, 's'},  {"ctx", required_argument, NULL, 'c'},
+	    {"batch", required_argument, NULL, 'b'},   {"threads", required_argument, NULL, 't'},
+	    {"no-kvtier", no_argument, NULL, 'K'},     {"no-store", no_argument, NULL, 'S'},
+	    {"predict", required_argument, NULL, 'n'}, {"verbose", no_argument, NULL, 'v'},
+	    {"help", no_argument, NULL, 'h'},	       {0}};
 	const char *sock = NULL;
 	long n_ctx = 0, n_batch = 512, threads = 0, predict = 0;
 	int no_kvtier = 0, no_store = 0, opt, status = 0;

@@ -5,6 +5,7 @@
 #include "kvtier_llama_int.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,33 +47,107 @@ static void release_all(struct kvt_llama *kl, struct kvt_lease *l, uint32_t m)
 }
 
 /* The raw block of a held lease: its bytes in the arena, or (compressed host tier) decoded
- * into kl->stage.  NULL, with kl->msg and *why set, for a block that is not the layout's. */
-static const uint8_t *lease_block(struct kvt_llama *kl, const struct kvt_lease *l, uint32_t b,
-				  int *why)
+ * into stage.  NULL, with kl->msg (when msg) and *why set, for a block that is not the
+ * layout's. */
+static const uint8_t *lease_block(struct kvt_llama *kl, struct kbuf *stage, bool msg,
+				  const struct kvt_lease *l, uint32_t b, int *why)
 {
 	ssize_t got;
 
 	if (l->raw_len != kl->block_bytes) {
-		kvtl_fmt_err(kl->msg, sizeof(kl->msg),
-			     "block %u: %zu bytes, the layout's blocks have %zu: not used", b,
-			     l->raw_len, kl->block_bytes);
+		if (msg)
+			kvtl_fmt_err(kl->msg, sizeof(kl->msg),
+				     "block %u: %zu bytes, the layout's blocks have %zu: not used",
+				     b, l->raw_len, kl->block_bytes);
 		*why = -EBADMSG;
 		return NULL;
 	}
 	if (l->chain_id == 0)
 		return l->data;
-	if (kvtl_kbuf_reserve(&kl->stage, kl->block_bytes, kl->block_bytes) < 0) {
+	if (kvtl_kbuf_reserve(stage, kl->block_bytes, kl->block_bytes) < 0) {
 		*why = -ENOMEM;
 		return NULL;
 	}
-	got = kvt_lease_decode(kl->c, l, kl->stage.p, kl->block_bytes);
+	got = kvt_lease_decode(kl->c, l, stage->p, kl->block_bytes);
 	if (got != (ssize_t)kl->block_bytes) {
-		kvtl_fmt_err(kl->msg, sizeof(kl->msg), "block %u: %s", b,
-			     got < 0 ? kvt_strerror((int)got) : "decoded to another size");
+		if (msg)
+			kvtl_fmt_err(kl->msg, sizeof(kl->msg), "block %u: %s", b,
+				     got < 0 ? kvt_strerror((int)got) : "decoded to another size");
 		*why = got < 0 ? (int)got : -EBADMSG;
 		return NULL;
 	}
-	return kl->stage.p;
+	return stage->p;
+}
+
+/* A slice of a batch copied (decoded) into the state by one thread. */
+struct slice {
+	struct kvt_llama *kl;
+	struct kbuf *stage;
+	const struct kvt_lease *l;
+	uint32_t first, from, to, cells;
+	uint32_t fail; /* the first block of the slice that failed, or to */
+	int why;
+	pthread_t th;
+	bool started;
+};
+
+static void *slice_run(void *arg)
+{
+	struct slice *sl = arg;
+
+	for (sl->fail = sl->from; sl->fail < sl->to; sl->fail++) {
+		const uint8_t *src = lease_block(sl->kl, sl->stage, false, &sl->l[sl->fail],
+						 sl->first + sl->fail, &sl->why);
+		if (!src)
+			break;
+		kvtl_state_put_block(sl->kl, sl->kl->state.p, sl->cells, sl->first + sl->fail, src);
+	}
+	return NULL;
+}
+
+/* Copies blocks [0, n) of a batch (leases l, the first one block `first`) into the state,
+ * on up to kl->restore_threads threads (each block's place is its own); returns how many
+ * lead without a failure, kl->msg and *why set for the first that failed. */
+static uint32_t copy_batch(struct kvt_llama *kl, const struct kvt_lease *l, uint32_t first,
+			   uint32_t n, uint32_t cells, int *why)
+{
+	struct slice sl[KVTL_RESTORE_THREADS];
+	uint32_t nt = kl->restore_threads, ok = n;
+
+	nt = nt < 1 ? 1 : nt > n ? n : nt;
+	for (uint32_t t = 0; t < nt; t++) {
+		sl[t] = (struct slice){kl,
+				       t ? &kl->stages[t - 1] : &kl->stage,
+				       l,
+				       first,
+				       (uint32_t)((uint64_t)n * t / nt),
+				       (uint32_t)((uint64_t)n * (t + 1) / nt),
+				       cells,
+				       0,
+				       0,
+				       0,
+				       false};
+		if (t)
+			sl[t].started = pthread_create(&sl[t].th, NULL, slice_run, &sl[t]) == 0;
+	}
+	for (uint32_t t = 0; t < nt; t++) {
+		if (t == 0 || !sl[t].started)
+			slice_run(
+			    &sl[t]); /* this thread's slice, and any a thread was not had for */
+	}
+	for (uint32_t t = 1; t < nt; t++) {
+		if (sl[t].started)
+			pthread_join(sl[t].th, NULL);
+	}
+	for (uint32_t t = 0; t < nt && ok == n; t++) {
+		if (sl[t].fail < sl[t].to) {
+			ok = sl[t].fail;
+			/* again on this thread, for its message */
+			lease_block(kl, &kl->stage, true, &l[ok], first + ok, why);
+			*why = sl[t].why;
+		}
+	}
+	return ok;
 }
 
 /* Restores up to nb leading blocks; returns how many it did (the sequence then holds that
@@ -121,12 +196,10 @@ uint32_t kvtl_restore(struct kvt_llama *kl, const struct kvt_key *keys, uint32_t
 			break;
 		}
 		t0 = kvtl_now_ms();
-		for (; ok < m && st[ok] == 0; ok++) {
-			const uint8_t *src = lease_block(kl, &l[ok], first + ok, why);
-			if (!src)
-				break;
-			kvtl_state_put_block(kl, kl->state.p, cells, first + ok, src);
-		}
+		while (ok < m && st[ok] == 0) /* the leading blocks leased */
+			ok++;
+		if (ok)
+			ok = copy_batch(kl, l, first, ok, cells, why);
 		kl->ph_copy += kvtl_now_ms() - t0;
 		release_all(kl, l, m);
 		got += ok;
