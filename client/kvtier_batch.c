@@ -555,12 +555,6 @@ struct lease_keys {
 	const struct kvt_key *keys;
 };
 
-struct get_ctx {
-	struct lease_keys k;
-	void *const *bufs;
-	size_t cap;
-};
-
 struct lease_ctx {
 	struct lease_keys k;
 	struct kvt_lease *leases;
@@ -593,40 +587,6 @@ static bool lease_granted(struct batch *b, size_t i, const struct kvt_cqe *q)
 	}
 	kvtc_populate(c, q->off, (uint64_t)q->res);
 	return true;
-}
-
-static int get_reaped(struct batch *b, size_t i, const struct kvt_cqe *q, struct kvt_sqe *s)
-{
-	struct get_ctx *g = (struct get_ctx *)b;
-	struct kvt_client *c = b->c;
-	ssize_t ret;
-
-	if (!lease_granted(b, i, q))
-		return 0;
-	/* A raw block is copied, a record decoded (q->flags: its chain) with c->lock held. */
-	ret = kvtc_decode(c, q->flags, c->arena + q->off, (size_t)q->res, g->bufs[i], g->cap, true);
-	b->status[i] = (int)ret;
-	/* The lease goes back without a completion: the ring keeps our order. */
-	s->op = KVT_OP_RELEASE;
-	s->flags = KVT_SQE_F_NO_CQE;
-	s->handle = q->handle;
-	return 1;
-}
-
-KVT_API int kvt_get_batch(struct kvt_client *c, int layout, const struct kvt_key *keys,
-			  void *const *bufs, size_t cap, size_t n, int *status)
-{
-	struct get_ctx g = {.k = {.layout = layout, .keys = keys}, .bufs = bufs, .cap = cap};
-	int ret = batch_args(c, layout, keys, bufs, n);
-
-	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
-	if (ret < 0)
-		return ret;
-	for (size_t i = 0; i < n; i++) {
-		if (!bufs[i] && cap)
-			return -EINVAL;
-	}
-	return batch_exec(c, &g.k.b, n, status, lease_first, get_reaped);
 }
 
 static int lease_reaped(struct batch *b, size_t i, const struct kvt_cqe *q, struct kvt_sqe *s)
@@ -670,6 +630,54 @@ KVT_API int kvt_get_lease_batch(struct kvt_client *c, int layout, const struct k
 	for (size_t i = 0; i < n; i++)
 		leases[i].data = NULL;
 	return batch_exec(c, &g.k.b, n, status, lease_first, lease_reaped);
+}
+
+/*
+ * kvt_get_batch: the blocks of a chunk are leased first, all of them, then copied (decoded)
+ * and given back.  Copying each block as its lease came back (the first way) ran the copies
+ * beside the daemon's work on the next leases, and on a 2-core machine the two slowed each
+ * other: 16 KiB blocks 4.4-4.9 GB/s that way against 5.6 GB/s leases first (session 9).
+ */
+#define GET_CHUNK 64u
+
+KVT_API int kvt_get_batch(struct kvt_client *c, int layout, const struct kvt_key *keys,
+			  void *const *bufs, size_t cap, size_t n, int *status)
+{
+	int ret = batch_args(c, layout, keys, bufs, n), got = 0;
+
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
+	if (ret < 0)
+		return ret;
+	for (size_t i = 0; i < n; i++) {
+		if (!bufs[i] && cap)
+			return -EINVAL;
+	}
+	for (size_t i0 = 0; i0 < n; i0 += GET_CHUNK) {
+		size_t m = n - i0 < GET_CHUNK ? n - i0 : GET_CHUNK;
+		struct kvt_lease ls[GET_CHUNK];
+		int st[GET_CHUNK];
+		struct lease_ctx g = {.k = {.layout = layout, .keys = keys + i0}, .leases = ls};
+
+		for (size_t j = 0; j < m; j++)
+			ls[j].data = NULL;
+		ret = batch_exec(c, &g.k.b, m, st, lease_first, lease_reaped);
+		for (size_t j = 0; j < m; j++) {
+			ssize_t r = ret < 0 ? ret : st[j];
+
+			if (ls[j].data) {
+				/* a raw block is copied, a record decoded */
+				r = kvtc_decode(c, ls[j].chain_id, ls[j].data, ls[j].len,
+						bufs[i0 + j], cap, false);
+				kvtc_lease_release_quiet(c, &ls[j]);
+			}
+			if (status)
+				status[i0 + j] = (int)r;
+			got += r >= 0;
+		}
+		if (ret < 0)
+			return got ? got : ret; /* the batch as a whole failed: no later chunk */
+	}
+	return got;
 }
 
 struct lookup_ctx {
