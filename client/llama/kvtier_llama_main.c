@@ -49,6 +49,18 @@ static void usage(FILE *f)
 	    "  -h, --help\n");
 }
 
+/* The greedy choice: the token of the highest logit of the last evaluated position. */
+static int argmax_last(struct llama_context *ctx, int n_vocab)
+{
+	const float *lg = llama_get_logits_ith(ctx, -1);
+	int best = 0;
+
+	for (int v = 1; v < n_vocab; v++)
+		if (lg[v] > lg[best])
+			best = v;
+	return best;
+}
+
 /* Greedy generation after a prompt of n tokens whose next token is first: n_gen tokens in
  * all, printed as ids; the generated tokens are then dropped from the sequence. */
 static int generate(struct llama_context *ctx, llama_token first, size_t n, uint32_t n_gen,
@@ -67,12 +79,7 @@ static int generate(struct llama_context *ctx, llama_token first, size_t n, uint
 				kvt_strerror(rc));
 			break;
 		}
-		const float *lg = llama_get_logits_ith(ctx, -1);
-		int best = 0;
-		for (int v = 1; v < n_vocab; v++)
-			if (lg[v] > lg[best])
-				best = v;
-		t = best;
+		t = argmax_last(ctx, n_vocab);
 	}
 	printf("\n");
 	llama_memory_seq_rm(llama_get_memory(ctx), 0, (llama_pos)n, -1);
@@ -264,11 +271,7 @@ int main(int argc, char **argv)
 			status = 1;
 			break;
 		}
-		const float *lg = llama_get_logits_ith(ctx, -1);
-		int best = 0;
-		for (int v = 1; v < n_vocab; v++)
-			if (lg[v] > lg[best])
-				best = v;
+		const int best = argmax_last(ctx, n_vocab);
 		double ttft = r.lookup_ms + r.restore_ms + r.eval_ms +
 			      (now_ms() - t0 - r.lookup_ms - r.restore_ms - r.eval_ms - r.store_ms);
 		printf(
