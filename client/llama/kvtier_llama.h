@@ -88,9 +88,10 @@ struct kvt_llama_opts {
 	 * next 8 MiB from NVMe while a batch is copied into the sequence's state).  0: 4 MiB of
 	 * blocks (at most 256). */
 	uint32_t restore_batch;
-	/* Threads that copy (and, from a compressed host tier, decode) a batch's blocks into the
-	 * state, the calling one included; llama.cpp computes nothing meanwhile.  0: one per
-	 * online CPU, at most 8; 1: the calling thread alone. */
+	/* Threads that copy (and, from a compressed host tier, decode) a restore's blocks into
+	 * the state, and fill (and encode) a store's, the calling one included; llama.cpp
+	 * computes nothing meanwhile.  0: one per online CPU, at most 8; 1: the calling thread
+	 * alone. */
 	uint32_t restore_threads;
 };
 
