@@ -618,18 +618,25 @@ static int lease_reaped(struct batch *b, size_t i, const struct kvt_cqe *q, stru
 	return 0;
 }
 
-KVT_API int kvt_get_lease_batch(struct kvt_client *c, int layout, const struct kvt_key *keys,
-				struct kvt_lease *leases, size_t n, int *status)
+/* The leases of keys[0..n) for one round trip, the arguments checked (leases[i].data NULL
+ * where none is held): kvt_get_lease_batch's, and kvt_get_batch's first step. */
+static int lease_many(struct kvt_client *c, int layout, const struct kvt_key *keys,
+		      struct kvt_lease *leases, size_t n, int *status)
 {
 	struct lease_ctx g = {.k = {.layout = layout, .keys = keys}, .leases = leases};
-	int ret = batch_args(c, layout, keys, leases, n);
 
-	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
-	if (ret < 0)
-		return ret;
 	for (size_t i = 0; i < n; i++)
 		leases[i].data = NULL;
 	return batch_exec(c, &g.k.b, n, status, lease_first, lease_reaped);
+}
+
+KVT_API int kvt_get_lease_batch(struct kvt_client *c, int layout, const struct kvt_key *keys,
+				struct kvt_lease *leases, size_t n, int *status)
+{
+	int ret = batch_args(c, layout, keys, leases, n);
+
+	KVT_CHECK_MAGIC(c, CLIENT_MAGIC);
+	return ret < 0 ? ret : lease_many(c, layout, keys, leases, n, status);
 }
 
 /*
@@ -656,11 +663,8 @@ KVT_API int kvt_get_batch(struct kvt_client *c, int layout, const struct kvt_key
 		size_t m = n - i0 < GET_CHUNK ? n - i0 : GET_CHUNK;
 		struct kvt_lease ls[GET_CHUNK];
 		int st[GET_CHUNK];
-		struct lease_ctx g = {.k = {.layout = layout, .keys = keys + i0}, .leases = ls};
 
-		for (size_t j = 0; j < m; j++)
-			ls[j].data = NULL;
-		ret = batch_exec(c, &g.k.b, m, st, lease_first, lease_reaped);
+		ret = lease_many(c, layout, keys + i0, ls, m, st);
 		for (size_t j = 0; j < m; j++) {
 			ssize_t r = ret < 0 ? ret : st[j];
 

@@ -219,10 +219,6 @@ static int find_mapping(const void *p, void **base, size_t *len)
 	return ret;
 }
 
-/*
- * Makes [p, p + n) DMA-capable: the arena mapping holding it is registered with CUDA once.
- * A new mapping (the arena of a restarted daemon) is registered when first seen.
- */
 uint64_t kvtc_dev_clock(void)
 {
 	struct timespec ts;
@@ -253,6 +249,10 @@ int kvtc_dev_stream_sync(struct kvt_dev *d, void *stream)
 	return ret;
 }
 
+/*
+ * Makes [p, p + n) DMA-capable: the arena mapping holding it is registered with CUDA once.
+ * A new mapping (the arena of a restarted daemon) is registered when first seen.
+ */
 int kvtc_dev_host_ready(struct kvt_dev *d, const void *p, size_t n)
 {
 	void *base;

@@ -483,15 +483,15 @@ static int host_put(struct kvt_dev *d, int layout, const struct kvt_gpu_paged_la
 
 	if (d->xp_heads && n && (ret = kvtc_devq_xp_ready(d, pl, bb)) < 0)
 		return ret;
+	/* the first round's encode; each round then queues the next one's before its store */
+	if (n && (ret = kvtc_devq_put_encode(d, layout, pl, ids, 0, n < HOST_CHUNK ? n : HOST_CHUNK,
+					     bb, stream)) < 0)
+		first_err = ret;
 	for (size_t k0 = 0; k0 < n; k0 += HOST_CHUNK) {
 		size_t k1 = n - k0 < HOST_CHUNK ? n : k0 + HOST_CHUNK;
 		uint64_t t = kvtc_dev_clock();
 
 		/* what is left B_NONE by the encode and the store is stored raw below */
-		if (k0 == 0 &&
-		    (ret = kvtc_devq_put_encode(d, layout, pl, ids, k0, k1, bb, stream)) < 0 &&
-		    !first_err)
-			first_err = ret;
 		if (k1 < n &&
 		    (ret = kvtc_devq_put_encode(d, layout, pl, ids, k1,
 						n - k1 < HOST_CHUNK ? n : k1 + HOST_CHUNK, bb,

@@ -26,13 +26,7 @@
 #include "kvt_half.h"
 #include "kvtier.h"
 
-enum {
-	L = 4,
-	H = 8,
-	D = 128,
-	T = 16,
-	NB = 72 /* > 2 rounds of HOST_CHUNK: the third reuses the first one's slots */
-};
+#include "gpu_test_geom.h"
 #define PAGE  ((uint64_t)T * H * D * 2)
 #define BLOCK ((size_t)L * 2 * PAGE)
 

@@ -30,13 +30,7 @@
 #include "kvt_half.h"
 #include "kvtier.h"
 
-enum {
-	L = 4,
-	H = 8,
-	D = 128,
-	T = 16,
-	NB = 72 /* > 2 rounds of HOST_CHUNK: the third reuses the first one's slots */
-};
+#include "gpu_test_geom.h"
 #define ROW   ((size_t)D * 2)
 #define BLOCK ((size_t)L * 2 * H * T * ROW)
 
